@@ -1,0 +1,227 @@
+/*
+ * manifest.h: service definition manifests (urn:spore:manifest:1).
+ *
+ * A Manifest is the parsed, validated and defaulted form of one manifest
+ * file.  Only manifest_parse_data() and manifest_parse_file() produce one, and
+ * they only do when every rule in docs/spore-manifest.5 holds, so code that
+ * holds a Manifest may rely on every field being within its limits.  The
+ * element reference is docs/spore-manifest.5; the schema is
+ * xml-schemas/manifest.rng.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <glib.h>
+
+#define MANIFEST_NAMESPACE "urn:spore:manifest:1"
+
+/* Limits on the document itself. */
+#define MANIFEST_MAX_BYTES      (1024u * 1024)
+#define MANIFEST_MAX_DEPTH      16u
+#define MANIFEST_MAX_PROBLEMS   100u
+
+/* Limits on its contents. */
+#define MANIFEST_NAME_MAX_CHARS         63u
+#define MANIFEST_HOST_NAME_MAX_CHARS    63u
+#define MANIFEST_DESCRIPTION_MAX_BYTES  4096u
+#define MANIFEST_ORIGINS_MAX            8u
+#define MANIFEST_URL_MAX_BYTES          4096u
+#define MANIFEST_VCPUS_MAX              256u
+#define MANIFEST_MEMORY_MAX_KIB         (4ull * 1024 * 1024 * 1024) /* 4 TiB */
+#define MANIFEST_HOST_PATH_MAX_BYTES    4096u
+#define MANIFEST_CMDLINE_MAX_BYTES      4096u
+#define MANIFEST_INTERFACES_MAX         16u
+#define MANIFEST_NETWORK_NAME_MAX_CHARS 64u
+#define MANIFEST_BRIDGE_NAME_MAX_CHARS  15u /* IFNAMSIZ - 1 */
+#define MANIFEST_HOSTNAME_TEMPLATE_MAX_BYTES 512u
+#define MANIFEST_GUEST_PATH_MAX_BYTES   4096u
+#define MANIFEST_FILES_MAX              256u
+#define MANIFEST_FILE_MAX_BYTES         (1024u * 1024)     /* expanded */
+#define MANIFEST_FILES_TOTAL_MAX_BYTES  (8u * 1024 * 1024) /* expanded */
+#define MANIFEST_FILE_MODE_MAX          07777u
+#define MANIFEST_SSH_KEYS_MAX           64u
+#define MANIFEST_SSH_KEY_MAX_BYTES      16384u
+#define MANIFEST_USER_NAME_MAX_CHARS    32u
+#define MANIFEST_FIRSTBOOT_MAX          64u
+#define MANIFEST_FIRSTBOOT_MAX_BYTES    65536u
+#define MANIFEST_CLONES_MAX             1000u
+#define MANIFEST_RULES_MAX              32u
+#define MANIFEST_STEP_MAX               1000u
+#define MANIFEST_DURATION_MAX_SECONDS   (30u * 24 * 3600)
+#define MANIFEST_REQUESTS_THRESHOLD_MAX 1e12
+#define MANIFEST_HOSTS_MAX              1000u
+
+/* Defaults for what a manifest may leave out. */
+#define MANIFEST_DEFAULT_HOSTNAME       "{service}-{index}"
+#define MANIFEST_DEFAULT_FILE_MODE      0644u
+#define MANIFEST_DEFAULT_SSH_USER       "root"
+#define MANIFEST_DEFAULT_COOLDOWN_SECONDS      300u
+#define MANIFEST_DEFAULT_STABILIZATION_SECONDS 300u
+
+typedef enum {
+    MANIFEST_IMAGE_FORMAT_RAW,
+    MANIFEST_IMAGE_FORMAT_QCOW2,
+} ManifestImageFormat;
+
+typedef enum {
+    MANIFEST_HYPERVISOR_KVM,
+    MANIFEST_HYPERVISOR_QEMU,
+    MANIFEST_HYPERVISOR_XEN,
+} ManifestHypervisor;
+
+typedef enum {
+    MANIFEST_METRIC_REQUESTS,
+    MANIFEST_METRIC_CPU,
+    MANIFEST_METRIC_MEMORY,
+} ManifestMetric;
+
+typedef enum {
+    MANIFEST_PLACEMENT_SPREAD,
+    MANIFEST_PLACEMENT_PACK,
+} ManifestPlacementStrategy;
+
+typedef struct {
+    char *network; /* exactly one of network and bridge is set */
+    char *bridge;
+} ManifestInterface;
+
+typedef struct {
+    char *path;    /* absolute guest path, checked */
+    guint mode;    /* permission bits, <= 07777 */
+    char *content; /* template text, placeholders not yet expanded */
+} ManifestFile;
+
+typedef struct {
+    char *user; /* POSIX user name in the guest */
+    char *key;  /* one authorized_keys line: type, base64, optional comment */
+} ManifestSshKey;
+
+typedef struct {
+    ManifestMetric metric;
+    bool above;        /* true: fires above threshold; false: below */
+    double threshold;  /* cpu and memory: in [0, 1] */
+    bool add;          /* true: add step clones; false: remove step clones */
+    guint step;        /* 1 .. MANIFEST_STEP_MAX */
+    guint for_seconds; /* how long the condition must hold; 0: one sample */
+} ManifestRule;
+
+typedef struct {
+    char *name;
+    char *description; /* NULL when absent */
+
+    struct {
+        char *name;
+        ManifestImageFormat format;
+        GPtrArray *origins; /* of char *, 1 .. MANIFEST_ORIGINS_MAX URLs */
+        char *digest;       /* "sha256:" + 64 hex, or NULL */
+    } image;
+
+    struct {
+        ManifestHypervisor hypervisor;
+        guint vcpus;
+        guint64 memory_kib;
+        char *kernel; /* direct kernel boot; all three NULL when absent */
+        char *initrd;
+        char *cmdline;
+        GPtrArray *interfaces; /* of ManifestInterface * */
+    } vm;
+
+    struct {
+        char *hostname;      /* template; MANIFEST_DEFAULT_HOSTNAME if absent */
+        GPtrArray *files;    /* of ManifestFile * */
+        GPtrArray *ssh_keys; /* of ManifestSshKey * */
+        GPtrArray *firstboot; /* of char * (templates), run in order */
+    } customize;
+
+    struct {
+        guint min; /* 0 <= min <= initial <= max <= MANIFEST_CLONES_MAX */
+        guint max;
+        guint initial;
+        guint cooldown_seconds;
+        guint stabilization_seconds;
+        GPtrArray *rules; /* of ManifestRule * */
+    } scaling; /* without <scaling>: min = initial = max = 1, no rules */
+
+    struct {
+        ManifestPlacementStrategy strategy;
+        GPtrArray *hosts; /* of char *; empty: any host */
+    } placement;
+} Manifest;
+
+/* One problem found in a manifest: where, and what. */
+typedef struct {
+    guint line; /* 1-based; 0 when it concerns the whole file */
+    char *message;
+} ManifestProblem;
+
+/* manifest_free: free @m and everything it owns.  Accepts NULL. */
+void
+manifest_free(Manifest *m);
+
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(Manifest, manifest_free)
+
+/*
+ * manifest_parse_data: parse and validate @len bytes of manifest XML.
+ *
+ * Every problem found is appended to @problems (an array made by
+ * manifest_problems_new(); may be NULL) in document order, up to
+ * MANIFEST_MAX_PROBLEMS.  Returns the manifest, owned by the caller, when
+ * there is none.  Otherwise returns NULL and sets @error to
+ * SPORE_ERROR_INVALID (or SPORE_ERROR_LIMIT for an oversized document) with
+ * "LINE: message" of the first problem.  Reads nothing but @data.
+ * Thread-safe.
+ */
+Manifest *
+manifest_parse_data(const char *data, gsize len, GPtrArray *problems,
+                    GError **error);
+
+/*
+ * manifest_parse_file: manifest_parse_data() on the contents of @path ("-"
+ * for standard input), read with the MANIFEST_MAX_BYTES limit.  A file that
+ * cannot be read fails with SPORE_ERROR_IO and adds no problem.
+ */
+Manifest *
+manifest_parse_file(const char *path, GPtrArray *problems, GError **error);
+
+/* manifest_problems_new: an empty array of ManifestProblem, owning them. */
+GPtrArray *
+manifest_problems_new(void);
+
+/*
+ * manifest_format: the canonical XML form of @m, UTF-8, owned by the caller.
+ *
+ * Every default is written out; elements appear in the order of the schema;
+ * numbers are written in their shortest exact form.  Parsing the result
+ * yields a manifest equal to @m (manifest_equal).
+ */
+char *
+manifest_format(const Manifest *m);
+
+/* manifest_equal: whether @a and @b define the same service.  NULL-safe. */
+bool
+manifest_equal(const Manifest *a, const Manifest *b);
+
+/* Names of enumerated values as written in manifests. */
+const char *
+manifest_hypervisor_name(ManifestHypervisor h);
+const char *
+manifest_image_format_name(ManifestImageFormat f);
+const char *
+manifest_metric_name(ManifestMetric m);
+const char *
+manifest_placement_strategy_name(ManifestPlacementStrategy s);
+
+/*
+ * manifest_clone_hostname: the hostname of clone @index of @m, the template
+ * expanded.  Owned by the caller.  Cannot fail for index < scaling.max of a
+ * validated manifest; returns NULL and sets @error otherwise.
+ */
+char *
+manifest_clone_hostname(const Manifest *m, guint index, GError **error);
+
+/*
+ * manifest_clone_name: "{service}-{index}", the libvirt domain name of clone
+ * @index.  Owned by the caller.
+ */
+char *
+manifest_clone_name(const Manifest *m, guint index);
