@@ -98,7 +98,12 @@ on_structured_error(void *user_data, xmlError *err)
     if (err->level < XML_ERR_ERROR)
         return;
     msg = g_strdup(err->message ? err->message : "unknown XML error");
-    g_strchomp(msg);
+    /* libxml2 appends byte dumps on further lines; keep the first */
+    msg[strcspn(msg, "\n")] = '\0';
+    if (g_str_has_prefix(msg, "Input is not proper UTF-8")) {
+        g_free(msg);
+        msg = g_strdup("not valid UTF-8");
+    }
     state_fail(st, SPORE_ERROR_INVALID, (guint)err->line,
                g_strdup_printf("malformed XML: %s", msg));
 }

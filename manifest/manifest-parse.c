@@ -41,6 +41,9 @@ typedef struct {
     /* kept for the checks that span elements */
     guint hostname_line;
     guint scaling_line;
+    guint customize_line;
+    guint service_name_line;
+    GArray *file_lines; /* of guint, parallel to m->customize.files */
 } Walker;
 
 static void
@@ -420,6 +423,27 @@ attr_line(Walker *w, const xmlNode *n, const char *name)
     return xml_safe_attr_line(w->xdoc, n, name);
 }
 
+/*
+ * The line of @first_nonblank, a pointer into text node @c of @parent.
+ * libxml2 stamps a text node with the line where it ends, so count back.
+ */
+static guint
+text_line(Walker *w, const xmlNode *parent, const xmlNode *c,
+          const char *first_nonblank)
+{
+    long end_line = xmlGetLineNo(c);
+    guint parent_line = line_of(w, parent);
+    long newlines = 0;
+
+    for (const char *p = first_nonblank; *p; p++) {
+        if (*p == '\n')
+            newlines++;
+    }
+    if (end_line - newlines < (long)parent_line)
+        return parent_line;
+    return (guint)(end_line - newlines);
+}
+
 /* Report attributes of @el not in the NULL-terminated @allowed. */
 static void
 check_attributes(Walker *w, const xmlNode *el, const char *const *allowed)
@@ -500,8 +524,9 @@ each_child(Walker *w, xmlNode *parent, const char *const *known, ChildFn fn,
             while (*t == ' ' || *t == '\t' || *t == '\n' || *t == '\r')
                 t++;
             if (*t) {
-                g_autofree char *text = shown(t);
-                problem(w, line_of(w, parent),
+                g_autofree char *trimmed = g_strstrip(g_strdup(t));
+                g_autofree char *text = shown(trimmed);
+                problem(w, text_line(w, parent, c, t),
                         "unexpected text in <%s>: '%s'", el_name(parent),
                         text);
             }
@@ -982,6 +1007,10 @@ parse_file(Walker *w, xmlNode *el, CustomizeSeen *seen)
     file->mode = (guint)mode_value;
     file->content = g_steal_pointer(&content);
     g_ptr_array_add(w->m->customize.files, file);
+    {
+        guint line = line_of(w, el);
+        g_array_append_val(w->file_lines, line);
+    }
 }
 
 static void
@@ -1104,6 +1133,7 @@ parse_customize(Walker *w, xmlNode *el)
                                            "firstboot", NULL};
     CustomizeSeen seen = {0};
 
+    w->customize_line = line_of(w, el);
     seen.file_lines = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
                                             NULL);
     check_attributes(w, el, (const char *const[]){NULL});
@@ -1350,7 +1380,7 @@ check_cross(Walker *w)
     Manifest *m = w->m;
     ManifestVarLengths lengths = {0};
     gsize total = 0;
-    guint line = w->hostname_line ? w->hostname_line : w->scaling_line;
+    guint line = w->hostname_line ? w->hostname_line : w->service_name_line;
     char digits[16];
 
     if (!m->name || !m->customize.hostname)
@@ -1373,9 +1403,9 @@ check_cross(Walker *w)
         if ((why = rfc1123_problem(h))) {
             g_autofree char *bad = shown(h);
             problem(w, line,
-                    "hostname template yields '%s' for clone %u, which is not "
-                    "a valid hostname: %s",
-                    bad, i, why);
+                    "%shostname template yields '%s' for clone %u, which is "
+                    "not a valid hostname: %s",
+                    w->hostname_line ? "" : "the default ", bad, i, why);
             return;
         }
         lengths.hostname = MAX(lengths.hostname, strlen(h));
@@ -1390,7 +1420,7 @@ check_cross(Walker *w)
             continue;
         if (max_len > MANIFEST_FILE_MAX_BYTES) {
             g_autofree char *bad = shown(f->path);
-            problem(w, 0,
+            problem(w, g_array_index(w->file_lines, guint, i),
                     "file '%s' can reach %" G_GSIZE_FORMAT
                     " bytes with its placeholders expanded; the limit is "
                     "%u",
@@ -1399,7 +1429,7 @@ check_cross(Walker *w)
         total += max_len;
     }
     if (total > MANIFEST_FILES_TOTAL_MAX_BYTES)
-        problem(w, 0,
+        problem(w, w->customize_line,
                 "files together can reach %" G_GSIZE_FORMAT
                 " bytes with their placeholders expanded; the limit is %u",
                 total, MANIFEST_FILES_TOTAL_MAX_BYTES);
@@ -1476,6 +1506,7 @@ walk_service(Walker *w, xmlNode *root)
         return;
     }
     check_attributes(w, root, attrs);
+    w->service_name_line = attr_line(w, root, "name");
     name = required_attr(w, root, "name");
     if (name && !is_name(name, false)) {
         g_autofree char *bad = shown(name);
@@ -1517,6 +1548,7 @@ manifest_parse_data(const char *data, gsize len, GPtrArray *problems,
     g_autoptr(XmlSafeDoc) xdoc = NULL;
     g_autoptr(Manifest) m = NULL;
     g_autoptr(GError) parse_error = NULL;
+    g_autoptr(GArray) file_lines = NULL;
     guint first_new;
     guint line = 0;
     Walker w = {0};
@@ -1535,6 +1567,8 @@ manifest_parse_data(const char *data, gsize len, GPtrArray *problems,
     }
 
     m = manifest_new();
+    file_lines = g_array_new(FALSE, FALSE, sizeof(guint));
+    w.file_lines = file_lines;
     w.xdoc = xdoc;
     w.m = m;
     walk_service(&w, xml_safe_doc_root(xdoc));
