@@ -1572,14 +1572,6 @@ manifest_parse_data(const char *data, gsize len, GPtrArray *problems,
     w.xdoc = xdoc;
     w.m = m;
     walk_service(&w, xml_safe_doc_root(xdoc));
-    if (w.truncated) {
-        ManifestProblem *p = g_new0(ManifestProblem, 1);
-        p->line = 0;
-        p->message = g_strdup_printf("more than %u problems; the rest are "
-                                     "not reported",
-                                     MANIFEST_MAX_PROBLEMS);
-        g_ptr_array_add(w.problems, p);
-    }
     if (w.problems->len == first_new)
         check_schema(&w, xml_safe_doc_xml(xdoc));
 
@@ -1590,6 +1582,13 @@ manifest_parse_data(const char *data, gsize len, GPtrArray *problems,
         /* stable: problems on one line stay in the order found */
         if (first_new == 0)
             g_ptr_array_sort(w.problems, problem_cmp);
+        if (w.truncated) {
+            ManifestProblem *last = g_new0(ManifestProblem, 1);
+            last->message = g_strdup_printf("more than %u problems; the "
+                                            "rest are not reported",
+                                            MANIFEST_MAX_PROBLEMS);
+            g_ptr_array_add(w.problems, last);
+        }
         p = w.problems->pdata[first_new];
         g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID, "%u: %s%s", p->line,
                     p->message,

@@ -1,0 +1,110 @@
+#!/bin/bash
+# test-sporectl.sh SPORECTL: the command line of `sporectl` as an operator
+# meets it: exit codes, where output goes, and its exact shape.  TAP output.
+set -u
+sporectl=$1
+data=${SPORE_TEST_DATA:?run through meson}/manifests
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+n=0 failed=0
+
+check() { # check DESCRIPTION COMMAND...: passes when COMMAND succeeds
+    local what=$1
+    shift
+    n=$((n + 1))
+    if "$@"; then
+        echo "ok $n - $what"
+    else
+        echo "not ok $n - $what"
+        failed=$((failed + 1))
+    fi
+}
+
+run() { # run ARGS...: run sporectl, leaving $rc, $tmp/out and $tmp/err
+    "$sporectl" "$@" >"$tmp/out" 2>"$tmp/err"
+    rc=$?
+}
+
+valid=$data/valid/web-full.xml
+valid2=$data/valid/minimal.xml
+invalid=$data/invalid/vcpus-zero.xml
+
+run --help
+check "--help exits 0 and lists validate" \
+    test "$rc" -eq 0 -a -n "$(grep -w validate "$tmp/out")"
+run validate --help
+check "validate --help exits 0 and shows usage" \
+    test "$rc" -eq 0 -a -n "$(grep 'Usage: sporectl validate' "$tmp/out")"
+run help validate
+check "help validate prints the same text" \
+    test "$rc" -eq 0 -a -n "$(grep 'Usage: sporectl validate' "$tmp/out")"
+run --version
+check "--version exits 0" test "$rc" -eq 0 -a -n "$(grep '^sporectl ' "$tmp/out")"
+run
+check "no command is a usage error (2)" test "$rc" -eq 2
+run frobnicate
+check "an unknown command is a usage error (2)" \
+    test "$rc" -eq 2 -a -n "$(grep "unknown command 'frobnicate'" "$tmp/err")"
+run --frob validate "$valid"
+check "an unknown global option is a usage error (2)" test "$rc" -eq 2
+run validate
+check "validate without FILE is a usage error (2)" test "$rc" -eq 2
+run validate --strict "$valid"
+check "an unknown validate option is a usage error (2)" test "$rc" -eq 2
+
+run validate "$valid" "$valid2"
+check "valid files exit 0" test "$rc" -eq 0
+check "each valid file prints 'FILE: valid' on stdout" \
+    test "$(cat "$tmp/out")" = "$valid: valid
+$valid2: valid"
+check "valid files print nothing on stderr" test ! -s "$tmp/err"
+
+run validate "$valid" "$invalid"
+check "one invalid file among valid ones exits 1" test "$rc" -eq 1
+check "the valid one is still reported valid" \
+    test "$(cat "$tmp/out")" = "$valid: valid"
+check "the problem goes to stderr as FILE:LINE: message" \
+    test "$(cat "$tmp/err")" = "$invalid:9: <vcpus> '0' must be an integer from 1 to 256"
+
+printf '%s\n' '<?xml version="1.0"?>' \
+    '<service xmlns="urn:spore:manifest:1" name="x_y">' \
+    '  <image name="i"><origin url="http://127.0.0.1/i"/></image>' \
+    '  <vm><vcpus>999</vcpus><memory>1</memory></vm>' \
+    '</service>' >"$tmp/two.xml"
+run validate "$tmp/two.xml"
+check "all problems of a file are reported" \
+    test "$rc" -eq 1 -a "$(wc -l <"$tmp/err")" -eq 2
+check "problems carry their own lines" \
+    test "$(cut -d: -f2 "$tmp/err" | tr '\n' ' ')" = "2 4 "
+
+run validate /nonexistent/web.xml
+check "an unreadable file exits 1 naming it" \
+    test "$rc" -eq 1 -a -n "$(grep "^/nonexistent/web.xml: cannot open '/nonexistent/web.xml'" "$tmp/err")"
+
+"$sporectl" validate - <"$valid" >"$tmp/out" 2>"$tmp/err"
+rc=$?
+check "'-' reads standard input" \
+    test "$rc" -eq 0 -a "$(cat "$tmp/out")" = "-: valid"
+
+run --json validate "$valid" "$invalid"
+check "--json exits 1 when a file is invalid" test "$rc" -eq 1
+check "--json prints parseable JSON with the problem's line" \
+    python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert [x["valid"] for x in r] == [True, False], r
+assert r[1]["problems"][0]["line"] == 9, r
+' "$tmp/out"
+
+run format "$data/valid/minimal.xml"
+cp "$tmp/out" "$tmp/canonical.xml"
+check "format prints canonical XML with defaults written out" \
+    test "$rc" -eq 0 -a -n "$(grep '<scaling min="1" max="1" initial="1" cooldown="5m" stabilization="5m"/>' "$tmp/canonical.xml")"
+run validate "$tmp/canonical.xml"
+check "the canonical form validates" test "$rc" -eq 0
+run format "$invalid"
+check "format of an invalid manifest exits 1 with its problems" \
+    test "$rc" -eq 1 -a -n "$(grep "$invalid:9:" "$tmp/err")"
+
+echo "1..$n"
+[ "$failed" -eq 0 ]

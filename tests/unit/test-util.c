@@ -1,0 +1,53 @@
+/*
+ * test-util.c: helpers shared by the unit tests.  The data directory comes
+ * from SPORE_TEST_DATA, which meson sets to the source tree's tests/data.
+ */
+#include "test-util.h"
+
+#include <criterion/criterion.h>
+
+char *
+test_data_path(const char *rel)
+{
+    const char *root = g_getenv("SPORE_TEST_DATA");
+
+    cr_assert(root, "SPORE_TEST_DATA is not set (run the tests with meson)");
+    return g_build_filename(root, rel, NULL);
+}
+
+static gint
+cmp_str(gconstpointer a, gconstpointer b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+GPtrArray *
+test_data_list(const char *rel, const char *suffix)
+{
+    g_autofree char *dir_path = test_data_path(rel);
+    g_autoptr(GDir) dir = g_dir_open(dir_path, 0, NULL);
+    GPtrArray *names = g_ptr_array_new_with_free_func(g_free);
+    const char *name;
+
+    cr_assert(dir, "cannot open '%s'", dir_path);
+    while ((name = g_dir_read_name(dir))) {
+        if (g_str_has_suffix(name, suffix))
+            g_ptr_array_add(names, g_build_filename(dir_path, name, NULL));
+    }
+    g_ptr_array_sort(names, cmp_str);
+    return names;
+}
+
+char *
+test_read_file(const char *path, gsize *ret_len)
+{
+    char *data = NULL;
+    gsize len = 0;
+    g_autoptr(GError) err = NULL;
+
+    cr_assert(g_file_get_contents(path, &data, &len, &err), "%s",
+              err ? err->message : "");
+    if (ret_len)
+        *ret_len = len;
+    return data;
+}
