@@ -163,12 +163,15 @@ is_xml_space(char c)
 static ElementLoc *
 locate_start_tag(ParseState *st, gsize end, int n_attrs)
 {
-    gsize lt = end < st->len ? end : st->len;
+    gsize lt;
     ElementLoc *loc;
     gsize i;
     guint n = 0;
 
-    while (lt > st->cursor && st->data[lt] != '<')
+    /* at end of input libxml2 may report a tag that was never closed */
+    end = MIN(end, st->len);
+    lt = end;
+    while (lt > st->cursor && (lt >= st->len || st->data[lt] != '<'))
         lt--;
 
     loc = g_malloc0(sizeof(ElementLoc) + sizeof(AttrLoc) * (gsize)n_attrs);

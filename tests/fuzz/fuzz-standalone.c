@@ -16,6 +16,7 @@ static void
 run_file(const char *path)
 {
     g_autofree char *data = NULL;
+    g_autofree uint8_t *exact = NULL;
     gsize len = 0;
     g_autoptr(GError) err = NULL;
 
@@ -23,7 +24,9 @@ run_file(const char *path)
         printf("not ok %u - %s: %s\n", ++count, path, err->message);
         return;
     }
-    LLVMFuzzerTestOneInput((const uint8_t *)data, len);
+    /* an exact-size copy, so that sanitizers catch reads past the end */
+    exact = g_memdup2(data, len);
+    LLVMFuzzerTestOneInput(exact, len);
     printf("ok %u - %s\n", ++count, path);
 }
 

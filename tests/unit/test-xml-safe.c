@@ -162,3 +162,25 @@ Test(xml_safe, ignores_a_declared_legacy_encoding_and_reads_utf8)
     cr_expect_str_eq((char *)t, "\xc3\xa9");
     xmlFree(t);
 }
+
+/*
+ * Regression (found by fuzz-manifest): a start tag cut off by the end of the
+ * input made the location scan read one byte past the buffer.  The buffers
+ * here are exactly as long as their text, with no NUL after it.
+ */
+Test(xml_safe, stays_inside_a_buffer_that_ends_inside_a_start_tag)
+{
+    static const char *const inputs[] = {"<p", "<p a='1'", "<a><b x='y' ",
+                                         "<a\n", "<"};
+
+    for (gsize i = 0; i < G_N_ELEMENTS(inputs); i++) {
+        gsize len = strlen(inputs[i]);
+        g_autofree char *exact = g_memdup2(inputs[i], len);
+        g_autoptr(GError) err = NULL;
+        g_autoptr(XmlSafeDoc) doc =
+            xml_safe_parse(exact, len, &limits, NULL, &err);
+
+        cr_expect_null(doc, "'%s' parsed", inputs[i]);
+        cr_expect(err != NULL);
+    }
+}
