@@ -15,6 +15,5 @@
  * and *ret_len are set; on failure the error is SPORE_ERROR_IO or
  * SPORE_ERROR_LIMIT, names the file, and nothing is written.  Thread-safe.
  */
-bool
-spore_file_read_bounded(const char *path, gsize max_bytes, char **ret_data,
-                        gsize *ret_len, GError **error);
+bool spore_file_read_bounded(const char *path, gsize max_bytes, char **ret_data,
+                             gsize *ret_len, GError **error);

@@ -3,4 +3,4 @@
  */
 #include "spore-error.h"
 
-G_DEFINE_QUARK(spore-error-quark, spore_error)
+G_DEFINE_QUARK(spore - error - quark, spore_error)

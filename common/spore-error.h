@@ -19,5 +19,4 @@ typedef enum {
 } SporeErrorCode;
 
 /* spore_error_quark: the quark behind SPORE_ERROR.  Thread-safe. */
-GQuark
-spore_error_quark(void);
+GQuark spore_error_quark(void);

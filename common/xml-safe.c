@@ -270,7 +270,8 @@ XmlSafeDoc *
 xml_safe_parse(const char *data, gsize len, const XmlSafeLimits *limits,
                guint *ret_line, GError **error)
 {
-    g_autoptr(GPtrArray) locs = g_ptr_array_new_with_free_func(element_loc_free);
+    g_autoptr(GPtrArray) locs =
+        g_ptr_array_new_with_free_func(element_loc_free);
     ParseState st = {
         .limits = limits,
         .data = data,
@@ -392,8 +393,7 @@ xml_safe_node_line(const XmlSafeDoc *doc, const xmlNode *node)
 }
 
 guint
-xml_safe_attr_line(const XmlSafeDoc *doc, const xmlNode *node,
-                   const char *name)
+xml_safe_attr_line(const XmlSafeDoc *doc, const xmlNode *node, const char *name)
 {
     const ElementLoc *loc;
 

@@ -33,43 +33,37 @@ typedef struct XmlSafeDoc XmlSafeDoc;
  * problem was found on (0 when it concerns the whole document).  The result
  * is owned by the caller; free it with xml_safe_doc_free().  Thread-safe.
  */
-XmlSafeDoc *
-xml_safe_parse(const char *data, gsize len, const XmlSafeLimits *limits,
-               guint *ret_line, GError **error);
+XmlSafeDoc *xml_safe_parse(const char *data, gsize len,
+                           const XmlSafeLimits *limits, guint *ret_line,
+                           GError **error);
 
 /* xml_safe_doc_free: free @doc and its libxml2 tree.  Accepts NULL. */
-void
-xml_safe_doc_free(XmlSafeDoc *doc);
+void xml_safe_doc_free(XmlSafeDoc *doc);
 
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(XmlSafeDoc, xml_safe_doc_free)
 
 /* xml_safe_doc_xml: the libxml2 document; owned by @doc. */
-xmlDoc *
-xml_safe_doc_xml(const XmlSafeDoc *doc);
+xmlDoc *xml_safe_doc_xml(const XmlSafeDoc *doc);
 
 /* xml_safe_doc_root: the root element; owned by @doc. */
-xmlNode *
-xml_safe_doc_root(const XmlSafeDoc *doc);
+xmlNode *xml_safe_doc_root(const XmlSafeDoc *doc);
 
 /*
  * xml_safe_node_line: the line of the '<' that opens element @node (libxml2
  * itself records the line where the start tag ends).  0 for nodes that are
  * not elements of @doc.
  */
-guint
-xml_safe_node_line(const XmlSafeDoc *doc, const xmlNode *node);
+guint xml_safe_node_line(const XmlSafeDoc *doc, const xmlNode *node);
 
 /*
  * xml_safe_attr_line: the line on which attribute @name (its local name) of
  * element @node is written; the element's line when it is not found.
  */
-guint
-xml_safe_attr_line(const XmlSafeDoc *doc, const xmlNode *node,
-                   const char *name);
+guint xml_safe_attr_line(const XmlSafeDoc *doc, const xmlNode *node,
+                         const char *name);
 
 /*
  * xml_adapter_silence: stop libxml2 from printing errors on stderr in the
  * calling thread.  Idempotent; every parse in this file calls it.
  */
-void
-xml_adapter_silence(void);
+void xml_adapter_silence(void);

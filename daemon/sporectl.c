@@ -37,8 +37,7 @@ struct Command {
     int (*run)(const Command *cmd, const Globals *g, int argc, char **argv);
 };
 
-static const Command *
-find_command(const char *name);
+static const Command *find_command(const char *name);
 
 static void
 print_command_help(FILE *out, const Command *cmd)
@@ -327,8 +326,7 @@ main(int argc, char **argv)
             g.json = true;
         } else if (g_str_equal(a, "-c") || g_str_equal(a, "--connect")) {
             if (i + 1 >= argc) {
-                fprintf(stderr, "sporectl: option '%s' needs an ENDPOINT\n",
-                        a);
+                fprintf(stderr, "sporectl: option '%s' needs an ENDPOINT\n", a);
                 return EXIT_USAGE;
             }
             g.endpoint = argv[++i];

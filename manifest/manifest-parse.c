@@ -62,7 +62,7 @@ manifest_problems_new(void)
 }
 
 static void G_GNUC_PRINTF(3, 4)
-problem(Walker *w, guint line, const char *fmt, ...)
+    problem(Walker *w, guint line, const char *fmt, ...)
 {
     ManifestProblem *p;
     va_list ap;
@@ -312,7 +312,8 @@ ssh_key_problem(const char *key)
     }
     if (!known)
         return "it does not start with a known key type (ssh-ed25519, "
-               "ssh-rsa, ecdsa-sha2-nistp256/384/521, sk-ssh-ed25519@openssh.com"
+               "ssh-rsa, ecdsa-sha2-nistp256/384/521, "
+               "sk-ssh-ed25519@openssh.com"
                ", sk-ecdsa-sha2-nistp256@openssh.com)";
     b64 = space + 1;
     for (p = b64; *p && *p != ' '; p++) {
@@ -527,8 +528,7 @@ each_child(Walker *w, xmlNode *parent, const char *const *known, ChildFn fn,
                 g_autofree char *trimmed = g_strstrip(g_strdup(t));
                 g_autofree char *text = shown(trimmed);
                 problem(w, text_line(w, parent, c, t),
-                        "unexpected text in <%s>: '%s'", el_name(parent),
-                        text);
+                        "unexpected text in <%s>: '%s'", el_name(parent), text);
             }
             continue;
         }
@@ -613,8 +613,8 @@ static bool
 uint_attr(Walker *w, const xmlNode *el, const char *name, bool required,
           guint64 min, guint64 max, guint64 *ret)
 {
-    g_autofree char *v = required ? required_attr(w, el, name)
-                                  : get_attr(el, name);
+    g_autofree char *v =
+        required ? required_attr(w, el, name) : get_attr(el, name);
     g_autofree char *bad = NULL;
     guint64 n;
 
@@ -762,8 +762,8 @@ static void
 host_path_attr(Walker *w, xmlNode *el, const char *name, bool required,
                char **ret)
 {
-    g_autofree char *v = required ? required_attr(w, el, name)
-                                  : get_attr(el, name);
+    g_autofree char *v =
+        required ? required_attr(w, el, name) : get_attr(el, name);
     const char *why;
 
     if (!v)
@@ -810,8 +810,7 @@ is_ifname(const char *s, gsize max)
     if (len == 0 || len > max)
         return false;
     for (gsize i = 0; i < len; i++) {
-        if (!g_ascii_isalnum(s[i]) && s[i] != '_' && s[i] != '.' &&
-            s[i] != '-')
+        if (!g_ascii_isalnum(s[i]) && s[i] != '_' && s[i] != '.' && s[i] != '-')
             return false;
     }
     return true;
@@ -1134,8 +1133,8 @@ parse_customize(Walker *w, xmlNode *el)
     CustomizeSeen seen = {0};
 
     w->customize_line = line_of(w, el);
-    seen.file_lines = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
-                                            NULL);
+    seen.file_lines =
+        g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
     check_attributes(w, el, (const char *const[]){NULL});
     each_child(w, el, children, customize_child, &seen);
     g_hash_table_unref(seen.file_lines);
@@ -1147,7 +1146,7 @@ static void
 parse_rule(Walker *w, xmlNode *el)
 {
     static const char *const attrs[] = {"metric", "above", "below", "add",
-                                        "remove", "for", NULL};
+                                        "remove", "for",   NULL};
     static const char *const metrics[] = {"requests", "cpu", "memory", NULL};
     g_autofree char *metric = NULL;
     g_autofree char *above = get_attr(el, "above");
@@ -1233,8 +1232,8 @@ scaling_child(Walker *w, xmlNode *c, gpointer data)
 static void
 parse_scaling(Walker *w, xmlNode *el)
 {
-    static const char *const attrs[] = {"min", "max", "initial", "cooldown",
-                                        "stabilization", NULL};
+    static const char *const attrs[] = {"min",      "max",           "initial",
+                                        "cooldown", "stabilization", NULL};
     static const char *const children[] = {"rule", NULL};
     Manifest *m = w->m;
     guint64 min = 0, max = 0, initial = 0;
@@ -1245,8 +1244,8 @@ parse_scaling(Walker *w, xmlNode *el)
     check_attributes(w, el, attrs);
     have_min = uint_attr(w, el, "min", true, 0, MANIFEST_CLONES_MAX, &min);
     have_max = uint_attr(w, el, "max", true, 0, MANIFEST_CLONES_MAX, &max);
-    have_initial = uint_attr(w, el, "initial", false, 0, MANIFEST_CLONES_MAX,
-                             &initial);
+    have_initial =
+        uint_attr(w, el, "initial", false, 0, MANIFEST_CLONES_MAX, &initial);
     duration_attr(w, el, "cooldown", &m->scaling.cooldown_seconds);
     duration_attr(w, el, "stabilization", &m->scaling.stabilization_seconds);
 
@@ -1297,8 +1296,9 @@ placement_child(Walker *w, xmlNode *c, gpointer data)
     }
     if ((first = g_hash_table_lookup(lines, host))) {
         g_autofree char *bad = shown(host);
-        problem(w, line_of(w, c), "duplicate host '%s' (the first is on line %u)",
-                bad, GPOINTER_TO_UINT(first));
+        problem(w, line_of(w, c),
+                "duplicate host '%s' (the first is on line %u)", bad,
+                GPOINTER_TO_UINT(first));
         return;
     }
     g_hash_table_insert(lines, g_strdup(host), GUINT_TO_POINTER(line_of(w, c)));
@@ -1311,9 +1311,8 @@ parse_placement(Walker *w, xmlNode *el)
     static const char *const attrs[] = {"strategy", NULL};
     static const char *const children[] = {"host", NULL};
     static const char *const strategies[] = {"spread", "pack", NULL};
-    g_autoptr(GHashTable) lines = g_hash_table_new_full(g_str_hash,
-                                                        g_str_equal, g_free,
-                                                        NULL);
+    g_autoptr(GHashTable) lines =
+        g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
     int strategy = MANIFEST_PLACEMENT_SPREAD;
 
     check_attributes(w, el, attrs);
@@ -1491,18 +1490,19 @@ static void
 walk_service(Walker *w, xmlNode *root)
 {
     static const char *const attrs[] = {"name", NULL};
-    static const char *const children[] = {"description", "image", "vm",
-                                           "customize", "scaling",
-                                           "placement", NULL};
+    static const char *const children[] = {
+        "description", "image",     "vm", "customize",
+        "scaling",     "placement", NULL};
     ServiceSeen seen = {0};
     g_autofree char *name = NULL;
 
     if (!is_el(root, "service") || !in_our_ns(root)) {
         g_autofree char *bad = shown(el_name(root));
-        problem(w, line_of(w, root),
-                "root element must be <service> in namespace '"
-                MANIFEST_NAMESPACE "', not <%s>%s",
-                bad, in_our_ns(root) ? "" : " outside that namespace");
+        problem(
+            w, line_of(w, root),
+            "root element must be <service> in namespace '" MANIFEST_NAMESPACE
+            "', not <%s>%s",
+            bad, in_our_ns(root) ? "" : " outside that namespace");
         return;
     }
     check_attributes(w, root, attrs);
@@ -1590,9 +1590,8 @@ manifest_parse_data(const char *data, gsize len, GPtrArray *problems,
             g_ptr_array_add(w.problems, last);
         }
         p = w.problems->pdata[first_new];
-        g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID, "%u: %s%s", p->line,
-                    p->message,
-                    n > 1 ? " (and more problems)" : "");
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID, "%u: %s%s",
+                    p->line, p->message, n > 1 ? " (and more problems)" : "");
         return NULL;
     }
     return g_steal_pointer(&m);
@@ -1605,8 +1604,7 @@ manifest_parse_file(const char *path, GPtrArray *problems, GError **error)
     gsize len = 0;
     GError *err = NULL;
 
-    if (!spore_file_read_bounded(path, MANIFEST_MAX_BYTES, &data, &len,
-                                 &err)) {
+    if (!spore_file_read_bounded(path, MANIFEST_MAX_BYTES, &data, &len, &err)) {
         if (err->code == SPORE_ERROR_LIMIT && problems) {
             ManifestProblem *p = g_new0(ManifestProblem, 1);
             p->message = g_strdup_printf("manifest is larger than %u bytes",

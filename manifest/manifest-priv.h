@@ -11,5 +11,4 @@
  * their free functions), and no name, image name, origin, vcpus or memory.
  * Owned by the caller.
  */
-Manifest *
-manifest_new(void);
+Manifest *manifest_new(void);

@@ -156,8 +156,7 @@ manifest_equal(const Manifest *a, const Manifest *b)
     if (a->scaling.min != b->scaling.min || a->scaling.max != b->scaling.max ||
         a->scaling.initial != b->scaling.initial ||
         a->scaling.cooldown_seconds != b->scaling.cooldown_seconds ||
-        a->scaling.stabilization_seconds !=
-            b->scaling.stabilization_seconds ||
+        a->scaling.stabilization_seconds != b->scaling.stabilization_seconds ||
         a->scaling.rules->len != b->scaling.rules->len)
         return false;
     for (guint i = 0; i < a->scaling.rules->len; i++) {

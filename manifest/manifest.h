@@ -16,45 +16,45 @@
 #define MANIFEST_NAMESPACE "urn:spore:manifest:1"
 
 /* Limits on the document itself. */
-#define MANIFEST_MAX_BYTES      (1024u * 1024)
-#define MANIFEST_MAX_DEPTH      16u
-#define MANIFEST_MAX_PROBLEMS   100u
+#define MANIFEST_MAX_BYTES    (1024u * 1024)
+#define MANIFEST_MAX_DEPTH    16u
+#define MANIFEST_MAX_PROBLEMS 100u
 
 /* Limits on its contents. */
-#define MANIFEST_NAME_MAX_CHARS         63u
-#define MANIFEST_HOST_NAME_MAX_CHARS    63u
-#define MANIFEST_DESCRIPTION_MAX_BYTES  4096u
-#define MANIFEST_ORIGINS_MAX            8u
-#define MANIFEST_URL_MAX_BYTES          4096u
-#define MANIFEST_VCPUS_MAX              256u
-#define MANIFEST_MEMORY_MAX_KIB         (4ull * 1024 * 1024 * 1024) /* 4 TiB */
-#define MANIFEST_HOST_PATH_MAX_BYTES    4096u
-#define MANIFEST_CMDLINE_MAX_BYTES      4096u
-#define MANIFEST_INTERFACES_MAX         16u
-#define MANIFEST_NETWORK_NAME_MAX_CHARS 64u
-#define MANIFEST_BRIDGE_NAME_MAX_CHARS  15u /* IFNAMSIZ - 1 */
+#define MANIFEST_NAME_MAX_CHARS              63u
+#define MANIFEST_HOST_NAME_MAX_CHARS         63u
+#define MANIFEST_DESCRIPTION_MAX_BYTES       4096u
+#define MANIFEST_ORIGINS_MAX                 8u
+#define MANIFEST_URL_MAX_BYTES               4096u
+#define MANIFEST_VCPUS_MAX                   256u
+#define MANIFEST_MEMORY_MAX_KIB              (4ull * 1024 * 1024 * 1024) /* 4 TiB */
+#define MANIFEST_HOST_PATH_MAX_BYTES         4096u
+#define MANIFEST_CMDLINE_MAX_BYTES           4096u
+#define MANIFEST_INTERFACES_MAX              16u
+#define MANIFEST_NETWORK_NAME_MAX_CHARS      64u
+#define MANIFEST_BRIDGE_NAME_MAX_CHARS       15u /* IFNAMSIZ - 1 */
 #define MANIFEST_HOSTNAME_TEMPLATE_MAX_BYTES 512u
-#define MANIFEST_GUEST_PATH_MAX_BYTES   4096u
-#define MANIFEST_FILES_MAX              256u
-#define MANIFEST_FILE_MAX_BYTES         (1024u * 1024)     /* expanded */
-#define MANIFEST_FILES_TOTAL_MAX_BYTES  (8u * 1024 * 1024) /* expanded */
-#define MANIFEST_FILE_MODE_MAX          07777u
-#define MANIFEST_SSH_KEYS_MAX           64u
-#define MANIFEST_SSH_KEY_MAX_BYTES      16384u
-#define MANIFEST_USER_NAME_MAX_CHARS    32u
-#define MANIFEST_FIRSTBOOT_MAX          64u
-#define MANIFEST_FIRSTBOOT_MAX_BYTES    65536u
-#define MANIFEST_CLONES_MAX             1000u
-#define MANIFEST_RULES_MAX              32u
-#define MANIFEST_STEP_MAX               1000u
-#define MANIFEST_DURATION_MAX_SECONDS   (30u * 24 * 3600)
-#define MANIFEST_REQUESTS_THRESHOLD_MAX 1e12
-#define MANIFEST_HOSTS_MAX              1000u
+#define MANIFEST_GUEST_PATH_MAX_BYTES        4096u
+#define MANIFEST_FILES_MAX                   256u
+#define MANIFEST_FILE_MAX_BYTES              (1024u * 1024)     /* expanded */
+#define MANIFEST_FILES_TOTAL_MAX_BYTES       (8u * 1024 * 1024) /* expanded */
+#define MANIFEST_FILE_MODE_MAX               07777u
+#define MANIFEST_SSH_KEYS_MAX                64u
+#define MANIFEST_SSH_KEY_MAX_BYTES           16384u
+#define MANIFEST_USER_NAME_MAX_CHARS         32u
+#define MANIFEST_FIRSTBOOT_MAX               64u
+#define MANIFEST_FIRSTBOOT_MAX_BYTES         65536u
+#define MANIFEST_CLONES_MAX                  1000u
+#define MANIFEST_RULES_MAX                   32u
+#define MANIFEST_STEP_MAX                    1000u
+#define MANIFEST_DURATION_MAX_SECONDS        (30u * 24 * 3600)
+#define MANIFEST_REQUESTS_THRESHOLD_MAX      1e12
+#define MANIFEST_HOSTS_MAX                   1000u
 
 /* Defaults for what a manifest may leave out. */
-#define MANIFEST_DEFAULT_HOSTNAME       "{service}-{index}"
-#define MANIFEST_DEFAULT_FILE_MODE      0644u
-#define MANIFEST_DEFAULT_SSH_USER       "root"
+#define MANIFEST_DEFAULT_HOSTNAME              "{service}-{index}"
+#define MANIFEST_DEFAULT_FILE_MODE             0644u
+#define MANIFEST_DEFAULT_SSH_USER              "root"
 #define MANIFEST_DEFAULT_COOLDOWN_SECONDS      300u
 #define MANIFEST_DEFAULT_STABILIZATION_SECONDS 300u
 
@@ -155,8 +155,7 @@ typedef struct {
 } ManifestProblem;
 
 /* manifest_free: free @m and everything it owns.  Accepts NULL. */
-void
-manifest_free(Manifest *m);
+void manifest_free(Manifest *m);
 
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(Manifest, manifest_free)
 
@@ -171,21 +170,19 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(Manifest, manifest_free)
  * "LINE: message" of the first problem.  Reads nothing but @data.
  * Thread-safe.
  */
-Manifest *
-manifest_parse_data(const char *data, gsize len, GPtrArray *problems,
-                    GError **error);
+Manifest *manifest_parse_data(const char *data, gsize len, GPtrArray *problems,
+                              GError **error);
 
 /*
  * manifest_parse_file: manifest_parse_data() on the contents of @path ("-"
  * for standard input), read with the MANIFEST_MAX_BYTES limit.  A file that
  * cannot be read fails with SPORE_ERROR_IO and adds no problem.
  */
-Manifest *
-manifest_parse_file(const char *path, GPtrArray *problems, GError **error);
+Manifest *manifest_parse_file(const char *path, GPtrArray *problems,
+                              GError **error);
 
 /* manifest_problems_new: an empty array of ManifestProblem, owning them. */
-GPtrArray *
-manifest_problems_new(void);
+GPtrArray *manifest_problems_new(void);
 
 /*
  * manifest_format: the canonical XML form of @m, UTF-8, owned by the caller.
@@ -194,34 +191,26 @@ manifest_problems_new(void);
  * numbers are written in their shortest exact form.  Parsing the result
  * yields a manifest equal to @m (manifest_equal).
  */
-char *
-manifest_format(const Manifest *m);
+char *manifest_format(const Manifest *m);
 
 /* manifest_equal: whether @a and @b define the same service.  NULL-safe. */
-bool
-manifest_equal(const Manifest *a, const Manifest *b);
+bool manifest_equal(const Manifest *a, const Manifest *b);
 
 /* Names of enumerated values as written in manifests. */
-const char *
-manifest_hypervisor_name(ManifestHypervisor h);
-const char *
-manifest_image_format_name(ManifestImageFormat f);
-const char *
-manifest_metric_name(ManifestMetric m);
-const char *
-manifest_placement_strategy_name(ManifestPlacementStrategy s);
+const char *manifest_hypervisor_name(ManifestHypervisor h);
+const char *manifest_image_format_name(ManifestImageFormat f);
+const char *manifest_metric_name(ManifestMetric m);
+const char *manifest_placement_strategy_name(ManifestPlacementStrategy s);
 
 /*
  * manifest_clone_hostname: the hostname of clone @index of @m, the template
  * expanded.  Owned by the caller.  Cannot fail for index < scaling.max of a
  * validated manifest; returns NULL and sets @error otherwise.
  */
-char *
-manifest_clone_hostname(const Manifest *m, guint index, GError **error);
+char *manifest_clone_hostname(const Manifest *m, guint index, GError **error);
 
 /*
  * manifest_clone_name: "{service}-{index}", the libvirt domain name of clone
  * @index.  Owned by the caller.
  */
-char *
-manifest_clone_name(const Manifest *m, guint index);
+char *manifest_clone_name(const Manifest *m, guint index);

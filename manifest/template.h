@@ -18,8 +18,8 @@ typedef enum {
     MANIFEST_VAR_HOST = 1u << 3,     /* {host}: the hypervisor host's name */
 } ManifestVar;
 
-#define MANIFEST_VARS_ALL                                                    \
-    (MANIFEST_VAR_SERVICE | MANIFEST_VAR_INDEX | MANIFEST_VAR_HOSTNAME |     \
+#define MANIFEST_VARS_ALL                                                \
+    (MANIFEST_VAR_SERVICE | MANIFEST_VAR_INDEX | MANIFEST_VAR_HOSTNAME | \
      MANIFEST_VAR_HOST)
 
 typedef struct {
@@ -43,10 +43,9 @@ typedef struct {
  * not NULL, stores there the longest expansion possible with values no
  * longer than @lengths (which may then not be NULL).  Thread-safe.
  */
-bool
-manifest_template_check(const char *tmpl, guint allowed,
-                        const ManifestVarLengths *lengths, gsize *ret_max_len,
-                        GError **error);
+bool manifest_template_check(const char *tmpl, guint allowed,
+                             const ManifestVarLengths *lengths,
+                             gsize *ret_max_len, GError **error);
 
 /*
  * manifest_template_expand: @tmpl with its placeholders replaced from @vars.
@@ -54,6 +53,5 @@ manifest_template_check(const char *tmpl, guint allowed,
  * placeholders, and on an allowed one whose value in @vars is NULL.  The
  * result is owned by the caller.  Thread-safe.
  */
-char *
-manifest_template_expand(const char *tmpl, guint allowed,
-                         const ManifestVars *vars, GError **error);
+char *manifest_template_expand(const char *tmpl, guint allowed,
+                               const ManifestVars *vars, GError **error);

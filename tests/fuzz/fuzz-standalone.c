@@ -7,8 +7,7 @@
 #include <stdio.h>
 #include <glib.h>
 
-int
-LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static guint count;
 

@@ -44,8 +44,7 @@ Test(manifest_format, round_trips_every_valid_example)
 
 Test(manifest_format, writes_the_expected_canonical_form)
 {
-    g_autofree char *in_path =
-        test_data_path("manifests/valid/autoscaled.xml");
+    g_autofree char *in_path = test_data_path("manifests/valid/autoscaled.xml");
     g_autofree char *golden_path =
         test_data_path("manifests/canonical/autoscaled.xml");
     g_autoptr(Manifest) m = manifest_parse_file(in_path, NULL, NULL);
@@ -81,8 +80,7 @@ Test(manifest_format, picks_the_largest_exact_units)
     cr_expect(strstr(out, "stabilization=\"90s\""), "%s", out);
     cr_expect(strstr(out, "above=\"0.75\""), "%s", out);
     cr_expect(strstr(out, "for=\"2m\""), "%s", out);
-    cr_expect(strstr(out, "initial=\"0\""), "initial defaults to min: %s",
-              out);
+    cr_expect(strstr(out, "initial=\"0\""), "initial defaults to min: %s", out);
 }
 
 Test(manifest_format, escapes_markup_in_text_so_structure_is_kept)
@@ -102,9 +100,9 @@ Test(manifest_format, escapes_markup_in_text_so_structure_is_kept)
     cr_expect_str_eq(again->description, "</description><vm/> &amp;");
     cr_expect_str_eq(again->image.origins->pdata[0],
                      "http://127.0.0.1/i?a=1&b=2");
-    cr_expect_str_eq(((ManifestFile *)again->customize.files->pdata[0])
-                         ->content,
-                     "]]> </file>\"'");
+    cr_expect_str_eq(
+        ((ManifestFile *)again->customize.files->pdata[0])->content,
+        "]]> </file>\"'");
     cr_expect(manifest_equal(m, again));
 }
 

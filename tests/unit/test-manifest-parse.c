@@ -80,8 +80,7 @@ Test(manifest_parse, reports_the_exact_line_for_each_invalid_example)
         g_autofree char *expected = NULL;
         const ManifestProblem *p;
 
-        cr_assert(g_regex_match_full(re, data, (gssize)len, 0, 0, &match,
-                                     NULL),
+        cr_assert(g_regex_match_full(re, data, (gssize)len, 0, 0, &match, NULL),
                   "%s: no '<!-- expect: LINE: TEXT -->' comment", name);
         line_text = g_match_info_fetch(match, 1);
         expected = g_match_info_fetch(match, 2);
@@ -202,18 +201,18 @@ Test(manifest_parse, reads_every_field_of_the_reference_example)
 Test(manifest_parse, reports_all_problems_of_a_file_in_line_order)
 {
     static const char text[] =
-        "<?xml version=\"1.0\"?>\n"                                  /* 1 */
-        "<service xmlns=\"urn:spore:manifest:1\" name=\"Bad\">\n"    /* 2 */
-        "  <image name=\"i\"\n"                                      /* 3 */
-        "         format=\"vmdk\">\n"                                /* 4 */
-        "    <origin url=\"gopher://x/\"/>\n"                        /* 5 */
-        "  </image>\n"                                               /* 6 */
-        "  <vm>\n"                                                   /* 7 */
-        "    <vcpus>0</vcpus>\n"                                     /* 8 */
-        "    <memory>1</memory>\n"                                   /* 9 */
-        "    <gpu/>\n"                                               /* 10 */
-        "  </vm>\n"                                                  /* 11 */
-        "  <scaling min=\"5\" max=\"2\"/>\n"                         /* 12 */
+        "<?xml version=\"1.0\"?>\n"                               /* 1 */
+        "<service xmlns=\"urn:spore:manifest:1\" name=\"Bad\">\n" /* 2 */
+        "  <image name=\"i\"\n"                                   /* 3 */
+        "         format=\"vmdk\">\n"                             /* 4 */
+        "    <origin url=\"gopher://x/\"/>\n"                     /* 5 */
+        "  </image>\n"                                            /* 6 */
+        "  <vm>\n"                                                /* 7 */
+        "    <vcpus>0</vcpus>\n"                                  /* 8 */
+        "    <memory>1</memory>\n"                                /* 9 */
+        "    <gpu/>\n"                                            /* 10 */
+        "  </vm>\n"                                               /* 11 */
+        "  <scaling min=\"5\" max=\"2\"/>\n"                      /* 12 */
         "</service>\n";
     static const guint expected_lines[] = {2, 4, 5, 8, 10, 12};
     g_autoptr(GPtrArray) problems = NULL;
@@ -230,13 +229,13 @@ Test(manifest_parse, reports_all_problems_of_a_file_in_line_order)
 
 Test(manifest_parse, names_the_line_of_an_attribute_on_a_continuation_line)
 {
-    g_autofree char *text = g_strconcat(
-        minimal_prefix,
-        "  <scaling min=\"1\"\n"   /* 5 */
-        "           max=\"2\"\n"   /* 6 */
-        "           cooldown=\"forever\"/>\n" /* 7 */
-        "</service>\n",
-        NULL);
+    g_autofree char *text =
+        g_strconcat(minimal_prefix,
+                    "  <scaling min=\"1\"\n"              /* 5 */
+                    "           max=\"2\"\n"              /* 6 */
+                    "           cooldown=\"forever\"/>\n" /* 7 */
+                    "</service>\n",
+                    NULL);
     g_autoptr(GPtrArray) problems = NULL;
     g_autoptr(Manifest) m = parse_text(text, &problems);
     const ManifestProblem *p;
@@ -320,8 +319,8 @@ Test(manifest_parse, reports_a_missing_file_as_an_io_error)
 Test(manifest_parse, rejects_deep_nesting_at_the_limit)
 {
     const guint depth = 200000; /* far beyond libxml2's own limit too */
-    g_autoptr(GString) text = g_string_new(
-        "<service xmlns=\"urn:spore:manifest:1\" name=\"s\">");
+    g_autoptr(GString) text =
+        g_string_new("<service xmlns=\"urn:spore:manifest:1\" name=\"s\">");
     g_autoptr(GPtrArray) problems = manifest_problems_new();
     g_autoptr(GError) err = NULL;
     g_autoptr(Manifest) m = NULL;
@@ -387,11 +386,11 @@ Test(manifest_parse, does_not_expand_an_entity_bomb)
 
 Test(manifest_parse, escapes_control_characters_in_messages)
 {
-    g_autofree char *text =
-        g_strconcat(minimal_prefix,
-                    "  <placement><host>a&#x9b;31mred&#x202e;</host></placement>\n"
-                    "</service>\n",
-                    NULL);
+    g_autofree char *text = g_strconcat(
+        minimal_prefix,
+        "  <placement><host>a&#x9b;31mred&#x202e;</host></placement>\n"
+        "</service>\n",
+        NULL);
     g_autoptr(GPtrArray) problems = NULL;
     g_autoptr(Manifest) m = parse_text(text, &problems);
     const ManifestProblem *p;
@@ -429,11 +428,13 @@ Test(manifest_parse, checks_the_hostname_template_for_every_index_below_max)
     g_autofree char *ok_text = g_strdup_printf(
         "%s  <customize><hostname>%s{index}</hostname></customize>\n"
         "  <scaling min=\"0\" max=\"100\"/>\n</service>\n",
-        minimal_prefix, "hhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhh");
+        minimal_prefix,
+        "hhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhh");
     g_autofree char *bad_text = g_strdup_printf(
         "%s  <customize><hostname>%s{index}</hostname></customize>\n"
         "  <scaling min=\"0\" max=\"101\"/>\n</service>\n",
-        minimal_prefix, "hhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhh");
+        minimal_prefix,
+        "hhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhh");
     g_autoptr(GPtrArray) problems = NULL;
     g_autoptr(GPtrArray) problems2 = NULL;
     g_autoptr(Manifest) ok = parse_text(ok_text, &problems);

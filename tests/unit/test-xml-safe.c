@@ -28,14 +28,14 @@ child(xmlNode *parent, const char *name)
 
 Test(xml_safe, finds_the_line_where_a_start_tag_and_each_attribute_begin)
 {
-    static const char text[] = "<a>\n"                 /* 1 */
-                               "  <b x='1'\n"          /* 2 */
-                               "     y=\"a>b\"\n"      /* 3 */
-                               "\n"                    /* 4 */
-                               "     z = '3'/>\n"      /* 5 */
-                               "  <c\n"                /* 6 */
-                               "   xmlns:p='urn:p'\n"  /* 7 */
-                               "   p:w='4'></c>\n"     /* 8 */
+    static const char text[] = "<a>\n"                /* 1 */
+                               "  <b x='1'\n"         /* 2 */
+                               "     y=\"a>b\"\n"     /* 3 */
+                               "\n"                   /* 4 */
+                               "     z = '3'/>\n"     /* 5 */
+                               "  <c\n"               /* 6 */
+                               "   xmlns:p='urn:p'\n" /* 7 */
+                               "   p:w='4'></c>\n"    /* 8 */
                                "</a>\n";
     g_autoptr(GError) err = NULL;
     g_autoptr(XmlSafeDoc) doc = parse(text, NULL, &err);
@@ -100,9 +100,8 @@ Test(xml_safe, refuses_undefined_entities)
 Test(xml_safe, enforces_the_depth_limit_exactly)
 {
     g_autoptr(GError) err = NULL;
-    g_autoptr(XmlSafeDoc) at_limit =
-        parse("<a><a><a><a><a><a><a><a/></a></a></a></a></a></a></a>", NULL,
-              &err);
+    g_autoptr(XmlSafeDoc) at_limit = parse(
+        "<a><a><a><a><a><a><a><a/></a></a></a></a></a></a></a>", NULL, &err);
     g_autoptr(XmlSafeDoc) beyond = NULL;
 
     cr_expect(at_limit, "8 levels are allowed: %s", err ? err->message : "");
