@@ -17,3 +17,13 @@
  */
 bool spore_file_read_bounded(const char *path, gsize max_bytes, char **ret_data,
                              gsize *ret_len, GError **error);
+
+/*
+ * spore_file_write_atomic: replace @path with @len bytes of @data so that a
+ * crash leaves either the old file or the whole new one: a temporary file
+ * in the same directory, written, fsync'ed, given @mode, renamed over
+ * @path, and the directory fsync'ed.  Errors name @path.  Thread-safe.
+ */
+bool
+spore_file_write_atomic(const char *path, const void *data, gsize len,
+                        int mode, GError **error);

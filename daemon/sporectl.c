@@ -17,6 +17,7 @@
 #include <glib.h>
 #include <json-glib/json-glib.h>
 
+#include "image-index.h"
 #include "manifest.h"
 #include "spore-config.h"
 #include "spore-error.h"
@@ -46,21 +47,32 @@ print_command_help(FILE *out, const Command *cmd)
             cmd->summary, cmd->help);
 }
 
+/* One option of a command: a flag, or one taking a value. */
+typedef struct {
+    const char *long_name; /* without "--" */
+    char short_name;       /* 0: none */
+    const char **value;    /* non-NULL: takes a value, stored here */
+    bool *flag;            /* non-NULL: a flag, set to true */
+} CommandOption;
+
 /*
- * Parse a command's own options: only --help is common to all; the rest are
- * listed in @flags (NULL-terminated long names, each stored in @values).
+ * Parse a command's own options from @argv (argv[0] is the command name):
+ * "-h"/"--help" and those in @opts (terminated by a zeroed entry; may be
+ * NULL), as "--name VALUE", "--name=VALUE" or "-x VALUE".  Options and
+ * operands may not be mixed: the first operand (or "--") ends the options.
  * Returns the index of the first operand, or -1 after a usage error was
  * printed, or -2 when help was printed.
  */
 static int
 parse_command_flags(const Command *cmd, int argc, char **argv,
-                    const char *const *flags, bool *values)
+                    const CommandOption *opts)
 {
     int i;
 
     for (i = 1; i < argc; i++) {
         const char *a = argv[i];
-        bool known = false;
+        const CommandOption *o = NULL;
+        const char *inline_value = NULL;
 
         if (g_str_equal(a, "--")) {
             i++;
@@ -72,17 +84,35 @@ parse_command_flags(const Command *cmd, int argc, char **argv,
             print_command_help(stdout, cmd);
             return -2;
         }
-        for (gsize f = 0; flags && flags[f]; f++) {
-            if (g_str_has_prefix(a, "--") && g_str_equal(a + 2, flags[f])) {
-                values[f] = true;
-                known = true;
+        for (gsize k = 0; opts && opts[k].long_name; k++) {
+            gsize n = strlen(opts[k].long_name);
+
+            if (a[1] == '-' && strncmp(a + 2, opts[k].long_name, n) == 0 &&
+                (a[2 + n] == '\0' || (a[2 + n] == '=' && opts[k].value))) {
+                o = &opts[k];
+                if (a[2 + n] == '=')
+                    inline_value = a + 3 + n;
+            } else if (a[1] != '-' && opts[k].short_name &&
+                       a[1] == opts[k].short_name && a[2] == '\0') {
+                o = &opts[k];
             }
         }
-        if (!known) {
+        if (!o) {
             fprintf(stderr,
                     "sporectl %s: unknown option '%s'\n"
                     "Try 'sporectl help %s'.\n",
                     cmd->name, a, cmd->name);
+            return -1;
+        }
+        if (o->flag) {
+            *o->flag = true;
+        } else if (inline_value) {
+            *o->value = inline_value;
+        } else if (i + 1 < argc) {
+            *o->value = argv[++i];
+        } else {
+            fprintf(stderr, "sporectl %s: option '%s' needs a value\n",
+                    cmd->name, a);
             return -1;
         }
     }
@@ -103,7 +133,7 @@ print_problem(const char *file, const ManifestProblem *p)
 static int
 cmd_validate(const Command *cmd, const Globals *g, int argc, char **argv)
 {
-    int first = parse_command_flags(cmd, argc, argv, NULL, NULL);
+    int first = parse_command_flags(cmd, argc, argv, NULL);
     g_autoptr(JsonBuilder) jb = NULL;
     bool all_valid = true;
 
@@ -186,7 +216,7 @@ cmd_validate(const Command *cmd, const Globals *g, int argc, char **argv)
 static int
 cmd_format(const Command *cmd, const Globals *g, int argc, char **argv)
 {
-    int first = parse_command_flags(cmd, argc, argv, NULL, NULL);
+    int first = parse_command_flags(cmd, argc, argv, NULL);
     g_autoptr(GPtrArray) problems = manifest_problems_new();
     g_autoptr(GError) err = NULL;
     g_autoptr(Manifest) m = NULL;
@@ -211,6 +241,97 @@ cmd_format(const Command *cmd, const Globals *g, int argc, char **argv)
     }
     xml = manifest_format(m);
     fputs(xml, stdout);
+    return fflush(stdout) == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
+
+/* ---- image-index ------------------------------------------------------- */
+
+static char *
+human_bytes(guint64 n)
+{
+    return g_format_size_full(n, G_FORMAT_SIZE_IEC_UNITS);
+}
+
+static int
+cmd_image_index(const Command *cmd, const Globals *g, int argc, char **argv)
+{
+    const char *chunk_size = NULL;
+    const char *output = NULL;
+    const char *threads_text = NULL;
+    const CommandOption opts[] = {
+        {"chunk-size", 0, &chunk_size, NULL},
+        {"output", 'o', &output, NULL},
+        {"threads", 0, &threads_text, NULL},
+        {0},
+    };
+    int first = parse_command_flags(cmd, argc, argv, opts);
+    guint shift = IMAGE_INDEX_CHUNK_SHIFT_DEFAULT;
+    guint64 threads = 0;
+    g_autoptr(GError) err = NULL;
+    g_autoptr(ImageIndex) idx = NULL;
+    g_autofree char *default_output = NULL;
+    g_autofree char *size_text = NULL;
+    g_autofree char *chunk_text = NULL;
+    g_autofree char *data_text = NULL;
+    const char *image;
+    guint64 zero, count;
+
+    if (first == -2)
+        return EXIT_SUCCESS;
+    if (first < 0)
+        return EXIT_USAGE;
+    if (argc - first != 1) {
+        fprintf(stderr, "sporectl image-index: give exactly one FILE\n"
+                        "Try 'sporectl help image-index'.\n");
+        return EXIT_USAGE;
+    }
+    image = argv[first];
+    if (chunk_size && !image_index_parse_chunk_size(chunk_size, &shift, &err)) {
+        fprintf(stderr, "sporectl image-index: %s\n", err->message);
+        return EXIT_USAGE;
+    }
+    if (threads_text &&
+        (!g_ascii_string_to_unsigned(threads_text, 10, 1, 256, &threads,
+                                     NULL))) {
+        fprintf(stderr,
+                "sporectl image-index: --threads '%s' must be 1 to 256\n",
+                threads_text);
+        return EXIT_USAGE;
+    }
+    if (!output) {
+        g_autofree char *base = g_path_get_basename(image);
+        default_output = g_strconcat(base, ".sporeidx", NULL);
+        output = default_output;
+    }
+
+    idx = image_index_build_file(image, shift, (guint)threads, &err);
+    if (!idx || !image_index_write(idx, output, &err)) {
+        fprintf(stderr, "sporectl image-index: %s\n", err->message);
+        return EXIT_FAILURE;
+    }
+
+    count = image_index_chunk_count(idx);
+    zero = image_index_zero_count(idx);
+    size_text = human_bytes(image_index_image_size(idx));
+    chunk_text = human_bytes(image_index_chunk_size(idx));
+    data_text = human_bytes((count - zero) * image_index_chunk_size(idx));
+    if (g->json) {
+        printf("{\"id\": \"%s\", \"image_size\": %" G_GUINT64_FORMAT
+               ", \"chunk_size\": %" G_GUINT64_FORMAT
+               ", \"chunks\": %" G_GUINT64_FORMAT
+               ", \"zero_chunks\": %" G_GUINT64_FORMAT "}\n",
+               image_index_id(idx), image_index_image_size(idx),
+               image_index_chunk_size(idx), count, zero);
+    } else if (g_str_equal(output, "-")) {
+        fprintf(stderr, "%s\n", image_index_id(idx));
+    } else {
+        printf("%s\n", image_index_id(idx));
+    }
+    fprintf(stderr,
+            "%s: %s in %" G_GUINT64_FORMAT " chunks of %s, %" G_GUINT64_FORMAT
+            " all-zero (at most %s to fetch); index in %s\n",
+            image, size_text, count, chunk_text, zero, data_text,
+            g_str_equal(output, "-") ? "standard output" : output);
     return fflush(stdout) == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }
 
@@ -283,6 +404,20 @@ static const Command commands[] = {
         "standard output: every default written out, elements in schema\n"
         "order, sizes and durations in their largest exact unit.\n",
         cmd_format,
+    },
+    {
+        "image-index",
+        "[--chunk-size SIZE] [-o INDEX] [--threads N] FILE",
+        "Build the chunk index of an image and print its id.",
+        "Cuts the image FILE (a raw image file or block device) into chunks\n"
+        "of SIZE bytes (a power of two from 4K to 4M; default 64K), hashes\n"
+        "each with SHA-256, flags all-zero chunks, writes the index to INDEX\n"
+        "(default: FILE's name + .sporeidx in the current directory; - for\n"
+        "standard output) and prints the image id, sha256:HEX, the SHA-256 of\n"
+        "the index.  A summary goes to standard error.  --threads sets the\n"
+        "hashing threads (default: one per CPU).  The format is in\n"
+        "docs/image-index.md.\n",
+        cmd_image_index,
     },
     {
         "help",
