@@ -94,8 +94,8 @@ write_all(int fd, const guint8 *data, gsize len)
 }
 
 bool
-spore_file_write_atomic(const char *path, const void *data, gsize len,
-                        int mode, GError **error)
+spore_file_write_atomic(const char *path, const void *data, gsize len, int mode,
+                        GError **error)
 {
     g_autofree char *dir = g_path_get_dirname(path);
     g_autofree char *base = g_path_get_basename(path);
@@ -108,8 +108,7 @@ spore_file_write_atomic(const char *path, const void *data, gsize len,
     if (fd < 0) {
         saved = errno;
         g_set_error(error, SPORE_ERROR, SPORE_ERROR_IO,
-                    "cannot create a file in '%s': %s", dir,
-                    g_strerror(saved));
+                    "cannot create a file in '%s': %s", dir, g_strerror(saved));
         return false;
     }
     if (!write_all(fd, data, len) || fchmod(fd, (mode_t)mode) < 0 ||

@@ -24,6 +24,5 @@ bool spore_file_read_bounded(const char *path, gsize max_bytes, char **ret_data,
  * in the same directory, written, fsync'ed, given @mode, renamed over
  * @path, and the directory fsync'ed.  Errors name @path.  Thread-safe.
  */
-bool
-spore_file_write_atomic(const char *path, const void *data, gsize len,
-                        int mode, GError **error);
+bool spore_file_write_atomic(const char *path, const void *data, gsize len,
+                             int mode, GError **error);

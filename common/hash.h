@@ -9,20 +9,17 @@
 #include <stdbool.h>
 #include <glib.h>
 
-#define SPORE_SHA256_BYTES 32u
+#define SPORE_SHA256_BYTES     32u
 #define SPORE_SHA256_HEX_CHARS 64u
 
 /* spore_sha256: the SHA-256 of @len bytes at @data into @out.  Thread-safe. */
-void
-spore_sha256(const void *data, gsize len, guint8 out[SPORE_SHA256_BYTES]);
+void spore_sha256(const void *data, gsize len, guint8 out[SPORE_SHA256_BYTES]);
 
 /* spore_hex: lowercase hex of @len bytes, owned by the caller. */
-char *
-spore_hex(const guint8 *bytes, gsize len);
+char *spore_hex(const guint8 *bytes, gsize len);
 
 /*
  * spore_unhex: parse exactly 2 * @len lowercase or uppercase hex digits of
  * @hex into @out.  False (and @out untouched) on anything else.
  */
-bool
-spore_unhex(const char *hex, guint8 *out, gsize len);
+bool spore_unhex(const char *hex, guint8 *out, gsize len);

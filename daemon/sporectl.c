@@ -290,9 +290,8 @@ cmd_image_index(const Command *cmd, const Globals *g, int argc, char **argv)
         fprintf(stderr, "sporectl image-index: %s\n", err->message);
         return EXIT_USAGE;
     }
-    if (threads_text &&
-        (!g_ascii_string_to_unsigned(threads_text, 10, 1, 256, &threads,
-                                     NULL))) {
+    if (threads_text && (!g_ascii_string_to_unsigned(threads_text, 10, 1, 256,
+                                                     &threads, NULL))) {
         fprintf(stderr,
                 "sporectl image-index: --threads '%s' must be 1 to 256\n",
                 threads_text);

@@ -41,12 +41,13 @@
 #define BUILD_SEGMENT_BYTES (8u * 1024 * 1024)
 
 struct ImageIndex {
+    gint refs; /* atomic */
     guint chunk_shift;
     guint64 image_size;
     guint64 chunk_count;
     guint64 zero_count;
-    guint8 *digests;     /* 32 * chunk_count */
-    guint8 *zero_flags;  /* ceil(chunk_count / 8), as encoded */
+    guint8 *digests;    /* 32 * chunk_count */
+    guint8 *zero_flags; /* ceil(chunk_count / 8), as encoded */
     guint8 zero_digest_full[SPORE_SHA256_BYTES];
     guint8 zero_digest_last[SPORE_SHA256_BYTES];
     GBytes *encoding;
@@ -96,9 +97,8 @@ flags_bytes(guint64 chunk_count)
 static gsize
 encoded_bytes(guint64 chunk_count)
 {
-    return IMAGE_INDEX_HEADER_BYTES +
-           (gsize)chunk_count * SPORE_SHA256_BYTES + flags_bytes(chunk_count) +
-           IMAGE_INDEX_TRAILER_BYTES;
+    return IMAGE_INDEX_HEADER_BYTES + (gsize)chunk_count * SPORE_SHA256_BYTES +
+           flags_bytes(chunk_count) + IMAGE_INDEX_TRAILER_BYTES;
 }
 
 gsize
@@ -117,6 +117,8 @@ index_alloc(guint chunk_shift, guint64 image_size)
 {
     ImageIndex *idx = g_new0(ImageIndex, 1);
     guint64 chunk_size = (guint64)1 << chunk_shift;
+
+    idx->refs = 1;
     g_autofree guint8 *zeros = NULL;
     gsize last_len;
 
@@ -169,10 +171,17 @@ index_seal(ImageIndex *idx)
     idx->encoding = g_bytes_new_take(buf, len);
 }
 
+ImageIndex *
+image_index_ref(ImageIndex *idx)
+{
+    g_atomic_int_inc(&idx->refs);
+    return idx;
+}
+
 void
 image_index_free(ImageIndex *idx)
 {
-    if (!idx)
+    if (!idx || !g_atomic_int_dec_and_test(&idx->refs))
         return;
     g_free(idx->digests);
     g_free(idx->zero_flags);
@@ -190,8 +199,8 @@ typedef struct {
     guint64 segment_bytes;
     guint64 n_segments;
     guint64 next_segment; /* atomic */
-    guint8 *chunk_zero;  /* one byte per chunk */
-    GMutex lock;         /* guards error */
+    guint8 *chunk_zero;   /* one byte per chunk */
+    GMutex lock;          /* guards error */
     GError *error;
     gint failed; /* atomic */
 } Build;
@@ -246,8 +255,7 @@ build_worker(gpointer data)
     g_autofree guint8 *buf = g_malloc((gsize)b->segment_bytes);
 
     while (!g_atomic_int_get(&b->failed)) {
-        guint64 seg = __atomic_fetch_add(&b->next_segment, 1,
-                                         __ATOMIC_RELAXED);
+        guint64 seg = __atomic_fetch_add(&b->next_segment, 1, __ATOMIC_RELAXED);
         guint64 start, end, first_chunk;
         gsize got = 0;
 
@@ -258,9 +266,8 @@ build_worker(gpointer data)
         first_chunk = start >> idx->chunk_shift;
 
         if (segment_is_hole(b, start, end)) {
-            for (guint64 c = first_chunk; c < idx->chunk_count &&
-                                          (c << idx->chunk_shift) < end;
-                 c++) {
+            for (guint64 c = first_chunk;
+                 c < idx->chunk_count && (c << idx->chunk_shift) < end; c++) {
                 memcpy(idx->digests + c * SPORE_SHA256_BYTES,
                        zero_digest(idx, c), SPORE_SHA256_BYTES);
                 b->chunk_zero[c] = 1;
@@ -275,13 +282,15 @@ build_worker(gpointer data)
                 continue;
             if (n <= 0) {
                 int saved = errno;
-                build_fail(b, g_error_new(SPORE_ERROR, SPORE_ERROR_IO,
-                                          "cannot read '%s' at offset %"
-                                          G_GUINT64_FORMAT ": %s",
-                                          b->path, start + got,
-                                          n == 0 ? "file shrank while being "
-                                                   "indexed"
-                                                 : g_strerror(saved)));
+                build_fail(
+                    b,
+                    g_error_new(SPORE_ERROR, SPORE_ERROR_IO,
+                                "cannot read '%s' at offset %" G_GUINT64_FORMAT
+                                ": %s",
+                                b->path, start + got,
+                                n == 0 ? "file shrank while being "
+                                         "indexed"
+                                       : g_strerror(saved)));
                 return NULL;
             }
             got += (gsize)n;
@@ -380,7 +389,8 @@ image_index_build_file(const char *path, guint chunk_shift, guint n_threads,
     b.fd = fd;
     b.path = path;
     b.chunk_zero = chunk_zero;
-    b.segment_bytes = MAX((guint64)BUILD_SEGMENT_BYTES, (guint64)1 << chunk_shift);
+    b.segment_bytes =
+        MAX((guint64)BUILD_SEGMENT_BYTES, (guint64)1 << chunk_shift);
     b.n_segments = (size + b.segment_bytes - 1) / b.segment_bytes;
     g_mutex_init(&b.lock);
 
@@ -388,8 +398,7 @@ image_index_build_file(const char *path, guint chunk_shift, guint n_threads,
         n_threads = g_get_num_processors();
     n_threads = (guint)MIN((guint64)n_threads, b.n_segments);
     for (guint t = 1; t < n_threads; t++)
-        g_ptr_array_add(threads,
-                        g_thread_new("spore-index", build_worker, &b));
+        g_ptr_array_add(threads, g_thread_new("spore-index", build_worker, &b));
     build_worker(&b);
     for (guint t = 0; t < threads->len; t++)
         g_thread_join(threads->pdata[t]);
@@ -422,10 +431,10 @@ image_index_parse(const guint8 *data, gsize len, const char *expected_id,
     guint64 size, count, zeros, counted_zeros = 0;
     const guint8 *digests, *flags;
 
-#define INVALID(...)                                                           \
-    do {                                                                       \
-        g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID, __VA_ARGS__);     \
-        return NULL;                                                           \
+#define INVALID(...)                                                       \
+    do {                                                                   \
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID, __VA_ARGS__); \
+        return NULL;                                                       \
     } while (0)
 
     if (len > IMAGE_INDEX_MAX_BYTES) {
@@ -496,8 +505,7 @@ image_index_parse(const guint8 *data, gsize len, const char *expected_id,
         if (flagged != zero_digest_matches)
             INVALID("index chunk %" G_GUINT64_FORMAT
                     " is %sflagged all-zero but its digest says %s",
-                    c, flagged ? "" : "not ",
-                    flagged ? "otherwise" : "it is");
+                    c, flagged ? "" : "not ", flagged ? "otherwise" : "it is");
         counted_zeros += flagged;
     }
     if (counted_zeros != zeros)
@@ -627,8 +635,7 @@ image_index_verify_chunk(const ImageIndex *idx, guint64 i, const void *data,
 }
 
 bool
-image_index_parse_chunk_size(const char *text, guint *ret_shift,
-                             GError **error)
+image_index_parse_chunk_size(const char *text, guint *ret_shift, GError **error)
 {
     guint64 value = 0;
     const char *p = text;
@@ -649,8 +656,8 @@ image_index_parse_chunk_size(const char *text, guint *ret_shift,
     else if (*p)
         goto bad;
     value *= unit;
-    for (guint s = IMAGE_INDEX_CHUNK_SHIFT_MIN; s <= IMAGE_INDEX_CHUNK_SHIFT_MAX;
-         s++) {
+    for (guint s = IMAGE_INDEX_CHUNK_SHIFT_MIN;
+         s <= IMAGE_INDEX_CHUNK_SHIFT_MAX; s++) {
         if (value == (guint64)1 << s) {
             *ret_shift = s;
             return true;

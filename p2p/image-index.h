@@ -10,7 +10,7 @@
  * chunk's digest matches.
  *
  * An ImageIndex is immutable once built or parsed, and so may be shared by
- * threads without locking.
+ * threads without locking; it is reference-counted.
  */
 #pragma once
 
@@ -19,10 +19,10 @@
 
 #include "hash.h"
 
-#define IMAGE_INDEX_MAGIC "SPOREIDX"
-#define IMAGE_INDEX_VERSION 1u
-#define IMAGE_INDEX_HEADER_BYTES 64u
-#define IMAGE_INDEX_TRAILER_BYTES SPORE_SHA256_BYTES
+#define IMAGE_INDEX_MAGIC           "SPOREIDX"
+#define IMAGE_INDEX_VERSION         1u
+#define IMAGE_INDEX_HEADER_BYTES    64u
+#define IMAGE_INDEX_TRAILER_BYTES   SPORE_SHA256_BYTES
 
 #define IMAGE_INDEX_CHUNK_SHIFT_MIN 12u /* 4 KiB */
 #define IMAGE_INDEX_CHUNK_SHIFT_MAX 22u /* 4 MiB */
@@ -36,8 +36,8 @@
 
 /* At most 4 Mi chunks: a 128 MiB index; 256 GiB images at 64 KiB chunks. */
 #define IMAGE_INDEX_CHUNKS_MAX (4ull * 1024 * 1024)
-#define IMAGE_INDEX_MAX_BYTES                                                  \
-    (IMAGE_INDEX_HEADER_BYTES + IMAGE_INDEX_CHUNKS_MAX * SPORE_SHA256_BYTES +  \
+#define IMAGE_INDEX_MAX_BYTES                                                 \
+    (IMAGE_INDEX_HEADER_BYTES + IMAGE_INDEX_CHUNKS_MAX * SPORE_SHA256_BYTES + \
      IMAGE_INDEX_CHUNKS_MAX / 8 + IMAGE_INDEX_TRAILER_BYTES)
 
 /* "sha256:" + 64 hex digits + NUL */
@@ -53,9 +53,8 @@ typedef struct ImageIndex ImageIndex;
  * SPORE_ERROR_LIMIT when the image is empty or needs more than
  * IMAGE_INDEX_CHUNKS_MAX chunks.  The result is owned by the caller.
  */
-ImageIndex *
-image_index_build_file(const char *path, guint chunk_shift, guint n_threads,
-                       GError **error);
+ImageIndex *image_index_build_file(const char *path, guint chunk_shift,
+                                   guint n_threads, GError **error);
 
 /*
  * image_index_parse: decode @len bytes of an index, checking every field,
@@ -64,72 +63,60 @@ image_index_build_file(const char *path, guint chunk_shift, guint n_threads,
  * SPORE_ERROR_INVALID (or SPORE_ERROR_LIMIT for an oversized index) saying
  * what is wrong.  Does not keep @data.
  */
-ImageIndex *
-image_index_parse(const guint8 *data, gsize len, const char *expected_id,
-                  GError **error);
+ImageIndex *image_index_parse(const guint8 *data, gsize len,
+                              const char *expected_id, GError **error);
 
 /* image_index_load: image_index_parse() on the file at @path. */
-ImageIndex *
-image_index_load(const char *path, const char *expected_id, GError **error);
+ImageIndex *image_index_load(const char *path, const char *expected_id,
+                             GError **error);
 
-/* image_index_free: free @idx.  Accepts NULL. */
-void
-image_index_free(ImageIndex *idx);
+/* image_index_ref: take a reference to @idx; returns @idx.  Thread-safe. */
+ImageIndex *image_index_ref(ImageIndex *idx);
+
+/* image_index_free: drop a reference; the last frees @idx.  Accepts NULL. */
+void image_index_free(ImageIndex *idx);
 
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(ImageIndex, image_index_free)
 
 /* image_index_encoding: the canonical encoding; owned by @idx. */
-GBytes *
-image_index_encoding(const ImageIndex *idx);
+GBytes *image_index_encoding(const ImageIndex *idx);
 
 /*
  * image_index_write: write the encoding to @path atomically (a temporary
  * file in the same directory, fsync, rename, fsync of the directory), or to
  * standard output when @path is "-".
  */
-bool
-image_index_write(const ImageIndex *idx, const char *path, GError **error);
+bool image_index_write(const ImageIndex *idx, const char *path, GError **error);
 
 /* image_index_id: "sha256:<hex>", owned by @idx. */
-const char *
-image_index_id(const ImageIndex *idx);
+const char *image_index_id(const ImageIndex *idx);
 
-guint64
-image_index_image_size(const ImageIndex *idx);
-guint
-image_index_chunk_shift(const ImageIndex *idx);
-guint64
-image_index_chunk_size(const ImageIndex *idx);
-guint64
-image_index_chunk_count(const ImageIndex *idx);
-guint64
-image_index_zero_count(const ImageIndex *idx);
+guint64 image_index_image_size(const ImageIndex *idx);
+guint image_index_chunk_shift(const ImageIndex *idx);
+guint64 image_index_chunk_size(const ImageIndex *idx);
+guint64 image_index_chunk_count(const ImageIndex *idx);
+guint64 image_index_zero_count(const ImageIndex *idx);
 
 /* image_index_chunk_len: bytes in chunk @i; only the last may be short. */
-gsize
-image_index_chunk_len(const ImageIndex *idx, guint64 i);
+gsize image_index_chunk_len(const ImageIndex *idx, guint64 i);
 
 /* image_index_chunk_digest: chunk @i's SHA-256; owned by @idx. */
-const guint8 *
-image_index_chunk_digest(const ImageIndex *idx, guint64 i);
+const guint8 *image_index_chunk_digest(const ImageIndex *idx, guint64 i);
 
 /* image_index_chunk_is_zero: whether chunk @i is all zero bytes. */
-bool
-image_index_chunk_is_zero(const ImageIndex *idx, guint64 i);
+bool image_index_chunk_is_zero(const ImageIndex *idx, guint64 i);
 
 /*
  * image_index_verify_chunk: whether @data (@len bytes) is chunk @i: the
  * right length and the right digest.  Thread-safe.
  */
-bool
-image_index_verify_chunk(const ImageIndex *idx, guint64 i, const void *data,
-                         gsize len);
+bool image_index_verify_chunk(const ImageIndex *idx, guint64 i,
+                              const void *data, gsize len);
 
 /*
  * image_index_parse_chunk_size: "65536", "64K", "64KiB", "1M", "1MiB" ->
  * its shift, which must lie in [IMAGE_INDEX_CHUNK_SHIFT_MIN,
  * IMAGE_INDEX_CHUNK_SHIFT_MAX] and be a power of two.
  */
-bool
-image_index_parse_chunk_size(const char *text, guint *ret_shift,
-                             GError **error);
+bool image_index_parse_chunk_size(const char *text, guint *ret_shift,
+                                  GError **error);

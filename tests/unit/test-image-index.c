@@ -10,36 +10,14 @@
 
 #include "image-index.h"
 #include "spore-error.h"
+#include "test-util.h"
 
 #define KIB 1024u
 
-/*
- * Write a test image of @size bytes to a new temporary file: random data,
- * with every third 64 KiB block zero, and when @sparse the zero blocks left
- * as holes instead of written.
- */
 static char *
 make_image(gsize size, bool sparse, guint32 seed)
 {
-    g_autoptr(GRand) rand = g_rand_new_with_seed(seed);
-    g_autofree guint8 *block = g_malloc(64 * KIB);
-    char *path = NULL;
-    int fd = g_file_open_tmp("spore-image-XXXXXX.raw", &path, NULL);
-
-    cr_assert_geq(fd, 0);
-    for (gsize off = 0; off < size; off += 64 * KIB) {
-        gsize len = MIN(64 * KIB, size - off);
-        bool zero = (off / (64 * KIB)) % 3 == 1;
-
-        if (zero && sparse)
-            continue;
-        for (gsize i = 0; i < len; i++)
-            block[i] = zero ? 0 : (guint8)g_rand_int(rand);
-        cr_assert_eq(pwrite(fd, block, len, (off_t)off), (ssize_t)len);
-    }
-    cr_assert_eq(ftruncate(fd, (off_t)size), 0);
-    close(fd);
-    return path;
+    return test_make_image(size, sparse, seed);
 }
 
 static ImageIndex *
@@ -165,8 +143,8 @@ Test(image_index, round_trips_through_its_encoding_and_a_file)
     cr_expect_str_eq(image_index_id(again), image_index_id(idx));
     cr_expect_eq(image_index_chunk_count(again), image_index_chunk_count(idx));
     cr_expect_eq(image_index_zero_count(again), image_index_zero_count(idx));
-    cr_expect(g_bytes_equal(image_index_encoding(again),
-                            image_index_encoding(idx)));
+    cr_expect(
+        g_bytes_equal(image_index_encoding(again), image_index_encoding(idx)));
 }
 
 Test(image_index, rejects_truncated_oversized_and_tampered_indexes)
@@ -266,7 +244,7 @@ Test(image_index, rejects_a_consistent_index_with_another_id)
     g_autoptr(ImageIndex) unpinned = NULL;
 
     g_unlink(path);
-    bad[64] ^= 0xff; /* chunk 0 now claims other data ... */
+    bad[64] ^= 0xff;       /* chunk 0 now claims other data ... */
     fix_trailer(bad, len); /* ... and the checksum agrees */
     unpinned = image_index_parse(bad, len, NULL, NULL);
     cr_assert(unpinned, "structurally fine");
@@ -279,8 +257,8 @@ Test(image_index, refuses_an_index_over_the_size_limit_before_reading_it)
 {
     g_autoptr(GError) err = NULL;
     static guint8 small[64];
-    g_autoptr(ImageIndex) idx = image_index_parse(
-        small, (gsize)IMAGE_INDEX_MAX_BYTES + 1, NULL, &err);
+    g_autoptr(ImageIndex) idx =
+        image_index_parse(small, (gsize)IMAGE_INDEX_MAX_BYTES + 1, NULL, &err);
 
     cr_expect_null(idx);
     cr_expect(g_error_matches(err, SPORE_ERROR, SPORE_ERROR_LIMIT));
@@ -320,8 +298,8 @@ Test(image_index, parses_chunk_sizes_as_operators_write_them)
         guint shift;
     } good[] = {{"4K", 12},    {"4096", 12}, {"64K", 16},  {"64KiB", 16},
                 {"65536", 16}, {"1M", 20},   {"1MiB", 20}, {"4m", 22}};
-    static const char *const bad[] = {"3K", "8M", "0", "", "64KB", "1G",
-                                      "-4K", "99999999999999999999K"};
+    static const char *const bad[] = {
+        "3K", "8M", "0", "", "64KB", "1G", "-4K", "99999999999999999999K"};
     guint shift;
 
     for (gsize i = 0; i < G_N_ELEMENTS(good); i++) {

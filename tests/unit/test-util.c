@@ -5,6 +5,7 @@
 #include "test-util.h"
 
 #include <criterion/criterion.h>
+#include <unistd.h>
 
 char *
 test_data_path(const char *rel)
@@ -50,4 +51,29 @@ test_read_file(const char *path, gsize *ret_len)
     if (ret_len)
         *ret_len = len;
     return data;
+}
+
+char *
+test_make_image(gsize size, bool sparse, guint32 seed)
+{
+    const gsize block_len = 64 * 1024;
+    g_autoptr(GRand) rand = g_rand_new_with_seed(seed);
+    g_autofree guint8 *block = g_malloc(block_len);
+    char *path = NULL;
+    int fd = g_file_open_tmp("spore-image-XXXXXX.raw", &path, NULL);
+
+    cr_assert_geq(fd, 0);
+    for (gsize off = 0; off < size; off += block_len) {
+        gsize len = MIN(block_len, size - off);
+        bool zero = (off / block_len) % 3 == 1;
+
+        if (zero && sparse)
+            continue;
+        for (gsize i = 0; i < len; i++)
+            block[i] = zero ? 0 : (guint8)g_rand_int(rand);
+        cr_assert_eq(pwrite(fd, block, len, (off_t)off), (ssize_t)len);
+    }
+    cr_assert_eq(ftruncate(fd, (off_t)size), 0);
+    close(fd);
+    return path;
 }

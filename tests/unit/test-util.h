@@ -3,6 +3,7 @@
  */
 #pragma once
 
+#include <stdbool.h>
 #include <glib.h>
 
 /* The absolute path of @rel under tests/data; owned by the caller. */
@@ -13,3 +14,10 @@ GPtrArray *test_data_list(const char *rel, const char *suffix);
 
 /* The contents of @path; aborts the test when it cannot be read. */
 char *test_read_file(const char *path, gsize *ret_len);
+
+/*
+ * test_make_image: a new temporary file of @size bytes (path owned by the
+ * caller): random data from @seed, with every third 64 KiB block zero; when
+ * @sparse the zero blocks are holes rather than written zeros.
+ */
+char *test_make_image(gsize size, bool sparse, guint32 seed);
