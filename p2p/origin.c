@@ -1,0 +1,314 @@
+/*
+ * origin.c: the origin as a FetchSource, over libcurl.
+ *
+ * This file is spore's adapter for libcurl's error model: CURLcode and HTTP
+ * statuses become GError messages naming the URL and the range.
+ *
+ * Handles: each origin URL has a pool of idle curl easy handles.  A worker
+ * takes one for a request and gives it back, so a handle is used by one
+ * thread at a time and its connection is kept alive for the next request.
+ *
+ * Bounds: a response may not carry more bytes than were asked for (the
+ * write callback refuses the excess, which also catches servers that ignore
+ * Range and answer 200 with the whole image).
+ */
+#include "origin.h"
+
+#include <string.h>
+#include <curl/curl.h>
+
+#include "spore-error.h"
+
+#define ORIGIN_MAX_REDIRECTS 3L
+
+typedef struct {
+    char *url;
+    bool is_http;
+    GMutex lock;
+    GPtrArray *idle; /* of CURL * */
+} Origin;
+
+typedef struct {
+    FetchSource base;
+    OriginOptions options;
+    GPtrArray *origins; /* of Origin * */
+} OriginSource;
+
+OriginOptions
+origin_options_default(void)
+{
+    return (OriginOptions){
+        .connect_timeout_ms = 5000,
+        .request_timeout_ms = 30000,
+        .attempts = 3,
+        .backoff_ms = 200,
+    };
+}
+
+static void
+curl_global_once(void)
+{
+    static gsize once = 0;
+
+    if (g_once_init_enter(&once)) {
+        curl_global_init(CURL_GLOBAL_DEFAULT);
+        g_once_init_leave(&once, 1);
+    }
+}
+
+static void
+origin_free(gpointer p)
+{
+    Origin *o = p;
+
+    for (guint i = 0; i < o->idle->len; i++)
+        curl_easy_cleanup(o->idle->pdata[i]);
+    g_ptr_array_unref(o->idle);
+    g_mutex_clear(&o->lock);
+    g_free(o->url);
+    g_free(o);
+}
+
+static CURL *
+origin_take_handle(Origin *o)
+{
+    CURL *h = NULL;
+
+    g_mutex_lock(&o->lock);
+    if (o->idle->len > 0)
+        h = g_ptr_array_steal_index_fast(o->idle, o->idle->len - 1);
+    g_mutex_unlock(&o->lock);
+    if (!h)
+        h = curl_easy_init();
+    return h;
+}
+
+static void
+origin_give_handle(Origin *o, CURL *h)
+{
+    g_mutex_lock(&o->lock);
+    g_ptr_array_add(o->idle, h);
+    g_mutex_unlock(&o->lock);
+}
+
+typedef struct {
+    guint8 *buf;
+    gsize want;
+    gsize got;
+    bool overflow;
+} Sink;
+
+static size_t
+sink_write(char *data, size_t size, size_t nmemb, void *user)
+{
+    Sink *s = user;
+    gsize n = size * nmemb;
+
+    if (n > s->want - s->got) {
+        s->overflow = true;
+        return 0; /* aborts the transfer */
+    }
+    memcpy(s->buf + s->got, data, n);
+    s->got += n;
+    return n;
+}
+
+typedef enum {
+    ATTEMPT_OK,
+    ATTEMPT_RETRY, /* transient: try this origin again */
+    ATTEMPT_NEXT,  /* permanent for this origin: try the next one */
+} AttemptResult;
+
+/* One Range request.  On failure sets @error. */
+static AttemptResult
+origin_attempt(OriginSource *src, Origin *o, guint64 offset, guint8 *buf,
+               gsize len, gint64 deadline, GError **error)
+{
+    CURL *h = origin_take_handle(o);
+    char range[64];
+    char curl_error[CURL_ERROR_SIZE] = "";
+    Sink sink = {.buf = buf, .want = len};
+    gint64 left_ms = (deadline - g_get_monotonic_time()) / 1000;
+    long timeout_ms =
+        (long)MIN((gint64)src->options.request_timeout_ms, MAX(left_ms, 1));
+    long status = 0;
+    CURLcode rc;
+    AttemptResult result = ATTEMPT_OK;
+
+    if (!h) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_FAILED,
+                    "cannot create a curl handle");
+        return ATTEMPT_NEXT;
+    }
+    g_snprintf(range, sizeof(range), "%" G_GUINT64_FORMAT "-%" G_GUINT64_FORMAT,
+               offset, offset + len - 1);
+    curl_easy_reset(h);
+    curl_easy_setopt(h, CURLOPT_URL, o->url);
+    curl_easy_setopt(h, CURLOPT_RANGE, range);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, sink_write);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, &sink);
+    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, curl_error);
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS,
+                     (long)src->options.connect_timeout_ms);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, timeout_ms);
+    curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https,file");
+    curl_easy_setopt(h, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 1L);
+    curl_easy_setopt(h, CURLOPT_MAXREDIRS, ORIGIN_MAX_REDIRECTS);
+    curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(h, CURLOPT_USERAGENT, "spore/0.1");
+
+    rc = curl_easy_perform(h);
+    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
+
+    if (sink.overflow) {
+        g_set_error(
+            error, SPORE_ERROR, SPORE_ERROR_INVALID,
+            "origin '%s': bytes %s: answered more than the %" G_GSIZE_FORMAT
+            " bytes asked for (HTTP %ld; Range requests unsupported?)",
+            o->url, range, len, status);
+        result = ATTEMPT_NEXT;
+    } else if (rc != CURLE_OK) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_IO,
+                    "origin '%s': bytes %s: %s", o->url, range,
+                    curl_error[0] ? curl_error : curl_easy_strerror(rc));
+        result = rc == CURLE_UNSUPPORTED_PROTOCOL ||
+                         rc == CURLE_URL_MALFORMAT ||
+                         rc == CURLE_FILE_COULDNT_READ_FILE ||
+                         rc == CURLE_REMOTE_FILE_NOT_FOUND
+                     ? ATTEMPT_NEXT
+                     : ATTEMPT_RETRY;
+    } else if (o->is_http && status != 206) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_IO,
+                    "origin '%s': bytes %s: HTTP %ld, expected 206 Partial "
+                    "Content",
+                    o->url, range, status);
+        result = status >= 500 || status == 408 || status == 429 ? ATTEMPT_RETRY
+                                                                 : ATTEMPT_NEXT;
+    } else if (sink.got != len) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_IO,
+                    "origin '%s': bytes %s: got %" G_GSIZE_FORMAT
+                    " bytes of %" G_GSIZE_FORMAT
+                    " (image shorter than its index?)",
+                    o->url, range, sink.got, len);
+        result = ATTEMPT_NEXT;
+    }
+    origin_give_handle(o, h);
+    return result;
+}
+
+bool
+origin_source_read_range(FetchSource *base, guint64 offset, guint8 *buf,
+                         gsize len, gint64 deadline, GError **error)
+{
+    OriginSource *src = (OriginSource *)base;
+    g_autoptr(GString) errors = g_string_new(NULL);
+
+    for (guint k = 0; k < src->origins->len; k++) {
+        Origin *o = src->origins->pdata[k];
+        guint backoff_ms = src->options.backoff_ms;
+
+        for (guint attempt = 1; attempt <= src->options.attempts; attempt++) {
+            g_autoptr(GError) err = NULL;
+            AttemptResult r =
+                origin_attempt(src, o, offset, buf, len, deadline, &err);
+
+            if (r == ATTEMPT_OK)
+                return true;
+            if (r == ATTEMPT_NEXT || attempt == src->options.attempts ||
+                g_get_monotonic_time() + (gint64)backoff_ms * 1000 > deadline) {
+                g_string_append_printf(errors, "%s%s", errors->len ? "; " : "",
+                                       err->message);
+                break;
+            }
+            g_usleep((gulong)backoff_ms * 1000);
+            backoff_ms *= 2;
+        }
+        if (g_get_monotonic_time() >= deadline)
+            break;
+    }
+    g_set_error(error, SPORE_ERROR, SPORE_ERROR_IO, "%s",
+                errors->len ? errors->str
+                            : "no origin left before the deadline");
+    return false;
+}
+
+static bool
+origin_fetch(FetchSource *base, const ImageIndex *idx, guint64 i, guint8 *buf,
+             gsize len, gint64 deadline, GError **error)
+{
+    if (!origin_source_read_range(base, i << image_index_chunk_shift(idx), buf,
+                                  len, deadline, error)) {
+        g_prefix_error(error, "chunk %" G_GUINT64_FORMAT ": ", i);
+        return false;
+    }
+    return true;
+}
+
+static bool
+origin_has(FetchSource *base, const ImageIndex *idx, guint64 i)
+{
+    return true; /* the origin holds the whole image */
+}
+
+static void
+origin_rejected(FetchSource *base, guint64 i)
+{
+    /* nothing to learn: the engine reports it and tries the next origin */
+}
+
+static void
+origin_source_free(FetchSource *base)
+{
+    OriginSource *src = (OriginSource *)base;
+
+    g_ptr_array_unref(src->origins);
+    g_free(src->base.name);
+    g_free(src);
+}
+
+static const FetchSourceOps origin_ops = {
+    .fetch = origin_fetch,
+    .has = origin_has,
+    .rejected = origin_rejected,
+    .free = origin_source_free,
+};
+
+FetchSource *
+origin_source_new(const char *const *urls, const OriginOptions *options,
+                  GError **error)
+{
+    OriginSource *src;
+
+    curl_global_once();
+    if (!urls || !urls[0]) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
+                    "an image needs at least one origin URL");
+        return NULL;
+    }
+    src = g_new0(OriginSource, 1);
+    src->base.ops = &origin_ops;
+    src->base.kind = FETCH_SOURCE_ORIGIN;
+    src->base.name = g_strjoinv(" ", (char **)urls);
+    src->options = options ? *options : origin_options_default();
+    src->origins = g_ptr_array_new_with_free_func(origin_free);
+    for (gsize k = 0; urls[k]; k++) {
+        Origin *o = g_new0(Origin, 1);
+
+        o->url = g_strdup(urls[k]);
+        o->is_http = g_str_has_prefix(urls[k], "http://") ||
+                     g_str_has_prefix(urls[k], "https://");
+        g_mutex_init(&o->lock);
+        o->idle = g_ptr_array_new();
+        g_ptr_array_add(src->origins, o);
+        if (!o->is_http && !g_str_has_prefix(urls[k], "file://")) {
+            g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
+                        "origin '%s' is not an http, https or file URL",
+                        urls[k]);
+            origin_source_free(&src->base);
+            return NULL;
+        }
+    }
+    return &src->base;
+}

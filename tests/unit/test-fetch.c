@@ -1,0 +1,340 @@
+/*
+ * test-fetch.c: the fetch engine with real origins: lighttpd over HTTP on
+ * loopback, and file:// URLs.
+ */
+#include <criterion/criterion.h>
+#include <fcntl.h>
+#include <string.h>
+#include <unistd.h>
+#include <glib/gstdio.h>
+
+#include "fetch-engine.h"
+#include "origin.h"
+#include "spore-error.h"
+#include "test-httpd.h"
+#include "test-util.h"
+
+#define KIB 1024u
+
+static struct {
+    char *docroot; /* served by lighttpd */
+    char *image;   /* docroot/image.raw */
+    guint8 *data;
+    gsize len;
+    char *cache_root;
+    ImageIndex *idx;
+    ChunkCache *cache;
+    TestHttpd *httpd;
+} fx;
+
+static void
+rm_rf(const char *path)
+{
+    g_autoptr(GDir) dir = g_dir_open(path, 0, NULL);
+    const char *name;
+
+    while (dir && (name = g_dir_read_name(dir))) {
+        g_autofree char *child = g_build_filename(path, name, NULL);
+        if (g_file_test(child, G_FILE_TEST_IS_DIR))
+            rm_rf(child);
+        else
+            g_unlink(child);
+    }
+    g_rmdir(path);
+}
+
+/* An image of @size bytes indexed at 2^@shift, served over HTTP. */
+static void
+setup_with(gsize size, guint shift)
+{
+    g_autofree char *tmp = test_make_image(size, false, 99);
+    g_autoptr(GError) err = NULL;
+
+    fx.docroot = g_dir_make_tmp("spore-origin-XXXXXX", NULL);
+    fx.image = g_build_filename(fx.docroot, "image.raw", NULL);
+    cr_assert(g_file_get_contents(tmp, (char **)&fx.data, &fx.len, NULL));
+    cr_assert(
+        g_file_set_contents(fx.image, (char *)fx.data, (gssize)fx.len, NULL));
+    g_unlink(tmp);
+    fx.idx = image_index_build_file(fx.image, shift, 2, &err);
+    cr_assert(fx.idx, "%s", err ? err->message : "");
+    fx.cache_root = g_dir_make_tmp("spore-cache-XXXXXX", NULL);
+    fx.cache = chunk_cache_open(fx.cache_root, fx.idx, &err);
+    cr_assert(fx.cache, "%s", err ? err->message : "");
+    fx.httpd = test_httpd_start(fx.docroot);
+}
+
+static void
+setup(void)
+{
+    setup_with(2 * 1024 * KIB + 777, 16);
+}
+
+static void
+teardown(void)
+{
+    test_httpd_stop(fx.httpd);
+    chunk_cache_close(fx.cache);
+    image_index_free(fx.idx);
+    if (fx.cache_root)
+        rm_rf(fx.cache_root);
+    if (fx.docroot)
+        rm_rf(fx.docroot);
+    g_free(fx.cache_root);
+    g_free(fx.docroot);
+    g_free(fx.image);
+    g_free(fx.data);
+    memset(&fx, 0, sizeof(fx));
+}
+
+static FetchSource *
+origin_for(const char *const *urls)
+{
+    g_autoptr(GError) err = NULL;
+    OriginOptions opts = origin_options_default();
+    FetchSource *src;
+
+    opts.backoff_ms = 20;
+    opts.connect_timeout_ms = 1000;
+    src = origin_source_new(urls, &opts, &err);
+    cr_assert(src, "%s", err ? err->message : "");
+    return src;
+}
+
+static FetchEngine *
+engine_with_http_origin(void)
+{
+    g_autofree char *url = test_httpd_url(fx.httpd, "image.raw");
+    const char *urls[] = {url, NULL};
+    FetchEngine *e = fetch_engine_new(fx.cache, 3);
+
+    fetch_engine_add_source(e, origin_for(urls));
+    return e;
+}
+
+static gint64
+in_seconds(int s)
+{
+    return g_get_monotonic_time() + (gint64)s * G_USEC_PER_SEC;
+}
+
+/*
+ * lighttpd buffers its access log and writes it every few seconds: wait (at
+ * most 15 s) until it shows @at_least bytes, then a little more in case it
+ * shows more.
+ */
+static guint64
+served_bytes(guint64 at_least)
+{
+    guint64 n = 0;
+
+    for (int i = 0; i < 150; i++) {
+        n = test_httpd_body_bytes(fx.httpd);
+        if (n >= at_least)
+            break;
+        g_usleep(100000);
+    }
+    g_usleep(200000);
+    return test_httpd_body_bytes(fx.httpd);
+}
+
+TestSuite(fetch, .init = setup, .fini = teardown, .timeout = 120);
+
+Test(fetch, gets_every_chunk_over_http_verified_and_counted)
+{
+    g_autoptr(FetchEngine) e = engine_with_http_origin();
+    guint64 count = image_index_chunk_count(fx.idx);
+    guint64 nonzero_bytes = 0;
+    FetchStats st;
+    guint64 bad = 1;
+
+    for (guint64 i = 0; i < count; i++) {
+        g_autoptr(GError) err = NULL;
+
+        cr_assert(
+            fetch_engine_get(e, i, FETCH_PRIORITY_DEMAND, in_seconds(30), &err),
+            "%s", err ? err->message : "");
+        if (!image_index_chunk_is_zero(fx.idx, i))
+            nonzero_bytes += image_index_chunk_len(fx.idx, i);
+    }
+    fetch_engine_stats(e, &st);
+    cr_expect_eq(st.bytes[FETCH_SOURCE_ORIGIN], nonzero_bytes,
+                 "zero chunks are never transferred");
+    cr_expect_eq(st.rejected, 0u);
+    cr_expect_eq(served_bytes(nonzero_bytes), nonzero_bytes,
+                 "the origin served exactly the non-zero chunks");
+    cr_assert(chunk_cache_verify_all(fx.cache, &bad, NULL));
+    cr_expect_eq(bad, 0u);
+    cr_expect_eq(chunk_cache_stored_count(fx.cache),
+                 count - image_index_zero_count(fx.idx));
+}
+
+Test(fetch, reads_file_urls_too)
+{
+    g_autofree char *url = g_strconcat("file://", fx.image, NULL);
+    const char *urls[] = {url, NULL};
+    g_autoptr(FetchEngine) e = fetch_engine_new(fx.cache, 2);
+    g_autoptr(GError) err = NULL;
+
+    fetch_engine_add_source(e, origin_for(urls));
+    cr_expect(
+        fetch_engine_get(e, 0, FETCH_PRIORITY_DEMAND, in_seconds(10), &err),
+        "%s", err ? err->message : "");
+    cr_expect(fetch_engine_get(e, image_index_chunk_count(fx.idx) - 1,
+                               FETCH_PRIORITY_DEMAND, in_seconds(10), &err),
+              "the short last chunk: %s", err ? err->message : "");
+}
+
+Test(fetch, falls_back_to_the_next_origin_in_order)
+{
+    g_autofree char *good = test_httpd_url(fx.httpd, "image.raw");
+    g_autofree char *missing = test_httpd_url(fx.httpd, "no-such-image.raw");
+    const char *urls[] = {"http://127.0.0.1:1/image.raw", missing, good, NULL};
+    g_autoptr(FetchEngine) e = fetch_engine_new(fx.cache, 2);
+    g_autoptr(GError) err = NULL;
+
+    fetch_engine_add_source(e, origin_for(urls));
+    cr_expect(
+        fetch_engine_get(e, 0, FETCH_PRIORITY_DEMAND, in_seconds(20), &err),
+        "%s", err ? err->message : "");
+}
+
+Test(fetch, names_the_origin_and_status_when_every_origin_fails)
+{
+    g_autofree char *missing = test_httpd_url(fx.httpd, "no-such-image.raw");
+    const char *urls[] = {missing, NULL};
+    g_autoptr(FetchEngine) e = fetch_engine_new(fx.cache, 2);
+    g_autoptr(GError) err = NULL;
+
+    fetch_engine_add_source(e, origin_for(urls));
+    cr_expect_not(
+        fetch_engine_get(e, 2, FETCH_PRIORITY_DEMAND, in_seconds(1), &err));
+    cr_assert(err);
+    cr_expect(strstr(err->message, missing), "%s", err->message);
+    cr_expect(strstr(err->message, "HTTP 404"), "%s", err->message);
+    cr_expect(strstr(err->message, "chunk 2"), "%s", err->message);
+    cr_expect_not(chunk_cache_has(fx.cache, 2));
+}
+
+Test(fetch, rejects_a_corrupt_chunk_from_the_origin_and_caches_nothing_of_it)
+{
+    g_autoptr(FetchEngine) e = engine_with_http_origin();
+    g_autoptr(GError) err = NULL;
+    g_autoptr(GError) err2 = NULL;
+    FetchStats st;
+    int fd = open(fx.image, O_WRONLY);
+
+    /* the origin's copy of chunk 3 differs from the indexed image */
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(pwrite(fd, "corrupt", 7, 3 * 64 * KIB + 1000), 7);
+    close(fd);
+
+    cr_expect_not(
+        fetch_engine_get(e, 3, FETCH_PRIORITY_DEMAND, in_seconds(1), &err));
+    cr_assert(err);
+    cr_expect(strstr(err->message, "chunk 3"), "%s", err->message);
+    cr_expect(strstr(err->message, "wrong digest"), "%s", err->message);
+    cr_expect(strstr(err->message, "image.raw"), "names the origin: %s",
+              err->message);
+    cr_expect_not(chunk_cache_has(fx.cache, 3));
+    fetch_engine_stats(e, &st);
+    cr_expect_geq(st.rejected, 1u);
+    cr_expect_eq(st.bytes[FETCH_SOURCE_ORIGIN], 0u);
+
+    /* other chunks are fine */
+    cr_expect(
+        fetch_engine_get(e, 5, FETCH_PRIORITY_DEMAND, in_seconds(10), &err2),
+        "%s", err2 ? err2->message : "");
+}
+
+typedef struct {
+    FetchEngine *engine;
+    guint64 chunk;
+    bool ok;
+} GetJob;
+
+static gpointer
+get_job(gpointer data)
+{
+    GetJob *job = data;
+
+    job->ok = fetch_engine_get(job->engine, job->chunk, FETCH_PRIORITY_DEMAND,
+                               in_seconds(30), NULL);
+    return NULL;
+}
+
+Test(fetch, coalesces_concurrent_requests_for_one_chunk)
+{
+    g_autoptr(FetchEngine) e = engine_with_http_origin();
+    GetJob jobs[8];
+    GThread *threads[8];
+    FetchStats st;
+
+    for (int t = 0; t < 8; t++) {
+        jobs[t] = (GetJob){e, 6, false};
+        threads[t] = g_thread_new("get", get_job, &jobs[t]);
+    }
+    for (int t = 0; t < 8; t++) {
+        g_thread_join(threads[t]);
+        cr_expect(jobs[t].ok);
+    }
+    fetch_engine_stats(e, &st);
+    cr_expect_eq(st.chunks[FETCH_SOURCE_ORIGIN], 1u);
+    served_bytes(64 * KIB);
+    cr_expect_eq(test_httpd_requests(fx.httpd), 1u,
+                 "eight waiters, one request to the origin");
+}
+
+static void
+setup_small_chunks(void)
+{
+    setup_with(32 * 1024 * KIB, 12); /* 8192 chunks of 4 KiB */
+}
+
+Test(fetch_priorities, serves_demand_ahead_of_queued_background_work,
+     .init = setup_small_chunks, .fini = teardown, .timeout = 120)
+{
+    g_autoptr(FetchEngine) e = NULL;
+    guint64 count;
+    guint queued_when_done;
+    g_autoptr(GError) err = NULL;
+
+    e = engine_with_http_origin();
+    count = image_index_chunk_count(fx.idx);
+    for (guint64 i = 0; i < count; i++)
+        fetch_engine_want(e, i, FETCH_PRIORITY_BACKGROUND);
+    cr_assert(fetch_engine_get(e, count - 2, FETCH_PRIORITY_DEMAND,
+                               in_seconds(30), &err),
+              "%s", err ? err->message : "");
+    queued_when_done = fetch_engine_queued(e);
+    cr_expect_gt(queued_when_done, count / 2,
+                 "the demand waited for the background queue: only %u left",
+                 queued_when_done);
+}
+
+Test(fetch, waits_out_an_origin_outage_and_recovers)
+{
+    g_autoptr(FetchEngine) e = engine_with_http_origin();
+    g_autoptr(GError) err = NULL;
+    g_autoptr(GError) err2 = NULL;
+    guint port = test_httpd_port(fx.httpd);
+
+    /* cached reads go on; misses fail after the deadline */
+    cr_assert(
+        fetch_engine_get(e, 0, FETCH_PRIORITY_DEMAND, in_seconds(10), NULL));
+    test_httpd_stop(fx.httpd);
+    fx.httpd = NULL;
+    cr_expect(
+        fetch_engine_get(e, 0, FETCH_PRIORITY_DEMAND, in_seconds(1), NULL),
+        "a cached chunk needs no origin");
+    cr_expect_not(
+        fetch_engine_get(e, 2, FETCH_PRIORITY_DEMAND, in_seconds(1), &err));
+    cr_assert(err);
+    cr_expect(strstr(err->message, "chunk 2"), "%s", err->message);
+
+    /* the origin returns: the same miss succeeds */
+    fx.httpd = test_httpd_start_port(fx.docroot, port);
+    cr_expect(
+        fetch_engine_get(e, 2, FETCH_PRIORITY_DEMAND, in_seconds(20), &err2),
+        "%s", err2 ? err2->message : "");
+}
