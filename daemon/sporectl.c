@@ -15,6 +15,8 @@
 #include <string.h>
 #include <unistd.h>
 #include <glib.h>
+#include <gio/gio.h>
+#include <gio/gunixsocketaddress.h>
 #include <json-glib/json-glib.h>
 
 #include "image-index.h"
@@ -27,7 +29,10 @@
 typedef struct {
     bool json;
     const char *endpoint;
+    const char *agent; /* the host agent's control socket */
 } Globals;
+
+#define DEFAULT_AGENT_SOCKET "/run/spore/agent/control.sock"
 
 typedef struct Command Command;
 struct Command {
@@ -334,6 +339,197 @@ cmd_image_index(const Command *cmd, const Globals *g, int argc, char **argv)
     return fflush(stdout) == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }
 
+/* ---- host agent commands ----------------------------------------------- */
+
+/*
+ * Send one JSON command to the host agent and return its reply object (a
+ * new reference), or NULL after printing why.
+ */
+static JsonObject *
+agent_call(const Globals *g, JsonBuilder *request)
+{
+    g_autoptr(GSocketClient) client = g_socket_client_new();
+    g_autoptr(GSocketAddress) addr = g_unix_socket_address_new(g->agent);
+    g_autoptr(GSocketConnection) conn = NULL;
+    g_autoptr(JsonGenerator) gen = json_generator_new();
+    g_autoptr(JsonNode) root = json_builder_get_root(request);
+    g_autoptr(JsonParser) parser = json_parser_new();
+    g_autoptr(GDataInputStream) in = NULL;
+    g_autoptr(GError) err = NULL;
+    g_autofree char *text = NULL;
+    g_autofree char *line = NULL;
+    JsonNode *reply;
+
+    conn = g_socket_client_connect(client, G_SOCKET_CONNECTABLE(addr), NULL,
+                                   &err);
+    if (!conn) {
+        fprintf(stderr, "sporectl: cannot reach the host agent at '%s': %s\n",
+                g->agent, err->message);
+        return NULL;
+    }
+    json_generator_set_root(gen, root);
+    text = json_generator_to_data(gen, NULL);
+    if (!g_output_stream_write_all(
+            g_io_stream_get_output_stream(G_IO_STREAM(conn)), text,
+            strlen(text), NULL, NULL, &err) ||
+        !g_output_stream_write_all(
+            g_io_stream_get_output_stream(G_IO_STREAM(conn)), "\n", 1, NULL,
+            NULL, &err)) {
+        fprintf(stderr, "sporectl: host agent '%s': %s\n", g->agent,
+                err->message);
+        return NULL;
+    }
+    in = g_data_input_stream_new(
+        g_io_stream_get_input_stream(G_IO_STREAM(conn)));
+    line = g_data_input_stream_read_line(in, NULL, NULL, &err);
+    if (!line || !json_parser_load_from_data(parser, line, -1, &err) ||
+        !JSON_NODE_HOLDS_OBJECT(json_parser_get_root(parser))) {
+        fprintf(stderr, "sporectl: host agent '%s': bad reply%s%s\n",
+                g->agent, err ? ": " : "", err ? err->message : "");
+        return NULL;
+    }
+    reply = json_parser_get_root(parser);
+    return json_object_ref(json_node_get_object(reply));
+}
+
+static void
+print_json_object(JsonObject *obj)
+{
+    g_autoptr(JsonGenerator) gen = json_generator_new();
+    g_autoptr(JsonNode) node = json_node_new(JSON_NODE_OBJECT);
+    g_autofree char *text = NULL;
+
+    json_node_set_object(node, obj);
+    json_generator_set_root(gen, node);
+    json_generator_set_pretty(gen, TRUE);
+    text = json_generator_to_data(gen, NULL);
+    printf("%s\n", text);
+}
+
+static void
+print_image_line(JsonObject *im)
+{
+    JsonObject *bytes = json_object_get_object_member(im, "fetched_bytes");
+    g_autofree char *size = human_bytes(
+        (guint64)json_object_get_int_member(im, "size"));
+    g_autofree char *origin = human_bytes(
+        (guint64)json_object_get_int_member(bytes, "origin"));
+    g_autofree char *peer = human_bytes(
+        (guint64)json_object_get_int_member(bytes, "peer"));
+    g_autofree char *local = human_bytes(
+        (guint64)json_object_get_int_member(bytes, "local"));
+
+    printf("%.19s  %9s  %5.1f%% cached  from origin %s, peers %s, local %s"
+           "%s%s\n",
+           json_object_get_string_member(im, "image"), size,
+           100.0 * json_object_get_double_member(im, "cached_fraction"),
+           origin, peer, local,
+           json_object_get_boolean_member(im, "serving") ? "  serving " : "",
+           json_object_get_boolean_member(im, "serving")
+               ? json_object_get_string_member(im, "uri")
+               : "");
+}
+
+/* Finish an agent command: print the reply, return the exit code. */
+static int
+agent_finish(const Globals *g, const Command *cmd, JsonObject *reply)
+{
+    if (!reply)
+        return EXIT_FAILURE;
+    if (g->json)
+        print_json_object(reply);
+    if (!json_object_get_boolean_member_with_default(reply, "ok", FALSE)) {
+        fprintf(stderr, "sporectl %s: %s\n", cmd->name,
+                json_object_get_string_member_with_default(reply, "error",
+                                                           "failed"));
+        json_object_unref(reply);
+        return EXIT_FAILURE;
+    }
+    if (!g->json) {
+        if (json_object_has_member(reply, "images")) {
+            JsonArray *arr = json_object_get_array_member(reply, "images");
+            for (guint i = 0; i < json_array_get_length(arr); i++)
+                print_image_line(json_array_get_object_element(arr, i));
+        } else if (json_object_has_member(reply, "image")) {
+            JsonObject *im = json_object_get_object_member(reply, "image");
+            if (g_str_equal(cmd->name, "agent-image-serve"))
+                printf("%s\n", json_object_get_string_member(im, "uri"));
+            else
+                print_image_line(im);
+        }
+    }
+    json_object_unref(reply);
+    return EXIT_SUCCESS;
+}
+
+static int
+cmd_agent_image_add(const Command *cmd, const Globals *g, int argc, char **argv)
+{
+    const char *pin = NULL;
+    const CommandOption opts[] = {{"id", 0, &pin, NULL}, {0}};
+    int first = parse_command_flags(cmd, argc, argv, opts);
+    g_autoptr(JsonBuilder) b = json_builder_new();
+    g_autofree char *index = NULL;
+
+    if (first == -2)
+        return EXIT_SUCCESS;
+    if (first < 0)
+        return EXIT_USAGE;
+    if (argc - first < 2) {
+        fprintf(stderr, "sporectl %s: give INDEX and at least one URL\n"
+                        "Try 'sporectl help %s'.\n",
+                cmd->name, cmd->name);
+        return EXIT_USAGE;
+    }
+    index = g_canonicalize_filename(argv[first], NULL);
+    json_builder_begin_object(b);
+    json_builder_set_member_name(b, "command");
+    json_builder_add_string_value(b, "image-add");
+    json_builder_set_member_name(b, "index");
+    json_builder_add_string_value(b, index);
+    if (pin) {
+        json_builder_set_member_name(b, "id");
+        json_builder_add_string_value(b, pin);
+    }
+    json_builder_set_member_name(b, "origins");
+    json_builder_begin_array(b);
+    for (int i = first + 1; i < argc; i++)
+        json_builder_add_string_value(b, argv[i]);
+    json_builder_end_array(b);
+    json_builder_end_object(b);
+    return agent_finish(g, cmd, agent_call(g, b));
+}
+
+/* agent-image-list, and the commands taking one IMAGE */
+static int
+cmd_agent_simple(const Command *cmd, const Globals *g, int argc, char **argv)
+{
+    int first = parse_command_flags(cmd, argc, argv, NULL);
+    bool takes_image = !g_str_equal(cmd->name, "agent-image-list");
+    g_autoptr(JsonBuilder) b = json_builder_new();
+
+    if (first == -2)
+        return EXIT_SUCCESS;
+    if (first < 0)
+        return EXIT_USAGE;
+    if (argc - first != (takes_image ? 1 : 0)) {
+        fprintf(stderr, "sporectl %s: %s\nTry 'sporectl help %s'.\n",
+                cmd->name, takes_image ? "give exactly one IMAGE"
+                                       : "takes no arguments",
+                cmd->name);
+        return EXIT_USAGE;
+    }
+    json_builder_begin_object(b);
+    json_builder_set_member_name(b, "command");
+    json_builder_add_string_value(b, cmd->name + strlen("agent-"));
+    if (takes_image) {
+        json_builder_set_member_name(b, "image");
+        json_builder_add_string_value(b, argv[first]);
+    }
+    json_builder_end_object(b);
+    return agent_finish(g, cmd, agent_call(g, b));
+}
+
 /* ---- help -------------------------------------------------------------- */
 
 static const Command commands[];
@@ -350,13 +546,16 @@ print_usage(FILE *out)
             "Options:\n"
             "  -c, --connect=ENDPOINT  the site manager's control endpoint\n"
             "                          (default: $SPORE_ENDPOINT)\n"
+            "      --agent=SOCKET      the host agent's control socket\n"
+            "                          (default: $SPORE_AGENT_SOCKET or\n"
+            "                          " DEFAULT_AGENT_SOCKET ")\n"
             "      --json              print results as JSON\n"
             "  -h, --help              show this help\n"
             "  -V, --version           show the version\n"
             "\n"
             "Commands:\n");
     for (const Command *c = commands; c->name; c++)
-        fprintf(out, "  %-12s %s\n", c->name, c->summary);
+        fprintf(out, "  %-20s %s\n", c->name, c->summary);
     fprintf(out, "\nRun 'sporectl help COMMAND' for a command's options.\n"
                  "Exit status: 0 success, 1 failure, 2 usage error.\n");
 }
@@ -419,6 +618,60 @@ static const Command commands[] = {
         cmd_image_index,
     },
     {
+        "agent-image-add",
+        "[--id IMAGE-ID] INDEX URL...",
+        "Give the host agent an image to serve.",
+        "Sends the host agent (--agent) the image index INDEX (a file on\n"
+        "this host, e.g. from 'sporectl image-index') and the image's origin\n"
+        "URLs, tried in order.  The agent verifies the index (against\n"
+        "IMAGE-ID when given), opens the image's chunk cache and keeps the\n"
+        "image across restarts.  Nothing is fetched yet.\n",
+        cmd_agent_image_add,
+    },
+    {
+        "agent-image-list",
+        "",
+        "List the host agent's images, cached fraction and bytes fetched.",
+        "One line per image: id, size, the fraction of its non-zero chunks\n"
+        "cached, the bytes fetched from the origin, peers and local copies,\n"
+        "and the NBD URI when it is served.\n",
+        cmd_agent_simple,
+    },
+    {
+        "agent-image-serve",
+        "IMAGE",
+        "Serve an image as an NBD export (start its shim) and print its URI.",
+        "Starts the block-fetch shim (nbdkit with the spore plugin) for IMAGE\n"
+        "(its id, or a unique prefix of its hex digits) unless it runs, and\n"
+        "prints nbd+unix:///HEX?socket=PATH, usable as the backing file of a\n"
+        "qcow2 overlay:\n"
+        "  qemu-img create -f qcow2 -F raw -b 'URI' clone.qcow2\n"
+        "Reads of chunks not cached yet are fetched on demand.\n",
+        cmd_agent_simple,
+    },
+    {
+        "agent-image-unserve",
+        "IMAGE",
+        "Stop an image's shim.",
+        "Stops the nbdkit shim of IMAGE; guests using it get I/O errors.\n",
+        cmd_agent_simple,
+    },
+    {
+        "agent-image-fill",
+        "IMAGE",
+        "Fetch all of an image in the background.",
+        "Queues every missing chunk of IMAGE at background priority; reads\n"
+        "by guests still come first.\n",
+        cmd_agent_simple,
+    },
+    {
+        "agent-image-show",
+        "IMAGE",
+        "Show one of the host agent's images.",
+        "",
+        cmd_agent_simple,
+    },
+    {
         "help",
         "[COMMAND]",
         "Show help for sporectl or for one command.",
@@ -441,7 +694,8 @@ find_command(const char *name)
 int
 main(int argc, char **argv)
 {
-    Globals g = {.endpoint = g_getenv("SPORE_ENDPOINT")};
+    Globals g = {.endpoint = g_getenv("SPORE_ENDPOINT"),
+                 .agent = g_getenv("SPORE_AGENT_SOCKET")};
     const Command *cmd;
     int i;
 
@@ -466,6 +720,14 @@ main(int argc, char **argv)
             g.endpoint = argv[++i];
         } else if (g_str_has_prefix(a, "--connect=")) {
             g.endpoint = a + strlen("--connect=");
+        } else if (g_str_equal(a, "--agent")) {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "sporectl: option '%s' needs a SOCKET\n", a);
+                return EXIT_USAGE;
+            }
+            g.agent = argv[++i];
+        } else if (g_str_has_prefix(a, "--agent=")) {
+            g.agent = a + strlen("--agent=");
         } else {
             fprintf(stderr,
                     "sporectl: unknown option '%s'\n"
@@ -475,6 +737,8 @@ main(int argc, char **argv)
         }
     }
 
+    if (!g.agent)
+        g.agent = DEFAULT_AGENT_SOCKET;
     if (i >= argc) {
         print_usage(stderr);
         return EXIT_USAGE;

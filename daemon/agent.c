@@ -1,0 +1,873 @@
+/*
+ * agent.c: the host agent's core (see agent.h for the layout on disk and
+ * the threads).
+ *
+ * Image lifecycle:
+ *
+ *   (none) --[image-add: index verified, cache opened]--> PREPARED
+ *   PREPARED --[image-serve: nbdkit started]--> SERVING
+ *   SERVING --[image-unserve: nbdkit stopped]--> PREPARED
+ *   any --[agent restart]--> PREPARED, or SERVING if its nbdkit still runs
+ *
+ * Library code below never logs; this file is the top level of the agent
+ * and logs once per event, with g_message / g_warning (domain spore-agent).
+ */
+#include "agent.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <gio/gio.h>
+#include <gio/gunixsocketaddress.h>
+#include <glib/gstdio.h>
+#include <json-glib/json-glib.h>
+
+#include "chunk-cache.h"
+#include "fetch-engine.h"
+#include "fetch-protocol.h"
+#include "file-util.h"
+#include "image-index.h"
+#include "origin.h"
+#include "spore-error.h"
+
+#define G_LOG_DOMAIN_AGENT "spore-agent"
+#define CONTROL_LINE_MAX_BYTES (1024u * 1024)
+#define SOCKET_THREADS_MAX 512
+#define SHIM_START_TIMEOUT_MS 10000
+#define SHIM_THREADS "16"
+
+typedef struct {
+    char *id;  /* "sha256:<hex>" */
+    char *hex; /* the id's hex digits: directory and file names */
+    guint8 digest[SPORE_SHA256_BYTES];
+    ImageIndex *idx;
+    ChunkCache *cache;
+    FetchEngine *engine;
+    GStrv origins;
+    char *shim_socket;
+    char *shim_pidfile;
+    char *shim_log;
+    GPid shim_pid; /* 0 when not serving */
+} AgentImage;
+
+struct Agent {
+    AgentConfig cfg;
+    char *cache_root;
+    char *images_dir;
+    char *shims_dir;
+    char *control_path;
+    char *fetch_path;
+    GMutex lock;         /* guards images and each image's shim fields */
+    GHashTable *images;  /* hex -> AgentImage * */
+    GSocketService *control;
+    GSocketService *fetch;
+};
+
+/* ---- images ------------------------------------------------------------ */
+
+static void
+agent_image_free(gpointer p)
+{
+    AgentImage *im = p;
+
+    fetch_engine_free(im->engine);
+    chunk_cache_close(im->cache);
+    image_index_free(im->idx);
+    g_strfreev(im->origins);
+    g_free(im->shim_socket);
+    g_free(im->shim_pidfile);
+    g_free(im->shim_log);
+    g_free(im->hex);
+    g_free(im->id);
+    g_free(im);
+}
+
+static bool
+pid_is_nbdkit(GPid pid)
+{
+    g_autofree char *path = g_strdup_printf("/proc/%d/cmdline", (int)pid);
+    g_autofree char *cmdline = NULL;
+    gsize len = 0;
+
+    if (pid <= 0 || kill(pid, 0) != 0)
+        return false;
+    if (!g_file_get_contents(path, &cmdline, &len, NULL) || len == 0)
+        return false;
+    return strstr(cmdline, "nbdkit") != NULL;
+}
+
+static GPid
+read_pidfile(const char *path)
+{
+    g_autofree char *text = NULL;
+    guint64 pid = 0;
+
+    if (!g_file_get_contents(path, &text, NULL, NULL))
+        return 0;
+    g_strstrip(text);
+    if (!g_ascii_string_to_unsigned(text, 10, 1, G_MAXINT32, &pid, NULL))
+        return 0;
+    return (GPid)pid;
+}
+
+/* Open (or create) the cache and engine of @idx; takes a ref of @idx. */
+static AgentImage *
+agent_image_open(Agent *a, ImageIndex *idx, const char *const *origins,
+                 GError **error)
+{
+    g_autoptr(GError) err = NULL;
+    AgentImage *im = g_new0(AgentImage, 1);
+    FetchSource *origin;
+
+    im->idx = image_index_ref(idx);
+    im->id = g_strdup(image_index_id(idx));
+    im->hex = g_strdup(im->id + strlen("sha256:"));
+    spore_unhex(im->hex, im->digest, SPORE_SHA256_BYTES);
+    im->origins = g_strdupv((char **)origins);
+    im->shim_socket = g_strdup_printf("%s/%s.sock", a->shims_dir, im->hex);
+    im->shim_pidfile = g_strdup_printf("%s/%s.pid", a->shims_dir, im->hex);
+    im->shim_log = g_strdup_printf("%s/%s.log", a->shims_dir, im->hex);
+
+    origin = origin_source_new(origins, NULL, error);
+    if (!origin)
+        goto fail;
+    im->cache = chunk_cache_open(a->cache_root, idx, error);
+    if (!im->cache) {
+        fetch_source_free(origin);
+        goto fail;
+    }
+    if (a->cfg.verify_cache) {
+        guint64 bad = 0;
+        if (!chunk_cache_verify_all(im->cache, &bad, error)) {
+            fetch_source_free(origin);
+            goto fail;
+        }
+        g_log(G_LOG_DOMAIN_AGENT, bad ? G_LOG_LEVEL_WARNING : G_LOG_LEVEL_INFO,
+              "image %.12s: verified %" G_GUINT64_FORMAT
+              " cached chunks, %" G_GUINT64_FORMAT " bad (dropped)",
+              im->hex, chunk_cache_stored_count(im->cache) + bad, bad);
+    }
+    im->engine = fetch_engine_new(im->cache, a->cfg.fetch_workers);
+    fetch_engine_add_source(im->engine, origin);
+
+    /* a shim left running by an earlier agent serves on */
+    {
+        GPid pid = read_pidfile(im->shim_pidfile);
+        if (pid_is_nbdkit(pid)) {
+            im->shim_pid = pid;
+            g_log(G_LOG_DOMAIN_AGENT, G_LOG_LEVEL_MESSAGE,
+                  "image %.12s: shim (nbdkit pid %d) still serving on '%s'",
+                  im->hex, (int)pid, im->shim_socket);
+        }
+    }
+    return im;
+
+fail:
+    g_prefix_error(error, "image %.12s: ", im->hex);
+    agent_image_free(im);
+    return NULL;
+}
+
+static bool
+agent_image_persist(Agent *a, AgentImage *im, GError **error)
+{
+    g_autoptr(GKeyFile) kf = g_key_file_new();
+    g_autofree char *path =
+        g_strdup_printf("%s/%s.image", a->images_dir, im->hex);
+    g_autofree char *text = NULL;
+    gsize len = 0;
+
+    g_key_file_set_string(kf, "image", "id", im->id);
+    g_key_file_set_string_list(kf, "image", "origins",
+                               (const char *const *)im->origins,
+                               g_strv_length(im->origins));
+    text = g_key_file_to_data(kf, &len, NULL);
+    return spore_file_write_atomic(path, text, len, 0640, error);
+}
+
+/* Load every images/<hex>.image at startup; a broken one is skipped. */
+static void
+agent_load_images(Agent *a)
+{
+    g_autoptr(GDir) dir = g_dir_open(a->images_dir, 0, NULL);
+    const char *name;
+
+    while (dir && (name = g_dir_read_name(dir))) {
+        g_autoptr(GKeyFile) kf = g_key_file_new();
+        g_autoptr(GError) err = NULL;
+        g_autofree char *path = NULL;
+        g_autofree char *id = NULL;
+        g_autofree char *index_path = NULL;
+        g_auto(GStrv) origins = NULL;
+        g_autoptr(ImageIndex) idx = NULL;
+        AgentImage *im;
+
+        if (!g_str_has_suffix(name, ".image"))
+            continue;
+        path = g_build_filename(a->images_dir, name, NULL);
+        if (!g_key_file_load_from_file(kf, path, G_KEY_FILE_NONE, &err) ||
+            !(id = g_key_file_get_string(kf, "image", "id", &err)) ||
+            !(origins = g_key_file_get_string_list(kf, "image", "origins",
+                                                   NULL, &err))) {
+            g_warning("'%s': %s, ignoring", path, err->message);
+            continue;
+        }
+        index_path = g_build_filename(a->cache_root, id + strlen("sha256:"),
+                                      CHUNK_CACHE_INDEX_FILE, NULL);
+        idx = image_index_load(index_path, id, &err);
+        if (!idx) {
+            g_warning("'%s': %s, ignoring", path, err->message);
+            continue;
+        }
+        im = agent_image_open(a, idx, (const char *const *)origins, &err);
+        if (!im) {
+            g_warning("'%s': %s, ignoring", path, err->message);
+            continue;
+        }
+        g_hash_table_insert(a->images, im->hex, im);
+        g_message("image %.12s: loaded (%" G_GUINT64_FORMAT " of %" G_GUINT64_FORMAT
+                  " chunks cached)",
+                  im->hex, chunk_cache_stored_count(im->cache),
+                  image_index_chunk_count(idx) - image_index_zero_count(idx));
+    }
+}
+
+/* Locked.  Finds an image by id, hex, or a unique hex prefix (>= 6). */
+static AgentImage *
+agent_find_image(Agent *a, const char *name, GError **error)
+{
+    const char *hex = g_str_has_prefix(name, "sha256:") ? name + 7 : name;
+    AgentImage *found = g_hash_table_lookup(a->images, hex);
+    GHashTableIter it;
+    gpointer key, value;
+    guint matches = 0;
+
+    if (found)
+        return found;
+    if (strlen(hex) >= 6) {
+        g_hash_table_iter_init(&it, a->images);
+        while (g_hash_table_iter_next(&it, &key, &value)) {
+            if (g_str_has_prefix(key, hex)) {
+                found = value;
+                matches++;
+            }
+        }
+        if (matches == 1)
+            return found;
+    }
+    g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
+                matches > 1 ? "image '%s' is ambiguous"
+                            : "no image '%s' on this host",
+                name);
+    return NULL;
+}
+
+/* ---- shims ------------------------------------------------------------- */
+
+static void
+shim_child_setup(gpointer data)
+{
+    setsid(); /* its own session: the shim outlives the agent */
+}
+
+static void
+on_shim_exit(GPid pid, gint status, gpointer data)
+{
+    g_autoptr(GError) err = NULL;
+
+    if (!g_spawn_check_wait_status(status, &err))
+        g_message("shim nbdkit pid %d ended: %s", (int)pid, err->message);
+    g_spawn_close_pid(pid);
+}
+
+/* Locked.  Start the image's nbdkit unless it runs. */
+static bool
+agent_image_serve(Agent *a, AgentImage *im, GError **error)
+{
+    g_autofree char *cache_arg = NULL;
+    g_autofree char *agent_arg = NULL;
+    g_autofree char *timeout_arg = NULL;
+    g_autofree char *log_text = NULL;
+    const char *argv[16];
+    int n = 0, log_fd;
+    GPid pid = 0;
+
+    if (im->shim_pid && pid_is_nbdkit(im->shim_pid))
+        return true;
+    im->shim_pid = 0;
+
+    g_unlink(im->shim_socket); /* nbdkit 1.32 leaves its socket behind */
+    g_unlink(im->shim_pidfile);
+    cache_arg = g_strdup_printf("cache=%s", chunk_cache_dir(im->cache));
+    agent_arg = g_strdup_printf("agent=%s", a->fetch_path);
+    timeout_arg = g_strdup_printf("timeout=%u", a->cfg.shim_timeout_s);
+    argv[n++] = a->cfg.nbdkit;
+    argv[n++] = "--foreground";
+    argv[n++] = "--readonly";
+    argv[n++] = "--unix";
+    argv[n++] = im->shim_socket;
+    argv[n++] = "--pidfile";
+    argv[n++] = im->shim_pidfile;
+    argv[n++] = "--threads";
+    argv[n++] = SHIM_THREADS;
+    argv[n++] = a->cfg.plugin;
+    argv[n++] = cache_arg;
+    argv[n++] = agent_arg;
+    argv[n++] = timeout_arg;
+    argv[n] = NULL;
+
+    log_fd = open(im->shim_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC,
+                  0640);
+    if (log_fd < 0) {
+        int saved = errno;
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_IO,
+                    "cannot open the shim log '%s': %s", im->shim_log,
+                    g_strerror(saved));
+        return false;
+    }
+    if (!g_spawn_async_with_fds(NULL, (char **)argv, NULL,
+                                G_SPAWN_DO_NOT_REAP_CHILD |
+                                    G_SPAWN_SEARCH_PATH,
+                                shim_child_setup,
+                                NULL, &pid, -1, log_fd, log_fd, error)) {
+        close(log_fd);
+        g_prefix_error(error, "cannot start nbdkit '%s': ", a->cfg.nbdkit);
+        return false;
+    }
+    close(log_fd);
+    g_child_watch_add(pid, on_shim_exit, NULL);
+
+    for (int waited = 0; waited < SHIM_START_TIMEOUT_MS; waited += 20) {
+        int status;
+
+        if (waitpid(pid, &status, WNOHANG) == pid) {
+            g_file_get_contents(im->shim_log, &log_text, NULL, NULL);
+            g_set_error(error, SPORE_ERROR, SPORE_ERROR_FAILED,
+                        "the shim (nbdkit) exited at once; its log '%s' "
+                        "ends: %s",
+                        im->shim_log,
+                        log_text ? g_strchomp(log_text +
+                                              (strlen(log_text) > 600
+                                                   ? strlen(log_text) - 600
+                                                   : 0))
+                                 : "(empty)");
+            return false;
+        }
+        /* nbdkit writes its PID file once it accepts connections */
+        if (read_pidfile(im->shim_pidfile) == pid)
+            break;
+        g_usleep(20000);
+    }
+    if (read_pidfile(im->shim_pidfile) != pid) {
+        kill(pid, SIGTERM);
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_FAILED,
+                    "the shim (nbdkit pid %d) did not listen on '%s' within "
+                    "%d s; see '%s'",
+                    (int)pid, im->shim_socket, SHIM_START_TIMEOUT_MS / 1000,
+                    im->shim_log);
+        return false;
+    }
+
+    /* QEMU runs as another user: let the shim group connect */
+    if (a->cfg.shim_group && *a->cfg.shim_group) {
+        struct group *gr = getgrnam(a->cfg.shim_group);
+
+        if (!gr || chown(im->shim_socket, (uid_t)-1, gr->gr_gid) < 0 ||
+            chmod(im->shim_socket, 0660) < 0)
+            g_warning("image %.12s: cannot give group '%s' the shim socket "
+                      "'%s'%s, ignoring",
+                      im->hex, a->cfg.shim_group, im->shim_socket,
+                      gr ? "" : " (no such group)");
+    }
+    im->shim_pid = pid;
+    g_message("image %.12s: shim (nbdkit pid %d) serving on '%s'", im->hex,
+              (int)pid, im->shim_socket);
+    return true;
+}
+
+/* Locked. */
+static void
+agent_image_unserve(AgentImage *im)
+{
+    if (im->shim_pid && pid_is_nbdkit(im->shim_pid)) {
+        kill(im->shim_pid, SIGTERM);
+        g_message("image %.12s: shim (nbdkit pid %d) stopped", im->hex,
+                  (int)im->shim_pid);
+    }
+    im->shim_pid = 0;
+    g_unlink(im->shim_socket);
+    g_unlink(im->shim_pidfile);
+}
+
+/* ---- control commands -------------------------------------------------- */
+
+static char *
+reply_error(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
+
+static char *
+reply_error(const char *fmt, ...)
+{
+    g_autoptr(JsonBuilder) b = json_builder_new();
+    g_autoptr(JsonGenerator) gen = json_generator_new();
+    g_autoptr(JsonNode) root = NULL;
+    g_autofree char *msg = NULL;
+    va_list ap;
+
+    va_start(ap, fmt);
+    msg = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    json_builder_begin_object(b);
+    json_builder_set_member_name(b, "ok");
+    json_builder_add_boolean_value(b, FALSE);
+    json_builder_set_member_name(b, "error");
+    json_builder_add_string_value(b, msg);
+    json_builder_end_object(b);
+    root = json_builder_get_root(b);
+    json_generator_set_root(gen, root);
+    return json_generator_to_data(gen, NULL);
+}
+
+static char *
+reply_from(JsonBuilder *b)
+{
+    g_autoptr(JsonGenerator) gen = json_generator_new();
+    g_autoptr(JsonNode) root = NULL;
+
+    json_builder_end_object(b);
+    root = json_builder_get_root(b);
+    json_generator_set_root(gen, root);
+    return json_generator_to_data(gen, NULL);
+}
+
+static JsonBuilder *
+reply_ok(void)
+{
+    JsonBuilder *b = json_builder_new();
+
+    json_builder_begin_object(b);
+    json_builder_set_member_name(b, "ok");
+    json_builder_add_boolean_value(b, TRUE);
+    return b;
+}
+
+static void
+add_int(JsonBuilder *b, const char *name, gint64 v)
+{
+    json_builder_set_member_name(b, name);
+    json_builder_add_int_value(b, v);
+}
+
+static void
+add_str(JsonBuilder *b, const char *name, const char *v)
+{
+    json_builder_set_member_name(b, name);
+    json_builder_add_string_value(b, v);
+}
+
+static void
+describe_image(JsonBuilder *b, AgentImage *im)
+{
+    FetchStats st;
+    guint64 chunks = image_index_chunk_count(im->idx);
+    guint64 zero = image_index_zero_count(im->idx);
+    guint64 stored = chunk_cache_stored_count(im->cache);
+    g_autofree char *uri = NULL;
+
+    fetch_engine_stats(im->engine, &st);
+    json_builder_begin_object(b);
+    add_str(b, "image", im->id);
+    add_int(b, "size", (gint64)image_index_image_size(im->idx));
+    add_int(b, "chunk_size", (gint64)image_index_chunk_size(im->idx));
+    add_int(b, "chunks", (gint64)chunks);
+    add_int(b, "zero_chunks", (gint64)zero);
+    add_int(b, "cached_chunks", (gint64)stored);
+    json_builder_set_member_name(b, "cached_fraction");
+    json_builder_add_double_value(b, chunks > zero ? (double)stored /
+                                                         (double)(chunks - zero)
+                                                   : 1.0);
+    json_builder_set_member_name(b, "origins");
+    json_builder_begin_array(b);
+    for (guint i = 0; im->origins[i]; i++)
+        json_builder_add_string_value(b, im->origins[i]);
+    json_builder_end_array(b);
+    json_builder_set_member_name(b, "serving");
+    json_builder_add_boolean_value(b, im->shim_pid != 0);
+    if (im->shim_pid) {
+        uri = g_strdup_printf("nbd+unix:///%s?socket=%s", im->hex,
+                              im->shim_socket);
+        add_str(b, "socket", im->shim_socket);
+        add_str(b, "uri", uri);
+        add_int(b, "shim_pid", im->shim_pid);
+    }
+    json_builder_set_member_name(b, "fetched_bytes");
+    json_builder_begin_object(b);
+    for (int k = 0; k < FETCH_SOURCE_KINDS; k++)
+        add_int(b, fetch_source_kind_name(k), (gint64)st.bytes[k]);
+    json_builder_end_object(b);
+    add_int(b, "rejected_chunks", (gint64)st.rejected);
+    add_int(b, "failed_fetches", (gint64)st.failed);
+    add_int(b, "queued_chunks", fetch_engine_queued(im->engine));
+    json_builder_end_object(b);
+}
+
+static char *
+cmd_image_add(Agent *a, JsonObject *req)
+{
+    const char *index_path = json_object_get_string_member_with_default(
+        req, "index", NULL);
+    const char *pin = json_object_get_string_member_with_default(req, "id",
+                                                                 NULL);
+    JsonArray *arr = json_object_has_member(req, "origins")
+                         ? json_object_get_array_member(req, "origins")
+                         : NULL;
+    g_autoptr(GPtrArray) origins = g_ptr_array_new_with_free_func(g_free);
+    g_autoptr(GError) err = NULL;
+    g_autoptr(ImageIndex) idx = NULL;
+    g_autoptr(JsonBuilder) b = NULL;
+    AgentImage *im;
+    const char *hex;
+
+    if (!index_path || !arr || json_array_get_length(arr) == 0)
+        return reply_error("image-add needs \"index\" (a path on this host) "
+                           "and \"origins\" (a non-empty array of URLs)");
+    for (guint i = 0; i < json_array_get_length(arr); i++) {
+        const char *u = json_array_get_string_element(arr, i);
+        if (!u)
+            return reply_error("origins must be strings");
+        g_ptr_array_add(origins, g_strdup(u));
+    }
+    g_ptr_array_add(origins, NULL);
+
+    idx = image_index_load(index_path, pin, &err);
+    if (!idx)
+        return reply_error("%s", err->message);
+    hex = image_index_id(idx) + strlen("sha256:");
+
+    g_mutex_lock(&a->lock);
+    im = g_hash_table_lookup(a->images, hex);
+    if (!im) {
+        im = agent_image_open(a, idx, (const char *const *)origins->pdata,
+                              &err);
+        if (im && !agent_image_persist(a, im, &err)) {
+            agent_image_free(im);
+            im = NULL;
+        }
+        if (!im) {
+            g_mutex_unlock(&a->lock);
+            return reply_error("%s", err->message);
+        }
+        g_hash_table_insert(a->images, im->hex, im);
+        g_message("image %.12s: added (%" G_GUINT64_FORMAT " chunks of %"
+                  G_GUINT64_FORMAT " bytes, origins: %s)",
+                  im->hex, image_index_chunk_count(idx),
+                  image_index_chunk_size(idx), im->origins[0]);
+    }
+    b = reply_ok();
+    json_builder_set_member_name(b, "image");
+    describe_image(b, im);
+    g_mutex_unlock(&a->lock);
+    return reply_from(b);
+}
+
+static char *
+cmd_image_list(Agent *a, JsonObject *req)
+{
+    g_autoptr(JsonBuilder) b = reply_ok();
+    g_autoptr(GList) keys = NULL;
+
+    g_mutex_lock(&a->lock);
+    keys = g_list_sort(g_hash_table_get_keys(a->images),
+                       (GCompareFunc)strcmp);
+    json_builder_set_member_name(b, "images");
+    json_builder_begin_array(b);
+    for (GList *l = keys; l; l = l->next)
+        describe_image(b, g_hash_table_lookup(a->images, l->data));
+    json_builder_end_array(b);
+    g_mutex_unlock(&a->lock);
+    return reply_from(b);
+}
+
+/* Commands that name one image: serve, unserve, fill, show. */
+static char *
+cmd_on_image(Agent *a, const char *command, JsonObject *req)
+{
+    const char *name = json_object_get_string_member_with_default(
+        req, "image", NULL);
+    g_autoptr(GError) err = NULL;
+    g_autoptr(JsonBuilder) b = NULL;
+    AgentImage *im;
+
+    if (!name)
+        return reply_error("%s needs \"image\"", command);
+    g_mutex_lock(&a->lock);
+    im = agent_find_image(a, name, &err);
+    if (!im) {
+        g_mutex_unlock(&a->lock);
+        return reply_error("%s", err->message);
+    }
+    if (g_str_equal(command, "image-serve") &&
+        !agent_image_serve(a, im, &err)) {
+        g_mutex_unlock(&a->lock);
+        return reply_error("%s", err->message);
+    }
+    if (g_str_equal(command, "image-unserve"))
+        agent_image_unserve(im);
+    if (g_str_equal(command, "image-fill")) {
+        guint64 count = image_index_chunk_count(im->idx);
+        for (guint64 i = 0; i < count; i++)
+            fetch_engine_want(im->engine, i, FETCH_PRIORITY_BACKGROUND);
+    }
+    b = reply_ok();
+    json_builder_set_member_name(b, "image");
+    describe_image(b, im);
+    g_mutex_unlock(&a->lock);
+    return reply_from(b);
+}
+
+char *
+agent_handle_command(Agent *a, const char *request)
+{
+    g_autoptr(JsonParser) parser = json_parser_new();
+    g_autoptr(GError) err = NULL;
+    JsonNode *root;
+    JsonObject *obj;
+    const char *command;
+
+    if (!json_parser_load_from_data(parser, request, -1, &err))
+        return reply_error("malformed JSON: %s", err->message);
+    root = json_parser_get_root(parser);
+    if (!root || !JSON_NODE_HOLDS_OBJECT(root))
+        return reply_error("a command is a JSON object");
+    obj = json_node_get_object(root);
+    command = json_object_get_string_member_with_default(obj, "command", NULL);
+    if (!command)
+        return reply_error("missing \"command\"");
+    if (g_str_equal(command, "image-add"))
+        return cmd_image_add(a, obj);
+    if (g_str_equal(command, "image-list"))
+        return cmd_image_list(a, obj);
+    if (g_str_equal(command, "image-serve") ||
+        g_str_equal(command, "image-unserve") ||
+        g_str_equal(command, "image-fill") ||
+        g_str_equal(command, "image-show"))
+        return cmd_on_image(a, command, obj);
+    return reply_error("unknown command '%s'", command);
+}
+
+/* ---- sockets ----------------------------------------------------------- */
+
+/* Read one line of at most CONTROL_LINE_MAX_BYTES; NULL at EOF or error. */
+static char *
+read_line_bounded(GInputStream *in)
+{
+    g_autoptr(GString) line = g_string_new(NULL);
+    char c;
+
+    for (;;) {
+        gssize n = g_input_stream_read(in, &c, 1, NULL, NULL);
+        if (n <= 0)
+            return NULL;
+        if (c == '\n')
+            return g_string_free(g_steal_pointer(&line), FALSE);
+        if (line->len >= CONTROL_LINE_MAX_BYTES)
+            return NULL;
+        g_string_append_c(line, c);
+    }
+}
+
+static gboolean
+on_control_run(GThreadedSocketService *svc, GSocketConnection *conn,
+               GObject *source, gpointer data)
+{
+    Agent *a = data;
+    GInputStream *in = g_io_stream_get_input_stream(G_IO_STREAM(conn));
+    GOutputStream *out = g_io_stream_get_output_stream(G_IO_STREAM(conn));
+    char *line;
+
+    while ((line = read_line_bounded(in))) {
+        g_autofree char *reply = agent_handle_command(a, line);
+        g_autofree char *framed = g_strconcat(reply, "\n", NULL);
+
+        g_free(line);
+        if (!g_output_stream_write_all(out, framed, strlen(framed), NULL, NULL,
+                                       NULL))
+            break;
+    }
+    return TRUE;
+}
+
+static gboolean
+on_fetch_run(GThreadedSocketService *svc, GSocketConnection *conn,
+             GObject *source, gpointer data)
+{
+    Agent *a = data;
+    GInputStream *in = g_io_stream_get_input_stream(G_IO_STREAM(conn));
+    GOutputStream *out = g_io_stream_get_output_stream(G_IO_STREAM(conn));
+
+    for (;;) {
+        guint8 buf[FETCH_REQUEST_BYTES], rbuf[FETCH_REPLY_BYTES];
+        g_autoptr(GError) err = NULL;
+        g_autofree char *hex = NULL;
+        FetchRequest req;
+        FetchReply rep = {0};
+        gsize got = 0;
+        AgentImage *im;
+
+        if (!g_input_stream_read_all(in, buf, sizeof(buf), &got, NULL, NULL) ||
+            got != sizeof(buf))
+            break; /* EOF: the shim thread went away */
+        if (!fetch_request_decode(buf, &req)) {
+            g_warning("malformed request on the fetch socket; closing the "
+                      "connection");
+            break;
+        }
+        rep.tag = req.tag;
+        rep.chunk = req.chunk;
+        hex = spore_hex(req.image, SPORE_SHA256_BYTES);
+        g_mutex_lock(&a->lock);
+        im = g_hash_table_lookup(a->images, hex);
+        g_mutex_unlock(&a->lock);
+        if (!im) {
+            rep.status = 1;
+            g_snprintf(rep.message, sizeof(rep.message),
+                       "image %.12s is not known to this agent", hex);
+        } else if (!fetch_engine_get(im->engine, req.chunk,
+                                     req.priority ? FETCH_PRIORITY_PROFILE
+                                                  : FETCH_PRIORITY_DEMAND,
+                                     g_get_monotonic_time() +
+                                         (gint64)req.wait_ms * 1000,
+                                     &err)) {
+            rep.status = 1;
+            g_strlcpy(rep.message, err->message, sizeof(rep.message));
+            g_warning("image %.12s: %s", hex, err->message);
+        }
+        fetch_reply_encode(&rep, rbuf);
+        if (!g_output_stream_write_all(out, rbuf, sizeof(rbuf), NULL, NULL,
+                                       NULL))
+            break;
+    }
+    return TRUE;
+}
+
+static GSocketService *
+listen_unix(const char *path, int mode, GCallback run, Agent *a,
+            GError **error)
+{
+    GSocketService *svc = g_threaded_socket_service_new(SOCKET_THREADS_MAX);
+    g_autoptr(GSocketAddress) addr = NULL;
+
+    g_unlink(path);
+    addr = g_unix_socket_address_new(path);
+    if (!g_socket_listener_add_address(G_SOCKET_LISTENER(svc), addr,
+                                       G_SOCKET_TYPE_STREAM,
+                                       G_SOCKET_PROTOCOL_DEFAULT, NULL, NULL,
+                                       error)) {
+        g_prefix_error(error, "cannot listen on '%s': ", path);
+        g_object_unref(svc);
+        return NULL;
+    }
+    chmod(path, (mode_t)mode);
+    g_signal_connect(svc, "run", run, a);
+    g_socket_service_start(svc);
+    return svc;
+}
+
+static bool
+make_dir(const char *path, int mode, GError **error)
+{
+    if (g_mkdir_with_parents(path, mode) < 0) {
+        int saved = errno;
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_IO,
+                    "cannot create directory '%s': %s", path,
+                    g_strerror(saved));
+        return false;
+    }
+    return true;
+}
+
+Agent *
+agent_new(const AgentConfig *cfg, GError **error)
+{
+    g_autoptr(Agent) a = g_new0(Agent, 1);
+
+    a->cfg = *cfg;
+    a->cfg.state_dir = g_strdup(cfg->state_dir);
+    a->cfg.run_dir = g_strdup(cfg->run_dir);
+    a->cfg.nbdkit = g_strdup(cfg->nbdkit);
+    a->cfg.plugin = g_strdup(cfg->plugin);
+    a->cfg.shim_group = g_strdup(cfg->shim_group);
+    a->cache_root = g_build_filename(cfg->state_dir, "cache", NULL);
+    a->images_dir = g_build_filename(cfg->state_dir, "images", NULL);
+    a->shims_dir = g_build_filename(cfg->run_dir, "shims", NULL);
+    a->control_path = g_build_filename(cfg->run_dir, "control.sock", NULL);
+    a->fetch_path = g_build_filename(cfg->run_dir, "fetch.sock", NULL);
+    a->images = g_hash_table_new_full(g_str_hash, g_str_equal, NULL,
+                                      agent_image_free);
+    g_mutex_init(&a->lock);
+
+    if (!make_dir(a->cache_root, 0750, error) ||
+        !make_dir(a->images_dir, 0750, error) ||
+        !make_dir(a->cfg.run_dir, 0755, error) ||
+        !make_dir(a->shims_dir, 0750, error))
+        return NULL;
+    if (cfg->shim_group && *cfg->shim_group) {
+        struct group *gr = getgrnam(cfg->shim_group);
+        if (!gr || chown(a->shims_dir, (uid_t)-1, gr->gr_gid) < 0)
+            g_warning("cannot give group '%s' the shim directory '%s'%s, "
+                      "ignoring",
+                      cfg->shim_group, a->shims_dir,
+                      gr ? "" : " (no such group)");
+    }
+
+    agent_load_images(a);
+
+    a->fetch = listen_unix(a->fetch_path, 0600, G_CALLBACK(on_fetch_run), a,
+                           error);
+    if (!a->fetch)
+        return NULL;
+    a->control = listen_unix(a->control_path, 0600,
+                             G_CALLBACK(on_control_run), a, error);
+    if (!a->control)
+        return NULL;
+    g_message("listening on '%s' (control) and '%s' (fetch); %u images",
+              a->control_path, a->fetch_path,
+              g_hash_table_size(a->images));
+    return g_steal_pointer(&a);
+}
+
+void
+agent_free(Agent *a)
+{
+    if (!a)
+        return;
+    if (a->control) {
+        g_socket_service_stop(a->control);
+        g_socket_listener_close(G_SOCKET_LISTENER(a->control));
+        g_object_unref(a->control);
+        g_unlink(a->control_path);
+    }
+    if (a->fetch) {
+        g_socket_service_stop(a->fetch);
+        g_socket_listener_close(G_SOCKET_LISTENER(a->fetch));
+        g_object_unref(a->fetch);
+        g_unlink(a->fetch_path);
+    }
+    g_hash_table_unref(a->images);
+    g_mutex_clear(&a->lock);
+    g_free(a->cfg.state_dir);
+    g_free(a->cfg.run_dir);
+    g_free(a->cfg.nbdkit);
+    g_free(a->cfg.plugin);
+    g_free(a->cfg.shim_group);
+    g_free(a->cache_root);
+    g_free(a->images_dir);
+    g_free(a->shims_dir);
+    g_free(a->control_path);
+    g_free(a->fetch_path);
+    g_free(a);
+}

@@ -1,0 +1,65 @@
+/*
+ * agent.h: the host agent's core: images, their caches and fetch engines,
+ * the fetch socket the shims ask, the shims themselves, and the local
+ * control socket (docs/agent-control.md).
+ *
+ * One Agent per host.  Its state lives under state_dir:
+ *   cache/<hex>/          the chunk cache of each image (chunk-cache.h)
+ *   images/<hex>.image    each image's origins (GKeyFile), so a restarted
+ *                         agent serves the same images
+ * and its sockets under run_dir:
+ *   control.sock          JSON lines, for sporectl and the site manager
+ *   fetch.sock            fetch-protocol.h, for the shims
+ *   shims/<hex>.sock      each image's NBD export (nbdkit), group-owned by
+ *                         shim_group so that QEMU can connect
+ *   shims/<hex>.pid       its nbdkit's PID
+ *
+ * Shims are separate nbdkit processes and outlive the agent: a restarted
+ * agent finds them by PID file and serves their fetches again.
+ *
+ * Threads: the main thread runs the GMainLoop; each control or fetch
+ * connection gets a thread of its own (GThreadedSocketService); fetch
+ * engines have their workers.  The image table is guarded by a mutex;
+ * images are never removed while the agent runs.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <glib.h>
+
+typedef struct {
+    char *state_dir;
+    char *run_dir;
+    char *nbdkit;      /* the nbdkit binary */
+    char *plugin;      /* nbdkit-spore-plugin.so */
+    char *shim_group;  /* group owning shim sockets; NULL or "": none */
+    guint fetch_workers;
+    guint shim_timeout_s;
+    bool verify_cache; /* verify every cached chunk when an image opens */
+} AgentConfig;
+
+typedef struct Agent Agent;
+
+/*
+ * agent_new: create the directories, load the images kept in state_dir and
+ * listen on the control and fetch sockets.  The sockets are served from
+ * their own threads at once; the caller runs a GMainLoop for the rest.
+ */
+Agent *
+agent_new(const AgentConfig *config, GError **error);
+
+/* agent_free: stop listening, stop the fetch engines, free.  Shims keep
+ * running.  Accepts NULL. */
+void
+agent_free(Agent *agent);
+
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(Agent, agent_free)
+
+/*
+ * agent_handle_command: run one control command (a JSON object, see
+ * docs/agent-control.md) and return the JSON reply text, owned by the
+ * caller.  Never fails: errors are replies {"ok": false, "error": "..."}.
+ * Thread-safe.
+ */
+char *
+agent_handle_command(Agent *agent, const char *request);
