@@ -35,11 +35,10 @@
 #include "origin.h"
 #include "spore-error.h"
 
-#define G_LOG_DOMAIN_AGENT "spore-agent"
 #define CONTROL_LINE_MAX_BYTES (1024u * 1024)
-#define SOCKET_THREADS_MAX 512
-#define SHIM_START_TIMEOUT_MS 10000
-#define SHIM_THREADS "16"
+#define SOCKET_THREADS_MAX     512
+#define SHIM_START_TIMEOUT_MS  10000
+#define SHIM_THREADS           "16"
 
 typedef struct {
     char *id;  /* "sha256:<hex>" */
@@ -62,8 +61,8 @@ struct Agent {
     char *shims_dir;
     char *control_path;
     char *fetch_path;
-    GMutex lock;         /* guards images and each image's shim fields */
-    GHashTable *images;  /* hex -> AgentImage * */
+    GMutex lock;        /* guards images and each image's shim fields */
+    GHashTable *images; /* hex -> AgentImage * */
     GSocketService *control;
     GSocketService *fetch;
 };
@@ -147,7 +146,7 @@ agent_image_open(Agent *a, ImageIndex *idx, const char *const *origins,
             fetch_source_free(origin);
             goto fail;
         }
-        g_log(G_LOG_DOMAIN_AGENT, bad ? G_LOG_LEVEL_WARNING : G_LOG_LEVEL_INFO,
+        g_log(G_LOG_DOMAIN, bad ? G_LOG_LEVEL_WARNING : G_LOG_LEVEL_MESSAGE,
               "image %.12s: verified %" G_GUINT64_FORMAT
               " cached chunks, %" G_GUINT64_FORMAT " bad (dropped)",
               im->hex, chunk_cache_stored_count(im->cache) + bad, bad);
@@ -160,7 +159,7 @@ agent_image_open(Agent *a, ImageIndex *idx, const char *const *origins,
         GPid pid = read_pidfile(im->shim_pidfile);
         if (pid_is_nbdkit(pid)) {
             im->shim_pid = pid;
-            g_log(G_LOG_DOMAIN_AGENT, G_LOG_LEVEL_MESSAGE,
+            g_log(G_LOG_DOMAIN, G_LOG_LEVEL_MESSAGE,
                   "image %.12s: shim (nbdkit pid %d) still serving on '%s'",
                   im->hex, (int)pid, im->shim_socket);
         }
@@ -212,8 +211,8 @@ agent_load_images(Agent *a)
         path = g_build_filename(a->images_dir, name, NULL);
         if (!g_key_file_load_from_file(kf, path, G_KEY_FILE_NONE, &err) ||
             !(id = g_key_file_get_string(kf, "image", "id", &err)) ||
-            !(origins = g_key_file_get_string_list(kf, "image", "origins",
-                                                   NULL, &err))) {
+            !(origins = g_key_file_get_string_list(kf, "image", "origins", NULL,
+                                                   &err))) {
             g_warning("'%s': %s, ignoring", path, err->message);
             continue;
         }
@@ -230,8 +229,8 @@ agent_load_images(Agent *a)
             continue;
         }
         g_hash_table_insert(a->images, im->hex, im);
-        g_message("image %.12s: loaded (%" G_GUINT64_FORMAT " of %" G_GUINT64_FORMAT
-                  " chunks cached)",
+        g_message("image %.12s: loaded (%" G_GUINT64_FORMAT
+                  " of %" G_GUINT64_FORMAT " chunks cached)",
                   im->hex, chunk_cache_stored_count(im->cache),
                   image_index_chunk_count(idx) - image_index_zero_count(idx));
     }
@@ -269,22 +268,6 @@ agent_find_image(Agent *a, const char *name, GError **error)
 
 /* ---- shims ------------------------------------------------------------- */
 
-static void
-shim_child_setup(gpointer data)
-{
-    setsid(); /* its own session: the shim outlives the agent */
-}
-
-static void
-on_shim_exit(GPid pid, gint status, gpointer data)
-{
-    g_autoptr(GError) err = NULL;
-
-    if (!g_spawn_check_wait_status(status, &err))
-        g_message("shim nbdkit pid %d ended: %s", (int)pid, err->message);
-    g_spawn_close_pid(pid);
-}
-
 /* Locked.  Start the image's nbdkit unless it runs. */
 static bool
 agent_image_serve(Agent *a, AgentImage *im, GError **error)
@@ -292,8 +275,9 @@ agent_image_serve(Agent *a, AgentImage *im, GError **error)
     g_autofree char *cache_arg = NULL;
     g_autofree char *agent_arg = NULL;
     g_autofree char *timeout_arg = NULL;
+    g_autofree char *log_arg = NULL;
     g_autofree char *log_text = NULL;
-    const char *argv[16];
+    const char *argv[20];
     int n = 0, log_fd;
     GPid pid = 0;
 
@@ -306,8 +290,14 @@ agent_image_serve(Agent *a, AgentImage *im, GError **error)
     cache_arg = g_strdup_printf("cache=%s", chunk_cache_dir(im->cache));
     agent_arg = g_strdup_printf("agent=%s", a->fetch_path);
     timeout_arg = g_strdup_printf("timeout=%u", a->cfg.shim_timeout_s);
+    log_arg = g_strdup_printf("log=%s", im->shim_log);
+    /*
+     * nbdkit daemonizes itself: in --foreground mode it asks the kernel to
+     * kill it when its parent (us) dies (PR_SET_PDEATHSIG), and shims must
+     * outlive the agent.  Its messages still go to our log file.
+     */
     argv[n++] = a->cfg.nbdkit;
-    argv[n++] = "--foreground";
+    argv[n++] = "--log=stderr";
     argv[n++] = "--readonly";
     argv[n++] = "--unix";
     argv[n++] = im->shim_socket;
@@ -319,10 +309,11 @@ agent_image_serve(Agent *a, AgentImage *im, GError **error)
     argv[n++] = cache_arg;
     argv[n++] = agent_arg;
     argv[n++] = timeout_arg;
+    argv[n++] = log_arg;
     argv[n] = NULL;
 
-    log_fd = open(im->shim_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC,
-                  0640);
+    log_fd =
+        open(im->shim_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
     if (log_fd < 0) {
         int saved = errno;
         g_set_error(error, SPORE_ERROR, SPORE_ERROR_IO,
@@ -331,45 +322,51 @@ agent_image_serve(Agent *a, AgentImage *im, GError **error)
         return false;
     }
     if (!g_spawn_async_with_fds(NULL, (char **)argv, NULL,
-                                G_SPAWN_DO_NOT_REAP_CHILD |
-                                    G_SPAWN_SEARCH_PATH,
-                                shim_child_setup,
-                                NULL, &pid, -1, log_fd, log_fd, error)) {
+                                G_SPAWN_DO_NOT_REAP_CHILD | G_SPAWN_SEARCH_PATH,
+                                NULL, NULL, &pid, -1, log_fd, log_fd, error)) {
         close(log_fd);
         g_prefix_error(error, "cannot start nbdkit '%s': ", a->cfg.nbdkit);
         return false;
     }
     close(log_fd);
-    g_child_watch_add(pid, on_shim_exit, NULL);
 
-    for (int waited = 0; waited < SHIM_START_TIMEOUT_MS; waited += 20) {
-        int status;
+    /* the first nbdkit process exits once the daemon is ready */
+    {
+        int status = 0;
+        gint64 give_up =
+            g_get_monotonic_time() + (gint64)SHIM_START_TIMEOUT_MS * 1000;
+        bool exited = false;
 
-        if (waitpid(pid, &status, WNOHANG) == pid) {
+        while (g_get_monotonic_time() < give_up) {
+            if (waitpid(pid, &status, WNOHANG) == pid) {
+                exited = true;
+                break;
+            }
+            g_usleep(10000);
+        }
+        if (!exited || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+            if (!exited)
+                kill(pid, SIGTERM);
             g_file_get_contents(im->shim_log, &log_text, NULL, NULL);
-            g_set_error(error, SPORE_ERROR, SPORE_ERROR_FAILED,
-                        "the shim (nbdkit) exited at once; its log '%s' "
-                        "ends: %s",
-                        im->shim_log,
-                        log_text ? g_strchomp(log_text +
-                                              (strlen(log_text) > 600
-                                                   ? strlen(log_text) - 600
-                                                   : 0))
-                                 : "(empty)");
+            g_set_error(
+                error, SPORE_ERROR, SPORE_ERROR_FAILED,
+                "the shim (nbdkit) failed to start; its log '%s' "
+                "ends: %s",
+                im->shim_log,
+                log_text ? g_strchomp(log_text + (strlen(log_text) > 600
+                                                      ? strlen(log_text) - 600
+                                                      : 0))
+                         : "(empty)");
             return false;
         }
-        /* nbdkit writes its PID file once it accepts connections */
-        if (read_pidfile(im->shim_pidfile) == pid)
-            break;
-        g_usleep(20000);
     }
-    if (read_pidfile(im->shim_pidfile) != pid) {
-        kill(pid, SIGTERM);
+    /* nbdkit writes its PID file once it accepts connections */
+    pid = read_pidfile(im->shim_pidfile);
+    if (!pid_is_nbdkit(pid)) {
         g_set_error(error, SPORE_ERROR, SPORE_ERROR_FAILED,
-                    "the shim (nbdkit pid %d) did not listen on '%s' within "
-                    "%d s; see '%s'",
-                    (int)pid, im->shim_socket, SHIM_START_TIMEOUT_MS / 1000,
-                    im->shim_log);
+                    "the shim (nbdkit) did not start serving on '%s'; see "
+                    "'%s'",
+                    im->shim_socket, im->shim_log);
         return false;
     }
 
@@ -406,8 +403,7 @@ agent_image_unserve(AgentImage *im)
 
 /* ---- control commands -------------------------------------------------- */
 
-static char *
-reply_error(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
+static char *reply_error(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
 
 static char *
 reply_error(const char *fmt, ...)
@@ -487,9 +483,8 @@ describe_image(JsonBuilder *b, AgentImage *im)
     add_int(b, "zero_chunks", (gint64)zero);
     add_int(b, "cached_chunks", (gint64)stored);
     json_builder_set_member_name(b, "cached_fraction");
-    json_builder_add_double_value(b, chunks > zero ? (double)stored /
-                                                         (double)(chunks - zero)
-                                                   : 1.0);
+    json_builder_add_double_value(
+        b, chunks > zero ? (double)stored / (double)(chunks - zero) : 1.0);
     json_builder_set_member_name(b, "origins");
     json_builder_begin_array(b);
     for (guint i = 0; im->origins[i]; i++)
@@ -518,10 +513,10 @@ describe_image(JsonBuilder *b, AgentImage *im)
 static char *
 cmd_image_add(Agent *a, JsonObject *req)
 {
-    const char *index_path = json_object_get_string_member_with_default(
-        req, "index", NULL);
-    const char *pin = json_object_get_string_member_with_default(req, "id",
-                                                                 NULL);
+    const char *index_path =
+        json_object_get_string_member_with_default(req, "index", NULL);
+    const char *pin =
+        json_object_get_string_member_with_default(req, "id", NULL);
     JsonArray *arr = json_object_has_member(req, "origins")
                          ? json_object_get_array_member(req, "origins")
                          : NULL;
@@ -551,8 +546,8 @@ cmd_image_add(Agent *a, JsonObject *req)
     g_mutex_lock(&a->lock);
     im = g_hash_table_lookup(a->images, hex);
     if (!im) {
-        im = agent_image_open(a, idx, (const char *const *)origins->pdata,
-                              &err);
+        im =
+            agent_image_open(a, idx, (const char *const *)origins->pdata, &err);
         if (im && !agent_image_persist(a, im, &err)) {
             agent_image_free(im);
             im = NULL;
@@ -562,8 +557,8 @@ cmd_image_add(Agent *a, JsonObject *req)
             return reply_error("%s", err->message);
         }
         g_hash_table_insert(a->images, im->hex, im);
-        g_message("image %.12s: added (%" G_GUINT64_FORMAT " chunks of %"
-                  G_GUINT64_FORMAT " bytes, origins: %s)",
+        g_message("image %.12s: added (%" G_GUINT64_FORMAT
+                  " chunks of %" G_GUINT64_FORMAT " bytes, origins: %s)",
                   im->hex, image_index_chunk_count(idx),
                   image_index_chunk_size(idx), im->origins[0]);
     }
@@ -581,8 +576,7 @@ cmd_image_list(Agent *a, JsonObject *req)
     g_autoptr(GList) keys = NULL;
 
     g_mutex_lock(&a->lock);
-    keys = g_list_sort(g_hash_table_get_keys(a->images),
-                       (GCompareFunc)strcmp);
+    keys = g_list_sort(g_hash_table_get_keys(a->images), (GCompareFunc)strcmp);
     json_builder_set_member_name(b, "images");
     json_builder_begin_array(b);
     for (GList *l = keys; l; l = l->next)
@@ -596,8 +590,8 @@ cmd_image_list(Agent *a, JsonObject *req)
 static char *
 cmd_on_image(Agent *a, const char *command, JsonObject *req)
 {
-    const char *name = json_object_get_string_member_with_default(
-        req, "image", NULL);
+    const char *name =
+        json_object_get_string_member_with_default(req, "image", NULL);
     g_autoptr(GError) err = NULL;
     g_autoptr(JsonBuilder) b = NULL;
     AgentImage *im;
@@ -755,18 +749,16 @@ on_fetch_run(GThreadedSocketService *svc, GSocketConnection *conn,
 }
 
 static GSocketService *
-listen_unix(const char *path, int mode, GCallback run, Agent *a,
-            GError **error)
+listen_unix(const char *path, int mode, GCallback run, Agent *a, GError **error)
 {
     GSocketService *svc = g_threaded_socket_service_new(SOCKET_THREADS_MAX);
     g_autoptr(GSocketAddress) addr = NULL;
 
     g_unlink(path);
     addr = g_unix_socket_address_new(path);
-    if (!g_socket_listener_add_address(G_SOCKET_LISTENER(svc), addr,
-                                       G_SOCKET_TYPE_STREAM,
-                                       G_SOCKET_PROTOCOL_DEFAULT, NULL, NULL,
-                                       error)) {
+    if (!g_socket_listener_add_address(
+            G_SOCKET_LISTENER(svc), addr, G_SOCKET_TYPE_STREAM,
+            G_SOCKET_PROTOCOL_DEFAULT, NULL, NULL, error)) {
         g_prefix_error(error, "cannot listen on '%s': ", path);
         g_object_unref(svc);
         return NULL;
@@ -806,8 +798,8 @@ agent_new(const AgentConfig *cfg, GError **error)
     a->shims_dir = g_build_filename(cfg->run_dir, "shims", NULL);
     a->control_path = g_build_filename(cfg->run_dir, "control.sock", NULL);
     a->fetch_path = g_build_filename(cfg->run_dir, "fetch.sock", NULL);
-    a->images = g_hash_table_new_full(g_str_hash, g_str_equal, NULL,
-                                      agent_image_free);
+    a->images =
+        g_hash_table_new_full(g_str_hash, g_str_equal, NULL, agent_image_free);
     g_mutex_init(&a->lock);
 
     if (!make_dir(a->cache_root, 0750, error) ||
@@ -826,17 +818,16 @@ agent_new(const AgentConfig *cfg, GError **error)
 
     agent_load_images(a);
 
-    a->fetch = listen_unix(a->fetch_path, 0600, G_CALLBACK(on_fetch_run), a,
-                           error);
+    a->fetch =
+        listen_unix(a->fetch_path, 0600, G_CALLBACK(on_fetch_run), a, error);
     if (!a->fetch)
         return NULL;
-    a->control = listen_unix(a->control_path, 0600,
-                             G_CALLBACK(on_control_run), a, error);
+    a->control = listen_unix(a->control_path, 0600, G_CALLBACK(on_control_run),
+                             a, error);
     if (!a->control)
         return NULL;
     g_message("listening on '%s' (control) and '%s' (fetch); %u images",
-              a->control_path, a->fetch_path,
-              g_hash_table_size(a->images));
+              a->control_path, a->fetch_path, g_hash_table_size(a->images));
     return g_steal_pointer(&a);
 }
 

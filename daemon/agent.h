@@ -30,9 +30,9 @@
 typedef struct {
     char *state_dir;
     char *run_dir;
-    char *nbdkit;      /* the nbdkit binary */
-    char *plugin;      /* nbdkit-spore-plugin.so */
-    char *shim_group;  /* group owning shim sockets; NULL or "": none */
+    char *nbdkit;     /* the nbdkit binary */
+    char *plugin;     /* nbdkit-spore-plugin.so */
+    char *shim_group; /* group owning shim sockets; NULL or "": none */
     guint fetch_workers;
     guint shim_timeout_s;
     bool verify_cache; /* verify every cached chunk when an image opens */
@@ -45,13 +45,11 @@ typedef struct Agent Agent;
  * listen on the control and fetch sockets.  The sockets are served from
  * their own threads at once; the caller runs a GMainLoop for the rest.
  */
-Agent *
-agent_new(const AgentConfig *config, GError **error);
+Agent *agent_new(const AgentConfig *config, GError **error);
 
 /* agent_free: stop listening, stop the fetch engines, free.  Shims keep
  * running.  Accepts NULL. */
-void
-agent_free(Agent *agent);
+void agent_free(Agent *agent);
 
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(Agent, agent_free)
 
@@ -61,5 +59,4 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(Agent, agent_free)
  * caller.  Never fails: errors are replies {"ok": false, "error": "..."}.
  * Thread-safe.
  */
-char *
-agent_handle_command(Agent *agent, const char *request);
+char *agent_handle_command(Agent *agent, const char *request);

@@ -86,14 +86,13 @@ main(int argc, char **argv)
          "Seconds a guest read waits for a missing chunk (default 60)", "S"},
         {"verify-cache", 0, 0, G_OPTION_ARG_NONE, &verify_cache,
          "Verify every cached chunk when an image is loaded", NULL},
-        {"verbose", 'v', 0, G_OPTION_ARG_NONE, &verbose,
-         "Log debug messages", NULL},
+        {"verbose", 'v', 0, G_OPTION_ARG_NONE, &verbose, "Log debug messages",
+         NULL},
         {"version", 'V', 0, G_OPTION_ARG_NONE, &version, "Show the version",
          NULL},
         {NULL},
     };
-    g_autoptr(GOptionContext) ctx =
-        g_option_context_new("- spore host agent");
+    g_autoptr(GOptionContext) ctx = g_option_context_new("- spore host agent");
     g_autoptr(GKeyFile) kf = g_key_file_new();
     g_autoptr(GError) err = NULL;
     g_autoptr(GMainLoop) loop = NULL;
@@ -126,9 +125,9 @@ main(int argc, char **argv)
         return 1;
     }
 
-    cfg.state_dir = state_dir ? g_strdup(state_dir)
-                              : key_string(kf, "state_dir",
-                                           "/var/lib/spore/agent");
+    cfg.state_dir = state_dir
+                        ? g_strdup(state_dir)
+                        : key_string(kf, "state_dir", "/var/lib/spore/agent");
     cfg.run_dir = run_dir ? g_strdup(run_dir)
                           : key_string(kf, "run_dir", "/run/spore/agent");
     cfg.nbdkit = nbdkit ? g_strdup(nbdkit) : key_string(kf, "nbdkit", "nbdkit");
@@ -142,9 +141,8 @@ main(int argc, char **argv)
     cfg.shim_timeout_s = shim_timeout > 0
                              ? (guint)shim_timeout
                              : key_uint(kf, "shim_timeout", 60, &err);
-    cfg.verify_cache = verify_cache ||
-                       g_key_file_get_boolean(kf, "agent", "verify_cache",
-                                              NULL);
+    cfg.verify_cache = verify_cache || g_key_file_get_boolean(
+                                           kf, "agent", "verify_cache", NULL);
     if (err) {
         fprintf(stderr, "spore-agent: config '%s': %s\n", config_path,
                 err->message);

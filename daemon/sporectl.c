@@ -360,8 +360,8 @@ agent_call(const Globals *g, JsonBuilder *request)
     g_autofree char *line = NULL;
     JsonNode *reply;
 
-    conn = g_socket_client_connect(client, G_SOCKET_CONNECTABLE(addr), NULL,
-                                   &err);
+    conn =
+        g_socket_client_connect(client, G_SOCKET_CONNECTABLE(addr), NULL, &err);
     if (!conn) {
         fprintf(stderr, "sporectl: cannot reach the host agent at '%s': %s\n",
                 g->agent, err->message);
@@ -384,8 +384,8 @@ agent_call(const Globals *g, JsonBuilder *request)
     line = g_data_input_stream_read_line(in, NULL, NULL, &err);
     if (!line || !json_parser_load_from_data(parser, line, -1, &err) ||
         !JSON_NODE_HOLDS_OBJECT(json_parser_get_root(parser))) {
-        fprintf(stderr, "sporectl: host agent '%s': bad reply%s%s\n",
-                g->agent, err ? ": " : "", err ? err->message : "");
+        fprintf(stderr, "sporectl: host agent '%s': bad reply%s%s\n", g->agent,
+                err ? ": " : "", err ? err->message : "");
         return NULL;
     }
     reply = json_parser_get_root(parser);
@@ -410,20 +410,20 @@ static void
 print_image_line(JsonObject *im)
 {
     JsonObject *bytes = json_object_get_object_member(im, "fetched_bytes");
-    g_autofree char *size = human_bytes(
-        (guint64)json_object_get_int_member(im, "size"));
-    g_autofree char *origin = human_bytes(
-        (guint64)json_object_get_int_member(bytes, "origin"));
-    g_autofree char *peer = human_bytes(
-        (guint64)json_object_get_int_member(bytes, "peer"));
-    g_autofree char *local = human_bytes(
-        (guint64)json_object_get_int_member(bytes, "local"));
+    g_autofree char *size =
+        human_bytes((guint64)json_object_get_int_member(im, "size"));
+    g_autofree char *origin =
+        human_bytes((guint64)json_object_get_int_member(bytes, "origin"));
+    g_autofree char *peer =
+        human_bytes((guint64)json_object_get_int_member(bytes, "peer"));
+    g_autofree char *local =
+        human_bytes((guint64)json_object_get_int_member(bytes, "local"));
 
     printf("%.19s  %9s  %5.1f%% cached  from origin %s, peers %s, local %s"
            "%s%s\n",
            json_object_get_string_member(im, "image"), size,
-           100.0 * json_object_get_double_member(im, "cached_fraction"),
-           origin, peer, local,
+           100.0 * json_object_get_double_member(im, "cached_fraction"), origin,
+           peer, local,
            json_object_get_boolean_member(im, "serving") ? "  serving " : "",
            json_object_get_boolean_member(im, "serving")
                ? json_object_get_string_member(im, "uri")
@@ -476,8 +476,9 @@ cmd_agent_image_add(const Command *cmd, const Globals *g, int argc, char **argv)
     if (first < 0)
         return EXIT_USAGE;
     if (argc - first < 2) {
-        fprintf(stderr, "sporectl %s: give INDEX and at least one URL\n"
-                        "Try 'sporectl help %s'.\n",
+        fprintf(stderr,
+                "sporectl %s: give INDEX and at least one URL\n"
+                "Try 'sporectl help %s'.\n",
                 cmd->name, cmd->name);
         return EXIT_USAGE;
     }
@@ -513,9 +514,8 @@ cmd_agent_simple(const Command *cmd, const Globals *g, int argc, char **argv)
     if (first < 0)
         return EXIT_USAGE;
     if (argc - first != (takes_image ? 1 : 0)) {
-        fprintf(stderr, "sporectl %s: %s\nTry 'sporectl help %s'.\n",
-                cmd->name, takes_image ? "give exactly one IMAGE"
-                                       : "takes no arguments",
+        fprintf(stderr, "sporectl %s: %s\nTry 'sporectl help %s'.\n", cmd->name,
+                takes_image ? "give exactly one IMAGE" : "takes no arguments",
                 cmd->name);
         return EXIT_USAGE;
     }

@@ -37,6 +37,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,12 +52,14 @@
 #include "fetch-protocol.h"
 #include "image-index.h"
 
-#define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
+#define THREAD_MODEL           NBDKIT_THREAD_MODEL_PARALLEL
 #define SHIM_TIMEOUT_DEFAULT_S 60u
-#define SHIM_TIMEOUT_MAX_S 3600u
+#define SHIM_TIMEOUT_MAX_S     3600u
 
 static char *cache_dir;
 static char *agent_path;
+static char *log_path;
+static int log_fd = -1;
 static unsigned timeout_s = SHIM_TIMEOUT_DEFAULT_S;
 
 static ImageIndex *idx;
@@ -106,8 +109,41 @@ spore_unload(void)
     if (profile_fd >= 0)
         close(profile_fd);
     free(seen);
+    if (log_fd >= 0)
+        close(log_fd);
     free(cache_dir);
     free(agent_path);
+    free(log_path);
+}
+
+/*
+ * An error for the operator: to nbdkit's log (which is /dev/null once
+ * nbdkit runs in the background) and, with log=PATH, to that file.
+ */
+static void shim_error(const char *fmt, ...)
+    __attribute__((format(printf, 1, 2)));
+
+static void
+shim_error(const char *fmt, ...)
+{
+    char msg[1024], line[1100], stamp[32];
+    time_t t = time(NULL);
+    struct tm tm;
+    va_list ap;
+    int n;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    nbdkit_error("%s", msg);
+    if (log_fd < 0)
+        return;
+    localtime_r(&t, &tm);
+    strftime(stamp, sizeof(stamp), "%Y-%m-%d %H:%M:%S", &tm);
+    n = snprintf(line, sizeof(line), "%s nbdkit-spore[%d]: %s\n", stamp,
+                 (int)getpid(), msg);
+    if (write(log_fd, line, (size_t)MIN(n, (int)sizeof(line) - 1)) < 0)
+        nbdkit_debug("cannot write the log: %m");
 }
 
 static int
@@ -122,6 +158,11 @@ spore_config(const char *key, const char *value)
         free(agent_path);
         agent_path = strdup(value);
         return agent_path ? 0 : -1;
+    }
+    if (strcmp(key, "log") == 0) {
+        free(log_path);
+        log_path = strdup(value);
+        return log_path ? 0 : -1;
     }
     if (strcmp(key, "timeout") == 0) {
         if (nbdkit_parse_unsigned("timeout", value, &timeout_s) == -1)
@@ -145,6 +186,14 @@ spore_config_complete(void)
     int fd;
     const char *base;
 
+    if (log_path) {
+        log_fd =
+            open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+        if (log_fd < 0) {
+            nbdkit_error("cannot open the log '%s': %m", log_path);
+            return -1;
+        }
+    }
     if (!cache_dir || !agent_path) {
         nbdkit_error("cache=DIR and agent=SOCKET are required");
         return -1;
@@ -219,10 +268,11 @@ spore_config_complete(void)
     return 0;
 }
 
-#define spore_config_help                                                      \
-    "cache=<DIR>      (required) the image's chunk cache directory\n"          \
-    "agent=<SOCKET>   (required) the host agent's fetch socket\n"              \
-    "timeout=<S>      seconds to wait for a missing chunk (default 60)"
+#define spore_config_help                                                 \
+    "cache=<DIR>      (required) the image's chunk cache directory\n"     \
+    "agent=<SOCKET>   (required) the host agent's fetch socket\n"         \
+    "timeout=<S>      seconds to wait for a missing chunk (default 60)\n" \
+    "log=<FILE>       also append errors to FILE"
 
 static void *
 spore_open(int readonly)
@@ -260,7 +310,8 @@ static bool
 is_present(uint64_t c)
 {
     return image_index_chunk_is_zero(idx, c) ||
-           ((__atomic_load_n(&present_map[c / 8], __ATOMIC_ACQUIRE) >> (c % 8)) &
+           ((__atomic_load_n(&present_map[c / 8], __ATOMIC_ACQUIRE) >>
+             (c % 8)) &
             1);
 }
 
@@ -362,8 +413,9 @@ agent_fetch(uint64_t c, int64_t deadline_us, char *why, size_t why_len)
         if (fd < 0) {
             fd = agent_connect();
             if (fd < 0) {
-                snprintf(why, why_len, "cannot reach the host agent at '%s': %s",
-                         agent_path, strerror(errno));
+                snprintf(why, why_len,
+                         "cannot reach the host agent at '%s': %s", agent_path,
+                         strerror(errno));
                 return false;
             }
             pthread_setspecific(conn_key, (void *)(intptr_t)(fd + 1));
@@ -409,18 +461,17 @@ spore_pread(void *handle, void *buf, uint32_t count, uint64_t offset,
         if (is_present(c))
             continue;
         if (!agent_fetch(c, deadline_us, why, sizeof(why))) {
-            nbdkit_error("spore: image %s: chunk %" PRIu64
-                         " (bytes %" PRIu64 "-%" PRIu64 ") unavailable: %s",
-                         short_id, c, c << shift,
-                         (c << shift) + image_index_chunk_len(idx, c) - 1,
-                         why);
+            shim_error("spore: image %s: chunk %" PRIu64 " (bytes %" PRIu64
+                       "-%" PRIu64 ") unavailable: %s",
+                       short_id, c, c << shift,
+                       (c << shift) + image_index_chunk_len(idx, c) - 1, why);
             nbdkit_set_error(EIO);
             return -1;
         }
         if (!is_present(c)) {
-            nbdkit_error("spore: image %s: the agent reported chunk %" PRIu64
-                         " present but its bit is clear",
-                         short_id, c);
+            shim_error("spore: image %s: the agent reported chunk %" PRIu64
+                       " present but its bit is clear",
+                       short_id, c);
             nbdkit_set_error(EIO);
             return -1;
         }
@@ -433,10 +484,10 @@ spore_pread(void *handle, void *buf, uint32_t count, uint64_t offset,
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0) {
-            nbdkit_error("spore: image %s: cannot read the cache at offset "
-                         "%" PRIu64 ": %s",
-                         short_id, offset,
-                         n == 0 ? "short file" : strerror(errno));
+            shim_error("spore: image %s: cannot read the cache at offset "
+                       "%" PRIu64 ": %s",
+                       short_id, offset,
+                       n == 0 ? "short file" : strerror(errno));
             nbdkit_set_error(EIO);
             return -1;
         }
@@ -467,9 +518,9 @@ spore_extents(void *handle, uint32_t count, uint64_t offset, uint32_t flags,
         if (zero != run_zero || at_end) {
             uint64_t run_end = MIN(pos, size);
             if (nbdkit_add_extent(extents, run_start, run_end - run_start,
-                                  run_zero ? NBDKIT_EXTENT_HOLE |
-                                                 NBDKIT_EXTENT_ZERO
-                                           : 0) == -1)
+                                  run_zero
+                                      ? NBDKIT_EXTENT_HOLE | NBDKIT_EXTENT_ZERO
+                                      : 0) == -1)
                 return -1;
             if (at_end || (flags & NBDKIT_FLAG_REQ_ONE))
                 return 0;

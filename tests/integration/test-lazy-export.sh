@@ -1,0 +1,183 @@
+#!/bin/bash
+# test-lazy-export.sh SPORECTL SPORE_AGENT PLUGIN: an image served lazily by
+# spore-agent and its nbdkit shim, from a real HTTP origin (lighttpd on
+# loopback), with a cold cache.  TAP output.
+#
+#  - qemu-img compare: the export and a qcow2 overlay backed by it are
+#    identical to the original; only non-zero chunks cross the network;
+#  - the origin serves one corrupt chunk: reads of it fail (EIO) naming the
+#    chunk, nothing of it is cached, other reads are fine;
+#  - the origin stops: cached reads go on, misses fail after the shim's
+#    timeout, and succeed once the origin is back;
+#  - the agent is killed (-9) under load and restarted: the cache verifies,
+#    the shim (which outlives the agent) serves again.
+set -u
+sporectl=$1 agent_bin=$2 plugin=$3
+n=0 failed=0
+work=$(mktemp -d /tmp/spore-lazy.XXXXXX)
+pids=()
+
+cleanup() {
+    for p in "${pids[@]}" $(cat "$work"/run/shims/*.pid 2>/dev/null); do
+        kill "$p" 2>/dev/null
+    done
+    sleep 0.2
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+ok() { n=$((n + 1)); echo "ok $n - $1"; }
+not_ok() { n=$((n + 1)); failed=$((failed + 1)); echo "not ok $n - $1"; }
+check() { # check DESCRIPTION COMMAND...
+    local what=$1
+    shift
+    if "$@"; then ok "$what"; else not_ok "$what"; fi
+}
+quiet() { "$@" >/dev/null 2>&1; }
+skip_all() { echo "1..0 # SKIP $1"; exit 77; }
+
+command -v lighttpd >/dev/null || [ -x /usr/sbin/lighttpd ] || skip_all "lighttpd not installed"
+command -v nbdkit >/dev/null || skip_all "nbdkit not installed"
+command -v qemu-img >/dev/null || skip_all "qemu-img not installed"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# --- an image: random data with zero runs, and a short last chunk
+mkdir -p "$work/www" "$work/state" "$work/run"
+head -c $((24 * 1024 * 1024)) /dev/urandom >"$work/image.raw"
+truncate -s $((40 * 1024 * 1024 + 12345)) "$work/image.raw"
+dd if=/dev/urandom of="$work/image.raw" bs=1M seek=32 count=4 conv=notrunc status=none
+cp "$work/image.raw" "$work/www/image.raw"
+"$sporectl" image-index -o "$work/image.idx" "$work/image.raw" >"$work/id" 2>/dev/null
+id=$(cat "$work/id")
+hex=${id#sha256:}
+
+port=$(free_port)
+start_origin() {
+    cat >"$work/lighttpd.conf" <<EOF
+server.document-root = "$work/www"
+server.bind = "127.0.0.1"
+server.port = $port
+server.modules = ("mod_accesslog")
+accesslog.filename = "$work/access.log"
+server.errorlog = "$work/lighttpd-error.log"
+EOF
+    /usr/sbin/lighttpd -D -f "$work/lighttpd.conf" &
+    origin_pid=$!
+    pids+=("$origin_pid")
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+        sleep 0.05
+    done
+    return 1
+}
+stop_origin() { kill "$origin_pid"; wait "$origin_pid" 2>/dev/null; }
+
+start_agent() {
+    "$agent_bin" --state-dir "$work/state" --run-dir "$work/run" \
+        --plugin "$plugin" --shim-timeout 4 --shim-group "" "$@" \
+        >>"$work/agent.log" 2>&1 &
+    agent_pid=$!
+    pids+=("$agent_pid")
+    # a socket left by a killed agent may still be there: ask the new one
+    for _ in $(seq 200); do
+        kill -0 "$agent_pid" 2>/dev/null || return 1
+        ctl agent-image-list >/dev/null 2>&1 && return 0
+        sleep 0.05
+    done
+    return 1
+}
+ctl() { "$sporectl" --agent "$work/run/control.sock" "$@"; }
+json_field() { # json_field PYTHON-EXPR: evaluated on the image object as 'im'
+    ctl --json agent-image-show "$hex" |
+        python3 -c "import json,sys; im=json.load(sys.stdin)['image']; print($1)"
+}
+
+check "the origin (lighttpd) starts on 127.0.0.1:$port" start_origin
+check "spore-agent starts" start_agent
+check "the agent takes the image" \
+    quiet ctl agent-image-add "$work/image.idx" "http://127.0.0.1:$port/image.raw"
+uri=$(ctl agent-image-serve "$hex")
+check "the agent serves it as $uri" test -n "$uri"
+check "the cache starts cold" test "$(json_field "im['cached_chunks']")" = 0
+
+# --- identical, lazily
+check "qemu-img compare: the lazily served export equals the image" \
+    qemu-img compare -q -f raw -F raw "$work/image.raw" "$uri"
+nonzero=$(python3 -c '
+import sys
+total = 0
+with open(sys.argv[1], "rb") as f:
+    while True:
+        c = f.read(65536)
+        if not c:
+            break
+        if c.count(0) != len(c):
+            total += len(c)
+print(total)' "$work/image.raw")
+origin_bytes=$(json_field "im['fetched_bytes']['origin']")
+check "only non-zero chunks came from the origin ($origin_bytes of $(stat -c %s "$work/image.raw") bytes)" \
+    test "$origin_bytes" -eq "$nonzero"
+qemu-img create -q -f qcow2 -F raw -b "$uri" "$work/clone.qcow2"
+check "a qcow2 overlay backed by the export equals the image" \
+    qemu-img compare -q -f qcow2 -F raw "$work/clone.qcow2" "$work/image.raw"
+check "zero chunks show as holes in the export's map" \
+    test -n "$(qemu-img map -f raw --output=json "$uri" | grep '"zero": true')"
+
+# --- a corrupt chunk at the origin; a fresh image id keeps the first cache
+stop_origin
+head -c $((8 * 1024 * 1024)) /dev/urandom >"$work/image2.raw"
+cp "$work/image2.raw" "$work/www/image2.raw"
+printf 'corrupt' | dd of="$work/www/image2.raw" bs=1 seek=$((3 * 65536 + 100)) conv=notrunc status=none
+"$sporectl" image-index -o "$work/image2.idx" "$work/image2.raw" >"$work/id2" 2>/dev/null
+hex2=$(sed 's/^sha256://' "$work/id2")
+start_origin
+ctl agent-image-add "$work/image2.idx" "http://127.0.0.1:$port/image2.raw" >/dev/null
+uri2=$(ctl agent-image-serve "$hex2")
+out=$(qemu-io -r -f raw -c "read $((3 * 65536)) 4096" "$uri2" 2>&1)
+check "a read of the corrupt chunk fails" test $? -ne 0
+check "... with an I/O error ($out)" grep -q 'Input/output error' <<<"$out"
+check "the shim's error names the chunk and the wrong digest" \
+    grep -q "chunk 3 .*wrong digest" "$work/run/shims/$hex2.log"
+check "nothing of it was cached" \
+    test "$(ctl --json agent-image-show "$hex2" | python3 -c "import json,sys; print(json.load(sys.stdin)['image']['rejected_chunks'] > 0)")" = True
+check "reads of the other chunks are fine" \
+    quiet qemu-io -r -f raw -c "read 0 196608" -c "read 262144 65536" "$uri2"
+qemu-img dd -f raw -O raw if="$uri2" of="$work/first3.raw" bs=65536 count=3 2>/dev/null
+check "... and carry the right bytes" \
+    cmp -s "$work/first3.raw" <(head -c $((3 * 65536)) "$work/image2.raw")
+
+# --- the origin goes away, and comes back
+stop_origin
+check "with the origin down, cached reads go on" \
+    qemu-img compare -q -f raw -F raw "$work/image.raw" "$uri"
+start=$(date +%s)
+out=$(qemu-io -r -f raw -c "read $((6 * 65536)) 4096" "$uri2" 2>&1)
+check "a miss fails cleanly while the origin is down" test $? -ne 0
+took=$(($(date +%s) - start))
+check "... after the shim's timeout (${took}s, timeout 4s)" test "$took" -ge 3
+check "... and the shim says why, naming the chunk" \
+    grep -q "chunk 6 .*unavailable" "$work/run/shims/$hex2.log"
+start_origin
+check "once the origin is back the same read succeeds" \
+    quiet qemu-io -r -f raw -c "read $((6 * 65536)) 4096" "$uri2"
+
+# --- kill -9 of the agent under load, then restart
+qemu-img convert -f raw -O raw "$uri2" "$work/copy2.raw" 2>/dev/null &
+load=$!
+sleep 0.3
+kill -9 "$agent_pid"
+wait "$agent_pid" 2>/dev/null
+wait "$load" 2>/dev/null
+shim_pid=$(cat "$work/run/shims/$hex.pid")
+check "the shim outlives the agent" kill -0 "$shim_pid"
+check "the agent restarts and verifies its caches" start_agent --verify-cache
+check "... with no bad chunk" \
+    grep -q "image ${hex2:0:12}: verified .* 0 bad" "$work/agent.log"
+check "the running shim serves again, through the new agent" \
+    qemu-img compare -q -f raw -F raw "$work/image.raw" "$uri"
+check "and the other image's misses are fetched again (bytes outside chunk 3)" \
+    quiet qemu-io -r -f raw -c "read 0 196608" -c "read 262144 $((8 * 1024 * 1024 - 262144))" "$uri2"
+
+echo "1..$n"
+[ "$failed" -eq 0 ]
