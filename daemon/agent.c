@@ -39,6 +39,7 @@
 #define SOCKET_THREADS_MAX     512
 #define SHIM_START_TIMEOUT_MS  10000
 #define SHIM_THREADS           "16"
+#define UNIX_PATH_BYTES        108 /* sizeof(sun_path) */
 
 typedef struct {
     char *id;  /* "sha256:<hex>" */
@@ -128,9 +129,10 @@ agent_image_open(Agent *a, ImageIndex *idx, const char *const *origins,
     im->hex = g_strdup(im->id + strlen("sha256:"));
     spore_unhex(im->hex, im->digest, SPORE_SHA256_BYTES);
     im->origins = g_strdupv((char **)origins);
-    im->shim_socket = g_strdup_printf("%s/%s.sock", a->shims_dir, im->hex);
-    im->shim_pidfile = g_strdup_printf("%s/%s.pid", a->shims_dir, im->hex);
-    im->shim_log = g_strdup_printf("%s/%s.log", a->shims_dir, im->hex);
+    /* unix socket paths are short (108 bytes): name shims by 16 digits */
+    im->shim_socket = g_strdup_printf("%s/%.16s.sock", a->shims_dir, im->hex);
+    im->shim_pidfile = g_strdup_printf("%s/%.16s.pid", a->shims_dir, im->hex);
+    im->shim_log = g_strdup_printf("%s/%.16s.log", a->shims_dir, im->hex);
 
     origin = origin_source_new(origins, NULL, error);
     if (!origin)
@@ -802,6 +804,15 @@ agent_new(const AgentConfig *cfg, GError **error)
         g_hash_table_new_full(g_str_hash, g_str_equal, NULL, agent_image_free);
     g_mutex_init(&a->lock);
 
+    if (strlen(a->shims_dir) + strlen("/0123456789abcdef.sock") >=
+            UNIX_PATH_BYTES ||
+        strlen(a->control_path) >= UNIX_PATH_BYTES) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
+                    "run directory '%s' is too long for unix socket paths "
+                    "(at most %d bytes in all)",
+                    a->cfg.run_dir, UNIX_PATH_BYTES - 1);
+        return NULL;
+    }
     if (!make_dir(a->cache_root, 0750, error) ||
         !make_dir(a->images_dir, 0750, error) ||
         !make_dir(a->cfg.run_dir, 0755, error) ||

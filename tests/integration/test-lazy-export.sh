@@ -138,7 +138,7 @@ out=$(qemu-io -r -f raw -c "read $((3 * 65536)) 4096" "$uri2" 2>&1)
 check "a read of the corrupt chunk fails" test $? -ne 0
 check "... with an I/O error ($out)" grep -q 'Input/output error' <<<"$out"
 check "the shim's error names the chunk and the wrong digest" \
-    grep -q "chunk 3 .*wrong digest" "$work/run/shims/$hex2.log"
+    grep -q "chunk 3 .*wrong digest" "$work/run/shims/${hex2:0:16}.log"
 check "nothing of it was cached" \
     test "$(ctl --json agent-image-show "$hex2" | python3 -c "import json,sys; print(json.load(sys.stdin)['image']['rejected_chunks'] > 0)")" = True
 check "reads of the other chunks are fine" \
@@ -157,7 +157,7 @@ check "a miss fails cleanly while the origin is down" test $? -ne 0
 took=$(($(date +%s) - start))
 check "... after the shim's timeout (${took}s, timeout 4s)" test "$took" -ge 3
 check "... and the shim says why, naming the chunk" \
-    grep -q "chunk 6 .*unavailable" "$work/run/shims/$hex2.log"
+    grep -q "chunk 6 .*unavailable" "$work/run/shims/${hex2:0:16}.log"
 start_origin
 check "once the origin is back the same read succeeds" \
     quiet qemu-io -r -f raw -c "read $((6 * 65536)) 4096" "$uri2"
@@ -169,7 +169,7 @@ sleep 0.3
 kill -9 "$agent_pid"
 wait "$agent_pid" 2>/dev/null
 wait "$load" 2>/dev/null
-shim_pid=$(cat "$work/run/shims/$hex.pid")
+shim_pid=$(cat "$work/run/shims/${hex:0:16}.pid")
 check "the shim outlives the agent" kill -0 "$shim_pid"
 check "the agent restarts and verifies its caches" start_agent --verify-cache
 check "... with no bad chunk" \

@@ -1,0 +1,152 @@
+#!/bin/bash
+# test-lazy-boot.sh SPORECTL SPORE_AGENT PLUGIN: a real Linux guest boots
+# under libvirtd + QEMU from a qcow2 overlay backed by the shim's export,
+# with a cold cache and a real HTTP origin.  Asserts the guest's console and
+# that only a small fraction of the image was fetched.  TAP output.
+set -u
+sporectl=$1 agent_bin=$2 plugin=$3
+src=$(cd "$(dirname "$0")/../.." && pwd)
+n=0 failed=0
+domain=spore-test-lazyboot-$$
+pids=()
+work=""
+libvirt_state=""
+
+cleanup() {
+    virsh -q -c qemu:///system destroy "$domain" >/dev/null 2>&1
+    virsh -q -c qemu:///system undefine "$domain" >/dev/null 2>&1
+    for p in "${pids[@]}" $(cat "$work"/run/shims/*.pid 2>/dev/null); do
+        kill "$p" 2>/dev/null
+    done
+    [ "$libvirt_state" = started ] && "$src/scripts/libvirt-down"
+    sleep 0.2
+    [ -n "$work" ] && rm -rf "$work"
+}
+trap cleanup EXIT
+
+ok() { n=$((n + 1)); echo "ok $n - $1"; }
+not_ok() { n=$((n + 1)); failed=$((failed + 1)); echo "not ok $n - $1"; }
+check() {
+    local what=$1
+    shift
+    if "$@"; then ok "$what"; else not_ok "$what"; fi
+}
+quiet() { "$@" >/dev/null 2>&1; }
+skip_all() { echo "1..0 # SKIP $1"; exit 77; }
+
+[ "$(id -u)" -eq 0 ] || skip_all "needs root to run libvirtd"
+[ -x /usr/sbin/libvirtd ] || skip_all "libvirtd is not installed"
+command -v qemu-system-x86_64 >/dev/null || skip_all "qemu-system-x86_64 is not installed"
+[ -x /usr/sbin/lighttpd ] || skip_all "lighttpd is not installed"
+ls /boot/vmlinuz-* >/dev/null 2>&1 || skip_all "no kernel in /boot (linux-image-amd64)"
+
+guest=$("$src/scripts/build-test-guest") || { echo "Bail out! cannot build the test guest"; exit 1; }
+# QEMU runs as libvirt-qemu: everything it opens must be reachable
+work=$(mktemp -d /var/tmp/spore-lazyboot.XXXXXX)
+chmod 0755 "$work"
+mkdir -p "$work/www" "$work/state" "$work/run"
+cp "$guest/vmlinuz" "$guest/initrd.img" "$work/"
+ln -s "$guest/disk.raw" "$work/www/disk.raw"
+master_sum_before=$(sha256sum <"$guest/disk.raw" | cut -c1-64)
+libvirt_state=$("$src/scripts/libvirt-up") || { echo "Bail out! libvirtd does not start"; exit 1; }
+virt_type=$("$src/scripts/detect-virt-type" "$guest/vmlinuz")
+echo "# domain type: $virt_type (detected)"
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+cat >"$work/lighttpd.conf" <<EOF
+server.document-root = "$work/www"
+server.bind = "127.0.0.1"
+server.port = $port
+server.modules = ("mod_accesslog")
+accesslog.filename = "$work/access.log"
+server.errorlog = "$work/lighttpd-error.log"
+EOF
+/usr/sbin/lighttpd -D -f "$work/lighttpd.conf" &
+pids+=($!)
+
+"$agent_bin" --state-dir "$work/state" --run-dir "$work/run" --plugin "$plugin" \
+    >>"$work/agent.log" 2>&1 &
+pids+=($!)
+ctl() { "$sporectl" --agent "$work/run/control.sock" "$@"; }
+for _ in $(seq 100); do quiet ctl agent-image-list && break; sleep 0.05; done
+
+"$sporectl" image-index -o "$work/disk.idx" "$guest/disk.raw" >"$work/id" 2>/dev/null
+hex=$(sed 's/^sha256://' "$work/id")
+check "the agent takes the guest image" \
+    quiet ctl agent-image-add "$work/disk.idx" "http://127.0.0.1:$port/disk.raw"
+uri=$(ctl agent-image-serve "$hex")
+check "its shim serves it" test -n "$uri"
+check "the shim socket is QEMU's group's" \
+    test "$(stat -c %G "$work/run/shims/${hex:0:16}.sock")" = libvirt-qemu
+check "a qcow2 overlay backed by the export is created" \
+    quiet qemu-img create -f qcow2 -F raw -b "$uri" "$work/clone.qcow2"
+
+cat >"$work/domain.xml" <<EOF
+<domain type='$virt_type'>
+  <name>$domain</name>
+  <memory unit='MiB'>256</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>$work/vmlinuz</kernel>
+    <initrd>$work/initrd.img</initrd>
+    <cmdline>console=ttyS0 root=/dev/vda rw panic=-1 quiet</cmdline>
+  </os>
+  <features><acpi/></features>
+  <on_poweroff>destroy</on_poweroff>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2' error_policy='stop'/>
+      <source file='$work/clone.qcow2'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <serial type='file'>
+      <source path='$work/console.log'/>
+      <target port='0'/>
+    </serial>
+  </devices>
+</domain>
+EOF
+check "libvirt defines the domain" quiet virsh -c qemu:///system define "$work/domain.xml"
+check "and starts it" quiet virsh -c qemu:///system start "$domain"
+
+booted=no
+for _ in $(seq 180); do
+    if grep -qa 'spore-guest: boot complete' "$work/console.log" 2>/dev/null; then
+        booted=yes
+        break
+    fi
+    sleep 0.5
+done
+check "the guest boots to its init from the lazily fetched image" test "$booted" = yes
+check "its console shows the image's hostname" \
+    grep -qa 'spore-guest: hostname=spore-guest' "$work/console.log"
+if [ "$booted" != yes ]; then
+    echo "# console:"; tr -d '\r' <"$work/console.log" 2>/dev/null | tail -20 | sed 's/^/#   /'
+fi
+
+fetched=$(ctl --json agent-image-show "$hex" | python3 -c 'import json,sys; print(json.load(sys.stdin)["image"]["fetched_bytes"]["origin"])')
+size=$(stat -L -c %s "$guest/disk.raw")
+used=$(python3 -c '
+import sys
+total = 0
+with open(sys.argv[1], "rb") as f:
+    while True:
+        c = f.read(65536)
+        if not c:
+            break
+        if c.count(0) != len(c):
+            total += len(c)
+print(total)' "$guest/disk.raw")
+echo "# fetched $fetched bytes of a $size-byte image with $used non-zero bytes"
+check "the boot fetched something" test "$fetched" -gt 0
+check "the boot fetched under 20% of the image's non-zero data" \
+    test $((fetched * 100)) -lt $((used * 20))
+check "the master image was never written (its digest is unchanged)" \
+    test "$(sha256sum <"$guest/disk.raw" | cut -c1-64)" = "$master_sum_before"
+check "the clone's writes stayed in its overlay" \
+    test "$(qemu-img info --output=json "$work/clone.qcow2" | python3 -c 'import json,sys; print(json.load(sys.stdin)["actual-size"] > 0)')" = True
+
+echo "1..$n"
+[ "$failed" -eq 0 ]
