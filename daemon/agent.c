@@ -32,6 +32,7 @@
 #include "fetch-protocol.h"
 #include "file-util.h"
 #include "image-index.h"
+#include "local-source.h"
 #include "origin.h"
 #include "spore-error.h"
 
@@ -64,6 +65,7 @@ struct Agent {
     char *fetch_path;
     GMutex lock;        /* guards images and each image's shim fields */
     GHashTable *images; /* hex -> AgentImage * */
+    CacheSet *caches;   /* every image's cache, for local copies */
     GSocketService *control;
     GSocketService *fetch;
 };
@@ -155,6 +157,9 @@ agent_image_open(Agent *a, ImageIndex *idx, const char *const *origins,
     }
     im->engine = fetch_engine_new(im->cache, a->cfg.fetch_workers);
     fetch_engine_add_source(im->engine, origin);
+    /* chunks another image here already holds are copied, not fetched */
+    fetch_engine_add_source(im->engine, local_source_new(a->caches, im->cache));
+    cache_set_add(a->caches, im->cache);
 
     /* a shim left running by an earlier agent serves on */
     {
@@ -802,6 +807,7 @@ agent_new(const AgentConfig *cfg, GError **error)
     a->fetch_path = g_build_filename(cfg->run_dir, "fetch.sock", NULL);
     a->images =
         g_hash_table_new_full(g_str_hash, g_str_equal, NULL, agent_image_free);
+    a->caches = cache_set_new();
     g_mutex_init(&a->lock);
 
     if (strlen(a->shims_dir) + strlen("/0123456789abcdef.sock") >=
@@ -860,6 +866,7 @@ agent_free(Agent *a)
         g_unlink(a->fetch_path);
     }
     g_hash_table_unref(a->images);
+    cache_set_free(a->caches); /* after the caches it borrowed */
     g_mutex_clear(&a->lock);
     g_free(a->cfg.state_dir);
     g_free(a->cfg.run_dir);

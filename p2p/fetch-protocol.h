@@ -28,12 +28,12 @@
 
 #include "hash.h"
 
-#define FETCH_REQUEST_MAGIC "SPQ1"
-#define FETCH_REPLY_MAGIC "SPR1"
-#define FETCH_REQUEST_BYTES 64u
-#define FETCH_REPLY_BYTES 256u
+#define FETCH_REQUEST_MAGIC       "SPQ1"
+#define FETCH_REPLY_MAGIC         "SPR1"
+#define FETCH_REQUEST_BYTES       64u
+#define FETCH_REPLY_BYTES         256u
 #define FETCH_REPLY_MESSAGE_BYTES (FETCH_REPLY_BYTES - 24u)
-#define FETCH_WAIT_MAX_MS (3600u * 1000) /* a request may ask at most this */
+#define FETCH_WAIT_MAX_MS         (3600u * 1000) /* a request may ask at most this */
 
 typedef struct {
     guint32 priority;
@@ -51,17 +51,13 @@ typedef struct {
 } FetchReply;
 
 /* fetch_request_encode: @req into @out (FETCH_REQUEST_BYTES). */
-void
-fetch_request_encode(const FetchRequest *req, guint8 *out);
+void fetch_request_encode(const FetchRequest *req, guint8 *out);
 
 /* fetch_request_decode: false when @in is not a valid request. */
-bool
-fetch_request_decode(const guint8 *in, FetchRequest *ret);
+bool fetch_request_decode(const guint8 *in, FetchRequest *ret);
 
 /* fetch_reply_encode: @rep into @out (FETCH_REPLY_BYTES). */
-void
-fetch_reply_encode(const FetchReply *rep, guint8 *out);
+void fetch_reply_encode(const FetchReply *rep, guint8 *out);
 
 /* fetch_reply_decode: false when @in is not a valid reply. */
-bool
-fetch_reply_decode(const guint8 *in, FetchReply *ret);
+bool fetch_reply_decode(const guint8 *in, FetchReply *ret);

@@ -9,6 +9,7 @@
 #include <glib/gstdio.h>
 
 #include "fetch-engine.h"
+#include "local-source.h"
 #include "origin.h"
 #include "spore-error.h"
 #include "test-httpd.h"
@@ -337,4 +338,71 @@ Test(fetch, waits_out_an_origin_outage_and_recovers)
     cr_expect(
         fetch_engine_get(e, 2, FETCH_PRIORITY_DEMAND, in_seconds(20), &err2),
         "%s", err2 ? err2->message : "");
+}
+
+/*
+ * Local copies first: image B is image A with two chunks changed.  With A
+ * cached, fetching B takes every shared chunk from A's cache and only the
+ * two changed ones from the origin.
+ */
+Test(fetch, copies_shared_chunks_from_another_cached_image)
+{
+    g_autofree char *b_path = g_build_filename(fx.docroot, "b.raw", NULL);
+    g_autofree char *a_url = test_httpd_url(fx.httpd, "image.raw");
+    g_autofree char *b_url = test_httpd_url(fx.httpd, "b.raw");
+    const char *a_urls[] = {a_url, NULL};
+    const char *b_urls[] = {b_url, NULL};
+    g_autofree guint8 *b_data = g_memdup2(fx.data, fx.len);
+    g_autoptr(GError) err = NULL;
+    g_autoptr(ImageIndex) b_idx = NULL;
+    g_autoptr(ChunkCache) b_cache = NULL;
+    g_autoptr(CacheSet) set = cache_set_new();
+    guint64 count = image_index_chunk_count(fx.idx);
+    guint64 shared_nonzero = 0, bad = 1, a_bytes = 0;
+    FetchStats st;
+
+    b_data[5 * 64 * KIB + 10] ^= 0xff; /* chunks 5 and 9 differ */
+    b_data[9 * 64 * KIB + 20] ^= 0xff;
+    cr_assert(
+        g_file_set_contents(b_path, (char *)b_data, (gssize)fx.len, NULL));
+    b_idx = image_index_build_file(b_path, 16, 2, &err);
+    cr_assert(b_idx, "%s", err ? err->message : "");
+    b_cache = chunk_cache_open(fx.cache_root, b_idx, &err);
+    cr_assert(b_cache, "%s", err ? err->message : "");
+    cache_set_add(set, fx.cache);
+    cache_set_add(set, b_cache);
+
+    {
+        g_autoptr(FetchEngine) a = fetch_engine_new(fx.cache, 2);
+        fetch_engine_add_source(a, origin_for(a_urls));
+        for (guint64 i = 0; i < count; i++) {
+            cr_assert(fetch_engine_get(a, i, FETCH_PRIORITY_DEMAND,
+                                       in_seconds(30), NULL));
+            if (!image_index_chunk_is_zero(fx.idx, i))
+                a_bytes += image_index_chunk_len(fx.idx, i);
+        }
+    }
+    cr_assert_eq(served_bytes(a_bytes), a_bytes);
+    {
+        g_autoptr(FetchEngine) b = fetch_engine_new(b_cache, 2);
+
+        fetch_engine_add_source(b, origin_for(b_urls));
+        fetch_engine_add_source(b, local_source_new(set, b_cache));
+        for (guint64 i = 0; i < count; i++) {
+            cr_assert(fetch_engine_get(b, i, FETCH_PRIORITY_DEMAND,
+                                       in_seconds(30), &err),
+                      "%s", err ? err->message : "");
+            if (i != 5 && i != 9 && !image_index_chunk_is_zero(b_idx, i))
+                shared_nonzero++;
+        }
+        fetch_engine_stats(b, &st);
+        cr_expect_eq(st.chunks[FETCH_SOURCE_LOCAL], shared_nonzero);
+        cr_expect_eq(st.chunks[FETCH_SOURCE_ORIGIN], 2u,
+                     "only the two changed chunks cross the network");
+        cr_expect_eq(served_bytes(a_bytes + 2 * 64 * KIB),
+                     a_bytes + 2 * 64 * KIB,
+                     "the origin served image B's two changed chunks only");
+    }
+    cr_assert(chunk_cache_verify_all(b_cache, &bad, NULL));
+    cr_expect_eq(bad, 0u);
 }
