@@ -30,6 +30,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
+
+#include "le-bytes.h"
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -53,40 +55,6 @@ struct ImageIndex {
     GBytes *encoding;
     char id[IMAGE_ID_CHARS + 1];
 };
-
-static void
-put_le32(guint8 *p, guint32 v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (guint8)(v >> (8 * i));
-}
-
-static void
-put_le64(guint8 *p, guint64 v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (guint8)(v >> (8 * i));
-}
-
-static guint32
-get_le32(const guint8 *p)
-{
-    guint32 v = 0;
-
-    for (int i = 3; i >= 0; i--)
-        v = v << 8 | p[i];
-    return v;
-}
-
-static guint64
-get_le64(const guint8 *p)
-{
-    guint64 v = 0;
-
-    for (int i = 7; i >= 0; i--)
-        v = v << 8 | p[i];
-    return v;
-}
 
 static gsize
 flags_bytes(guint64 chunk_count)
@@ -153,11 +121,11 @@ index_seal(ImageIndex *idx)
     g_autofree char *hex = NULL;
 
     memcpy(p, IMAGE_INDEX_MAGIC, 8);
-    put_le32(p + 8, IMAGE_INDEX_VERSION);
-    put_le32(p + 12, idx->chunk_shift);
-    put_le64(p + 16, idx->image_size);
-    put_le64(p + 24, idx->chunk_count);
-    put_le64(p + 32, idx->zero_count);
+    le_put32(p + 8, IMAGE_INDEX_VERSION);
+    le_put32(p + 12, idx->chunk_shift);
+    le_put64(p + 16, idx->image_size);
+    le_put64(p + 24, idx->chunk_count);
+    le_put64(p + 32, idx->zero_count);
     p += IMAGE_INDEX_HEADER_BYTES;
     memcpy(p, idx->digests, (gsize)idx->chunk_count * SPORE_SHA256_BYTES);
     p += (gsize)idx->chunk_count * SPORE_SHA256_BYTES;
@@ -450,17 +418,17 @@ image_index_parse(const guint8 *data, gsize len, const char *expected_id,
                 len);
     if (memcmp(data, IMAGE_INDEX_MAGIC, 8) != 0)
         INVALID("not a spore image index (bad magic)");
-    version = get_le32(data + 8);
+    version = le_get32(data + 8);
     if (version != IMAGE_INDEX_VERSION)
         INVALID("index version %u is not supported (this is version %u)",
                 version, IMAGE_INDEX_VERSION);
-    shift = get_le32(data + 12);
+    shift = le_get32(data + 12);
     if (shift < IMAGE_INDEX_CHUNK_SHIFT_MIN ||
         shift > IMAGE_INDEX_CHUNK_SHIFT_MAX)
         INVALID("index chunk size 2^%u is outside 4 KiB .. 4 MiB", shift);
-    size = get_le64(data + 16);
-    count = get_le64(data + 24);
-    zeros = get_le64(data + 32);
+    size = le_get64(data + 16);
+    count = le_get64(data + 24);
+    zeros = le_get64(data + 32);
     for (gsize i = 40; i < IMAGE_INDEX_HEADER_BYTES; i++) {
         if (data[i])
             INVALID("index reserved header bytes are not zero");

@@ -4,9 +4,9 @@
 # with a cold cache and a real HTTP origin.  Asserts the guest's console and
 # that only a small fraction of the image was fetched.  TAP output.
 set -u
+. "$(dirname "$0")/lib.sh"
 sporectl=$1 agent_bin=$2 plugin=$3
 src=$(cd "$(dirname "$0")/../.." && pwd)
-n=0 failed=0
 domain=spore-test-lazyboot-$$
 domain2=spore-test-outage-$$
 pids=()
@@ -27,15 +27,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-ok() { n=$((n + 1)); echo "ok $n - $1"; }
-not_ok() { n=$((n + 1)); failed=$((failed + 1)); echo "not ok $n - $1"; }
-check() {
-    local what=$1
-    shift
-    if "$@"; then ok "$what"; else not_ok "$what"; fi
-}
-quiet() { "$@" >/dev/null 2>&1; }
-skip_all() { echo "1..0 # SKIP $1"; exit 77; }
 
 [ "$(id -u)" -eq 0 ] || skip_all "needs root to run libvirtd"
 [ -x /usr/sbin/libvirtd ] || skip_all "libvirtd is not installed"
@@ -56,7 +47,7 @@ libvirt_state=$("$src/scripts/libvirt-up") || { echo "Bail out! libvirtd does no
 virt_type=$("$src/scripts/detect-virt-type" "$guest/vmlinuz")
 echo "# domain type: $virt_type (detected)"
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+port=$(free_port)
 cat >"$work/lighttpd.conf" <<EOF
 server.document-root = "$work/www"
 server.bind = "127.0.0.1"
@@ -145,17 +136,7 @@ fi
 
 fetched=$(ctl --json agent-image-show "$hex" | python3 -c 'import json,sys; print(json.load(sys.stdin)["image"]["fetched_bytes"]["origin"])')
 size=$(stat -L -c %s "$guest/disk.raw")
-used=$(python3 -c '
-import sys
-total = 0
-with open(sys.argv[1], "rb") as f:
-    while True:
-        c = f.read(65536)
-        if not c:
-            break
-        if c.count(0) != len(c):
-            total += len(c)
-print(total)' "$guest/disk.raw")
+used=$(nonzero_bytes "$guest/disk.raw")
 echo "# fetched $fetched bytes of a $size-byte image with $used non-zero bytes"
 check "the boot fetched something" test "$fetched" -gt 0
 check "the boot fetched under 20% of the image's non-zero data" \
@@ -204,5 +185,4 @@ for _ in $(seq 180); do
 done
 check "and finishes booting from the origin" test "$booted2" = yes
 
-echo "1..$n"
-[ "$failed" -eq 0 ]
+finish

@@ -12,8 +12,8 @@
 #  - the agent is killed (-9) under load and restarted: the cache verifies,
 #    the shim (which outlives the agent) serves again.
 set -u
+. "$(dirname "$0")/lib.sh"
 sporectl=$1 agent_bin=$2 plugin=$3
-n=0 failed=0
 work=$(mktemp -d /tmp/spore-lazy.XXXXXX)
 pids=()
 
@@ -26,21 +26,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-ok() { n=$((n + 1)); echo "ok $n - $1"; }
-not_ok() { n=$((n + 1)); failed=$((failed + 1)); echo "not ok $n - $1"; }
-check() { # check DESCRIPTION COMMAND...
-    local what=$1
-    shift
-    if "$@"; then ok "$what"; else not_ok "$what"; fi
-}
-quiet() { "$@" >/dev/null 2>&1; }
-skip_all() { echo "1..0 # SKIP $1"; exit 77; }
 
 command -v lighttpd >/dev/null || [ -x /usr/sbin/lighttpd ] || skip_all "lighttpd not installed"
 command -v nbdkit >/dev/null || skip_all "nbdkit not installed"
 command -v qemu-img >/dev/null || skip_all "qemu-img not installed"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # --- an image: random data with zero runs, and a short last chunk
 mkdir -p "$work/www" "$work/state" "$work/run"
@@ -104,17 +94,7 @@ check "the cache starts cold" test "$(json_field "im['cached_chunks']")" = 0
 # --- identical, lazily
 check "qemu-img compare: the lazily served export equals the image" \
     qemu-img compare -q -f raw -F raw "$work/image.raw" "$uri"
-nonzero=$(python3 -c '
-import sys
-total = 0
-with open(sys.argv[1], "rb") as f:
-    while True:
-        c = f.read(65536)
-        if not c:
-            break
-        if c.count(0) != len(c):
-            total += len(c)
-print(total)' "$work/image.raw")
+nonzero=$(nonzero_bytes "$work/image.raw")
 origin_bytes=$(json_field "im['fetched_bytes']['origin']")
 check "only non-zero chunks came from the origin ($origin_bytes of $(stat -c %s "$work/image.raw") bytes)" \
     test "$origin_bytes" -eq "$nonzero"
@@ -179,5 +159,4 @@ check "the running shim serves again, through the new agent" \
 check "and the other image's misses are fetched again (bytes outside chunk 3)" \
     quiet qemu-io -r -f raw -c "read 0 196608" -c "read 262144 $((8 * 1024 * 1024 - 262144))" "$uri2"
 
-echo "1..$n"
-[ "$failed" -eq 0 ]
+finish

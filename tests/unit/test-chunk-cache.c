@@ -27,23 +27,6 @@ typedef struct {
 
 static Fixture fx;
 
-static void
-rm_rf(const char *path)
-{
-    g_autoptr(GDir) dir = g_dir_open(path, 0, NULL);
-    const char *name;
-
-    while (dir && (name = g_dir_read_name(dir))) {
-        g_autofree char *child = g_build_filename(path, name, NULL);
-        if (g_file_test(child, G_FILE_TEST_IS_DIR) &&
-            !g_file_test(child, G_FILE_TEST_IS_SYMLINK))
-            rm_rf(child);
-        else
-            g_unlink(child);
-    }
-    g_rmdir(path);
-}
-
 /* An image of @size bytes, its index at 64 KiB, an empty cache root. */
 static void
 setup_image(gsize size)
@@ -70,7 +53,7 @@ teardown(void)
 {
     if (fx.root) {
         umount2(fx.root, MNT_DETACH); /* only mounted by the disk-full test */
-        rm_rf(fx.root);
+        test_rm_rf(fx.root);
     }
     if (fx.image_path)
         g_unlink(fx.image_path);
@@ -333,7 +316,7 @@ Test(chunk_cache_crash, survives_kill_9_of_the_writer_at_any_moment,
                 /* start over now and then, so that kills land early too */
                 g_autofree char *dir = g_strdup(chunk_cache_dir(c));
                 chunk_cache_close(g_steal_pointer(&c));
-                rm_rf(dir);
+                test_rm_rf(dir);
             }
         }
     }

@@ -28,22 +28,6 @@ static struct {
     TestHttpd *httpd;
 } fx;
 
-static void
-rm_rf(const char *path)
-{
-    g_autoptr(GDir) dir = g_dir_open(path, 0, NULL);
-    const char *name;
-
-    while (dir && (name = g_dir_read_name(dir))) {
-        g_autofree char *child = g_build_filename(path, name, NULL);
-        if (g_file_test(child, G_FILE_TEST_IS_DIR))
-            rm_rf(child);
-        else
-            g_unlink(child);
-    }
-    g_rmdir(path);
-}
-
 /* An image of @size bytes indexed at 2^@shift, served over HTTP. */
 static void
 setup_with(gsize size, guint shift)
@@ -78,9 +62,9 @@ teardown(void)
     chunk_cache_close(fx.cache);
     image_index_free(fx.idx);
     if (fx.cache_root)
-        rm_rf(fx.cache_root);
+        test_rm_rf(fx.cache_root);
     if (fx.docroot)
-        rm_rf(fx.docroot);
+        test_rm_rf(fx.docroot);
     g_free(fx.cache_root);
     g_free(fx.docroot);
     g_free(fx.image);

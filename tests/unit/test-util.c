@@ -6,6 +6,7 @@
 
 #include <criterion/criterion.h>
 #include <unistd.h>
+#include <glib/gstdio.h>
 
 char *
 test_data_path(const char *rel)
@@ -76,4 +77,21 @@ test_make_image(gsize size, bool sparse, guint32 seed)
     cr_assert_eq(ftruncate(fd, (off_t)size), 0);
     close(fd);
     return path;
+}
+
+void
+test_rm_rf(const char *path)
+{
+    g_autoptr(GDir) dir = g_dir_open(path, 0, NULL);
+    const char *name;
+
+    while (dir && (name = g_dir_read_name(dir))) {
+        g_autofree char *child = g_build_filename(path, name, NULL);
+        if (g_file_test(child, G_FILE_TEST_IS_DIR) &&
+            !g_file_test(child, G_FILE_TEST_IS_SYMLINK))
+            test_rm_rf(child);
+        else
+            g_unlink(child);
+    }
+    g_rmdir(path);
 }

@@ -21,3 +21,7 @@ char *test_read_file(const char *path, gsize *ret_len);
  * @sparse the zero blocks are holes rather than written zeros.
  */
 char *test_make_image(gsize size, bool sparse, guint32 seed);
+
+/* test_rm_rf: remove @path and everything below it, ignoring errors. */
+void
+test_rm_rf(const char *path);

@@ -1,0 +1,46 @@
+# lib.sh: what the integration tests share.  Source it; it keeps the TAP
+# counters n (checks) and failed.
+n=0
+failed=0
+
+ok() { n=$((n + 1)); echo "ok $n - $1"; }
+not_ok() { n=$((n + 1)); failed=$((failed + 1)); echo "not ok $n - $1"; }
+
+# check DESCRIPTION COMMAND...: one TAP line, passing when COMMAND succeeds
+check() {
+    local what=$1
+    shift
+    if "$@"; then ok "$what"; else not_ok "$what"; fi
+}
+
+# quiet COMMAND...: run it with its output discarded
+quiet() { "$@" >/dev/null 2>&1; }
+
+# skip_all REASON: the whole test is skipped (meson: exit 77)
+skip_all() { echo "1..0 # SKIP $1"; exit 77; }
+
+# free_port: a free TCP port on 127.0.0.1
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# nonzero_bytes FILE: bytes in the 64 KiB blocks of FILE that are not all zero
+nonzero_bytes() {
+    python3 -c '
+import sys
+total = 0
+with open(sys.argv[1], "rb") as f:
+    while True:
+        c = f.read(65536)
+        if not c:
+            break
+        if c.count(0) != len(c):
+            total += len(c)
+print(total)' "$1"
+}
+
+# finish: the TAP plan, and the exit status
+finish() {
+    echo "1..$n"
+    [ "$failed" -eq 0 ]
+}
