@@ -19,6 +19,7 @@
 #include <gio/gunixsocketaddress.h>
 #include <json-glib/json-glib.h>
 
+#include "domain-xml.h"
 #include "image-index.h"
 #include "manifest.h"
 #include "spore-config.h"
@@ -245,6 +246,89 @@ cmd_format(const Command *cmd, const Globals *g, int argc, char **argv)
         return EXIT_FAILURE;
     }
     xml = manifest_format(m);
+    fputs(xml, stdout);
+    return fflush(stdout) == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
+
+/* ---- domain-xml -------------------------------------------------------- */
+
+static int
+cmd_domain_xml(const Command *cmd, const Globals *g, int argc, char **argv)
+{
+    const char *image = NULL, *overlay = NULL, *console = NULL;
+    const char *virt = NULL, *generation = NULL, *uuid = NULL;
+    const CommandOption opts[] = {
+        {"image", 0, &image, NULL},
+        {"overlay", 0, &overlay, NULL},
+        {"console-log", 0, &console, NULL},
+        {"virt-type", 0, &virt, NULL},
+        {"generation", 0, &generation, NULL},
+        {"uuid", 0, &uuid, NULL},
+        {0},
+    };
+    int first = parse_command_flags(cmd, argc, argv, opts);
+    g_autoptr(GPtrArray) problems = manifest_problems_new();
+    g_autoptr(GError) err = NULL;
+    g_autoptr(Manifest) m = NULL;
+    g_autofree char *default_console = NULL;
+    g_autofree char *xml = NULL;
+    CloneDomainSpec spec = {0};
+    guint64 index = 0, gen = 0;
+
+    if (first == -2)
+        return EXIT_SUCCESS;
+    if (first < 0)
+        return EXIT_USAGE;
+    if (argc - first != 2 || !image || !overlay ||
+        !g_ascii_string_to_unsigned(argv[first + 1], 10, 0, 999, &index,
+                                    NULL) ||
+        (generation && !g_ascii_string_to_unsigned(generation, 10, 0,
+                                                   G_MAXUINT64, &gen, NULL))) {
+        fprintf(stderr,
+                "sporectl domain-xml: give MANIFEST, INDEX (0-999), --image "
+                "and --overlay\nTry 'sporectl help domain-xml'.\n");
+        return EXIT_USAGE;
+    }
+    m = manifest_parse_file(argv[first], problems, &err);
+    if (!m) {
+        if (problems->len == 0)
+            fprintf(stderr, "sporectl domain-xml: %s\n", err->message);
+        for (guint p = 0; p < problems->len; p++)
+            print_problem(argv[first], problems->pdata[p]);
+        return EXIT_FAILURE;
+    }
+    spec.manifest = m;
+    spec.index = (guint)index;
+    spec.image_id = image;
+    spec.generation = gen;
+    spec.overlay_path = overlay;
+    spec.uuid = uuid;
+    spec.virt = m->vm.hypervisor;
+    if (virt) {
+        if (g_str_equal(virt, "kvm"))
+            spec.virt = MANIFEST_HYPERVISOR_KVM;
+        else if (g_str_equal(virt, "qemu"))
+            spec.virt = MANIFEST_HYPERVISOR_QEMU;
+        else if (g_str_equal(virt, "xen"))
+            spec.virt = MANIFEST_HYPERVISOR_XEN;
+        else {
+            fprintf(stderr, "sporectl domain-xml: --virt-type is kvm, qemu "
+                            "or xen\n");
+            return EXIT_USAGE;
+        }
+    }
+    if (!console) {
+        g_autofree char *dir = g_path_get_dirname(overlay);
+        g_autofree char *name = manifest_clone_name(m, spec.index);
+        default_console = g_strdup_printf("%s/%s.console.log", dir, name);
+        console = default_console;
+    }
+    spec.console_log = console;
+    xml = clone_domain_xml(&spec, &err);
+    if (!xml) {
+        fprintf(stderr, "sporectl domain-xml: %s\n", err->message);
+        return EXIT_FAILURE;
+    }
     fputs(xml, stdout);
     return fflush(stdout) == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }
@@ -602,6 +686,20 @@ static const Command commands[] = {
         "standard output: every default written out, elements in schema\n"
         "order, sizes and durations in their largest exact unit.\n",
         cmd_format,
+    },
+    {
+        "domain-xml",
+        "--image ID --overlay PATH [--console-log PATH] [--virt-type T] "
+        "[--generation N] [--uuid UUID] MANIFEST INDEX",
+        "Print the libvirt domain XML of one clone of a service.",
+        "Builds the domain XML of clone INDEX of the service in MANIFEST,\n"
+        "as the host agent defines it: name SERVICE-INDEX, the overlay\n"
+        "PATH as its qcow2 disk (error_policy stop), a pty serial console\n"
+        "logged to --console-log (default: beside the overlay), direct\n"
+        "kernel boot when the manifest has <boot>, and spore's metadata\n"
+        "(image ID, manifest generation N).  --virt-type overrides the\n"
+        "manifest's hypervisor (kvm, qemu or xen).  Offline.\n",
+        cmd_domain_xml,
     },
     {
         "image-index",

@@ -7,8 +7,8 @@ set -u
 . "$(dirname "$0")/lib.sh"
 sporectl=$1 agent_bin=$2 plugin=$3
 src=$(cd "$(dirname "$0")/../.." && pwd)
-domain=spore-test-lazyboot-$$
-domain2=spore-test-outage-$$
+domain=spore-test-lazyboot-0
+domain2=spore-test-lazyboot-1
 pids=()
 work=""
 libvirt_state=""
@@ -86,36 +86,26 @@ check "the shim socket is QEMU's group's" \
 check "a qcow2 overlay backed by the export is created" \
     quiet qemu-img create -f qcow2 -F raw -b "$uri" "$work/clone.qcow2"
 
-write_domain() { # write_domain NAME OVERLAY CONSOLE
-    cat >"$work/$1.xml" <<EOF
-<domain type='$virt_type'>
-  <name>$1</name>
-  <memory unit='MiB'>256</memory>
-  <vcpu>1</vcpu>
-  <os>
-    <type arch='x86_64' machine='pc'>hvm</type>
-    <kernel>$work/vmlinuz</kernel>
-    <initrd>$work/initrd.img</initrd>
-    <cmdline>console=ttyS0 root=/dev/vda rw panic=-1 quiet</cmdline>
-  </os>
-  <features><acpi/></features>
-  <on_poweroff>destroy</on_poweroff>
-  <on_crash>destroy</on_crash>
-  <devices>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='qcow2' error_policy='stop'/>
-      <source file='$2'/>
-      <target dev='vda' bus='virtio'/>
-    </disk>
-    <serial type='file'>
-      <source path='$3'/>
-      <target port='0'/>
-    </serial>
-  </devices>
-</domain>
+# the clone's domain XML, made by spore from a manifest (clone/domain-xml.c)
+cat >"$work/lazyboot.xml" <<EOF
+<service xmlns="urn:spore:manifest:1" name="spore-test-lazyboot">
+  <image name="test-guest">
+    <origin url="http://127.0.0.1:$port/disk.raw"/>
+  </image>
+  <vm hypervisor="$virt_type">
+    <vcpus>1</vcpus>
+    <memory unit="MiB">256</memory>
+    <boot kernel="$work/vmlinuz" initrd="$work/initrd.img"
+          cmdline="console=ttyS0 root=/dev/vda rw panic=-1 quiet"/>
+  </vm>
+  <scaling min="1" max="2"/>
+</service>
 EOF
+write_domain() { # write_domain NAME OVERLAY CONSOLE IMAGE-HEX: NAME ends in -INDEX
+    "$sporectl" domain-xml --image "sha256:$4" --overlay "$2" \
+        --console-log "$3" "$work/lazyboot.xml" "${1##*-}" >"$work/$1.xml"
 }
-write_domain "$domain" "$work/clone.qcow2" "$work/console.log"
+write_domain "$domain" "$work/clone.qcow2" "$work/console.log" "$hex"
 check "libvirt defines the domain" quiet virsh -c qemu:///system define "$work/$domain.xml"
 check "and starts it" quiet virsh -c qemu:///system start "$domain"
 
@@ -156,7 +146,7 @@ hex2=$(sed 's/^sha256://' "$work/id128") # another id: a cold cache
 quiet ctl agent-image-add "$work/disk128.idx" "http://127.0.0.1:$port/disk.raw"
 uri2=$(ctl agent-image-serve "$hex2")
 quiet qemu-img create -f qcow2 -F raw -b "$uri2" "$work/clone2.qcow2"
-write_domain "$domain2" "$work/clone2.qcow2" "$work/console2.log"
+write_domain "$domain2" "$work/clone2.qcow2" "$work/console2.log" "$hex2"
 quiet virsh -c qemu:///system define "$work/$domain2.xml"
 check "with the origin down, a cold guest still starts" quiet virsh -c qemu:///system start "$domain2"
 paused=no
