@@ -19,6 +19,7 @@
 #include <gio/gunixsocketaddress.h>
 #include <json-glib/json-glib.h>
 
+#include "customize.h"
 #include "domain-xml.h"
 #include "image-index.h"
 #include "manifest.h"
@@ -247,6 +248,93 @@ cmd_format(const Command *cmd, const Globals *g, int argc, char **argv)
     }
     xml = manifest_format(m);
     fputs(xml, stdout);
+    return fflush(stdout) == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
+
+/* ---- clone-prepare ----------------------------------------------------- */
+
+static int
+cmd_clone_prepare(const Command *cmd, const Globals *g, int argc, char **argv)
+{
+    const char *image = NULL, *format = "raw", *dir = ".", *host = NULL;
+    const CommandOption opts[] = {
+        {"image", 0, &image, NULL},
+        {"image-format", 0, &format, NULL},
+        {"dir", 0, &dir, NULL},
+        {"host", 0, &host, NULL},
+        {0},
+    };
+    int first = parse_command_flags(cmd, argc, argv, opts);
+    g_autoptr(GPtrArray) problems = manifest_problems_new();
+    g_autoptr(GError) err = NULL;
+    g_autoptr(Manifest) m = NULL;
+    g_autoptr(GPtrArray) paths = g_ptr_array_new_with_free_func(g_free);
+    g_autoptr(GArray) jobs =
+        g_array_new(FALSE, TRUE, sizeof(CloneCustomizeJob));
+    g_autofree char *abs_dir = NULL;
+    g_autofree char *backing = NULL;
+    char hostname[256] = "localhost";
+
+    if (first == -2)
+        return EXIT_SUCCESS;
+    if (first < 0)
+        return EXIT_USAGE;
+    if (argc - first < 2 || !image ||
+        (!g_str_equal(format, "raw") && !g_str_equal(format, "qcow2"))) {
+        fprintf(stderr, "sporectl clone-prepare: give --image, MANIFEST and "
+                        "at least one INDEX (--image-format raw or qcow2)\n"
+                        "Try 'sporectl help clone-prepare'.\n");
+        return EXIT_USAGE;
+    }
+    m = manifest_parse_file(argv[first], problems, &err);
+    if (!m) {
+        if (problems->len == 0)
+            fprintf(stderr, "sporectl clone-prepare: %s\n", err->message);
+        for (guint p = 0; p < problems->len; p++)
+            print_problem(argv[first], problems->pdata[p]);
+        return EXIT_FAILURE;
+    }
+    if (!host) {
+        gethostname(hostname, sizeof(hostname) - 1);
+        host = hostname;
+    }
+    abs_dir = g_canonicalize_filename(dir, NULL);
+    backing = strstr(image, "://") ? g_strdup(image)
+                                   : g_canonicalize_filename(image, NULL);
+    for (int i = first + 1; i < argc; i++) {
+        guint64 index;
+        g_autofree char *name = NULL;
+        CloneCustomizeJob job = {.manifest = m, .host = host};
+
+        if (!g_ascii_string_to_unsigned(argv[i], 10, 0, m->scaling.max - 1,
+                                        &index, NULL)) {
+            fprintf(stderr,
+                    "sporectl clone-prepare: index '%s' is not below the "
+                    "service's max of %u\n",
+                    argv[i], m->scaling.max);
+            return EXIT_USAGE;
+        }
+        name = manifest_clone_name(m, (guint)index);
+        g_ptr_array_add(paths, g_strdup_printf("%s/%s.qcow2", abs_dir, name));
+        job.index = (guint)index;
+        g_array_append_val(jobs, job);
+    }
+    for (guint i = 0; i < jobs->len; i++) {
+        g_array_index(jobs, CloneCustomizeJob, i).overlay = paths->pdata[i];
+        if (!clone_overlay_create(paths->pdata[i], backing, format, &err)) {
+            fprintf(stderr, "sporectl clone-prepare: %s\n", err->message);
+            return EXIT_FAILURE;
+        }
+    }
+    if (!clone_customize_batch((CloneCustomizeJob *)jobs->data, jobs->len,
+                               &err)) {
+        fprintf(stderr, "sporectl clone-prepare: %s\n", err->message);
+        for (guint i = 0; i < paths->len; i++)
+            unlink(paths->pdata[i]); /* half-customized: start over */
+        return EXIT_FAILURE;
+    }
+    for (guint i = 0; i < paths->len; i++)
+        printf("%s\n", (char *)paths->pdata[i]);
     return fflush(stdout) == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }
 
@@ -686,6 +774,20 @@ static const Command commands[] = {
         "standard output: every default written out, elements in schema\n"
         "order, sizes and durations in their largest exact unit.\n",
         cmd_format,
+    },
+    {
+        "clone-prepare",
+        "--image BACKING [--image-format raw|qcow2] [--dir DIR] "
+        "[--host NAME] MANIFEST INDEX...",
+        "Create and customize clone overlays of a service, offline.",
+        "Creates DIR/SERVICE-INDEX.qcow2 for each INDEX, a qcow2 overlay\n"
+        "backed by BACKING (an image file, or an nbd+unix:// URI from\n"
+        "'agent-image-serve'), and customizes them all in one libguestfs\n"
+        "appliance launch as MANIFEST says: hostname, files, ssh keys,\n"
+        "first-boot commands, a fresh identity.  {host} expands to NAME\n"
+        "(default: this host's name).  Prints the overlays' paths.  The\n"
+        "master is never written.  On failure the new overlays are removed.\n",
+        cmd_clone_prepare,
     },
     {
         "domain-xml",

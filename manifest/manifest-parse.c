@@ -326,8 +326,8 @@ ssh_key_problem(const char *key)
 }
 
 /* NULL when @path is a plain absolute path, else why not. */
-static const char *
-abs_path_problem(const char *path, bool guest)
+const char *
+manifest_path_problem(const char *path, bool guest)
 {
     g_auto(GStrv) parts = NULL;
 
@@ -768,7 +768,7 @@ host_path_attr(Walker *w, xmlNode *el, const char *name, bool required,
 
     if (!v)
         return;
-    if ((why = abs_path_problem(v, false))) {
+    if ((why = manifest_path_problem(v, false))) {
         g_autofree char *bad = shown(v);
         problem(w, attr_line(w, el, name), "%s path '%s' is invalid: %s", name,
                 bad, why);
@@ -956,7 +956,7 @@ parse_file(Walker *w, xmlNode *el, CustomizeSeen *seen)
 
     check_attributes(w, el, attrs);
     path = required_attr(w, el, "path");
-    if (path && (why = abs_path_problem(path, true))) {
+    if (path && (why = manifest_path_problem(path, true))) {
         g_autofree char *bad = shown(path);
         problem(w, attr_line(w, el, "path"), "file path '%s' is invalid: %s",
                 bad, why);

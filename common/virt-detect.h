@@ -1,0 +1,18 @@
+/*
+ * virt-detect.h: whether hardware virtualization really works here.
+ *
+ * /dev/kvm existing is not enough: nested setups may open it and then
+ * never run a guest.  The probe boots the host's newest kernel
+ * (/boot/vmlinuz-*) under KVM for at most VIRT_PROBE_SECONDS and looks for
+ * its banner on the serial console, the same check as
+ * scripts/detect-virt-type.  SPORE_VIRT_TYPE=kvm|qemu in the environment
+ * overrides the probe.
+ */
+#pragma once
+
+#include <stdbool.h>
+
+#define VIRT_PROBE_SECONDS 10
+
+/* spore_kvm_works: the probe's answer, computed once.  Thread-safe. */
+bool spore_kvm_works(void);
