@@ -143,6 +143,7 @@ Test(domain_xml, carries_metadata_valid_against_its_own_schema)
     xmlXPathObject *res;
     xmlDoc *meta = xmlNewDoc(BAD_CAST "1.0");
     xmlChar *meta_text = NULL;
+    xmlChar *index_text;
     int meta_len = 0;
 
     xmlXPathRegisterNs(xp, BAD_CAST "spore", BAD_CAST CLONE_METADATA_NAMESPACE);
@@ -150,8 +151,9 @@ Test(domain_xml, carries_metadata_valid_against_its_own_schema)
     cr_assert(res && res->nodesetval && res->nodesetval->nodeNr == 1);
     xmlDocSetRootElement(meta,
                          xmlDocCopyNode(res->nodesetval->nodeTab[0], meta, 1));
-    cr_expect_str_eq(
-        (char *)xmlGetProp(res->nodesetval->nodeTab[0], BAD_CAST "index"), "3");
+    index_text = xmlGetProp(res->nodesetval->nodeTab[0], BAD_CAST "index");
+    cr_expect_str_eq((char *)index_text, "3");
+    xmlFree(index_text);
     xmlDocDumpMemory(meta, &meta_text, &meta_len);
     rng = g_build_filename(g_getenv("SPORE_SOURCE_ROOT"), "xml-schemas",
                            "clone-metadata.rng", NULL);
