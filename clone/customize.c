@@ -328,10 +328,36 @@ reset_identity(Ctx *c, GError **error)
     return true;
 }
 
+/*
+ * A guest's file system layout as inspection found it: mount points and
+ * devices, named as on drive 0 ("/dev/sda...").  All overlays of one master
+ * share it, so it is found once per master (and kept in the inspection
+ * cache) and mapped to each drive by its device name.
+ */
 typedef struct {
     char *mountpoint;
     char *device;
 } MountPair;
+
+typedef GArray Layout; /* of MountPair, "/" first */
+
+static void
+mount_pair_clear(gpointer p)
+{
+    MountPair *m = p;
+
+    g_free(m->mountpoint);
+    g_free(m->device);
+}
+
+static Layout *
+layout_new(void)
+{
+    GArray *l = g_array_new(FALSE, FALSE, sizeof(MountPair));
+
+    g_array_set_clear_func(l, mount_pair_clear);
+    return l;
+}
 
 static gint
 mountpoint_cmp(gconstpointer a, gconstpointer b)
@@ -341,38 +367,137 @@ mountpoint_cmp(gconstpointer a, gconstpointer b)
     return (int)strlen(pa->mountpoint) - (int)strlen(pb->mountpoint);
 }
 
-/* Mount the file systems of @root as inspection found them, "/" first. */
-static bool
-mount_root(Ctx *c, const char *root, GError **error)
+/* @dev renamed from drive @from (e.g. "/dev/sdb") to drive @to, or NULL. */
+static char *
+map_device(const char *dev, const char *from, const char *to)
 {
-    char **mps = guestfs_inspect_get_mountpoints(c->g, root);
-    g_autoptr(GArray) pairs = g_array_new(FALSE, FALSE, sizeof(MountPair));
-    bool ok = true;
+    gsize n = strlen(from);
 
-    if (!mps)
-        return gfs_fail(c->g, error, "cannot read the guest's mount points");
-    for (size_t i = 0; mps[i] && mps[i + 1]; i += 2) {
-        MountPair pair = {mps[i], mps[i + 1]};
-        g_array_append_val(pairs, pair);
+    if (strncmp(dev, from, n) != 0 || g_ascii_isalpha(dev[n]))
+        return NULL; /* LVM and other names: not per drive */
+    return g_strconcat(to, dev + n, NULL);
+}
+
+/* The layout of inspection root @root of drive @drive_dev, as on sda. */
+static Layout *
+layout_from_inspection(guestfs_h *g, const char *root, const char *drive_dev,
+                       GError **error)
+{
+    char **mps = guestfs_inspect_get_mountpoints(g, root);
+    Layout *l;
+
+    if (!mps) {
+        gfs_fail(g, error, "cannot read the guest's mount points");
+        return NULL;
     }
-    g_array_sort(pairs, mountpoint_cmp);
-    for (guint i = 0; i < pairs->len; i++) {
-        MountPair *pair = &g_array_index(pairs, MountPair, i);
-        if (guestfs_mount(c->g, pair->device, pair->mountpoint) < 0 &&
-            g_str_equal(pair->mountpoint, "/")) {
-            ok = gfs_fail(c->g, error, "cannot mount the guest's root");
-            break;
-        }
+    l = layout_new();
+    for (size_t i = 0; mps[i] && mps[i + 1]; i += 2) {
+        MountPair m = {g_strdup(mps[i]),
+                       map_device(mps[i + 1], drive_dev, "/dev/sda")};
+        if (!m.device)
+            m.device = g_strdup(mps[i + 1]);
+        g_array_append_val(l, m);
     }
     for (size_t i = 0; mps[i]; i++)
         free(mps[i]);
     free(mps);
-    return ok;
+    g_array_sort(l, mountpoint_cmp);
+    return l;
+}
+
+/* ---- the inspection cache ---------------------------------------------- */
+
+static char *
+cache_path(const char *key)
+{
+    const char *dir = g_getenv("SPORE_INSPECT_CACHE");
+    g_autofree char *sum =
+        g_compute_checksum_for_string(G_CHECKSUM_SHA256, key, -1);
+
+    return g_build_filename(dir ? dir : "/var/cache/spore/inspect", sum, NULL);
+}
+
+static Layout *
+cache_load(const char *key)
+{
+    g_autofree char *path = cache_path(key);
+    g_autoptr(GKeyFile) kf = g_key_file_new();
+    g_auto(GStrv) mps = NULL;
+    g_autofree char *stored_key = NULL;
+    Layout *l;
+
+    if (!g_key_file_load_from_file(kf, path, G_KEY_FILE_NONE, NULL))
+        return NULL;
+    stored_key = g_key_file_get_string(kf, "inspect", "key", NULL);
+    mps = g_key_file_get_string_list(kf, "inspect", "mounts", NULL, NULL);
+    if (!stored_key || !g_str_equal(stored_key, key) || !mps)
+        return NULL;
+    l = layout_new();
+    for (guint i = 0; mps[i]; i++) {
+        const char *eq = strchr(mps[i], '=');
+        MountPair m;
+
+        if (!eq)
+            continue;
+        m.mountpoint = g_strndup(mps[i], (gsize)(eq - mps[i]));
+        m.device = g_strdup(eq + 1);
+        g_array_append_val(l, m);
+    }
+    if (l->len == 0 ||
+        !g_str_equal(g_array_index(l, MountPair, 0).mountpoint, "/")) {
+        g_array_unref(l);
+        return NULL;
+    }
+    return l;
+}
+
+static void
+cache_store(const char *key, Layout *l)
+{
+    g_autofree char *path = cache_path(key);
+    g_autofree char *dir = g_path_get_dirname(path);
+    g_autoptr(GKeyFile) kf = g_key_file_new();
+    g_autoptr(GPtrArray) mps = g_ptr_array_new_with_free_func(g_free);
+    g_autofree char *text = NULL;
+
+    for (guint i = 0; i < l->len; i++) {
+        MountPair *m = &g_array_index(l, MountPair, i);
+        g_ptr_array_add(mps,
+                        g_strdup_printf("%s=%s", m->mountpoint, m->device));
+    }
+    g_key_file_set_string(kf, "inspect", "key", key);
+    g_key_file_set_string_list(kf, "inspect", "mounts",
+                               (const char *const *)mps->pdata, mps->len);
+    text = g_key_file_to_data(kf, NULL, NULL);
+    if (g_mkdir_with_parents(dir, 0700) == 0)
+        g_file_set_contents(path, text, -1, NULL); /* a cache: best effort */
+}
+
+/* Mount @layout, mapped to drive @drive_dev, "/" first. */
+static bool
+mount_layout(Ctx *c, Layout *layout, const char *drive_dev, GError **error)
+{
+    for (guint i = 0; i < layout->len; i++) {
+        MountPair *m = &g_array_index(layout, MountPair, i);
+        g_autofree char *dev = map_device(m->device, "/dev/sda", drive_dev);
+
+        if (guestfs_mount(c->g, dev ? dev : m->device, m->mountpoint) < 0 &&
+            g_str_equal(m->mountpoint, "/"))
+            return gfs_fail(c->g, error, "cannot mount the guest's root");
+    }
+    /* a stale or wrong layout must not go unnoticed */
+    if (guestfs_is_dir(c->g, "/etc") <= 0) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_FAILED,
+                    "the inspected root has no /etc; remove the inspection "
+                    "cache and retry");
+        return false;
+    }
+    return true;
 }
 
 static bool
-customize_one(guestfs_h *g, const CloneCustomizeJob *job, const char *root,
-              GError **error)
+customize_one(guestfs_h *g, const CloneCustomizeJob *job, Layout *layout,
+              const char *drive_dev, GError **error)
 {
     Ctx c = {.g = g, .job = job};
     g_autofree char *name = manifest_clone_name(job->manifest, job->index);
@@ -390,9 +515,10 @@ customize_one(guestfs_h *g, const CloneCustomizeJob *job, const char *root,
         .hostname = c.hostname,
         .host = job->host,
     };
-    ok = mount_root(&c, root, error) && set_hostname(&c, error) &&
-         write_files(&c, error) && add_ssh_keys(&c, error) &&
-         add_firstboot(&c, error) && reset_identity(&c, error);
+    ok = mount_layout(&c, layout, drive_dev, error) &&
+         set_hostname(&c, error) && write_files(&c, error) &&
+         add_ssh_keys(&c, error) && add_firstboot(&c, error) &&
+         reset_identity(&c, error);
     if (guestfs_umount_all(g) < 0 && ok)
         ok = gfs_fail(g, error, "cannot unmount the guest");
     if (!ok)
@@ -411,19 +537,99 @@ root_drive(guestfs_h *g, const char *root)
     return guestfs_device_index(g, dev ? dev : root);
 }
 
+/*
+ * Inspect the launched @g and return the layout of drive @drive's guest,
+ * as on sda; fails when that drive has no recognizable OS.
+ */
+static Layout *
+inspect_drive(guestfs_h *g, int drive, const char *what, GError **error)
+{
+    char **roots = guestfs_inspect_os(g);
+    char **devices = NULL;
+    Layout *l = NULL;
+    const char *root = NULL;
+
+    if (!roots) {
+        gfs_fail(g, error, "inspection failed");
+        return NULL;
+    }
+    for (size_t r = 0; roots[r]; r++) {
+        if (root_drive(g, roots[r]) == drive)
+            root = roots[r];
+    }
+    devices = guestfs_list_devices(g);
+    if (!root || !devices || !devices[drive])
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
+                    "'%s': no recognizable operating system in the image",
+                    what);
+    else
+        l = layout_from_inspection(g, root, devices[drive], error);
+    for (size_t r = 0; roots[r]; r++)
+        free(roots[r]);
+    free(roots);
+    for (size_t d = 0; devices && devices[d]; d++)
+        free(devices[d]);
+    free(devices);
+    return l;
+}
+
+/* A read-only launch of one overlay, to inspect it alone. */
+static Layout *
+inspect_alone(const char *overlay, GError **error)
+{
+    guestfs_h *g = gfs_open(error);
+    Layout *l = NULL;
+
+    if (!g)
+        return NULL;
+    if (guestfs_add_drive_opts(g, overlay, GUESTFS_ADD_DRIVE_OPTS_FORMAT,
+                               "qcow2", GUESTFS_ADD_DRIVE_OPTS_READONLY, 1,
+                               -1) < 0 ||
+        guestfs_launch(g) < 0)
+        gfs_fail(g, error, "cannot launch the appliance for inspection");
+    else
+        l = inspect_drive(g, 0, overlay, error);
+    guestfs_close(g);
+    return l;
+}
+
 bool
 clone_customize_batch(const CloneCustomizeJob *jobs, gsize n_jobs,
                       GError **error)
 {
+    const char *key = jobs && n_jobs ? jobs[0].image_key : NULL;
+    g_autoptr(GArray) layouts = g_array_new(FALSE, TRUE, sizeof(Layout *));
+    Layout *shared = NULL;
     guestfs_h *g;
-    char **roots = NULL;
+    char **devices = NULL;
     bool ok = true;
 
     if (n_jobs == 0)
         return true;
+    for (gsize i = 1; key && i < n_jobs; i++) {
+        if (!jobs[i].image_key || !g_str_equal(jobs[i].image_key, key))
+            key = NULL; /* not all of one master: inspect each */
+    }
+    if (key) {
+        shared = cache_load(key);
+        /*
+         * Inspection scans every drive of a launch (seconds each under
+         * TCG): for a batch, inspect one overlay alone once and map.
+         */
+        if (!shared && n_jobs > 1) {
+            shared = inspect_alone(jobs[0].overlay, error);
+            if (!shared)
+                return false;
+            cache_store(key, shared);
+        }
+    }
+
     g = gfs_open(error);
-    if (!g)
+    if (!g) {
+        if (shared)
+            g_array_unref(shared);
         return false;
+    }
     for (gsize i = 0; i < n_jobs && ok; i++) {
         if (guestfs_add_drive_opts(g, jobs[i].overlay,
                                    GUESTFS_ADD_DRIVE_OPTS_FORMAT, "qcow2",
@@ -435,31 +641,30 @@ clone_customize_batch(const CloneCustomizeJob *jobs, gsize n_jobs,
     }
     if (ok && guestfs_launch(g) < 0)
         ok = gfs_fail(g, error, "cannot launch the libguestfs appliance");
-    if (ok) {
-        roots = guestfs_inspect_os(g);
-        if (!roots)
-            ok = gfs_fail(g, error, "inspection failed");
-    }
+    if (ok && !(devices = guestfs_list_devices(g)))
+        ok = gfs_fail(g, error, "cannot list the appliance's disks");
     for (gsize i = 0; ok && i < n_jobs; i++) {
-        const char *root = NULL;
+        Layout *l = shared;
 
-        for (size_t r = 0; roots[r]; r++) {
-            if (root_drive(g, roots[r]) == (int)i)
-                root = roots[r];
+        if (!l) {
+            l = inspect_drive(g, (int)i, jobs[i].overlay, error);
+            if (!l) {
+                ok = false;
+                break;
+            }
+            g_array_append_val(layouts, l);
+            if (key)
+                cache_store(key, l);
         }
-        if (!root) {
-            g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
-                        "overlay '%s': no recognizable operating system in "
-                        "the image",
-                        jobs[i].overlay);
-            ok = false;
-            break;
-        }
-        ok = customize_one(g, &jobs[i], root, error);
+        ok = customize_one(g, &jobs[i], l, devices[i], error);
     }
-    for (size_t r = 0; roots && roots[r]; r++)
-        free(roots[r]);
-    free(roots);
+    for (guint i = 0; i < layouts->len; i++)
+        g_array_unref(g_array_index(layouts, Layout *, i));
+    if (shared)
+        g_array_unref(shared);
+    for (size_t d = 0; devices && devices[d]; d++)
+        free(devices[d]);
+    free(devices);
     if (guestfs_shutdown(g) < 0 && ok)
         ok = gfs_fail(g, error, "the appliance did not shut down cleanly");
     guestfs_close(g);

@@ -34,6 +34,13 @@ typedef struct {
     guint index;
     const char *host;    /* the hypervisor host's name, for {host} */
     const char *overlay; /* the clone's qcow2 overlay, written in place */
+    /*
+     * Identifies the master the overlay is backed by (its image id, or a
+     * path with its size and mtime), or NULL.  Overlays of one master share
+     * their file system layout, so inspection runs once per master and is
+     * kept in $SPORE_INSPECT_CACHE (default /var/cache/spore/inspect).
+     */
+    const char *image_key;
 } CloneCustomizeJob;
 
 /*

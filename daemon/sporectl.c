@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/stat.h>
 #include <glib.h>
 #include <gio/gio.h>
 #include <gio/gunixsocketaddress.h>
@@ -273,6 +274,7 @@ cmd_clone_prepare(const Command *cmd, const Globals *g, int argc, char **argv)
         g_array_new(FALSE, TRUE, sizeof(CloneCustomizeJob));
     g_autofree char *abs_dir = NULL;
     g_autofree char *backing = NULL;
+    g_autofree char *image_key = NULL;
     char hostname[256] = "localhost";
 
     if (first == -2)
@@ -301,6 +303,18 @@ cmd_clone_prepare(const Command *cmd, const Globals *g, int argc, char **argv)
     abs_dir = g_canonicalize_filename(dir, NULL);
     backing = strstr(image, "://") ? g_strdup(image)
                                    : g_canonicalize_filename(image, NULL);
+    /* the master's identity, for the inspection cache: a shim URI names
+     * the image id; a file is named by path, size, mtime and inode */
+    if (strstr(backing, "://")) {
+        image_key = g_strdup(backing);
+    } else {
+        struct stat st;
+        if (stat(backing, &st) == 0)
+            image_key = g_strdup_printf(
+                "%s:%lld:%lld.%09ld:%llu", backing, (long long)st.st_size,
+                (long long)st.st_mtim.tv_sec, st.st_mtim.tv_nsec,
+                (unsigned long long)st.st_ino);
+    }
     for (int i = first + 1; i < argc; i++) {
         guint64 index;
         g_autofree char *name = NULL;
@@ -321,6 +335,7 @@ cmd_clone_prepare(const Command *cmd, const Globals *g, int argc, char **argv)
     }
     for (guint i = 0; i < jobs->len; i++) {
         g_array_index(jobs, CloneCustomizeJob, i).overlay = paths->pdata[i];
+        g_array_index(jobs, CloneCustomizeJob, i).image_key = image_key;
         if (!clone_overlay_create(paths->pdata[i], backing, format, &err)) {
             fprintf(stderr, "sporectl clone-prepare: %s\n", err->message);
             return EXIT_FAILURE;

@@ -37,6 +37,7 @@ libvirt_state=$("$src/scripts/libvirt-up") || { echo "Bail out! libvirtd does no
 virt_type=$("$src/scripts/detect-virt-type" "$guest/vmlinuz")
 export SPORE_VIRT_TYPE=$virt_type # the appliance follows the same probe
 export LIBGUESTFS_BACKEND=direct   # and so does guestfish below
+export SPORE_INSPECT_CACHE=$work/inspect # start cold: inspect, then map
 [ "$virt_type" = kvm ] || export LIBGUESTFS_BACKEND_SETTINGS=force_tcg
 echo "# domain type: $virt_type (detected)"
 key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl ops@site"
@@ -70,6 +71,8 @@ check "two overlays are created and customized in one appliance launch" \
     quiet "$sporectl" clone-prepare --image "$guest/disk.raw" --dir "$work" \
     --host host-a "$work/service.xml" 0 1
 echo "# clone-prepare of 2 clones took $(($(date +%s) - start)) s"
+check "the master's inspected layout is cached" \
+    test "$(ls "$work/inspect" | wc -l)" -eq 1
 check "each overlay records its backing file and format" \
     test "$(qemu-img info --output=json "$work/$service-0.qcow2" |
         python3 -c 'import json,sys; i=json.load(sys.stdin); print(i["backing-filename"], i["backing-filename-format"])')" = "$guest/disk.raw raw"
