@@ -163,8 +163,6 @@ clone_domain_xml(const CloneDomainSpec *spec, GError **error)
     xmlNode *domain, *el;
     g_autofree char *name = NULL;
     char buf[32];
-    xmlChar *out = NULL;
-    int out_len = 0;
     char *ret;
 
     if (spec->index >= m->scaling.max || spec->index > CLONE_INDEX_MAX) {
@@ -215,12 +213,7 @@ clone_domain_xml(const CloneDomainSpec *spec, GError **error)
     child(domain, "on_crash", "destroy");
     add_devices(domain, spec);
 
-    xmlDocDumpFormatMemoryEnc(doc, &out, &out_len, "UTF-8", 1);
+    ret = xml_doc_to_string(doc);
     xmlFreeDoc(doc);
-    if (out_len > 0 && out[out_len - 1] == '\n')
-        ret = g_strndup((const char *)out, (gsize)out_len);
-    else
-        ret = g_strdup_printf("%.*s\n", out_len, (const char *)out);
-    xmlFree(out);
     return ret;
 }

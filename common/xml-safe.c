@@ -412,3 +412,19 @@ xml_safe_attr_line(const XmlSafeDoc *doc, const xmlNode *node, const char *name)
     }
     return loc->line;
 }
+
+char *
+xml_doc_to_string(xmlDoc *doc)
+{
+    xmlChar *out = NULL;
+    int len = 0;
+    char *ret;
+
+    xmlDocDumpFormatMemoryEnc(doc, &out, &len, "UTF-8", 1);
+    if (len > 0 && out[len - 1] == '\n')
+        ret = g_strndup((const char *)out, (gsize)len);
+    else
+        ret = g_strdup_printf("%.*s\n", len, out ? (const char *)out : "");
+    xmlFree(out);
+    return ret;
+}

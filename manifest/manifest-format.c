@@ -198,8 +198,6 @@ manifest_format(const Manifest *m)
     xmlDoc *doc = xmlNewDoc(BAD_CAST "1.0");
     xmlNode *root = xmlNewDocNode(doc, NULL, BAD_CAST "service", NULL);
     xmlNs *ns = xmlNewNs(root, BAD_CAST MANIFEST_NAMESPACE, NULL);
-    xmlChar *out = NULL;
-    int out_len = 0;
     char *ret;
 
     xml_adapter_silence();
@@ -214,12 +212,7 @@ manifest_format(const Manifest *m)
     format_scaling(root, m);
     format_placement(root, m);
 
-    xmlDocDumpFormatMemoryEnc(doc, &out, &out_len, "UTF-8", 1);
+    ret = xml_doc_to_string(doc);
     xmlFreeDoc(doc);
-    if (out_len > 0 && out[out_len - 1] == '\n')
-        ret = g_strndup((const char *)out, (gsize)out_len);
-    else
-        ret = g_strdup_printf("%.*s\n", out_len, (const char *)out);
-    xmlFree(out);
     return ret;
 }

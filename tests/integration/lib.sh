@@ -39,6 +39,29 @@ with open(sys.argv[1], "rb") as f:
 print(total)' "$1"
 }
 
+# start_origin DOCROOT PORT DIR [EXTRA-CONFIG]: lighttpd on 127.0.0.1:PORT
+# serving DOCROOT, its config and logs (access.log) in DIR; sets origin_pid
+# and adds it to the pids array for cleanup
+start_origin() {
+    cat >"$3/lighttpd.conf" <<EOF
+server.document-root = "$1"
+server.bind = "127.0.0.1"
+server.port = $2
+server.modules = ("mod_accesslog")
+accesslog.filename = "$3/access.log"
+server.errorlog = "$3/lighttpd-error.log"
+${4:-}
+EOF
+    /usr/sbin/lighttpd -D -f "$3/lighttpd.conf" &
+    origin_pid=$!
+    pids+=("$origin_pid")
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null && return 0
+        sleep 0.05
+    done
+    return 1
+}
+
 # finish: the TAP plan, and the exit status
 finish() {
     echo "1..$n"

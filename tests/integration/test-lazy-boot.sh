@@ -48,25 +48,7 @@ virt_type=$("$src/scripts/detect-virt-type" "$guest/vmlinuz")
 echo "# domain type: $virt_type (detected)"
 
 port=$(free_port)
-cat >"$work/lighttpd.conf" <<EOF
-server.document-root = "$work/www"
-server.bind = "127.0.0.1"
-server.port = $port
-server.modules = ("mod_accesslog")
-accesslog.filename = "$work/access.log"
-server.errorlog = "$work/lighttpd-error.log"
-EOF
-start_origin() {
-    /usr/sbin/lighttpd -D -f "$work/lighttpd.conf" &
-    origin_pid=$!
-    pids+=("$origin_pid")
-    for _ in $(seq 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
-        sleep 0.05
-    done
-    return 1
-}
-start_origin
+start_origin "$work/www" "$port" "$work"
 
 "$agent_bin" --state-dir "$work/state" --run-dir "$work/run" --plugin "$plugin" \
     --shim-timeout 5 \
@@ -160,7 +142,7 @@ done
 check "its first disk miss fails after the shim's timeout and pauses it (I/O error)" test "$paused" = yes
 check "the shim's log names the unavailable chunk" \
     grep -q "chunk [0-9]* .*unavailable" "$work/run/shims/${hex2:0:16}.log"
-check "the origin comes back" start_origin
+check "the origin comes back" start_origin "$work/www" "$port" "$work"
 check "the guest resumes" quiet virsh -c qemu:///system resume "$domain2"
 booted2=no
 for _ in $(seq 180); do

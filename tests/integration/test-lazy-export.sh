@@ -43,24 +43,6 @@ id=$(cat "$work/id")
 hex=${id#sha256:}
 
 port=$(free_port)
-start_origin() {
-    cat >"$work/lighttpd.conf" <<EOF
-server.document-root = "$work/www"
-server.bind = "127.0.0.1"
-server.port = $port
-server.modules = ("mod_accesslog")
-accesslog.filename = "$work/access.log"
-server.errorlog = "$work/lighttpd-error.log"
-EOF
-    /usr/sbin/lighttpd -D -f "$work/lighttpd.conf" &
-    origin_pid=$!
-    pids+=("$origin_pid")
-    for _ in $(seq 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
-        sleep 0.05
-    done
-    return 1
-}
 stop_origin() { kill "$origin_pid"; wait "$origin_pid" 2>/dev/null; }
 
 start_agent() {
@@ -83,7 +65,7 @@ json_field() { # json_field PYTHON-EXPR: evaluated on the image object as 'im'
         python3 -c "import json,sys; im=json.load(sys.stdin)['image']; print($1)"
 }
 
-check "the origin (lighttpd) starts on 127.0.0.1:$port" start_origin
+check "the origin (lighttpd) starts on 127.0.0.1:$port" start_origin "$work/www" "$port" "$work"
 check "spore-agent starts" start_agent
 check "the agent takes the image" \
     quiet ctl agent-image-add "$work/image.idx" "http://127.0.0.1:$port/image.raw"
@@ -111,7 +93,7 @@ cp "$work/image2.raw" "$work/www/image2.raw"
 printf 'corrupt' | dd of="$work/www/image2.raw" bs=1 seek=$((3 * 65536 + 100)) conv=notrunc status=none
 "$sporectl" image-index -o "$work/image2.idx" "$work/image2.raw" >"$work/id2" 2>/dev/null
 hex2=$(sed 's/^sha256://' "$work/id2")
-start_origin
+start_origin "$work/www" "$port" "$work"
 ctl agent-image-add "$work/image2.idx" "http://127.0.0.1:$port/image2.raw" >/dev/null
 uri2=$(ctl agent-image-serve "$hex2")
 out=$(qemu-io -r -f raw -c "read $((3 * 65536)) 4096" "$uri2" 2>&1)
@@ -138,7 +120,7 @@ took=$(($(date +%s) - start))
 check "... after the shim's timeout (${took}s, timeout 4s)" test "$took" -ge 3
 check "... and the shim says why, naming the chunk" \
     grep -q "chunk 6 .*unavailable" "$work/run/shims/${hex2:0:16}.log"
-start_origin
+start_origin "$work/www" "$port" "$work"
 check "once the origin is back the same read succeeds" \
     quiet qemu-io -r -f raw -c "read $((6 * 65536)) 4096" "$uri2"
 
