@@ -34,6 +34,7 @@
 #include "image-index.h"
 #include "local-source.h"
 #include "origin.h"
+#include "profile.h"
 #include "spore-error.h"
 
 #define CONTROL_LINE_MAX_BYTES (1024u * 1024)
@@ -275,6 +276,28 @@ agent_find_image(Agent *a, const char *name, GError **error)
 
 /* ---- shims ------------------------------------------------------------- */
 
+/*
+ * Queue the chunks earlier boots read first (their merged access profile),
+ * in that order, right behind demand misses.
+ */
+static void
+agent_image_prefetch_profile(AgentImage *im)
+{
+    g_autofree char *dir =
+        g_build_filename(chunk_cache_dir(im->cache), "profiles", NULL);
+    guint boots = 0;
+    g_autoptr(GArray) order =
+        profile_load_dir(dir, image_index_chunk_count(im->idx), &boots);
+
+    for (guint i = 0; i < order->len; i++)
+        fetch_engine_want(im->engine, g_array_index(order, guint64, i),
+                          FETCH_PRIORITY_PROFILE);
+    if (boots)
+        g_message("image %.12s: prefetching the %u chunks of %u recorded "
+                  "boots' profile",
+                  im->hex, order->len, boots);
+}
+
 /* Locked.  Start the image's nbdkit unless it runs. */
 static bool
 agent_image_serve(Agent *a, AgentImage *im, GError **error)
@@ -391,6 +414,7 @@ agent_image_serve(Agent *a, AgentImage *im, GError **error)
     im->shim_pid = pid;
     g_message("image %.12s: shim (nbdkit pid %d) serving on '%s'", im->hex,
               (int)pid, im->shim_socket);
+    agent_image_prefetch_profile(im);
     return true;
 }
 

@@ -85,6 +85,11 @@ check "a qcow2 overlay backed by the export equals the image" \
     qemu-img compare -q -f qcow2 -F raw "$work/clone.qcow2" "$work/image.raw"
 check "zero chunks show as holes in the export's map" \
     test -n "$(qemu-img map -f raw --output=json "$uri" | grep '"zero": true')"
+quiet ctl agent-image-unserve "$hex"
+uri=$(ctl agent-image-serve "$hex")
+check "a re-served image loads the access profile its first reads recorded" \
+    grep -q "image ${hex:0:12}: prefetching the [1-9][0-9]* chunks of 1 recorded boots' profile" "$work/agent.log"
+grep -o "prefetching the [0-9]* chunks of [0-9]* recorded boots' profile" "$work/agent.log" | sed 's/^/# /' 
 
 # --- a corrupt chunk at the origin; a fresh image id keeps the first cache
 stop_origin
