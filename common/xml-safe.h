@@ -66,8 +66,7 @@ guint xml_safe_attr_line(const XmlSafeDoc *doc, const xmlNode *node,
  * xml_doc_to_string: @doc serialized as indented UTF-8 XML ending in a
  * newline, owned by the caller (g_free).  @doc is not freed.
  */
-char *
-xml_doc_to_string(xmlDoc *doc);
+char *xml_doc_to_string(xmlDoc *doc);
 
 /*
  * xml_adapter_silence: stop libxml2 from printing errors on stderr in the

@@ -62,6 +62,21 @@ EOF
     return 1
 }
 
+# wait_until HALF_SECONDS COMMAND...: run COMMAND every 0.5 s until it
+# succeeds (return 0) or HALF_SECONDS tries have passed (return 1)
+wait_until() {
+    local tries=$1
+    shift
+    for _ in $(seq "$tries"); do
+        "$@" && return 0
+        sleep 0.5
+    done
+    return 1
+}
+
+# booted CONSOLE-LOG: the test guest's init has finished booting
+booted() { grep -qa 'spore-guest: boot complete' "$1" 2>/dev/null; }
+
 # finish: the TAP plan, and the exit status
 finish() {
     echo "1..$n"

@@ -104,12 +104,7 @@ for i in 0 1; do
     check "clone $i starts" quiet virsh -c qemu:///system start "$service-$i"
 done
 for i in 0 1; do
-    booted=no
-    for _ in $(seq 180); do
-        grep -qa 'spore-guest: boot complete' "$work/console-$i.log" 2>/dev/null && { booted=yes; break; }
-        sleep 0.5
-    done
-    check "clone $i boots" test "$booted" = yes
+    check "clone $i boots" wait_until 180 booted "$work/console-$i.log"
     check "clone $i prints its own hostname" \
         grep -qa "spore-guest: hostname=clone-$i" "$work/console-$i.log"
     check "clone $i prints its customized motd" \

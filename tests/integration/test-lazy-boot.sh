@@ -92,13 +92,7 @@ check "libvirt defines the domain" quiet virsh -c qemu:///system define "$work/$
 check "and starts it" quiet virsh -c qemu:///system start "$domain"
 
 booted=no
-for _ in $(seq 180); do
-    if grep -qa 'spore-guest: boot complete' "$work/console.log" 2>/dev/null; then
-        booted=yes
-        break
-    fi
-    sleep 0.5
-done
+wait_until 180 booted "$work/console.log" && booted=yes
 check "the guest boots to its init from the lazily fetched image" test "$booted" = yes
 check "its console shows the image's hostname" \
     grep -qa 'spore-guest: hostname=spore-guest' "$work/console.log"
@@ -131,30 +125,22 @@ quiet qemu-img create -f qcow2 -F raw -b "$uri2" "$work/clone2.qcow2"
 write_domain "$domain2" "$work/clone2.qcow2" "$work/console2.log" "$hex2"
 quiet virsh -c qemu:///system define "$work/$domain2.xml"
 check "with the origin down, a cold guest still starts" quiet virsh -c qemu:///system start "$domain2"
-paused=no
-for _ in $(seq 120); do
-    if virsh -c qemu:///system domstate --reason "$domain2" 2>/dev/null | grep -q 'paused (I/O error)'; then
-        paused=yes
-        break
-    fi
-    sleep 0.5
-done
-check "its first disk miss fails after the shim's timeout and pauses it (I/O error)" test "$paused" = yes
+paused_on_io_error() {
+    virsh -c qemu:///system domstate --reason "$domain2" 2>/dev/null | grep -q 'paused (I/O error)'
+}
+check "its first disk miss fails after the shim's timeout and pauses it (I/O error)" \
+    wait_until 120 paused_on_io_error
 check "the shim's log names the unavailable chunk" \
     grep -q "chunk [0-9]* .*unavailable" "$work/run/shims/${hex2:0:16}.log"
 check "the origin comes back" start_origin "$work/www" "$port" "$work"
 check "the guest resumes" quiet virsh -c qemu:///system resume "$domain2"
-booted2=no
-for _ in $(seq 180); do
-    if grep -qa 'spore-guest: boot complete' "$work/console2.log" 2>/dev/null; then
-        booted2=yes
-        break
-    fi
+booted_or_resume() {
+    booted "$work/console2.log" && return 0
     # a read that failed before the origin returned may pause it once more
     virsh -c qemu:///system domstate "$domain2" 2>/dev/null | grep -q paused &&
         quiet virsh -c qemu:///system resume "$domain2"
-    sleep 0.5
-done
-check "and finishes booting from the origin" test "$booted2" = yes
+    return 1
+}
+check "and finishes booting from the origin" wait_until 180 booted_or_resume
 
 finish

@@ -23,5 +23,4 @@ char *test_read_file(const char *path, gsize *ret_len);
 char *test_make_image(gsize size, bool sparse, guint32 seed);
 
 /* test_rm_rf: remove @path and everything below it, ignoring errors. */
-void
-test_rm_rf(const char *path);
+void test_rm_rf(const char *path);
