@@ -20,12 +20,14 @@
 #include <gio/gunixsocketaddress.h>
 #include <json-glib/json-glib.h>
 
+#include "clone-host.h"
 #include "customize.h"
 #include "domain-xml.h"
 #include "image-index.h"
 #include "manifest.h"
 #include "spore-config.h"
 #include "spore-error.h"
+#include "virt-detect.h"
 
 #define EXIT_USAGE 2
 
@@ -355,6 +357,22 @@ cmd_clone_prepare(const Command *cmd, const Globals *g, int argc, char **argv)
 
 /* ---- domain-xml -------------------------------------------------------- */
 
+/* parse_virt_type: kvm, qemu or xen; returns false on anything else */
+static bool
+parse_virt_type(const char *text, ManifestHypervisor *out)
+{
+    if (g_str_equal(text, "kvm"))
+        *out = MANIFEST_HYPERVISOR_KVM;
+    else if (g_str_equal(text, "qemu"))
+        *out = MANIFEST_HYPERVISOR_QEMU;
+    else if (g_str_equal(text, "xen"))
+        *out = MANIFEST_HYPERVISOR_XEN;
+    else
+        return false;
+    return true;
+}
+
+
 static int
 cmd_domain_xml(const Command *cmd, const Globals *g, int argc, char **argv)
 {
@@ -407,18 +425,10 @@ cmd_domain_xml(const Command *cmd, const Globals *g, int argc, char **argv)
     spec.overlay_path = overlay;
     spec.uuid = uuid;
     spec.virt = m->vm.hypervisor;
-    if (virt) {
-        if (g_str_equal(virt, "kvm"))
-            spec.virt = MANIFEST_HYPERVISOR_KVM;
-        else if (g_str_equal(virt, "qemu"))
-            spec.virt = MANIFEST_HYPERVISOR_QEMU;
-        else if (g_str_equal(virt, "xen"))
-            spec.virt = MANIFEST_HYPERVISOR_XEN;
-        else {
-            fprintf(stderr, "sporectl domain-xml: --virt-type is kvm, qemu "
-                            "or xen\n");
-            return EXIT_USAGE;
-        }
+    if (virt && !parse_virt_type(virt, &spec.virt)) {
+        fprintf(stderr, "sporectl domain-xml: --virt-type is kvm, qemu or "
+                        "xen\n");
+        return EXIT_USAGE;
     }
     if (!console) {
         g_autofree char *dir = g_path_get_dirname(overlay);
@@ -434,6 +444,230 @@ cmd_domain_xml(const Command *cmd, const Globals *g, int argc, char **argv)
     }
     fputs(xml, stdout);
     return fflush(stdout) == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
+
+/* ---- clone-create / clone-destroy -------------------------------------- */
+
+static void
+print_progress(const char *message, gpointer data)
+{
+    fprintf(stderr, "sporectl %s: %s\n", (const char *)data, message);
+}
+
+static const char *
+libvirt_uri(const char *given)
+{
+    const char *env = g_getenv("LIBVIRT_DEFAULT_URI");
+
+    return given ? given : env && *env ? env : CLONE_DEFAULT_URI;
+}
+
+static int
+cmd_clone_create(const Command *cmd, const Globals *g, int argc, char **argv)
+{
+    const char *image = NULL, *format = "raw", *image_id = NULL;
+    const char *generation = NULL, *host = NULL, *virt = NULL;
+    const char *uri = NULL, *pool = NULL, *pool_dir = NULL, *console = NULL;
+    bool no_start = false;
+    const CommandOption opts[] = {
+        {"image", 0, &image, NULL},
+        {"image-format", 0, &format, NULL},
+        {"image-id", 0, &image_id, NULL},
+        {"generation", 0, &generation, NULL},
+        {"host", 0, &host, NULL},
+        {"virt-type", 0, &virt, NULL},
+        {"libvirt", 0, &uri, NULL},
+        {"pool", 0, &pool, NULL},
+        {"pool-dir", 0, &pool_dir, NULL},
+        {"console-dir", 0, &console, NULL},
+        {"no-start", 0, NULL, &no_start},
+        {0},
+    };
+    int first = parse_command_flags(cmd, argc, argv, opts);
+    g_autoptr(GPtrArray) problems = manifest_problems_new();
+    g_autoptr(GError) err = NULL;
+    g_autoptr(Manifest) m = NULL;
+    g_autoptr(CloneHost) ch = NULL;
+    g_autofree char *backing = NULL;
+    g_autofree char *computed_id = NULL;
+    g_autofree guint *indexes = NULL;
+    g_autofree CloneCreateOutcome *outcomes = NULL;
+    CloneCreateRequest req = {0};
+    CloneHostConfig config = {.progress = print_progress,
+                              .progress_data = (gpointer) "clone-create"};
+    guint64 gen = 1;
+    guint n;
+
+    if (first == -2)
+        return EXIT_SUCCESS;
+    if (first < 0)
+        return EXIT_USAGE;
+    if (argc - first < 2 || !image ||
+        (!g_str_equal(format, "raw") && !g_str_equal(format, "qcow2")) ||
+        (generation && !g_ascii_string_to_unsigned(generation, 10, 0,
+                                                   G_MAXUINT64, &gen, NULL))) {
+        fprintf(stderr, "sporectl clone-create: give --image, MANIFEST and at "
+                        "least one INDEX (--image-format raw or qcow2)\n"
+                        "Try 'sporectl help clone-create'.\n");
+        return EXIT_USAGE;
+    }
+    if (strstr(image, "://") && !image_id) {
+        fprintf(stderr, "sporectl clone-create: a URL master (%s) needs "
+                        "--image-id (as printed by 'agent-image-list')\n",
+                image);
+        return EXIT_USAGE;
+    }
+    m = manifest_parse_file(argv[first], problems, &err);
+    if (!m) {
+        if (problems->len == 0)
+            fprintf(stderr, "sporectl clone-create: %s\n", err->message);
+        for (guint p = 0; p < problems->len; p++)
+            print_problem(argv[first], problems->pdata[p]);
+        return EXIT_FAILURE;
+    }
+    req.virt = m->vm.hypervisor;
+    if (virt && !parse_virt_type(virt, &req.virt)) {
+        fprintf(stderr, "sporectl clone-create: --virt-type is kvm, qemu or "
+                        "xen\n");
+        return EXIT_USAGE;
+    }
+    n = (guint)(argc - first - 1);
+    indexes = g_new0(guint, n);
+    outcomes = g_new0(CloneCreateOutcome, n);
+    for (guint i = 0; i < n; i++) {
+        guint64 index;
+
+        if (!g_ascii_string_to_unsigned(argv[first + 1 + i], 10, 0,
+                                        m->scaling.max - 1, &index, NULL)) {
+            fprintf(stderr,
+                    "sporectl clone-create: index '%s' is not below the "
+                    "service's max of %u\n",
+                    argv[first + 1 + i], m->scaling.max);
+            return EXIT_USAGE;
+        }
+        indexes[i] = (guint)index;
+    }
+    if (!virt && req.virt == MANIFEST_HYPERVISOR_KVM && !spore_kvm_works()) {
+        fprintf(stderr, "sporectl clone-create: KVM does not work on this "
+                        "host: the clones run as type qemu (TCG)\n");
+        req.virt = MANIFEST_HYPERVISOR_QEMU;
+    }
+    if (strstr(image, "://")) {
+        backing = g_strdup(image);
+    } else {
+        backing = g_canonicalize_filename(image, NULL);
+        if (!image_id) {
+            g_autoptr(ImageIndex) idx = image_index_build_file(
+                backing, IMAGE_INDEX_CHUNK_SHIFT_DEFAULT, 0, &err);
+
+            if (!idx) {
+                fprintf(stderr, "sporectl clone-create: %s\n", err->message);
+                return EXIT_FAILURE;
+            }
+            computed_id = g_strdup(image_index_id(idx));
+            image_id = computed_id;
+        }
+    }
+    config.uri = libvirt_uri(uri);
+    config.pool = pool;
+    config.pool_dir = pool_dir;
+    config.console_dir = console;
+    ch = clone_host_open(&config, &err);
+    if (!ch) {
+        fprintf(stderr, "sporectl clone-create: %s\n", err->message);
+        return EXIT_FAILURE;
+    }
+    req.manifest = m;
+    req.indexes = indexes;
+    req.n_indexes = n;
+    req.backing = backing;
+    req.backing_format = format;
+    req.image_id = image_id;
+    req.generation = gen;
+    req.host_name = host;
+    req.start = !no_start;
+    if (!clone_host_create(ch, &req, outcomes, &err)) {
+        fprintf(stderr, "sporectl clone-create: %s\n", err->message);
+        return EXIT_FAILURE;
+    }
+    for (guint i = 0; i < n; i++) {
+        g_autofree char *name = manifest_clone_name(m, indexes[i]);
+
+        if (g->json) {
+            g_autofree char *uuid =
+                clone_uuid(m, indexes[i], image_id, gen);
+            printf("{\"name\":\"%s\",\"uuid\":\"%s\",\"outcome\":\"%s\"}\n",
+                   name, uuid,
+                   outcomes[i] == CLONE_CREATED ? "created" : "existed");
+        } else {
+            printf("%s: %s\n", name,
+                   outcomes[i] == CLONE_EXISTED
+                       ? "exists, unchanged"
+                       : no_start ? "created" : "created and started");
+        }
+    }
+    return fflush(stdout) == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
+
+static int
+cmd_clone_destroy(const Command *cmd, const Globals *g, int argc, char **argv)
+{
+    const char *timeout = NULL, *uri = NULL, *pool = NULL, *pool_dir = NULL;
+    const CommandOption opts[] = {
+        {"timeout", 0, &timeout, NULL},
+        {"libvirt", 0, &uri, NULL},
+        {"pool", 0, &pool, NULL},
+        {"pool-dir", 0, &pool_dir, NULL},
+        {0},
+    };
+    int first = parse_command_flags(cmd, argc, argv, opts);
+    g_autoptr(CloneHost) ch = NULL;
+    g_autoptr(GError) err = NULL;
+    CloneHostConfig config = {.progress = print_progress,
+                              .progress_data = (gpointer) "clone-destroy"};
+    guint64 seconds = CLONE_DEFAULT_SHUTDOWN_SECONDS;
+    int status = EXIT_SUCCESS;
+    static const char *const said[] = {
+        [CLONE_ABSENT] = "absent",
+        [CLONE_WAS_STOPPED] = "undefined (was shut off), volume removed",
+        [CLONE_SHUT_DOWN] = "shut down, undefined, volume removed",
+        [CLONE_DESTROYED] = "did not shut down in time: powered off, "
+                            "undefined, volume removed",
+    };
+
+    if (first == -2)
+        return EXIT_SUCCESS;
+    if (first < 0)
+        return EXIT_USAGE;
+    if (argc - first < 1 ||
+        (timeout && !g_ascii_string_to_unsigned(timeout, 10, 0, 86400,
+                                                &seconds, NULL))) {
+        fprintf(stderr, "sporectl clone-destroy: give at least one NAME "
+                        "(--timeout 0 to 86400 seconds)\n"
+                        "Try 'sporectl help clone-destroy'.\n");
+        return EXIT_USAGE;
+    }
+    config.uri = libvirt_uri(uri);
+    config.pool = pool;
+    config.pool_dir = pool_dir;
+    ch = clone_host_open(&config, &err);
+    if (!ch) {
+        fprintf(stderr, "sporectl clone-destroy: %s\n", err->message);
+        return EXIT_FAILURE;
+    }
+    for (int i = first; i < argc; i++) {
+        CloneDestroyOutcome outcome;
+
+        g_clear_error(&err);
+        if (!clone_host_destroy(ch, argv[i], (guint)seconds, &outcome,
+                                &err)) {
+            fprintf(stderr, "sporectl clone-destroy: %s\n", err->message);
+            status = EXIT_FAILURE;
+            continue;
+        }
+        printf("%s: %s\n", argv[i], said[outcome]);
+    }
+    return fflush(stdout) == 0 ? status : EXIT_FAILURE;
 }
 
 /* ---- image-index ------------------------------------------------------- */
@@ -817,6 +1051,46 @@ static const Command commands[] = {
         "(image ID, manifest generation N).  --virt-type overrides the\n"
         "manifest's hypervisor (kvm, qemu or xen).  Offline.\n",
         cmd_domain_xml,
+    },
+    {
+        "clone-create",
+        "--image MASTER [--image-format raw|qcow2] [--image-id ID] "
+        "[--generation N] [--host NAME] [--virt-type T] [--libvirt URI] "
+        "[--pool NAME] [--pool-dir DIR] [--console-dir DIR] [--no-start] "
+        "MANIFEST INDEX...",
+        "Create clones of a service as libvirt domains on this host.",
+        "For each INDEX: a qcow2 overlay volume SERVICE-INDEX.qcow2 backed by\n"
+        "MASTER (an image file, or an nbd+unix:// URI from\n"
+        "'agent-image-serve', which then needs --image-id) in spore's 'dir'\n"
+        "storage pool (default 'spore' in /var/lib/spore/clones, created if\n"
+        "missing), customized as MANIFEST says (all clones in one libguestfs\n"
+        "appliance launch), then a persistent domain SERVICE-INDEX defined\n"
+        "and started (unless --no-start).  Manage them with virsh as any\n"
+        "domain.  The image id of a file MASTER is computed (image-index) when\n"
+        "not given.  The domain type is the manifest's, except that kvm runs\n"
+        "as qemu (TCG) where KVM does not work; --virt-type overrides it.\n"
+        "Serial consoles are logged to DIR/SERVICE-INDEX.log (--console-dir,\n"
+        "default /var/log/spore/console).  --libvirt defaults to\n"
+        "$LIBVIRT_DEFAULT_URI, else qemu:///system.\n"
+        "\n"
+        "Idempotent: a clone's UUID is derived from the manifest, INDEX, the\n"
+        "image id and the generation N (default 1).  A clone that exists with\n"
+        "that UUID is left as it is; a domain of that name with another UUID\n"
+        "is an error and is not changed.  A failed create leaves no domain\n"
+        "and no volume behind; run it again.\n",
+        cmd_clone_create,
+    },
+    {
+        "clone-destroy",
+        "[--timeout SECONDS] [--libvirt URI] [--pool NAME] NAME...",
+        "Shut down, undefine and remove clones.",
+        "For each clone NAME (a domain with spore's metadata; others are\n"
+        "refused): an ACPI shutdown, a power-off if it is still running\n"
+        "after SECONDS (default 60; 0: power off at once; a paused clone is\n"
+        "powered off), then undefine, then its overlay volume is removed from\n"
+        "spore's pool.  A clone that does not exist is reported 'absent' and\n"
+        "is not an error.\n",
+        cmd_clone_destroy,
     },
     {
         "image-index",

@@ -77,6 +77,13 @@ wait_until() {
 # booted CONSOLE-LOG: the test guest's init has finished booting
 booted() { grep -qa 'spore-guest: boot complete' "$1" 2>/dev/null; }
 
+# remove_pool NAME: stop and undefine a libvirt storage pool a test made
+# (its directory is the test's to remove)
+remove_pool() {
+    virsh -q -c qemu:///system pool-destroy "$1" >/dev/null 2>&1
+    virsh -q -c qemu:///system pool-undefine "$1" >/dev/null 2>&1
+}
+
 # finish: the TAP plan, and the exit status
 finish() {
     echo "1..$n"

@@ -1,14 +1,18 @@
 #!/bin/bash
-# test-clones.sh SPORECTL: two clones of one master, customized in one
-# libguestfs launch (sporectl clone-prepare), defined from spore's domain XML
-# (sporectl domain-xml) and booted under libvirtd + QEMU: each prints its own
-# hostname, its customized file and its first-boot command's output on its
-# console.  The master is never written.  TAP output.
+# test-clones.sh SPORECTL: two clones of one master made by `sporectl
+# clone-create` (overlay volumes in a dir pool of the test's own, customized
+# in one libguestfs launch, defined as libvirt domains), started with virsh
+# and booted under libvirtd + QEMU: each prints its own hostname, its
+# customized file and its first-boot command's output on its console.  Then
+# idempotency (same UUID: no-op; another: error) and clone-destroy (graceful
+# ACPI shutdown, power-off, volumes removed).  The master is never written.
+# TAP output.
 set -u
 . "$(dirname "$0")/lib.sh"
 sporectl=$1
 src=$(cd "$(dirname "$0")/../.." && pwd)
 service=spore-test-clones
+pool=spore-test-clones
 work=""
 libvirt_state=""
 
@@ -17,6 +21,7 @@ cleanup() {
         virsh -q -c qemu:///system destroy "$service-$i" >/dev/null 2>&1
         virsh -q -c qemu:///system undefine "$service-$i" >/dev/null 2>&1
     done
+    remove_pool "$pool"
     [ "$libvirt_state" = started ] && "$src/scripts/libvirt-down"
     [ -n "$work" ] && rm -rf "$work"
 }
@@ -63,22 +68,29 @@ cat >"$work/service.xml" <<EOF
   <scaling min="1" max="4" initial="2"/>
 </service>
 EOF
-"$sporectl" image-index -o "$work/disk.idx" "$guest/disk.raw" >"$work/id" 2>/dev/null
 check "the manifest is valid" quiet "$sporectl" validate "$work/service.xml"
 
+lv() { virsh -q -c qemu:///system "$@"; }
+pool_opts=(--pool "$pool" --pool-dir "$work/pool" --console-dir "$work/console")
 start=$(date +%s)
-check "two overlays are created and customized in one appliance launch" \
-    quiet "$sporectl" clone-prepare --image "$guest/disk.raw" --dir "$work" \
-    --host host-a "$work/service.xml" 0 1
-echo "# clone-prepare of 2 clones took $(($(date +%s) - start)) s"
+check "clone-create makes two clones, customized in one appliance launch" \
+    quiet "$sporectl" clone-create --image "$guest/disk.raw" --host host-a \
+    --no-start "${pool_opts[@]}" "$work/service.xml" 0 1
+echo "# clone-create of 2 clones took $(($(date +%s) - start)) s"
 check "the master's inspected layout is cached" \
     test "$(ls "$work/inspect" | wc -l)" -eq 1
+check "spore's dir pool was created, with autostart" \
+    grep -q "^Autostart: *yes" <(virsh -c qemu:///system pool-info "$pool")
+check "virsh vol-list shows both overlays" \
+    test "$(lv vol-list "$pool" | awk '{print $1}' | sort | tr '\n' ' ')" = "$service-0.qcow2 $service-1.qcow2 "
 check "each overlay records its backing file and format" \
-    test "$(qemu-img info --output=json "$work/$service-0.qcow2" |
+    test "$(qemu-img info --output=json "$work/pool/$service-0.qcow2" |
         python3 -c 'import json,sys; i=json.load(sys.stdin); print(i["backing-filename"], i["backing-filename-format"])')" = "$guest/disk.raw raw"
+check "virsh list --all shows both clones, shut off (--no-start)" \
+    test "$(lv list --all --name | sort | tr '\n' ' ')" = "$service-0 $service-1 "
 
 # what cannot be seen on a console: modes and owners inside the clone
-out=$(guestfish --ro -a "$work/$service-0.qcow2" -i <<'EOF' 2>&1
+out=$(guestfish --ro -a "$work/pool/$service-0.qcow2" -i <<'EOF' 2>&1
 stat /root/.ssh
 stat /root/.ssh/authorized_keys
 cat /root/.ssh/authorized_keys
@@ -96,26 +108,62 @@ check "a file whose path has XML metacharacters gets its expanded content" \
 check "the clone's machine-id is emptied (filesize, the last command)" \
     test "$(tail -n 1 <<<"$out")" = 0
 
+# the virsh workflow of the README: the clones are ordinary domains
 for i in 0 1; do
-    "$sporectl" domain-xml --image "$(cat "$work/id")" \
-        --overlay "$work/$service-$i.qcow2" --console-log "$work/console-$i.log" \
-        "$work/service.xml" "$i" >"$work/domain-$i.xml"
-    check "clone $i is defined" quiet virsh -c qemu:///system define "$work/domain-$i.xml"
-    check "clone $i starts" quiet virsh -c qemu:///system start "$service-$i"
+    check "virsh start clone $i" quiet lv start "$service-$i"
 done
 for i in 0 1; do
-    check "clone $i boots" wait_until 180 booted "$work/console-$i.log"
+    console=$work/console/$service-$i.log
+    check "clone $i boots" wait_until 180 booted "$console"
     check "clone $i prints its own hostname" \
-        grep -qa "spore-guest: hostname=clone-$i" "$work/console-$i.log"
+        grep -qa "spore-guest: hostname=clone-$i" "$console"
     check "clone $i prints its customized motd" \
-        grep -qa "spore-guest: motd: Welcome to clone-$i, clone $i of $service on host-a" "$work/console-$i.log"
+        grep -qa "spore-guest: motd: Welcome to clone-$i, clone $i of $service on host-a" "$console"
     check "clone $i runs its first-boot command" \
-        grep -qa "spore-guest: firstboot output: first boot of clone-$i" "$work/console-$i.log"
+        grep -qa "spore-guest: firstboot output: first boot of clone-$i" "$console"
 done
 check "virsh dumpxml shows spore's metadata" \
     grep -q "<spore:clone .*service=\"$service\" index=\"1\"" \
-    <(virsh -c qemu:///system dumpxml "$service-1")
+    <(lv dumpxml "$service-1")
 check "the master image was never written" \
     test "$(sha256sum <"$guest/disk.raw" | cut -c1-64)" = "$master_sum"
+
+# idempotency, keyed by name and UUID
+uuid0=$(lv domuuid "$service-0")
+check "creating an existing, matching clone again changes nothing" \
+    test "$("$sporectl" clone-create --image "$guest/disk.raw" --host host-a \
+        "${pool_opts[@]}" "$work/service.xml" 0 2>/dev/null)" = "$service-0: exists, unchanged"
+check "its UUID is derived from what made it (--json)" \
+    grep -q "\"uuid\":\"$uuid0\",\"outcome\":\"existed\"" \
+    <("$sporectl" --json clone-create --image "$guest/disk.raw" --host host-a \
+        "${pool_opts[@]}" "$work/service.xml" 0 2>/dev/null)
+check "it kept running, with the same UUID" \
+    test "$(lv domstate "$service-0")/$(lv domuuid "$service-0")" = "running/$uuid0"
+err=$("$sporectl" clone-create --generation 2 --image "$guest/disk.raw" \
+    "${pool_opts[@]}" "$work/service.xml" 0 2>&1 >/dev/null)
+status=$?
+check "a clone that exists but differs (another generation) is an error" \
+    test "$status" = 1
+check "which says so" grep -q "exists with UUID $uuid0.*different version" <<<"$err"
+check "and it was not touched" \
+    test "$(lv domstate "$service-0")/$(lv domuuid "$service-0")" = "running/$uuid0"
+
+# graceful shutdown: the guest's acpid powers it off on the ACPI button
+check "clone-destroy shuts clone 0 down gracefully, undefines it and removes its volume" \
+    test "$("$sporectl" clone-destroy --timeout 120 "${pool_opts[@]:0:4}" "$service-0" 2>/dev/null)" = \
+    "$service-0: shut down, undefined, volume removed"
+check "the guest saw the power button" \
+    grep -qa "spore-guest: power button" "$work/console/$service-0.log"
+check "clone 0 is gone from virsh list --all" \
+    test "$(lv list --all --name | tr '\n' ' ')" = "$service-1 "
+check "and its volume from virsh vol-list" \
+    test "$(lv vol-list "$pool" | awk '{print $1}' | tr '\n' ' ')" = "$service-1.qcow2 "
+check "destroying it again reports it absent, successfully" \
+    test "$("$sporectl" clone-destroy "${pool_opts[@]:0:4}" "$service-0" 2>/dev/null)" = "$service-0: absent"
+check "with --timeout 0 clone 1 is powered off at once" \
+    grep -q "powered off, undefined, volume removed" \
+    <("$sporectl" clone-destroy --timeout 0 "${pool_opts[@]:0:4}" "$service-1" 2>/dev/null)
+check "no clone and no volume is left" \
+    test -z "$(lv list --all --name)$(lv vol-list "$pool")"
 
 finish

@@ -1,0 +1,701 @@
+/*
+ * clone-host.c: clones as libvirt domains (see clone-host.h).
+ *
+ * libvirt's own error printing is silenced; every failing call is turned
+ * into a GError that says what spore was doing, with libvirt's message.
+ * When the connection is found dead at the start of an operation it is
+ * reopened, so a long-lived caller (the agent) recovers by itself.
+ */
+#include "clone-host.h"
+
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+#include <libvirt/libvirt.h>
+#include <libvirt/virterror.h>
+#include <libxml/tree.h>
+#include <libxml/xpath.h>
+
+#include "customize.h"
+#include "domain-xml.h"
+#include "hash.h"
+#include "spore-error.h"
+#include "xml-safe.h"
+
+struct CloneHost {
+    char *uri;
+    char *pool_name;
+    char *pool_dir_wanted;
+    char *pool_dir; /* the pool's actual target path */
+    char *console_dir;
+    CloneProgressFunc progress;
+    gpointer progress_data;
+    virConnectPtr conn;
+};
+
+static void
+ignore_libvirt_error(void *data, virErrorPtr err)
+{
+    (void)data;
+    (void)err;
+}
+
+static gpointer
+silence_libvirt_once(gpointer data)
+{
+    (void)data;
+    virSetErrorFunc(NULL, ignore_libvirt_error);
+    return NULL;
+}
+
+static void G_GNUC_PRINTF(2, 3)
+progress(const CloneHost *host, const char *format, ...)
+{
+    va_list ap;
+    g_autofree char *msg = NULL;
+
+    if (!host->progress)
+        return;
+    va_start(ap, format);
+    msg = g_strdup_vprintf(format, ap);
+    va_end(ap);
+    host->progress(msg, host->progress_data);
+}
+
+/*
+ * lv_error: set @error for a failed libvirt call made while doing @what;
+ * a dead connection is reported as such (SPORE_ERROR_UNAVAILABLE).
+ * Returns false, for `return lv_error(...)`.
+ */
+static bool G_GNUC_PRINTF(3, 4)
+lv_error(CloneHost *host, GError **error, const char *format, ...)
+{
+    va_list ap;
+    g_autofree char *what = NULL;
+    g_autofree char *msg = g_strdup(virGetLastErrorMessage());
+
+    va_start(ap, format);
+    what = g_strdup_vprintf(format, ap);
+    va_end(ap);
+    if (!host->conn || virConnectIsAlive(host->conn) != 1)
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_UNAVAILABLE,
+                    "lost the connection to libvirt (%s) while %s: %s; "
+                    "run the command again once libvirtd is back",
+                    host->uri, what, msg);
+    else
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_FAILED, "%s: %s", what,
+                    msg);
+    return false;
+}
+
+static bool
+ensure_connected(CloneHost *host, GError **error)
+{
+    if (host->conn && virConnectIsAlive(host->conn) == 1)
+        return true;
+    if (host->conn) {
+        virConnectClose(host->conn);
+        host->conn = NULL;
+    }
+    host->conn = virConnectOpen(host->uri);
+    if (!host->conn) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_UNAVAILABLE,
+                    "cannot connect to libvirt at %s: %s (is libvirtd "
+                    "running?)",
+                    host->uri, virGetLastErrorMessage());
+        return false;
+    }
+    return true;
+}
+
+/* ---- the storage pool ------------------------------------------------- */
+
+static char *
+pool_xml(const char *name, const char *dir)
+{
+    xmlDoc *doc = xmlNewDoc(BAD_CAST "1.0");
+    xmlNode *pool = xmlNewNode(NULL, BAD_CAST "pool");
+    xmlNode *target, *perms;
+    char *out;
+
+    xmlDocSetRootElement(doc, pool);
+    xmlNewProp(pool, BAD_CAST "type", BAD_CAST "dir");
+    xmlNewTextChild(pool, NULL, BAD_CAST "name", BAD_CAST name);
+    target = xmlNewChild(pool, NULL, BAD_CAST "target", NULL);
+    xmlNewTextChild(target, NULL, BAD_CAST "path", BAD_CAST dir);
+    /* QEMU runs unprivileged: it must be able to reach its overlay */
+    perms = xmlNewChild(target, NULL, BAD_CAST "permissions", NULL);
+    xmlNewTextChild(perms, NULL, BAD_CAST "mode", BAD_CAST "0711");
+    out = xml_doc_to_string(doc);
+    xmlFreeDoc(doc);
+    return out;
+}
+
+/* xpath_string: the string value of @expr in the XML @text, or NULL */
+static char *
+xpath_string(const char *text, const char *expr)
+{
+    xmlDoc *doc = xmlReadMemory(text, (int)strlen(text), NULL, NULL,
+                                XML_PARSE_NONET);
+    xmlXPathContext *ctx;
+    xmlXPathObject *obj;
+    char *out = NULL;
+
+    if (!doc)
+        return NULL;
+    ctx = xmlXPathNewContext(doc);
+    obj = ctx ? xmlXPathEvalExpression(BAD_CAST expr, ctx) : NULL;
+    if (obj && obj->type == XPATH_STRING && obj->stringval &&
+        obj->stringval[0])
+        out = g_strdup((const char *)obj->stringval);
+    xmlXPathFreeObject(obj);
+    xmlXPathFreeContext(ctx);
+    xmlFreeDoc(doc);
+    return out;
+}
+
+static bool
+ensure_pool(CloneHost *host, GError **error)
+{
+    virStoragePoolPtr pool;
+    g_autofree char *desc = NULL;
+    g_autofree char *type = NULL;
+    int active;
+
+    pool = virStoragePoolLookupByName(host->conn, host->pool_name);
+    if (!pool && virGetLastErrorCode() != VIR_ERR_NO_STORAGE_POOL)
+        return lv_error(host, error, "looking up storage pool '%s'",
+                        host->pool_name);
+    if (!pool) {
+        g_autofree char *xml = pool_xml(host->pool_name, host->pool_dir_wanted);
+
+        progress(host, "defining storage pool '%s' in %s", host->pool_name,
+                 host->pool_dir_wanted);
+        pool = virStoragePoolDefineXML(host->conn, xml, 0);
+        if (!pool) /* defined meanwhile by someone else? */
+            pool = virStoragePoolLookupByName(host->conn, host->pool_name);
+        if (!pool)
+            return lv_error(host, error, "defining storage pool '%s' in %s",
+                            host->pool_name, host->pool_dir_wanted);
+        if (virStoragePoolBuild(pool, 0) < 0 ||
+            virStoragePoolSetAutostart(pool, 1) < 0) {
+            lv_error(host, error, "building storage pool '%s' in %s",
+                     host->pool_name, host->pool_dir_wanted);
+            virStoragePoolFree(pool);
+            return false;
+        }
+    }
+    active = virStoragePoolIsActive(pool);
+    if (active == 0 && virStoragePoolCreate(pool, 0) < 0)
+        active = -1;
+    if (active < 0) {
+        lv_error(host, error, "starting storage pool '%s'", host->pool_name);
+        virStoragePoolFree(pool);
+        return false;
+    }
+    desc = virStoragePoolGetXMLDesc(pool, 0);
+    virStoragePoolFree(pool);
+    if (!desc)
+        return lv_error(host, error, "reading storage pool '%s'",
+                        host->pool_name);
+    type = xpath_string(desc, "string(/pool/@type)");
+    g_free(host->pool_dir);
+    host->pool_dir = xpath_string(desc, "string(/pool/target/path)");
+    if (!type || !g_str_equal(type, "dir") || !host->pool_dir ||
+        !g_path_is_absolute(host->pool_dir)) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_CONFLICT,
+                    "storage pool '%s' exists but is not a 'dir' pool with "
+                    "an absolute path (type '%s'); choose another pool name",
+                    host->pool_name, type ? type : "?");
+        return false;
+    }
+    return true;
+}
+
+static bool
+refresh_pool(CloneHost *host, GError **error)
+{
+    virStoragePoolPtr pool =
+        virStoragePoolLookupByName(host->conn, host->pool_name);
+    bool ok = pool && virStoragePoolRefresh(pool, 0) == 0;
+
+    if (!ok)
+        lv_error(host, error, "refreshing storage pool '%s'", host->pool_name);
+    if (pool)
+        virStoragePoolFree(pool);
+    return ok;
+}
+
+CloneHost *
+clone_host_open(const CloneHostConfig *config, GError **error)
+{
+    static GOnce silence = G_ONCE_INIT;
+    g_autoptr(CloneHost) host = g_new0(CloneHost, 1);
+
+    g_once(&silence, silence_libvirt_once, NULL);
+    host->uri = g_strdup(config && config->uri ? config->uri
+                                               : CLONE_DEFAULT_URI);
+    host->pool_name = g_strdup(config && config->pool ? config->pool
+                                                      : CLONE_DEFAULT_POOL);
+    host->pool_dir_wanted =
+        g_canonicalize_filename(config && config->pool_dir
+                                    ? config->pool_dir
+                                    : CLONE_DEFAULT_POOL_DIR,
+                                NULL);
+    host->console_dir =
+        g_canonicalize_filename(config && config->console_dir
+                                    ? config->console_dir
+                                    : CLONE_DEFAULT_CONSOLE_DIR,
+                                NULL);
+    if (config) {
+        host->progress = config->progress;
+        host->progress_data = config->progress_data;
+    }
+    if (!ensure_connected(host, error) || !ensure_pool(host, error))
+        return NULL;
+    if (g_mkdir_with_parents(host->console_dir, 0755) < 0) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_IO,
+                    "cannot create console log directory %s: %s",
+                    host->console_dir, g_strerror(errno));
+        return NULL;
+    }
+    return g_steal_pointer(&host);
+}
+
+void
+clone_host_free(CloneHost *host)
+{
+    if (!host)
+        return;
+    if (host->conn)
+        virConnectClose(host->conn);
+    g_free(host->uri);
+    g_free(host->pool_name);
+    g_free(host->pool_dir_wanted);
+    g_free(host->pool_dir);
+    g_free(host->console_dir);
+    g_free(host);
+}
+
+const char *
+clone_host_pool_dir(const CloneHost *host)
+{
+    return host->pool_dir;
+}
+
+/* ---- identity --------------------------------------------------------- */
+
+char *
+clone_uuid(const Manifest *manifest, guint index, const char *image_id,
+           guint64 generation)
+{
+    g_autofree char *canonical = manifest_format(manifest);
+    g_autoptr(GString) key = g_string_new("spore-clone-uuid-1\n");
+    guint8 d[SPORE_SHA256_BYTES];
+
+    g_string_append_printf(key, "%u\n%s\n%" G_GUINT64_FORMAT "\n", index,
+                           image_id, generation);
+    g_string_append(key, canonical);
+    spore_sha256(key->str, key->len, d);
+    d[6] = (guint8)((d[6] & 0x0f) | 0x80); /* version 8 */
+    d[8] = (guint8)((d[8] & 0x3f) | 0x80); /* RFC 9562 variant */
+    return g_strdup_printf("%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-"
+                           "%02x%02x%02x%02x%02x%02x",
+                           d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7],
+                           d[8], d[9], d[10], d[11], d[12], d[13], d[14],
+                           d[15]);
+}
+
+static bool
+is_spore_clone(virDomainPtr dom)
+{
+    char *meta = virDomainGetMetadata(dom, VIR_DOMAIN_METADATA_ELEMENT,
+                                      CLONE_METADATA_NAMESPACE, 0);
+    bool yes = meta != NULL;
+
+    free(meta);
+    return yes;
+}
+
+/* ---- create ----------------------------------------------------------- */
+
+typedef struct {
+    guint index;
+    char *name;
+    char *uuid;
+    char *overlay;
+    char *console;
+    bool pending; /* overlay made here, domain not yet defined */
+} CreateItem;
+
+static void
+create_item_clear(gpointer p)
+{
+    CreateItem *it = p;
+
+    g_free(it->name);
+    g_free(it->uuid);
+    g_free(it->overlay);
+    g_free(it->console);
+}
+
+/*
+ * check_existing: look for a domain named like @it or with its UUID.
+ * Returns 1 when the clone exists and matches, 0 when it does not exist,
+ * -1 with @error on a conflict or a libvirt failure.
+ */
+static int
+check_existing(CloneHost *host, const CreateItem *it, GError **error)
+{
+    virDomainPtr dom = virDomainLookupByName(host->conn, it->name);
+    char uuid[VIR_UUID_STRING_BUFLEN];
+
+    if (dom) {
+        bool spore = is_spore_clone(dom);
+        int got = virDomainGetUUIDString(dom, uuid);
+
+        virDomainFree(dom);
+        if (got < 0) {
+            lv_error(host, error, "reading the UUID of domain '%s'",
+                     it->name);
+            return -1;
+        }
+        if (g_ascii_strcasecmp(uuid, it->uuid) == 0)
+            return 1;
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_CONFLICT,
+                    "domain '%s' exists with UUID %s, but this manifest, "
+                    "index, image and generation make UUID %s: %s; it was "
+                    "not changed (sporectl clone-destroy %s, then create "
+                    "it again, to replace it)",
+                    it->name, uuid, it->uuid,
+                    spore ? "it is a different version of the clone"
+                          : "it is not a spore clone",
+                    it->name);
+        return -1;
+    }
+    if (virGetLastErrorCode() != VIR_ERR_NO_DOMAIN) {
+        lv_error(host, error, "looking up domain '%s'", it->name);
+        return -1;
+    }
+    dom = virDomainLookupByUUIDString(host->conn, it->uuid);
+    if (dom) {
+        const char *other = virDomainGetName(dom);
+
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_CONFLICT,
+                    "domain '%s' already has clone %s's UUID %s; it was not "
+                    "changed",
+                    other ? other : "?", it->name, it->uuid);
+        virDomainFree(dom);
+        return -1;
+    }
+    if (virGetLastErrorCode() != VIR_ERR_NO_DOMAIN) {
+        lv_error(host, error, "looking up UUID %s", it->uuid);
+        return -1;
+    }
+    return 0;
+}
+
+/* discard_overlays: remove the overlays of items still pending */
+static void
+discard_overlays(CloneHost *host, GArray *items)
+{
+    bool removed = false;
+
+    for (guint i = 0; i < items->len; i++) {
+        CreateItem *it = &g_array_index(items, CreateItem, i);
+
+        if (it->pending && unlink(it->overlay) == 0)
+            removed = true;
+        it->pending = false;
+    }
+    if (removed && host->conn && virConnectIsAlive(host->conn) == 1) {
+        virStoragePoolPtr pool =
+            virStoragePoolLookupByName(host->conn, host->pool_name);
+        if (pool) {
+            virStoragePoolRefresh(pool, 0);
+            virStoragePoolFree(pool);
+        }
+    }
+}
+
+static bool
+define_and_start(CloneHost *host, const CloneCreateRequest *req,
+                 CreateItem *it, GError **error)
+{
+    CloneDomainSpec spec = {
+        .manifest = req->manifest,
+        .index = it->index,
+        .image_id = req->image_id,
+        .generation = req->generation,
+        .overlay_path = it->overlay,
+        .console_log = it->console,
+        .uuid = it->uuid,
+        .virt = req->virt,
+    };
+    g_autofree char *xml = clone_domain_xml(&spec, error);
+    virDomainPtr dom;
+
+    if (!xml)
+        return false;
+    dom = virDomainDefineXMLFlags(host->conn, xml,
+                                  VIR_DOMAIN_DEFINE_VALIDATE);
+    if (!dom)
+        return lv_error(host, error, "defining domain '%s'", it->name);
+    it->pending = false; /* the overlay belongs to the domain now */
+    if (req->start) {
+        progress(host, "starting %s", it->name);
+        if (virDomainCreate(dom) < 0) {
+            lv_error(host, error, "starting domain '%s'", it->name);
+            /* not half-made: undefine it again, the caller removes the
+             * overlay, and a retry starts from scratch */
+            if (virDomainUndefineFlags(dom, 0) == 0)
+                it->pending = true;
+            virDomainFree(dom);
+            return false;
+        }
+    }
+    virDomainFree(dom);
+    return true;
+}
+
+bool
+clone_host_create(CloneHost *host, const CloneCreateRequest *req,
+                  CloneCreateOutcome *outcomes, GError **error)
+{
+    g_autoptr(GArray) items = g_array_new(FALSE, TRUE, sizeof(CreateItem));
+    g_autoptr(GArray) jobs =
+        g_array_new(FALSE, TRUE, sizeof(CloneCustomizeJob));
+    const char *host_name = req->host_name ? req->host_name
+                                           : g_get_host_name();
+
+    g_array_set_clear_func(items, create_item_clear);
+    if (!req->image_id || !req->backing || !req->backing_format) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_USAGE,
+                    "a clone needs a master image, its format and its id");
+        return false;
+    }
+    if (!ensure_connected(host, error) || !ensure_pool(host, error))
+        return false;
+    for (gsize i = 0; i < req->n_indexes; i++) {
+        CreateItem it = {.index = req->indexes[i]};
+        int exists;
+
+        if (it.index >= req->manifest->scaling.max) {
+            g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
+                        "clone index %u is not below service '%s''s max of "
+                        "%u",
+                        it.index, req->manifest->name,
+                        req->manifest->scaling.max);
+            return false;
+        }
+        it.name = manifest_clone_name(req->manifest, it.index);
+        it.uuid = clone_uuid(req->manifest, it.index, req->image_id,
+                             req->generation);
+        it.overlay = g_strdup_printf("%s/%s.qcow2", host->pool_dir, it.name);
+        it.console = g_strdup_printf("%s/%s.log", host->console_dir, it.name);
+        exists = check_existing(host, &it, error);
+        if (exists < 0) {
+            create_item_clear(&it);
+            return false;
+        }
+        if (outcomes)
+            outcomes[i] = exists ? CLONE_EXISTED : CLONE_CREATED;
+        if (exists) {
+            progress(host, "%s exists (UUID %s): unchanged", it.name,
+                     it.uuid);
+            create_item_clear(&it);
+            continue;
+        }
+        g_array_append_val(items, it);
+    }
+    if (items->len == 0)
+        return true;
+
+    /* overlays: a file left by an interrupted create (no domain uses it,
+     * checked above) is replaced */
+    for (guint i = 0; i < items->len; i++) {
+        CreateItem *it = &g_array_index(items, CreateItem, i);
+        CloneCustomizeJob job = {
+            .manifest = req->manifest,
+            .index = it->index,
+            .host = host_name,
+            .overlay = it->overlay,
+            .image_key = req->image_id,
+        };
+
+        if (unlink(it->overlay) == 0)
+            progress(host, "removed %s, left by an interrupted create",
+                     it->overlay);
+        if (!clone_overlay_create(it->overlay, req->backing,
+                                  req->backing_format, error)) {
+            discard_overlays(host, items);
+            return false;
+        }
+        it->pending = true;
+        g_array_append_val(jobs, job);
+    }
+    progress(host, "customizing %u clone%s of %s in one appliance launch",
+             items->len, items->len == 1 ? "" : "s", req->manifest->name);
+    if (!clone_customize_batch((CloneCustomizeJob *)jobs->data, jobs->len,
+                               error)) {
+        discard_overlays(host, items);
+        return false;
+    }
+    if (!ensure_connected(host, error) || !refresh_pool(host, error)) {
+        discard_overlays(host, items);
+        return false;
+    }
+    for (guint i = 0; i < items->len; i++) {
+        CreateItem *it = &g_array_index(items, CreateItem, i);
+
+        unlink(it->console); /* a fresh console log per clone */
+        progress(host, "defining %s (UUID %s)", it->name, it->uuid);
+        if (!define_and_start(host, req, it, error)) {
+            discard_overlays(host, items);
+            return false;
+        }
+    }
+    return true;
+}
+
+/* ---- destroy ---------------------------------------------------------- */
+
+static bool
+wait_shutoff(virDomainPtr dom, guint timeout_seconds)
+{
+    gint64 deadline = g_get_monotonic_time() +
+                      (gint64)timeout_seconds * G_USEC_PER_SEC;
+
+    for (;;) {
+        int state, reason;
+
+        if (virDomainGetState(dom, &state, &reason, 0) < 0)
+            return false;
+        if (state == VIR_DOMAIN_SHUTOFF)
+            return true;
+        if (g_get_monotonic_time() >= deadline)
+            return false;
+        g_usleep(200 * 1000);
+    }
+}
+
+/* remove_volume: delete the volume at @path if it is in spore's pool */
+static bool
+remove_volume(CloneHost *host, const char *path, GError **error)
+{
+    virStorageVolPtr vol;
+    virStoragePoolPtr pool;
+    const char *pool_name;
+    bool ours;
+
+    if (!refresh_pool(host, error))
+        return false;
+    vol = virStorageVolLookupByPath(host->conn, path);
+    if (!vol) {
+        if (virGetLastErrorCode() == VIR_ERR_NO_STORAGE_VOL)
+            return true; /* gone already */
+        return lv_error(host, error, "looking up volume %s", path);
+    }
+    pool = virStoragePoolLookupByVolume(vol);
+    pool_name = pool ? virStoragePoolGetName(pool) : NULL;
+    ours = pool_name && g_str_equal(pool_name, host->pool_name);
+    if (pool)
+        virStoragePoolFree(pool);
+    if (ours) {
+        progress(host, "removing volume %s", path);
+        if (virStorageVolDelete(vol, 0) < 0) {
+            virStorageVolFree(vol);
+            return lv_error(host, error, "removing volume %s", path);
+        }
+    } else {
+        progress(host, "%s is not in pool '%s': left in place", path,
+                 host->pool_name);
+    }
+    virStorageVolFree(vol);
+    return true;
+}
+
+bool
+clone_host_destroy(CloneHost *host, const char *name, guint timeout_seconds,
+                   CloneDestroyOutcome *outcome, GError **error)
+{
+    virDomainPtr dom;
+    g_autofree char *desc = NULL;
+    g_autofree char *disk = NULL;
+    CloneDestroyOutcome result = CLONE_WAS_STOPPED;
+    int active;
+
+    if (!ensure_connected(host, error) || !ensure_pool(host, error))
+        return false;
+    dom = virDomainLookupByName(host->conn, name);
+    if (!dom) {
+        g_autofree char *leftover = NULL;
+
+        if (virGetLastErrorCode() != VIR_ERR_NO_DOMAIN)
+            return lv_error(host, error, "looking up domain '%s'", name);
+        /* an overlay left by an interrupted create or destroy */
+        leftover = g_strdup_printf("%s/%s.qcow2", host->pool_dir, name);
+        if (g_file_test(leftover, G_FILE_TEST_EXISTS) &&
+            !remove_volume(host, leftover, error))
+            return false;
+        if (outcome)
+            *outcome = CLONE_ABSENT;
+        return true;
+    }
+    if (!is_spore_clone(dom)) {
+        virDomainFree(dom);
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_CONFLICT,
+                    "domain '%s' is not a spore clone (no <spore:clone> "
+                    "metadata): left alone",
+                    name);
+        return false;
+    }
+    desc = virDomainGetXMLDesc(dom, VIR_DOMAIN_XML_INACTIVE);
+    if (!desc) {
+        virDomainFree(dom);
+        return lv_error(host, error, "reading domain '%s'", name);
+    }
+    disk = xpath_string(desc, "string(/domain/devices/disk[@device='disk']"
+                              "[1]/source/@file)");
+    active = virDomainIsActive(dom);
+    if (active < 0) {
+        virDomainFree(dom);
+        return lv_error(host, error, "reading the state of '%s'", name);
+    }
+    if (active) {
+        int state, reason;
+        bool paused = virDomainGetState(dom, &state, &reason, 0) == 0 &&
+                      state == VIR_DOMAIN_PAUSED;
+
+        result = CLONE_SHUT_DOWN;
+        if (paused || timeout_seconds == 0 || virDomainShutdown(dom) < 0 ||
+            !wait_shutoff(dom, timeout_seconds)) {
+            if (virConnectIsAlive(host->conn) != 1) {
+                virDomainFree(dom);
+                return lv_error(host, error, "shutting down '%s'", name);
+            }
+            progress(host, "%s did not shut down %s: powering it off", name,
+                     paused ? "(it is paused)"
+                            : timeout_seconds ? "in time" : "(no timeout)");
+            if (virDomainDestroy(dom) < 0 && virDomainIsActive(dom) != 0) {
+                virDomainFree(dom);
+                return lv_error(host, error, "destroying '%s'", name);
+            }
+            result = CLONE_DESTROYED;
+        }
+    }
+    if (virDomainUndefineFlags(dom,
+                               VIR_DOMAIN_UNDEFINE_MANAGED_SAVE |
+                                   VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA |
+                                   VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA) <
+        0) {
+        virDomainFree(dom);
+        return lv_error(host, error, "undefining '%s'", name);
+    }
+    virDomainFree(dom);
+    if (disk && !remove_volume(host, disk, error))
+        return false;
+    if (outcome)
+        *outcome = result;
+    return true;
+}

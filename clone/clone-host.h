@@ -1,0 +1,121 @@
+/*
+ * clone-host.h: clones as libvirt domains on one hypervisor host, through
+ * the libvirt C API.
+ *
+ * A clone is a persistent libvirt domain named "{service}-{index}" whose
+ * disk is a qcow2 overlay volume in spore's `dir` storage pool (created when
+ * missing, so `virsh vol-list spore` shows the overlays).  Creating:
+ *
+ *   1. overlays created with libguestfs (backing file and format recorded)
+ *      in the pool's directory, customized in one appliance launch;
+ *   2. the pool refreshed, so each overlay is a volume;
+ *   3. the domain defined (persistent), then started.
+ *
+ * The domain is defined only after its overlay is fully customized, so an
+ * interrupted create (appliance killed, libvirt gone, the process killed)
+ * never leaves a half-made domain: at most an overlay without a domain,
+ * which the next create of that clone replaces.
+ *
+ * Every operation is idempotent, keyed by domain name and UUID.  A clone's
+ * UUID is derived from what made it (the canonical manifest, the index, the
+ * image id and the generation; clone_uuid()).  Creating a clone whose
+ * domain exists with that UUID changes nothing; a domain of that name with
+ * another UUID is an error, never overwritten.  Destroying a clone that is
+ * not there succeeds.  Only domains carrying spore's clone metadata are
+ * ever shut down, undefined or have their volume removed.
+ *
+ * A lost libvirt connection fails the operation with an error that says so
+ * (SPORE_ERROR_UNAVAILABLE); running it again once libvirtd is back
+ * completes it.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <glib.h>
+
+#include "manifest.h"
+
+#define CLONE_DEFAULT_URI         "qemu:///system"
+#define CLONE_DEFAULT_POOL        "spore"
+#define CLONE_DEFAULT_POOL_DIR    "/var/lib/spore/clones"
+#define CLONE_DEFAULT_CONSOLE_DIR "/var/log/spore/console"
+#define CLONE_DEFAULT_SHUTDOWN_SECONDS 60
+
+typedef struct CloneHost CloneHost;
+
+/* Called with one line of progress ("customizing 2 clones of web ..."). */
+typedef void (*CloneProgressFunc)(const char *message, gpointer data);
+
+typedef struct {
+    const char *uri;         /* NULL: CLONE_DEFAULT_URI */
+    const char *pool;        /* NULL: CLONE_DEFAULT_POOL */
+    const char *pool_dir;    /* where a new pool lives; NULL: the default.
+                              * An existing pool keeps its own path. */
+    const char *console_dir; /* NULL: CLONE_DEFAULT_CONSOLE_DIR */
+    CloneProgressFunc progress; /* optional */
+    gpointer progress_data;
+} CloneHostConfig;
+
+/*
+ * clone_host_open: connect to libvirt and make sure spore's storage pool
+ * exists and is active (defining, building and starting it if needed, with
+ * autostart on).
+ */
+CloneHost *clone_host_open(const CloneHostConfig *config, GError **error);
+void clone_host_free(CloneHost *host);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(CloneHost, clone_host_free)
+
+/* The pool's directory (absolute). */
+const char *clone_host_pool_dir(const CloneHost *host);
+
+typedef struct {
+    const Manifest *manifest;
+    const guint *indexes;  /* the clones to create, each < scaling.max */
+    gsize n_indexes;
+    const char *backing;   /* master: absolute file path or nbd+unix URI */
+    const char *backing_format; /* "raw" or "qcow2" */
+    const char *image_id;  /* "sha256:<64 hex>" of the master */
+    guint64 generation;    /* the manifest's generation */
+    const char *host_name; /* for {host}; NULL: this machine's name */
+    ManifestHypervisor virt; /* the domain type actually used */
+    bool start;            /* start the domains once defined */
+} CloneCreateRequest;
+
+typedef enum {
+    CLONE_CREATED, /* defined (and started when asked) now */
+    CLONE_EXISTED, /* already there with the same UUID: nothing changed */
+} CloneCreateOutcome;
+
+/*
+ * clone_host_create: create the request's clones.  @outcomes (may be NULL)
+ * receives one CloneCreateOutcome per index, in order.  Clones that already
+ * exist and match are skipped; the others are customized together in one
+ * appliance launch.  On failure, overlays of clones that were not defined
+ * are removed, and the error names the clone.
+ */
+bool clone_host_create(CloneHost *host, const CloneCreateRequest *req,
+                       CloneCreateOutcome *outcomes, GError **error);
+
+typedef enum {
+    CLONE_ABSENT,      /* no such domain (a leftover volume was removed) */
+    CLONE_WAS_STOPPED, /* was shut off: undefined, volume removed */
+    CLONE_SHUT_DOWN,   /* shut down gracefully, undefined, volume removed */
+    CLONE_DESTROYED,   /* did not shut down in time: destroyed (power off) */
+} CloneDestroyOutcome;
+
+/*
+ * clone_host_destroy: stop the clone @name (ACPI shutdown, then power off
+ * after @timeout_seconds), undefine it and remove its overlay volume.
+ * Refuses domains without spore's clone metadata.
+ */
+bool clone_host_destroy(CloneHost *host, const char *name,
+                        guint timeout_seconds, CloneDestroyOutcome *outcome,
+                        GError **error);
+
+/*
+ * clone_uuid: the UUID of a clone, derived from the canonical form of
+ * @manifest, @index, @image_id and @generation (SHA-256 based, RFC 9562
+ * version 8).  Owned by the caller.
+ */
+char *clone_uuid(const Manifest *manifest, guint index, const char *image_id,
+                 guint64 generation);
