@@ -538,6 +538,13 @@ clone_host_create(CloneHost *host, const CloneCreateRequest *req,
              items->len, items->len == 1 ? "" : "s", req->manifest->name);
     if (!clone_customize_batch((CloneCustomizeJob *)jobs->data, jobs->len,
                                error)) {
+        g_autoptr(GString) names = g_string_new(NULL);
+
+        for (guint i = 0; i < items->len; i++)
+            g_string_append_printf(names, "%s%s", i ? ", " : "",
+                                   g_array_index(items, CreateItem, i).name);
+        g_prefix_error(error, "customizing %s (nothing was defined; run it "
+                              "again): ", names->str);
         discard_overlays(host, items);
         return false;
     }

@@ -32,9 +32,17 @@ static bool
 gfs_fail(guestfs_h *g, GError **error, const char *what)
 {
     const char *msg = guestfs_last_error(g);
+    /* libguestfs' launch errors go on with a paragraph of generic advice:
+     * keep its first line, and say where the details are */
+    const char *nl = msg ? strchr(msg, '\n') : NULL;
 
-    g_set_error(error, SPORE_ERROR, SPORE_ERROR_FAILED, "%s: %s", what,
-                msg ? msg : "libguestfs error");
+    if (nl)
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_FAILED,
+                    "%s: %.*s (LIBGUESTFS_DEBUG=1 shows the appliance's log)",
+                    what, (int)(nl - msg), msg);
+    else
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_FAILED, "%s: %s", what,
+                    msg ? msg : "libguestfs error");
     return false;
 }
 
@@ -215,7 +223,7 @@ add_ssh_keys(Ctx *c, GError **error)
         g_autofree char *dir = NULL;
         g_autofree char *file = NULL;
         g_autoptr(GString) text = g_string_new(NULL);
-        int uid, gid;
+        int uid = -1, gid = -1;
 
         if (!lookup_user(c, k->user, &uid, &gid, &home, error))
             return false;

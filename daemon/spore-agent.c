@@ -10,6 +10,7 @@
  * keep serving, and a restarted agent picks them up.
  */
 #include <locale.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <glib.h>
@@ -98,6 +99,8 @@ main(int argc, char **argv)
     g_autoptr(GMainLoop) loop = NULL;
     AgentConfig cfg = {0};
     Agent *agent;
+
+    signal(SIGPIPE, SIG_IGN); /* a peer gone: an error from write(), not death */
 
     setlocale(LC_ALL, "");
     g_option_context_add_main_entries(ctx, entries, NULL);

@@ -9,6 +9,7 @@
  * Exit codes: 0 success, 1 failure (including an invalid manifest), 2 usage.
  * Problems go to stderr as "FILE:LINE: message"; results go to stdout.
  */
+#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1188,6 +1189,9 @@ main(int argc, char **argv)
     const Command *cmd;
     int i;
 
+    /* a peer that goes away (libvirtd, the agent) must be an error from
+     * write(), not a silent death by SIGPIPE */
+    signal(SIGPIPE, SIG_IGN);
     for (i = 1; i < argc; i++) {
         const char *a = argv[i];
 
