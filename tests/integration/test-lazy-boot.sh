@@ -9,6 +9,7 @@ sporectl=$1 agent_bin=$2 plugin=$3
 src=$(cd "$(dirname "$0")/../.." && pwd)
 domain=spore-test-lazyboot-0
 domain2=spore-test-lazyboot-1
+pool=spore-test-lazyboot
 pids=()
 work=""
 libvirt_state=""
@@ -21,6 +22,7 @@ cleanup() {
     for p in "${pids[@]}" $(cat "$work"/run/shims/*.pid 2>/dev/null); do
         kill "$p" 2>/dev/null
     done
+    remove_pool "$pool"
     [ "$libvirt_state" = started ] && "$src/scripts/libvirt-down"
     sleep 0.2
     [ -n "$work" ] && rm -rf "$work"
@@ -65,10 +67,9 @@ uri=$(ctl agent-image-serve "$hex")
 check "its shim serves it" test -n "$uri"
 check "the shim socket is QEMU's group's" \
     test "$(stat -c %G "$work/run/shims/${hex:0:16}.sock")" = libvirt-qemu
-check "a qcow2 overlay backed by the export is created" \
-    quiet qemu-img create -f qcow2 -F raw -b "$uri" "$work/clone.qcow2"
-
-# the clone's domain XML, made by spore from a manifest (clone/domain-xml.c)
+# the clone, made by spore from a manifest: an overlay volume backed by the
+# export, customized through it (the appliance reads the lazy image too),
+# defined and started (sporectl clone-create)
 cat >"$work/lazyboot.xml" <<EOF
 <service xmlns="urn:spore:manifest:1" name="spore-test-lazyboot">
   <image name="test-guest">
@@ -80,24 +81,33 @@ cat >"$work/lazyboot.xml" <<EOF
     <boot kernel="$work/vmlinuz" initrd="$work/initrd.img"
           cmdline="console=ttyS0 root=/dev/vda rw panic=-1 quiet"/>
   </vm>
+  <customize><hostname>lazy-{index}</hostname></customize>
   <scaling min="1" max="2"/>
 </service>
 EOF
+export SPORE_VIRT_TYPE=$virt_type LIBGUESTFS_BACKEND=direct
+export SPORE_INSPECT_CACHE=$work/inspect
+[ "$virt_type" = kvm ] || export LIBGUESTFS_BACKEND_SETTINGS=force_tcg
+check "clone-create makes and starts a clone backed by the shim's export" \
+    quiet "$sporectl" clone-create --image "$uri" --image-id "sha256:$hex" \
+    --pool "$pool" --pool-dir "$work/pool" --console-dir "$work" \
+    "$work/lazyboot.xml" 0
+check "its overlay's backing file is the export, format raw" \
+    test "$(qemu-img info -U --output=json "$work/pool/$domain.qcow2" |
+        python3 -c 'import json,sys; i=json.load(sys.stdin); print(i["backing-filename"], i["backing-filename-format"])')" = "$uri raw"
+
 write_domain() { # write_domain NAME OVERLAY CONSOLE IMAGE-HEX: NAME ends in -INDEX
     "$sporectl" domain-xml --image "sha256:$4" --overlay "$2" \
         --console-log "$3" "$work/lazyboot.xml" "${1##*-}" >"$work/$1.xml"
 }
-write_domain "$domain" "$work/clone.qcow2" "$work/console.log" "$hex"
-check "libvirt defines the domain" quiet virsh -c qemu:///system define "$work/$domain.xml"
-check "and starts it" quiet virsh -c qemu:///system start "$domain"
 
 booted=no
-wait_until 180 booted "$work/console.log" && booted=yes
+wait_until 180 booted "$work/$domain.log" && booted=yes
 check "the guest boots to its init from the lazily fetched image" test "$booted" = yes
-check "its console shows the image's hostname" \
-    grep -qa 'spore-guest: hostname=spore-guest' "$work/console.log"
+check "its console shows its customized hostname" \
+    grep -qa 'spore-guest: hostname=lazy-0' "$work/$domain.log"
 if [ "$booted" != yes ]; then
-    echo "# console:"; tr -d '\r' <"$work/console.log" 2>/dev/null | tail -20 | sed 's/^/#   /'
+    echo "# console:"; tr -d '\r' <"$work/$domain.log" 2>/dev/null | tail -20 | sed 's/^/#   /'
 fi
 
 fetched=$(ctl --json agent-image-show "$hex" | python3 -c 'import json,sys; print(json.load(sys.stdin)["image"]["fetched_bytes"]["origin"])')
@@ -110,7 +120,7 @@ check "the boot fetched under 20% of the image's non-zero data" \
 check "the master image was never written (its digest is unchanged)" \
     test -n "$master_sum_before" -a "$(sha256sum <"$guest/disk.raw" | cut -c1-64)" = "$master_sum_before"
 check "the guest's writes landed in the clone's overlay" \
-    test "$(qemu-img map -U -f qcow2 --output=json "$work/clone.qcow2" |
+    test "$(qemu-img map -U -f qcow2 --output=json "$work/pool/$domain.qcow2" |
         python3 -c 'import json,sys; print(any(e["depth"] == 0 and e["data"] for e in json.load(sys.stdin)))')" = True
 
 # --- the origin stops while a guest boots from a cold cache: with
