@@ -521,6 +521,8 @@ clone_host_create(CloneHost *host, const CloneCreateRequest *req,
             .host = host_name,
             .overlay = it->overlay,
             .image_key = req->image_id,
+            .backing = req->backing,
+            .backing_format = req->backing_format,
         };
 
         if (unlink(it->overlay) == 0)

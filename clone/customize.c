@@ -601,6 +601,57 @@ inspect_alone(const char *overlay, GError **error)
     return l;
 }
 
+/*
+ * A cold batch inspects a scratch overlay of the master in an appliance of
+ * its own, on a thread, while the batch's appliance launches: the two
+ * launches overlap (each is mostly one CPU under TCG), and both only read
+ * the master.
+ */
+typedef struct {
+    char *dir;
+    char *overlay;
+    Layout *layout;
+    GError *error;
+} ParallelInspect;
+
+static gpointer
+parallel_inspect_thread(gpointer data)
+{
+    ParallelInspect *pi = data;
+
+    pi->layout = inspect_alone(pi->overlay, &pi->error);
+    return NULL;
+}
+
+static GThread *
+parallel_inspect_start(ParallelInspect *pi, const CloneCustomizeJob *job,
+                       GError **error)
+{
+    pi->dir = g_dir_make_tmp("spore-inspect-XXXXXX", error);
+    if (!pi->dir)
+        return NULL;
+    pi->overlay = g_build_filename(pi->dir, "inspect.qcow2", NULL);
+    if (!clone_overlay_create(pi->overlay, job->backing, job->backing_format,
+                              error))
+        return NULL;
+    return g_thread_new("spore-inspect", parallel_inspect_thread, pi);
+}
+
+static void
+parallel_inspect_clear(ParallelInspect *pi)
+{
+    if (pi->overlay)
+        unlink(pi->overlay);
+    if (pi->dir)
+        rmdir(pi->dir);
+    g_free(pi->overlay);
+    g_free(pi->dir);
+    g_clear_error(&pi->error);
+    if (pi->layout)
+        g_array_unref(pi->layout);
+    memset(pi, 0, sizeof(*pi));
+}
+
 bool
 clone_customize_batch(const CloneCustomizeJob *jobs, gsize n_jobs,
                       GError **error)
@@ -608,6 +659,8 @@ clone_customize_batch(const CloneCustomizeJob *jobs, gsize n_jobs,
     const char *key = jobs && n_jobs ? jobs[0].image_key : NULL;
     g_autoptr(GArray) layouts = g_array_new(FALSE, TRUE, sizeof(Layout *));
     Layout *shared = NULL;
+    ParallelInspect pi = {0};
+    GThread *inspector = NULL;
     guestfs_h *g;
     char **devices = NULL;
     bool ok = true;
@@ -622,9 +675,16 @@ clone_customize_batch(const CloneCustomizeJob *jobs, gsize n_jobs,
         shared = cache_load(key);
         /*
          * Inspection scans every drive of a launch (seconds each under
-         * TCG): for a batch, inspect one overlay alone once and map.
+         * TCG): for a batch, inspect the master once, alone, and map.
          */
-        if (!shared && n_jobs > 1) {
+        if (!shared && n_jobs > 1 && jobs[0].backing &&
+            jobs[0].backing_format) {
+            inspector = parallel_inspect_start(&pi, &jobs[0], error);
+            if (!inspector) {
+                parallel_inspect_clear(&pi);
+                return false;
+            }
+        } else if (!shared && n_jobs > 1) {
             shared = inspect_alone(jobs[0].overlay, error);
             if (!shared)
                 return false;
@@ -634,6 +694,9 @@ clone_customize_batch(const CloneCustomizeJob *jobs, gsize n_jobs,
 
     g = gfs_open(error);
     if (!g) {
+        if (inspector)
+            g_thread_join(inspector);
+        parallel_inspect_clear(&pi);
         if (shared)
             g_array_unref(shared);
         return false;
@@ -649,6 +712,17 @@ clone_customize_batch(const CloneCustomizeJob *jobs, gsize n_jobs,
     }
     if (ok && guestfs_launch(g) < 0)
         ok = gfs_fail(g, error, "cannot launch the libguestfs appliance");
+    if (inspector) {
+        g_thread_join(inspector);
+        if (!pi.layout && ok) {
+            g_propagate_error(error, g_steal_pointer(&pi.error));
+            ok = false;
+        } else if (pi.layout) {
+            shared = g_steal_pointer(&pi.layout);
+            cache_store(key, shared);
+        }
+        parallel_inspect_clear(&pi);
+    }
     if (ok && !(devices = guestfs_list_devices(g)))
         ok = gfs_fail(g, error, "cannot list the appliance's disks");
     for (gsize i = 0; ok && i < n_jobs; i++) {

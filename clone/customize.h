@@ -41,6 +41,14 @@ typedef struct {
      * kept in $SPORE_INSPECT_CACHE (default /var/cache/spore/inspect).
      */
     const char *image_key;
+    /*
+     * The master the overlay was created from (as for clone_overlay_create),
+     * or NULL.  With it, a batch whose master is not in the inspection
+     * cache inspects the master in a second appliance while its own
+     * launches, instead of before.
+     */
+    const char *backing;
+    const char *backing_format;
 } CloneCustomizeJob;
 
 /*

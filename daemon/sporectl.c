@@ -339,6 +339,8 @@ cmd_clone_prepare(const Command *cmd, const Globals *g, int argc, char **argv)
     for (guint i = 0; i < jobs->len; i++) {
         g_array_index(jobs, CloneCustomizeJob, i).overlay = paths->pdata[i];
         g_array_index(jobs, CloneCustomizeJob, i).image_key = image_key;
+        g_array_index(jobs, CloneCustomizeJob, i).backing = backing;
+        g_array_index(jobs, CloneCustomizeJob, i).backing_format = format;
         if (!clone_overlay_create(paths->pdata[i], backing, format, &err)) {
             fprintf(stderr, "sporectl clone-prepare: %s\n", err->message);
             return EXIT_FAILURE;
