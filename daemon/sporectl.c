@@ -551,8 +551,10 @@ cmd_clone_create(const Command *cmd, const Globals *g, int argc, char **argv)
         indexes[i] = (guint)index;
     }
     if (!virt && req.virt == MANIFEST_HYPERVISOR_KVM && !spore_kvm_works()) {
-        fprintf(stderr, "sporectl clone-create: KVM does not work on this "
-                        "host: the clones run as type qemu (TCG)\n");
+        fprintf(stderr, "sporectl clone-create: %s: the clones run as type "
+                        "qemu (TCG)\n",
+                g_getenv("SPORE_VIRT_TYPE") ? "SPORE_VIRT_TYPE says so"
+                                            : "KVM does not work here");
         req.virt = MANIFEST_HYPERVISOR_QEMU;
     }
     if (strstr(image, "://")) {

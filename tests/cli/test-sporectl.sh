@@ -106,5 +106,20 @@ run format "$invalid"
 check "format of an invalid manifest exits 1 with its problems" \
     test "$rc" -eq 1 -a -n "$(grep "$invalid:9:" "$tmp/err")"
 
+# clone commands: usage errors are caught before libvirt or libguestfs
+run clone-create --image nbd+unix:///x?socket=/tmp/s "$valid" 0
+check "clone-create of a URL master without --image-id is a usage error" \
+    test "$rc" -eq 2 -a -n "$(grep -- '--image-id' "$tmp/err")"
+run clone-create --image /nonexistent.raw "$valid" 999
+check "clone-create of an index beyond the service's max exits 2 naming it" \
+    test "$rc" -eq 2 -a -n "$(grep "index '999' is not below" "$tmp/err")"
+run clone-create --image /nonexistent.raw --image-format vmdk "$valid" 0
+check "clone-create refuses an unknown image format" test "$rc" -eq 2
+run clone-destroy --timeout soon web-0
+check "clone-destroy refuses a malformed --timeout" test "$rc" -eq 2
+run clone-create --help
+check "clone-create --help explains idempotency" \
+    test "$rc" -eq 0 -a -n "$(grep -i 'idempotent' "$tmp/out")"
+
 echo "1..$n"
 [ "$failed" -eq 0 ]
