@@ -638,3 +638,110 @@ bad:
                 text);
     return false;
 }
+
+/* ---- streaming build ---------------------------------------------------- */
+
+struct ImageIndexBuilder {
+    guint chunk_shift;
+    guint8 *chunk; /* the chunk being filled */
+    gsize fill;
+    guint64 size;
+    GByteArray *digests;
+    GByteArray *zero; /* one byte per chunk */
+    bool too_big;
+};
+
+ImageIndexBuilder *
+image_index_builder_new(guint chunk_shift)
+{
+    ImageIndexBuilder *b = g_new0(ImageIndexBuilder, 1);
+
+    g_return_val_if_fail(chunk_shift >= IMAGE_INDEX_CHUNK_SHIFT_MIN &&
+                             chunk_shift <= IMAGE_INDEX_CHUNK_SHIFT_MAX,
+                         NULL);
+    b->chunk_shift = chunk_shift;
+    b->chunk = g_malloc((gsize)1 << chunk_shift);
+    b->digests = g_byte_array_new();
+    b->zero = g_byte_array_new();
+    return b;
+}
+
+void
+image_index_builder_free(ImageIndexBuilder *b)
+{
+    if (!b)
+        return;
+    g_free(b->chunk);
+    g_byte_array_unref(b->digests);
+    g_byte_array_unref(b->zero);
+    g_free(b);
+}
+
+static void
+builder_chunk_done(ImageIndexBuilder *b)
+{
+    guint8 d[SPORE_SHA256_BYTES];
+    guint8 z = all_zero(b->chunk, b->fill) ? 1 : 0;
+
+    if (b->zero->len >= IMAGE_INDEX_CHUNKS_MAX) {
+        b->too_big = true;
+    } else {
+        spore_sha256(b->chunk, b->fill, d);
+        g_byte_array_append(b->digests, d, sizeof(d));
+        g_byte_array_append(b->zero, &z, 1);
+    }
+    b->fill = 0;
+}
+
+bool
+image_index_builder_feed(ImageIndexBuilder *b, const void *data, gsize len)
+{
+    const guint8 *p = data;
+    gsize chunk_size = (gsize)1 << b->chunk_shift;
+
+    while (len > 0 && !b->too_big) {
+        gsize n = MIN(len, chunk_size - b->fill);
+
+        memcpy(b->chunk + b->fill, p, n);
+        b->fill += n;
+        b->size += n;
+        p += n;
+        len -= n;
+        if (b->fill == chunk_size)
+            builder_chunk_done(b);
+    }
+    return !b->too_big;
+}
+
+guint64
+image_index_builder_size(const ImageIndexBuilder *b)
+{
+    return b->size;
+}
+
+ImageIndex *
+image_index_builder_finish(ImageIndexBuilder *b, GError **error)
+{
+    ImageIndex *idx;
+
+    if (b->fill > 0)
+        builder_chunk_done(b);
+    if (b->too_big || b->size == 0) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_LIMIT,
+                    b->size ? "the image needs more than %llu chunks"
+                            : "the image is empty",
+                    (unsigned long long)IMAGE_INDEX_CHUNKS_MAX);
+        return NULL;
+    }
+    idx = index_alloc(b->chunk_shift, b->size);
+    g_assert(idx->chunk_count == b->zero->len);
+    memcpy(idx->digests, b->digests->data, b->digests->len);
+    for (guint64 i = 0; i < idx->chunk_count; i++) {
+        if (b->zero->data[i]) {
+            idx->zero_flags[i / 8] |= (guint8)(1u << (i % 8));
+            idx->zero_count++;
+        }
+    }
+    index_seal(idx);
+    return idx;
+}

@@ -57,6 +57,22 @@ ImageIndex *image_index_build_file(const char *path, guint chunk_shift,
                                    guint n_threads, GError **error);
 
 /*
+ * ImageIndexBuilder: an index built from a stream of the image's bytes (an
+ * origin download), in order, one chunk buffered.  The result equals
+ * image_index_build_file() of the same bytes.  feed() returns false once
+ * the image needs more than IMAGE_INDEX_CHUNKS_MAX chunks; finish() then
+ * fails with SPORE_ERROR_LIMIT, as it does for an empty image.
+ */
+typedef struct ImageIndexBuilder ImageIndexBuilder;
+ImageIndexBuilder *image_index_builder_new(guint chunk_shift);
+bool image_index_builder_feed(ImageIndexBuilder *b, const void *data,
+                              gsize len);
+guint64 image_index_builder_size(const ImageIndexBuilder *b);
+ImageIndex *image_index_builder_finish(ImageIndexBuilder *b, GError **error);
+void image_index_builder_free(ImageIndexBuilder *b);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(ImageIndexBuilder, image_index_builder_free)
+
+/*
  * image_index_parse: decode @len bytes of an index, checking every field,
  * the trailer and canonical form before anything else may use it.  When
  * @expected_id is not NULL, the index's id must equal it.  Fails with

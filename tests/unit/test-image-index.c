@@ -314,3 +314,43 @@ Test(image_index, parses_chunk_sizes_as_operators_write_them)
         cr_expect(err != NULL);
     }
 }
+
+Test(image_index, a_streamed_build_equals_the_file_build)
+{
+    /* an odd size (a short last chunk), zero runs, fed in uneven pieces */
+    gsize size = 1024 * KIB + 12345;
+    g_autofree char *path = make_image(size, true, 7);
+    g_autoptr(ImageIndex) from_file = build(path, 16, 2);
+    g_autofree char *data = NULL;
+    gsize len = 0, off = 0, step = 1;
+    g_autoptr(GError) err = NULL;
+    g_autoptr(ImageIndexBuilder) b = image_index_builder_new(16);
+    ImageIndex *streamed;
+
+    cr_assert(g_file_get_contents(path, &data, &len, NULL));
+    cr_assert_eq(len, size);
+    while (off < len) {
+        gsize n = MIN(step, len - off);
+
+        cr_assert(image_index_builder_feed(b, data + off, n));
+        off += n;
+        step = step * 3 + 1; /* 1, 4, 13, ... crosses chunk borders */
+    }
+    cr_assert_eq(image_index_builder_size(b), size);
+    streamed = image_index_builder_finish(b, &err);
+    cr_assert(streamed, "%s", err ? err->message : "");
+    cr_expect_str_eq(image_index_id(streamed), image_index_id(from_file));
+    cr_expect_eq(image_index_zero_count(streamed),
+                 image_index_zero_count(from_file));
+    image_index_free(streamed);
+    unlink(path);
+}
+
+Test(image_index, a_streamed_build_of_nothing_fails)
+{
+    g_autoptr(GError) err = NULL;
+    g_autoptr(ImageIndexBuilder) b = image_index_builder_new(16);
+
+    cr_expect_null(image_index_builder_finish(b, &err));
+    cr_expect(err && err->code == SPORE_ERROR_LIMIT);
+}
