@@ -28,6 +28,7 @@ struct CloneHost {
     char *pool_dir_wanted;
     char *pool_dir; /* the pool's actual target path */
     char *console_dir;
+    char *owner;
     CloneProgressFunc progress;
     gpointer progress_data;
     virConnectPtr conn;
@@ -248,6 +249,7 @@ clone_host_open(const CloneHostConfig *config, GError **error)
                                     : CLONE_DEFAULT_CONSOLE_DIR,
                                 NULL);
     if (config) {
+        host->owner = g_strdup(config->owner);
         host->progress = config->progress;
         host->progress_data = config->progress_data;
     }
@@ -274,6 +276,7 @@ clone_host_free(CloneHost *host)
     g_free(host->pool_dir_wanted);
     g_free(host->pool_dir);
     g_free(host->console_dir);
+    g_free(host->owner);
     g_free(host);
 }
 
@@ -304,6 +307,35 @@ clone_uuid(const Manifest *manifest, guint index, const char *image_id,
                            d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7],
                            d[8], d[9], d[10], d[11], d[12], d[13], d[14],
                            d[15]);
+}
+
+static bool parse_metadata(const char *meta, CloneInfo *info);
+
+/* domain_owner: the host named in @dom's clone metadata, or NULL */
+static char *
+domain_owner(virDomainPtr dom)
+{
+    char *meta = virDomainGetMetadata(dom, VIR_DOMAIN_METADATA_ELEMENT,
+                                      CLONE_METADATA_NAMESPACE, 0);
+    g_autoptr(CloneInfo) info = g_new0(CloneInfo, 1);
+    char *owner = NULL;
+
+    if (meta && parse_metadata(meta, info))
+        owner = g_steal_pointer(&info->owner);
+    free(meta);
+    return owner;
+}
+
+/* owned_elsewhere: @dom's metadata names a host other than ours */
+static bool
+owned_elsewhere(const CloneHost *host, virDomainPtr dom, char **ret_owner)
+{
+    g_autofree char *owner = domain_owner(dom);
+    bool other = host->owner && owner && !g_str_equal(owner, host->owner);
+
+    if (ret_owner)
+        *ret_owner = g_steal_pointer(&owner);
+    return other;
 }
 
 static bool
@@ -352,12 +384,21 @@ check_existing(CloneHost *host, const CreateItem *it, GError **error)
 
     if (dom) {
         bool spore = is_spore_clone(dom);
+        g_autofree char *owner = NULL;
+        bool elsewhere = owned_elsewhere(host, dom, &owner);
         int got = virDomainGetUUIDString(dom, uuid);
 
         virDomainFree(dom);
         if (got < 0) {
             lv_error(host, error, "reading the UUID of domain '%s'",
                      it->name);
+            return -1;
+        }
+        if (elsewhere) {
+            g_set_error(error, SPORE_ERROR, SPORE_ERROR_CONFLICT,
+                        "domain '%s' exists and belongs to host '%s'; it was "
+                        "not changed",
+                        it->name, owner);
             return -1;
         }
         if (g_ascii_strcasecmp(uuid, it->uuid) == 0)
@@ -430,6 +471,7 @@ define_and_start(CloneHost *host, const CloneCreateRequest *req,
         .overlay_path = it->overlay,
         .console_log = it->console,
         .uuid = it->uuid,
+        .owner = host->owner,
         .virt = req->virt,
     };
     g_autofree char *xml = clone_domain_xml(&spec, error);
@@ -659,6 +701,17 @@ clone_host_destroy(CloneHost *host, const char *name, guint timeout_seconds,
                     name);
         return false;
     }
+    {
+        g_autofree char *owner = NULL;
+
+        if (owned_elsewhere(host, dom, &owner)) {
+            virDomainFree(dom);
+            g_set_error(error, SPORE_ERROR, SPORE_ERROR_CONFLICT,
+                        "clone '%s' belongs to host '%s': left alone", name,
+                        owner);
+            return false;
+        }
+    }
     desc = virDomainGetXMLDesc(dom, VIR_DOMAIN_XML_INACTIVE);
     if (!desc) {
         virDomainFree(dom);
@@ -706,5 +759,171 @@ clone_host_destroy(CloneHost *host, const char *name, guint timeout_seconds,
         return false;
     if (outcome)
         *outcome = result;
+    return true;
+}
+
+/* ---- listing ---------------------------------------------------------- */
+
+void
+clone_info_free(CloneInfo *info)
+{
+    if (!info)
+        return;
+    g_free(info->name);
+    g_free(info->uuid);
+    g_free(info->service);
+    g_free(info->image_id);
+    g_free(info->owner);
+    g_free(info);
+}
+
+static const char *
+state_name(int state)
+{
+    switch (state) {
+    case VIR_DOMAIN_RUNNING:
+        return "running";
+    case VIR_DOMAIN_BLOCKED:
+        return "blocked";
+    case VIR_DOMAIN_PAUSED:
+        return "paused";
+    case VIR_DOMAIN_SHUTDOWN:
+        return "shutting-down";
+    case VIR_DOMAIN_SHUTOFF:
+        return "shutoff";
+    case VIR_DOMAIN_CRASHED:
+        return "crashed";
+    case VIR_DOMAIN_PMSUSPENDED:
+        return "suspended";
+    default:
+        return "unknown";
+    }
+}
+
+static const char *
+paused_reason(int reason)
+{
+    switch (reason) {
+    case VIR_DOMAIN_PAUSED_IOERROR:
+        return "ioerror";
+    case VIR_DOMAIN_PAUSED_USER:
+        return "user";
+    default:
+        return "";
+    }
+}
+
+/* parse spore's metadata element into @info; false when it is not ours */
+static bool
+parse_metadata(const char *meta, CloneInfo *info)
+{
+    g_autofree char *service = xpath_string(meta, "string(/*/@service)");
+    g_autofree char *index = xpath_string(meta, "string(/*/@index)");
+    g_autofree char *image = xpath_string(meta, "string(/*/@image)");
+    g_autofree char *generation =
+        xpath_string(meta, "string(/*/@generation)");
+    g_autofree char *owner = xpath_string(meta, "string(/*/@host)");
+    guint64 i = 0, gen = 0;
+
+    if (!service || !index ||
+        !g_ascii_string_to_unsigned(index, 10, 0, 999, &i, NULL))
+        return false;
+    if (generation)
+        g_ascii_string_to_unsigned(generation, 10, 0, G_MAXUINT64, &gen,
+                                   NULL);
+    info->service = g_steal_pointer(&service);
+    info->index = (guint)i;
+    info->image_id = g_steal_pointer(&image);
+    info->generation = gen;
+    info->owner = g_steal_pointer(&owner);
+    return true;
+}
+
+GPtrArray *
+clone_host_list(CloneHost *host, GError **error)
+{
+    g_autoptr(GPtrArray) out =
+        g_ptr_array_new_with_free_func((GDestroyNotify)clone_info_free);
+    virDomainStatsRecordPtr *records = NULL;
+    int n;
+
+    if (!ensure_connected(host, error))
+        return NULL;
+    n = virConnectGetAllDomainStats(
+        host->conn,
+        VIR_DOMAIN_STATS_STATE | VIR_DOMAIN_STATS_CPU_TOTAL |
+            VIR_DOMAIN_STATS_BALLOON | VIR_DOMAIN_STATS_VCPU,
+        &records, 0);
+    if (n < 0) {
+        lv_error(host, error, "listing domains");
+        return NULL;
+    }
+    for (int r = 0; r < n; r++) {
+        virDomainStatsRecordPtr rec = records[r];
+        char *meta = virDomainGetMetadata(rec->dom,
+                                          VIR_DOMAIN_METADATA_ELEMENT,
+                                          CLONE_METADATA_NAMESPACE, 0);
+        g_autoptr(CloneInfo) info = g_new0(CloneInfo, 1);
+        char uuid[VIR_UUID_STRING_BUFLEN];
+        int state = 0, reason = 0;
+        unsigned long long ull;
+        unsigned int ui;
+
+        if (!meta)
+            continue; /* not a spore clone */
+        if (!parse_metadata(meta, info)) {
+            free(meta);
+            continue;
+        }
+        free(meta);
+        if (host->owner &&
+            (!info->owner || !g_str_equal(host->owner, info->owner)))
+            continue; /* not this agent's (another's on a shared libvirtd,
+                       * or made by hand with sporectl clone-create) */
+        info->name = g_strdup(virDomainGetName(rec->dom));
+        if (virDomainGetUUIDString(rec->dom, uuid) == 0)
+            info->uuid = g_strdup(uuid);
+        if (virTypedParamsGetInt(rec->params, rec->nparams, "state.state",
+                                 &state) == 1)
+            virTypedParamsGetInt(rec->params, rec->nparams, "state.reason",
+                                 &reason);
+        info->state = state_name(state);
+        info->reason = state == VIR_DOMAIN_PAUSED ? paused_reason(reason)
+                                                  : "";
+        if (virTypedParamsGetULLong(rec->params, rec->nparams, "cpu.time",
+                                    &ull) == 1)
+            info->cpu_time_ns = ull;
+        if (virTypedParamsGetUInt(rec->params, rec->nparams, "vcpu.current",
+                                  &ui) == 1)
+            info->vcpus = ui;
+        if (virTypedParamsGetULLong(rec->params, rec->nparams,
+                                    "balloon.current", &ull) == 1)
+            info->memory_kib = ull;
+        info->memory_unused_kib = -1;
+        info->memory_usable_kib = -1;
+        if (virTypedParamsGetULLong(rec->params, rec->nparams,
+                                    "balloon.unused", &ull) == 1)
+            info->memory_unused_kib = (gint64)ull;
+        if (virTypedParamsGetULLong(rec->params, rec->nparams,
+                                    "balloon.usable", &ull) == 1)
+            info->memory_usable_kib = (gint64)ull;
+        g_ptr_array_add(out, g_steal_pointer(&info));
+    }
+    virDomainStatsRecordListFree(records);
+    return g_steal_pointer(&out);
+}
+
+bool
+clone_host_capacity(CloneHost *host, guint *cpus, guint64 *memory_kib,
+                    GError **error)
+{
+    virNodeInfo info;
+
+    if (!ensure_connected(host, error))
+        return false;
+    if (virNodeGetInfo(host->conn, &info) < 0)
+        return lv_error(host, error, "reading the host's CPUs and memory");
+    *cpus = info.cpus;
+    *memory_kib = info.memory;
     return true;
 }

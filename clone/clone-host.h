@@ -52,6 +52,9 @@ typedef struct {
     const char *pool_dir;    /* where a new pool lives; NULL: the default.
                               * An existing pool keeps its own path. */
     const char *console_dir; /* NULL: CLONE_DEFAULT_CONSOLE_DIR */
+    const char *owner;       /* optional: the host agent's name, recorded in
+                              * each clone's metadata; clones of other
+                              * owners are not listed and not touched */
     CloneProgressFunc progress; /* optional */
     gpointer progress_data;
 } CloneHostConfig;
@@ -119,3 +122,34 @@ bool clone_host_destroy(CloneHost *host, const char *name,
  */
 char *clone_uuid(const Manifest *manifest, guint index, const char *image_id,
                  guint64 generation);
+
+/* One clone found on the host: a domain with spore's clone metadata. */
+typedef struct {
+    char *name;
+    char *uuid;
+    char *service;
+    guint index;
+    char *image_id;
+    guint64 generation;
+    char *owner; /* the metadata's host, or NULL */
+    const char *state; /* "running", "paused", "shutoff", "crashed", ... */
+    const char *reason; /* libvirt's reason for the state, e.g. "ioerror" */
+    guint64 cpu_time_ns; /* guest CPU time; 0 when not running */
+    guint vcpus;
+    guint64 memory_kib;      /* current memory */
+    gint64 memory_unused_kib; /* from the balloon driver; -1: no data */
+    gint64 memory_usable_kib; /* idem */
+} CloneInfo;
+
+void clone_info_free(CloneInfo *info);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(CloneInfo, clone_info_free)
+
+/*
+ * clone_host_list: every spore clone defined on the host, with its state
+ * and stats (one bulk stats call).  Returns a GPtrArray of CloneInfo *.
+ */
+GPtrArray *clone_host_list(CloneHost *host, GError **error);
+
+/* clone_host_capacity: the host's CPUs and memory, from libvirt. */
+bool clone_host_capacity(CloneHost *host, guint *cpus, guint64 *memory_kib,
+                         GError **error);

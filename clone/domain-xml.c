@@ -64,6 +64,8 @@ add_metadata(xmlNode *domain, const CloneDomainSpec *spec)
     attr(clone, "image", spec->image_id);
     g_snprintf(buf, sizeof(buf), "%" G_GUINT64_FORMAT, spec->generation);
     attr(clone, "generation", buf);
+    if (spec->owner)
+        attr(clone, "host", spec->owner);
 }
 
 static void

@@ -26,6 +26,7 @@ typedef struct {
     const char *overlay_path; /* the clone's qcow2 overlay, absolute */
     const char *console_log;  /* serial console log file, absolute */
     const char *uuid;         /* optional; libvirt makes one when NULL */
+    const char *owner;        /* optional: the host agent owning it */
     ManifestHypervisor virt;  /* the domain type actually used: a kvm
                                * manifest runs as qemu (TCG) on hosts
                                * where KVM does not work */

@@ -1,0 +1,221 @@
+/*
+ * wire.c: keys, socket options and message framing of the site protocol.
+ */
+#include "wire.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <zmq.h>
+
+#include "file-util.h"
+#include "spore-error.h"
+
+bool
+wire_key_valid(const char *text)
+{
+    guint8 raw[32];
+
+    if (!text || strlen(text) != WIRE_KEY_CHARS)
+        return false;
+    return zmq_z85_decode(raw, text) != NULL;
+}
+
+bool
+wire_host_name_valid(const char *name)
+{
+    gsize n = name ? strlen(name) : 0;
+
+    if (n == 0 || n > WIRE_HOST_NAME_MAX || name[0] == '-' || name[0] == '.')
+        return false;
+    for (gsize i = 0; i < n; i++) {
+        if (!g_ascii_isalnum(name[i]) && !strchr("-_.", name[i]))
+            return false;
+    }
+    return true;
+}
+
+char *
+wire_key_read_file(const char *path, GError **error)
+{
+    g_autofree char *text = NULL;
+    gsize len = 0;
+
+    if (!spore_file_read_bounded(path, 4096, &text, &len, error))
+        return NULL;
+    g_strstrip(text);
+    if (!wire_key_valid(text)) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
+                    "%s: not a Z85 CURVE public key (40 characters)", path);
+        return NULL;
+    }
+    return g_steal_pointer(&text);
+}
+
+bool
+wire_keys_load_or_create(const char *dir, WireKeys *keys, GError **error)
+{
+    g_autofree char *path = g_build_filename(dir, "curve.key", NULL);
+    g_autofree char *pub_path = g_build_filename(dir, "curve.pub", NULL);
+    g_autoptr(GKeyFile) kf = g_key_file_new();
+    g_autofree char *pub = NULL;
+    g_autofree char *sec = NULL;
+    g_autofree char *pub_line = NULL;
+
+    if (g_mkdir_with_parents(dir, 0700) < 0) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_IO, "cannot create %s: %s",
+                    dir, g_strerror(errno));
+        return false;
+    }
+    if (g_file_test(path, G_FILE_TEST_EXISTS)) {
+        if (!g_key_file_load_from_file(kf, path, G_KEY_FILE_NONE, error)) {
+            g_prefix_error(error, "%s: ", path);
+            return false;
+        }
+        pub = g_key_file_get_string(kf, "curve", "public", NULL);
+        sec = g_key_file_get_string(kf, "curve", "secret", NULL);
+        if (!wire_key_valid(pub) || !wire_key_valid(sec)) {
+            g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
+                        "%s: [curve] public and secret must be Z85 CURVE "
+                        "keys; remove the file to make a new pair",
+                        path);
+            return false;
+        }
+    } else {
+        g_autofree char *text = NULL;
+
+        pub = g_malloc0(WIRE_KEY_CHARS + 1);
+        sec = g_malloc0(WIRE_KEY_CHARS + 1);
+        if (zmq_curve_keypair(pub, sec) != 0) {
+            g_set_error(error, SPORE_ERROR, SPORE_ERROR_FAILED,
+                        "cannot make a CURVE key pair: %s (is libzmq built "
+                        "with CURVE?)",
+                        zmq_strerror(zmq_errno()));
+            return false;
+        }
+        g_key_file_set_comment(kf, NULL, NULL,
+                               " spore CURVE key pair: keep it secret", NULL);
+        g_key_file_set_string(kf, "curve", "public", pub);
+        g_key_file_set_string(kf, "curve", "secret", sec);
+        text = g_key_file_to_data(kf, NULL, NULL);
+        if (!spore_file_write_atomic(path, text, strlen(text), 0600, error))
+            return false;
+    }
+    pub_line = g_strconcat(pub, "\n", NULL);
+    if (!spore_file_write_atomic(pub_path, pub_line, strlen(pub_line), 0644,
+                                 error))
+        return false;
+    g_strlcpy(keys->public_key, pub, sizeof(keys->public_key));
+    g_strlcpy(keys->secret_key, sec, sizeof(keys->secret_key));
+    return true;
+}
+
+void
+wire_socket_defaults(void *socket)
+{
+    int64_t max = WIRE_MAX_MESSAGE;
+    int ivl = 2000, timeout = 10000, ttl = 20000, handshake = 10000;
+    int linger = 0;
+
+    zmq_setsockopt(socket, ZMQ_MAXMSGSIZE, &max, sizeof(max));
+    zmq_setsockopt(socket, ZMQ_HEARTBEAT_IVL, &ivl, sizeof(ivl));
+    zmq_setsockopt(socket, ZMQ_HEARTBEAT_TIMEOUT, &timeout, sizeof(timeout));
+    zmq_setsockopt(socket, ZMQ_HEARTBEAT_TTL, &ttl, sizeof(ttl));
+    zmq_setsockopt(socket, ZMQ_HANDSHAKE_IVL, &handshake, sizeof(handshake));
+    zmq_setsockopt(socket, ZMQ_LINGER, &linger, sizeof(linger));
+}
+
+JsonObject *
+wire_parse(const void *data, gsize len, GError **error)
+{
+    g_autoptr(JsonParser) parser = json_parser_new();
+    JsonNode *root;
+    JsonObject *obj;
+
+    if (len > WIRE_MAX_MESSAGE) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_LIMIT,
+                    "message of %zu bytes exceeds %d", len, WIRE_MAX_MESSAGE);
+        return NULL;
+    }
+    if (!json_parser_load_from_data(parser, data, (gssize)len, error)) {
+        g_prefix_error(error, "not JSON: ");
+        return NULL;
+    }
+    root = json_parser_get_root(parser);
+    if (!root || !JSON_NODE_HOLDS_OBJECT(root)) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
+                    "not a JSON object");
+        return NULL;
+    }
+    obj = json_node_get_object(root);
+    if (wire_get_int(obj, "v", -1) != WIRE_VERSION) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
+                    "protocol version %" G_GINT64_FORMAT
+                    " is not %d",
+                    wire_get_int(obj, "v", -1), WIRE_VERSION);
+        return NULL;
+    }
+    if (!wire_get_string(obj, "type")) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
+                    "no message type");
+        return NULL;
+    }
+    return json_object_ref(obj);
+}
+
+char *
+wire_to_text(JsonObject *obj)
+{
+    g_autoptr(JsonGenerator) gen = json_generator_new();
+    g_autoptr(JsonNode) node = json_node_new(JSON_NODE_OBJECT);
+
+    json_node_set_object(node, obj);
+    json_generator_set_root(gen, node);
+    return json_generator_to_data(gen, NULL);
+}
+
+JsonObject *
+wire_new(const char *type)
+{
+    JsonObject *obj = json_object_new();
+
+    json_object_set_int_member(obj, "v", WIRE_VERSION);
+    json_object_set_string_member(obj, "type", type);
+    return obj;
+}
+
+bool
+wire_send(void *socket, const char *identity, JsonObject *obj)
+{
+    g_autofree char *text = wire_to_text(obj);
+    gsize len = strlen(text);
+
+    if (len > WIRE_MAX_MESSAGE)
+        return false;
+    if (identity && zmq_send(socket, identity, strlen(identity),
+                             ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
+        return false;
+    return zmq_send(socket, text, len, ZMQ_DONTWAIT) >= 0;
+}
+
+const char *
+wire_get_string(JsonObject *obj, const char *member)
+{
+    JsonNode *n = obj ? json_object_get_member(obj, member) : NULL;
+
+    if (!n || !JSON_NODE_HOLDS_VALUE(n) ||
+        json_node_get_value_type(n) != G_TYPE_STRING)
+        return NULL;
+    return json_node_get_string(n);
+}
+
+gint64
+wire_get_int(JsonObject *obj, const char *member, gint64 fallback)
+{
+    JsonNode *n = obj ? json_object_get_member(obj, member) : NULL;
+
+    if (!n || !JSON_NODE_HOLDS_VALUE(n) ||
+        json_node_get_value_type(n) != G_TYPE_INT64)
+        return fallback;
+    return json_node_get_int(n);
+}

@@ -1,0 +1,70 @@
+/*
+ * wire.h: the site protocol between spored (ZeroMQ ROUTER) and the host
+ * agents (DEALER) — docs/site-protocol.md.
+ *
+ * Every connection is CURVE-encrypted and authenticated: the manager's ZAP
+ * handler admits only accepted host keys.  A message is one frame holding
+ * one JSON object with "v" (the protocol version, WIRE_VERSION) and "type";
+ * at most WIRE_MAX_MESSAGE bytes (ZMQ_MAXMSGSIZE drops larger ones before
+ * they are read).
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <glib.h>
+#include <json-glib/json-glib.h>
+
+#define WIRE_VERSION 1
+#define WIRE_MAX_MESSAGE (16 * 1024 * 1024)
+#define WIRE_ZAP_DOMAIN "spore"
+#define WIRE_KEY_CHARS 40 /* a Z85-encoded CURVE key */
+#define WIRE_HOST_NAME_MAX 63
+
+typedef struct {
+    char public_key[WIRE_KEY_CHARS + 1];
+    char secret_key[WIRE_KEY_CHARS + 1];
+} WireKeys;
+
+/*
+ * wire_keys_load_or_create: the daemon's CURVE key pair from DIR/curve.key
+ * (GKeyFile, mode 0600), made on first use; DIR/curve.pub holds the public
+ * key alone (0644), for operators to hand out.
+ */
+bool wire_keys_load_or_create(const char *dir, WireKeys *keys,
+                              GError **error);
+
+/* wire_key_valid: @text is a Z85 CURVE key (40 characters that decode) */
+bool wire_key_valid(const char *text);
+
+/* wire_key_read_file: the Z85 key on the first line of @path */
+char *wire_key_read_file(const char *path, GError **error);
+
+/* wire_host_name_valid: 1-63 of [a-zA-Z0-9-_.], not starting with '-' or '.' */
+bool wire_host_name_valid(const char *name);
+
+/* wire_socket_defaults: MAXMSGSIZE, heartbeats, handshake timeout, linger */
+void wire_socket_defaults(void *socket);
+
+/*
+ * wire_parse: one message; fails (SPORE_ERROR_INVALID) unless it is a JSON
+ * object with "v" == WIRE_VERSION and a string "type".  The result is a new
+ * reference.
+ */
+JsonObject *wire_parse(const void *data, gsize len, GError **error);
+
+/* wire_to_text: @obj as compact JSON, owned by the caller */
+char *wire_to_text(JsonObject *obj);
+
+/* wire_new: a message object {"v": WIRE_VERSION, "type": @type} */
+JsonObject *wire_new(const char *type);
+
+/*
+ * wire_send: send @obj on @socket, preceded by the routing frame @identity
+ * when not NULL (ROUTER side).  Non-blocking; false when it could not be
+ * queued (the peer is gone or its queue is full).
+ */
+bool wire_send(void *socket, const char *identity, JsonObject *obj);
+
+/* JSON helpers that never abort on a missing or mistyped member */
+const char *wire_get_string(JsonObject *obj, const char *member);
+gint64 wire_get_int(JsonObject *obj, const char *member, gint64 fallback);
