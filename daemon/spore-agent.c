@@ -15,9 +15,13 @@
 #include <stdlib.h>
 #include <glib.h>
 #include <glib-unix.h>
+#include <systemd/sd-daemon.h>
 
 #include "agent.h"
+#include "agent-link.h"
+#include "config-util.h"
 #include "spore-config.h"
+#include "wire.h"
 
 #define DEFAULT_CONFIG SPORE_SYSCONFDIR "/spore/spore-agent.conf"
 
@@ -26,31 +30,6 @@ on_signal(gpointer data)
 {
     g_main_loop_quit(data);
     return G_SOURCE_REMOVE;
-}
-
-static char *
-key_string(GKeyFile *kf, const char *key, const char *fallback)
-{
-    char *v = g_key_file_get_string(kf, "agent", key, NULL);
-
-    return v ? v : g_strdup(fallback);
-}
-
-static guint
-key_uint(GKeyFile *kf, const char *key, guint fallback, GError **error)
-{
-    g_autoptr(GError) err = NULL;
-    guint64 v = g_key_file_get_uint64(kf, "agent", key, &err);
-
-    if (err) {
-        if (!g_error_matches(err, G_KEY_FILE_ERROR,
-                             G_KEY_FILE_ERROR_KEY_NOT_FOUND) &&
-            !g_error_matches(err, G_KEY_FILE_ERROR,
-                             G_KEY_FILE_ERROR_GROUP_NOT_FOUND))
-            g_propagate_error(error, g_steal_pointer(&err));
-        return fallback;
-    }
-    return (guint)MIN(v, (guint64)G_MAXUINT);
 }
 
 int
@@ -62,6 +41,15 @@ main(int argc, char **argv)
     g_autofree char *nbdkit = NULL;
     g_autofree char *plugin = NULL;
     g_autofree char *shim_group = NULL;
+    g_autofree char *manager = NULL;
+    g_autofree char *manager_key_file = NULL;
+    g_autofree char *host_name = NULL;
+    g_autofree char *pool = NULL;
+    g_autofree char *pool_dir = NULL;
+    g_autofree char *console_dir = NULL;
+    g_autofree char *virt_type = NULL;
+    AgentLinkConfig lcfg = {0};
+    AgentLink *link = NULL;
     gint fetch_workers = -1;
     gint shim_timeout = -1;
     gboolean verify_cache = FALSE;
@@ -87,6 +75,26 @@ main(int argc, char **argv)
          "Seconds a guest read waits for a missing chunk (default 60)", "S"},
         {"verify-cache", 0, 0, G_OPTION_ARG_NONE, &verify_cache,
          "Verify every cached chunk when an image is loaded", NULL},
+        {"manager", 0, 0, G_OPTION_ARG_STRING, &manager,
+         "The site manager's endpoint, tcp://HOST:PORT (default: none, a "
+         "host on its own)",
+         "ENDPOINT"},
+        {"manager-key-file", 0, 0, G_OPTION_ARG_FILENAME, &manager_key_file,
+         "File holding the manager's public key (spored --print-key)",
+         "FILE"},
+        {"host-name", 0, 0, G_OPTION_ARG_STRING, &host_name,
+         "This host's name in the site (default: the system's host name)",
+         "NAME"},
+        {"pool", 0, 0, G_OPTION_ARG_STRING, &pool,
+         "libvirt storage pool for clone overlays (default spore)", "NAME"},
+        {"pool-dir", 0, 0, G_OPTION_ARG_FILENAME, &pool_dir,
+         "Its directory when it is created (default /var/lib/spore/clones)",
+         "DIR"},
+        {"console-dir", 0, 0, G_OPTION_ARG_FILENAME, &console_dir,
+         "Clone console logs (default /var/log/spore/console)", "DIR"},
+        {"virt-type", 0, 0, G_OPTION_ARG_STRING, &virt_type,
+         "Domain type for kvm manifests: kvm or qemu (default: probe KVM)",
+         "TYPE"},
         {"verbose", 'v', 0, G_OPTION_ARG_NONE, &verbose, "Log debug messages",
          NULL},
         {"version", 'V', 0, G_OPTION_ARG_NONE, &version, "Show the version",
@@ -130,20 +138,20 @@ main(int argc, char **argv)
 
     cfg.state_dir = state_dir
                         ? g_strdup(state_dir)
-                        : key_string(kf, "state_dir", "/var/lib/spore/agent");
+                        : spore_key_string(kf, "agent", "state_dir", "/var/lib/spore/agent");
     cfg.run_dir = run_dir ? g_strdup(run_dir)
-                          : key_string(kf, "run_dir", "/run/spore/agent");
-    cfg.nbdkit = nbdkit ? g_strdup(nbdkit) : key_string(kf, "nbdkit", "nbdkit");
+                          : spore_key_string(kf, "agent", "run_dir", "/run/spore/agent");
+    cfg.nbdkit = nbdkit ? g_strdup(nbdkit) : spore_key_string(kf, "agent", "nbdkit", "nbdkit");
     cfg.plugin = plugin ? g_strdup(plugin)
-                        : key_string(kf, "plugin", SPORE_NBDKIT_PLUGIN);
+                        : spore_key_string(kf, "agent", "plugin", SPORE_NBDKIT_PLUGIN);
     cfg.shim_group = shim_group ? g_strdup(shim_group)
-                                : key_string(kf, "shim_group", "libvirt-qemu");
+                                : spore_key_string(kf, "agent", "shim_group", "libvirt-qemu");
     cfg.fetch_workers = fetch_workers > 0
                             ? (guint)fetch_workers
-                            : key_uint(kf, "fetch_workers", 8, &err);
+                            : spore_key_uint(kf, "agent", "fetch_workers", 8, &err);
     cfg.shim_timeout_s = shim_timeout > 0
                              ? (guint)shim_timeout
-                             : key_uint(kf, "shim_timeout", 60, &err);
+                             : spore_key_uint(kf, "agent", "shim_timeout", 60, &err);
     cfg.verify_cache = verify_cache || g_key_file_get_boolean(
                                            kf, "agent", "verify_cache", NULL);
     if (err) {
@@ -163,11 +171,73 @@ main(int argc, char **argv)
         return 1;
     }
 
+    /* the site manager, when there is one */
+    lcfg.manager = manager ? g_strdup(manager)
+                           : spore_key_string(kf, "agent", "manager", NULL);
+    if (lcfg.manager && *lcfg.manager) {
+        g_autofree char *key_file =
+            manager_key_file ? g_strdup(manager_key_file)
+                             : spore_key_string(kf, "agent",
+                                                "manager_key_file", NULL);
+
+        lcfg.manager_key =
+            key_file ? wire_key_read_file(key_file, &err)
+                     : spore_key_string(kf, "agent", "manager_key", NULL);
+        if (err) {
+            fprintf(stderr, "spore-agent: %s\n", err->message);
+            return 1;
+        }
+        lcfg.host_name = host_name ? g_strdup(host_name)
+                                   : spore_key_string(kf, "agent",
+                                                      "host_name",
+                                                      g_get_host_name());
+        lcfg.state_dir = state_dir ? g_strdup(state_dir)
+                                   : spore_key_string(kf, "agent",
+                                                      "state_dir",
+                                                      "/var/lib/spore/agent");
+        lcfg.libvirt_uri = spore_key_string(kf, "agent", "libvirt_uri", NULL);
+        lcfg.pool = pool ? g_strdup(pool)
+                         : spore_key_string(kf, "agent", "pool", NULL);
+        lcfg.pool_dir = pool_dir ? g_strdup(pool_dir)
+                                 : spore_key_string(kf, "agent", "pool_dir",
+                                                    NULL);
+        lcfg.console_dir = console_dir ? g_strdup(console_dir)
+                                       : spore_key_string(kf, "agent",
+                                                          "console_dir", NULL);
+        lcfg.virt_type = virt_type ? g_strdup(virt_type)
+                                   : spore_key_string(kf, "agent",
+                                                      "virt_type", NULL);
+        if (lcfg.virt_type && !g_str_equal(lcfg.virt_type, "kvm") &&
+            !g_str_equal(lcfg.virt_type, "qemu")) {
+            fprintf(stderr, "spore-agent: virt_type is kvm or qemu\n");
+            return 2;
+        }
+        lcfg.report_ms =
+            spore_key_uint(kf, "agent", "report_ms", 2000, &err);
+        link = agent_link_start(agent, &lcfg, &err);
+        g_free(lcfg.manager_key);
+        g_free(lcfg.host_name);
+        g_free(lcfg.state_dir);
+        g_free(lcfg.libvirt_uri);
+        g_free(lcfg.pool);
+        g_free(lcfg.pool_dir);
+        g_free(lcfg.console_dir);
+        g_free(lcfg.virt_type);
+        if (!link) {
+            fprintf(stderr, "spore-agent: %s\n", err->message);
+            return 1;
+        }
+    }
+    g_free(lcfg.manager);
+
     loop = g_main_loop_new(NULL, FALSE);
     g_unix_signal_add(SIGTERM, on_signal, loop);
     g_unix_signal_add(SIGINT, on_signal, loop);
+    sd_notify(0, "READY=1");
     g_main_loop_run(loop);
-    g_message("shutting down; shims keep serving");
+    sd_notify(0, "STOPPING=1");
+    g_message("shutting down; shims and clones keep running");
+    agent_link_stop(link);
     /* connection threads may still wait on fetches: leave the rest to exit */
     return 0;
 }

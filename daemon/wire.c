@@ -110,6 +110,20 @@ wire_keys_load_or_create(const char *dir, WireKeys *keys, GError **error)
     return true;
 }
 
+char *
+wire_register_endpoint(const char *listen)
+{
+    const char *colon = listen ? strrchr(listen, ':') : NULL;
+    guint64 port;
+
+    if (!listen || !g_str_has_prefix(listen, "tcp://") || !colon ||
+        colon < listen + 6 ||
+        !g_ascii_string_to_unsigned(colon + 1, 10, 1, 65534, &port, NULL))
+        return NULL;
+    return g_strdup_printf("%.*s:%" G_GUINT64_FORMAT, (int)(colon - listen),
+                           listen, port + 1);
+}
+
 void
 wire_socket_defaults(void *socket)
 {

@@ -17,6 +17,7 @@
 #define WIRE_VERSION 1
 #define WIRE_MAX_MESSAGE (16 * 1024 * 1024)
 #define WIRE_ZAP_DOMAIN "spore"
+#define WIRE_ZAP_REGISTER_DOMAIN "spore-register"
 #define WIRE_KEY_CHARS 40 /* a Z85-encoded CURVE key */
 #define WIRE_HOST_NAME_MAX 63
 
@@ -41,6 +42,14 @@ char *wire_key_read_file(const char *path, GError **error);
 
 /* wire_host_name_valid: 1-63 of [a-zA-Z0-9-_.], not starting with '-' or '.' */
 bool wire_host_name_valid(const char *name);
+
+/*
+ * wire_register_endpoint: the registration endpoint that goes with the
+ * agents' endpoint @listen: the same address, the next port
+ * (tcp://127.0.0.1:7400 -> tcp://127.0.0.1:7401); NULL if @listen is not
+ * tcp://ADDRESS:PORT
+ */
+char *wire_register_endpoint(const char *listen);
 
 /* wire_socket_defaults: MAXMSGSIZE, heartbeats, handshake timeout, linger */
 void wire_socket_defaults(void *socket);

@@ -1,0 +1,823 @@
+/*
+ * agent-link.c: the agent's connection to the site manager (see
+ * agent-link.h).
+ *
+ * Two threads: the link thread owns the ZeroMQ socket (hello, reports,
+ * receiving commands, sending acknowledgements); the worker runs commands
+ * one at a time and hands the acknowledgements back through a queue.
+ */
+#include "agent-link.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <zmq.h>
+
+#include "clone-host.h"
+#include "file-util.h"
+#include "image-index.h"
+#include "manifest.h"
+#include "spore-error.h"
+#include "virt-detect.h"
+#include "wire.h"
+
+#define HELLO_EVERY_US (2 * G_USEC_PER_SEC)
+#define JOURNAL_KEEP 4096
+
+struct AgentLink {
+    Agent *agent;
+    AgentLinkConfig config;
+    WireKeys keys;
+    char *boot;
+    GThread *thread;
+    GThreadPool *worker;
+    GAsyncQueue *acks; /* of JsonObject * */
+    gint stop;         /* atomic */
+
+    GMutex lock;           /* guards journal, in_flight */
+    GHashTable *journal;   /* "KEY:ID" -> ack text */
+    GHashTable *in_flight; /* "KEY:ID" */
+    char *journal_path;
+    guint journal_lines;
+
+    CloneHost *work_host; /* the worker's libvirt connection */
+};
+
+/* ---- the journal -------------------------------------------------------- */
+
+static char *
+journal_key(AgentLink *l, gint64 id)
+{
+    return g_strdup_printf("%.8s:%" G_GINT64_FORMAT, l->config.manager_key,
+                           id);
+}
+
+static void
+journal_load(AgentLink *l)
+{
+    g_autofree char *text = NULL;
+    g_auto(GStrv) lines = NULL;
+
+    if (!g_file_get_contents(l->journal_path, &text, NULL, NULL))
+        return;
+    lines = g_strsplit(text, "\n", -1);
+    for (guint i = 0; lines[i]; i++) {
+        char *tab = strchr(lines[i], '\t');
+
+        if (!tab)
+            continue;
+        *tab = '\0';
+        g_hash_table_insert(l->journal, g_strdup(lines[i]),
+                            g_strdup(tab + 1));
+        l->journal_lines++;
+    }
+}
+
+/* journal_add: record the ack of @key; rewrite the file when it grows */
+static void
+journal_add(AgentLink *l, const char *key, const char *ack)
+{
+    g_mutex_lock(&l->lock);
+    g_hash_table_insert(l->journal, g_strdup(key), g_strdup(ack));
+    if (++l->journal_lines > 2 * JOURNAL_KEEP) {
+        /* keep the newest: ids grow, so sort by the number after ':' */
+        g_autoptr(GString) all = g_string_new(NULL);
+        g_autoptr(GList) keys = g_hash_table_get_keys(l->journal);
+        guint n = g_list_length(keys), skip = n > JOURNAL_KEEP
+                                                   ? n - JOURNAL_KEEP
+                                                   : 0;
+        GList *it;
+
+        keys = g_list_sort(keys, (GCompareFunc)g_strcmp0);
+        for (it = keys; it; it = it->next) {
+            if (skip) {
+                skip--;
+                g_hash_table_remove(l->journal, it->data);
+                continue;
+            }
+            g_string_append_printf(all, "%s\t%s\n", (char *)it->data,
+                                   (char *)g_hash_table_lookup(l->journal,
+                                                               it->data));
+        }
+        spore_file_write_atomic(l->journal_path, all->str, all->len, 0600,
+                                NULL);
+        l->journal_lines = g_hash_table_size(l->journal);
+    } else {
+        FILE *f = fopen(l->journal_path, "a");
+
+        if (f) {
+            fprintf(f, "%s\t%s\n", key, ack);
+            fflush(f);
+            fdatasync(fileno(f));
+            fclose(f);
+        }
+    }
+    g_mutex_unlock(&l->lock);
+}
+
+/* ---- commands ----------------------------------------------------------- */
+
+static JsonObject *
+agent_json(AgentLink *l, JsonObject *request)
+{
+    g_autofree char *text = wire_to_text(request);
+    g_autofree char *reply = agent_handle_command(l->agent, text);
+    g_autoptr(JsonParser) p = json_parser_new();
+
+    if (!json_parser_load_from_data(p, reply, -1, NULL) ||
+        !JSON_NODE_HOLDS_OBJECT(json_parser_get_root(p)))
+        return NULL;
+    return json_object_ref(json_node_get_object(json_parser_get_root(p)));
+}
+
+/* image_ready: make the agent know and serve the command's image; the
+ * export's URI */
+static char *
+image_ready(AgentLink *l, JsonObject *image, GError **error)
+{
+    const char *id = wire_get_string(image, "id");
+    const char *b64 = wire_get_string(image, "index");
+    JsonNode *origins = json_object_get_member(image, "origins");
+    g_autoptr(JsonObject) add = json_object_new();
+    g_autoptr(JsonObject) serve = json_object_new();
+    g_autoptr(JsonObject) reply = NULL;
+    g_autofree char *dir = NULL;
+    g_autofree char *path = NULL;
+    g_autofree guint8 *data = NULL;
+    gsize len = 0;
+
+    if (!id || !b64 || !origins || !JSON_NODE_HOLDS_ARRAY(origins) ||
+        !g_str_has_prefix(id, "sha256:") || strlen(id) != 71) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
+                    "the command's image lacks an id, an index or origins");
+        return NULL;
+    }
+    dir = g_build_filename(l->config.state_dir, "indexes", NULL);
+    path = g_strdup_printf("%s/%s.idx", dir, id + 7);
+    data = g_base64_decode(b64, &len);
+    {
+        /* verify before anything keeps it */
+        g_autoptr(ImageIndex) idx = image_index_parse(data, len, id, error);
+
+        if (!idx)
+            return NULL;
+    }
+    if (g_mkdir_with_parents(dir, 0700) < 0 ||
+        !spore_file_write_atomic(path, data, len, 0600, error))
+        return NULL;
+    json_object_set_string_member(add, "command", "image-add");
+    json_object_set_string_member(add, "index", path);
+    json_object_set_string_member(add, "id", id);
+    json_object_set_member(add, "origins", json_node_copy(origins));
+    reply = agent_json(l, add);
+    if (!reply || !json_object_get_boolean_member_with_default(reply, "ok",
+                                                               FALSE)) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_FAILED,
+                    "image %s: %s", id,
+                    reply ? wire_get_string(reply, "error") : "no reply");
+        return NULL;
+    }
+    json_object_unref(g_steal_pointer(&reply));
+    json_object_set_string_member(serve, "command", "image-serve");
+    json_object_set_string_member(serve, "image", id);
+    reply = agent_json(l, serve);
+    if (!reply ||
+        !json_object_get_boolean_member_with_default(reply, "ok", FALSE) ||
+        !json_object_has_member(reply, "image")) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_FAILED,
+                    "serving image %s: %s", id,
+                    reply ? wire_get_string(reply, "error") : "no reply");
+        return NULL;
+    }
+    return g_strdup(wire_get_string(
+        json_object_get_object_member(reply, "image"), "uri"));
+}
+
+static CloneHost *
+worker_host(AgentLink *l, GError **error)
+{
+    CloneHostConfig cfg = {
+        .uri = l->config.libvirt_uri,
+        .pool = l->config.pool,
+        .pool_dir = l->config.pool_dir,
+        .console_dir = l->config.console_dir,
+        .owner = l->config.host_name,
+    };
+
+    if (!l->work_host)
+        l->work_host = clone_host_open(&cfg, error);
+    return l->work_host;
+}
+
+static ManifestHypervisor
+virt_for(AgentLink *l, const Manifest *mf)
+{
+    if (mf->vm.hypervisor != MANIFEST_HYPERVISOR_KVM)
+        return mf->vm.hypervisor;
+    if (l->config.virt_type)
+        return g_str_equal(l->config.virt_type, "qemu")
+                   ? MANIFEST_HYPERVISOR_QEMU
+                   : MANIFEST_HYPERVISOR_KVM;
+    return spore_kvm_works() ? MANIFEST_HYPERVISOR_KVM
+                             : MANIFEST_HYPERVISOR_QEMU;
+}
+
+static bool
+run_create(AgentLink *l, JsonObject *cmd, GString *summary, GError **error)
+{
+    const char *text = wire_get_string(cmd, "manifest");
+    const char *service = wire_get_string(cmd, "service");
+    JsonNode *image = json_object_get_member(cmd, "image");
+    JsonNode *idx = json_object_get_member(cmd, "indexes");
+    g_autoptr(Manifest) mf = NULL;
+    g_autofree char *uri = NULL;
+    g_autofree guint *indexes = NULL;
+    g_autofree CloneCreateOutcome *outcomes = NULL;
+    CloneCreateRequest req = {0};
+    CloneHost *host;
+    JsonArray *arr;
+    guint n;
+
+    if (!text || !service || !image || !JSON_NODE_HOLDS_OBJECT(image) ||
+        !idx || !JSON_NODE_HOLDS_ARRAY(idx)) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
+                    "a clone-create command needs manifest, service, image "
+                    "and indexes");
+        return false;
+    }
+    mf = manifest_parse_data(text, strlen(text), NULL, error);
+    if (!mf)
+        return false;
+    if (!g_str_equal(mf->name, service)) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
+                    "the command is for service '%s' but its manifest is "
+                    "'%s'",
+                    service, mf->name);
+        return false;
+    }
+    arr = json_node_get_array(idx);
+    n = json_array_get_length(arr);
+    if (n == 0 || n > mf->scaling.max) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
+                    "%u clone indexes for a service of at most %u", n,
+                    mf->scaling.max);
+        return false;
+    }
+    indexes = g_new0(guint, n);
+    outcomes = g_new0(CloneCreateOutcome, n);
+    for (guint i = 0; i < n; i++) {
+        gint64 v = json_array_get_int_element(arr, i);
+
+        if (v < 0 || v >= mf->scaling.max) {
+            g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
+                        "clone index %" G_GINT64_FORMAT " out of range", v);
+            return false;
+        }
+        indexes[i] = (guint)v;
+    }
+    uri = image_ready(l, json_node_get_object(image), error);
+    if (!uri)
+        return false;
+    host = worker_host(l, error);
+    if (!host)
+        return false;
+    req.manifest = mf;
+    req.indexes = indexes;
+    req.n_indexes = n;
+    req.backing = uri;
+    req.backing_format =
+        g_strcmp0(wire_get_string(json_node_get_object(image), "format"),
+                  "qcow2") == 0
+            ? "qcow2"
+            : "raw";
+    req.image_id = wire_get_string(json_node_get_object(image), "id");
+    req.generation = (guint64)wire_get_int(cmd, "generation", 0);
+    req.host_name = l->config.host_name;
+    req.virt = virt_for(l, mf);
+    req.start = true;
+    if (!clone_host_create(host, &req, outcomes, error))
+        return false;
+    for (guint i = 0; i < n; i++)
+        g_string_append_printf(summary, "%s%s-%u %s", i ? ", " : "",
+                               mf->name, indexes[i],
+                               outcomes[i] == CLONE_CREATED ? "created"
+                                                            : "existed");
+    return true;
+}
+
+static bool
+run_destroy(AgentLink *l, JsonObject *cmd, GString *summary, GError **error)
+{
+    JsonNode *names = json_object_get_member(cmd, "names");
+    guint timeout = (guint)CLAMP(wire_get_int(cmd, "timeout", 60), 0, 3600);
+    CloneHost *host;
+    JsonArray *arr;
+    bool ok = true;
+
+    if (!names || !JSON_NODE_HOLDS_ARRAY(names)) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
+                    "a clone-destroy command needs names");
+        return false;
+    }
+    host = worker_host(l, error);
+    if (!host)
+        return false;
+    arr = json_node_get_array(names);
+    for (guint i = 0; i < json_array_get_length(arr); i++) {
+        const char *name = json_array_get_string_element(arr, i);
+        g_autoptr(GError) err = NULL;
+        CloneDestroyOutcome outcome;
+
+        if (!name)
+            continue;
+        if (!clone_host_destroy(host, name, timeout, &outcome, &err)) {
+            if (ok)
+                g_propagate_error(error, g_steal_pointer(&err));
+            ok = false;
+            continue;
+        }
+        g_string_append_printf(summary, "%s%s %s", summary->len ? ", " : "",
+                               name,
+                               outcome == CLONE_ABSENT      ? "absent"
+                               : outcome == CLONE_DESTROYED ? "powered off"
+                                                            : "removed");
+    }
+    return ok;
+}
+
+typedef struct {
+    JsonObject *cmd;
+    char *key;
+} Job;
+
+static void
+worker(gpointer data, gpointer user)
+{
+    Job *job = data;
+    AgentLink *l = user;
+    const char *op = wire_get_string(job->cmd, "op");
+    g_autoptr(GString) summary = g_string_new(NULL);
+    g_autoptr(GError) err = NULL;
+    JsonObject *ack = wire_new("ack");
+    g_autofree char *text = NULL;
+    bool ok;
+
+    g_message("command %" G_GINT64_FORMAT ": %s",
+              wire_get_int(job->cmd, "id", -1), op ? op : "?");
+    if (g_strcmp0(op, "clone-create") == 0)
+        ok = run_create(l, job->cmd, summary, &err);
+    else if (g_strcmp0(op, "clone-destroy") == 0)
+        ok = run_destroy(l, job->cmd, summary, &err);
+    else {
+        ok = false;
+        g_set_error(&err, SPORE_ERROR, SPORE_ERROR_INVALID,
+                    "unknown command '%s'", op ? op : "");
+    }
+    json_object_set_int_member(ack, "id", wire_get_int(job->cmd, "id", -1));
+    json_object_set_boolean_member(ack, "ok", ok);
+    if (!ok) {
+        json_object_set_string_member(ack, "error", err->message);
+        g_warning("command %" G_GINT64_FORMAT " failed: %s",
+                  wire_get_int(job->cmd, "id", -1), err->message);
+    } else {
+        json_object_set_string_member(ack, "summary", summary->str);
+        g_message("command %" G_GINT64_FORMAT " done: %s",
+                  wire_get_int(job->cmd, "id", -1), summary->str);
+    }
+    text = wire_to_text(ack);
+    journal_add(l, job->key, text);
+    g_mutex_lock(&l->lock);
+    g_hash_table_remove(l->in_flight, job->key);
+    g_mutex_unlock(&l->lock);
+    g_async_queue_push(l->acks, ack);
+    json_object_unref(job->cmd);
+    g_free(job->key);
+    g_free(job);
+}
+
+/* ---- the link thread ---------------------------------------------------- */
+
+static void
+send_hello(AgentLink *l, void *sock, CloneHost *host)
+{
+    g_autoptr(JsonObject) hello = wire_new("hello");
+    JsonObject *cap = json_object_new();
+    guint cpus = 0;
+    guint64 mem = 0;
+    g_autoptr(GError) err = NULL;
+
+    if (host && !clone_host_capacity(host, &cpus, &mem, &err))
+        g_warning("cannot read the host's capacity: %s", err->message);
+    json_object_set_string_member(hello, "host", l->config.host_name);
+    json_object_set_string_member(hello, "boot", l->boot);
+    json_object_set_int_member(cap, "cpus", cpus);
+    json_object_set_int_member(cap, "memory_kib", (gint64)mem);
+    json_object_set_object_member(hello, "capacity", cap);
+    if (l->config.virt_type)
+        json_object_set_string_member(hello, "virt", l->config.virt_type);
+    wire_send(sock, NULL, hello);
+}
+
+static bool
+send_report(AgentLink *l, void *sock, CloneHost *host)
+{
+    g_autoptr(JsonObject) report = wire_new("report");
+    g_autoptr(JsonObject) list_req = json_object_new();
+    g_autoptr(JsonObject) images = NULL;
+    g_autoptr(GPtrArray) clones = NULL;
+    g_autoptr(GError) err = NULL;
+    JsonArray *arr = json_array_new();
+
+    clones = host ? clone_host_list(host, &err) : NULL;
+    if (!clones) {
+        static gint64 last;
+
+        if (g_get_monotonic_time() - last > 60 * G_USEC_PER_SEC) {
+            g_warning("no report: cannot list the clones: %s",
+                      err ? err->message : "libvirt unavailable");
+            last = g_get_monotonic_time();
+        }
+        json_array_unref(arr);
+        return false;
+    }
+    for (guint i = 0; i < clones->len; i++) {
+        CloneInfo *c = clones->pdata[i];
+        JsonObject *o = json_object_new();
+
+        json_object_set_string_member(o, "name", c->name);
+        json_object_set_string_member(o, "uuid", c->uuid ? c->uuid : "");
+        json_object_set_string_member(o, "service", c->service);
+        json_object_set_int_member(o, "index", c->index);
+        json_object_set_string_member(o, "image",
+                                      c->image_id ? c->image_id : "");
+        json_object_set_int_member(o, "generation", (gint64)c->generation);
+        json_object_set_string_member(o, "state", c->state);
+        json_object_set_string_member(o, "reason", c->reason);
+        json_object_set_int_member(o, "cpu_ns", (gint64)c->cpu_time_ns);
+        json_object_set_int_member(o, "vcpus", c->vcpus);
+        json_object_set_int_member(o, "memory_kib", (gint64)c->memory_kib);
+        json_object_set_int_member(o, "memory_unused_kib",
+                                   c->memory_unused_kib);
+        json_object_set_int_member(o, "memory_usable_kib",
+                                   c->memory_usable_kib);
+        json_array_add_object_element(arr, o);
+    }
+    json_object_set_array_member(report, "clones", arr);
+    json_object_set_int_member(report, "time_ms",
+                               g_get_real_time() / 1000);
+    json_object_set_string_member(list_req, "command", "image-list");
+    images = agent_json(l, list_req);
+    if (images && json_object_has_member(images, "images"))
+        json_object_set_member(
+            report, "images",
+            json_node_copy(json_object_get_member(images, "images")));
+    else
+        json_object_set_array_member(report, "images", json_array_new());
+    return wire_send(sock, NULL, report);
+}
+
+static void
+on_command(AgentLink *l, void *sock, JsonObject *cmd)
+{
+    gint64 id = wire_get_int(cmd, "id", -1);
+    g_autofree char *key = NULL;
+    char *done;
+
+    if (id < 0) {
+        g_warning("dropped a command without an id");
+        return;
+    }
+    key = journal_key(l, id);
+    g_mutex_lock(&l->lock);
+    done = g_strdup(g_hash_table_lookup(l->journal, key));
+    if (!done && g_hash_table_contains(l->in_flight, key)) {
+        g_mutex_unlock(&l->lock);
+        return; /* a re-send while it runs: the ack follows */
+    }
+    if (!done)
+        g_hash_table_add(l->in_flight, g_strdup(key));
+    g_mutex_unlock(&l->lock);
+    if (done) {
+        /* a replay: answer from the journal, apply nothing */
+        g_autoptr(JsonObject) ack = wire_parse(done, strlen(done), NULL);
+
+        g_message("command %" G_GINT64_FORMAT
+                  " was applied before: acknowledged again",
+                  id);
+        if (ack)
+            wire_send(sock, NULL, ack);
+        g_free(done);
+        return;
+    }
+    {
+        Job *job = g_new0(Job, 1);
+
+        job->cmd = json_object_ref(cmd);
+        job->key = g_steal_pointer(&key);
+        g_thread_pool_push(l->worker, job, NULL);
+    }
+}
+
+/*
+ * main_socket: the DEALER to the manager's agent endpoint.  libzmq does
+ * not reconnect after the manager's ZAP handler refused the key, so a new
+ * one is made once the registration says the host was accepted.
+ */
+static void *
+main_socket(AgentLink *l, void *ctx)
+{
+    void *sock = zmq_socket(ctx, ZMQ_DEALER);
+    int ivl = 1000, ivl_max = 30000, one = 1;
+
+    wire_socket_defaults(sock);
+    zmq_setsockopt(sock, ZMQ_CURVE_SERVERKEY, l->config.manager_key,
+                   WIRE_KEY_CHARS);
+    zmq_setsockopt(sock, ZMQ_CURVE_PUBLICKEY, l->keys.public_key,
+                   WIRE_KEY_CHARS);
+    zmq_setsockopt(sock, ZMQ_CURVE_SECRETKEY, l->keys.secret_key,
+                   WIRE_KEY_CHARS);
+    zmq_setsockopt(sock, ZMQ_ROUTING_ID, l->config.host_name,
+                   strlen(l->config.host_name));
+    zmq_setsockopt(sock, ZMQ_RECONNECT_IVL, &ivl, sizeof(ivl));
+    zmq_setsockopt(sock, ZMQ_RECONNECT_IVL_MAX, &ivl_max, sizeof(ivl_max));
+    zmq_setsockopt(sock, ZMQ_IMMEDIATE, &one, sizeof(one));
+    if (zmq_connect(sock, l->config.manager) != 0)
+        g_warning("cannot connect to the manager at %s: %s",
+                  l->config.manager, zmq_strerror(zmq_errno()));
+    return sock;
+}
+
+/* registration: until the manager welcomes us, say who we are on its
+ * registration socket, so that an operator can accept us by name */
+static bool
+registration_poll(AgentLink *l, void *reg, char **state)
+{
+    zmq_msg_t msg;
+    bool accepted_now = false;
+
+    for (;;) {
+        g_autoptr(JsonObject) obj = NULL;
+        const char *now_state;
+
+        zmq_msg_init(&msg);
+        if (zmq_msg_recv(&msg, reg, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&msg);
+            return accepted_now;
+        }
+        obj = wire_parse(zmq_msg_data(&msg), zmq_msg_size(&msg), NULL);
+        zmq_msg_close(&msg);
+        now_state = wire_get_string(obj, "state");
+        if (!now_state || g_strcmp0(now_state, *state) == 0)
+            continue;
+        if (g_str_equal(now_state, "pending"))
+            g_message("the site manager has not accepted this host yet: run "
+                      "'sporectl host-accept %s' there",
+                      l->config.host_name);
+        else if (g_str_equal(now_state, "refused"))
+            g_warning("the site manager refuses host %s: %s",
+                      l->config.host_name,
+                      wire_get_string(obj, "reason")
+                          ? wire_get_string(obj, "reason")
+                          : "no reason given");
+        else {
+            g_message("the site manager accepted host %s",
+                      l->config.host_name);
+            accepted_now = *state != NULL; /* it was refused before */
+        }
+        g_free(*state);
+        *state = g_strdup(now_state);
+    }
+}
+
+static gpointer
+link_thread(gpointer data)
+{
+    AgentLink *l = data;
+    void *ctx = zmq_ctx_new();
+    void *sock;
+    int one = 1;
+    gint64 last_hello = 0, last_report = 0;
+    bool welcomed = false;
+    CloneHost *host = NULL;
+    CloneHostConfig hcfg = {
+        .uri = l->config.libvirt_uri,
+        .pool = l->config.pool,
+        .pool_dir = l->config.pool_dir,
+        .console_dir = l->config.console_dir,
+        .owner = l->config.host_name,
+    };
+    gint64 last_libvirt_try = 0, last_register = 0;
+    void *reg = zmq_socket(ctx, ZMQ_DEALER);
+    g_autofree char *reg_endpoint =
+        wire_register_endpoint(l->config.manager);
+    g_autofree char *reg_state = NULL;
+
+    wire_socket_defaults(reg);
+    zmq_setsockopt(reg, ZMQ_CURVE_SERVERKEY, l->config.manager_key,
+                   WIRE_KEY_CHARS);
+    zmq_setsockopt(reg, ZMQ_CURVE_PUBLICKEY, l->keys.public_key,
+                   WIRE_KEY_CHARS);
+    zmq_setsockopt(reg, ZMQ_CURVE_SECRETKEY, l->keys.secret_key,
+                   WIRE_KEY_CHARS);
+    zmq_setsockopt(reg, ZMQ_IMMEDIATE, &one, sizeof(one));
+    if (reg_endpoint && zmq_connect(reg, reg_endpoint) != 0)
+        g_warning("cannot connect to the manager's registration endpoint "
+                  "%s: %s",
+                  reg_endpoint, zmq_strerror(zmq_errno()));
+    sock = main_socket(l, ctx);
+    g_message("connecting to the site manager at %s as %s (key %s)",
+              l->config.manager, l->config.host_name, l->keys.public_key);
+
+    while (!g_atomic_int_get(&l->stop)) {
+        zmq_pollitem_t item = {sock, 0, ZMQ_POLLIN, 0};
+        gint64 now = g_get_monotonic_time();
+        JsonObject *ack;
+
+        if (!host && now - last_libvirt_try > 5 * G_USEC_PER_SEC) {
+            g_autoptr(GError) err = NULL;
+
+            last_libvirt_try = now;
+            host = clone_host_open(&hcfg, &err);
+            if (!host)
+                g_warning("libvirt: %s", err->message);
+        }
+        if (zmq_poll(&item, 1, 100) > 0) {
+            for (;;) {
+                zmq_msg_t msg;
+                g_autoptr(GError) err = NULL;
+                g_autoptr(JsonObject) obj = NULL;
+                const char *type;
+
+                zmq_msg_init(&msg);
+                if (zmq_msg_recv(&msg, sock, ZMQ_DONTWAIT) < 0) {
+                    zmq_msg_close(&msg);
+                    break;
+                }
+                if (zmq_msg_more(&msg)) {
+                    g_warning("dropped a message of several frames from the "
+                              "manager");
+                    while (zmq_msg_more(&msg)) {
+                        zmq_msg_close(&msg);
+                        zmq_msg_init(&msg);
+                        if (zmq_msg_recv(&msg, sock, ZMQ_DONTWAIT) < 0)
+                            break;
+                    }
+                    zmq_msg_close(&msg);
+                    continue;
+                }
+                obj = wire_parse(zmq_msg_data(&msg), zmq_msg_size(&msg), &err);
+                zmq_msg_close(&msg);
+                if (!obj) {
+                    g_warning("dropped a malformed message from the manager: "
+                              "%s",
+                              err->message);
+                    continue;
+                }
+                type = wire_get_string(obj, "type");
+                if (g_str_equal(type, "welcome")) {
+                    if (!welcomed)
+                        g_message("the site manager welcomed us");
+                    welcomed = true;
+                    last_report = 0;
+                } else if (g_str_equal(type, "who")) {
+                    welcomed = false;
+                    last_hello = 0;
+                } else if (g_str_equal(type, "cmd")) {
+                    on_command(l, sock, obj);
+                } else {
+                    g_warning("dropped a message of unknown type '%s' from "
+                              "the manager",
+                              type);
+                }
+            }
+        }
+        while ((ack = g_async_queue_try_pop(l->acks))) {
+            wire_send(sock, NULL, ack);
+            json_object_unref(ack);
+            last_report = 0; /* report the change at once */
+        }
+        now = g_get_monotonic_time();
+        if (registration_poll(l, reg, &reg_state) && !welcomed) {
+            zmq_close(sock);
+            sock = main_socket(l, ctx);
+            last_hello = 0;
+        }
+        if (!welcomed && now - last_register > 5 * G_USEC_PER_SEC) {
+            g_autoptr(JsonObject) r = wire_new("register");
+
+            json_object_set_string_member(r, "host", l->config.host_name);
+            wire_send(reg, NULL, r);
+            last_register = now;
+        }
+        if (!welcomed && now - last_hello > HELLO_EVERY_US) {
+            send_hello(l, sock, host);
+            last_hello = now;
+        }
+        if (welcomed &&
+            now - last_report > (gint64)l->config.report_ms * 1000) {
+            if (send_report(l, sock, host))
+                last_report = now;
+            else
+                last_report = now - (gint64)l->config.report_ms * 500;
+        }
+    }
+    clone_host_free(host);
+    zmq_close(reg);
+    zmq_close(sock);
+    zmq_ctx_term(ctx);
+    return NULL;
+}
+
+AgentLink *
+agent_link_start(Agent *agent, const AgentLinkConfig *config, GError **error)
+{
+    AgentLink *l;
+    guint8 rnd[8];
+
+    if (!config->manager || !wire_key_valid(config->manager_key)) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_USAGE,
+                    "the site manager needs an endpoint and its Z85 public "
+                    "key (manager_key)");
+        return NULL;
+    }
+    if (!wire_host_name_valid(config->host_name)) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_USAGE,
+                    "host name '%s' is not 1-63 of letters, digits, '-', "
+                    "'_' and '.'",
+                    config->host_name ? config->host_name : "");
+        return NULL;
+    }
+    l = g_new0(AgentLink, 1);
+    l->agent = agent;
+    l->config = *config;
+    l->config.manager = g_strdup(config->manager);
+    l->config.manager_key = g_strdup(config->manager_key);
+    l->config.host_name = g_strdup(config->host_name);
+    l->config.state_dir = g_strdup(config->state_dir);
+    l->config.libvirt_uri = g_strdup(config->libvirt_uri);
+    l->config.pool = g_strdup(config->pool);
+    l->config.pool_dir = g_strdup(config->pool_dir);
+    l->config.console_dir = g_strdup(config->console_dir);
+    l->config.virt_type = g_strdup(config->virt_type);
+    if (!l->config.report_ms)
+        l->config.report_ms = 2000;
+    if (!wire_keys_load_or_create(config->state_dir, &l->keys, error)) {
+        agent_link_stop(l);
+        return NULL;
+    }
+    g_mutex_init(&l->lock);
+    l->journal = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
+                                       g_free);
+    l->in_flight = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
+                                         NULL);
+    l->journal_path = g_build_filename(config->state_dir, "commands.journal",
+                                       NULL);
+    journal_load(l);
+    for (guint i = 0; i < sizeof(rnd); i++)
+        rnd[i] = (guint8)g_random_int_range(0, 256);
+    l->boot = g_strdup_printf("%02x%02x%02x%02x%02x%02x%02x%02x", rnd[0],
+                              rnd[1], rnd[2], rnd[3], rnd[4], rnd[5], rnd[6],
+                              rnd[7]);
+    l->acks = g_async_queue_new();
+    l->worker = g_thread_pool_new(worker, l, 1, TRUE, NULL);
+    l->thread = g_thread_new("spore-link", link_thread, l);
+    return l;
+}
+
+void
+agent_link_stop(AgentLink *l)
+{
+    if (!l)
+        return;
+    g_atomic_int_set(&l->stop, 1);
+    if (l->thread)
+        g_thread_join(l->thread);
+    if (l->worker)
+        g_thread_pool_free(l->worker, TRUE, FALSE); /* don't wait: an
+                                                     * unjournaled command is
+                                                     * sent again */
+    if (l->acks) {
+        JsonObject *ack;
+
+        while ((ack = g_async_queue_try_pop(l->acks)))
+            json_object_unref(ack);
+        g_async_queue_unref(l->acks);
+    }
+    clone_host_free(l->work_host);
+    if (l->journal)
+        g_hash_table_unref(l->journal);
+    if (l->in_flight)
+        g_hash_table_unref(l->in_flight);
+    g_free(l->journal_path);
+    g_free(l->boot);
+    g_free(l->config.manager);
+    g_free(l->config.manager_key);
+    g_free(l->config.host_name);
+    g_free(l->config.state_dir);
+    g_free(l->config.libvirt_uri);
+    g_free(l->config.pool);
+    g_free(l->config.pool_dir);
+    g_free(l->config.console_dir);
+    g_free(l->config.virt_type);
+    g_free(l);
+}

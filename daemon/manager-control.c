@@ -1,0 +1,857 @@
+/*
+ * manager-control.c: spored's control socket (docs/site-control.md).
+ *
+ * Each connection runs in a thread of its own; every command takes the
+ * manager's lock around its database work, and wakes the reconciliation
+ * loop when it changed the desired state.  image-add downloads and indexes
+ * the image without holding the lock.
+ */
+#include "manager-private.h"
+
+#include <errno.h>
+#include <grp.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <curl/curl.h>
+#include <gio/gunixsocketaddress.h>
+
+#include "image-index.h"
+#include "spore-error.h"
+
+#define CONTROL_LINE_MAX (32u * 1024 * 1024)
+#define EVENTS_LIMIT_MAX 1000
+
+/* ---- replies ---------------------------------------------------------- */
+
+static JsonObject *
+reply_ok(void)
+{
+    JsonObject *r = json_object_new();
+
+    json_object_set_boolean_member(r, "ok", TRUE);
+    return r;
+}
+
+static char *
+reply_text(JsonObject *r)
+{
+    char *text = wire_to_text(r);
+
+    json_object_unref(r);
+    return text;
+}
+
+static char *G_GNUC_PRINTF(1, 2)
+reply_error(const char *format, ...)
+{
+    va_list ap;
+    g_autofree char *msg = NULL;
+    JsonObject *r = json_object_new();
+
+    va_start(ap, format);
+    msg = g_strdup_vprintf(format, ap);
+    va_end(ap);
+    json_object_set_boolean_member(r, "ok", FALSE);
+    json_object_set_string_member(r, "error", msg);
+    return reply_text(r);
+}
+
+/* ---- objects ---------------------------------------------------------- */
+
+static JsonArray *
+host_clones(Manager *m, const char *host)
+{
+    HostRuntime *h = host ? g_hash_table_lookup(m->runtime, host) : NULL;
+
+    return h && h->reported ? h->clones : NULL;
+}
+
+/* the reported clone @name on @host, or NULL */
+static JsonObject *
+reported_clone(Manager *m, const char *host, const char *name)
+{
+    JsonArray *arr = host_clones(m, host);
+
+    for (guint i = 0; arr && i < json_array_get_length(arr); i++) {
+        JsonNode *n = json_array_get_element(arr, i);
+
+        if (JSON_NODE_HOLDS_OBJECT(n) &&
+            g_strcmp0(wire_get_string(json_node_get_object(n), "name"),
+                      name) == 0)
+            return json_node_get_object(n);
+    }
+    return NULL;
+}
+
+static JsonObject *
+clone_object(Manager *m, const char *service, guint index, const char *host,
+             gint64 generation)
+{
+    JsonObject *o = json_object_new();
+    g_autofree char *name = g_strdup_printf("%s-%u", service, index);
+    JsonObject *rep = reported_clone(m, host, name);
+    g_autofree char *pending = NULL;
+    const char *state;
+
+    json_object_set_string_member(o, "name", name);
+    json_object_set_string_member(o, "service", service);
+    json_object_set_int_member(o, "index", index);
+    if (host)
+        json_object_set_string_member(o, "host", host);
+    else
+        json_object_set_null_member(o, "host");
+    if (rep && wire_get_int(rep, "generation", -1) == generation) {
+        state = wire_get_string(rep, "state");
+        json_object_set_int_member(o, "generation", generation);
+    } else if (rep) {
+        state = "updating";
+        json_object_set_int_member(o, "generation",
+                                   wire_get_int(rep, "generation", 0));
+    } else {
+        state = host ? "creating" : "pending";
+        json_object_set_int_member(o, "generation", generation);
+    }
+    json_object_set_string_member(o, "state", state ? state : "unknown");
+    if (rep && wire_get_string(rep, "reason") &&
+        *wire_get_string(rep, "reason"))
+        json_object_set_string_member(o, "reason",
+                                      wire_get_string(rep, "reason"));
+    return o;
+}
+
+static JsonObject *
+service_summary(Manager *m, sqlite3_stmt *st, guint *ret_running)
+{
+    /* st: name, generation, image, desired, deleting, cooldown_until */
+    JsonObject *o = json_object_new();
+    const char *name = mdb_col_text(st, 0);
+    gint64 generation = sqlite3_column_int64(st, 1);
+    Manifest *mf = manager_manifest(m, name);
+    sqlite3_stmt *cs;
+    guint running = 0;
+
+    json_object_set_string_member(o, "name", name);
+    json_object_set_int_member(o, "generation", generation);
+    json_object_set_string_member(o, "image", mdb_col_text(st, 2));
+    json_object_set_int_member(o, "min", mf ? mf->scaling.min : 0);
+    json_object_set_int_member(o, "max", mf ? mf->scaling.max : 0);
+    json_object_set_int_member(o, "desired", sqlite3_column_int64(st, 3));
+    json_object_set_boolean_member(o, "deleting",
+                                   sqlite3_column_int64(st, 4) != 0);
+    json_object_set_double_member(o, "cooldown_until",
+                                  sqlite3_column_double(st, 5));
+    cs = mdb_prepare(m, "SELECT idx, host FROM clones WHERE service = ?",
+                     G_TYPE_STRING, name, G_TYPE_INVALID);
+    while (cs && sqlite3_step(cs) == SQLITE_ROW) {
+        g_autofree char *cname = g_strdup_printf(
+            "%s-%u", name, (guint)sqlite3_column_int64(cs, 0));
+        JsonObject *rep = reported_clone(
+            m,
+            sqlite3_column_type(cs, 1) == SQLITE_NULL ? NULL
+                                                      : mdb_col_text(cs, 1),
+            cname);
+
+        if (rep && wire_get_int(rep, "generation", -1) == generation &&
+            g_strcmp0(wire_get_string(rep, "state"), "running") == 0)
+            running++;
+    }
+    sqlite3_finalize(cs);
+    json_object_set_int_member(o, "running", running);
+    if (ret_running)
+        *ret_running = running;
+    return o;
+}
+
+#define SERVICE_COLUMNS                                                       \
+    "name, generation, image, desired, deleting, cooldown_until"
+
+/* ---- commands --------------------------------------------------------- */
+
+static char *
+cmd_submit(Manager *m, JsonObject *req)
+{
+    const char *text = wire_get_string(req, "manifest");
+    const char *file = wire_get_string(req, "file");
+    g_autoptr(GPtrArray) problems = manifest_problems_new();
+    g_autoptr(GError) err = NULL;
+    g_autoptr(Manifest) mf = NULL;
+    g_autofree char *canonical = NULL;
+    g_autofree char *old = NULL;
+    JsonObject *r;
+    gint64 generation, desired;
+    const char *outcome;
+
+    if (!text)
+        return reply_error("submit needs the manifest's text");
+    mf = manifest_parse_data(text, strlen(text), problems, &err);
+    if (!mf) {
+        JsonObject *e = json_object_new();
+        JsonArray *arr = json_array_new();
+
+        for (guint i = 0; i < problems->len; i++) {
+            ManifestProblem *p = problems->pdata[i];
+            JsonObject *po = json_object_new();
+
+            json_object_set_int_member(po, "line", p->line);
+            json_object_set_string_member(po, "message", p->message);
+            json_array_add_object_element(arr, po);
+        }
+        json_object_set_boolean_member(e, "ok", FALSE);
+        json_object_set_string_member(
+            e, "error",
+            err ? err->message : "the manifest is not valid");
+        json_object_set_array_member(e, "problems", arr);
+        return reply_text(e);
+    }
+    canonical = manifest_format(mf);
+    g_mutex_lock(&m->lock);
+    if (!mdb_int(m, 0, "SELECT COUNT(*) FROM images WHERE name = ?",
+                 G_TYPE_STRING, mf->image.name, G_TYPE_INVALID)) {
+        g_mutex_unlock(&m->lock);
+        return reply_error("%s: image '%s' is not registered with the site "
+                           "manager: sporectl image-add %s URL",
+                           file ? file : "manifest", mf->image.name,
+                           mf->image.name);
+    }
+    if (mdb_int(m, 0, "SELECT deleting FROM services WHERE name = ?",
+                G_TYPE_STRING, mf->name, G_TYPE_INVALID)) {
+        g_mutex_unlock(&m->lock);
+        return reply_error("service '%s' is being deleted; submit it again "
+                           "once it is gone",
+                           mf->name);
+    }
+    old = mdb_text(m, "SELECT manifest FROM services WHERE name = ?",
+                   G_TYPE_STRING, mf->name, G_TYPE_INVALID);
+    if (old && g_str_equal(old, canonical)) {
+        outcome = "unchanged";
+        generation = mdb_int(m, 0,
+                             "SELECT generation FROM services WHERE name = ?",
+                             G_TYPE_STRING, mf->name, G_TYPE_INVALID);
+    } else if (old) {
+        outcome = "updated";
+        generation = mdb_int(m, 0,
+                             "SELECT generation FROM services WHERE name = ?",
+                             G_TYPE_STRING, mf->name, G_TYPE_INVALID) +
+                     1;
+        desired = mdb_int(m, mf->scaling.initial,
+                          "SELECT desired FROM services WHERE name = ?",
+                          G_TYPE_STRING, mf->name, G_TYPE_INVALID);
+        desired = CLAMP(desired, (gint64)mf->scaling.min,
+                        (gint64)mf->scaling.max);
+        mdb_exec(m,
+                 "UPDATE services SET manifest = ?, generation = ?, image = "
+                 "?, desired = ?, updated = ? WHERE name = ?",
+                 G_TYPE_STRING, canonical, G_TYPE_INT64, generation,
+                 G_TYPE_STRING, mf->image.name, G_TYPE_INT64, desired,
+                 G_TYPE_DOUBLE, mdb_now(), G_TYPE_STRING, mf->name,
+                 G_TYPE_INVALID);
+        mdb_event(m, "service-updated", mf->name, NULL,
+                  "service %s updated to generation %" G_GINT64_FORMAT
+                  " (%" G_GINT64_FORMAT " clones)",
+                  mf->name, generation, desired);
+    } else {
+        outcome = "created";
+        generation = 1;
+        mdb_exec(m,
+                 "INSERT INTO services (name, manifest, generation, image, "
+                 "desired, updated) VALUES (?, ?, 1, ?, ?, ?)",
+                 G_TYPE_STRING, mf->name, G_TYPE_STRING, canonical,
+                 G_TYPE_STRING, mf->image.name, G_TYPE_INT64,
+                 (gint64)mf->scaling.initial, G_TYPE_DOUBLE, mdb_now(),
+                 G_TYPE_INVALID);
+        mdb_event(m, "service-created", mf->name, NULL,
+                  "service %s created: %u clones of image %s", mf->name,
+                  mf->scaling.initial, mf->image.name);
+    }
+    g_mutex_unlock(&m->lock);
+    manager_wake(m);
+    r = reply_ok();
+    json_object_set_string_member(r, "service", mf->name);
+    json_object_set_int_member(r, "generation", generation);
+    json_object_set_string_member(r, "outcome", outcome);
+    return reply_text(r);
+}
+
+static char *
+cmd_service_list(Manager *m)
+{
+    JsonObject *r = reply_ok();
+    JsonArray *arr = json_array_new();
+    sqlite3_stmt *st;
+
+    g_mutex_lock(&m->lock);
+    st = mdb_prepare(m, "SELECT " SERVICE_COLUMNS " FROM services ORDER BY "
+                        "name",
+                     G_TYPE_INVALID);
+    while (st && sqlite3_step(st) == SQLITE_ROW)
+        json_array_add_object_element(arr, service_summary(m, st, NULL));
+    sqlite3_finalize(st);
+    g_mutex_unlock(&m->lock);
+    json_object_set_array_member(r, "services", arr);
+    return reply_text(r);
+}
+
+static JsonArray *
+clones_of(Manager *m, const char *service)
+{
+    JsonArray *arr = json_array_new();
+    sqlite3_stmt *st = mdb_prepare(
+        m,
+        "SELECT c.service, c.idx, c.host, s.generation FROM clones c JOIN "
+        "services s ON s.name = c.service WHERE ?1 IS NULL OR c.service = ?1 "
+        "ORDER BY c.service, c.idx",
+        G_TYPE_STRING, service, G_TYPE_INVALID);
+
+    while (st && sqlite3_step(st) == SQLITE_ROW)
+        json_array_add_object_element(
+            arr, clone_object(m, mdb_col_text(st, 0),
+                              (guint)sqlite3_column_int64(st, 1),
+                              sqlite3_column_type(st, 2) == SQLITE_NULL
+                                  ? NULL
+                                  : mdb_col_text(st, 2),
+                              sqlite3_column_int64(st, 3)));
+    sqlite3_finalize(st);
+    return arr;
+}
+
+static char *
+cmd_service_show(Manager *m, JsonObject *req)
+{
+    const char *name = wire_get_string(req, "name");
+    JsonObject *r, *svc;
+    sqlite3_stmt *st;
+
+    if (!name)
+        return reply_error("service-show needs a service name");
+    g_mutex_lock(&m->lock);
+    st = mdb_prepare(m,
+                     "SELECT " SERVICE_COLUMNS ", manifest FROM services "
+                     "WHERE name = ?",
+                     G_TYPE_STRING, name, G_TYPE_INVALID);
+    if (!st || sqlite3_step(st) != SQLITE_ROW) {
+        sqlite3_finalize(st);
+        g_mutex_unlock(&m->lock);
+        return reply_error("no service '%s'", name);
+    }
+    svc = service_summary(m, st, NULL);
+    json_object_set_string_member(svc, "manifest", mdb_col_text(st, 6));
+    sqlite3_finalize(st);
+    json_object_set_array_member(svc, "clones", clones_of(m, name));
+    g_mutex_unlock(&m->lock);
+    r = reply_ok();
+    json_object_set_object_member(r, "service", svc);
+    return reply_text(r);
+}
+
+static char *
+cmd_service_delete(Manager *m, JsonObject *req)
+{
+    const char *name = wire_get_string(req, "name");
+    JsonObject *r;
+
+    if (!name)
+        return reply_error("service-delete needs a service name");
+    g_mutex_lock(&m->lock);
+    if (!mdb_int(m, 0, "SELECT COUNT(*) FROM services WHERE name = ?",
+                 G_TYPE_STRING, name, G_TYPE_INVALID)) {
+        g_mutex_unlock(&m->lock);
+        return reply_error("no service '%s'", name);
+    }
+    mdb_exec(m, "UPDATE services SET deleting = 1 WHERE name = ?",
+             G_TYPE_STRING, name, G_TYPE_INVALID);
+    mdb_event(m, "service-deleting", name, NULL,
+              "service %s is being deleted: its clones are shut down and "
+              "removed",
+              name);
+    g_mutex_unlock(&m->lock);
+    manager_wake(m);
+    r = reply_ok();
+    json_object_set_string_member(r, "service", name);
+    return reply_text(r);
+}
+
+static char *
+cmd_scale(Manager *m, JsonObject *req)
+{
+    const char *name = wire_get_string(req, "name");
+    gint64 count = wire_get_int(req, "count", -1);
+    Manifest *mf;
+    gint64 before;
+    JsonObject *r;
+
+    if (!name || count < 0)
+        return reply_error("scale needs a service name and a count >= 0");
+    g_mutex_lock(&m->lock);
+    mf = manager_manifest(m, name);
+    if (!mf || mdb_int(m, 0, "SELECT deleting FROM services WHERE name = ?",
+                       G_TYPE_STRING, name, G_TYPE_INVALID)) {
+        g_mutex_unlock(&m->lock);
+        return reply_error("no service '%s'", name);
+    }
+    if (count < mf->scaling.min || count > mf->scaling.max) {
+        guint min = mf->scaling.min, max = mf->scaling.max;
+
+        g_mutex_unlock(&m->lock);
+        return reply_error("service '%s' runs between %u and %u clones (its "
+                           "manifest's <scaling>); %" G_GINT64_FORMAT
+                           " is outside",
+                           name, min, max, count);
+    }
+    before = mdb_int(m, 0, "SELECT desired FROM services WHERE name = ?",
+                     G_TYPE_STRING, name, G_TYPE_INVALID);
+    mdb_exec(m,
+             "UPDATE services SET desired = ?, cooldown_until = ? WHERE "
+             "name = ?",
+             G_TYPE_INT64, count, G_TYPE_DOUBLE,
+             mdb_now() + mf->scaling.cooldown_seconds, G_TYPE_STRING, name,
+             G_TYPE_INVALID);
+    mdb_event(m, "scaled", name, NULL,
+              "service %s scaled by hand from %" G_GINT64_FORMAT
+              " to %" G_GINT64_FORMAT " clones (cooldown %u s)",
+              name, before, count, mf->scaling.cooldown_seconds);
+    g_mutex_unlock(&m->lock);
+    manager_wake(m);
+    r = reply_ok();
+    json_object_set_string_member(r, "service", name);
+    json_object_set_int_member(r, "desired", count);
+    return reply_text(r);
+}
+
+static char *
+cmd_clone_list(Manager *m, JsonObject *req)
+{
+    JsonObject *r = reply_ok();
+
+    g_mutex_lock(&m->lock);
+    json_object_set_array_member(r, "clones",
+                                 clones_of(m, wire_get_string(req, "service")));
+    g_mutex_unlock(&m->lock);
+    return reply_text(r);
+}
+
+static char *
+cmd_host_list(Manager *m)
+{
+    JsonObject *r = reply_ok();
+    JsonArray *arr = json_array_new();
+    sqlite3_stmt *st;
+
+    g_mutex_lock(&m->lock);
+    st = mdb_prepare(m,
+                     "SELECT name, key, address, accepted, cpus, memory_kib, "
+                     "lost, (SELECT COUNT(*) FROM clones c WHERE c.host = "
+                     "h.name) FROM hosts h ORDER BY name",
+                     G_TYPE_INVALID);
+    while (st && sqlite3_step(st) == SQLITE_ROW) {
+        JsonObject *o = json_object_new();
+        const char *name = mdb_col_text(st, 0);
+        HostRuntime *h = g_hash_table_lookup(m->runtime, name);
+        bool accepted = sqlite3_column_int64(st, 3) != 0;
+        const char *state;
+
+        if (!accepted)
+            state = "pending";
+        else if (sqlite3_column_int64(st, 6))
+            state = "lost";
+        else if (h && h->last_seen &&
+                 g_get_monotonic_time() - h->last_seen <
+                     (gint64)m->config.lost_after_s * G_USEC_PER_SEC)
+            state = "up";
+        else
+            state = "down";
+        json_object_set_string_member(o, "name", name);
+        json_object_set_string_member(o, "state", state);
+        json_object_set_boolean_member(o, "accepted", accepted);
+        json_object_set_string_member(o, "key", mdb_col_text(st, 1));
+        json_object_set_string_member(o, "address", mdb_col_text(st, 2));
+        json_object_set_int_member(o, "cpus", sqlite3_column_int64(st, 4));
+        json_object_set_int_member(o, "memory_kib",
+                                   sqlite3_column_int64(st, 5));
+        json_object_set_int_member(o, "clones", sqlite3_column_int64(st, 7));
+        if (h && h->last_seen)
+            json_object_set_double_member(
+                o, "last_seen",
+                (double)(g_get_monotonic_time() - h->last_seen) /
+                    G_USEC_PER_SEC);
+        else
+            json_object_set_null_member(o, "last_seen");
+        json_array_add_object_element(arr, o);
+    }
+    sqlite3_finalize(st);
+    g_mutex_unlock(&m->lock);
+    json_object_set_array_member(r, "hosts", arr);
+    return reply_text(r);
+}
+
+static char *
+cmd_host_accept(Manager *m, JsonObject *req)
+{
+    const char *name = wire_get_string(req, "name");
+    JsonObject *r;
+
+    if (!name)
+        return reply_error("host-accept needs a host name");
+    g_mutex_lock(&m->lock);
+    if (!mdb_int(m, 0, "SELECT COUNT(*) FROM hosts WHERE name = ?",
+                 G_TYPE_STRING, name, G_TYPE_INVALID)) {
+        g_mutex_unlock(&m->lock);
+        return reply_error("no host '%s' has tried to connect (see sporectl "
+                           "host-list; or place its key in the hosts "
+                           "directory)",
+                           name);
+    }
+    mdb_exec(m, "UPDATE hosts SET accepted = 1 WHERE name = ?", G_TYPE_STRING,
+             name, G_TYPE_INVALID);
+    mdb_event(m, "host-accepted", NULL, name, "host %s accepted", name);
+    g_mutex_unlock(&m->lock);
+    r = reply_ok();
+    json_object_set_string_member(r, "host", name);
+    return reply_text(r);
+}
+
+/* ---- images ----------------------------------------------------------- */
+
+static size_t
+on_image_data(char *data, size_t size, size_t n, void *user)
+{
+    return image_index_builder_feed(user, data, size * n) ? size * n : 0;
+}
+
+/* index_from_origin: download @url once and index it on the way */
+static ImageIndex *
+index_from_origin(const char *url, GError **error)
+{
+    g_autoptr(ImageIndexBuilder) b =
+        image_index_builder_new(IMAGE_INDEX_CHUNK_SHIFT_DEFAULT);
+    CURL *curl = curl_easy_init();
+    char errbuf[CURL_ERROR_SIZE] = "";
+    CURLcode rc;
+
+    curl_easy_setopt(curl, CURLOPT_URL, url);
+    curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http,https,file");
+    curl_easy_setopt(curl, CURLOPT_FAILONERROR, 1L);
+    curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, on_image_data);
+    curl_easy_setopt(curl, CURLOPT_WRITEDATA, b);
+    curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, errbuf);
+    curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT, 30L);
+    curl_easy_setopt(curl, CURLOPT_LOW_SPEED_LIMIT, 1024L);
+    curl_easy_setopt(curl, CURLOPT_LOW_SPEED_TIME, 60L);
+    curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
+    rc = curl_easy_perform(curl);
+    curl_easy_cleanup(curl);
+    if (rc != CURLE_OK) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_IO,
+                    "cannot download %s: %s", url,
+                    *errbuf ? errbuf : curl_easy_strerror(rc));
+        return NULL;
+    }
+    return image_index_builder_finish(g_steal_pointer(&b), error);
+}
+
+static char *
+cmd_image_add(Manager *m, JsonObject *req)
+{
+    const char *name = wire_get_string(req, "name");
+    const char *url = wire_get_string(req, "url");
+    const char *index_b64 = wire_get_string(req, "index");
+    const char *format = wire_get_string(req, "format");
+    g_autoptr(GError) err = NULL;
+    g_autoptr(ImageIndex) idx = NULL;
+    g_autoptr(JsonArray) origins = json_array_new();
+    g_autofree char *origins_text = NULL;
+    g_autofree char *old_id = NULL;
+    JsonObject *r, *im;
+    GBytes *enc;
+
+    if (!name || !url)
+        return reply_error("image-add needs a name and a URL");
+    if (!g_str_has_prefix(url, "http://") &&
+        !g_str_has_prefix(url, "https://") && !g_str_has_prefix(url, "file://"))
+        return reply_error("image URL '%s' is not http, https or file", url);
+    if (format && !g_str_equal(format, "raw") && !g_str_equal(format, "qcow2"))
+        return reply_error("image format '%s' is not raw or qcow2", format);
+    if (index_b64) {
+        gsize len = 0;
+        g_autofree guint8 *data = g_base64_decode(index_b64, &len);
+
+        idx = image_index_parse(data, len, NULL, &err);
+        if (!idx)
+            return reply_error("the index given for image '%s': %s", name,
+                               err->message);
+    } else {
+        g_message("indexing image %s from %s", name, url);
+        idx = index_from_origin(url, &err);
+        if (!idx)
+            return reply_error("image '%s': %s", name, err->message);
+    }
+    json_array_add_string_element(origins, url);
+    {
+        g_autoptr(JsonNode) node = json_node_new(JSON_NODE_ARRAY);
+        g_autoptr(JsonGenerator) gen = json_generator_new();
+
+        json_node_set_array(node, origins);
+        json_generator_set_root(gen, node);
+        origins_text = json_generator_to_data(gen, NULL);
+    }
+    enc = image_index_encoding(idx);
+    g_mutex_lock(&m->lock);
+    old_id = mdb_text(m, "SELECT id FROM images WHERE name = ?",
+                      G_TYPE_STRING, name, G_TYPE_INVALID);
+    if (old_id && !g_str_equal(old_id, image_index_id(idx))) {
+        g_mutex_unlock(&m->lock);
+        return reply_error("image '%s' is registered with id %s; this one is "
+                           "%s (an image's content never changes: give the "
+                           "new one another name)",
+                           name, old_id, image_index_id(idx));
+    }
+    mdb_exec(m,
+             "INSERT OR REPLACE INTO images (name, id, format, origins, idx, "
+             "size, chunk_size, added) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+             G_TYPE_STRING, name, G_TYPE_STRING, image_index_id(idx),
+             G_TYPE_STRING, format ? format : "raw", G_TYPE_STRING,
+             origins_text, G_TYPE_BYTES, enc, G_TYPE_INT64,
+             (gint64)image_index_image_size(idx), G_TYPE_INT64,
+             (gint64)image_index_chunk_size(idx), G_TYPE_DOUBLE, mdb_now(),
+             G_TYPE_INVALID);
+    mdb_event(m, "image-added", NULL, NULL, "image %s registered: %s, %s",
+              name, image_index_id(idx), url);
+    g_mutex_unlock(&m->lock);
+    r = reply_ok();
+    im = json_object_new();
+    json_object_set_string_member(im, "name", name);
+    json_object_set_string_member(im, "id", image_index_id(idx));
+    json_object_set_int_member(im, "size", (gint64)image_index_image_size(idx));
+    json_object_set_int_member(im, "chunk_size",
+                               (gint64)image_index_chunk_size(idx));
+    json_object_set_array_member(im, "origins", json_array_ref(origins));
+    json_object_set_object_member(r, "image", im);
+    return reply_text(r);
+}
+
+static char *
+cmd_image_list(Manager *m)
+{
+    JsonObject *r = reply_ok();
+    JsonArray *arr = json_array_new();
+    sqlite3_stmt *st;
+
+    g_mutex_lock(&m->lock);
+    st = mdb_prepare(m,
+                     "SELECT name, id, size, chunk_size, origins FROM images "
+                     "ORDER BY name",
+                     G_TYPE_INVALID);
+    while (st && sqlite3_step(st) == SQLITE_ROW) {
+        JsonObject *o = json_object_new();
+        JsonArray *hosts = json_array_new();
+        g_autoptr(JsonParser) p = json_parser_new();
+        sqlite3_stmt *hs;
+
+        json_object_set_string_member(o, "name", mdb_col_text(st, 0));
+        json_object_set_string_member(o, "id", mdb_col_text(st, 1));
+        json_object_set_int_member(o, "size", sqlite3_column_int64(st, 2));
+        json_object_set_int_member(o, "chunk_size",
+                                   sqlite3_column_int64(st, 3));
+        if (json_parser_load_from_data(p, mdb_col_text(st, 4), -1, NULL))
+            json_object_set_member(o, "origins",
+                                   json_node_copy(json_parser_get_root(p)));
+        hs = mdb_prepare(m,
+                         "SELECT host, cached, origin_bytes, peer_bytes, "
+                         "local_bytes FROM host_images WHERE image = ? ORDER "
+                         "BY host",
+                         G_TYPE_STRING, mdb_col_text(st, 1), G_TYPE_INVALID);
+        while (hs && sqlite3_step(hs) == SQLITE_ROW) {
+            JsonObject *h = json_object_new();
+            JsonObject *f = json_object_new();
+
+            json_object_set_string_member(h, "host", mdb_col_text(hs, 0));
+            json_object_set_double_member(h, "cached_fraction",
+                                          sqlite3_column_double(hs, 1));
+            json_object_set_int_member(f, "origin",
+                                       sqlite3_column_int64(hs, 2));
+            json_object_set_int_member(f, "peer", sqlite3_column_int64(hs, 3));
+            json_object_set_int_member(f, "local",
+                                       sqlite3_column_int64(hs, 4));
+            json_object_set_object_member(h, "fetched", f);
+            json_array_add_object_element(hosts, h);
+        }
+        sqlite3_finalize(hs);
+        json_object_set_array_member(o, "hosts", hosts);
+        json_array_add_object_element(arr, o);
+    }
+    sqlite3_finalize(st);
+    g_mutex_unlock(&m->lock);
+    json_object_set_array_member(r, "images", arr);
+    return reply_text(r);
+}
+
+static char *
+cmd_events(Manager *m, JsonObject *req)
+{
+    gint64 since = wire_get_int(req, "since", 0);
+    gint64 limit = CLAMP(wire_get_int(req, "limit", 100), 1,
+                         EVENTS_LIMIT_MAX);
+    const char *service = wire_get_string(req, "service");
+    JsonObject *r = reply_ok();
+    JsonArray *arr = json_array_new();
+    sqlite3_stmt *st;
+
+    g_mutex_lock(&m->lock);
+    /* the newest LIMIT after SINCE, oldest first */
+    st = mdb_prepare(m,
+                     "SELECT * FROM (SELECT id, time, kind, service, host, "
+                     "message FROM events WHERE id > ? AND (? IS NULL OR "
+                     "service = ?) ORDER BY id DESC LIMIT ?) ORDER BY id",
+                     G_TYPE_INT64, since, G_TYPE_STRING, service,
+                     G_TYPE_STRING, service, G_TYPE_INT64, limit,
+                     G_TYPE_INVALID);
+    while (st && sqlite3_step(st) == SQLITE_ROW) {
+        JsonObject *o = json_object_new();
+
+        json_object_set_int_member(o, "id", sqlite3_column_int64(st, 0));
+        json_object_set_double_member(o, "time", sqlite3_column_double(st, 1));
+        json_object_set_string_member(o, "kind", mdb_col_text(st, 2));
+        if (sqlite3_column_type(st, 3) != SQLITE_NULL)
+            json_object_set_string_member(o, "service", mdb_col_text(st, 3));
+        else
+            json_object_set_null_member(o, "service");
+        if (sqlite3_column_type(st, 4) != SQLITE_NULL)
+            json_object_set_string_member(o, "host", mdb_col_text(st, 4));
+        else
+            json_object_set_null_member(o, "host");
+        json_object_set_string_member(o, "message", mdb_col_text(st, 5));
+        json_array_add_object_element(arr, o);
+    }
+    sqlite3_finalize(st);
+    g_mutex_unlock(&m->lock);
+    json_object_set_array_member(r, "events", arr);
+    return reply_text(r);
+}
+
+char *
+manager_handle_control(Manager *m, const char *request)
+{
+    g_autoptr(JsonParser) parser = json_parser_new();
+    g_autoptr(GError) err = NULL;
+    JsonObject *req;
+    const char *cmd;
+
+    if (!json_parser_load_from_data(parser, request, -1, &err) ||
+        !JSON_NODE_HOLDS_OBJECT(json_parser_get_root(parser)))
+        return reply_error("a request is one JSON object on one line%s%s",
+                           err ? ": " : "", err ? err->message : "");
+    req = json_node_get_object(json_parser_get_root(parser));
+    cmd = wire_get_string(req, "cmd");
+    if (!cmd)
+        return reply_error("the request has no \"cmd\"");
+    if (g_str_equal(cmd, "submit"))
+        return cmd_submit(m, req);
+    if (g_str_equal(cmd, "service-list"))
+        return cmd_service_list(m);
+    if (g_str_equal(cmd, "service-show"))
+        return cmd_service_show(m, req);
+    if (g_str_equal(cmd, "service-delete"))
+        return cmd_service_delete(m, req);
+    if (g_str_equal(cmd, "scale"))
+        return cmd_scale(m, req);
+    if (g_str_equal(cmd, "clone-list"))
+        return cmd_clone_list(m, req);
+    if (g_str_equal(cmd, "host-list"))
+        return cmd_host_list(m);
+    if (g_str_equal(cmd, "host-accept"))
+        return cmd_host_accept(m, req);
+    if (g_str_equal(cmd, "image-add"))
+        return cmd_image_add(m, req);
+    if (g_str_equal(cmd, "image-list"))
+        return cmd_image_list(m);
+    if (g_str_equal(cmd, "events"))
+        return cmd_events(m, req);
+    return reply_error("unknown command '%s'", cmd);
+}
+
+/* ---- the socket ------------------------------------------------------- */
+
+static char *
+read_line_bounded(GInputStream *in)
+{
+    g_autoptr(GString) line = g_string_new(NULL);
+    char buf[4096];
+
+    for (;;) {
+        gssize n = g_input_stream_read(in, buf, 1, NULL, NULL);
+
+        if (n <= 0)
+            return NULL;
+        if (buf[0] == '\n')
+            return g_string_free(g_steal_pointer(&line), FALSE);
+        if (line->len >= CONTROL_LINE_MAX)
+            return NULL;
+        g_string_append_c(line, buf[0]);
+    }
+}
+
+static gboolean
+on_control_run(GThreadedSocketService *svc, GSocketConnection *conn,
+               GObject *source, gpointer data)
+{
+    Manager *m = data;
+    g_autoptr(GInputStream) in = g_buffered_input_stream_new(
+        g_io_stream_get_input_stream(G_IO_STREAM(conn)));
+    GOutputStream *out = g_io_stream_get_output_stream(G_IO_STREAM(conn));
+    char *line;
+
+    while ((line = read_line_bounded(in))) {
+        g_autofree char *reply = manager_handle_control(m, line);
+        g_autofree char *framed = g_strconcat(reply, "\n", NULL);
+
+        g_free(line);
+        if (!g_output_stream_write_all(out, framed, strlen(framed), NULL, NULL,
+                                       NULL))
+            break;
+    }
+    return TRUE;
+}
+
+bool
+manager_control_start(Manager *m, GError **error)
+{
+    g_autoptr(GSocketAddress) addr = NULL;
+
+    m->control_path = g_build_filename(m->config.run_dir, "control.sock", NULL);
+    unlink(m->control_path);
+    addr = g_unix_socket_address_new(m->control_path);
+    m->control = G_THREADED_SOCKET_SERVICE(g_threaded_socket_service_new(16));
+    if (!g_socket_listener_add_address(G_SOCKET_LISTENER(m->control), addr,
+                                       G_SOCKET_TYPE_STREAM,
+                                       G_SOCKET_PROTOCOL_DEFAULT, NULL, NULL,
+                                       error)) {
+        g_prefix_error(error, "%s: ", m->control_path);
+        return false;
+    }
+    /* who may administer the site: the socket's owner and group */
+    if (m->config.control_group && *m->config.control_group) {
+        struct group *gr = getgrnam(m->config.control_group);
+
+        if (!gr || chown(m->control_path, (uid_t)-1, gr->gr_gid) < 0) {
+            g_set_error(error, SPORE_ERROR, SPORE_ERROR_IO,
+                        "cannot give %s to group '%s'", m->control_path,
+                        m->config.control_group);
+            return false;
+        }
+    }
+    chmod(m->control_path, 0660);
+    g_signal_connect(m->control, "run", G_CALLBACK(on_control_run), m);
+    g_socket_service_start(G_SOCKET_SERVICE(m->control));
+    return true;
+}
+
+void
+manager_control_stop(Manager *m)
+{
+    if (!m->control)
+        return;
+    g_socket_service_stop(G_SOCKET_SERVICE(m->control));
+    g_socket_listener_close(G_SOCKET_LISTENER(m->control));
+    g_clear_object(&m->control);
+    if (m->control_path)
+        unlink(m->control_path);
+}

@@ -1,0 +1,35 @@
+/*
+ * manager.h: spored, the site manager — state in SQLite, agents over
+ * ZeroMQ (docs/site-protocol.md), operators over the control socket
+ * (docs/site-control.md), and the reconciliation loop that turns desired
+ * clones into commands.
+ *
+ * Threads: the main thread runs the GMainLoop: the ROUTER socket, the ZAP
+ * handler and the reconciliation timer.  Control connections have threads
+ * of their own (GThreadedSocketService).  All state is in the database,
+ * guarded by one mutex; only the main thread touches ZeroMQ sockets.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <glib.h>
+
+typedef struct {
+    char *state_dir;      /* spored.db, curve.key */
+    char *run_dir;        /* control.sock */
+    char *listen;         /* ZeroMQ endpoint for agents, tcp://ADDR:PORT */
+    char *hosts_dir;      /* accepted host keys: NAME.pub; may be NULL */
+    char *control_group;  /* group of control.sock; NULL: the daemon's */
+    guint lost_after_s;   /* a host silent this long is lost */
+    guint resend_s;       /* an unacknowledged command is sent again */
+    guint shutdown_timeout_s; /* for clone-destroy commands */
+} ManagerConfig;
+
+typedef struct Manager Manager;
+
+Manager *manager_new(const ManagerConfig *config, GError **error);
+void manager_free(Manager *m);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(Manager, manager_free)
+
+/* manager_public_key: the Z85 CURVE public key agents must be given */
+const char *manager_public_key(const Manager *m);
