@@ -1,0 +1,176 @@
+#!/bin/bash
+# test-site.sh BUILD-DIR: the whole site end to end — spored, three
+# spore-agents (hosts hv1, hv2, hv3 on one machine), libvirtd + QEMU,
+# libguestfs, nbdkit shims and a real HTTP origin (lighttpd).
+#
+#   hosts: hv1's key placed in the hosts directory, hv2 accepted with
+#   host-accept, hv3 refused until accepted; image-add indexes the image
+#   from the origin; submit: clones boot with their own hostnames, spread
+#   over the hosts; a replayed command is applied once; kill -9 of the
+#   manager mid-rollout and of an agent mid-create, then convergence to
+#   exactly the desired clones; scale up and down; service-delete removes
+#   domains and volumes.  TAP output.
+set -u
+. "$(dirname "$0")/lib.sh"
+BUILD=$1
+src=$(cd "$(dirname "$0")/../.." && pwd)
+SITE=""
+libvirt_state=""
+pids=()
+
+cleanup() {
+    [ -n "$SITE" ] && site_stop
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
+    [ "$libvirt_state" = started ] && "$src/scripts/libvirt-down"
+    [ -n "$SITE" ] && rm -rf "$SITE"
+}
+trap cleanup EXIT
+
+[ "$(id -u)" -eq 0 ] || skip_all "needs root to run libvirtd"
+[ -x /usr/sbin/libvirtd ] || skip_all "libvirtd is not installed"
+command -v sqlite3 >/dev/null || skip_all "sqlite3 (the CLI) is not installed"
+ls /boot/vmlinuz-* >/dev/null 2>&1 || skip_all "no kernel in /boot (linux-image-amd64)"
+
+guest=$("$src/scripts/build-test-guest") && [ -f "$guest/disk.raw" ] ||
+    { echo "Bail out! cannot build the test guest"; exit 1; }
+SITE=$(mktemp -d /tmp/spore-site.XXXXXX)
+chmod 0755 "$SITE"
+SITE_TAG=t$$
+SITE_LOST_AFTER=20
+. "$src/scripts/site-lib.sh"
+libvirt_state=$("$src/scripts/libvirt-up") || { echo "Bail out! libvirtd does not start"; exit 1; }
+SITE_VIRT=$("$src/scripts/detect-virt-type" "$guest/vmlinuz")
+export LIBGUESTFS_BACKEND=direct SPORE_INSPECT_CACHE=$SITE/inspect
+[ "$SITE_VIRT" = kvm ] || export LIBGUESTFS_BACKEND_SETTINGS=force_tcg
+echo "# domain type: $SITE_VIRT; site in $SITE"
+
+mkdir -p "$SITE/www"
+cp "$guest/vmlinuz" "$guest/initrd.img" "$SITE/"
+ln "$guest/disk.raw" "$SITE/www/disk.raw" 2>/dev/null || cp "$guest/disk.raw" "$SITE/www/disk.raw"
+port=$(free_port)
+start_origin "$SITE/www" "$port" "$SITE" || { echo "Bail out! lighttpd does not start"; exit 1; }
+
+ctl() { sporectl_site "$@"; }
+jget() { # jget PYTHON-EXPRESSION-ON-r: evaluate on the JSON on stdin
+    python3 -c "import json,sys; r=json.load(sys.stdin); print($1)"
+}
+db() { sqlite3 -cmd '.timeout 5000' "$SITE/manager/spored.db" "$@"; }
+event_seen() { ctl --json events --since 0 2>/dev/null | grep -q -- "$1"; }
+# converged N: exactly clones 0..N-1 of web run, each once, current
+# generation, on the hosts the manager placed them
+converged() {
+    local want=$1 show names
+    show=$(ctl --json service-show web 2>/dev/null) || return 1
+    [ "$(jget 'r["service"]["running"]' <<<"$show")" = "$want" ] || return 1
+    [ "$(jget 'r["service"]["desired"]' <<<"$show")" = "$want" ] || return 1
+    names=$(site_domains | grep '^web-' | sort | tr '\n' ' ')
+    [ "$names" = "$(for i in $(seq 0 $((want - 1))); do printf 'web-%s ' "$i"; done)" ]
+}
+host_of() { ctl --json clone-list web | jget "[c['host'] for c in r['clones'] if c['name']=='$1'][0]"; }
+domid() { virsh -q -c qemu:///system domid "$1" 2>/dev/null; }
+
+# --- the site
+check "spored starts" site_manager_start
+check "hv1's key placed in the hosts directory" \
+    eval 'site_host_key hv1 >"$SITE/hosts.d/hv1.pub"'
+for h in hv1 hv2 hv3; do site_agent_start "$h"; done
+host_state() { ctl --json host-list | jget "[h['state'] for h in r['hosts'] if h['name']=='$1'] or ['none']" | tr -d "[]'"; }
+check "hv1 (key in the hosts directory) is up" wait_until 40 eval '[ "$(host_state hv1)" = up ]'
+check "hv2 asks to join and is pending" wait_until 40 eval '[ "$(host_state hv2)" = pending ]'
+check "the manager logged it with the command to accept it" \
+    event_seen "host hv2 .*asks to join.*sporectl host-accept hv2"
+check "host-accept hv2" quiet ctl host-accept hv2
+check "hv2 is then up" wait_until 40 eval '[ "$(host_state hv2)" = up ]'
+check "hv3 (not accepted) stays pending" test "$(host_state hv3)" = pending
+check "hv3's agent says how to accept it" \
+    grep -q "sporectl host-accept hv3" "$SITE/hv3.log"
+
+# --- the image: indexed by the manager from the origin, once
+check "image-add indexes the image from the HTTP origin" \
+    quiet ctl image-add test-guest "http://127.0.0.1:$port/disk.raw"
+want_id=$("$BUILD/daemon/sporectl" image-index -o "$SITE/disk.idx" "$guest/disk.raw" 2>/dev/null)
+check "its id is the one image-index computes" \
+    test "$(ctl --json image-list | jget 'r["images"][0]["id"]')" = "$want_id"
+
+cat >"$SITE/web.xml" <<EOF
+<service xmlns="urn:spore:manifest:1" name="web">
+  <image name="test-guest"><origin url="http://127.0.0.1:$port/disk.raw"/></image>
+  <vm hypervisor="$SITE_VIRT">
+    <vcpus>1</vcpus>
+    <memory unit="MiB">160</memory>
+    <boot kernel="$SITE/vmlinuz" initrd="$SITE/initrd.img"
+          cmdline="console=ttyS0 root=/dev/vda rw panic=-1 quiet"/>
+  </vm>
+  <customize><hostname>{service}-{index}</hostname></customize>
+  <scaling min="1" max="4" initial="2"/>
+</service>
+EOF
+sed 's/test-guest/no-such-image/' "$SITE/web.xml" >"$SITE/bad.xml"
+ctl submit "$SITE/bad.xml" >/dev/null 2>"$SITE/err"
+check "a manifest naming an unknown image is refused" test $? = 1
+check "saying which image" grep -q "no-such-image.*not registered" "$SITE/err"
+
+# --- submit: two clones, spread, customized, booted
+check "submit --wait: the clones run" \
+    quiet timeout 600 "$BUILD/daemon/sporectl" -c "$SITE/m/control.sock" submit --wait "$SITE/web.xml"
+check "converged to 2 clones" wait_until 120 converged 2
+check "spread: web-0 and web-1 on different hosts" \
+    test "$(host_of web-0)" != "$(host_of web-1)"
+check "hv3, not accepted, got none" \
+    test "$(ctl --json clone-list web | jget "sum(c['host']=='hv3' for c in r['clones'])")" = 0
+for i in 0 1; do
+    h=$(host_of "web-$i")
+    check "web-$i boots with its own hostname (on $h)" \
+        wait_until 120 grep -qa "spore-guest: hostname=web-$i" "$SITE/$h/console/web-$i.log"
+done
+check "the clones are backed by the shims' exports (lazy)" \
+    grep -q "nbd+unix" <(qemu-img info -U "$SITE/$(host_of web-0)/pool/web-0.qcow2")
+
+# --- a replayed command is applied once
+cmd=$(db "SELECT id FROM commands WHERE op='clone-create' AND state='done' ORDER BY id LIMIT 1")
+h=$(db "SELECT host FROM commands WHERE id=$cmd")
+before=$(domid web-0)/$(domid web-1)
+db "UPDATE commands SET state='pending', sent=0 WHERE id=$cmd"
+check "the manager sends command $cmd to $h again" \
+    wait_until 60 eval "[ \"\$(db \"SELECT state FROM commands WHERE id=$cmd\")\" = done ]"
+check "the agent answers it from its journal" \
+    grep -q "command $cmd was applied before" "$SITE/$h.log"
+check "and applies nothing: the clones did not restart" \
+    test "$(domid web-0)/$(domid web-1)" = "$before"
+
+# --- kill -9 of the manager mid-rollout (hv3 accepted, scale to 3)
+quiet ctl host-accept hv3
+wait_until 40 eval '[ "$(host_state hv3)" = up ]'
+check "scale web 3" quiet ctl scale web 3
+check "a create command for web-2 is issued" wait_until 60 event_seen "create web-2"
+site_manager_kill KILL
+check "spored restarts after kill -9" site_manager_start
+check "the site converges to exactly 3 clones" wait_until 300 converged 3
+check "web-2 went to hv3 (spread)" test "$(host_of web-2)" = hv3
+
+# --- kill -9 of an agent mid-create (scale to 4: web-3 on hv1 or hv2)
+id0=$(domid web-0)
+check "scale web 4" quiet ctl scale web 4
+check "a create command for web-3 is issued" wait_until 60 event_seen "create web-3"
+h3=$(db "SELECT host FROM clones WHERE service='web' AND idx=3")
+sleep 3 # into the customization
+site_agent_kill "$h3" KILL
+site_agent_start "$h3"
+check "after kill -9 of $h3's agent mid-create, 4 clones converge" wait_until 300 converged 4
+check "clones keep running across agent restarts (web-0's domain id is unchanged)" \
+    test "$(domid web-0)" = "$id0"
+
+# --- scale down, delete
+check "scale web 1" quiet ctl scale web 1
+check "converged to 1 clone" wait_until 240 converged 1
+check "the removed clones' volumes are gone" \
+    test -z "$(for h in hv1 hv2 hv3; do ls "$SITE/$h/pool" 2>/dev/null; done | grep -v '^web-0.qcow2$')"
+check "scale outside [min, max] is refused" eval '! quiet ctl scale web 9'
+check "service-delete web" quiet ctl service-delete web
+gone() { [ -z "$(site_domains | grep '^web-')" ] && ! ctl --json service-list | grep -q '"web"'; }
+check "its domains and the service are gone" wait_until 240 gone
+check "and its volumes" \
+    test -z "$(for h in hv1 hv2 hv3; do ls "$SITE/$h/pool" 2>/dev/null; done)"
+check "every step is in the event log" \
+    event_seen "service web deleted"
+finish
