@@ -43,6 +43,7 @@ struct Manager {
     char *register_endpoint;
     guint router_watch, zap_watch, reg_watch, tick, drain;
     GThreadedSocketService *control;
+    struct SporeMetrics *metrics;
     char *control_path;
 };
 

@@ -22,6 +22,7 @@
 #include <zmq.h>
 
 #include "clone-host.h"
+#include "metrics.h"
 #include "placement.h"
 #include "spore-error.h"
 
@@ -1140,6 +1141,117 @@ manager_wake(Manager *m)
     g_idle_add_full(G_PRIORITY_DEFAULT, on_wake, m, NULL);
 }
 
+/* ---- metrics ------------------------------------------------------------ */
+
+static void
+metric_rows(Manager *m, GString *out, const char *name, const char *help,
+            const char *type, const char *sql, const char *label)
+{
+    sqlite3_stmt *st = mdb_prepare(m, sql, G_TYPE_INVALID);
+
+    g_string_append_printf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help,
+                           name, type);
+    while (st && sqlite3_step(st) == SQLITE_ROW) {
+        if (label)
+            g_string_append_printf(out, "%s{%s=\"%s\"} %lld\n", name, label,
+                                   mdb_col_text(st, 0),
+                                   (long long)sqlite3_column_int64(st, 1));
+        else
+            g_string_append_printf(out, "%s %lld\n", name,
+                                   (long long)sqlite3_column_int64(st, 0));
+    }
+    sqlite3_finalize(st);
+}
+
+static void
+manager_metrics(GString *out, gpointer data)
+{
+    Manager *m = data;
+    g_autoptr(GHashTable) states =
+        g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    GHashTableIter it;
+    gpointer k, v;
+    sqlite3_stmt *st;
+
+    g_mutex_lock(&m->lock);
+    metric_rows(m, out, "spore_commands", "Commands to agents by state.",
+                "gauge",
+                "SELECT state, COUNT(*) FROM commands GROUP BY state",
+                "state");
+    metric_rows(m, out, "spore_command_sends_total",
+                "Times commands were sent to agents (first sends and "
+                "re-sends).",
+                "counter", "SELECT COALESCE(SUM(attempts), 0) FROM commands",
+                NULL);
+    metric_rows(m, out, "spore_commands_retried_total",
+                "Commands that had to be sent more than once.", "counter",
+                "SELECT COUNT(*) FROM commands WHERE attempts > 1", NULL);
+    metric_rows(m, out, "spore_commands_acknowledged_total",
+                "Commands acknowledged by agents.", "counter",
+                "SELECT COUNT(*) FROM commands WHERE state IN ('done', "
+                "'failed')",
+                NULL);
+    metric_rows(m, out, "spore_clones_desired", "Clones the services want.",
+                "gauge", "SELECT COUNT(*) FROM clones", NULL);
+    g_hash_table_iter_init(&it, m->runtime);
+    while (g_hash_table_iter_next(&it, &k, &v)) {
+        HostRuntime *h = v;
+
+        for (guint i = 0; h->reported && h->clones &&
+                          i < json_array_get_length(h->clones);
+             i++) {
+            JsonNode *n = json_array_get_element(h->clones, i);
+            const char *state =
+                JSON_NODE_HOLDS_OBJECT(n)
+                    ? wire_get_string(json_node_get_object(n), "state")
+                    : NULL;
+
+            if (state) {
+                guint c = GPOINTER_TO_UINT(g_hash_table_lookup(states, state));
+                g_hash_table_insert(states, g_strdup(state),
+                                    GUINT_TO_POINTER(c + 1));
+            }
+        }
+    }
+    g_string_append(out, "# HELP spore_clones Clones the hosts report, by "
+                         "state.\n# TYPE spore_clones gauge\n");
+    g_hash_table_iter_init(&it, states);
+    while (g_hash_table_iter_next(&it, &k, &v))
+        g_string_append_printf(out, "spore_clones{state=\"%s\"} %u\n",
+                               (char *)k, GPOINTER_TO_UINT(v));
+    metric_rows(m, out, "spore_hosts_accepted", "Accepted hosts.", "gauge",
+                "SELECT COUNT(*) FROM hosts WHERE accepted = 1", NULL);
+    metric_rows(m, out, "spore_hosts_lost", "Hosts lost (no report).",
+                "gauge", "SELECT COUNT(*) FROM hosts WHERE lost = 1", NULL);
+    g_string_append(out,
+                    "# HELP spore_fetched_bytes Verified image bytes the "
+                    "hosts fetched, by source.\n"
+                    "# TYPE spore_fetched_bytes counter\n");
+    st = mdb_prepare(m,
+                     "SELECT host, image, origin_bytes, peer_bytes, "
+                     "local_bytes, cached FROM host_images",
+                     G_TYPE_INVALID);
+    while (st && sqlite3_step(st) == SQLITE_ROW) {
+        const char *src[] = {"origin", "peer", "local"};
+
+        for (int i = 0; i < 3; i++)
+            g_string_append_printf(
+                out,
+                "spore_fetched_bytes{host=\"%s\",image=\"%s\","
+                "source=\"%s\"} %lld\n",
+                mdb_col_text(st, 0), mdb_col_text(st, 1), src[i],
+                (long long)sqlite3_column_int64(st, 2 + i));
+        g_string_append_printf(
+            out, "spore_cached_ratio{host=\"%s\",image=\"%s\"} %.4f\n",
+            mdb_col_text(st, 0), mdb_col_text(st, 1),
+            sqlite3_column_double(st, 5));
+    }
+    sqlite3_finalize(st);
+    metric_rows(m, out, "spore_events_total", "Events logged.", "counter",
+                "SELECT COALESCE(MAX(id), 0) FROM events", NULL);
+    g_mutex_unlock(&m->lock);
+}
+
 /* ---- setup ------------------------------------------------------------ */
 
 static guint
@@ -1164,6 +1276,7 @@ manager_new(const ManagerConfig *config, GError **error)
     m->config.listen = g_strdup(config->listen);
     m->config.hosts_dir = g_strdup(config->hosts_dir);
     m->config.control_group = g_strdup(config->control_group);
+    m->config.metrics_listen = g_strdup(config->metrics_listen);
     g_mutex_init(&m->lock);
     m->runtime = g_hash_table_new_full(g_str_hash, g_str_equal, NULL,
                                        host_runtime_free);
@@ -1249,6 +1362,13 @@ manager_new(const ManagerConfig *config, GError **error)
     }
     if (!manager_control_start(m, error))
         return NULL;
+    if (m->config.metrics_listen && *m->config.metrics_listen) {
+        m->metrics = spore_metrics_start(m->config.metrics_listen,
+                                         manager_metrics, m, error);
+        if (!m->metrics)
+            return NULL;
+        g_message("metrics on http://%s/metrics", m->config.metrics_listen);
+    }
     m->reg_watch = watch_socket(m, m->reg);
     m->zap_watch = watch_socket(m, m->zap);
     m->router_watch = watch_socket(m, m->router);
@@ -1266,6 +1386,7 @@ manager_free(Manager *m)
 {
     if (!m)
         return;
+    spore_metrics_stop(m->metrics);
     manager_control_stop(m);
     if (m->tick)
         g_source_remove(m->tick);
@@ -1298,6 +1419,7 @@ manager_free(Manager *m)
     g_free(m->config.listen);
     g_free(m->config.hosts_dir);
     g_free(m->config.control_group);
+    g_free(m->config.metrics_listen);
     g_free(m->control_path);
     g_free(m);
 }

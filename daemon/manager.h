@@ -23,6 +23,7 @@ typedef struct {
     guint lost_after_s;   /* a host silent this long is lost */
     guint resend_s;       /* an unacknowledged command is sent again */
     guint shutdown_timeout_s; /* for clone-destroy commands */
+    char *metrics_listen; /* ADDRESS:PORT of /metrics; NULL or "": none */
 } ManagerConfig;
 
 typedef struct Manager Manager;

@@ -15,11 +15,13 @@
 #include <stdlib.h>
 #include <glib.h>
 #include <glib-unix.h>
+#include <json-glib/json-glib.h>
 #include <systemd/sd-daemon.h>
 
 #include "agent.h"
 #include "agent-link.h"
 #include "config-util.h"
+#include "metrics.h"
 #include "spore-config.h"
 #include "wire.h"
 
@@ -30,6 +32,66 @@ on_signal(gpointer data)
 {
     g_main_loop_quit(data);
     return G_SOURCE_REMOVE;
+}
+
+/* agent_metrics: the images' counters, from the agent's own image-list */
+static void
+agent_metrics(GString *out, gpointer data)
+{
+    g_autofree char *reply =
+        agent_handle_command(data, "{\"command\":\"image-list\"}");
+    g_autoptr(JsonParser) p = json_parser_new();
+    JsonArray *images = NULL;
+    static const struct {
+        const char *name, *member, *type, *help;
+    } plain[] = {
+        {"spore_agent_cached_chunks", "cached_chunks", "gauge",
+         "Chunks in the cache."},
+        {"spore_agent_chunks", "chunks", "gauge", "Chunks of the image."},
+        {"spore_agent_chunks_rejected_total", "rejected_chunks", "counter",
+         "Fetched chunks that failed verification (never stored)."},
+        {"spore_agent_fetch_failures_total", "failed_fetches", "counter",
+         "Chunk fetches that failed from every source."},
+        {"spore_agent_queued_chunks", "queued_chunks", "gauge",
+         "Chunks waiting to be fetched."},
+    };
+
+    if (json_parser_load_from_data(p, reply, -1, NULL) &&
+        JSON_NODE_HOLDS_OBJECT(json_parser_get_root(p))) {
+        JsonObject *r = json_node_get_object(json_parser_get_root(p));
+        if (json_object_has_member(r, "images"))
+            images = json_object_get_array_member(r, "images");
+    }
+    g_string_append(out, "# HELP spore_agent_fetched_bytes_total Verified "
+                         "bytes fetched, by source.\n"
+                         "# TYPE spore_agent_fetched_bytes_total counter\n");
+    for (guint i = 0; images && i < json_array_get_length(images); i++) {
+        JsonObject *im = json_array_get_object_element(images, i);
+        JsonObject *b = json_object_get_object_member(im, "fetched_bytes");
+        const char *src[] = {"origin", "peer", "local"};
+
+        for (int k = 0; b && k < 3; k++)
+            g_string_append_printf(
+                out,
+                "spore_agent_fetched_bytes_total{image=\"%s\",source=\"%s\"}"
+                " %" G_GINT64_FORMAT "\n",
+                json_object_get_string_member(im, "image"), src[k],
+                json_object_get_int_member_with_default(b, src[k], 0));
+    }
+    for (gsize m = 0; m < G_N_ELEMENTS(plain); m++) {
+        g_string_append_printf(out, "# HELP %s %s\n# TYPE %s %s\n",
+                               plain[m].name, plain[m].help, plain[m].name,
+                               plain[m].type);
+        for (guint i = 0; images && i < json_array_get_length(images); i++) {
+            JsonObject *im = json_array_get_object_element(images, i);
+
+            g_string_append_printf(
+                out, "%s{image=\"%s\"} %" G_GINT64_FORMAT "\n",
+                plain[m].name, json_object_get_string_member(im, "image"),
+                json_object_get_int_member_with_default(im, plain[m].member,
+                                                        0));
+        }
+    }
 }
 
 int
@@ -48,6 +110,8 @@ main(int argc, char **argv)
     g_autofree char *pool_dir = NULL;
     g_autofree char *console_dir = NULL;
     g_autofree char *virt_type = NULL;
+    g_autofree char *metrics = NULL;
+    SporeMetrics *metrics_server = NULL;
     AgentLinkConfig lcfg = {0};
     AgentLink *link = NULL;
     gint fetch_workers = -1;
@@ -92,6 +156,10 @@ main(int argc, char **argv)
          "DIR"},
         {"console-dir", 0, 0, G_OPTION_ARG_FILENAME, &console_dir,
          "Clone console logs (default /var/log/spore/console)", "DIR"},
+        {"metrics", 0, 0, G_OPTION_ARG_STRING, &metrics,
+         "Prometheus endpoint, ADDRESS:PORT, or none (default "
+         "127.0.0.1:9471)",
+         "ADDR:PORT"},
         {"virt-type", 0, 0, G_OPTION_ARG_STRING, &virt_type,
          "Domain type for kvm manifests: kvm or qemu (default: probe KVM)",
          "TYPE"},
@@ -229,6 +297,28 @@ main(int argc, char **argv)
         }
     }
     g_free(lcfg.manager);
+    if (!metrics)
+        metrics = spore_key_string(kf, "agent", "metrics", "");
+    if (!*metrics) {
+        /* the default: a busy port (another agent on this machine) is a
+         * warning, not a failure; a configured one must work */
+        metrics_server = spore_metrics_start("127.0.0.1:9471", agent_metrics,
+                                             agent, &err);
+        if (!metrics_server)
+            g_warning("no metrics endpoint: %s", err->message);
+        else
+            g_message("metrics on http://127.0.0.1:9471/metrics");
+        g_clear_error(&err);
+    } else if (!g_str_equal(metrics, "none")) {
+        metrics_server =
+            spore_metrics_start(metrics, agent_metrics, agent, &err);
+        if (!metrics_server) {
+            fprintf(stderr, "spore-agent: %s\n", err->message);
+            return 1;
+        }
+        g_message("metrics on http://%s/metrics (port %u)", metrics,
+                  spore_metrics_port(metrics_server));
+    }
 
     loop = g_main_loop_new(NULL, FALSE);
     g_unix_signal_add(SIGTERM, on_signal, loop);
@@ -238,6 +328,7 @@ main(int argc, char **argv)
     sd_notify(0, "STOPPING=1");
     g_message("shutting down; shims and clones keep running");
     agent_link_stop(link);
+    spore_metrics_stop(metrics_server);
     /* connection threads may still wait on fetches: leave the rest to exit */
     return 0;
 }

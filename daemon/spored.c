@@ -43,6 +43,7 @@ main(int argc, char **argv)
     g_autofree char *run_dir = NULL;
     g_autofree char *listen = NULL;
     g_autofree char *hosts_dir = NULL;
+    g_autofree char *metrics = NULL;
     gint lost_after = -1, resend = -1;
     gboolean verbose = FALSE, version = FALSE, print_key = FALSE;
     GOptionEntry entries[] = {
@@ -66,6 +67,10 @@ main(int argc, char **argv)
          "Seconds before an unacknowledged command is sent again (default "
          "20)",
          "S"},
+        {"metrics", 0, 0, G_OPTION_ARG_STRING, &metrics,
+         "Prometheus endpoint, ADDRESS:PORT; \"\" for none (default "
+         "127.0.0.1:9470)",
+         "ADDR:PORT"},
         {"print-key", 0, 0, G_OPTION_ARG_NONE, &print_key,
          "Print the manager's public key (made if needed) and exit", NULL},
         {"verbose", 'v', 0, G_OPTION_ARG_NONE, &verbose, "Debug logging",
@@ -119,6 +124,9 @@ main(int argc, char **argv)
                         : spore_key_string(kf, "spored", "hosts_dir",
                                            SPORE_SYSCONFDIR "/spore/hosts.d");
     cfg.control_group = spore_key_string(kf, "spored", "control_group", "");
+    cfg.metrics_listen = metrics ? g_strdup(metrics)
+                                 : spore_key_string(kf, "spored", "metrics",
+                                                    "127.0.0.1:9470");
     cfg.lost_after_s = lost_after > 0
                            ? (guint)lost_after
                            : spore_key_uint(kf, "spored", "lost_after", 30,
@@ -149,6 +157,7 @@ main(int argc, char **argv)
     g_free(cfg.listen);
     g_free(cfg.hosts_dir);
     g_free(cfg.control_group);
+    g_free(cfg.metrics_listen);
     if (!m) {
         fprintf(stderr, "spored: %s\n", err->message);
         return 1;

@@ -17,7 +17,7 @@ SITE_LOST_AFTER=${SITE_LOST_AFTER:-10}
 SITE_HOSTS=()
 
 site_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); p=s.getsockname()[1]; s.close(); t=socket.socket(); t.bind(("127.0.0.1",p+1)); print(p)' 2>/dev/null ||
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); p=s.getsockname()[1]; s.close(); [socket.socket().bind(("127.0.0.1",p+i)) for i in (1,2)]; print(p)' 2>/dev/null ||
         site_port
 }
 
@@ -31,6 +31,7 @@ site_manager_start() {
     "$BUILD/daemon/spored" --state-dir "$SITE/manager" --run-dir "$SITE/m" \
         --listen "tcp://127.0.0.1:$SITE_PORT" --hosts-dir "$SITE/hosts.d" \
         --lost-after "$SITE_LOST_AFTER" --resend 5 \
+        --metrics "127.0.0.1:$((SITE_PORT + 2))" \
         >>"$SITE/spored.log" 2>&1 &
     echo $! >"$SITE/spored.pid"
     for _ in $(seq 100); do
@@ -68,6 +69,7 @@ site_agent_start() {
         --manager-key-file "$SITE/manager/curve.pub" --host-name "$h" \
         --pool "spore-$SITE_TAG-$h" --pool-dir "$SITE/$h/pool" \
         --console-dir "$SITE/$h/console" ${SITE_VIRT:+--virt-type "$SITE_VIRT"} \
+        --metrics 127.0.0.1:0 \
         >>"$SITE/$h.log" 2>&1 &
     echo $! >"$SITE/$h.pid"
     case " ${SITE_HOSTS[*]} " in *" $h "*) ;; *) SITE_HOSTS+=("$h") ;; esac
