@@ -106,6 +106,8 @@ site_stop() {
     for h in "${SITE_HOSTS[@]}"; do
         for p in $(cat "$SITE/$h"/run/shims/*.pid 2>/dev/null); do
             kill "$p" 2>/dev/null
+            for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+            kill -KILL "$p" 2>/dev/null
         done
         virsh -q -c qemu:///system pool-destroy "spore-$SITE_TAG-$h" >/dev/null 2>&1
         virsh -q -c qemu:///system pool-undefine "spore-$SITE_TAG-$h" >/dev/null 2>&1
