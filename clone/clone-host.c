@@ -50,7 +50,7 @@ silence_libvirt_once(gpointer data)
 }
 
 static void G_GNUC_PRINTF(2, 3)
-progress(const CloneHost *host, const char *format, ...)
+    progress(const CloneHost *host, const char *format, ...)
 {
     va_list ap;
     g_autofree char *msg = NULL;
@@ -69,7 +69,7 @@ progress(const CloneHost *host, const char *format, ...)
  * Returns false, for `return lv_error(...)`.
  */
 static bool G_GNUC_PRINTF(3, 4)
-lv_error(CloneHost *host, GError **error, const char *format, ...)
+    lv_error(CloneHost *host, GError **error, const char *format, ...)
 {
     va_list ap;
     g_autofree char *what = NULL;
@@ -136,8 +136,8 @@ pool_xml(const char *name, const char *dir)
 static char *
 xpath_string(const char *text, const char *expr)
 {
-    xmlDoc *doc = xmlReadMemory(text, (int)strlen(text), NULL, NULL,
-                                XML_PARSE_NONET);
+    xmlDoc *doc =
+        xmlReadMemory(text, (int)strlen(text), NULL, NULL, XML_PARSE_NONET);
     xmlXPathContext *ctx;
     xmlXPathObject *obj;
     char *out = NULL;
@@ -146,8 +146,7 @@ xpath_string(const char *text, const char *expr)
         return NULL;
     ctx = xmlXPathNewContext(doc);
     obj = ctx ? xmlXPathEvalExpression(BAD_CAST expr, ctx) : NULL;
-    if (obj && obj->type == XPATH_STRING && obj->stringval &&
-        obj->stringval[0])
+    if (obj && obj->type == XPATH_STRING && obj->stringval && obj->stringval[0])
         out = g_strdup((const char *)obj->stringval);
     xmlXPathFreeObject(obj);
     xmlXPathFreeContext(ctx);
@@ -234,20 +233,17 @@ clone_host_open(const CloneHostConfig *config, GError **error)
     g_autoptr(CloneHost) host = g_new0(CloneHost, 1);
 
     g_once(&silence, silence_libvirt_once, NULL);
-    host->uri = g_strdup(config && config->uri ? config->uri
-                                               : CLONE_DEFAULT_URI);
-    host->pool_name = g_strdup(config && config->pool ? config->pool
-                                                      : CLONE_DEFAULT_POOL);
-    host->pool_dir_wanted =
-        g_canonicalize_filename(config && config->pool_dir
-                                    ? config->pool_dir
-                                    : CLONE_DEFAULT_POOL_DIR,
-                                NULL);
-    host->console_dir =
-        g_canonicalize_filename(config && config->console_dir
-                                    ? config->console_dir
-                                    : CLONE_DEFAULT_CONSOLE_DIR,
-                                NULL);
+    host->uri =
+        g_strdup(config && config->uri ? config->uri : CLONE_DEFAULT_URI);
+    host->pool_name =
+        g_strdup(config && config->pool ? config->pool : CLONE_DEFAULT_POOL);
+    host->pool_dir_wanted = g_canonicalize_filename(
+        config && config->pool_dir ? config->pool_dir : CLONE_DEFAULT_POOL_DIR,
+        NULL);
+    host->console_dir = g_canonicalize_filename(config && config->console_dir
+                                                    ? config->console_dir
+                                                    : CLONE_DEFAULT_CONSOLE_DIR,
+                                                NULL);
     if (config) {
         host->owner = g_strdup(config->owner);
         host->progress = config->progress;
@@ -304,9 +300,8 @@ clone_uuid(const Manifest *manifest, guint index, const char *image_id,
     d[8] = (guint8)((d[8] & 0x3f) | 0x80); /* RFC 9562 variant */
     return g_strdup_printf("%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-"
                            "%02x%02x%02x%02x%02x%02x",
-                           d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7],
-                           d[8], d[9], d[10], d[11], d[12], d[13], d[14],
-                           d[15]);
+                           d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7], d[8],
+                           d[9], d[10], d[11], d[12], d[13], d[14], d[15]);
 }
 
 static bool parse_metadata(const char *meta, CloneInfo *info);
@@ -390,8 +385,7 @@ check_existing(CloneHost *host, const CreateItem *it, GError **error)
 
         virDomainFree(dom);
         if (got < 0) {
-            lv_error(host, error, "reading the UUID of domain '%s'",
-                     it->name);
+            lv_error(host, error, "reading the UUID of domain '%s'", it->name);
             return -1;
         }
         if (elsewhere) {
@@ -460,8 +454,8 @@ discard_overlays(CloneHost *host, GArray *items)
 }
 
 static bool
-define_and_start(CloneHost *host, const CloneCreateRequest *req,
-                 CreateItem *it, GError **error)
+define_and_start(CloneHost *host, const CloneCreateRequest *req, CreateItem *it,
+                 GError **error)
 {
     CloneDomainSpec spec = {
         .manifest = req->manifest,
@@ -479,8 +473,7 @@ define_and_start(CloneHost *host, const CloneCreateRequest *req,
 
     if (!xml)
         return false;
-    dom = virDomainDefineXMLFlags(host->conn, xml,
-                                  VIR_DOMAIN_DEFINE_VALIDATE);
+    dom = virDomainDefineXMLFlags(host->conn, xml, VIR_DOMAIN_DEFINE_VALIDATE);
     if (!dom)
         return lv_error(host, error, "defining domain '%s'", it->name);
     it->pending = false; /* the overlay belongs to the domain now */
@@ -507,8 +500,7 @@ clone_host_create(CloneHost *host, const CloneCreateRequest *req,
     g_autoptr(GArray) items = g_array_new(FALSE, TRUE, sizeof(CreateItem));
     g_autoptr(GArray) jobs =
         g_array_new(FALSE, TRUE, sizeof(CloneCustomizeJob));
-    const char *host_name = req->host_name ? req->host_name
-                                           : g_get_host_name();
+    const char *host_name = req->host_name ? req->host_name : g_get_host_name();
 
     g_array_set_clear_func(items, create_item_clear);
     if (!req->image_id || !req->backing || !req->backing_format) {
@@ -531,8 +523,8 @@ clone_host_create(CloneHost *host, const CloneCreateRequest *req,
             return false;
         }
         it.name = manifest_clone_name(req->manifest, it.index);
-        it.uuid = clone_uuid(req->manifest, it.index, req->image_id,
-                             req->generation);
+        it.uuid =
+            clone_uuid(req->manifest, it.index, req->image_id, req->generation);
         it.overlay = g_strdup_printf("%s/%s.qcow2", host->pool_dir, it.name);
         it.console = g_strdup_printf("%s/%s.log", host->console_dir, it.name);
         exists = check_existing(host, &it, error);
@@ -543,8 +535,7 @@ clone_host_create(CloneHost *host, const CloneCreateRequest *req,
         if (outcomes)
             outcomes[i] = exists ? CLONE_EXISTED : CLONE_CREATED;
         if (exists) {
-            progress(host, "%s exists (UUID %s): unchanged", it.name,
-                     it.uuid);
+            progress(host, "%s exists (UUID %s): unchanged", it.name, it.uuid);
             create_item_clear(&it);
             continue;
         }
@@ -587,8 +578,10 @@ clone_host_create(CloneHost *host, const CloneCreateRequest *req,
         for (guint i = 0; i < items->len; i++)
             g_string_append_printf(names, "%s%s", i ? ", " : "",
                                    g_array_index(items, CreateItem, i).name);
-        g_prefix_error(error, "customizing %s (nothing was defined; run it "
-                              "again): ", names->str);
+        g_prefix_error(error,
+                       "customizing %s (nothing was defined; run it "
+                       "again): ",
+                       names->str);
         discard_overlays(host, items);
         return false;
     }
@@ -614,8 +607,8 @@ clone_host_create(CloneHost *host, const CloneCreateRequest *req,
 static bool
 wait_shutoff(virDomainPtr dom, guint timeout_seconds)
 {
-    gint64 deadline = g_get_monotonic_time() +
-                      (gint64)timeout_seconds * G_USEC_PER_SEC;
+    gint64 deadline =
+        g_get_monotonic_time() + (gint64)timeout_seconds * G_USEC_PER_SEC;
 
     for (;;) {
         int state, reason;
@@ -737,8 +730,9 @@ clone_host_destroy(CloneHost *host, const char *name, guint timeout_seconds,
                 return lv_error(host, error, "shutting down '%s'", name);
             }
             progress(host, "%s did not shut down %s: powering it off", name,
-                     paused ? "(it is paused)"
-                            : timeout_seconds ? "in time" : "(no timeout)");
+                     paused            ? "(it is paused)"
+                     : timeout_seconds ? "in time"
+                                       : "(no timeout)");
             if (virDomainDestroy(dom) < 0 && virDomainIsActive(dom) != 0) {
                 virDomainFree(dom);
                 return lv_error(host, error, "destroying '%s'", name);
@@ -746,11 +740,10 @@ clone_host_destroy(CloneHost *host, const char *name, guint timeout_seconds,
             result = CLONE_DESTROYED;
         }
     }
-    if (virDomainUndefineFlags(dom,
-                               VIR_DOMAIN_UNDEFINE_MANAGED_SAVE |
-                                   VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA |
-                                   VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA) <
-        0) {
+    if (virDomainUndefineFlags(
+            dom, VIR_DOMAIN_UNDEFINE_MANAGED_SAVE |
+                     VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA |
+                     VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA) < 0) {
         virDomainFree(dom);
         return lv_error(host, error, "undefining '%s'", name);
     }
@@ -820,8 +813,7 @@ parse_metadata(const char *meta, CloneInfo *info)
     g_autofree char *service = xpath_string(meta, "string(/*/@service)");
     g_autofree char *index = xpath_string(meta, "string(/*/@index)");
     g_autofree char *image = xpath_string(meta, "string(/*/@image)");
-    g_autofree char *generation =
-        xpath_string(meta, "string(/*/@generation)");
+    g_autofree char *generation = xpath_string(meta, "string(/*/@generation)");
     g_autofree char *owner = xpath_string(meta, "string(/*/@host)");
     guint64 i = 0, gen = 0;
 
@@ -829,8 +821,7 @@ parse_metadata(const char *meta, CloneInfo *info)
         !g_ascii_string_to_unsigned(index, 10, 0, 999, &i, NULL))
         return false;
     if (generation)
-        g_ascii_string_to_unsigned(generation, 10, 0, G_MAXUINT64, &gen,
-                                   NULL);
+        g_ascii_string_to_unsigned(generation, 10, 0, G_MAXUINT64, &gen, NULL);
     info->service = g_steal_pointer(&service);
     info->index = (guint)i;
     info->image_id = g_steal_pointer(&image);
@@ -860,8 +851,7 @@ clone_host_list(CloneHost *host, GError **error)
     }
     for (int r = 0; r < n; r++) {
         virDomainStatsRecordPtr rec = records[r];
-        char *meta = virDomainGetMetadata(rec->dom,
-                                          VIR_DOMAIN_METADATA_ELEMENT,
+        char *meta = virDomainGetMetadata(rec->dom, VIR_DOMAIN_METADATA_ELEMENT,
                                           CLONE_METADATA_NAMESPACE, 0);
         g_autoptr(CloneInfo) info = g_new0(CloneInfo, 1);
         char uuid[VIR_UUID_STRING_BUFLEN];
@@ -888,8 +878,7 @@ clone_host_list(CloneHost *host, GError **error)
             virTypedParamsGetInt(rec->params, rec->nparams, "state.reason",
                                  &reason);
         info->state = state_name(state);
-        info->reason = state == VIR_DOMAIN_PAUSED ? paused_reason(reason)
-                                                  : "";
+        info->reason = state == VIR_DOMAIN_PAUSED ? paused_reason(reason) : "";
         if (virTypedParamsGetULLong(rec->params, rec->nparams, "cpu.time",
                                     &ull) == 1)
             info->cpu_time_ns = ull;
@@ -901,11 +890,11 @@ clone_host_list(CloneHost *host, GError **error)
             info->memory_kib = ull;
         info->memory_unused_kib = -1;
         info->memory_usable_kib = -1;
-        if (virTypedParamsGetULLong(rec->params, rec->nparams,
-                                    "balloon.unused", &ull) == 1)
+        if (virTypedParamsGetULLong(rec->params, rec->nparams, "balloon.unused",
+                                    &ull) == 1)
             info->memory_unused_kib = (gint64)ull;
-        if (virTypedParamsGetULLong(rec->params, rec->nparams,
-                                    "balloon.usable", &ull) == 1)
+        if (virTypedParamsGetULLong(rec->params, rec->nparams, "balloon.usable",
+                                    &ull) == 1)
             info->memory_usable_kib = (gint64)ull;
         g_ptr_array_add(out, g_steal_pointer(&info));
     }

@@ -13,8 +13,8 @@ spore_key_string(GKeyFile *kf, const char *group, const char *key,
 }
 
 guint
-spore_key_uint(GKeyFile *kf, const char *group, const char *key,
-               guint fallback, GError **error)
+spore_key_uint(GKeyFile *kf, const char *group, const char *key, guint fallback,
+               GError **error)
 {
     g_autoptr(GError) err = NULL;
     guint64 v = g_key_file_get_uint64(kf, group, key, &err);

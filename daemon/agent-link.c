@@ -22,7 +22,7 @@
 #include "wire.h"
 
 #define HELLO_EVERY_US (2 * G_USEC_PER_SEC)
-#define JOURNAL_KEEP 4096
+#define JOURNAL_KEEP   4096
 
 struct AgentLink {
     Agent *agent;
@@ -48,8 +48,7 @@ struct AgentLink {
 static char *
 journal_key(AgentLink *l, gint64 id)
 {
-    return g_strdup_printf("%.8s:%" G_GINT64_FORMAT, l->config.manager_key,
-                           id);
+    return g_strdup_printf("%.8s:%" G_GINT64_FORMAT, l->config.manager_key, id);
 }
 
 static void
@@ -67,8 +66,7 @@ journal_load(AgentLink *l)
         if (!tab)
             continue;
         *tab = '\0';
-        g_hash_table_insert(l->journal, g_strdup(lines[i]),
-                            g_strdup(tab + 1));
+        g_hash_table_insert(l->journal, g_strdup(lines[i]), g_strdup(tab + 1));
         l->journal_lines++;
     }
 }
@@ -83,9 +81,8 @@ journal_add(AgentLink *l, const char *key, const char *ack)
         /* keep the newest: ids grow, so sort by the number after ':' */
         g_autoptr(GString) all = g_string_new(NULL);
         g_autoptr(GList) keys = g_hash_table_get_keys(l->journal);
-        guint n = g_list_length(keys), skip = n > JOURNAL_KEEP
-                                                   ? n - JOURNAL_KEEP
-                                                   : 0;
+        guint n = g_list_length(keys),
+              skip = n > JOURNAL_KEEP ? n - JOURNAL_KEEP : 0;
         GList *it;
 
         keys = g_list_sort(keys, (GCompareFunc)g_strcmp0);
@@ -95,9 +92,9 @@ journal_add(AgentLink *l, const char *key, const char *ack)
                 g_hash_table_remove(l->journal, it->data);
                 continue;
             }
-            g_string_append_printf(all, "%s\t%s\n", (char *)it->data,
-                                   (char *)g_hash_table_lookup(l->journal,
-                                                               it->data));
+            g_string_append_printf(
+                all, "%s\t%s\n", (char *)it->data,
+                (char *)g_hash_table_lookup(l->journal, it->data));
         }
         spore_file_write_atomic(l->journal_path, all->str, all->len, 0600,
                                 NULL);
@@ -170,10 +167,9 @@ image_ready(AgentLink *l, JsonObject *image, GError **error)
     json_object_set_string_member(add, "id", id);
     json_object_set_member(add, "origins", json_node_copy(origins));
     reply = agent_json(l, add);
-    if (!reply || !json_object_get_boolean_member_with_default(reply, "ok",
-                                                               FALSE)) {
-        g_set_error(error, SPORE_ERROR, SPORE_ERROR_FAILED,
-                    "image %s: %s", id,
+    if (!reply ||
+        !json_object_get_boolean_member_with_default(reply, "ok", FALSE)) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_FAILED, "image %s: %s", id,
                     reply ? wire_get_string(reply, "error") : "no reply");
         return NULL;
     }
@@ -189,8 +185,8 @@ image_ready(AgentLink *l, JsonObject *image, GError **error)
                     reply ? wire_get_string(reply, "error") : "no reply");
         return NULL;
     }
-    return g_strdup(wire_get_string(
-        json_object_get_object_member(reply, "image"), "uri"));
+    return g_strdup(
+        wire_get_string(json_object_get_object_member(reply, "image"), "uri"));
 }
 
 static CloneHost *
@@ -238,8 +234,8 @@ run_create(AgentLink *l, JsonObject *cmd, GString *summary, GError **error)
     JsonArray *arr;
     guint n;
 
-    if (!text || !service || !image || !JSON_NODE_HOLDS_OBJECT(image) ||
-        !idx || !JSON_NODE_HOLDS_ARRAY(idx)) {
+    if (!text || !service || !image || !JSON_NODE_HOLDS_OBJECT(image) || !idx ||
+        !JSON_NODE_HOLDS_ARRAY(idx)) {
         g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
                     "a clone-create command needs manifest, service, image "
                     "and indexes");
@@ -298,10 +294,9 @@ run_create(AgentLink *l, JsonObject *cmd, GString *summary, GError **error)
     if (!clone_host_create(host, &req, outcomes, error))
         return false;
     for (guint i = 0; i < n; i++)
-        g_string_append_printf(summary, "%s%s-%u %s", i ? ", " : "",
-                               mf->name, indexes[i],
-                               outcomes[i] == CLONE_CREATED ? "created"
-                                                            : "existed");
+        g_string_append_printf(
+            summary, "%s%s-%u %s", i ? ", " : "", mf->name, indexes[i],
+            outcomes[i] == CLONE_CREATED ? "created" : "existed");
     return true;
 }
 
@@ -463,8 +458,7 @@ send_report(AgentLink *l, void *sock, CloneHost *host)
         json_array_add_object_element(arr, o);
     }
     json_object_set_array_member(report, "clones", arr);
-    json_object_set_int_member(report, "time_ms",
-                               g_get_real_time() / 1000);
+    json_object_set_int_member(report, "time_ms", g_get_real_time() / 1000);
     json_object_set_string_member(list_req, "command", "image-list");
     images = agent_json(l, list_req);
     if (images && json_object_has_member(images, "images"))
@@ -542,8 +536,8 @@ main_socket(AgentLink *l, void *ctx)
     zmq_setsockopt(sock, ZMQ_RECONNECT_IVL_MAX, &ivl_max, sizeof(ivl_max));
     zmq_setsockopt(sock, ZMQ_IMMEDIATE, &one, sizeof(one));
     if (zmq_connect(sock, l->config.manager) != 0)
-        g_warning("cannot connect to the manager at %s: %s",
-                  l->config.manager, zmq_strerror(zmq_errno()));
+        g_warning("cannot connect to the manager at %s: %s", l->config.manager,
+                  zmq_strerror(zmq_errno()));
     return sock;
 }
 
@@ -574,14 +568,12 @@ registration_poll(AgentLink *l, void *reg, char **state)
                       "'sporectl host-accept %s' there",
                       l->config.host_name);
         else if (g_str_equal(now_state, "refused"))
-            g_warning("the site manager refuses host %s: %s",
-                      l->config.host_name,
-                      wire_get_string(obj, "reason")
-                          ? wire_get_string(obj, "reason")
-                          : "no reason given");
+            g_warning(
+                "the site manager refuses host %s: %s", l->config.host_name,
+                wire_get_string(obj, "reason") ? wire_get_string(obj, "reason")
+                                               : "no reason given");
         else {
-            g_message("the site manager accepted host %s",
-                      l->config.host_name);
+            g_message("the site manager accepted host %s", l->config.host_name);
             accepted_now = *state != NULL; /* it was refused before */
         }
         g_free(*state);
@@ -608,8 +600,7 @@ link_thread(gpointer data)
     };
     gint64 last_libvirt_try = 0, last_register = 0;
     void *reg = zmq_socket(ctx, ZMQ_DEALER);
-    g_autofree char *reg_endpoint =
-        wire_register_endpoint(l->config.manager);
+    g_autofree char *reg_endpoint = wire_register_endpoint(l->config.manager);
     g_autofree char *reg_state = NULL;
 
     wire_socket_defaults(reg);
@@ -766,18 +757,16 @@ agent_link_start(Agent *agent, const AgentLinkConfig *config, GError **error)
         return NULL;
     }
     g_mutex_init(&l->lock);
-    l->journal = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
-                                       g_free);
-    l->in_flight = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
-                                         NULL);
-    l->journal_path = g_build_filename(config->state_dir, "commands.journal",
-                                       NULL);
+    l->journal = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+    l->in_flight = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    l->journal_path =
+        g_build_filename(config->state_dir, "commands.journal", NULL);
     journal_load(l);
     for (guint i = 0; i < sizeof(rnd); i++)
         rnd[i] = (guint8)g_random_int_range(0, 256);
-    l->boot = g_strdup_printf("%02x%02x%02x%02x%02x%02x%02x%02x", rnd[0],
-                              rnd[1], rnd[2], rnd[3], rnd[4], rnd[5], rnd[6],
-                              rnd[7]);
+    l->boot =
+        g_strdup_printf("%02x%02x%02x%02x%02x%02x%02x%02x", rnd[0], rnd[1],
+                        rnd[2], rnd[3], rnd[4], rnd[5], rnd[6], rnd[7]);
     l->acks = g_async_queue_new();
     l->worker = g_thread_pool_new(worker, l, 1, TRUE, NULL);
     l->thread = g_thread_new("spore-link", link_thread, l);

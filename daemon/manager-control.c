@@ -41,8 +41,7 @@ reply_text(JsonObject *r)
     return text;
 }
 
-static char *G_GNUC_PRINTF(1, 2)
-reply_error(const char *format, ...)
+static char *G_GNUC_PRINTF(1, 2) reply_error(const char *format, ...)
 {
     va_list ap;
     g_autofree char *msg = NULL;
@@ -76,8 +75,8 @@ reported_clone(Manager *m, const char *host, const char *name)
         JsonNode *n = json_array_get_element(arr, i);
 
         if (JSON_NODE_HOLDS_OBJECT(n) &&
-            g_strcmp0(wire_get_string(json_node_get_object(n), "name"),
-                      name) == 0)
+            g_strcmp0(wire_get_string(json_node_get_object(n), "name"), name) ==
+                0)
             return json_node_get_object(n);
     }
     return NULL;
@@ -143,8 +142,8 @@ service_summary(Manager *m, sqlite3_stmt *st, guint *ret_running)
     cs = mdb_prepare(m, "SELECT idx, host FROM clones WHERE service = ?",
                      G_TYPE_STRING, name, G_TYPE_INVALID);
     while (cs && sqlite3_step(cs) == SQLITE_ROW) {
-        g_autofree char *cname = g_strdup_printf(
-            "%s-%u", name, (guint)sqlite3_column_int64(cs, 0));
+        g_autofree char *cname =
+            g_strdup_printf("%s-%u", name, (guint)sqlite3_column_int64(cs, 0));
         JsonObject *rep = reported_clone(
             m,
             sqlite3_column_type(cs, 1) == SQLITE_NULL ? NULL
@@ -162,7 +161,7 @@ service_summary(Manager *m, sqlite3_stmt *st, guint *ret_running)
     return o;
 }
 
-#define SERVICE_COLUMNS                                                       \
+#define SERVICE_COLUMNS \
     "name, generation, image, desired, deleting, cooldown_until"
 
 /* ---- commands --------------------------------------------------------- */
@@ -198,8 +197,7 @@ cmd_submit(Manager *m, JsonObject *req)
         }
         json_object_set_boolean_member(e, "ok", FALSE);
         json_object_set_string_member(
-            e, "error",
-            err ? err->message : "the manifest is not valid");
+            e, "error", err ? err->message : "the manifest is not valid");
         json_object_set_array_member(e, "problems", arr);
         return reply_text(e);
     }
@@ -224,20 +222,20 @@ cmd_submit(Manager *m, JsonObject *req)
                    G_TYPE_STRING, mf->name, G_TYPE_INVALID);
     if (old && g_str_equal(old, canonical)) {
         outcome = "unchanged";
-        generation = mdb_int(m, 0,
-                             "SELECT generation FROM services WHERE name = ?",
-                             G_TYPE_STRING, mf->name, G_TYPE_INVALID);
+        generation =
+            mdb_int(m, 0, "SELECT generation FROM services WHERE name = ?",
+                    G_TYPE_STRING, mf->name, G_TYPE_INVALID);
     } else if (old) {
         outcome = "updated";
-        generation = mdb_int(m, 0,
-                             "SELECT generation FROM services WHERE name = ?",
-                             G_TYPE_STRING, mf->name, G_TYPE_INVALID) +
-                     1;
+        generation =
+            mdb_int(m, 0, "SELECT generation FROM services WHERE name = ?",
+                    G_TYPE_STRING, mf->name, G_TYPE_INVALID) +
+            1;
         desired = mdb_int(m, mf->scaling.initial,
                           "SELECT desired FROM services WHERE name = ?",
                           G_TYPE_STRING, mf->name, G_TYPE_INVALID);
-        desired = CLAMP(desired, (gint64)mf->scaling.min,
-                        (gint64)mf->scaling.max);
+        desired =
+            CLAMP(desired, (gint64)mf->scaling.min, (gint64)mf->scaling.max);
         mdb_exec(m,
                  "UPDATE services SET manifest = ?, generation = ?, image = "
                  "?, desired = ?, updated = ? WHERE name = ?",
@@ -280,8 +278,9 @@ cmd_service_list(Manager *m)
     sqlite3_stmt *st;
 
     g_mutex_lock(&m->lock);
-    st = mdb_prepare(m, "SELECT " SERVICE_COLUMNS " FROM services ORDER BY "
-                        "name",
+    st = mdb_prepare(m,
+                     "SELECT " SERVICE_COLUMNS " FROM services ORDER BY "
+                     "name",
                      G_TYPE_INVALID);
     while (st && sqlite3_step(st) == SQLITE_ROW)
         json_array_add_object_element(arr, service_summary(m, st, NULL));
@@ -595,8 +594,8 @@ cmd_image_add(Manager *m, JsonObject *req)
     }
     enc = image_index_encoding(idx);
     g_mutex_lock(&m->lock);
-    old_id = mdb_text(m, "SELECT id FROM images WHERE name = ?",
-                      G_TYPE_STRING, name, G_TYPE_INVALID);
+    old_id = mdb_text(m, "SELECT id FROM images WHERE name = ?", G_TYPE_STRING,
+                      name, G_TYPE_INVALID);
     if (old_id && !g_str_equal(old_id, image_index_id(idx))) {
         g_mutex_unlock(&m->lock);
         return reply_error("image '%s' is registered with id %s; this one is "
@@ -613,8 +612,8 @@ cmd_image_add(Manager *m, JsonObject *req)
              (gint64)image_index_image_size(idx), G_TYPE_INT64,
              (gint64)image_index_chunk_size(idx), G_TYPE_DOUBLE, mdb_now(),
              G_TYPE_INVALID);
-    mdb_event(m, "image-added", NULL, NULL, "image %s registered: %s, %s",
-              name, image_index_id(idx), url);
+    mdb_event(m, "image-added", NULL, NULL, "image %s registered: %s, %s", name,
+              image_index_id(idx), url);
     g_mutex_unlock(&m->lock);
     r = reply_ok();
     im = json_object_new();
@@ -669,8 +668,7 @@ cmd_image_list(Manager *m)
             json_object_set_int_member(f, "origin",
                                        sqlite3_column_int64(hs, 2));
             json_object_set_int_member(f, "peer", sqlite3_column_int64(hs, 3));
-            json_object_set_int_member(f, "local",
-                                       sqlite3_column_int64(hs, 4));
+            json_object_set_int_member(f, "local", sqlite3_column_int64(hs, 4));
             json_object_set_object_member(h, "fetched", f);
             json_array_add_object_element(hosts, h);
         }
@@ -688,8 +686,7 @@ static char *
 cmd_events(Manager *m, JsonObject *req)
 {
     gint64 since = wire_get_int(req, "since", 0);
-    gint64 limit = CLAMP(wire_get_int(req, "limit", 100), 1,
-                         EVENTS_LIMIT_MAX);
+    gint64 limit = CLAMP(wire_get_int(req, "limit", 100), 1, EVENTS_LIMIT_MAX);
     const char *service = wire_get_string(req, "service");
     JsonObject *r = reply_ok();
     JsonArray *arr = json_array_new();
@@ -701,9 +698,8 @@ cmd_events(Manager *m, JsonObject *req)
                      "SELECT * FROM (SELECT id, time, kind, service, host, "
                      "message FROM events WHERE id > ? AND (? IS NULL OR "
                      "service = ?) ORDER BY id DESC LIMIT ?) ORDER BY id",
-                     G_TYPE_INT64, since, G_TYPE_STRING, service,
-                     G_TYPE_STRING, service, G_TYPE_INT64, limit,
-                     G_TYPE_INVALID);
+                     G_TYPE_INT64, since, G_TYPE_STRING, service, G_TYPE_STRING,
+                     service, G_TYPE_INT64, limit, G_TYPE_INVALID);
     while (st && sqlite3_step(st) == SQLITE_ROW) {
         JsonObject *o = json_object_new();
 
@@ -820,10 +816,9 @@ manager_control_start(Manager *m, GError **error)
     unlink(m->control_path);
     addr = g_unix_socket_address_new(m->control_path);
     m->control = G_THREADED_SOCKET_SERVICE(g_threaded_socket_service_new(16));
-    if (!g_socket_listener_add_address(G_SOCKET_LISTENER(m->control), addr,
-                                       G_SOCKET_TYPE_STREAM,
-                                       G_SOCKET_PROTOCOL_DEFAULT, NULL, NULL,
-                                       error)) {
+    if (!g_socket_listener_add_address(
+            G_SOCKET_LISTENER(m->control), addr, G_SOCKET_TYPE_STREAM,
+            G_SOCKET_PROTOCOL_DEFAULT, NULL, NULL, error)) {
         g_prefix_error(error, "%s: ", m->control_path);
         return false;
     }

@@ -66,8 +66,8 @@ mdb_now(void)
 bool
 mdb_open(Manager *m, GError **error)
 {
-    g_autofree char *path = g_build_filename(m->config.state_dir, "spored.db",
-                                             NULL);
+    g_autofree char *path =
+        g_build_filename(m->config.state_dir, "spored.db", NULL);
     char *msg = NULL;
     gint64 version;
 
@@ -244,8 +244,7 @@ mdb_event(Manager *m, const char *kind, const char *service, const char *host,
              "INSERT INTO events (time, kind, service, host, message) "
              "VALUES (?, ?, ?, ?, ?)",
              G_TYPE_DOUBLE, mdb_now(), G_TYPE_STRING, kind, G_TYPE_STRING,
-             service, G_TYPE_STRING, host, G_TYPE_STRING, msg,
-             G_TYPE_INVALID);
+             service, G_TYPE_STRING, host, G_TYPE_STRING, msg, G_TYPE_INVALID);
     /* keep the newest 100000 */
     if (sqlite3_last_insert_rowid(m->db) % 1000 == 0)
         mdb_exec(m,

@@ -32,8 +32,8 @@
 #define ZMQ_ZAP_ENFORCE_DOMAIN 93
 #endif
 
-#define TICK_MS 1000
-#define DRAIN_MS 100
+#define TICK_MS        1000
+#define DRAIN_MS       100
 #define REFUSAL_LOG_US (60 * G_USEC_PER_SEC)
 
 static void
@@ -81,9 +81,9 @@ manager_manifest(Manager *m, const char *service)
     gint64 generation;
     Manifest *mf;
 
-    generation = mdb_int(m, -1,
-                         "SELECT generation FROM services WHERE name = ?",
-                         G_TYPE_STRING, service, G_TYPE_INVALID);
+    generation =
+        mdb_int(m, -1, "SELECT generation FROM services WHERE name = ?",
+                G_TYPE_STRING, service, G_TYPE_INVALID);
     if (generation < 0)
         return NULL;
     key = g_strdup_printf("%s:%" G_GINT64_FORMAT, service, generation);
@@ -192,9 +192,9 @@ zap_decide(Manager *m, const char *domain, const char *address,
     if (name)
         return g_steal_pointer(&name);
     if (should_log_refusal(m, key)) {
-        g_autofree char *pending = mdb_text(
-            m, "SELECT name FROM hosts WHERE key = ?", G_TYPE_STRING, key,
-            G_TYPE_INVALID);
+        g_autofree char *pending =
+            mdb_text(m, "SELECT name FROM hosts WHERE key = ?", G_TYPE_STRING,
+                     key, G_TYPE_INVALID);
 
         if (pending)
             mdb_event(m, "host-refused", NULL, pending,
@@ -279,30 +279,29 @@ send_to(Manager *m, const char *host, JsonObject *msg)
 }
 
 static void
-handle_hello(Manager *m, const char *host, const char *address,
-             JsonObject *msg)
+handle_hello(Manager *m, const char *host, const char *address, JsonObject *msg)
 {
     HostRuntime *h = runtime_get(m, host);
     const char *boot = wire_get_string(msg, "boot");
-    JsonObject *cap = json_object_get_member(msg, "capacity") &&
-                              JSON_NODE_HOLDS_OBJECT(
-                                  json_object_get_member(msg, "capacity"))
-                          ? json_object_get_object_member(msg, "capacity")
-                          : NULL;
+    JsonObject *cap =
+        json_object_get_member(msg, "capacity") &&
+                JSON_NODE_HOLDS_OBJECT(json_object_get_member(msg, "capacity"))
+            ? json_object_get_object_member(msg, "capacity")
+            : NULL;
     g_autoptr(JsonObject) welcome = wire_new("welcome");
     bool restarted = h->boot && boot && !g_str_equal(h->boot, boot);
 
     mdb_exec(m,
              "UPDATE hosts SET address = ?, cpus = ?, memory_kib = ?, "
              "virt = ?, last_seen = ? WHERE name = ?",
-             G_TYPE_STRING, address, G_TYPE_INT64,
-             wire_get_int(cap, "cpus", 0), G_TYPE_INT64,
-             wire_get_int(cap, "memory_kib", 0), G_TYPE_STRING,
+             G_TYPE_STRING, address, G_TYPE_INT64, wire_get_int(cap, "cpus", 0),
+             G_TYPE_INT64, wire_get_int(cap, "memory_kib", 0), G_TYPE_STRING,
              wire_get_string(msg, "virt"), G_TYPE_DOUBLE, mdb_now(),
              G_TYPE_STRING, host, G_TYPE_INVALID);
     if (!h->boot || restarted)
         mdb_event(m, restarted ? "host-restarted" : "host-connected", NULL,
-                  host, "host %s %s from %s (%" G_GINT64_FORMAT
+                  host,
+                  "host %s %s from %s (%" G_GINT64_FORMAT
                   " CPUs, %" G_GINT64_FORMAT " MiB)",
                   host, restarted ? "restarted" : "connected", address,
                   wire_get_int(cap, "cpus", 0),
@@ -410,16 +409,17 @@ handle_ack(Manager *m, const char *host, JsonObject *msg)
     if (ok) {
         g_hash_table_remove(m->failures, key);
         g_hash_table_remove(m->backoff, key);
-        mdb_event(m, g_str_equal(op, "clone-create") ? "clones-created"
-                                                     : "clones-destroyed",
-                  service, host, "command %" G_GINT64_FORMAT " (%s) done on %s%s%s",
-                  id, op, host, wire_get_string(msg, "summary") ? ": " : "",
-                  wire_get_string(msg, "summary")
-                      ? wire_get_string(msg, "summary")
-                      : "");
+        mdb_event(
+            m,
+            g_str_equal(op, "clone-create") ? "clones-created"
+                                            : "clones-destroyed",
+            service, host, "command %" G_GINT64_FORMAT " (%s) done on %s%s%s",
+            id, op, host, wire_get_string(msg, "summary") ? ": " : "",
+            wire_get_string(msg, "summary") ? wire_get_string(msg, "summary")
+                                            : "");
     } else {
-        guint fails = GPOINTER_TO_UINT(g_hash_table_lookup(m->failures, key)) +
-                      1;
+        guint fails =
+            GPOINTER_TO_UINT(g_hash_table_lookup(m->failures, key)) + 1;
         gint64 *until = g_new(gint64, 1);
         guint delay = MIN(5u << MIN(fails - 1, 6u), 300u);
 
@@ -527,9 +527,9 @@ handle_register(Manager *m, const char *key, const char *address,
     known = mdb_text(m, "SELECT name FROM hosts WHERE key = ?", G_TYPE_STRING,
                      key, G_TYPE_INVALID);
     if (!known) {
-        g_autofree char *other = mdb_text(
-            m, "SELECT key FROM hosts WHERE name = ?", G_TYPE_STRING, name,
-            G_TYPE_INVALID);
+        g_autofree char *other =
+            mdb_text(m, "SELECT key FROM hosts WHERE name = ?", G_TYPE_STRING,
+                     name, G_TYPE_INVALID);
 
         if (other) {
             if (should_log_refusal(m, key))
@@ -689,8 +689,9 @@ sync_clone_rows(Manager *m)
         mdb_exec(m, "DELETE FROM clones WHERE service = ? AND idx >= ?",
                  G_TYPE_STRING, name, G_TYPE_INT64, desired, G_TYPE_INVALID);
         for (gint64 i = 0; i < desired; i++)
-            mdb_exec(m, "INSERT OR IGNORE INTO clones (service, idx) VALUES "
-                        "(?, ?)",
+            mdb_exec(m,
+                     "INSERT OR IGNORE INTO clones (service, idx) VALUES "
+                     "(?, ?)",
                      G_TYPE_STRING, name, G_TYPE_INT64, i, G_TYPE_INVALID);
     }
     sqlite3_finalize(st);
@@ -709,9 +710,9 @@ sync_clone_rows(Manager *m)
                  c++) {
                 JsonNode *n = json_array_get_element(h->clones, c);
                 if (JSON_NODE_HOLDS_OBJECT(n) &&
-                    g_strcmp0(wire_get_string(json_node_get_object(n),
-                                              "service"),
-                              service) == 0)
+                    g_strcmp0(
+                        wire_get_string(json_node_get_object(n), "service"),
+                        service) == 0)
                     left = true;
             }
         }
@@ -782,8 +783,9 @@ place_clones(Manager *m)
             sqlite3_finalize(cs);
             if (image_id) {
                 g_autofree char *cached = mdb_text(
-                    m, "SELECT cached FROM host_images WHERE host = ? AND "
-                       "image = ?",
+                    m,
+                    "SELECT cached FROM host_images WHERE host = ? AND "
+                    "image = ?",
                     G_TYPE_STRING, name, G_TYPE_STRING, image_id,
                     G_TYPE_INVALID);
                 ph.cached_fraction = cached ? g_ascii_strtod(cached, NULL) : 0;
@@ -834,17 +836,17 @@ pending_keys(Manager *m, const char *host)
         if (g_str_equal(op, "clone-create") &&
             (arr = json_object_get_array_member(body, "indexes"))) {
             for (guint i = 0; i < json_array_get_length(arr); i++)
-                g_hash_table_add(keys, g_strdup_printf(
-                                           "create:%s:%" G_GINT64_FORMAT,
-                                           wire_get_string(body, "service"),
-                                           json_array_get_int_element(arr, i)));
+                g_hash_table_add(
+                    keys, g_strdup_printf("create:%s:%" G_GINT64_FORMAT,
+                                          wire_get_string(body, "service"),
+                                          json_array_get_int_element(arr, i)));
         } else if (g_str_equal(op, "clone-destroy") &&
                    (arr = json_object_get_array_member(body, "names"))) {
             for (guint i = 0; i < json_array_get_length(arr); i++)
-                g_hash_table_add(keys,
-                                 g_strdup_printf(
-                                     "destroy:%s",
-                                     json_array_get_string_element(arr, i)));
+                g_hash_table_add(
+                    keys,
+                    g_strdup_printf("destroy:%s",
+                                    json_array_get_string_element(arr, i)));
         }
     }
     sqlite3_finalize(st);
@@ -852,8 +854,7 @@ pending_keys(Manager *m, const char *host)
 }
 
 static gint64
-command_add(Manager *m, const char *host, const char *service,
-            JsonObject *body)
+command_add(Manager *m, const char *host, const char *service, JsonObject *body)
 {
     g_autofree char *text = wire_to_text(body);
 
@@ -904,8 +905,7 @@ command_create(Manager *m, const char *host, const char *service,
     }
     json_object_set_string_member(body, "op", "clone-create");
     json_object_set_string_member(body, "service", service);
-    json_object_set_int_member(body, "generation",
-                               sqlite3_column_int64(st, 6));
+    json_object_set_int_member(body, "generation", sqlite3_column_int64(st, 6));
     json_object_set_string_member(body, "manifest", mdb_col_text(st, 5));
     sqlite3_finalize(st);
     for (guint i = 0; i < indexes->len; i++) {
@@ -940,8 +940,7 @@ command_destroy(Manager *m, const char *host, const char *service,
     json_object_set_int_member(body, "timeout", m->config.shutdown_timeout_s);
     id = command_add(m, host, service, body);
     mdb_event(m, "command", service, host,
-              "command %" G_GINT64_FORMAT ": destroy %s on %s", id, list,
-              host);
+              "command %" G_GINT64_FORMAT ": destroy %s on %s", id, list, host);
 }
 
 static void
@@ -1175,8 +1174,7 @@ manager_metrics(GString *out, gpointer data)
 
     g_mutex_lock(&m->lock);
     metric_rows(m, out, "spore_commands", "Commands to agents by state.",
-                "gauge",
-                "SELECT state, COUNT(*) FROM commands GROUP BY state",
+                "gauge", "SELECT state, COUNT(*) FROM commands GROUP BY state",
                 "state");
     metric_rows(m, out, "spore_command_sends_total",
                 "Times commands were sent to agents (first sends and "
@@ -1197,8 +1195,8 @@ manager_metrics(GString *out, gpointer data)
     while (g_hash_table_iter_next(&it, &k, &v)) {
         HostRuntime *h = v;
 
-        for (guint i = 0; h->reported && h->clones &&
-                          i < json_array_get_length(h->clones);
+        for (guint i = 0;
+             h->reported && h->clones && i < json_array_get_length(h->clones);
              i++) {
             JsonNode *n = json_array_get_element(h->clones, i);
             const char *state =
@@ -1221,12 +1219,11 @@ manager_metrics(GString *out, gpointer data)
                                (char *)k, GPOINTER_TO_UINT(v));
     metric_rows(m, out, "spore_hosts_accepted", "Accepted hosts.", "gauge",
                 "SELECT COUNT(*) FROM hosts WHERE accepted = 1", NULL);
-    metric_rows(m, out, "spore_hosts_lost", "Hosts lost (no report).",
-                "gauge", "SELECT COUNT(*) FROM hosts WHERE lost = 1", NULL);
-    g_string_append(out,
-                    "# HELP spore_fetched_bytes Verified image bytes the "
-                    "hosts fetched, by source.\n"
-                    "# TYPE spore_fetched_bytes counter\n");
+    metric_rows(m, out, "spore_hosts_lost", "Hosts lost (no report).", "gauge",
+                "SELECT COUNT(*) FROM hosts WHERE lost = 1", NULL);
+    g_string_append(out, "# HELP spore_fetched_bytes Verified image bytes the "
+                         "hosts fetched, by source.\n"
+                         "# TYPE spore_fetched_bytes counter\n");
     st = mdb_prepare(m,
                      "SELECT host, image, origin_bytes, peer_bytes, "
                      "local_bytes, cached FROM host_images",
@@ -1278,16 +1275,13 @@ manager_new(const ManagerConfig *config, GError **error)
     m->config.control_group = g_strdup(config->control_group);
     m->config.metrics_listen = g_strdup(config->metrics_listen);
     g_mutex_init(&m->lock);
-    m->runtime = g_hash_table_new_full(g_str_hash, g_str_equal, NULL,
-                                       host_runtime_free);
+    m->runtime =
+        g_hash_table_new_full(g_str_hash, g_str_equal, NULL, host_runtime_free);
     m->manifests = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
                                          (GDestroyNotify)manifest_free);
-    m->backoff = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
-                                       g_free);
-    m->failures = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
-                                        NULL);
-    m->refused = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
-                                       g_free);
+    m->backoff = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+    m->failures = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    m->refused = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
     if (g_mkdir_with_parents(m->config.state_dir, 0700) < 0 ||
         g_mkdir_with_parents(m->config.run_dir, 0755) < 0) {
         g_set_error(error, SPORE_ERROR, SPORE_ERROR_IO,
@@ -1321,8 +1315,8 @@ manager_new(const ManagerConfig *config, GError **error)
                    WIRE_KEY_CHARS);
     zmq_setsockopt(m->router, ZMQ_ZAP_DOMAIN, WIRE_ZAP_DOMAIN,
                    strlen(WIRE_ZAP_DOMAIN));
-    if (zmq_setsockopt(m->router, ZMQ_ZAP_ENFORCE_DOMAIN, &one,
-                       sizeof(one)) != 0) {
+    if (zmq_setsockopt(m->router, ZMQ_ZAP_ENFORCE_DOMAIN, &one, sizeof(one)) !=
+        0) {
         g_set_error(error, SPORE_ERROR, SPORE_ERROR_FAILED,
                     "this libzmq does not enforce ZAP domains "
                     "(ZMQ_ZAP_ENFORCE_DOMAIN): %s",
@@ -1351,8 +1345,7 @@ manager_new(const ManagerConfig *config, GError **error)
     zmq_setsockopt(m->reg, ZMQ_ZAP_ENFORCE_DOMAIN, &one, sizeof(one));
     if (!m->register_endpoint)
         m->register_endpoint = wire_register_endpoint(m->config.listen);
-    if (!m->register_endpoint ||
-        zmq_bind(m->reg, m->register_endpoint) != 0) {
+    if (!m->register_endpoint || zmq_bind(m->reg, m->register_endpoint) != 0) {
         g_set_error(error, SPORE_ERROR, SPORE_ERROR_FAILED,
                     "cannot listen for registrations on %s: %s",
                     m->register_endpoint ? m->register_endpoint

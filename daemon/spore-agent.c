@@ -86,8 +86,8 @@ agent_metrics(GString *out, gpointer data)
             JsonObject *im = json_array_get_object_element(images, i);
 
             g_string_append_printf(
-                out, "%s{image=\"%s\"} %" G_GINT64_FORMAT "\n",
-                plain[m].name, json_object_get_string_member(im, "image"),
+                out, "%s{image=\"%s\"} %" G_GINT64_FORMAT "\n", plain[m].name,
+                json_object_get_string_member(im, "image"),
                 json_object_get_int_member_with_default(im, plain[m].member,
                                                         0));
         }
@@ -144,8 +144,7 @@ main(int argc, char **argv)
          "host on its own)",
          "ENDPOINT"},
         {"manager-key-file", 0, 0, G_OPTION_ARG_FILENAME, &manager_key_file,
-         "File holding the manager's public key (spored --print-key)",
-         "FILE"},
+         "File holding the manager's public key (spored --print-key)", "FILE"},
         {"host-name", 0, 0, G_OPTION_ARG_STRING, &host_name,
          "This host's name in the site (default: the system's host name)",
          "NAME"},
@@ -176,7 +175,8 @@ main(int argc, char **argv)
     AgentConfig cfg = {0};
     Agent *agent;
 
-    signal(SIGPIPE, SIG_IGN); /* a peer gone: an error from write(), not death */
+    signal(SIGPIPE,
+           SIG_IGN); /* a peer gone: an error from write(), not death */
 
     setlocale(LC_ALL, "");
     g_option_context_add_main_entries(ctx, entries, NULL);
@@ -204,22 +204,28 @@ main(int argc, char **argv)
         return 1;
     }
 
-    cfg.state_dir = state_dir
-                        ? g_strdup(state_dir)
-                        : spore_key_string(kf, "agent", "state_dir", "/var/lib/spore/agent");
-    cfg.run_dir = run_dir ? g_strdup(run_dir)
-                          : spore_key_string(kf, "agent", "run_dir", "/run/spore/agent");
-    cfg.nbdkit = nbdkit ? g_strdup(nbdkit) : spore_key_string(kf, "agent", "nbdkit", "nbdkit");
-    cfg.plugin = plugin ? g_strdup(plugin)
-                        : spore_key_string(kf, "agent", "plugin", SPORE_NBDKIT_PLUGIN);
+    cfg.state_dir = state_dir ? g_strdup(state_dir)
+                              : spore_key_string(kf, "agent", "state_dir",
+                                                 "/var/lib/spore/agent");
+    cfg.run_dir =
+        run_dir ? g_strdup(run_dir)
+                : spore_key_string(kf, "agent", "run_dir", "/run/spore/agent");
+    cfg.nbdkit = nbdkit ? g_strdup(nbdkit)
+                        : spore_key_string(kf, "agent", "nbdkit", "nbdkit");
+    cfg.plugin =
+        plugin ? g_strdup(plugin)
+               : spore_key_string(kf, "agent", "plugin", SPORE_NBDKIT_PLUGIN);
     cfg.shim_group = shim_group ? g_strdup(shim_group)
-                                : spore_key_string(kf, "agent", "shim_group", "libvirt-qemu");
-    cfg.fetch_workers = fetch_workers > 0
-                            ? (guint)fetch_workers
-                            : spore_key_uint(kf, "agent", "fetch_workers", 8, &err);
-    cfg.shim_timeout_s = shim_timeout > 0
-                             ? (guint)shim_timeout
-                             : spore_key_uint(kf, "agent", "shim_timeout", 60, &err);
+                                : spore_key_string(kf, "agent", "shim_group",
+                                                   "libvirt-qemu");
+    cfg.fetch_workers =
+        fetch_workers > 0
+            ? (guint)fetch_workers
+            : spore_key_uint(kf, "agent", "fetch_workers", 8, &err);
+    cfg.shim_timeout_s =
+        shim_timeout > 0
+            ? (guint)shim_timeout
+            : spore_key_uint(kf, "agent", "shim_timeout", 60, &err);
     cfg.verify_cache = verify_cache || g_key_file_get_boolean(
                                            kf, "agent", "verify_cache", NULL);
     if (err) {
@@ -244,9 +250,9 @@ main(int argc, char **argv)
                            : spore_key_string(kf, "agent", "manager", NULL);
     if (lcfg.manager && *lcfg.manager) {
         g_autofree char *key_file =
-            manager_key_file ? g_strdup(manager_key_file)
-                             : spore_key_string(kf, "agent",
-                                                "manager_key_file", NULL);
+            manager_key_file
+                ? g_strdup(manager_key_file)
+                : spore_key_string(kf, "agent", "manager_key_file", NULL);
 
         lcfg.manager_key =
             key_file ? wire_key_read_file(key_file, &err)
@@ -256,32 +262,29 @@ main(int argc, char **argv)
             return 1;
         }
         lcfg.host_name = host_name ? g_strdup(host_name)
-                                   : spore_key_string(kf, "agent",
-                                                      "host_name",
+                                   : spore_key_string(kf, "agent", "host_name",
                                                       g_get_host_name());
         lcfg.state_dir = state_dir ? g_strdup(state_dir)
-                                   : spore_key_string(kf, "agent",
-                                                      "state_dir",
+                                   : spore_key_string(kf, "agent", "state_dir",
                                                       "/var/lib/spore/agent");
         lcfg.libvirt_uri = spore_key_string(kf, "agent", "libvirt_uri", NULL);
-        lcfg.pool = pool ? g_strdup(pool)
-                         : spore_key_string(kf, "agent", "pool", NULL);
-        lcfg.pool_dir = pool_dir ? g_strdup(pool_dir)
-                                 : spore_key_string(kf, "agent", "pool_dir",
-                                                    NULL);
-        lcfg.console_dir = console_dir ? g_strdup(console_dir)
-                                       : spore_key_string(kf, "agent",
-                                                          "console_dir", NULL);
-        lcfg.virt_type = virt_type ? g_strdup(virt_type)
-                                   : spore_key_string(kf, "agent",
-                                                      "virt_type", NULL);
+        lcfg.pool =
+            pool ? g_strdup(pool) : spore_key_string(kf, "agent", "pool", NULL);
+        lcfg.pool_dir = pool_dir
+                            ? g_strdup(pool_dir)
+                            : spore_key_string(kf, "agent", "pool_dir", NULL);
+        lcfg.console_dir =
+            console_dir ? g_strdup(console_dir)
+                        : spore_key_string(kf, "agent", "console_dir", NULL);
+        lcfg.virt_type = virt_type
+                             ? g_strdup(virt_type)
+                             : spore_key_string(kf, "agent", "virt_type", NULL);
         if (lcfg.virt_type && !g_str_equal(lcfg.virt_type, "kvm") &&
             !g_str_equal(lcfg.virt_type, "qemu")) {
             fprintf(stderr, "spore-agent: virt_type is kvm or qemu\n");
             return 2;
         }
-        lcfg.report_ms =
-            spore_key_uint(kf, "agent", "report_ms", 2000, &err);
+        lcfg.report_ms = spore_key_uint(kf, "agent", "report_ms", 2000, &err);
         link = agent_link_start(agent, &lcfg, &err);
         g_free(lcfg.manager_key);
         g_free(lcfg.host_name);
@@ -302,8 +305,8 @@ main(int argc, char **argv)
     if (!*metrics) {
         /* the default: a busy port (another agent on this machine) is a
          * warning, not a failure; a configured one must work */
-        metrics_server = spore_metrics_start("127.0.0.1:9471", agent_metrics,
-                                             agent, &err);
+        metrics_server =
+            spore_metrics_start("127.0.0.1:9471", agent_metrics, agent, &err);
         if (!metrics_server)
             g_warning("no metrics endpoint: %s", err->message);
         else

@@ -4,7 +4,9 @@
  * virsh-style: `sporectl [GLOBAL-OPTIONS] COMMAND [ARGS]`.  Each command is
  * a row of the commands[] table with its own synopsis, help text and
  * handler; `sporectl help COMMAND` and `sporectl COMMAND --help` print the
- * same text.  Offline commands (validate, format) need no daemon.
+ * same text.  Offline commands (validate, format) need no daemon; the site
+ * manager's commands (submit, service-*, ...) talk to spored over its control
+ * socket (-c, docs/site-control.md), the agent-* commands to the host agent.
  *
  * Exit codes: 0 success, 1 failure (including an invalid manifest), 2 usage.
  * Problems go to stderr as "FILE:LINE: message"; results go to stdout.
@@ -24,6 +26,7 @@
 #include "clone-host.h"
 #include "customize.h"
 #include "domain-xml.h"
+#include "file-util.h"
 #include "image-index.h"
 #include "manifest.h"
 #include "spore-config.h"
@@ -34,11 +37,12 @@
 
 typedef struct {
     bool json;
-    const char *endpoint;
-    const char *agent; /* the host agent's control socket */
+    const char *endpoint; /* the site manager's control socket */
+    const char *agent;    /* the host agent's control socket */
 } Globals;
 
-#define DEFAULT_AGENT_SOCKET "/run/spore/agent/control.sock"
+#define DEFAULT_AGENT_SOCKET   "/run/spore/agent/control.sock"
+#define DEFAULT_MANAGER_SOCKET "/run/spore/spored/control.sock"
 
 typedef struct Command Command;
 struct Command {
@@ -131,12 +135,18 @@ parse_command_flags(const Command *cmd, int argc, char **argv,
 }
 
 static void
+print_problem_at(const char *file, guint line, const char *message)
+{
+    if (line)
+        fprintf(stderr, "%s:%u: %s\n", file, line, message);
+    else
+        fprintf(stderr, "%s: %s\n", file, message);
+}
+
+static void
 print_problem(const char *file, const ManifestProblem *p)
 {
-    if (p->line)
-        fprintf(stderr, "%s:%u: %s\n", file, p->line, p->message);
-    else
-        fprintf(stderr, "%s: %s\n", file, p->message);
+    print_problem_at(file, p->line, p->message);
 }
 
 /* ---- validate ---------------------------------------------------------- */
@@ -765,17 +775,30 @@ cmd_image_index(const Command *cmd, const Globals *g, int argc, char **argv)
     return fflush(stdout) == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }
 
-/* ---- host agent commands ----------------------------------------------- */
+/* ---- control sockets --------------------------------------------------- */
+
+/* A progress line is on standard error, not ended yet (submit --wait). */
+static bool progress_pending;
+
+/* End the pending progress line, before a message goes to standard error. */
+static void
+progress_end(void)
+{
+    if (progress_pending)
+        fputc('\n', stderr);
+    progress_pending = false;
+}
 
 /*
- * Send one JSON command to the host agent and return its reply object (a
- * new reference), or NULL after printing why.
+ * Send one JSON request (a line) to the daemon listening on the unix socket
+ * @path, the host agent or the site manager as @what says, and return its
+ * reply object (a new reference), or NULL after printing why.
  */
 static JsonObject *
-agent_call(const Globals *g, JsonBuilder *request)
+socket_call(const char *path, const char *what, JsonBuilder *request)
 {
     g_autoptr(GSocketClient) client = g_socket_client_new();
-    g_autoptr(GSocketAddress) addr = g_unix_socket_address_new(g->agent);
+    g_autoptr(GSocketAddress) addr = g_unix_socket_address_new(path);
     g_autoptr(GSocketConnection) conn = NULL;
     g_autoptr(JsonGenerator) gen = json_generator_new();
     g_autoptr(JsonNode) root = json_builder_get_root(request);
@@ -789,8 +812,9 @@ agent_call(const Globals *g, JsonBuilder *request)
     conn =
         g_socket_client_connect(client, G_SOCKET_CONNECTABLE(addr), NULL, &err);
     if (!conn) {
-        fprintf(stderr, "sporectl: cannot reach the host agent at '%s': %s\n",
-                g->agent, err->message);
+        progress_end();
+        fprintf(stderr, "sporectl: cannot reach the %s at '%s': %s\n", what,
+                path, err->message);
         return NULL;
     }
     json_generator_set_root(gen, root);
@@ -801,16 +825,25 @@ agent_call(const Globals *g, JsonBuilder *request)
         !g_output_stream_write_all(
             g_io_stream_get_output_stream(G_IO_STREAM(conn)), "\n", 1, NULL,
             NULL, &err)) {
-        fprintf(stderr, "sporectl: host agent '%s': %s\n", g->agent,
-                err->message);
+        progress_end();
+        fprintf(stderr, "sporectl: %s '%s': %s\n", what, path, err->message);
         return NULL;
     }
     in = g_data_input_stream_new(
         g_io_stream_get_input_stream(G_IO_STREAM(conn)));
     line = g_data_input_stream_read_line(in, NULL, NULL, &err);
+    if (!line && !err) {
+        progress_end();
+        fprintf(stderr,
+                "sporectl: %s '%s': closed the connection without "
+                "a reply\n",
+                what, path);
+        return NULL;
+    }
     if (!line || !json_parser_load_from_data(parser, line, -1, &err) ||
         !JSON_NODE_HOLDS_OBJECT(json_parser_get_root(parser))) {
-        fprintf(stderr, "sporectl: host agent '%s': bad reply%s%s\n", g->agent,
+        progress_end();
+        fprintf(stderr, "sporectl: %s '%s': bad reply%s%s\n", what, path,
                 err ? ": " : "", err ? err->message : "");
         return NULL;
     }
@@ -831,6 +864,8 @@ print_json_object(JsonObject *obj)
     text = json_generator_to_data(gen, NULL);
     printf("%s\n", text);
 }
+
+/* ---- host agent commands ----------------------------------------------- */
 
 static void
 print_image_line(JsonObject *im)
@@ -924,7 +959,7 @@ cmd_agent_image_add(const Command *cmd, const Globals *g, int argc, char **argv)
         json_builder_add_string_value(b, argv[i]);
     json_builder_end_array(b);
     json_builder_end_object(b);
-    return agent_finish(g, cmd, agent_call(g, b));
+    return agent_finish(g, cmd, socket_call(g->agent, "host agent", b));
 }
 
 /* agent-image-list, and the commands taking one IMAGE */
@@ -953,7 +988,841 @@ cmd_agent_simple(const Command *cmd, const Globals *g, int argc, char **argv)
         json_builder_add_string_value(b, argv[first]);
     }
     json_builder_end_object(b);
-    return agent_finish(g, cmd, agent_call(g, b));
+    return agent_finish(g, cmd, socket_call(g->agent, "host agent", b));
+}
+
+/* ---- site manager commands --------------------------------------------- */
+
+/* The largest request line the manager reads (docs/site-control.md). */
+#define MANAGER_MAX_REQUEST (32u * 1024 * 1024)
+/* The largest image index whose base64 leaves room for the rest of the
+ * image-add request. */
+#define IMAGE_ADD_MAX_INDEX         ((MANAGER_MAX_REQUEST - 65536u) / 4 * 3)
+#define SUBMIT_WAIT_DEFAULT_SECONDS 600
+#define EVENTS_BATCH                100 /* the events asked for at a time */
+
+/* Member @name of @o when it is a string (o may be NULL), else @fallback. */
+static const char *
+get_str(JsonObject *o, const char *name, const char *fallback)
+{
+    return o ? json_object_get_string_member_with_default(o, name, fallback)
+             : fallback;
+}
+
+/* Member @name of @o when it is a number, else 0. */
+static gint64
+get_int(JsonObject *o, const char *name)
+{
+    return o ? json_object_get_int_member_with_default(o, name, 0) : 0;
+}
+
+static double
+get_double(JsonObject *o, const char *name)
+{
+    return o ? json_object_get_double_member_with_default(o, name, 0) : 0;
+}
+
+static bool
+get_bool(JsonObject *o, const char *name)
+{
+    return o && json_object_get_boolean_member_with_default(o, name, FALSE);
+}
+
+/* Member @name of @o when it is an array, else NULL. */
+static JsonArray *
+get_array(JsonObject *o, const char *name)
+{
+    JsonNode *n = o ? json_object_get_member(o, name) : NULL;
+
+    return n && JSON_NODE_HOLDS_ARRAY(n) ? json_node_get_array(n) : NULL;
+}
+
+/* Member @name of @o when it is an object, else NULL. */
+static JsonObject *
+get_object(JsonObject *o, const char *name)
+{
+    JsonNode *n = o ? json_object_get_member(o, name) : NULL;
+
+    return n && JSON_NODE_HOLDS_OBJECT(n) ? json_node_get_object(n) : NULL;
+}
+
+static guint
+array_length(JsonArray *a)
+{
+    return a ? json_array_get_length(a) : 0;
+}
+
+/* Element @i of @a when it is an object, else NULL. */
+static JsonObject *
+array_object(JsonArray *a, guint i)
+{
+    JsonNode *n = json_array_get_element(a, i);
+
+    return JSON_NODE_HOLDS_OBJECT(n) ? json_node_get_object(n) : NULL;
+}
+
+/* What the manager sent, made one line: control characters become spaces. */
+static char *
+one_line(char *text)
+{
+    for (char *p = text; *p; p++) {
+        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+            *p = ' ';
+    }
+    return text;
+}
+
+/* @t, a Unix time, as local "YYYY-MM-DD HH:MM:SS". */
+static char *
+local_time(double t)
+{
+    g_autoptr(GDateTime) dt = g_date_time_new_from_unix_local((gint64)t);
+
+    return dt ? g_date_time_format(dt, "%Y-%m-%d %H:%M:%S") : g_strdup("-");
+}
+
+/* A table printed virsh-style: a header line, a dashed line, the rows. */
+typedef struct {
+    guint columns;
+    GPtrArray *cells; /* of char *, row after row, the header first */
+} Table;
+
+static void
+table_start(Table *t, const char *const *header)
+{
+    t->columns = 0;
+    t->cells = g_ptr_array_new_with_free_func(g_free);
+    while (header[t->columns])
+        g_ptr_array_add(t->cells, g_strdup(header[t->columns++]));
+}
+
+/* Add the next cell, filling the rows left to right. */
+static void table_add(Table *t, const char *format, ...) G_GNUC_PRINTF(2, 3);
+
+static void
+table_add(Table *t, const char *format, ...)
+{
+    va_list ap;
+
+    va_start(ap, format);
+    g_ptr_array_add(t->cells, one_line(g_strdup_vprintf(format, ap)));
+    va_end(ap);
+}
+
+/* Print @t with aligned columns and free it. */
+static void
+table_finish(Table *t)
+{
+    g_autofree glong *width = g_new0(glong, t->columns);
+    glong total = 0;
+
+    for (guint i = 0; i < t->cells->len; i++) {
+        glong n = g_utf8_strlen(t->cells->pdata[i], -1);
+
+        width[i % t->columns] = MAX(width[i % t->columns], n);
+    }
+    for (guint c = 0; c < t->columns; c++)
+        total += width[c] + 3;
+    for (guint i = 0; i < t->cells->len; i++) {
+        const char *cell = t->cells->pdata[i];
+        guint c = i % t->columns;
+
+        if (c == 0)
+            putchar(' ');
+        if (c + 1 < t->columns)
+            printf("%s%*s", cell, (int)(width[c] - g_utf8_strlen(cell, -1) + 3),
+                   "");
+        else
+            printf("%s\n", cell);
+        if (i + 1 == t->columns) {
+            for (glong k = 0; k < total; k++)
+                putchar('-');
+            putchar('\n');
+        }
+    }
+    g_ptr_array_free(t->cells, TRUE);
+    t->cells = NULL;
+}
+
+/* Begin a request to the site manager: {"cmd": @cmd, ...} */
+static JsonBuilder *
+manager_request(const char *cmd)
+{
+    JsonBuilder *b = json_builder_new();
+
+    json_builder_begin_object(b);
+    json_builder_set_member_name(b, "cmd");
+    json_builder_add_string_value(b, cmd);
+    return b;
+}
+
+static void
+request_add_string(JsonBuilder *b, const char *name, const char *value)
+{
+    json_builder_set_member_name(b, name);
+    json_builder_add_string_value(b, value);
+}
+
+static void
+request_add_int(JsonBuilder *b, const char *name, gint64 value)
+{
+    json_builder_set_member_name(b, name);
+    json_builder_add_int_value(b, value);
+}
+
+/*
+ * End the request begun by manager_request(), send it to the site manager
+ * and return its reply (a new reference) when it is ok; with --json it is
+ * printed first.  Otherwise return NULL after printing the manager's error,
+ * and the problems it found in the manifest @file (NULL: none sent).
+ */
+static JsonObject *
+manager_call(const Globals *g, const char *name, JsonBuilder *request,
+             const char *file)
+{
+    JsonObject *reply;
+    JsonArray *problems;
+
+    json_builder_end_object(request);
+    reply = socket_call(g->endpoint, "site manager", request);
+    if (!reply)
+        return NULL;
+    if (g->json)
+        print_json_object(reply);
+    if (get_bool(reply, "ok")) {
+        if (g->json)
+            fflush(stdout);
+        return reply;
+    }
+    progress_end();
+    fprintf(stderr, "sporectl %s: %s\n", name,
+            get_str(reply, "error", "failed"));
+    problems = get_array(reply, "problems");
+    for (guint i = 0; i < array_length(problems); i++) {
+        JsonObject *p = array_object(problems, i);
+
+        if (p)
+            print_problem_at(file ? file : "manifest",
+                             (guint)get_int(p, "line"),
+                             get_str(p, "message", "invalid"));
+    }
+    json_object_unref(reply);
+    return NULL;
+}
+
+/* "hv-1" of a reply's @member, a name or an object with a name. */
+static const char *
+reply_name(JsonObject *reply, const char *member, const char *fallback)
+{
+    JsonObject *o = get_object(reply, member);
+
+    return o ? get_str(o, "name", fallback) : get_str(reply, member, fallback);
+}
+
+static void
+print_clone_table(JsonArray *clones, bool with_service)
+{
+    static const char *const header[] = {"Name",  "Service",    "Host",
+                                         "State", "Generation", NULL};
+    static const char *const header_short[] = {"Name", "Host", "State",
+                                               "Generation", NULL};
+    Table t;
+
+    table_start(&t, with_service ? header : header_short);
+    for (guint i = 0; i < array_length(clones); i++) {
+        JsonObject *c = array_object(clones, i);
+
+        if (!c)
+            continue;
+        table_add(&t, "%s", get_str(c, "name", "-"));
+        if (with_service)
+            table_add(&t, "%s", get_str(c, "service", "-"));
+        table_add(&t, "%s", get_str(c, "host", "-"));
+        table_add(&t, "%s", get_str(c, "state", "-"));
+        table_add(&t, "%" G_GINT64_FORMAT, get_int(c, "generation"));
+    }
+    table_finish(&t);
+}
+
+static void
+print_service_table(JsonArray *services)
+{
+    static const char *const header[] = {
+        "Name", "Generation", "Image", "Running", "Min", "Max", "Status", NULL};
+    Table t;
+
+    table_start(&t, header);
+    for (guint i = 0; i < array_length(services); i++) {
+        JsonObject *s = array_object(services, i);
+        gint64 desired = get_int(s, "desired");
+        gint64 running = get_int(s, "running");
+
+        if (!s)
+            continue;
+        table_add(&t, "%s", get_str(s, "name", "-"));
+        table_add(&t, "%" G_GINT64_FORMAT, get_int(s, "generation"));
+        table_add(&t, "%s", get_str(s, "image", "-"));
+        table_add(&t, "%" G_GINT64_FORMAT "/%" G_GINT64_FORMAT, running,
+                  desired);
+        table_add(&t, "%" G_GINT64_FORMAT, get_int(s, "min"));
+        table_add(&t, "%" G_GINT64_FORMAT, get_int(s, "max"));
+        table_add(&t, "%s",
+                  get_bool(s, "deleting") ? "deleting"
+                  : running == desired    ? "ready"
+                                          : "converging");
+    }
+    table_finish(&t);
+}
+
+static void
+print_service(JsonObject *s)
+{
+    gint64 cooldown = get_int(s, "cooldown_until");
+
+    printf("Name:         %s\n", get_str(s, "name", "-"));
+    printf("Generation:   %" G_GINT64_FORMAT "\n", get_int(s, "generation"));
+    printf("Image:        %s\n", get_str(s, "image", "-"));
+    printf("Desired:      %" G_GINT64_FORMAT " (min %" G_GINT64_FORMAT
+           ", max %" G_GINT64_FORMAT ")\n",
+           get_int(s, "desired"), get_int(s, "min"), get_int(s, "max"));
+    printf("Running:      %" G_GINT64_FORMAT "\n", get_int(s, "running"));
+    if (cooldown > g_get_real_time() / G_USEC_PER_SEC) {
+        g_autofree char *until = local_time((double)cooldown);
+
+        printf("Cooldown:     until %s\n", until);
+    }
+    if (get_bool(s, "deleting"))
+        printf("Deleting:     yes\n");
+    putchar('\n');
+    print_clone_table(get_array(s, "clones"), false);
+}
+
+/* "12s ago", "5m ago", ... */
+static char *
+format_ago(double seconds)
+{
+    if (seconds < 60)
+        return g_strdup_printf("%.0fs ago", seconds);
+    if (seconds < 3600)
+        return g_strdup_printf("%.0fm ago", seconds / 60);
+    if (seconds < 86400)
+        return g_strdup_printf("%.0fh ago", seconds / 3600);
+    return g_strdup_printf("%.0fd ago", seconds / 86400);
+}
+
+static void
+print_host_table(JsonArray *hosts)
+{
+    static const char *const header[] = {
+        "Name",   "State",  "Accepted",  "Address", "CPUs",
+        "Memory", "Clones", "Last seen", "Key",     NULL};
+    Table t;
+
+    table_start(&t, header);
+    for (guint i = 0; i < array_length(hosts); i++) {
+        JsonObject *h = array_object(hosts, i);
+        JsonNode *seen = h ? json_object_get_member(h, "last_seen") : NULL;
+        g_autofree char *memory = NULL;
+        g_autofree char *ago = NULL;
+
+        if (!h)
+            continue;
+        memory = human_bytes((guint64)get_int(h, "memory_kib") * 1024);
+        ago = seen && JSON_NODE_HOLDS_VALUE(seen)
+                  ? format_ago(json_node_get_double(seen))
+                  : g_strdup("never");
+        table_add(&t, "%s", get_str(h, "name", "-"));
+        table_add(&t, "%s", get_str(h, "state", "-"));
+        table_add(&t, "%s", get_bool(h, "accepted") ? "yes" : "no");
+        table_add(&t, "%s", get_str(h, "address", "-"));
+        table_add(&t, "%" G_GINT64_FORMAT, get_int(h, "cpus"));
+        table_add(&t, "%s", memory);
+        table_add(&t, "%" G_GINT64_FORMAT, get_int(h, "clones"));
+        table_add(&t, "%s", ago);
+        table_add(&t, "%s", get_str(h, "key", "-"));
+    }
+    table_finish(&t);
+}
+
+/* One line for the image, one indented line for each host that has it. */
+static void
+print_manager_image(JsonObject *im)
+{
+    JsonArray *origins = get_array(im, "origins");
+    JsonArray *hosts = get_array(im, "hosts");
+    g_autofree char *size = human_bytes((guint64)get_int(im, "size"));
+    g_autoptr(GString) line = g_string_new(NULL);
+    int host_width = 0;
+
+    g_string_printf(line, "%s  %.19s  %s", get_str(im, "name", "-"),
+                    get_str(im, "id", "-"), size);
+    for (guint i = 0; i < array_length(origins); i++) {
+        JsonNode *n = json_array_get_element(origins, i);
+
+        if (JSON_NODE_HOLDS_VALUE(n) && json_node_get_string(n))
+            g_string_append_printf(line, "%s%s", i ? ", " : "  ",
+                                   json_node_get_string(n));
+    }
+    printf("%s\n", one_line(line->str));
+    for (guint i = 0; i < array_length(hosts); i++) {
+        JsonObject *h = array_object(hosts, i);
+
+        if (h)
+            host_width = MAX(host_width, (int)strlen(get_str(h, "host", "-")));
+    }
+    for (guint i = 0; i < array_length(hosts); i++) {
+        JsonObject *h = array_object(hosts, i);
+        JsonObject *fetched = get_object(h, "fetched");
+        g_autofree char *origin = NULL;
+        g_autofree char *peer = NULL;
+        g_autofree char *local = NULL;
+        g_autofree char *host = NULL;
+
+        if (!h)
+            continue;
+        origin = human_bytes((guint64)get_int(fetched, "origin"));
+        peer = human_bytes((guint64)get_int(fetched, "peer"));
+        local = human_bytes((guint64)get_int(fetched, "local"));
+        host = one_line(g_strdup(get_str(h, "host", "-")));
+        printf("  %-*s  %.1f%% cached  from origin %s, peers %s, local %s\n",
+               host_width, host, 100.0 * get_double(h, "cached_fraction"),
+               origin, peer, local);
+    }
+}
+
+/*
+ * service-list, service-show, service-delete, clone-list, host-list,
+ * host-accept and image-list: no options, at most one operand.
+ */
+static int
+cmd_manager_simple(const Command *cmd, const Globals *g, int argc, char **argv)
+{
+    int first = parse_command_flags(cmd, argc, argv, NULL);
+    /* the operand's member in the request; NULL: the command takes none */
+    const char *member = NULL;
+    bool optional = false;
+    g_autoptr(JsonBuilder) b = NULL;
+    g_autoptr(JsonObject) reply = NULL;
+
+    if (g_str_equal(cmd->name, "service-show") ||
+        g_str_equal(cmd->name, "service-delete") ||
+        g_str_equal(cmd->name, "host-accept")) {
+        member = "name";
+    } else if (g_str_equal(cmd->name, "clone-list")) {
+        member = "service";
+        optional = true;
+    }
+    if (first == -2)
+        return EXIT_SUCCESS;
+    if (first < 0)
+        return EXIT_USAGE;
+    if (argc - first > (member ? 1 : 0) ||
+        argc - first < (member && !optional ? 1 : 0)) {
+        fprintf(stderr, "sporectl %s: %s\nTry 'sporectl help %s'.\n", cmd->name,
+                !member    ? "takes no arguments"
+                : optional ? "takes at most one SERVICE"
+                           : "give exactly one NAME",
+                cmd->name);
+        return EXIT_USAGE;
+    }
+    b = manager_request(cmd->name);
+    if (argc - first == 1)
+        request_add_string(b, member, argv[first]);
+    reply = manager_call(g, cmd->name, b, NULL);
+    if (!reply)
+        return EXIT_FAILURE;
+    if (g->json)
+        return EXIT_SUCCESS;
+
+    if (g_str_equal(cmd->name, "service-list")) {
+        print_service_table(get_array(reply, "services"));
+    } else if (g_str_equal(cmd->name, "service-show")) {
+        print_service(get_object(reply, "service"));
+    } else if (g_str_equal(cmd->name, "service-delete")) {
+        printf("%s: deleting (its clones are shut down and removed)\n",
+               reply_name(reply, "service", argv[first]));
+    } else if (g_str_equal(cmd->name, "clone-list")) {
+        print_clone_table(get_array(reply, "clones"), true);
+    } else if (g_str_equal(cmd->name, "host-list")) {
+        print_host_table(get_array(reply, "hosts"));
+    } else if (g_str_equal(cmd->name, "host-accept")) {
+        printf("%s: accepted\n", reply_name(reply, "host", argv[first]));
+    } else if (g_str_equal(cmd->name, "image-list")) {
+        JsonArray *images = get_array(reply, "images");
+
+        for (guint i = 0; i < array_length(images); i++) {
+            JsonObject *im = array_object(images, i);
+
+            if (im)
+                print_manager_image(im);
+        }
+    }
+    return fflush(stdout) == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
+
+/* ---- submit ------------------------------------------------------------ */
+
+/*
+ * How far the service of a service-show @reply is from converged (its
+ * desired number of clones running, all of its current generation):
+ * returns "web: placed 2/2, running 1/2, image 34% cached" and sets *done.
+ * @images: an image-list reply, for how much of the image the hosts with
+ * the service's clones have cached.
+ */
+static char *
+service_progress(JsonObject *reply, JsonObject *images, bool *done)
+{
+    JsonObject *s = get_object(reply, "service");
+    JsonArray *clones = get_array(s, "clones");
+    JsonArray *image_list = get_array(images, "images");
+    gint64 generation = get_int(s, "generation");
+    gint64 desired = get_int(s, "desired");
+    gint64 running = get_int(s, "running");
+    g_autoptr(GHashTable) hosts = g_hash_table_new(g_str_hash, g_str_equal);
+    GString *line = g_string_new(NULL);
+    bool all_current = true;
+    guint placed = 0;
+
+    for (guint i = 0; i < array_length(clones); i++) {
+        JsonObject *c = array_object(clones, i);
+        const char *host = get_str(c, "host", NULL);
+        bool current = get_int(c, "generation") == generation;
+
+        if (!c)
+            continue;
+        if (host)
+            g_hash_table_add(hosts, (gpointer)host);
+        if (host && current)
+            placed++;
+        if (!current || !g_str_equal(get_str(c, "state", ""), "running"))
+            all_current = false;
+    }
+    *done = running == desired && all_current && !get_bool(s, "deleting");
+    g_string_printf(line,
+                    "%s: placed %u/%" G_GINT64_FORMAT
+                    ", running %" G_GINT64_FORMAT "/%" G_GINT64_FORMAT,
+                    get_str(s, "name", "-"), placed, desired, running, desired);
+    for (guint i = 0; i < array_length(image_list); i++) {
+        JsonObject *im = array_object(image_list, i);
+        JsonArray *copies = get_array(im, "hosts");
+        double sum = 0;
+
+        if (!im || g_hash_table_size(hosts) == 0 ||
+            g_strcmp0(get_str(im, "name", NULL), get_str(s, "image", "")) != 0)
+            continue;
+        /* a host with clones and no entry has none of the image */
+        for (guint k = 0; k < array_length(copies); k++) {
+            JsonObject *h = array_object(copies, k);
+
+            if (h && g_hash_table_contains(hosts, get_str(h, "host", "")))
+                sum += get_double(h, "cached_fraction");
+        }
+        g_string_append_printf(line, ", image %.0f%% cached",
+                               100.0 * sum / g_hash_table_size(hosts));
+        break;
+    }
+    if (get_bool(s, "deleting"))
+        g_string_append(line, ", deleting");
+    return one_line(g_string_free(line, FALSE));
+}
+
+/* Show @text as the progress: redrawn in place on a terminal, else a line
+ * when it changed since @last. */
+static void
+show_progress(const char *text, char **last)
+{
+    if (isatty(STDERR_FILENO)) {
+        gsize width = strlen(text);
+        gsize old = *last ? strlen(*last) : 0;
+
+        fprintf(stderr, "\r%s%*s", text, (int)(old > width ? old - width : 0),
+                "");
+        progress_pending = true;
+    } else if (!*last || !g_str_equal(*last, text)) {
+        fprintf(stderr, "%s\n", text);
+    }
+    g_free(*last);
+    *last = g_strdup(text);
+}
+
+/* submit --wait: poll the service @name every second until it converged or
+ * @seconds passed. */
+static int
+wait_for_service(const Globals *g, const char *name, guint64 seconds)
+{
+    Globals quiet = *g; /* the polls are not part of --json's output */
+    gint64 deadline = g_get_monotonic_time() + (gint64)seconds * G_USEC_PER_SEC;
+    g_autofree char *last = NULL;
+
+    quiet.json = false;
+    for (;;) {
+        g_autoptr(JsonBuilder) show = manager_request("service-show");
+        g_autoptr(JsonBuilder) list = manager_request("image-list");
+        g_autoptr(JsonObject) shown = NULL;
+        g_autoptr(JsonObject) images = NULL;
+        g_autofree char *progress = NULL;
+        gint64 left;
+        bool done;
+
+        request_add_string(show, "name", name);
+        shown = manager_call(&quiet, "submit", show, NULL);
+        if (!shown)
+            return EXIT_FAILURE;
+        images = manager_call(&quiet, "submit", list, NULL);
+        if (!images)
+            return EXIT_FAILURE;
+        progress = service_progress(shown, images, &done);
+        show_progress(progress, &last);
+        if (done) {
+            progress_end();
+            if (!g->json)
+                printf("%s: converged\n", name);
+            return fflush(stdout) == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+        }
+        if (get_bool(get_object(shown, "service"), "deleting")) {
+            progress_end();
+            fprintf(stderr, "sporectl submit: %s is being deleted\n", name);
+            return EXIT_FAILURE;
+        }
+        left = deadline - g_get_monotonic_time();
+        if (left <= 0) {
+            progress_end();
+            fprintf(
+                stderr,
+                "sporectl submit: %s has not converged after %" G_GUINT64_FORMAT
+                " seconds (%s)\n",
+                name, seconds, progress);
+            return EXIT_FAILURE;
+        }
+        g_usleep((gulong)MIN(left, G_USEC_PER_SEC));
+    }
+}
+
+static int
+cmd_submit(const Command *cmd, const Globals *g, int argc, char **argv)
+{
+    const char *timeout = NULL;
+    bool wait = false;
+    const CommandOption opts[] = {
+        {"wait", 0, NULL, &wait},
+        {"timeout", 0, &timeout, NULL},
+        {0},
+    };
+    int first = parse_command_flags(cmd, argc, argv, opts);
+    g_autoptr(GPtrArray) problems = manifest_problems_new();
+    g_autoptr(GError) err = NULL;
+    g_autoptr(Manifest) m = NULL;
+    g_autoptr(JsonBuilder) b = NULL;
+    g_autoptr(JsonObject) reply = NULL;
+    g_autofree char *text = NULL;
+    g_autofree char *service = NULL;
+    guint64 seconds = SUBMIT_WAIT_DEFAULT_SECONDS;
+    gsize len = 0;
+    const char *file;
+
+    if (first == -2)
+        return EXIT_SUCCESS;
+    if (first < 0)
+        return EXIT_USAGE;
+    if (argc - first != 1 || (timeout && !wait) ||
+        (timeout &&
+         !g_ascii_string_to_unsigned(timeout, 10, 0, 86400, &seconds, NULL))) {
+        fprintf(stderr, "sporectl submit: give exactly one FILE (--timeout "
+                        "0 to 86400 seconds, with --wait)\n"
+                        "Try 'sporectl help submit'.\n");
+        return EXIT_USAGE;
+    }
+    /* validated here as 'validate' does, and exactly the text validated is
+     * sent (the manager validates it again) */
+    file = argv[first];
+    if (spore_file_read_bounded(file, MANIFEST_MAX_BYTES, &text, &len, &err))
+        m = manifest_parse_data(text, len, problems, &err);
+    if (!m) {
+        if (problems->len == 0)
+            print_problem_at(file, 0, err->message);
+        for (guint p = 0; p < problems->len; p++)
+            print_problem(file, problems->pdata[p]);
+        return EXIT_FAILURE;
+    }
+
+    b = manager_request("submit");
+    request_add_string(b, "manifest", text);
+    request_add_string(b, "file", file);
+    reply = manager_call(g, cmd->name, b, file);
+    if (!reply)
+        return EXIT_FAILURE;
+    service = one_line(g_strdup(get_str(reply, "service", m->name)));
+    if (!g->json)
+        printf("%s: %s (generation %" G_GINT64_FORMAT ")\n", service,
+               get_str(reply, "outcome", "submitted"),
+               get_int(reply, "generation"));
+    if (fflush(stdout) != 0)
+        return EXIT_FAILURE;
+    return wait ? wait_for_service(g, service, seconds) : EXIT_SUCCESS;
+}
+
+/* ---- scale, image-add, events ------------------------------------------ */
+
+static int
+cmd_scale(const Command *cmd, const Globals *g, int argc, char **argv)
+{
+    int first = parse_command_flags(cmd, argc, argv, NULL);
+    g_autoptr(JsonBuilder) b = NULL;
+    g_autoptr(JsonObject) reply = NULL;
+    guint64 count;
+
+    if (first == -2)
+        return EXIT_SUCCESS;
+    if (first < 0)
+        return EXIT_USAGE;
+    if (argc - first != 2 ||
+        !g_ascii_string_to_unsigned(argv[first + 1], 10, 0, G_MAXINT32, &count,
+                                    NULL)) {
+        fprintf(stderr, "sporectl scale: give NAME and COUNT, a non-negative "
+                        "integer\n"
+                        "Try 'sporectl help scale'.\n");
+        return EXIT_USAGE;
+    }
+    b = manager_request("scale");
+    request_add_string(b, "name", argv[first]);
+    request_add_int(b, "count", (gint64)count);
+    reply = manager_call(g, cmd->name, b, NULL);
+    if (!reply)
+        return EXIT_FAILURE;
+    if (!g->json)
+        printf("%s: scaling to %" G_GUINT64_FORMAT " clones\n",
+               reply_name(reply, "service", argv[first]), count);
+    return fflush(stdout) == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
+
+static int
+cmd_image_add(const Command *cmd, const Globals *g, int argc, char **argv)
+{
+    const char *index = NULL;
+    const CommandOption opts[] = {{"index", 0, &index, NULL}, {0}};
+    int first = parse_command_flags(cmd, argc, argv, opts);
+    g_autoptr(JsonBuilder) b = NULL;
+    g_autoptr(JsonObject) reply = NULL;
+    g_autoptr(GError) err = NULL;
+    g_autofree char *data = NULL;
+    g_autofree char *encoded = NULL;
+    g_autofree char *size = NULL;
+    JsonObject *im;
+    gsize len = 0;
+
+    if (first == -2)
+        return EXIT_SUCCESS;
+    if (first < 0)
+        return EXIT_USAGE;
+    if (argc - first != 2) {
+        fprintf(stderr, "sporectl image-add: give NAME and URL\n"
+                        "Try 'sporectl help image-add'.\n");
+        return EXIT_USAGE;
+    }
+    if (index) {
+        if (!spore_file_read_bounded(index, IMAGE_ADD_MAX_INDEX, &data, &len,
+                                     &err)) {
+            fprintf(stderr, "sporectl image-add: %s\n", err->message);
+            return EXIT_FAILURE;
+        }
+        encoded = g_base64_encode((const guchar *)data, len);
+    }
+    b = manager_request("image-add");
+    request_add_string(b, "name", argv[first]);
+    request_add_string(b, "url", argv[first + 1]);
+    if (encoded)
+        request_add_string(b, "index", encoded);
+    reply = manager_call(g, cmd->name, b, NULL);
+    if (!reply)
+        return EXIT_FAILURE;
+    if (!g->json) {
+        im = get_object(reply, "image");
+        size = human_bytes((guint64)get_int(im, "size"));
+        printf("%s: added, %s, %s\n", get_str(im, "name", argv[first]),
+               get_str(im, "id", "-"), size);
+    }
+    return fflush(stdout) == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
+
+static void
+print_event(JsonObject *e)
+{
+    JsonNode *time = json_object_get_member(e, "time");
+    g_autofree char *when = time && JSON_NODE_HOLDS_VALUE(time)
+                                ? local_time(json_node_get_double(time))
+                                : g_strdup("-");
+    g_autofree char *line =
+        g_strdup_printf("%s  %-16s  %-12s  %-10s  %s", when,
+                        get_str(e, "kind", "-"), get_str(e, "service", "-"),
+                        get_str(e, "host", "-"), get_str(e, "message", ""));
+
+    printf("%s\n", one_line(line));
+}
+
+static int
+cmd_events(const Command *cmd, const Globals *g, int argc, char **argv)
+{
+    const char *service = NULL, *since_text = NULL;
+    bool follow = false;
+    const CommandOption opts[] = {
+        {"follow", 'f', NULL, &follow},
+        {"service", 0, &service, NULL},
+        {"since", 0, &since_text, NULL},
+        {0},
+    };
+    int first = parse_command_flags(cmd, argc, argv, opts);
+    Globals quiet = *g; /* with --json, batches are printed here */
+    guint64 since = 0;
+    bool first_batch = true;
+
+    if (first == -2)
+        return EXIT_SUCCESS;
+    if (first < 0)
+        return EXIT_USAGE;
+    if (argc - first != 0 ||
+        (since_text && !g_ascii_string_to_unsigned(since_text, 10, 0,
+                                                   G_MAXINT64, &since, NULL))) {
+        fprintf(stderr, "sporectl events: takes no arguments (--since is an "
+                        "event id)\n"
+                        "Try 'sporectl help events'.\n");
+        return EXIT_USAGE;
+    }
+    quiet.json = false;
+    for (;;) {
+        g_autoptr(JsonBuilder) b = manager_request("events");
+        g_autoptr(JsonObject) reply = NULL;
+        JsonArray *events;
+        guint n;
+
+        if (since_text || !first_batch)
+            request_add_int(b, "since", (gint64)since);
+        if (service)
+            request_add_string(b, "service", service);
+        request_add_int(b, "limit", EVENTS_BATCH);
+        reply = manager_call(&quiet, cmd->name, b, NULL);
+        if (!reply)
+            return EXIT_FAILURE;
+        events = get_array(reply, "events");
+        n = array_length(events);
+        if (g->json && (first_batch || n > 0))
+            print_json_object(reply);
+        for (guint i = 0; i < n; i++) {
+            JsonObject *e = array_object(events, i);
+
+            if (!e)
+                continue;
+            if (!g->json)
+                print_event(e);
+            since = MAX(since, (guint64)get_int(e, "id"));
+        }
+        if (fflush(stdout) != 0)
+            return EXIT_FAILURE;
+        if (!follow)
+            return EXIT_SUCCESS;
+        first_batch = false;
+        if (n < EVENTS_BATCH) /* else more are waiting */
+            g_usleep(G_USEC_PER_SEC);
+    }
 }
 
 /* ---- help -------------------------------------------------------------- */
@@ -970,8 +1839,9 @@ print_usage(FILE *out)
             "and talk to the site manager.\n"
             "\n"
             "Options:\n"
-            "  -c, --connect=ENDPOINT  the site manager's control endpoint\n"
-            "                          (default: $SPORE_ENDPOINT)\n"
+            "  -c, --connect=ENDPOINT  the site manager's control socket\n"
+            "                          (default: $SPORE_ENDPOINT or\n"
+            "                          " DEFAULT_MANAGER_SOCKET ")\n"
             "      --agent=SOCKET      the host agent's control socket\n"
             "                          (default: $SPORE_AGENT_SOCKET or\n"
             "                          " DEFAULT_AGENT_SOCKET ")\n"
@@ -1028,6 +1898,114 @@ static const Command commands[] = {
         "standard output: every default written out, elements in schema\n"
         "order, sizes and durations in their largest exact unit.\n",
         cmd_format,
+    },
+    {
+        "submit",
+        "[--wait] [--timeout SECONDS] FILE",
+        "Submit a service definition manifest to the site manager.",
+        "Validates FILE (- for standard input) like 'validate' (problems go\n"
+        "to standard error as 'FILE:LINE: message' and nothing is sent), then\n"
+        "sends it to the site manager, which creates the service, or updates\n"
+        "it to a new generation when its definition changed.  Prints\n"
+        "'SERVICE: created|updated|unchanged (generation N)'.  The manifest's\n"
+        "image must have been added with 'image-add'.\n"
+        "\n"
+        "With --wait, then waits until the service has converged: its desired\n"
+        "number of clones running, all of the new generation.  Progress goes\n"
+        "to standard error, e.g. 'web: placed 2/2, running 1/2, image 34%\n"
+        "cached' (the mean cached fraction of the image on the hosts with the\n"
+        "service's clones).  After SECONDS (default 600) it gives up with\n"
+        "exit status 1; the manager keeps working on the service.\n",
+        cmd_submit,
+    },
+    {
+        "service-list",
+        "",
+        "List the site's services.",
+        "One line per service: name, generation, image, running/desired\n"
+        "clones, the scaling range, and ready, converging or deleting.\n",
+        cmd_manager_simple,
+    },
+    {
+        "service-show",
+        "NAME",
+        "Show a service and its clones.",
+        "Prints the service's summary and a table of its clones: name, host,\n"
+        "state and generation.  With --json, the reply also carries the\n"
+        "service's canonical manifest.\n",
+        cmd_manager_simple,
+    },
+    {
+        "service-delete",
+        "NAME",
+        "Delete a service and all its clones.",
+        "The manager shuts the service's clones down, undefines them and\n"
+        "removes their volumes; the service disappears once they are gone.\n",
+        cmd_manager_simple,
+    },
+    {
+        "scale",
+        "NAME COUNT",
+        "Set the number of clones a service should have.",
+        "COUNT must lie within the manifest's scaling range [min, max].  The\n"
+        "manager creates or removes clones until COUNT run.\n",
+        cmd_scale,
+    },
+    {
+        "clone-list",
+        "[SERVICE]",
+        "List the site's clones, or those of SERVICE.",
+        "One line per clone: name, service, host ('-' while not placed),\n"
+        "state and generation.  The state is what its host reports (running,\n"
+        "paused, shutoff, ...), or pending, creating or deleting.\n",
+        cmd_manager_simple,
+    },
+    {
+        "host-list",
+        "",
+        "List the site's hosts.",
+        "One line per host: name, state (up, lost, pending or down), whether\n"
+        "its key is accepted, address, CPUs, memory, clones, when it was last\n"
+        "heard from, and its CURVE public key.\n",
+        cmd_manager_simple,
+    },
+    {
+        "host-accept",
+        "NAME",
+        "Admit a host whose key was refused.",
+        "A host whose key the manager does not know shows as 'pending' in\n"
+        "'host-list'; compare its key with the host agent's, then accept it.\n",
+        cmd_manager_simple,
+    },
+    {
+        "image-add",
+        "[--index FILE] NAME URL",
+        "Register a master image with the site manager.",
+        "Registers the image NAME, whose origin is URL (http, https or\n"
+        "file), for manifests to name.  With --index, FILE is its chunk index\n"
+        "(from 'sporectl image-index'), sent along; without it the manager\n"
+        "downloads the image once and indexes it, which takes a while for a\n"
+        "large image.\n",
+        cmd_image_add,
+    },
+    {
+        "image-list",
+        "",
+        "List the site's images and what each host has cached.",
+        "One line per image: name, id, size and origins; then one indented\n"
+        "line per host that has it: the percentage cached and the bytes\n"
+        "fetched from the origin, from peers and from local copies.\n",
+        cmd_manager_simple,
+    },
+    {
+        "events",
+        "[--follow] [--service NAME] [--since ID]",
+        "Show the site manager's events.",
+        "One line per event, oldest first: local time, kind, service, host\n"
+        "and message.  --service shows only those of service NAME, --since\n"
+        "only those after event ID.  With --follow (-f), keeps asking every\n"
+        "second for new events until interrupted.\n",
+        cmd_events,
     },
     {
         "clone-prepare",
@@ -1236,6 +2214,8 @@ main(int argc, char **argv)
 
     if (!g.agent)
         g.agent = DEFAULT_AGENT_SOCKET;
+    if (!g.endpoint || !*g.endpoint)
+        g.endpoint = DEFAULT_MANAGER_SOCKET;
     if (i >= argc) {
         print_usage(stderr);
         return EXIT_USAGE;

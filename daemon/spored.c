@@ -73,8 +73,7 @@ main(int argc, char **argv)
          "ADDR:PORT"},
         {"print-key", 0, 0, G_OPTION_ARG_NONE, &print_key,
          "Print the manager's public key (made if needed) and exit", NULL},
-        {"verbose", 'v', 0, G_OPTION_ARG_NONE, &verbose, "Debug logging",
-         NULL},
+        {"verbose", 'v', 0, G_OPTION_ARG_NONE, &verbose, "Debug logging", NULL},
         {"version", 'V', 0, G_OPTION_ARG_NONE, &version, "Print the version",
          NULL},
         {NULL},
@@ -106,8 +105,7 @@ main(int argc, char **argv)
         config_path = g_strdup(DEFAULT_CONFIG);
     if (config_path &&
         !g_key_file_load_from_file(kf, config_path, G_KEY_FILE_NONE, &err)) {
-        fprintf(stderr, "spored: config '%s': %s\n", config_path,
-                err->message);
+        fprintf(stderr, "spored: config '%s': %s\n", config_path, err->message);
         return 1;
     }
     cfg.state_dir = state_dir ? g_strdup(state_dir)
@@ -124,21 +122,19 @@ main(int argc, char **argv)
                         : spore_key_string(kf, "spored", "hosts_dir",
                                            SPORE_SYSCONFDIR "/spore/hosts.d");
     cfg.control_group = spore_key_string(kf, "spored", "control_group", "");
-    cfg.metrics_listen = metrics ? g_strdup(metrics)
-                                 : spore_key_string(kf, "spored", "metrics",
-                                                    "127.0.0.1:9470");
-    cfg.lost_after_s = lost_after > 0
-                           ? (guint)lost_after
-                           : spore_key_uint(kf, "spored", "lost_after", 30,
-                                            &err);
-    cfg.resend_s = resend > 0 ? (guint)resend
-                              : spore_key_uint(kf, "spored", "resend", 20,
-                                               &err);
+    cfg.metrics_listen =
+        metrics ? g_strdup(metrics)
+                : spore_key_string(kf, "spored", "metrics", "127.0.0.1:9470");
+    cfg.lost_after_s =
+        lost_after > 0 ? (guint)lost_after
+                       : spore_key_uint(kf, "spored", "lost_after", 30, &err);
+    cfg.resend_s = resend > 0
+                       ? (guint)resend
+                       : spore_key_uint(kf, "spored", "resend", 20, &err);
     cfg.shutdown_timeout_s =
         spore_key_uint(kf, "spored", "shutdown_timeout", 60, &err);
     if (err) {
-        fprintf(stderr, "spored: config '%s': %s\n", config_path,
-                err->message);
+        fprintf(stderr, "spored: config '%s': %s\n", config_path, err->message);
         return 1;
     }
     if (print_key) {

@@ -164,14 +164,12 @@ wire_parse(const void *data, gsize len, GError **error)
     obj = json_node_get_object(root);
     if (wire_get_int(obj, "v", -1) != WIRE_VERSION) {
         g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
-                    "protocol version %" G_GINT64_FORMAT
-                    " is not %d",
+                    "protocol version %" G_GINT64_FORMAT " is not %d",
                     wire_get_int(obj, "v", -1), WIRE_VERSION);
         return NULL;
     }
     if (!wire_get_string(obj, "type")) {
-        g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
-                    "no message type");
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID, "no message type");
         return NULL;
     }
     return json_object_ref(obj);

@@ -94,8 +94,11 @@ site_domains() {
     done
 }
 
-# site_stop: agents, manager, shims, the site's domains and pools
+# site_stop: agents, manager, shims, the site's domains and pools (safe
+# under set -e: it carries on past what is already gone)
 site_stop() {
+    local errexit=${-//[^e]/}
+    set +e
     local h d p
     for h in "${SITE_HOSTS[@]}"; do site_agent_kill "$h"; done
     site_manager_kill
@@ -107,9 +110,11 @@ site_stop() {
         for p in $(cat "$SITE/$h"/run/shims/*.pid 2>/dev/null); do
             kill "$p" 2>/dev/null
             for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-            kill -KILL "$p" 2>/dev/null
+            kill -KILL "$p" 2>/dev/null || true
         done
         virsh -q -c qemu:///system pool-destroy "spore-$SITE_TAG-$h" >/dev/null 2>&1
         virsh -q -c qemu:///system pool-undefine "spore-$SITE_TAG-$h" >/dev/null 2>&1
     done
+    [ -n "$errexit" ] && set -e
+    return 0
 }

@@ -121,5 +121,58 @@ run clone-create --help
 check "clone-create --help explains idempotency" \
     test "$rc" -eq 0 -a -n "$(grep -i 'idempotent' "$tmp/out")"
 
+# site manager commands: what can be checked without a manager
+for c in submit service-list service-show service-delete scale clone-list \
+    host-list host-accept image-add image-list events; do
+    run "$c" --help
+    check "$c --help exits 0 and shows usage" \
+        test "$rc" -eq 0 -a -n "$(grep "^Usage: sporectl $c" "$tmp/out")"
+done
+run help
+check "help lists the site manager's commands" \
+    test -n "$(grep -w submit "$tmp/out")" -a -n "$(grep -w events "$tmp/out")"
+run -c /nonexistent.sock scale web x
+check "scale with a non-numeric COUNT is a usage error (2)" test "$rc" -eq 2
+run -c /nonexistent.sock scale -- web -1
+check "scale with a negative COUNT is a usage error (2)" test "$rc" -eq 2
+run -c /nonexistent.sock scale web
+check "scale without COUNT is a usage error (2)" test "$rc" -eq 2
+run -c /nonexistent.sock service-show
+check "service-show without NAME is a usage error (2)" test "$rc" -eq 2
+run -c /nonexistent.sock service-list extra
+check "service-list with an operand is a usage error (2)" test "$rc" -eq 2
+run -c /nonexistent.sock events --since soon
+check "events with a malformed --since is a usage error (2)" test "$rc" -eq 2
+run -c /nonexistent.sock submit --timeout 5 "$valid"
+check "submit --timeout without --wait is a usage error (2)" test "$rc" -eq 2
+run -c /nonexistent.sock submit "$invalid"
+check "submit of an invalid manifest exits 1 with FILE:LINE: message" \
+    test "$rc" -eq 1 -a "$(cat "$tmp/err")" = "$invalid:9: <vcpus> '0' must be an integer from 1 to 256"
+check "submit of an invalid manifest does not contact the manager" \
+    test -z "$(grep -i 'manager' "$tmp/err")"
+run -c /nonexistent.sock submit /nonexistent/web.xml
+check "submit of an unreadable file exits 1 naming it" \
+    test "$rc" -eq 1 -a -n "$(grep "^/nonexistent/web.xml: cannot open" "$tmp/err")"
+run -c /nonexistent.sock image-add --index /nonexistent.sporeidx img http://127.0.0.1/i
+check "image-add of an unreadable index exits 1 naming it" \
+    test "$rc" -eq 1 -a -n "$(grep "/nonexistent.sporeidx" "$tmp/err")"
+without_manager() { # without_manager ARGS...: against a socket not there
+    run -c /nonexistent.sock "$@"
+    check "$1 without a manager exits 1 naming the socket and the site manager" \
+        test "$rc" -eq 1 -a -n "$(grep "site manager at '/nonexistent.sock'" "$tmp/err")"
+}
+without_manager service-list
+without_manager submit "$valid"
+without_manager scale web 2
+without_manager events --since 5
+without_manager image-list
+SPORE_ENDPOINT=/nonexistent-env.sock "$sporectl" host-list >"$tmp/out" 2>"$tmp/err"
+rc=$?
+check "\$SPORE_ENDPOINT names the manager's socket" \
+    test "$rc" -eq 1 -a -n "$(grep "/nonexistent-env.sock" "$tmp/err")"
+run --agent /nonexistent-agent.sock agent-image-list
+check "the agent commands still name the host agent" \
+    test "$rc" -eq 1 -a -n "$(grep "host agent at '/nonexistent-agent.sock'" "$tmp/err")"
+
 echo "1..$n"
 [ "$failed" -eq 0 ]

@@ -31,12 +31,24 @@ Test(placement, spread_prefers_the_fewest_clones_of_the_service)
 {
     g_autoptr(Manifest) m = manifest("spread", "", 1, 512);
     PlacementHost h[] = {
-        {.name = "a", .up = TRUE, .cpus = 4, .memory_kib = 8 * GIB,
-         .service_clones = 2, .total_clones = 2},
-        {.name = "b", .up = TRUE, .cpus = 4, .memory_kib = 8 * GIB,
-         .service_clones = 1, .total_clones = 5},
-        {.name = "c", .up = TRUE, .cpus = 4, .memory_kib = 8 * GIB,
-         .service_clones = 1, .total_clones = 3},
+        {.name = "a",
+         .up = TRUE,
+         .cpus = 4,
+         .memory_kib = 8 * GIB,
+         .service_clones = 2,
+         .total_clones = 2},
+        {.name = "b",
+         .up = TRUE,
+         .cpus = 4,
+         .memory_kib = 8 * GIB,
+         .service_clones = 1,
+         .total_clones = 5},
+        {.name = "c",
+         .up = TRUE,
+         .cpus = 4,
+         .memory_kib = 8 * GIB,
+         .service_clones = 1,
+         .total_clones = 3},
     };
 
     cr_expect_eq(placement_choose(h, 3, m, NULL), 2);
@@ -47,7 +59,10 @@ Test(placement, spread_breaks_ties_by_the_cached_image)
     g_autoptr(Manifest) m = manifest("spread", "", 1, 512);
     PlacementHost h[] = {
         {.name = "a", .up = TRUE, .cpus = 4, .memory_kib = 8 * GIB},
-        {.name = "b", .up = TRUE, .cpus = 4, .memory_kib = 8 * GIB,
+        {.name = "b",
+         .up = TRUE,
+         .cpus = 4,
+         .memory_kib = 8 * GIB,
          .cached_fraction = 0.6},
     };
 
@@ -58,11 +73,20 @@ Test(placement, pack_fills_the_busiest_host_that_has_room)
 {
     g_autoptr(Manifest) m = manifest("pack", "", 1, 1024);
     PlacementHost h[] = {
-        {.name = "a", .up = TRUE, .cpus = 4, .memory_kib = 8 * GIB,
+        {.name = "a",
+         .up = TRUE,
+         .cpus = 4,
+         .memory_kib = 8 * GIB,
          .used_memory_kib = 2 * GIB},
-        {.name = "b", .up = TRUE, .cpus = 4, .memory_kib = 8 * GIB,
+        {.name = "b",
+         .up = TRUE,
+         .cpus = 4,
+         .memory_kib = 8 * GIB,
          .used_memory_kib = 7 * GIB + GIB / 2}, /* 1 GiB does not fit */
-        {.name = "c", .up = TRUE, .cpus = 4, .memory_kib = 8 * GIB,
+        {.name = "c",
+         .up = TRUE,
+         .cpus = 4,
+         .memory_kib = 8 * GIB,
          .used_memory_kib = 5 * GIB},
     };
 
@@ -76,7 +100,10 @@ Test(placement, honours_the_allow_list_and_skips_hosts_that_are_down)
     PlacementHost h[] = {
         {.name = "a", .up = TRUE, .cpus = 4, .memory_kib = 8 * GIB},
         {.name = "b", .up = FALSE, .cpus = 4, .memory_kib = 8 * GIB},
-        {.name = "c", .up = TRUE, .cpus = 4, .memory_kib = 8 * GIB,
+        {.name = "c",
+         .up = TRUE,
+         .cpus = 4,
+         .memory_kib = 8 * GIB,
          .service_clones = 3},
     };
 
@@ -88,9 +115,15 @@ Test(placement, never_overcommits_memory_and_says_why_nothing_fits)
     g_autoptr(Manifest) m = manifest("spread", "", 2, 4096);
     g_autofree char *reason = NULL;
     PlacementHost h[] = {
-        {.name = "a", .up = TRUE, .cpus = 8, .memory_kib = 4 * GIB,
+        {.name = "a",
+         .up = TRUE,
+         .cpus = 8,
+         .memory_kib = 4 * GIB,
          .used_memory_kib = 1},
-        {.name = "b", .up = TRUE, .cpus = 1, .memory_kib = 64 * GIB,
+        {.name = "b",
+         .up = TRUE,
+         .cpus = 1,
+         .memory_kib = 64 * GIB,
          .used_vcpus = 3}, /* 3 + 2 > 1 x 4 */
     };
 
