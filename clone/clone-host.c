@@ -916,3 +916,96 @@ clone_host_capacity(CloneHost *host, guint *cpus, guint64 *memory_kib,
     *memory_kib = info.memory;
     return true;
 }
+
+/* ---- lifecycle events ------------------------------------------------- */
+
+static gpointer
+event_loop_thread(gpointer data)
+{
+    for (;;) {
+        if (virEventRunDefaultImpl() < 0)
+            g_usleep(100 * 1000);
+    }
+    return NULL;
+}
+
+static gpointer
+events_init_once(gpointer data)
+{
+    if (virEventRegisterDefaultImpl() < 0) {
+        g_warning("libvirt: cannot start its event loop: %s",
+                  virGetLastErrorMessage());
+        return NULL;
+    }
+    g_thread_unref(g_thread_new("libvirt-events", event_loop_thread, NULL));
+    return NULL;
+}
+
+void
+clone_events_init(void)
+{
+    static GOnce once = G_ONCE_INIT;
+
+    g_once(&once, events_init_once, NULL);
+}
+
+typedef struct {
+    CloneEventFunc fn;
+    gpointer data;
+} Watch;
+
+static const char *
+lifecycle_name(int event)
+{
+    switch (event) {
+    case VIR_DOMAIN_EVENT_DEFINED:
+        return "defined";
+    case VIR_DOMAIN_EVENT_UNDEFINED:
+        return "undefined";
+    case VIR_DOMAIN_EVENT_STARTED:
+        return "started";
+    case VIR_DOMAIN_EVENT_SUSPENDED:
+        return "suspended";
+    case VIR_DOMAIN_EVENT_RESUMED:
+        return "resumed";
+    case VIR_DOMAIN_EVENT_STOPPED:
+        return "stopped";
+    case VIR_DOMAIN_EVENT_SHUTDOWN:
+        return "shutdown";
+    case VIR_DOMAIN_EVENT_CRASHED:
+        return "crashed";
+    default:
+        return "other";
+    }
+}
+
+static int
+on_lifecycle(virConnectPtr conn, virDomainPtr dom, int event, int detail,
+             void *opaque)
+{
+    Watch *w = opaque;
+
+    w->fn(virDomainGetName(dom), lifecycle_name(event), w->data);
+    return 0;
+}
+
+bool
+clone_host_watch(CloneHost *host, CloneEventFunc fn, gpointer data,
+                 GError **error)
+{
+    Watch *w;
+
+    clone_events_init();
+    if (!ensure_connected(host, error))
+        return false;
+    w = g_new0(Watch, 1);
+    w->fn = fn;
+    w->data = data;
+    if (virConnectDomainEventRegisterAny(
+            host->conn, NULL, VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+            VIR_DOMAIN_EVENT_CALLBACK(on_lifecycle), w, g_free) < 0) {
+        g_free(w);
+        return lv_error(host, error, "watching domain lifecycle events");
+    }
+    return true;
+}

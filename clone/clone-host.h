@@ -153,3 +153,20 @@ GPtrArray *clone_host_list(CloneHost *host, GError **error);
 /* clone_host_capacity: the host's CPUs and memory, from libvirt. */
 bool clone_host_capacity(CloneHost *host, guint *cpus, guint64 *memory_kib,
                          GError **error);
+
+/*
+ * clone_host_watch: call @fn (on libvirt's event thread) whenever one of
+ * the host's domains changes state (libvirt lifecycle events: defined,
+ * started, suspended, resumed, stopped, ...).  Starts libvirt's default
+ * event loop on a thread of its own, once per process (connections opened
+ * before that get no events: call clone_events_init() first).  @fn gets
+ * the domain's name and the event's name.
+ */
+typedef void (*CloneEventFunc)(const char *domain, const char *event,
+                               gpointer data);
+bool clone_host_watch(CloneHost *host, CloneEventFunc fn, gpointer data,
+                      GError **error);
+
+/* clone_events_init: start libvirt's event loop thread (idempotent);
+ * call before opening connections that will be watched */
+void clone_events_init(void);

@@ -33,6 +33,7 @@ struct AgentLink {
     GThreadPool *worker;
     GAsyncQueue *acks; /* of JsonObject * */
     gint stop;         /* atomic */
+    gint report_now;   /* atomic: a domain changed state */
 
     GMutex lock;           /* guards journal, in_flight */
     GHashTable *journal;   /* "KEY:ID" -> ack text */
@@ -393,6 +394,15 @@ worker(gpointer data, gpointer user)
 /* ---- the link thread ---------------------------------------------------- */
 
 static void
+on_domain_event(const char *domain, const char *event, gpointer data)
+{
+    AgentLink *l = data;
+
+    g_debug("domain %s: %s", domain, event);
+    g_atomic_int_set(&l->report_now, 1);
+}
+
+static void
 send_hello(AgentLink *l, void *sock, CloneHost *host)
 {
     g_autoptr(JsonObject) hello = wire_new("hello");
@@ -631,6 +641,10 @@ link_thread(gpointer data)
             host = clone_host_open(&hcfg, &err);
             if (!host)
                 g_warning("libvirt: %s", err->message);
+            else if (!clone_host_watch(host, on_domain_event, l, &err))
+                g_warning("no lifecycle events, reports every %u ms only: "
+                          "%s",
+                          l->config.report_ms, err->message);
         }
         if (zmq_poll(&item, 1, 100) > 0) {
             for (;;) {
@@ -704,6 +718,8 @@ link_thread(gpointer data)
             send_hello(l, sock, host);
             last_hello = now;
         }
+        if (g_atomic_int_compare_and_exchange(&l->report_now, 1, 0))
+            last_report = 0; /* a domain changed state: say so now */
         if (welcomed &&
             now - last_report > (gint64)l->config.report_ms * 1000) {
             if (send_report(l, sock, host))
@@ -767,6 +783,7 @@ agent_link_start(Agent *agent, const AgentLinkConfig *config, GError **error)
     l->boot =
         g_strdup_printf("%02x%02x%02x%02x%02x%02x%02x%02x", rnd[0], rnd[1],
                         rnd[2], rnd[3], rnd[4], rnd[5], rnd[6], rnd[7]);
+    clone_events_init(); /* before any libvirt connection */
     l->acks = g_async_queue_new();
     l->worker = g_thread_pool_new(worker, l, 1, TRUE, NULL);
     l->thread = g_thread_new("spore-link", link_thread, l);

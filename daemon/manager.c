@@ -407,8 +407,19 @@ handle_ack(Manager *m, const char *host, JsonObject *msg)
              G_TYPE_STRING, err, G_TYPE_INT64, id, G_TYPE_INVALID);
     key = g_strdup_printf("%s/%s", host, service ? service : "");
     if (ok) {
+        /* something changed for the service (a clone went away, say one
+         * of a lost host that came back): its creates may work now */
+        GHashTableIter it;
+        gpointer k;
+        g_autofree char *suffix =
+            g_strdup_printf("/%s", service ? service : "");
+
+        g_hash_table_iter_init(&it, m->backoff);
+        while (g_hash_table_iter_next(&it, &k, NULL)) {
+            if (g_str_has_suffix(k, suffix))
+                g_hash_table_iter_remove(&it);
+        }
         g_hash_table_remove(m->failures, key);
-        g_hash_table_remove(m->backoff, key);
         mdb_event(
             m,
             g_str_equal(op, "clone-create") ? "clones-created"
@@ -1415,6 +1426,23 @@ manager_free(Manager *m)
     g_free(m->config.metrics_listen);
     g_free(m->control_path);
     g_free(m);
+}
+
+void
+manager_reconfigure(Manager *m, const ManagerConfig *config)
+{
+    g_mutex_lock(&m->lock);
+    m->config.lost_after_s = config->lost_after_s;
+    m->config.resend_s = config->resend_s;
+    m->config.shutdown_timeout_s = config->shutdown_timeout_s;
+    g_free(m->config.hosts_dir);
+    m->config.hosts_dir = g_strdup(config->hosts_dir);
+    g_mutex_unlock(&m->lock);
+    g_message("configuration reloaded: lost_after=%u s, resend=%u s, "
+              "shutdown_timeout=%u s, hosts_dir=%s",
+              config->lost_after_s, config->resend_s,
+              config->shutdown_timeout_s,
+              config->hosts_dir ? config->hosts_dir : "(none)");
 }
 
 const char *

@@ -32,5 +32,12 @@ Manager *manager_new(const ManagerConfig *config, GError **error);
 void manager_free(Manager *m);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(Manager, manager_free)
 
+/*
+ * manager_reconfigure: apply the settings that can change while running
+ * (lost_after_s, resend_s, shutdown_timeout_s, hosts_dir) from @config;
+ * the others need a restart.
+ */
+void manager_reconfigure(Manager *m, const ManagerConfig *config);
+
 /* manager_public_key: the Z85 CURVE public key agents must be given */
 const char *manager_public_key(const Manager *m);

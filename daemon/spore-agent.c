@@ -94,6 +94,15 @@ agent_metrics(GString *out, gpointer data)
     }
 }
 
+static gboolean
+on_hup(gpointer data)
+{
+    g_message("SIGHUP: the agent's settings need a restart to change "
+              "(systemctl restart spore-agent keeps shims and clones "
+              "running)");
+    return G_SOURCE_CONTINUE;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -326,6 +335,7 @@ main(int argc, char **argv)
     loop = g_main_loop_new(NULL, FALSE);
     g_unix_signal_add(SIGTERM, on_signal, loop);
     g_unix_signal_add(SIGINT, on_signal, loop);
+    g_unix_signal_add(SIGHUP, on_hup, NULL);
     sd_notify(0, "READY=1");
     g_main_loop_run(loop);
     sd_notify(0, "STOPPING=1");

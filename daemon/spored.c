@@ -25,13 +25,49 @@ on_quit(gpointer data)
     return G_SOURCE_REMOVE;
 }
 
+typedef struct {
+    Manager *m;
+    char *config_path;
+    ManagerConfig flags; /* what the command line set: it wins */
+} Reload;
+
 static gboolean
 on_hup(gpointer data)
 {
-    /* nothing is cached from the configuration that can change safely at
-     * run time yet: host keys in hosts_dir are read at every connection */
-    g_message("SIGHUP: host keys in the hosts directory are read at each "
-              "connection; restart spored for other configuration changes");
+    Reload *r = data;
+    g_autoptr(GKeyFile) kf = g_key_file_new();
+    g_autoptr(GError) err = NULL;
+    ManagerConfig cfg = {0};
+
+    if (!r->config_path) {
+        g_message("SIGHUP: no configuration file to reload");
+        return G_SOURCE_CONTINUE;
+    }
+    if (!g_key_file_load_from_file(kf, r->config_path, G_KEY_FILE_NONE,
+                                   &err)) {
+        g_warning("SIGHUP: config '%s': %s; nothing changed", r->config_path,
+                  err->message);
+        return G_SOURCE_CONTINUE;
+    }
+    cfg.lost_after_s = r->flags.lost_after_s
+                           ? r->flags.lost_after_s
+                           : spore_key_uint(kf, "spored", "lost_after", 30,
+                                            &err);
+    cfg.resend_s = r->flags.resend_s ? r->flags.resend_s
+                                     : spore_key_uint(kf, "spored", "resend",
+                                                      20, &err);
+    cfg.shutdown_timeout_s =
+        spore_key_uint(kf, "spored", "shutdown_timeout", 60, &err);
+    cfg.hosts_dir = r->flags.hosts_dir
+                        ? g_strdup(r->flags.hosts_dir)
+                        : spore_key_string(kf, "spored", "hosts_dir",
+                                           SPORE_SYSCONFDIR "/spore/hosts.d");
+    if (err)
+        g_warning("SIGHUP: config '%s': %s; nothing changed", r->config_path,
+                  err->message);
+    else
+        manager_reconfigure(r->m, &cfg);
+    g_free(cfg.hosts_dir);
     return G_SOURCE_CONTINUE;
 }
 
@@ -83,6 +119,7 @@ main(int argc, char **argv)
     g_autoptr(GError) err = NULL;
     g_autoptr(GMainLoop) loop = NULL;
     ManagerConfig cfg = {0};
+    Reload reload = {0};
     Manager *m;
 
     signal(SIGPIPE, SIG_IGN);
@@ -161,7 +198,12 @@ main(int argc, char **argv)
     loop = g_main_loop_new(NULL, FALSE);
     g_unix_signal_add(SIGTERM, on_quit, loop);
     g_unix_signal_add(SIGINT, on_quit, loop);
-    g_unix_signal_add(SIGHUP, on_hup, NULL);
+    reload.m = m;
+    reload.config_path = config_path;
+    reload.flags.lost_after_s = lost_after > 0 ? (guint)lost_after : 0;
+    reload.flags.resend_s = resend > 0 ? (guint)resend : 0;
+    reload.flags.hosts_dir = hosts_dir;
+    g_unix_signal_add(SIGHUP, on_hup, &reload);
     sd_notify(0, "READY=1");
     g_main_loop_run(loop);
     g_message("shutting down; agents keep their clones running");

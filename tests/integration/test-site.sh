@@ -8,7 +8,8 @@
 #   from the origin; submit: clones boot with their own hostnames, spread
 #   over the hosts; a replayed command is applied once; kill -9 of the
 #   manager mid-rollout and of an agent mid-create, then convergence to
-#   exactly the desired clones; scale up and down; service-delete removes
+#   exactly the desired clones; a silent host is lost and its clone placed
+#   elsewhere; scale up and down; service-delete removes
 #   domains and volumes.  TAP output.
 set -u
 . "$(dirname "$0")/lib.sh"
@@ -159,6 +160,19 @@ site_agent_start "$h3"
 check "after kill -9 of $h3's agent mid-create, 4 clones converge" wait_until 300 converged 4
 check "clones keep running across agent restarts (web-0's domain id is unchanged)" \
     test "$(domid web-0)" = "$id0"
+
+# --- a host that stops reporting is lost; its clone is placed elsewhere
+lost=$(host_of web-2)
+site_agent_kill "$lost"
+check "$lost, silent, is lost after the grace period" \
+    wait_until $((SITE_LOST_AFTER * 2 + 20)) event_seen "host $lost lost"
+check "its clone web-2 is placed on another host" \
+    wait_until 20 eval '[ "$(host_of web-2)" != "$lost" ]'
+new_host=$(host_of web-2)
+site_agent_start "$lost"
+owner() { virsh -q -c qemu:///system dumpxml web-2 2>/dev/null | sed -n 's/.*<spore:clone .*host="\([^"]*\)".*/\1/p'; }
+check "when $lost is back, its copy goes and web-2 runs once, on $new_host" \
+    wait_until 300 eval 'converged 4 && [ "$(owner)" = "$new_host" ]'
 
 # --- scale down, delete
 check "scale web 1" quiet ctl scale web 1
