@@ -334,6 +334,13 @@ cmd_service_show(Manager *m, JsonObject *req)
     }
     svc = service_summary(m, st, NULL);
     json_object_set_string_member(svc, "manifest", mdb_col_text(st, 6));
+    {
+        Manifest *mf = manager_manifest(m, name);
+
+        if (mf)
+            json_object_set_array_member(svc, "rules",
+                                         mscale_rules_status(m, name, mf));
+    }
     sqlite3_finalize(st);
     json_object_set_array_member(svc, "clones", clones_of(m, name));
     g_mutex_unlock(&m->lock);
@@ -413,6 +420,29 @@ cmd_scale(Manager *m, JsonObject *req)
     r = reply_ok();
     json_object_set_string_member(r, "service", name);
     json_object_set_int_member(r, "desired", count);
+    return reply_text(r);
+}
+
+static char *
+cmd_request(Manager *m, JsonObject *req)
+{
+    const char *name = wire_get_string(req, "name");
+    gint64 count = wire_get_int(req, "count", 1);
+    JsonObject *r;
+
+    if (!name || count < 0 || count > G_MAXINT32)
+        return reply_error("request needs a service name and a count >= 0");
+    g_mutex_lock(&m->lock);
+    if (!mdb_int(m, 0, "SELECT COUNT(*) FROM services WHERE name = ?",
+                 G_TYPE_STRING, name, G_TYPE_INVALID)) {
+        g_mutex_unlock(&m->lock);
+        return reply_error("no service '%s'", name);
+    }
+    mscale_requests(m, name, count);
+    g_mutex_unlock(&m->lock);
+    r = reply_ok();
+    json_object_set_string_member(r, "service", name);
+    json_object_set_int_member(r, "count", count);
     return reply_text(r);
 }
 
@@ -751,6 +781,8 @@ manager_handle_control(Manager *m, const char *request)
         return cmd_scale(m, req);
     if (g_str_equal(cmd, "clone-list"))
         return cmd_clone_list(m, req);
+    if (g_str_equal(cmd, "request"))
+        return cmd_request(m, req);
     if (g_str_equal(cmd, "host-list"))
         return cmd_host_list(m);
     if (g_str_equal(cmd, "host-accept"))

@@ -35,6 +35,12 @@ struct Manager {
     GHashTable *backoff;   /* "host/service" -> gint64 µs: no create before */
     GHashTable *failures;  /* "host/service" -> guint consecutive failures */
     GHashTable *refused;   /* key -> gint64 µs: last logged refusal */
+    /* auto-scaling (manager-scaling.c) */
+    GHashTable *cpu;       /* "host/clone" -> CpuTrack */
+    GHashTable *histories; /* service -> ScalingHistory */
+    GHashTable *requests;  /* service -> GArray of RequestMark */
+    GHashTable *decisions; /* service -> the last ScalingDecision */
+    double last_scaling;
 
     void *zctx;
     void *router;
@@ -66,6 +72,15 @@ const char *mdb_col_text(sqlite3_stmt *st, int col); /* "" for NULL */
 /* ---- manager.c ---- */
 Manifest *manager_manifest(Manager *m, const char *service);
 void manager_wake(Manager *m);
+
+/* ---- manager-scaling.c ---- */
+void mscale_init(Manager *m);
+void mscale_free(Manager *m);
+void mscale_report_clone(Manager *m, const char *host, JsonObject *clone);
+void mscale_requests(Manager *m, const char *service, gint64 count);
+void mscale_evaluate(Manager *m);
+JsonArray *mscale_rules_status(Manager *m, const char *service,
+                               const Manifest *mf);
 
 /* ---- manager-control.c ---- */
 bool manager_control_start(Manager *m, GError **error);

@@ -343,6 +343,18 @@ handle_report(Manager *m, const char *host, JsonObject *msg)
         send_to(m, host, who);
     }
     h->clones = json_array_ref(json_node_get_array(clones));
+    for (guint i = 0; i < json_array_get_length(h->clones); i++) {
+        JsonNode *n = json_array_get_element(h->clones, i);
+
+        if (JSON_NODE_HOLDS_OBJECT(n)) {
+            JsonObject *c = json_node_get_object(n);
+
+            /* the report's time, for CPU deltas */
+            json_object_set_int_member(c, "time_ms",
+                                       wire_get_int(msg, "time_ms", 0));
+            mscale_report_clone(m, host, c);
+        }
+    }
     h->images = json_array_ref(json_node_get_array(images));
     h->reported = true;
     h->last_seen = g_get_monotonic_time();
@@ -467,6 +479,17 @@ handle_message(Manager *m, const char *host, const char *address,
         handle_report(m, host, msg);
     else if (g_str_equal(type, "ack"))
         handle_ack(m, host, msg);
+    else if (g_str_equal(type, "requests")) {
+        const char *service = wire_get_string(msg, "service");
+        gint64 count = wire_get_int(msg, "count", -1);
+
+        if (service && count >= 0 && count <= G_MAXINT32)
+            mscale_requests(m, service, count);
+        else
+            g_warning("host %s: dropped a requests message without a "
+                      "service and a count",
+                      host);
+    }
     else
         g_warning("host %s: dropped a message of unknown type '%s'", host,
                   type);
@@ -1097,6 +1120,7 @@ reconcile(Manager *m)
     g_mutex_lock(&m->lock);
     mdb_exec(m, "BEGIN IMMEDIATE", G_TYPE_INVALID);
     mark_lost_hosts(m);
+    mscale_evaluate(m);
     sync_clone_rows(m);
     place_clones(m);
     g_hash_table_iter_init(&it, m->runtime);
@@ -1417,6 +1441,7 @@ manager_free(Manager *m)
     g_hash_table_unref(m->backoff);
     g_hash_table_unref(m->failures);
     g_hash_table_unref(m->refused);
+    mscale_free(m);
     g_mutex_clear(&m->lock);
     g_free(m->config.state_dir);
     g_free(m->config.run_dir);

@@ -1293,6 +1293,25 @@ print_service(JsonObject *s)
     }
     if (get_bool(s, "deleting"))
         printf("Deleting:     yes\n");
+    for (guint i = 0; i < array_length(get_array(s, "rules")); i++) {
+        JsonObject *r = array_object(get_array(s, "rules"), i);
+        JsonNode *v = r ? json_object_get_member(r, "value") : NULL;
+        g_autofree char *value = NULL;
+
+        if (!r)
+            continue;
+        if (!v || JSON_NODE_HOLDS_NULL(v))
+            value = g_strdup("no data");
+        else
+            value = g_strdup_printf("%.3g", json_node_get_double(v));
+        printf("%s %" G_GINT64_FORMAT ":       %s; last value %s%s\n",
+               "Rule", get_int(r, "rule"),
+               get_str(r, "text", "?"), value,
+               get_bool(r, "fires")     ? ", fires"
+               : get_bool(r, "pending") ? ", pending (holds, not for long "
+                                          "enough yet)"
+                                        : "");
+    }
     putchar('\n');
     print_clone_table(get_array(s, "clones"), false);
 }
@@ -1661,7 +1680,40 @@ cmd_submit(const Command *cmd, const Globals *g, int argc, char **argv)
     return wait ? wait_for_service(g, service, seconds) : EXIT_SUCCESS;
 }
 
-/* ---- scale, image-add, events ------------------------------------------ */
+/* ---- scale, request, image-add, events ---------------------------------- */
+
+static int
+cmd_request(const Command *cmd, const Globals *g, int argc, char **argv)
+{
+    int first = parse_command_flags(cmd, argc, argv, NULL);
+    g_autoptr(JsonBuilder) b = NULL;
+    g_autoptr(JsonObject) reply = NULL;
+    guint64 count = 1;
+
+    if (first == -2)
+        return EXIT_SUCCESS;
+    if (first < 0)
+        return EXIT_USAGE;
+    if (argc - first < 1 || argc - first > 2 ||
+        (argc - first == 2 &&
+         !g_ascii_string_to_unsigned(argv[first + 1], 10, 0, G_MAXINT32,
+                                     &count, NULL))) {
+        fprintf(stderr, "sporectl request: give SERVICE and optionally "
+                        "COUNT, a non-negative integer\n"
+                        "Try 'sporectl help request'.\n");
+        return EXIT_USAGE;
+    }
+    b = manager_request("request");
+    request_add_string(b, "name", argv[first]);
+    request_add_int(b, "count", (gint64)count);
+    reply = manager_call(g, cmd->name, b, NULL);
+    if (!reply)
+        return EXIT_FAILURE;
+    if (!g->json)
+        printf("%s: %" G_GUINT64_FORMAT " requests reported\n",
+               reply_name(reply, "service", argv[first]), count);
+    return fflush(stdout) == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
 
 static int
 cmd_scale(const Command *cmd, const Globals *g, int argc, char **argv)
@@ -1950,6 +2002,17 @@ static const Command commands[] = {
         "COUNT must lie within the manifest's scaling range [min, max].  The\n"
         "manager creates or removes clones until COUNT run.\n",
         cmd_scale,
+    },
+    {
+        "request",
+        "SERVICE [COUNT]",
+        "Report requests served by a service (default 1), for its rules.",
+        "Adds COUNT to the service's request count.  A rule on the metric\n"
+        "'requests' compares the requests of the last 60 seconds per running\n"
+        "clone (requests per clone per minute) with its threshold.  Load\n"
+        "balancers and guests can report through the manager's ZeroMQ\n"
+        "endpoint as well (docs/scaling.md).\n",
+        cmd_request,
     },
     {
         "clone-list",

@@ -1,0 +1,109 @@
+#!/bin/bash
+# test-autoscale.sh BUILD-DIR: a service grows by its rule under request
+# load pushed with `sporectl request`, the new clone boots with its own
+# hostname, the cooldown survives a kill -9 of the manager, and once the
+# load stops the service shrinks back to min after its stabilization
+# window (shortened in the manifest).  spored, two agents, libvirtd + QEMU,
+# libguestfs, nbdkit and a lighttpd origin.  TAP output.
+set -u
+. "$(dirname "$0")/lib.sh"
+BUILD=$1
+src=$(cd "$(dirname "$0")/../.." && pwd)
+SITE=""
+libvirt_state=""
+pids=()
+
+cleanup() {
+    [ -n "$SITE" ] && site_stop
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
+    [ "$libvirt_state" = started ] && "$src/scripts/libvirt-down"
+    [ -n "$SITE" ] && rm -rf "$SITE"
+}
+trap cleanup EXIT
+
+[ "$(id -u)" -eq 0 ] || skip_all "needs root to run libvirtd"
+[ -x /usr/sbin/libvirtd ] || skip_all "libvirtd is not installed"
+ls /boot/vmlinuz-* >/dev/null 2>&1 || skip_all "no kernel in /boot (linux-image-amd64)"
+
+guest=$("$src/scripts/build-test-guest") && [ -f "$guest/disk.raw" ] ||
+    { echo "Bail out! cannot build the test guest"; exit 1; }
+SITE=$(mktemp -d /tmp/spore-scale.XXXXXX)
+chmod 0755 "$SITE"
+SITE_TAG=a$$
+. "$src/scripts/site-lib.sh"
+libvirt_state=$("$src/scripts/libvirt-up") || { echo "Bail out! libvirtd does not start"; exit 1; }
+SITE_VIRT=$("$src/scripts/detect-virt-type" "$guest/vmlinuz")
+export LIBGUESTFS_BACKEND=direct SPORE_INSPECT_CACHE=$SITE/inspect
+[ "$SITE_VIRT" = kvm ] || export LIBGUESTFS_BACKEND_SETTINGS=force_tcg
+
+mkdir -p "$SITE/www"
+cp "$guest/vmlinuz" "$guest/initrd.img" "$SITE/"
+cp --sparse=always "$guest/disk.raw" "$SITE/www/disk.raw"
+port=$(free_port)
+start_origin "$SITE/www" "$port" "$SITE" || { echo "Bail out! lighttpd does not start"; exit 1; }
+
+ctl() { sporectl_site "$@"; }
+jget() { python3 -c "import json,sys; r=json.load(sys.stdin); print($1)"; }
+event_seen() { ctl --json events --since 0 2>/dev/null | grep -q -- "$1"; }
+desired() { ctl --json service-show web | jget 'r["service"]["desired"]'; }
+running() { ctl --json service-show web | jget 'r["service"]["running"]'; }
+at() { [ "$(desired)" = "$1" ] && [ "$(running)" = "$1" ]; }
+
+check "spored starts" site_manager_start
+for h in hv1 hv2; do site_host_key "$h" >"$SITE/hosts.d/$h.pub"; site_agent_start "$h"; done
+quiet ctl image-add test-guest "http://127.0.0.1:$port/disk.raw"
+cat >"$SITE/web.xml" <<EOF
+<service xmlns="urn:spore:manifest:1" name="web">
+  <image name="test-guest"><origin url="http://127.0.0.1:$port/disk.raw"/></image>
+  <vm hypervisor="$SITE_VIRT">
+    <vcpus>1</vcpus>
+    <memory unit="MiB">160</memory>
+    <boot kernel="$SITE/vmlinuz" initrd="$SITE/initrd.img"
+          cmdline="console=ttyS0 root=/dev/vda rw panic=-1 quiet"/>
+  </vm>
+  <customize><hostname>{service}-{index}</hostname></customize>
+  <scaling min="1" max="2" initial="1" cooldown="15s" stabilization="20s">
+    <rule metric="requests" above="30" add="1"/>
+    <rule metric="requests" below="5" remove="1"/>
+  </scaling>
+</service>
+EOF
+check "submit --wait: one clone runs" \
+    quiet timeout 600 "$BUILD/daemon/sporectl" -c "$SITE/m/control.sock" submit --wait "$SITE/web.xml"
+check "service-show lists the rules with their last values" \
+    wait_until 20 eval 'ctl --json service-show web | jget "r[\"service\"][\"rules\"][0][\"value\"]" | grep -qx "0.0"'
+
+# --- load: 100 requests every 5 s, about 100 per clone per minute
+load() { while :; do "$BUILD/daemon/sporectl" -c "$SITE/m/control.sock" request web 100 >/dev/null 2>&1; sleep 5; done; }
+load &
+loader=$!
+pids+=("$loader")
+check "under load, rule 1 scales the service up to 2" wait_until 60 eval '[ "$(desired)" = 2 ]'
+check "the decision is an event with its rule, value and counts" \
+    event_seen "service web: rule 1 (requests above 30.*1 -> 2 clones"
+cooldown=$(ctl --json service-show web | jget 'r["service"]["cooldown_until"]')
+check "a cooldown started" test "${cooldown%.*}" -gt "$(date +%s)"
+check "the new clone runs" wait_until 300 at 2
+h1=$(ctl --json clone-list web | jget "[c['host'] for c in r['clones'] if c['name']=='web-1'][0]")
+check "web-1 boots with its own hostname (on $h1)" \
+    wait_until 120 grep -qa "spore-guest: hostname=web-1" "$SITE/$h1/console/web-1.log"
+
+# --- the cooldown survives a kill -9 of the manager
+site_manager_kill KILL
+check "spored restarts" site_manager_start
+check "with the same cooldown (it is in the state database)" \
+    test "$(ctl --json service-show web | jget 'r["service"]["cooldown_until"]')" = "$cooldown"
+
+# --- the load stops: back to min after the stabilization window
+kill "$loader"
+stopped=$(date +%s)
+check "without load the service shrinks back to 1" wait_until 300 eval '[ "$(desired)" = 1 ]'
+shrunk=$(date +%s)
+echo "# shrank $((shrunk - stopped)) s after the load stopped (60 s request window + 20 s stabilization)"
+check "not before the request window and the stabilization had passed" \
+    test $((shrunk - stopped)) -ge 20
+check "by rule 2, as an event" event_seen "service web: rule 2 (requests below 5"
+check "web-1 is shut down and removed" wait_until 240 at 1
+check "no scaling action flapped: exactly one up and one down" \
+    test "$(ctl --json events --since 0 | jget 'sum(e["kind"] in ("scaled-up","scaled-down") for e in r["events"])')" = 2
+finish
