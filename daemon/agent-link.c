@@ -480,6 +480,49 @@ send_report(AgentLink *l, void *sock, CloneHost *host)
     return wire_send(sock, NULL, report);
 }
 
+/* send_profiles: each image's merged access profile, for the manager */
+static void
+send_profiles(AgentLink *l, void *sock)
+{
+    g_autoptr(JsonObject) list_req = json_object_new();
+    g_autoptr(JsonObject) images = NULL;
+    g_autoptr(JsonObject) msg = wire_new("profiles");
+    JsonArray *out = json_array_new();
+    JsonArray *arr;
+
+    json_object_set_string_member(list_req, "command", "image-list");
+    images = agent_json(l, list_req);
+    arr = images && json_object_has_member(images, "images")
+              ? json_object_get_array_member(images, "images")
+              : NULL;
+    for (guint i = 0; arr && i < json_array_get_length(arr); i++) {
+        JsonObject *im = json_array_get_object_element(arr, i);
+        g_autoptr(JsonObject) req = json_object_new();
+        g_autoptr(JsonObject) reply = NULL;
+        JsonObject *p, *o;
+
+        json_object_set_string_member(req, "command", "image-profile");
+        json_object_set_string_member(req, "image",
+                                      wire_get_string(im, "image"));
+        reply = agent_json(l, req);
+        if (!reply || !json_object_has_member(reply, "profile"))
+            continue;
+        p = json_object_get_object_member(reply, "profile");
+        if (wire_get_int(p, "boots", 0) == 0)
+            continue;
+        o = json_object_new();
+        json_object_set_string_member(o, "image",
+                                      wire_get_string(im, "image"));
+        json_object_set_int_member(o, "boots", wire_get_int(p, "boots", 0));
+        json_object_set_member(o, "chunks",
+                               json_node_copy(json_object_get_member(
+                                   p, "chunks")));
+        json_array_add_object_element(out, o);
+    }
+    json_object_set_array_member(msg, "profiles", out);
+    wire_send(sock, NULL, msg);
+}
+
 static void
 on_command(AgentLink *l, void *sock, JsonObject *cmd)
 {
@@ -598,7 +641,7 @@ link_thread(gpointer data)
     void *ctx = zmq_ctx_new();
     void *sock;
     int one = 1;
-    gint64 last_hello = 0, last_report = 0;
+    gint64 last_hello = 0, last_report = 0, last_profiles = 0;
     bool welcomed = false;
     CloneHost *host = NULL;
     CloneHostConfig hcfg = {
@@ -717,6 +760,10 @@ link_thread(gpointer data)
         if (!welcomed && now - last_hello > HELLO_EVERY_US) {
             send_hello(l, sock, host);
             last_hello = now;
+        }
+        if (welcomed && now - last_profiles > 60 * G_USEC_PER_SEC) {
+            send_profiles(l, sock);
+            last_profiles = now;
         }
         if (g_atomic_int_compare_and_exchange(&l->report_now, 1, 0))
             last_report = 0; /* a domain changed state: say so now */

@@ -617,7 +617,7 @@ cmd_image_list(Agent *a, JsonObject *req)
     return reply_from(b);
 }
 
-/* Commands that name one image: serve, unserve, fill, show. */
+/* Commands that name one image: serve, unserve, fill, show, profile. */
 static char *
 cmd_on_image(Agent *a, const char *command, JsonObject *req)
 {
@@ -650,6 +650,25 @@ cmd_on_image(Agent *a, const char *command, JsonObject *req)
     b = reply_ok();
     json_builder_set_member_name(b, "image");
     describe_image(b, im);
+    if (g_str_equal(command, "image-profile")) {
+        g_autofree char *dir = g_build_filename(chunk_cache_dir(im->cache),
+                                                "profiles", NULL);
+        guint boots = 0;
+        g_autoptr(GArray) order =
+            profile_load_dir(dir, image_index_chunk_count(im->idx), &boots);
+
+        json_builder_set_member_name(b, "profile");
+        json_builder_begin_object(b);
+        json_builder_set_member_name(b, "boots");
+        json_builder_add_int_value(b, boots);
+        json_builder_set_member_name(b, "chunks");
+        json_builder_begin_array(b);
+        for (guint i = 0; i < MIN(order->len, AGENT_PROFILE_CHUNKS_MAX); i++)
+            json_builder_add_int_value(
+                b, (gint64)g_array_index(order, guint64, i));
+        json_builder_end_array(b);
+        json_builder_end_object(b);
+    }
     g_mutex_unlock(&a->lock);
     return reply_from(b);
 }
@@ -679,7 +698,8 @@ agent_handle_command(Agent *a, const char *request)
     if (g_str_equal(command, "image-serve") ||
         g_str_equal(command, "image-unserve") ||
         g_str_equal(command, "image-fill") ||
-        g_str_equal(command, "image-show"))
+        g_str_equal(command, "image-show") ||
+        g_str_equal(command, "image-profile"))
         return cmd_on_image(a, command, obj);
     return reply_error("unknown command '%s'", command);
 }

@@ -40,6 +40,9 @@ typedef struct {
 
 typedef struct Agent Agent;
 
+/* the most chunks an image-profile reply lists (the first ones read) */
+#define AGENT_PROFILE_CHUNKS_MAX 65536u
+
 /*
  * agent_new: create the directories, load the images kept in state_dir and
  * listen on the control and fetch sockets.  The sockets are served from

@@ -684,9 +684,12 @@ cmd_image_list(Manager *m)
             json_object_set_member(o, "origins",
                                    json_node_copy(json_parser_get_root(p)));
         hs = mdb_prepare(m,
-                         "SELECT host, cached, origin_bytes, peer_bytes, "
-                         "local_bytes FROM host_images WHERE image = ? ORDER "
-                         "BY host",
+                         "SELECT h.host, h.cached, h.origin_bytes, "
+                         "h.peer_bytes, h.local_bytes, p.boots, "
+                         "json_array_length(p.chunks) FROM host_images h "
+                         "LEFT JOIN profiles p ON p.host = h.host AND "
+                         "p.image = h.image WHERE h.image = ? ORDER BY "
+                         "h.host",
                          G_TYPE_STRING, mdb_col_text(st, 1), G_TYPE_INVALID);
         while (hs && sqlite3_step(hs) == SQLITE_ROW) {
             JsonObject *h = json_object_new();
@@ -700,6 +703,15 @@ cmd_image_list(Manager *m)
             json_object_set_int_member(f, "peer", sqlite3_column_int64(hs, 3));
             json_object_set_int_member(f, "local", sqlite3_column_int64(hs, 4));
             json_object_set_object_member(h, "fetched", f);
+            if (sqlite3_column_type(hs, 5) != SQLITE_NULL) {
+                JsonObject *pr = json_object_new();
+
+                json_object_set_int_member(pr, "boots",
+                                           sqlite3_column_int64(hs, 5));
+                json_object_set_int_member(pr, "chunks",
+                                           sqlite3_column_int64(hs, 6));
+                json_object_set_object_member(h, "profile", pr);
+            }
             json_array_add_object_element(hosts, h);
         }
         sqlite3_finalize(hs);

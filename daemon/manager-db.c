@@ -10,6 +10,8 @@
  *   clones     desired clones: service, index, host (NULL: unplaced)
  *   commands   every command sent to an agent: id, host, op, body, state
  *   host_images per host and image: cached fraction, bytes by source
+ *   profiles   per host and image: the merged access profile (chunk
+ *              indexes in first-read order) and how many boots made it
  *   events     what happened, for `sporectl events`
  */
 #include "manager-private.h"
@@ -53,6 +55,10 @@ static const char schema[] =
     "  host TEXT NOT NULL, image TEXT NOT NULL, cached REAL NOT NULL,"
     "  origin_bytes INTEGER NOT NULL, peer_bytes INTEGER NOT NULL,"
     "  local_bytes INTEGER NOT NULL, PRIMARY KEY (host, image));"
+    "CREATE TABLE IF NOT EXISTS profiles ("
+    "  host TEXT NOT NULL, image TEXT NOT NULL, boots INTEGER NOT NULL,"
+    "  chunks TEXT NOT NULL, updated REAL NOT NULL,"
+    "  PRIMARY KEY (host, image));"
     "CREATE TABLE IF NOT EXISTS events ("
     "  id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL,"
     "  kind TEXT NOT NULL, service TEXT, host TEXT, message TEXT NOT NULL);";

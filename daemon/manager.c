@@ -479,7 +479,35 @@ handle_message(Manager *m, const char *host, const char *address,
         handle_report(m, host, msg);
     else if (g_str_equal(type, "ack"))
         handle_ack(m, host, msg);
-    else if (g_str_equal(type, "requests")) {
+    else if (g_str_equal(type, "profiles")) {
+        JsonNode *arr = json_object_get_member(msg, "profiles");
+
+        for (guint i = 0; arr && JSON_NODE_HOLDS_ARRAY(arr) &&
+                          i < json_array_get_length(json_node_get_array(arr));
+             i++) {
+            JsonNode *n = json_array_get_element(json_node_get_array(arr), i);
+            JsonObject *p;
+            JsonNode *chunks;
+            g_autoptr(JsonGenerator) gen = json_generator_new();
+            g_autofree char *text = NULL;
+
+            if (!JSON_NODE_HOLDS_OBJECT(n))
+                continue;
+            p = json_node_get_object(n);
+            chunks = json_object_get_member(p, "chunks");
+            if (!wire_get_string(p, "image") || !chunks ||
+                !JSON_NODE_HOLDS_ARRAY(chunks))
+                continue;
+            json_generator_set_root(gen, chunks);
+            text = json_generator_to_data(gen, NULL);
+            mdb_exec(m,
+                     "INSERT OR REPLACE INTO profiles VALUES (?, ?, ?, ?, ?)",
+                     G_TYPE_STRING, host, G_TYPE_STRING,
+                     wire_get_string(p, "image"), G_TYPE_INT64,
+                     wire_get_int(p, "boots", 0), G_TYPE_STRING, text,
+                     G_TYPE_DOUBLE, mdb_now(), G_TYPE_INVALID);
+        }
+    } else if (g_str_equal(type, "requests")) {
         const char *service = wire_get_string(msg, "service");
         gint64 count = wire_get_int(msg, "count", -1);
 

@@ -89,7 +89,22 @@ quiet ctl agent-image-unserve "$hex"
 uri=$(ctl agent-image-serve "$hex")
 check "a re-served image loads the access profile its first reads recorded" \
     grep -q "image ${hex:0:12}: prefetching the [1-9][0-9]* chunks of 1 recorded boots' profile" "$work/agent.log"
-grep -o "prefetching the [0-9]* chunks of [0-9]* recorded boots' profile" "$work/agent.log" | sed 's/^/# /' 
+grep -o "prefetching the [0-9]* chunks of [0-9]* recorded boots' profile" "$work/agent.log" | sed 's/^/# /'
+profile_reply=$(python3 - "$work/run/control.sock" "$hex" <<'PY'
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.sendall((json.dumps({"command": "image-profile", "image": sys.argv[2]}) + "\n").encode())
+b = b""
+while not b.endswith(b"\n"):
+    b += s.recv(1 << 20)
+r = json.loads(b)
+print(r["profile"]["boots"], len(r["profile"]["chunks"]), len(set(r["profile"]["chunks"])))
+PY
+)
+n_prefetched=$(grep -o "prefetching the [0-9]* chunks" "$work/agent.log" | head -n 1 | grep -o "[0-9]*")
+check "image-profile gives the merged profile (1 boot, $n_prefetched distinct chunks) for the manager" \
+    test "$profile_reply" = "1 $n_prefetched $n_prefetched"
 
 # --- a corrupt chunk at the origin; a fresh image id keeps the first cache
 stop_origin
