@@ -511,12 +511,10 @@ send_profiles(AgentLink *l, void *sock)
         if (wire_get_int(p, "boots", 0) == 0)
             continue;
         o = json_object_new();
-        json_object_set_string_member(o, "image",
-                                      wire_get_string(im, "image"));
+        json_object_set_string_member(o, "image", wire_get_string(im, "image"));
         json_object_set_int_member(o, "boots", wire_get_int(p, "boots", 0));
-        json_object_set_member(o, "chunks",
-                               json_node_copy(json_object_get_member(
-                                   p, "chunks")));
+        json_object_set_member(
+            o, "chunks", json_node_copy(json_object_get_member(p, "chunks")));
         json_array_add_object_element(out, o);
     }
     json_object_set_array_member(msg, "profiles", out);

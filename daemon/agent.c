@@ -651,8 +651,8 @@ cmd_on_image(Agent *a, const char *command, JsonObject *req)
     json_builder_set_member_name(b, "image");
     describe_image(b, im);
     if (g_str_equal(command, "image-profile")) {
-        g_autofree char *dir = g_build_filename(chunk_cache_dir(im->cache),
-                                                "profiles", NULL);
+        g_autofree char *dir =
+            g_build_filename(chunk_cache_dir(im->cache), "profiles", NULL);
         guint boots = 0;
         g_autoptr(GArray) order =
             profile_load_dir(dir, image_index_chunk_count(im->idx), &boots);

@@ -22,7 +22,7 @@
 
 #include "scaling.h"
 
-#define SCALING_EVAL_S 5.0
+#define SCALING_EVAL_S   5.0
 #define REQUEST_WINDOW_S 60.0
 
 typedef struct {
@@ -40,13 +40,12 @@ void
 mscale_init(Manager *m)
 {
     m->cpu = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
-    m->histories = g_hash_table_new_full(
-        g_str_hash, g_str_equal, g_free,
-        (GDestroyNotify)scaling_history_free);
+    m->histories = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
+                                         (GDestroyNotify)scaling_history_free);
     m->requests = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
                                         (GDestroyNotify)g_array_unref);
-    m->decisions = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
-                                         g_free);
+    m->decisions =
+        g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
 }
 
 void
@@ -130,8 +129,9 @@ sample(Manager *m, const char *service, gint64 generation, double now,
        ScalingHistory *h)
 {
     sqlite3_stmt *st = mdb_prepare(
-        m, "SELECT idx, host FROM clones WHERE service = ? AND host IS NOT "
-           "NULL",
+        m,
+        "SELECT idx, host FROM clones WHERE service = ? AND host IS NOT "
+        "NULL",
         G_TYPE_STRING, service, G_TYPE_INVALID);
     guint running = 0, n_cpu = 0, n_mem = 0;
     double cpu = 0, mem = 0;
@@ -179,10 +179,8 @@ sample(Manager *m, const char *service, gint64 generation, double now,
     sqlite3_finalize(st);
     scaling_history_add(h, MANIFEST_METRIC_REQUESTS, now,
                         (double)recent_requests(m, service, now) /
-                            MAX(running, 1u) *
-                            (60.0 / REQUEST_WINDOW_S));
-    scaling_history_add(h, MANIFEST_METRIC_CPU, now,
-                        n_cpu ? cpu / n_cpu : NAN);
+                            MAX(running, 1u) * (60.0 / REQUEST_WINDOW_S));
+    scaling_history_add(h, MANIFEST_METRIC_CPU, now, n_cpu ? cpu / n_cpu : NAN);
     scaling_history_add(h, MANIFEST_METRIC_MEMORY, now,
                         n_mem ? mem / n_mem : NAN);
 }
@@ -223,12 +221,12 @@ mscale_evaluate(Manager *m)
                      "UPDATE services SET desired = ?, cooldown_until = ? "
                      "WHERE name = ?",
                      G_TYPE_INT64, (gint64)d.to, G_TYPE_DOUBLE,
-                     now + mf->scaling.cooldown_seconds, G_TYPE_STRING,
-                     service, G_TYPE_INVALID);
+                     now + mf->scaling.cooldown_seconds, G_TYPE_STRING, service,
+                     G_TYPE_INVALID);
             g_ptr_array_add(actions, g_strdup(service));
-            mdb_event(m, d.to > d.from ? "scaled-up" : "scaled-down",
-                      service, NULL, "service %s: %s; cooldown %u s", service,
-                      d.reason, mf->scaling.cooldown_seconds);
+            mdb_event(m, d.to > d.from ? "scaled-up" : "scaled-down", service,
+                      NULL, "service %s: %s; cooldown %u s", service, d.reason,
+                      mf->scaling.cooldown_seconds);
         }
         /* keep the rule states for service-show (a flat copy) */
         keep = g_malloc0(sizeof(ScalingDecision) +
@@ -265,9 +263,8 @@ mscale_rules_status(Manager *m, const char *service, const Manifest *mf)
             json_object_set_double_member(o, "value", d->rules[i].value);
             json_object_set_boolean_member(o, "holds", d->rules[i].holds);
             /* holding but not yet long enough: pending */
-            json_object_set_boolean_member(o, "pending",
-                                           d->rules[i].holds &&
-                                               !d->rules[i].fires);
+            json_object_set_boolean_member(
+                o, "pending", d->rules[i].holds && !d->rules[i].fires);
             json_object_set_boolean_member(o, "fires", d->rules[i].fires);
             if (!isnan(d->rules[i].held_since))
                 json_object_set_double_member(o, "held_since",

@@ -500,12 +500,11 @@ handle_message(Manager *m, const char *host, const char *address,
                 continue;
             json_generator_set_root(gen, chunks);
             text = json_generator_to_data(gen, NULL);
-            mdb_exec(m,
-                     "INSERT OR REPLACE INTO profiles VALUES (?, ?, ?, ?, ?)",
-                     G_TYPE_STRING, host, G_TYPE_STRING,
-                     wire_get_string(p, "image"), G_TYPE_INT64,
-                     wire_get_int(p, "boots", 0), G_TYPE_STRING, text,
-                     G_TYPE_DOUBLE, mdb_now(), G_TYPE_INVALID);
+            mdb_exec(
+                m, "INSERT OR REPLACE INTO profiles VALUES (?, ?, ?, ?, ?)",
+                G_TYPE_STRING, host, G_TYPE_STRING, wire_get_string(p, "image"),
+                G_TYPE_INT64, wire_get_int(p, "boots", 0), G_TYPE_STRING, text,
+                G_TYPE_DOUBLE, mdb_now(), G_TYPE_INVALID);
         }
     } else if (g_str_equal(type, "requests")) {
         const char *service = wire_get_string(msg, "service");
@@ -517,8 +516,7 @@ handle_message(Manager *m, const char *host, const char *address,
             g_warning("host %s: dropped a requests message without a "
                       "service and a count",
                       host);
-    }
-    else
+    } else
         g_warning("host %s: dropped a message of unknown type '%s'", host,
                   type);
     g_mutex_unlock(&m->lock);

@@ -36,9 +36,8 @@ scaling_history_add(ScalingHistory *h, ManifestMetric metric, double time,
     if (s->len && g_array_index(s, ScalingSample, s->len - 1).time > time)
         return; /* the clock went back: ignore */
     g_array_append_val(s, sample);
-    while (drop < s->len &&
-           g_array_index(s, ScalingSample, drop).time <
-               time - SCALING_HISTORY_S)
+    while (drop < s->len && g_array_index(s, ScalingSample, drop).time <
+                                time - SCALING_HISTORY_S)
         drop++;
     if (drop)
         g_array_remove_range(s, 0, drop);
@@ -123,9 +122,9 @@ scaling_evaluate(const Manifest *m, const ScalingHistory *h, guint current,
     out->rules = g_new0(ScalingRuleState, MAX(n, 1));
     for (guint i = 0; i < n; i++) {
         const ManifestRule *ri = rules->pdata[i];
-        double window = ri->add ? ri->for_seconds
-                                : MAX(ri->for_seconds,
-                                      m->scaling.stabilization_seconds);
+        double window =
+            ri->add ? ri->for_seconds
+                    : MAX(ri->for_seconds, m->scaling.stabilization_seconds);
 
         rule_state(ri, h, now, window, &out->rules[i]);
         if (!out->rules[i].fires)

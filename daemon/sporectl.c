@@ -385,7 +385,6 @@ parse_virt_type(const char *text, ManifestHypervisor *out)
     return true;
 }
 
-
 static int
 cmd_domain_xml(const Command *cmd, const Globals *g, int argc, char **argv)
 {
@@ -483,18 +482,12 @@ cmd_clone_create(const Command *cmd, const Globals *g, int argc, char **argv)
     const char *uri = NULL, *pool = NULL, *pool_dir = NULL, *console = NULL;
     bool no_start = false;
     const CommandOption opts[] = {
-        {"image", 0, &image, NULL},
-        {"image-format", 0, &format, NULL},
-        {"image-id", 0, &image_id, NULL},
-        {"generation", 0, &generation, NULL},
-        {"host", 0, &host, NULL},
-        {"virt-type", 0, &virt, NULL},
-        {"libvirt", 0, &uri, NULL},
-        {"pool", 0, &pool, NULL},
-        {"pool-dir", 0, &pool_dir, NULL},
-        {"console-dir", 0, &console, NULL},
-        {"no-start", 0, NULL, &no_start},
-        {0},
+        {"image", 0, &image, NULL},       {"image-format", 0, &format, NULL},
+        {"image-id", 0, &image_id, NULL}, {"generation", 0, &generation, NULL},
+        {"host", 0, &host, NULL},         {"virt-type", 0, &virt, NULL},
+        {"libvirt", 0, &uri, NULL},       {"pool", 0, &pool, NULL},
+        {"pool-dir", 0, &pool_dir, NULL}, {"console-dir", 0, &console, NULL},
+        {"no-start", 0, NULL, &no_start}, {0},
     };
     int first = parse_command_flags(cmd, argc, argv, opts);
     g_autoptr(GPtrArray) problems = manifest_problems_new();
@@ -525,8 +518,9 @@ cmd_clone_create(const Command *cmd, const Globals *g, int argc, char **argv)
         return EXIT_USAGE;
     }
     if (strstr(image, "://") && !image_id) {
-        fprintf(stderr, "sporectl clone-create: a URL master (%s) needs "
-                        "--image-id (as printed by 'agent-image-list')\n",
+        fprintf(stderr,
+                "sporectl clone-create: a URL master (%s) needs "
+                "--image-id (as printed by 'agent-image-list')\n",
                 image);
         return EXIT_USAGE;
     }
@@ -561,8 +555,9 @@ cmd_clone_create(const Command *cmd, const Globals *g, int argc, char **argv)
         indexes[i] = (guint)index;
     }
     if (!virt && req.virt == MANIFEST_HYPERVISOR_KVM && !spore_kvm_works()) {
-        fprintf(stderr, "sporectl clone-create: %s: the clones run as type "
-                        "qemu (TCG)\n",
+        fprintf(stderr,
+                "sporectl clone-create: %s: the clones run as type "
+                "qemu (TCG)\n",
                 g_getenv("SPORE_VIRT_TYPE") ? "SPORE_VIRT_TYPE says so"
                                             : "KVM does not work here");
         req.virt = MANIFEST_HYPERVISOR_QEMU;
@@ -609,16 +604,15 @@ cmd_clone_create(const Command *cmd, const Globals *g, int argc, char **argv)
         g_autofree char *name = manifest_clone_name(m, indexes[i]);
 
         if (g->json) {
-            g_autofree char *uuid =
-                clone_uuid(m, indexes[i], image_id, gen);
+            g_autofree char *uuid = clone_uuid(m, indexes[i], image_id, gen);
             printf("{\"name\":\"%s\",\"uuid\":\"%s\",\"outcome\":\"%s\"}\n",
                    name, uuid,
                    outcomes[i] == CLONE_CREATED ? "created" : "existed");
         } else {
             printf("%s: %s\n", name,
-                   outcomes[i] == CLONE_EXISTED
-                       ? "exists, unchanged"
-                       : no_start ? "created" : "created and started");
+                   outcomes[i] == CLONE_EXISTED ? "exists, unchanged"
+                   : no_start                   ? "created"
+                                                : "created and started");
         }
     }
     return fflush(stdout) == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
@@ -655,8 +649,8 @@ cmd_clone_destroy(const Command *cmd, const Globals *g, int argc, char **argv)
     if (first < 0)
         return EXIT_USAGE;
     if (argc - first < 1 ||
-        (timeout && !g_ascii_string_to_unsigned(timeout, 10, 0, 86400,
-                                                &seconds, NULL))) {
+        (timeout &&
+         !g_ascii_string_to_unsigned(timeout, 10, 0, 86400, &seconds, NULL))) {
         fprintf(stderr, "sporectl clone-destroy: give at least one NAME "
                         "(--timeout 0 to 86400 seconds)\n"
                         "Try 'sporectl help clone-destroy'.\n");
@@ -674,8 +668,7 @@ cmd_clone_destroy(const Command *cmd, const Globals *g, int argc, char **argv)
         CloneDestroyOutcome outcome;
 
         g_clear_error(&err);
-        if (!clone_host_destroy(ch, argv[i], (guint)seconds, &outcome,
-                                &err)) {
+        if (!clone_host_destroy(ch, argv[i], (guint)seconds, &outcome, &err)) {
             fprintf(stderr, "sporectl clone-destroy: %s\n", err->message);
             status = EXIT_FAILURE;
             continue;
@@ -1304,9 +1297,8 @@ print_service(JsonObject *s)
             value = g_strdup("no data");
         else
             value = g_strdup_printf("%.3g", json_node_get_double(v));
-        printf("%s %" G_GINT64_FORMAT ":       %s; last value %s%s\n",
-               "Rule", get_int(r, "rule"),
-               get_str(r, "text", "?"), value,
+        printf("%s %" G_GINT64_FORMAT ":       %s; last value %s%s\n", "Rule",
+               get_int(r, "rule"), get_str(r, "text", "?"), value,
                get_bool(r, "fires")     ? ", fires"
                : get_bool(r, "pending") ? ", pending (holds, not for long "
                                           "enough yet)"
@@ -1696,8 +1688,8 @@ cmd_request(const Command *cmd, const Globals *g, int argc, char **argv)
         return EXIT_USAGE;
     if (argc - first < 1 || argc - first > 2 ||
         (argc - first == 2 &&
-         !g_ascii_string_to_unsigned(argv[first + 1], 10, 0, G_MAXINT32,
-                                     &count, NULL))) {
+         !g_ascii_string_to_unsigned(argv[first + 1], 10, 0, G_MAXINT32, &count,
+                                     NULL))) {
         fprintf(stderr, "sporectl request: give SERVICE and optionally "
                         "COUNT, a non-negative integer\n"
                         "Try 'sporectl help request'.\n");
@@ -2112,7 +2104,8 @@ static const Command commands[] = {
         "missing), customized as MANIFEST says (all clones in one libguestfs\n"
         "appliance launch), then a persistent domain SERVICE-INDEX defined\n"
         "and started (unless --no-start).  Manage them with virsh as any\n"
-        "domain.  The image id of a file MASTER is computed (image-index) when\n"
+        "domain.  The image id of a file MASTER is computed (image-index) "
+        "when\n"
         "not given.  The domain type is the manifest's, except that kvm runs\n"
         "as qemu (TCG) where KVM does not work; --virt-type overrides it.\n"
         "Serial consoles are logged to DIR/SERVICE-INDEX.log (--console-dir,\n"

@@ -44,9 +44,9 @@ eval(const Manifest *m, const ScalingHistory *h, guint current, double now,
 
 Test(scaling, a_threshold_fires_on_one_sample_without_for)
 {
-    g_autoptr(Manifest) m = manifest(
-        "<scaling min=\"1\" max=\"5\" initial=\"2\">"
-        "<rule metric=\"cpu\" above=\"0.8\" add=\"2\"/></scaling>");
+    g_autoptr(Manifest) m =
+        manifest("<scaling min=\"1\" max=\"5\" initial=\"2\">"
+                 "<rule metric=\"cpu\" above=\"0.8\" add=\"2\"/></scaling>");
     g_autoptr(ScalingHistory) h = scaling_history_new();
     ScalingDecision d;
 
@@ -61,10 +61,10 @@ Test(scaling, a_threshold_fires_on_one_sample_without_for)
 
 Test(scaling, for_requires_the_condition_over_the_whole_window)
 {
-    g_autoptr(Manifest) m = manifest(
-        "<scaling min=\"1\" max=\"5\">"
-        "<rule metric=\"cpu\" above=\"0.5\" for=\"60s\" add=\"1\"/>"
-        "</scaling>");
+    g_autoptr(Manifest) m =
+        manifest("<scaling min=\"1\" max=\"5\">"
+                 "<rule metric=\"cpu\" above=\"0.5\" for=\"60s\" add=\"1\"/>"
+                 "</scaling>");
     g_autoptr(ScalingHistory) h = scaling_history_new();
 
     for (int t = 0; t <= 50; t += 10)
@@ -100,10 +100,10 @@ Test(scaling, cooldown_blocks_actions_until_it_ends)
 Test(scaling, scale_down_waits_for_the_stabilization_window)
 {
     /* stabilization defaults to 300 s; the rule's for is 60 s */
-    g_autoptr(Manifest) m = manifest(
-        "<scaling min=\"1\" max=\"5\">"
-        "<rule metric=\"cpu\" below=\"0.2\" for=\"60s\" remove=\"1\"/>"
-        "</scaling>");
+    g_autoptr(Manifest) m =
+        manifest("<scaling min=\"1\" max=\"5\">"
+                 "<rule metric=\"cpu\" below=\"0.2\" for=\"60s\" remove=\"1\"/>"
+                 "</scaling>");
     g_autoptr(ScalingHistory) h = scaling_history_new();
 
     cr_assert_eq(m->scaling.stabilization_seconds, 300);
@@ -153,10 +153,10 @@ Test(scaling, scale_up_wins_when_rules_disagree)
 
 Test(scaling, a_rule_on_missing_or_stale_data_never_fires)
 {
-    g_autoptr(Manifest) m = manifest(
-        "<scaling min=\"1\" max=\"5\" stabilization=\"0s\">"
-        "<rule metric=\"memory\" below=\"0.5\" remove=\"1\"/>"
-        "<rule metric=\"cpu\" above=\"0.5\" add=\"1\"/></scaling>");
+    g_autoptr(Manifest) m =
+        manifest("<scaling min=\"1\" max=\"5\" stabilization=\"0s\">"
+                 "<rule metric=\"memory\" below=\"0.5\" remove=\"1\"/>"
+                 "<rule metric=\"cpu\" above=\"0.5\" add=\"1\"/></scaling>");
     g_autoptr(ScalingHistory) h = scaling_history_new();
     ScalingDecision d;
 
@@ -174,11 +174,11 @@ Test(scaling, a_flapping_metric_does_not_make_the_service_oscillate)
 {
     /* cpu alternates 0.9 / 0.1 every 30 s for two hours; up needs 2 min,
      * down needs the 5 min stabilization: neither may ever act */
-    g_autoptr(Manifest) m = manifest(
-        "<scaling min=\"1\" max=\"6\" initial=\"3\" cooldown=\"2m\">"
-        "<rule metric=\"cpu\" above=\"0.8\" for=\"2m\" add=\"1\"/>"
-        "<rule metric=\"cpu\" below=\"0.2\" for=\"1m\" remove=\"1\"/>"
-        "</scaling>");
+    g_autoptr(Manifest) m =
+        manifest("<scaling min=\"1\" max=\"6\" initial=\"3\" cooldown=\"2m\">"
+                 "<rule metric=\"cpu\" above=\"0.8\" for=\"2m\" add=\"1\"/>"
+                 "<rule metric=\"cpu\" below=\"0.2\" for=\"1m\" remove=\"1\"/>"
+                 "</scaling>");
     g_autoptr(ScalingHistory) h = scaling_history_new();
     guint count = 3, actions = 0;
     double cooldown = 0;
@@ -202,10 +202,10 @@ Test(scaling, a_flapping_metric_does_not_make_the_service_oscillate)
 
 Test(scaling, a_sustained_load_scales_step_by_step_with_cooldowns)
 {
-    g_autoptr(Manifest) m = manifest(
-        "<scaling min=\"1\" max=\"4\" initial=\"1\" cooldown=\"2m\">"
-        "<rule metric=\"cpu\" above=\"0.8\" for=\"1m\" add=\"1\"/>"
-        "</scaling>");
+    g_autoptr(Manifest) m =
+        manifest("<scaling min=\"1\" max=\"4\" initial=\"1\" cooldown=\"2m\">"
+                 "<rule metric=\"cpu\" above=\"0.8\" for=\"1m\" add=\"1\"/>"
+                 "</scaling>");
     g_autoptr(ScalingHistory) h = scaling_history_new();
     guint count = 1, actions = 0;
     double cooldown = 0;

@@ -1,0 +1,39 @@
+#!/bin/bash
+# test-site-protocol.sh BUILD-DIR SITE-PROBE: spored against hostile
+# clients on its agents' endpoint: a key that is not accepted gets nothing;
+# an accepted host's malformed, multi-frame, unknown and oversized messages
+# are dropped with a log line naming the host, and the manager keeps
+# serving.  No libvirt needed.  TAP output.
+set -u
+. "$(dirname "$0")/lib.sh"
+BUILD=$1 probe=$2
+src=$(cd "$(dirname "$0")/../.." && pwd)
+SITE=$(mktemp -d /tmp/spore-proto.XXXXXX)
+cleanup() { site_stop; rm -rf "$SITE"; }
+trap cleanup EXIT
+SITE_TAG=p$$
+. "$src/scripts/site-lib.sh"
+
+check "spored starts" site_manager_start
+mkey=$(cat "$SITE/manager/curve.pub")
+ep=tcp://127.0.0.1:$SITE_PORT
+check "a host whose key is not accepted gets nothing" \
+    test "$("$probe" "$ep" "$mkey" "$SITE/stranger" stranger hello)" = nothing
+check "and the refusal is logged" \
+    wait_until 10 grep -q "refused an unknown key from 127.0.0.1" "$SITE/spored.log"
+site_host_key hv1 >"$SITE/hosts.d/hv1.pub"
+check "an accepted host is welcomed" \
+    test "$("$probe" "$ep" "$mkey" "$SITE/hv1/state" hv1 hello)" = welcome
+check "after malformed, multi-frame and unknown messages it still is" \
+    test "$("$probe" "$ep" "$mkey" "$SITE/hv1/state" hv1 garbage)" = welcome
+for what in "malformed message: not JSON" "protocol version 99" \
+    "unknown type 'launch-missiles'" "a report without clones" \
+    "message of several frames" "not a JSON object"; do
+    check "logged, naming the host: $what" \
+        grep -q "host hv1: .*${what}" "$SITE/spored.log"
+done
+check "a frame over the size limit drops the connection, the next is served" \
+    test "$("$probe" "$ep" "$mkey" "$SITE/hv1/state" hv1 oversized)" = welcome
+check "spored is still running" kill -0 "$(cat "$SITE/spored.pid")"
+check "and answers sporectl" quiet sporectl_site host-list
+finish
