@@ -34,6 +34,7 @@ struct AgentLink {
     GAsyncQueue *acks; /* of JsonObject * */
     gint stop;         /* atomic */
     gint report_now;   /* atomic: a domain changed state */
+    gint report_ms;    /* atomic: may change on SIGHUP */
 
     GMutex lock;           /* guards journal, in_flight */
     GHashTable *journal;   /* "KEY:ID" -> ack text */
@@ -685,7 +686,8 @@ link_thread(gpointer data)
             else if (!clone_host_watch(host, on_domain_event, l, &err))
                 g_warning("no lifecycle events, reports every %u ms only: "
                           "%s",
-                          l->config.report_ms, err->message);
+                          (guint)g_atomic_int_get(&l->report_ms),
+                          err->message);
         }
         if (zmq_poll(&item, 1, 100) > 0) {
             for (;;) {
@@ -766,11 +768,11 @@ link_thread(gpointer data)
         if (g_atomic_int_compare_and_exchange(&l->report_now, 1, 0))
             last_report = 0; /* a domain changed state: say so now */
         if (welcomed &&
-            now - last_report > (gint64)l->config.report_ms * 1000) {
+            now - last_report > (gint64)g_atomic_int_get(&l->report_ms) * 1000) {
             if (send_report(l, sock, host))
                 last_report = now;
             else
-                last_report = now - (gint64)l->config.report_ms * 500;
+                last_report = now - (gint64)g_atomic_int_get(&l->report_ms) * 500;
         }
     }
     clone_host_free(host);
@@ -813,6 +815,7 @@ agent_link_start(Agent *agent, const AgentLinkConfig *config, GError **error)
     l->config.virt_type = g_strdup(config->virt_type);
     if (!l->config.report_ms)
         l->config.report_ms = 2000;
+    l->report_ms = (gint)MIN(l->config.report_ms, 600000u);
     if (!wire_keys_load_or_create(config->state_dir, &l->keys, error)) {
         agent_link_stop(l);
         return NULL;
@@ -833,6 +836,13 @@ agent_link_start(Agent *agent, const AgentLinkConfig *config, GError **error)
     l->worker = g_thread_pool_new(worker, l, 1, TRUE, NULL);
     l->thread = g_thread_new("spore-link", link_thread, l);
     return l;
+}
+
+void
+agent_link_set_report_ms(AgentLink *l, guint ms)
+{
+    if (l && ms >= 100 && ms <= 600000)
+        g_atomic_int_set(&l->report_ms, (gint)ms);
 }
 
 void

@@ -34,3 +34,6 @@ typedef struct AgentLink AgentLink;
 AgentLink *agent_link_start(Agent *agent, const AgentLinkConfig *config,
                             GError **error);
 void agent_link_stop(AgentLink *link);
+
+/* agent_link_set_report_ms: change the report interval (100 ms - 10 min) */
+void agent_link_set_report_ms(AgentLink *link, guint ms);

@@ -69,6 +69,7 @@ struct Agent {
     CacheSet *caches;   /* every image's cache, for local copies */
     GSocketService *control;
     GSocketService *fetch;
+    gint shim_timeout; /* atomic, seconds: SIGHUP may change it */
 };
 
 /* ---- images ------------------------------------------------------------ */
@@ -319,7 +320,8 @@ agent_image_serve(Agent *a, AgentImage *im, GError **error)
     g_unlink(im->shim_pidfile);
     cache_arg = g_strdup_printf("cache=%s", chunk_cache_dir(im->cache));
     agent_arg = g_strdup_printf("agent=%s", a->fetch_path);
-    timeout_arg = g_strdup_printf("timeout=%u", a->cfg.shim_timeout_s);
+    timeout_arg = g_strdup_printf(
+        "timeout=%u", (guint)g_atomic_int_get(&a->shim_timeout));
     log_arg = g_strdup_printf("log=%s", im->shim_log);
     /*
      * nbdkit daemonizes itself: in --foreground mode it asks the kernel to
@@ -673,6 +675,13 @@ cmd_on_image(Agent *a, const char *command, JsonObject *req)
     return reply_from(b);
 }
 
+void
+agent_set_shim_timeout(Agent *a, guint seconds)
+{
+    if (seconds > 0)
+        g_atomic_int_set(&a->shim_timeout, (gint)MIN(seconds, 86400u));
+}
+
 char *
 agent_handle_command(Agent *a, const char *request)
 {
@@ -839,6 +848,7 @@ agent_new(const AgentConfig *cfg, GError **error)
     g_autoptr(Agent) a = g_new0(Agent, 1);
 
     a->cfg = *cfg;
+    a->shim_timeout = (gint)cfg->shim_timeout_s;
     a->cfg.state_dir = g_strdup(cfg->state_dir);
     a->cfg.run_dir = g_strdup(cfg->run_dir);
     a->cfg.nbdkit = g_strdup(cfg->nbdkit);

@@ -56,6 +56,10 @@ void agent_free(Agent *agent);
 
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(Agent, agent_free)
 
+/* agent_set_shim_timeout: the read timeout given to shims started from now
+ * on (running shims keep theirs) */
+void agent_set_shim_timeout(Agent *agent, guint seconds);
+
 /*
  * agent_handle_command: run one control command (a JSON object, see
  * docs/agent-control.md) and return the JSON reply text, owned by the

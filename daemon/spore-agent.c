@@ -94,12 +94,46 @@ agent_metrics(GString *out, gpointer data)
     }
 }
 
+typedef struct {
+    const char *config_path;
+    Agent *agent;
+    AgentLink *link;
+    bool shim_timeout_flag; /* given on the command line: it wins */
+} Reload;
+
+/* SIGHUP: re-read the settings that can change while running */
 static gboolean
 on_hup(gpointer data)
 {
-    g_message("SIGHUP: the agent's settings need a restart to change "
-              "(systemctl restart spore-agent keeps shims and clones "
-              "running)");
+    Reload *r = data;
+    g_autoptr(GKeyFile) kf = g_key_file_new();
+    g_autoptr(GError) err = NULL;
+    guint report_ms, shim_timeout;
+
+    if (!r->config_path) {
+        g_message("SIGHUP: no configuration file to reload");
+        return G_SOURCE_CONTINUE;
+    }
+    if (!g_key_file_load_from_file(kf, r->config_path, G_KEY_FILE_NONE,
+                                   &err)) {
+        g_warning("SIGHUP: config '%s': %s; nothing changed", r->config_path,
+                  err->message);
+        return G_SOURCE_CONTINUE;
+    }
+    report_ms = spore_key_uint(kf, "agent", "report_ms", 2000, &err);
+    shim_timeout = spore_key_uint(kf, "agent", "shim_timeout", 60, &err);
+    if (err) {
+        g_warning("SIGHUP: config '%s': %s; nothing changed", r->config_path,
+                  err->message);
+        return G_SOURCE_CONTINUE;
+    }
+    agent_link_set_report_ms(r->link, report_ms);
+    if (!r->shim_timeout_flag)
+        agent_set_shim_timeout(r->agent, shim_timeout);
+    g_message("configuration reloaded: report_ms=%u, shim_timeout=%u s (for "
+              "shims started from now on); other keys need a restart, which "
+              "keeps shims and clones running",
+              report_ms, shim_timeout);
     return G_SOURCE_CONTINUE;
 }
 
@@ -123,6 +157,7 @@ main(int argc, char **argv)
     SporeMetrics *metrics_server = NULL;
     AgentLinkConfig lcfg = {0};
     AgentLink *link = NULL;
+    Reload reload = {0};
     gint fetch_workers = -1;
     gint shim_timeout = -1;
     gboolean verify_cache = FALSE;
@@ -335,7 +370,11 @@ main(int argc, char **argv)
     loop = g_main_loop_new(NULL, FALSE);
     g_unix_signal_add(SIGTERM, on_signal, loop);
     g_unix_signal_add(SIGINT, on_signal, loop);
-    g_unix_signal_add(SIGHUP, on_hup, NULL);
+    reload.config_path = config_path;
+    reload.agent = agent;
+    reload.link = link;
+    reload.shim_timeout_flag = shim_timeout > 0;
+    g_unix_signal_add(SIGHUP, on_hup, &reload);
     sd_notify(0, "READY=1");
     g_main_loop_run(loop);
     sd_notify(0, "STOPPING=1");

@@ -6,7 +6,7 @@
 # Set before sourcing: SITE (a directory of the caller's), BUILD (the meson
 # build directory).  Optional: SITE_PORT (default: a free one), SITE_TAG (a
 # short name for pools, default "site"), SITE_VIRT (kvm or qemu),
-# SITE_LOST_AFTER (seconds, default 10).
+# SITE_LOST_AFTER (seconds, default 10), SITE_SPORED_ARGS (more flags).
 #
 # Everything started is recorded under $SITE (PID files) and stopped by
 # site_stop, by PID; domains and pools are found by the names this file
@@ -31,7 +31,7 @@ site_manager_start() {
     "$BUILD/daemon/spored" --state-dir "$SITE/manager" --run-dir "$SITE/m" \
         --listen "tcp://127.0.0.1:$SITE_PORT" --hosts-dir "$SITE/hosts.d" \
         --lost-after "$SITE_LOST_AFTER" --resend 5 \
-        --metrics "127.0.0.1:$((SITE_PORT + 2))" \
+        --metrics "127.0.0.1:$((SITE_PORT + 2))" ${SITE_SPORED_ARGS:-} \
         >>"$SITE/spored.log" 2>&1 &
     echo $! >"$SITE/spored.pid"
     for _ in $(seq 100); do

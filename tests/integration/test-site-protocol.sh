@@ -12,6 +12,8 @@ SITE=$(mktemp -d /tmp/spore-proto.XXXXXX)
 cleanup() { site_stop; rm -rf "$SITE"; }
 trap cleanup EXIT
 SITE_TAG=p$$
+printf '[spored]\nshutdown_timeout=60\n' >"$SITE/spored.conf"
+SITE_SPORED_ARGS="--config $SITE/spored.conf"
 . "$src/scripts/site-lib.sh"
 
 check "spored starts" site_manager_start
@@ -35,5 +37,16 @@ done
 check "a frame over the size limit drops the connection, the next is served" \
     test "$("$probe" "$ep" "$mkey" "$SITE/hv1/state" hv1 oversized)" = welcome
 check "spored is still running" kill -0 "$(cat "$SITE/spored.pid")"
+
+# --- SIGHUP reloads the configuration; a broken file changes nothing
+printf '[spored]\nshutdown_timeout=7\nresend=9\n' >"$SITE/spored.conf"
+kill -HUP "$(cat "$SITE/spored.pid")"
+check "SIGHUP reloads the configuration file" \
+    wait_until 10 grep -q "configuration reloaded: lost_after=10 s, resend=5 s, shutdown_timeout=7 s" "$SITE/spored.log"
+printf '[spored]\nshutdown_timeout=soon\n' >"$SITE/spored.conf"
+kill -HUP "$(cat "$SITE/spored.pid")"
+check "a malformed file is reported and changes nothing" \
+    wait_until 10 grep -q "SIGHUP: config '$SITE/spored.conf'.*nothing changed" "$SITE/spored.log"
+check "spored still runs after both" kill -0 "$(cat "$SITE/spored.pid")"
 check "and answers sporectl" quiet sporectl_site host-list
 finish
