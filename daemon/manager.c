@@ -1343,6 +1343,7 @@ manager_new(const ManagerConfig *config, GError **error)
     m->backoff = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
     m->failures = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
     m->refused = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+    mscale_init(m);
     if (g_mkdir_with_parents(m->config.state_dir, 0700) < 0 ||
         g_mkdir_with_parents(m->config.run_dir, 0755) < 0) {
         g_set_error(error, SPORE_ERROR, SPORE_ERROR_IO,

@@ -104,7 +104,7 @@ main(int argc, char **argv)
          "20)",
          "S"},
         {"metrics", 0, 0, G_OPTION_ARG_STRING, &metrics,
-         "Prometheus endpoint, ADDRESS:PORT; \"\" for none (default "
+         "Prometheus endpoint, ADDRESS:PORT, or none (default "
          "127.0.0.1:9470)",
          "ADDR:PORT"},
         {"print-key", 0, 0, G_OPTION_ARG_NONE, &print_key,
@@ -162,6 +162,8 @@ main(int argc, char **argv)
     cfg.metrics_listen =
         metrics ? g_strdup(metrics)
                 : spore_key_string(kf, "spored", "metrics", "127.0.0.1:9470");
+    if (g_str_equal(cfg.metrics_listen, "none"))
+        cfg.metrics_listen[0] = '\0';
     cfg.lost_after_s =
         lost_after > 0 ? (guint)lost_after
                        : spore_key_uint(kf, "spored", "lost_after", 30, &err);
