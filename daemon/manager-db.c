@@ -10,6 +10,7 @@
  *   clones     desired clones: service, index, host (NULL: unplaced)
  *   commands   every command sent to an agent: id, host, op, body, state
  *   host_images per host and image: cached fraction, bytes by source
+ *   requests   request counts reported in the last minute, per service
  *   profiles   per host and image: the merged access profile (chunk
  *              indexes in first-read order) and how many boots made it
  *   events     what happened, for `sporectl events`
@@ -59,6 +60,10 @@ static const char schema[] =
     "  host TEXT NOT NULL, image TEXT NOT NULL, boots INTEGER NOT NULL,"
     "  chunks TEXT NOT NULL, updated REAL NOT NULL,"
     "  PRIMARY KEY (host, image));"
+    "CREATE TABLE IF NOT EXISTS requests ("
+    "  service TEXT NOT NULL, time REAL NOT NULL, count INTEGER NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS requests_by_service ON requests (service, "
+    "time);"
     "CREATE TABLE IF NOT EXISTS events ("
     "  id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL,"
     "  kind TEXT NOT NULL, service TEXT, host TEXT, message TEXT NOT NULL);";

@@ -38,7 +38,6 @@ struct Manager {
     /* auto-scaling (manager-scaling.c) */
     GHashTable *cpu;       /* "host/clone" -> CpuTrack */
     GHashTable *histories; /* service -> ScalingHistory */
-    GHashTable *requests;  /* service -> GArray of RequestMark */
     GHashTable *decisions; /* service -> the last ScalingDecision */
     double last_scaling;
 

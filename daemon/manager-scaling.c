@@ -31,19 +31,12 @@ typedef struct {
     double util; /* NAN until two reports */
 } CpuTrack;
 
-typedef struct {
-    double time;
-    gint64 count;
-} RequestMark;
-
 void
 mscale_init(Manager *m)
 {
     m->cpu = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
     m->histories = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
                                          (GDestroyNotify)scaling_history_free);
-    m->requests = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
-                                        (GDestroyNotify)g_array_unref);
     m->decisions =
         g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
 }
@@ -55,8 +48,6 @@ mscale_free(Manager *m)
         g_hash_table_unref(m->cpu);
     if (m->histories)
         g_hash_table_unref(m->histories);
-    if (m->requests)
-        g_hash_table_unref(m->requests);
     if (m->decisions)
         g_hash_table_unref(m->decisions);
 }
@@ -93,34 +84,21 @@ mscale_report_clone(Manager *m, const char *host, JsonObject *c)
 void
 mscale_requests(Manager *m, const char *service, gint64 count)
 {
-    GArray *a = g_hash_table_lookup(m->requests, service);
-    RequestMark mark = {mdb_now(), count};
-
-    if (!a) {
-        a = g_array_new(FALSE, FALSE, sizeof(RequestMark));
-        g_hash_table_insert(m->requests, g_strdup(service), a);
-    }
-    g_array_append_val(a, mark);
+    /* in the database, so that a restarted manager still sees the window */
+    mdb_exec(m, "INSERT INTO requests (service, time, count) VALUES (?, ?, ?)",
+             G_TYPE_STRING, service, G_TYPE_DOUBLE, mdb_now(), G_TYPE_INT64,
+             count, G_TYPE_INVALID);
 }
 
-/* sum of the requests of @service in the last window; drops older ones */
+/* the requests of @service in the last window */
 static gint64
 recent_requests(Manager *m, const char *service, double now)
 {
-    GArray *a = g_hash_table_lookup(m->requests, service);
-    gint64 sum = 0;
-    guint drop = 0;
-
-    if (!a)
-        return 0;
-    while (drop < a->len &&
-           g_array_index(a, RequestMark, drop).time < now - REQUEST_WINDOW_S)
-        drop++;
-    if (drop)
-        g_array_remove_range(a, 0, drop);
-    for (guint i = 0; i < a->len; i++)
-        sum += g_array_index(a, RequestMark, i).count;
-    return sum;
+    return mdb_int(m, 0,
+                   "SELECT COALESCE(SUM(count), 0) FROM requests WHERE "
+                   "service = ? AND time >= ?",
+                   G_TYPE_STRING, service, G_TYPE_DOUBLE,
+                   now - REQUEST_WINDOW_S, G_TYPE_INVALID);
 }
 
 /* sample the service's metrics into its history */
@@ -195,6 +173,8 @@ mscale_evaluate(Manager *m)
     if (now - m->last_scaling < SCALING_EVAL_S)
         return;
     m->last_scaling = now;
+    mdb_exec(m, "DELETE FROM requests WHERE time < ?", G_TYPE_DOUBLE,
+             now - REQUEST_WINDOW_S, G_TYPE_INVALID);
     st = mdb_prepare(m,
                      "SELECT name, generation, desired, cooldown_until FROM "
                      "services WHERE deleting = 0",

@@ -28,6 +28,7 @@ sporectl_site() { "$BUILD/daemon/sporectl" -c "$SITE/m/control.sock" "$@"; }
 site_manager_start() {
     mkdir -p "$SITE/manager" "$SITE/m" "$SITE/hosts.d"
     SITE_PORT=${SITE_PORT:-$(site_port)}
+    rm -f "$SITE/m/control.sock" # a killed spored leaves it behind
     "$BUILD/daemon/spored" --state-dir "$SITE/manager" --run-dir "$SITE/m" \
         --listen "tcp://127.0.0.1:$SITE_PORT" --hosts-dir "$SITE/hosts.d" \
         --lost-after "$SITE_LOST_AFTER" --resend 5 \
