@@ -1674,69 +1674,64 @@ cmd_submit(const Command *cmd, const Globals *g, int argc, char **argv)
 
 /* ---- scale, request, image-add, events ---------------------------------- */
 
+/*
+ * service_count_command: "scale NAME COUNT" and "request SERVICE [COUNT]":
+ * send {name, count} as @cmd->name; @count_optional: COUNT defaults to 1.
+ * Prints "SERVICE: @before COUNT @after".
+ */
 static int
-cmd_request(const Command *cmd, const Globals *g, int argc, char **argv)
+service_count_command(const Command *cmd, const Globals *g, int argc,
+                      char **argv, bool count_optional, const char *before,
+                      const char *after)
 {
     int first = parse_command_flags(cmd, argc, argv, NULL);
     g_autoptr(JsonBuilder) b = NULL;
     g_autoptr(JsonObject) reply = NULL;
     guint64 count = 1;
+    int n;
 
     if (first == -2)
         return EXIT_SUCCESS;
     if (first < 0)
         return EXIT_USAGE;
-    if (argc - first < 1 || argc - first > 2 ||
-        (argc - first == 2 &&
-         !g_ascii_string_to_unsigned(argv[first + 1], 10, 0, G_MAXINT32, &count,
-                                     NULL))) {
-        fprintf(stderr, "sporectl request: give SERVICE and optionally "
-                        "COUNT, a non-negative integer\n"
-                        "Try 'sporectl help request'.\n");
+    n = argc - first;
+    if (n < (count_optional ? 1 : 2) || n > 2 ||
+        (n == 2 && !g_ascii_string_to_unsigned(argv[first + 1], 10, 0,
+                                               G_MAXINT32, &count, NULL))) {
+        fprintf(stderr,
+                "sporectl %s: give %s, a non-negative integer\n"
+                "Try 'sporectl help %s'.\n",
+                cmd->name,
+                count_optional ? "SERVICE and optionally COUNT"
+                               : "NAME and COUNT",
+                cmd->name);
         return EXIT_USAGE;
     }
-    b = manager_request("request");
+    b = manager_request(cmd->name);
     request_add_string(b, "name", argv[first]);
     request_add_int(b, "count", (gint64)count);
     reply = manager_call(g, cmd->name, b, NULL);
     if (!reply)
         return EXIT_FAILURE;
     if (!g->json)
-        printf("%s: %" G_GUINT64_FORMAT " requests reported\n",
-               reply_name(reply, "service", argv[first]), count);
+        printf("%s: %s%" G_GUINT64_FORMAT "%s\n",
+               reply_name(reply, "service", argv[first]), before, count,
+               after);
     return fflush(stdout) == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
+
+static int
+cmd_request(const Command *cmd, const Globals *g, int argc, char **argv)
+{
+    return service_count_command(cmd, g, argc, argv, true, "",
+                                 " requests reported");
 }
 
 static int
 cmd_scale(const Command *cmd, const Globals *g, int argc, char **argv)
 {
-    int first = parse_command_flags(cmd, argc, argv, NULL);
-    g_autoptr(JsonBuilder) b = NULL;
-    g_autoptr(JsonObject) reply = NULL;
-    guint64 count;
-
-    if (first == -2)
-        return EXIT_SUCCESS;
-    if (first < 0)
-        return EXIT_USAGE;
-    if (argc - first != 2 ||
-        !g_ascii_string_to_unsigned(argv[first + 1], 10, 0, G_MAXINT32, &count,
-                                    NULL)) {
-        fprintf(stderr, "sporectl scale: give NAME and COUNT, a non-negative "
-                        "integer\n"
-                        "Try 'sporectl help scale'.\n");
-        return EXIT_USAGE;
-    }
-    b = manager_request("scale");
-    request_add_string(b, "name", argv[first]);
-    request_add_int(b, "count", (gint64)count);
-    reply = manager_call(g, cmd->name, b, NULL);
-    if (!reply)
-        return EXIT_FAILURE;
-    if (!g->json)
-        printf("%s: scaling to %" G_GUINT64_FORMAT " clones\n",
-               reply_name(reply, "service", argv[first]), count);
-    return fflush(stdout) == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return service_count_command(cmd, g, argc, argv, false, "scaling to ",
+                                 " clones");
 }
 
 static int
