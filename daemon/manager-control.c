@@ -574,7 +574,7 @@ index_from_origin(const char *url, GError **error)
                     *errbuf ? errbuf : curl_easy_strerror(rc));
         return NULL;
     }
-    return image_index_builder_finish(g_steal_pointer(&b), error);
+    return image_index_builder_finish(b, error);
 }
 
 static char *

@@ -37,6 +37,7 @@ done
 check "a frame over the size limit drops the connection, the next is served" \
     test "$("$probe" "$ep" "$mkey" "$SITE/hv1/state" hv1 oversized)" = welcome
 check "spored is still running" kill -0 "$(cat "$SITE/spored.pid")"
+check "and answers sporectl" quiet sporectl_site host-list
 
 # --- SIGHUP reloads the configuration; a broken file changes nothing
 printf '[spored]\nshutdown_timeout=7\nresend=9\n' >"$SITE/spored.conf"
@@ -48,5 +49,22 @@ kill -HUP "$(cat "$SITE/spored.pid")"
 check "a malformed file is reported and changes nothing" \
     wait_until 10 grep -q "SIGHUP: config '$SITE/spored.conf'.*nothing changed" "$SITE/spored.log"
 check "spored still runs after both" kill -0 "$(cat "$SITE/spored.pid")"
-check "and answers sporectl" quiet sporectl_site host-list
+
+# --- the control socket's image-add indexes an image from its origin (a
+# file URL here), and a failing download is a clear error
+head -c $((3 * 1024 * 1024 + 777)) /dev/urandom >"$SITE/image.raw"
+want=$("$BUILD/daemon/sporectl" image-index -o "$SITE/image.idx" "$SITE/image.raw" 2>/dev/null)
+check "image-add indexes the image from its origin" \
+    grep -q "$want" <(sporectl_site image-add img "file://$SITE/image.raw")
+check "a download that fails is an error naming the URL" \
+    grep -q "cannot download file://$SITE/nothing" <(sporectl_site image-add img2 "file://$SITE/nothing" 2>&1)
+
+# --- a clean stop: exit status 0 and, in sanitized builds, no leak report
+pid=$(cat "$SITE/spored.pid")
+kill -TERM "$pid"
+wait "$pid"
+check "spored stops cleanly on SIGTERM (exit status 0)" test $? = 0
+rm -f "$SITE/spored.pid"
+check "without sanitizer reports (leaks, memory errors)" \
+    eval '! grep -q "Sanitizer" "$SITE/spored.log"'
 finish
