@@ -302,6 +302,13 @@ chunk_cache_stored_count(ChunkCache *c)
     return __atomic_load_n(&c->stored, __ATOMIC_RELAXED);
 }
 
+void
+chunk_cache_present_copy(ChunkCache *c, guint8 *out)
+{
+    for (gsize b = 0; b < c->bits_len; b++)
+        out[b] = __atomic_load_n(&c->bits[b], __ATOMIC_ACQUIRE);
+}
+
 /* ---- store ------------------------------------------------------------- */
 
 /* Commit everything pending.  Called with the lock held; returns with it. */

@@ -62,6 +62,13 @@ bool chunk_cache_has(ChunkCache *cache, guint64 i);
 guint64 chunk_cache_stored_count(ChunkCache *cache);
 
 /*
+ * chunk_cache_present_copy: a snapshot of the present bitmap, (chunk count
+ * + 7) / 8 bytes, into @out: chunk i in byte i/8, bit i%8; all-zero chunks
+ * are not set.  Every bit set was durable when copied.  Thread-safe.
+ */
+void chunk_cache_present_copy(ChunkCache *cache, guint8 *out);
+
+/*
  * chunk_cache_store: verify @data (@len bytes) as chunk @i and store it
  * durably; returns once the chunk is PRESENT.  Concurrent stores share one
  * fdatasync (group commit).  Storing a present or all-zero chunk is a no-op.

@@ -1,0 +1,632 @@
+/*
+ * test-peer-net.c: hosts exchanging chunks over the peer protocol, in one
+ * process: each "host" has its own cache, fetch engine, key pair and
+ * PeerNet (its own zmq context and thread), on 127.0.0.1; the origin is a
+ * real lighttpd.  Hostile peers (a liar, a silent one, clients sending
+ * garbage) are raw zmq sockets driven by the test.
+ */
+#include <criterion/criterion.h>
+#include <string.h>
+#include <zmq.h>
+#include <glib/gstdio.h>
+
+#include "fetch-engine.h"
+#include "origin.h"
+#include "peer-net.h"
+#include "peer-protocol.h"
+#include "spore-error.h"
+#include "test-httpd.h"
+#include "test-util.h"
+
+#define KIB       1024u
+#define HOSTS_MAX 8
+
+typedef struct {
+    char name[16];
+    char pub[41], sec[41];
+    char *root;
+    ChunkCache *cache;
+    FetchEngine *engine;
+    PeerNet *net;
+} Host;
+
+static struct {
+    char *docroot;
+    char *url;
+    guint8 *data;
+    gsize len;
+    ImageIndex *idx;
+    guint64 nonzero_bytes;
+    TestHttpd *httpd;
+    Host hosts[HOSTS_MAX];
+    guint n_hosts;
+} fx;
+
+static void
+setup(void)
+{
+    g_autofree char *tmp = test_make_image(2 * 1024 * KIB + 777, false, 7);
+    g_autofree char *image = NULL;
+    g_autoptr(GError) err = NULL;
+
+    fx.docroot = g_dir_make_tmp("spore-peer-origin-XXXXXX", NULL);
+    image = g_build_filename(fx.docroot, "image.raw", NULL);
+    cr_assert(g_file_get_contents(tmp, (char **)&fx.data, &fx.len, NULL));
+    cr_assert(
+        g_file_set_contents(image, (char *)fx.data, (gssize)fx.len, NULL));
+    g_unlink(tmp);
+    fx.idx = image_index_build_file(image, 16, 2, &err);
+    cr_assert(fx.idx, "%s", err ? err->message : "");
+    for (guint64 i = 0; i < image_index_chunk_count(fx.idx); i++) {
+        if (!image_index_chunk_is_zero(fx.idx, i))
+            fx.nonzero_bytes += image_index_chunk_len(fx.idx, i);
+    }
+    fx.httpd = test_httpd_start(fx.docroot);
+    fx.url = test_httpd_url(fx.httpd, "image.raw");
+}
+
+static void
+teardown(void)
+{
+    for (guint h = 0; h < fx.n_hosts; h++) {
+        Host *host = &fx.hosts[h];
+        peer_net_free(host->net);
+        fetch_engine_free(host->engine);
+        chunk_cache_close(host->cache);
+        test_rm_rf(host->root);
+        g_free(host->root);
+    }
+    test_httpd_stop(fx.httpd);
+    image_index_free(fx.idx);
+    test_rm_rf(fx.docroot);
+    g_free(fx.docroot);
+    g_free(fx.url);
+    g_free(fx.data);
+    memset(&fx, 0, sizeof(fx));
+}
+
+static gint64
+in_seconds(int s)
+{
+    return g_get_monotonic_time() + (gint64)s * G_USEC_PER_SEC;
+}
+
+/* A host with a cache, an engine with peer and origin sources, serving. */
+static Host *
+host_new(const PeerNetConfig *tweaks)
+{
+    Host *h = &fx.hosts[fx.n_hosts];
+    g_autoptr(GError) err = NULL;
+    const char *urls[] = {fx.url, NULL};
+    OriginOptions opts = origin_options_default();
+    PeerNetConfig cfg = {0};
+    FetchSource *origin;
+
+    cr_assert(fx.n_hosts < HOSTS_MAX);
+    g_snprintf(h->name, sizeof(h->name), "hv%u", fx.n_hosts + 1);
+    cr_assert_eq(zmq_curve_keypair(h->pub, h->sec), 0);
+    h->root = g_dir_make_tmp("spore-peer-cache-XXXXXX", NULL);
+    h->cache = chunk_cache_open(h->root, fx.idx, &err);
+    cr_assert(h->cache, "%s", err ? err->message : "");
+    h->engine = fetch_engine_new(h->cache, 4);
+    if (tweaks)
+        cfg = *tweaks;
+    cfg.listen = "tcp://127.0.0.1:*";
+    cfg.host_name = h->name;
+    memcpy(cfg.public_key, h->pub, sizeof(h->pub));
+    memcpy(cfg.secret_key, h->sec, sizeof(h->sec));
+    h->net = peer_net_new(&cfg, &err);
+    cr_assert(h->net, "%s", err ? err->message : "");
+    opts.backoff_ms = 20;
+    origin = origin_source_new(urls, &opts, &err);
+    cr_assert(origin, "%s", err ? err->message : "");
+    fetch_engine_add_source(h->engine, origin);
+    fetch_engine_add_source(h->engine, peer_source_new(h->net, h->cache));
+    peer_net_add_image(h->net, h->cache, h->engine);
+    fx.n_hosts++;
+    return h;
+}
+
+static PeerInfo
+info_of(Host *h)
+{
+    return (PeerInfo){
+        .name = h->name,
+        .endpoint = (char *)peer_net_endpoint(h->net),
+        .public_key = h->pub,
+    };
+}
+
+/* Every host lists every other one. */
+static void
+mesh(void)
+{
+    for (guint a = 0; a < fx.n_hosts; a++) {
+        PeerInfo infos[HOSTS_MAX];
+        guint n = 0;
+        g_autoptr(GError) err = NULL;
+
+        for (guint b = 0; b < fx.n_hosts; b++) {
+            if (b != a)
+                infos[n++] = info_of(&fx.hosts[b]);
+        }
+        cr_assert(peer_net_set_peers(fx.hosts[a].net, infos, n, &err), "%s",
+                  err ? err->message : "");
+    }
+}
+
+/* Wait until @h sees @n peers connected with the image's bitmap. */
+static void
+wait_connected(Host *h, guint n)
+{
+    for (int tries = 0; tries < 200; tries++) {
+        g_autoptr(GArray) st = peer_net_status(h->net);
+        guint up = 0;
+
+        for (guint k = 0; k < st->len; k++)
+            up += g_array_index(st, PeerStatus, k).connected;
+        if (up >= n) {
+            g_usleep(300 * 1000); /* their HAVE answers */
+            return;
+        }
+        g_usleep(50 * 1000);
+    }
+    cr_assert_fail("%s: fewer than %u peers connected", h->name, n);
+}
+
+static void
+get_all(Host *h)
+{
+    for (guint64 i = 0; i < image_index_chunk_count(fx.idx); i++) {
+        g_autoptr(GError) err = NULL;
+        cr_assert(fetch_engine_get(h->engine, i, FETCH_PRIORITY_DEMAND,
+                                   in_seconds(60), &err),
+                  "%s: chunk %" G_GUINT64_FORMAT ": %s", h->name, i,
+                  err ? err->message : "");
+    }
+}
+
+static void
+assert_cache_complete_and_verified(Host *h)
+{
+    guint64 bad = 1;
+
+    cr_assert(chunk_cache_verify_all(h->cache, &bad, NULL));
+    cr_expect_eq(bad, 0u, "%s: every cached chunk verifies", h->name);
+    cr_expect_eq(chunk_cache_stored_count(h->cache),
+                 image_index_chunk_count(fx.idx) -
+                     image_index_zero_count(fx.idx),
+                 "%s: the cache is complete", h->name);
+}
+
+/* lighttpd writes its access log every few seconds: wait for @at_least */
+static guint64
+origin_bytes(guint64 at_least)
+{
+    for (int i = 0; i < 150 && test_httpd_body_bytes(fx.httpd) < at_least; i++)
+        g_usleep(100000);
+    g_usleep(1500000); /* and a little more, in case it shows more */
+    return test_httpd_body_bytes(fx.httpd);
+}
+
+TestSuite(peer_net, .init = setup, .fini = teardown, .timeout = 120);
+
+Test(peer_net, a_host_takes_every_chunk_from_a_peer_that_holds_the_image)
+{
+    Host *a = host_new(NULL);
+    Host *b = host_new(NULL);
+    FetchStats st;
+    guint64 from_origin;
+
+    get_all(a);
+    from_origin = origin_bytes(fx.nonzero_bytes);
+    cr_assert_eq(from_origin, fx.nonzero_bytes);
+    mesh();
+    wait_connected(b, 1);
+    get_all(b);
+    fetch_engine_stats(b->engine, &st);
+    cr_expect_eq(st.bytes[FETCH_SOURCE_PEER], fx.nonzero_bytes);
+    cr_expect_eq(st.bytes[FETCH_SOURCE_ORIGIN], 0u);
+    cr_expect_eq(origin_bytes(from_origin), from_origin,
+                 "the origin served nothing more");
+    assert_cache_complete_and_verified(b);
+    {
+        g_autoptr(GArray) sa = peer_net_status(a->net);
+        cr_assert_eq(sa->len, 1u);
+        cr_expect_eq(g_array_index(sa, PeerStatus, 0).bytes_out,
+                     fx.nonzero_bytes, "A counts what it served B");
+    }
+}
+
+Test(peer_net, only_what_no_peer_holds_comes_from_the_origin_once)
+{
+    Host *a = host_new(NULL);
+    Host *b = host_new(NULL);
+    guint64 count = image_index_chunk_count(fx.idx), held = 0;
+
+    /* A holds the even chunks */
+    for (guint64 i = 0; i < count; i += 2) {
+        cr_assert(fetch_engine_get(a->engine, i, FETCH_PRIORITY_DEMAND,
+                                   in_seconds(30), NULL));
+        if (!image_index_chunk_is_zero(fx.idx, i))
+            held += image_index_chunk_len(fx.idx, i);
+    }
+    cr_assert_eq(origin_bytes(held), held);
+    mesh();
+    wait_connected(b, 1);
+    wait_connected(a, 1);
+    get_all(b);
+    assert_cache_complete_and_verified(b);
+    /* B took the even chunks from A; each odd one came from the origin
+     * once, fetched by B or, for B, by A */
+    cr_expect_eq(origin_bytes(fx.nonzero_bytes), fx.nonzero_bytes);
+}
+
+static gpointer
+get_all_thread(gpointer data)
+{
+    get_all(data);
+    return NULL;
+}
+
+Test(peer_net, hosts_booting_at_once_fetch_each_chunk_from_the_origin_once)
+{
+    const guint n = 4;
+    GThread *threads[HOSTS_MAX];
+
+    for (guint k = 0; k < n; k++)
+        host_new(NULL);
+    mesh();
+    for (guint k = 0; k < n; k++)
+        wait_connected(&fx.hosts[k], n - 1);
+    for (guint k = 0; k < n; k++)
+        threads[k] = g_thread_new("get-all", get_all_thread, &fx.hosts[k]);
+    for (guint k = 0; k < n; k++)
+        g_thread_join(threads[k]);
+    for (guint k = 0; k < n; k++)
+        assert_cache_complete_and_verified(&fx.hosts[k]);
+    {
+        guint64 served = origin_bytes(fx.nonzero_bytes);
+        cr_expect_leq(served * 10, fx.nonzero_bytes * 11,
+                      "origin bytes %" G_GUINT64_FORMAT " for %u hosts, "
+                      "one copy is %" G_GUINT64_FORMAT,
+                      served, n, fx.nonzero_bytes);
+    }
+}
+
+/* ---- hostile peers -------------------------------------------------- */
+
+typedef enum {
+    FAKE_LIAR,   /* claims every chunk, sends garbage */
+    FAKE_SILENT, /* claims every chunk, never answers a GET */
+} FakeMode;
+
+typedef struct {
+    FakeMode mode;
+    char pub[41], sec[41];
+    char endpoint[128];
+    void *ctx;
+    GThread *thread;
+    gint stop;
+    gint lies; /* chunks sent with wrong bytes */
+    gint gets;
+} FakePeer;
+
+static gpointer
+fake_main(gpointer data)
+{
+    FakePeer *f = data;
+    void *s = zmq_socket(f->ctx, ZMQ_ROUTER);
+    int one = 1, linger = 0, timeout = 100;
+    char last[128];
+    size_t last_len = sizeof(last);
+
+    zmq_setsockopt(s, ZMQ_CURVE_SERVER, &one, sizeof(one));
+    zmq_setsockopt(s, ZMQ_CURVE_SECRETKEY, f->sec, 40);
+    zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof(linger));
+    zmq_setsockopt(s, ZMQ_RCVTIMEO, &timeout, sizeof(timeout));
+    g_assert(zmq_bind(s, "tcp://127.0.0.1:*") == 0);
+    zmq_getsockopt(s, ZMQ_LAST_ENDPOINT, last, &last_len);
+    g_strlcpy(f->endpoint, last, sizeof(f->endpoint));
+    g_atomic_int_set(&f->stop, 0);
+
+    while (!g_atomic_int_get(&f->stop)) {
+        guint8 rid[256], hdr[PEER_HEADER_BYTES];
+        int rlen = zmq_recv(s, rid, sizeof(rid), 0);
+        PeerMsg m;
+
+        if (rlen < 0)
+            continue;
+        if (zmq_recv(s, hdr, sizeof(hdr), 0) != PEER_HEADER_BYTES ||
+            !peer_msg_decode(hdr, PEER_HEADER_BYTES, -1, &m, NULL))
+            continue;
+        if (m.type == PEER_MSG_HAVE_REQ) {
+            guint64 count = image_index_chunk_count(fx.idx);
+            gsize bytes = (gsize)((count + 7) / 8);
+            g_autofree guint8 *bits = g_malloc(bytes);
+
+            memset(bits, 0xff, bytes);
+            if (count % 8)
+                bits[bytes - 1] = (guint8)((1u << (count % 8)) - 1);
+            m.type = PEER_MSG_HAVE;
+            m.chunk = count;
+            peer_msg_encode(&m, hdr);
+            zmq_send(s, rid, (size_t)rlen, ZMQ_SNDMORE);
+            zmq_send(s, hdr, sizeof(hdr), ZMQ_SNDMORE);
+            zmq_send(s, bits, bytes, 0);
+        } else if (m.type == PEER_MSG_GET) {
+            gsize len = image_index_chunk_len(fx.idx, m.chunk);
+            g_autofree guint8 *junk = g_malloc0(len);
+
+            g_atomic_int_inc(&f->gets);
+            if (f->mode == FAKE_SILENT)
+                continue;
+            memset(junk, 0x5a, len);
+            m.type = PEER_MSG_DATA;
+            m.flags = 0;
+            peer_msg_encode(&m, hdr);
+            zmq_send(s, rid, (size_t)rlen, ZMQ_SNDMORE);
+            zmq_send(s, hdr, sizeof(hdr), ZMQ_SNDMORE);
+            zmq_send(s, junk, len, 0);
+            g_atomic_int_inc(&f->lies);
+        }
+    }
+    zmq_close(s);
+    return NULL;
+}
+
+static FakePeer *
+fake_start(FakeMode mode)
+{
+    FakePeer *f = g_new0(FakePeer, 1);
+
+    f->mode = mode;
+    cr_assert_eq(zmq_curve_keypair(f->pub, f->sec), 0);
+    f->ctx = zmq_ctx_new();
+    g_atomic_int_set(&f->stop, -1);
+    f->thread = g_thread_new("fake-peer", fake_main, f);
+    while (g_atomic_int_get(&f->stop) == -1)
+        g_usleep(1000);
+    return f;
+}
+
+static void
+fake_stop(FakePeer *f)
+{
+    g_atomic_int_set(&f->stop, 1);
+    g_thread_join(f->thread);
+    zmq_ctx_term(f->ctx);
+    g_free(f);
+}
+
+static void
+peers_are(Host *h, const PeerInfo *infos, guint n)
+{
+    g_autoptr(GError) err = NULL;
+
+    cr_assert(peer_net_set_peers(h->net, infos, n, &err), "%s",
+              err ? err->message : "");
+}
+
+Test(peer_net, a_lying_peer_is_caught_banned_and_nothing_bad_is_stored)
+{
+    FakePeer *liar = fake_start(FAKE_LIAR);
+    Host *b = host_new(NULL);
+    Host *c = host_new(NULL);
+    PeerInfo li = {
+        .name = "liar", .endpoint = liar->endpoint, .public_key = liar->pub};
+    PeerInfo bi = info_of(b), ci = info_of(c);
+    PeerInfo b_peers[] = {li, ci};
+    FetchStats st;
+    guint64 b_from_origin;
+
+    peers_are(b, b_peers, 2);
+    peers_are(c, &bi, 1);
+    wait_connected(b, 2);
+    wait_connected(c, 1);
+    get_all(b);
+    assert_cache_complete_and_verified(b);
+    fetch_engine_stats(b->engine, &st);
+    cr_expect_gt(g_atomic_int_get(&liar->lies), 0);
+    cr_expect_eq(st.rejected, (guint64)g_atomic_int_get(&liar->lies),
+                 "every lie is detected: %" G_GUINT64_FORMAT " of %d",
+                 st.rejected, g_atomic_int_get(&liar->lies));
+    cr_expect_eq(peer_net_bad_chunks(b->net),
+                 (guint64)g_atomic_int_get(&liar->lies));
+    cr_expect_eq(g_atomic_int_get(&liar->lies), 3,
+                 "the liar is banned after 3 strikes (sent %d)",
+                 g_atomic_int_get(&liar->lies));
+    {
+        g_autoptr(GArray) s = peer_net_status(b->net);
+        for (guint k = 0; k < s->len; k++) {
+            PeerStatus *p = &g_array_index(s, PeerStatus, k);
+            if (g_str_equal(p->name, "liar"))
+                cr_expect_eq(p->images_banned, 1u);
+        }
+    }
+    /* what the liar claimed came from the origin or from C instead */
+    b_from_origin = st.bytes[FETCH_SOURCE_ORIGIN];
+    cr_expect_eq(b_from_origin + st.bytes[FETCH_SOURCE_PEER], fx.nonzero_bytes);
+    /* C takes the rest from B: none of the lies reaches it either */
+    get_all(c);
+    assert_cache_complete_and_verified(c);
+    fetch_engine_stats(c->engine, &st);
+    cr_expect_eq(st.rejected, 0u);
+    fake_stop(liar);
+}
+
+Test(peer_net, a_peer_that_never_answers_is_dropped_and_its_chunks_replanned)
+{
+    FakePeer *mute = fake_start(FAKE_SILENT);
+    PeerNetConfig quick = {.dead_ms = 400, .hedge_ms = 100};
+    Host *b = host_new(&quick);
+    PeerInfo mi = {
+        .name = "mute", .endpoint = mute->endpoint, .public_key = mute->pub};
+    FetchStats st;
+
+    peers_are(b, &mi, 1);
+    wait_connected(b, 1);
+    get_all(b);
+    assert_cache_complete_and_verified(b);
+    fetch_engine_stats(b->engine, &st);
+    cr_expect_eq(st.bytes[FETCH_SOURCE_ORIGIN], fx.nonzero_bytes);
+    cr_expect_gt(g_atomic_int_get(&mute->gets), 0, "it was asked");
+    {
+        g_autoptr(GArray) s = peer_net_status(b->net);
+        cr_expect(g_array_index(s, PeerStatus, 0).dead, "and found dead");
+    }
+    fake_stop(mute);
+}
+
+/* A raw DEALER to @server with key pair @pub/@sec. */
+static void *
+raw_client(void *ctx, Host *server, const char *pub, const char *sec)
+{
+    void *s = zmq_socket(ctx, ZMQ_DEALER);
+    int linger = 0, timeout = 1500;
+
+    zmq_setsockopt(s, ZMQ_CURVE_SERVERKEY, server->pub, 40);
+    zmq_setsockopt(s, ZMQ_CURVE_PUBLICKEY, pub, 40);
+    zmq_setsockopt(s, ZMQ_CURVE_SECRETKEY, sec, 40);
+    zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof(linger));
+    zmq_setsockopt(s, ZMQ_RCVTIMEO, &timeout, sizeof(timeout));
+    cr_assert_eq(zmq_connect(s, peer_net_endpoint(server->net)), 0);
+    return s;
+}
+
+static void
+raw_have_req(void *s)
+{
+    PeerMsg m = {.type = PEER_MSG_HAVE_REQ, .req_id = 7};
+    guint8 hdr[PEER_HEADER_BYTES];
+
+    spore_unhex(image_index_id(fx.idx) + 7, m.image, SPORE_SHA256_BYTES);
+    peer_msg_encode(&m, hdr);
+    zmq_send(s, hdr, sizeof(hdr), 0);
+}
+
+/* The type of the answer on @s (unasked HAVE_UPDATEs skipped), 0 if none
+ * came. */
+static guint
+raw_answer(void *s)
+{
+    guint8 hdr[PEER_HEADER_BYTES];
+    g_autofree guint8 *payload = g_malloc(64 * KIB);
+
+    for (;;) {
+        int more = 0;
+        size_t more_len = sizeof(more);
+
+        if (zmq_recv(s, hdr, sizeof(hdr), 0) != PEER_HEADER_BYTES)
+            return 0;
+        zmq_getsockopt(s, ZMQ_RCVMORE, &more, &more_len);
+        if (more)
+            zmq_recv(s, payload, 64 * KIB, 0);
+        if (hdr[1] != PEER_MSG_HAVE_UPDATE)
+            return hdr[1];
+    }
+}
+
+Test(peer_net, a_key_not_in_the_peer_list_gets_nothing)
+{
+    Host *a = host_new(NULL);
+    Host *b = host_new(NULL);
+    PeerInfo ai = info_of(a);
+    void *ctx = zmq_ctx_new();
+    char pub[41], sec[41];
+    void *s;
+    FetchStats st;
+
+    get_all(a);
+    /* B lists A, A does not list B */
+    peers_are(b, &ai, 1);
+    g_usleep(1000 * 1000);
+    get_all(b);
+    fetch_engine_stats(b->engine, &st);
+    cr_expect_eq(st.bytes[FETCH_SOURCE_PEER], 0u);
+    cr_expect_eq(st.bytes[FETCH_SOURCE_ORIGIN], fx.nonzero_bytes);
+    {
+        g_autoptr(GArray) s2 = peer_net_status(b->net);
+        cr_expect_not(g_array_index(s2, PeerStatus, 0).connected);
+    }
+    /* and a raw client with an unknown key gets no answer at all */
+    cr_assert_eq(zmq_curve_keypair(pub, sec), 0);
+    s = raw_client(ctx, a, pub, sec);
+    raw_have_req(s);
+    cr_expect_eq(raw_answer(s), 0u);
+    zmq_close(s);
+    zmq_ctx_term(ctx);
+}
+
+Test(peer_net, malformed_and_oversized_messages_are_dropped_and_serving_goes_on)
+{
+    Host *a = host_new(NULL);
+    void *ctx = zmq_ctx_new();
+    char pub[41], sec[41];
+    PeerInfo me = {
+        .name = "prober", .endpoint = "tcp://127.0.0.1:9", .public_key = pub};
+    g_autofree guint8 *big = g_malloc0(PEER_FRAME_MAX_BYTES + 1024);
+    guint8 hdr[PEER_HEADER_BYTES];
+    PeerMsg m = {.type = PEER_MSG_GET, .req_id = 9};
+    void *s;
+
+    get_all(a);
+    cr_assert_eq(zmq_curve_keypair(pub, sec), 0);
+    peers_are(a, &me, 1);
+    s = raw_client(ctx, a, pub, sec);
+    /* listed: it is answered */
+    raw_have_req(s);
+    cr_assert_eq(raw_answer(s), PEER_MSG_HAVE);
+    /* garbage, a bad version, three frames, a GET past the end */
+    zmq_send(s, "garbage", 7, 0);
+    spore_unhex(image_index_id(fx.idx) + 7, m.image, SPORE_SHA256_BYTES);
+    peer_msg_encode(&m, hdr);
+    hdr[0] = 9;
+    zmq_send(s, hdr, sizeof(hdr), 0);
+    hdr[0] = PEER_PROTOCOL_VERSION;
+    zmq_send(s, hdr, sizeof(hdr), ZMQ_SNDMORE);
+    zmq_send(s, "x", 1, ZMQ_SNDMORE);
+    zmq_send(s, "y", 1, 0);
+    cr_expect_eq(raw_answer(s), 0u, "none of those is answered");
+    m.chunk = image_index_chunk_count(fx.idx);
+    peer_msg_encode(&m, hdr);
+    zmq_send(s, hdr, sizeof(hdr), 0);
+    cr_expect_eq(raw_answer(s), PEER_MSG_ERR, "past the end: an error");
+    m.chunk = 1;
+    peer_msg_encode(&m, hdr);
+    zmq_send(s, hdr, sizeof(hdr), 0);
+    cr_expect_eq(raw_answer(s), PEER_MSG_DATA, "still serving");
+    /* an oversized frame drops the connection; the next one is served */
+    zmq_send(s, big, PEER_FRAME_MAX_BYTES + 1024, 0);
+    cr_expect_eq(raw_answer(s), 0u);
+    zmq_close(s);
+    s = raw_client(ctx, a, pub, sec);
+    raw_have_req(s);
+    cr_expect_eq(raw_answer(s), PEER_MSG_HAVE, "a new connection is served");
+    zmq_close(s);
+    zmq_ctx_term(ctx);
+}
+
+Test(peer_net, a_peer_list_with_a_bad_entry_is_refused_whole)
+{
+    Host *a = host_new(NULL);
+    PeerInfo bad[] = {
+        {.name = "ok", .endpoint = "tcp://127.0.0.1:7", .public_key = a->pub},
+        {.name = "bad", .endpoint = "tcp://127.0.0.1:8", .public_key = "short"},
+    };
+    PeerInfo noport = {
+        .name = "x", .endpoint = "udp://h", .public_key = a->pub};
+    g_autoptr(GError) err = NULL;
+    g_autoptr(GError) err2 = NULL;
+    g_autoptr(GArray) st = NULL;
+
+    cr_expect_not(peer_net_set_peers(a->net, bad, 2, &err));
+    cr_expect(err && strstr(err->message, "peer 'bad'"), "%s",
+              err ? err->message : "");
+    cr_expect_not(peer_net_set_peers(a->net, &noport, 1, &err2));
+    cr_expect(err2 && strstr(err2->message, "udp://h"), "%s",
+              err2 ? err2->message : "");
+    g_usleep(100 * 1000);
+    st = peer_net_status(a->net);
+    cr_expect_eq(st->len, 0u, "nothing changed");
+}
