@@ -34,8 +34,10 @@
 #include "image-index.h"
 #include "local-source.h"
 #include "origin.h"
+#include "peer-net.h"
 #include "profile.h"
 #include "spore-error.h"
+#include "wire.h"
 
 #define CONTROL_LINE_MAX_BYTES (1024u * 1024)
 #define SOCKET_THREADS_MAX     512
@@ -50,6 +52,7 @@ typedef struct {
     ImageIndex *idx;
     ChunkCache *cache;
     FetchEngine *engine;
+    FetchSource *local; /* borrowed from the engine, for image-plan */
     GStrv origins;
     char *shim_socket;
     char *shim_pidfile;
@@ -67,6 +70,7 @@ struct Agent {
     GMutex lock;        /* guards images and each image's shim fields */
     GHashTable *images; /* hex -> AgentImage * */
     CacheSet *caches;   /* every image's cache, for local copies */
+    PeerNet *peers;     /* NULL: no peer exchange */
     GSocketService *control;
     GSocketService *fetch;
     gint shim_timeout; /* atomic, seconds: SIGHUP may change it */
@@ -160,8 +164,15 @@ agent_image_open(Agent *a, ImageIndex *idx, const char *const *origins,
     im->engine = fetch_engine_new(im->cache, a->cfg.fetch_workers);
     fetch_engine_add_source(im->engine, origin);
     /* chunks another image here already holds are copied, not fetched */
-    fetch_engine_add_source(im->engine, local_source_new(a->caches, im->cache));
+    im->local = local_source_new(a->caches, im->cache);
+    fetch_engine_add_source(im->engine, im->local);
     cache_set_add(a->caches, im->cache);
+    /* then peers, before the origin */
+    if (a->peers) {
+        peer_net_add_image(a->peers, im->cache, im->engine);
+        fetch_engine_add_source(im->engine,
+                                peer_source_new(a->peers, im->cache));
+    }
 
     /* a shim left running by an earlier agent serves on */
     {
@@ -320,8 +331,8 @@ agent_image_serve(Agent *a, AgentImage *im, GError **error)
     g_unlink(im->shim_pidfile);
     cache_arg = g_strdup_printf("cache=%s", chunk_cache_dir(im->cache));
     agent_arg = g_strdup_printf("agent=%s", a->fetch_path);
-    timeout_arg = g_strdup_printf(
-        "timeout=%u", (guint)g_atomic_int_get(&a->shim_timeout));
+    timeout_arg = g_strdup_printf("timeout=%u",
+                                  (guint)g_atomic_int_get(&a->shim_timeout));
     log_arg = g_strdup_printf("log=%s", im->shim_log);
     /*
      * nbdkit daemonizes itself: in --foreground mode it asks the kernel to
@@ -675,6 +686,222 @@ cmd_on_image(Agent *a, const char *command, JsonObject *req)
     return reply_from(b);
 }
 
+/* image-plan: where each missing byte would come from now */
+static char *
+cmd_image_plan(Agent *a, JsonObject *req)
+{
+    const char *name =
+        json_object_get_string_member_with_default(req, "image", NULL);
+    g_autoptr(GError) err = NULL;
+    g_autoptr(JsonBuilder) b = NULL;
+    g_autoptr(GHashTable) from_peer =
+        g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+    g_autoptr(GHashTable) via_peer =
+        g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+    guint64 cached = 0, zero = 0, local = 0, origin = 0, peers = 0, via = 0;
+    AgentImage *im;
+
+    if (!name)
+        return reply_error("image-plan needs \"image\"");
+    g_mutex_lock(&a->lock);
+    im = agent_find_image(a, name, &err);
+    if (!im) {
+        g_mutex_unlock(&a->lock);
+        return reply_error("%s", err->message);
+    }
+    for (guint64 i = 0; i < image_index_chunk_count(im->idx); i++) {
+        guint64 len = image_index_chunk_len(im->idx, i);
+        g_autofree char *peer = NULL;
+        bool delegated = false;
+        guint64 *sum;
+
+        if (image_index_chunk_is_zero(im->idx, i)) {
+            zero += len;
+            continue;
+        }
+        if (chunk_cache_has(im->cache, i)) {
+            cached += len;
+            continue;
+        }
+        if (im->local->ops->has(im->local, im->idx, i)) {
+            local += len;
+            continue;
+        }
+        if (a->peers)
+            peer = peer_net_chunk_source(a->peers, im->cache, i, &delegated);
+        if (!peer) {
+            origin += len;
+            continue;
+        }
+        *(delegated ? &via : &peers) += len;
+        sum = g_hash_table_lookup(delegated ? via_peer : from_peer, peer);
+        if (!sum) {
+            sum = g_new0(guint64, 1);
+            g_hash_table_insert(delegated ? via_peer : from_peer,
+                                g_steal_pointer(&peer), sum);
+        }
+        *sum += len;
+    }
+    b = reply_ok();
+    add_str(b, "image", im->id);
+    g_mutex_unlock(&a->lock);
+    add_int(b, "cached_bytes", (gint64)cached);
+    add_int(b, "zero_bytes", (gint64)zero);
+    add_int(b, "local_bytes", (gint64)local);
+    add_int(b, "peer_bytes", (gint64)peers);
+    add_int(b, "origin_via_peer_bytes", (gint64)via);
+    add_int(b, "origin_bytes", (gint64)origin);
+    for (int k = 0; k < 2; k++) {
+        GHashTable *t = k ? via_peer : from_peer;
+        g_autoptr(GList) keys =
+            g_list_sort(g_hash_table_get_keys(t), (GCompareFunc)strcmp);
+
+        json_builder_set_member_name(b, k ? "origin_via" : "peers");
+        json_builder_begin_object(b);
+        for (GList *l = keys; l; l = l->next)
+            add_int(b, l->data,
+                    (gint64) * (guint64 *)g_hash_table_lookup(t, l->data));
+        json_builder_end_object(b);
+    }
+    return reply_from(b);
+}
+
+/*
+ * image-similarity: for each ordered pair of images on this host, the
+ * fraction of the first one's non-zero chunks whose digest the second one
+ * has too (redundancy by digest), and how many of those are cached there
+ * now, so a local copy would serve them.
+ */
+static char *
+cmd_image_similarity(Agent *a, JsonObject *req)
+{
+    g_autoptr(JsonBuilder) b = reply_ok();
+    g_autoptr(GList) keys = NULL;
+
+    g_mutex_lock(&a->lock);
+    keys = g_list_sort(g_hash_table_get_keys(a->images), (GCompareFunc)strcmp);
+    json_builder_set_member_name(b, "pairs");
+    json_builder_begin_array(b);
+    for (GList *x = keys; x; x = x->next) {
+        AgentImage *ia = g_hash_table_lookup(a->images, x->data);
+        guint64 na = image_index_chunk_count(ia->idx);
+
+        for (GList *y = keys; y; y = y->next) {
+            AgentImage *ib = g_hash_table_lookup(a->images, y->data);
+            guint64 nb = image_index_chunk_count(ib->idx);
+            g_autoptr(GHashTable) held = NULL;
+            guint64 nonzero = 0, shared = 0, shared_cached = 0;
+
+            if (ia == ib)
+                continue;
+            /* digest -> whether ib has a cached chunk with it */
+            held = g_hash_table_new_full(g_bytes_hash, g_bytes_equal,
+                                         (GDestroyNotify)g_bytes_unref, NULL);
+            for (guint64 i = 0; i < nb; i++) {
+                GBytes *d;
+                gpointer was = NULL;
+                bool cached;
+
+                if (image_index_chunk_is_zero(ib->idx, i))
+                    continue;
+                d = g_bytes_new_static(image_index_chunk_digest(ib->idx, i),
+                                       SPORE_SHA256_BYTES);
+                cached = chunk_cache_has(ib->cache, i);
+                if (g_hash_table_lookup_extended(held, d, NULL, &was) &&
+                    (was || !cached))
+                    g_bytes_unref(d);
+                else
+                    g_hash_table_replace(held, d, GINT_TO_POINTER(cached));
+            }
+            for (guint64 i = 0; i < na; i++) {
+                g_autoptr(GBytes) d = NULL;
+                gpointer v;
+
+                if (image_index_chunk_is_zero(ia->idx, i))
+                    continue;
+                nonzero++;
+                d = g_bytes_new_static(image_index_chunk_digest(ia->idx, i),
+                                       SPORE_SHA256_BYTES);
+                if (g_hash_table_lookup_extended(held, d, NULL, &v)) {
+                    shared++;
+                    shared_cached += GPOINTER_TO_INT(v) != 0;
+                }
+            }
+            json_builder_begin_object(b);
+            add_str(b, "image", ia->id);
+            add_str(b, "other", ib->id);
+            add_int(b, "chunks", (gint64)nonzero);
+            add_int(b, "shared_chunks", (gint64)shared);
+            add_int(b, "shared_cached_chunks", (gint64)shared_cached);
+            json_builder_set_member_name(b, "fraction");
+            json_builder_add_double_value(
+                b, nonzero ? (double)shared / (double)nonzero : 0.0);
+            json_builder_end_object(b);
+        }
+    }
+    json_builder_end_array(b);
+    g_mutex_unlock(&a->lock);
+    return reply_from(b);
+}
+
+/* peer-list: the peers and what was measured of them */
+static char *
+cmd_peer_list(Agent *a, JsonObject *req)
+{
+    g_autoptr(JsonBuilder) b = reply_ok();
+    g_autoptr(GArray) st = a->peers ? peer_net_status(a->peers) : NULL;
+
+    json_builder_set_member_name(b, "enabled");
+    json_builder_add_boolean_value(b, a->peers != NULL);
+    if (a->peers && peer_net_endpoint(a->peers))
+        add_str(b, "listen", peer_net_endpoint(a->peers));
+    json_builder_set_member_name(b, "peers");
+    json_builder_begin_array(b);
+    for (guint k = 0; st && k < st->len; k++) {
+        PeerStatus *p = &g_array_index(st, PeerStatus, k);
+
+        json_builder_begin_object(b);
+        add_str(b, "name", p->name);
+        add_str(b, "endpoint", p->endpoint);
+        json_builder_set_member_name(b, "connected");
+        json_builder_add_boolean_value(b, p->connected);
+        json_builder_set_member_name(b, "dead");
+        json_builder_add_boolean_value(b, p->dead);
+        json_builder_set_member_name(b, "latency_ms");
+        json_builder_add_double_value(b, p->latency_ms);
+        json_builder_set_member_name(b, "mbit_s");
+        json_builder_add_double_value(b, p->mbit_s);
+        add_int(b, "outstanding", p->outstanding);
+        add_int(b, "chunks_in", (gint64)p->chunks_in);
+        add_int(b, "bytes_in", (gint64)p->bytes_in);
+        add_int(b, "bad_chunks", (gint64)p->bad_chunks);
+        add_int(b, "chunks_out", (gint64)p->chunks_out);
+        add_int(b, "bytes_out", (gint64)p->bytes_out);
+        add_int(b, "hedged", (gint64)p->hedged);
+        add_int(b, "images_banned", p->images_banned);
+        json_builder_end_object(b);
+    }
+    json_builder_end_array(b);
+    return reply_from(b);
+}
+
+bool
+agent_set_peers(Agent *a, const PeerInfo *peers, guint n, GError **error)
+{
+    if (!a->peers) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_USAGE,
+                    "peer exchange is off on this host (no [peers] listen)");
+        return false;
+    }
+    return peer_net_set_peers(a->peers, peers, n, error);
+}
+
+const char *
+agent_peer_endpoint(Agent *a)
+{
+    return a->peers ? peer_net_endpoint(a->peers) : NULL;
+}
+
 void
 agent_set_shim_timeout(Agent *a, guint seconds)
 {
@@ -710,6 +937,12 @@ agent_handle_command(Agent *a, const char *request)
         g_str_equal(command, "image-show") ||
         g_str_equal(command, "image-profile"))
         return cmd_on_image(a, command, obj);
+    if (g_str_equal(command, "image-plan"))
+        return cmd_image_plan(a, obj);
+    if (g_str_equal(command, "image-similarity"))
+        return cmd_image_similarity(a, obj);
+    if (g_str_equal(command, "peer-list"))
+        return cmd_peer_list(a, obj);
     return reply_error("unknown command '%s'", command);
 }
 
@@ -842,6 +1075,44 @@ make_dir(const char *path, int mode, GError **error)
     return true;
 }
 
+static void
+on_peer_log(PeerLogLevel level, const char *message, gpointer data)
+{
+    g_log(G_LOG_DOMAIN,
+          level == PEER_LOG_WARNING ? G_LOG_LEVEL_WARNING
+          : level == PEER_LOG_INFO  ? G_LOG_LEVEL_MESSAGE
+                                    : G_LOG_LEVEL_DEBUG,
+          "%s", message);
+}
+
+/* The peer server and the static peer list, with the host's key pair. */
+static bool
+agent_start_peers(Agent *a, const AgentConfig *cfg, GError **error)
+{
+    PeerNetConfig pc = cfg->peer_tuning;
+    WireKeys keys;
+
+    if (!wire_keys_load_or_create(cfg->state_dir, &keys, error))
+        return false;
+    pc.listen = cfg->peer_listen;
+    pc.host_name = cfg->host_name;
+    memcpy(pc.public_key, keys.public_key, sizeof(pc.public_key));
+    memcpy(pc.secret_key, keys.secret_key, sizeof(pc.secret_key));
+    pc.log = on_peer_log;
+    a->peers = peer_net_new(&pc, error);
+    memset(&keys, 0, sizeof(keys));
+    memset(pc.secret_key, 0, sizeof(pc.secret_key));
+    if (!a->peers)
+        return false;
+    if (!peer_net_set_peers(a->peers, cfg->peers, cfg->n_peers, error)) {
+        g_prefix_error(error, "peer list: ");
+        return false;
+    }
+    g_message("peer server on %s, %u static peers", peer_net_endpoint(a->peers),
+              cfg->n_peers);
+    return true;
+}
+
 Agent *
 agent_new(const AgentConfig *cfg, GError **error)
 {
@@ -854,6 +1125,11 @@ agent_new(const AgentConfig *cfg, GError **error)
     a->cfg.nbdkit = g_strdup(cfg->nbdkit);
     a->cfg.plugin = g_strdup(cfg->plugin);
     a->cfg.shim_group = g_strdup(cfg->shim_group);
+    /* the peer settings are used in agent_new only */
+    a->cfg.host_name = NULL;
+    a->cfg.peer_listen = NULL;
+    a->cfg.peers = NULL;
+    a->cfg.n_peers = 0;
     a->cache_root = g_build_filename(cfg->state_dir, "cache", NULL);
     a->images_dir = g_build_filename(cfg->state_dir, "images", NULL);
     a->shims_dir = g_build_filename(cfg->run_dir, "shims", NULL);
@@ -887,6 +1163,9 @@ agent_new(const AgentConfig *cfg, GError **error)
                       gr ? "" : " (no such group)");
     }
 
+    if (cfg->peer_listen && *cfg->peer_listen &&
+        !agent_start_peers(a, cfg, error))
+        return NULL;
     agent_load_images(a);
 
     a->fetch =
@@ -919,6 +1198,7 @@ agent_free(Agent *a)
         g_object_unref(a->fetch);
         g_unlink(a->fetch_path);
     }
+    peer_net_free(a->peers); /* before the images it serves */
     g_hash_table_unref(a->images);
     cache_set_free(a->caches); /* after the caches it borrowed */
     g_mutex_clear(&a->lock);

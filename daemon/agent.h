@@ -27,6 +27,8 @@
 #include <stdbool.h>
 #include <glib.h>
 
+#include "peer-net.h"
+
 typedef struct {
     char *state_dir;
     char *run_dir;
@@ -36,6 +38,14 @@ typedef struct {
     guint fetch_workers;
     guint shim_timeout_s;
     bool verify_cache; /* verify every cached chunk when an image opens */
+    /* peer-to-peer exchange (docs/peer-protocol.md): on when peer_listen
+     * is set; the CURVE key pair is state_dir/curve.key, the host's key
+     * in the site */
+    char *host_name;   /* in peers' logs */
+    char *peer_listen; /* tcp://ADDRESS:PORT, NULL or "": no peer exchange */
+    PeerInfo *peers;   /* the static peer list (a site manager's replaces it) */
+    guint n_peers;
+    PeerNetConfig peer_tuning; /* window, hedge_ms, ... (0: defaults) */
 } AgentConfig;
 
 typedef struct Agent Agent;
@@ -59,6 +69,17 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(Agent, agent_free)
 /* agent_set_shim_timeout: the read timeout given to shims started from now
  * on (running shims keep theirs) */
 void agent_set_shim_timeout(Agent *agent, guint seconds);
+
+/*
+ * agent_set_peers: replace the peer list (from the site manager).  Fails,
+ * changing nothing, when an entry is invalid or peer exchange is off.
+ * Thread-safe.
+ */
+bool agent_set_peers(Agent *agent, const PeerInfo *peers, guint n,
+                     GError **error);
+
+/* agent_peer_endpoint: where this host's peer server listens, or NULL */
+const char *agent_peer_endpoint(Agent *agent);
 
 /*
  * agent_handle_command: run one control command (a JSON object, see

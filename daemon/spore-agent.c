@@ -23,6 +23,7 @@
 #include "config-util.h"
 #include "metrics.h"
 #include "spore-config.h"
+#include "spore-error.h"
 #include "wire.h"
 
 #define DEFAULT_CONFIG SPORE_SYSCONFDIR "/spore/spore-agent.conf"
@@ -101,6 +102,42 @@ typedef struct {
     bool shim_timeout_flag; /* given on the command line: it wins */
 } Reload;
 
+/*
+ * The static peer list: a group "[peer NAME]" per peer with "endpoint"
+ * (tcp://ADDRESS:PORT) and "key" (Z85) or "key_file".  A site manager's
+ * list replaces it when the agent has one.
+ */
+static GArray *
+load_static_peers(GKeyFile *kf, GError **error)
+{
+    g_autoptr(GArray) peers = g_array_new(FALSE, TRUE, sizeof(PeerInfo));
+    g_auto(GStrv) groups = g_key_file_get_groups(kf, NULL);
+
+    g_array_set_clear_func(peers, (GDestroyNotify)peer_info_clear);
+    for (guint i = 0; groups && groups[i]; i++) {
+        PeerInfo p = {0};
+        g_autofree char *key_file = NULL;
+
+        if (!g_str_has_prefix(groups[i], "peer "))
+            continue;
+        p.name = g_strstrip(g_strdup(groups[i] + strlen("peer ")));
+        p.endpoint = spore_key_string(kf, groups[i], "endpoint", NULL);
+        key_file = spore_key_string(kf, groups[i], "key_file", NULL);
+        p.public_key = key_file ? wire_key_read_file(key_file, error)
+                                : spore_key_string(kf, groups[i], "key", NULL);
+        if (!p.endpoint || !p.public_key) {
+            if (error && !*error)
+                g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
+                            "[%s] needs endpoint and key (or key_file)",
+                            groups[i]);
+            peer_info_clear(&p);
+            return NULL;
+        }
+        g_array_append_val(peers, p);
+    }
+    return g_steal_pointer(&peers);
+}
+
 /* SIGHUP: re-read the settings that can change while running */
 static gboolean
 on_hup(gpointer data)
@@ -108,14 +145,14 @@ on_hup(gpointer data)
     Reload *r = data;
     g_autoptr(GKeyFile) kf = g_key_file_new();
     g_autoptr(GError) err = NULL;
+    g_autoptr(GArray) peers = NULL;
     guint report_ms, shim_timeout;
 
     if (!r->config_path) {
         g_message("SIGHUP: no configuration file to reload");
         return G_SOURCE_CONTINUE;
     }
-    if (!g_key_file_load_from_file(kf, r->config_path, G_KEY_FILE_NONE,
-                                   &err)) {
+    if (!g_key_file_load_from_file(kf, r->config_path, G_KEY_FILE_NONE, &err)) {
         g_warning("SIGHUP: config '%s': %s; nothing changed", r->config_path,
                   err->message);
         return G_SOURCE_CONTINUE;
@@ -127,13 +164,27 @@ on_hup(gpointer data)
                   err->message);
         return G_SOURCE_CONTINUE;
     }
+    peers = load_static_peers(kf, &err);
+    if (!peers) {
+        g_warning("SIGHUP: config '%s': %s; nothing changed", r->config_path,
+                  err->message);
+        return G_SOURCE_CONTINUE;
+    }
+    /* the manager's list wins where there is a manager */
+    if (!r->link && agent_peer_endpoint(r->agent) &&
+        !agent_set_peers(r->agent, (PeerInfo *)(void *)peers->data, peers->len,
+                         &err)) {
+        g_warning("SIGHUP: config '%s': peer list: %s; nothing changed",
+                  r->config_path, err->message);
+        return G_SOURCE_CONTINUE;
+    }
     agent_link_set_report_ms(r->link, report_ms);
     if (!r->shim_timeout_flag)
         agent_set_shim_timeout(r->agent, shim_timeout);
     g_message("configuration reloaded: report_ms=%u, shim_timeout=%u s (for "
-              "shims started from now on); other keys need a restart, which "
-              "keeps shims and clones running",
-              report_ms, shim_timeout);
+              "shims started from now on), %u static peers; other keys need "
+              "a restart, which keeps shims and clones running",
+              report_ms, shim_timeout, peers->len);
     return G_SOURCE_CONTINUE;
 }
 
@@ -154,6 +205,8 @@ main(int argc, char **argv)
     g_autofree char *console_dir = NULL;
     g_autofree char *virt_type = NULL;
     g_autofree char *metrics = NULL;
+    g_autofree char *peer_listen = NULL;
+    g_autoptr(GArray) static_peers = NULL;
     SporeMetrics *metrics_server = NULL;
     AgentLinkConfig lcfg = {0};
     AgentLink *link = NULL;
@@ -203,6 +256,10 @@ main(int argc, char **argv)
          "Prometheus endpoint, ADDRESS:PORT, or none (default "
          "127.0.0.1:9471)",
          "ADDR:PORT"},
+        {"peer-listen", 0, 0, G_OPTION_ARG_STRING, &peer_listen,
+         "Serve chunks to peers on tcp://ADDRESS:PORT, or none (default: "
+         "[peers] listen, else none)",
+         "ENDPOINT"},
         {"virt-type", 0, 0, G_OPTION_ARG_STRING, &virt_type,
          "Domain type for kvm manifests: kvm or qemu (default: probe KVM)",
          "TYPE"},
@@ -272,6 +329,25 @@ main(int argc, char **argv)
             : spore_key_uint(kf, "agent", "shim_timeout", 60, &err);
     cfg.verify_cache = verify_cache || g_key_file_get_boolean(
                                            kf, "agent", "verify_cache", NULL);
+    if (!peer_listen)
+        peer_listen = spore_key_string(kf, "peers", "listen", NULL);
+    if (peer_listen && g_str_equal(peer_listen, "none"))
+        g_clear_pointer(&peer_listen, g_free);
+    cfg.peer_listen = peer_listen;
+    cfg.host_name = host_name ? g_strdup(host_name)
+                              : spore_key_string(kf, "agent", "host_name",
+                                                 g_get_host_name());
+    cfg.peer_tuning.window = spore_key_uint(kf, "peers", "window", 0, &err);
+    cfg.peer_tuning.hedge_ms = spore_key_uint(kf, "peers", "hedge_ms", 0, &err);
+    cfg.peer_tuning.dead_ms = spore_key_uint(kf, "peers", "dead_ms", 0, &err);
+    cfg.peer_tuning.strikes_max =
+        spore_key_uint(kf, "peers", "strikes", 0, &err);
+    cfg.peer_tuning.delegate_ms =
+        spore_key_uint(kf, "peers", "delegate_ms", 0, &err);
+    if (!err && (static_peers = load_static_peers(kf, &err))) {
+        cfg.peers = (PeerInfo *)(void *)static_peers->data;
+        cfg.n_peers = static_peers->len;
+    }
     if (err) {
         fprintf(stderr, "spore-agent: config '%s': %s\n", config_path,
                 err->message);
@@ -284,6 +360,7 @@ main(int argc, char **argv)
     g_free(cfg.nbdkit);
     g_free(cfg.plugin);
     g_free(cfg.shim_group);
+    g_free(cfg.host_name);
     if (!agent) {
         fprintf(stderr, "spore-agent: %s\n", err->message);
         return 1;

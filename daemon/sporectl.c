@@ -884,6 +884,93 @@ print_image_line(JsonObject *im)
                : "");
 }
 
+/* image-plan's reply: where the missing bytes would come from */
+static void
+print_plan(JsonObject *r)
+{
+    static const struct {
+        const char *member, *label;
+    } rows[] = {
+        {"cached_bytes", "cached here"},
+        {"zero_bytes", "zero (never fetched)"},
+        {"local_bytes", "copied from local images"},
+        {"peer_bytes", "from peers"},
+        {"origin_via_peer_bytes", "from the origin, via a peer"},
+        {"origin_bytes", "from the origin, by this host"},
+    };
+    const char *groups[] = {"peers", "origin_via"};
+
+    printf("%s\n", json_object_get_string_member(r, "image"));
+    for (guint k = 0; k < G_N_ELEMENTS(rows); k++) {
+        g_autofree char *h =
+            human_bytes((guint64)json_object_get_int_member(r, rows[k].member));
+        printf("  %-32s %10s\n", rows[k].label, h);
+        if (k < 3 || k == 5)
+            continue;
+        {
+            JsonObject *per = json_object_get_object_member(r, groups[k - 3]);
+            g_autoptr(GList) names = json_object_get_members(per);
+
+            for (GList *l = names; l; l = l->next) {
+                g_autofree char *b = human_bytes(
+                    (guint64)json_object_get_int_member(per, l->data));
+                printf("    %-30s %10s\n", (char *)l->data, b);
+            }
+        }
+    }
+}
+
+static void
+print_similarity(JsonArray *pairs)
+{
+    if (json_array_get_length(pairs) == 0)
+        printf("fewer than two images on this host\n");
+    for (guint i = 0; i < json_array_get_length(pairs); i++) {
+        JsonObject *p = json_array_get_object_element(pairs, i);
+
+        printf(
+            "%.19s shares %5.1f%% of its chunks with %.19s (%" G_GINT64_FORMAT
+            " of %" G_GINT64_FORMAT ", %" G_GINT64_FORMAT " cached there)\n",
+            json_object_get_string_member(p, "image"),
+            100.0 * json_object_get_double_member(p, "fraction"),
+            json_object_get_string_member(p, "other"),
+            json_object_get_int_member(p, "shared_chunks"),
+            json_object_get_int_member(p, "chunks"),
+            json_object_get_int_member(p, "shared_cached_chunks"));
+    }
+}
+
+static void
+print_peers(JsonObject *r)
+{
+    JsonArray *peers = json_object_get_array_member(r, "peers");
+
+    if (!json_object_get_boolean_member(r, "enabled")) {
+        printf("peer exchange is off on this host\n");
+        return;
+    }
+    printf("listening on %s\n",
+           json_object_get_string_member_with_default(r, "listen", "?"));
+    for (guint i = 0; i < json_array_get_length(peers); i++) {
+        JsonObject *p = json_array_get_object_element(peers, i);
+        g_autofree char *in =
+            human_bytes((guint64)json_object_get_int_member(p, "bytes_in"));
+        g_autofree char *out =
+            human_bytes((guint64)json_object_get_int_member(p, "bytes_out"));
+
+        printf("%-16s %-24s %-12s %6.1f ms  in %s, out %s, %" G_GINT64_FORMAT
+               " bad, %" G_GINT64_FORMAT " images banned\n",
+               json_object_get_string_member(p, "name"),
+               json_object_get_string_member(p, "endpoint"),
+               json_object_get_boolean_member(p, "dead")        ? "dead"
+               : json_object_get_boolean_member(p, "connected") ? "connected"
+                                                                : "unreachable",
+               json_object_get_double_member(p, "latency_ms"), in, out,
+               json_object_get_int_member(p, "bad_chunks"),
+               json_object_get_int_member(p, "images_banned"));
+    }
+}
+
 /* Finish an agent command: print the reply, return the exit code. */
 static int
 agent_finish(const Globals *g, const Command *cmd, JsonObject *reply)
@@ -900,7 +987,13 @@ agent_finish(const Globals *g, const Command *cmd, JsonObject *reply)
         return EXIT_FAILURE;
     }
     if (!g->json) {
-        if (json_object_has_member(reply, "images")) {
+        if (g_str_equal(cmd->name, "image-plan")) {
+            print_plan(reply);
+        } else if (json_object_has_member(reply, "pairs")) {
+            print_similarity(json_object_get_array_member(reply, "pairs"));
+        } else if (g_str_equal(cmd->name, "agent-peer-list")) {
+            print_peers(reply);
+        } else if (json_object_has_member(reply, "images")) {
             JsonArray *arr = json_object_get_array_member(reply, "images");
             for (guint i = 0; i < json_array_get_length(arr); i++)
                 print_image_line(json_array_get_object_element(arr, i));
@@ -960,7 +1053,10 @@ static int
 cmd_agent_simple(const Command *cmd, const Globals *g, int argc, char **argv)
 {
     int first = parse_command_flags(cmd, argc, argv, NULL);
-    bool takes_image = !g_str_equal(cmd->name, "agent-image-list");
+    bool takes_image = g_str_equal(cmd->synopsis, "IMAGE");
+    const char *command = g_str_has_prefix(cmd->name, "agent-")
+                              ? cmd->name + strlen("agent-")
+                              : cmd->name;
     g_autoptr(JsonBuilder) b = json_builder_new();
 
     if (first == -2)
@@ -975,7 +1071,7 @@ cmd_agent_simple(const Command *cmd, const Globals *g, int argc, char **argv)
     }
     json_builder_begin_object(b);
     json_builder_set_member_name(b, "command");
-    json_builder_add_string_value(b, cmd->name + strlen("agent-"));
+    json_builder_add_string_value(b, command);
     if (takes_image) {
         json_builder_set_member_name(b, "image");
         json_builder_add_string_value(b, argv[first]);
@@ -1715,8 +1811,7 @@ service_count_command(const Command *cmd, const Globals *g, int argc,
         return EXIT_FAILURE;
     if (!g->json)
         printf("%s: %s%" G_GUINT64_FORMAT "%s\n",
-               reply_name(reply, "service", argv[first]), before, count,
-               after);
+               reply_name(reply, "service", argv[first]), before, count, after);
     return fflush(stdout) == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }
 
@@ -2192,6 +2287,39 @@ static const Command commands[] = {
         "IMAGE",
         "Show one of the host agent's images.",
         "",
+        cmd_agent_simple,
+    },
+    {
+        "agent-peer-list",
+        "",
+        "List the host agent's peers and what was measured of them.",
+        "One line per peer of the host agent (--agent): its name and\n"
+        "endpoint, whether it is connected, unreachable (its CURVE handshake\n"
+        "did not succeed: is this host's key in its list?) or dead (it\n"
+        "stopped answering), the measured latency, the bytes received from\n"
+        "it and served to it, the chunks from it that did not verify, and\n"
+        "the images it is banned for.  See docs/peer-protocol.md.\n",
+        cmd_agent_simple,
+    },
+    {
+        "image-plan",
+        "IMAGE",
+        "Show where each missing byte of an image would come from.",
+        "Asks the host agent (--agent) for the transfer plan of IMAGE as it\n"
+        "stands: the bytes cached, zero, copied from another image cached on\n"
+        "this host (same chunk digest), fetched from each peer that holds\n"
+        "them, fetched from the origin by the peer chosen to fetch them for\n"
+        "the site, and fetched from the origin by this host.\n",
+        cmd_agent_simple,
+    },
+    {
+        "image-similarity",
+        "",
+        "Show the fraction of chunks the host's images share.",
+        "For each ordered pair of images on the host agent (--agent): the\n"
+        "fraction of the first image's non-zero chunks whose digest the\n"
+        "second has too, and how many of those are cached there, which local\n"
+        "copies serve instead of a fetch.\n",
         cmd_agent_simple,
     },
     {
