@@ -181,7 +181,12 @@ parse_u64(const char *s, guint64 max, guint64 *ret)
     return true;
 }
 
-/* Duration: an integer with an optional unit s, m or h. */
+/*
+ * Duration: an integer of 1 to MANIFEST_DURATION_MAX_DIGITS digits with an
+ * optional unit s, m or h, at most MANIFEST_DURATION_MAX_SECONDS.  The
+ * syntax is the schema's "duration" pattern, [0-9]{1,9}[smh]?; the limit in
+ * seconds is ours alone.
+ */
 static bool
 parse_duration(const char *s, guint *ret)
 {
@@ -208,7 +213,8 @@ parse_duration(const char *s, guint *ret)
             break;
         }
     }
-    if (!parse_u64(digits, MANIFEST_DURATION_MAX_SECONDS, &v))
+    if (len > MANIFEST_DURATION_MAX_DIGITS ||
+        !parse_u64(digits, MANIFEST_DURATION_MAX_SECONDS, &v))
         return false;
     if (v * unit > MANIFEST_DURATION_MAX_SECONDS)
         return false;
@@ -216,24 +222,42 @@ parse_duration(const char *s, guint *ret)
     return true;
 }
 
-/* Non-negative decimal without exponent: "100", "0.25". */
+/* The number of ASCII digits at the start of @s. */
+static gsize
+digits_span(const char *s)
+{
+    gsize n = 0;
+
+    while (g_ascii_isdigit(s[n]))
+        n++;
+    return n;
+}
+
+/*
+ * Threshold: a non-negative decimal without exponent ("100", "0.25"), of
+ * at most MANIFEST_THRESHOLD_INT_MAX_DIGITS digits before the point and
+ * MANIFEST_THRESHOLD_FRAC_MAX_DIGITS after it: the schema's "threshold"
+ * pattern, [0-9]{1,13}(\.[0-9]{1,17})?.  At most
+ * MANIFEST_REQUESTS_THRESHOLD_MAX.
+ */
 static bool
 parse_threshold(const char *s, double *ret)
 {
     const char *p = s;
     char *end = NULL;
+    gsize n;
     double v;
 
-    if (!g_ascii_isdigit(*p))
+    n = digits_span(p);
+    if (n == 0 || n > MANIFEST_THRESHOLD_INT_MAX_DIGITS)
         return false;
-    while (g_ascii_isdigit(*p))
-        p++;
+    p += n;
     if (*p == '.') {
         p++;
-        if (!g_ascii_isdigit(*p))
+        n = digits_span(p);
+        if (n == 0 || n > MANIFEST_THRESHOLD_FRAC_MAX_DIGITS)
             return false;
-        while (g_ascii_isdigit(*p))
-            p++;
+        p += n;
     }
     if (*p)
         return false;
@@ -653,9 +677,9 @@ duration_attr(Walker *w, const xmlNode *el, const char *name, guint *ret)
         return true;
     bad = shown(v);
     problem(w, attr_line(w, el, name),
-            "%s '%s' on <%s> is not a duration (an integer with an optional "
-            "unit s, m or h, at most 30 days)",
-            name, bad, el_name(el));
+            "%s '%s' on <%s> is not a duration (1 to %u digits with an "
+            "optional unit s, m or h, at most 30 days)",
+            name, bad, el_name(el), MANIFEST_DURATION_MAX_DIGITS);
     return false;
 }
 
@@ -1195,8 +1219,11 @@ parse_rule(Walker *w, xmlNode *el)
         if (!parse_threshold(value, &rule->threshold)) {
             g_autofree char *bad = shown(value);
             problem(w, attr_line(w, el, name),
-                    "%s '%s' on <rule> is not a non-negative decimal number",
-                    name, bad);
+                    "%s '%s' on <rule> is not a non-negative decimal number "
+                    "(at most %u digits before the point and %u after, at "
+                    "most 1e12)",
+                    name, bad, MANIFEST_THRESHOLD_INT_MAX_DIGITS,
+                    MANIFEST_THRESHOLD_FRAC_MAX_DIGITS);
             ok = false;
         } else if (metric_index > 0 && rule->threshold > 1.0) {
             g_autofree char *bad = shown(value);
