@@ -6,6 +6,8 @@
  * receiving commands, sending acknowledgements); the worker runs commands
  * one at a time and hands the acknowledgements back through a queue.
  */
+#define G_LOG_DOMAIN "spore-agent" /* before any GLib header */
+
 #include "agent-link.h"
 
 #include <errno.h>

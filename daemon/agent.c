@@ -12,6 +12,8 @@
  * Library code below never logs; this file is the top level of the agent
  * and logs once per event, with g_message / g_warning (domain spore-agent).
  */
+#define G_LOG_DOMAIN "spore-agent" /* before any GLib header */
+
 #include "agent.h"
 
 #include <errno.h>

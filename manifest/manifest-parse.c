@@ -8,7 +8,8 @@
  *   2. The walker below: structure (unknown, missing and duplicate elements
  *      and attributes) and every value rule, each problem with the line of
  *      the element or attribute it concerns.  It keeps going after a problem
- *      so that a file's problems are all reported in one run.
+ *      so that a file's problems are all reported in one run; the checks
+ *      that span elements (check_cross) run too, on the fields that parsed.
  *   3. The RelaxNG schema (xml-schemas/manifest.rng, compiled in): run on
  *      documents the walker found clean, so that the published schema and the
  *      code can never silently disagree.  Its problems are reported as
@@ -44,6 +45,14 @@ typedef struct {
     guint customize_line;
     guint service_name_line;
     GArray *file_lines; /* of guint, parallel to m->customize.files */
+    /*
+     * What the cross-field checks may rely on when other fields failed:
+     * clones_max is max once it parsed (else the default, so only clone 0
+     * is checked); hostname_failed means m->customize.hostname is still the
+     * default although the manifest gave one, so it must not be checked.
+     */
+    guint clones_max;
+    bool hostname_failed;
 } Walker;
 
 static void
@@ -172,7 +181,12 @@ parse_u64(const char *s, guint64 max, guint64 *ret)
     return true;
 }
 
-/* Duration: an integer with an optional unit s, m or h. */
+/*
+ * Duration: an integer of 1 to MANIFEST_DURATION_MAX_DIGITS digits with an
+ * optional unit s, m or h, at most MANIFEST_DURATION_MAX_SECONDS.  The
+ * syntax is the schema's "duration" pattern, [0-9]{1,9}[smh]?; the limit in
+ * seconds is ours alone.
+ */
 static bool
 parse_duration(const char *s, guint *ret)
 {
@@ -199,7 +213,8 @@ parse_duration(const char *s, guint *ret)
             break;
         }
     }
-    if (!parse_u64(digits, MANIFEST_DURATION_MAX_SECONDS, &v))
+    if (len > MANIFEST_DURATION_MAX_DIGITS ||
+        !parse_u64(digits, MANIFEST_DURATION_MAX_SECONDS, &v))
         return false;
     if (v * unit > MANIFEST_DURATION_MAX_SECONDS)
         return false;
@@ -207,24 +222,42 @@ parse_duration(const char *s, guint *ret)
     return true;
 }
 
-/* Non-negative decimal without exponent: "100", "0.25". */
+/* The number of ASCII digits at the start of @s. */
+static gsize
+digits_span(const char *s)
+{
+    gsize n = 0;
+
+    while (g_ascii_isdigit(s[n]))
+        n++;
+    return n;
+}
+
+/*
+ * Threshold: a non-negative decimal without exponent ("100", "0.25"), of
+ * at most MANIFEST_THRESHOLD_INT_MAX_DIGITS digits before the point and
+ * MANIFEST_THRESHOLD_FRAC_MAX_DIGITS after it: the schema's "threshold"
+ * pattern, [0-9]{1,13}(\.[0-9]{1,17})?.  At most
+ * MANIFEST_REQUESTS_THRESHOLD_MAX.
+ */
 static bool
 parse_threshold(const char *s, double *ret)
 {
     const char *p = s;
     char *end = NULL;
+    gsize n;
     double v;
 
-    if (!g_ascii_isdigit(*p))
+    n = digits_span(p);
+    if (n == 0 || n > MANIFEST_THRESHOLD_INT_MAX_DIGITS)
         return false;
-    while (g_ascii_isdigit(*p))
-        p++;
+    p += n;
     if (*p == '.') {
         p++;
-        if (!g_ascii_isdigit(*p))
+        n = digits_span(p);
+        if (n == 0 || n > MANIFEST_THRESHOLD_FRAC_MAX_DIGITS)
             return false;
-        while (g_ascii_isdigit(*p))
-            p++;
+        p += n;
     }
     if (*p)
         return false;
@@ -644,9 +677,9 @@ duration_attr(Walker *w, const xmlNode *el, const char *name, guint *ret)
         return true;
     bad = shown(v);
     problem(w, attr_line(w, el, name),
-            "%s '%s' on <%s> is not a duration (an integer with an optional "
-            "unit s, m or h, at most 30 days)",
-            name, bad, el_name(el));
+            "%s '%s' on <%s> is not a duration (1 to %u digits with an "
+            "optional unit s, m or h, at most 30 days)",
+            name, bad, el_name(el), MANIFEST_DURATION_MAX_DIGITS);
     return false;
 }
 
@@ -1068,6 +1101,7 @@ customize_child(Walker *w, xmlNode *c, gpointer data)
         if (strlen(text) > MANIFEST_HOSTNAME_TEMPLATE_MAX_BYTES) {
             problem(w, line_of(w, c), "<hostname> is longer than %u bytes",
                     MANIFEST_HOSTNAME_TEMPLATE_MAX_BYTES);
+            w->hostname_failed = true;
             return;
         }
         if (!manifest_template_check(text,
@@ -1077,6 +1111,7 @@ customize_child(Walker *w, xmlNode *c, gpointer data)
                     "<hostname>: %s (a hostname may use {service} and "
                     "{index} only)",
                     err->message);
+            w->hostname_failed = true;
             return;
         }
         w->hostname_line = line_of(w, c);
@@ -1184,8 +1219,11 @@ parse_rule(Walker *w, xmlNode *el)
         if (!parse_threshold(value, &rule->threshold)) {
             g_autofree char *bad = shown(value);
             problem(w, attr_line(w, el, name),
-                    "%s '%s' on <rule> is not a non-negative decimal number",
-                    name, bad);
+                    "%s '%s' on <rule> is not a non-negative decimal number "
+                    "(at most %u digits before the point and %u after, at "
+                    "most 1e12)",
+                    name, bad, MANIFEST_THRESHOLD_INT_MAX_DIGITS,
+                    MANIFEST_THRESHOLD_FRAC_MAX_DIGITS);
             ok = false;
         } else if (metric_index > 0 && rule->threshold > 1.0) {
             g_autofree char *bad = shown(value);
@@ -1244,6 +1282,8 @@ parse_scaling(Walker *w, xmlNode *el)
     check_attributes(w, el, attrs);
     have_min = uint_attr(w, el, "min", true, 0, MANIFEST_CLONES_MAX, &min);
     have_max = uint_attr(w, el, "max", true, 0, MANIFEST_CLONES_MAX, &max);
+    if (have_max)
+        w->clones_max = (guint)max;
     have_initial =
         uint_attr(w, el, "initial", false, 0, MANIFEST_CLONES_MAX, &initial);
     duration_attr(w, el, "cooldown", &m->scaling.cooldown_seconds);
@@ -1372,25 +1412,22 @@ service_child(Walker *w, xmlNode *c, gpointer data)
 /*
  * Checks that need the whole manifest: the hostname for every index below
  * max, and the size of every file once its placeholders are expanded.
+ * They run even when other fields had problems, on the fields that parsed:
+ * a field that failed is left out (an unknown length counts as 0), so that
+ * a check can miss a problem but never report one that is not there.
  */
 static void
-check_cross(Walker *w)
+check_hostnames(Walker *w, ManifestVarLengths *lengths)
 {
     Manifest *m = w->m;
-    ManifestVarLengths lengths = {0};
-    gsize total = 0;
     guint line = w->hostname_line ? w->hostname_line : w->service_name_line;
-    char digits[16];
+    bool reported = false;
 
-    if (!m->name || !m->customize.hostname)
+    /* the default template uses {service}; so may any other */
+    if (!m->name || !m->customize.hostname || w->hostname_failed)
         return;
 
-    lengths.service = strlen(m->name);
-    lengths.index = (gsize)g_snprintf(digits, sizeof(digits), "%u",
-                                      m->scaling.max ? m->scaling.max - 1 : 0);
-    lengths.host = MANIFEST_HOST_NAME_MAX_CHARS;
-
-    for (guint i = 0; i < MAX(m->scaling.max, 1u); i++) {
+    for (guint i = 0; i < MAX(w->clones_max, 1u); i++) {
         ManifestVars vars = {.service = m->name, .index = i};
         g_autofree char *h = manifest_template_expand(
             m->customize.hostname, MANIFEST_VAR_SERVICE | MANIFEST_VAR_INDEX,
@@ -1399,22 +1436,31 @@ check_cross(Walker *w)
 
         if (!h)
             return; /* already reported */
-        if ((why = rfc1123_problem(h))) {
+        /* one problem per template, but the longest expansion still bounds
+         * the files' {hostname} */
+        if (!reported && (why = rfc1123_problem(h))) {
             g_autofree char *bad = shown(h);
             problem(w, line,
                     "%shostname template yields '%s' for clone %u, which is "
                     "not a valid hostname: %s",
                     w->hostname_line ? "" : "the default ", bad, i, why);
-            return;
+            reported = true;
         }
-        lengths.hostname = MAX(lengths.hostname, strlen(h));
+        lengths->hostname = MAX(lengths->hostname, strlen(h));
     }
+}
+
+static void
+check_file_sizes(Walker *w, const ManifestVarLengths *lengths)
+{
+    Manifest *m = w->m;
+    gsize total = 0;
 
     for (guint i = 0; i < m->customize.files->len; i++) {
         const ManifestFile *f = m->customize.files->pdata[i];
         gsize max_len = 0;
 
-        if (!manifest_template_check(f->content, MANIFEST_VARS_ALL, &lengths,
+        if (!manifest_template_check(f->content, MANIFEST_VARS_ALL, lengths,
                                      &max_len, NULL))
             continue;
         if (max_len > MANIFEST_FILE_MAX_BYTES) {
@@ -1432,6 +1478,20 @@ check_cross(Walker *w)
                 "files together can reach %" G_GSIZE_FORMAT
                 " bytes with their placeholders expanded; the limit is %u",
                 total, MANIFEST_FILES_TOTAL_MAX_BYTES);
+}
+
+static void
+check_cross(Walker *w)
+{
+    ManifestVarLengths lengths = {0};
+    char digits[16];
+
+    lengths.service = w->m->name ? strlen(w->m->name) : 0;
+    lengths.index = (gsize)g_snprintf(digits, sizeof(digits), "%u",
+                                      w->clones_max ? w->clones_max - 1 : 0);
+    lengths.host = MANIFEST_HOST_NAME_MAX_CHARS;
+    check_hostnames(w, &lengths);
+    check_file_sizes(w, &lengths);
 }
 
 /* ---- RelaxNG ----------------------------------------------------------- */
@@ -1523,8 +1583,7 @@ walk_service(Walker *w, xmlNode *root)
         problem(w, line_of(w, root), "<service> has no <image>");
     if (!seen.vm)
         problem(w, line_of(w, root), "<service> has no <vm>");
-    if (w->problems->len == 0)
-        check_cross(w);
+    check_cross(w);
 }
 
 static gint
@@ -1571,6 +1630,7 @@ manifest_parse_data(const char *data, gsize len, GPtrArray *problems,
     w.file_lines = file_lines;
     w.xdoc = xdoc;
     w.m = m;
+    w.clones_max = m->scaling.max;
     walk_service(&w, xml_safe_doc_root(xdoc));
     if (w.problems->len == first_new)
         check_schema(&w, xml_safe_doc_xml(xdoc));

@@ -48,7 +48,10 @@
 #define MANIFEST_RULES_MAX                   32u
 #define MANIFEST_STEP_MAX                    1000u
 #define MANIFEST_DURATION_MAX_SECONDS        (30u * 24 * 3600)
+#define MANIFEST_DURATION_MAX_DIGITS         9u
 #define MANIFEST_REQUESTS_THRESHOLD_MAX      1e12
+#define MANIFEST_THRESHOLD_INT_MAX_DIGITS    13u
+#define MANIFEST_THRESHOLD_FRAC_MAX_DIGITS   17u
 #define MANIFEST_HOSTS_MAX                   1000u
 
 /* Defaults for what a manifest may leave out. */

@@ -227,6 +227,65 @@ Test(manifest_parse, reports_all_problems_of_a_file_in_line_order)
     }
 }
 
+Test(manifest_parse, reports_cross_field_problems_alongside_local_ones)
+{
+    static const char text[] =
+        "<?xml version=\"1.0\"?>\n"                               /* 1 */
+        "<service xmlns=\"urn:spore:manifest:1\" name=\"web\">\n" /* 2 */
+        "  <image name=\"i\"><origin url=\"http://h/i\"/></image>\n"
+        "  <vm><vcpus>0</vcpus><memory>1</memory></vm>\n" /* 4 */
+        "  <customize>\n"                                 /* 5 */
+        "    <hostname>web_{index}</hostname>\n"          /* 6 */
+        "  </customize>\n"                                /* 7 */
+        "  <placement strategy=\"random\"/>\n"            /* 8 */
+        "</service>\n";
+    static const struct {
+        guint line;
+        const char *text;
+    } expected[] = {
+        {4, "<vcpus> '0'"},
+        {6, "hostname template yields 'web_0' for clone 0"},
+        {8, "strategy 'random'"},
+    };
+    g_autoptr(GPtrArray) problems = NULL;
+    g_autoptr(Manifest) m = parse_text(text, &problems);
+
+    cr_assert_null(m);
+    cr_assert_eq(problems->len, G_N_ELEMENTS(expected));
+    for (guint i = 0; i < problems->len; i++) {
+        const ManifestProblem *p = problems->pdata[i];
+        cr_expect_eq(p->line, expected[i].line, "problem %u (%s) on %u", i,
+                     p->message, p->line);
+        cr_expect(strstr(p->message, expected[i].text), "problem %u: %s", i,
+                  p->message);
+    }
+}
+
+Test(manifest_parse, leaves_a_failed_field_out_of_the_cross_field_checks)
+{
+    /* With a 62-character name the default hostname '{service}-{index}'
+     * would be 64 characters: it must not be blamed when the manifest's own
+     * <hostname> failed, nor may a max that failed widen the index range. */
+    g_autofree char *text = g_strdup_printf(
+        "<?xml version=\"1.0\"?>\n"
+        "<service xmlns=\"urn:spore:manifest:1\" name=\"%s\">\n"
+        "  <image name=\"i\"><origin url=\"http://h/i\"/></image>\n"
+        "  <vm><vcpus>1</vcpus><memory>1</memory></vm>\n"
+        "  <customize><hostname>{bogus}</hostname></customize>\n"
+        "  <scaling min=\"0\" max=\"1001\"/>\n"
+        "</service>\n",
+        "ssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssss");
+    g_autoptr(GPtrArray) problems = NULL;
+    g_autoptr(Manifest) m = parse_text(text, &problems);
+
+    cr_assert_null(m);
+    cr_assert_eq(problems->len, 2u);
+    cr_expect_eq(((ManifestProblem *)problems->pdata[0])->line, 5u, "%s",
+                 ((ManifestProblem *)problems->pdata[0])->message);
+    cr_expect_eq(((ManifestProblem *)problems->pdata[1])->line, 6u, "%s",
+                 ((ManifestProblem *)problems->pdata[1])->message);
+}
+
 Test(manifest_parse, names_the_line_of_an_attribute_on_a_continuation_line)
 {
     g_autofree char *text =
