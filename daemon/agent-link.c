@@ -45,6 +45,7 @@ struct AgentLink {
     guint journal_lines;
 
     CloneHost *work_host; /* the worker's libvirt connection */
+    char *peer_names;     /* the link thread's: the last peer list, logged */
 };
 
 /* ---- the journal -------------------------------------------------------- */
@@ -405,6 +406,59 @@ on_domain_event(const char *domain, const char *event, gpointer data)
     g_atomic_int_set(&l->report_now, 1);
 }
 
+/*
+ * The manager's peer list: the other hosts' peer servers and keys.  It
+ * replaces the static one; a malformed list changes nothing.
+ */
+static void
+on_peers(AgentLink *l, JsonObject *msg)
+{
+    JsonNode *node = json_object_get_member(msg, "peers");
+    JsonArray *arr;
+    g_autoptr(GArray) peers = NULL;
+    g_autoptr(GError) err = NULL;
+    g_autofree char *names = NULL;
+
+    if (!node || !JSON_NODE_HOLDS_ARRAY(node) ||
+        json_array_get_length(json_node_get_array(node)) > WIRE_PEERS_MAX) {
+        g_warning("dropped a peers message from the manager: not an array of "
+                  "at most %d peers",
+                  WIRE_PEERS_MAX);
+        return;
+    }
+    if (!agent_peer_endpoint(l->agent))
+        return; /* peer exchange is off here */
+    arr = json_node_get_array(node);
+    peers = g_array_new(FALSE, TRUE, sizeof(PeerInfo));
+    for (guint i = 0; i < json_array_get_length(arr); i++) {
+        JsonNode *e = json_array_get_element(arr, i);
+        JsonObject *o =
+            JSON_NODE_HOLDS_OBJECT(e) ? json_node_get_object(e) : NULL;
+        PeerInfo p = {
+            .name = (char *)(o ? wire_get_string(o, "name") : NULL),
+            .endpoint = (char *)(o ? wire_get_string(o, "endpoint") : NULL),
+            .public_key = (char *)(o ? wire_get_string(o, "key") : NULL),
+        };
+        g_array_append_val(peers, p); /* borrowed from msg */
+    }
+    if (!agent_set_peers(l->agent, (PeerInfo *)(void *)peers->data, peers->len,
+                         &err)) {
+        g_warning("dropped a peers message from the manager: %s", err->message);
+        return;
+    }
+    for (guint i = 0; i < peers->len; i++) {
+        char *prev = names;
+        names = g_strdup_printf("%s%s%s", prev ? prev : "", prev ? ", " : "",
+                                g_array_index(peers, PeerInfo, i).name);
+        g_free(prev);
+    }
+    if (!l->peer_names || !g_str_equal(l->peer_names, names ? names : "")) {
+        g_message("peers from the site manager: %s", names ? names : "none");
+        g_free(l->peer_names);
+        l->peer_names = g_strdup(names ? names : "");
+    }
+}
+
 static void
 send_hello(AgentLink *l, void *sock, CloneHost *host)
 {
@@ -423,6 +477,9 @@ send_hello(AgentLink *l, void *sock, CloneHost *host)
     json_object_set_object_member(hello, "capacity", cap);
     if (l->config.virt_type)
         json_object_set_string_member(hello, "virt", l->config.virt_type);
+    if (agent_peer_endpoint(l->agent))
+        json_object_set_string_member(hello, "peer_endpoint",
+                                      agent_peer_endpoint(l->agent));
     wire_send(sock, NULL, hello);
 }
 
@@ -688,8 +745,7 @@ link_thread(gpointer data)
             else if (!clone_host_watch(host, on_domain_event, l, &err))
                 g_warning("no lifecycle events, reports every %u ms only: "
                           "%s",
-                          (guint)g_atomic_int_get(&l->report_ms),
-                          err->message);
+                          (guint)g_atomic_int_get(&l->report_ms), err->message);
         }
         if (zmq_poll(&item, 1, 100) > 0) {
             for (;;) {
@@ -734,6 +790,8 @@ link_thread(gpointer data)
                     last_hello = 0;
                 } else if (g_str_equal(type, "cmd")) {
                     on_command(l, sock, obj);
+                } else if (g_str_equal(type, "peers")) {
+                    on_peers(l, obj);
                 } else {
                     g_warning("dropped a message of unknown type '%s' from "
                               "the manager",
@@ -769,12 +827,13 @@ link_thread(gpointer data)
         }
         if (g_atomic_int_compare_and_exchange(&l->report_now, 1, 0))
             last_report = 0; /* a domain changed state: say so now */
-        if (welcomed &&
-            now - last_report > (gint64)g_atomic_int_get(&l->report_ms) * 1000) {
+        if (welcomed && now - last_report >
+                            (gint64)g_atomic_int_get(&l->report_ms) * 1000) {
             if (send_report(l, sock, host))
                 last_report = now;
             else
-                last_report = now - (gint64)g_atomic_int_get(&l->report_ms) * 500;
+                last_report =
+                    now - (gint64)g_atomic_int_get(&l->report_ms) * 500;
         }
     }
     clone_host_free(host);
@@ -872,6 +931,7 @@ agent_link_stop(AgentLink *l)
     if (l->in_flight)
         g_hash_table_unref(l->in_flight);
     g_free(l->journal_path);
+    g_free(l->peer_names);
     g_free(l->boot);
     g_free(l->config.manager);
     g_free(l->config.manager_key);

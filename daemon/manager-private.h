@@ -23,6 +23,7 @@ typedef struct {
     bool reported;      /* a report arrived since the manager started */
     JsonArray *clones;  /* of the last report */
     JsonArray *images;
+    char *peer_endpoint; /* its peer server (hello), NULL: none */
 } HostRuntime;
 
 struct Manager {
@@ -40,6 +41,7 @@ struct Manager {
     GHashTable *histories; /* service -> ScalingHistory */
     GHashTable *decisions; /* service -> the last ScalingDecision */
     double last_scaling;
+    gint64 peers_sent; /* when peer lists last went out; 0: send now */
 
     void *zctx;
     void *router;

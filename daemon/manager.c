@@ -32,9 +32,10 @@
 #define ZMQ_ZAP_ENFORCE_DOMAIN 93
 #endif
 
-#define TICK_MS        1000
-#define DRAIN_MS       100
-#define REFUSAL_LOG_US (60 * G_USEC_PER_SEC)
+#define TICK_MS         1000
+#define DRAIN_MS        100
+#define REFUSAL_LOG_US  (60 * G_USEC_PER_SEC)
+#define PEERS_RESEND_US (30 * G_USEC_PER_SEC)
 
 static void
 host_runtime_free(gpointer p)
@@ -43,6 +44,7 @@ host_runtime_free(gpointer p)
 
     g_free(h->name);
     g_free(h->boot);
+    g_free(h->peer_endpoint);
     if (h->clones)
         json_array_unref(h->clones);
     if (h->images)
@@ -309,6 +311,15 @@ handle_hello(Manager *m, const char *host, const char *address, JsonObject *msg)
     g_free(h->boot);
     h->boot = g_strdup(boot);
     h->last_seen = g_get_monotonic_time();
+    {
+        const char *peer = wire_get_string(msg, "peer_endpoint");
+
+        g_clear_pointer(&h->peer_endpoint, g_free);
+        if (peer && g_str_has_prefix(peer, "tcp://") &&
+            strlen(peer) <= WIRE_ENDPOINT_MAX)
+            h->peer_endpoint = g_strdup(peer);
+        m->peers_sent = 0; /* everyone's peer list may change */
+    }
     /* whatever it was sent before may be lost: send it again now */
     mdb_exec(m,
              "UPDATE commands SET sent = 0 WHERE host = ? AND state = "
@@ -722,6 +733,7 @@ mark_lost_hosts(Manager *m)
                  G_TYPE_DOUBLE, mdb_now(), G_TYPE_STRING, h->name,
                  G_TYPE_INVALID);
         h->reported = false;
+        m->peers_sent = 0; /* the others' peer lists drop it */
         mdb_event(m, "host-lost", NULL, h->name,
                   "host %s lost: no report for %u s; its clones are placed "
                   "again",
@@ -1137,6 +1149,61 @@ send_pending(Manager *m)
     sqlite3_finalize(st);
 }
 
+/*
+ * send_peer_lists: tell each connected host the peer servers of the other
+ * hosts that are up, with their keys (docs/site-protocol.md "peers"), when
+ * something changed and every PEERS_RESEND_US anyway.  Locked.
+ */
+static void
+send_peer_lists(Manager *m)
+{
+    gint64 now = g_get_monotonic_time();
+    g_autoptr(JsonArray) all = json_array_new();
+    GHashTableIter it;
+    gpointer v;
+
+    if (m->peers_sent && now - m->peers_sent < PEERS_RESEND_US)
+        return;
+    m->peers_sent = now;
+    g_hash_table_iter_init(&it, m->runtime);
+    while (g_hash_table_iter_next(&it, NULL, &v)) {
+        HostRuntime *h = v;
+        g_autofree char *key = NULL;
+        JsonObject *p;
+
+        if (!h->peer_endpoint || !host_is_up(m, h->name))
+            continue;
+        key =
+            mdb_text(m, "SELECT key FROM hosts WHERE name = ? AND accepted = 1",
+                     G_TYPE_STRING, h->name, G_TYPE_INVALID);
+        if (!key)
+            continue;
+        p = json_object_new();
+        json_object_set_string_member(p, "name", h->name);
+        json_object_set_string_member(p, "endpoint", h->peer_endpoint);
+        json_object_set_string_member(p, "key", key);
+        json_array_add_object_element(all, p);
+    }
+    g_hash_table_iter_init(&it, m->runtime);
+    while (g_hash_table_iter_next(&it, NULL, &v)) {
+        HostRuntime *h = v;
+        g_autoptr(JsonObject) msg = NULL;
+        JsonArray *list;
+
+        if (!h->peer_endpoint || !host_is_up(m, h->name))
+            continue;
+        msg = wire_new("peers");
+        list = json_array_new();
+        for (guint i = 0; i < json_array_get_length(all); i++) {
+            JsonObject *p = json_array_get_object_element(all, i);
+            if (!g_str_equal(json_object_get_string_member(p, "name"), h->name))
+                json_array_add_object_element(list, json_object_ref(p));
+        }
+        json_object_set_array_member(msg, "peers", list);
+        send_to(m, h->name, msg);
+    }
+}
+
 static void
 reconcile(Manager *m)
 {
@@ -1146,6 +1213,7 @@ reconcile(Manager *m)
     g_mutex_lock(&m->lock);
     mdb_exec(m, "BEGIN IMMEDIATE", G_TYPE_INVALID);
     mark_lost_hosts(m);
+    send_peer_lists(m);
     mscale_evaluate(m);
     sync_clone_rows(m);
     place_clones(m);

@@ -20,6 +20,8 @@
 #define WIRE_ZAP_REGISTER_DOMAIN "spore-register"
 #define WIRE_KEY_CHARS 40 /* a Z85-encoded CURVE key */
 #define WIRE_HOST_NAME_MAX 63
+#define WIRE_ENDPOINT_MAX  255 /* a tcp://ADDRESS:PORT in a message */
+#define WIRE_PEERS_MAX     256 /* entries of a "peers" message */
 
 typedef struct {
     char public_key[WIRE_KEY_CHARS + 1];

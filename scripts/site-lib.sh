@@ -58,11 +58,16 @@ site_host_key() {
     "$BUILD/daemon/spored" --print-key --state-dir "$SITE/$1/state"
 }
 
-# site_agent_start NAME: a spore-agent calling itself NAME
+# site_agent_start NAME: a spore-agent calling itself NAME, with a peer
+# server on a port of its own (kept in $SITE/NAME/peer-port across restarts);
+# the manager hands each agent the others' peer servers
 site_agent_start() {
     local h=$1
     mkdir -p "$SITE/$h/state" "$SITE/$h/run" "$SITE/$h/console"
     chmod 0755 "$SITE" "$SITE/$h" "$SITE/$h/run"
+    [ -s "$SITE/$h/peer-port" ] ||
+        python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' \
+            >"$SITE/$h/peer-port"
     "$BUILD/daemon/spore-agent" --state-dir "$SITE/$h/state" \
         --run-dir "$SITE/$h/run" \
         --plugin "$BUILD/p2p/shim/nbdkit-spore-plugin.so" \
@@ -71,6 +76,7 @@ site_agent_start() {
         --pool "spore-$SITE_TAG-$h" --pool-dir "$SITE/$h/pool" \
         --console-dir "$SITE/$h/console" ${SITE_VIRT:+--virt-type "$SITE_VIRT"} \
         --metrics 127.0.0.1:0 \
+        --peer-listen "tcp://127.0.0.1:$(cat "$SITE/$h/peer-port")" \
         >>"$SITE/$h.log" 2>&1 &
     echo $! >"$SITE/$h.pid"
     case " ${SITE_HOSTS[*]} " in *" $h "*) ;; *) SITE_HOSTS+=("$h") ;; esac

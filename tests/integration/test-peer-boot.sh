@@ -1,0 +1,161 @@
+#!/bin/bash
+# test-peer-boot.sh BUILD-DIR: a guest boots on host B with the image
+# already on host A, over the peer protocol, with the peer list handed out
+# by the site manager — spored, two spore-agents (hv1, hv2), libvirtd +
+# QEMU, libguestfs, nbdkit shims and a real HTTP origin (lighttpd, whose
+# access log records the Range of each request).  TAP output.
+#
+#   service a (placed on hv1) boots: hv1 caches what the boot reads;
+#   service b (placed on hv2, the same image) boots: the origin is asked
+#   only for chunks hv1 lacked, each once, and hv2 took the rest from hv1;
+#   the clone's console shows its own hostname; every chunk in both caches
+#   verifies.
+set -u
+. "$(dirname "$0")/lib.sh"
+BUILD=$1
+src=$(cd "$(dirname "$0")/../.." && pwd)
+SITE=""
+libvirt_state=""
+pids=()
+
+cleanup() {
+    [ -n "$SITE" ] && site_stop
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
+    [ "$libvirt_state" = started ] && "$src/scripts/libvirt-down"
+    [ -n "$SITE" ] && rm -rf "$SITE"
+}
+trap cleanup EXIT
+
+[ "$(id -u)" -eq 0 ] || skip_all "needs root to run libvirtd"
+[ -x /usr/sbin/libvirtd ] || skip_all "libvirtd is not installed"
+[ -x /usr/sbin/lighttpd ] || skip_all "lighttpd is not installed"
+ls /boot/vmlinuz-* >/dev/null 2>&1 || skip_all "no kernel in /boot (linux-image-amd64)"
+
+guest=$("$src/scripts/build-test-guest") && [ -f "$guest/disk.raw" ] ||
+    { echo "Bail out! cannot build the test guest"; exit 1; }
+SITE=$(mktemp -d /tmp/spore-peerboot.XXXXXX)
+chmod 0755 "$SITE"
+SITE_TAG=p$$
+. "$src/scripts/site-lib.sh"
+libvirt_state=$("$src/scripts/libvirt-up") || { echo "Bail out! libvirtd does not start"; exit 1; }
+SITE_VIRT=$("$src/scripts/detect-virt-type" "$guest/vmlinuz")
+export LIBGUESTFS_BACKEND=direct SPORE_INSPECT_CACHE=$SITE/inspect
+[ "$SITE_VIRT" = kvm ] || export LIBGUESTFS_BACKEND_SETTINGS=force_tcg
+echo "# domain type: $SITE_VIRT; site in $SITE"
+
+mkdir -p "$SITE/www"
+cp "$guest/vmlinuz" "$guest/initrd.img" "$SITE/"
+ln "$guest/disk.raw" "$SITE/www/disk.raw" 2>/dev/null || cp "$guest/disk.raw" "$SITE/www/disk.raw"
+port=$(free_port)
+origin_conf='accesslog.format = "%s %b %{Range}i"'
+start_origin "$SITE/www" "$port" "$SITE" "$origin_conf" ||
+    { echo "Bail out! lighttpd does not start"; exit 1; }
+# lighttpd writes its access log every few seconds, all of it when it
+# stops: restart it to read the whole log
+flush_origin_log() {
+    kill "$origin_pid"
+    wait "$origin_pid" 2>/dev/null
+    start_origin "$SITE/www" "$port" "$SITE" "$origin_conf" ||
+        echo "# the origin does not restart"
+    log_count=$(wc -l <"$SITE/access.log")
+}
+# chunks_since LINE: the 64 KiB chunk numbers asked of the origin since LINE
+chunks_since() {
+    tail -n +"$1" "$SITE/access.log" | python3 -c '
+import re, sys
+for line in sys.stdin:
+    m = re.search(r"bytes=(\d+)-(\d+)", line)
+    if m:
+        print(int(m.group(1)) // 65536)' | sort -n
+}
+
+ctl() { sporectl_site "$@"; }
+jget() { python3 -c "import json,sys; r=json.load(sys.stdin); print($1)"; }
+host_state() { ctl --json host-list | jget "[h['state'] for h in r['hosts'] if h['name']=='$1'] or ['none']" | tr -d "[]'"; }
+actl() { "$BUILD/daemon/sporectl" --agent "$SITE/$1/run/control.sock" "${@:2}"; }
+knows_peer() { # knows_peer H PEER: H's agent has PEER from the manager, connected
+    actl "$1" --json agent-peer-list | python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+sys.exit(0 if any(p["name"] == sys.argv[1] and p["connected"] for p in r["peers"]) else 1)' "$2"
+}
+running() { [ "$(ctl --json service-show "$1" 2>/dev/null | jget 'r["service"]["running"]')" = 1 ]; }
+
+check "spored starts" site_manager_start
+for h in hv1 hv2; do
+    site_host_key "$h" >"$SITE/hosts.d/$h.pub"
+    site_agent_start "$h"
+done
+for h in hv1 hv2; do check "$h is up" wait_until 40 eval '[ "$(host_state '"$h"')" = up ]'; done
+check "hv1 has hv2 as a peer, from the manager, connected" wait_until 40 knows_peer hv1 hv2
+check "hv2 has hv1 as a peer, from the manager, connected" wait_until 40 knows_peer hv2 hv1
+check "image-add indexes the image from the origin" \
+    quiet ctl image-add test-guest "http://127.0.0.1:$port/disk.raw"
+hex=$(ctl --json image-list | jget 'r["images"][0]["id"]' | sed 's/^sha256://')
+
+manifest() { # manifest NAME HOST
+    cat <<EOF
+<service xmlns="urn:spore:manifest:1" name="$1">
+  <image name="test-guest"><origin url="http://127.0.0.1:$port/disk.raw"/></image>
+  <vm hypervisor="$SITE_VIRT">
+    <vcpus>1</vcpus>
+    <memory unit="MiB">160</memory>
+    <boot kernel="$SITE/vmlinuz" initrd="$SITE/initrd.img"
+          cmdline="console=ttyS0 root=/dev/vda rw panic=-1 quiet"/>
+  </vm>
+  <customize><hostname>{service}-{index}</hostname></customize>
+  <scaling min="1" max="1"/>
+  <placement><host>$2</host></placement>
+</service>
+EOF
+}
+
+# --- host A (hv1) boots the image first
+manifest a hv1 >"$SITE/a.xml"
+check "service a runs on hv1" \
+    quiet timeout 600 "$BUILD/daemon/sporectl" -c "$SITE/m/control.sock" submit --wait "$SITE/a.xml"
+check "a-0 boots with its own hostname" \
+    wait_until 240 grep -qa "spore-guest: hostname=a-0" "$SITE/hv1/console/a-0.log"
+sleep 2 # the guest settles; hv1's last chunks are stored
+flush_origin_log
+from=$((log_count + 1))
+chunks_since 1 | sort -u >"$SITE/a-chunks.txt"
+a_cached=$(actl hv1 --json agent-image-show "$hex" | jget 'r["image"]["cached_chunks"]')
+echo "# hv1 holds $a_cached chunks after a-0's boot and customization"
+
+# --- host B (hv2) boots the same image: from hv1, and only what hv1 lacks
+# from the origin
+manifest b hv2 >"$SITE/b.xml"
+check "service b runs on hv2" \
+    quiet timeout 600 "$BUILD/daemon/sporectl" -c "$SITE/m/control.sock" submit --wait "$SITE/b.xml"
+check "b-0 boots with its own hostname" \
+    wait_until 240 grep -qa "spore-guest: hostname=b-0" "$SITE/hv2/console/b-0.log"
+sleep 2
+flush_origin_log
+chunks_since "$from" >"$SITE/b-chunks.txt"
+peer_bytes=$(actl hv2 --json agent-image-show "$hex" | jget 'r["image"]["fetched_bytes"]["peer"]')
+echo "# while b booted: $(wc -l <"$SITE/b-chunks.txt") chunks from the origin, $peer_bytes bytes from hv1"
+check "hv2 took chunks from hv1 ($peer_bytes bytes)" test "${peer_bytes:-0}" -gt 0
+check "the origin was asked only for chunks hv1 lacked" \
+    test -z "$(comm -12 "$SITE/a-chunks.txt" <(sort -u "$SITE/b-chunks.txt"))"
+check "and for each of them once" \
+    test "$(sort -u "$SITE/b-chunks.txt" | wc -l)" = "$(wc -l <"$SITE/b-chunks.txt")"
+check "hv1 counts what it served hv2" \
+    test "$(actl hv1 --json agent-peer-list | jget 'sum(p["bytes_out"] for p in r["peers"])')" -gt 0
+check "no chunk from a peer was rejected" \
+    test "$(actl hv2 --json agent-image-show "$hex" | jget 'r["image"]["rejected_chunks"]')" = 0
+
+# --- every chunk in both caches verifies (restart with --verify-cache)
+for h in hv1 hv2; do
+    site_agent_kill "$h"
+    "$BUILD/daemon/spore-agent" --state-dir "$SITE/$h/state" --run-dir "$SITE/$h/run" \
+        --plugin "$BUILD/p2p/shim/nbdkit-spore-plugin.so" --verify-cache \
+        --metrics none >>"$SITE/$h-verify.log" 2>&1 &
+    pid=$!
+    pids+=("$pid")
+    check "$h: every cached chunk verifies" \
+        wait_until 60 grep -q "image ${hex:0:12}: verified [0-9]* cached chunks, 0 bad" "$SITE/$h-verify.log"
+    kill "$pid"
+    wait "$pid" 2>/dev/null
+done
+finish
