@@ -312,6 +312,52 @@ agent_image_prefetch_profile(AgentImage *im)
                   im->hex, order->len, boots);
 }
 
+typedef struct {
+    guint64 chunk;
+    guint holders;
+} FillOrder;
+
+static gint
+fill_order_cmp(gconstpointer pa, gconstpointer pb)
+{
+    const FillOrder *a = pa, *b = pb;
+
+    if (a->holders != b->holders)
+        return a->holders < b->holders ? -1 : 1;
+    return a->chunk < b->chunk ? -1 : a->chunk > b->chunk;
+}
+
+/*
+ * Queue every missing chunk at background priority, rarest first: the
+ * chunks fewest peers hold come first, so that the site's copies spread
+ * (and the origin-only ones are fetched early).  Locked.
+ */
+static void
+agent_image_fill(Agent *a, AgentImage *im)
+{
+    guint64 count = image_index_chunk_count(im->idx);
+    g_autoptr(GArray) order = g_array_new(FALSE, FALSE, sizeof(FillOrder));
+    guint64 nobody = 0;
+
+    for (guint64 i = 0; i < count; i++) {
+        FillOrder f = {i, 0};
+
+        if (chunk_cache_has(im->cache, i))
+            continue;
+        if (a->peers)
+            f.holders = peer_net_holders(a->peers, im->cache, i);
+        nobody += f.holders == 0;
+        g_array_append_val(order, f);
+    }
+    g_array_sort(order, fill_order_cmp);
+    g_message("image %.12s: filling %u missing chunks in the background, "
+              "rarest first (%" G_GUINT64_FORMAT " held by no peer)",
+              im->hex, order->len, nobody);
+    for (guint k = 0; k < order->len; k++)
+        fetch_engine_want(im->engine, g_array_index(order, FillOrder, k).chunk,
+                          FETCH_PRIORITY_BACKGROUND);
+}
+
 /* Locked.  Start the image's nbdkit unless it runs. */
 static bool
 agent_image_serve(Agent *a, AgentImage *im, GError **error)
@@ -657,11 +703,8 @@ cmd_on_image(Agent *a, const char *command, JsonObject *req)
     }
     if (g_str_equal(command, "image-unserve"))
         agent_image_unserve(im);
-    if (g_str_equal(command, "image-fill")) {
-        guint64 count = image_index_chunk_count(im->idx);
-        for (guint64 i = 0; i < count; i++)
-            fetch_engine_want(im->engine, i, FETCH_PRIORITY_BACKGROUND);
-    }
+    if (g_str_equal(command, "image-fill"))
+        agent_image_fill(a, im);
     b = reply_ok();
     json_builder_set_member_name(b, "image");
     describe_image(b, im);

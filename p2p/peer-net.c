@@ -1821,6 +1821,23 @@ peer_net_chunk_source(PeerNet *net, ChunkCache *cache, guint64 i,
     return name;
 }
 
+guint
+peer_net_holders(PeerNet *net, ChunkCache *cache, guint64 i)
+{
+    guint8 digest[SPORE_SHA256_BYTES];
+    NetImage *im;
+    guint n = 0;
+
+    spore_unhex(image_index_id(chunk_cache_index(cache)) + strlen("sha256:"),
+                digest, SPORE_SHA256_BYTES);
+    g_mutex_lock(&net->lock);
+    im = g_hash_table_lookup(net->images, digest);
+    for (guint k = 0; im && i < im->chunks && k < net->peers->len; k++)
+        n += peer_holds(net->peers->pdata[k], im, i);
+    g_mutex_unlock(&net->lock);
+    return n;
+}
+
 static bool
 peer_has(FetchSource *base, const ImageIndex *idx, guint64 i)
 {

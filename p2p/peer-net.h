@@ -165,6 +165,12 @@ GArray *peer_net_status(PeerNet *net);
 char *peer_net_chunk_source(PeerNet *net, ChunkCache *cache, guint64 i,
                             bool *ret_delegated);
 
+/*
+ * peer_net_holders: how many usable peers hold chunk @i of the image of
+ * @cache (for rarest-first background fill).  Thread-safe.
+ */
+guint peer_net_holders(PeerNet *net, ChunkCache *cache, guint64 i);
+
 /* peer_net_bad_chunks: chunks received from peers that did not verify,
  * over every peer and image */
 guint64 peer_net_bad_chunks(PeerNet *net);

@@ -23,7 +23,7 @@ cleanup() {
     for p in "${pids[@]}"; do kill -CONT "$p" 2>/dev/null; kill "$p" 2>/dev/null; done
     for p in $(cat "$work"/*/run/shims/*.pid 2>/dev/null); do kill "$p" 2>/dev/null; done
     sleep 0.2
-    rm -rf "$work"
+    [ -n "${SPORE_KEEP_TEST:-}" ] && echo "# kept $work" || rm -rf "$work"
 }
 trap cleanup EXIT
 
@@ -156,6 +156,22 @@ check "B took at least A's 32 MiB from A ($peer_b bytes)" test "$peer_b" -ge $((
 check "C, whose key A does not list, is refused by A" \
     wait_until 20 grep -q "refused a peer from .*not in the peer list" "$work/A/agent.log"
 check "and C never connects to A" eval '! connected C A'
+
+# --- background fill, rarest first: chunks no peer holds come first
+mkdir -p "$work/E"
+check "agent E starts" start_agent E
+quiet ctl E agent-image-add "$work/image.idx" "$url"
+peers_of E A
+peers_of A B E
+check "E connects to A" wait_until 20 connected E A
+sleep 1
+a_has=$(image_field A "im['cached_chunks']")
+quiet ctl E agent-image-fill "$hex"
+check "E fills rarest first: the $((1280 - a_has)) chunks A lacks are held by no peer" \
+    wait_until 10 grep -q "filling 1280 missing chunks in the background, rarest first ($((1280 - a_has)) held by no peer)" "$work/E/agent.log"
+check "and the fill completes" \
+    wait_until 120 eval '[ "$(image_field E "im[\"cached_chunks\"]")" = 1280 ]'
+echo "# E: $(ctl E agent-image-show "$hex")"
 
 # --- A peer killed mid-transfer: C lists B (B lists C) and B is killed
 # while C reads; the reads complete from elsewhere, identical

@@ -630,3 +630,23 @@ Test(peer_net, a_peer_list_with_a_bad_entry_is_refused_whole)
     st = peer_net_status(a->net);
     cr_expect_eq(st->len, 0u, "nothing changed");
 }
+
+Test(peer_net, a_background_fill_through_peers_completes)
+{
+    Host *a = host_new(NULL);
+    Host *b = host_new(NULL);
+    guint64 count = image_index_chunk_count(fx.idx);
+
+    for (guint64 i = 0; i < count / 2; i++)
+        cr_assert(fetch_engine_get(a->engine, i, FETCH_PRIORITY_DEMAND,
+                                   in_seconds(30), NULL));
+    mesh();
+    wait_connected(b, 1);
+    wait_connected(a, 1);
+    for (guint64 i = 0; i < count; i++)
+        fetch_engine_want(b->engine, i, FETCH_PRIORITY_BACKGROUND);
+    for (int t = 0; t < 300 && fetch_engine_queued(b->engine) > 0; t++)
+        g_usleep(100 * 1000);
+    cr_expect_eq(fetch_engine_queued(b->engine), 0u, "the fill finishes");
+    assert_cache_complete_and_verified(b);
+}
