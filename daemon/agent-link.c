@@ -23,8 +23,10 @@
 #include "virt-detect.h"
 #include "wire.h"
 
-#define HELLO_EVERY_US (2 * G_USEC_PER_SEC)
-#define JOURNAL_KEEP   4096
+#define HELLO_EVERY_US    (2 * G_USEC_PER_SEC)
+#define JOURNAL_KEEP      4096
+
+#define PROFILES_EVERY_US (15 * G_USEC_PER_SEC)
 
 struct AgentLink {
     Agent *agent;
@@ -171,6 +173,13 @@ image_ready(AgentLink *l, JsonObject *image, GError **error)
     json_object_set_string_member(add, "index", path);
     json_object_set_string_member(add, "id", id);
     json_object_set_member(add, "origins", json_node_copy(origins));
+    /* the site's access profile of the image, for a host that never
+     * booted it: prefetched when the image is served */
+    if (json_object_get_member(image, "profile") &&
+        JSON_NODE_HOLDS_ARRAY(json_object_get_member(image, "profile")))
+        json_object_set_member(
+            add, "profile",
+            json_node_copy(json_object_get_member(image, "profile")));
     reply = agent_json(l, add);
     if (!reply ||
         !json_object_get_boolean_member_with_default(reply, "ok", FALSE)) {
@@ -540,7 +549,8 @@ send_report(AgentLink *l, void *sock, CloneHost *host)
     return wire_send(sock, NULL, report);
 }
 
-/* send_profiles: each image's merged access profile, for the manager */
+/* send_profiles: each image's merged access profile, for the manager
+ * (every PROFILES_EVERY_US) */
 static void
 send_profiles(AgentLink *l, void *sock)
 {
@@ -821,7 +831,7 @@ link_thread(gpointer data)
             send_hello(l, sock, host);
             last_hello = now;
         }
-        if (welcomed && now - last_profiles > 60 * G_USEC_PER_SEC) {
+        if (welcomed && now - last_profiles > PROFILES_EVERY_US) {
             send_profiles(l, sock);
             last_profiles = now;
         }

@@ -34,6 +34,7 @@
 #include "fetch-protocol.h"
 #include "file-util.h"
 #include "image-index.h"
+#include "le-bytes.h"
 #include "local-source.h"
 #include "origin.h"
 #include "peer-net.h"
@@ -46,6 +47,7 @@
 #define SHIM_START_TIMEOUT_MS  10000
 #define SHIM_THREADS           "16"
 #define UNIX_PATH_BYTES        108 /* sizeof(sun_path) */
+#define SITE_PROFILE_FILE      "site-profile"
 
 typedef struct {
     char *id;  /* "sha256:<hex>" */
@@ -291,8 +293,57 @@ agent_find_image(Agent *a, const char *name, GError **error)
 /* ---- shims ------------------------------------------------------------- */
 
 /*
- * Queue the chunks earlier boots read first (their merged access profile),
- * in that order, right behind demand misses.
+ * The site's profile of the image (from the site manager): chunk numbers in
+ * the order to prefetch them, 8 bytes each, little-endian, in
+ * CACHE_DIR/SITE_PROFILE_FILE.  NULL when there is none.
+ */
+static GArray *
+site_profile_load(AgentImage *im)
+{
+    g_autofree char *path =
+        g_build_filename(chunk_cache_dir(im->cache), SITE_PROFILE_FILE, NULL);
+    g_autofree char *data = NULL;
+    gsize len = 0;
+    GArray *order;
+
+    if (!g_file_test(path, G_FILE_TEST_EXISTS) ||
+        !spore_file_read_bounded(path, AGENT_PROFILE_CHUNKS_MAX * 8, &data,
+                                 &len, NULL))
+        return NULL;
+    order = g_array_new(FALSE, FALSE, sizeof(guint64));
+    for (gsize off = 0; off + 8 <= len; off += 8) {
+        guint64 c = le_get64((const guint8 *)data + off);
+        if (c < image_index_chunk_count(im->idx))
+            g_array_append_val(order, c);
+    }
+    return order;
+}
+
+/* Keep @profile (a JSON array of chunk numbers) as the site's profile. */
+static bool
+site_profile_store(AgentImage *im, JsonArray *profile, GError **error)
+{
+    g_autofree char *path =
+        g_build_filename(chunk_cache_dir(im->cache), SITE_PROFILE_FILE, NULL);
+    guint n = MIN(json_array_get_length(profile), AGENT_PROFILE_CHUNKS_MAX);
+    g_autofree guint8 *data = g_malloc((gsize)n * 8 + 1);
+    guint kept = 0;
+
+    for (guint i = 0; i < n; i++) {
+        JsonNode *e = json_array_get_element(profile, i);
+        gint64 c = JSON_NODE_HOLDS_VALUE(e) ? json_node_get_int(e) : -1;
+
+        if (c < 0 || (guint64)c >= image_index_chunk_count(im->idx))
+            continue; /* not a chunk of this image */
+        le_put64(data + 8 * kept++, (guint64)c);
+    }
+    return spore_file_write_atomic(path, data, (gsize)kept * 8, 0640, error);
+}
+
+/*
+ * Queue the chunks earlier boots read first, in that order, right behind
+ * demand misses: this host's own boots' merged access profile, or, when it
+ * never booted the image, the site's.
  */
 static void
 agent_image_prefetch_profile(AgentImage *im)
@@ -302,7 +353,16 @@ agent_image_prefetch_profile(AgentImage *im)
     guint boots = 0;
     g_autoptr(GArray) order =
         profile_load_dir(dir, image_index_chunk_count(im->idx), &boots);
+    bool site = false;
 
+    if (boots == 0) {
+        GArray *s = site_profile_load(im);
+        if (s) {
+            g_array_unref(order);
+            order = s;
+            site = true;
+        }
+    }
     for (guint i = 0; i < order->len; i++)
         fetch_engine_want(im->engine, g_array_index(order, guint64, i),
                           FETCH_PRIORITY_PROFILE);
@@ -310,6 +370,10 @@ agent_image_prefetch_profile(AgentImage *im)
         g_message("image %.12s: prefetching the %u chunks of %u recorded "
                   "boots' profile",
                   im->hex, order->len, boots);
+    else if (site)
+        g_message("image %.12s: prefetching the %u chunks of the site's "
+                  "profile (this host never booted it)",
+                  im->hex, order->len);
 }
 
 typedef struct {
@@ -653,6 +717,17 @@ cmd_image_add(Agent *a, JsonObject *req)
                   " chunks of %" G_GUINT64_FORMAT " bytes, origins: %s)",
                   im->hex, image_index_chunk_count(idx),
                   image_index_chunk_size(idx), im->origins[0]);
+    }
+    if (json_object_has_member(req, "profile")) {
+        JsonNode *p = json_object_get_member(req, "profile");
+
+        if (!JSON_NODE_HOLDS_ARRAY(p) ||
+            !site_profile_store(im, json_node_get_array(p), &err)) {
+            g_mutex_unlock(&a->lock);
+            return reply_error("image %.12s: profile: %s", im->hex,
+                               err ? err->message
+                                   : "not an array of chunk numbers");
+        }
     }
     b = reply_ok();
     json_builder_set_member_name(b, "image");

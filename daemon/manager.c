@@ -975,6 +975,22 @@ command_create(Manager *m, const char *host, const char *service,
             sqlite3_column_blob(st, 4), (gsize)sqlite3_column_bytes(st, 4));
         json_object_set_string_member(image, "index", b64);
     }
+    /* the access profile of the host that booted the image most: a host
+     * that never did prefetches it (docs/site-protocol.md) */
+    {
+        g_autofree char *chunks = mdb_text(
+            m,
+            "SELECT chunks FROM profiles WHERE image = ? ORDER BY boots DESC, "
+            "updated DESC LIMIT 1",
+            G_TYPE_STRING, json_object_get_string_member(image, "id"),
+            G_TYPE_INVALID);
+        g_autoptr(JsonParser) p = json_parser_new();
+
+        if (chunks && json_parser_load_from_data(p, chunks, -1, NULL) &&
+            JSON_NODE_HOLDS_ARRAY(json_parser_get_root(p)))
+            json_object_set_member(image, "profile",
+                                   json_node_copy(json_parser_get_root(p)));
+    }
     json_object_set_string_member(body, "op", "clone-create");
     json_object_set_string_member(body, "service", service);
     json_object_set_int_member(body, "generation", sqlite3_column_int64(st, 6));

@@ -55,8 +55,11 @@
 #include "spore-error.h"
 #include "zmq-zap.h"
 
-#define LOOP_TICK_MS          50
-#define HAVE_RETRY_MS         2000
+#define LOOP_TICK_MS  50
+#define HAVE_RETRY_MS 2000
+/* how long a fetch waits for the bitmaps of connected peers that were not
+ * asked yet or have not answered (an image just added) */
+#define HAVE_WAIT_US          (1 * G_USEC_PER_SEC)
 #define DEAD_BACKOFF_MIN_US   (2 * G_USEC_PER_SEC)
 #define DEAD_BACKOFF_MAX_US   (60 * G_USEC_PER_SEC)
 #define DELEGATED_HOLD_US     (30 * G_USEC_PER_SEC)
@@ -79,6 +82,7 @@ typedef struct {
     FetchEngine *engine;
     ImageIndex *idx;
     guint64 chunks;
+    gint64 added; /* monotonic µs */
     gsize bitmap_bytes;
     guint8 *advertised;         /* loop: the bitmap subscribers know */
     GHashTable *subscribers;    /* loop: routing id (GBytes) -> itself */
@@ -401,6 +405,32 @@ origin_fetcher(PeerNet *net, NetImage *im, guint64 i)
     return best;
 }
 
+/*
+ * Locked.  Whether a connected peer's bitmap of @im is still to come: not
+ * asked yet (the image was just added) or asked less than HAVE_WAIT_US ago.
+ * A fetch then waits for it rather than going to the origin at once.
+ */
+static bool
+have_pending(PeerNet *net, NetImage *im)
+{
+    gint64 now = g_get_monotonic_time();
+
+    for (guint k = 0; k < net->peers->len; k++) {
+        Peer *p = net->peers->pdata[k];
+        PeerImage *pi;
+
+        if (!p->connected || p->dead)
+            continue;
+        pi = g_hash_table_lookup(p->images, im->digest);
+        if (!pi)
+            return now - im->added < HAVE_WAIT_US;
+        if (!pi->bits && !pi->unknown &&
+            (pi->asked_at == 0 || now - pi->asked_at < HAVE_WAIT_US))
+            return true;
+    }
+    return false;
+}
+
 /* Locked.  Whether a peer asked this host to fetch @i lately. */
 static bool
 delegated_here(NetImage *im, guint64 i)
@@ -531,7 +561,7 @@ plan(PeerNet *net, Job *job)
         send_get(net, job, p, false);
         return;
     }
-    if (full) {
+    if (full || have_pending(net, job->im)) {
         g_atomic_int_inc(&job->refs);
         g_queue_push_tail(&net->waiting, job);
         return;
@@ -1033,9 +1063,11 @@ peer_drain(PeerNet *net, Peer *p)
         }
         if (err)
             peer_complain(net, p, "a message", err);
-        else if (m.type == PEER_MSG_HAVE || m.type == PEER_MSG_HAVE_UPDATE)
+        else if (m.type == PEER_MSG_HAVE || m.type == PEER_MSG_HAVE_UPDATE) {
             client_have(net, p, &m, &f[1]);
-        else if (m.type == PEER_MSG_DATA || m.type == PEER_MSG_ERR)
+            if (m.type == PEER_MSG_HAVE)
+                plan_waiting(net); /* fetches that waited for it */
+        } else if (m.type == PEER_MSG_DATA || m.type == PEER_MSG_ERR)
             client_answer(net, p, &m, n == 2 ? &f[1] : NULL);
         else if (complain_allowed(&p->last_complaint))
             net_log(net, PEER_LOG_WARNING, "peer %s: dropped an unasked %s",
@@ -1704,6 +1736,7 @@ peer_net_add_image(PeerNet *net, ChunkCache *cache, FetchEngine *engine)
     im->engine = engine;
     im->idx = idx;
     im->chunks = image_index_chunk_count(idx);
+    im->added = g_get_monotonic_time();
     im->bitmap_bytes = (gsize)((im->chunks + 7) / 8);
     /* subscribers learn the present chunks from their HAVE; updates carry
      * what comes after */
@@ -1853,6 +1886,8 @@ peer_has(FetchSource *base, const ImageIndex *idx, guint64 i)
             yes = peer_holds(net->peers->pdata[k], im, i);
         if (!yes && !delegated_here(im, i))
             yes = origin_fetcher(net, im, i) != NULL;
+        if (!yes)
+            yes = have_pending(net, im);
     }
     g_mutex_unlock(&net->lock);
     return yes;

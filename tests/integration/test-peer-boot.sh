@@ -123,8 +123,12 @@ chunks_since 1 | sort -u >"$SITE/a-chunks.txt"
 a_cached=$(actl hv1 --json agent-image-show "$hex" | jget 'r["image"]["cached_chunks"]')
 echo "# hv1 holds $a_cached chunks after a-0's boot and customization"
 
+db() { sqlite3 -cmd '.timeout 5000' "$SITE/manager/spored.db" "$@"; }
+check "hv1 sends the manager the access profile of a-0's boot" \
+    wait_until 60 eval '[ "$(db "SELECT boots FROM profiles WHERE host = '"'hv1'"'")" -ge 1 ]'
+
 # --- host B (hv2) boots the same image: from hv1, and only what hv1 lacks
-# from the origin
+# from the origin; never having booted it, it prefetches the site's profile
 manifest b hv2 >"$SITE/b.xml"
 check "service b runs on hv2" \
     quiet timeout 600 "$BUILD/daemon/sporectl" -c "$SITE/m/control.sock" submit --wait "$SITE/b.xml"
@@ -136,6 +140,8 @@ chunks_since "$from" >"$SITE/b-chunks.txt"
 peer_bytes=$(actl hv2 --json agent-image-show "$hex" | jget 'r["image"]["fetched_bytes"]["peer"]')
 echo "# while b booted: $(wc -l <"$SITE/b-chunks.txt") chunks from the origin, $peer_bytes bytes from hv1"
 check "hv2 took chunks from hv1 ($peer_bytes bytes)" test "${peer_bytes:-0}" -gt 0
+check "hv2 prefetched the site's profile of the image (from hv1's boot)" \
+    grep -q "image ${hex:0:12}: prefetching the [1-9][0-9]* chunks of the site's profile" "$SITE/hv2.log"
 check "the origin was asked only for chunks hv1 lacked" \
     test -z "$(comm -12 "$SITE/a-chunks.txt" <(sort -u "$SITE/b-chunks.txt"))"
 check "and for each of them once" \

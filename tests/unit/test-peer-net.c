@@ -91,9 +91,10 @@ in_seconds(int s)
     return g_get_monotonic_time() + (gint64)s * G_USEC_PER_SEC;
 }
 
-/* A host with a cache, an engine with peer and origin sources, serving. */
+/* A host with a cache, an engine with peer and origin sources, serving
+ * the image unless @later (then the test calls peer_net_add_image). */
 static Host *
-host_new(const PeerNetConfig *tweaks)
+host_new_with(const PeerNetConfig *tweaks, bool later)
 {
     Host *h = &fx.hosts[fx.n_hosts];
     g_autoptr(GError) err = NULL;
@@ -122,9 +123,16 @@ host_new(const PeerNetConfig *tweaks)
     cr_assert(origin, "%s", err ? err->message : "");
     fetch_engine_add_source(h->engine, origin);
     fetch_engine_add_source(h->engine, peer_source_new(h->net, h->cache));
-    peer_net_add_image(h->net, h->cache, h->engine);
+    if (!later)
+        peer_net_add_image(h->net, h->cache, h->engine);
     fx.n_hosts++;
     return h;
+}
+
+static Host *
+host_new(const PeerNetConfig *tweaks)
+{
+    return host_new_with(tweaks, false);
 }
 
 static PeerInfo
@@ -649,4 +657,32 @@ Test(peer_net, a_background_fill_through_peers_completes)
         g_usleep(100 * 1000);
     cr_expect_eq(fetch_engine_queued(b->engine), 0u, "the fill finishes");
     assert_cache_complete_and_verified(b);
+}
+
+/* Regression: a fetch for an image just added, before the connected peers'
+ * bitmaps of it came, went to the origin (a host serving an image it had
+ * just added prefetched its whole profile from the origin). */
+Test(peer_net, a_fetch_waits_for_the_bitmaps_of_connected_peers)
+{
+    Host *a = host_new(NULL);
+    Host *b = host_new_with(NULL, true);
+    FetchStats st;
+    bool up = false;
+
+    get_all(a);
+    mesh();
+    for (int tries = 0; tries < 2000 && !up; tries++) {
+        g_autoptr(GArray) s = peer_net_status(b->net);
+        up = s->len == 1 && g_array_index(s, PeerStatus, 0).connected;
+        if (!up)
+            g_usleep(1000);
+    }
+    cr_assert(up, "B connects to A");
+    g_usleep(200 * 1000);
+    peer_net_add_image(b->net, b->cache, b->engine);
+    cr_assert(fetch_engine_get(b->engine, 0, FETCH_PRIORITY_DEMAND,
+                               in_seconds(30), NULL));
+    fetch_engine_stats(b->engine, &st);
+    cr_expect_eq(st.chunks[FETCH_SOURCE_PEER], 1u, "from A, not the origin");
+    cr_expect_eq(st.chunks[FETCH_SOURCE_ORIGIN], 0u);
 }
