@@ -126,7 +126,7 @@ agent_image_open(Agent *a, ImageIndex *idx, const char *const *origins,
 {
     g_autoptr(GError) err = NULL;
     AgentImage *im = g_new0(AgentImage, 1);
-    FetchSource *origin;
+    GPtrArray *origin; /* one FetchSource per URL, in order */
 
     im->idx = image_index_ref(idx);
     im->id = g_strdup(image_index_id(idx));
@@ -138,18 +138,18 @@ agent_image_open(Agent *a, ImageIndex *idx, const char *const *origins,
     im->shim_pidfile = g_strdup_printf("%s/%.16s.pid", a->shims_dir, im->hex);
     im->shim_log = g_strdup_printf("%s/%.16s.log", a->shims_dir, im->hex);
 
-    origin = origin_source_new(origins, NULL, error);
+    origin = origin_source_new_each(origins, NULL, error);
     if (!origin)
         goto fail;
     im->cache = chunk_cache_open(a->cache_root, idx, error);
     if (!im->cache) {
-        fetch_source_free(origin);
+        g_ptr_array_unref(origin);
         goto fail;
     }
     if (a->cfg.verify_cache) {
         guint64 bad = 0;
         if (!chunk_cache_verify_all(im->cache, &bad, error)) {
-            fetch_source_free(origin);
+            g_ptr_array_unref(origin);
             goto fail;
         }
         g_log(G_LOG_DOMAIN, bad ? G_LOG_LEVEL_WARNING : G_LOG_LEVEL_MESSAGE,
@@ -158,7 +158,10 @@ agent_image_open(Agent *a, ImageIndex *idx, const char *const *origins,
               im->hex, chunk_cache_stored_count(im->cache) + bad, bad);
     }
     im->engine = fetch_engine_new(im->cache, a->cfg.fetch_workers);
-    fetch_engine_add_source(im->engine, origin);
+    for (guint k = 0; k < origin->len; k++) /* in order: see origin.h */
+        fetch_engine_add_source(im->engine, origin->pdata[k]);
+    g_ptr_array_set_free_func(origin, NULL); /* the engine owns them now */
+    g_ptr_array_unref(origin);
     /* chunks another image here already holds are copied, not fetched */
     fetch_engine_add_source(im->engine, local_source_new(a->caches, im->cache));
     cache_set_add(a->caches, im->cache);

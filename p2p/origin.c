@@ -312,3 +312,26 @@ origin_source_new(const char *const *urls, const OriginOptions *options,
     }
     return &src->base;
 }
+
+GPtrArray *
+origin_source_new_each(const char *const *urls, const OriginOptions *options,
+                       GError **error)
+{
+    g_autoptr(GPtrArray) sources =
+        g_ptr_array_new_with_free_func((GDestroyNotify)fetch_source_free);
+
+    if (!urls || !urls[0]) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
+                    "an image needs at least one origin URL");
+        return NULL;
+    }
+    for (gsize k = 0; urls[k]; k++) {
+        const char *one[] = {urls[k], NULL};
+        FetchSource *src = origin_source_new(one, options, error);
+
+        if (!src)
+            return NULL;
+        g_ptr_array_add(sources, src);
+    }
+    return g_steal_pointer(&sources);
+}

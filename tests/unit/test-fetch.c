@@ -232,6 +232,260 @@ Test(fetch, rejects_a_corrupt_chunk_from_the_origin_and_caches_nothing_of_it)
         "%s", err2 ? err2->message : "");
 }
 
+/*
+ * A FetchSource in memory: serves the test image (or, when @corrupt, the
+ * image with one byte of each chunk flipped) and notes its name in `asked`
+ * each time the engine asks it.
+ */
+typedef struct {
+    FetchSource base;
+    bool corrupt;
+} MemSource;
+
+static GMutex asked_lock;
+static GString *asked;
+
+static bool
+mem_fetch(FetchSource *base, const ImageIndex *idx, guint64 i, guint8 *buf,
+          gsize len, gint64 deadline, GError **error)
+{
+    g_mutex_lock(&asked_lock);
+    g_string_append_printf(asked, "%s%s", asked->len ? " " : "", base->name);
+    g_mutex_unlock(&asked_lock);
+    memcpy(buf, fx.data + (i << image_index_chunk_shift(idx)), len);
+    if (((MemSource *)base)->corrupt)
+        buf[len / 2] ^= 0x5a;
+    return true;
+}
+
+static bool
+mem_has(FetchSource *base, const ImageIndex *idx, guint64 i)
+{
+    return true;
+}
+
+static void
+mem_rejected(FetchSource *base, guint64 i)
+{
+}
+
+static void
+mem_free(FetchSource *base)
+{
+    g_free(base->name);
+    g_free(base);
+}
+
+static const FetchSourceOps mem_ops = {
+    .fetch = mem_fetch,
+    .has = mem_has,
+    .rejected = mem_rejected,
+    .free = mem_free,
+};
+
+static FetchSource *
+mem_source_new(FetchSourceKind kind, const char *name, bool corrupt)
+{
+    MemSource *m = g_new0(MemSource, 1);
+
+    m->base.ops = &mem_ops;
+    m->base.kind = kind;
+    m->base.name = g_strdup(name);
+    m->corrupt = corrupt;
+    return &m->base;
+}
+
+/*
+ * Sources added in a jumble of kinds are asked cheapest kind first and,
+ * within a kind, in the order added; every one but the last serves a bad
+ * chunk, so the engine walks them all.
+ */
+Test(fetch, asks_sources_by_kind_then_in_the_order_added)
+{
+    g_autoptr(FetchEngine) e = fetch_engine_new(fx.cache, 2);
+    g_autoptr(GError) err = NULL;
+    static const struct {
+        FetchSourceKind kind;
+        const char *name;
+    } added[] = {
+        {FETCH_SOURCE_ORIGIN, "o1"}, {FETCH_SOURCE_LOCAL, "l1"},
+        {FETCH_SOURCE_ORIGIN, "o2"}, {FETCH_SOURCE_PEER, "p1"},
+        {FETCH_SOURCE_PEER, "p2"},   {FETCH_SOURCE_LOCAL, "l2"},
+        {FETCH_SOURCE_ORIGIN, "o3"}, {FETCH_SOURCE_PEER, "p3"},
+        {FETCH_SOURCE_ORIGIN, "o4"}, {FETCH_SOURCE_LOCAL, "l3"},
+        {FETCH_SOURCE_PEER, "p4"},   {FETCH_SOURCE_ORIGIN, "o5"},
+    };
+    FetchStats st;
+
+    asked = g_string_new(NULL);
+    for (gsize k = 0; k < G_N_ELEMENTS(added); k++)
+        fetch_engine_add_source(e, mem_source_new(added[k].kind, added[k].name,
+                                                  k + 1 < G_N_ELEMENTS(added)));
+    cr_expect(
+        fetch_engine_get(e, 2, FETCH_PRIORITY_DEMAND, in_seconds(10), &err),
+        "%s", err ? err->message : "");
+    cr_expect_str_eq(asked->str, "l1 l2 l3 p1 p2 p3 p4 o1 o2 o3 o4 o5");
+    fetch_engine_stats(e, &st);
+    cr_expect_eq(st.rejected, G_N_ELEMENTS(added) - 1);
+    cr_expect_eq(st.chunks[FETCH_SOURCE_ORIGIN], 1u);
+    g_string_free(asked, TRUE);
+    asked = NULL;
+}
+
+/*
+ * A FetchSource that forwards to another and counts what the engine asks of
+ * it and tells it: to see which origin a rejection was held against.
+ */
+typedef struct {
+    FetchSource base;
+    FetchSource *inner;
+    guint fetches;  /* atomic */
+    guint rejected; /* atomic */
+} Watched;
+
+static bool
+watched_fetch(FetchSource *base, const ImageIndex *idx, guint64 i, guint8 *buf,
+              gsize len, gint64 deadline, GError **error)
+{
+    Watched *w = (Watched *)base;
+
+    g_atomic_int_inc(&w->fetches);
+    return w->inner->ops->fetch(w->inner, idx, i, buf, len, deadline, error);
+}
+
+static bool
+watched_has(FetchSource *base, const ImageIndex *idx, guint64 i)
+{
+    Watched *w = (Watched *)base;
+
+    return w->inner->ops->has(w->inner, idx, i);
+}
+
+static void
+watched_rejected(FetchSource *base, guint64 i)
+{
+    Watched *w = (Watched *)base;
+
+    g_atomic_int_inc(&w->rejected);
+    w->inner->ops->rejected(w->inner, i);
+}
+
+static void
+watched_free(FetchSource *base)
+{
+    fetch_source_free(((Watched *)base)->inner);
+    g_free(base);
+}
+
+static const FetchSourceOps watched_ops = {
+    .fetch = watched_fetch,
+    .has = watched_has,
+    .rejected = watched_rejected,
+    .free = watched_free,
+};
+
+/* Wrap @inner (owned from now on); the result is owned by the caller. */
+static Watched *
+watched_new(FetchSource *inner)
+{
+    Watched *w = g_new0(Watched, 1);
+
+    w->base.ops = &watched_ops;
+    w->base.kind = inner->kind;
+    w->base.name = inner->name; /* borrowed */
+    w->inner = inner;
+    return w;
+}
+
+/*
+ * The engine's origins as the agent makes them (origin_source_new_each,
+ * added in order), each watched.  ret_watched gets borrowed pointers, valid
+ * while @e lives.
+ */
+static void
+add_watched_origins(FetchEngine *e, const char *const *urls,
+                    Watched **ret_watched)
+{
+    g_autoptr(GError) err = NULL;
+    OriginOptions opts = origin_options_default();
+    g_autoptr(GPtrArray) sources = NULL;
+
+    opts.backoff_ms = 20;
+    opts.connect_timeout_ms = 1000;
+    sources = origin_source_new_each(urls, &opts, &err);
+    cr_assert(sources, "%s", err ? err->message : "");
+    g_ptr_array_set_free_func(sources, NULL);
+    for (guint k = 0; k < sources->len; k++) {
+        ret_watched[k] = watched_new(sources->pdata[k]);
+        fetch_engine_add_source(e, &ret_watched[k]->base);
+    }
+}
+
+/* Make docroot/@name a copy of the image with chunk @i corrupt. */
+static char *
+serve_corrupt_copy(const char *name, guint64 i)
+{
+    g_autofree char *path = g_build_filename(fx.docroot, name, NULL);
+    g_autofree guint8 *bad = g_memdup2(fx.data, fx.len);
+
+    bad[(i << image_index_chunk_shift(fx.idx)) + 1000] ^= 0xff;
+    cr_assert(g_file_set_contents(path, (char *)bad, (gssize)fx.len, NULL));
+    return test_httpd_url(fx.httpd, name);
+}
+
+Test(fetch, asks_the_next_origin_for_a_chunk_one_origin_sent_corrupt)
+{
+    g_autofree char *a = serve_corrupt_copy("a.raw", 3);
+    g_autofree char *b = test_httpd_url(fx.httpd, "image.raw");
+    const char *urls[] = {a, b, NULL};
+    g_autoptr(FetchEngine) e = fetch_engine_new(fx.cache, 2);
+    g_autoptr(GError) err = NULL;
+    Watched *w[2];
+    FetchStats st;
+    guint64 bad = 1;
+
+    add_watched_origins(e, urls, w);
+    cr_assert(
+        fetch_engine_get(e, 3, FETCH_PRIORITY_DEMAND, in_seconds(10), &err),
+        "%s", err ? err->message : "");
+    cr_expect(chunk_cache_has(fx.cache, 3));
+    cr_assert(chunk_cache_verify_all(fx.cache, &bad, NULL));
+    cr_expect_eq(bad, 0u);
+    fetch_engine_stats(e, &st);
+    cr_expect_eq(st.rejected, 1u);
+    cr_expect_eq(st.chunks[FETCH_SOURCE_ORIGIN], 1u);
+    cr_expect_eq(w[0]->fetches, 1u, "origin A was asked first, once");
+    cr_expect_eq(w[0]->rejected, 1u, "the rejection is held against A");
+    cr_expect_eq(w[1]->fetches, 1u, "origin B was asked next");
+    cr_expect_eq(w[1]->rejected, 0u, "and B, which was right, is not blamed");
+}
+
+Test(fetch, names_only_the_origin_that_sent_a_corrupt_chunk)
+{
+    g_autofree char *a = serve_corrupt_copy("a.raw", 3);
+    g_autofree char *b = test_httpd_url(fx.httpd, "no-such-image.raw");
+    const char *urls[] = {a, b, NULL};
+    g_autoptr(FetchEngine) e = fetch_engine_new(fx.cache, 2);
+    g_autoptr(GError) err = NULL;
+    g_autofree char *blames_a = NULL;
+    g_autofree char *blames_b = NULL;
+    Watched *w[2];
+
+    add_watched_origins(e, urls, w);
+    cr_expect_not(
+        fetch_engine_get(e, 3, FETCH_PRIORITY_DEMAND, in_seconds(1), &err));
+    cr_assert(err);
+    blames_a =
+        g_strdup_printf("origin '%s' sent chunk 3 with a wrong digest", a);
+    blames_b = g_strdup_printf("origin '%s' sent", b);
+    cr_expect(strstr(err->message, blames_a), "%s", err->message);
+    cr_expect_not(strstr(err->message, blames_b), "%s", err->message);
+    cr_expect(strstr(err->message, "HTTP 404"), "B's own failure: %s",
+              err->message);
+    cr_expect_eq(w[1]->rejected, 0u);
+    cr_expect_not(chunk_cache_has(fx.cache, 3));
+}
+
 typedef struct {
     FetchEngine *engine;
     guint64 chunk;
