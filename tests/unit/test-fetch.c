@@ -486,6 +486,77 @@ Test(fetch, names_only_the_origin_that_sent_a_corrupt_chunk)
     cr_expect_not(chunk_cache_has(fx.cache, 3));
 }
 
+/*
+ * Require 206: an HTTP origin that ignores Range answers 200 with the whole
+ * image.  Its bytes are refused before any reaches the buffer, with an
+ * error naming the origin, the status and why; nothing is cached; the next
+ * origin is asked.
+ */
+static void
+expect_range_ignoring_origin_refused(guint64 chunk)
+{
+    TestHttpd *no_ranges = test_httpd_start_with(
+        fx.docroot, 0, "server.range-requests = \"disable\"");
+    g_autofree char *bad = test_httpd_url(no_ranges, "image.raw");
+    g_autofree char *good = test_httpd_url(fx.httpd, "image.raw");
+    g_autofree char *names_chunk =
+        g_strdup_printf("chunk %" G_GUINT64_FORMAT ": origin '%s'", chunk, bad);
+    const char *bad_only[] = {bad, NULL};
+    const char *bad_then_good[] = {bad, good, NULL};
+    g_autoptr(GError) err = NULL;
+    FetchStats st;
+
+    {
+        g_autoptr(FetchEngine) e = fetch_engine_new(fx.cache, 2);
+
+        fetch_engine_add_source(e, origin_for(bad_only));
+        cr_expect_not(fetch_engine_get(e, chunk, FETCH_PRIORITY_DEMAND,
+                                       in_seconds(1), &err));
+        cr_assert(err);
+        cr_expect(strstr(err->message, names_chunk), "%s", err->message);
+        cr_expect(
+            strstr(err->message, "HTTP 200, expected 206 Partial Content"),
+            "%s", err->message);
+        cr_expect(strstr(err->message, "ignores Range"), "%s", err->message);
+        cr_expect_not(chunk_cache_has(fx.cache, chunk));
+        cr_expect_eq(chunk_cache_stored_count(fx.cache), 0u);
+        fetch_engine_stats(e, &st);
+        cr_expect_eq(st.bytes[FETCH_SOURCE_ORIGIN], 0u);
+        cr_expect_eq(st.rejected, 0u, "refused before verification");
+    }
+    {
+        g_autoptr(FetchEngine) e = fetch_engine_new(fx.cache, 2);
+        Watched *w[2];
+        g_autoptr(GError) err2 = NULL;
+
+        add_watched_origins(e, bad_then_good, w);
+        cr_expect(fetch_engine_get(e, chunk, FETCH_PRIORITY_DEMAND,
+                                   in_seconds(10), &err2),
+                  "%s", err2 ? err2->message : "");
+        cr_expect_eq(w[1]->fetches, 1u, "the next origin was asked");
+    }
+    test_httpd_stop(no_ranges);
+}
+
+Test(fetch, refuses_an_http_origin_that_ignores_range_requests)
+{
+    expect_range_ignoring_origin_refused(2);
+}
+
+static void
+setup_one_chunk(void)
+{
+    setup_with(40000, 16); /* the whole image is chunk 0 */
+}
+
+/* 200 with exactly the bytes asked for is refused too: it is luck, not a
+ * range. */
+Test(fetch_one_chunk, refuses_a_200_even_when_it_has_the_right_length,
+     .init = setup_one_chunk, .fini = teardown, .timeout = 60)
+{
+    expect_range_ignoring_origin_refused(0);
+}
+
 typedef struct {
     FetchEngine *engine;
     guint64 chunk;
