@@ -3,8 +3,10 @@
  * loopback, and file:// URLs.
  */
 #include <criterion/criterion.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <unistd.h>
 #include <glib/gstdio.h>
 
@@ -26,6 +28,7 @@ static struct {
     ImageIndex *idx;
     ChunkCache *cache;
     TestHttpd *httpd;
+    char *tmpfs; /* mounted by a test, unmounted by teardown */
 } fx;
 
 /* An image of @size bytes indexed at 2^@shift, served over HTTP. */
@@ -60,6 +63,11 @@ teardown(void)
 {
     test_httpd_stop(fx.httpd);
     chunk_cache_close(fx.cache);
+    if (fx.tmpfs) {
+        umount2(fx.tmpfs, MNT_DETACH);
+        g_rmdir(fx.tmpfs);
+        g_free(fx.tmpfs);
+    }
     image_index_free(fx.idx);
     if (fx.cache_root)
         test_rm_rf(fx.cache_root);
@@ -714,4 +722,81 @@ Test(fetch, copies_shared_chunks_from_another_cached_image)
     }
     cr_assert(chunk_cache_verify_all(b_cache, &bad, NULL));
     cr_expect_eq(bad, 0u);
+}
+
+/* The small tmpfs for the disk-full test: 256 KiB holds three 64 KiB
+ * chunks next to the cache's index and bitmap, not the image's 22. */
+#define FULL_DISK_TMPFS_OPTIONS "size=256k,mode=0700"
+
+/*
+ * Disk full while fetching: the cache root on a small tmpfs, chunks fetched
+ * through the engine from the HTTP origin until the disk is full.  The
+ * failing get names the chunk and "No space left", that chunk stays
+ * missing, and the cache verifies, also when opened again.
+ */
+Test(fetch, reports_a_full_disk_and_leaves_the_chunk_missing)
+{
+    g_autoptr(GError) err = NULL;
+    g_autofree char *names_chunk = NULL;
+    guint64 count = image_index_chunk_count(fx.idx);
+    guint64 stored = 0, failed_at = G_MAXUINT64, bad = 99;
+
+    if (geteuid() != 0)
+        cr_skip_test("needs root to mount a small tmpfs for the cache");
+    fx.tmpfs = g_dir_make_tmp("spore-full-XXXXXX", NULL);
+    cr_assert(fx.tmpfs);
+    if (mount("tmpfs", fx.tmpfs, "tmpfs", MS_NOSUID | MS_NODEV,
+              FULL_DISK_TMPFS_OPTIONS) != 0) {
+        int saved = errno;
+        g_rmdir(fx.tmpfs);
+        g_clear_pointer(&fx.tmpfs, g_free);
+        cr_skip_test("cannot mount a tmpfs: %s", g_strerror(saved));
+    }
+
+    {
+        g_autoptr(ChunkCache) cache = chunk_cache_open(fx.tmpfs, fx.idx, &err);
+        g_autofree char *url = test_httpd_url(fx.httpd, "image.raw");
+        const char *urls[] = {url, NULL};
+        g_autoptr(FetchEngine) e = NULL;
+
+        cr_assert(cache, "%s", err ? err->message : "");
+        e = fetch_engine_new(cache, 2);
+        fetch_engine_add_source(e, origin_for(urls));
+        for (guint64 i = 0; i < count; i++) {
+            if (image_index_chunk_is_zero(fx.idx, i))
+                continue;
+            if (!fetch_engine_get(e, i, FETCH_PRIORITY_DEMAND, in_seconds(2),
+                                  &err)) {
+                failed_at = i;
+                break;
+            }
+            stored++;
+        }
+        cr_assert_neq(failed_at, G_MAXUINT64, "a %s tmpfs held the whole image",
+                      FULL_DISK_TMPFS_OPTIONS);
+        cr_assert(err);
+        cr_expect_gt(stored, 0u, "the first chunks fit");
+        names_chunk =
+            g_strdup_printf("chunk %" G_GUINT64_FORMAT " ", failed_at);
+        cr_expect(strstr(err->message, "No space left"), "%s", err->message);
+        cr_log_info("full at chunk %" G_GUINT64_FORMAT ": %s", failed_at,
+                    err->message);
+        cr_expect(strstr(err->message, names_chunk),
+                  "names chunk %" G_GUINT64_FORMAT ": %s", failed_at,
+                  err->message);
+        cr_expect_not(chunk_cache_has(cache, failed_at));
+        cr_expect_eq(chunk_cache_stored_count(cache), stored);
+        cr_assert(chunk_cache_verify_all(cache, &bad, NULL));
+        cr_expect_eq(bad, 0u);
+    }
+    {
+        g_autoptr(ChunkCache) again = chunk_cache_open(fx.tmpfs, fx.idx, &err);
+
+        cr_assert(again, "%s", err ? err->message : "");
+        cr_expect_not(chunk_cache_has(again, failed_at));
+        cr_expect_eq(chunk_cache_stored_count(again), stored);
+        bad = 99;
+        cr_assert(chunk_cache_verify_all(again, &bad, NULL));
+        cr_expect_eq(bad, 0u, "after reopening too");
+    }
 }
