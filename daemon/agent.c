@@ -678,11 +678,25 @@ cmd_on_image(Agent *a, const char *command, JsonObject *req)
     return reply_from(b);
 }
 
-void
-agent_set_shim_timeout(Agent *a, guint seconds)
+static bool
+check_shim_timeout(guint seconds, GError **error)
 {
-    if (seconds > 0)
-        g_atomic_int_set(&a->shim_timeout, (gint)MIN(seconds, 86400u));
+    if (seconds == 0 || seconds > SHIM_TIMEOUT_MAX_S) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
+                    "shim timeout '%u' is out of range (1 to %u seconds)",
+                    seconds, SHIM_TIMEOUT_MAX_S);
+        return false;
+    }
+    return true;
+}
+
+bool
+agent_set_shim_timeout(Agent *a, guint seconds, GError **error)
+{
+    if (!check_shim_timeout(seconds, error))
+        return false;
+    g_atomic_int_set(&a->shim_timeout, (gint)seconds);
+    return true;
 }
 
 char *
@@ -876,6 +890,8 @@ agent_new(const AgentConfig *cfg, GError **error)
                     a->cfg.run_dir, UNIX_PATH_BYTES - 1);
         return NULL;
     }
+    if (!check_shim_timeout(cfg->shim_timeout_s, error))
+        return NULL;
     if (!make_dir(a->cache_root, 0750, error) ||
         !make_dir(a->images_dir, 0750, error) ||
         !make_dir(a->cfg.run_dir, 0755, error) ||

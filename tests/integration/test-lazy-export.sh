@@ -66,6 +66,33 @@ json_field() { # json_field PYTHON-EXPR: evaluated on the image object as 'im'
 }
 
 check "the origin (lighttpd) starts on 127.0.0.1:$port" start_origin "$work/www" "$port" "$work"
+
+# --- the shim timeout has one limit (SHIM_TIMEOUT_MAX_S, 3600 s) on both
+# sides: the agent refuses more, and at the limit its shim starts
+refused_timeout() { # refused_timeout ARGS...: the agent exits at once, saying why
+    local out rc
+    out=$(timeout 10 "$agent_bin" --state-dir "$work/t-state" --run-dir "$work/t-run" \
+        --plugin "$plugin" --shim-group "" --metrics none "$@" 2>&1)
+    rc=$?
+    [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] &&
+        grep -q "shim timeout '[0-9]*' is out of range (1 to 3600 seconds)" <<<"$out"
+}
+check "the agent refuses --shim-timeout 3601" refused_timeout --shim-timeout 3601
+check "... and 86400" refused_timeout --shim-timeout 86400
+check "... and 0" refused_timeout --shim-timeout 0
+printf '[agent]\nshim_timeout=86400\n' >"$work/t-agent.conf"
+check "... and shim_timeout=86400 in its configuration file" refused_timeout --config "$work/t-agent.conf"
+"$agent_bin" --state-dir "$work/t-state" --run-dir "$work/t-run" --plugin "$plugin" \
+    --shim-group "" --metrics none --shim-timeout 3600 >>"$work/t-agent.log" 2>&1 &
+t_agent=$!
+pids+=("$t_agent")
+t_ctl() { "$sporectl" --agent "$work/t-run/control.sock" "$@"; }
+wait_until 20 quiet t_ctl agent-image-list
+quiet t_ctl agent-image-add "$work/image.idx" "http://127.0.0.1:$port/image.raw"
+check "at --shim-timeout 3600 the agent's shim starts (the plugin takes it)" \
+    test -n "$(t_ctl agent-image-serve "$hex" 2>>"$work/t-agent.log")"
+quiet t_ctl agent-image-unserve "$hex"
+kill "$t_agent"; wait "$t_agent" 2>/dev/null
 check "spore-agent starts" start_agent
 check "the agent takes the image" \
     quiet ctl agent-image-add "$work/image.idx" "http://127.0.0.1:$port/image.raw"
