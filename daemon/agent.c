@@ -395,8 +395,16 @@ agent_image_serve(Agent *a, AgentImage *im, GError **error)
             return false;
         }
     }
-    /* nbdkit writes its PID file once it accepts connections */
-    pid = read_pidfile(im->shim_pidfile);
+    /* nbdkit's daemon writes its PID file once it accepts connections,
+     * which may be just after its parent exited: wait for it */
+    {
+        gint64 give_up =
+            g_get_monotonic_time() + (gint64)SHIM_START_TIMEOUT_MS * 1000;
+
+        while (!pid_is_nbdkit(pid = read_pidfile(im->shim_pidfile)) &&
+               g_get_monotonic_time() < give_up)
+            g_usleep(10000);
+    }
     if (!pid_is_nbdkit(pid)) {
         g_set_error(error, SPORE_ERROR, SPORE_ERROR_FAILED,
                     "the shim (nbdkit) did not start serving on '%s'; see "
