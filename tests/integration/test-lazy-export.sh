@@ -74,6 +74,11 @@ present_count() {
     python3 -c 'import sys; print(sum(bin(b).count("1") for b in open(sys.argv[1], "rb").read()))' \
         "$work/state/cache/$1/present"
 }
+# present_bit HEX CHUNK: 1 when the bitmap on disk claims CHUNK, else 0
+present_bit() {
+    python3 -c 'import sys; b = open(sys.argv[1], "rb").read(); i = int(sys.argv[2]); print(b[i // 8] >> (i % 8) & 1)' \
+        "$work/state/cache/$1/present" "$2"
+}
 
 check "the origin (lighttpd) starts on 127.0.0.1:$port" start_origin "$work/www" "$port" "$work"
 
@@ -165,6 +170,10 @@ check "reads of the other chunks are fine" \
 qemu-img dd -f raw -O raw if="$uri2" of="$work/first3.raw" bs=65536 count=3 2>/dev/null
 check "... and carry the right bytes" \
     cmp -s "$work/first3.raw" <(head -c $((3 * 65536)) "$work/image2.raw")
+cached2=$(image_field "$hex2" "im['cached_chunks']")
+check "the corrupt chunk is not counted in cached_chunks ($cached2: chunks 0-2 and 4 only)" \
+    test "$cached2" = 4
+check "... nor claimed by the cache's bitmap" test "$(present_bit "$hex2" 3)" = 0
 
 # --- the origin goes away, and comes back
 stop_origin
