@@ -134,7 +134,7 @@ agent_image_open(Agent *a, ImageIndex *idx, const char *const *origins,
 {
     g_autoptr(GError) err = NULL;
     AgentImage *im = g_new0(AgentImage, 1);
-    FetchSource *origin;
+    GPtrArray *origin; /* one FetchSource per URL, in order */
 
     im->idx = image_index_ref(idx);
     im->id = g_strdup(image_index_id(idx));
@@ -146,18 +146,18 @@ agent_image_open(Agent *a, ImageIndex *idx, const char *const *origins,
     im->shim_pidfile = g_strdup_printf("%s/%.16s.pid", a->shims_dir, im->hex);
     im->shim_log = g_strdup_printf("%s/%.16s.log", a->shims_dir, im->hex);
 
-    origin = origin_source_new(origins, NULL, error);
+    origin = origin_source_new_each(origins, NULL, error);
     if (!origin)
         goto fail;
     im->cache = chunk_cache_open(a->cache_root, idx, error);
     if (!im->cache) {
-        fetch_source_free(origin);
+        g_ptr_array_unref(origin);
         goto fail;
     }
     if (a->cfg.verify_cache) {
         guint64 bad = 0;
         if (!chunk_cache_verify_all(im->cache, &bad, error)) {
-            fetch_source_free(origin);
+            g_ptr_array_unref(origin);
             goto fail;
         }
         g_log(G_LOG_DOMAIN, bad ? G_LOG_LEVEL_WARNING : G_LOG_LEVEL_MESSAGE,
@@ -166,7 +166,10 @@ agent_image_open(Agent *a, ImageIndex *idx, const char *const *origins,
               im->hex, chunk_cache_stored_count(im->cache) + bad, bad);
     }
     im->engine = fetch_engine_new(im->cache, a->cfg.fetch_workers);
-    fetch_engine_add_source(im->engine, origin);
+    for (guint k = 0; k < origin->len; k++) /* in order: see origin.h */
+        fetch_engine_add_source(im->engine, origin->pdata[k]);
+    g_ptr_array_set_free_func(origin, NULL); /* the engine owns them now */
+    g_ptr_array_unref(origin);
     /* chunks another image here already holds are copied, not fetched */
     im->local = local_source_new(a->caches, im->cache);
     fetch_engine_add_source(im->engine, im->local);
@@ -515,8 +518,16 @@ agent_image_serve(Agent *a, AgentImage *im, GError **error)
             return false;
         }
     }
-    /* nbdkit writes its PID file once it accepts connections */
-    pid = read_pidfile(im->shim_pidfile);
+    /* nbdkit's daemon writes its PID file once it accepts connections,
+     * which may be just after its parent exited: wait for it */
+    {
+        gint64 give_up =
+            g_get_monotonic_time() + (gint64)SHIM_START_TIMEOUT_MS * 1000;
+
+        while (!pid_is_nbdkit(pid = read_pidfile(im->shim_pidfile)) &&
+               g_get_monotonic_time() < give_up)
+            g_usleep(10000);
+    }
     if (!pid_is_nbdkit(pid)) {
         g_set_error(error, SPORE_ERROR, SPORE_ERROR_FAILED,
                     "the shim (nbdkit) did not start serving on '%s'; see "
@@ -1022,11 +1033,25 @@ agent_peer_endpoint(Agent *a)
     return a->peers ? peer_net_endpoint(a->peers) : NULL;
 }
 
-void
-agent_set_shim_timeout(Agent *a, guint seconds)
+static bool
+check_shim_timeout(guint seconds, GError **error)
 {
-    if (seconds > 0)
-        g_atomic_int_set(&a->shim_timeout, (gint)MIN(seconds, 86400u));
+    if (seconds == 0 || seconds > SHIM_TIMEOUT_MAX_S) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
+                    "shim timeout '%u' is out of range (1 to %u seconds)",
+                    seconds, SHIM_TIMEOUT_MAX_S);
+        return false;
+    }
+    return true;
+}
+
+bool
+agent_set_shim_timeout(Agent *a, guint seconds, GError **error)
+{
+    if (!check_shim_timeout(seconds, error))
+        return false;
+    g_atomic_int_set(&a->shim_timeout, (gint)seconds);
+    return true;
 }
 
 char *
@@ -1269,6 +1294,8 @@ agent_new(const AgentConfig *cfg, GError **error)
                     a->cfg.run_dir, UNIX_PATH_BYTES - 1);
         return NULL;
     }
+    if (!check_shim_timeout(cfg->shim_timeout_s, error))
+        return NULL;
     if (!make_dir(a->cache_root, 0750, error) ||
         !make_dir(a->images_dir, 0750, error) ||
         !make_dir(a->cfg.run_dir, 0755, error) ||

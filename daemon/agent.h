@@ -36,8 +36,8 @@ typedef struct {
     char *plugin;     /* nbdkit-spore-plugin.so */
     char *shim_group; /* group owning shim sockets; NULL or "": none */
     guint fetch_workers;
-    guint shim_timeout_s;
-    bool verify_cache; /* verify every cached chunk when an image opens */
+    guint shim_timeout_s; /* 1 to SHIM_TIMEOUT_MAX_S (fetch-protocol.h) */
+    bool verify_cache;    /* verify every cached chunk when an image opens */
     /* peer-to-peer exchange (docs/peer-protocol.md): on when peer_listen
      * is set; the CURVE key pair is state_dir/curve.key, the host's key
      * in the site */
@@ -66,9 +66,12 @@ void agent_free(Agent *agent);
 
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(Agent, agent_free)
 
-/* agent_set_shim_timeout: the read timeout given to shims started from now
- * on (running shims keep theirs) */
-void agent_set_shim_timeout(Agent *agent, guint seconds);
+/*
+ * agent_set_shim_timeout: the read timeout given to shims started from now
+ * on (running shims keep theirs).  Fails, changing nothing, outside 1 to
+ * SHIM_TIMEOUT_MAX_S (fetch-protocol.h), which agent_new checks too.
+ */
+bool agent_set_shim_timeout(Agent *agent, guint seconds, GError **error);
 
 /*
  * agent_set_peers: replace the peer list (from the site manager).  Fails,

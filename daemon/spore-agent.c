@@ -21,6 +21,7 @@
 #include "agent.h"
 #include "agent-link.h"
 #include "config-util.h"
+#include "fetch-protocol.h"
 #include "metrics.h"
 #include "spore-config.h"
 #include "spore-error.h"
@@ -158,7 +159,8 @@ on_hup(gpointer data)
         return G_SOURCE_CONTINUE;
     }
     report_ms = spore_key_uint(kf, "agent", "report_ms", 2000, &err);
-    shim_timeout = spore_key_uint(kf, "agent", "shim_timeout", 60, &err);
+    shim_timeout = spore_key_uint(kf, "agent", "shim_timeout",
+                                  SHIM_TIMEOUT_DEFAULT_S, &err);
     if (err) {
         g_warning("SIGHUP: config '%s': %s; nothing changed", r->config_path,
                   err->message);
@@ -170,17 +172,22 @@ on_hup(gpointer data)
                   err->message);
         return G_SOURCE_CONTINUE;
     }
+    if (!r->shim_timeout_flag &&
+        !agent_set_shim_timeout(r->agent, shim_timeout, &err)) {
+        g_warning("SIGHUP: config '%s': %s; nothing changed", r->config_path,
+                  err->message);
+        return G_SOURCE_CONTINUE;
+    }
     /* the manager's list wins where there is a manager */
     if (!r->link && agent_peer_endpoint(r->agent) &&
         !agent_set_peers(r->agent, (PeerInfo *)(void *)peers->data, peers->len,
                          &err)) {
-        g_warning("SIGHUP: config '%s': peer list: %s; nothing changed",
+        g_warning("SIGHUP: config '%s': peer list: %s; the peer list is "
+                  "unchanged",
                   r->config_path, err->message);
-        return G_SOURCE_CONTINUE;
+        g_clear_error(&err);
     }
     agent_link_set_report_ms(r->link, report_ms);
-    if (!r->shim_timeout_flag)
-        agent_set_shim_timeout(r->agent, shim_timeout);
     g_message("configuration reloaded: report_ms=%u, shim_timeout=%u s (for "
               "shims started from now on), %u static peers; other keys need "
               "a restart, which keeps shims and clones running",
@@ -324,9 +331,10 @@ main(int argc, char **argv)
             ? (guint)fetch_workers
             : spore_key_uint(kf, "agent", "fetch_workers", 8, &err);
     cfg.shim_timeout_s =
-        shim_timeout > 0
-            ? (guint)shim_timeout
-            : spore_key_uint(kf, "agent", "shim_timeout", 60, &err);
+        shim_timeout != -1 /* given: 0 or less is refused below */
+            ? (guint)MAX(shim_timeout, 0)
+            : spore_key_uint(kf, "agent", "shim_timeout",
+                             SHIM_TIMEOUT_DEFAULT_S, &err);
     cfg.verify_cache = verify_cache || g_key_file_get_boolean(
                                            kf, "agent", "verify_cache", NULL);
     if (!peer_listen)
@@ -450,7 +458,7 @@ main(int argc, char **argv)
     reload.config_path = config_path;
     reload.agent = agent;
     reload.link = link;
-    reload.shim_timeout_flag = shim_timeout > 0;
+    reload.shim_timeout_flag = shim_timeout != -1;
     g_unix_signal_add(SIGHUP, on_hup, &reload);
     sd_notify(0, "READY=1");
     g_main_loop_run(loop);

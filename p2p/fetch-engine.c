@@ -19,7 +19,11 @@
  * Invariants:
  *   1. a chunk has at most one request in the table;
  *   2. a QUEUED request is in exactly the queue of its priority;
- *   3. at most n_workers - 1 workers run non-demand requests.
+ *   3. at most n_workers - 1 workers run non-demand requests;
+ *   4. `sources` is ordered by kind (local, peer, origin) and, within a
+ *      kind, by the order the sources were added: fetch_engine_add_source
+ *      inserts each one after the last of its kind or cheaper, so no sort
+ *      (g_ptr_array_sort does not promise a stable one) is ever needed.
  */
 #include "fetch-engine.h"
 
@@ -45,7 +49,7 @@ typedef struct {
 struct FetchEngine {
     ChunkCache *cache;
     ImageIndex *idx;
-    GPtrArray *sources; /* of FetchSource *, sorted by kind when asked */
+    GPtrArray *sources; /* of FetchSource *, in asking order (invariant 4) */
     GPtrArray *workers; /* of GThread * */
     guint n_workers;
 
@@ -92,16 +96,11 @@ request_for(FetchEngine *e, guint64 i, FetchPriority prio)
     return r;
 }
 
-static gint
-source_cmp(gconstpointer a, gconstpointer b)
-{
-    const FetchSource *sa = *(FetchSource *const *)a;
-    const FetchSource *sb = *(FetchSource *const *)b;
-
-    return (int)sa->kind - (int)sb->kind;
-}
-
-/* Fetch chunk @i from the first source that has it right.  Unlocked. */
+/*
+ * Fetch chunk @i from the first source, in asking order, that has it right:
+ * a source whose bytes do not verify is told, named in the error, and the
+ * next one is asked.  Unlocked.
+ */
 static bool
 fetch_one(FetchEngine *e, guint64 i, guint8 *buf, GError **error)
 {
@@ -114,9 +113,8 @@ fetch_one(FetchEngine *e, guint64 i, guint8 *buf, GError **error)
     g_mutex_lock(&e->lock);
     sources = g_ptr_array_copy(e->sources, NULL, NULL);
     g_mutex_unlock(&e->lock);
-    /* a borrowed view: the engine owns the sources until it is freed */
+    /* a borrowed view, in order: the engine owns the sources until freed */
     g_ptr_array_set_free_func(sources, NULL);
-    g_ptr_array_sort(sources, source_cmp);
 
     for (guint k = 0; k < sources->len; k++) {
         FetchSource *src = sources->pdata[k];
@@ -274,8 +272,17 @@ fetch_engine_free(FetchEngine *e)
 void
 fetch_engine_add_source(FetchEngine *e, FetchSource *src)
 {
+    guint at;
+
     g_mutex_lock(&e->lock);
-    g_ptr_array_add(e->sources, src);
+    /* invariant 4: after every source of the same kind or a cheaper one */
+    for (at = e->sources->len; at > 0; at--) {
+        const FetchSource *before = e->sources->pdata[at - 1];
+
+        if (before->kind <= src->kind)
+            break;
+    }
+    g_ptr_array_insert(e->sources, (gint)at, src);
     g_mutex_unlock(&e->lock);
 }
 

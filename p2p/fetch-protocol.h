@@ -33,7 +33,16 @@
 #define FETCH_REQUEST_BYTES       64u
 #define FETCH_REPLY_BYTES         256u
 #define FETCH_REPLY_MESSAGE_BYTES (FETCH_REPLY_BYTES - 24u)
-#define FETCH_WAIT_MAX_MS         (3600u * 1000) /* a request may ask at most this */
+/*
+ * The shim's read timeout (its timeout= parameter, which the agent passes
+ * from its shim_timeout setting): how long a guest read waits for a missing
+ * chunk.  One limit for both sides, so the agent never accepts a value its
+ * shims would refuse to start with.
+ */
+#define SHIM_TIMEOUT_DEFAULT_S 60u
+#define SHIM_TIMEOUT_MAX_S     3600u
+/* a request may ask the agent to wait at most this */
+#define FETCH_WAIT_MAX_MS (SHIM_TIMEOUT_MAX_S * 1000u)
 
 typedef struct {
     guint32 priority;

@@ -8,9 +8,12 @@
  * takes one for a request and gives it back, so a handle is used by one
  * thread at a time and its connection is kept alive for the next request.
  *
- * Bounds: a response may not carry more bytes than were asked for (the
- * write callback refuses the excess, which also catches servers that ignore
- * Range and answer 200 with the whole image).
+ * Require 206: an http(s) answer other than 206 Partial Content is refused
+ * at its first body byte (the write callback checks the status), so a server
+ * that ignores Range and answers 200 with the whole image costs one buffer,
+ * not the image, and never fills the chunk even when its length happens to
+ * match.  Bounds: a response may not carry more bytes than were asked for
+ * (the write callback refuses the excess).
  */
 #include "origin.h"
 
@@ -92,10 +95,13 @@ origin_give_handle(Origin *o, CURL *h)
 }
 
 typedef struct {
+    CURL *h;
+    bool is_http;
     guint8 *buf;
     gsize want;
     gsize got;
     bool overflow;
+    bool not_partial; /* http, and the status is not 206 */
 } Sink;
 
 static size_t
@@ -104,6 +110,15 @@ sink_write(char *data, size_t size, size_t nmemb, void *user)
     Sink *s = user;
     gsize n = size * nmemb;
 
+    if (s->is_http && s->got == 0) {
+        long status = 0;
+
+        curl_easy_getinfo(s->h, CURLINFO_RESPONSE_CODE, &status);
+        if (status != 206) {
+            s->not_partial = true;
+            return 0; /* aborts the transfer */
+        }
+    }
     if (n > s->want - s->got) {
         s->overflow = true;
         return 0; /* aborts the transfer */
@@ -127,7 +142,7 @@ origin_attempt(OriginSource *src, Origin *o, guint64 offset, guint8 *buf,
     CURL *h = origin_take_handle(o);
     char range[64];
     char curl_error[CURL_ERROR_SIZE] = "";
-    Sink sink = {.buf = buf, .want = len};
+    Sink sink = {.h = h, .is_http = o->is_http, .buf = buf, .want = len};
     gint64 left_ms = (deadline - g_get_monotonic_time()) / 1000;
     long timeout_ms =
         (long)MIN((gint64)src->options.request_timeout_ms, MAX(left_ms, 1));
@@ -162,12 +177,20 @@ origin_attempt(OriginSource *src, Origin *o, guint64 offset, guint8 *buf,
     rc = curl_easy_perform(h);
     curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
 
-    if (sink.overflow) {
-        g_set_error(
-            error, SPORE_ERROR, SPORE_ERROR_INVALID,
-            "origin '%s': bytes %s: answered more than the %" G_GSIZE_FORMAT
-            " bytes asked for (HTTP %ld; Range requests unsupported?)",
-            o->url, range, len, status);
+    if (o->is_http && status != 206 && (sink.not_partial || rc == CURLE_OK)) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_IO,
+                    "origin '%s': bytes %s: HTTP %ld, expected 206 Partial "
+                    "Content%s",
+                    o->url, range, status,
+                    status == 200 ? " (the server ignores Range requests)"
+                                  : "");
+        result = status >= 500 || status == 408 || status == 429 ? ATTEMPT_RETRY
+                                                                 : ATTEMPT_NEXT;
+    } else if (sink.overflow) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
+                    "origin '%s': bytes %s: answered more than the "
+                    "%" G_GSIZE_FORMAT " bytes asked for",
+                    o->url, range, len);
         result = ATTEMPT_NEXT;
     } else if (rc != CURLE_OK) {
         g_set_error(error, SPORE_ERROR, SPORE_ERROR_IO,
@@ -179,13 +202,6 @@ origin_attempt(OriginSource *src, Origin *o, guint64 offset, guint8 *buf,
                          rc == CURLE_REMOTE_FILE_NOT_FOUND
                      ? ATTEMPT_NEXT
                      : ATTEMPT_RETRY;
-    } else if (o->is_http && status != 206) {
-        g_set_error(error, SPORE_ERROR, SPORE_ERROR_IO,
-                    "origin '%s': bytes %s: HTTP %ld, expected 206 Partial "
-                    "Content",
-                    o->url, range, status);
-        result = status >= 500 || status == 408 || status == 429 ? ATTEMPT_RETRY
-                                                                 : ATTEMPT_NEXT;
     } else if (sink.got != len) {
         g_set_error(error, SPORE_ERROR, SPORE_ERROR_IO,
                     "origin '%s': bytes %s: got %" G_GSIZE_FORMAT
@@ -311,4 +327,27 @@ origin_source_new(const char *const *urls, const OriginOptions *options,
         }
     }
     return &src->base;
+}
+
+GPtrArray *
+origin_source_new_each(const char *const *urls, const OriginOptions *options,
+                       GError **error)
+{
+    g_autoptr(GPtrArray) sources =
+        g_ptr_array_new_with_free_func((GDestroyNotify)fetch_source_free);
+
+    if (!urls || !urls[0]) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
+                    "an image needs at least one origin URL");
+        return NULL;
+    }
+    for (gsize k = 0; urls[k]; k++) {
+        const char *one[] = {urls[k], NULL};
+        FetchSource *src = origin_source_new(one, options, error);
+
+        if (!src)
+            return NULL;
+        g_ptr_array_add(sources, src);
+    }
+    return g_steal_pointer(&sources);
 }

@@ -4,9 +4,16 @@
  * http(s):// origins are read with Range requests and must answer 206 with
  * exactly the bytes asked for; file:// origins are read with ranges too.
  * Several origins are tried in the manifest's order; each request is retried
- * with exponential backoff before the next origin is tried.  Each worker
- * thread keeps its own curl handle per origin, so connections are reused
- * (keep-alive) and no handle is shared between threads.
+ * with exponential backoff before the next origin is tried.  Idle curl
+ * handles are pooled per origin, so connections are reused (keep-alive)
+ * and a handle is used by one thread at a time.
+ *
+ * A source only moves bytes: the fetch engine verifies them after the
+ * source returns.  So the engine gets one source per URL
+ * (origin_source_new_each), added in order: a chunk that one origin sends
+ * corrupt is then rejected naming that origin alone, and asked of the next.
+ * A source of several URLs falls through only on transport errors; it is
+ * for reads that are not verified per chunk (building an index).
  */
 #pragma once
 
@@ -30,6 +37,15 @@ OriginOptions origin_options_default(void);
  */
 FetchSource *origin_source_new(const char *const *urls,
                                const OriginOptions *options, GError **error);
+
+/*
+ * origin_source_new_each: one FetchSource per URL of @urls (NULL-terminated,
+ * at least one), in order, as a GPtrArray that owns them (free function
+ * fetch_source_free).  Fails, making none, when a URL's scheme is not http,
+ * https or file.
+ */
+GPtrArray *origin_source_new_each(const char *const *urls,
+                                  const OriginOptions *options, GError **error);
 
 /*
  * origin_source_read_range: read [@offset, @offset + @len) of the image

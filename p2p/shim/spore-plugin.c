@@ -52,9 +52,8 @@
 #include "fetch-protocol.h"
 #include "image-index.h"
 
-#define THREAD_MODEL           NBDKIT_THREAD_MODEL_PARALLEL
-#define SHIM_TIMEOUT_DEFAULT_S 60u
-#define SHIM_TIMEOUT_MAX_S     3600u
+#define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
+/* SHIM_TIMEOUT_DEFAULT_S, SHIM_TIMEOUT_MAX_S: fetch-protocol.h */
 
 static char *cache_dir;
 static char *agent_path;

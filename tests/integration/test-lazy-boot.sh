@@ -123,10 +123,17 @@ check "the guest's writes landed in the clone's overlay" \
     test "$(qemu-img map -U -f qcow2 --output=json "$work/pool/$domain.qcow2" |
         python3 -c 'import json,sys; print(any(e["depth"] == 0 and e["data"] for e in json.load(sys.stdin)))')" = True
 
-# --- the origin stops while a guest boots from a cold cache: with
-# error_policy='stop' the guest pauses on the failed read instead of seeing
-# corruption; once the origin is back it resumes and finishes booting.
+# --- the origin stops in the middle of a guest's boot (cold cache, another
+# image id).  The origin is slowed (lighttpd server.kbytes-per-second) so
+# that the boot is still fetching when a few chunks are cached; then it is
+# stopped: cached reads go on, the guest's next miss fails after the shim's
+# timeout and, with error_policy='stop', pauses it (I/O error) instead of
+# corrupting it; once the origin is back it resumes and finishes booting.
+boot_kib=512 # the boot reads ~3 MB: several seconds of fetching at this rate
+chunk2=131072
 kill "$origin_pid"; wait "$origin_pid" 2>/dev/null
+check "the origin restarts limited to $boot_kib KiB/s" \
+    start_origin "$work/www" "$port" "$work" "server.kbytes-per-second = $boot_kib"
 "$sporectl" image-index --chunk-size 128K -o "$work/disk128.idx" "$guest/disk.raw" >"$work/id128" 2>/dev/null
 hex2=$(sed 's/^sha256://' "$work/id128") # another id: a cold cache
 quiet ctl agent-image-add "$work/disk128.idx" "http://127.0.0.1:$port/disk.raw"
@@ -134,11 +141,48 @@ uri2=$(ctl agent-image-serve "$hex2")
 quiet qemu-img create -f qcow2 -F raw -b "$uri2" "$work/clone2.qcow2"
 write_domain "$domain2" "$work/clone2.qcow2" "$work/console2.log" "$hex2"
 quiet virsh -c qemu:///system define "$work/$domain2.xml"
-check "with the origin down, a cold guest still starts" quiet virsh -c qemu:///system start "$domain2"
+check "a second guest starts on a cold cache" quiet virsh -c qemu:///system start "$domain2"
+cached2() {
+    ctl --json agent-image-show "$hex2" |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)["image"]["cached_chunks"])'
+}
+some_cached() { [ "$(cached2)" -ge 3 ]; }
+# present_chunks HEX N: the first N chunks the cache's bitmap claims
+present_chunks() {
+    python3 -c '
+import sys
+b = open(sys.argv[1], "rb").read()
+on = [i for i in range(len(b) * 8) if b[i // 8] >> (i % 8) & 1]
+print(" ".join(map(str, on[:int(sys.argv[2])])))' "$work/state/cache/$1/present" "$2"
+}
+check "its boot fetches chunks through the slowed origin" wait_until 120 some_cached
+booting=no
+[ "$(virsh -c qemu:///system domstate "$domain2" 2>/dev/null | head -n 1)" = running ] &&
+    ! booted "$work/console2.log" && booting=yes
+kill "$origin_pid"; wait "$origin_pid" 2>/dev/null
+cached_at_stop=$(cached2)
+echo "# origin stopped with $cached_at_stop chunks of the second image cached"
+check "the origin stops mid-boot (the guest running, its boot not complete)" \
+    test "$booting" = yes
+cached_reads_ok() {
+    local c chunks
+    chunks=$(present_chunks "$hex2" 4)
+    [ -n "$chunks" ] || return 1
+    for c in $chunks; do
+        qemu-img convert -O raw --image-opts \
+            "driver=raw,offset=$((c * chunk2)),size=$chunk2,file.driver=nbd,file.server.type=unix,file.server.path=$work/run/shims/${hex2:0:16}.sock,file.export=$hex2" \
+            "$work/chunk.raw" 2>/dev/null &&
+            cmp -s "$work/chunk.raw" <(dd if="$guest/disk.raw" bs=$chunk2 skip="$c" count=1 status=none) ||
+            return 1
+    done
+}
+start=$(date +%s)
+check "with the origin down, reads of cached chunks go on, with the right bytes" cached_reads_ok
+check "... at once (under the shim's timeout: $(($(date +%s) - start)) s)" test $(($(date +%s) - start)) -lt 5
 paused_on_io_error() {
     virsh -c qemu:///system domstate --reason "$domain2" 2>/dev/null | grep -q 'paused (I/O error)'
 }
-check "its first disk miss fails after the shim's timeout and pauses it (I/O error)" \
+check "the guest's next disk miss fails after the shim's timeout and pauses it (I/O error)" \
     wait_until 120 paused_on_io_error
 check "the shim's log names the unavailable chunk" \
     grep -q "chunk [0-9]* .*unavailable" "$work/run/shims/${hex2:0:16}.log"
@@ -152,5 +196,6 @@ booted_or_resume() {
     return 1
 }
 check "and finishes booting from the origin" wait_until 180 booted_or_resume
+check "... having fetched more after the outage" test "$(cached2)" -gt "$cached_at_stop"
 
 finish

@@ -9,8 +9,11 @@
 #    chunk, nothing of it is cached, other reads are fine;
 #  - the origin stops: cached reads go on, misses fail after the shim's
 #    timeout, and succeed once the origin is back;
-#  - the agent is killed (-9) under load and restarted: the cache verifies,
-#    the shim (which outlives the agent) serves again.
+#  - the agent is killed (-9) several times while parallel readers fetch a
+#    64 MiB image through a rate-limited origin (0 < cached < total at each
+#    kill) and restarted with --verify-cache: 0 bad chunks each time, then
+#    qemu-img compare identical; the shims (which outlive the agent) serve
+#    again.
 set -u
 . "$(dirname "$0")/lib.sh"
 sporectl=$1 agent_bin=$2 plugin=$3
@@ -60,12 +63,51 @@ start_agent() {
     return 1
 }
 ctl() { "$sporectl" --agent "$work/run/control.sock" "$@"; }
-json_field() { # json_field PYTHON-EXPR: evaluated on the image object as 'im'
-    ctl --json agent-image-show "$hex" |
-        python3 -c "import json,sys; im=json.load(sys.stdin)['image']; print($1)"
+image_field() { # image_field HEX PYTHON-EXPR: evaluated on the image object as 'im'
+    ctl --json agent-image-show "$1" |
+        python3 -c "import json,sys; im=json.load(sys.stdin)['image']; print($2)"
+}
+json_field() { image_field "$hex" "$1"; }
+# present_count HEX: chunks whose bit is set in the cache's present bitmap
+# on disk (what a restarted agent will claim)
+present_count() {
+    python3 -c 'import sys; print(sum(bin(b).count("1") for b in open(sys.argv[1], "rb").read()))' \
+        "$work/state/cache/$1/present"
+}
+# present_bit HEX CHUNK: 1 when the bitmap on disk claims CHUNK, else 0
+present_bit() {
+    python3 -c 'import sys; b = open(sys.argv[1], "rb").read(); i = int(sys.argv[2]); print(b[i // 8] >> (i % 8) & 1)' \
+        "$work/state/cache/$1/present" "$2"
 }
 
 check "the origin (lighttpd) starts on 127.0.0.1:$port" start_origin "$work/www" "$port" "$work"
+
+# --- the shim timeout has one limit (SHIM_TIMEOUT_MAX_S, 3600 s) on both
+# sides: the agent refuses more, and at the limit its shim starts
+refused_timeout() { # refused_timeout ARGS...: the agent exits at once, saying why
+    local out rc
+    out=$(timeout 10 "$agent_bin" --state-dir "$work/t-state" --run-dir "$work/t-run" \
+        --plugin "$plugin" --shim-group "" --metrics none "$@" 2>&1)
+    rc=$?
+    [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] &&
+        grep -q "shim timeout '[0-9]*' is out of range (1 to 3600 seconds)" <<<"$out"
+}
+check "the agent refuses --shim-timeout 3601" refused_timeout --shim-timeout 3601
+check "... and 86400" refused_timeout --shim-timeout 86400
+check "... and 0" refused_timeout --shim-timeout 0
+printf '[agent]\nshim_timeout=86400\n' >"$work/t-agent.conf"
+check "... and shim_timeout=86400 in its configuration file" refused_timeout --config "$work/t-agent.conf"
+"$agent_bin" --state-dir "$work/t-state" --run-dir "$work/t-run" --plugin "$plugin" \
+    --shim-group "" --metrics none --shim-timeout 3600 >>"$work/t-agent.log" 2>&1 &
+t_agent=$!
+pids+=("$t_agent")
+t_ctl() { "$sporectl" --agent "$work/t-run/control.sock" "$@"; }
+wait_until 20 quiet t_ctl agent-image-list
+quiet t_ctl agent-image-add "$work/image.idx" "http://127.0.0.1:$port/image.raw"
+check "at --shim-timeout 3600 the agent's shim starts (the plugin takes it)" \
+    test -n "$(t_ctl agent-image-serve "$hex" 2>>"$work/t-agent.log")"
+quiet t_ctl agent-image-unserve "$hex"
+kill "$t_agent"; wait "$t_agent" 2>/dev/null
 check "spore-agent starts" start_agent
 check "the agent takes the image" \
     quiet ctl agent-image-add "$work/image.idx" "http://127.0.0.1:$port/image.raw"
@@ -128,6 +170,10 @@ check "reads of the other chunks are fine" \
 qemu-img dd -f raw -O raw if="$uri2" of="$work/first3.raw" bs=65536 count=3 2>/dev/null
 check "... and carry the right bytes" \
     cmp -s "$work/first3.raw" <(head -c $((3 * 65536)) "$work/image2.raw")
+cached2=$(image_field "$hex2" "im['cached_chunks']")
+check "the corrupt chunk is not counted in cached_chunks ($cached2: chunks 0-2 and 4 only)" \
+    test "$cached2" = 4
+check "... nor claimed by the cache's bitmap" test "$(present_bit "$hex2" 3)" = 0
 
 # --- the origin goes away, and comes back
 stop_origin
@@ -144,21 +190,70 @@ start_origin "$work/www" "$port" "$work"
 check "once the origin is back the same read succeeds" \
     quiet qemu-io -r -f raw -c "read $((6 * 65536)) 4096" "$uri2"
 
-# --- kill -9 of the agent under load, then restart
-qemu-img convert -f raw -O raw "$uri2" "$work/copy2.raw" 2>/dev/null &
-load=$!
-sleep 0.3
-kill -9 "$agent_pid"
-wait "$agent_pid" 2>/dev/null
-wait "$load" 2>/dev/null
+# --- kill -9 of the agent during heavy fetching, several rounds.  image3
+# comes through a rate-limited origin (lighttpd server.kbytes-per-second),
+# read by parallel readers, so that at each kill fetches are in flight and
+# the cache is neither empty nor complete; each restart verifies the cache.
+slow_kib=4096 # the 64 MiB image takes about 16 s to fetch at this rate
+rounds=3
+mkdir -p "$work/slow"
+head -c $((64 * 1024 * 1024)) /dev/urandom >"$work/www/image3.raw"
+"$sporectl" image-index -o "$work/image3.idx" "$work/www/image3.raw" >"$work/id3" 2>/dev/null
+hex3=$(sed 's/^sha256://' "$work/id3")
+total3=$((64 * 1024 * 1024 / 65536))
+main_origin_pid=$origin_pid
+slow_port=$(free_port)
+check "a rate-limited origin ($slow_kib KiB/s) starts on 127.0.0.1:$slow_port" \
+    start_origin "$work/www" "$slow_port" "$work/slow" "server.kbytes-per-second = $slow_kib"
+origin_pid=$main_origin_pid
+quiet ctl agent-image-add "$work/image3.idx" "http://127.0.0.1:$slow_port/image3.raw"
+uri3=$(ctl agent-image-serve "$hex3")
+check "the agent serves the 64 MiB image3 from it" test -n "$uri3"
+readers=()
+start_readers() { # four readers, a quarter of image3 each, 8 requests in flight
+    local quarter=$((64 * 1024 * 1024 / 4)) k
+    readers=()
+    for k in 0 1 2 3; do
+        qemu-img convert -m 8 -O raw --image-opts \
+            "driver=raw,offset=$((k * quarter)),size=$quarter,file.driver=nbd,file.server.type=unix,file.server.path=$work/run/shims/${hex3:0:16}.sock,file.export=$hex3" \
+            "$work/part$k.raw" 2>/dev/null &
+        readers+=($!)
+        pids+=($!)
+    done
+}
+cached_at_least() { [ "$(image_field "$hex3" "im['cached_chunks']")" -ge "$1" ]; }
 shim_pid=$(cat "$work/run/shims/${hex:0:16}.pid")
-check "the shim outlives the agent" kill -0 "$shim_pid"
-check "the agent restarts and verifies its caches" start_agent --verify-cache
-check "... with no bad chunk" \
-    grep -q "image ${hex2:0:12}: verified .* 0 bad" "$work/agent.log"
-check "the running shim serves again, through the new agent" \
+deadline=$(($(date +%s) + 150))
+for round in $(seq "$rounds"); do
+    start_readers
+    # kill at about 20%, 40%, 60% of the image
+    wait_until 60 cached_at_least $((total3 * round / (rounds + 2)))
+    queued=$(image_field "$hex3" "im['queued_chunks']")
+    kill -9 "$agent_pid"
+    wait "$agent_pid" 2>/dev/null
+    kill "${readers[@]}" 2>/dev/null
+    wait "${readers[@]}" 2>/dev/null
+    on_disk=$(present_count "$hex3")
+    check "round $round: kill -9 with $queued chunks queued or in flight" test "$queued" -gt 0
+    check "round $round: ... and $on_disk of $total3 chunks cached (0 < cached < total)" \
+        test "$on_disk" -gt 0 -a "$on_disk" -lt "$total3"
+    [ "$round" = 1 ] && check "the shim outlives the agent" kill -0 "$shim_pid"
+    log_lines=$(wc -l <"$work/agent.log")
+    check "round $round: the agent restarts and verifies its caches" start_agent --verify-cache
+    check "round $round: ... all $on_disk cached chunks of image3 verify, 0 bad" \
+        grep -q "image ${hex3:0:12}: verified $on_disk cached chunks, 0 bad" \
+        <(tail -n +$((log_lines + 1)) "$work/agent.log")
+    check "round $round: ... and image2's cache too" \
+        grep -q "image ${hex2:0:12}: verified .* 0 bad" <(tail -n +$((log_lines + 1)) "$work/agent.log")
+    [ "$(date +%s)" -lt "$deadline" ] || { not_ok "the kill rounds took over 150 s"; break; }
+done
+check "after the kills the export of image3 equals the image (qemu-img compare)" \
+    timeout 300 qemu-img compare -q -f raw -F raw "$work/www/image3.raw" "$uri3"
+check "... and its cache holds every chunk" \
+    test "$(image_field "$hex3" "im['cached_chunks']")" = "$total3"
+check "the running shim of the first image serves again, through the new agent" \
     qemu-img compare -q -f raw -F raw "$work/image.raw" "$uri"
-check "and the other image's misses are fetched again (bytes outside chunk 3)" \
+check "and image2's misses are fetched again (bytes outside chunk 3)" \
     quiet qemu-io -r -f raw -c "read 0 196608" -c "read 262144 $((8 * 1024 * 1024 - 262144))" "$uri2"
 
 finish

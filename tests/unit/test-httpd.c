@@ -76,6 +76,12 @@ test_httpd_port(TestHttpd *h)
 TestHttpd *
 test_httpd_start_port(const char *docroot, guint port)
 {
+    return test_httpd_start_with(docroot, port, "");
+}
+
+TestHttpd *
+test_httpd_start_with(const char *docroot, guint port, const char *extra_config)
+{
     TestHttpd *h;
     g_autofree char *conf = NULL;
     g_autofree char *conf_path = NULL;
@@ -97,8 +103,9 @@ test_httpd_start_port(const char *docroot, guint port)
         "accesslog.filename = \"%s\"\n"
         "server.errorlog = \"%s/error.log\"\n"
         "server.max-keep-alive-requests = 1000\n"
-        "mimetype.assign = (\"\" => \"application/octet-stream\")\n",
-        docroot, h->port, h->access_log, h->dir);
+        "mimetype.assign = (\"\" => \"application/octet-stream\")\n"
+        "%s\n",
+        docroot, h->port, h->access_log, h->dir, extra_config);
     conf_path = g_build_filename(h->dir, "lighttpd.conf", NULL);
     cr_assert(g_file_set_contents(conf_path, conf, -1, NULL));
     argv[3] = conf_path;

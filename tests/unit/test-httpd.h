@@ -18,6 +18,13 @@ TestHttpd *test_httpd_start(const char *docroot);
 /* test_httpd_start_port: the same on a given port (0: a free one). */
 TestHttpd *test_httpd_start_port(const char *docroot, guint port);
 
+/*
+ * test_httpd_start_with: the same with @extra_config (lighttpd.conf lines,
+ * e.g. server.range-requests = "disable") appended.
+ */
+TestHttpd *test_httpd_start_with(const char *docroot, guint port,
+                                 const char *extra_config);
+
 /* test_httpd_port: the port it listens on. */
 guint test_httpd_port(TestHttpd *h);
 
