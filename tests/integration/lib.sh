@@ -79,6 +79,14 @@ wait_until() {
 # booted CONSOLE-LOG: the test guest's init has finished booting
 booted() { grep -qa 'spore-guest: boot complete' "$1" 2>/dev/null; }
 
+# domains_of SERVICE: the names of the domains of SERVICE's clones, sorted,
+# each followed by a space (libvirtd is shared: other tests' domains may be
+# defined too, and are not ours to count)
+domains_of() {
+    virsh -q -c qemu:///system list --all --name |
+        grep -E "^$1-[0-9]+\$" | sort | tr '\n' ' '
+}
+
 # remove_pool NAME: stop and undefine a libvirt storage pool a test made
 # (its directory is the test's to remove)
 remove_pool() {

@@ -142,5 +142,5 @@ else
 fi
 check "clone-destroy removes both" \
     quiet "$sporectl" clone-destroy --timeout 0 --pool "$pool" "$service-0" "$service-1"
-check "nothing is left" test -z "$(lv list --all --name)$(lv vol-list "$pool")"
+check "nothing is left" test -z "$(domains_of "$service")$(lv vol-list "$pool")"
 finish

@@ -87,7 +87,7 @@ check "each overlay records its backing file and format" \
     test "$(qemu-img info --output=json "$work/pool/$service-0.qcow2" |
         python3 -c 'import json,sys; i=json.load(sys.stdin); print(i["backing-filename"], i["backing-filename-format"])')" = "$guest/disk.raw raw"
 check "virsh list --all shows both clones, shut off (--no-start)" \
-    test "$(lv list --all --name | sort | tr '\n' ' ')" = "$service-0 $service-1 "
+    test "$(domains_of "$service")" = "$service-0 $service-1 "
 
 # what cannot be seen on a console: modes and owners inside the clone
 out=$(guestfish --ro -a "$work/pool/$service-0.qcow2" -i <<'EOF' 2>&1
@@ -155,7 +155,7 @@ check "clone-destroy shuts clone 0 down gracefully, undefines it and removes its
 check "the guest saw the power button" \
     grep -qa "spore-guest: power button" "$work/console/$service-0.log"
 check "clone 0 is gone from virsh list --all" \
-    test "$(lv list --all --name | tr '\n' ' ')" = "$service-1 "
+    test "$(domains_of "$service")" = "$service-1 "
 check "and its volume from virsh vol-list" \
     test "$(lv vol-list "$pool" | awk '{print $1}' | tr '\n' ' ')" = "$service-1.qcow2 "
 check "destroying it again reports it absent, successfully" \
@@ -164,6 +164,6 @@ check "with --timeout 0 clone 1 is powered off at once" \
     grep -q "powered off, undefined, volume removed" \
     <("$sporectl" clone-destroy --timeout 0 "${pool_opts[@]:0:4}" "$service-1" 2>/dev/null)
 check "no clone and no volume is left" \
-    test -z "$(lv list --all --name)$(lv vol-list "$pool")"
+    test -z "$(domains_of "$service")$(lv vol-list "$pool")"
 
 finish
