@@ -100,16 +100,19 @@ typedef struct {
     const CloneCustomizeJob *job;
     ManifestVars vars;
     char *hostname;
-    char *label; /* "clone web-3" for messages */
 } Ctx;
+
+/*
+ * Errors inside one clone's customization say what failed; customize_one()
+ * prefixes them once with "clone NAME: ".
+ */
 
 static bool
 write_file(Ctx *c, const char *path, const char *data, gsize len, int mode,
            GError **error)
 {
     g_autofree char *dir = g_path_get_dirname(path);
-    g_autofree char *what =
-        g_strdup_printf("%s: cannot write '%s'", c->label, path);
+    g_autofree char *what = g_strdup_printf("cannot write '%s'", path);
 
     if (guestfs_mkdir_p(c->g, dir) < 0 ||
         guestfs_write(c->g, path, data, len) < 0 ||
@@ -122,12 +125,7 @@ write_file(Ctx *c, const char *path, const char *data, gsize len, int mode,
 static char *
 expand(Ctx *c, const char *tmpl, GError **error)
 {
-    char *out =
-        manifest_template_expand(tmpl, MANIFEST_VARS_ALL, &c->vars, error);
-
-    if (!out)
-        g_prefix_error(error, "%s: ", c->label);
-    return out;
+    return manifest_template_expand(tmpl, MANIFEST_VARS_ALL, &c->vars, error);
 }
 
 static bool
@@ -171,8 +169,7 @@ write_files(Ctx *c, GError **error)
 
         if (why) {
             g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
-                        "%s: refusing guest path '%s': %s", c->label, f->path,
-                        why);
+                        "refusing guest path '%s': %s", f->path, why);
             return false;
         }
         content = expand(c, f->content, error);
@@ -206,9 +203,8 @@ lookup_user(Ctx *c, const char *user, int *uid, int *gid, char **home,
         return true;
     }
     g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
-                "%s: user '%s' (for an ssh key) is not in the guest's "
-                "/etc/passwd",
-                c->label, user);
+                "user '%s' (for an ssh key) is not in the guest's /etc/passwd",
+                user);
     return false;
 }
 
@@ -229,8 +225,7 @@ add_ssh_keys(Ctx *c, GError **error)
             return false;
         if (home[0] != '/' || manifest_path_problem(home, true)) {
             g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
-                        "%s: user '%s' has an unusable home '%s'", c->label,
-                        k->user, home);
+                        "user '%s' has an unusable home '%s'", k->user, home);
             return false;
         }
         dir = g_strconcat(home, "/.ssh", NULL);
@@ -251,8 +246,8 @@ add_ssh_keys(Ctx *c, GError **error)
             guestfs_write(c->g, file, text->str, text->len) < 0 ||
             guestfs_chmod(c->g, 0600, file) < 0 ||
             guestfs_chown(c->g, uid, gid, file) < 0) {
-            g_autofree char *what = g_strdup_printf(
-                "%s: cannot install ssh keys for '%s'", c->label, k->user);
+            g_autofree char *what =
+                g_strdup_printf("cannot install ssh keys for '%s'", k->user);
             return gfs_fail(c->g, error, what);
         }
     }
@@ -511,10 +506,9 @@ customize_one(guestfs_h *g, const CloneCustomizeJob *job, Layout *layout,
     g_autofree char *name = manifest_clone_name(job->manifest, job->index);
     bool ok;
 
-    c.label = g_strdup_printf("clone %s", name);
     c.hostname = manifest_clone_hostname(job->manifest, job->index, error);
     if (!c.hostname) {
-        g_free(c.label);
+        g_prefix_error(error, "clone %s: ", name);
         return false;
     }
     c.vars = (ManifestVars){
@@ -530,8 +524,7 @@ customize_one(guestfs_h *g, const CloneCustomizeJob *job, Layout *layout,
     if (guestfs_umount_all(g) < 0 && ok)
         ok = gfs_fail(g, error, "cannot unmount the guest");
     if (!ok)
-        g_prefix_error(error, "%s: ", c.label);
-    g_free(c.label);
+        g_prefix_error(error, "clone %s: ", name);
     g_free(c.hostname);
     return ok;
 }

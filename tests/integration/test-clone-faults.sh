@@ -75,6 +75,19 @@ no_clone() { # no_clone INDEX: neither the domain nor its overlay exist
         [ ! -e "$work/pool/$service-$1.qcow2" ]
 }
 
+# --- a manifest the guest cannot satisfy: an ssh key for a user it lacks
+sed 's|</customize>|<ssh-key user="nosuch">ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl x</ssh-key></customize>|' \
+    "$work/service.xml" >"$work/nouser.xml"
+"$sporectl" clone-create --no-start --image "$guest/disk.raw" \
+    --pool "$pool" --pool-dir "$work/pool" --console-dir "$work/console" \
+    "$work/nouser.xml" 0 >/dev/null 2>"$work/err-nouser"
+check "clone-create fails for an ssh key of a user the guest does not have" \
+    test $? = 1
+echo "# $(tail -n 1 "$work/err-nouser")"
+check "with one error naming the clone once and the user (no \"run it again\")" \
+    test "$(tail -n 1 "$work/err-nouser")" = "sporectl clone-create: customizing $service-0 (nothing was defined): clone $service-0: user 'nosuch' (for an ssh key) is not in the guest's /etc/passwd"
+check "leaving no domain and no volume" no_clone 0
+
 # --- the appliance is killed while it customizes clone 0
 create 0
 check "the appliance starts customizing clone 0" wait_until 120 appliance_up
@@ -84,6 +97,10 @@ finish_bg
 check "clone-create fails when its appliance is killed" test $? = 1
 echo "# $(tail -n 1 "$work/err-0")"
 check "with an error naming the clone" grep -q "$service-0" "$work/err-0"
+check "that says a retry can help" \
+    grep -q "customizing $service-0 (nothing was defined; run it again): " "$work/err-0"
+check "and does not repeat the clone's name" \
+    test "$(grep -c "clone $service-0: clone $service-0" "$work/err-0")" = 0
 check "leaving no domain and no volume" no_clone 0
 create 0
 finish_bg
