@@ -164,18 +164,39 @@ write_files(Ctx *c, GError **error)
 
     for (guint i = 0; i < files->len; i++) {
         const ManifestFile *f = files->pdata[i];
-        g_autofree char *content = NULL;
-        const char *why = manifest_path_problem(f->path, true);
+        g_autofree char *content = expand(c, f->content, error);
 
-        if (why) {
-            g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
-                        "refusing guest path '%s': %s", f->path, why);
-            return false;
-        }
-        content = expand(c, f->content, error);
         if (!content || !write_file(c, f->path, content, strlen(content),
                                     (int)f->mode, error))
             return false;
+    }
+    return true;
+}
+
+/*
+ * The manifest's guest paths, checked again (a Manifest may not come from
+ * the parser): every clone of the batch, before the appliance is launched.
+ */
+static bool
+check_guest_paths(const CloneCustomizeJob *jobs, gsize n_jobs, GError **error)
+{
+    for (gsize i = 0; i < n_jobs; i++) {
+        GPtrArray *files = jobs[i].manifest->customize.files;
+
+        for (guint j = 0; j < files->len; j++) {
+            const ManifestFile *f = files->pdata[j];
+            const char *why = manifest_path_problem(f->path, true);
+
+            if (why) {
+                g_autofree char *name =
+                    manifest_clone_name(jobs[i].manifest, jobs[i].index);
+
+                g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
+                            "clone %s: refusing guest path '%s': %s", name,
+                            f->path, why);
+                return false;
+            }
+        }
     }
     return true;
 }
@@ -660,6 +681,8 @@ clone_customize_batch(const CloneCustomizeJob *jobs, gsize n_jobs,
 
     if (n_jobs == 0)
         return true;
+    if (!check_guest_paths(jobs, n_jobs, error))
+        return false;
     for (gsize i = 1; key && i < n_jobs; i++) {
         if (!jobs[i].image_key || !g_str_equal(jobs[i].image_key, key))
             key = NULL; /* not all of one master: inspect each */

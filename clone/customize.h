@@ -19,8 +19,10 @@
  *               (spore's test guest does; docs/customization.md)
  *   identity    /etc/machine-id emptied, /etc/ssh/ssh_host_* removed
  *
- * Guest paths are checked again here (manifest_path_problem) before any
- * write.  Thread-safe (each call has its own libguestfs handle).
+ * Guest paths are checked again here (manifest_path_problem), for every
+ * clone of a batch before its appliance is launched: a Manifest need not
+ * come from the parser.  Thread-safe (each call has its own libguestfs
+ * handle).
  */
 #pragma once
 
