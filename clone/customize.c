@@ -561,7 +561,8 @@ root_drive(guestfs_h *g, const char *root)
 
 /*
  * Inspect the launched @g and return the layout of drive @drive's guest,
- * as on sda; fails when that drive has no recognizable OS.
+ * as on sda; fails when that drive has no recognizable OS, naming @what
+ * (the master image the drive's overlay is backed by).
  */
 static Layout *
 inspect_drive(guestfs_h *g, int drive, const char *what, GError **error)
@@ -582,8 +583,7 @@ inspect_drive(guestfs_h *g, int drive, const char *what, GError **error)
     devices = guestfs_list_devices(g);
     if (!root || !devices || !devices[drive])
         g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
-                    "'%s': no recognizable operating system in the image",
-                    what);
+                    "no recognizable operating system in '%s'", what);
     else
         l = layout_from_inspection(g, root, devices[drive], error);
     for (size_t r = 0; roots[r]; r++)
@@ -595,9 +595,9 @@ inspect_drive(guestfs_h *g, int drive, const char *what, GError **error)
     return l;
 }
 
-/* A read-only launch of one overlay, to inspect it alone. */
+/* A read-only launch of one overlay of master @what, to inspect it alone. */
 static Layout *
-inspect_alone(const char *overlay, GError **error)
+inspect_alone(const char *overlay, const char *what, GError **error)
 {
     guestfs_h *g = gfs_open(error);
     Layout *l = NULL;
@@ -610,7 +610,7 @@ inspect_alone(const char *overlay, GError **error)
         guestfs_launch(g) < 0)
         gfs_fail(g, error, "cannot launch the appliance for inspection");
     else
-        l = inspect_drive(g, 0, overlay, error);
+        l = inspect_drive(g, 0, what, error);
     guestfs_close(g);
     return l;
 }
@@ -624,6 +624,7 @@ inspect_alone(const char *overlay, GError **error)
 typedef struct {
     char *dir;
     char *overlay;
+    const char *master;
     Layout *layout;
     GError *error;
 } ParallelInspect;
@@ -633,7 +634,7 @@ parallel_inspect_thread(gpointer data)
 {
     ParallelInspect *pi = data;
 
-    pi->layout = inspect_alone(pi->overlay, &pi->error);
+    pi->layout = inspect_alone(pi->overlay, pi->master, &pi->error);
     return NULL;
 }
 
@@ -645,6 +646,7 @@ parallel_inspect_start(ParallelInspect *pi, const CloneCustomizeJob *job,
     if (!pi->dir)
         return NULL;
     pi->overlay = g_build_filename(pi->dir, "inspect.qcow2", NULL);
+    pi->master = job->backing;
     if (!clone_overlay_create(pi->overlay, job->backing, job->backing_format,
                               error))
         return NULL;
@@ -701,7 +703,7 @@ clone_customize_batch(const CloneCustomizeJob *jobs, gsize n_jobs,
                 return false;
             }
         } else if (!shared && n_jobs > 1) {
-            shared = inspect_alone(jobs[0].overlay, error);
+            shared = inspect_alone(jobs[0].overlay, jobs[0].overlay, error);
             if (!shared)
                 return false;
             cache_store(key, shared);
@@ -745,8 +747,15 @@ clone_customize_batch(const CloneCustomizeJob *jobs, gsize n_jobs,
         Layout *l = shared;
 
         if (!l) {
-            l = inspect_drive(g, (int)i, jobs[i].overlay, error);
+            const char *master =
+                jobs[i].backing ? jobs[i].backing : jobs[i].overlay;
+
+            l = inspect_drive(g, (int)i, master, error);
             if (!l) {
+                g_autofree char *name =
+                    manifest_clone_name(jobs[i].manifest, jobs[i].index);
+
+                g_prefix_error(error, "clone %s: ", name);
                 ok = false;
                 break;
             }

@@ -88,6 +88,17 @@ check "with one error naming the clone once and the user (no \"run it again\")" 
     test "$(tail -n 1 "$work/err-nouser")" = "sporectl clone-create: customizing $service-0 (nothing was defined): clone $service-0: user 'nosuch' (for an ssh key) is not in the guest's /etc/passwd"
 check "leaving no domain and no volume" no_clone 0
 
+# --- an image without an operating system: a blank disk
+truncate -s 64M "$work/blank.raw"
+"$sporectl" clone-create --no-start --image "$work/blank.raw" \
+    --pool "$pool" --pool-dir "$work/pool" --console-dir "$work/console" \
+    "$work/service.xml" 0 >/dev/null 2>"$work/err-blank"
+check "clone-create fails on a blank image" test $? = 1
+echo "# $(tail -n 1 "$work/err-blank")"
+check "saying it has no recognizable operating system, naming the clone and the image" \
+    test "$(tail -n 1 "$work/err-blank")" = "sporectl clone-create: customizing $service-0 (nothing was defined): clone $service-0: no recognizable operating system in '$work/blank.raw'"
+check "leaving no domain and no volume" no_clone 0
+
 # --- the appliance is killed while it customizes clone 0
 create 0
 check "the appliance starts customizing clone 0" wait_until 120 appliance_up
