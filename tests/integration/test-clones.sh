@@ -89,24 +89,49 @@ check "each overlay records its backing file and format" \
 check "virsh list --all shows both clones, shut off (--no-start)" \
     test "$(domains_of "$service")" = "$service-0 $service-1 "
 
-# what cannot be seen on a console: modes and owners inside the clone
+# what cannot be seen on a console: contents, modes and owners inside the
+# clone; "echo @NAME" starts the output of section NAME
 out=$(guestfish --ro -a "$work/pool/$service-0.qcow2" -i <<'EOF' 2>&1
+echo @/root/.ssh
 stat /root/.ssh
+echo @/root/.ssh/authorized_keys
 stat /root/.ssh/authorized_keys
-cat /root/.ssh/authorized_keys
+echo @/etc/motd
 stat /etc/motd
+echo @config
+stat "/opt/app/config & <data>.conf"
+echo @root-keys
+cat /root/.ssh/authorized_keys
+echo @config-content
 cat "/opt/app/config & <data>.conf"
+echo @hosts
+cat /etc/hosts
+echo @machine-id
 filesize /etc/machine-id
 EOF
 )
-modes=$(grep -E '^mode:' <<<"$out" | awk '{printf "%o ", $2 % 4096}')
-check "~root/.ssh is 0700, authorized_keys 0600, /etc/motd 0640 ($modes)" \
-    test "$modes" = "700 600 640 "
-check "authorized_keys holds the manifest's key" grep -qxF "$key" <<<"$out"
+# section NAME: what the guestfish commands after "echo @NAME" printed
+section() { awk -v s="@$1" '/^@/ { on = ($0 == s); next } on' <<<"$out"; }
+# perms NAME: "MODE UID:GID" of what section NAME stat'ed
+perms() {
+    section "$1" | awk '/^mode:/ { m = $2 } /^uid:/ { u = $2 } /^gid:/ { g = $2 }
+        END { printf "%o %s:%s", m % 4096, u, g }'
+}
+check "~root/.ssh is 0700, root's ($(perms /root/.ssh))" \
+    test "$(perms /root/.ssh)" = "700 0:0"
+check "~root/.ssh/authorized_keys is 0600, root's ($(perms /root/.ssh/authorized_keys))" \
+    test "$(perms /root/.ssh/authorized_keys)" = "600 0:0"
+check "/etc/motd (nobody's in the master) is 0640, root's ($(perms /etc/motd))" \
+    test "$(perms /etc/motd)" = "640 0:0"
+check "a new file from the manifest is 0600, root's ($(perms config))" \
+    test "$(perms config)" = "600 0:0"
+check "authorized_keys holds the manifest's key" \
+    grep -qxF "$key" <(section root-keys)
 check "a file whose path has XML metacharacters gets its expanded content" \
-    grep -qx 'name=spore-test-clones&index=0' <<<"$out"
-check "the clone's machine-id is emptied (filesize, the last command)" \
-    test "$(tail -n 1 <<<"$out")" = 0
+    grep -qx 'name=spore-test-clones&index=0' <(section config-content)
+check "/etc/hosts keeps localhost and maps the clone's hostname, once" \
+    test "$(section hosts)" = "$(printf '127.0.0.1\tlocalhost\n127.0.1.1\tclone-0')"
+check "the clone's machine-id is emptied" test "$(section machine-id)" = 0
 
 # the virsh workflow of the README: the clones are ordinary domains
 for i in 0 1; do
