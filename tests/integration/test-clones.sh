@@ -46,6 +46,7 @@ export SPORE_INSPECT_CACHE=$work/inspect # start cold: inspect, then map
 [ "$virt_type" = kvm ] || export LIBGUESTFS_BACKEND_SETTINGS=force_tcg
 echo "# domain type: $virt_type (detected)"
 key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl ops@site"
+key2="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB7hV0cVq9mDxKOhGc1n8S4kR0mTnZ3yVwQfN2uEo5aP app@site"
 
 cat >"$work/service.xml" <<EOF
 <service xmlns="urn:spore:manifest:1" name="$service">
@@ -63,6 +64,7 @@ cat >"$work/service.xml" <<EOF
     <file path="/opt/app/config &amp; &lt;data&gt;.conf" mode="0600">name={service}&amp;index={index}
 </file>
     <ssh-key user="root">$key</ssh-key>
+    <ssh-key user="spore">$key2</ssh-key>
     <firstboot>echo first boot of {hostname}</firstboot>
   </customize>
   <scaling min="1" max="4" initial="2"/>
@@ -100,8 +102,14 @@ echo @/etc/motd
 stat /etc/motd
 echo @config
 stat "/opt/app/config & <data>.conf"
+echo @/home/spore/.ssh
+stat /home/spore/.ssh
+echo @/home/spore/.ssh/authorized_keys
+stat /home/spore/.ssh/authorized_keys
 echo @root-keys
 cat /root/.ssh/authorized_keys
+echo @spore-keys
+cat /home/spore/.ssh/authorized_keys
 echo @config-content
 cat "/opt/app/config & <data>.conf"
 echo @hosts
@@ -127,6 +135,12 @@ check "a new file from the manifest is 0600, root's ($(perms config))" \
     test "$(perms config)" = "600 0:0"
 check "authorized_keys holds the manifest's key" \
     grep -qxF "$key" <(section root-keys)
+# the guest's user spore: uid 1000, gid 1001 (scripts/build-test-guest)
+check "~spore/.ssh is 0700, spore's ($(perms /home/spore/.ssh))" \
+    test "$(perms /home/spore/.ssh)" = "700 1000:1001"
+check "~spore/.ssh/authorized_keys is 0600, spore's ($(perms /home/spore/.ssh/authorized_keys))" \
+    test "$(perms /home/spore/.ssh/authorized_keys)" = "600 1000:1001"
+check "and holds only spore's key" test "$(section spore-keys)" = "$key2"
 check "a file whose path has XML metacharacters gets its expanded content" \
     grep -qx 'name=spore-test-clones&index=0' <(section config-content)
 check "/etc/hosts keeps localhost and maps the clone's hostname, once" \
