@@ -343,11 +343,21 @@ reset_identity(Ctx *c, GError **error)
         return gfs_fail(c->g, error, "cannot empty /etc/machine-id");
     if (guestfs_is_dir(c->g, "/etc/ssh") > 0) {
         char **keys = guestfs_glob_expand(c->g, "/etc/ssh/ssh_host_*");
-        for (size_t i = 0; keys && keys[i]; i++) {
-            guestfs_rm_f(c->g, keys[i]);
+        bool ok = true;
+
+        if (!keys)
+            return gfs_fail(c->g, error, "cannot list the ssh host keys");
+        /* a key left behind would be shared by every clone: an error */
+        for (size_t i = 0; keys[i]; i++) {
+            if (ok && guestfs_rm_f(c->g, keys[i]) < 0) {
+                g_autofree char *what =
+                    g_strdup_printf("cannot remove '%s'", keys[i]);
+                ok = gfs_fail(c->g, error, what);
+            }
             free(keys[i]);
         }
         free(keys);
+        return ok;
     }
     return true;
 }

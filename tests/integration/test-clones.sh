@@ -116,6 +116,8 @@ echo @hosts
 cat /etc/hosts
 echo @machine-id
 filesize /etc/machine-id
+echo @etc-ssh
+ls /etc/ssh
 EOF
 )
 # section NAME: what the guestfish commands after "echo @NAME" printed
@@ -146,6 +148,8 @@ check "a file whose path has XML metacharacters gets its expanded content" \
 check "/etc/hosts keeps localhost and maps the clone's hostname, once" \
     test "$(section hosts)" = "$(printf '127.0.0.1\tlocalhost\n127.0.1.1\tclone-0')"
 check "the clone's machine-id is emptied" test "$(section machine-id)" = 0
+check "its ssh host keys are removed, the rest of /etc/ssh kept ($(section etc-ssh | tr '\n' ' '))" \
+    test "$(section etc-ssh)" = sshd_config
 
 # the virsh workflow of the README: the clones are ordinary domains
 for i in 0 1; do
