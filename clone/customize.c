@@ -21,10 +21,11 @@
 #include "template.h"
 #include "virt-detect.h"
 
-#define FIRSTBOOT_DIR    "/etc/spore/firstboot.d"
-#define FIRSTBOOT_SCRIPT "/usr/local/lib/spore/firstboot.sh"
-#define FIRSTBOOT_DONE   "/var/lib/spore/firstboot.done"
-#define FIRSTBOOT_UNIT   "/etc/systemd/system/spore-firstboot.service"
+#define FIRSTBOOT_DIR      "/etc/spore/firstboot.d"
+#define FIRSTBOOT_SCRIPT   "/usr/local/lib/spore/firstboot.sh"
+#define FIRSTBOOT_DONE_DIR "/var/lib/spore"
+#define FIRSTBOOT_DONE     FIRSTBOOT_DONE_DIR "/firstboot.done"
+#define FIRSTBOOT_UNIT     "/etc/systemd/system/spore-firstboot.service"
 #define FIRSTBOOT_WANTS \
     "/etc/systemd/system/multi-user.target.wants/spore-firstboot.service"
 
@@ -288,6 +289,11 @@ add_firstboot(Ctx *c, GError **error)
         g_autoptr(GString) script = g_string_new("#!/bin/sh\n"
                                                  "# spore first boot: runs "
                                                  "once\n");
+        /*
+         * The done file is recorded before the commands run, not after
+         * (an ExecStartPost= does not run when ExecStart= fails): a
+         * failing command, or a boot cut short, never runs them again.
+         */
         static const char unit[] =
             "[Unit]\n"
             "Description=spore first-boot commands\n"
@@ -296,9 +302,9 @@ add_firstboot(Ctx *c, GError **error)
             "ConditionPathExists=!" FIRSTBOOT_DONE "\n\n"
             "[Service]\n"
             "Type=oneshot\n"
+            "ExecStartPre=/bin/sh -c 'mkdir -p " FIRSTBOOT_DONE_DIR
+            " && touch " FIRSTBOOT_DONE " && sync'\n"
             "ExecStart=/bin/sh " FIRSTBOOT_SCRIPT "\n"
-            "ExecStartPost=/bin/sh -c 'mkdir -p /var/lib/spore && "
-            "touch " FIRSTBOOT_DONE "'\n"
             "RemainAfterExit=yes\n\n"
             "[Install]\n"
             "WantedBy=multi-user.target\n";

@@ -3,9 +3,13 @@
 # clone-create` (overlay volumes in a dir pool of the test's own, customized
 # in one libguestfs launch, defined as libvirt domains), started with virsh
 # and booted under libvirtd + QEMU: each prints its own hostname, its
-# customized file and its first-boot command's output on its console.  Then
-# idempotency (same UUID: no-op; another: error) and clone-destroy (graceful
-# ACPI shutdown, power-off, volumes removed).  The master is never written.
+# customized file and its first-boot command's output on its console, and
+# after a virsh shutdown and start, does not run its first-boot commands
+# again.  Inside the overlays (guestfish): modes, owners, ssh keys for root
+# and for another user, /etc/hosts, the identity reset, and the systemd
+# unit a guest with /etc/systemd/system gets.  Then idempotency (same UUID:
+# no-op; another: error) and clone-destroy (graceful ACPI shutdown,
+# power-off, volumes removed).  The master is never written.
 # TAP output.
 set -u
 . "$(dirname "$0")/lib.sh"
@@ -66,6 +70,7 @@ cat >"$work/service.xml" <<EOF
     <ssh-key user="root">$key</ssh-key>
     <ssh-key user="spore">$key2</ssh-key>
     <firstboot>echo first boot of {hostname}</firstboot>
+    <firstboot>echo failing on purpose; exit 3</firstboot>
   </customize>
   <scaling min="1" max="4" initial="2"/>
 </service>
@@ -91,9 +96,36 @@ check "each overlay records its backing file and format" \
 check "virsh list --all shows both clones, shut off (--no-start)" \
     test "$(domains_of "$service")" = "$service-0 $service-1 "
 
+# a guest with /etc/systemd/system gets a systemd unit for its first-boot
+# commands instead: an image with that layout (no systemd runs here, so it
+# is only looked at), customized offline by clone-prepare
+sd=$work/systemd-root
+mkdir -p "$sd/bin" "$sd/etc/systemd/system" "$sd/var/lib" "$work/systemd"
+printf '127.0.0.1\tlocalhost\n' >"$sd/etc/hosts"
+echo 'root:x:0:0:root:/root:/bin/sh' >"$sd/etc/passwd"
+printf 'NAME="spore systemd layout"\nID=spore-systemd\n' >"$sd/etc/os-release"
+mkfs.ext4 -q -F -E root_owner=0:0 -d "$sd" "$work/systemd.raw" 16M
+cat >"$work/systemd.xml" <<EOF
+<service xmlns="urn:spore:manifest:1" name="spore-test-systemd">
+  <image name="systemd-layout"><origin url="file://$work/systemd.raw"/></image>
+  <vm><vcpus>1</vcpus><memory unit="MiB">64</memory></vm>
+  <customize>
+    <firstboot>echo first boot of {hostname}</firstboot>
+    <firstboot>false</firstboot>
+  </customize>
+</service>
+EOF
+check "clone-prepare customizes an image with a systemd layout" \
+    quiet "$sporectl" clone-prepare --image "$work/systemd.raw" \
+    --dir "$work/systemd" "$work/systemd.xml" 0
+
 # what cannot be seen on a console: contents, modes and owners inside the
-# clone; "echo @NAME" starts the output of section NAME
-out=$(guestfish --ro -a "$work/pool/$service-0.qcow2" -i <<'EOF' 2>&1
+# clone (sda) and the systemd-layout clone (sdb); "echo @NAME" starts the
+# output of section NAME
+out=$(guestfish --ro -a "$work/pool/$service-0.qcow2" \
+    -a "$work/systemd/spore-test-systemd-0.qcow2" <<'EOF' 2>&1
+run
+mount-ro /dev/sda /
 echo @/root/.ssh
 stat /root/.ssh
 echo @/root/.ssh/authorized_keys
@@ -118,6 +150,18 @@ echo @machine-id
 filesize /etc/machine-id
 echo @etc-ssh
 ls /etc/ssh
+umount-all
+mount-ro /dev/sdb /
+echo @unit
+cat /etc/systemd/system/spore-firstboot.service
+echo @wants
+readlink /etc/systemd/system/multi-user.target.wants/spore-firstboot.service
+echo @firstboot.sh
+stat /usr/local/lib/spore/firstboot.sh
+echo @firstboot.sh-content
+cat /usr/local/lib/spore/firstboot.sh
+echo @firstboot.d
+is-dir /etc/spore/firstboot.d
 EOF
 )
 # section NAME: what the guestfish commands after "echo @NAME" printed
@@ -150,6 +194,27 @@ check "/etc/hosts keeps localhost and maps the clone's hostname, once" \
 check "the clone's machine-id is emptied" test "$(section machine-id)" = 0
 check "its ssh host keys are removed, the rest of /etc/ssh kept ($(section etc-ssh | tr '\n' ' '))" \
     test "$(section etc-ssh)" = sshd_config
+# the unit runs the script only while the done file is missing, and
+# creates it before the script runs (ExecStartPre=), never after
+unit=$(section unit)
+check "systemd layout: spore-firstboot.service runs only without the done file" \
+    grep -qx 'ConditionPathExists=!/var/lib/spore/firstboot.done' <<<"$unit"
+check "and creates the done file before the commands run" \
+    test "$(grep -E '^Exec' <<<"$unit" | sed 's/=.*//' | tr '\n' ' ')" = "ExecStartPre ExecStart "
+check "in ExecStartPre=" \
+    grep -q "^ExecStartPre=/bin/sh -c 'mkdir -p /var/lib/spore && touch /var/lib/spore/firstboot.done" <<<"$unit"
+check "and runs the first-boot script, a oneshot wanted by multi-user.target" \
+    test "$(grep -E '^(ExecStart|Type|WantedBy)=' <<<"$unit" | tr '\n' ' ')" = \
+    "Type=oneshot ExecStart=/bin/sh /usr/local/lib/spore/firstboot.sh WantedBy=multi-user.target "
+check "the unit is enabled (the multi-user.target.wants link)" \
+    test "$(section wants)" = /etc/systemd/system/spore-firstboot.service
+check "the script is 0755, root's ($(perms firstboot.sh))" \
+    test "$(perms firstboot.sh)" = "755 0:0"
+check "and holds the expanded commands in order" \
+    test "$(section firstboot.sh-content | grep -v -e '^#' -e '^$' | tr '\n' '|')" = \
+    "echo first boot of spore-test-systemd-0|false|"
+check "no /etc/spore/firstboot.d scripts besides it" \
+    test "$(section firstboot.d)" = false
 
 # the virsh workflow of the README: the clones are ordinary domains
 for i in 0 1; do
@@ -165,6 +230,24 @@ for i in 0 1; do
     check "clone $i runs its first-boot command" \
         grep -qa "spore-guest: firstboot output: first boot of clone-$i" "$console"
 done
+
+# a reboot, as the README's virsh workflow does it: the console log file is
+# appended to; the first-boot commands, one of which failed, do not run again
+console=$work/console/$service-1.log
+count() { grep -ac "$1" "$console"; } # count PATTERN: lines of clone 1's log
+check "clone 1's first boot ran both first-boot commands" \
+    test "$(count 'spore-guest: firstboot: /etc/spore/firstboot.d/')" = 2
+check "virsh shutdown clone 1" quiet lv shutdown "$service-1"
+check "clone 1 powers off" \
+    wait_until 120 eval 'test "$(lv domstate "$service-1")" = "shut off"'
+check "virsh start clone 1 again" quiet lv start "$service-1"
+check "clone 1 boots a second time" \
+    wait_until 180 eval 'test "$(count "spore-guest: boot complete")" = 2'
+check "printing its hostname again" \
+    test "$(count "spore-guest: hostname=clone-1")" = 2
+check "but its first-boot commands ran on the first boot only" \
+    test "$(count 'spore-guest: firstboot: /etc/spore/firstboot.d/')/$(count 'firstboot output: first boot of clone-1')" = 2/1
+
 check "virsh dumpxml shows spore's metadata" \
     grep -q "<spore:clone .*service=\"$service\" index=\"1\"" \
     <(lv dumpxml "$service-1")
