@@ -94,6 +94,19 @@ remove_pool() {
     virsh -q -c qemu:///system pool-undefine "$1" >/dev/null 2>&1
 }
 
+# remove_leftovers SERVICE POOL: destroy and undefine SERVICE's clones and
+# remove POOL, as a clone test's cleanup does; also at its start, for what
+# a run whose libvirtd went away before its cleanup left behind (a pool
+# naming that run's removed directory)
+remove_leftovers() {
+    local d
+    for d in $(domains_of "$1"); do
+        virsh -q -c qemu:///system destroy "$d" >/dev/null 2>&1
+        virsh -q -c qemu:///system undefine "$d" >/dev/null 2>&1
+    done
+    remove_pool "$2"
+}
+
 # finish: the TAP plan, and the exit status
 finish() {
     echo "1..$n"

@@ -17,11 +17,7 @@ bg=""
 cleanup() {
     [ -n "$bg" ] && kill "$bg" 2>/dev/null
     "$src/scripts/libvirt-up" >/dev/null 2>&1 || true # if the test stopped it
-    for i in 0 1; do
-        virsh -q -c qemu:///system destroy "$service-$i" >/dev/null 2>&1
-        virsh -q -c qemu:///system undefine "$service-$i" >/dev/null 2>&1
-    done
-    remove_pool "$pool"
+    remove_leftovers "$service" "$pool"
     [ "$libvirt_state" = started ] && "$src/scripts/libvirt-down"
     [ -n "$work" ] && rm -rf "$work"
 }
@@ -37,6 +33,7 @@ guest=$("$src/scripts/build-test-guest") && [ -f "$guest/disk.raw" ] ||
 work=$(mktemp -d /var/tmp/spore-faults.XXXXXX)
 chmod 0755 "$work"
 libvirt_state=$("$src/scripts/libvirt-up") || { echo "Bail out! libvirtd does not start"; exit 1; }
+remove_leftovers "$service" "$pool"
 virt_type=$("$src/scripts/detect-virt-type" "$guest/vmlinuz")
 export SPORE_VIRT_TYPE=$virt_type LIBGUESTFS_BACKEND=direct
 export SPORE_INSPECT_CACHE=$work/inspect

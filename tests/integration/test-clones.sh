@@ -21,11 +21,7 @@ work=""
 libvirt_state=""
 
 cleanup() {
-    for i in 0 1; do
-        virsh -q -c qemu:///system destroy "$service-$i" >/dev/null 2>&1
-        virsh -q -c qemu:///system undefine "$service-$i" >/dev/null 2>&1
-    done
-    remove_pool "$pool"
+    remove_leftovers "$service" "$pool"
     [ "$libvirt_state" = started ] && "$src/scripts/libvirt-down"
     [ -n "$work" ] && rm -rf "$work"
 }
@@ -43,6 +39,7 @@ chmod 0755 "$work"
 cp "$guest/vmlinuz" "$guest/initrd.img" "$work/"
 master_sum=$(sha256sum <"$guest/disk.raw" | cut -c1-64)
 libvirt_state=$("$src/scripts/libvirt-up") || { echo "Bail out! libvirtd does not start"; exit 1; }
+remove_leftovers "$service" "$pool"
 virt_type=$("$src/scripts/detect-virt-type" "$guest/vmlinuz")
 export SPORE_VIRT_TYPE=$virt_type # the appliance follows the same probe
 export LIBGUESTFS_BACKEND=direct   # and so does guestfish below
