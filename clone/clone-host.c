@@ -574,14 +574,17 @@ clone_host_create(CloneHost *host, const CloneCreateRequest *req,
     if (!clone_customize_batch((CloneCustomizeJob *)jobs->data, jobs->len,
                                error)) {
         g_autoptr(GString) names = g_string_new(NULL);
+        /* a bad manifest or image fails again: say "run it again" only
+         * where a retry can help (the appliance died, ...) */
+        bool invalid =
+            error && g_error_matches(*error, SPORE_ERROR, SPORE_ERROR_INVALID);
 
         for (guint i = 0; i < items->len; i++)
             g_string_append_printf(names, "%s%s", i ? ", " : "",
                                    g_array_index(items, CreateItem, i).name);
         g_prefix_error(error,
-                       "customizing %s (nothing was defined; run it "
-                       "again): ",
-                       names->str);
+                       "customizing %s (nothing was defined%s): ", names->str,
+                       invalid ? "" : "; run it again");
         discard_overlays(host, items);
         return false;
     }

@@ -21,10 +21,11 @@
 #include "template.h"
 #include "virt-detect.h"
 
-#define FIRSTBOOT_DIR    "/etc/spore/firstboot.d"
-#define FIRSTBOOT_SCRIPT "/usr/local/lib/spore/firstboot.sh"
-#define FIRSTBOOT_DONE   "/var/lib/spore/firstboot.done"
-#define FIRSTBOOT_UNIT   "/etc/systemd/system/spore-firstboot.service"
+#define FIRSTBOOT_DIR      "/etc/spore/firstboot.d"
+#define FIRSTBOOT_SCRIPT   "/usr/local/lib/spore/firstboot.sh"
+#define FIRSTBOOT_DONE_DIR "/var/lib/spore"
+#define FIRSTBOOT_DONE     FIRSTBOOT_DONE_DIR "/firstboot.done"
+#define FIRSTBOOT_UNIT     "/etc/systemd/system/spore-firstboot.service"
 #define FIRSTBOOT_WANTS \
     "/etc/systemd/system/multi-user.target.wants/spore-firstboot.service"
 
@@ -100,16 +101,19 @@ typedef struct {
     const CloneCustomizeJob *job;
     ManifestVars vars;
     char *hostname;
-    char *label; /* "clone web-3" for messages */
 } Ctx;
+
+/*
+ * Errors inside one clone's customization say what failed; customize_one()
+ * prefixes them once with "clone NAME: ".
+ */
 
 static bool
 write_file(Ctx *c, const char *path, const char *data, gsize len, int mode,
            GError **error)
 {
     g_autofree char *dir = g_path_get_dirname(path);
-    g_autofree char *what =
-        g_strdup_printf("%s: cannot write '%s'", c->label, path);
+    g_autofree char *what = g_strdup_printf("cannot write '%s'", path);
 
     if (guestfs_mkdir_p(c->g, dir) < 0 ||
         guestfs_write(c->g, path, data, len) < 0 ||
@@ -122,12 +126,7 @@ write_file(Ctx *c, const char *path, const char *data, gsize len, int mode,
 static char *
 expand(Ctx *c, const char *tmpl, GError **error)
 {
-    char *out =
-        manifest_template_expand(tmpl, MANIFEST_VARS_ALL, &c->vars, error);
-
-    if (!out)
-        g_prefix_error(error, "%s: ", c->label);
-    return out;
+    return manifest_template_expand(tmpl, MANIFEST_VARS_ALL, &c->vars, error);
 }
 
 static bool
@@ -166,19 +165,39 @@ write_files(Ctx *c, GError **error)
 
     for (guint i = 0; i < files->len; i++) {
         const ManifestFile *f = files->pdata[i];
-        g_autofree char *content = NULL;
-        const char *why = manifest_path_problem(f->path, true);
+        g_autofree char *content = expand(c, f->content, error);
 
-        if (why) {
-            g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
-                        "%s: refusing guest path '%s': %s", c->label, f->path,
-                        why);
-            return false;
-        }
-        content = expand(c, f->content, error);
         if (!content || !write_file(c, f->path, content, strlen(content),
                                     (int)f->mode, error))
             return false;
+    }
+    return true;
+}
+
+/*
+ * The manifest's guest paths, checked again (a Manifest may not come from
+ * the parser): every clone of the batch, before the appliance is launched.
+ */
+static bool
+check_guest_paths(const CloneCustomizeJob *jobs, gsize n_jobs, GError **error)
+{
+    for (gsize i = 0; i < n_jobs; i++) {
+        GPtrArray *files = jobs[i].manifest->customize.files;
+
+        for (guint j = 0; j < files->len; j++) {
+            const ManifestFile *f = files->pdata[j];
+            const char *why = manifest_path_problem(f->path, true);
+
+            if (why) {
+                g_autofree char *name =
+                    manifest_clone_name(jobs[i].manifest, jobs[i].index);
+
+                g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
+                            "clone %s: refusing guest path '%s': %s", name,
+                            f->path, why);
+                return false;
+            }
+        }
     }
     return true;
 }
@@ -206,9 +225,8 @@ lookup_user(Ctx *c, const char *user, int *uid, int *gid, char **home,
         return true;
     }
     g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
-                "%s: user '%s' (for an ssh key) is not in the guest's "
-                "/etc/passwd",
-                c->label, user);
+                "user '%s' (for an ssh key) is not in the guest's /etc/passwd",
+                user);
     return false;
 }
 
@@ -229,8 +247,7 @@ add_ssh_keys(Ctx *c, GError **error)
             return false;
         if (home[0] != '/' || manifest_path_problem(home, true)) {
             g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
-                        "%s: user '%s' has an unusable home '%s'", c->label,
-                        k->user, home);
+                        "user '%s' has an unusable home '%s'", k->user, home);
             return false;
         }
         dir = g_strconcat(home, "/.ssh", NULL);
@@ -251,8 +268,8 @@ add_ssh_keys(Ctx *c, GError **error)
             guestfs_write(c->g, file, text->str, text->len) < 0 ||
             guestfs_chmod(c->g, 0600, file) < 0 ||
             guestfs_chown(c->g, uid, gid, file) < 0) {
-            g_autofree char *what = g_strdup_printf(
-                "%s: cannot install ssh keys for '%s'", c->label, k->user);
+            g_autofree char *what =
+                g_strdup_printf("cannot install ssh keys for '%s'", k->user);
             return gfs_fail(c->g, error, what);
         }
     }
@@ -272,6 +289,11 @@ add_firstboot(Ctx *c, GError **error)
         g_autoptr(GString) script = g_string_new("#!/bin/sh\n"
                                                  "# spore first boot: runs "
                                                  "once\n");
+        /*
+         * The done file is recorded before the commands run, not after
+         * (an ExecStartPost= does not run when ExecStart= fails): a
+         * failing command, or a boot cut short, never runs them again.
+         */
         static const char unit[] =
             "[Unit]\n"
             "Description=spore first-boot commands\n"
@@ -280,9 +302,9 @@ add_firstboot(Ctx *c, GError **error)
             "ConditionPathExists=!" FIRSTBOOT_DONE "\n\n"
             "[Service]\n"
             "Type=oneshot\n"
+            "ExecStartPre=/bin/sh -c 'mkdir -p " FIRSTBOOT_DONE_DIR
+            " && touch " FIRSTBOOT_DONE " && sync'\n"
             "ExecStart=/bin/sh " FIRSTBOOT_SCRIPT "\n"
-            "ExecStartPost=/bin/sh -c 'mkdir -p /var/lib/spore && "
-            "touch " FIRSTBOOT_DONE "'\n"
             "RemainAfterExit=yes\n\n"
             "[Install]\n"
             "WantedBy=multi-user.target\n";
@@ -327,11 +349,21 @@ reset_identity(Ctx *c, GError **error)
         return gfs_fail(c->g, error, "cannot empty /etc/machine-id");
     if (guestfs_is_dir(c->g, "/etc/ssh") > 0) {
         char **keys = guestfs_glob_expand(c->g, "/etc/ssh/ssh_host_*");
-        for (size_t i = 0; keys && keys[i]; i++) {
-            guestfs_rm_f(c->g, keys[i]);
+        bool ok = true;
+
+        if (!keys)
+            return gfs_fail(c->g, error, "cannot list the ssh host keys");
+        /* a key left behind would be shared by every clone: an error */
+        for (size_t i = 0; keys[i]; i++) {
+            if (ok && guestfs_rm_f(c->g, keys[i]) < 0) {
+                g_autofree char *what =
+                    g_strdup_printf("cannot remove '%s'", keys[i]);
+                ok = gfs_fail(c->g, error, what);
+            }
             free(keys[i]);
         }
         free(keys);
+        return ok;
     }
     return true;
 }
@@ -511,10 +543,9 @@ customize_one(guestfs_h *g, const CloneCustomizeJob *job, Layout *layout,
     g_autofree char *name = manifest_clone_name(job->manifest, job->index);
     bool ok;
 
-    c.label = g_strdup_printf("clone %s", name);
     c.hostname = manifest_clone_hostname(job->manifest, job->index, error);
     if (!c.hostname) {
-        g_free(c.label);
+        g_prefix_error(error, "clone %s: ", name);
         return false;
     }
     c.vars = (ManifestVars){
@@ -530,8 +561,7 @@ customize_one(guestfs_h *g, const CloneCustomizeJob *job, Layout *layout,
     if (guestfs_umount_all(g) < 0 && ok)
         ok = gfs_fail(g, error, "cannot unmount the guest");
     if (!ok)
-        g_prefix_error(error, "%s: ", c.label);
-    g_free(c.label);
+        g_prefix_error(error, "clone %s: ", name);
     g_free(c.hostname);
     return ok;
 }
@@ -547,7 +577,8 @@ root_drive(guestfs_h *g, const char *root)
 
 /*
  * Inspect the launched @g and return the layout of drive @drive's guest,
- * as on sda; fails when that drive has no recognizable OS.
+ * as on sda; fails when that drive has no recognizable OS, naming @what
+ * (the master image the drive's overlay is backed by).
  */
 static Layout *
 inspect_drive(guestfs_h *g, int drive, const char *what, GError **error)
@@ -568,8 +599,7 @@ inspect_drive(guestfs_h *g, int drive, const char *what, GError **error)
     devices = guestfs_list_devices(g);
     if (!root || !devices || !devices[drive])
         g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
-                    "'%s': no recognizable operating system in the image",
-                    what);
+                    "no recognizable operating system in '%s'", what);
     else
         l = layout_from_inspection(g, root, devices[drive], error);
     for (size_t r = 0; roots[r]; r++)
@@ -581,9 +611,9 @@ inspect_drive(guestfs_h *g, int drive, const char *what, GError **error)
     return l;
 }
 
-/* A read-only launch of one overlay, to inspect it alone. */
+/* A read-only launch of one overlay of master @what, to inspect it alone. */
 static Layout *
-inspect_alone(const char *overlay, GError **error)
+inspect_alone(const char *overlay, const char *what, GError **error)
 {
     guestfs_h *g = gfs_open(error);
     Layout *l = NULL;
@@ -596,7 +626,7 @@ inspect_alone(const char *overlay, GError **error)
         guestfs_launch(g) < 0)
         gfs_fail(g, error, "cannot launch the appliance for inspection");
     else
-        l = inspect_drive(g, 0, overlay, error);
+        l = inspect_drive(g, 0, what, error);
     guestfs_close(g);
     return l;
 }
@@ -610,6 +640,7 @@ inspect_alone(const char *overlay, GError **error)
 typedef struct {
     char *dir;
     char *overlay;
+    const char *master;
     Layout *layout;
     GError *error;
 } ParallelInspect;
@@ -619,7 +650,7 @@ parallel_inspect_thread(gpointer data)
 {
     ParallelInspect *pi = data;
 
-    pi->layout = inspect_alone(pi->overlay, &pi->error);
+    pi->layout = inspect_alone(pi->overlay, pi->master, &pi->error);
     return NULL;
 }
 
@@ -631,6 +662,7 @@ parallel_inspect_start(ParallelInspect *pi, const CloneCustomizeJob *job,
     if (!pi->dir)
         return NULL;
     pi->overlay = g_build_filename(pi->dir, "inspect.qcow2", NULL);
+    pi->master = job->backing;
     if (!clone_overlay_create(pi->overlay, job->backing, job->backing_format,
                               error))
         return NULL;
@@ -667,6 +699,8 @@ clone_customize_batch(const CloneCustomizeJob *jobs, gsize n_jobs,
 
     if (n_jobs == 0)
         return true;
+    if (!check_guest_paths(jobs, n_jobs, error))
+        return false;
     for (gsize i = 1; key && i < n_jobs; i++) {
         if (!jobs[i].image_key || !g_str_equal(jobs[i].image_key, key))
             key = NULL; /* not all of one master: inspect each */
@@ -685,7 +719,7 @@ clone_customize_batch(const CloneCustomizeJob *jobs, gsize n_jobs,
                 return false;
             }
         } else if (!shared && n_jobs > 1) {
-            shared = inspect_alone(jobs[0].overlay, error);
+            shared = inspect_alone(jobs[0].overlay, jobs[0].overlay, error);
             if (!shared)
                 return false;
             cache_store(key, shared);
@@ -729,8 +763,15 @@ clone_customize_batch(const CloneCustomizeJob *jobs, gsize n_jobs,
         Layout *l = shared;
 
         if (!l) {
-            l = inspect_drive(g, (int)i, jobs[i].overlay, error);
+            const char *master =
+                jobs[i].backing ? jobs[i].backing : jobs[i].overlay;
+
+            l = inspect_drive(g, (int)i, master, error);
             if (!l) {
+                g_autofree char *name =
+                    manifest_clone_name(jobs[i].manifest, jobs[i].index);
+
+                g_prefix_error(error, "clone %s: ", name);
                 ok = false;
                 break;
             }

@@ -13,14 +13,18 @@
  *               the guest's /etc/passwd; .ssh 0700, the file 0600, owned
  *               by the user
  *   firstboot   systemd guests: /usr/local/lib/spore/firstboot.sh run once
- *               by spore-firstboot.service (ConditionPathExists= on a done
- *               file).  Other guests: one script per command in
- *               /etc/spore/firstboot.d/, which their init must run once
- *               (spore's test guest does; docs/customization.md)
+ *               by spore-firstboot.service (ConditionPathExists= on
+ *               /var/lib/spore/firstboot.done, which it creates before the
+ *               commands run: at most once, even if one fails).  Other
+ *               guests: one script per command in /etc/spore/firstboot.d/,
+ *               which their init must run the same way (spore's test guest
+ *               does; docs/customization.md)
  *   identity    /etc/machine-id emptied, /etc/ssh/ssh_host_* removed
  *
- * Guest paths are checked again here (manifest_path_problem) before any
- * write.  Thread-safe (each call has its own libguestfs handle).
+ * Guest paths are checked again here (manifest_path_problem), for every
+ * clone of a batch before its appliance is launched: a Manifest need not
+ * come from the parser.  Thread-safe (each call has its own libguestfs
+ * handle).
  */
 #pragma once
 

@@ -222,7 +222,7 @@ char *manifest_clone_name(const Manifest *m, guint index);
  * manifest_path_problem: NULL when @path is an acceptable absolute path,
  * else a static string saying why not.  With @guest, the rules of guest
  * file paths: no '.', '..' or empty components, not '/', not under /dev,
- * /proc or /sys.  Used by the parser, and again by the clone manager right
- * before writing into a guest.
+ * /proc or /sys.  Used by the parser, and again by the clone manager before
+ * it launches the appliance that writes into a guest.
  */
 const char *manifest_path_problem(const char *path, bool guest);

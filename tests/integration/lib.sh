@@ -79,11 +79,32 @@ wait_until() {
 # booted CONSOLE-LOG: the test guest's init has finished booting
 booted() { grep -qa 'spore-guest: boot complete' "$1" 2>/dev/null; }
 
+# domains_of SERVICE: the names of the domains of SERVICE's clones, sorted,
+# each followed by a space (libvirtd is shared: other tests' domains may be
+# defined too, and are not ours to count)
+domains_of() {
+    virsh -q -c qemu:///system list --all --name |
+        grep -E "^$1-[0-9]+\$" | sort | tr '\n' ' '
+}
+
 # remove_pool NAME: stop and undefine a libvirt storage pool a test made
 # (its directory is the test's to remove)
 remove_pool() {
     virsh -q -c qemu:///system pool-destroy "$1" >/dev/null 2>&1
     virsh -q -c qemu:///system pool-undefine "$1" >/dev/null 2>&1
+}
+
+# remove_leftovers SERVICE POOL: destroy and undefine SERVICE's clones and
+# remove POOL, as a clone test's cleanup does; also at its start, for what
+# a run whose libvirtd went away before its cleanup left behind (a pool
+# naming that run's removed directory)
+remove_leftovers() {
+    local d
+    for d in $(domains_of "$1"); do
+        virsh -q -c qemu:///system destroy "$d" >/dev/null 2>&1
+        virsh -q -c qemu:///system undefine "$d" >/dev/null 2>&1
+    done
+    remove_pool "$2"
 }
 
 # finish: the TAP plan, and the exit status

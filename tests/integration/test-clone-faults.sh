@@ -17,11 +17,7 @@ bg=""
 cleanup() {
     [ -n "$bg" ] && kill "$bg" 2>/dev/null
     "$src/scripts/libvirt-up" >/dev/null 2>&1 || true # if the test stopped it
-    for i in 0 1; do
-        virsh -q -c qemu:///system destroy "$service-$i" >/dev/null 2>&1
-        virsh -q -c qemu:///system undefine "$service-$i" >/dev/null 2>&1
-    done
-    remove_pool "$pool"
+    remove_leftovers "$service" "$pool"
     [ "$libvirt_state" = started ] && "$src/scripts/libvirt-down"
     [ -n "$work" ] && rm -rf "$work"
 }
@@ -37,6 +33,7 @@ guest=$("$src/scripts/build-test-guest") && [ -f "$guest/disk.raw" ] ||
 work=$(mktemp -d /var/tmp/spore-faults.XXXXXX)
 chmod 0755 "$work"
 libvirt_state=$("$src/scripts/libvirt-up") || { echo "Bail out! libvirtd does not start"; exit 1; }
+remove_leftovers "$service" "$pool"
 virt_type=$("$src/scripts/detect-virt-type" "$guest/vmlinuz")
 export SPORE_VIRT_TYPE=$virt_type LIBGUESTFS_BACKEND=direct
 export SPORE_INSPECT_CACHE=$work/inspect
@@ -75,6 +72,30 @@ no_clone() { # no_clone INDEX: neither the domain nor its overlay exist
         [ ! -e "$work/pool/$service-$1.qcow2" ]
 }
 
+# --- a manifest the guest cannot satisfy: an ssh key for a user it lacks
+sed 's|</customize>|<ssh-key user="nosuch">ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl x</ssh-key></customize>|' \
+    "$work/service.xml" >"$work/nouser.xml"
+"$sporectl" clone-create --no-start --image "$guest/disk.raw" \
+    --pool "$pool" --pool-dir "$work/pool" --console-dir "$work/console" \
+    "$work/nouser.xml" 0 >/dev/null 2>"$work/err-nouser"
+check "clone-create fails for an ssh key of a user the guest does not have" \
+    test $? = 1
+echo "# $(tail -n 1 "$work/err-nouser")"
+check "with one error naming the clone once and the user (no \"run it again\")" \
+    test "$(tail -n 1 "$work/err-nouser")" = "sporectl clone-create: customizing $service-0 (nothing was defined): clone $service-0: user 'nosuch' (for an ssh key) is not in the guest's /etc/passwd"
+check "leaving no domain and no volume" no_clone 0
+
+# --- an image without an operating system: a blank disk
+truncate -s 64M "$work/blank.raw"
+"$sporectl" clone-create --no-start --image "$work/blank.raw" \
+    --pool "$pool" --pool-dir "$work/pool" --console-dir "$work/console" \
+    "$work/service.xml" 0 >/dev/null 2>"$work/err-blank"
+check "clone-create fails on a blank image" test $? = 1
+echo "# $(tail -n 1 "$work/err-blank")"
+check "saying it has no recognizable operating system, naming the clone and the image" \
+    test "$(tail -n 1 "$work/err-blank")" = "sporectl clone-create: customizing $service-0 (nothing was defined): clone $service-0: no recognizable operating system in '$work/blank.raw'"
+check "leaving no domain and no volume" no_clone 0
+
 # --- the appliance is killed while it customizes clone 0
 create 0
 check "the appliance starts customizing clone 0" wait_until 120 appliance_up
@@ -84,6 +105,10 @@ finish_bg
 check "clone-create fails when its appliance is killed" test $? = 1
 echo "# $(tail -n 1 "$work/err-0")"
 check "with an error naming the clone" grep -q "$service-0" "$work/err-0"
+check "that says a retry can help" \
+    grep -q "customizing $service-0 (nothing was defined; run it again): " "$work/err-0"
+check "and does not repeat the clone's name" \
+    test "$(grep -c "clone $service-0: clone $service-0" "$work/err-0")" = 0
 check "leaving no domain and no volume" no_clone 0
 create 0
 finish_bg
@@ -142,5 +167,5 @@ else
 fi
 check "clone-destroy removes both" \
     quiet "$sporectl" clone-destroy --timeout 0 --pool "$pool" "$service-0" "$service-1"
-check "nothing is left" test -z "$(lv list --all --name)$(lv vol-list "$pool")"
+check "nothing is left" test -z "$(domains_of "$service")$(lv vol-list "$pool")"
 finish

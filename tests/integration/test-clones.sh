@@ -3,9 +3,13 @@
 # clone-create` (overlay volumes in a dir pool of the test's own, customized
 # in one libguestfs launch, defined as libvirt domains), started with virsh
 # and booted under libvirtd + QEMU: each prints its own hostname, its
-# customized file and its first-boot command's output on its console.  Then
-# idempotency (same UUID: no-op; another: error) and clone-destroy (graceful
-# ACPI shutdown, power-off, volumes removed).  The master is never written.
+# customized file and its first-boot command's output on its console, and
+# after a virsh shutdown and start, does not run its first-boot commands
+# again.  Inside the overlays (guestfish): modes, owners, ssh keys for root
+# and for another user, /etc/hosts, the identity reset, and the systemd
+# unit a guest with /etc/systemd/system gets.  Then idempotency (same UUID:
+# no-op; another: error) and clone-destroy (graceful ACPI shutdown,
+# power-off, volumes removed).  The master is never written.
 # TAP output.
 set -u
 . "$(dirname "$0")/lib.sh"
@@ -17,11 +21,7 @@ work=""
 libvirt_state=""
 
 cleanup() {
-    for i in 0 1; do
-        virsh -q -c qemu:///system destroy "$service-$i" >/dev/null 2>&1
-        virsh -q -c qemu:///system undefine "$service-$i" >/dev/null 2>&1
-    done
-    remove_pool "$pool"
+    remove_leftovers "$service" "$pool"
     [ "$libvirt_state" = started ] && "$src/scripts/libvirt-down"
     [ -n "$work" ] && rm -rf "$work"
 }
@@ -39,6 +39,7 @@ chmod 0755 "$work"
 cp "$guest/vmlinuz" "$guest/initrd.img" "$work/"
 master_sum=$(sha256sum <"$guest/disk.raw" | cut -c1-64)
 libvirt_state=$("$src/scripts/libvirt-up") || { echo "Bail out! libvirtd does not start"; exit 1; }
+remove_leftovers "$service" "$pool"
 virt_type=$("$src/scripts/detect-virt-type" "$guest/vmlinuz")
 export SPORE_VIRT_TYPE=$virt_type # the appliance follows the same probe
 export LIBGUESTFS_BACKEND=direct   # and so does guestfish below
@@ -46,6 +47,7 @@ export SPORE_INSPECT_CACHE=$work/inspect # start cold: inspect, then map
 [ "$virt_type" = kvm ] || export LIBGUESTFS_BACKEND_SETTINGS=force_tcg
 echo "# domain type: $virt_type (detected)"
 key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl ops@site"
+key2="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB7hV0cVq9mDxKOhGc1n8S4kR0mTnZ3yVwQfN2uEo5aP app@site"
 
 cat >"$work/service.xml" <<EOF
 <service xmlns="urn:spore:manifest:1" name="$service">
@@ -63,7 +65,9 @@ cat >"$work/service.xml" <<EOF
     <file path="/opt/app/config &amp; &lt;data&gt;.conf" mode="0600">name={service}&amp;index={index}
 </file>
     <ssh-key user="root">$key</ssh-key>
+    <ssh-key user="spore">$key2</ssh-key>
     <firstboot>echo first boot of {hostname}</firstboot>
+    <firstboot>echo failing on purpose; exit 3</firstboot>
   </customize>
   <scaling min="1" max="4" initial="2"/>
 </service>
@@ -87,26 +91,127 @@ check "each overlay records its backing file and format" \
     test "$(qemu-img info --output=json "$work/pool/$service-0.qcow2" |
         python3 -c 'import json,sys; i=json.load(sys.stdin); print(i["backing-filename"], i["backing-filename-format"])')" = "$guest/disk.raw raw"
 check "virsh list --all shows both clones, shut off (--no-start)" \
-    test "$(lv list --all --name | sort | tr '\n' ' ')" = "$service-0 $service-1 "
+    test "$(domains_of "$service")" = "$service-0 $service-1 "
 
-# what cannot be seen on a console: modes and owners inside the clone
-out=$(guestfish --ro -a "$work/pool/$service-0.qcow2" -i <<'EOF' 2>&1
+# a guest with /etc/systemd/system gets a systemd unit for its first-boot
+# commands instead: an image with that layout (no systemd runs here, so it
+# is only looked at), customized offline by clone-prepare
+sd=$work/systemd-root
+mkdir -p "$sd/bin" "$sd/etc/systemd/system" "$sd/var/lib" "$work/systemd"
+printf '127.0.0.1\tlocalhost\n' >"$sd/etc/hosts"
+echo 'root:x:0:0:root:/root:/bin/sh' >"$sd/etc/passwd"
+printf 'NAME="spore systemd layout"\nID=spore-systemd\n' >"$sd/etc/os-release"
+mkfs.ext4 -q -F -E root_owner=0:0 -d "$sd" "$work/systemd.raw" 16M
+cat >"$work/systemd.xml" <<EOF
+<service xmlns="urn:spore:manifest:1" name="spore-test-systemd">
+  <image name="systemd-layout"><origin url="file://$work/systemd.raw"/></image>
+  <vm><vcpus>1</vcpus><memory unit="MiB">64</memory></vm>
+  <customize>
+    <firstboot>echo first boot of {hostname}</firstboot>
+    <firstboot>false</firstboot>
+  </customize>
+</service>
+EOF
+check "clone-prepare customizes an image with a systemd layout" \
+    quiet "$sporectl" clone-prepare --image "$work/systemd.raw" \
+    --dir "$work/systemd" "$work/systemd.xml" 0
+
+# what cannot be seen on a console: contents, modes and owners inside the
+# clone (sda) and the systemd-layout clone (sdb); "echo @NAME" starts the
+# output of section NAME
+out=$(guestfish --ro -a "$work/pool/$service-0.qcow2" \
+    -a "$work/systemd/spore-test-systemd-0.qcow2" <<'EOF' 2>&1
+run
+mount-ro /dev/sda /
+echo @/root/.ssh
 stat /root/.ssh
+echo @/root/.ssh/authorized_keys
 stat /root/.ssh/authorized_keys
-cat /root/.ssh/authorized_keys
+echo @/etc/motd
 stat /etc/motd
+echo @config
+stat "/opt/app/config & <data>.conf"
+echo @/home/spore/.ssh
+stat /home/spore/.ssh
+echo @/home/spore/.ssh/authorized_keys
+stat /home/spore/.ssh/authorized_keys
+echo @root-keys
+cat /root/.ssh/authorized_keys
+echo @spore-keys
+cat /home/spore/.ssh/authorized_keys
+echo @config-content
 cat "/opt/app/config & <data>.conf"
+echo @hosts
+cat /etc/hosts
+echo @machine-id
 filesize /etc/machine-id
+echo @etc-ssh
+ls /etc/ssh
+umount-all
+mount-ro /dev/sdb /
+echo @unit
+cat /etc/systemd/system/spore-firstboot.service
+echo @wants
+readlink /etc/systemd/system/multi-user.target.wants/spore-firstboot.service
+echo @firstboot.sh
+stat /usr/local/lib/spore/firstboot.sh
+echo @firstboot.sh-content
+cat /usr/local/lib/spore/firstboot.sh
+echo @firstboot.d
+is-dir /etc/spore/firstboot.d
 EOF
 )
-modes=$(grep -E '^mode:' <<<"$out" | awk '{printf "%o ", $2 % 4096}')
-check "~root/.ssh is 0700, authorized_keys 0600, /etc/motd 0640 ($modes)" \
-    test "$modes" = "700 600 640 "
-check "authorized_keys holds the manifest's key" grep -qxF "$key" <<<"$out"
+# section NAME: what the guestfish commands after "echo @NAME" printed
+section() { awk -v s="@$1" '/^@/ { on = ($0 == s); next } on' <<<"$out"; }
+# perms NAME: "MODE UID:GID" of what section NAME stat'ed
+perms() {
+    section "$1" | awk '/^mode:/ { m = $2 } /^uid:/ { u = $2 } /^gid:/ { g = $2 }
+        END { printf "%o %s:%s", m % 4096, u, g }'
+}
+check "~root/.ssh is 0700, root's ($(perms /root/.ssh))" \
+    test "$(perms /root/.ssh)" = "700 0:0"
+check "~root/.ssh/authorized_keys is 0600, root's ($(perms /root/.ssh/authorized_keys))" \
+    test "$(perms /root/.ssh/authorized_keys)" = "600 0:0"
+check "/etc/motd (nobody's in the master) is 0640, root's ($(perms /etc/motd))" \
+    test "$(perms /etc/motd)" = "640 0:0"
+check "a new file from the manifest is 0600, root's ($(perms config))" \
+    test "$(perms config)" = "600 0:0"
+check "authorized_keys holds the manifest's key" \
+    grep -qxF "$key" <(section root-keys)
+# the guest's user spore: uid 1000, gid 1001 (scripts/build-test-guest)
+check "~spore/.ssh is 0700, spore's ($(perms /home/spore/.ssh))" \
+    test "$(perms /home/spore/.ssh)" = "700 1000:1001"
+check "~spore/.ssh/authorized_keys is 0600, spore's ($(perms /home/spore/.ssh/authorized_keys))" \
+    test "$(perms /home/spore/.ssh/authorized_keys)" = "600 1000:1001"
+check "and holds only spore's key" test "$(section spore-keys)" = "$key2"
 check "a file whose path has XML metacharacters gets its expanded content" \
-    grep -qx 'name=spore-test-clones&index=0' <<<"$out"
-check "the clone's machine-id is emptied (filesize, the last command)" \
-    test "$(tail -n 1 <<<"$out")" = 0
+    grep -qx 'name=spore-test-clones&index=0' <(section config-content)
+check "/etc/hosts keeps localhost and maps the clone's hostname, once" \
+    test "$(section hosts)" = "$(printf '127.0.0.1\tlocalhost\n127.0.1.1\tclone-0')"
+check "the clone's machine-id is emptied" test "$(section machine-id)" = 0
+check "its ssh host keys are removed, the rest of /etc/ssh kept ($(section etc-ssh | tr '\n' ' '))" \
+    test "$(section etc-ssh)" = sshd_config
+# the unit runs the script only while the done file is missing, and
+# creates it before the script runs (ExecStartPre=), never after
+unit=$(section unit)
+check "systemd layout: spore-firstboot.service runs only without the done file" \
+    grep -qx 'ConditionPathExists=!/var/lib/spore/firstboot.done' <<<"$unit"
+check "and creates the done file before the commands run" \
+    test "$(grep -E '^Exec' <<<"$unit" | sed 's/=.*//' | tr '\n' ' ')" = "ExecStartPre ExecStart "
+check "in ExecStartPre=" \
+    grep -q "^ExecStartPre=/bin/sh -c 'mkdir -p /var/lib/spore && touch /var/lib/spore/firstboot.done" <<<"$unit"
+check "and runs the first-boot script, a oneshot wanted by multi-user.target" \
+    test "$(grep -E '^(ExecStart|Type|WantedBy)=' <<<"$unit" | tr '\n' ' ')" = \
+    "Type=oneshot ExecStart=/bin/sh /usr/local/lib/spore/firstboot.sh WantedBy=multi-user.target "
+check "the unit is enabled (the multi-user.target.wants link)" \
+    test "$(section wants)" = /etc/systemd/system/spore-firstboot.service
+check "the script is 0755, root's ($(perms firstboot.sh))" \
+    test "$(perms firstboot.sh)" = "755 0:0"
+check "and holds the expanded commands in order" \
+    test "$(section firstboot.sh-content | grep -v -e '^#' -e '^$' | tr '\n' '|')" = \
+    "echo first boot of spore-test-systemd-0|false|"
+check "no /etc/spore/firstboot.d scripts besides it" \
+    test "$(section firstboot.d)" = false
 
 # the virsh workflow of the README: the clones are ordinary domains
 for i in 0 1; do
@@ -122,6 +227,24 @@ for i in 0 1; do
     check "clone $i runs its first-boot command" \
         grep -qa "spore-guest: firstboot output: first boot of clone-$i" "$console"
 done
+
+# a reboot, as the README's virsh workflow does it: the console log file is
+# appended to; the first-boot commands, one of which failed, do not run again
+console=$work/console/$service-1.log
+count() { grep -ac "$1" "$console"; } # count PATTERN: lines of clone 1's log
+check "clone 1's first boot ran both first-boot commands" \
+    test "$(count 'spore-guest: firstboot: /etc/spore/firstboot.d/')" = 2
+check "virsh shutdown clone 1" quiet lv shutdown "$service-1"
+check "clone 1 powers off" \
+    wait_until 120 eval 'test "$(lv domstate "$service-1")" = "shut off"'
+check "virsh start clone 1 again" quiet lv start "$service-1"
+check "clone 1 boots a second time" \
+    wait_until 180 eval 'test "$(count "spore-guest: boot complete")" = 2'
+check "printing its hostname again" \
+    test "$(count "spore-guest: hostname=clone-1")" = 2
+check "but its first-boot commands ran on the first boot only" \
+    test "$(count 'spore-guest: firstboot: /etc/spore/firstboot.d/')/$(count 'firstboot output: first boot of clone-1')" = 2/1
+
 check "virsh dumpxml shows spore's metadata" \
     grep -q "<spore:clone .*service=\"$service\" index=\"1\"" \
     <(lv dumpxml "$service-1")
@@ -155,7 +278,7 @@ check "clone-destroy shuts clone 0 down gracefully, undefines it and removes its
 check "the guest saw the power button" \
     grep -qa "spore-guest: power button" "$work/console/$service-0.log"
 check "clone 0 is gone from virsh list --all" \
-    test "$(lv list --all --name | tr '\n' ' ')" = "$service-1 "
+    test "$(domains_of "$service")" = "$service-1 "
 check "and its volume from virsh vol-list" \
     test "$(lv vol-list "$pool" | awk '{print $1}' | tr '\n' ' ')" = "$service-1.qcow2 "
 check "destroying it again reports it absent, successfully" \
@@ -164,6 +287,6 @@ check "with --timeout 0 clone 1 is powered off at once" \
     grep -q "powered off, undefined, volume removed" \
     <("$sporectl" clone-destroy --timeout 0 "${pool_opts[@]:0:4}" "$service-1" 2>/dev/null)
 check "no clone and no volume is left" \
-    test -z "$(lv list --all --name)$(lv vol-list "$pool")"
+    test -z "$(domains_of "$service")$(lv vol-list "$pool")"
 
 finish

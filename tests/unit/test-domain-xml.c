@@ -13,6 +13,7 @@
 #include <libxml/xpathInternals.h>
 
 #include "domain-xml.h"
+#include "manifest-priv.h"
 #include "spore-error.h"
 #include "test-util.h"
 
@@ -230,6 +231,114 @@ Test(domain_xml, values_with_xml_metacharacters_cannot_change_its_structure)
 
     xmlXPathFreeContext(xp);
     xmlFreeDoc(doc);
+}
+
+/* The number that XPath @expr evaluates to in @xml. */
+static double
+xpath_number(const char *xml, const char *expr)
+{
+    xmlDoc *doc =
+        xmlReadMemory(xml, (int)strlen(xml), NULL, NULL, XML_PARSE_NONET);
+    xmlXPathContext *xp;
+    xmlXPathObject *res;
+    double v;
+
+    cr_assert(doc, "the domain XML is not well-formed:\n%s", xml);
+    xp = xmlXPathNewContext(doc);
+    xmlXPathRegisterNs(xp, BAD_CAST "spore", BAD_CAST CLONE_METADATA_NAMESPACE);
+    res = xmlXPathEvalExpression(BAD_CAST expr, xp);
+    cr_assert(res, "%s", expr);
+    v = xmlXPathCastToNumber(res);
+    xmlXPathFreeObject(res);
+    xmlXPathFreeContext(xp);
+    xmlFreeDoc(doc);
+    return v;
+}
+
+/*
+ * A service name is a domain name and a metadata attribute: the parser
+ * refuses one with markup; one that gets past it anyway (a Manifest built
+ * by hand) is escaped, never markup.
+ */
+Test(domain_xml, a_service_name_with_xml_metacharacters_is_refused_or_escaped)
+{
+    static const char *const names[] = {
+        "a&lt;b", "w&quot;/&gt;&lt;evil/&gt;", "x&amp;y", "q&apos;z", "]]&gt;",
+    };
+    static const char evil[] = "w\"/><evil/><name>x</name>&amp;'<!--";
+    g_autoptr(Manifest) m = manifest_new();
+    CloneDomainSpec spec = {
+        .manifest = m,
+        .image_id = IMAGE_ID,
+        .overlay_path = "/x.qcow2",
+        .console_log = "/x.log",
+        .virt = MANIFEST_HYPERVISOR_QEMU,
+    };
+    g_autofree char *xml = NULL;
+
+    for (gsize i = 0; i < G_N_ELEMENTS(names); i++) {
+        g_autofree char *doc = g_strdup_printf(
+            "<service xmlns=\"urn:spore:manifest:1\" name=\"%s\">"
+            "<image name=\"i\"><origin url=\"http://127.0.0.1/i\"/></image>"
+            "<vm><vcpus>1</vcpus><memory>65536</memory></vm></service>",
+            names[i]);
+        g_autoptr(GError) err = NULL;
+        g_autoptr(Manifest) bad =
+            manifest_parse_data(doc, strlen(doc), NULL, &err);
+
+        cr_expect_null(bad, "service name '%s' was accepted", names[i]);
+        cr_expect(err && strstr(err->message, "service name"), "%s: %s",
+                  names[i], err ? err->message : "");
+    }
+
+    m->name = g_strdup(evil);
+    m->vm.vcpus = 1;
+    m->vm.memory_kib = 65536;
+    xml = clone_domain_xml(&spec, NULL);
+    cr_assert(xml);
+    cr_expect_eq(xpath_number(xml, "count(//evil) + count(//comment())"), 0,
+                 "%s", xml);
+    cr_expect_eq(xpath_number(xml, "count(/domain/name)"), 1, "%s", xml);
+    /* XPath 1.0 has no escape for "'": compare with concat() */
+    cr_expect_eq(xpath_number(xml, "number(/domain/name = concat('w\"/><evil/>"
+                                   "<name>x</name>&amp;', \"'\", '<!---0'))"),
+                 1, "%s", xml);
+    cr_expect_eq(xpath_number(xml, "number(/domain/metadata/spore:clone/"
+                                   "@service = concat('w\"/><evil/><name>x"
+                                   "</name>&amp;', \"'\", '<!--'))"),
+                 1, "%s", xml);
+}
+
+/*
+ * File contents, first-boot commands and ssh keys go into the guest, never
+ * into the domain XML: markup in them cannot reach it.
+ */
+Test(domain_xml, customization_content_never_reaches_the_domain_xml)
+{
+    static const char manifest[] =
+        "<service xmlns=\"urn:spore:manifest:1\" name=\"web\">"
+        "<image name=\"i\"><origin url=\"http://127.0.0.1/i\"/></image>"
+        "<vm hypervisor=\"qemu\"><vcpus>1</vcpus><memory>65536</memory></vm>"
+        "<customize>"
+        "<file path=\"/etc/x\">&lt;/domain&gt;&lt;evil/&gt;</file>"
+        "<file path=\"/etc/y\"><![CDATA[</devices><evil2 a='1'/>]]></file>"
+        "<ssh-key>ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsa"
+        "bgH5C9okWi0dh2l9GKJl &lt;/domain&gt;&lt;evil3/&gt;</ssh-key>"
+        "<firstboot>echo '&lt;/domain&gt;&lt;evil4/&gt;'</firstboot>"
+        "</customize></service>";
+    g_autoptr(GError) err = NULL;
+    g_autoptr(Manifest) m =
+        manifest_parse_data(manifest, strlen(manifest), NULL, &err);
+
+    cr_assert(m, "%s", err ? err->message : "");
+    for (int virt = MANIFEST_HYPERVISOR_KVM; virt <= MANIFEST_HYPERVISOR_XEN;
+         virt++) {
+        g_autofree char *xml = make_xml(m, (ManifestHypervisor)virt, 0);
+
+        cr_expect_null(strstr(xml, "evil"), "%s", xml);
+        cr_expect_null(strstr(xml, "/etc/x"), "%s", xml);
+        cr_expect_eq(xpath_number(xml, "count(/domain)"), 1);
+    }
 }
 
 Test(domain_xml, refuses_bad_indexes_ids_and_relative_paths)
