@@ -482,7 +482,7 @@ cmd_host_list(Manager *m)
             state = "pending";
         else if (sqlite3_column_int64(st, 6))
             state = "lost";
-        else if (h && h->last_seen &&
+        else if (h && h->heard &&
                  g_get_monotonic_time() - h->last_seen <
                      (gint64)m->config.lost_after_s * G_USEC_PER_SEC)
             state = "up";
@@ -497,7 +497,7 @@ cmd_host_list(Manager *m)
         json_object_set_int_member(o, "memory_kib",
                                    sqlite3_column_int64(st, 5));
         json_object_set_int_member(o, "clones", sqlite3_column_int64(st, 7));
-        if (h && h->last_seen)
+        if (h && h->heard)
             json_object_set_double_member(
                 o, "last_seen",
                 (double)(g_get_monotonic_time() - h->last_seen) /

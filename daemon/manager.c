@@ -3,7 +3,9 @@
  * handler) and its reconciliation loop (see manager.h).
  *
  * Reconciliation, once a second and after anything changes:
- *   1. hosts silent for lost_after_s are lost: their clones are unplaced;
+ *   1. hosts silent for lost_after_s are lost: their clones are unplaced
+ *      (a host counts as heard from when the manager starts, so that one
+ *      down across a restart is lost too: seed_runtime);
  *   2. each service gets exactly its desired clone rows (0..desired-1);
  *   3. unplaced clones are placed (placement.c);
  *   4. per host that has reported since the manager started: each of its
@@ -473,6 +475,7 @@ handle_message(Manager *m, const char *host, const char *address,
     type = wire_get_string(msg, "type");
     g_mutex_lock(&m->lock);
     runtime_get(m, host)->last_seen = g_get_monotonic_time();
+    runtime_get(m, host)->heard = true;
     if (g_str_equal(type, "hello"))
         handle_hello(m, host, address, msg);
     else if (g_str_equal(type, "report"))
@@ -1122,7 +1125,7 @@ send_pending(Manager *m)
         g_autoptr(JsonObject) body = NULL;
         HostRuntime *rt = g_hash_table_lookup(m->runtime, host);
 
-        if (!rt || !host_is_up(m, host))
+        if (!rt || !rt->heard || !host_is_up(m, host))
             continue;
         body = wire_parse(text, strlen(text), NULL);
         if (!body)
@@ -1312,6 +1315,23 @@ manager_metrics(GString *out, gpointer data)
 
 /* ---- setup ------------------------------------------------------------ */
 
+/* seed_runtime: every accepted host that is not lost counts as seen now,
+ * so that mark_lost_hosts() loses it if it stays silent for lost_after_s
+ * (the runtime is in memory only: without this, a host down when the
+ * manager restarts would keep its clones forever) */
+static void
+seed_runtime(Manager *m)
+{
+    sqlite3_stmt *st =
+        mdb_prepare(m, "SELECT name FROM hosts WHERE accepted = 1 AND lost = 0",
+                    G_TYPE_INVALID);
+    gint64 now = g_get_monotonic_time();
+
+    while (st && sqlite3_step(st) == SQLITE_ROW)
+        runtime_get(m, mdb_col_text(st, 0))->last_seen = now;
+    sqlite3_finalize(st);
+}
+
 static guint
 watch_socket(Manager *m, void *sock)
 {
@@ -1354,6 +1374,7 @@ manager_new(const ManagerConfig *config, GError **error)
     if (!wire_keys_load_or_create(m->config.state_dir, &m->keys, error) ||
         !mdb_open(m, error))
         return NULL;
+    seed_runtime(m);
 
     m->zctx = zmq_ctx_new();
     if (!zmq_has("curve")) {

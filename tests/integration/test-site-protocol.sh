@@ -39,6 +39,19 @@ check "a frame over the size limit drops the connection, the next is served" \
 check "spored is still running" kill -0 "$(cat "$SITE/spored.pid")"
 check "and answers sporectl" quiet sporectl_site host-list
 
+# --- a host down when spored restarts is lost after the grace period
+host_state() { sporectl_site --json host-list | python3 -c "import json,sys; print([h['state'] for h in json.load(sys.stdin)['hosts'] if h['name']=='$1'])"; }
+check "hv1 says hello once more" \
+    test "$("$probe" "$ep" "$mkey" "$SITE/hv1/state" hv1 hello)" = welcome
+check "and is up" test "$(host_state hv1)" = "['up']"
+site_manager_kill TERM
+check "spored restarts" site_manager_start
+check "hv1, not heard from since, is down, not up" test "$(host_state hv1)" = "['down']"
+check "and lost once it stayed silent for lost_after (10 s)" \
+    wait_until 40 eval '[ "$(host_state hv1)" = "['"'"'lost'"'"']" ]'
+check "which is an event" \
+    grep -q "host hv1 lost: no report for 10 s" <(sporectl_site events)
+
 # --- SIGHUP reloads the configuration; a broken file changes nothing
 printf '[spored]\nshutdown_timeout=7\nresend=9\n' >"$SITE/spored.conf"
 kill -HUP "$(cat "$SITE/spored.pid")"
