@@ -700,6 +700,17 @@ service_image_id(Manager *m, const char *service)
                     G_TYPE_STRING, service, G_TYPE_INVALID);
 }
 
+static void command_destroy(Manager *m, const char *host, const char *service,
+                            GPtrArray *names);
+
+/*
+ * mark_lost_hosts: a host silent for lost_after_s is lost: its clones are
+ * unplaced (placed again elsewhere), its pending commands other than
+ * destroys are cancelled, and a destroy of the clones it had waits for
+ * it: should it come back, its copies go (a report would show those that
+ * are still defined; the command also removes overlays whose domain went
+ * while it was away).
+ */
 static void
 mark_lost_hosts(Manager *m)
 {
@@ -709,19 +720,43 @@ mark_lost_hosts(Manager *m)
     g_hash_table_iter_init(&it, m->runtime);
     while (g_hash_table_iter_next(&it, &k, &v)) {
         HostRuntime *h = v;
+        g_autoptr(GHashTable) names = NULL; /* service -> GPtrArray */
+        GHashTableIter nit;
+        gpointer service, list;
+        sqlite3_stmt *st;
 
         if (h->last_seen == 0 || host_is_up(m, h->name))
             continue;
         if (mdb_int(m, 1, "SELECT lost FROM hosts WHERE name = ?",
                     G_TYPE_STRING, h->name, G_TYPE_INVALID))
             continue;
+        names = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
+                                      (GDestroyNotify)g_ptr_array_unref);
+        st = mdb_prepare(m, "SELECT service, idx FROM clones WHERE host = ?",
+                         G_TYPE_STRING, h->name, G_TYPE_INVALID);
+        while (st && sqlite3_step(st) == SQLITE_ROW) {
+            Manifest *mf = manager_manifest(m, mdb_col_text(st, 0));
+            GPtrArray *arr;
+
+            if (!mf)
+                continue;
+            arr = g_hash_table_lookup(names, mdb_col_text(st, 0));
+            if (!arr) {
+                arr = g_ptr_array_new_with_free_func(g_free);
+                g_hash_table_insert(names, g_strdup(mdb_col_text(st, 0)), arr);
+            }
+            g_ptr_array_add(arr, manifest_clone_name(
+                                     mf, (guint)sqlite3_column_int64(st, 1)));
+        }
+        sqlite3_finalize(st);
         mdb_exec(m, "UPDATE hosts SET lost = 1 WHERE name = ?", G_TYPE_STRING,
                  h->name, G_TYPE_INVALID);
         mdb_exec(m, "UPDATE clones SET host = NULL WHERE host = ?",
                  G_TYPE_STRING, h->name, G_TYPE_INVALID);
         mdb_exec(m,
                  "UPDATE commands SET state = 'cancelled', finished = ? "
-                 "WHERE host = ? AND state = 'pending'",
+                 "WHERE host = ? AND state = 'pending' AND op <> "
+                 "'clone-destroy'",
                  G_TYPE_DOUBLE, mdb_now(), G_TYPE_STRING, h->name,
                  G_TYPE_INVALID);
         h->reported = false;
@@ -729,6 +764,9 @@ mark_lost_hosts(Manager *m)
                   "host %s lost: no report for %u s; its clones are placed "
                   "again",
                   h->name, m->config.lost_after_s);
+        g_hash_table_iter_init(&nit, names);
+        while (g_hash_table_iter_next(&nit, &service, &list))
+            command_destroy(m, h->name, service, list);
     }
 }
 
@@ -779,9 +817,11 @@ sync_clone_rows(Manager *m)
                     left = true;
             }
         }
+        /* (a destroy waiting for a lost host does not hold it up) */
         if (!left && mdb_int(m, 0,
                              "SELECT COUNT(*) FROM commands WHERE service = ? "
-                             "AND state = 'pending'",
+                             "AND state = 'pending' AND host NOT IN (SELECT "
+                             "name FROM hosts WHERE lost = 1)",
                              G_TYPE_STRING, service, G_TYPE_INVALID) == 0) {
             mdb_exec(m, "DELETE FROM services WHERE name = ?", G_TYPE_STRING,
                      service, G_TYPE_INVALID);

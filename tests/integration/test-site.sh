@@ -9,9 +9,10 @@
 #   over the hosts; a replayed command is applied once; kill -9 of the
 #   manager mid-rollout and of an agent mid-create, then convergence to
 #   exactly the desired clones (no duplicates, no orphans: domains,
-#   owners, volumes, commands); a silent host is lost and its clone placed
-#   elsewhere; scale up and down; service-delete removes
-#   domains and volumes.  TAP output.
+#   owners, volumes, commands); a host that dies is lost and its clone runs
+#   again elsewhere, and its old overlay goes when it comes back; a host
+#   down while spored restarts is lost too; scale up and down;
+#   service-delete removes domains and volumes.  TAP output.
 set -u
 . "$(dirname "$0")/lib.sh"
 BUILD=$1
@@ -103,6 +104,23 @@ exactly() {
 # exactly_within N: exactly N within 60 s (convergence may still be
 # removing a volume or awaiting an ack), else what differs as a comment
 exactly_within() { wait_until 120 exactly "$1" || { sed 's/^/# /' "$SITE/why"; return 1; }; }
+# last_event: the id of the newest event; event_after ID PATTERN: an event
+# newer than ID matches
+last_event() { db "SELECT COALESCE(MAX(id), 0) FROM events"; }
+event_after() { db "SELECT message FROM events WHERE id > $1" | grep -q -- "$2"; }
+# host_dies HOST: its agent, its shims and its guests go at once (on this
+# shared libvirtd, its domains must go too, or no other host can define
+# clones of those names)
+host_dies() {
+    local d p
+    site_agent_kill "$1" KILL
+    for p in $(cat "$SITE/$1"/run/shims/*.pid 2>/dev/null); do kill -KILL "$p" 2>/dev/null; done
+    for d in $(site_domains); do
+        [ "$(owner "$d")" = "$1" ] || continue
+        virsh -q -c qemu:///system destroy "$d" >/dev/null 2>&1
+        virsh -q -c qemu:///system undefine "$d" >/dev/null 2>&1
+    done
+}
 
 # --- the site
 check "spored starts" site_manager_start
@@ -205,17 +223,43 @@ check "no duplicates, no orphans: domains, owners, volumes, no pending command" 
 check "clones keep running across agent restarts ($keep, on $h3, has the same domain id)" \
     test -n "$keep_id" -a "$(domid "$keep")" = "$keep_id"
 
-# --- a host that stops reporting is lost; its clone is placed elsewhere
+# --- a host that dies is lost; its clone runs again on another host
 lost=$(host_of web-2)
-site_agent_kill "$lost"
+lost_volumes=$(pool_volumes "$lost" | tr '\n' ' ')
+check "$lost's pool holds web-2's overlay" test "$lost_volumes" = "web-2.qcow2 "
+mark=$(last_event)
+host_dies "$lost"
 check "$lost, silent, is lost after the grace period" \
-    wait_until $((SITE_LOST_AFTER * 2 + 20)) event_seen "host $lost lost"
+    wait_until $((SITE_LOST_AFTER * 2 + 20)) event_after "$mark" "host $lost lost"
 check "its clone web-2 is placed on another host" \
     wait_until 20 eval '[ "$(host_of web-2)" != "$lost" ]'
 new_host=$(host_of web-2)
-site_agent_start "$lost"
-check "when $lost is back, its copy goes and web-2 runs once, on $new_host" \
+check "web-2 runs again, under $new_host's agent, before $lost comes back" \
     wait_until 300 eval 'converged 4 && [ "$(owner web-2)" = "$new_host" ]'
+check "web-2 boots with its own hostname on $new_host" \
+    wait_until 120 grep -qa "spore-guest: hostname=web-2" "$SITE/$new_host/console/web-2.log"
+mark=$(last_event)
+site_agent_start "$lost"
+check "when $lost is back, the destroy that waited for it removes its old overlay" \
+    wait_until 120 eval '[ -z "$(pool_volumes "$lost")" ] && event_after "$mark" "done on $lost: web-2 absent"'
+check "and web-2 still runs once, on $new_host: no duplicates, no orphans" \
+    eval 'wait_until 60 converged 4 && exactly_within 4 && [ "$(owner web-2)" = "$new_host" ]'
+
+# --- a host down while spored restarts is lost too, its clones placed again
+down=$(host_of web-0)
+down_clones=$(clones_on "$down")
+mark=$(last_event)
+host_dies "$down"
+site_manager_kill TERM
+check "spored restarts while $down is down" site_manager_start
+check "$down, never heard from since, is lost after the grace period" \
+    wait_until $((SITE_LOST_AFTER * 2 + 20)) event_after "$mark" "host $down lost"
+check "its clones ($down_clones) run again on the other hosts" \
+    wait_until 300 eval 'converged 4 && [ -z "$(clones_on "$down")" ]'
+mark=$(last_event)
+site_agent_start "$down"
+check "when $down is back, its old overlays go: no duplicates, no orphans" \
+    eval 'wait_until 120 event_after "$mark" "host $down is back" && exactly_within 4'
 
 # --- scale down, delete
 check "scale web 1" quiet ctl scale web 1
