@@ -1,9 +1,12 @@
 #!/bin/bash
-# test-site-protocol.sh BUILD-DIR SITE-PROBE: spored against hostile
+# test-site-protocol.sh BUILD-DIR SITE-PROBE: spored without libvirt.
+# The control socket is 0660 and only its group may use it.  Hostile
 # clients on its agents' endpoint: a key that is not accepted gets nothing;
 # an accepted host's malformed, multi-frame, unknown and oversized messages
 # are dropped with a log line naming the host, and the manager keeps
-# serving.  No libvirt needed.  TAP output.
+# serving.  A host down when spored restarts is lost after the grace
+# period.  SIGHUP reloads.  image-add indexes from the origin.  A clean
+# SIGTERM exit.  TAP output.
 set -u
 . "$(dirname "$0")/lib.sh"
 BUILD=$1 probe=$2
@@ -18,6 +21,19 @@ SITE_SPORED_ARGS="--config $SITE/spored.conf"
 
 check "spored starts" site_manager_start
 mkey=$(cat "$SITE/manager/curve.pub")
+
+# --- the control socket: its mode and group decide who administers
+sock=$SITE/m/control.sock
+chmod 0755 "$SITE" # so that only the socket's own mode stops others
+as_nobody() { # as_nobody GROUP: sporectl host-list as nobody, in GROUP only
+    setpriv --reuid=nobody --regid="$1" --clear-groups \
+        "$BUILD/daemon/sporectl" -c "$sock" host-list
+}
+check "the control socket is 0660, the daemon's user and group" \
+    test "$(stat -c '%a %U:%G' "$sock")" = "660 root:root"
+check "a user outside its group cannot connect (permission denied)" \
+    eval '! as_nobody nogroup >/dev/null 2>"$SITE/err" && grep -q "Permission denied" "$SITE/err"'
+
 ep=tcp://127.0.0.1:$SITE_PORT
 check "a host whose key is not accepted gets nothing" \
     test "$("$probe" "$ep" "$mkey" "$SITE/stranger" stranger hello)" = nothing
@@ -44,8 +60,14 @@ host_state() { sporectl_site --json host-list | python3 -c "import json,sys; pri
 check "hv1 says hello once more" \
     test "$("$probe" "$ep" "$mkey" "$SITE/hv1/state" hv1 hello)" = welcome
 check "and is up" test "$(host_state hv1)" = "['up']"
+printf '[spored]\nshutdown_timeout=60\ncontrol_group=nogroup\n' >"$SITE/spored.conf"
 site_manager_kill TERM
-check "spored restarts" site_manager_start
+check "spored restarts (control_group=nogroup)" site_manager_start
+check "its control socket is 0660, group nogroup" \
+    test "$(stat -c '%a %U:%G' "$sock")" = "660 root:nogroup"
+check "a member of nogroup may now administer the site" quiet as_nobody nogroup
+check "others still may not" \
+    eval '! as_nobody 54321 >/dev/null 2>"$SITE/err" && grep -q "Permission denied" "$SITE/err"'
 check "hv1, not heard from since, is down, not up" test "$(host_state hv1)" = "['down']"
 check "and lost once it stayed silent for lost_after (10 s)" \
     wait_until 40 eval '[ "$(host_state hv1)" = "['"'"'lost'"'"']" ]'
