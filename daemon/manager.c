@@ -320,6 +320,17 @@ handle_hello(Manager *m, const char *host, const char *address, JsonObject *msg)
     send_to(m, host, welcome);
 }
 
+/* host_back: @host is heard from: no longer lost (an event if it was) */
+static void
+host_back(Manager *m, const char *host)
+{
+    if (mdb_int(m, 0, "SELECT lost FROM hosts WHERE name = ?", G_TYPE_STRING,
+                host, G_TYPE_INVALID))
+        mdb_event(m, "host-back", NULL, host, "host %s is back", host);
+    mdb_exec(m, "UPDATE hosts SET last_seen = ?, lost = 0 WHERE name = ?",
+             G_TYPE_DOUBLE, mdb_now(), G_TYPE_STRING, host, G_TYPE_INVALID);
+}
+
 static void
 handle_report(Manager *m, const char *host, JsonObject *msg)
 {
@@ -360,11 +371,7 @@ handle_report(Manager *m, const char *host, JsonObject *msg)
     h->images = json_array_ref(json_node_get_array(images));
     h->reported = true;
     h->last_seen = g_get_monotonic_time();
-    if (mdb_int(m, 0, "SELECT lost FROM hosts WHERE name = ?", G_TYPE_STRING,
-                host, G_TYPE_INVALID))
-        mdb_event(m, "host-back", NULL, host, "host %s is back", host);
-    mdb_exec(m, "UPDATE hosts SET last_seen = ?, lost = 0 WHERE name = ?",
-             G_TYPE_DOUBLE, mdb_now(), G_TYPE_STRING, host, G_TYPE_INVALID);
+    host_back(m, host);
     for (guint i = 0; i < json_array_get_length(h->images); i++) {
         JsonNode *n = json_array_get_element(h->images, i);
         JsonObject *im, *bytes;
@@ -513,6 +520,8 @@ handle_message(Manager *m, const char *host, const char *address,
         const char *service = wire_get_string(msg, "service");
         gint64 count = wire_get_int(msg, "count", -1);
 
+        /* a load balancer's reporter sends these only: they keep it up */
+        host_back(m, host);
         if (service && count >= 0 && count <= G_MAXINT32)
             mscale_requests(m, service, count);
         else

@@ -5,8 +5,9 @@
 # an accepted host's malformed, multi-frame, unknown and oversized messages
 # are dropped with a log line naming the host, and the manager keeps
 # serving.  A host down when spored restarts is lost after the grace
-# period.  SIGHUP reloads.  image-add indexes from the origin.  A clean
-# SIGTERM exit.  TAP output.
+# period.  SIGHUP reloads.  image-add indexes from the origin.  A load
+# balancer's reporter pushes requests messages that act on a service's
+# rule.  A clean SIGTERM exit.  TAP output.
 set -u
 . "$(dirname "$0")/lib.sh"
 BUILD=$1 probe=$2
@@ -94,6 +95,44 @@ check "image-add indexes the image from its origin" \
 check "a download that fails is an error naming the URL" \
     grep -q "cannot download file://$SITE/nothing" <(sporectl_site image-add img2 "file://$SITE/nothing" 2>&1)
 
+# --- requests pushed on the agents' endpoint, as a load balancer's
+# reporter does (a host key of its own, in the hosts directory), act on a
+# service's rules
+cat >"$SITE/web.xml" <<EOF
+<service xmlns="urn:spore:manifest:1" name="web">
+  <image name="img"><origin url="file://$SITE/image.raw"/></image>
+  <vm><vcpus>1</vcpus><memory unit="MiB">64</memory></vm>
+  <scaling min="1" max="3" initial="1" cooldown="120s">
+    <rule metric="requests" above="100" add="1"/>
+  </scaling>
+</service>
+EOF
+jget() { python3 -c "import json,sys; r=json.load(sys.stdin); print($1)"; }
+show() { sporectl_site --json service-show web | jget "$1"; }
+push() { "$probe" "$ep" "$mkey" "$SITE/lb1/state" lb1 requests web "$1"; }
+check "submit a service with a requests rule" quiet sporectl_site submit "$SITE/web.xml"
+site_host_key lb1 >"$SITE/hosts.d/lb1.pub"
+check "the reporter pushes 40 requests" test "$(push 40)" = sent
+check "service-show's rule has the value: 40 per clone per minute (none runs: 1)" \
+    wait_until 30 eval '[ "$(show "float(r[\"service\"][\"rules\"][0][\"value\"] or -1)")" = 40.0 ]'
+check "below the threshold: no action" test "$(show 'r["service"]["desired"]')" = 1
+lb=$(sporectl_site --json host-list | jget "[(h['state'], h['accepted'], h['cpus'], h['clones']) for h in r['hosts'] if h['name'] == 'lb1']")
+check "host-list shows the reporter as an accepted host, up, without capacity or clones" \
+    test "$lb" = "[('up', True, 0, 0)]"
+check "500 more" test "$(push 500)" = sent
+check "rule 1 fires: 1 -> 2 clones, an event with the rule and the value" \
+    wait_until 30 eval 'sporectl_site events --service web | grep -q "service web: rule 1 (requests above 100.*540.*1 -> 2 clones"'
+check "the desired count is 2" test "$(show 'r["service"]["desired"]')" = 2
+cooldown=$(show 'r["service"]["cooldown_until"]')
+check "a cooldown of 120 s runs" \
+    test "$(python3 -c "import time; print(100 < $cooldown - time.time() <= 120)")" = True
+lb_is() { # lb_is STATE: host-list shows the reporter in STATE
+    [ "$(sporectl_site --json host-list | jget "[h['state'] for h in r['hosts'] if h['name'] == 'lb1']")" = "['$1']" ]
+}
+check "a reporter silent for lost_after is lost, like any host" wait_until 40 lb_is lost
+check "its next push makes it up again" \
+    eval '[ "$(push 0)" = sent ] && wait_until 10 lb_is up'
+check "with a host-back event" grep -q "host lb1 is back" <(sporectl_site events)
 # --- a clean stop: exit status 0 and, in sanitized builds, no leak report
 pid=$(cat "$SITE/spored.pid")
 kill -TERM "$pid"
