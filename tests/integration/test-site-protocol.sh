@@ -7,7 +7,8 @@
 # serving.  A host down when spored restarts is lost after the grace
 # period.  SIGHUP reloads.  image-add indexes from the origin.  A load
 # balancer's reporter pushes requests messages that act on a service's
-# rule.  A clean SIGTERM exit.  TAP output.
+# rule; the cooldown survives a kill -9.  A clean SIGTERM exit.  TAP
+# output.
 set -u
 . "$(dirname "$0")/lib.sh"
 BUILD=$1 probe=$2
@@ -97,7 +98,7 @@ check "a download that fails is an error naming the URL" \
 
 # --- requests pushed on the agents' endpoint, as a load balancer's
 # reporter does (a host key of its own, in the hosts directory), act on a
-# service's rules
+# service's rules; the cooldown they start survives a kill -9 of spored
 cat >"$SITE/web.xml" <<EOF
 <service xmlns="urn:spore:manifest:1" name="web">
   <image name="img"><origin url="file://$SITE/image.raw"/></image>
@@ -110,6 +111,7 @@ EOF
 jget() { python3 -c "import json,sys; r=json.load(sys.stdin); print($1)"; }
 show() { sporectl_site --json service-show web | jget "$1"; }
 push() { "$probe" "$ep" "$mkey" "$SITE/lb1/state" lb1 requests web "$1"; }
+scaled_up() { sporectl_site --json events --service web | jget 'sum(e["kind"] == "scaled-up" for e in r["events"])'; }
 check "submit a service with a requests rule" quiet sporectl_site submit "$SITE/web.xml"
 site_host_key lb1 >"$SITE/hosts.d/lb1.pub"
 check "the reporter pushes 40 requests" test "$(push 40)" = sent
@@ -133,6 +135,18 @@ check "a reporter silent for lost_after is lost, like any host" wait_until 40 lb
 check "its next push makes it up again" \
     eval '[ "$(push 0)" = sent ] && wait_until 10 lb_is up'
 check "with a host-back event" grep -q "host lb1 is back" <(sporectl_site events)
+printf '[spored]\nshutdown_timeout=60\n' >"$SITE/spored.conf"
+site_manager_kill KILL
+check "spored restarts after kill -9, mid-cooldown" site_manager_start
+check "with the same cooldown_until (from the state database)" \
+    test "$(show 'r["service"]["cooldown_until"]')" = "$cooldown"
+check "the load goes on" test "$(push 500)" = sent
+check "the rule fires again after the restart" \
+    wait_until 30 eval '[ "$(show "r[\"service\"][\"rules\"][0][\"fires\"]")" = True ]'
+sleep 11 # two more evaluations (every 5 s)
+check "but the cooldown holds it: still 2 clones, one scaled-up event" \
+    test "$(show 'r["service"]["desired"]')/$(scaled_up)" = 2/1
+
 # --- a clean stop: exit status 0 and, in sanitized builds, no leak report
 pid=$(cat "$SITE/spored.pid")
 kill -TERM "$pid"
