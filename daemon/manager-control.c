@@ -559,6 +559,11 @@ index_from_origin(const char *url, GError **error)
     char errbuf[CURL_ERROR_SIZE] = "";
     CURLcode rc;
 
+    if (!curl) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_FAILED,
+                    "cannot download %s: libcurl cannot make a handle", url);
+        return NULL;
+    }
     curl_easy_setopt(curl, CURLOPT_URL, url);
     curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http,https,file");
     curl_easy_setopt(curl, CURLOPT_FAILONERROR, 1L);

@@ -4,7 +4,8 @@
 # hostname, the cooldown survives a kill -9 of the manager in the middle of
 # it (under continued load, with room to grow, nothing happens before it
 # ends), and once the load stops the service shrinks back to min after its
-# stabilization window (shortened in the manifest).  spored, two agents, libvirtd + QEMU,
+# stabilization window (shortened in the manifest), the removed clone's
+# volume gone.  spored, two agents, libvirtd + QEMU,
 # libguestfs, nbdkit and a lighttpd origin.  TAP output.
 set -u
 . "$(dirname "$0")/lib.sh"
@@ -124,6 +125,8 @@ check "by rule 2, as an event" event_seen "service web: rule 2 (requests below 5
 check "not before the cooldown had ended" \
     test "$(ctl --json events --since 0 | jget '[e["time"] for e in r["events"] if e["kind"] == "scaled-down"][0] >= '"$cooldown")" = True
 check "web-1 is shut down and removed" wait_until 240 at 1
+check "and its volume is gone from $h1's pool" \
+    wait_until 60 eval '! virsh -q -c qemu:///system vol-list "spore-$SITE_TAG-$h1" | grep -q "web-1.qcow2" && [ ! -e "$SITE/$h1/pool/web-1.qcow2" ]'
 check "no scaling action flapped: exactly one up and one down" \
     test "$(ctl --json events --since 0 | jget 'sum(e["kind"] in ("scaled-up","scaled-down") for e in r["events"])')" = 2
 echo "# $(( $(date +%s) - started )) s from submit to here"

@@ -5,10 +5,10 @@
 # an accepted host's malformed, multi-frame, unknown and oversized messages
 # are dropped with a log line naming the host, and the manager keeps
 # serving.  A host down when spored restarts is lost after the grace
-# period.  SIGHUP reloads.  image-add indexes from the origin.  A load
-# balancer's reporter pushes requests messages that act on a service's
-# rule; the cooldown survives a kill -9.  A clean SIGTERM exit.  TAP
-# output.
+# period.  SIGHUP reloads.  image-add indexes from the origin, or takes
+# --index FILE (a corrupt one refused).  A load balancer's reporter pushes
+# requests messages that act on a service's rule; the cooldown survives a
+# kill -9.  A clean SIGTERM exit.  TAP output.
 set -u
 . "$(dirname "$0")/lib.sh"
 BUILD=$1 probe=$2
@@ -95,6 +95,22 @@ check "image-add indexes the image from its origin" \
     grep -q "$want" <(sporectl_site image-add img "file://$SITE/image.raw")
 check "a download that fails is an error naming the URL" \
     grep -q "cannot download file://$SITE/nothing" <(sporectl_site image-add img2 "file://$SITE/nothing" 2>&1)
+
+# --- image-add --index FILE: the manager takes a published index as it is
+indexed=$(grep -c "indexing image" "$SITE/spored.log")
+check "image-add --index with the index of the same image: the same id, accepted" \
+    grep -q "img: added, $want" <(sporectl_site image-add --index "$SITE/image.idx" img "file://$SITE/image.raw")
+check "a new name with --index is registered under that id" \
+    grep -q "img3: added, $want" <(sporectl_site image-add --index "$SITE/image.idx" img3 "file://$SITE/nothing-needed")
+check "without the manager reading the origin" \
+    test "$(grep -c "indexing image" "$SITE/spored.log")" = "$indexed"
+python3 -c 'import sys; b = bytearray(open(sys.argv[1], "rb").read()); b[100] ^= 0xff; open(sys.argv[2], "wb").write(b)' \
+    "$SITE/image.idx" "$SITE/corrupt.idx" # chunk 1's digest, one byte inverted
+sporectl_site image-add --index "$SITE/corrupt.idx" img4 "file://$SITE/image.raw" >/dev/null 2>"$SITE/err"
+check "a corrupt index is refused (exit status 1)" test $? = 1
+check "saying so, with the image's name" \
+    grep -q "the index given for image 'img4': index checksum does not match: the index is corrupt" "$SITE/err"
+check "and nothing is registered" eval '! sporectl_site image-list | grep -q img4'
 
 # --- requests pushed on the agents' endpoint, as a load balancer's
 # reporter does (a host key of its own, in the hosts directory), act on a
