@@ -626,6 +626,10 @@ wait_shutoff(virDomainPtr dom, guint timeout_seconds)
     }
 }
 
+/* the overlay of a clone's domain XML */
+#define DISK_SOURCE_XPATH \
+    "string(/domain/devices/disk[@device='disk'][1]/source/@file)"
+
 /* remove_volume: delete the volume at @path if it is in spore's pool */
 static bool
 remove_volume(CloneHost *host, const char *path, GError **error)
@@ -701,11 +705,31 @@ clone_host_destroy(CloneHost *host, const char *name, guint timeout_seconds,
         g_autofree char *owner = NULL;
 
         if (owned_elsewhere(host, dom, &owner)) {
+            /* another host's clone of that name (agents sharing one
+             * libvirtd): it is left alone, but an overlay of ours by that
+             * name is a copy this host lost track of (its domain went
+             * while the host was away); it goes, unless it is the other
+             * domain's disk */
+            g_autofree char *other = virDomainGetXMLDesc(dom, 0);
+            g_autofree char *other_disk = NULL;
+            g_autofree char *leftover =
+                g_strdup_printf("%s/%s.qcow2", host->pool_dir, name);
+
+            if (!other) {
+                lv_error(host, error, "reading domain '%s'", name);
+                virDomainFree(dom);
+                return false;
+            }
             virDomainFree(dom);
-            g_set_error(error, SPORE_ERROR, SPORE_ERROR_CONFLICT,
-                        "clone '%s' belongs to host '%s': left alone", name,
-                        owner);
-            return false;
+            other_disk = xpath_string(other, DISK_SOURCE_XPATH);
+            if (g_strcmp0(other_disk, leftover) != 0 &&
+                g_file_test(leftover, G_FILE_TEST_EXISTS) &&
+                !remove_volume(host, leftover, error))
+                return false;
+            progress(host, "%s belongs to host '%s': left alone", name, owner);
+            if (outcome)
+                *outcome = CLONE_ABSENT;
+            return true;
         }
     }
     desc = virDomainGetXMLDesc(dom, VIR_DOMAIN_XML_INACTIVE);
@@ -713,8 +737,7 @@ clone_host_destroy(CloneHost *host, const char *name, guint timeout_seconds,
         virDomainFree(dom);
         return lv_error(host, error, "reading domain '%s'", name);
     }
-    disk = xpath_string(desc, "string(/domain/devices/disk[@device='disk']"
-                              "[1]/source/@file)");
+    disk = xpath_string(desc, DISK_SOURCE_XPATH);
     active = virDomainIsActive(dom);
     if (active < 0) {
         virDomainFree(dom);

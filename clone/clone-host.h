@@ -109,7 +109,10 @@ typedef enum {
 /*
  * clone_host_destroy: stop the clone @name (ACPI shutdown, then power off
  * after @timeout_seconds), undefine it and remove its overlay volume.
- * Refuses domains without spore's clone metadata.
+ * Refuses domains without spore's clone metadata.  A domain @name that
+ * another host owns (a libvirtd shared by agents) is not touched: the
+ * clone is CLONE_ABSENT here, and an overlay @name.qcow2 left in this
+ * host's pool is removed.
  */
 bool clone_host_destroy(CloneHost *host, const char *name,
                         guint timeout_seconds, CloneDestroyOutcome *outcome,

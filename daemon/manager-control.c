@@ -21,6 +21,9 @@
 #define CONTROL_LINE_MAX (32u * 1024 * 1024)
 #define EVENTS_LIMIT_MAX 1000
 
+/* the control socket's mode: its owner and group administer the site */
+#define CONTROL_SOCKET_MODE 0660
+
 /* ---- replies ---------------------------------------------------------- */
 
 static JsonObject *
@@ -482,7 +485,7 @@ cmd_host_list(Manager *m)
             state = "pending";
         else if (sqlite3_column_int64(st, 6))
             state = "lost";
-        else if (h && h->last_seen &&
+        else if (h && h->heard &&
                  g_get_monotonic_time() - h->last_seen <
                      (gint64)m->config.lost_after_s * G_USEC_PER_SEC)
             state = "up";
@@ -497,7 +500,7 @@ cmd_host_list(Manager *m)
         json_object_set_int_member(o, "memory_kib",
                                    sqlite3_column_int64(st, 5));
         json_object_set_int_member(o, "clones", sqlite3_column_int64(st, 7));
-        if (h && h->last_seen)
+        if (h && h->heard)
             json_object_set_double_member(
                 o, "last_seen",
                 (double)(g_get_monotonic_time() - h->last_seen) /
@@ -556,6 +559,11 @@ index_from_origin(const char *url, GError **error)
     char errbuf[CURL_ERROR_SIZE] = "";
     CURLcode rc;
 
+    if (!curl) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_FAILED,
+                    "cannot download %s: libcurl cannot make a handle", url);
+        return NULL;
+    }
     curl_easy_setopt(curl, CURLOPT_URL, url);
     curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http,https,file");
     curl_easy_setopt(curl, CURLOPT_FAILONERROR, 1L);
@@ -855,29 +863,53 @@ bool
 manager_control_start(Manager *m, GError **error)
 {
     g_autoptr(GSocketAddress) addr = NULL;
+    gboolean bound;
+    mode_t mask;
 
     m->control_path = g_build_filename(m->config.run_dir, "control.sock", NULL);
     unlink(m->control_path);
     addr = g_unix_socket_address_new(m->control_path);
     m->control = G_THREADED_SOCKET_SERVICE(g_threaded_socket_service_new(16));
-    if (!g_socket_listener_add_address(
-            G_SOCKET_LISTENER(m->control), addr, G_SOCKET_TYPE_STREAM,
-            G_SOCKET_PROTOCOL_DEFAULT, NULL, NULL, error)) {
+    /* who may administer the site: the socket's owner and group.  It is
+     * made under a umask that leaves at most CONTROL_SOCKET_MODE, so that
+     * it is never more open, not even until the chmod below (the umask is
+     * the process's: this runs at start-up, before any thread that makes
+     * files) */
+    mask = umask(0777 & ~CONTROL_SOCKET_MODE);
+    bound = g_socket_listener_add_address(
+        G_SOCKET_LISTENER(m->control), addr, G_SOCKET_TYPE_STREAM,
+        G_SOCKET_PROTOCOL_DEFAULT, NULL, NULL, error);
+    umask(mask);
+    if (!bound) {
         g_prefix_error(error, "%s: ", m->control_path);
         return false;
     }
-    /* who may administer the site: the socket's owner and group */
     if (m->config.control_group && *m->config.control_group) {
         struct group *gr = getgrnam(m->config.control_group);
 
-        if (!gr || chown(m->control_path, (uid_t)-1, gr->gr_gid) < 0) {
+        if (!gr) {
+            g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
+                        "cannot give %s to group '%s': no such group",
+                        m->control_path, m->config.control_group);
+            return false;
+        }
+        if (chown(m->control_path, (uid_t)-1, gr->gr_gid) < 0) {
+            int e = errno;
+
             g_set_error(error, SPORE_ERROR, SPORE_ERROR_IO,
-                        "cannot give %s to group '%s'", m->control_path,
-                        m->config.control_group);
+                        "cannot give %s to group '%s': %s", m->control_path,
+                        m->config.control_group, g_strerror(e));
             return false;
         }
     }
-    chmod(m->control_path, 0660);
+    if (chmod(m->control_path, CONTROL_SOCKET_MODE) < 0) {
+        int e = errno;
+
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_IO,
+                    "cannot set the mode of %s to %04o: %s", m->control_path,
+                    CONTROL_SOCKET_MODE, g_strerror(e));
+        return false;
+    }
     g_signal_connect(m->control, "run", G_CALLBACK(on_control_run), m);
     g_socket_service_start(G_SOCKET_SERVICE(m->control));
     return true;

@@ -15,11 +15,15 @@
 
 /* What the manager knows of a connected host beyond the database: its
  * last report.  Lives only in memory: after a restart, hosts report again
- * within seconds, and nothing is decided about a host before it has. */
+ * within seconds, and nothing is decided about a host before it has.
+ * manager_new() gives every accepted host that is not lost an entry with
+ * last_seen = its start, so that a host which never comes back is lost
+ * after the grace period like one that stops reporting. */
 typedef struct {
     char *name;
     char *boot;         /* the agent's boot id: changes when it restarts */
-    gint64 last_seen;   /* monotonic µs */
+    gint64 last_seen;   /* monotonic µs (of the last message, or the start) */
+    bool heard;         /* a message arrived since the manager started */
     bool reported;      /* a report arrived since the manager started */
     JsonArray *clones;  /* of the last report */
     JsonArray *images;

@@ -3,7 +3,9 @@
  * handler) and its reconciliation loop (see manager.h).
  *
  * Reconciliation, once a second and after anything changes:
- *   1. hosts silent for lost_after_s are lost: their clones are unplaced;
+ *   1. hosts silent for lost_after_s are lost: their clones are unplaced
+ *      (a host counts as heard from when the manager starts, so that one
+ *      down across a restart is lost too: seed_runtime);
  *   2. each service gets exactly its desired clone rows (0..desired-1);
  *   3. unplaced clones are placed (placement.c);
  *   4. per host that has reported since the manager started: each of its
@@ -329,6 +331,17 @@ handle_hello(Manager *m, const char *host, const char *address, JsonObject *msg)
     send_to(m, host, welcome);
 }
 
+/* host_back: @host is heard from: no longer lost (an event if it was) */
+static void
+host_back(Manager *m, const char *host)
+{
+    if (mdb_int(m, 0, "SELECT lost FROM hosts WHERE name = ?", G_TYPE_STRING,
+                host, G_TYPE_INVALID))
+        mdb_event(m, "host-back", NULL, host, "host %s is back", host);
+    mdb_exec(m, "UPDATE hosts SET last_seen = ?, lost = 0 WHERE name = ?",
+             G_TYPE_DOUBLE, mdb_now(), G_TYPE_STRING, host, G_TYPE_INVALID);
+}
+
 static void
 handle_report(Manager *m, const char *host, JsonObject *msg)
 {
@@ -369,11 +382,7 @@ handle_report(Manager *m, const char *host, JsonObject *msg)
     h->images = json_array_ref(json_node_get_array(images));
     h->reported = true;
     h->last_seen = g_get_monotonic_time();
-    if (mdb_int(m, 0, "SELECT lost FROM hosts WHERE name = ?", G_TYPE_STRING,
-                host, G_TYPE_INVALID))
-        mdb_event(m, "host-back", NULL, host, "host %s is back", host);
-    mdb_exec(m, "UPDATE hosts SET last_seen = ?, lost = 0 WHERE name = ?",
-             G_TYPE_DOUBLE, mdb_now(), G_TYPE_STRING, host, G_TYPE_INVALID);
+    host_back(m, host);
     for (guint i = 0; i < json_array_get_length(h->images); i++) {
         JsonNode *n = json_array_get_element(h->images, i);
         JsonObject *im, *bytes;
@@ -484,6 +493,7 @@ handle_message(Manager *m, const char *host, const char *address,
     type = wire_get_string(msg, "type");
     g_mutex_lock(&m->lock);
     runtime_get(m, host)->last_seen = g_get_monotonic_time();
+    runtime_get(m, host)->heard = true;
     if (g_str_equal(type, "hello"))
         handle_hello(m, host, address, msg);
     else if (g_str_equal(type, "report"))
@@ -521,6 +531,8 @@ handle_message(Manager *m, const char *host, const char *address,
         const char *service = wire_get_string(msg, "service");
         gint64 count = wire_get_int(msg, "count", -1);
 
+        /* a load balancer's reporter sends these only: they keep it up */
+        host_back(m, host);
         if (service && count >= 0 && count <= G_MAXINT32)
             mscale_requests(m, service, count);
         else
@@ -708,6 +720,17 @@ service_image_id(Manager *m, const char *service)
                     G_TYPE_STRING, service, G_TYPE_INVALID);
 }
 
+static void command_destroy(Manager *m, const char *host, const char *service,
+                            GPtrArray *names);
+
+/*
+ * mark_lost_hosts: a host silent for lost_after_s is lost: its clones are
+ * unplaced (placed again elsewhere), its pending commands other than
+ * destroys are cancelled, and a destroy of the clones it had waits for
+ * it: should it come back, its copies go (a report would show those that
+ * are still defined; the command also removes overlays whose domain went
+ * while it was away).
+ */
 static void
 mark_lost_hosts(Manager *m)
 {
@@ -717,19 +740,43 @@ mark_lost_hosts(Manager *m)
     g_hash_table_iter_init(&it, m->runtime);
     while (g_hash_table_iter_next(&it, &k, &v)) {
         HostRuntime *h = v;
+        g_autoptr(GHashTable) names = NULL; /* service -> GPtrArray */
+        GHashTableIter nit;
+        gpointer service, list;
+        sqlite3_stmt *st;
 
         if (h->last_seen == 0 || host_is_up(m, h->name))
             continue;
         if (mdb_int(m, 1, "SELECT lost FROM hosts WHERE name = ?",
                     G_TYPE_STRING, h->name, G_TYPE_INVALID))
             continue;
+        names = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
+                                      (GDestroyNotify)g_ptr_array_unref);
+        st = mdb_prepare(m, "SELECT service, idx FROM clones WHERE host = ?",
+                         G_TYPE_STRING, h->name, G_TYPE_INVALID);
+        while (st && sqlite3_step(st) == SQLITE_ROW) {
+            Manifest *mf = manager_manifest(m, mdb_col_text(st, 0));
+            GPtrArray *arr;
+
+            if (!mf)
+                continue;
+            arr = g_hash_table_lookup(names, mdb_col_text(st, 0));
+            if (!arr) {
+                arr = g_ptr_array_new_with_free_func(g_free);
+                g_hash_table_insert(names, g_strdup(mdb_col_text(st, 0)), arr);
+            }
+            g_ptr_array_add(arr, manifest_clone_name(
+                                     mf, (guint)sqlite3_column_int64(st, 1)));
+        }
+        sqlite3_finalize(st);
         mdb_exec(m, "UPDATE hosts SET lost = 1 WHERE name = ?", G_TYPE_STRING,
                  h->name, G_TYPE_INVALID);
         mdb_exec(m, "UPDATE clones SET host = NULL WHERE host = ?",
                  G_TYPE_STRING, h->name, G_TYPE_INVALID);
         mdb_exec(m,
                  "UPDATE commands SET state = 'cancelled', finished = ? "
-                 "WHERE host = ? AND state = 'pending'",
+                 "WHERE host = ? AND state = 'pending' AND op <> "
+                 "'clone-destroy'",
                  G_TYPE_DOUBLE, mdb_now(), G_TYPE_STRING, h->name,
                  G_TYPE_INVALID);
         h->reported = false;
@@ -738,6 +785,9 @@ mark_lost_hosts(Manager *m)
                   "host %s lost: no report for %u s; its clones are placed "
                   "again",
                   h->name, m->config.lost_after_s);
+        g_hash_table_iter_init(&nit, names);
+        while (g_hash_table_iter_next(&nit, &service, &list))
+            command_destroy(m, h->name, service, list);
     }
 }
 
@@ -788,9 +838,11 @@ sync_clone_rows(Manager *m)
                     left = true;
             }
         }
+        /* (a destroy waiting for a lost host does not hold it up) */
         if (!left && mdb_int(m, 0,
                              "SELECT COUNT(*) FROM commands WHERE service = ? "
-                             "AND state = 'pending'",
+                             "AND state = 'pending' AND host NOT IN (SELECT "
+                             "name FROM hosts WHERE lost = 1)",
                              G_TYPE_STRING, service, G_TYPE_INVALID) == 0) {
             mdb_exec(m, "DELETE FROM services WHERE name = ?", G_TYPE_STRING,
                      service, G_TYPE_INVALID);
@@ -1150,7 +1202,7 @@ send_pending(Manager *m)
         g_autoptr(JsonObject) body = NULL;
         HostRuntime *rt = g_hash_table_lookup(m->runtime, host);
 
-        if (!rt || !host_is_up(m, host))
+        if (!rt || !rt->heard || !host_is_up(m, host))
             continue;
         body = wire_parse(text, strlen(text), NULL);
         if (!body)
@@ -1396,6 +1448,23 @@ manager_metrics(GString *out, gpointer data)
 
 /* ---- setup ------------------------------------------------------------ */
 
+/* seed_runtime: every accepted host that is not lost counts as seen now,
+ * so that mark_lost_hosts() loses it if it stays silent for lost_after_s
+ * (the runtime is in memory only: without this, a host down when the
+ * manager restarts would keep its clones forever) */
+static void
+seed_runtime(Manager *m)
+{
+    sqlite3_stmt *st =
+        mdb_prepare(m, "SELECT name FROM hosts WHERE accepted = 1 AND lost = 0",
+                    G_TYPE_INVALID);
+    gint64 now = g_get_monotonic_time();
+
+    while (st && sqlite3_step(st) == SQLITE_ROW)
+        runtime_get(m, mdb_col_text(st, 0))->last_seen = now;
+    sqlite3_finalize(st);
+}
+
 static guint
 watch_socket(Manager *m, void *sock)
 {
@@ -1438,6 +1507,7 @@ manager_new(const ManagerConfig *config, GError **error)
     if (!wire_keys_load_or_create(m->config.state_dir, &m->keys, error) ||
         !mdb_open(m, error))
         return NULL;
+    seed_runtime(m);
 
     m->zctx = zmq_ctx_new();
     if (!zmq_has("curve")) {

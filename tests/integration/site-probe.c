@@ -1,7 +1,7 @@
 /*
  * site-probe.c: a hostile or ordinary agent for spored's tests.
  *
- *   site-probe ENDPOINT MANAGER-KEY KEY-DIR HOST SCENARIO
+ *   site-probe ENDPOINT MANAGER-KEY KEY-DIR HOST SCENARIO [ARGS]
  *
  * Connects a DEALER with CURVE (its key pair in KEY-DIR, made if needed)
  * as HOST and plays SCENARIO, then says hello and prints "welcome" if the
@@ -12,6 +12,11 @@
  *             the hello: the manager must drop them all and keep serving
  *   oversized a frame over the manager's ZMQ_MAXMSGSIZE (the connection is
  *             dropped), then the hello on a new connection
+ *   requests SERVICE COUNT
+ *             what a load balancer's reporter does: one requests message
+ *             (docs/site-protocol.md) and no hello; prints "sent" once
+ *             it has left (or after 5 s: the manager's effect is what a
+ *             test checks)
  */
 #include <stdio.h>
 #include <string.h>
@@ -76,9 +81,9 @@ main(int argc, char **argv)
     const char *scenario;
     g_autoptr(GError) err = NULL;
 
-    if (argc != 6) {
+    if (argc < 6 || argc != (g_str_equal(argv[5], "requests") ? 8 : 6)) {
         fprintf(stderr, "usage: site-probe ENDPOINT MANAGER-KEY KEY-DIR HOST "
-                        "SCENARIO\n");
+                        "SCENARIO [SERVICE COUNT]\n");
         return 2;
     }
     scenario = argv[5];
@@ -108,6 +113,22 @@ main(int argc, char **argv)
         g_usleep(1000 * 1000);
         zmq_close(s);
         s = connect_probe(ctx, argv[1], argv[2], &keys, argv[4]);
+    } else if (g_str_equal(scenario, "requests")) {
+        g_autoptr(JsonObject) msg = wire_new("requests");
+        g_autofree char *text = NULL;
+        int linger = 5000;
+
+        json_object_set_string_member(msg, "service", argv[6]);
+        json_object_set_int_member(msg, "count",
+                                   g_ascii_strtoll(argv[7], NULL, 10));
+        text = wire_to_text(msg);
+        send_text(s, text, 0);
+        /* closing waits until it is sent, at most the linger */
+        zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof(linger));
+        zmq_close(s);
+        zmq_ctx_term(ctx);
+        printf("sent\n");
+        return 0;
     } else if (!g_str_equal(scenario, "hello")) {
         fprintf(stderr, "site-probe: unknown scenario '%s'\n", scenario);
         return 2;

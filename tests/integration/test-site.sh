@@ -8,9 +8,11 @@
 #   from the origin; submit: clones boot with their own hostnames, spread
 #   over the hosts; a replayed command is applied once; kill -9 of the
 #   manager mid-rollout and of an agent mid-create, then convergence to
-#   exactly the desired clones; a silent host is lost and its clone placed
-#   elsewhere; scale up and down; service-delete removes
-#   domains and volumes.  TAP output.
+#   exactly the desired clones (no duplicates, no orphans: domains,
+#   owners, volumes, commands); a host that dies is lost and its clone runs
+#   again elsewhere, and its old overlay goes when it comes back; a host
+#   down while spored restarts is lost too; scale up and down;
+#   service-delete removes domains and volumes.  TAP output.
 set -u
 . "$(dirname "$0")/lib.sh"
 BUILD=$1
@@ -68,7 +70,57 @@ converged() {
     [ "$names" = "$(for i in $(seq 0 $((want - 1))); do printf 'web-%s ' "$i"; done)" ]
 }
 host_of() { ctl --json clone-list web | jget "[c['host'] for c in r['clones'] if c['name']=='$1'][0]"; }
+clones_on() { ctl --json clone-list web | jget "' '.join(c['name'] for c in r['clones'] if c['host']=='$1')"; }
 domid() { virsh -q -c qemu:///system domid "$1" 2>/dev/null; }
+# owner DOMAIN: the host its <spore:clone> metadata names
+owner() { virsh -q -c qemu:///system dumpxml "$1" 2>/dev/null | sed -n 's/.*<spore:clone .*host="\([^"]*\)".*/\1/p'; }
+# pool_volumes HOST: the volumes libvirt lists in HOST's pool, one a line
+pool_volumes() {
+    virsh -q -c qemu:///system pool-refresh "spore-$SITE_TAG-$1" >/dev/null 2>&1
+    virsh -q -c qemu:///system vol-list "spore-$SITE_TAG-$1" 2>/dev/null | awk 'NF { print $1 }' | sort
+}
+# exactly N: no duplicates, no orphans — the site's domains are web-0 ..
+# web-N-1, each owned (its metadata's host) by the host the manager placed
+# it on; each host's pool holds the overlays of its own clones and nothing
+# else; no command is pending.  What differs is in $SITE/why.
+exactly() {
+    local want=$1 i h got expect pending
+    got=$(site_domains | grep '^web-' | sort | tr '\n' ' ')
+    expect=$(for i in $(seq 0 $((want - 1))); do printf 'web-%s ' "$i"; done)
+    [ "$got" = "$expect" ] || { echo "domains: $got, want $expect" >"$SITE/why"; return 1; }
+    for i in $(seq 0 $((want - 1))); do
+        h=$(host_of "web-$i")
+        [ "$(owner "web-$i")" = "$h" ] ||
+            { echo "web-$i is placed on $h, its metadata says $(owner "web-$i")" >"$SITE/why"; return 1; }
+    done
+    for h in hv1 hv2 hv3; do
+        got=$(pool_volumes "$h" | tr '\n' ' ')
+        expect=$(for c in $(clones_on "$h"); do echo "$c.qcow2"; done | sort | tr '\n' ' ')
+        [ "$got" = "$expect" ] || { echo "$h's pool: '$got', want '$expect'" >"$SITE/why"; return 1; }
+    done
+    pending=$(db "SELECT COUNT(*) FROM commands WHERE state='pending'")
+    [ "$pending" = 0 ] || { echo "$pending commands pending" >"$SITE/why"; return 1; }
+}
+# exactly_within N: exactly N within 60 s (convergence may still be
+# removing a volume or awaiting an ack), else what differs as a comment
+exactly_within() { wait_until 120 exactly "$1" || { sed 's/^/# /' "$SITE/why"; return 1; }; }
+# last_event: the id of the newest event; event_after ID PATTERN: an event
+# newer than ID matches
+last_event() { db "SELECT COALESCE(MAX(id), 0) FROM events"; }
+event_after() { db "SELECT message FROM events WHERE id > $1" | grep -q -- "$2"; }
+# host_dies HOST: its agent, its shims and its guests go at once (on this
+# shared libvirtd, its domains must go too, or no other host can define
+# clones of those names)
+host_dies() {
+    local d p
+    site_agent_kill "$1" KILL
+    for p in $(cat "$SITE/$1"/run/shims/*.pid 2>/dev/null); do kill -KILL "$p" 2>/dev/null; done
+    for d in $(site_domains); do
+        [ "$(owner "$d")" = "$1" ] || continue
+        virsh -q -c qemu:///system destroy "$d" >/dev/null 2>&1
+        virsh -q -c qemu:///system undefine "$d" >/dev/null 2>&1
+    done
+}
 
 # --- the site
 check "spored starts" site_manager_start
@@ -147,32 +199,67 @@ check "a create command for web-2 is issued" wait_until 60 event_seen "create we
 site_manager_kill KILL
 check "spored restarts after kill -9" site_manager_start
 check "the site converges to exactly 3 clones" wait_until 300 converged 3
+check "no duplicates, no orphans: domains, owners, volumes, no pending command" \
+    exactly_within 3
 check "web-2 went to hv3 (spread)" test "$(host_of web-2)" = hv3
 
 # --- kill -9 of an agent mid-create (scale to 4: web-3 on hv1 or hv2)
-id0=$(domid web-0)
 check "scale web 4" quiet ctl scale web 4
 check "a create command for web-3 is issued" wait_until 60 event_seen "create web-3"
 h3=$(db "SELECT host FROM clones WHERE service='web' AND idx=3")
+cid=$(db "SELECT c.id FROM commands c, json_each(c.body, '\$.indexes') i WHERE c.op='clone-create' AND c.service='web' AND c.host='$h3' AND i.value=3 ORDER BY c.id DESC LIMIT 1")
+keep=$(clones_on "$h3" | tr ' ' '\n' | grep -vx web-3 | head -n 1)
+keep_id=$(domid "$keep")
+check "$h3's agent has started command $cid (create web-3)" \
+    wait_until 60 grep -q "command $cid: clone-create" "$SITE/$h3.log"
 sleep 3 # into the customization
 site_agent_kill "$h3" KILL
+check "command $cid was pending when the agent was killed" \
+    eval '[ "$(db "SELECT state FROM commands WHERE id=$cid")" = pending ] && ! grep -q "command $cid done" "$SITE/$h3.log"'
 site_agent_start "$h3"
 check "after kill -9 of $h3's agent mid-create, 4 clones converge" wait_until 300 converged 4
-check "clones keep running across agent restarts (web-0's domain id is unchanged)" \
-    test "$(domid web-0)" = "$id0"
+check "no duplicates, no orphans: domains, owners, volumes, no pending command" \
+    exactly_within 4
+check "clones keep running across agent restarts ($keep, on $h3, has the same domain id)" \
+    test -n "$keep_id" -a "$(domid "$keep")" = "$keep_id"
 
-# --- a host that stops reporting is lost; its clone is placed elsewhere
+# --- a host that dies is lost; its clone runs again on another host
 lost=$(host_of web-2)
-site_agent_kill "$lost"
+lost_volumes=$(pool_volumes "$lost" | tr '\n' ' ')
+check "$lost's pool holds web-2's overlay" test "$lost_volumes" = "web-2.qcow2 "
+mark=$(last_event)
+host_dies "$lost"
 check "$lost, silent, is lost after the grace period" \
-    wait_until $((SITE_LOST_AFTER * 2 + 20)) event_seen "host $lost lost"
+    wait_until $((SITE_LOST_AFTER * 2 + 20)) event_after "$mark" "host $lost lost"
 check "its clone web-2 is placed on another host" \
     wait_until 20 eval '[ "$(host_of web-2)" != "$lost" ]'
 new_host=$(host_of web-2)
+check "web-2 runs again, under $new_host's agent, before $lost comes back" \
+    wait_until 300 eval 'converged 4 && [ "$(owner web-2)" = "$new_host" ]'
+check "web-2 boots with its own hostname on $new_host" \
+    wait_until 120 grep -qa "spore-guest: hostname=web-2" "$SITE/$new_host/console/web-2.log"
+mark=$(last_event)
 site_agent_start "$lost"
-owner() { virsh -q -c qemu:///system dumpxml web-2 2>/dev/null | sed -n 's/.*<spore:clone .*host="\([^"]*\)".*/\1/p'; }
-check "when $lost is back, its copy goes and web-2 runs once, on $new_host" \
-    wait_until 300 eval 'converged 4 && [ "$(owner)" = "$new_host" ]'
+check "when $lost is back, the destroy that waited for it removes its old overlay" \
+    wait_until 120 eval '[ -z "$(pool_volumes "$lost")" ] && event_after "$mark" "done on $lost: web-2 absent"'
+check "and web-2 still runs once, on $new_host: no duplicates, no orphans" \
+    eval 'wait_until 60 converged 4 && exactly_within 4 && [ "$(owner web-2)" = "$new_host" ]'
+
+# --- a host down while spored restarts is lost too, its clones placed again
+down=$(host_of web-0)
+down_clones=$(clones_on "$down")
+mark=$(last_event)
+host_dies "$down"
+site_manager_kill TERM
+check "spored restarts while $down is down" site_manager_start
+check "$down, never heard from since, is lost after the grace period" \
+    wait_until $((SITE_LOST_AFTER * 2 + 20)) event_after "$mark" "host $down lost"
+check "its clones ($down_clones) run again on the other hosts" \
+    wait_until 300 eval 'converged 4 && [ -z "$(clones_on "$down")" ]'
+mark=$(last_event)
+site_agent_start "$down"
+check "when $down is back, its old overlays go: no duplicates, no orphans" \
+    eval 'wait_until 120 event_after "$mark" "host $down is back" && exactly_within 4'
 
 # --- scale down, delete
 check "scale web 1" quiet ctl scale web 1

@@ -1,7 +1,8 @@
 /*
  * test-scaling.c: the auto-scaling rule engine (daemon/scaling.c), with an
  * injected clock: thresholds, for, cooldown, stabilization, clamping,
- * conflicting rules, missing data, and a flapping metric.
+ * conflicting rules, missing data, a flapping metric, and a cooldown that
+ * must hold across a restart of the manager.
  */
 #include <criterion/criterion.h>
 #include <string.h>
@@ -227,4 +228,43 @@ Test(scaling, a_sustained_load_scales_step_by_step_with_cooldowns)
     cr_expect_eq(when[0], 60, "after for=1m");
     cr_expect_eq(when[1], 180, "after the 2 min cooldown");
     cr_expect_eq(when[2], 300);
+}
+
+Test(scaling, a_stored_cooldown_holds_across_a_manager_restart)
+{
+    /* the manager keeps cooldown_until in its database and the metric
+     * history in memory: after a restart the history starts empty, and
+     * the stored cooldown alone must hold back a rule that fires at once
+     * (no for) */
+    g_autoptr(Manifest) m = manifest(
+        "<scaling min=\"1\" max=\"3\" initial=\"1\" cooldown=\"120s\">"
+        "<rule metric=\"requests\" above=\"30\" add=\"1\"/></scaling>");
+    g_autoptr(ScalingHistory) before = scaling_history_new();
+    g_autoptr(ScalingHistory) after = NULL;
+    double stored_cooldown = 0; /* services.cooldown_until */
+    guint count = 1, actions = 0;
+
+    scaling_history_add(before, MANIFEST_METRIC_REQUESTS, 1000, 600);
+    count = eval(m, before, count, 1000, stored_cooldown, NULL);
+    cr_assert_eq(count, 2);
+    stored_cooldown = 1000 + m->scaling.cooldown_seconds;
+
+    /* kill -9 at 1010; the restarted manager samples the same load */
+    after = scaling_history_new();
+    for (int t = 1015; t < 1120; t += 5) {
+        ScalingDecision d;
+        guint to;
+
+        scaling_history_add(after, MANIFEST_METRIC_REQUESTS, t, 600);
+        to = eval(m, after, count, t, stored_cooldown, &d);
+        cr_expect(d.rules[0].fires, "the rule fires at %d s", t);
+        cr_expect(d.in_cooldown, "at %d s the cooldown holds it", t);
+        scaling_decision_clear(&d);
+        if (to != count)
+            actions++;
+    }
+    cr_expect_eq(actions, 0, "%u actions before cooldown_until", actions);
+    scaling_history_add(after, MANIFEST_METRIC_REQUESTS, 1120, 600);
+    cr_expect_eq(eval(m, after, count, 1120, stored_cooldown, NULL), 3,
+                 "at cooldown_until the rule acts again");
 }
