@@ -182,6 +182,9 @@ struct PeerNet {
 
     /* loop only */
     GHashTable *outstanding; /* req_id -> Outstanding * */
+    GHashTable *askers;      /* digest -> GPtrArray of routing ids (GBytes) that
+                              * asked for an image this host did not have yet:
+                              * they get its HAVE once it is added */
     GQueue waiting;          /* of Job * */
     guint32 next_req;
     guint mon_serial;
@@ -800,6 +803,50 @@ recv_frames(void *sock, zmq_msg_t *frames, int max, int *ret_total)
     return n;
 }
 
+/* A peer asked for an image this host lacks: answer it when it is added.
+ * Bounded: SUBSCRIBERS_MAX askers per image, PEER_PEERS_MAX images. */
+static void
+remember_asker(PeerNet *net, const PeerMsg *req, GBytes *rid)
+{
+    GPtrArray *list = g_hash_table_lookup(net->askers, req->image);
+
+    if (!list) {
+        if (g_hash_table_size(net->askers) >= PEER_PEERS_MAX)
+            return;
+        list = g_ptr_array_new_with_free_func((GDestroyNotify)g_bytes_unref);
+        g_hash_table_insert(net->askers,
+                            g_memdup2(req->image, SPORE_SHA256_BYTES), list);
+    }
+    for (guint k = 0; k < list->len; k++) {
+        if (g_bytes_equal(list->pdata[k], rid))
+            return;
+    }
+    if (list->len < SUBSCRIBERS_MAX)
+        g_ptr_array_add(list, g_bytes_ref(rid));
+}
+
+/* Images added since peers asked for them: send those peers their HAVE. */
+static void
+answer_askers(PeerNet *net)
+{
+    GHashTableIter it;
+    gpointer key, value;
+
+    g_hash_table_iter_init(&it, net->askers);
+    while (g_hash_table_iter_next(&it, &key, &value)) {
+        GPtrArray *list = value;
+        NetImage *im = image_lookup(net, key);
+        PeerMsg m = {.type = PEER_MSG_HAVE_REQ};
+
+        if (!im)
+            continue;
+        memcpy(m.image, im->digest, SPORE_SHA256_BYTES);
+        for (guint k = 0; k < list->len; k++)
+            server_have(net, list->pdata[k], &m, im);
+        g_hash_table_iter_remove(&it);
+    }
+}
+
 static void
 server_drain(PeerNet *net)
 {
@@ -846,6 +893,8 @@ server_drain(PeerNet *net)
             g_mutex_unlock(&net->lock);
         } else if (!(im = image_lookup(net, req.image))) {
             server_err(net, rid, &req, PEER_ERR_UNKNOWN_IMAGE);
+            if (req.type == PEER_MSG_HAVE_REQ)
+                remember_asker(net, &req, rid);
         } else if (req.type == PEER_MSG_HAVE_REQ) {
             server_have(net, rid, &req, im);
         } else {
@@ -1367,6 +1416,8 @@ tick(PeerNet *net)
     plan_waiting(net);
     g_mutex_unlock(&net->lock);
 
+    if (net->server)
+        answer_askers(net);
     g_mutex_lock(&net->lock);
     g_hash_table_iter_init(&it, net->images);
     while (g_hash_table_iter_next(&it, NULL, &value)) {
@@ -1593,6 +1644,8 @@ peer_net_new(const PeerNetConfig *config, GError **error)
     net->images = g_hash_table_new(digest_hash, digest_equal);
     net->peers = g_ptr_array_new();
     net->outstanding = g_hash_table_new(g_direct_hash, g_direct_equal);
+    net->askers = g_hash_table_new_full(digest_hash, digest_equal, g_free,
+                                        (GDestroyNotify)g_ptr_array_unref);
     net->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     net->pool =
         g_thread_pool_new(fetch_task_run, net, FETCH_POOL_THREADS, FALSE, NULL);
@@ -1645,6 +1698,7 @@ peer_net_free(PeerNet *net)
     }
     g_hash_table_unref(net->images);
     g_hash_table_unref(net->outstanding);
+    g_hash_table_unref(net->askers);
     close(net->wake_fd);
     g_mutex_clear(&net->lock);
     g_cond_clear(&net->job_done);

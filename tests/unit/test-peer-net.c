@@ -686,3 +686,23 @@ Test(peer_net, a_fetch_waits_for_the_bitmaps_of_connected_peers)
     cr_expect_eq(st.chunks[FETCH_SOURCE_PEER], 1u, "from A, not the origin");
     cr_expect_eq(st.chunks[FETCH_SOURCE_ORIGIN], 0u);
 }
+
+/* Regression: a peer that asked for an image before this host had it
+ * learned of it only at its next retry, 2 s later, and fetched from the
+ * origin meanwhile (hosts booting at once fetched up to 1.6x one copy). */
+Test(peer_net, a_peer_that_asked_too_early_learns_of_an_added_image_at_once)
+{
+    Host *a = host_new_with(NULL, true);
+    Host *b = host_new(NULL);
+    FetchStats st;
+
+    get_all(a);
+    mesh();
+    wait_connected(b, 1); /* and A said it has no such image */
+    peer_net_add_image(a->net, a->cache, a->engine);
+    g_usleep(300 * 1000);
+    cr_assert(fetch_engine_get(b->engine, 0, FETCH_PRIORITY_DEMAND,
+                               in_seconds(30), NULL));
+    fetch_engine_stats(b->engine, &st);
+    cr_expect_eq(st.chunks[FETCH_SOURCE_PEER], 1u, "from A, not the origin");
+}
