@@ -27,12 +27,7 @@
 #include "metrics.h"
 #include "placement.h"
 #include "spore-error.h"
-
-/* a draft option in libzmq 4.3's header, but honoured by Debian's build;
- * manager_new() fails if it is not */
-#ifndef ZMQ_ZAP_ENFORCE_DOMAIN
-#define ZMQ_ZAP_ENFORCE_DOMAIN 93
-#endif
+#include "zmq-zap.h"
 
 #define TICK_MS         1000
 #define DRAIN_MS        100
@@ -106,12 +101,6 @@ manager_manifest(Manager *m, const char *service)
 }
 
 /* ---- ZAP: who may connect ------------------------------------------- */
-
-static char *
-frame_string(zmq_msg_t *f)
-{
-    return g_strndup(zmq_msg_data(f), zmq_msg_size(f));
-}
 
 /* accept_from_dir: a key placed as HOSTS_DIR/NAME.pub is accepted as
  * host NAME; the name, or NULL */
@@ -214,63 +203,25 @@ zap_decide(Manager *m, const char *domain, const char *address,
     return NULL;
 }
 
-static void
-zap_reply(void *sock, const char *request_id, gsize request_id_len,
-          const char *status, const char *text, const char *user)
+/* decide_locked: zap_decide under the manager's lock (the ZAP handler's
+ * callback) */
+static char *
+decide_locked(const char *domain, const char *address, const char *mechanism,
+              const char *key, const char **why, gpointer data)
 {
-    zmq_send(sock, "1.0", 3, ZMQ_SNDMORE);
-    zmq_send(sock, request_id, request_id_len, ZMQ_SNDMORE);
-    zmq_send(sock, status, strlen(status), ZMQ_SNDMORE);
-    zmq_send(sock, text, strlen(text), ZMQ_SNDMORE);
-    zmq_send(sock, user, strlen(user), ZMQ_SNDMORE);
-    zmq_send(sock, "", 0, 0);
+    Manager *m = data;
+    char *user;
+
+    g_mutex_lock(&m->lock);
+    user = zap_decide(m, domain, address, mechanism, key, why);
+    g_mutex_unlock(&m->lock);
+    return user;
 }
 
 static void
 zap_drain(Manager *m)
 {
-    for (;;) {
-        zmq_msg_t f[8];
-        int n = 0, more = 1;
-        const char *why = "malformed request";
-        g_autofree char *user = NULL;
-
-        while (more) {
-            zmq_msg_t *frame = &f[n < 7 ? n : 7];
-
-            zmq_msg_init(frame);
-            if (zmq_msg_recv(frame, m->zap, ZMQ_DONTWAIT) < 0) {
-                zmq_msg_close(frame);
-                if (n == 0)
-                    return; /* nothing waiting */
-                break;
-            }
-            more = zmq_msg_more(frame);
-            if (n < 7)
-                n++;
-            else
-                zmq_msg_close(frame); /* extra frames are not ours */
-        }
-        if (n >= 6) {
-            g_autofree char *domain = frame_string(&f[2]);
-            g_autofree char *address = frame_string(&f[3]);
-            g_autofree char *mechanism = frame_string(&f[5]);
-            char key[WIRE_KEY_CHARS + 1] = "";
-
-            if (n == 7 && zmq_msg_size(&f[6]) == 32)
-                zmq_z85_encode(key, zmq_msg_data(&f[6]), 32);
-            g_mutex_lock(&m->lock);
-            user = zap_decide(m, domain, address, mechanism,
-                              key[0] ? key : NULL, &why);
-            g_mutex_unlock(&m->lock);
-        }
-        if (n >= 2)
-            zap_reply(m->zap, zmq_msg_data(&f[1]), zmq_msg_size(&f[1]),
-                      user ? "200" : "400", user ? "OK" : why,
-                      user ? user : "");
-        for (int i = 0; i < n; i++)
-            zmq_msg_close(&f[i]);
-    }
+    spore_zap_drain(m->zap, decide_locked, m);
 }
 
 /* ---- messages from agents -------------------------------------------- */
@@ -1479,7 +1430,7 @@ Manager *
 manager_new(const ManagerConfig *config, GError **error)
 {
     g_autoptr(Manager) m = g_new0(Manager, 1);
-    int one = 1, zero = 0;
+    int one = 1;
 
     m->config = *config;
     m->config.state_dir = g_strdup(config->state_dir);
@@ -1516,14 +1467,9 @@ manager_new(const ManagerConfig *config, GError **error)
         return NULL;
     }
     /* the ZAP handler must be bound before any CURVE socket */
-    m->zap = zmq_socket(m->zctx, ZMQ_REP);
-    zmq_setsockopt(m->zap, ZMQ_LINGER, &zero, sizeof(zero));
-    if (zmq_bind(m->zap, "inproc://zeromq.zap.01") != 0) {
-        g_set_error(error, SPORE_ERROR, SPORE_ERROR_FAILED,
-                    "cannot bind the ZAP handler: %s",
-                    zmq_strerror(zmq_errno()));
+    m->zap = spore_zap_bind(m->zctx, error);
+    if (!m->zap)
         return NULL;
-    }
     m->router = zmq_socket(m->zctx, ZMQ_ROUTER);
     wire_socket_defaults(m->router);
     zmq_setsockopt(m->router, ZMQ_CURVE_SERVER, &one, sizeof(one));

@@ -10,6 +10,7 @@
 
 #include "file-util.h"
 #include "spore-error.h"
+#include "zmq-zap.h"
 
 bool
 wire_key_valid(const char *text)
@@ -127,16 +128,7 @@ wire_register_endpoint(const char *listen)
 void
 wire_socket_defaults(void *socket)
 {
-    int64_t max = WIRE_MAX_MESSAGE;
-    int ivl = 2000, timeout = 10000, ttl = 20000, handshake = 10000;
-    int linger = 0;
-
-    zmq_setsockopt(socket, ZMQ_MAXMSGSIZE, &max, sizeof(max));
-    zmq_setsockopt(socket, ZMQ_HEARTBEAT_IVL, &ivl, sizeof(ivl));
-    zmq_setsockopt(socket, ZMQ_HEARTBEAT_TIMEOUT, &timeout, sizeof(timeout));
-    zmq_setsockopt(socket, ZMQ_HEARTBEAT_TTL, &ttl, sizeof(ttl));
-    zmq_setsockopt(socket, ZMQ_HANDSHAKE_IVL, &handshake, sizeof(handshake));
-    zmq_setsockopt(socket, ZMQ_LINGER, &linger, sizeof(linger));
+    spore_zmq_socket_defaults(socket, WIRE_MAX_MESSAGE);
 }
 
 JsonObject *
