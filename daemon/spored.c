@@ -71,6 +71,18 @@ on_hup(gpointer data)
     return G_SOURCE_CONTINUE;
 }
 
+/* config_clear: free what main() allocated in @cfg */
+static void
+config_clear(ManagerConfig *cfg)
+{
+    g_clear_pointer(&cfg->state_dir, g_free);
+    g_clear_pointer(&cfg->run_dir, g_free);
+    g_clear_pointer(&cfg->listen, g_free);
+    g_clear_pointer(&cfg->hosts_dir, g_free);
+    g_clear_pointer(&cfg->control_group, g_free);
+    g_clear_pointer(&cfg->metrics_listen, g_free);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -174,12 +186,15 @@ main(int argc, char **argv)
         spore_key_uint(kf, "spored", "shutdown_timeout", 60, &err);
     if (err) {
         fprintf(stderr, "spored: config '%s': %s\n", config_path, err->message);
+        config_clear(&cfg);
         return 1;
     }
     if (print_key) {
         WireKeys keys;
+        bool ok = wire_keys_load_or_create(cfg.state_dir, &keys, &err);
 
-        if (!wire_keys_load_or_create(cfg.state_dir, &keys, &err)) {
+        config_clear(&cfg);
+        if (!ok) {
             fprintf(stderr, "spored: %s\n", err->message);
             return 1;
         }
@@ -187,12 +202,7 @@ main(int argc, char **argv)
         return 0;
     }
     m = manager_new(&cfg, &err);
-    g_free(cfg.state_dir);
-    g_free(cfg.run_dir);
-    g_free(cfg.listen);
-    g_free(cfg.hosts_dir);
-    g_free(cfg.control_group);
-    g_free(cfg.metrics_listen);
+    config_clear(&cfg);
     if (!m) {
         fprintf(stderr, "spored: %s\n", err->message);
         return 1;
