@@ -107,6 +107,59 @@ remove_leftovers() {
     remove_pool "$2"
 }
 
+# The origin's access-log format that records each request's Range (an
+# EXTRA-CONFIG of start_origin), for range_chunks
+RANGE_LOG_FORMAT='accesslog.format = "%s %b %{Range}i"'
+
+# restart_origin DOCROOT PORT DIR: lighttpd writes its access log every few
+# seconds, and all of it when it stops: restart it (with RANGE_LOG_FORMAT)
+# to read the whole log; log_count is then the log's lines
+restart_origin() {
+    kill "$origin_pid"
+    wait "$origin_pid" 2>/dev/null
+    start_origin "$1" "$2" "$3" "$RANGE_LOG_FORMAT" ||
+        echo "# the origin does not restart"
+    log_count=$(wc -l <"$3/access.log")
+}
+
+# range_chunks LOG FROM-LINE: the 64 KiB chunk numbers of the Range requests
+# in LOG (RANGE_LOG_FORMAT) from line FROM-LINE on, sorted
+range_chunks() {
+    tail -n +"$2" "$1" | python3 -c '
+import re, sys
+for line in sys.stdin:
+    m = re.search(r"bytes=(\d+)-(\d+)", line)
+    if m:
+        print(int(m.group(1)) // 65536)' | sort -n
+}
+
+# The tests of a whole site (spored, agents, libvirtd): site_test_prepare
+# NAME checks what they need (else skip_all), builds the test guest (guest)
+# and makes SITE (/tmp/spore-NAME.XXXXXX); the caller then sets SITE_* and
+# calls site_test_start, which sources site-lib.sh, starts libvirtd
+# (libvirt_state, for the cleanup) and sets SITE_VIRT and libguestfs's
+# environment.  Both need src.
+site_test_prepare() {
+    [ "$(id -u)" -eq 0 ] || skip_all "needs root to run libvirtd"
+    [ -x /usr/sbin/libvirtd ] || skip_all "libvirtd is not installed"
+    [ -x /usr/sbin/lighttpd ] || skip_all "lighttpd is not installed"
+    command -v sqlite3 >/dev/null || skip_all "sqlite3 (the CLI) is not installed"
+    ls /boot/vmlinuz-* >/dev/null 2>&1 || skip_all "no kernel in /boot (linux-image-amd64)"
+    guest=$("$src/scripts/build-test-guest") && [ -f "$guest/disk.raw" ] ||
+        { echo "Bail out! cannot build the test guest"; exit 1; }
+    SITE=$(mktemp -d "/tmp/spore-$1.XXXXXX")
+    chmod 0755 "$SITE"
+}
+site_test_start() {
+    . "$src/scripts/site-lib.sh"
+    libvirt_state=$("$src/scripts/libvirt-up") ||
+        { echo "Bail out! libvirtd does not start"; exit 1; }
+    SITE_VIRT=$("$src/scripts/detect-virt-type" "$guest/vmlinuz")
+    export LIBGUESTFS_BACKEND=direct SPORE_INSPECT_CACHE=$SITE/inspect
+    [ "$SITE_VIRT" = kvm ] || export LIBGUESTFS_BACKEND_SETTINGS=force_tcg
+    echo "# domain type: $SITE_VIRT; site in $SITE"
+}
+
 # finish: the TAP plan, and the exit status
 finish() {
     echo "1..$n"

@@ -23,24 +23,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-[ "$(id -u)" -eq 0 ] || skip_all "needs root to run libvirtd"
-[ -x /usr/sbin/libvirtd ] || skip_all "libvirtd is not installed"
-ls /boot/vmlinuz-* >/dev/null 2>&1 || skip_all "no kernel in /boot (linux-image-amd64)"
-
-guest=$("$src/scripts/build-test-guest") && [ -f "$guest/disk.raw" ] ||
-    { echo "Bail out! cannot build the test guest"; exit 1; }
-SITE=$(mktemp -d /tmp/spore-scale.XXXXXX)
-chmod 0755 "$SITE"
+site_test_prepare scale
 SITE_TAG=a$$
 # a scaled-down clone that ignores the ACPI shutdown is powered off after
 # 15 s, not the default 60: the whole test stays under 5 minutes
 printf '[spored]\nshutdown_timeout=15\n' >"$SITE/spored.conf"
 SITE_SPORED_ARGS="--config $SITE/spored.conf"
-. "$src/scripts/site-lib.sh"
-libvirt_state=$("$src/scripts/libvirt-up") || { echo "Bail out! libvirtd does not start"; exit 1; }
-SITE_VIRT=$("$src/scripts/detect-virt-type" "$guest/vmlinuz")
-export LIBGUESTFS_BACKEND=direct SPORE_INSPECT_CACHE=$SITE/inspect
-[ "$SITE_VIRT" = kvm ] || export LIBGUESTFS_BACKEND_SETTINGS=force_tcg
+site_test_start
 
 mkdir -p "$SITE/www"
 cp "$guest/vmlinuz" "$guest/initrd.img" "$SITE/"

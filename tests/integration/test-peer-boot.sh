@@ -26,48 +26,18 @@ cleanup() {
 }
 trap cleanup EXIT
 
-[ "$(id -u)" -eq 0 ] || skip_all "needs root to run libvirtd"
-[ -x /usr/sbin/libvirtd ] || skip_all "libvirtd is not installed"
-[ -x /usr/sbin/lighttpd ] || skip_all "lighttpd is not installed"
-ls /boot/vmlinuz-* >/dev/null 2>&1 || skip_all "no kernel in /boot (linux-image-amd64)"
-
-guest=$("$src/scripts/build-test-guest") && [ -f "$guest/disk.raw" ] ||
-    { echo "Bail out! cannot build the test guest"; exit 1; }
-SITE=$(mktemp -d /tmp/spore-peerboot.XXXXXX)
-chmod 0755 "$SITE"
+site_test_prepare peerboot
 SITE_TAG=p$$
-. "$src/scripts/site-lib.sh"
-libvirt_state=$("$src/scripts/libvirt-up") || { echo "Bail out! libvirtd does not start"; exit 1; }
-SITE_VIRT=$("$src/scripts/detect-virt-type" "$guest/vmlinuz")
-export LIBGUESTFS_BACKEND=direct SPORE_INSPECT_CACHE=$SITE/inspect
-[ "$SITE_VIRT" = kvm ] || export LIBGUESTFS_BACKEND_SETTINGS=force_tcg
-echo "# domain type: $SITE_VIRT; site in $SITE"
+site_test_start
 
 mkdir -p "$SITE/www"
 cp "$guest/vmlinuz" "$guest/initrd.img" "$SITE/"
 ln "$guest/disk.raw" "$SITE/www/disk.raw" 2>/dev/null || cp "$guest/disk.raw" "$SITE/www/disk.raw"
 port=$(free_port)
-origin_conf='accesslog.format = "%s %b %{Range}i"'
-start_origin "$SITE/www" "$port" "$SITE" "$origin_conf" ||
+start_origin "$SITE/www" "$port" "$SITE" "$RANGE_LOG_FORMAT" ||
     { echo "Bail out! lighttpd does not start"; exit 1; }
-# lighttpd writes its access log every few seconds, all of it when it
-# stops: restart it to read the whole log
-flush_origin_log() {
-    kill "$origin_pid"
-    wait "$origin_pid" 2>/dev/null
-    start_origin "$SITE/www" "$port" "$SITE" "$origin_conf" ||
-        echo "# the origin does not restart"
-    log_count=$(wc -l <"$SITE/access.log")
-}
-# chunks_since LINE: the 64 KiB chunk numbers asked of the origin since LINE
-chunks_since() {
-    tail -n +"$1" "$SITE/access.log" | python3 -c '
-import re, sys
-for line in sys.stdin:
-    m = re.search(r"bytes=(\d+)-(\d+)", line)
-    if m:
-        print(int(m.group(1)) // 65536)' | sort -n
-}
+flush_origin_log() { restart_origin "$SITE/www" "$port" "$SITE"; }
+chunks_since() { range_chunks "$SITE/access.log" "$1"; }
 
 ctl() { sporectl_site "$@"; }
 jget() { python3 -c "import json,sys; r=json.load(sys.stdin); print($1)"; }

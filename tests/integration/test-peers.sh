@@ -17,7 +17,6 @@ set -u
 sporectl=$1 agent_bin=$2 plugin=$3
 work=$(mktemp -d /tmp/spore-peers.XXXXXX)
 pids=()
-chunk=65536
 
 cleanup() {
     for p in "${pids[@]}"; do kill -CONT "$p" 2>/dev/null; kill "$p" 2>/dev/null; done
@@ -41,8 +40,7 @@ head -c $((16 * 1024 * 1024)) /dev/urandom >>"$work/www/image.raw"
 hex=$(sed 's/^sha256://' "$work/id")
 port=$(free_port)
 check "the origin (lighttpd) starts on 127.0.0.1:$port" \
-    start_origin "$work/www" "$port" "$work" \
-    'accesslog.format = "%s %b %{Range}i"'
+    start_origin "$work/www" "$port" "$work" "$RANGE_LOG_FORMAT"
 url="http://127.0.0.1:$port/image.raw"
 
 # host H: state in $work/H, peers on port peer_port[H]
@@ -91,25 +89,8 @@ image_field() { # image_field H PYTHON-EXPR on the image object "im"
     ctl "$1" --json agent-image-show "$hex" |
         python3 -c "import json,sys; im=json.load(sys.stdin)['image']; print($2)"
 }
-# flush_origin_log: lighttpd writes its access log every few seconds, and
-# all of it when it stops: restart it; log_count is then the log's lines
-flush_origin_log() {
-    kill "$origin_pid"
-    wait "$origin_pid" 2>/dev/null
-    start_origin "$work/www" "$port" "$work" 'accesslog.format = "%s %b %{Range}i"' ||
-        echo "# the origin does not restart"
-    log_count=$(wc -l <"$work/access.log")
-}
-# origin_chunks FROM-LINE: the chunk numbers the origin was asked for since
-# line FROM-LINE of its access log (flushed first)
-origin_chunks() {
-    tail -n +"$1" "$work/access.log" | python3 -c '
-import re, sys
-for line in sys.stdin:
-    m = re.search(r"bytes=(\d+)-(\d+)", line)
-    if m:
-        print(int(m.group(1)) // int(sys.argv[1]))' "$chunk" | sort -n
-}
+flush_origin_log() { restart_origin "$work/www" "$port" "$work"; }
+origin_chunks() { range_chunks "$work/access.log" "$1"; }
 
 for h in A B C; do check "agent $h starts with a peer server" start_agent "$h"; done
 for h in A B C; do

@@ -29,23 +29,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-[ "$(id -u)" -eq 0 ] || skip_all "needs root to run libvirtd"
-[ -x /usr/sbin/libvirtd ] || skip_all "libvirtd is not installed"
-command -v sqlite3 >/dev/null || skip_all "sqlite3 (the CLI) is not installed"
-ls /boot/vmlinuz-* >/dev/null 2>&1 || skip_all "no kernel in /boot (linux-image-amd64)"
-
-guest=$("$src/scripts/build-test-guest") && [ -f "$guest/disk.raw" ] ||
-    { echo "Bail out! cannot build the test guest"; exit 1; }
-SITE=$(mktemp -d /tmp/spore-site.XXXXXX)
-chmod 0755 "$SITE"
+site_test_prepare site
 SITE_TAG=t$$
 SITE_LOST_AFTER=20
-. "$src/scripts/site-lib.sh"
-libvirt_state=$("$src/scripts/libvirt-up") || { echo "Bail out! libvirtd does not start"; exit 1; }
-SITE_VIRT=$("$src/scripts/detect-virt-type" "$guest/vmlinuz")
-export LIBGUESTFS_BACKEND=direct SPORE_INSPECT_CACHE=$SITE/inspect
-[ "$SITE_VIRT" = kvm ] || export LIBGUESTFS_BACKEND_SETTINGS=force_tcg
-echo "# domain type: $SITE_VIRT; site in $SITE"
+site_test_start
 
 mkdir -p "$SITE/www"
 cp "$guest/vmlinuz" "$guest/initrd.img" "$SITE/"
