@@ -101,7 +101,7 @@ mkdir -p "$sd/bin" "$sd/etc/systemd/system" "$sd/var/lib" "$work/systemd"
 printf '127.0.0.1\tlocalhost\n' >"$sd/etc/hosts"
 echo 'root:x:0:0:root:/root:/bin/sh' >"$sd/etc/passwd"
 printf 'NAME="spore systemd layout"\nID=spore-systemd\n' >"$sd/etc/os-release"
-mkfs.ext4 -q -F -E root_owner=0:0 -d "$sd" "$work/systemd.raw" 16M
+mkfs.ext4 -q -F -E root_owner=0:0 -d "$sd" "$work/systemd.raw" 16M >&2
 cat >"$work/systemd.xml" <<EOF
 <service xmlns="urn:spore:manifest:1" name="spore-test-systemd">
   <image name="systemd-layout"><origin url="file://$work/systemd.raw"/></image>
