@@ -8,8 +8,11 @@
 #   service a (placed on hv1) boots: hv1 caches what the boot reads;
 #   service b (placed on hv2, the same image) boots: the origin is asked
 #   only for chunks hv1 lacked, each once, and hv2 took the rest from hv1;
-#   the clone's console shows its own hostname; every chunk in both caches
-#   verifies.
+#   the clone's console shows its own hostname;
+#   service c (placed on hv3) boots while hv1, the one peer holding what it
+#   needs, is killed (-9) with requests from hv3 outstanding: the boot
+#   completes, hv3's export equals the image (qemu-img compare);
+#   every chunk in the three caches verifies.
 set -u
 . "$(dirname "$0")/lib.sh"
 BUILD=$1
@@ -52,11 +55,11 @@ sys.exit(0 if any(p["name"] == sys.argv[1] and p["connected"] for p in r["peers"
 running() { [ "$(ctl --json service-show "$1" 2>/dev/null | jget 'r["service"]["running"]')" = 1 ]; }
 
 check "spored starts" site_manager_start
-for h in hv1 hv2; do
+for h in hv1 hv2 hv3; do
     site_host_key "$h" >"$SITE/hosts.d/$h.pub"
     site_agent_start "$h"
 done
-for h in hv1 hv2; do check "$h is up" wait_until 40 eval '[ "$(host_state '"$h"')" = up ]'; done
+for h in hv1 hv2 hv3; do check "$h is up" wait_until 40 eval '[ "$(host_state '"$h"')" = up ]'; done
 check "hv1 has hv2 as a peer, from the manager, connected" wait_until 40 knows_peer hv1 hv2
 check "hv2 has hv1 as a peer, from the manager, connected" wait_until 40 knows_peer hv2 hv1
 check "image-add indexes the image from the origin" \
@@ -121,8 +124,35 @@ check "hv1 counts what it served hv2" \
 check "no chunk from a peer was rejected" \
     test "$(actl hv2 --json agent-image-show "$hex" | jget 'r["image"]["rejected_chunks"]')" = 0
 
-# --- every chunk in both caches verifies (restart with --verify-cache)
-for h in hv1 hv2; do
+# --- a peer killed mid-transfer: hv3 knows hv1's bitmap (hv2 is stopped,
+# so hv1 is the only peer to ask); hv1 stops answering, hv3 is given a
+# clone to boot, and hv1 is killed while hv3's requests to it are out
+outstanding_to() { # outstanding_to H PEER: requests from H in flight to PEER
+    actl "$1" --json agent-peer-list |
+        jget "sum(p['outstanding'] for p in r['peers'] if p['name'] == '$2')"
+}
+kill -STOP "$(cat "$SITE/hv2.pid")"
+"$BUILD/daemon/sporectl" image-index -o "$SITE/disk.idx" "$SITE/www/disk.raw" >/dev/null 2>&1
+quiet actl hv3 agent-image-add "$SITE/disk.idx" "http://127.0.0.1:$port/disk.raw"
+sleep 2 # hv1's bitmap; hv2's never comes
+kill -STOP "$(cat "$SITE/hv1.pid")"
+manifest c hv3 >"$SITE/c.xml"
+quiet ctl submit "$SITE/c.xml"
+check "hv3 asks the stopped hv1 for chunks" wait_until 120 eval '[ "$(outstanding_to hv3 hv1)" -gt 0 ]'
+out=$(outstanding_to hv3 hv1)
+kill -9 "$(cat "$SITE/hv1.pid")"
+echo "# killed hv1 with $out requests from hv3 outstanding"
+kill -CONT "$(cat "$SITE/hv2.pid")"
+check "hv3 plans them again, elsewhere (hv1 disconnected, or silent too long)" \
+    wait_until 20 grep -q "peer hv1: \(disconnected\|no answer\); its [1-9][0-9]* outstanding requests go elsewhere" "$SITE/hv3.log"
+check "c-0 boots with its own hostname" \
+    wait_until 240 grep -qa "spore-guest: hostname=c-0" "$SITE/hv3/console/c-0.log"
+uri3=$(actl hv3 agent-image-serve "$hex")
+check "qemu-img compare: hv3's export equals the image" \
+    qemu-img compare -q -f raw -F raw "$SITE/www/disk.raw" "$uri3"
+
+# --- every chunk in the caches verifies (restart with --verify-cache)
+for h in hv1 hv2 hv3; do
     site_agent_kill "$h"
     "$BUILD/daemon/spore-agent" --state-dir "$SITE/$h/state" --run-dir "$SITE/$h/run" \
         --plugin "$BUILD/p2p/shim/nbdkit-spore-plugin.so" --verify-cache \
