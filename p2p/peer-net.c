@@ -59,7 +59,12 @@
 #define HAVE_RETRY_MS 2000
 /* how long a fetch waits for the bitmaps of connected peers that were not
  * asked yet or have not answered (an image just added) */
-#define HAVE_WAIT_US          (1 * G_USEC_PER_SEC)
+#define HAVE_WAIT_US (1 * G_USEC_PER_SEC)
+/* libzmq does not reconnect after a refused handshake (its session ends):
+ * the loop makes a new socket after this, doubling up to the max, so that
+ * a peer that lists this host's key later is reached */
+#define REFUSED_RETRY_MIN_US  (1 * G_USEC_PER_SEC)
+#define REFUSED_RETRY_MAX_US  (30 * G_USEC_PER_SEC)
 #define DEAD_BACKOFF_MIN_US   (2 * G_USEC_PER_SEC)
 #define DEAD_BACKOFF_MAX_US   (60 * G_USEC_PER_SEC)
 #define DELEGATED_HOLD_US     (30 * G_USEC_PER_SEC)
@@ -108,6 +113,8 @@ typedef struct {
     gint64 dead_backoff_us;
     gint64 last_heard;
     gint64 last_complaint;
+    gint64 reconnect_at;      /* loop: a new socket then (0: none due) */
+    gint64 reconnect_backoff; /* µs, doubles per refused handshake */
     double latency_us;
     double bps;
     guint outstanding;
@@ -1180,6 +1187,7 @@ monitor_drain(PeerNet *net, Peer *p)
 
                 p->connected = true;
                 p->dead = false;
+                p->reconnect_backoff = 0;
                 p->last_heard = g_get_monotonic_time();
                 net_log(net, PEER_LOG_INFO, "peer %s: connected (%s)",
                         p->info.name, p->info.endpoint);
@@ -1191,6 +1199,10 @@ monitor_drain(PeerNet *net, Peer *p)
                 peer_dies(net, p, "disconnected");
             } else if (event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH ||
                        event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) {
+                p->reconnect_backoff =
+                    CLAMP(p->reconnect_backoff * 2, REFUSED_RETRY_MIN_US,
+                          REFUSED_RETRY_MAX_US);
+                p->reconnect_at = g_get_monotonic_time() + p->reconnect_backoff;
                 if (complain_allowed(&p->last_complaint))
                     net_log(net, PEER_LOG_WARNING,
                             "peer %s: handshake refused at %s (does it list "
@@ -1344,6 +1356,22 @@ handle_inbox(PeerNet *net)
     }
 }
 
+/* Peers whose handshake was refused: a new socket, once it is time. */
+static void
+reconnect_refused(PeerNet *net, gint64 now)
+{
+    for (guint k = 0; k < net->peers->len; k++) {
+        Peer *p = net->peers->pdata[k];
+
+        if (!p->reconnect_at || now < p->reconnect_at)
+            continue;
+        p->reconnect_at = 0;
+        zmq_close(g_steal_pointer(&p->sock));
+        zmq_close(g_steal_pointer(&p->mon));
+        peer_connect(net, p);
+    }
+}
+
 /* Hedges, timeouts, dead peers, HAVE retries, announcements.  Loop. */
 static void
 tick(PeerNet *net)
@@ -1352,6 +1380,8 @@ tick(PeerNet *net)
     g_autoptr(GPtrArray) due = g_ptr_array_new();
     GHashTableIter it;
     gpointer value;
+
+    reconnect_refused(net, now);
 
     g_mutex_lock(&net->lock);
     /* dead peers: silent with plain requests outstanding */

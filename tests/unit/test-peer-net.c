@@ -706,3 +706,22 @@ Test(peer_net, a_peer_that_asked_too_early_learns_of_an_added_image_at_once)
     fetch_engine_stats(b->engine, &st);
     cr_expect_eq(st.chunks[FETCH_SOURCE_PEER], 1u, "from A, not the origin");
 }
+
+/* Regression: libzmq ends a session whose handshake was refused and never
+ * reconnects, so a host that listed its peer before the peer listed it
+ * never got connected. */
+Test(peer_net, a_peer_refused_at_first_connects_once_it_is_listed)
+{
+    Host *a = host_new(NULL);
+    Host *b = host_new(NULL);
+    PeerInfo ai = info_of(a), bi = info_of(b);
+
+    peers_are(b, &ai, 1); /* A does not list B yet: refused */
+    g_usleep(1500 * 1000);
+    {
+        g_autoptr(GArray) s = peer_net_status(b->net);
+        cr_assert_not(g_array_index(s, PeerStatus, 0).connected);
+    }
+    peers_are(a, &bi, 1);
+    wait_connected(b, 1);
+}
