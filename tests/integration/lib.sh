@@ -134,12 +134,23 @@ for line in sys.stdin:
 }
 
 # The tests of a whole site (spored, agents, libvirtd): site_test_prepare
-# NAME checks what they need (else skip_all), builds the test guest (guest)
-# and makes SITE (/tmp/spore-NAME.XXXXXX); the caller then sets SITE_* and
-# calls site_test_start, which sources site-lib.sh, starts libvirtd
-# (libvirt_state, for the cleanup) and sets SITE_VIRT and libguestfs's
-# environment.  Both need src.
+# NAME checks what they need (else skip_all), sets the cleanup at exit
+# (site_test_cleanup), builds the test guest (guest) and makes SITE
+# (/tmp/spore-NAME.XXXXXX); the caller then sets SITE_* and calls
+# site_test_start, which sources site-lib.sh, starts libvirtd and sets
+# SITE_VIRT and libguestfs's environment.  Both need src; the caller adds
+# what else it starts to pids.
+SITE=""
+libvirt_state=""
+pids=()
+site_test_cleanup() {
+    [ -n "$SITE" ] && site_stop
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
+    [ "$libvirt_state" = started ] && "$src/scripts/libvirt-down"
+    [ -n "$SITE" ] && rm -rf "$SITE"
+}
 site_test_prepare() {
+    trap site_test_cleanup EXIT
     [ "$(id -u)" -eq 0 ] || skip_all "needs root to run libvirtd"
     [ -x /usr/sbin/libvirtd ] || skip_all "libvirtd is not installed"
     [ -x /usr/sbin/lighttpd ] || skip_all "lighttpd is not installed"

@@ -17,18 +17,6 @@ set -u
 . "$(dirname "$0")/lib.sh"
 BUILD=$1
 src=$(cd "$(dirname "$0")/../.." && pwd)
-SITE=""
-libvirt_state=""
-pids=()
-
-cleanup() {
-    [ -n "$SITE" ] && site_stop
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
-    [ "$libvirt_state" = started ] && "$src/scripts/libvirt-down"
-    [ -n "$SITE" ] && rm -rf "$SITE"
-}
-trap cleanup EXIT
-
 site_test_prepare peerboot
 SITE_TAG=p$$
 site_test_start
