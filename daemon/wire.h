@@ -14,14 +14,14 @@
 #include <glib.h>
 #include <json-glib/json-glib.h>
 
-#define WIRE_VERSION 1
-#define WIRE_MAX_MESSAGE (16 * 1024 * 1024)
-#define WIRE_ZAP_DOMAIN "spore"
+#define WIRE_VERSION             1
+#define WIRE_MAX_MESSAGE         (16 * 1024 * 1024)
+#define WIRE_ZAP_DOMAIN          "spore"
 #define WIRE_ZAP_REGISTER_DOMAIN "spore-register"
-#define WIRE_KEY_CHARS 40 /* a Z85-encoded CURVE key */
-#define WIRE_HOST_NAME_MAX 63
-#define WIRE_ENDPOINT_MAX  255 /* a tcp://ADDRESS:PORT in a message */
-#define WIRE_PEERS_MAX     256 /* entries of a "peers" message */
+#define WIRE_KEY_CHARS           40 /* a Z85-encoded CURVE key */
+#define WIRE_HOST_NAME_MAX       63
+#define WIRE_ENDPOINT_MAX        255 /* a tcp://ADDRESS:PORT in a message */
+#define WIRE_PEERS_MAX           256 /* entries of a "peers" message */
 
 typedef struct {
     char public_key[WIRE_KEY_CHARS + 1];
@@ -33,8 +33,7 @@ typedef struct {
  * (GKeyFile, mode 0600), made on first use; DIR/curve.pub holds the public
  * key alone (0644), for operators to hand out.
  */
-bool wire_keys_load_or_create(const char *dir, WireKeys *keys,
-                              GError **error);
+bool wire_keys_load_or_create(const char *dir, WireKeys *keys, GError **error);
 
 /* wire_key_valid: @text is a Z85 CURVE key (40 characters that decode) */
 bool wire_key_valid(const char *text);
