@@ -237,6 +237,15 @@ seed_of(const void *data, gsize len)
     return le_get64(d);
 }
 
+/* cache_digest: the 32 bytes of the id of @cache's image, the key of the
+ * image table and of the protocol's image field */
+static void
+cache_digest(ChunkCache *cache, guint8 out[SPORE_SHA256_BYTES])
+{
+    spore_unhex(image_index_id(chunk_cache_index(cache)) + strlen("sha256:"),
+                out, SPORE_SHA256_BYTES);
+}
+
 static guint
 digest_hash(gconstpointer key)
 {
@@ -1811,10 +1820,9 @@ void
 peer_net_add_image(PeerNet *net, ChunkCache *cache, FetchEngine *engine)
 {
     ImageIndex *idx = chunk_cache_index(cache);
-    const char *id = image_index_id(idx);
     NetImage *im = g_new0(NetImage, 1);
 
-    spore_unhex(id + strlen("sha256:"), im->digest, SPORE_SHA256_BYTES);
+    cache_digest(cache, im->digest);
     im->seed = le_get64(im->digest);
     im->cache = cache;
     im->engine = engine;
@@ -1913,8 +1921,7 @@ peer_net_chunk_source(PeerNet *net, ChunkCache *cache, guint64 i,
     Peer *p = NULL;
     char *name = NULL;
 
-    spore_unhex(image_index_id(chunk_cache_index(cache)) + strlen("sha256:"),
-                digest, SPORE_SHA256_BYTES);
+    cache_digest(cache, digest);
     *ret_delegated = false;
     g_mutex_lock(&net->lock);
     im = g_hash_table_lookup(net->images, digest);
@@ -1945,8 +1952,7 @@ peer_net_holders(PeerNet *net, ChunkCache *cache, guint64 i)
     NetImage *im;
     guint n = 0;
 
-    spore_unhex(image_index_id(chunk_cache_index(cache)) + strlen("sha256:"),
-                digest, SPORE_SHA256_BYTES);
+    cache_digest(cache, digest);
     g_mutex_lock(&net->lock);
     im = g_hash_table_lookup(net->images, digest);
     for (guint k = 0; im && i < im->chunks && k < net->peers->len; k++)
@@ -2097,7 +2103,6 @@ peer_source_new(PeerNet *net, ChunkCache *cache)
     src->base.kind = FETCH_SOURCE_PEER;
     src->base.name = g_strdup("peers");
     src->net = net;
-    spore_unhex(image_index_id(chunk_cache_index(cache)) + strlen("sha256:"),
-                src->digest, SPORE_SHA256_BYTES);
+    cache_digest(cache, src->digest);
     return &src->base;
 }
