@@ -154,28 +154,17 @@ wire_parse(const void *data, gsize len, GError **error)
         return NULL;
     }
     obj = json_node_get_object(root);
-    if (wire_get_int(obj, "v", -1) != WIRE_VERSION) {
+    if (json_util_get_int(obj, "v", -1) != WIRE_VERSION) {
         g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
                     "protocol version %" G_GINT64_FORMAT " is not %d",
-                    wire_get_int(obj, "v", -1), WIRE_VERSION);
+                    json_util_get_int(obj, "v", -1), WIRE_VERSION);
         return NULL;
     }
-    if (!wire_get_string(obj, "type")) {
+    if (!json_util_get_string(obj, "type", NULL)) {
         g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID, "no message type");
         return NULL;
     }
     return json_object_ref(obj);
-}
-
-char *
-wire_to_text(JsonObject *obj)
-{
-    g_autoptr(JsonGenerator) gen = json_generator_new();
-    g_autoptr(JsonNode) node = json_node_new(JSON_NODE_OBJECT);
-
-    json_node_set_object(node, obj);
-    json_generator_set_root(gen, node);
-    return json_generator_to_data(gen, NULL);
 }
 
 JsonObject *
@@ -191,7 +180,7 @@ wire_new(const char *type)
 bool
 wire_send(void *socket, const char *identity, JsonObject *obj)
 {
-    g_autofree char *text = wire_to_text(obj);
+    g_autofree char *text = json_util_to_text(obj, false);
     gsize len = strlen(text);
 
     if (len > WIRE_MAX_MESSAGE)
@@ -200,26 +189,4 @@ wire_send(void *socket, const char *identity, JsonObject *obj)
                              ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
         return false;
     return zmq_send(socket, text, len, ZMQ_DONTWAIT) >= 0;
-}
-
-const char *
-wire_get_string(JsonObject *obj, const char *member)
-{
-    JsonNode *n = obj ? json_object_get_member(obj, member) : NULL;
-
-    if (!n || !JSON_NODE_HOLDS_VALUE(n) ||
-        json_node_get_value_type(n) != G_TYPE_STRING)
-        return NULL;
-    return json_node_get_string(n);
-}
-
-gint64
-wire_get_int(JsonObject *obj, const char *member, gint64 fallback)
-{
-    JsonNode *n = obj ? json_object_get_member(obj, member) : NULL;
-
-    if (!n || !JSON_NODE_HOLDS_VALUE(n) ||
-        json_node_get_value_type(n) != G_TYPE_INT64)
-        return fallback;
-    return json_node_get_int(n);
 }

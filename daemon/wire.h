@@ -14,6 +14,8 @@
 #include <glib.h>
 #include <json-glib/json-glib.h>
 
+#include "json-util.h"
+
 #define WIRE_VERSION             1
 #define WIRE_MAX_MESSAGE         (16 * 1024 * 1024)
 #define WIRE_ZAP_DOMAIN          "spore"
@@ -62,9 +64,6 @@ void wire_socket_defaults(void *socket);
  */
 JsonObject *wire_parse(const void *data, gsize len, GError **error);
 
-/* wire_to_text: @obj as compact JSON, owned by the caller */
-char *wire_to_text(JsonObject *obj);
-
 /* wire_new: a message object {"v": WIRE_VERSION, "type": @type} */
 JsonObject *wire_new(const char *type);
 
@@ -74,7 +73,3 @@ JsonObject *wire_new(const char *type);
  * queued (the peer is gone or its queue is full).
  */
 bool wire_send(void *socket, const char *identity, JsonObject *obj);
-
-/* JSON helpers that never abort on a missing or mistyped member */
-const char *wire_get_string(JsonObject *obj, const char *member);
-gint64 wire_get_int(JsonObject *obj, const char *member, gint64 fallback);

@@ -121,7 +121,7 @@ main(int argc, char **argv)
         json_object_set_string_member(msg, "service", argv[6]);
         json_object_set_int_member(msg, "count",
                                    g_ascii_strtoll(argv[7], NULL, 10));
-        text = wire_to_text(msg);
+        text = json_util_to_text(msg, false);
         send_text(s, text, 0);
         /* closing waits until it is sent, at most the linger */
         zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof(linger));

@@ -1,5 +1,5 @@
 /*
- * test-placement.c: choosing a host for a clone (daemon/placement.c).
+ * test-placement.c: choosing a host for a clone (daemon/manager/placement.c).
  */
 #include <criterion/criterion.h>
 #include <string.h>

@@ -1,5 +1,5 @@
 /*
- * test-scaling.c: the auto-scaling rule engine (daemon/scaling.c), with an
+ * test-scaling.c: the auto-scaling rule engine (daemon/manager/scaling.c), with an
  * injected clock: thresholds, for, cooldown, stabilization, clamping,
  * conflicting rules, missing data, a flapping metric, and a cooldown that
  * must hold across a restart of the manager.

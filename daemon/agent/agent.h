@@ -26,6 +26,7 @@
 
 #include <stdbool.h>
 #include <glib.h>
+#include <json-glib/json-glib.h>
 
 #include "peer-net.h"
 
@@ -85,9 +86,9 @@ bool agent_set_peers(Agent *agent, const PeerInfo *peers, guint n,
 const char *agent_peer_endpoint(Agent *agent);
 
 /*
- * agent_handle_command: run one control command (a JSON object, see
- * docs/agent-control.md) and return the JSON reply text, owned by the
- * caller.  Never fails: errors are replies {"ok": false, "error": "..."}.
+ * agent_handle_command: run one control command (@request, borrowed; see
+ * docs/agent-control.md) and return the reply object, owned by the
+ * caller.  Never fails: errors are replies {"ok": false, "error": ...}.
  * Thread-safe.
  */
-char *agent_handle_command(Agent *agent, const char *request);
+JsonObject *agent_handle_command(Agent *agent, JsonObject *request);

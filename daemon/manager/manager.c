@@ -237,7 +237,7 @@ static void
 handle_hello(Manager *m, const char *host, const char *address, JsonObject *msg)
 {
     HostRuntime *h = runtime_get(m, host);
-    const char *boot = wire_get_string(msg, "boot");
+    const char *boot = json_util_get_string(msg, "boot", NULL);
     JsonObject *cap =
         json_object_get_member(msg, "capacity") &&
                 JSON_NODE_HOLDS_OBJECT(json_object_get_member(msg, "capacity"))
@@ -249,9 +249,9 @@ handle_hello(Manager *m, const char *host, const char *address, JsonObject *msg)
     mdb_exec(m,
              "UPDATE hosts SET address = ?, cpus = ?, memory_kib = ?, "
              "virt = ?, last_seen = ? WHERE name = ?",
-             G_TYPE_STRING, address, G_TYPE_INT64, wire_get_int(cap, "cpus", 0),
-             G_TYPE_INT64, wire_get_int(cap, "memory_kib", 0), G_TYPE_STRING,
-             wire_get_string(msg, "virt"), G_TYPE_DOUBLE, mdb_now(),
+             G_TYPE_STRING, address, G_TYPE_INT64, json_util_get_int(cap, "cpus", 0),
+             G_TYPE_INT64, json_util_get_int(cap, "memory_kib", 0), G_TYPE_STRING,
+             json_util_get_string(msg, "virt", NULL), G_TYPE_DOUBLE, mdb_now(),
              G_TYPE_STRING, host, G_TYPE_INVALID);
     if (!h->boot || restarted)
         mdb_event(m, restarted ? "host-restarted" : "host-connected", NULL,
@@ -259,13 +259,13 @@ handle_hello(Manager *m, const char *host, const char *address, JsonObject *msg)
                   "host %s %s from %s (%" G_GINT64_FORMAT
                   " CPUs, %" G_GINT64_FORMAT " MiB)",
                   host, restarted ? "restarted" : "connected", address,
-                  wire_get_int(cap, "cpus", 0),
-                  wire_get_int(cap, "memory_kib", 0) / 1024);
+                  json_util_get_int(cap, "cpus", 0),
+                  json_util_get_int(cap, "memory_kib", 0) / 1024);
     g_free(h->boot);
     h->boot = g_strdup(boot);
     h->last_seen = g_get_monotonic_time();
     {
-        const char *peer = wire_get_string(msg, "peer_endpoint");
+        const char *peer = json_util_get_string(msg, "peer_endpoint", NULL);
 
         g_clear_pointer(&h->peer_endpoint, g_free);
         if (peer && g_str_has_prefix(peer, "tcp://") &&
@@ -326,7 +326,7 @@ handle_report(Manager *m, const char *host, JsonObject *msg)
 
             /* the report's time, for CPU deltas */
             json_object_set_int_member(c, "time_ms",
-                                       wire_get_int(msg, "time_ms", 0));
+                                       json_util_get_int(msg, "time_ms", 0));
             mscale_report_clone(m, host, c);
         }
     }
@@ -346,27 +346,27 @@ handle_report(Manager *m, const char *host, JsonObject *msg)
                             json_object_get_member(im, "fetched_bytes"))
                     ? json_object_get_object_member(im, "fetched_bytes")
                     : NULL;
-        if (!wire_get_string(im, "image"))
+        if (!json_util_get_string(im, "image", NULL))
             continue;
         mdb_exec(m,
                  "INSERT OR REPLACE INTO host_images VALUES (?, ?, ?, ?, ?, "
                  "?)",
                  G_TYPE_STRING, host, G_TYPE_STRING,
-                 wire_get_string(im, "image"), G_TYPE_DOUBLE,
+                 json_util_get_string(im, "image", NULL), G_TYPE_DOUBLE,
                  json_object_get_double_member_with_default(
                      im, "cached_fraction", 0),
-                 G_TYPE_INT64, wire_get_int(bytes, "origin", 0), G_TYPE_INT64,
-                 wire_get_int(bytes, "peer", 0), G_TYPE_INT64,
-                 wire_get_int(bytes, "local", 0), G_TYPE_INVALID);
+                 G_TYPE_INT64, json_util_get_int(bytes, "origin", 0), G_TYPE_INT64,
+                 json_util_get_int(bytes, "peer", 0), G_TYPE_INT64,
+                 json_util_get_int(bytes, "local", 0), G_TYPE_INVALID);
     }
 }
 
 static void
 handle_ack(Manager *m, const char *host, JsonObject *msg)
 {
-    gint64 id = wire_get_int(msg, "id", -1);
+    gint64 id = json_util_get_int(msg, "id", -1);
     bool ok = json_object_get_boolean_member_with_default(msg, "ok", FALSE);
-    const char *err = wire_get_string(msg, "error");
+    const char *err = json_util_get_string(msg, "error", NULL);
     g_autofree char *op = NULL;
     g_autofree char *service = NULL;
     g_autofree char *key = NULL;
@@ -408,8 +408,8 @@ handle_ack(Manager *m, const char *host, JsonObject *msg)
             g_str_equal(op, "clone-create") ? "clones-created"
                                             : "clones-destroyed",
             service, host, "command %" G_GINT64_FORMAT " (%s) done on %s%s%s",
-            id, op, host, wire_get_string(msg, "summary") ? ": " : "",
-            wire_get_string(msg, "summary") ? wire_get_string(msg, "summary")
+            id, op, host, json_util_get_string(msg, "summary", NULL) ? ": " : "",
+            json_util_get_string(msg, "summary", NULL) ? json_util_get_string(msg, "summary", NULL)
                                             : "");
     } else {
         guint fails =
@@ -441,7 +441,7 @@ handle_message(Manager *m, const char *host, const char *address,
                   err->message);
         return;
     }
-    type = wire_get_string(msg, "type");
+    type = json_util_get_string(msg, "type", NULL);
     g_mutex_lock(&m->lock);
     runtime_get(m, host)->last_seen = g_get_monotonic_time();
     runtime_get(m, host)->heard = true;
@@ -467,20 +467,20 @@ handle_message(Manager *m, const char *host, const char *address,
                 continue;
             p = json_node_get_object(n);
             chunks = json_object_get_member(p, "chunks");
-            if (!wire_get_string(p, "image") || !chunks ||
+            if (!json_util_get_string(p, "image", NULL) || !chunks ||
                 !JSON_NODE_HOLDS_ARRAY(chunks))
                 continue;
             json_generator_set_root(gen, chunks);
             text = json_generator_to_data(gen, NULL);
             mdb_exec(
                 m, "INSERT OR REPLACE INTO profiles VALUES (?, ?, ?, ?, ?)",
-                G_TYPE_STRING, host, G_TYPE_STRING, wire_get_string(p, "image"),
-                G_TYPE_INT64, wire_get_int(p, "boots", 0), G_TYPE_STRING, text,
+                G_TYPE_STRING, host, G_TYPE_STRING, json_util_get_string(p, "image", NULL),
+                G_TYPE_INT64, json_util_get_int(p, "boots", 0), G_TYPE_STRING, text,
                 G_TYPE_DOUBLE, mdb_now(), G_TYPE_INVALID);
         }
     } else if (g_str_equal(type, "requests")) {
-        const char *service = wire_get_string(msg, "service");
-        gint64 count = wire_get_int(msg, "count", -1);
+        const char *service = json_util_get_string(msg, "service", NULL);
+        gint64 count = json_util_get_int(msg, "count", -1);
 
         /* a load balancer's reporter sends these only: they keep it up */
         host_back(m, host);
@@ -549,7 +549,7 @@ static void
 handle_register(Manager *m, const char *key, const char *address,
                 JsonObject *msg, JsonObject *reply)
 {
-    const char *name = wire_get_string(msg, "host");
+    const char *name = json_util_get_string(msg, "host", NULL);
     g_autofree char *known = NULL;
     gint64 accepted;
 
@@ -623,14 +623,14 @@ register_drain(Manager *m)
         addr = zmq_msg_gets(&body, "Peer-Address");
         msg = wire_parse(zmq_msg_data(&body), zmq_msg_size(&body), NULL);
         if (key && msg &&
-            g_str_equal(wire_get_string(msg, "type"), "register")) {
+            g_str_equal(json_util_get_string(msg, "type", NULL), "register")) {
             g_mutex_lock(&m->lock);
             handle_register(m, key, addr ? addr : "?", msg, reply);
             g_mutex_unlock(&m->lock);
             zmq_send(m->reg, zmq_msg_data(&id), zmq_msg_size(&id),
                      ZMQ_SNDMORE | ZMQ_DONTWAIT);
             {
-                g_autofree char *text = wire_to_text(reply);
+                g_autofree char *text = json_util_to_text(reply, false);
                 zmq_send(m->reg, text, strlen(text), ZMQ_DONTWAIT);
             }
         } else {
@@ -784,7 +784,7 @@ sync_clone_rows(Manager *m)
                 JsonNode *n = json_array_get_element(h->clones, c);
                 if (JSON_NODE_HOLDS_OBJECT(n) &&
                     g_strcmp0(
-                        wire_get_string(json_node_get_object(n), "service"),
+                        json_util_get_string(json_node_get_object(n), "service", NULL),
                         service) == 0)
                     left = true;
             }
@@ -903,7 +903,7 @@ pending_keys(Manager *m, const char *host)
     while (st && sqlite3_step(st) == SQLITE_ROW) {
         g_autoptr(JsonObject) body =
             wire_parse(mdb_col_text(st, 0), strlen(mdb_col_text(st, 0)), NULL);
-        const char *op = wire_get_string(body, "op");
+        const char *op = json_util_get_string(body, "op", NULL);
         JsonArray *arr;
 
         if (!body || !op)
@@ -913,7 +913,7 @@ pending_keys(Manager *m, const char *host)
             for (guint i = 0; i < json_array_get_length(arr); i++)
                 g_hash_table_add(
                     keys, g_strdup_printf("create:%s:%" G_GINT64_FORMAT,
-                                          wire_get_string(body, "service"),
+                                          json_util_get_string(body, "service", NULL),
                                           json_array_get_int_element(arr, i)));
         } else if (g_str_equal(op, "clone-destroy") &&
                    (arr = json_object_get_array_member(body, "names"))) {
@@ -931,12 +931,12 @@ pending_keys(Manager *m, const char *host)
 static gint64
 command_add(Manager *m, const char *host, const char *service, JsonObject *body)
 {
-    g_autofree char *text = wire_to_text(body);
+    g_autofree char *text = json_util_to_text(body, false);
 
     mdb_exec(m,
              "INSERT INTO commands (host, op, service, body, created) VALUES "
              "(?, ?, ?, ?, ?)",
-             G_TYPE_STRING, host, G_TYPE_STRING, wire_get_string(body, "op"),
+             G_TYPE_STRING, host, G_TYPE_STRING, json_util_get_string(body, "op", NULL),
              G_TYPE_STRING, service, G_TYPE_STRING, text, G_TYPE_DOUBLE,
              mdb_now(), G_TYPE_INVALID);
     return sqlite3_last_insert_rowid(m->db);
@@ -1080,9 +1080,9 @@ reconcile_host(Manager *m, HostRuntime *h)
         if (!JSON_NODE_HOLDS_OBJECT(n))
             continue;
         c = json_node_get_object(n);
-        name = wire_get_string(c, "name");
-        uuid = wire_get_string(c, "uuid");
-        service = wire_get_string(c, "service");
+        name = json_util_get_string(c, "name", NULL);
+        uuid = json_util_get_string(c, "uuid", NULL);
+        service = json_util_get_string(c, "service", NULL);
         if (!name || !uuid)
             continue;
         g_hash_table_insert(observed, (gpointer)name, (gpointer)uuid);
@@ -1349,7 +1349,7 @@ manager_metrics(GString *out, gpointer data)
             JsonNode *n = json_array_get_element(h->clones, i);
             const char *state =
                 JSON_NODE_HOLDS_OBJECT(n)
-                    ? wire_get_string(json_node_get_object(n), "state")
+                    ? json_util_get_string(json_node_get_object(n), "state", NULL)
                     : NULL;
 
             if (state) {

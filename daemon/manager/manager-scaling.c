@@ -55,10 +55,10 @@ mscale_free(Manager *m)
 void
 mscale_report_clone(Manager *m, const char *host, JsonObject *c)
 {
-    const char *name = wire_get_string(c, "name");
-    gint64 cpu = wire_get_int(c, "cpu_ns", -1);
-    gint64 t = wire_get_int(c, "time_ms", -1);
-    guint vcpus = (guint)MAX(wire_get_int(c, "vcpus", 1), 1);
+    const char *name = json_util_get_string(c, "name", NULL);
+    gint64 cpu = json_util_get_int(c, "cpu_ns", -1);
+    gint64 t = json_util_get_int(c, "time_ms", -1);
+    guint vcpus = (guint)MAX(json_util_get_int(c, "vcpus", 1), 1);
     g_autofree char *key = NULL;
     CpuTrack *tr;
 
@@ -132,9 +132,9 @@ sample(Manager *m, const char *service, gint64 generation, double now,
             if (!JSON_NODE_HOLDS_OBJECT(n))
                 continue;
             c = json_node_get_object(n);
-            if (g_strcmp0(wire_get_string(c, "name"), name) != 0 ||
-                wire_get_int(c, "generation", -1) != generation ||
-                g_strcmp0(wire_get_string(c, "state"), "running") != 0)
+            if (g_strcmp0(json_util_get_string(c, "name", NULL), name) != 0 ||
+                json_util_get_int(c, "generation", -1) != generation ||
+                g_strcmp0(json_util_get_string(c, "state", NULL), "running") != 0)
                 continue;
             running++;
             key = g_strdup_printf("%s/%s", host, name);
@@ -143,9 +143,9 @@ sample(Manager *m, const char *service, gint64 generation, double now,
                 cpu += tr->util;
                 n_cpu++;
             }
-            cur = wire_get_int(c, "memory_kib", 0);
-            usable = wire_get_int(c, "memory_usable_kib", -1);
-            unused = wire_get_int(c, "memory_unused_kib", -1);
+            cur = json_util_get_int(c, "memory_kib", 0);
+            usable = json_util_get_int(c, "memory_usable_kib", -1);
+            unused = json_util_get_int(c, "memory_unused_kib", -1);
             if (cur > 0 && (usable >= 0 || unused >= 0)) {
                 double free_kib = usable >= 0 ? usable : unused;
 

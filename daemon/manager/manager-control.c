@@ -18,45 +18,12 @@
 #include "image-index.h"
 #include "spore-error.h"
 
-#define CONTROL_LINE_MAX (32u * 1024 * 1024)
-#define EVENTS_LIMIT_MAX 1000
+/* connections served at once */
+#define CONTROL_THREADS_MAX 16
+#define EVENTS_LIMIT_MAX    1000
 
 /* the control socket's mode: its owner and group administer the site */
 #define CONTROL_SOCKET_MODE 0660
-
-/* ---- replies ---------------------------------------------------------- */
-
-static JsonObject *
-reply_ok(void)
-{
-    JsonObject *r = json_object_new();
-
-    json_object_set_boolean_member(r, "ok", TRUE);
-    return r;
-}
-
-static char *
-reply_text(JsonObject *r)
-{
-    char *text = wire_to_text(r);
-
-    json_object_unref(r);
-    return text;
-}
-
-static char *G_GNUC_PRINTF(1, 2) reply_error(const char *format, ...)
-{
-    va_list ap;
-    g_autofree char *msg = NULL;
-    JsonObject *r = json_object_new();
-
-    va_start(ap, format);
-    msg = g_strdup_vprintf(format, ap);
-    va_end(ap);
-    json_object_set_boolean_member(r, "ok", FALSE);
-    json_object_set_string_member(r, "error", msg);
-    return reply_text(r);
-}
 
 /* ---- objects ---------------------------------------------------------- */
 
@@ -78,8 +45,9 @@ reported_clone(Manager *m, const char *host, const char *name)
         JsonNode *n = json_array_get_element(arr, i);
 
         if (JSON_NODE_HOLDS_OBJECT(n) &&
-            g_strcmp0(wire_get_string(json_node_get_object(n), "name"), name) ==
-                0)
+            g_strcmp0(
+                json_util_get_string(json_node_get_object(n), "name", NULL),
+                name) == 0)
             return json_node_get_object(n);
     }
     return NULL;
@@ -102,22 +70,22 @@ clone_object(Manager *m, const char *service, guint index, const char *host,
         json_object_set_string_member(o, "host", host);
     else
         json_object_set_null_member(o, "host");
-    if (rep && wire_get_int(rep, "generation", -1) == generation) {
-        state = wire_get_string(rep, "state");
+    if (rep && json_util_get_int(rep, "generation", -1) == generation) {
+        state = json_util_get_string(rep, "state", NULL);
         json_object_set_int_member(o, "generation", generation);
     } else if (rep) {
         state = "updating";
         json_object_set_int_member(o, "generation",
-                                   wire_get_int(rep, "generation", 0));
+                                   json_util_get_int(rep, "generation", 0));
     } else {
         state = host ? "creating" : "pending";
         json_object_set_int_member(o, "generation", generation);
     }
     json_object_set_string_member(o, "state", state ? state : "unknown");
-    if (rep && wire_get_string(rep, "reason") &&
-        *wire_get_string(rep, "reason"))
-        json_object_set_string_member(o, "reason",
-                                      wire_get_string(rep, "reason"));
+    if (rep && json_util_get_string(rep, "reason", NULL) &&
+        *json_util_get_string(rep, "reason", NULL))
+        json_object_set_string_member(
+            o, "reason", json_util_get_string(rep, "reason", NULL));
     return o;
 }
 
@@ -153,8 +121,8 @@ service_summary(Manager *m, sqlite3_stmt *st, guint *ret_running)
                                                       : mdb_col_text(cs, 1),
             cname);
 
-        if (rep && wire_get_int(rep, "generation", -1) == generation &&
-            g_strcmp0(wire_get_string(rep, "state"), "running") == 0)
+        if (rep && json_util_get_int(rep, "generation", -1) == generation &&
+            g_strcmp0(json_util_get_string(rep, "state", NULL), "running") == 0)
             running++;
     }
     sqlite3_finalize(cs);
@@ -169,11 +137,11 @@ service_summary(Manager *m, sqlite3_stmt *st, guint *ret_running)
 
 /* ---- commands --------------------------------------------------------- */
 
-static char *
+static JsonObject *
 cmd_submit(Manager *m, JsonObject *req)
 {
-    const char *text = wire_get_string(req, "manifest");
-    const char *file = wire_get_string(req, "file");
+    const char *text = json_util_get_string(req, "manifest", NULL);
+    const char *file = json_util_get_string(req, "file", NULL);
     g_autoptr(GPtrArray) problems = manifest_problems_new();
     g_autoptr(GError) err = NULL;
     g_autoptr(Manifest) mf = NULL;
@@ -184,7 +152,7 @@ cmd_submit(Manager *m, JsonObject *req)
     const char *outcome;
 
     if (!text)
-        return reply_error("submit needs the manifest's text");
+        return control_reply_error("submit needs the manifest's text");
     mf = manifest_parse_data(text, strlen(text), problems, &err);
     if (!mf) {
         JsonObject *e = json_object_new();
@@ -202,24 +170,25 @@ cmd_submit(Manager *m, JsonObject *req)
         json_object_set_string_member(
             e, "error", err ? err->message : "the manifest is not valid");
         json_object_set_array_member(e, "problems", arr);
-        return reply_text(e);
+        return e;
     }
     canonical = manifest_format(mf);
     g_mutex_lock(&m->lock);
     if (!mdb_int(m, 0, "SELECT COUNT(*) FROM images WHERE name = ?",
                  G_TYPE_STRING, mf->image.name, G_TYPE_INVALID)) {
         g_mutex_unlock(&m->lock);
-        return reply_error("%s: image '%s' is not registered with the site "
-                           "manager: sporectl image-add %s URL",
-                           file ? file : "manifest", mf->image.name,
-                           mf->image.name);
+        return control_reply_error(
+            "%s: image '%s' is not registered with the site "
+            "manager: sporectl image-add %s URL",
+            file ? file : "manifest", mf->image.name, mf->image.name);
     }
     if (mdb_int(m, 0, "SELECT deleting FROM services WHERE name = ?",
                 G_TYPE_STRING, mf->name, G_TYPE_INVALID)) {
         g_mutex_unlock(&m->lock);
-        return reply_error("service '%s' is being deleted; submit it again "
-                           "once it is gone",
-                           mf->name);
+        return control_reply_error(
+            "service '%s' is being deleted; submit it again "
+            "once it is gone",
+            mf->name);
     }
     old = mdb_text(m, "SELECT manifest FROM services WHERE name = ?",
                    G_TYPE_STRING, mf->name, G_TYPE_INVALID);
@@ -266,17 +235,17 @@ cmd_submit(Manager *m, JsonObject *req)
     }
     g_mutex_unlock(&m->lock);
     manager_wake(m);
-    r = reply_ok();
+    r = control_reply_ok();
     json_object_set_string_member(r, "service", mf->name);
     json_object_set_int_member(r, "generation", generation);
     json_object_set_string_member(r, "outcome", outcome);
-    return reply_text(r);
+    return r;
 }
 
-static char *
+static JsonObject *
 cmd_service_list(Manager *m)
 {
-    JsonObject *r = reply_ok();
+    JsonObject *r = control_reply_ok();
     JsonArray *arr = json_array_new();
     sqlite3_stmt *st;
 
@@ -290,7 +259,7 @@ cmd_service_list(Manager *m)
     sqlite3_finalize(st);
     g_mutex_unlock(&m->lock);
     json_object_set_array_member(r, "services", arr);
-    return reply_text(r);
+    return r;
 }
 
 static JsonArray *
@@ -316,15 +285,15 @@ clones_of(Manager *m, const char *service)
     return arr;
 }
 
-static char *
+static JsonObject *
 cmd_service_show(Manager *m, JsonObject *req)
 {
-    const char *name = wire_get_string(req, "name");
+    const char *name = json_util_get_string(req, "name", NULL);
     JsonObject *r, *svc;
     sqlite3_stmt *st;
 
     if (!name)
-        return reply_error("service-show needs a service name");
+        return control_reply_error("service-show needs a service name");
     g_mutex_lock(&m->lock);
     st = mdb_prepare(m,
                      "SELECT " SERVICE_COLUMNS ", manifest FROM services "
@@ -333,7 +302,7 @@ cmd_service_show(Manager *m, JsonObject *req)
     if (!st || sqlite3_step(st) != SQLITE_ROW) {
         sqlite3_finalize(st);
         g_mutex_unlock(&m->lock);
-        return reply_error("no service '%s'", name);
+        return control_reply_error("no service '%s'", name);
     }
     svc = service_summary(m, st, NULL);
     json_object_set_string_member(svc, "manifest", mdb_col_text(st, 6));
@@ -347,24 +316,24 @@ cmd_service_show(Manager *m, JsonObject *req)
     sqlite3_finalize(st);
     json_object_set_array_member(svc, "clones", clones_of(m, name));
     g_mutex_unlock(&m->lock);
-    r = reply_ok();
+    r = control_reply_ok();
     json_object_set_object_member(r, "service", svc);
-    return reply_text(r);
+    return r;
 }
 
-static char *
+static JsonObject *
 cmd_service_delete(Manager *m, JsonObject *req)
 {
-    const char *name = wire_get_string(req, "name");
+    const char *name = json_util_get_string(req, "name", NULL);
     JsonObject *r;
 
     if (!name)
-        return reply_error("service-delete needs a service name");
+        return control_reply_error("service-delete needs a service name");
     g_mutex_lock(&m->lock);
     if (!mdb_int(m, 0, "SELECT COUNT(*) FROM services WHERE name = ?",
                  G_TYPE_STRING, name, G_TYPE_INVALID)) {
         g_mutex_unlock(&m->lock);
-        return reply_error("no service '%s'", name);
+        return control_reply_error("no service '%s'", name);
     }
     mdb_exec(m, "UPDATE services SET deleting = 1 WHERE name = ?",
              G_TYPE_STRING, name, G_TYPE_INVALID);
@@ -374,37 +343,38 @@ cmd_service_delete(Manager *m, JsonObject *req)
               name);
     g_mutex_unlock(&m->lock);
     manager_wake(m);
-    r = reply_ok();
+    r = control_reply_ok();
     json_object_set_string_member(r, "service", name);
-    return reply_text(r);
+    return r;
 }
 
-static char *
+static JsonObject *
 cmd_scale(Manager *m, JsonObject *req)
 {
-    const char *name = wire_get_string(req, "name");
-    gint64 count = wire_get_int(req, "count", -1);
+    const char *name = json_util_get_string(req, "name", NULL);
+    gint64 count = json_util_get_int(req, "count", -1);
     Manifest *mf;
     gint64 before;
     JsonObject *r;
 
     if (!name || count < 0)
-        return reply_error("scale needs a service name and a count >= 0");
+        return control_reply_error(
+            "scale needs a service name and a count >= 0");
     g_mutex_lock(&m->lock);
     mf = manager_manifest(m, name);
     if (!mf || mdb_int(m, 0, "SELECT deleting FROM services WHERE name = ?",
                        G_TYPE_STRING, name, G_TYPE_INVALID)) {
         g_mutex_unlock(&m->lock);
-        return reply_error("no service '%s'", name);
+        return control_reply_error("no service '%s'", name);
     }
     if (count < mf->scaling.min || count > mf->scaling.max) {
         guint min = mf->scaling.min, max = mf->scaling.max;
 
         g_mutex_unlock(&m->lock);
-        return reply_error("service '%s' runs between %u and %u clones (its "
-                           "manifest's <scaling>); %" G_GINT64_FORMAT
-                           " is outside",
-                           name, min, max, count);
+        return control_reply_error(
+            "service '%s' runs between %u and %u clones (its "
+            "manifest's <scaling>); %" G_GINT64_FORMAT " is outside",
+            name, min, max, count);
     }
     before = mdb_int(m, 0, "SELECT desired FROM services WHERE name = ?",
                      G_TYPE_STRING, name, G_TYPE_INVALID);
@@ -420,51 +390,52 @@ cmd_scale(Manager *m, JsonObject *req)
               name, before, count, mf->scaling.cooldown_seconds);
     g_mutex_unlock(&m->lock);
     manager_wake(m);
-    r = reply_ok();
+    r = control_reply_ok();
     json_object_set_string_member(r, "service", name);
     json_object_set_int_member(r, "desired", count);
-    return reply_text(r);
+    return r;
 }
 
-static char *
+static JsonObject *
 cmd_request(Manager *m, JsonObject *req)
 {
-    const char *name = wire_get_string(req, "name");
-    gint64 count = wire_get_int(req, "count", 1);
+    const char *name = json_util_get_string(req, "name", NULL);
+    gint64 count = json_util_get_int(req, "count", 1);
     JsonObject *r;
 
     if (!name || count < 0 || count > G_MAXINT32)
-        return reply_error("request needs a service name and a count >= 0");
+        return control_reply_error(
+            "request needs a service name and a count >= 0");
     g_mutex_lock(&m->lock);
     if (!mdb_int(m, 0, "SELECT COUNT(*) FROM services WHERE name = ?",
                  G_TYPE_STRING, name, G_TYPE_INVALID)) {
         g_mutex_unlock(&m->lock);
-        return reply_error("no service '%s'", name);
+        return control_reply_error("no service '%s'", name);
     }
     mscale_requests(m, name, count);
     g_mutex_unlock(&m->lock);
-    r = reply_ok();
+    r = control_reply_ok();
     json_object_set_string_member(r, "service", name);
     json_object_set_int_member(r, "count", count);
-    return reply_text(r);
+    return r;
 }
 
-static char *
+static JsonObject *
 cmd_clone_list(Manager *m, JsonObject *req)
 {
-    JsonObject *r = reply_ok();
+    JsonObject *r = control_reply_ok();
 
     g_mutex_lock(&m->lock);
-    json_object_set_array_member(r, "clones",
-                                 clones_of(m, wire_get_string(req, "service")));
+    json_object_set_array_member(
+        r, "clones", clones_of(m, json_util_get_string(req, "service", NULL)));
     g_mutex_unlock(&m->lock);
-    return reply_text(r);
+    return r;
 }
 
-static char *
+static JsonObject *
 cmd_host_list(Manager *m)
 {
-    JsonObject *r = reply_ok();
+    JsonObject *r = control_reply_ok();
     JsonArray *arr = json_array_new();
     sqlite3_stmt *st;
 
@@ -512,33 +483,34 @@ cmd_host_list(Manager *m)
     sqlite3_finalize(st);
     g_mutex_unlock(&m->lock);
     json_object_set_array_member(r, "hosts", arr);
-    return reply_text(r);
+    return r;
 }
 
-static char *
+static JsonObject *
 cmd_host_accept(Manager *m, JsonObject *req)
 {
-    const char *name = wire_get_string(req, "name");
+    const char *name = json_util_get_string(req, "name", NULL);
     JsonObject *r;
 
     if (!name)
-        return reply_error("host-accept needs a host name");
+        return control_reply_error("host-accept needs a host name");
     g_mutex_lock(&m->lock);
     if (!mdb_int(m, 0, "SELECT COUNT(*) FROM hosts WHERE name = ?",
                  G_TYPE_STRING, name, G_TYPE_INVALID)) {
         g_mutex_unlock(&m->lock);
-        return reply_error("no host '%s' has tried to connect (see sporectl "
-                           "host-list; or place its key in the hosts "
-                           "directory)",
-                           name);
+        return control_reply_error(
+            "no host '%s' has tried to connect (see sporectl "
+            "host-list; or place its key in the hosts "
+            "directory)",
+            name);
     }
     mdb_exec(m, "UPDATE hosts SET accepted = 1 WHERE name = ?", G_TYPE_STRING,
              name, G_TYPE_INVALID);
     mdb_event(m, "host-accepted", NULL, name, "host %s accepted", name);
     g_mutex_unlock(&m->lock);
-    r = reply_ok();
+    r = control_reply_ok();
     json_object_set_string_member(r, "host", name);
-    return reply_text(r);
+    return r;
 }
 
 /* ---- images ----------------------------------------------------------- */
@@ -585,13 +557,13 @@ index_from_origin(const char *url, GError **error)
     return image_index_builder_finish(b, error);
 }
 
-static char *
+static JsonObject *
 cmd_image_add(Manager *m, JsonObject *req)
 {
-    const char *name = wire_get_string(req, "name");
-    const char *url = wire_get_string(req, "url");
-    const char *index_b64 = wire_get_string(req, "index");
-    const char *format = wire_get_string(req, "format");
+    const char *name = json_util_get_string(req, "name", NULL);
+    const char *url = json_util_get_string(req, "url", NULL);
+    const char *index_b64 = json_util_get_string(req, "index", NULL);
+    const char *format = json_util_get_string(req, "format", NULL);
     g_autoptr(GError) err = NULL;
     g_autoptr(ImageIndex) idx = NULL;
     g_autoptr(JsonArray) origins = json_array_new();
@@ -601,25 +573,27 @@ cmd_image_add(Manager *m, JsonObject *req)
     GBytes *enc;
 
     if (!name || !url)
-        return reply_error("image-add needs a name and a URL");
+        return control_reply_error("image-add needs a name and a URL");
     if (!g_str_has_prefix(url, "http://") &&
         !g_str_has_prefix(url, "https://") && !g_str_has_prefix(url, "file://"))
-        return reply_error("image URL '%s' is not http, https or file", url);
+        return control_reply_error("image URL '%s' is not http, https or file",
+                                   url);
     if (format && !g_str_equal(format, "raw") && !g_str_equal(format, "qcow2"))
-        return reply_error("image format '%s' is not raw or qcow2", format);
+        return control_reply_error("image format '%s' is not raw or qcow2",
+                                   format);
     if (index_b64) {
         gsize len = 0;
         g_autofree guint8 *data = g_base64_decode(index_b64, &len);
 
         idx = image_index_parse(data, len, NULL, &err);
         if (!idx)
-            return reply_error("the index given for image '%s': %s", name,
-                               err->message);
+            return control_reply_error("the index given for image '%s': %s",
+                                       name, err->message);
     } else {
         g_message("indexing image %s from %s", name, url);
         idx = index_from_origin(url, &err);
         if (!idx)
-            return reply_error("image '%s': %s", name, err->message);
+            return control_reply_error("image '%s': %s", name, err->message);
     }
     json_array_add_string_element(origins, url);
     {
@@ -636,10 +610,11 @@ cmd_image_add(Manager *m, JsonObject *req)
                       name, G_TYPE_INVALID);
     if (old_id && !g_str_equal(old_id, image_index_id(idx))) {
         g_mutex_unlock(&m->lock);
-        return reply_error("image '%s' is registered with id %s; this one is "
-                           "%s (an image's content never changes: give the "
-                           "new one another name)",
-                           name, old_id, image_index_id(idx));
+        return control_reply_error(
+            "image '%s' is registered with id %s; this one is "
+            "%s (an image's content never changes: give the "
+            "new one another name)",
+            name, old_id, image_index_id(idx));
     }
     mdb_exec(m,
              "INSERT OR REPLACE INTO images (name, id, format, origins, idx, "
@@ -653,7 +628,7 @@ cmd_image_add(Manager *m, JsonObject *req)
     mdb_event(m, "image-added", NULL, NULL, "image %s registered: %s, %s", name,
               image_index_id(idx), url);
     g_mutex_unlock(&m->lock);
-    r = reply_ok();
+    r = control_reply_ok();
     im = json_object_new();
     json_object_set_string_member(im, "name", name);
     json_object_set_string_member(im, "id", image_index_id(idx));
@@ -662,13 +637,13 @@ cmd_image_add(Manager *m, JsonObject *req)
                                (gint64)image_index_chunk_size(idx));
     json_object_set_array_member(im, "origins", json_array_ref(origins));
     json_object_set_object_member(r, "image", im);
-    return reply_text(r);
+    return r;
 }
 
-static char *
+static JsonObject *
 cmd_image_list(Manager *m)
 {
-    JsonObject *r = reply_ok();
+    JsonObject *r = control_reply_ok();
     JsonArray *arr = json_array_new();
     sqlite3_stmt *st;
 
@@ -729,16 +704,17 @@ cmd_image_list(Manager *m)
     sqlite3_finalize(st);
     g_mutex_unlock(&m->lock);
     json_object_set_array_member(r, "images", arr);
-    return reply_text(r);
+    return r;
 }
 
-static char *
+static JsonObject *
 cmd_events(Manager *m, JsonObject *req)
 {
-    gint64 since = wire_get_int(req, "since", 0);
-    gint64 limit = CLAMP(wire_get_int(req, "limit", 100), 1, EVENTS_LIMIT_MAX);
-    const char *service = wire_get_string(req, "service");
-    JsonObject *r = reply_ok();
+    gint64 since = json_util_get_int(req, "since", 0);
+    gint64 limit =
+        CLAMP(json_util_get_int(req, "limit", 100), 1, EVENTS_LIMIT_MAX);
+    const char *service = json_util_get_string(req, "service", NULL);
+    JsonObject *r = control_reply_ok();
     JsonArray *arr = json_array_new();
     sqlite3_stmt *st;
 
@@ -770,25 +746,19 @@ cmd_events(Manager *m, JsonObject *req)
     sqlite3_finalize(st);
     g_mutex_unlock(&m->lock);
     json_object_set_array_member(r, "events", arr);
-    return reply_text(r);
+    return r;
 }
 
-char *
-manager_handle_control(Manager *m, const char *request)
+/* the control socket's handler (ControlHandler), on the connection's
+ * thread */
+static JsonObject *
+manager_handle_control(JsonObject *req, gpointer data)
 {
-    g_autoptr(JsonParser) parser = json_parser_new();
-    g_autoptr(GError) err = NULL;
-    JsonObject *req;
-    const char *cmd;
+    Manager *m = data;
+    const char *cmd = json_util_get_string(req, "cmd", NULL);
 
-    if (!json_parser_load_from_data(parser, request, -1, &err) ||
-        !JSON_NODE_HOLDS_OBJECT(json_parser_get_root(parser)))
-        return reply_error("a request is one JSON object on one line%s%s",
-                           err ? ": " : "", err ? err->message : "");
-    req = json_node_get_object(json_parser_get_root(parser));
-    cmd = wire_get_string(req, "cmd");
     if (!cmd)
-        return reply_error("the request has no \"cmd\"");
+        return control_reply_error("the request has no \"cmd\"");
     if (g_str_equal(cmd, "submit"))
         return cmd_submit(m, req);
     if (g_str_equal(cmd, "service-list"))
@@ -813,116 +783,25 @@ manager_handle_control(Manager *m, const char *request)
         return cmd_image_list(m);
     if (g_str_equal(cmd, "events"))
         return cmd_events(m, req);
-    return reply_error("unknown command '%s'", cmd);
+    return control_reply_error("unknown command '%s'", cmd);
 }
 
 /* ---- the socket ------------------------------------------------------- */
 
-static char *
-read_line_bounded(GInputStream *in)
-{
-    g_autoptr(GString) line = g_string_new(NULL);
-    char buf[4096];
-
-    for (;;) {
-        gssize n = g_input_stream_read(in, buf, 1, NULL, NULL);
-
-        if (n <= 0)
-            return NULL;
-        if (buf[0] == '\n')
-            return g_string_free(g_steal_pointer(&line), FALSE);
-        if (line->len >= CONTROL_LINE_MAX)
-            return NULL;
-        g_string_append_c(line, buf[0]);
-    }
-}
-
-static gboolean
-on_control_run(GThreadedSocketService *svc, GSocketConnection *conn,
-               GObject *source, gpointer data)
-{
-    Manager *m = data;
-    g_autoptr(GInputStream) in = g_buffered_input_stream_new(
-        g_io_stream_get_input_stream(G_IO_STREAM(conn)));
-    GOutputStream *out = g_io_stream_get_output_stream(G_IO_STREAM(conn));
-    char *line;
-
-    while ((line = read_line_bounded(in))) {
-        g_autofree char *reply = manager_handle_control(m, line);
-        g_autofree char *framed = g_strconcat(reply, "\n", NULL);
-
-        g_free(line);
-        if (!g_output_stream_write_all(out, framed, strlen(framed), NULL, NULL,
-                                       NULL))
-            break;
-    }
-    return TRUE;
-}
-
 bool
 manager_control_start(Manager *m, GError **error)
 {
-    g_autoptr(GSocketAddress) addr = NULL;
-    gboolean bound;
-    mode_t mask;
-
     m->control_path = g_build_filename(m->config.run_dir, "control.sock", NULL);
-    unlink(m->control_path);
-    addr = g_unix_socket_address_new(m->control_path);
-    m->control = G_THREADED_SOCKET_SERVICE(g_threaded_socket_service_new(16));
-    /* who may administer the site: the socket's owner and group.  It is
-     * made under a umask that leaves at most CONTROL_SOCKET_MODE, so that
-     * it is never more open, not even until the chmod below (the umask is
-     * the process's: this runs at start-up, before any thread that makes
-     * files) */
-    mask = umask(0777 & ~CONTROL_SOCKET_MODE);
-    bound = g_socket_listener_add_address(
-        G_SOCKET_LISTENER(m->control), addr, G_SOCKET_TYPE_STREAM,
-        G_SOCKET_PROTOCOL_DEFAULT, NULL, NULL, error);
-    umask(mask);
-    if (!bound) {
-        g_prefix_error(error, "%s: ", m->control_path);
-        return false;
-    }
-    if (m->config.control_group && *m->config.control_group) {
-        struct group *gr = getgrnam(m->config.control_group);
-
-        if (!gr) {
-            g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
-                        "cannot give %s to group '%s': no such group",
-                        m->control_path, m->config.control_group);
-            return false;
-        }
-        if (chown(m->control_path, (uid_t)-1, gr->gr_gid) < 0) {
-            int e = errno;
-
-            g_set_error(error, SPORE_ERROR, SPORE_ERROR_IO,
-                        "cannot give %s to group '%s': %s", m->control_path,
-                        m->config.control_group, g_strerror(e));
-            return false;
-        }
-    }
-    if (chmod(m->control_path, CONTROL_SOCKET_MODE) < 0) {
-        int e = errno;
-
-        g_set_error(error, SPORE_ERROR, SPORE_ERROR_IO,
-                    "cannot set the mode of %s to %04o: %s", m->control_path,
-                    CONTROL_SOCKET_MODE, g_strerror(e));
-        return false;
-    }
-    g_signal_connect(m->control, "run", G_CALLBACK(on_control_run), m);
-    g_socket_service_start(G_SOCKET_SERVICE(m->control));
-    return true;
+    /* who may administer the site: the socket's owner and group */
+    m->control = control_server_start(
+        m->control_path, CONTROL_SOCKET_MODE, m->config.control_group,
+        CONTROL_THREADS_MAX, CONTROL_LINE_MAX_BYTES, manager_handle_control, m,
+        error);
+    return m->control != NULL;
 }
 
 void
 manager_control_stop(Manager *m)
 {
-    if (!m->control)
-        return;
-    g_socket_service_stop(G_SOCKET_SERVICE(m->control));
-    g_socket_listener_close(G_SOCKET_LISTENER(m->control));
-    g_clear_object(&m->control);
-    if (m->control_path)
-        unlink(m->control_path);
+    g_clear_pointer(&m->control, control_server_stop);
 }

@@ -40,10 +40,9 @@ on_signal(gpointer data)
 static void
 agent_metrics(GString *out, gpointer data)
 {
-    g_autofree char *reply =
-        agent_handle_command(data, "{\"command\":\"image-list\"}");
-    g_autoptr(JsonParser) p = json_parser_new();
-    JsonArray *images = NULL;
+    g_autoptr(JsonObject) request = json_object_new();
+    g_autoptr(JsonObject) reply = NULL;
+    JsonArray *images;
     static const struct {
         const char *name, *member, *type, *help;
     } plain[] = {
@@ -58,12 +57,9 @@ agent_metrics(GString *out, gpointer data)
          "Chunks waiting to be fetched."},
     };
 
-    if (json_parser_load_from_data(p, reply, -1, NULL) &&
-        JSON_NODE_HOLDS_OBJECT(json_parser_get_root(p))) {
-        JsonObject *r = json_node_get_object(json_parser_get_root(p));
-        if (json_object_has_member(r, "images"))
-            images = json_object_get_array_member(r, "images");
-    }
+    json_object_set_string_member(request, "command", "image-list");
+    reply = agent_handle_command(data, request);
+    images = json_util_get_array(reply, "images");
     g_string_append(out, "# HELP spore_agent_fetched_bytes_total Verified "
                          "bytes fetched, by source.\n"
                          "# TYPE spore_agent_fetched_bytes_total counter\n");

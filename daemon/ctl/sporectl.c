@@ -24,6 +24,7 @@
 #include <json-glib/json-glib.h>
 
 #include "clone-host.h"
+#include "control.h"
 #include "customize.h"
 #include "domain-xml.h"
 #include "file-util.h"
@@ -790,58 +791,17 @@ progress_end(void)
 static JsonObject *
 socket_call(const char *path, const char *what, JsonBuilder *request)
 {
-    g_autoptr(GSocketClient) client = g_socket_client_new();
-    g_autoptr(GSocketAddress) addr = g_unix_socket_address_new(path);
-    g_autoptr(GSocketConnection) conn = NULL;
-    g_autoptr(JsonGenerator) gen = json_generator_new();
     g_autoptr(JsonNode) root = json_builder_get_root(request);
-    g_autoptr(JsonParser) parser = json_parser_new();
-    g_autoptr(GDataInputStream) in = NULL;
     g_autoptr(GError) err = NULL;
-    g_autofree char *text = NULL;
-    g_autofree char *line = NULL;
-    JsonNode *reply;
+    g_autofree char *who = g_strconcat("the ", what, NULL);
+    JsonObject *reply =
+        control_call(who, path, json_node_get_object(root), &err);
 
-    conn =
-        g_socket_client_connect(client, G_SOCKET_CONNECTABLE(addr), NULL, &err);
-    if (!conn) {
+    if (!reply) {
         progress_end();
-        fprintf(stderr, "sporectl: cannot reach the %s at '%s': %s\n", what,
-                path, err->message);
-        return NULL;
+        fprintf(stderr, "sporectl: %s\n", err->message);
     }
-    json_generator_set_root(gen, root);
-    text = json_generator_to_data(gen, NULL);
-    if (!g_output_stream_write_all(
-            g_io_stream_get_output_stream(G_IO_STREAM(conn)), text,
-            strlen(text), NULL, NULL, &err) ||
-        !g_output_stream_write_all(
-            g_io_stream_get_output_stream(G_IO_STREAM(conn)), "\n", 1, NULL,
-            NULL, &err)) {
-        progress_end();
-        fprintf(stderr, "sporectl: %s '%s': %s\n", what, path, err->message);
-        return NULL;
-    }
-    in = g_data_input_stream_new(
-        g_io_stream_get_input_stream(G_IO_STREAM(conn)));
-    line = g_data_input_stream_read_line(in, NULL, NULL, &err);
-    if (!line && !err) {
-        progress_end();
-        fprintf(stderr,
-                "sporectl: %s '%s': closed the connection without "
-                "a reply\n",
-                what, path);
-        return NULL;
-    }
-    if (!line || !json_parser_load_from_data(parser, line, -1, &err) ||
-        !JSON_NODE_HOLDS_OBJECT(json_parser_get_root(parser))) {
-        progress_end();
-        fprintf(stderr, "sporectl: %s '%s': bad reply%s%s\n", what, path,
-                err ? ": " : "", err ? err->message : "");
-        return NULL;
-    }
-    reply = json_parser_get_root(parser);
-    return json_object_ref(json_node_get_object(reply));
+    return reply;
 }
 
 static void
@@ -1090,27 +1050,6 @@ cmd_agent_simple(const Command *cmd, const Globals *g, int argc, char **argv)
 #define SUBMIT_WAIT_DEFAULT_SECONDS 600
 #define EVENTS_BATCH                100 /* the events asked for at a time */
 
-/* Member @name of @o when it is a string (o may be NULL), else @fallback. */
-static const char *
-get_str(JsonObject *o, const char *name, const char *fallback)
-{
-    return o ? json_object_get_string_member_with_default(o, name, fallback)
-             : fallback;
-}
-
-/* Member @name of @o when it is a number, else 0. */
-static gint64
-get_int(JsonObject *o, const char *name)
-{
-    return o ? json_object_get_int_member_with_default(o, name, 0) : 0;
-}
-
-static double
-get_double(JsonObject *o, const char *name)
-{
-    return o ? json_object_get_double_member_with_default(o, name, 0) : 0;
-}
-
 static bool
 get_bool(JsonObject *o, const char *name)
 {
@@ -1285,15 +1224,15 @@ manager_call(const Globals *g, const char *name, JsonBuilder *request,
     }
     progress_end();
     fprintf(stderr, "sporectl %s: %s\n", name,
-            get_str(reply, "error", "failed"));
+            json_util_get_string(reply, "error", "failed"));
     problems = get_array(reply, "problems");
     for (guint i = 0; i < array_length(problems); i++) {
         JsonObject *p = array_object(problems, i);
 
         if (p)
             print_problem_at(file ? file : "manifest",
-                             (guint)get_int(p, "line"),
-                             get_str(p, "message", "invalid"));
+                             (guint)json_util_get_int(p, "line", 0),
+                             json_util_get_string(p, "message", "invalid"));
     }
     json_object_unref(reply);
     return NULL;
@@ -1305,7 +1244,8 @@ reply_name(JsonObject *reply, const char *member, const char *fallback)
 {
     JsonObject *o = get_object(reply, member);
 
-    return o ? get_str(o, "name", fallback) : get_str(reply, member, fallback);
+    return o ? json_util_get_string(o, "name", fallback)
+             : json_util_get_string(reply, member, fallback);
 }
 
 static void
@@ -1323,12 +1263,13 @@ print_clone_table(JsonArray *clones, bool with_service)
 
         if (!c)
             continue;
-        table_add(&t, "%s", get_str(c, "name", "-"));
+        table_add(&t, "%s", json_util_get_string(c, "name", "-"));
         if (with_service)
-            table_add(&t, "%s", get_str(c, "service", "-"));
-        table_add(&t, "%s", get_str(c, "host", "-"));
-        table_add(&t, "%s", get_str(c, "state", "-"));
-        table_add(&t, "%" G_GINT64_FORMAT, get_int(c, "generation"));
+            table_add(&t, "%s", json_util_get_string(c, "service", "-"));
+        table_add(&t, "%s", json_util_get_string(c, "host", "-"));
+        table_add(&t, "%s", json_util_get_string(c, "state", "-"));
+        table_add(&t, "%" G_GINT64_FORMAT,
+                  json_util_get_int(c, "generation", 0));
     }
     table_finish(&t);
 }
@@ -1343,18 +1284,19 @@ print_service_table(JsonArray *services)
     table_start(&t, header);
     for (guint i = 0; i < array_length(services); i++) {
         JsonObject *s = array_object(services, i);
-        gint64 desired = get_int(s, "desired");
-        gint64 running = get_int(s, "running");
+        gint64 desired = json_util_get_int(s, "desired", 0);
+        gint64 running = json_util_get_int(s, "running", 0);
 
         if (!s)
             continue;
-        table_add(&t, "%s", get_str(s, "name", "-"));
-        table_add(&t, "%" G_GINT64_FORMAT, get_int(s, "generation"));
-        table_add(&t, "%s", get_str(s, "image", "-"));
+        table_add(&t, "%s", json_util_get_string(s, "name", "-"));
+        table_add(&t, "%" G_GINT64_FORMAT,
+                  json_util_get_int(s, "generation", 0));
+        table_add(&t, "%s", json_util_get_string(s, "image", "-"));
         table_add(&t, "%" G_GINT64_FORMAT "/%" G_GINT64_FORMAT, running,
                   desired);
-        table_add(&t, "%" G_GINT64_FORMAT, get_int(s, "min"));
-        table_add(&t, "%" G_GINT64_FORMAT, get_int(s, "max"));
+        table_add(&t, "%" G_GINT64_FORMAT, json_util_get_int(s, "min", 0));
+        table_add(&t, "%" G_GINT64_FORMAT, json_util_get_int(s, "max", 0));
         table_add(&t, "%s",
                   get_bool(s, "deleting") ? "deleting"
                   : running == desired    ? "ready"
@@ -1366,15 +1308,18 @@ print_service_table(JsonArray *services)
 static void
 print_service(JsonObject *s)
 {
-    gint64 cooldown = get_int(s, "cooldown_until");
+    gint64 cooldown = json_util_get_int(s, "cooldown_until", 0);
 
-    printf("Name:         %s\n", get_str(s, "name", "-"));
-    printf("Generation:   %" G_GINT64_FORMAT "\n", get_int(s, "generation"));
-    printf("Image:        %s\n", get_str(s, "image", "-"));
+    printf("Name:         %s\n", json_util_get_string(s, "name", "-"));
+    printf("Generation:   %" G_GINT64_FORMAT "\n",
+           json_util_get_int(s, "generation", 0));
+    printf("Image:        %s\n", json_util_get_string(s, "image", "-"));
     printf("Desired:      %" G_GINT64_FORMAT " (min %" G_GINT64_FORMAT
            ", max %" G_GINT64_FORMAT ")\n",
-           get_int(s, "desired"), get_int(s, "min"), get_int(s, "max"));
-    printf("Running:      %" G_GINT64_FORMAT "\n", get_int(s, "running"));
+           json_util_get_int(s, "desired", 0), json_util_get_int(s, "min", 0),
+           json_util_get_int(s, "max", 0));
+    printf("Running:      %" G_GINT64_FORMAT "\n",
+           json_util_get_int(s, "running", 0));
     if (cooldown > g_get_real_time() / G_USEC_PER_SEC) {
         g_autofree char *until = local_time((double)cooldown);
 
@@ -1394,7 +1339,8 @@ print_service(JsonObject *s)
         else
             value = g_strdup_printf("%.3g", json_node_get_double(v));
         printf("%s %" G_GINT64_FORMAT ":       %s; last value %s%s\n", "Rule",
-               get_int(r, "rule"), get_str(r, "text", "?"), value,
+               json_util_get_int(r, "rule", 0),
+               json_util_get_string(r, "text", "?"), value,
                get_bool(r, "fires")     ? ", fires"
                : get_bool(r, "pending") ? ", pending (holds, not for long "
                                           "enough yet)"
@@ -1434,19 +1380,20 @@ print_host_table(JsonArray *hosts)
 
         if (!h)
             continue;
-        memory = human_bytes((guint64)get_int(h, "memory_kib") * 1024);
+        memory =
+            human_bytes((guint64)json_util_get_int(h, "memory_kib", 0) * 1024);
         ago = seen && JSON_NODE_HOLDS_VALUE(seen)
                   ? format_ago(json_node_get_double(seen))
                   : g_strdup("never");
-        table_add(&t, "%s", get_str(h, "name", "-"));
-        table_add(&t, "%s", get_str(h, "state", "-"));
+        table_add(&t, "%s", json_util_get_string(h, "name", "-"));
+        table_add(&t, "%s", json_util_get_string(h, "state", "-"));
         table_add(&t, "%s", get_bool(h, "accepted") ? "yes" : "no");
-        table_add(&t, "%s", get_str(h, "address", "-"));
-        table_add(&t, "%" G_GINT64_FORMAT, get_int(h, "cpus"));
+        table_add(&t, "%s", json_util_get_string(h, "address", "-"));
+        table_add(&t, "%" G_GINT64_FORMAT, json_util_get_int(h, "cpus", 0));
         table_add(&t, "%s", memory);
-        table_add(&t, "%" G_GINT64_FORMAT, get_int(h, "clones"));
+        table_add(&t, "%" G_GINT64_FORMAT, json_util_get_int(h, "clones", 0));
         table_add(&t, "%s", ago);
-        table_add(&t, "%s", get_str(h, "key", "-"));
+        table_add(&t, "%s", json_util_get_string(h, "key", "-"));
     }
     table_finish(&t);
 }
@@ -1457,12 +1404,14 @@ print_manager_image(JsonObject *im)
 {
     JsonArray *origins = get_array(im, "origins");
     JsonArray *hosts = get_array(im, "hosts");
-    g_autofree char *size = human_bytes((guint64)get_int(im, "size"));
+    g_autofree char *size =
+        human_bytes((guint64)json_util_get_int(im, "size", 0));
     g_autoptr(GString) line = g_string_new(NULL);
     int host_width = 0;
 
-    g_string_printf(line, "%s  %.19s  %s", get_str(im, "name", "-"),
-                    get_str(im, "id", "-"), size);
+    g_string_printf(line, "%s  %.19s  %s",
+                    json_util_get_string(im, "name", "-"),
+                    json_util_get_string(im, "id", "-"), size);
     for (guint i = 0; i < array_length(origins); i++) {
         JsonNode *n = json_array_get_element(origins, i);
 
@@ -1475,7 +1424,8 @@ print_manager_image(JsonObject *im)
         JsonObject *h = array_object(hosts, i);
 
         if (h)
-            host_width = MAX(host_width, (int)strlen(get_str(h, "host", "-")));
+            host_width = MAX(host_width,
+                             (int)strlen(json_util_get_string(h, "host", "-")));
     }
     for (guint i = 0; i < array_length(hosts); i++) {
         JsonObject *h = array_object(hosts, i);
@@ -1487,13 +1437,14 @@ print_manager_image(JsonObject *im)
 
         if (!h)
             continue;
-        origin = human_bytes((guint64)get_int(fetched, "origin"));
-        peer = human_bytes((guint64)get_int(fetched, "peer"));
-        local = human_bytes((guint64)get_int(fetched, "local"));
-        host = one_line(g_strdup(get_str(h, "host", "-")));
+        origin = human_bytes((guint64)json_util_get_int(fetched, "origin", 0));
+        peer = human_bytes((guint64)json_util_get_int(fetched, "peer", 0));
+        local = human_bytes((guint64)json_util_get_int(fetched, "local", 0));
+        host = one_line(g_strdup(json_util_get_string(h, "host", "-")));
         printf("  %-*s  %.1f%% cached  from origin %s, peers %s, local %s\n",
-               host_width, host, 100.0 * get_double(h, "cached_fraction"),
-               origin, peer, local);
+               host_width, host,
+               100.0 * json_util_get_double(h, "cached_fraction", 0), origin,
+               peer, local);
     }
 }
 
@@ -1582,9 +1533,9 @@ service_progress(JsonObject *reply, JsonObject *images, bool *done)
     JsonObject *s = get_object(reply, "service");
     JsonArray *clones = get_array(s, "clones");
     JsonArray *image_list = get_array(images, "images");
-    gint64 generation = get_int(s, "generation");
-    gint64 desired = get_int(s, "desired");
-    gint64 running = get_int(s, "running");
+    gint64 generation = json_util_get_int(s, "generation", 0);
+    gint64 desired = json_util_get_int(s, "desired", 0);
+    gint64 running = json_util_get_int(s, "running", 0);
     g_autoptr(GHashTable) hosts = g_hash_table_new(g_str_hash, g_str_equal);
     GString *line = g_string_new(NULL);
     bool all_current = true;
@@ -1592,8 +1543,8 @@ service_progress(JsonObject *reply, JsonObject *images, bool *done)
 
     for (guint i = 0; i < array_length(clones); i++) {
         JsonObject *c = array_object(clones, i);
-        const char *host = get_str(c, "host", NULL);
-        bool current = get_int(c, "generation") == generation;
+        const char *host = json_util_get_string(c, "host", NULL);
+        bool current = json_util_get_int(c, "generation", 0) == generation;
 
         if (!c)
             continue;
@@ -1601,28 +1552,32 @@ service_progress(JsonObject *reply, JsonObject *images, bool *done)
             g_hash_table_add(hosts, (gpointer)host);
         if (host && current)
             placed++;
-        if (!current || !g_str_equal(get_str(c, "state", ""), "running"))
+        if (!current ||
+            !g_str_equal(json_util_get_string(c, "state", ""), "running"))
             all_current = false;
     }
     *done = running == desired && all_current && !get_bool(s, "deleting");
     g_string_printf(line,
                     "%s: placed %u/%" G_GINT64_FORMAT
                     ", running %" G_GINT64_FORMAT "/%" G_GINT64_FORMAT,
-                    get_str(s, "name", "-"), placed, desired, running, desired);
+                    json_util_get_string(s, "name", "-"), placed, desired,
+                    running, desired);
     for (guint i = 0; i < array_length(image_list); i++) {
         JsonObject *im = array_object(image_list, i);
         JsonArray *copies = get_array(im, "hosts");
         double sum = 0;
 
         if (!im || g_hash_table_size(hosts) == 0 ||
-            g_strcmp0(get_str(im, "name", NULL), get_str(s, "image", "")) != 0)
+            g_strcmp0(json_util_get_string(im, "name", NULL),
+                      json_util_get_string(s, "image", "")) != 0)
             continue;
         /* a host with clones and no entry has none of the image */
         for (guint k = 0; k < array_length(copies); k++) {
             JsonObject *h = array_object(copies, k);
 
-            if (h && g_hash_table_contains(hosts, get_str(h, "host", "")))
-                sum += get_double(h, "cached_fraction");
+            if (h && g_hash_table_contains(hosts,
+                                           json_util_get_string(h, "host", "")))
+                sum += json_util_get_double(h, "cached_fraction", 0);
         }
         g_string_append_printf(line, ", image %.0f%% cached",
                                100.0 * sum / g_hash_table_size(hosts));
@@ -1758,11 +1713,12 @@ cmd_submit(const Command *cmd, const Globals *g, int argc, char **argv)
     reply = manager_call(g, cmd->name, b, file);
     if (!reply)
         return EXIT_FAILURE;
-    service = one_line(g_strdup(get_str(reply, "service", m->name)));
+    service =
+        one_line(g_strdup(json_util_get_string(reply, "service", m->name)));
     if (!g->json)
         printf("%s: %s (generation %" G_GINT64_FORMAT ")\n", service,
-               get_str(reply, "outcome", "submitted"),
-               get_int(reply, "generation"));
+               json_util_get_string(reply, "outcome", "submitted"),
+               json_util_get_int(reply, "generation", 0));
     if (fflush(stdout) != 0)
         return EXIT_FAILURE;
     return wait ? wait_for_service(g, service, seconds) : EXIT_SUCCESS;
@@ -1871,9 +1827,10 @@ cmd_image_add(const Command *cmd, const Globals *g, int argc, char **argv)
         return EXIT_FAILURE;
     if (!g->json) {
         im = get_object(reply, "image");
-        size = human_bytes((guint64)get_int(im, "size"));
-        printf("%s: added, %s, %s\n", get_str(im, "name", argv[first]),
-               get_str(im, "id", "-"), size);
+        size = human_bytes((guint64)json_util_get_int(im, "size", 0));
+        printf("%s: added, %s, %s\n",
+               json_util_get_string(im, "name", argv[first]),
+               json_util_get_string(im, "id", "-"), size);
     }
     return fflush(stdout) == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }
@@ -1887,8 +1844,10 @@ print_event(JsonObject *e)
                                 : g_strdup("-");
     g_autofree char *line =
         g_strdup_printf("%s  %-16s  %-12s  %-10s  %s", when,
-                        get_str(e, "kind", "-"), get_str(e, "service", "-"),
-                        get_str(e, "host", "-"), get_str(e, "message", ""));
+                        json_util_get_string(e, "kind", "-"),
+                        json_util_get_string(e, "service", "-"),
+                        json_util_get_string(e, "host", "-"),
+                        json_util_get_string(e, "message", ""));
 
     printf("%s\n", one_line(line));
 }
@@ -1947,7 +1906,7 @@ cmd_events(const Command *cmd, const Globals *g, int argc, char **argv)
                 continue;
             if (!g->json)
                 print_event(e);
-            since = MAX(since, (guint64)get_int(e, "id"));
+            since = MAX(since, (guint64)json_util_get_int(e, "id", 0));
         }
         if (fflush(stdout) != 0)
             return EXIT_FAILURE;

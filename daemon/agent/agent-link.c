@@ -124,14 +124,7 @@ journal_add(AgentLink *l, const char *key, const char *ack)
 static JsonObject *
 agent_json(AgentLink *l, JsonObject *request)
 {
-    g_autofree char *text = wire_to_text(request);
-    g_autofree char *reply = agent_handle_command(l->agent, text);
-    g_autoptr(JsonParser) p = json_parser_new();
-
-    if (!json_parser_load_from_data(p, reply, -1, NULL) ||
-        !JSON_NODE_HOLDS_OBJECT(json_parser_get_root(p)))
-        return NULL;
-    return json_object_ref(json_node_get_object(json_parser_get_root(p)));
+    return agent_handle_command(l->agent, request);
 }
 
 /* image_ready: make the agent know and serve the command's image; the
@@ -139,8 +132,8 @@ agent_json(AgentLink *l, JsonObject *request)
 static char *
 image_ready(AgentLink *l, JsonObject *image, GError **error)
 {
-    const char *id = wire_get_string(image, "id");
-    const char *b64 = wire_get_string(image, "index");
+    const char *id = json_util_get_string(image, "id", NULL);
+    const char *b64 = json_util_get_string(image, "index", NULL);
     JsonNode *origins = json_object_get_member(image, "origins");
     g_autoptr(JsonObject) add = json_object_new();
     g_autoptr(JsonObject) serve = json_object_new();
@@ -184,7 +177,8 @@ image_ready(AgentLink *l, JsonObject *image, GError **error)
     if (!reply ||
         !json_object_get_boolean_member_with_default(reply, "ok", FALSE)) {
         g_set_error(error, SPORE_ERROR, SPORE_ERROR_FAILED, "image %s: %s", id,
-                    reply ? wire_get_string(reply, "error") : "no reply");
+                    reply ? json_util_get_string(reply, "error", NULL)
+                          : "no reply");
         return NULL;
     }
     json_object_unref(g_steal_pointer(&reply));
@@ -194,13 +188,13 @@ image_ready(AgentLink *l, JsonObject *image, GError **error)
     if (!reply ||
         !json_object_get_boolean_member_with_default(reply, "ok", FALSE) ||
         !json_object_has_member(reply, "image")) {
-        g_set_error(error, SPORE_ERROR, SPORE_ERROR_FAILED,
-                    "serving image %s: %s", id,
-                    reply ? wire_get_string(reply, "error") : "no reply");
+        g_set_error(
+            error, SPORE_ERROR, SPORE_ERROR_FAILED, "serving image %s: %s", id,
+            reply ? json_util_get_string(reply, "error", NULL) : "no reply");
         return NULL;
     }
-    return g_strdup(
-        wire_get_string(json_object_get_object_member(reply, "image"), "uri"));
+    return g_strdup(json_util_get_string(
+        json_object_get_object_member(reply, "image"), "uri", NULL));
 }
 
 static CloneHost *
@@ -235,8 +229,8 @@ virt_for(AgentLink *l, const Manifest *mf)
 static bool
 run_create(AgentLink *l, JsonObject *cmd, GString *summary, GError **error)
 {
-    const char *text = wire_get_string(cmd, "manifest");
-    const char *service = wire_get_string(cmd, "service");
+    const char *text = json_util_get_string(cmd, "manifest", NULL);
+    const char *service = json_util_get_string(cmd, "service", NULL);
     JsonNode *image = json_object_get_member(cmd, "image");
     JsonNode *idx = json_object_get_member(cmd, "indexes");
     g_autoptr(Manifest) mf = NULL;
@@ -296,12 +290,14 @@ run_create(AgentLink *l, JsonObject *cmd, GString *summary, GError **error)
     req.n_indexes = n;
     req.backing = uri;
     req.backing_format =
-        g_strcmp0(wire_get_string(json_node_get_object(image), "format"),
-                  "qcow2") == 0
+        g_strcmp0(
+            json_util_get_string(json_node_get_object(image), "format", NULL),
+            "qcow2") == 0
             ? "qcow2"
             : "raw";
-    req.image_id = wire_get_string(json_node_get_object(image), "id");
-    req.generation = (guint64)wire_get_int(cmd, "generation", 0);
+    req.image_id =
+        json_util_get_string(json_node_get_object(image), "id", NULL);
+    req.generation = (guint64)json_util_get_int(cmd, "generation", 0);
     req.host_name = l->config.host_name;
     req.virt = virt_for(l, mf);
     req.start = true;
@@ -318,7 +314,8 @@ static bool
 run_destroy(AgentLink *l, JsonObject *cmd, GString *summary, GError **error)
 {
     JsonNode *names = json_object_get_member(cmd, "names");
-    guint timeout = (guint)CLAMP(wire_get_int(cmd, "timeout", 60), 0, 3600);
+    guint timeout =
+        (guint)CLAMP(json_util_get_int(cmd, "timeout", 60), 0, 3600);
     CloneHost *host;
     JsonArray *arr;
     bool ok = true;
@@ -364,7 +361,7 @@ worker(gpointer data, gpointer user)
 {
     Job *job = data;
     AgentLink *l = user;
-    const char *op = wire_get_string(job->cmd, "op");
+    const char *op = json_util_get_string(job->cmd, "op", NULL);
     g_autoptr(GString) summary = g_string_new(NULL);
     g_autoptr(GError) err = NULL;
     JsonObject *ack = wire_new("ack");
@@ -372,7 +369,7 @@ worker(gpointer data, gpointer user)
     bool ok;
 
     g_message("command %" G_GINT64_FORMAT ": %s",
-              wire_get_int(job->cmd, "id", -1), op ? op : "?");
+              json_util_get_int(job->cmd, "id", -1), op ? op : "?");
     if (g_strcmp0(op, "clone-create") == 0)
         ok = run_create(l, job->cmd, summary, &err);
     else if (g_strcmp0(op, "clone-destroy") == 0)
@@ -382,18 +379,19 @@ worker(gpointer data, gpointer user)
         g_set_error(&err, SPORE_ERROR, SPORE_ERROR_INVALID,
                     "unknown command '%s'", op ? op : "");
     }
-    json_object_set_int_member(ack, "id", wire_get_int(job->cmd, "id", -1));
+    json_object_set_int_member(ack, "id",
+                               json_util_get_int(job->cmd, "id", -1));
     json_object_set_boolean_member(ack, "ok", ok);
     if (!ok) {
         json_object_set_string_member(ack, "error", err->message);
         g_warning("command %" G_GINT64_FORMAT " failed: %s",
-                  wire_get_int(job->cmd, "id", -1), err->message);
+                  json_util_get_int(job->cmd, "id", -1), err->message);
     } else {
         json_object_set_string_member(ack, "summary", summary->str);
         g_message("command %" G_GINT64_FORMAT " done: %s",
-                  wire_get_int(job->cmd, "id", -1), summary->str);
+                  json_util_get_int(job->cmd, "id", -1), summary->str);
     }
-    text = wire_to_text(ack);
+    text = json_util_to_text(ack, false);
     journal_add(l, job->key, text);
     g_mutex_lock(&l->lock);
     g_hash_table_remove(l->in_flight, job->key);
@@ -444,9 +442,11 @@ on_peers(AgentLink *l, JsonObject *msg)
         JsonObject *o =
             JSON_NODE_HOLDS_OBJECT(e) ? json_node_get_object(e) : NULL;
         PeerInfo p = {
-            .name = (char *)(o ? wire_get_string(o, "name") : NULL),
-            .endpoint = (char *)(o ? wire_get_string(o, "endpoint") : NULL),
-            .public_key = (char *)(o ? wire_get_string(o, "key") : NULL),
+            .name = (char *)(o ? json_util_get_string(o, "name", NULL) : NULL),
+            .endpoint =
+                (char *)(o ? json_util_get_string(o, "endpoint", NULL) : NULL),
+            .public_key =
+                (char *)(o ? json_util_get_string(o, "key", NULL) : NULL),
         };
         g_array_append_val(peers, p); /* borrowed from msg */
     }
@@ -573,16 +573,18 @@ send_profiles(AgentLink *l, void *sock)
 
         json_object_set_string_member(req, "command", "image-profile");
         json_object_set_string_member(req, "image",
-                                      wire_get_string(im, "image"));
+                                      json_util_get_string(im, "image", NULL));
         reply = agent_json(l, req);
         if (!reply || !json_object_has_member(reply, "profile"))
             continue;
         p = json_object_get_object_member(reply, "profile");
-        if (wire_get_int(p, "boots", 0) == 0)
+        if (json_util_get_int(p, "boots", 0) == 0)
             continue;
         o = json_object_new();
-        json_object_set_string_member(o, "image", wire_get_string(im, "image"));
-        json_object_set_int_member(o, "boots", wire_get_int(p, "boots", 0));
+        json_object_set_string_member(o, "image",
+                                      json_util_get_string(im, "image", NULL));
+        json_object_set_int_member(o, "boots",
+                                   json_util_get_int(p, "boots", 0));
         json_object_set_member(
             o, "chunks", json_node_copy(json_object_get_member(p, "chunks")));
         json_array_add_object_element(out, o);
@@ -594,7 +596,7 @@ send_profiles(AgentLink *l, void *sock)
 static void
 on_command(AgentLink *l, void *sock, JsonObject *cmd)
 {
-    gint64 id = wire_get_int(cmd, "id", -1);
+    gint64 id = json_util_get_int(cmd, "id", -1);
     g_autofree char *key = NULL;
     char *done;
 
@@ -681,7 +683,7 @@ registration_poll(AgentLink *l, void *reg, char **state)
         }
         obj = wire_parse(zmq_msg_data(&msg), zmq_msg_size(&msg), NULL);
         zmq_msg_close(&msg);
-        now_state = wire_get_string(obj, "state");
+        now_state = json_util_get_string(obj, "state", NULL);
         if (!now_state || g_strcmp0(now_state, *state) == 0)
             continue;
         if (g_str_equal(now_state, "pending"))
@@ -689,10 +691,11 @@ registration_poll(AgentLink *l, void *reg, char **state)
                       "'sporectl host-accept %s' there",
                       l->config.host_name);
         else if (g_str_equal(now_state, "refused"))
-            g_warning(
-                "the site manager refuses host %s: %s", l->config.host_name,
-                wire_get_string(obj, "reason") ? wire_get_string(obj, "reason")
-                                               : "no reason given");
+            g_warning("the site manager refuses host %s: %s",
+                      l->config.host_name,
+                      json_util_get_string(obj, "reason", NULL)
+                          ? json_util_get_string(obj, "reason", NULL)
+                          : "no reason given");
         else {
             g_message("the site manager accepted host %s", l->config.host_name);
             accepted_now = *state != NULL; /* it was refused before */
@@ -789,7 +792,7 @@ link_thread(gpointer data)
                               err->message);
                     continue;
                 }
-                type = wire_get_string(obj, "type");
+                type = json_util_get_string(obj, "type", NULL);
                 if (g_str_equal(type, "welcome")) {
                     if (!welcomed)
                         g_message("the site manager welcomed us");

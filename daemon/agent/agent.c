@@ -30,6 +30,7 @@
 #include <json-glib/json-glib.h>
 
 #include "chunk-cache.h"
+#include "control.h"
 #include "fetch-engine.h"
 #include "fetch-protocol.h"
 #include "file-util.h"
@@ -42,12 +43,14 @@
 #include "spore-error.h"
 #include "wire.h"
 
-#define CONTROL_LINE_MAX_BYTES (1024u * 1024)
-#define SOCKET_THREADS_MAX     512
-#define SHIM_START_TIMEOUT_MS  10000
-#define SHIM_THREADS           "16"
-#define UNIX_PATH_BYTES        108 /* sizeof(sun_path) */
-#define SITE_PROFILE_FILE      "site-profile"
+#define AGENT_CONTROL_LINE_MAX_BYTES (1024u * 1024)
+/* the control and fetch sockets: the agent's user only */
+#define AGENT_SOCKET_MODE     0600
+#define SOCKET_THREADS_MAX    512
+#define SHIM_START_TIMEOUT_MS 10000
+#define SHIM_THREADS          "16"
+#define UNIX_PATH_BYTES       108 /* sizeof(sun_path) */
+#define SITE_PROFILE_FILE     "site-profile"
 
 typedef struct {
     char *id;  /* "sha256:<hex>" */
@@ -75,7 +78,7 @@ struct Agent {
     GHashTable *images; /* hex -> AgentImage * */
     CacheSet *caches;   /* every image's cache, for local copies */
     PeerNet *peers;     /* NULL: no peer exchange */
-    GSocketService *control;
+    ControlServer *control;
     GSocketService *fetch;
     gint shim_timeout; /* atomic, seconds: SIGHUP may change it */
 };
@@ -570,41 +573,15 @@ agent_image_unserve(AgentImage *im)
 
 /* ---- control commands -------------------------------------------------- */
 
-static char *reply_error(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
-
-static char *
-reply_error(const char *fmt, ...)
-{
-    g_autoptr(JsonBuilder) b = json_builder_new();
-    g_autoptr(JsonGenerator) gen = json_generator_new();
-    g_autoptr(JsonNode) root = NULL;
-    g_autofree char *msg = NULL;
-    va_list ap;
-
-    va_start(ap, fmt);
-    msg = g_strdup_vprintf(fmt, ap);
-    va_end(ap);
-    json_builder_begin_object(b);
-    json_builder_set_member_name(b, "ok");
-    json_builder_add_boolean_value(b, FALSE);
-    json_builder_set_member_name(b, "error");
-    json_builder_add_string_value(b, msg);
-    json_builder_end_object(b);
-    root = json_builder_get_root(b);
-    json_generator_set_root(gen, root);
-    return json_generator_to_data(gen, NULL);
-}
-
-static char *
+/* reply_from: the reply object @b built (it began with reply_ok) */
+static JsonObject *
 reply_from(JsonBuilder *b)
 {
-    g_autoptr(JsonGenerator) gen = json_generator_new();
     g_autoptr(JsonNode) root = NULL;
 
     json_builder_end_object(b);
     root = json_builder_get_root(b);
-    json_generator_set_root(gen, root);
-    return json_generator_to_data(gen, NULL);
+    return json_object_ref(json_node_get_object(root));
 }
 
 static JsonBuilder *
@@ -677,7 +654,7 @@ describe_image(JsonBuilder *b, AgentImage *im)
     json_builder_end_object(b);
 }
 
-static char *
+static JsonObject *
 cmd_image_add(Agent *a, JsonObject *req)
 {
     const char *index_path =
@@ -695,19 +672,20 @@ cmd_image_add(Agent *a, JsonObject *req)
     const char *hex;
 
     if (!index_path || !arr || json_array_get_length(arr) == 0)
-        return reply_error("image-add needs \"index\" (a path on this host) "
-                           "and \"origins\" (a non-empty array of URLs)");
+        return control_reply_error(
+            "image-add needs \"index\" (a path on this host) "
+            "and \"origins\" (a non-empty array of URLs)");
     for (guint i = 0; i < json_array_get_length(arr); i++) {
         const char *u = json_array_get_string_element(arr, i);
         if (!u)
-            return reply_error("origins must be strings");
+            return control_reply_error("origins must be strings");
         g_ptr_array_add(origins, g_strdup(u));
     }
     g_ptr_array_add(origins, NULL);
 
     idx = image_index_load(index_path, pin, &err);
     if (!idx)
-        return reply_error("%s", err->message);
+        return control_reply_error("%s", err->message);
     hex = image_index_id(idx) + strlen("sha256:");
 
     g_mutex_lock(&a->lock);
@@ -721,7 +699,7 @@ cmd_image_add(Agent *a, JsonObject *req)
         }
         if (!im) {
             g_mutex_unlock(&a->lock);
-            return reply_error("%s", err->message);
+            return control_reply_error("%s", err->message);
         }
         g_hash_table_insert(a->images, im->hex, im);
         g_message("image %.12s: added (%" G_GUINT64_FORMAT
@@ -735,9 +713,9 @@ cmd_image_add(Agent *a, JsonObject *req)
         if (!JSON_NODE_HOLDS_ARRAY(p) ||
             !site_profile_store(im, json_node_get_array(p), &err)) {
             g_mutex_unlock(&a->lock);
-            return reply_error("image %.12s: profile: %s", im->hex,
-                               err ? err->message
-                                   : "not an array of chunk numbers");
+            return control_reply_error("image %.12s: profile: %s", im->hex,
+                                       err ? err->message
+                                           : "not an array of chunk numbers");
         }
     }
     b = reply_ok();
@@ -747,7 +725,7 @@ cmd_image_add(Agent *a, JsonObject *req)
     return reply_from(b);
 }
 
-static char *
+static JsonObject *
 cmd_image_list(Agent *a, JsonObject *req)
 {
     g_autoptr(JsonBuilder) b = reply_ok();
@@ -765,7 +743,7 @@ cmd_image_list(Agent *a, JsonObject *req)
 }
 
 /* Commands that name one image: serve, unserve, fill, show, profile. */
-static char *
+static JsonObject *
 cmd_on_image(Agent *a, const char *command, JsonObject *req)
 {
     const char *name =
@@ -775,17 +753,17 @@ cmd_on_image(Agent *a, const char *command, JsonObject *req)
     AgentImage *im;
 
     if (!name)
-        return reply_error("%s needs \"image\"", command);
+        return control_reply_error("%s needs \"image\"", command);
     g_mutex_lock(&a->lock);
     im = agent_find_image(a, name, &err);
     if (!im) {
         g_mutex_unlock(&a->lock);
-        return reply_error("%s", err->message);
+        return control_reply_error("%s", err->message);
     }
     if (g_str_equal(command, "image-serve") &&
         !agent_image_serve(a, im, &err)) {
         g_mutex_unlock(&a->lock);
-        return reply_error("%s", err->message);
+        return control_reply_error("%s", err->message);
     }
     if (g_str_equal(command, "image-unserve"))
         agent_image_unserve(im);
@@ -818,7 +796,7 @@ cmd_on_image(Agent *a, const char *command, JsonObject *req)
 }
 
 /* image-plan: where each missing byte would come from now */
-static char *
+static JsonObject *
 cmd_image_plan(Agent *a, JsonObject *req)
 {
     const char *name =
@@ -833,12 +811,12 @@ cmd_image_plan(Agent *a, JsonObject *req)
     AgentImage *im;
 
     if (!name)
-        return reply_error("image-plan needs \"image\"");
+        return control_reply_error("image-plan needs \"image\"");
     g_mutex_lock(&a->lock);
     im = agent_find_image(a, name, &err);
     if (!im) {
         g_mutex_unlock(&a->lock);
-        return reply_error("%s", err->message);
+        return control_reply_error("%s", err->message);
     }
     for (guint64 i = 0; i < image_index_chunk_count(im->idx); i++) {
         guint64 len = image_index_chunk_len(im->idx, i);
@@ -903,7 +881,7 @@ cmd_image_plan(Agent *a, JsonObject *req)
  * has too (redundancy by digest), and how many of those are cached there
  * now, so a local copy would serve them.
  */
-static char *
+static JsonObject *
 cmd_image_similarity(Agent *a, JsonObject *req)
 {
     g_autoptr(JsonBuilder) b = reply_ok();
@@ -976,7 +954,7 @@ cmd_image_similarity(Agent *a, JsonObject *req)
 }
 
 /* peer-list: the peers and what was measured of them */
-static char *
+static JsonObject *
 cmd_peer_list(Agent *a, JsonObject *req)
 {
     g_autoptr(JsonBuilder) b = reply_ok();
@@ -1054,24 +1032,13 @@ agent_set_shim_timeout(Agent *a, guint seconds, GError **error)
     return true;
 }
 
-char *
-agent_handle_command(Agent *a, const char *request)
+JsonObject *
+agent_handle_command(Agent *a, JsonObject *obj)
 {
-    g_autoptr(JsonParser) parser = json_parser_new();
-    g_autoptr(GError) err = NULL;
-    JsonNode *root;
-    JsonObject *obj;
-    const char *command;
+    const char *command = json_util_get_string(obj, "command", NULL);
 
-    if (!json_parser_load_from_data(parser, request, -1, &err))
-        return reply_error("malformed JSON: %s", err->message);
-    root = json_parser_get_root(parser);
-    if (!root || !JSON_NODE_HOLDS_OBJECT(root))
-        return reply_error("a command is a JSON object");
-    obj = json_node_get_object(root);
-    command = json_object_get_string_member_with_default(obj, "command", NULL);
     if (!command)
-        return reply_error("missing \"command\"");
+        return control_reply_error("missing \"command\"");
     if (g_str_equal(command, "image-add"))
         return cmd_image_add(a, obj);
     if (g_str_equal(command, "image-list"))
@@ -1088,49 +1055,16 @@ agent_handle_command(Agent *a, const char *request)
         return cmd_image_similarity(a, obj);
     if (g_str_equal(command, "peer-list"))
         return cmd_peer_list(a, obj);
-    return reply_error("unknown command '%s'", command);
+    return control_reply_error("unknown command '%s'", command);
 }
 
 /* ---- sockets ----------------------------------------------------------- */
 
-/* Read one line of at most CONTROL_LINE_MAX_BYTES; NULL at EOF or error. */
-static char *
-read_line_bounded(GInputStream *in)
+/* the control socket's handler (ControlHandler) */
+static JsonObject *
+on_control_request(JsonObject *request, gpointer data)
 {
-    g_autoptr(GString) line = g_string_new(NULL);
-    char c;
-
-    for (;;) {
-        gssize n = g_input_stream_read(in, &c, 1, NULL, NULL);
-        if (n <= 0)
-            return NULL;
-        if (c == '\n')
-            return g_string_free(g_steal_pointer(&line), FALSE);
-        if (line->len >= CONTROL_LINE_MAX_BYTES)
-            return NULL;
-        g_string_append_c(line, c);
-    }
-}
-
-static gboolean
-on_control_run(GThreadedSocketService *svc, GSocketConnection *conn,
-               GObject *source, gpointer data)
-{
-    Agent *a = data;
-    GInputStream *in = g_io_stream_get_input_stream(G_IO_STREAM(conn));
-    GOutputStream *out = g_io_stream_get_output_stream(G_IO_STREAM(conn));
-    char *line;
-
-    while ((line = read_line_bounded(in))) {
-        g_autofree char *reply = agent_handle_command(a, line);
-        g_autofree char *framed = g_strconcat(reply, "\n", NULL);
-
-        g_free(line);
-        if (!g_output_stream_write_all(out, framed, strlen(framed), NULL, NULL,
-                                       NULL))
-            break;
-    }
-    return TRUE;
+    return agent_handle_command(data, request);
 }
 
 static gboolean
@@ -1184,27 +1118,6 @@ on_fetch_run(GThreadedSocketService *svc, GSocketConnection *conn,
             break;
     }
     return TRUE;
-}
-
-static GSocketService *
-listen_unix(const char *path, int mode, GCallback run, Agent *a, GError **error)
-{
-    GSocketService *svc = g_threaded_socket_service_new(SOCKET_THREADS_MAX);
-    g_autoptr(GSocketAddress) addr = NULL;
-
-    g_unlink(path);
-    addr = g_unix_socket_address_new(path);
-    if (!g_socket_listener_add_address(
-            G_SOCKET_LISTENER(svc), addr, G_SOCKET_TYPE_STREAM,
-            G_SOCKET_PROTOCOL_DEFAULT, NULL, NULL, error)) {
-        g_prefix_error(error, "cannot listen on '%s': ", path);
-        g_object_unref(svc);
-        return NULL;
-    }
-    chmod(path, (mode_t)mode);
-    g_signal_connect(svc, "run", run, a);
-    g_socket_service_start(svc);
-    return svc;
 }
 
 static bool
@@ -1315,12 +1228,15 @@ agent_new(const AgentConfig *cfg, GError **error)
         return NULL;
     agent_load_images(a);
 
-    a->fetch =
-        listen_unix(a->fetch_path, 0600, G_CALLBACK(on_fetch_run), a, error);
+    a->fetch = control_socket_listen(a->fetch_path, AGENT_SOCKET_MODE, NULL,
+                                     SOCKET_THREADS_MAX, error);
     if (!a->fetch)
         return NULL;
-    a->control = listen_unix(a->control_path, 0600, G_CALLBACK(on_control_run),
-                             a, error);
+    g_signal_connect(a->fetch, "run", G_CALLBACK(on_fetch_run), a);
+    g_socket_service_start(a->fetch);
+    a->control = control_server_start(
+        a->control_path, AGENT_SOCKET_MODE, NULL, SOCKET_THREADS_MAX,
+        AGENT_CONTROL_LINE_MAX_BYTES, on_control_request, a, error);
     if (!a->control)
         return NULL;
     g_message("listening on '%s' (control) and '%s' (fetch); %u images",
@@ -1333,12 +1249,7 @@ agent_free(Agent *a)
 {
     if (!a)
         return;
-    if (a->control) {
-        g_socket_service_stop(a->control);
-        g_socket_listener_close(G_SOCKET_LISTENER(a->control));
-        g_object_unref(a->control);
-        g_unlink(a->control_path);
-    }
+    control_server_stop(a->control);
     if (a->fetch) {
         g_socket_service_stop(a->fetch);
         g_socket_listener_close(G_SOCKET_LISTENER(a->fetch));

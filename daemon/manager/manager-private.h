@@ -11,6 +11,7 @@
 
 #include "manager.h"
 #include "manifest.h"
+#include "control.h"
 #include "wire.h"
 
 /* What the manager knows of a connected host beyond the database: its
@@ -53,7 +54,7 @@ struct Manager {
     void *reg; /* registration ROUTER: any key may say who it is */
     char *register_endpoint;
     guint router_watch, zap_watch, reg_watch, tick, drain;
-    GThreadedSocketService *control;
+    ControlServer *control;
     struct SporeMetrics *metrics;
     char *control_path;
 };
@@ -90,4 +91,3 @@ JsonArray *mscale_rules_status(Manager *m, const char *service,
 /* ---- manager-control.c ---- */
 bool manager_control_start(Manager *m, GError **error);
 void manager_control_stop(Manager *m);
-char *manager_handle_control(Manager *m, const char *request);
