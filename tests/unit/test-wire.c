@@ -28,8 +28,10 @@ Test(wire, parses_a_versioned_message_and_refuses_the_rest)
     cr_assert(o, "%s", err ? err->message : "");
     cr_expect_str_eq(json_util_get_string(o, "type", NULL), "hello");
     cr_expect_str_eq(json_util_get_string(o, "host", NULL), "hv1");
-    cr_expect_null(json_util_get_string(o, "v", NULL), "a number is not a string");
-    cr_expect_eq(json_util_get_int(o, "host", -7), -7, "a string is not a number");
+    cr_expect_null(json_util_get_string(o, "v", NULL),
+                   "a number is not a string");
+    cr_expect_eq(json_util_get_int(o, "host", -7), -7,
+                 "a string is not a number");
     expect_dropped("{\"v\":2,\"type\":\"hello\"}", "has another version");
     expect_dropped("{\"type\":\"hello\"}", "has no version");
     expect_dropped("{\"v\":1}", "has no type");
