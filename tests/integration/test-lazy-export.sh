@@ -48,9 +48,10 @@ hex=${id#sha256:}
 port=$(free_port)
 stop_origin() { kill "$origin_pid"; wait "$origin_pid" 2>/dev/null; }
 
+shim_timeout=4 # short, for the origin-down checks; the kill rounds raise it
 start_agent() {
     "$agent_bin" --state-dir "$work/state" --run-dir "$work/run" \
-        --plugin "$plugin" --shim-timeout 4 --shim-group "" "$@" \
+        --plugin "$plugin" --shim-timeout "$shim_timeout" --shim-group "" "$@" \
         >>"$work/agent.log" 2>&1 &
     agent_pid=$!
     pids+=("$agent_pid")
@@ -194,7 +195,17 @@ check "once the origin is back the same read succeeds" \
 # comes through a rate-limited origin (lighttpd server.kbytes-per-second),
 # read by parallel readers, so that at each kill fetches are in flight and
 # the cache is neither empty nor complete; each restart verifies the cache.
-slow_kib=4096 # the 64 MiB image takes about 16 s to fetch at this rate
+# The readers must keep reading until the kill: with the 4 s timeout of the
+# checks above, a machine busy with other work made misses wait longer, the
+# shim answered EIO, the readers exited and nothing was in flight at the
+# kill.  What is tested here is a kill with fetches in flight, so image3's
+# shim gets the default timeout (60 s), and each kill waits until, in one
+# sample of the agent, the readers all run with chunks in flight.
+shim_timeout=60
+kill "$agent_pid"
+wait "$agent_pid" 2>/dev/null
+check "the agent restarts with --shim-timeout $shim_timeout" start_agent
+slow_kib=2048 # a 16 MiB region takes about 8 s to fetch at this rate
 rounds=3
 mkdir -p "$work/slow"
 head -c $((64 * 1024 * 1024)) /dev/urandom >"$work/www/image3.raw"
@@ -210,34 +221,72 @@ quiet ctl agent-image-add "$work/image3.idx" "http://127.0.0.1:$slow_port/image3
 uri3=$(ctl agent-image-serve "$hex3")
 check "the agent serves the 64 MiB image3 from it" test -n "$uri3"
 readers=()
-start_readers() { # four readers, a quarter of image3 each, 8 requests in flight
-    local quarter=$((64 * 1024 * 1024 / 4)) k
+# Round R reads region R of image3 (16 MiB at 16 MiB * (R - 1)), cold
+# when the round starts: what earlier rounds left cached (partly, at their
+# kills) stays, and a round's target never depends on how far the rounds
+# before it got.  The last 16 MiB are first read by the final compare.
+region_bytes=$((16 * 1024 * 1024))
+region_chunks=$((region_bytes / 65536))
+start_readers() { # start_readers R: four readers, a quarter of region R each, 8 requests in flight
+    local quarter=$((region_bytes / 4)) base=$(((${1} - 1) * region_bytes)) k
     readers=()
     for k in 0 1 2 3; do
         qemu-img convert -m 8 -O raw --image-opts \
-            "driver=raw,offset=$((k * quarter)),size=$quarter,file.driver=nbd,file.server.type=unix,file.server.path=$work/run/shims/${hex3:0:16}.sock,file.export=$hex3" \
+            "driver=raw,offset=$((base + k * quarter)),size=$quarter,file.driver=nbd,file.server.type=unix,file.server.path=$work/run/shims/${hex3:0:16}.sock,file.export=$hex3" \
             "$work/part$k.raw" 2>/dev/null &
         readers+=($!)
         pids+=($!)
     done
 }
-cached_at_least() { [ "$(image_field "$hex3" "im['cached_chunks']")" -ge "$1" ]; }
+# image3_state: "CACHED QUEUED" of image3, read in one answer of the agent
+image3_state() { image_field "$hex3" "im['cached_chunks'], im['queued_chunks']"; }
+readers_alive() { # a reader is still running
+    local p
+    for p in "${readers[@]}"; do kill -0 "$p" 2>/dev/null && return 0; done
+    return 1
+}
+# fetching_past N: a reader is still reading and, in one sample of the
+# agent, at least N chunks are cached while chunks are queued or in flight;
+# sets kill_cached and kill_queued from that sample
+fetching_past() {
+    local state
+    readers_alive || return 1
+    state=$(image3_state) || return 1
+    read -r kill_cached kill_queued <<<"$(tr -d '(),' <<<"$state")"
+    [ "$kill_cached" -ge "$1" ] && [ "$kill_queued" -gt 0 ]
+}
 shim_pid=$(cat "$work/run/shims/${hex:0:16}.pid")
-deadline=$(($(date +%s) + 150))
+shim3_pid=$(cat "$work/run/shims/${hex3:0:16}.pid")
+deadline=$(($(date +%s) + 400))
+step=$((region_chunks * 3 / 8)) # each round kills this many chunks on, at least
 for round in $(seq "$rounds"); do
-    start_readers
-    # kill at about 20%, 40%, 60% of the image
-    wait_until 60 cached_at_least $((total3 * round / (rounds + 2)))
-    queued=$(image_field "$hex3" "im['queued_chunks']")
+    # the target is counted from what is cached before the readers start,
+    # so that it cannot be passed before they fetch anything; the region
+    # holds 5/8 of its chunks more, for the readers to be still fetching
+    read -r before _ <<<"$(tr -d '(),' <<<"$(image3_state)")"
+    target=$((before + step))
+    start_readers "$round"
+    kill_cached=0 kill_queued=0
+    fetching=yes
+    wait_until 120 fetching_past "$target" || fetching=no
+    alive=$(for p in "${readers[@]}"; do kill -0 "$p" 2>/dev/null && echo -n "$p "; done)
     kill -9 "$agent_pid"
     wait "$agent_pid" 2>/dev/null
     kill "${readers[@]}" 2>/dev/null
     wait "${readers[@]}" 2>/dev/null
+    if [ "$fetching" = no ]; then
+        echo "# round $round: readers ${readers[*]}, alive: $alive"
+        echo "# cached $kill_cached (target $target), queued $kill_queued; the agent's log ends:"
+        tail -n 15 "$work/agent.log" | sed 's/^/#   /'
+        echo "# image3's shim log ends:"
+        tail -n 15 "$work/run/shims/${hex3:0:16}.log" 2>/dev/null | sed 's/^/#   /'
+    fi
+    check "round $round: the agent is killed past $target chunks cached, with $kill_queued queued or in flight" \
+        test "$fetching" = yes
     on_disk=$(present_count "$hex3")
-    check "round $round: kill -9 with $queued chunks queued or in flight" test "$queued" -gt 0
     check "round $round: ... and $on_disk of $total3 chunks cached (0 < cached < total)" \
         test "$on_disk" -gt 0 -a "$on_disk" -lt "$total3"
-    [ "$round" = 1 ] && check "the shim outlives the agent" kill -0 "$shim_pid"
+    check "round $round: the shims outlive the agent" kill -0 "$shim_pid" "$shim3_pid"
     log_lines=$(wc -l <"$work/agent.log")
     check "round $round: the agent restarts and verifies its caches" start_agent --verify-cache
     check "round $round: ... all $on_disk cached chunks of image3 verify, 0 bad" \
@@ -245,7 +294,7 @@ for round in $(seq "$rounds"); do
         <(tail -n +$((log_lines + 1)) "$work/agent.log")
     check "round $round: ... and image2's cache too" \
         grep -q "image ${hex2:0:12}: verified .* 0 bad" <(tail -n +$((log_lines + 1)) "$work/agent.log")
-    [ "$(date +%s)" -lt "$deadline" ] || { not_ok "the kill rounds took over 150 s"; break; }
+    [ "$(date +%s)" -lt "$deadline" ] || { not_ok "the kill rounds took over 400 s"; break; }
 done
 check "after the kills the export of image3 equals the image (qemu-img compare)" \
     timeout 300 qemu-img compare -q -f raw -F raw "$work/www/image3.raw" "$uri3"
