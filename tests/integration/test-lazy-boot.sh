@@ -13,6 +13,10 @@ pool=spore-test-lazyboot
 pids=()
 work=""
 libvirt_state=""
+# spore's libvirt hook (data/spore-qemu-hook.in), installed for this test
+# with this build's sporectl; an installed one is put back afterwards
+hook=/etc/libvirt/hooks/qemu.d/spore
+hook_installed=""
 
 cleanup() {
     for d in "$domain" "$domain2"; do
@@ -24,6 +28,9 @@ cleanup() {
     done
     remove_pool "$pool"
     [ "$libvirt_state" = started ] && "$src/scripts/libvirt-down"
+    if [ -n "$hook_installed" ]; then
+        if [ -e "$work/hook.saved" ]; then mv -f "$work/hook.saved" "$hook"; else rm -f "$hook"; fi
+    fi
     sleep 0.2
     [ -n "$work" ] && rm -rf "$work"
 }
@@ -45,6 +52,12 @@ mkdir -p "$work/www" "$work/state" "$work/run"
 cp "$guest/vmlinuz" "$guest/initrd.img" "$work/"
 ln -s "$guest/disk.raw" "$work/www/disk.raw"
 master_sum_before=$(sha256sum <"$guest/disk.raw" | cut -c1-64)
+# before libvirtd starts: it looks for hooks only at its start
+mkdir -p "${hook%/*}"
+[ -e "$hook" ] && cp -p "$hook" "$work/hook.saved"
+hook_installed=yes
+sed "s#^SPORECTL=.*#SPORECTL='$sporectl'#" "$(dirname "$(dirname "$sporectl")")/data/spore-qemu-hook" >"$hook.new" &&
+    chmod 0755 "$hook.new" && mv -f "$hook.new" "$hook"
 libvirt_state=$("$src/scripts/libvirt-up") || { echo "Bail out! libvirtd does not start"; exit 1; }
 virt_type=$("$src/scripts/detect-virt-type" "$guest/vmlinuz")
 echo "# domain type: $virt_type (detected)"
@@ -52,12 +65,17 @@ echo "# domain type: $virt_type (detected)"
 port=$(free_port)
 start_origin "$work/www" "$port" "$work"
 
-"$agent_bin" --state-dir "$work/state" --run-dir "$work/run" --plugin "$plugin" \
-    --shim-timeout 5 \
-    >>"$work/agent.log" 2>&1 &
-pids+=($!)
 ctl() { "$sporectl" --agent "$work/run/control.sock" "$@"; }
-for _ in $(seq 100); do quiet ctl agent-image-list && break; sleep 0.05; done
+start_agent() {
+    "$agent_bin" --state-dir "$work/state" --run-dir "$work/run" --plugin "$plugin" \
+        --shim-timeout 5 \
+        >>"$work/agent.log" 2>&1 &
+    agent_pid=$!
+    pids+=("$agent_pid")
+    for _ in $(seq 100); do quiet ctl agent-image-list && return 0; sleep 0.05; done
+    return 1
+}
+start_agent
 
 "$sporectl" image-index -o "$work/disk.idx" "$guest/disk.raw" >"$work/id" 2>/dev/null
 hex=$(sed 's/^sha256://' "$work/id")
@@ -122,6 +140,40 @@ check "the master image was never written (its digest is unchanged)" \
 check "the guest's writes landed in the clone's overlay" \
     test "$(qemu-img map -U -f qcow2 --output=json "$work/pool/$domain.qcow2" |
         python3 -c 'import json,sys; print(any(e["depth"] == 0 and e["data"] for e in json.load(sys.stdin)))')" = True
+
+# --- spore's libvirt hook: `virsh start` of a clone whose shim does not run
+# (after a reboot, an agent-image-unserve, a crash) has the agent serve the
+# image first; a domain that is not spore's is left alone; with the agent
+# down the start fails, saying so
+boots() { grep -ac 'spore-guest: boot complete' "$work/$domain.log" 2>/dev/null; }
+shim_pidfile=$work/run/shims/${hex:0:16}.pid
+shim_runs() { [ -f "$shim_pidfile" ] && kill -0 "$(cat "$shim_pidfile")" 2>/dev/null; }
+if [ "$libvirt_state" = started ]; then
+    quiet virsh -c qemu:///system destroy "$domain"
+    quiet ctl agent-image-unserve "$hex"
+    check "agent-image-unserve stops the clone's shim" wait_until 20 eval '! shim_runs'
+    boots_before=$(boots)
+    check "virsh start of the clone succeeds: spore's hook has the agent serve its image" \
+        quiet virsh -c qemu:///system start "$domain"
+    check "... its shim runs again" shim_runs
+    booted_again() { [ "$(boots)" -gt "$boots_before" ]; }
+    check "... and the clone boots again, on its old overlay" wait_until 180 booted_again
+    out=$(printf '<domain type="qemu"><name>plain</name><devices/></domain>' |
+        "$hook" plain prepare begin - 2>&1)
+    check "the hook leaves a domain without spore's metadata alone (exit 0, no output)" \
+        test $? -eq 0 -a -z "$out"
+    quiet virsh -c qemu:///system destroy "$domain"
+    quiet ctl agent-image-unserve "$hex"
+    kill "$agent_pid"; wait "$agent_pid" 2>/dev/null
+    out=$(virsh -c qemu:///system start "$domain" 2>&1)
+    rc=$?
+    echo "# virsh start with the agent down: $(tr '\n' ' ' <<<"$out" | cut -c1-300)"
+    check "with the agent down, virsh start fails and the hook says which agent to start" \
+        test "$rc" -ne 0 -a -n "$(grep -o "spore-agent" <<<"$out")"
+    check "the agent starts again" start_agent
+else
+    ok "spore's libvirt hook # SKIP libvirtd was running before this test installed the hook (libvirtd finds hooks only when it starts)"
+fi
 
 # --- the origin stops in the middle of a guest's boot (cold cache, another
 # image id).  The origin is slowed (lighttpd server.kbytes-per-second) so
