@@ -49,6 +49,7 @@
 #include <unistd.h>
 #include <zmq.h>
 
+#include "file-util.h"
 #include "hash.h"
 #include "le-bytes.h"
 #include "peer-protocol.h"
@@ -79,6 +80,31 @@
 #define EWMA_WEIGHT            0.2
 #define LATENCY_INITIAL_US     1000.0
 #define THROUGHPUT_INITIAL     (100.0 * 1000 * 1000 / 8) /* bytes/s */
+/* a request's deadline: DEADLINE_FACTOR x its expected time, at least
+ * DEADLINE_FLOOR_US (and a delegated one at most delegate_ms) */
+#define DEADLINE_FACTOR   4
+#define DEADLINE_FLOOR_US (1500 * 1000)
+/* what a delegated fetch is expected to take before one was measured */
+#define DELEGATE_INITIAL_US (250.0 * 1000)
+/* a peer dead for an image after missing deadlines: not asked for it
+ * for this long, doubling with each death */
+#define IMAGE_DEAD_MIN_US (2 * G_USEC_PER_SEC)
+#define IMAGE_DEAD_MAX_US (60 * G_USEC_PER_SEC)
+/* request ids ended without an answer (deadline, death): their late
+ * answers are not strikes.  Kept this long, at most this many per peer */
+#define RETIRED_KEEP_US (60 * G_USEC_PER_SEC)
+#define RETIRED_MAX     4096
+/* what the clients accept in one frame beyond the largest frame an image
+ * needs (a chunk, a bitmap): the slack lets the loop see a frame somewhat
+ * too large and say so; libzmq drops a connection sending more */
+#define CLIENT_FRAME_MIN_BYTES   (64 * 1024) /* the default chunk size */
+#define CLIENT_FRAME_SLACK_BYTES (8 * 1024)
+/* a disconnect libzmq does not follow by a reconnect attempt within this
+ * long ended the session: the peer broke the protocol (a frame over the
+ * limit, a corrupt stream) */
+#define PROTOCOL_DROP_GRACE_US (1 * G_USEC_PER_SEC)
+#define BANS_FILE              "bans"
+#define BANS_FILE_MAX_BYTES    (1024 * 1024)
 
 typedef struct {
     guint8 digest[SPORE_SHA256_BYTES];
@@ -95,11 +121,16 @@ typedef struct {
 } NetImage;
 
 typedef struct {
-    guint8 *bits;    /* NULL until the peer sent its HAVE */
-    bool unknown;    /* it said it has no such image */
-    gint64 asked_at; /* loop: last HAVE_REQ */
-    guint strikes;
-    bool banned;
+    guint8 *bits;        /* NULL until the peer sent its HAVE */
+    bool unknown;        /* it said it has no such image */
+    gint64 asked_at;     /* loop: last HAVE_REQ */
+    guint32 have_req_id; /* loop: its id (an ERR may answer it) */
+    guint strikes;       /* bad DATA (invariant 5) */
+    bool banned;         /* after strikes_max strikes; kept in the bans */
+    bool probation;      /* struck: a window of 1 until a good answer */
+    guint misses;        /* deadlines missed in a row (invariant 6) */
+    gint64 dead_until;   /* not asked for this image before */
+    gint64 dead_backoff_us;
 } PeerImage;
 
 typedef struct {
@@ -115,11 +146,20 @@ typedef struct {
     gint64 last_complaint;
     gint64 reconnect_at;      /* loop: a new socket then (0: none due) */
     gint64 reconnect_backoff; /* µs, doubles per refused handshake */
+    gint64 dropped_at;  /* loop: disconnected, no reconnect attempt seen */
+    gsize frame_limit;  /* loop: the ZMQ_MAXMSGSIZE of its socket */
+    GHashTable *struck; /* loop: images (NetImage *) of the requests that
+                         * were outstanding when it disconnected */
     double latency_us;
     double bps;
+    double delegate_us; /* a delegated fetch's time, measured, smoothed */
+    gint64 last_answer; /* loop: its last answer to a request */
+    bool lagging;       /* a request past its hedge time, nothing since */
     guint outstanding;
-    GHashTable *images; /* digest -> PeerImage */
+    GHashTable *images;  /* digest -> PeerImage */
+    GHashTable *retired; /* loop: req_id -> expiry (gint64 *) */
     guint64 chunks_in, bytes_in, bad_chunks, chunks_out, bytes_out, hedged;
+    guint64 missed;
 } Peer;
 
 typedef struct {
@@ -143,6 +183,7 @@ typedef struct {
     Peer *peer;
     gint64 sent_at;
     gint64 hedge_at;
+    gint64 deadline_at; /* invariant 6 */
     bool fetch_flag;
     bool hedged;
 } Outstanding;
@@ -158,6 +199,7 @@ typedef struct {
     Job *job;      /* CMD_JOB */
     GArray *peers; /* CMD_SET_PEERS: of PeerInfo */
     GBytes *rid;   /* CMD_FETCHED: who asked */
+    char *who;     /* CMD_FETCHED: its ZAP user id (the peer's name) */
     PeerMsg msg;   /* CMD_FETCHED: the GET */
     NetImage *im;  /* CMD_FETCHED */
     bool ok;       /* CMD_FETCHED */
@@ -186,6 +228,9 @@ struct PeerNet {
     GPtrArray *peers;   /* of Peer * */
     guint64 bad_chunks;
     guint pool_queued;
+    char *bans_path;   /* NULL: bans are not kept */
+    GHashTable *bans;  /* "IMAGEHEX PEERKEY" -> itself: the bans kept */
+    gsize frame_limit; /* ZMQ_MAXMSGSIZE of the clients (invariant 7) */
 
     /* loop only */
     GHashTable *outstanding; /* req_id -> Outstanding * */
@@ -319,8 +364,12 @@ peer_new(const PeerInfo *info)
     p->seed = seed_of(info->public_key, strlen(info->public_key));
     p->latency_us = LATENCY_INITIAL_US;
     p->bps = THROUGHPUT_INITIAL;
+    p->delegate_us = DELEGATE_INITIAL_US;
     p->images = g_hash_table_new_full(digest_hash, digest_equal, g_free,
                                       peer_image_free);
+    p->retired =
+        g_hash_table_new_full(g_direct_hash, g_direct_equal, NULL, g_free);
+    p->struck = g_hash_table_new(g_direct_hash, g_direct_equal);
     return p;
 }
 
@@ -332,22 +381,168 @@ peer_free(Peer *p)
     if (p->mon)
         zmq_close(p->mon);
     g_hash_table_unref(p->images);
+    g_hash_table_unref(p->retired);
+    g_hash_table_unref(p->struck);
     peer_info_clear(&p->info);
     g_free(p);
 }
 
-/* Locked.  The peer's state for @im, created empty. */
+/* The key of a ban in net->bans and in the bans file. */
+static char *
+ban_key(Peer *p, NetImage *im)
+{
+    return g_strdup_printf("%s %s", image_index_id(im->idx) + strlen("sha256:"),
+                           p->info.public_key);
+}
+
+/* Locked.  The peer's state for @im, created empty (banned if the bans
+ * kept say so). */
 static PeerImage *
-peer_image(Peer *p, NetImage *im)
+peer_image(PeerNet *net, Peer *p, NetImage *im)
 {
     PeerImage *pi = g_hash_table_lookup(p->images, im->digest);
 
     if (!pi) {
+        g_autofree char *key = ban_key(p, im);
+
         pi = g_new0(PeerImage, 1);
+        pi->banned = g_hash_table_contains(net->bans, key);
         g_hash_table_insert(p->images,
                             g_memdup2(im->digest, SPORE_SHA256_BYTES), pi);
     }
     return pi;
+}
+
+/* Read the bans kept in net->bans_path into net->bans: lines of "IMAGEHEX
+ * PEERKEY".  A missing file is no bans; a bad line is skipped. */
+static void
+bans_load(PeerNet *net)
+{
+    g_autofree char *text = NULL;
+    g_autoptr(GError) err = NULL;
+    g_auto(GStrv) lines = NULL;
+    gsize len;
+
+    if (!net->bans_path || !g_file_test(net->bans_path, G_FILE_TEST_EXISTS))
+        return;
+    if (!spore_file_read_bounded(net->bans_path, BANS_FILE_MAX_BYTES, &text,
+                                 &len, &err)) {
+        net_log(net, PEER_LOG_WARNING, "cannot read the peer bans: %s",
+                err->message);
+        return;
+    }
+    lines = g_strsplit(text, "\n", -1);
+    for (guint k = 0; lines[k]; k++) {
+        const char *l = lines[k];
+
+        if (strlen(l) == 2 * SPORE_SHA256_BYTES + 1 + PEER_KEY_CHARS &&
+            l[2 * SPORE_SHA256_BYTES] == ' ')
+            g_hash_table_add(net->bans, g_strdup(l));
+    }
+}
+
+/* Locked.  Write net->bans to net->bans_path (atomically). */
+static void
+bans_save(PeerNet *net)
+{
+    g_autoptr(GString) text = g_string_new(NULL);
+    g_autofree gpointer *keys = NULL;
+    g_autoptr(GError) err = NULL;
+    guint n;
+
+    if (!net->bans_path)
+        return;
+    keys = g_hash_table_get_keys_as_array(net->bans, &n);
+    for (guint k = 0; k < n; k++)
+        g_string_append_printf(text, "%s\n", (char *)keys[k]);
+    if (!spore_file_write_atomic(net->bans_path, text->str, text->len, 0600,
+                                 &err))
+        net_log(net, PEER_LOG_WARNING,
+                "cannot keep the peer bans: %s; they last until a restart",
+                err->message);
+}
+
+/* Locked.  A strike against @p for @im (invariant 5): @what went wrong
+ * with chunk @i (G_MAXUINT64: not known).  The chunk is no longer
+ * expected of it; at strikes_max it is banned for the image, and the ban
+ * is kept. */
+static void
+peer_strike(PeerNet *net, Peer *p, NetImage *im, guint64 i, const char *what)
+{
+    PeerImage *pi = peer_image(net, p, im);
+    g_autofree char *chunk = NULL;
+
+    p->bad_chunks++;
+    net->bad_chunks++;
+    pi->probation = true;
+    if (pi->bits && i < im->chunks)
+        pi->bits[i / 8] &= (guint8) ~(1u << (i % 8));
+    if (pi->banned)
+        return;
+    if (i != G_MAXUINT64)
+        chunk = g_strdup_printf("chunk %" G_GUINT64_FORMAT " of ", i);
+    if (++pi->strikes < net->cfg.strikes_max) {
+        net_log(net, PEER_LOG_WARNING,
+                "peer %s: %simage %.12s: %s (strike %u of %u)", p->info.name,
+                chunk ? chunk : "", image_index_id(im->idx) + 7, what,
+                pi->strikes, net->cfg.strikes_max);
+        return;
+    }
+    pi->banned = true;
+    net_log(net, PEER_LOG_WARNING,
+            "peer %s: banned for image %.12s after %u strikes (the last: "
+            "%s%s)",
+            p->info.name, image_index_id(im->idx) + 7, pi->strikes,
+            chunk ? chunk : "", what);
+    g_hash_table_add(net->bans, ban_key(p, im));
+    bans_save(net);
+}
+
+/* Locked.  @p missed the deadline of a request for @im (invariant 6):
+ * strikes_max in a row and it is dead for the image for a while. */
+static void
+peer_missed(PeerNet *net, Peer *p, NetImage *im)
+{
+    PeerImage *pi = peer_image(net, p, im);
+    gint64 now = g_get_monotonic_time();
+
+    p->missed++;
+    if (pi->dead_until > now || ++pi->misses < net->cfg.strikes_max)
+        return;
+    pi->misses = 0;
+    pi->dead_backoff_us =
+        CLAMP(pi->dead_backoff_us * 2, IMAGE_DEAD_MIN_US, IMAGE_DEAD_MAX_US);
+    pi->dead_until = now + pi->dead_backoff_us;
+    net_log(net, PEER_LOG_WARNING,
+            "peer %s: missed %u deadlines for image %.12s: not asked for it "
+            "for %" G_GINT64_FORMAT " s",
+            p->info.name, net->cfg.strikes_max, image_index_id(im->idx) + 7,
+            pi->dead_backoff_us / G_USEC_PER_SEC);
+}
+
+/* Locked.  @p answered a request for @im in time and as asked. */
+static void
+peer_answered(PeerNet *net, Peer *p, NetImage *im)
+{
+    PeerImage *pi = peer_image(net, p, im);
+
+    p->last_answer = g_get_monotonic_time();
+    p->lagging = false;
+    pi->misses = 0;
+}
+
+/* Loop, locked.  Request @req_id of @p ended unanswered: its answer may
+ * still come, late, and is then no strike. */
+static void
+retire(Peer *p, guint32 req_id)
+{
+    gint64 *until;
+
+    if (g_hash_table_size(p->retired) >= RETIRED_MAX)
+        return;
+    until = g_new(gint64, 1);
+    *until = g_get_monotonic_time() + RETIRED_KEEP_US;
+    g_hash_table_replace(p->retired, GUINT_TO_POINTER(req_id), until);
 }
 
 static bool
@@ -356,16 +551,30 @@ bit_get(const guint8 *bits, guint64 i)
     return (bits[i / 8] >> (i % 8)) & 1;
 }
 
-/* Locked.  Whether @p may be asked anything about @im. */
+/* Locked.  Whether @p may be asked anything about @im: connected, not
+ * dead, not lagging, its bitmap known, neither banned nor dead for @im. */
 static bool
 peer_usable(Peer *p, NetImage *im)
 {
     PeerImage *pi;
 
-    if (!p->connected || p->dead)
+    if (!p->connected || p->dead || p->lagging)
         return false;
     pi = g_hash_table_lookup(p->images, im->digest);
-    return pi && pi->bits && !pi->banned;
+    return pi && pi->bits && !pi->banned &&
+           pi->dead_until <= g_get_monotonic_time();
+}
+
+/* Locked.  Whether @p's window is full for @im: cfg.window requests
+ * outstanding, or one while it is on probation after a strike. */
+static bool
+window_full(PeerNet *net, Peer *p, NetImage *im)
+{
+    PeerImage *pi = g_hash_table_lookup(p->images, im->digest);
+
+    if (pi && pi->probation)
+        return p->outstanding >= 1;
+    return p->outstanding >= net->cfg.window;
 }
 
 static bool
@@ -473,7 +682,7 @@ best_holder(PeerNet *net, NetImage *im, guint64 i, Job *job, bool *ret_full)
 
         if (!peer_holds(p, im, i) || (job && tried(job, p)))
             continue;
-        if (p->outstanding >= net->cfg.window) {
+        if (window_full(net, p, im)) {
             if (ret_full)
                 *ret_full = true;
             continue;
@@ -512,10 +721,14 @@ static void
 send_have_req(PeerNet *net, Peer *p, NetImage *im)
 {
     PeerMsg m = {.type = PEER_MSG_HAVE_REQ};
+    PeerImage *pi = peer_image(net, p, im);
 
     memcpy(m.image, im->digest, SPORE_SHA256_BYTES);
     m.req_id = ++net->next_req;
-    peer_image(p, im)->asked_at = g_get_monotonic_time();
+    if (pi->have_req_id)
+        retire(p, pi->have_req_id); /* its answer may still come */
+    pi->asked_at = g_get_monotonic_time();
+    pi->have_req_id = m.req_id;
     send_msg(p->sock, NULL, &m, NULL, -1);
 }
 
@@ -551,9 +764,23 @@ send_get(PeerNet *net, Job *job, Peer *p, bool fetch_flag)
     o->peer = p;
     o->sent_at = now;
     o->fetch_flag = fetch_flag;
-    o->hedge_at = fetch_flag ? now + (gint64)net->cfg.delegate_ms * 1000
-                             : now + MAX((gint64)net->cfg.hedge_ms * 1000,
-                                         (gint64)(4 * p->latency_us));
+    if (fetch_flag) {
+        /* its time is the peer's fetch from the origin, as measured */
+        double expect = p->latency_us + p->delegate_us;
+
+        o->hedge_at =
+            now + MAX((gint64)net->cfg.hedge_ms * 1000, (gint64)(2 * expect));
+        o->deadline_at = now + MIN(MAX(DEADLINE_FLOOR_US,
+                                       (gint64)(DEADLINE_FACTOR * expect)),
+                                   (gint64)net->cfg.delegate_ms * 1000);
+    } else {
+        double expect = peer_score(p, job->len);
+
+        o->hedge_at = now + MAX((gint64)net->cfg.hedge_ms * 1000,
+                                (gint64)(4 * p->latency_us));
+        o->deadline_at =
+            now + MAX(DEADLINE_FLOOR_US, (gint64)(DEADLINE_FACTOR * expect));
+    }
     m.flags = fetch_flag ? PEER_GET_FETCH : 0;
     m.req_id = o->req_id;
     memcpy(m.image, job->im->digest, SPORE_SHA256_BYTES);
@@ -657,6 +884,8 @@ server_err(PeerNet *net, GBytes *rid, const PeerMsg *req, PeerErrCode code)
 
     m.type = PEER_MSG_ERR;
     m.flags = code;
+    if (req->type == PEER_MSG_HAVE_REQ)
+        m.chunk = 0;
     send_msg(net->server, rid, &m, NULL, -1);
 }
 
@@ -690,6 +919,7 @@ server_send_chunk(PeerNet *net, GBytes *rid, const PeerMsg *req, NetImage *im,
 typedef struct {
     PeerNet *net;
     GBytes *rid;
+    char *who;
     PeerMsg msg;
     NetImage *im;
 } FetchTask;
@@ -706,6 +936,7 @@ fetch_task_run(gpointer data, gpointer user)
 
     cmd->kind = CMD_FETCHED;
     cmd->rid = t->rid;
+    cmd->who = t->who;
     cmd->msg = t->msg;
     cmd->im = t->im;
     cmd->ok = fetch_engine_get(t->im->engine, t->msg.chunk,
@@ -769,6 +1000,7 @@ server_get(PeerNet *net, GBytes *rid, const PeerMsg *req, NetImage *im,
     t = g_new0(FetchTask, 1);
     t->net = net;
     t->rid = g_bytes_ref(rid);
+    t->who = g_strdup(who);
     t->msg = *req;
     t->im = im;
     g_thread_pool_push(net->pool, t, NULL);
@@ -778,7 +1010,7 @@ static void
 server_fetched(PeerNet *net, Cmd *cmd)
 {
     if (cmd->ok)
-        server_send_chunk(net, cmd->rid, &cmd->msg, cmd->im, NULL);
+        server_send_chunk(net, cmd->rid, &cmd->msg, cmd->im, cmd->who);
     else
         server_err(net, cmd->rid, &cmd->msg, PEER_ERR_FETCH_FAILED);
 }
@@ -997,7 +1229,7 @@ client_have(PeerNet *net, Peer *p, const PeerMsg *m, zmq_msg_t *payload)
 
     if (!im)
         return; /* not ours (any more) */
-    pi = peer_image(p, im);
+    pi = peer_image(net, p, im);
     if (m->type == PEER_MSG_HAVE) {
         if (m->chunk != im->chunks) {
             g_set_error(&err, SPORE_ERROR, SPORE_ERROR_INVALID,
@@ -1007,12 +1239,19 @@ client_have(PeerNet *net, Peer *p, const PeerMsg *m, zmq_msg_t *payload)
             peer_complain(net, p, "a bitmap", err);
             return;
         }
+        /* bits past the last chunk are not chunks: they must be 0
+         * (invariant 3) */
+        if (im->chunks % 8 &&
+            (((const guint8 *)zmq_msg_data(payload))[im->bitmap_bytes - 1] &
+             (guint8) ~((1u << (im->chunks % 8)) - 1))) {
+            g_set_error(&err, SPORE_ERROR, SPORE_ERROR_INVALID,
+                        "HAVE sets bits past chunk %" G_GUINT64_FORMAT,
+                        im->chunks - 1);
+            peer_complain(net, p, "a bitmap", err);
+            return;
+        }
         g_free(pi->bits);
         pi->bits = g_memdup2(zmq_msg_data(payload), im->bitmap_bytes);
-        /* bits past the last chunk are not chunks (invariant 3) */
-        if (im->chunks % 8)
-            pi->bits[im->bitmap_bytes - 1] &=
-                (guint8)((1u << (im->chunks % 8)) - 1);
         pi->unknown = false;
         ewma(&p->latency_us, (double)(g_get_monotonic_time() - pi->asked_at));
         return;
@@ -1040,24 +1279,72 @@ client_have(PeerNet *net, Peer *p, const PeerMsg *m, zmq_msg_t *payload)
     }
 }
 
-/* Locked. */
-static void
+/*
+ * Locked.  A DATA or ERR answering no outstanding request of @p.  A late
+ * answer (its request retired) and an ERR answering a HAVE_REQ are no
+ * fault; anything else is unasked: a strike for its image (invariant 5).
+ * Returns whether the connection must be dropped: an unasked DATA.
+ */
+static bool
+client_unmatched(PeerNet *net, Peer *p, const PeerMsg *m)
+{
+    NetImage *im = g_hash_table_lookup(net->images, m->image);
+    PeerImage *pi = im ? g_hash_table_lookup(p->images, im->digest) : NULL;
+    bool data = m->type == PEER_MSG_DATA;
+
+    if (g_hash_table_remove(p->retired, GUINT_TO_POINTER(m->req_id)))
+        return false; /* late: its request ended already */
+    if (!data && pi && m->req_id == pi->have_req_id) {
+        if (m->flags == PEER_ERR_UNKNOWN_IMAGE) {
+            g_clear_pointer(&pi->bits, g_free);
+            pi->unknown = true;
+        }
+        return false;
+    }
+    if (im) {
+        peer_strike(net, p, im, m->chunk,
+                    data ? "DATA nobody asked for" : "ERR nobody asked for");
+    } else {
+        g_autoptr(GError) err =
+            g_error_new(SPORE_ERROR, SPORE_ERROR_INVALID,
+                        "%s for an image this host does not have",
+                        peer_msg_type_name(m->type));
+        peer_complain(net, p, "an answer", err);
+    }
+    return data;
+}
+
+/* Locked.  A DATA or ERR from @p; returns whether the connection must be
+ * dropped (a DATA larger than asked, or unasked). */
+static bool
 client_answer(PeerNet *net, Peer *p, const PeerMsg *m, zmq_msg_t *payload)
 {
     Outstanding *o =
         g_hash_table_lookup(net->outstanding, GUINT_TO_POINTER(m->req_id));
     gint64 now = g_get_monotonic_time();
+    gsize got = payload ? zmq_msg_size(payload) : 0;
     Job *job;
 
-    if (!o || o->peer != p || o->job->chunk != m->chunk ||
-        memcmp(o->job->im->digest, m->image, SPORE_SHA256_BYTES) != 0)
-        return; /* late (hedged, timed out) or not ours: dropped */
+    if (m->type == PEER_MSG_DATA) {
+        p->chunks_in++;
+        p->bytes_in += got;
+    }
+    if (!o || o->peer != p)
+        return client_unmatched(net, p, m);
     job = o->job;
+    if (o->job->chunk != m->chunk ||
+        memcmp(o->job->im->digest, m->image, SPORE_SHA256_BYTES) != 0) {
+        peer_strike(net, p, job->im, job->chunk,
+                    "the answer names another chunk or image");
+        outstanding_end(net, o, true);
+        return m->type == PEER_MSG_DATA;
+    }
     if (m->type == PEER_MSG_ERR) {
-        PeerImage *pi = peer_image(p, job->im);
+        PeerImage *pi = peer_image(net, p, job->im);
 
         if (!o->fetch_flag)
             ewma(&p->latency_us, (double)(now - o->sent_at));
+        peer_answered(net, p, job->im);
         if ((m->flags == PEER_ERR_NOT_PRESENT ||
              m->flags == PEER_ERR_FETCH_FAILED) &&
             pi->bits)
@@ -1069,27 +1356,32 @@ client_answer(PeerNet *net, Peer *p, const PeerMsg *m, zmq_msg_t *payload)
         g_string_append_printf(job->why, "%s%s: %s", job->why->len ? ", " : "",
                                p->info.name, peer_err_name(m->flags));
         outstanding_end(net, o, true);
-        return;
+        return false;
     }
     /* DATA */
-    p->chunks_in++;
-    p->bytes_in += zmq_msg_size(payload);
-    if (zmq_msg_size(payload) != job->len) {
-        g_autoptr(GError) err = g_error_new(
-            SPORE_ERROR, SPORE_ERROR_INVALID,
-            "chunk %" G_GUINT64_FORMAT " of %zu bytes, expected %zu",
-            job->chunk, zmq_msg_size(payload), job->len);
-        p->bad_chunks++;
-        net->bad_chunks++;
-        peer_complain(net, p, "a chunk", err);
+    if (got != job->len) {
+        g_autofree char *what = g_strdup_printf(
+            "%zu bytes, %zu asked%s", got, job->len,
+            got > job->len ? ": the connection is dropped" : "");
+
+        peer_strike(net, p, job->im, job->chunk, what);
+        g_string_append_printf(job->why, "%s%s: %s", job->why->len ? ", " : "",
+                               p->info.name, what);
         outstanding_end(net, o, true);
-        return;
+        return got > job->len;
     }
     p->dead_backoff_us = 0;
-    if (!o->fetch_flag) {
+    peer_answered(net, p, job->im);
+    peer_image(net, p, job->im)->probation = false;
+    {
         double elapsed = (double)MAX(now - o->sent_at, 1);
-        ewma(&p->latency_us, elapsed);
-        ewma(&p->bps, (double)job->len / (elapsed / G_USEC_PER_SEC));
+
+        if (o->fetch_flag) {
+            ewma(&p->delegate_us, elapsed);
+        } else {
+            ewma(&p->latency_us, elapsed);
+            ewma(&p->bps, (double)job->len / (elapsed / G_USEC_PER_SEC));
+        }
     }
     if (!job->done && !job->cancelled) {
         memcpy(job->buf, zmq_msg_data(payload), job->len);
@@ -1098,12 +1390,16 @@ client_answer(PeerNet *net, Peer *p, const PeerMsg *m, zmq_msg_t *payload)
         job_finish(net, job, true, NULL);
     }
     outstanding_end(net, o, false);
+    return false;
 }
+
+static void peer_drop(PeerNet *net, Peer *p, const char *why);
 
 static void
 peer_drain(PeerNet *net, Peer *p)
 {
     for (int burst = 0; burst < RECV_BURST_MAX; burst++) {
+        bool drop = false;
         zmq_msg_t f[2];
         int total = 0;
         int n = recv_frames(p->sock, f, 2, &total);
@@ -1133,17 +1429,24 @@ peer_drain(PeerNet *net, Peer *p)
             if (m.type == PEER_MSG_HAVE)
                 plan_waiting(net); /* fetches that waited for it */
         } else if (m.type == PEER_MSG_DATA || m.type == PEER_MSG_ERR)
-            client_answer(net, p, &m, n == 2 ? &f[1] : NULL);
+            drop = client_answer(net, p, &m, n == 2 ? &f[1] : NULL);
         else if (complain_allowed(&p->last_complaint))
             net_log(net, PEER_LOG_WARNING, "peer %s: dropped an unasked %s",
                     p->info.name, peer_msg_type_name(m.type));
+        if (drop)
+            peer_drop(net, p,
+                      "it sent DATA larger than asked or that nobody asked "
+                      "for");
         g_mutex_unlock(&net->lock);
         for (int k = 0; k < n; k++)
             zmq_msg_close(&f[k]);
+        if (drop)
+            return;
     }
 }
 
-/* Locked.  @p is dead: plan its outstanding requests again, elsewhere. */
+/* Locked.  @p is dead: plan its outstanding requests again, elsewhere;
+ * their late answers are no strikes (retired). */
 static void
 peer_dies(PeerNet *net, Peer *p, const char *why)
 {
@@ -1172,7 +1475,79 @@ peer_dies(PeerNet *net, Peer *p, const char *why)
 
         g_string_append_printf(o->job->why, "%s%s: %s",
                                o->job->why->len ? ", " : "", p->info.name, why);
+        retire(p, o->req_id);
         outstanding_end(net, o, true);
+    }
+}
+
+/*
+ * Loop, locked.  Close @p's connection because of what it sent (@why, a
+ * strike is counted already): nothing more is read from it, its requests
+ * go elsewhere, and a new socket is made after a backoff (1 s, doubling to
+ * 30 s; reconnect_due).
+ */
+static void
+peer_drop(PeerNet *net, Peer *p, const char *why)
+{
+    net_log(net, PEER_LOG_WARNING, "peer %s: dropped the connection: %s",
+            p->info.name, why);
+    p->connected = false;
+    peer_dies(net, p, why);
+    if (p->sock)
+        zmq_close(g_steal_pointer(&p->sock));
+    if (p->mon)
+        zmq_close(g_steal_pointer(&p->mon));
+    p->dropped_at = 0;
+    g_hash_table_remove_all(p->struck);
+    p->reconnect_backoff = CLAMP(p->reconnect_backoff * 2, REFUSED_RETRY_MIN_US,
+                                 REFUSED_RETRY_MAX_US);
+    p->reconnect_at = g_get_monotonic_time() + p->reconnect_backoff;
+}
+
+/* Locked.  @p's connection closed after its handshake: remember the
+ * images it had requests for, in case libzmq ended the session for a
+ * broken rule (check_protocol_drops). */
+static void
+note_disconnect(PeerNet *net, Peer *p)
+{
+    GHashTableIter it;
+    gpointer value;
+
+    p->dropped_at = g_get_monotonic_time();
+    g_hash_table_iter_init(&it, net->outstanding);
+    while (g_hash_table_iter_next(&it, NULL, &value)) {
+        Outstanding *o = value;
+
+        if (o->peer == p)
+            g_hash_table_add(p->struck, o->job->im);
+    }
+}
+
+/*
+ * Loop, locked.  libzmq ends a session without a reconnect attempt (no
+ * ZMQ_EVENT_CONNECT_RETRIED) only on a protocol error: here, a frame over
+ * the clients' ZMQ_MAXMSGSIZE (net->frame_limit) or a corrupt stream.
+ * That is junk: a strike for each image the peer had requests for, a log
+ * line, and a new socket after a backoff.
+ */
+static void
+check_protocol_drops(PeerNet *net, gint64 now)
+{
+    for (guint k = 0; k < net->peers->len; k++) {
+        Peer *p = net->peers->pdata[k];
+        g_autofree char *why = NULL;
+        GHashTableIter it;
+        gpointer key;
+
+        if (!p->dropped_at || now - p->dropped_at < PROTOCOL_DROP_GRACE_US)
+            continue;
+        why = g_strdup_printf("a frame over %zu bytes or a corrupt stream "
+                              "(libzmq closed the connection)",
+                              net->frame_limit);
+        g_hash_table_iter_init(&it, p->struck);
+        while (g_hash_table_iter_next(&it, &key, NULL))
+            peer_strike(net, p, key, G_MAXUINT64, why);
+        peer_drop(net, p, why);
     }
 }
 
@@ -1204,8 +1579,15 @@ monitor_drain(PeerNet *net, Peer *p)
                 while (g_hash_table_iter_next(&it, NULL, &value))
                     send_have_req(net, p, value);
             } else if (event == ZMQ_EVENT_DISCONNECTED) {
+                if (p->connected)
+                    note_disconnect(net, p);
                 p->connected = false;
                 peer_dies(net, p, "disconnected");
+            } else if (event == ZMQ_EVENT_CONNECT_RETRIED) {
+                /* libzmq reconnects: the connection failed, the peer
+                 * broke no rule */
+                p->dropped_at = 0;
+                g_hash_table_remove_all(p->struck);
             } else if (event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH ||
                        event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) {
                 p->reconnect_backoff =
@@ -1233,8 +1615,11 @@ peer_connect(PeerNet *net, Peer *p)
         g_strdup_printf("inproc://peer-monitor-%u", ++net->mon_serial);
     int one = 1;
 
+    g_mutex_lock(&net->lock);
+    p->frame_limit = net->frame_limit;
+    g_mutex_unlock(&net->lock);
     p->sock = zmq_socket(net->zctx, ZMQ_DEALER);
-    spore_zmq_socket_defaults(p->sock, PEER_FRAME_MAX_BYTES + 64);
+    spore_zmq_socket_defaults(p->sock, (gint64)net->frame_limit);
     zmq_setsockopt(p->sock, ZMQ_CURVE_SERVERKEY, p->info.public_key,
                    PEER_KEY_CHARS);
     zmq_setsockopt(p->sock, ZMQ_CURVE_PUBLICKEY, net->cfg.public_key,
@@ -1244,6 +1629,7 @@ peer_connect(PeerNet *net, Peer *p)
     zmq_setsockopt(p->sock, ZMQ_IMMEDIATE, &one, sizeof(one));
     zmq_socket_monitor(p->sock, mon_ep,
                        ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_DISCONNECTED |
+                           ZMQ_EVENT_CONNECT_RETRIED |
                            ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
                            ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL);
     p->mon = zmq_socket(net->zctx, ZMQ_PAIR);
@@ -1360,39 +1746,163 @@ handle_inbox(PeerNet *net)
         } else if (cmd->kind == CMD_FETCHED) {
             server_fetched(net, cmd);
             g_bytes_unref(cmd->rid);
+            g_free(cmd->who);
         }
         g_free(cmd);
     }
 }
 
-/* Peers whose handshake was refused: a new socket, once it is time. */
+/* Peers whose handshake was refused or whose connection was dropped: a
+ * new socket, once it is time; peers whose socket's frame limit is below
+ * net->frame_limit (an image with larger chunks was added): one now.
+ * Loop, unlocked. */
 static void
-reconnect_refused(PeerNet *net, gint64 now)
+reconnect_due(PeerNet *net, gint64 now)
 {
+    gsize limit;
+
+    g_mutex_lock(&net->lock);
+    limit = net->frame_limit;
+    g_mutex_unlock(&net->lock);
     for (guint k = 0; k < net->peers->len; k++) {
         Peer *p = net->peers->pdata[k];
 
+        if (p->sock && p->frame_limit < limit) {
+            g_mutex_lock(&net->lock);
+            p->connected = false;
+            peer_dies(net, p, "reconnecting with a larger frame limit");
+            g_mutex_unlock(&net->lock);
+            p->reconnect_at = now;
+        }
         if (!p->reconnect_at || now < p->reconnect_at)
             continue;
         p->reconnect_at = 0;
-        zmq_close(g_steal_pointer(&p->sock));
-        zmq_close(g_steal_pointer(&p->mon));
+        if (p->sock)
+            zmq_close(g_steal_pointer(&p->sock));
+        if (p->mon)
+            zmq_close(g_steal_pointer(&p->mon));
         peer_connect(net, p);
     }
 }
 
-/* Hedges, timeouts, dead peers, HAVE retries, announcements.  Loop. */
+/* Loop, locked.  Requests past their deadline end (invariant 6): a miss
+ * for the peer, and the chunk is planned again at once. */
 static void
-tick(PeerNet *net)
+end_missed(PeerNet *net, gint64 now)
 {
-    gint64 now = g_get_monotonic_time();
     g_autoptr(GPtrArray) due = g_ptr_array_new();
     GHashTableIter it;
     gpointer value;
 
-    reconnect_refused(net, now);
+    g_hash_table_iter_init(&it, net->outstanding);
+    while (g_hash_table_iter_next(&it, NULL, &value)) {
+        Outstanding *o = value;
+
+        if (now >= o->deadline_at)
+            g_ptr_array_add(due, o);
+    }
+    for (guint k = 0; k < due->len; k++) {
+        Outstanding *o = due->pdata[k];
+        Job *job = o->job;
+
+        g_string_append_printf(job->why,
+                               "%s%s: no answer in %" G_GINT64_FORMAT " ms",
+                               job->why->len ? ", " : "", o->peer->info.name,
+                               (o->deadline_at - o->sent_at) / 1000);
+        peer_missed(net, o->peer, job->im);
+        retire(o->peer, o->req_id);
+        outstanding_end(net, o, true);
+    }
+}
+
+/* Loop, locked.  A peer is lagging while a request to it is past its
+ * hedge time and it has answered nothing since that request was sent: it
+ * gets no new work (peer_usable) until it answers or the deadline ends
+ * the request. */
+static void
+mark_lagging(PeerNet *net, gint64 now)
+{
+    GHashTableIter it;
+    gpointer value;
+
+    for (guint k = 0; k < net->peers->len; k++)
+        ((Peer *)net->peers->pdata[k])->lagging = false;
+    g_hash_table_iter_init(&it, net->outstanding);
+    while (g_hash_table_iter_next(&it, NULL, &value)) {
+        Outstanding *o = value;
+
+        if (now >= o->hedge_at && o->peer->last_answer < o->sent_at)
+            o->peer->lagging = true;
+    }
+}
+
+/* Loop, locked.  Requests past their hedge time: a plain one is asked of
+ * the next holder too; a delegated one goes to the next holder or, when
+ * there is none, back to the engine, which asks the origin. */
+static void
+hedge_due(PeerNet *net, gint64 now)
+{
+    g_autoptr(GPtrArray) due = g_ptr_array_new();
+    GHashTableIter it;
+    gpointer value;
+
+    g_hash_table_iter_init(&it, net->outstanding);
+    while (g_hash_table_iter_next(&it, NULL, &value)) {
+        Outstanding *o = value;
+        if (!o->hedged && now >= o->hedge_at)
+            g_ptr_array_add(due, o);
+    }
+    for (guint k = 0; k < due->len; k++) {
+        Outstanding *o = due->pdata[k];
+        Job *job = o->job;
+        Peer *alt;
+
+        o->hedged = true;
+        if (job->done || job->cancelled)
+            continue; /* its answer will just be dropped */
+        alt = best_holder(net, job->im, job->chunk, job, NULL);
+        if (alt) {
+            o->peer->hedged++;
+            send_get(net, job, alt, false);
+        } else if (o->fetch_flag) {
+            o->peer->hedged++;
+            g_string_append_printf(job->why, "%s%s: slow to fetch it",
+                                   job->why->len ? ", " : "",
+                                   o->peer->info.name);
+            job_finish(net, job, false, "the host asked to fetch it is slow");
+        }
+    }
+}
+
+/* Loop, locked.  Forget retired request ids past their keep time. */
+static void
+expire_retired(PeerNet *net, gint64 now)
+{
+    for (guint k = 0; k < net->peers->len; k++) {
+        Peer *p = net->peers->pdata[k];
+        GHashTableIter it;
+        gpointer value;
+
+        g_hash_table_iter_init(&it, p->retired);
+        while (g_hash_table_iter_next(&it, NULL, &value)) {
+            if (*(gint64 *)value < now)
+                g_hash_table_iter_remove(&it);
+        }
+    }
+}
+
+/* Hedges, deadlines, dead peers, HAVE retries, announcements.  Loop. */
+static void
+tick(PeerNet *net)
+{
+    gint64 now = g_get_monotonic_time();
+    GHashTableIter it;
+    gpointer value;
+
+    reconnect_due(net, now);
 
     g_mutex_lock(&net->lock);
+    check_protocol_drops(net, now);
     /* dead peers: silent with plain requests outstanding */
     for (guint k = 0; k < net->peers->len; k++) {
         Peer *p = net->peers->pdata[k];
@@ -1408,44 +1918,17 @@ tick(PeerNet *net)
         if (plain)
             peer_dies(net, p, "no answer");
     }
-    /* hedges and delegated fetches that take too long */
-    g_hash_table_iter_init(&it, net->outstanding);
-    while (g_hash_table_iter_next(&it, NULL, &value)) {
-        Outstanding *o = value;
-        if (!o->hedged && now >= o->hedge_at)
-            g_ptr_array_add(due, o);
-    }
-    for (guint k = 0; k < due->len; k++) {
-        Outstanding *o = due->pdata[k];
-        Job *job = o->job;
-
-        if (job->done || job->cancelled) {
-            o->hedged = true; /* its answer will just be dropped */
-            continue;
-        }
-        if (o->fetch_flag) {
-            g_string_append_printf(job->why, "%s%s: no answer in %u ms",
-                                   job->why->len ? ", " : "",
-                                   o->peer->info.name, net->cfg.delegate_ms);
-            outstanding_end(net, o, true);
-            continue;
-        }
-        o->hedged = true;
-        {
-            Peer *alt = best_holder(net, job->im, job->chunk, job, NULL);
-            if (alt) {
-                o->peer->hedged++;
-                send_get(net, job, alt, false);
-            }
-        }
-    }
+    end_missed(net, now);
+    mark_lagging(net, now);
+    hedge_due(net, now);
+    expire_retired(net, now);
     /* HAVE_REQ again where a peer lacked the image or never answered */
     for (guint k = 0; k < net->peers->len; k++) {
         Peer *p = net->peers->pdata[k];
 
         g_hash_table_iter_init(&it, net->images);
         while (p->connected && g_hash_table_iter_next(&it, NULL, &value)) {
-            PeerImage *pi = peer_image(p, value);
+            PeerImage *pi = peer_image(net, p, value);
             bool revive = p->dead && now >= p->dead_until;
             if ((!pi->bits || revive) &&
                 now - pi->asked_at > HAVE_RETRY_MS * 1000)
@@ -1536,6 +2019,7 @@ fail_everything(PeerNet *net)
             g_array_unref(cmd->peers);
         } else {
             g_bytes_unref(cmd->rid);
+            g_free(cmd->who);
         }
         g_free(cmd);
     }
@@ -1577,6 +2061,9 @@ loop_main(gpointer data)
                 (zmq_pollitem_t){.socket = net->server, .events = ZMQ_POLLIN};
         for (guint k = 0; k < n_peers; k++) {
             Peer *p = net->peers->pdata[k];
+
+            if (!p->sock)
+                continue; /* dropped: a new one comes (reconnect_due) */
             items[n++] =
                 (zmq_pollitem_t){.socket = p->sock, .events = ZMQ_POLLIN};
             items[n++] =
@@ -1601,8 +2088,11 @@ loop_main(gpointer data)
         /* the peer table only changes on this thread: no lock to walk it */
         for (guint k = 0; k < net->peers->len; k++) {
             Peer *p = net->peers->pdata[k];
-            monitor_drain(net, p);
-            peer_drain(net, p);
+
+            if (p->mon)
+                monitor_drain(net, p);
+            if (p->sock)
+                peer_drain(net, p);
         }
         now = g_get_monotonic_time();
         if (now >= next_tick) {
@@ -1674,6 +2164,8 @@ peer_net_new(const PeerNetConfig *config, GError **error)
     net->cfg.dead_ms = config->dead_ms ? config->dead_ms : 3000;
     net->cfg.strikes_max = config->strikes_max ? config->strikes_max : 3;
     net->cfg.delegate_ms = config->delegate_ms ? config->delegate_ms : 20000;
+    net->cfg.ban_dir = NULL;
+    net->frame_limit = CLIENT_FRAME_MIN_BYTES + CLIENT_FRAME_SLACK_BYTES;
     net->self_seed = seed_of(net->cfg.public_key, strlen(net->cfg.public_key));
     g_mutex_init(&net->lock);
     g_cond_init(&net->job_done);
@@ -1685,6 +2177,16 @@ peer_net_new(const PeerNetConfig *config, GError **error)
     net->outstanding = g_hash_table_new(g_direct_hash, g_direct_equal);
     net->askers = g_hash_table_new_full(digest_hash, digest_equal, g_free,
                                         (GDestroyNotify)g_ptr_array_unref);
+    net->bans = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    if (config->ban_dir) {
+        if (g_mkdir_with_parents(config->ban_dir, 0700) != 0)
+            net_log(net, PEER_LOG_WARNING,
+                    "cannot create '%s': %s; peer bans last until a restart",
+                    config->ban_dir, g_strerror(errno));
+        else
+            net->bans_path = g_build_filename(config->ban_dir, BANS_FILE, NULL);
+    }
+    bans_load(net);
     net->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     net->pool =
         g_thread_pool_new(fetch_task_run, net, FETCH_POOL_THREADS, FALSE, NULL);
@@ -1738,6 +2240,8 @@ peer_net_free(PeerNet *net)
     g_hash_table_unref(net->images);
     g_hash_table_unref(net->outstanding);
     g_hash_table_unref(net->askers);
+    g_hash_table_unref(net->bans);
+    g_free(net->bans_path);
     close(net->wake_fd);
     g_mutex_clear(&net->lock);
     g_cond_clear(&net->job_done);
@@ -1845,6 +2349,11 @@ peer_net_add_image(PeerNet *net, ChunkCache *cache, FetchEngine *engine)
         return;
     }
     g_hash_table_insert(net->images, im->digest, im);
+    /* the clients accept this image's largest frame (invariant 7); the
+     * loop gives peers connected with a lower limit a new socket */
+    net->frame_limit = MAX(
+        net->frame_limit, MAX(image_index_chunk_len(idx, 0), im->bitmap_bytes) +
+                              CLIENT_FRAME_SLACK_BYTES);
     /* connected peers are asked for their bitmap at the next tick (their
      * PeerImage is new, so its asked_at is 0) */
     g_mutex_unlock(&net->lock);
@@ -1876,11 +2385,17 @@ peer_net_status(PeerNet *net)
             .chunks_out = p->chunks_out,
             .bytes_out = p->bytes_out,
             .hedged = p->hedged,
+            .missed = p->missed,
         };
+        gint64 now = g_get_monotonic_time();
 
         g_hash_table_iter_init(&it, p->images);
-        while (g_hash_table_iter_next(&it, NULL, &value))
-            st.images_banned += ((PeerImage *)value)->banned;
+        while (g_hash_table_iter_next(&it, NULL, &value)) {
+            PeerImage *pi = value;
+
+            st.images_banned += pi->banned;
+            st.images_dead += !pi->banned && pi->dead_until > now;
+        }
         g_array_append_val(out, st);
     }
     g_mutex_unlock(&net->lock);
@@ -2053,29 +2568,12 @@ peer_rejected(FetchSource *base, guint64 i)
     Peer *p;
 
     g_mutex_lock(&net->lock);
-    net->bad_chunks++;
     im = source_image(src);
     p = peer_by_name(net, name);
-    if (im && p) {
-        PeerImage *pi = peer_image(p, im);
-
-        p->bad_chunks++;
-        if (pi->bits && i < im->chunks)
-            pi->bits[i / 8] &= (guint8) ~(1u << (i % 8));
-        if (++pi->strikes >= net->cfg.strikes_max && !pi->banned) {
-            pi->banned = true;
-            net_log(net, PEER_LOG_WARNING,
-                    "peer %s: banned for image %.12s after %u chunks that did "
-                    "not verify",
-                    p->info.name, image_index_id(im->idx) + 7, pi->strikes);
-        } else if (!pi->banned) {
-            net_log(net, PEER_LOG_WARNING,
-                    "peer %s: chunk %" G_GUINT64_FORMAT
-                    " of image %.12s did not verify (strike %u of %u)",
-                    p->info.name, i, image_index_id(im->idx) + 7, pi->strikes,
-                    net->cfg.strikes_max);
-        }
-    }
+    if (im && p)
+        peer_strike(net, p, im, i, "its digest does not match the index");
+    else
+        net->bad_chunks++;
     g_mutex_unlock(&net->lock);
     g_private_replace(&last_peer, NULL);
 }
