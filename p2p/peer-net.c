@@ -85,9 +85,9 @@
 #define DEADLINE_FACTOR   4
 #define DEADLINE_FLOOR_US (1500 * 1000)
 /* what a delegated fetch is expected to take before one was measured */
-#define DELEGATE_INITIAL_US (250.0 * 1000)
-/* a peer dead for an image after missing deadlines: not asked for it
- * for this long, doubling with each death */
+#define DELEGATE_INITIAL_US (100.0 * 1000)
+/* a peer that missed a deadline for an image: not asked for it for this
+ * long, doubling with each miss in a row */
 #define IMAGE_DEAD_MIN_US (2 * G_USEC_PER_SEC)
 #define IMAGE_DEAD_MAX_US (60 * G_USEC_PER_SEC)
 /* request ids ended without an answer (deadline, death): their late
@@ -499,7 +499,8 @@ peer_strike(PeerNet *net, Peer *p, NetImage *im, guint64 i, const char *what)
 }
 
 /* Locked.  @p missed the deadline of a request for @im (invariant 6):
- * strikes_max in a row and it is dead for the image for a while. */
+ * it is dead for the image for a while, longer with each miss in a row;
+ * back, it is on probation (a window of 1) until it answers. */
 static void
 peer_missed(PeerNet *net, Peer *p, NetImage *im)
 {
@@ -507,16 +508,16 @@ peer_missed(PeerNet *net, Peer *p, NetImage *im)
     gint64 now = g_get_monotonic_time();
 
     p->missed++;
-    if (pi->dead_until > now || ++pi->misses < net->cfg.strikes_max)
-        return;
-    pi->misses = 0;
+    if (pi->dead_until > now)
+        return; /* one death for the requests that were out together */
+    pi->misses++;
     pi->dead_backoff_us =
         CLAMP(pi->dead_backoff_us * 2, IMAGE_DEAD_MIN_US, IMAGE_DEAD_MAX_US);
     pi->dead_until = now + pi->dead_backoff_us;
     net_log(net, PEER_LOG_WARNING,
-            "peer %s: missed %u deadlines for image %.12s: not asked for it "
-            "for %" G_GINT64_FORMAT " s",
-            p->info.name, net->cfg.strikes_max, image_index_id(im->idx) + 7,
+            "peer %s: missed a deadline for image %.12s (%u in a row): not "
+            "asked for it for %" G_GINT64_FORMAT " s",
+            p->info.name, image_index_id(im->idx) + 7, pi->misses,
             pi->dead_backoff_us / G_USEC_PER_SEC);
 }
 
@@ -529,6 +530,7 @@ peer_answered(PeerNet *net, Peer *p, NetImage *im)
     p->last_answer = g_get_monotonic_time();
     p->lagging = false;
     pi->misses = 0;
+    pi->dead_backoff_us = 0;
 }
 
 /* Loop, locked.  Request @req_id of @p ended unanswered: its answer may
@@ -566,13 +568,14 @@ peer_usable(Peer *p, NetImage *im)
 }
 
 /* Locked.  Whether @p's window is full for @im: cfg.window requests
- * outstanding, or one while it is on probation after a strike. */
+ * outstanding, or one while it is on probation after a strike or a missed
+ * deadline. */
 static bool
 window_full(PeerNet *net, Peer *p, NetImage *im)
 {
     PeerImage *pi = g_hash_table_lookup(p->images, im->digest);
 
-    if (pi && pi->probation)
+    if (pi && (pi->probation || pi->misses))
         return p->outstanding >= 1;
     return p->outstanding >= net->cfg.window;
 }

@@ -29,9 +29,11 @@
  *     answers them all.  If it fails, each falls back to the origin.
  *   - every request has a deadline derived from what was measured of the
  *     peer (a few times its expected time, at least ~1.5 s); a missed
- *     deadline re-plans the chunk at once and counts a miss; strikes_max
- *     misses in a row and the peer is dead for that image for a while
- *     (2 s, doubling to 60 s); delegated requests are hedged to the origin;
+ *     deadline re-plans the chunk at once, and the peer is dead for that
+ *     image for a while (2 s, doubling with each miss in a row up to
+ *     60 s); a peer with a request past its hedge time and no answer since
+ *     gets no new work; a slow delegated request is hedged to the next
+ *     holder or, when there is none, to the origin;
  *   - every bad DATA is a strike against the peer for its image: a chunk
  *     that does not verify (peer_source's rejected), of the wrong length,
  *     unasked, or larger than asked (which also drops the connection);
