@@ -43,8 +43,11 @@
  */
 #include "peer-net.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 #include <zmq.h>
@@ -216,6 +219,9 @@ struct PeerNet {
     void *zctx; /* loop */
     void *zap;
     void *server;
+    void *server_mon;       /* loop: the server's socket monitor (PAIR) */
+    GHashTable *conn_addrs; /* loop: fd -> "ADDRESS:PORT" of accepted peers */
+    gint64 last_close_log;  /* loop */
 
     GMutex lock;
     GCond job_done;
@@ -1989,7 +1995,86 @@ loop_setup(PeerNet *net, GError **error)
     }
     if (zmq_getsockopt(net->server, ZMQ_LAST_ENDPOINT, last, &last_len) == 0)
         net->endpoint = g_strndup(last, last_len);
+    /* libzmq closes a connection sending a frame over the limit without a
+     * word: its monitor lets the server say so (server_monitor_drain) */
+    zmq_socket_monitor(net->server, "inproc://peer-server-monitor",
+                       ZMQ_EVENT_ACCEPTED | ZMQ_EVENT_DISCONNECTED);
+    net->server_mon = zmq_socket(net->zctx, ZMQ_PAIR);
+    zmq_connect(net->server_mon, "inproc://peer-server-monitor");
     return true;
+}
+
+/* The text of the remote address of socket @fd, or NULL. */
+static char *
+fd_address(int fd)
+{
+    struct sockaddr_storage sa;
+    socklen_t len = sizeof(sa);
+    char host[INET6_ADDRSTRLEN] = "";
+    guint16 port;
+
+    if (getpeername(fd, (struct sockaddr *)&sa, &len) != 0)
+        return NULL;
+    if (sa.ss_family == AF_INET) {
+        struct sockaddr_in *in = (struct sockaddr_in *)&sa;
+        inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
+        port = ntohs(in->sin_port);
+    } else if (sa.ss_family == AF_INET6) {
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&sa;
+        inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
+        port = ntohs(in6->sin6_port);
+    } else {
+        return NULL;
+    }
+    return g_strdup_printf("%s:%u", host, port);
+}
+
+/*
+ * The server's connections: remember the address of each accepted one,
+ * and log each that closes (at most one line per COMPLAINT_EVERY_US).
+ * libzmq gives no reason: a frame over SERVER_FRAME_MAX_BYTES ends the
+ * connection just as the peer leaving does.  Loop.
+ */
+static void
+server_monitor_drain(PeerNet *net)
+{
+    for (;;) {
+        zmq_msg_t f[2];
+        int total = 0;
+        int n = recv_frames(net->server_mon, f, 2, &total);
+        guint16 event;
+        guint32 value;
+
+        if (n == 0)
+            return;
+        if (zmq_msg_size(&f[0]) >= 6) {
+            memcpy(&event, zmq_msg_data(&f[0]), sizeof(event));
+            memcpy(&value, (guint8 *)zmq_msg_data(&f[0]) + 2, sizeof(value));
+            if (event == ZMQ_EVENT_ACCEPTED) {
+                char *addr = fd_address((int)value);
+
+                if (addr &&
+                    g_hash_table_size(net->conn_addrs) < 4 * PEER_PEERS_MAX)
+                    g_hash_table_replace(net->conn_addrs,
+                                         GUINT_TO_POINTER(value), addr);
+                else
+                    g_free(addr);
+            } else if (event == ZMQ_EVENT_DISCONNECTED) {
+                const char *addr = g_hash_table_lookup(net->conn_addrs,
+                                                       GUINT_TO_POINTER(value));
+
+                if (complain_allowed(&net->last_close_log))
+                    net_log(net, PEER_LOG_INFO,
+                            "peer connection from %s closed (it left, timed "
+                            "out, or sent a frame over %u bytes)",
+                            addr ? addr : "an unknown address",
+                            SERVER_FRAME_MAX_BYTES);
+                g_hash_table_remove(net->conn_addrs, GUINT_TO_POINTER(value));
+            }
+        }
+        for (int k = 0; k < n; k++)
+            zmq_msg_close(&f[k]);
+    }
 }
 
 static void
@@ -2054,7 +2139,7 @@ loop_main(gpointer data)
         g_mutex_lock(&net->lock);
         stop = net->stop;
         n_peers = net->peers->len;
-        items = g_new0(zmq_pollitem_t, 3 + 2 * n_peers);
+        items = g_new0(zmq_pollitem_t, 4 + 2 * n_peers);
         items[n++] = (zmq_pollitem_t){.fd = net->wake_fd, .events = ZMQ_POLLIN};
         if (net->zap)
             items[n++] =
@@ -2062,6 +2147,9 @@ loop_main(gpointer data)
         if (net->server)
             items[n++] =
                 (zmq_pollitem_t){.socket = net->server, .events = ZMQ_POLLIN};
+        if (net->server_mon)
+            items[n++] = (zmq_pollitem_t){.socket = net->server_mon,
+                                          .events = ZMQ_POLLIN};
         for (guint k = 0; k < n_peers; k++) {
             Peer *p = net->peers->pdata[k];
 
@@ -2088,6 +2176,8 @@ loop_main(gpointer data)
             spore_zap_drain(net->zap, zap_decide, net);
         if (net->server)
             server_drain(net);
+        if (net->server_mon)
+            server_monitor_drain(net);
         /* the peer table only changes on this thread: no lock to walk it */
         for (guint k = 0; k < net->peers->len; k++) {
             Peer *p = net->peers->pdata[k];
@@ -2115,6 +2205,8 @@ out:
             zmq_close(g_steal_pointer(&p->mon));
     }
     g_mutex_unlock(&net->lock);
+    if (net->server_mon)
+        zmq_close(net->server_mon);
     if (net->server)
         zmq_close(net->server);
     if (net->zap)
@@ -2178,6 +2270,8 @@ peer_net_new(const PeerNetConfig *config, GError **error)
     net->images = g_hash_table_new(digest_hash, digest_equal);
     net->peers = g_ptr_array_new();
     net->outstanding = g_hash_table_new(g_direct_hash, g_direct_equal);
+    net->conn_addrs =
+        g_hash_table_new_full(g_direct_hash, g_direct_equal, NULL, g_free);
     net->askers = g_hash_table_new_full(digest_hash, digest_equal, g_free,
                                         (GDestroyNotify)g_ptr_array_unref);
     net->bans = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
@@ -2244,6 +2338,7 @@ peer_net_free(PeerNet *net)
     g_hash_table_unref(net->outstanding);
     g_hash_table_unref(net->askers);
     g_hash_table_unref(net->bans);
+    g_hash_table_unref(net->conn_addrs);
     g_free(net->bans_path);
     close(net->wake_fd);
     g_mutex_clear(&net->lock);
