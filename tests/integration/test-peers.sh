@@ -163,7 +163,12 @@ sleep 1
 uri_c=$(ctl C agent-image-serve "$hex")
 qemu-img compare -q -f raw -F raw "$work/www/image.raw" "$uri_c" >"$work/c-compare.txt" 2>&1 &
 cmp_pid=$!
-sleep 0.2
+# kill B once C has chunks from it (a fixed sleep raced the reader's start
+# on a loaded machine: C had nothing from B yet)
+for _ in $(seq 400); do
+    [ "$(image_field C "im['fetched_bytes']['peer']")" -gt 0 ] 2>/dev/null && break
+    sleep 0.05
+done
 kill -9 "${agent_pid[B]}"
 wait "$cmp_pid"
 check "C's reads complete after B is killed, identical to the image" test $? = 0
