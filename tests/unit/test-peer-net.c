@@ -28,6 +28,8 @@ typedef struct {
     ChunkCache *cache;
     FetchEngine *engine;
     PeerNet *net;
+    GMutex log_lock;
+    GPtrArray *log; /* of char *: what its PeerNet reported */
 } Host;
 
 static struct {
@@ -84,6 +86,8 @@ teardown(void)
     for (guint h = 0; h < fx.n_hosts; h++) {
         Host *host = &fx.hosts[h];
         peer_net_free(host->net);
+        g_ptr_array_unref(host->log);
+        g_mutex_clear(&host->log_lock);
         fetch_engine_free(host->engine);
         chunk_cache_close(host->cache);
         test_rm_rf(host->root);
@@ -96,6 +100,35 @@ teardown(void)
     g_free(fx.url);
     g_free(fx.data);
     memset(&fx, 0, sizeof(fx));
+}
+
+static void
+host_log(PeerLogLevel level, const char *message, gpointer data)
+{
+    Host *h = data;
+
+    g_mutex_lock(&h->log_lock);
+    g_ptr_array_add(h->log, g_strdup(message));
+    g_mutex_unlock(&h->log_lock);
+}
+
+/* Wait (up to 10 s) until @h's PeerNet reported a line containing
+ * @needle. */
+static bool
+host_logged(Host *h, const char *needle)
+{
+    for (int t = 0; t < 200; t++) {
+        bool seen = false;
+
+        g_mutex_lock(&h->log_lock);
+        for (guint k = 0; k < h->log->len && !seen; k++)
+            seen = strstr(h->log->pdata[k], needle) != NULL;
+        g_mutex_unlock(&h->log_lock);
+        if (seen)
+            return true;
+        g_usleep(50 * 1000);
+    }
+    return false;
 }
 
 static gint64
@@ -128,6 +161,10 @@ host_new_full(const PeerNetConfig *tweaks, bool later, bool no_origin)
         cfg = *tweaks;
     cfg.listen = "tcp://127.0.0.1:*";
     cfg.host_name = h->name;
+    g_mutex_init(&h->log_lock);
+    h->log = g_ptr_array_new_with_free_func(g_free);
+    cfg.log = host_log;
+    cfg.log_data = h;
     memcpy(cfg.public_key, h->pub, sizeof(h->pub));
     memcpy(cfg.secret_key, h->sec, sizeof(h->sec));
     h->net = peer_net_new(&cfg, &err);
@@ -627,6 +664,10 @@ assert_struck_and_banned(FakeMode mode, const char *ban_dir)
                   ", one window is %" G_GUINT64_FORMAT,
                   st.bytes_in, window_bytes);
     cr_expect_eq(chunk_cache_stored_count(b->cache), 0u, "nothing stored");
+    cr_expect(host_logged(b, "banned for image"), "the ban is logged");
+    if (mode == FAKE_PLUS4K || mode == FAKE_4MIB || mode == FAKE_UNASKED)
+        cr_expect(host_logged(b, "peer liar: dropped the connection"),
+                  "the dropped connection is logged");
     fprintf(stderr,
             "liar mode %d: banned after %" G_GUINT64_FORMAT
             " strikes; it sent %" G_GINT64_FORMAT
@@ -929,6 +970,8 @@ Test(peer_net, malformed_and_oversized_messages_are_dropped_and_serving_goes_on)
     /* an oversized frame drops the connection; the next one is served */
     zmq_send(s, big, PEER_FRAME_MAX_BYTES + 1024, 0);
     cr_expect_eq(raw_answer(s), 0u);
+    cr_expect(host_logged(a, "peer connection from 127.0.0.1:"),
+              "the server says it closed the connection");
     zmq_close(s);
     s = raw_client(ctx, a, pub, sec);
     raw_have_req(s);
