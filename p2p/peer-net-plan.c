@@ -253,6 +253,17 @@ window_full(PeerNet *net, Peer *p, NetImage *im)
     return p->outstanding >= net->cfg.window;
 }
 
+/* Locked.  Whether @p may take no more FETCH requests for @im: it is on
+ * probation and has one out (FETCH requests are not windowed otherwise:
+ * they wait for the origin, not for the peer). */
+static bool
+delegate_full(PeerNet *net, Peer *p, NetImage *im)
+{
+    PeerImage *pi = g_hash_table_lookup(p->images, im->digest);
+
+    return pi && (pi->probation || pi->misses) && p->outstanding >= 1;
+}
+
 bool
 peer_holds(Peer *p, NetImage *im, guint64 i)
 {
@@ -453,7 +464,9 @@ job_plan(PeerNet *net, Job *job)
     }
     if (!image_delegated_here(job->im, job->chunk)) {
         p = peer_origin_fetcher(net, job->im, job->chunk);
-        if (p && !tried(job, p)) {
+        /* a delegate on probation takes one request at a time; the others
+         * this host fetches itself rather than wait (invariant 2) */
+        if (p && !tried(job, p) && !delegate_full(net, p, job->im)) {
             send_get(net, job, p, true);
             return;
         }

@@ -72,8 +72,9 @@
  *   1. job->sent counts the Outstanding entries of the job; a job is
  *      planned again only when it reaches 0 and the job is not done;
  *   2. peer->outstanding counts the Outstanding entries of the peer, and
- *      the loop never sends it a GET beyond its window (window_full:
- *      cfg.window, or 1 on probation);
+ *      the loop never sends it a plain GET beyond its window (window_full:
+ *      cfg.window, or 1 on probation), nor a FETCH while it is on
+ *      probation with a request out (delegate_full);
  *   3. the bitmaps of peers only ever hold bits of chunks inside the image
  *      (HAVE and HAVE_UPDATE are checked against our own index; a HAVE
  *      with a bit set past the last chunk is refused);
