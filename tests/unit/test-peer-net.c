@@ -328,6 +328,17 @@ Test(peer_net, only_what_no_peer_holds_comes_from_the_origin_once)
     /* B took the even chunks from A; each odd one came from the origin
      * once, fetched by B or, for B, by A */
     cr_expect_eq(origin_bytes(fx.nonzero_bytes), fx.nonzero_bytes);
+    {
+        /* and A counts all it served B, delegated fetches included */
+        g_autoptr(GArray) sa = peer_net_status(a->net);
+        FetchStats st;
+
+        fetch_engine_stats(b->engine, &st);
+        cr_assert_eq(sa->len, 1u);
+        cr_expect_gt(st.bytes[FETCH_SOURCE_PEER], held, "some were delegated");
+        cr_expect_eq(g_array_index(sa, PeerStatus, 0).bytes_out,
+                     st.bytes[FETCH_SOURCE_PEER]);
+    }
 }
 
 static gpointer
