@@ -191,15 +191,16 @@ client_answer(PeerNet *net, Peer *p, const PeerMsg *m, zmq_msg_t *payload)
     }
     /* DATA */
     if (got != job->len) {
-        g_autofree char *what = g_strdup_printf(
-            "%zu bytes, %zu asked%s", got, job->len,
-            got > job->len ? ": the connection is dropped" : "");
+        bool oversized = got > job->len;
+        g_autofree char *what =
+            g_strdup_printf("%zu bytes, %zu asked%s", got, job->len,
+                            oversized ? ": the connection is dropped" : "");
 
         peer_strike(net, p, job->im, job->chunk, what);
         g_string_append_printf(job->why, "%s%s: %s", job->why->len ? ", " : "",
                                p->info.name, what);
-        outstanding_end(net, o, true);
-        return got > job->len;
+        outstanding_end(net, o, true); /* may free the job */
+        return oversized;
     }
     p->dead_backoff_us = 0;
     peer_answered(net, p, job->im);
