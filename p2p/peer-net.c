@@ -1,47 +1,111 @@
 /*
- * peer-net.c: the peer server, the peer clients and the peer FetchSource
- * (see peer-net.h for the behaviour, docs/peer-protocol.md for the wire).
+ * peer-net.c: the PeerNet's loop thread, its API, and the helpers its
+ * parts share (see peer-net.h for the behaviour, docs/peer-protocol.md for
+ * the wire, peer-net-private.h for the five files and what each holds).
  *
- * This file is spore's adapter for libzmq on the peer side: zmq errors
- * become GError messages or log lines naming the peer.
+ * This is spore's adapter for libzmq on the peer side: zmq errors become
+ * GError messages or log lines naming the peer.
  *
  * One thread (loop_main) owns the zmq context and every socket:
  *   - zap:    the ZAP handler (REP), admits the keys of the peer list;
  *   - server: ROUTER, CURVE server, answers HAVE_REQ and GET, pushes
- *             HAVE_UPDATE to subscribers;
+ *             HAVE_UPDATE to subscribers (peer-net-server.c), and a PAIR
+ *             reading its socket monitor;
  *   - per peer a DEALER (CURVE client) and a PAIR reading its socket
- *     monitor (handshake succeeded / disconnected).
+ *     monitor (peer-net-client.c).
  *
  * A fetch (a fetch-engine worker in peer_fetch) is a Job:
  *
- *   NEW --[inbox, plan: a peer holds it]--> SENT (GET to the best peer)
- *   NEW --[plan: nobody holds it, another host is its origin fetcher]-->
+ *   NEW --[inbox, job_plan: a peer holds it]--> SENT (GET to the best peer)
+ *   NEW --[job_plan: nobody holds it, another host is its origin fetcher]-->
  *         SENT (GET with PEER_GET_FETCH to that host)
- *   NEW --[plan: every holder's window is full]--> WAITING --[a slot]--> plan
- *   SENT --[DATA of the right length]--> DONE (ok)
- *   SENT --[ERR, the peer dies, a PEER_GET_FETCH times out]--> plan again,
- *         without the peers tried already
- *   SENT --[hedge_at passes]--> SENT twice (a second peer asked too)
- *   plan with no candidate left --> DONE (error: the engine asks the origin)
- *   any --[the caller's deadline]--> cancelled (dropped by the loop)
+ *   NEW --[job_plan: every holder's window is full]--> WAITING
+ *   WAITING --[a slot, a HAVE: job_plan_waiting]--> job_plan
+ *   SENT --[DATA of the right length: client_answer]--> DONE (ok)
+ *   SENT --[ERR, a bad DATA, the peer dies, the deadline passes:
+ *          client_answer, peer_dies, outstanding_end_missed]-->
+ *         job_plan again, without the peers tried already
+ *   SENT --[hedge_at passes: outstanding_hedge_due]--> SENT twice (the
+ *         next holder asked too), or, for a FETCH with no other holder,
+ *         DONE (error: the engine asks the origin)
+ *   job_plan with no candidate left --> DONE (error: the engine asks the
+ *         origin)
+ *   any --[the caller's deadline: peer_fetch]--> cancelled (the loop drops
+ *         it)
+ *
+ * A peer's connection (Peer, loop-owned):
+ *
+ *   CONNECTING --[HANDSHAKE_SUCCEEDED: peer_monitor_drain]--> CONNECTED
+ *   CONNECTING --[HANDSHAKE_FAILED_*: peer_monitor_drain]--> REFUSED
+ *   CONNECTED --[DISCONNECTED, then CONNECT_RETRIED: peer_monitor_drain,
+ *         peer_dies]--> CONNECTING (libzmq reconnects)
+ *   CONNECTED --[DISCONNECTED and no CONNECT_RETRIED within 1 s: a frame
+ *         over the limit, peers_check_protocol_drops -> peer_drop]-->
+ *         DROPPED
+ *   CONNECTED --[a DATA larger than asked, or unasked: peer_drain ->
+ *         peer_drop]--> DROPPED
+ *   REFUSED, DROPPED --[reconnect_at passes: peers_reconnect_due ->
+ *         peer_connect]--> CONNECTING (a new socket)
+ *   CONNECTED --[silent dead_ms with plain GETs out: tick -> peer_dies]-->
+ *         CONNECTED and dead (not asked until dead_until)
+ *   dead --[a message after dead_until: peer_drain]--> CONNECTED
+ *
+ * What is known of a peer for one image (PeerImage, locked):
+ *
+ *   UNKNOWN --[HAVE: client_have]--> USABLE
+ *   USABLE --[ERR unknown image: client_answer, client_unmatched]-->
+ *         UNKNOWN (HAVE_REQ again every 2 s)
+ *   USABLE --[a request past its hedge time, nothing heard since:
+ *         peers_mark_lagging]--> LAGGING (no new work)
+ *   LAGGING --[an answer: peer_answered]--> USABLE
+ *   USABLE, LAGGING --[a deadline missed: outstanding_end_missed ->
+ *         peer_missed]--> DEAD FOR THE IMAGE (2 s, doubling per miss in a
+ *         row, to 60 s)
+ *   DEAD FOR THE IMAGE --[dead_until passes]--> PROBATION (window 1)
+ *   any but BANNED --[a bad DATA: peer_strike]--> PROBATION, strikes + 1
+ *   PROBATION --[an answer of the right length: client_answer,
+ *         peer_answered]--> USABLE
+ *   any --[the strikes_max-th strike: peer_strike]--> BANNED (final; kept
+ *         in ban_dir/bans, and a new PeerImage starts BANNED: peer_image)
  *
  * Invariants:
  *   1. job->sent counts the Outstanding entries of the job; a job is
  *      planned again only when it reaches 0 and the job is not done;
  *   2. peer->outstanding counts the Outstanding entries of the peer, and
- *      the loop never sends it a GET beyond the window;
+ *      the loop never sends it a plain GET beyond its window (window_full:
+ *      cfg.window, or 1 on probation), nor a FETCH while it is on
+ *      probation with a request out (delegate_full);
  *   3. the bitmaps of peers only ever hold bits of chunks inside the image
- *      (HAVE and HAVE_UPDATE are checked against our own index);
+ *      (HAVE and HAVE_UPDATE are checked against our own index; a HAVE
+ *      with a bit set past the last chunk is refused);
  *   4. the server sends only chunks read from the cache and verified
- *      against the index just before sending.
+ *      against the index just before sending;
+ *   5. every DATA read from a peer answers an Outstanding of that peer for
+ *      that image and chunk with exactly the chunk's length, or is late (its
+ *      request id retired by a deadline or a death), or is a strike for
+ *      the peer; a DATA longer than asked or unasked also drops the
+ *      connection, so the bytes taken from a peer are bounded by what was
+ *      asked of it, plus at most one window;
+ *   6. every Outstanding has a deadline (deadline_at, from the peer's
+ *      measured latency, throughput or delegated-fetch time, at least
+ *      DEADLINE_FLOOR_US); none outlives it: outstanding_end_missed ends
+ *      it, re-plans its job and counts a miss;
+ *   7. a client socket accepts no frame over its frame_limit, the largest
+ *      frame the images need plus CLIENT_FRAME_SLACK_BYTES; net->frame_limit
+ *      only grows, and a peer whose socket's limit is lower gets a new
+ *      socket at the next tick (peers_reconnect_due);
+ *   8. a ban is in net->bans, and in the bans file when there is a ban_dir,
+ *      from the moment it is made (peer_strike -> bans_save); a PeerImage
+ *      is created banned when net->bans holds its (image, key) pair.
  *
- * Locking: net->lock guards the peer table (everything in Peer but its two
- * sockets), the image table, delegated_here, the jobs' done/ok/cancelled
- * state and the counters; the job condition variable waits on it.  The
- * loop holds it while it plans and while it updates peers, never while it
- * blocks in zmq_poll.  Caches are read without it.
+ * Locking: net->lock guards the peer table (everything in Peer but its
+ * sockets and the loop-only fields), the image table, delegated_here, the
+ * bans, the jobs' done/ok/cancelled state and the counters; the job
+ * condition variable waits on it.  The loop holds it while it plans and
+ * while it updates peers, never while it blocks in zmq_poll.  Caches are
+ * read without it.
  */
-#include "peer-net.h"
+#include "peer-net-private.h"
 
 #include <errno.h>
 #include <string.h>
@@ -49,163 +113,11 @@
 #include <unistd.h>
 #include <zmq.h>
 
-#include "hash.h"
 #include "le-bytes.h"
-#include "peer-protocol.h"
 #include "spore-error.h"
 #include "zmq-zap.h"
 
-#define LOOP_TICK_MS  50
-#define HAVE_RETRY_MS 2000
-/* how long a fetch waits for the bitmaps of connected peers that were not
- * asked yet or have not answered (an image just added) */
-#define HAVE_WAIT_US (1 * G_USEC_PER_SEC)
-/* libzmq does not reconnect after a refused handshake (its session ends):
- * the loop makes a new socket after this, doubling up to the max, so that
- * a peer that lists this host's key later is reached */
-#define REFUSED_RETRY_MIN_US  (1 * G_USEC_PER_SEC)
-#define REFUSED_RETRY_MAX_US  (30 * G_USEC_PER_SEC)
-#define DEAD_BACKOFF_MIN_US   (2 * G_USEC_PER_SEC)
-#define DEAD_BACKOFF_MAX_US   (60 * G_USEC_PER_SEC)
-#define DELEGATED_HOLD_US     (30 * G_USEC_PER_SEC)
-#define COMPLAINT_EVERY_US    (10 * G_USEC_PER_SEC)
-#define RECV_BURST_MAX        256
-#define SUBSCRIBERS_MAX       PEER_PEERS_MAX
-#define FETCH_POOL_THREADS    8
-#define FETCH_POOL_QUEUED_MAX 256
-/* what the server reads: 48-byte requests, and the CURVE handshake's
- * commands with their metadata, which ZMQ_MAXMSGSIZE bounds as well */
-#define SERVER_FRAME_MAX_BYTES 8192
-#define EWMA_WEIGHT            0.2
-#define LATENCY_INITIAL_US     1000.0
-#define THROUGHPUT_INITIAL     (100.0 * 1000 * 1000 / 8) /* bytes/s */
-
-typedef struct {
-    guint8 digest[SPORE_SHA256_BYTES];
-    guint64 seed; /* rendezvous hashing */
-    ChunkCache *cache;
-    FetchEngine *engine;
-    ImageIndex *idx;
-    guint64 chunks;
-    gint64 added; /* monotonic µs */
-    gsize bitmap_bytes;
-    guint8 *advertised;         /* loop: the bitmap subscribers know */
-    GHashTable *subscribers;    /* loop: routing id (GBytes) -> itself */
-    GHashTable *delegated_here; /* locked: chunk -> expiry (gint64) */
-} NetImage;
-
-typedef struct {
-    guint8 *bits;    /* NULL until the peer sent its HAVE */
-    bool unknown;    /* it said it has no such image */
-    gint64 asked_at; /* loop: last HAVE_REQ */
-    guint strikes;
-    bool banned;
-} PeerImage;
-
-typedef struct {
-    PeerInfo info;
-    guint64 seed;
-    void *sock; /* loop */
-    void *mon;  /* loop */
-    bool connected;
-    bool dead;
-    gint64 dead_until; /* not asked again before (backoff) */
-    gint64 dead_backoff_us;
-    gint64 last_heard;
-    gint64 last_complaint;
-    gint64 reconnect_at;      /* loop: a new socket then (0: none due) */
-    gint64 reconnect_backoff; /* µs, doubles per refused handshake */
-    double latency_us;
-    double bps;
-    guint outstanding;
-    GHashTable *images; /* digest -> PeerImage */
-    guint64 chunks_in, bytes_in, bad_chunks, chunks_out, bytes_out, hedged;
-} Peer;
-
-typedef struct {
-    gint refs;
-    NetImage *im;
-    guint64 chunk;
-    gsize len;
-    guint8 *buf;
-    gint64 deadline;
-    bool done, ok, cancelled;
-    GError *error;
-    char *served_by;
-    GPtrArray *tried; /* of char *: peer names asked already */
-    guint sent;
-    GString *why; /* what the peers said, for the final error */
-} Job;
-
-typedef struct {
-    guint32 req_id;
-    Job *job;
-    Peer *peer;
-    gint64 sent_at;
-    gint64 hedge_at;
-    bool fetch_flag;
-    bool hedged;
-} Outstanding;
-
-typedef enum {
-    CMD_JOB,
-    CMD_SET_PEERS,
-    CMD_FETCHED, /* a PEER_GET_FETCH task finished */
-} CmdKind;
-
-typedef struct {
-    CmdKind kind;
-    Job *job;      /* CMD_JOB */
-    GArray *peers; /* CMD_SET_PEERS: of PeerInfo */
-    GBytes *rid;   /* CMD_FETCHED: who asked */
-    PeerMsg msg;   /* CMD_FETCHED: the GET */
-    NetImage *im;  /* CMD_FETCHED */
-    bool ok;       /* CMD_FETCHED */
-} Cmd;
-
-struct PeerNet {
-    PeerNetConfig cfg;
-    guint64 self_seed;
-    char *endpoint;
-
-    GThread *thread;
-    GThreadPool *pool;
-    int wake_fd;
-    void *zctx; /* loop */
-    void *zap;
-    void *server;
-
-    GMutex lock;
-    GCond job_done;
-    GCond started;
-    bool ready;
-    GError *start_error;
-    bool stop;
-    GQueue inbox;       /* of Cmd * */
-    GHashTable *images; /* digest -> NetImage * */
-    GPtrArray *peers;   /* of Peer * */
-    guint64 bad_chunks;
-    guint pool_queued;
-
-    /* loop only */
-    GHashTable *outstanding; /* req_id -> Outstanding * */
-    GHashTable *askers;      /* digest -> GPtrArray of routing ids (GBytes) that
-                              * asked for an image this host did not have yet:
-                              * they get its HAVE once it is added */
-    GQueue waiting;          /* of Job * */
-    guint32 next_req;
-    guint mon_serial;
-    gint64 last_complaint;
-};
-
-static GPrivate last_peer = G_PRIVATE_INIT(g_free);
-
-/* ---- small helpers ---------------------------------------------------- */
-
-static void net_log(PeerNet *net, PeerLogLevel level, const char *fmt, ...)
-    G_GNUC_PRINTF(3, 4);
-
-static void
+void
 net_log(PeerNet *net, PeerLogLevel level, const char *fmt, ...)
 {
     va_list ap;
@@ -219,7 +131,7 @@ net_log(PeerNet *net, PeerLogLevel level, const char *fmt, ...)
     net->cfg.log(level, text, net->cfg.log_data);
 }
 
-static guint64
+guint64
 mix64(guint64 z)
 {
     z += 0x9e3779b97f4a7c15ull;
@@ -228,7 +140,7 @@ mix64(guint64 z)
     return z ^ (z >> 31);
 }
 
-static guint64
+guint64
 seed_of(const void *data, gsize len)
 {
     guint8 d[SPORE_SHA256_BYTES];
@@ -237,17 +149,17 @@ seed_of(const void *data, gsize len)
     return le_get64(d);
 }
 
-/* cache_digest: the 32 bytes of the id of @cache's image, the key of the
+/* net_cache_digest: the 32 bytes of the id of @cache's image, the key of the
  * image table and of the protocol's image field */
-static void
-cache_digest(ChunkCache *cache, guint8 out[SPORE_SHA256_BYTES])
+void
+net_cache_digest(ChunkCache *cache, guint8 out[SPORE_SHA256_BYTES])
 {
     spore_unhex(image_index_id(chunk_cache_index(cache)) + strlen("sha256:"),
                 out, SPORE_SHA256_BYTES);
 }
 
-static guint
-digest_hash(gconstpointer key)
+guint
+net_digest_hash(gconstpointer key)
 {
     guint h;
 
@@ -255,14 +167,14 @@ digest_hash(gconstpointer key)
     return h;
 }
 
-static gboolean
-digest_equal(gconstpointer a, gconstpointer b)
+gboolean
+net_digest_equal(gconstpointer a, gconstpointer b)
 {
     return memcmp(a, b, SPORE_SHA256_BYTES) == 0;
 }
 
-static void
-wake(PeerNet *net)
+void
+net_wake(PeerNet *net)
 {
     guint64 one = 1;
 
@@ -286,7 +198,7 @@ peer_status_clear(PeerStatus *st)
     g_clear_pointer(&st->endpoint, g_free);
 }
 
-static void
+void
 job_unref(Job *job)
 {
     if (!g_atomic_int_dec_and_test(&job->refs))
@@ -299,199 +211,9 @@ job_unref(Job *job)
     g_free(job);
 }
 
-static void
-peer_image_free(gpointer p)
-{
-    PeerImage *pi = p;
-
-    g_free(pi->bits);
-    g_free(pi);
-}
-
-static Peer *
-peer_new(const PeerInfo *info)
-{
-    Peer *p = g_new0(Peer, 1);
-
-    p->info.name = g_strdup(info->name);
-    p->info.endpoint = g_strdup(info->endpoint);
-    p->info.public_key = g_strdup(info->public_key);
-    p->seed = seed_of(info->public_key, strlen(info->public_key));
-    p->latency_us = LATENCY_INITIAL_US;
-    p->bps = THROUGHPUT_INITIAL;
-    p->images = g_hash_table_new_full(digest_hash, digest_equal, g_free,
-                                      peer_image_free);
-    return p;
-}
-
-static void
-peer_free(Peer *p)
-{
-    if (p->sock)
-        zmq_close(p->sock);
-    if (p->mon)
-        zmq_close(p->mon);
-    g_hash_table_unref(p->images);
-    peer_info_clear(&p->info);
-    g_free(p);
-}
-
-/* Locked.  The peer's state for @im, created empty. */
-static PeerImage *
-peer_image(Peer *p, NetImage *im)
-{
-    PeerImage *pi = g_hash_table_lookup(p->images, im->digest);
-
-    if (!pi) {
-        pi = g_new0(PeerImage, 1);
-        g_hash_table_insert(p->images,
-                            g_memdup2(im->digest, SPORE_SHA256_BYTES), pi);
-    }
-    return pi;
-}
-
-static bool
-bit_get(const guint8 *bits, guint64 i)
-{
-    return (bits[i / 8] >> (i % 8)) & 1;
-}
-
-/* Locked.  Whether @p may be asked anything about @im. */
-static bool
-peer_usable(Peer *p, NetImage *im)
-{
-    PeerImage *pi;
-
-    if (!p->connected || p->dead)
-        return false;
-    pi = g_hash_table_lookup(p->images, im->digest);
-    return pi && pi->bits && !pi->banned;
-}
-
-static bool
-peer_holds(Peer *p, NetImage *im, guint64 i)
-{
-    PeerImage *pi;
-
-    if (!peer_usable(p, im))
-        return false;
-    pi = g_hash_table_lookup(p->images, im->digest);
-    return bit_get(pi->bits, i);
-}
-
-/* Locked.  The expected time for @p to deliver @len more bytes. */
-static double
-peer_score(Peer *p, gsize len)
-{
-    return p->latency_us +
-           (double)(p->outstanding + 1) * (double)len / p->bps * G_USEC_PER_SEC;
-}
-
-static bool
-tried(Job *job, Peer *p)
-{
-    for (guint k = 0; k < job->tried->len; k++) {
-        if (g_str_equal(job->tried->pdata[k], p->info.name))
-            return true;
-    }
-    return false;
-}
-
-/*
- * Locked.  The host that fetches chunk @i of @im from the origin for the
- * site: the highest rendezvous score among this host and the usable peers
- * that have the image.  NULL when it is this host.
- */
-static Peer *
-origin_fetcher(PeerNet *net, NetImage *im, guint64 i)
-{
-    guint64 key = mix64(im->seed ^ i);
-    guint64 best_score = mix64(net->self_seed ^ key);
-    Peer *best = NULL;
-
-    for (guint k = 0; k < net->peers->len; k++) {
-        Peer *p = net->peers->pdata[k];
-        guint64 s;
-
-        if (!peer_usable(p, im))
-            continue;
-        s = mix64(p->seed ^ key);
-        if (s > best_score) {
-            best_score = s;
-            best = p;
-        }
-    }
-    return best;
-}
-
-/*
- * Locked.  Whether a connected peer's bitmap of @im is still to come: not
- * asked yet (the image was just added) or asked less than HAVE_WAIT_US ago.
- * A fetch then waits for it rather than going to the origin at once.
- */
-static bool
-have_pending(PeerNet *net, NetImage *im)
-{
-    gint64 now = g_get_monotonic_time();
-
-    for (guint k = 0; k < net->peers->len; k++) {
-        Peer *p = net->peers->pdata[k];
-        PeerImage *pi;
-
-        if (!p->connected || p->dead)
-            continue;
-        pi = g_hash_table_lookup(p->images, im->digest);
-        if (!pi)
-            return now - im->added < HAVE_WAIT_US;
-        if (!pi->bits && !pi->unknown &&
-            (pi->asked_at == 0 || now - pi->asked_at < HAVE_WAIT_US))
-            return true;
-    }
-    return false;
-}
-
-/* Locked.  Whether a peer asked this host to fetch @i lately. */
-static bool
-delegated_here(NetImage *im, guint64 i)
-{
-    gint64 *until = g_hash_table_lookup(im->delegated_here, &i);
-
-    return until && *until > g_get_monotonic_time();
-}
-
-/* Locked.  The best peer holding @i not tried by @job (NULL: none); sets
- * *ret_full when holders exist whose window is full. */
-static Peer *
-best_holder(PeerNet *net, NetImage *im, guint64 i, Job *job, bool *ret_full)
-{
-    Peer *best = NULL;
-    double best_score = 0;
-
-    for (guint k = 0; k < net->peers->len; k++) {
-        Peer *p = net->peers->pdata[k];
-        double s;
-
-        if (!peer_holds(p, im, i) || (job && tried(job, p)))
-            continue;
-        if (p->outstanding >= net->cfg.window) {
-            if (ret_full)
-                *ret_full = true;
-            continue;
-        }
-        s = peer_score(p, image_index_chunk_len(im->idx, i));
-        if (!best || s < best_score) {
-            best = p;
-            best_score = s;
-        }
-    }
-    return best;
-}
-
-/* ---- sending ----------------------------------------------------------- */
-
-static bool
-send_msg(void *sock, GBytes *rid, const PeerMsg *msg, const void *payload,
-         gssize payload_len)
+bool
+net_send_msg(void *sock, GBytes *rid, const PeerMsg *msg, const void *payload,
+             gssize payload_len)
 {
     guint8 hdr[PEER_HEADER_BYTES];
     int more = payload_len >= 0 ? ZMQ_SNDMORE : 0;
@@ -508,295 +230,9 @@ send_msg(void *sock, GBytes *rid, const PeerMsg *msg, const void *payload,
     return true;
 }
 
-static void
-send_have_req(PeerNet *net, Peer *p, NetImage *im)
-{
-    PeerMsg m = {.type = PEER_MSG_HAVE_REQ};
-
-    memcpy(m.image, im->digest, SPORE_SHA256_BYTES);
-    m.req_id = ++net->next_req;
-    peer_image(p, im)->asked_at = g_get_monotonic_time();
-    send_msg(p->sock, NULL, &m, NULL, -1);
-}
-
-/* ---- jobs: planning (loop, locked) -------------------------------------- */
-
-static void
-job_finish(PeerNet *net, Job *job, bool ok, const char *why)
-{
-    if (job->done)
-        return;
-    job->done = true;
-    job->ok = ok;
-    if (!ok)
-        job->error = g_error_new(
-            SPORE_ERROR, SPORE_ERROR_UNAVAILABLE,
-            "peers: chunk %" G_GUINT64_FORMAT " not available: %s%s%s",
-            job->chunk, why, job->why->len ? "; " : "", job->why->str);
-    g_cond_broadcast(&net->job_done);
-}
-
-static void
-send_get(PeerNet *net, Job *job, Peer *p, bool fetch_flag)
-{
-    Outstanding *o = g_new0(Outstanding, 1);
-    PeerMsg m = {.type = PEER_MSG_GET};
-    gint64 now = g_get_monotonic_time();
-
-    o->req_id = ++net->next_req;
-    if (o->req_id == 0)
-        o->req_id = ++net->next_req;
-    o->job = job;
-    g_atomic_int_inc(&job->refs);
-    o->peer = p;
-    o->sent_at = now;
-    o->fetch_flag = fetch_flag;
-    o->hedge_at = fetch_flag ? now + (gint64)net->cfg.delegate_ms * 1000
-                             : now + MAX((gint64)net->cfg.hedge_ms * 1000,
-                                         (gint64)(4 * p->latency_us));
-    m.flags = fetch_flag ? PEER_GET_FETCH : 0;
-    m.req_id = o->req_id;
-    memcpy(m.image, job->im->digest, SPORE_SHA256_BYTES);
-    m.chunk = job->chunk;
-    g_ptr_array_add(job->tried, g_strdup(p->info.name));
-    job->sent++;
-    p->outstanding++;
-    g_hash_table_insert(net->outstanding, GUINT_TO_POINTER(o->req_id), o);
-    if (!send_msg(p->sock, NULL, &m, NULL, -1))
-        o->hedge_at = now; /* could not even queue it: hedge at once */
-}
-
-/* Plan @job: send it, park it, or finish it failed.  Locked. */
-static void
-plan(PeerNet *net, Job *job)
-{
-    bool full = false;
-    Peer *p;
-
-    if (job->done || job->cancelled)
-        return;
-    p = best_holder(net, job->im, job->chunk, job, &full);
-    if (p) {
-        send_get(net, job, p, false);
-        return;
-    }
-    if (full || have_pending(net, job->im)) {
-        g_atomic_int_inc(&job->refs);
-        g_queue_push_tail(&net->waiting, job);
-        return;
-    }
-    if (!delegated_here(job->im, job->chunk)) {
-        p = origin_fetcher(net, job->im, job->chunk);
-        if (p && !tried(job, p)) {
-            send_get(net, job, p, true);
-            return;
-        }
-    }
-    job_finish(net, job, false,
-               job->tried->len ? "every peer asked failed"
-                               : "no peer holds it");
-}
-
-/* Outstanding @o is over (answered, timed out, or its peer died). */
-static void
-outstanding_end(PeerNet *net, Outstanding *o, bool replan)
-{
-    Job *job = o->job;
-
-    g_hash_table_steal(net->outstanding, GUINT_TO_POINTER(o->req_id));
-    o->peer->outstanding--;
-    job->sent--;
-    if (replan && job->sent == 0)
-        plan(net, job);
-    job_unref(job);
-    g_free(o);
-}
-
-/* Jobs parked for a window: plan those that can go now.  Locked. */
-static void
-plan_waiting(PeerNet *net)
-{
-    guint n = g_queue_get_length(&net->waiting);
-
-    for (guint k = 0; k < n; k++) {
-        Job *job = g_queue_pop_head(&net->waiting);
-
-        plan(net, job); /* may park it again */
-        job_unref(job);
-    }
-}
-
-/* ---- the server side (loop) --------------------------------------------- */
-
-static Peer *
-peer_by_name(PeerNet *net, const char *name)
-{
-    for (guint k = 0; name && k < net->peers->len; k++) {
-        Peer *p = net->peers->pdata[k];
-        if (g_str_equal(p->info.name, name))
-            return p;
-    }
-    return NULL;
-}
-
-static bool
-complain_allowed(gint64 *last)
-{
-    gint64 now = g_get_monotonic_time();
-
-    if (*last && now - *last < COMPLAINT_EVERY_US)
-        return false;
-    *last = now;
-    return true;
-}
-
-static void
-server_err(PeerNet *net, GBytes *rid, const PeerMsg *req, PeerErrCode code)
-{
-    PeerMsg m = *req;
-
-    m.type = PEER_MSG_ERR;
-    m.flags = code;
-    send_msg(net->server, rid, &m, NULL, -1);
-}
-
-/* Send chunk @req->chunk of @im, read and verified now; ERR if it cannot */
-static void
-server_send_chunk(PeerNet *net, GBytes *rid, const PeerMsg *req, NetImage *im,
-                  const char *who)
-{
-    gsize len = image_index_chunk_len(im->idx, req->chunk);
-    g_autofree guint8 *buf = g_malloc(len);
-    g_autoptr(GError) err = NULL;
-    PeerMsg m = *req;
-    Peer *p;
-
-    if (!chunk_cache_read(im->cache, req->chunk, buf, true, &err)) {
-        server_err(net, rid, req, PEER_ERR_NOT_PRESENT);
-        return;
-    }
-    m.type = PEER_MSG_DATA;
-    m.flags = 0;
-    if (!send_msg(net->server, rid, &m, buf, (gssize)len))
-        return;
-    g_mutex_lock(&net->lock);
-    if ((p = peer_by_name(net, who))) {
-        p->chunks_out++;
-        p->bytes_out += len;
-    }
-    g_mutex_unlock(&net->lock);
-}
-
-typedef struct {
-    PeerNet *net;
-    GBytes *rid;
-    PeerMsg msg;
-    NetImage *im;
-} FetchTask;
-
-/* On the pool: fetch a chunk a peer asked us to fetch, tell the loop. */
-static void
-fetch_task_run(gpointer data, gpointer user)
-{
-    FetchTask *t = data;
-    PeerNet *net = t->net;
-    gint64 deadline =
-        g_get_monotonic_time() + (gint64)net->cfg.delegate_ms * 1000;
-    Cmd *cmd = g_new0(Cmd, 1);
-
-    cmd->kind = CMD_FETCHED;
-    cmd->rid = t->rid;
-    cmd->msg = t->msg;
-    cmd->im = t->im;
-    cmd->ok = fetch_engine_get(t->im->engine, t->msg.chunk,
-                               FETCH_PRIORITY_DEMAND, deadline, NULL);
-    g_mutex_lock(&net->lock);
-    net->pool_queued--;
-    g_queue_push_tail(&net->inbox, cmd);
-    g_mutex_unlock(&net->lock);
-    wake(net);
-    g_free(t);
-}
-
-static void
-server_have(PeerNet *net, GBytes *rid, const PeerMsg *req, NetImage *im)
-{
-    g_autofree guint8 *bits = g_malloc(im->bitmap_bytes);
-    PeerMsg m = *req;
-
-    if (g_hash_table_size(im->subscribers) < SUBSCRIBERS_MAX)
-        g_hash_table_add(im->subscribers, g_bytes_ref(rid));
-    chunk_cache_present_copy(im->cache, bits);
-    m.type = PEER_MSG_HAVE;
-    m.chunk = im->chunks;
-    send_msg(net->server, rid, &m, bits, (gssize)im->bitmap_bytes);
-}
-
-static void
-server_get(PeerNet *net, GBytes *rid, const PeerMsg *req, NetImage *im,
-           const char *who)
-{
-    FetchTask *t;
-
-    if (req->chunk >= im->chunks) {
-        server_err(net, rid, req, PEER_ERR_BAD_REQUEST);
-        return;
-    }
-    if (chunk_cache_has(im->cache, req->chunk)) {
-        server_send_chunk(net, rid, req, im, who);
-        return;
-    }
-    if (!(req->flags & PEER_GET_FETCH)) {
-        server_err(net, rid, req, PEER_ERR_NOT_PRESENT);
-        return;
-    }
-    g_mutex_lock(&net->lock);
-    if (net->pool_queued >= FETCH_POOL_QUEUED_MAX) {
-        g_mutex_unlock(&net->lock);
-        server_err(net, rid, req, PEER_ERR_BUSY);
-        return;
-    }
-    net->pool_queued++;
-    {
-        guint64 *key = g_new(guint64, 1);
-        gint64 *until = g_new(gint64, 1);
-
-        *key = req->chunk;
-        *until = g_get_monotonic_time() + DELEGATED_HOLD_US;
-        g_hash_table_replace(im->delegated_here, key, until);
-    }
-    g_mutex_unlock(&net->lock);
-    t = g_new0(FetchTask, 1);
-    t->net = net;
-    t->rid = g_bytes_ref(rid);
-    t->msg = *req;
-    t->im = im;
-    g_thread_pool_push(net->pool, t, NULL);
-}
-
-static void
-server_fetched(PeerNet *net, Cmd *cmd)
-{
-    if (cmd->ok)
-        server_send_chunk(net, cmd->rid, &cmd->msg, cmd->im, NULL);
-    else
-        server_err(net, cmd->rid, &cmd->msg, PEER_ERR_FETCH_FAILED);
-}
-
-static NetImage *
-image_lookup(PeerNet *net, const guint8 *digest)
-{
-    NetImage *im;
-
-    g_mutex_lock(&net->lock);
-    im = g_hash_table_lookup(net->images, digest);
-    g_mutex_unlock(&net->lock);
-    return im;
-}
-
 /* Read one whole message (up to @max frames kept) from @sock. */
-static int
-recv_frames(void *sock, zmq_msg_t *frames, int max, int *ret_total)
+int
+net_recv_frames(void *sock, zmq_msg_t *frames, int max, int *ret_total)
 {
     int n = 0, total = 0, more = 1;
 
@@ -819,498 +255,38 @@ recv_frames(void *sock, zmq_msg_t *frames, int max, int *ret_total)
     return n;
 }
 
-/* A peer asked for an image this host lacks: answer it when it is added.
- * Bounded: SUBSCRIBERS_MAX askers per image, PEER_PEERS_MAX images. */
-static void
-remember_asker(PeerNet *net, const PeerMsg *req, GBytes *rid)
+bool
+net_complain_allowed(gint64 *last)
 {
-    GPtrArray *list = g_hash_table_lookup(net->askers, req->image);
-
-    if (!list) {
-        if (g_hash_table_size(net->askers) >= PEER_PEERS_MAX)
-            return;
-        list = g_ptr_array_new_with_free_func((GDestroyNotify)g_bytes_unref);
-        g_hash_table_insert(net->askers,
-                            g_memdup2(req->image, SPORE_SHA256_BYTES), list);
-    }
-    for (guint k = 0; k < list->len; k++) {
-        if (g_bytes_equal(list->pdata[k], rid))
-            return;
-    }
-    if (list->len < SUBSCRIBERS_MAX)
-        g_ptr_array_add(list, g_bytes_ref(rid));
-}
-
-/* Images added since peers asked for them: send those peers their HAVE. */
-static void
-answer_askers(PeerNet *net)
-{
-    GHashTableIter it;
-    gpointer key, value;
-
-    g_hash_table_iter_init(&it, net->askers);
-    while (g_hash_table_iter_next(&it, &key, &value)) {
-        GPtrArray *list = value;
-        NetImage *im = image_lookup(net, key);
-        PeerMsg m = {.type = PEER_MSG_HAVE_REQ};
-
-        if (!im)
-            continue;
-        memcpy(m.image, im->digest, SPORE_SHA256_BYTES);
-        for (guint k = 0; k < list->len; k++)
-            server_have(net, list->pdata[k], &m, im);
-        g_hash_table_iter_remove(&it);
-    }
-}
-
-static void
-server_drain(PeerNet *net)
-{
-    for (int burst = 0; burst < RECV_BURST_MAX; burst++) {
-        zmq_msg_t f[3];
-        int total = 0;
-        int n = recv_frames(net->server, f, 3, &total);
-        g_autoptr(GError) err = NULL;
-        g_autoptr(GBytes) rid = NULL;
-        g_autofree char *who = NULL;
-        PeerMsg req;
-        NetImage *im;
-
-        if (n == 0)
-            return;
-        rid = g_bytes_new(zmq_msg_data(&f[0]), zmq_msg_size(&f[0]));
-        if (n >= 2) {
-            const char *user = zmq_msg_gets(&f[1], "User-Id");
-            who = g_strdup(user ? user : "?");
-        } else {
-            who = g_strdup("?");
-        }
-        if (total > 3 || n < 2)
-            g_set_error(&err, SPORE_ERROR, SPORE_ERROR_INVALID,
-                        "message of %d frames", total - 1);
-        else
-            peer_msg_decode(zmq_msg_data(&f[1]), zmq_msg_size(&f[1]),
-                            n == 3 ? (gssize)zmq_msg_size(&f[2]) : -1, &req,
-                            &err);
-        if (!err && req.type != PEER_MSG_HAVE_REQ && req.type != PEER_MSG_GET)
-            g_set_error(&err, SPORE_ERROR, SPORE_ERROR_INVALID,
-                        "%s is not a request", peer_msg_type_name(req.type));
-        if (err) {
-            Peer *p;
-            gint64 *last;
-
-            g_mutex_lock(&net->lock);
-            p = peer_by_name(net, who);
-            last = p ? &p->last_complaint : &net->last_complaint;
-            if (complain_allowed(last))
-                net_log(net, PEER_LOG_WARNING,
-                        "peer %s: dropped a malformed request: %s", who,
-                        err->message);
-            g_mutex_unlock(&net->lock);
-        } else if (!(im = image_lookup(net, req.image))) {
-            server_err(net, rid, &req, PEER_ERR_UNKNOWN_IMAGE);
-            if (req.type == PEER_MSG_HAVE_REQ)
-                remember_asker(net, &req, rid);
-        } else if (req.type == PEER_MSG_HAVE_REQ) {
-            server_have(net, rid, &req, im);
-        } else {
-            server_get(net, rid, &req, im, who);
-        }
-        for (int k = 0; k < n; k++)
-            zmq_msg_close(&f[k]);
-    }
-}
-
-/* Push the chunks that became present to the subscribers of @im. */
-static void
-announce(PeerNet *net, NetImage *im)
-{
-    g_autofree guint8 *now = g_malloc(im->bitmap_bytes);
-    g_autofree guint8 *list = g_malloc(PEER_UPDATE_CHUNKS_MAX * 8);
-    guint n = 0;
-    GHashTableIter it;
-    gpointer key;
-
-    chunk_cache_present_copy(im->cache, now);
-    if (g_hash_table_size(im->subscribers) == 0) {
-        /* a subscriber's HAVE will carry all of it */
-        memcpy(im->advertised, now, im->bitmap_bytes);
-        return;
-    }
-    for (gsize b = 0; b < im->bitmap_bytes; b++) {
-        guint8 fresh = now[b] & (guint8)~im->advertised[b];
-
-        for (int bit = 0; fresh && bit < 8; bit++) {
-            if (!((fresh >> bit) & 1))
-                continue;
-            le_put64(list + 8 * n, (guint64)b * 8 + (guint)bit);
-            if (++n == PEER_UPDATE_CHUNKS_MAX)
-                break;
-        }
-        if (n == PEER_UPDATE_CHUNKS_MAX)
-            break; /* the rest goes in the next tick */
-        im->advertised[b] |= fresh;
-    }
-    if (n == 0)
-        return;
-    if (n == PEER_UPDATE_CHUNKS_MAX) {
-        /* mark exactly what the list holds as announced */
-        for (guint k = 0; k < n; k++) {
-            guint64 c = le_get64(list + 8 * k);
-            im->advertised[c / 8] |= (guint8)(1u << (c % 8));
-        }
-    }
-    g_hash_table_iter_init(&it, im->subscribers);
-    while (g_hash_table_iter_next(&it, &key, NULL)) {
-        PeerMsg m = {.type = PEER_MSG_HAVE_UPDATE, .chunk = n};
-
-        memcpy(m.image, im->digest, SPORE_SHA256_BYTES);
-        if (!send_msg(net->server, key, &m, list, (gssize)n * 8) &&
-            zmq_errno() == EHOSTUNREACH)
-            g_hash_table_iter_remove(&it); /* gone */
-    }
-}
-
-/* ---- the client side (loop) --------------------------------------------- */
-
-static void
-peer_complain(PeerNet *net, Peer *p, const char *what, GError *err)
-{
-    if (complain_allowed(&p->last_complaint))
-        net_log(net, PEER_LOG_WARNING, "peer %s: dropped %s: %s", p->info.name,
-                what, err->message);
-}
-
-static void
-ewma(double *v, double sample)
-{
-    *v = (1 - EWMA_WEIGHT) * *v + EWMA_WEIGHT * sample;
-}
-
-/* Locked. */
-static void
-client_have(PeerNet *net, Peer *p, const PeerMsg *m, zmq_msg_t *payload)
-{
-    NetImage *im = g_hash_table_lookup(net->images, m->image);
-    g_autoptr(GError) err = NULL;
-    PeerImage *pi;
-
-    if (!im)
-        return; /* not ours (any more) */
-    pi = peer_image(p, im);
-    if (m->type == PEER_MSG_HAVE) {
-        if (m->chunk != im->chunks) {
-            g_set_error(&err, SPORE_ERROR, SPORE_ERROR_INVALID,
-                        "HAVE for %" G_GUINT64_FORMAT
-                        " chunks, the image has %" G_GUINT64_FORMAT,
-                        m->chunk, im->chunks);
-            peer_complain(net, p, "a bitmap", err);
-            return;
-        }
-        g_free(pi->bits);
-        pi->bits = g_memdup2(zmq_msg_data(payload), im->bitmap_bytes);
-        /* bits past the last chunk are not chunks (invariant 3) */
-        if (im->chunks % 8)
-            pi->bits[im->bitmap_bytes - 1] &=
-                (guint8)((1u << (im->chunks % 8)) - 1);
-        pi->unknown = false;
-        ewma(&p->latency_us, (double)(g_get_monotonic_time() - pi->asked_at));
-        return;
-    }
-    /* HAVE_UPDATE */
-    {
-        const guint8 *list = zmq_msg_data(payload);
-
-        for (guint64 k = 0; k < m->chunk; k++) {
-            if (le_get64(list + 8 * k) >= im->chunks) {
-                g_set_error(&err, SPORE_ERROR, SPORE_ERROR_INVALID,
-                            "HAVE_UPDATE names chunk %" G_GUINT64_FORMAT
-                            " past the image's end",
-                            le_get64(list + 8 * k));
-                peer_complain(net, p, "an update", err);
-                return;
-            }
-        }
-        if (!pi->bits)
-            return; /* its HAVE comes first */
-        for (guint64 k = 0; k < m->chunk; k++) {
-            guint64 c = le_get64(list + 8 * k);
-            pi->bits[c / 8] |= (guint8)(1u << (c % 8));
-        }
-    }
-}
-
-/* Locked. */
-static void
-client_answer(PeerNet *net, Peer *p, const PeerMsg *m, zmq_msg_t *payload)
-{
-    Outstanding *o =
-        g_hash_table_lookup(net->outstanding, GUINT_TO_POINTER(m->req_id));
     gint64 now = g_get_monotonic_time();
-    Job *job;
 
-    if (!o || o->peer != p || o->job->chunk != m->chunk ||
-        memcmp(o->job->im->digest, m->image, SPORE_SHA256_BYTES) != 0)
-        return; /* late (hedged, timed out) or not ours: dropped */
-    job = o->job;
-    if (m->type == PEER_MSG_ERR) {
-        PeerImage *pi = peer_image(p, job->im);
-
-        if (!o->fetch_flag)
-            ewma(&p->latency_us, (double)(now - o->sent_at));
-        if ((m->flags == PEER_ERR_NOT_PRESENT ||
-             m->flags == PEER_ERR_FETCH_FAILED) &&
-            pi->bits)
-            pi->bits[job->chunk / 8] &= (guint8) ~(1u << (job->chunk % 8));
-        if (m->flags == PEER_ERR_UNKNOWN_IMAGE) {
-            g_clear_pointer(&pi->bits, g_free);
-            pi->unknown = true;
-        }
-        g_string_append_printf(job->why, "%s%s: %s", job->why->len ? ", " : "",
-                               p->info.name, peer_err_name(m->flags));
-        outstanding_end(net, o, true);
-        return;
-    }
-    /* DATA */
-    p->chunks_in++;
-    p->bytes_in += zmq_msg_size(payload);
-    if (zmq_msg_size(payload) != job->len) {
-        g_autoptr(GError) err = g_error_new(
-            SPORE_ERROR, SPORE_ERROR_INVALID,
-            "chunk %" G_GUINT64_FORMAT " of %zu bytes, expected %zu",
-            job->chunk, zmq_msg_size(payload), job->len);
-        p->bad_chunks++;
-        net->bad_chunks++;
-        peer_complain(net, p, "a chunk", err);
-        outstanding_end(net, o, true);
-        return;
-    }
-    p->dead_backoff_us = 0;
-    if (!o->fetch_flag) {
-        double elapsed = (double)MAX(now - o->sent_at, 1);
-        ewma(&p->latency_us, elapsed);
-        ewma(&p->bps, (double)job->len / (elapsed / G_USEC_PER_SEC));
-    }
-    if (!job->done && !job->cancelled) {
-        memcpy(job->buf, zmq_msg_data(payload), job->len);
-        g_free(job->served_by);
-        job->served_by = g_strdup(p->info.name);
-        job_finish(net, job, true, NULL);
-    }
-    outstanding_end(net, o, false);
+    if (*last && now - *last < COMPLAINT_EVERY_US)
+        return false;
+    *last = now;
+    return true;
 }
 
-static void
-peer_drain(PeerNet *net, Peer *p)
+Peer *
+peer_by_name(PeerNet *net, const char *name)
 {
-    for (int burst = 0; burst < RECV_BURST_MAX; burst++) {
-        zmq_msg_t f[2];
-        int total = 0;
-        int n = recv_frames(p->sock, f, 2, &total);
-        g_autoptr(GError) err = NULL;
-        PeerMsg m;
-
-        if (n == 0)
-            return;
-        if (total > 2)
-            g_set_error(&err, SPORE_ERROR, SPORE_ERROR_INVALID,
-                        "message of %d frames", total);
-        else
-            peer_msg_decode(zmq_msg_data(&f[0]), zmq_msg_size(&f[0]),
-                            n == 2 ? (gssize)zmq_msg_size(&f[1]) : -1, &m,
-                            &err);
-        g_mutex_lock(&net->lock);
-        p->last_heard = g_get_monotonic_time();
-        if (p->dead && p->connected && p->last_heard >= p->dead_until) {
-            p->dead = false;
-            net_log(net, PEER_LOG_INFO, "peer %s: answering again",
-                    p->info.name);
-        }
-        if (err)
-            peer_complain(net, p, "a message", err);
-        else if (m.type == PEER_MSG_HAVE || m.type == PEER_MSG_HAVE_UPDATE) {
-            client_have(net, p, &m, &f[1]);
-            if (m.type == PEER_MSG_HAVE)
-                plan_waiting(net); /* fetches that waited for it */
-        } else if (m.type == PEER_MSG_DATA || m.type == PEER_MSG_ERR)
-            client_answer(net, p, &m, n == 2 ? &f[1] : NULL);
-        else if (complain_allowed(&p->last_complaint))
-            net_log(net, PEER_LOG_WARNING, "peer %s: dropped an unasked %s",
-                    p->info.name, peer_msg_type_name(m.type));
-        g_mutex_unlock(&net->lock);
-        for (int k = 0; k < n; k++)
-            zmq_msg_close(&f[k]);
+    for (guint k = 0; name && k < net->peers->len; k++) {
+        Peer *p = net->peers->pdata[k];
+        if (g_str_equal(p->info.name, name))
+            return p;
     }
+    return NULL;
 }
 
-/* Locked.  @p is dead: plan its outstanding requests again, elsewhere. */
-static void
-peer_dies(PeerNet *net, Peer *p, const char *why)
+NetImage *
+net_image_lookup(PeerNet *net, const guint8 *digest)
 {
-    GHashTableIter it;
-    gpointer value;
-    g_autoptr(GPtrArray) ended = g_ptr_array_new();
-
-    if (!p->dead) {
-        net_log(net, PEER_LOG_WARNING,
-                "peer %s: %s; its %u outstanding requests go elsewhere",
-                p->info.name, why, p->outstanding);
-        /* not asked again for a while, longer each time it dies */
-        p->dead_backoff_us = CLAMP(p->dead_backoff_us * 2, DEAD_BACKOFF_MIN_US,
-                                   DEAD_BACKOFF_MAX_US);
-        p->dead_until = g_get_monotonic_time() + p->dead_backoff_us;
-    }
-    p->dead = true;
-    g_hash_table_iter_init(&it, net->outstanding);
-    while (g_hash_table_iter_next(&it, NULL, &value)) {
-        Outstanding *o = value;
-        if (o->peer == p)
-            g_ptr_array_add(ended, o);
-    }
-    for (guint k = 0; k < ended->len; k++) {
-        Outstanding *o = ended->pdata[k];
-
-        g_string_append_printf(o->job->why, "%s%s: %s",
-                               o->job->why->len ? ", " : "", p->info.name, why);
-        outstanding_end(net, o, true);
-    }
-}
-
-static void
-monitor_drain(PeerNet *net, Peer *p)
-{
-    for (;;) {
-        zmq_msg_t f[2];
-        int total = 0;
-        int n = recv_frames(p->mon, f, 2, &total);
-        guint16 event;
-
-        if (n == 0)
-            return;
-        if (n >= 1 && zmq_msg_size(&f[0]) >= 2) {
-            memcpy(&event, zmq_msg_data(&f[0]), sizeof(event));
-            g_mutex_lock(&net->lock);
-            if (event == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) {
-                GHashTableIter it;
-                gpointer value;
-
-                p->connected = true;
-                p->dead = false;
-                p->reconnect_backoff = 0;
-                p->last_heard = g_get_monotonic_time();
-                net_log(net, PEER_LOG_INFO, "peer %s: connected (%s)",
-                        p->info.name, p->info.endpoint);
-                g_hash_table_iter_init(&it, net->images);
-                while (g_hash_table_iter_next(&it, NULL, &value))
-                    send_have_req(net, p, value);
-            } else if (event == ZMQ_EVENT_DISCONNECTED) {
-                p->connected = false;
-                peer_dies(net, p, "disconnected");
-            } else if (event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH ||
-                       event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) {
-                p->reconnect_backoff =
-                    CLAMP(p->reconnect_backoff * 2, REFUSED_RETRY_MIN_US,
-                          REFUSED_RETRY_MAX_US);
-                p->reconnect_at = g_get_monotonic_time() + p->reconnect_backoff;
-                if (complain_allowed(&p->last_complaint))
-                    net_log(net, PEER_LOG_WARNING,
-                            "peer %s: handshake refused at %s (does it list "
-                            "this host's key, and is its key right?)",
-                            p->info.name, p->info.endpoint);
-            }
-            g_mutex_unlock(&net->lock);
-        }
-        for (int k = 0; k < n; k++)
-            zmq_msg_close(&f[k]);
-    }
-}
-
-/* Create @p's DEALER and monitor, connect.  Loop. */
-static void
-peer_connect(PeerNet *net, Peer *p)
-{
-    g_autofree char *mon_ep =
-        g_strdup_printf("inproc://peer-monitor-%u", ++net->mon_serial);
-    int one = 1;
-
-    p->sock = zmq_socket(net->zctx, ZMQ_DEALER);
-    spore_zmq_socket_defaults(p->sock, PEER_FRAME_MAX_BYTES + 64);
-    zmq_setsockopt(p->sock, ZMQ_CURVE_SERVERKEY, p->info.public_key,
-                   PEER_KEY_CHARS);
-    zmq_setsockopt(p->sock, ZMQ_CURVE_PUBLICKEY, net->cfg.public_key,
-                   PEER_KEY_CHARS);
-    zmq_setsockopt(p->sock, ZMQ_CURVE_SECRETKEY, net->cfg.secret_key,
-                   PEER_KEY_CHARS);
-    zmq_setsockopt(p->sock, ZMQ_IMMEDIATE, &one, sizeof(one));
-    zmq_socket_monitor(p->sock, mon_ep,
-                       ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_DISCONNECTED |
-                           ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
-                           ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL);
-    p->mon = zmq_socket(net->zctx, ZMQ_PAIR);
-    zmq_connect(p->mon, mon_ep);
-    if (zmq_connect(p->sock, p->info.endpoint) != 0)
-        net_log(net, PEER_LOG_WARNING, "peer %s: cannot connect to '%s': %s",
-                p->info.name, p->info.endpoint, zmq_strerror(zmq_errno()));
-}
-
-static bool
-same_peer(const Peer *p, const PeerInfo *info)
-{
-    return g_str_equal(p->info.name, info->name) &&
-           g_str_equal(p->info.endpoint, info->endpoint) &&
-           g_str_equal(p->info.public_key, info->public_key);
-}
-
-/* Apply a new peer list.  Loop. */
-static void
-apply_peers(PeerNet *net, GArray *infos)
-{
-    g_autoptr(GPtrArray) next = g_ptr_array_new();
-    g_autoptr(GPtrArray) fresh = g_ptr_array_new();
+    NetImage *im;
 
     g_mutex_lock(&net->lock);
-    for (guint k = 0; k < infos->len; k++) {
-        PeerInfo *info = &g_array_index(infos, PeerInfo, k);
-        Peer *keep = NULL;
-
-        for (guint j = 0; j < net->peers->len && !keep; j++) {
-            Peer *p = net->peers->pdata[j];
-            if (p && same_peer(p, info)) {
-                keep = p;
-                net->peers->pdata[j] = NULL;
-            }
-        }
-        if (!keep) {
-            keep = peer_new(info);
-            g_ptr_array_add(fresh, keep);
-        }
-        g_ptr_array_add(next, keep);
-    }
-    /* peers no longer listed: their requests go elsewhere, then they go */
-    for (guint j = 0; j < net->peers->len; j++) {
-        Peer *p = net->peers->pdata[j];
-        if (!p)
-            continue;
-        peer_dies(net, p, "removed from the peer list");
-    }
-    {
-        GPtrArray *old = net->peers;
-        net->peers = g_ptr_array_ref(next);
-        for (guint j = 0; j < old->len; j++) {
-            if (old->pdata[j]) {
-                net_log(net, PEER_LOG_INFO, "peer %s: removed",
-                        ((Peer *)old->pdata[j])->info.name);
-                peer_free(old->pdata[j]);
-            }
-        }
-        g_ptr_array_unref(old);
-    }
+    im = g_hash_table_lookup(net->images, digest);
     g_mutex_unlock(&net->lock);
-    for (guint k = 0; k < fresh->len; k++)
-        peer_connect(net, fresh->pdata[k]);
+    return im;
 }
-
-/* ---- the loop ----------------------------------------------------------- */
 
 static char *
 zap_decide(const char *domain, const char *address, const char *mechanism,
@@ -1329,7 +305,7 @@ zap_decide(const char *domain, const char *address, const char *mechanism,
         if (g_str_equal(p->info.public_key, key))
             user = g_strdup(p->info.name);
     }
-    if (!user && complain_allowed(&net->last_complaint))
+    if (!user && net_complain_allowed(&net->last_complaint))
         net_log(net, PEER_LOG_WARNING,
                 "refused a peer from %s: key %s is not in the peer list",
                 address, key);
@@ -1348,51 +324,36 @@ handle_inbox(PeerNet *net)
         g_mutex_lock(&net->lock);
         cmd = g_queue_pop_head(&net->inbox);
         if (cmd && cmd->kind == CMD_JOB) {
-            plan(net, cmd->job);
+            job_plan(net, cmd->job);
             job_unref(cmd->job);
         }
         g_mutex_unlock(&net->lock);
         if (!cmd)
             return;
         if (cmd->kind == CMD_SET_PEERS) {
-            apply_peers(net, cmd->peers);
+            peers_apply(net, cmd->peers);
             g_array_unref(cmd->peers);
         } else if (cmd->kind == CMD_FETCHED) {
             server_fetched(net, cmd);
             g_bytes_unref(cmd->rid);
+            g_free(cmd->who);
         }
         g_free(cmd);
     }
 }
 
-/* Peers whose handshake was refused: a new socket, once it is time. */
-static void
-reconnect_refused(PeerNet *net, gint64 now)
-{
-    for (guint k = 0; k < net->peers->len; k++) {
-        Peer *p = net->peers->pdata[k];
-
-        if (!p->reconnect_at || now < p->reconnect_at)
-            continue;
-        p->reconnect_at = 0;
-        zmq_close(g_steal_pointer(&p->sock));
-        zmq_close(g_steal_pointer(&p->mon));
-        peer_connect(net, p);
-    }
-}
-
-/* Hedges, timeouts, dead peers, HAVE retries, announcements.  Loop. */
+/* Hedges, deadlines, dead peers, HAVE retries, announcements.  Loop. */
 static void
 tick(PeerNet *net)
 {
     gint64 now = g_get_monotonic_time();
-    g_autoptr(GPtrArray) due = g_ptr_array_new();
     GHashTableIter it;
     gpointer value;
 
-    reconnect_refused(net, now);
+    peers_reconnect_due(net, now);
 
     g_mutex_lock(&net->lock);
+    peers_check_protocol_drops(net, now);
     /* dead peers: silent with plain requests outstanding */
     for (guint k = 0; k < net->peers->len; k++) {
         Peer *p = net->peers->pdata[k];
@@ -1408,60 +369,33 @@ tick(PeerNet *net)
         if (plain)
             peer_dies(net, p, "no answer");
     }
-    /* hedges and delegated fetches that take too long */
-    g_hash_table_iter_init(&it, net->outstanding);
-    while (g_hash_table_iter_next(&it, NULL, &value)) {
-        Outstanding *o = value;
-        if (!o->hedged && now >= o->hedge_at)
-            g_ptr_array_add(due, o);
-    }
-    for (guint k = 0; k < due->len; k++) {
-        Outstanding *o = due->pdata[k];
-        Job *job = o->job;
-
-        if (job->done || job->cancelled) {
-            o->hedged = true; /* its answer will just be dropped */
-            continue;
-        }
-        if (o->fetch_flag) {
-            g_string_append_printf(job->why, "%s%s: no answer in %u ms",
-                                   job->why->len ? ", " : "",
-                                   o->peer->info.name, net->cfg.delegate_ms);
-            outstanding_end(net, o, true);
-            continue;
-        }
-        o->hedged = true;
-        {
-            Peer *alt = best_holder(net, job->im, job->chunk, job, NULL);
-            if (alt) {
-                o->peer->hedged++;
-                send_get(net, job, alt, false);
-            }
-        }
-    }
+    outstanding_end_missed(net, now);
+    peers_mark_lagging(net, now);
+    outstanding_hedge_due(net, now);
+    peers_expire_retired(net, now);
     /* HAVE_REQ again where a peer lacked the image or never answered */
     for (guint k = 0; k < net->peers->len; k++) {
         Peer *p = net->peers->pdata[k];
 
         g_hash_table_iter_init(&it, net->images);
         while (p->connected && g_hash_table_iter_next(&it, NULL, &value)) {
-            PeerImage *pi = peer_image(p, value);
+            PeerImage *pi = peer_image(net, p, value);
             bool revive = p->dead && now >= p->dead_until;
             if ((!pi->bits || revive) &&
                 now - pi->asked_at > HAVE_RETRY_MS * 1000)
                 send_have_req(net, p, value);
         }
     }
-    plan_waiting(net);
+    job_plan_waiting(net);
     g_mutex_unlock(&net->lock);
 
     if (net->server)
-        answer_askers(net);
+        server_answer_askers(net);
     g_mutex_lock(&net->lock);
     g_hash_table_iter_init(&it, net->images);
     while (g_hash_table_iter_next(&it, NULL, &value)) {
         g_mutex_unlock(&net->lock);
-        announce(net, value); /* images are never removed */
+        server_announce(net, value); /* images are never removed */
         g_mutex_lock(&net->lock);
     }
     g_mutex_unlock(&net->lock);
@@ -1503,11 +437,17 @@ loop_setup(PeerNet *net, GError **error)
     }
     if (zmq_getsockopt(net->server, ZMQ_LAST_ENDPOINT, last, &last_len) == 0)
         net->endpoint = g_strndup(last, last_len);
+    /* libzmq closes a connection sending a frame over the limit without a
+     * word: its monitor lets the server say so (server_monitor_drain) */
+    zmq_socket_monitor(net->server, "inproc://peer-server-monitor",
+                       ZMQ_EVENT_ACCEPTED | ZMQ_EVENT_DISCONNECTED);
+    net->server_mon = zmq_socket(net->zctx, ZMQ_PAIR);
+    zmq_connect(net->server_mon, "inproc://peer-server-monitor");
     return true;
 }
 
 static void
-fail_everything(PeerNet *net)
+net_fail_everything(PeerNet *net)
 {
     Job *job;
     Cmd *cmd;
@@ -1536,6 +476,7 @@ fail_everything(PeerNet *net)
             g_array_unref(cmd->peers);
         } else {
             g_bytes_unref(cmd->rid);
+            g_free(cmd->who);
         }
         g_free(cmd);
     }
@@ -1567,7 +508,7 @@ loop_main(gpointer data)
         g_mutex_lock(&net->lock);
         stop = net->stop;
         n_peers = net->peers->len;
-        items = g_new0(zmq_pollitem_t, 3 + 2 * n_peers);
+        items = g_new0(zmq_pollitem_t, 4 + 2 * n_peers);
         items[n++] = (zmq_pollitem_t){.fd = net->wake_fd, .events = ZMQ_POLLIN};
         if (net->zap)
             items[n++] =
@@ -1575,8 +516,14 @@ loop_main(gpointer data)
         if (net->server)
             items[n++] =
                 (zmq_pollitem_t){.socket = net->server, .events = ZMQ_POLLIN};
+        if (net->server_mon)
+            items[n++] = (zmq_pollitem_t){.socket = net->server_mon,
+                                          .events = ZMQ_POLLIN};
         for (guint k = 0; k < n_peers; k++) {
             Peer *p = net->peers->pdata[k];
+
+            if (!p->sock)
+                continue; /* dropped: a new one comes (peers_reconnect_due) */
             items[n++] =
                 (zmq_pollitem_t){.socket = p->sock, .events = ZMQ_POLLIN};
             items[n++] =
@@ -1598,11 +545,16 @@ loop_main(gpointer data)
             spore_zap_drain(net->zap, zap_decide, net);
         if (net->server)
             server_drain(net);
+        if (net->server_mon)
+            server_monitor_drain(net);
         /* the peer table only changes on this thread: no lock to walk it */
         for (guint k = 0; k < net->peers->len; k++) {
             Peer *p = net->peers->pdata[k];
-            monitor_drain(net, p);
-            peer_drain(net, p);
+
+            if (p->mon)
+                peer_monitor_drain(net, p);
+            if (p->sock)
+                peer_drain(net, p);
         }
         now = g_get_monotonic_time();
         if (now >= next_tick) {
@@ -1612,7 +564,7 @@ loop_main(gpointer data)
     }
 
 out:
-    fail_everything(net);
+    net_fail_everything(net);
     g_mutex_lock(&net->lock);
     for (guint k = 0; k < net->peers->len; k++) {
         Peer *p = net->peers->pdata[k];
@@ -1622,6 +574,8 @@ out:
             zmq_close(g_steal_pointer(&p->mon));
     }
     g_mutex_unlock(&net->lock);
+    if (net->server_mon)
+        zmq_close(net->server_mon);
     if (net->server)
         zmq_close(net->server);
     if (net->zap)
@@ -1629,8 +583,6 @@ out:
     zmq_ctx_term(net->zctx);
     return NULL;
 }
-
-/* ---- the API ------------------------------------------------------------ */
 
 static bool
 endpoint_valid(const char *ep)
@@ -1674,17 +626,32 @@ peer_net_new(const PeerNetConfig *config, GError **error)
     net->cfg.dead_ms = config->dead_ms ? config->dead_ms : 3000;
     net->cfg.strikes_max = config->strikes_max ? config->strikes_max : 3;
     net->cfg.delegate_ms = config->delegate_ms ? config->delegate_ms : 20000;
+    net->cfg.ban_dir = NULL;
+    net->frame_limit = CLIENT_FRAME_MIN_BYTES + CLIENT_FRAME_SLACK_BYTES;
     net->self_seed = seed_of(net->cfg.public_key, strlen(net->cfg.public_key));
     g_mutex_init(&net->lock);
     g_cond_init(&net->job_done);
     g_cond_init(&net->started);
     g_queue_init(&net->inbox);
     g_queue_init(&net->waiting);
-    net->images = g_hash_table_new(digest_hash, digest_equal);
+    net->images = g_hash_table_new(net_digest_hash, net_digest_equal);
     net->peers = g_ptr_array_new();
     net->outstanding = g_hash_table_new(g_direct_hash, g_direct_equal);
-    net->askers = g_hash_table_new_full(digest_hash, digest_equal, g_free,
-                                        (GDestroyNotify)g_ptr_array_unref);
+    net->conn_addrs =
+        g_hash_table_new_full(g_direct_hash, g_direct_equal, NULL, g_free);
+    net->askers =
+        g_hash_table_new_full(net_digest_hash, net_digest_equal, g_free,
+                              (GDestroyNotify)g_ptr_array_unref);
+    net->bans = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    if (config->ban_dir) {
+        if (g_mkdir_with_parents(config->ban_dir, 0700) != 0)
+            net_log(net, PEER_LOG_WARNING,
+                    "cannot create '%s': %s; peer bans last until a restart",
+                    config->ban_dir, g_strerror(errno));
+        else
+            net->bans_path = g_build_filename(config->ban_dir, BANS_FILE, NULL);
+    }
+    net_bans_load(net);
     net->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     net->pool =
         g_thread_pool_new(fetch_task_run, net, FETCH_POOL_THREADS, FALSE, NULL);
@@ -1721,10 +688,10 @@ peer_net_free(PeerNet *net)
     g_mutex_lock(&net->lock);
     net->stop = true;
     g_mutex_unlock(&net->lock);
-    wake(net);
+    net_wake(net);
     g_thread_join(net->thread);
     g_thread_pool_free(net->pool, TRUE, TRUE);
-    fail_everything(net); /* what the pool pushed after the loop ended */
+    net_fail_everything(net); /* what the pool pushed after the loop ended */
     for (guint k = 0; k < net->peers->len; k++)
         peer_free(net->peers->pdata[k]);
     g_ptr_array_unref(net->peers);
@@ -1738,6 +705,9 @@ peer_net_free(PeerNet *net)
     g_hash_table_unref(net->images);
     g_hash_table_unref(net->outstanding);
     g_hash_table_unref(net->askers);
+    g_hash_table_unref(net->bans);
+    g_hash_table_unref(net->conn_addrs);
+    g_free(net->bans_path);
     close(net->wake_fd);
     g_mutex_clear(&net->lock);
     g_cond_clear(&net->job_done);
@@ -1812,7 +782,7 @@ peer_net_set_peers(PeerNet *net, const PeerInfo *peers, guint n, GError **error)
     g_mutex_lock(&net->lock);
     g_queue_push_tail(&net->inbox, cmd);
     g_mutex_unlock(&net->lock);
-    wake(net);
+    net_wake(net);
     return true;
 }
 
@@ -1822,7 +792,7 @@ peer_net_add_image(PeerNet *net, ChunkCache *cache, FetchEngine *engine)
     ImageIndex *idx = chunk_cache_index(cache);
     NetImage *im = g_new0(NetImage, 1);
 
-    cache_digest(cache, im->digest);
+    net_cache_digest(cache, im->digest);
     im->seed = le_get64(im->digest);
     im->cache = cache;
     im->engine = engine;
@@ -1845,10 +815,15 @@ peer_net_add_image(PeerNet *net, ChunkCache *cache, FetchEngine *engine)
         return;
     }
     g_hash_table_insert(net->images, im->digest, im);
+    /* the clients accept this image's largest frame (invariant 7); the
+     * loop gives peers connected with a lower limit a new socket */
+    net->frame_limit = MAX(
+        net->frame_limit, MAX(image_index_chunk_len(idx, 0), im->bitmap_bytes) +
+                              CLIENT_FRAME_SLACK_BYTES);
     /* connected peers are asked for their bitmap at the next tick (their
      * PeerImage is new, so its asked_at is 0) */
     g_mutex_unlock(&net->lock);
-    wake(net);
+    net_wake(net);
 }
 
 GArray *
@@ -1876,11 +851,17 @@ peer_net_status(PeerNet *net)
             .chunks_out = p->chunks_out,
             .bytes_out = p->bytes_out,
             .hedged = p->hedged,
+            .missed = p->missed,
         };
+        gint64 now = g_get_monotonic_time();
 
         g_hash_table_iter_init(&it, p->images);
-        while (g_hash_table_iter_next(&it, NULL, &value))
-            st.images_banned += ((PeerImage *)value)->banned;
+        while (g_hash_table_iter_next(&it, NULL, &value)) {
+            PeerImage *pi = value;
+
+            st.images_banned += pi->banned;
+            st.images_dead += !pi->banned && pi->dead_until > now;
+        }
         g_array_append_val(out, st);
     }
     g_mutex_unlock(&net->lock);
@@ -1896,213 +877,4 @@ peer_net_bad_chunks(PeerNet *net)
     n = net->bad_chunks;
     g_mutex_unlock(&net->lock);
     return n;
-}
-
-/* ---- the FetchSource ---------------------------------------------------- */
-
-typedef struct {
-    FetchSource base;
-    PeerNet *net;
-    guint8 digest[SPORE_SHA256_BYTES];
-} PeerSource;
-
-static NetImage *
-source_image(PeerSource *src)
-{
-    return g_hash_table_lookup(src->net->images, src->digest);
-}
-
-char *
-peer_net_chunk_source(PeerNet *net, ChunkCache *cache, guint64 i,
-                      bool *ret_delegated)
-{
-    guint8 digest[SPORE_SHA256_BYTES];
-    NetImage *im;
-    Peer *p = NULL;
-    char *name = NULL;
-
-    cache_digest(cache, digest);
-    *ret_delegated = false;
-    g_mutex_lock(&net->lock);
-    im = g_hash_table_lookup(net->images, digest);
-    if (im && i < im->chunks) {
-        p = best_holder(net, im, i, NULL, NULL);
-        if (!p) {
-            /* all windows full is no matter for a plan: any holder */
-            for (guint k = 0; k < net->peers->len && !p; k++) {
-                if (peer_holds(net->peers->pdata[k], im, i))
-                    p = net->peers->pdata[k];
-            }
-        }
-        if (!p && !delegated_here(im, i)) {
-            p = origin_fetcher(net, im, i);
-            *ret_delegated = p != NULL;
-        }
-        if (p)
-            name = g_strdup(p->info.name);
-    }
-    g_mutex_unlock(&net->lock);
-    return name;
-}
-
-guint
-peer_net_holders(PeerNet *net, ChunkCache *cache, guint64 i)
-{
-    guint8 digest[SPORE_SHA256_BYTES];
-    NetImage *im;
-    guint n = 0;
-
-    cache_digest(cache, digest);
-    g_mutex_lock(&net->lock);
-    im = g_hash_table_lookup(net->images, digest);
-    for (guint k = 0; im && i < im->chunks && k < net->peers->len; k++)
-        n += peer_holds(net->peers->pdata[k], im, i);
-    g_mutex_unlock(&net->lock);
-    return n;
-}
-
-static bool
-peer_has(FetchSource *base, const ImageIndex *idx, guint64 i)
-{
-    PeerSource *src = (PeerSource *)base;
-    PeerNet *net = src->net;
-    NetImage *im;
-    bool yes = false;
-
-    g_mutex_lock(&net->lock);
-    im = source_image(src);
-    if (im && i < im->chunks) {
-        for (guint k = 0; k < net->peers->len && !yes; k++)
-            yes = peer_holds(net->peers->pdata[k], im, i);
-        if (!yes && !delegated_here(im, i))
-            yes = origin_fetcher(net, im, i) != NULL;
-        if (!yes)
-            yes = have_pending(net, im);
-    }
-    g_mutex_unlock(&net->lock);
-    return yes;
-}
-
-static bool
-peer_fetch(FetchSource *base, const ImageIndex *idx, guint64 i, guint8 *buf,
-           gsize len, gint64 deadline, GError **error)
-{
-    PeerSource *src = (PeerSource *)base;
-    PeerNet *net = src->net;
-    Job *job = g_new0(Job, 1);
-    Cmd *cmd = g_new0(Cmd, 1);
-    bool ok;
-
-    g_private_replace(&last_peer, NULL);
-    job->refs = 2; /* ours and the inbox's */
-    job->chunk = i;
-    job->len = len;
-    job->buf = g_malloc(len);
-    job->deadline = deadline;
-    job->tried = g_ptr_array_new_with_free_func(g_free);
-    job->why = g_string_new(NULL);
-    cmd->kind = CMD_JOB;
-    cmd->job = job;
-
-    g_mutex_lock(&net->lock);
-    job->im = source_image(src);
-    if (!job->im || net->stop) {
-        g_mutex_unlock(&net->lock);
-        g_set_error(error, SPORE_ERROR, SPORE_ERROR_UNAVAILABLE,
-                    "peers: the image is not shared with peers");
-        g_free(cmd);
-        job_unref(job);
-        job_unref(job);
-        return false;
-    }
-    g_queue_push_tail(&net->inbox, cmd);
-    g_mutex_unlock(&net->lock);
-    wake(net);
-
-    g_mutex_lock(&net->lock);
-    while (!job->done) {
-        if (!g_cond_wait_until(&net->job_done, &net->lock, deadline) &&
-            !job->done) {
-            job->cancelled = true;
-            break;
-        }
-    }
-    ok = job->done && job->ok;
-    if (ok) {
-        memcpy(buf, job->buf, len);
-        g_private_replace(&last_peer, g_strdup(job->served_by));
-    } else if (job->done) {
-        g_propagate_error(error, g_steal_pointer(&job->error));
-    } else {
-        g_set_error(error, SPORE_ERROR, SPORE_ERROR_UNAVAILABLE,
-                    "peers: chunk %" G_GUINT64_FORMAT " not received in time",
-                    i);
-    }
-    g_mutex_unlock(&net->lock);
-    job_unref(job);
-    return ok;
-}
-
-static void
-peer_rejected(FetchSource *base, guint64 i)
-{
-    PeerSource *src = (PeerSource *)base;
-    PeerNet *net = src->net;
-    const char *name = g_private_get(&last_peer);
-    NetImage *im;
-    Peer *p;
-
-    g_mutex_lock(&net->lock);
-    net->bad_chunks++;
-    im = source_image(src);
-    p = peer_by_name(net, name);
-    if (im && p) {
-        PeerImage *pi = peer_image(p, im);
-
-        p->bad_chunks++;
-        if (pi->bits && i < im->chunks)
-            pi->bits[i / 8] &= (guint8) ~(1u << (i % 8));
-        if (++pi->strikes >= net->cfg.strikes_max && !pi->banned) {
-            pi->banned = true;
-            net_log(net, PEER_LOG_WARNING,
-                    "peer %s: banned for image %.12s after %u chunks that did "
-                    "not verify",
-                    p->info.name, image_index_id(im->idx) + 7, pi->strikes);
-        } else if (!pi->banned) {
-            net_log(net, PEER_LOG_WARNING,
-                    "peer %s: chunk %" G_GUINT64_FORMAT
-                    " of image %.12s did not verify (strike %u of %u)",
-                    p->info.name, i, image_index_id(im->idx) + 7, pi->strikes,
-                    net->cfg.strikes_max);
-        }
-    }
-    g_mutex_unlock(&net->lock);
-    g_private_replace(&last_peer, NULL);
-}
-
-static void
-peer_source_free(FetchSource *base)
-{
-    g_free(base->name);
-    g_free(base);
-}
-
-static const FetchSourceOps peer_ops = {
-    .fetch = peer_fetch,
-    .has = peer_has,
-    .rejected = peer_rejected,
-    .free = peer_source_free,
-};
-
-FetchSource *
-peer_source_new(PeerNet *net, ChunkCache *cache)
-{
-    PeerSource *src = g_new0(PeerSource, 1);
-
-    src->base.ops = &peer_ops;
-    src->base.kind = FETCH_SOURCE_PEER;
-    src->base.name = g_strdup("peers");
-    src->net = net;
-    cache_digest(cache, src->digest);
-    return &src->base;
 }

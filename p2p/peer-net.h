@@ -27,9 +27,18 @@
  *     hosts that have the image (this one and its live peers); the others
  *     ask that host (GET with PEER_GET_FETCH), which fetches it once and
  *     answers them all.  If it fails, each falls back to the origin.
- *   - the engine verifies every chunk; a peer whose chunk does not verify
- *     gets a strike (peer_source's rejected), and after strikes_max it is
- *     banned for that image: it is never asked for it again.
+ *   - every request has a deadline derived from what was measured of the
+ *     peer (a few times its expected time, at least ~1.5 s); a missed
+ *     deadline re-plans the chunk at once, and the peer is dead for that
+ *     image for a while (2 s, doubling with each miss in a row up to
+ *     60 s); a peer with a request past its hedge time and no answer since
+ *     gets no new work; a slow delegated request is hedged to the next
+ *     holder or, when there is none, to the origin;
+ *   - every bad DATA is a strike against the peer for its image: a chunk
+ *     that does not verify (peer_source's rejected), of the wrong length,
+ *     unasked, or larger than asked (which also drops the connection);
+ *     after strikes_max the peer is banned for that image: it is never
+ *     asked for it again, also after a restart (config ban_dir).
  *
  * Threads: a PeerNet runs one thread that owns every zmq socket (the
  * context is its own).  Other threads talk to it through a locked queue
@@ -82,7 +91,9 @@ typedef struct {
     guint hedge_ms;    /* re-issue a slow request after; 0: 300 */
     guint dead_ms;     /* silence with requests outstanding; 0: 3000 */
     guint strikes_max; /* bad chunks before a ban for the image; 0: 3 */
-    guint delegate_ms; /* a PEER_GET_FETCH may take; 0: 20000 */
+    guint delegate_ms; /* a PEER_GET_FETCH may take at most; 0: 20000 */
+    char *ban_dir;     /* bans are kept in ban_dir/bans across restarts
+                        * (created 0700); NULL: in memory only */
     PeerNetLogFunc log;
     gpointer log_data;
 } PeerNetConfig;
@@ -144,8 +155,11 @@ typedef struct {
     guint64 bad_chunks; /* of those, how many did not verify */
     guint64 chunks_out; /* chunks this host served it */
     guint64 bytes_out;
-    guint64 hedged; /* requests to it re-issued elsewhere */
-    guint images_banned;
+    guint64 hedged;      /* requests to it re-issued elsewhere */
+    guint64 missed;      /* requests it did not answer by their deadline */
+    guint images_banned; /* how many images it is banned for */
+    guint images_dead;   /* how many images it is not asked for now, after
+                          * missing deadlines */
 } PeerStatus;
 
 /* peer_status_clear: free the members of @st */

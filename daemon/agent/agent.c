@@ -1148,12 +1148,15 @@ static bool
 agent_start_peers(Agent *a, const AgentConfig *cfg, GError **error)
 {
     PeerNetConfig pc = cfg->peer_tuning;
+    g_autofree char *ban_dir =
+        g_build_filename(cfg->state_dir, "peer-bans", NULL);
     WireKeys keys;
 
     if (!wire_keys_load_or_create(cfg->state_dir, &keys, error))
         return false;
     pc.listen = cfg->peer_listen;
     pc.host_name = cfg->host_name;
+    pc.ban_dir = ban_dir;
     memcpy(pc.public_key, keys.public_key, sizeof(pc.public_key));
     memcpy(pc.secret_key, keys.secret_key, sizeof(pc.secret_key));
     pc.log = on_peer_log;

@@ -28,6 +28,8 @@ typedef struct {
     ChunkCache *cache;
     FetchEngine *engine;
     PeerNet *net;
+    GMutex log_lock;
+    GPtrArray *log; /* of char *: what its PeerNet reported */
 } Host;
 
 static struct {
@@ -43,9 +45,9 @@ static struct {
 } fx;
 
 static void
-setup(void)
+setup_sized(gsize size)
 {
-    g_autofree char *tmp = test_make_image(2 * 1024 * KIB + 777, false, 7);
+    g_autofree char *tmp = test_make_image(size, false, 7);
     g_autofree char *image = NULL;
     g_autoptr(GError) err = NULL;
 
@@ -66,11 +68,26 @@ setup(void)
 }
 
 static void
+setup(void)
+{
+    setup_sized(2 * 1024 * KIB + 777);
+}
+
+/* an image large enough for a read to take a while: for ratios */
+static void
+setup_big(void)
+{
+    setup_sized(64 * 1024 * KIB);
+}
+
+static void
 teardown(void)
 {
     for (guint h = 0; h < fx.n_hosts; h++) {
         Host *host = &fx.hosts[h];
         peer_net_free(host->net);
+        g_ptr_array_unref(host->log);
+        g_mutex_clear(&host->log_lock);
         fetch_engine_free(host->engine);
         chunk_cache_close(host->cache);
         test_rm_rf(host->root);
@@ -85,16 +102,46 @@ teardown(void)
     memset(&fx, 0, sizeof(fx));
 }
 
+static void
+host_log(PeerLogLevel level, const char *message, gpointer data)
+{
+    Host *h = data;
+
+    g_mutex_lock(&h->log_lock);
+    g_ptr_array_add(h->log, g_strdup(message));
+    g_mutex_unlock(&h->log_lock);
+}
+
+/* Wait (up to 10 s) until @h's PeerNet reported a line containing
+ * @needle. */
+static bool
+host_logged(Host *h, const char *needle)
+{
+    for (int t = 0; t < 200; t++) {
+        bool seen = false;
+
+        g_mutex_lock(&h->log_lock);
+        for (guint k = 0; k < h->log->len && !seen; k++)
+            seen = strstr(h->log->pdata[k], needle) != NULL;
+        g_mutex_unlock(&h->log_lock);
+        if (seen)
+            return true;
+        g_usleep(50 * 1000);
+    }
+    return false;
+}
+
 static gint64
 in_seconds(int s)
 {
     return g_get_monotonic_time() + (gint64)s * G_USEC_PER_SEC;
 }
 
-/* A host with a cache, an engine with peer and origin sources, serving
- * the image unless @later (then the test calls peer_net_add_image). */
+/* A host with a cache, an engine with peer and (unless @no_origin)
+ * origin sources, serving the image unless @later (then the test calls
+ * peer_net_add_image). */
 static Host *
-host_new_with(const PeerNetConfig *tweaks, bool later)
+host_new_full(const PeerNetConfig *tweaks, bool later, bool no_origin)
 {
     Host *h = &fx.hosts[fx.n_hosts];
     g_autoptr(GError) err = NULL;
@@ -114,6 +161,10 @@ host_new_with(const PeerNetConfig *tweaks, bool later)
         cfg = *tweaks;
     cfg.listen = "tcp://127.0.0.1:*";
     cfg.host_name = h->name;
+    g_mutex_init(&h->log_lock);
+    h->log = g_ptr_array_new_with_free_func(g_free);
+    cfg.log = host_log;
+    cfg.log_data = h;
     memcpy(cfg.public_key, h->pub, sizeof(h->pub));
     memcpy(cfg.secret_key, h->sec, sizeof(h->sec));
     h->net = peer_net_new(&cfg, &err);
@@ -121,12 +172,21 @@ host_new_with(const PeerNetConfig *tweaks, bool later)
     opts.backoff_ms = 20;
     origin = origin_source_new(urls, &opts, &err);
     cr_assert(origin, "%s", err ? err->message : "");
-    fetch_engine_add_source(h->engine, origin);
+    if (no_origin)
+        fetch_source_free(origin);
+    else
+        fetch_engine_add_source(h->engine, origin);
     fetch_engine_add_source(h->engine, peer_source_new(h->net, h->cache));
     if (!later)
         peer_net_add_image(h->net, h->cache, h->engine);
     fx.n_hosts++;
     return h;
+}
+
+static Host *
+host_new_with(const PeerNetConfig *tweaks, bool later)
+{
+    return host_new_full(tweaks, later, false);
 }
 
 static Host *
@@ -268,6 +328,17 @@ Test(peer_net, only_what_no_peer_holds_comes_from_the_origin_once)
     /* B took the even chunks from A; each odd one came from the origin
      * once, fetched by B or, for B, by A */
     cr_expect_eq(origin_bytes(fx.nonzero_bytes), fx.nonzero_bytes);
+    {
+        /* and A counts all it served B, delegated fetches included */
+        g_autoptr(GArray) sa = peer_net_status(a->net);
+        FetchStats st;
+
+        fetch_engine_stats(b->engine, &st);
+        cr_assert_eq(sa->len, 1u);
+        cr_expect_gt(st.bytes[FETCH_SOURCE_PEER], held, "some were delegated");
+        cr_expect_eq(g_array_index(sa, PeerStatus, 0).bytes_out,
+                     st.bytes[FETCH_SOURCE_PEER]);
+    }
 }
 
 static gpointer
@@ -305,8 +376,16 @@ Test(peer_net, hosts_booting_at_once_fetch_each_chunk_from_the_origin_once)
 /* ---- hostile peers -------------------------------------------------- */
 
 typedef enum {
-    FAKE_LIAR,   /* claims every chunk, sends garbage */
-    FAKE_SILENT, /* claims every chunk, never answers a GET */
+    FAKE_LIAR,     /* claims every chunk, sends garbage */
+    FAKE_SILENT,   /* claims every chunk, never answers a GET */
+    FAKE_HALF,     /* claims every chunk, sends half of each */
+    FAKE_PLUS4K,   /* claims every chunk, sends each with 4 KiB more */
+    FAKE_4MIB,     /* claims every chunk, sends 4 MiB for each */
+    FAKE_UNASKED,  /* claims every chunk, answers a HAVE_REQ with DATA too,
+                    * under request ids never used, and ignores GETs */
+    FAKE_NO_FETCH, /* holds nothing, answers a GET "not present" and
+                    * ignores every GET with FETCH (a host that accepts
+                    * delegated work and never does it) */
 } FakeMode;
 
 typedef struct {
@@ -318,7 +397,29 @@ typedef struct {
     gint stop;
     gint lies; /* chunks sent with wrong bytes */
     gint gets;
+    gint fetch_gets; /* GETs with FETCH */
+    gint have_reqs;
+    gint64 bytes_sent; /* payload bytes of its DATA, atomically */
 } FakePeer;
+
+/* Send DATA for @m's chunk with @len bytes of junk. */
+static void
+fake_data(FakePeer *f, void *s, const guint8 *rid, int rlen, PeerMsg m,
+          gsize len)
+{
+    guint8 hdr[PEER_HEADER_BYTES];
+    g_autofree guint8 *junk = g_malloc(len);
+
+    memset(junk, 0x5a, len);
+    m.type = PEER_MSG_DATA;
+    m.flags = 0;
+    peer_msg_encode(&m, hdr);
+    zmq_send(s, rid, (size_t)rlen, ZMQ_SNDMORE);
+    zmq_send(s, hdr, sizeof(hdr), ZMQ_SNDMORE);
+    if (zmq_send(s, junk, len, 0) >= 0)
+        g_atomic_pointer_add(&f->bytes_sent, (gssize)len);
+    g_atomic_int_inc(&f->lies);
+}
 
 static gpointer
 fake_main(gpointer data)
@@ -351,32 +452,59 @@ fake_main(gpointer data)
         if (m.type == PEER_MSG_HAVE_REQ) {
             guint64 count = image_index_chunk_count(fx.idx);
             gsize bytes = (gsize)((count + 7) / 8);
-            g_autofree guint8 *bits = g_malloc(bytes);
+            g_autofree guint8 *bits = g_malloc0(bytes);
+            PeerMsg req = m;
 
-            memset(bits, 0xff, bytes);
-            if (count % 8)
-                bits[bytes - 1] = (guint8)((1u << (count % 8)) - 1);
+            g_atomic_int_inc(&f->have_reqs);
+            if (f->mode != FAKE_NO_FETCH) {
+                memset(bits, 0xff, bytes);
+                if (count % 8)
+                    bits[bytes - 1] = (guint8)((1u << (count % 8)) - 1);
+            }
             m.type = PEER_MSG_HAVE;
             m.chunk = count;
             peer_msg_encode(&m, hdr);
             zmq_send(s, rid, (size_t)rlen, ZMQ_SNDMORE);
             zmq_send(s, hdr, sizeof(hdr), ZMQ_SNDMORE);
             zmq_send(s, bits, bytes, 0);
+            for (guint k = 0; f->mode == FAKE_UNASKED && k < 8; k++) {
+                req.req_id = 0x7fff0000u + k;
+                req.chunk = k;
+                fake_data(f, s, rid, rlen, req,
+                          image_index_chunk_len(fx.idx, k));
+            }
         } else if (m.type == PEER_MSG_GET) {
             gsize len = image_index_chunk_len(fx.idx, m.chunk);
-            g_autofree guint8 *junk = g_malloc0(len);
 
             g_atomic_int_inc(&f->gets);
-            if (f->mode == FAKE_SILENT)
-                continue;
-            memset(junk, 0x5a, len);
-            m.type = PEER_MSG_DATA;
-            m.flags = 0;
-            peer_msg_encode(&m, hdr);
-            zmq_send(s, rid, (size_t)rlen, ZMQ_SNDMORE);
-            zmq_send(s, hdr, sizeof(hdr), ZMQ_SNDMORE);
-            zmq_send(s, junk, len, 0);
-            g_atomic_int_inc(&f->lies);
+            if (m.flags & PEER_GET_FETCH)
+                g_atomic_int_inc(&f->fetch_gets);
+            switch (f->mode) {
+            case FAKE_SILENT:
+            case FAKE_UNASKED:
+                break;
+            case FAKE_NO_FETCH:
+                if (m.flags & PEER_GET_FETCH)
+                    break;
+                m.type = PEER_MSG_ERR;
+                m.flags = PEER_ERR_NOT_PRESENT;
+                peer_msg_encode(&m, hdr);
+                zmq_send(s, rid, (size_t)rlen, ZMQ_SNDMORE);
+                zmq_send(s, hdr, sizeof(hdr), 0);
+                break;
+            case FAKE_LIAR:
+                fake_data(f, s, rid, rlen, m, len);
+                break;
+            case FAKE_HALF:
+                fake_data(f, s, rid, rlen, m, len / 2);
+                break;
+            case FAKE_PLUS4K:
+                fake_data(f, s, rid, rlen, m, len + 4 * KIB);
+                break;
+            case FAKE_4MIB:
+                fake_data(f, s, rid, rlen, m, 4096 * KIB);
+                break;
+            }
         }
     }
     zmq_close(s);
@@ -483,6 +611,255 @@ Test(peer_net, a_peer_that_never_answers_is_dropped_and_its_chunks_replanned)
         g_autoptr(GArray) s = peer_net_status(b->net);
         cr_expect(g_array_index(s, PeerStatus, 0).dead, "and found dead");
     }
+    fake_stop(mute);
+}
+
+/* @h's status of the peer named @name */
+static PeerStatus
+status_of(Host *h, const char *name)
+{
+    g_autoptr(GArray) s = peer_net_status(h->net);
+    PeerStatus copy = {0};
+
+    for (guint k = 0; k < s->len; k++) {
+        PeerStatus *p = &g_array_index(s, PeerStatus, k);
+        if (g_str_equal(p->name, name)) {
+            copy = *p;
+            copy.name = NULL;
+            copy.endpoint = NULL;
+        }
+    }
+    return copy;
+}
+
+/*
+ * A host with no origin and @liar as its only peer asks it for chunk
+ * after chunk until it is banned for the image (or 60 s pass): every bad
+ * answer must be a strike.  Then the bound: bytes received from a peer
+ * <= 1.1 x its useful bytes (none here) + one window of chunks.
+ */
+static void
+assert_struck_and_banned(FakeMode mode, const char *ban_dir)
+{
+    FakePeer *liar = fake_start(mode);
+    PeerNetConfig cfg = {.ban_dir = (char *)ban_dir};
+    Host *b = host_new_full(&cfg, false, true);
+    PeerInfo li = {
+        .name = "liar", .endpoint = liar->endpoint, .public_key = liar->pub};
+    guint64 count = image_index_chunk_count(fx.idx);
+    guint64 window_bytes = 16 * image_index_chunk_len(fx.idx, 0);
+    PeerStatus st = {0};
+
+    peers_are(b, &li, 1);
+    for (int t = 0; t < 600; t++) {
+        st = status_of(b, "liar");
+        if (st.images_banned)
+            break;
+        if (mode != FAKE_UNASKED) {
+            guint64 i = (guint64)t % count;
+
+            if (!image_index_chunk_is_zero(fx.idx, i))
+                cr_expect_not(fetch_engine_get(b->engine, i,
+                                               FETCH_PRIORITY_DEMAND,
+                                               in_seconds(5), NULL),
+                              "no junk is accepted as a chunk");
+        }
+        g_usleep(100 * 1000);
+    }
+    cr_expect_eq(st.images_banned, 1u,
+                 "the liar is banned (%" G_GUINT64_FORMAT " bad chunks)",
+                 st.bad_chunks);
+    cr_expect_geq(st.bad_chunks, 3u, "each bad answer is a strike");
+    cr_expect_leq(st.bytes_in, window_bytes,
+                  "bytes taken from the liar: %" G_GUINT64_FORMAT
+                  ", one window is %" G_GUINT64_FORMAT,
+                  st.bytes_in, window_bytes);
+    cr_expect_eq(chunk_cache_stored_count(b->cache), 0u, "nothing stored");
+    cr_expect(host_logged(b, "banned for image"), "the ban is logged");
+    if (mode == FAKE_PLUS4K || mode == FAKE_4MIB || mode == FAKE_UNASKED)
+        cr_expect(host_logged(b, "peer liar: dropped the connection"),
+                  "the dropped connection is logged");
+    fprintf(stderr,
+            "liar mode %d: banned after %" G_GUINT64_FORMAT
+            " strikes; it sent %" G_GINT64_FORMAT
+            " payload bytes, this host took %" G_GUINT64_FORMAT "\n",
+            mode, st.bad_chunks,
+            (gint64)g_atomic_pointer_get(&liar->bytes_sent), st.bytes_in);
+    {
+        /* banned: it is asked nothing more */
+        gint gets = g_atomic_int_get(&liar->gets);
+
+        for (guint64 i = 0; i < 4; i++)
+            fetch_engine_get(b->engine, i, FETCH_PRIORITY_DEMAND, in_seconds(1),
+                             NULL);
+        cr_expect_eq(g_atomic_int_get(&liar->gets), gets,
+                     "a banned peer is not asked");
+    }
+    if (ban_dir) {
+        /* and after a restart (a new PeerNet on the same ban_dir) it is
+         * still banned before it sends anything */
+        Host *c = host_new(&cfg);
+
+        peers_are(c, &li, 1);
+        wait_connected(c, 1);
+        st = status_of(c, "liar");
+        cr_expect_eq(st.images_banned, 1u, "the ban is kept");
+        get_all(c);
+        assert_cache_complete_and_verified(c);
+        cr_expect_eq(status_of(c, "liar").chunks_in, 0u);
+    }
+    fake_stop(liar);
+}
+
+Test(peer_net, a_peer_sending_half_chunks_is_struck_and_banned)
+{
+    assert_struck_and_banned(FAKE_HALF, NULL);
+}
+
+Test(peer_net, a_peer_sending_4_kib_more_is_struck_dropped_and_banned)
+{
+    assert_struck_and_banned(FAKE_PLUS4K, NULL);
+}
+
+Test(peer_net, a_peer_sending_4_mib_per_chunk_is_struck_dropped_and_banned)
+{
+    assert_struck_and_banned(FAKE_4MIB, NULL);
+}
+
+Test(peer_net, a_peer_sending_data_nobody_asked_for_is_struck_and_banned)
+{
+    assert_struck_and_banned(FAKE_UNASKED, NULL);
+}
+
+Test(peer_net, a_ban_is_kept_across_a_restart)
+{
+    g_autofree char *dir = g_dir_make_tmp("spore-peer-bans-XXXXXX", NULL);
+    g_autofree char *bans = g_build_filename(dir, "sub", NULL);
+
+    assert_struck_and_banned(FAKE_HALF, bans);
+    test_rm_rf(dir);
+}
+
+/* Four readers at once, as a guest's reads would come. */
+static double
+read_all_timed(Host *h)
+{
+    GThread *threads[4];
+    gint64 t0 = g_get_monotonic_time();
+
+    for (guint k = 0; k < 4; k++)
+        threads[k] = g_thread_new("get-all", get_all_thread, h);
+    for (guint k = 0; k < 4; k++)
+        g_thread_join(threads[k]);
+    return (double)(g_get_monotonic_time() - t0) / G_USEC_PER_SEC;
+}
+
+/* The same run's baseline (a host with no peers) and a host whose only
+ * peer takes delegated fetches and never answers them: the read
+ * completes, identical, and the chunks it was handed went elsewhere at
+ * once.  The times are printed, not asserted. */
+static void
+read_with_a_peer_ignoring_fetches(void)
+{
+    FakePeer *mute = fake_start(FAKE_NO_FETCH);
+    Host *a = host_new(NULL);
+    Host *b = host_new(NULL);
+    Host *c = host_new(NULL);
+    PeerInfo mi = {
+        .name = "mute", .endpoint = mute->endpoint, .public_key = mute->pub};
+    guint64 count = image_index_chunk_count(fx.idx);
+    double alone, with_mute;
+    PeerStatus st;
+    FetchStats fs;
+
+    /* baselines before and after, against the noise of a shared machine */
+    peers_are(b, &mi, 1);
+    wait_connected(b, 1);
+    alone = read_all_timed(a);
+    with_mute = read_all_timed(b);
+    alone = (alone + read_all_timed(c)) / 2;
+    assert_cache_complete_and_verified(b);
+    st = status_of(b, "mute");
+    fetch_engine_stats(b->engine, &fs);
+    fprintf(stderr,
+            "whole read of %" G_GUINT64_FORMAT " chunks: %.3f s alone, %.3f "
+            "s with a peer ignoring delegated fetches (%.2fx); it was asked "
+            "%d, missed %" G_GUINT64_FORMAT ", hedged %" G_GUINT64_FORMAT "\n",
+            count, alone, with_mute, with_mute / alone,
+            g_atomic_int_get(&mute->fetch_gets), st.missed, st.hedged);
+    cr_expect_gt(g_atomic_int_get(&mute->fetch_gets), 0, "it was delegated to");
+    cr_expect_lt((guint64)g_atomic_int_get(&mute->fetch_gets), count / 4,
+                 "and the chunks went elsewhere at once, not one by one "
+                 "after each timed out");
+    cr_expect_eq(fs.bytes[FETCH_SOURCE_ORIGIN], fx.nonzero_bytes);
+    fake_stop(mute);
+}
+
+Test(peer_net,
+     a_peer_that_takes_delegated_fetches_and_never_answers_costs_one_hedge)
+{
+    read_with_a_peer_ignoring_fetches();
+}
+
+TestSuite(peer_net_big, .init = setup_big, .fini = teardown, .timeout = 240);
+
+Test(peer_net_big, a_whole_read_beside_a_peer_ignoring_delegated_fetches)
+{
+    read_with_a_peer_ignoring_fetches();
+}
+
+/* With no origin to fall back on, a host keeps handing such a peer its
+ * chunks: it misses deadline after deadline and is dead for the image. */
+Test(peer_net, a_peer_that_keeps_missing_deadlines_is_dead_for_the_image)
+{
+    FakePeer *mute = fake_start(FAKE_NO_FETCH);
+    Host *b = host_new_full(NULL, false, true);
+    PeerInfo mi = {
+        .name = "mute", .endpoint = mute->endpoint, .public_key = mute->pub};
+    guint64 count = image_index_chunk_count(fx.idx);
+    PeerStatus st = {0};
+
+    peers_are(b, &mi, 1);
+    wait_connected(b, 1);
+    for (int t = 0; t < 1000; t++) {
+        st = status_of(b, "mute");
+        if (st.missed >= 2)
+            break;
+        fetch_engine_get(b->engine, (guint64)t % count, FETCH_PRIORITY_DEMAND,
+                         in_seconds(3), NULL);
+        g_usleep(20 * 1000);
+    }
+    cr_expect_geq(st.missed, 2u, "it missed again after its first death");
+    cr_expect_eq(st.images_dead, 1u,
+                 "dead for the image after %" G_GUINT64_FORMAT " misses",
+                 st.missed);
+    cr_expect_leq((guint64)g_atomic_int_get(&mute->fetch_gets), st.missed + 1,
+                  "one request per death, not a window of them: %d asked",
+                  g_atomic_int_get(&mute->fetch_gets));
+    cr_expect_not(st.dead, "yet not dead for what else it may serve");
+    fake_stop(mute);
+}
+
+/* A host whose event loop hangs while libzmq still answers heartbeats:
+ * GETs go unanswered with the default dead_ms; the deadlines re-plan. */
+Test(peer_net, a_peer_whose_loop_hangs_costs_a_deadline_not_a_timeout)
+{
+    FakePeer *mute = fake_start(FAKE_SILENT);
+    Host *b = host_new(NULL);
+    PeerInfo mi = {
+        .name = "hung", .endpoint = mute->endpoint, .public_key = mute->pub};
+    PeerStatus st;
+
+    peers_are(b, &mi, 1);
+    wait_connected(b, 1);
+    get_all(b);
+    assert_cache_complete_and_verified(b);
+    st = status_of(b, "hung");
+    cr_expect_leq(g_atomic_int_get(&mute->gets), 16,
+                  "asked at most one window (%d)",
+                  g_atomic_int_get(&mute->gets));
+    cr_expect(st.dead || st.images_dead || st.missed,
+              "found dead or missing its deadlines");
     fake_stop(mute);
 }
 
@@ -607,6 +984,8 @@ Test(peer_net, malformed_and_oversized_messages_are_dropped_and_serving_goes_on)
     /* an oversized frame drops the connection; the next one is served */
     zmq_send(s, big, PEER_FRAME_MAX_BYTES + 1024, 0);
     cr_expect_eq(raw_answer(s), 0u);
+    cr_expect(host_logged(a, "peer connection from 127.0.0.1:"),
+              "the server says it closed the connection");
     zmq_close(s);
     s = raw_client(ctx, a, pub, sec);
     raw_have_req(s);
