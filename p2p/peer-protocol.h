@@ -53,7 +53,7 @@ typedef enum {
 } PeerMsgType;
 
 /* GET flags */
-#define PEER_GET_FETCH                                 \
+#define PEER_GET_FETCH \
     0x01u /* fetch it if you lack it: you are the host \
            * the site chose to get it from the origin */
 
