@@ -244,10 +244,12 @@ send_unsent(Batch *b)
         b->lanes[l].n_sent++;
         b->n_unsent--;
     }
-    if (b->n_unsent > 0)
+    if (b->n_unsent > 0) {
         backoff(b);
-    else
+    } else {
         b->delay_ms = 0;
+        b->why[0] = '\0'; /* past failures are not why a reply is late */
+    }
 }
 
 /*
@@ -346,9 +348,13 @@ batch_step(Batch *b, guint64 *failed_chunk, GError **error)
         (n == 0 && b->n_unsent == 0) || g_get_monotonic_time() >= grace_end) {
         if (failed_chunk)
             *failed_chunk = first_left(b);
-        g_set_error(error, SPORE_ERROR, SPORE_ERROR_UNAVAILABLE, "%s",
-                    b->why[0] ? b->why
-                              : "no answer from the host agent in time");
+        if (b->why[0])
+            g_set_error(error, SPORE_ERROR, SPORE_ERROR_UNAVAILABLE, "%s",
+                        b->why);
+        else
+            g_set_error(error, SPORE_ERROR, SPORE_ERROR_UNAVAILABLE,
+                        "no answer from the host agent at '%s' in time",
+                        b->client->path);
         return false;
     }
     if (poll(pfd, n, ms_until(wake)) < 0) {

@@ -379,6 +379,8 @@ Test(fetch_client, gives_up_on_a_short_reply_at_its_deadline)
         c, &chunk, 1, 0, g_get_monotonic_time() + 100000, &failed, &err));
     cr_assert(g_error_matches(err, SPORE_ERROR, SPORE_ERROR_UNAVAILABLE));
     cr_assert_eq(failed, 5);
+    cr_assert(strstr(err->message, "no answer from the host agent at"), "%s",
+              err->message);
     /* the half-read connection is not kept: the next call starts clean */
     fake_stop();
     fake_start(FAKE_OK);
@@ -400,6 +402,23 @@ Test(fetch_client, asks_again_when_the_agent_closes_mid_reply)
               "%s", err ? err->message : "");
     cr_assert_eq(counter(&fake.requests), 2);
     cr_assert_eq(counter(&fake.connections), 2);
+}
+
+Test(fetch_client, asks_again_for_every_unanswered_chunk_of_a_broken_connection)
+{
+    g_autoptr(FetchClient) c = client();
+    g_autoptr(GError) err = NULL;
+    guint64 chunks[2 * FETCH_CLIENT_LANES_MAX - 1];
+
+    for (guint i = 0; i < G_N_ELEMENTS(chunks); i++)
+        chunks[i] = 300 + i;
+    fake_start(FAKE_CLOSE_MID_REPLY); /* one of the connections breaks */
+    cr_assert(fetch_client_get(c, chunks, G_N_ELEMENTS(chunks), 0,
+                               deadline_in_s(DEADLINE_S), NULL, &err),
+              "%s", err ? err->message : "");
+    /* the request it was answering came again, with the others */
+    cr_assert_geq(counter(&fake.requests), G_N_ELEMENTS(chunks) + 1);
+    cr_assert_eq(counter(&fake.connections), FETCH_CLIENT_LANES_MAX + 1);
 }
 
 static gpointer
