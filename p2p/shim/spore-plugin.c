@@ -5,13 +5,16 @@
  *
  *   nbdkit --unix SOCK spore cache=CACHE_DIR agent=FETCH_SOCK [timeout=S]
  *
- * A read of a present chunk goes straight to the cache's data file.  A read
- * of a missing chunk asks the host agent (fetch-protocol.h) with demand
- * priority and blocks until the agent answers that the chunk is verified and
- * present, then reads it from the data file; if that takes longer than
+ * A read of present chunks goes straight to the cache's data file.  The
+ * missing chunks of a read are asked of the host agent together, with
+ * demand priority (fetch-client.h: pipelined over a few connections), and
+ * the read blocks until the agent answers that each is verified and
+ * present, then reads them from the data file; if that takes longer than
  * `timeout` seconds (default 60) or fails, the read fails with EIO and an
- * nbdkit error naming the chunk and why.  All-zero chunks are never fetched:
- * they read as zeros and `extents` reports them as holes.
+ * nbdkit error naming the chunk and why.  An agent that is restarted (or
+ * not yet there) within the timeout only delays the read: the client
+ * connects again with backoff and asks again.  All-zero chunks are never
+ * fetched: they read as zeros and `extents` reports them as holes.
  *
  * Presence comes from the cache's bitmap file, mapped read-only and shared:
  * the agent sets a bit (with pwrite) only after the chunk's data is durable,
@@ -22,10 +25,11 @@
  * the shim started), two little-endian u64 per record.  The agent merges
  * these per image to prefetch the next boot.
  *
- * Threads: NBDKIT_THREAD_MODEL_PARALLEL.  Each nbdkit thread keeps its own
- * connection to the agent (thread-local), so requests never interleave on
- * a socket.  No threads of our own; everything is opened in config_complete
- * and survives nbdkit's fork.
+ * Threads: NBDKIT_THREAD_MODEL_PARALLEL.  Each nbdkit thread has its own
+ * FetchClient (thread-local, made on the thread's first miss), so requests
+ * never interleave on a socket.  No threads of our own (FetchClient starts
+ * none); the files are opened in config_complete and survive nbdkit's fork,
+ * sockets to the agent are only opened by nbdkit's worker threads.
  */
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-plugin.h>
@@ -33,7 +37,6 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <fcntl.h>
-#include <poll.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -49,6 +52,7 @@
 #include <unistd.h>
 
 #include "chunk-cache.h"
+#include "fetch-client.h"
 #include "fetch-protocol.h"
 #include "image-index.h"
 
@@ -70,8 +74,8 @@ static uint8_t *seen; /* first-access bits, atomic */
 static int profile_fd = -1;
 static int64_t start_us;
 
-static pthread_key_t conn_key;
-static uint64_t next_tag; /* atomic */
+static uint8_t image_digest[SPORE_SHA256_BYTES];
+static pthread_key_t client_key; /* FetchClient *, per nbdkit thread */
 
 static int64_t
 now_us(void)
@@ -83,18 +87,15 @@ now_us(void)
 }
 
 static void
-conn_close(void *p)
+client_free(void *p)
 {
-    int fd = (int)(intptr_t)p - 1;
-
-    if (fd >= 0)
-        close(fd);
+    fetch_client_free(p);
 }
 
 static void
 spore_load(void)
 {
-    pthread_key_create(&conn_key, conn_close);
+    pthread_key_create(&client_key, client_free);
 }
 
 static void
@@ -217,6 +218,11 @@ spore_config_complete(void)
         return -1;
     }
     snprintf(short_id, sizeof(short_id), "%s", base);
+    if (!spore_unhex(image_index_id(idx) + 7, image_digest,
+                     SPORE_SHA256_BYTES)) {
+        nbdkit_error("bad image id '%s'", image_index_id(idx));
+        return -1;
+    }
 
     snprintf(path, sizeof(path), "%s/%s", cache_dir, CHUNK_CACHE_DATA_FILE);
     data_fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -332,115 +338,102 @@ note_access(uint64_t c)
         nbdkit_debug("cannot append to the access profile: %m");
 }
 
-static int
-agent_connect(void)
+/*
+ * The calling thread's client of the agent (fetch-client.h), made on its
+ * first miss and freed with the thread.  NULL with a message in @why when
+ * it cannot be made.
+ */
+static FetchClient *
+thread_client(char *why, size_t why_len)
 {
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    FetchClient *fc = pthread_getspecific(client_key);
+    GError *err = NULL;
 
-    if (fd < 0)
-        return -1;
-    strcpy(sa.sun_path, agent_path); /* length checked in config_complete */
-    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-        int saved = errno;
-        close(fd);
-        errno = saved;
-        return -1;
+    if (fc)
+        return fc;
+    fc = fetch_client_new(agent_path, image_digest, &err);
+    if (!fc) {
+        snprintf(why, why_len, "%s", err->message);
+        g_error_free(err);
+        return NULL;
     }
-    return fd;
-}
-
-/* Move exactly @len bytes in or out of @fd before @deadline_us. */
-static int
-io_all(int fd, uint8_t *buf, size_t len, bool out, int64_t deadline_us)
-{
-    while (len > 0) {
-        struct pollfd p = {.fd = fd, .events = out ? POLLOUT : POLLIN};
-        int64_t left_ms = (deadline_us - now_us()) / 1000;
-        ssize_t n;
-
-        if (left_ms <= 0) {
-            errno = ETIMEDOUT;
-            return -1;
-        }
-        if (poll(&p, 1, (int)MIN(left_ms, 60000)) < 0) {
-            if (errno == EINTR)
-                continue;
-            return -1;
-        }
-        if (!(p.revents & (out ? POLLOUT : POLLIN)) &&
-            !(p.revents & (POLLHUP | POLLERR)))
-            continue;
-        n = out ? send(fd, buf, len, MSG_NOSIGNAL) : recv(fd, buf, len, 0);
-        if (n < 0 && (errno == EINTR || errno == EAGAIN))
-            continue;
-        if (n <= 0) {
-            if (n == 0)
-                errno = ECONNRESET;
-            return -1;
-        }
-        buf += n;
-        len -= (size_t)n;
-    }
-    return 0;
+    pthread_setspecific(client_key, fc);
+    return fc;
 }
 
 /*
- * Ask the agent for chunk @c and wait for its answer.  On failure writes a
- * reason into @why.  The connection is kept for the thread's next request;
- * a broken one is reopened once.
+ * Ask the agent for every chunk of @missing at once (fetch_client_get
+ * pipelines them) and wait.  On failure writes into @why the reason and
+ * sets *@failed the chunk it is about.
  */
 static bool
-agent_fetch(uint64_t c, int64_t deadline_us, char *why, size_t why_len)
+agent_fetch(const uint64_t *missing, size_t n, int64_t deadline_us,
+            uint64_t *failed, char *why, size_t why_len)
 {
-    FetchRequest req = {.priority = 0, .chunk = c};
-    FetchReply rep;
-    uint8_t out[FETCH_REQUEST_BYTES], in[FETCH_REPLY_BYTES];
-    int64_t left_ms = (deadline_us - now_us()) / 1000;
+    FetchClient *fc = thread_client(why, why_len);
+    GError *err = NULL;
 
-    if (!spore_unhex(image_index_id(idx) + 7, req.image, SPORE_SHA256_BYTES)) {
-        snprintf(why, why_len, "bad image id");
+    *failed = missing[0];
+    if (!fc)
+        return false;
+    if (!fetch_client_get(fc, missing, n, 0, deadline_us, failed, &err)) {
+        snprintf(why, why_len, "%s", err->message);
+        g_error_free(err);
         return false;
     }
-    req.wait_ms = (uint64_t)MAX(left_ms, 1);
-    req.tag = __atomic_add_fetch(&next_tag, 1, __ATOMIC_RELAXED);
-    fetch_request_encode(&req, out);
+    return true;
+}
 
-    for (int attempt = 0; attempt < 2; attempt++) {
-        int fd = (int)(intptr_t)pthread_getspecific(conn_key) - 1;
+/* Fail the read: chunk @c of the image could not be fetched, for @why. */
+static int
+chunk_unavailable(uint64_t c, const char *why)
+{
+    unsigned shift = image_index_chunk_shift(idx);
 
-        if (fd < 0) {
-            fd = agent_connect();
-            if (fd < 0) {
-                snprintf(why, why_len,
-                         "cannot reach the host agent at '%s': %s", agent_path,
-                         strerror(errno));
-                return false;
-            }
-            pthread_setspecific(conn_key, (void *)(intptr_t)(fd + 1));
+    shim_error("spore: image %s: chunk %" PRIu64 " (bytes %" PRIu64 "-%" PRIu64
+               ") unavailable: %s",
+               short_id, c, c << shift,
+               (c << shift) + image_index_chunk_len(idx, c) - 1, why);
+    nbdkit_set_error(EIO);
+    return -1;
+}
+
+/*
+ * Make chunks @first to @last present: the missing ones are asked for
+ * together, FETCH_CLIENT_BATCH_MAX at a time, so that one round trip
+ * covers a read that spans several.
+ */
+static int
+fetch_missing(uint64_t first, uint64_t last, int64_t deadline_us)
+{
+    uint64_t missing[FETCH_CLIENT_BATCH_MAX];
+    char why[FETCH_REPLY_MESSAGE_BYTES + 128];
+    uint64_t c = first;
+
+    while (c <= last) {
+        size_t n = 0;
+        uint64_t failed;
+
+        for (; c <= last && n < FETCH_CLIENT_BATCH_MAX; c++) {
+            note_access(c);
+            if (!is_present(c))
+                missing[n++] = c;
         }
-        if (io_all(fd, out, sizeof(out), true, deadline_us) == 0 &&
-            io_all(fd, in, sizeof(in), false, deadline_us + 1000000) == 0) {
-            if (!fetch_reply_decode(in, &rep) || rep.tag != req.tag ||
-                rep.chunk != c) {
-                snprintf(why, why_len, "malformed reply from the host agent");
-                close(fd);
-                pthread_setspecific(conn_key, NULL);
-                return false;
+        if (n == 0)
+            continue;
+        if (!agent_fetch(missing, n, deadline_us, &failed, why, sizeof(why)))
+            return chunk_unavailable(failed, why);
+        for (size_t i = 0; i < n; i++) {
+            if (!is_present(missing[i])) {
+                shim_error("spore: image %s: the agent reported chunk %" PRIu64
+                           " present but its bit is clear",
+                           short_id, missing[i]);
+                nbdkit_set_error(EIO);
+                return -1;
             }
-            if (rep.status != 0) {
-                snprintf(why, why_len, "%s", rep.message);
-                return false;
-            }
-            return true;
         }
-        snprintf(why, why_len, "host agent connection: %s", strerror(errno));
-        close(fd);
-        pthread_setspecific(conn_key, NULL);
-        if (errno == ETIMEDOUT)
-            return false;
     }
-    return false;
+    return 0;
 }
 
 static int
@@ -448,33 +441,12 @@ spore_pread(void *handle, void *buf, uint32_t count, uint64_t offset,
             uint32_t flags)
 {
     unsigned shift = image_index_chunk_shift(idx);
-    uint64_t first = offset >> shift;
-    uint64_t last = (offset + count - 1) >> shift;
-    int64_t deadline_us = now_us() + (int64_t)timeout_s * 1000000;
+    int64_t deadline_us = g_get_monotonic_time() + (int64_t)timeout_s * 1000000;
     uint8_t *out = buf;
 
-    for (uint64_t c = first; c <= last; c++) {
-        char why[FETCH_REPLY_MESSAGE_BYTES + 64];
-
-        note_access(c);
-        if (is_present(c))
-            continue;
-        if (!agent_fetch(c, deadline_us, why, sizeof(why))) {
-            shim_error("spore: image %s: chunk %" PRIu64 " (bytes %" PRIu64
-                       "-%" PRIu64 ") unavailable: %s",
-                       short_id, c, c << shift,
-                       (c << shift) + image_index_chunk_len(idx, c) - 1, why);
-            nbdkit_set_error(EIO);
-            return -1;
-        }
-        if (!is_present(c)) {
-            shim_error("spore: image %s: the agent reported chunk %" PRIu64
-                       " present but its bit is clear",
-                       short_id, c);
-            nbdkit_set_error(EIO);
-            return -1;
-        }
-    }
+    if (fetch_missing(offset >> shift, (offset + count - 1) >> shift,
+                      deadline_us) < 0)
+        return -1;
 
     /* every chunk is present now; zero chunks read as zeros from the
      * sparse file, whose holes were never written */
