@@ -240,6 +240,7 @@ start_readers() { # start_readers R: four readers, a quarter of region R each, 8
 }
 # image3_state: "CACHED QUEUED" of image3, read in one answer of the agent
 image3_state() { image_field "$hex3" "im['cached_chunks'], im['queued_chunks']"; }
+nothing_queued() { [ "$(image_field "$hex3" "im['queued_chunks']")" = 0 ]; }
 readers_alive() { # a reader is still running
     local p
     for p in "${readers[@]}"; do kill -0 "$p" 2>/dev/null && return 0; done
@@ -262,7 +263,11 @@ step=$((region_chunks * 3 / 8)) # each round kills this many chunks on, at least
 for round in $(seq "$rounds"); do
     # the target is counted from what is cached before the readers start,
     # so that it cannot be passed before they fetch anything; the region
-    # holds 5/8 of its chunks more, for the readers to be still fetching
+    # holds 5/8 of its chunks more, for the readers to be still fetching.
+    # The shim sends the reads that were in flight at the last kill again
+    # once the agent is back (they finish the last region): first let them
+    # settle, so that nothing but this round's readers fetches
+    wait_until 240 nothing_queued
     read -r before _ <<<"$(tr -d '(),' <<<"$(image3_state)")"
     target=$((before + step))
     start_readers "$round"
