@@ -17,15 +17,15 @@
 #include "agent.h"
 
 typedef struct {
-    char *manager;       /* ZeroMQ endpoint of spored, tcp://HOST:PORT */
-    char *manager_key;   /* its Z85 public key */
-    char *host_name;     /* this host's name in the site */
-    char *state_dir;     /* keys, the journal, image indexes */
-    char *libvirt_uri;   /* NULL: qemu:///system */
-    char *pool;          /* NULL: "spore" */
+    char *manager;     /* ZeroMQ endpoint of spored, tcp://HOST:PORT */
+    char *manager_key; /* its Z85 public key */
+    char *host_name;   /* this host's name in the site */
+    char *state_dir;   /* keys, the journal, image indexes */
+    char *libvirt_uri; /* NULL: qemu:///system */
+    char *pool;        /* NULL: "spore" */
     char *pool_dir;
     char *console_dir;
-    char *virt_type;     /* "kvm", "qemu" or NULL: probe */
+    char *virt_type; /* "kvm", "qemu" or NULL: probe */
     guint report_ms;
 } AgentLinkConfig;
 

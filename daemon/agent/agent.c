@@ -9,6 +9,37 @@
  *   SERVING --[image-unserve: nbdkit stopped]--> PREPARED
  *   any --[agent restart]--> PREPARED, or SERVING if its nbdkit still runs
  *
+ * Each image's shim, in detail (guarded by the image's own lock):
+ *
+ *            agent_image_serve (claims the start)
+ *   IDLE ------------------------------------------> STARTING
+ *     ^                                               |   |
+ *     |  shim_start failed (broadcast cond)           |   | shim_start ok
+ *     +-----------------------------------------------+   | (broadcast)
+ *     |                                                   v
+ *     +------------- agent_image_unserve ------------- SERVING
+ *     agent_image_serve finding its nbdkit gone: SERVING -> STARTING
+ *     agent_image_open finding a running nbdkit: (new) -> SERVING
+ *
+ *   A serve or unserve that finds STARTING waits on the image's cond until
+ *   the starting thread leaves it, then decides again.
+ *
+ * Invariants:
+ *   1. Agent.lock guards the images table only: it is held for a lookup, an
+ *      insert or a listing, never across a spawn, a poll, a fetch or any
+ *      I/O, and no other lock is taken under it.  So a guest's read miss
+ *      (on_fetch_run) never waits for another image's shim or cache.
+ *   2. An image, once in the table, stays there and in memory until
+ *      agent_free; its identity, index, cache, engine, origins and paths
+ *      never change, so they are read without a lock.
+ *   3. AgentImage.lock guards shim_state and shim_pid; it is held between
+ *      transitions only (checks of /proc, kill, unlinks of the shim's own
+ *      files), never across shim_start's spawn and polls.  Exactly one
+ *      thread at a time is in STARTING for an image: the one that left
+ *      IDLE; the others wait on AgentImage.cond.
+ *   4. Agent.add_lock serializes image-add (opening a cache, persisting the
+ *      record: I/O); nothing on the data path takes it.
+ *
  * Library code below never logs; this file is the top level of the agent
  * and logs once per event, with g_message / g_warning (domain spore-agent).
  */
@@ -48,11 +79,21 @@
 #define AGENT_SOCKET_MODE     0600
 #define SOCKET_THREADS_MAX    512
 #define SHIM_START_TIMEOUT_MS 10000
-#define SHIM_THREADS          "16"
-#define UNIX_PATH_BYTES       108 /* sizeof(sun_path) */
-#define SITE_PROFILE_FILE     "site-profile"
+/* the shim sockets: the agent's user and the shim group (QEMU) */
+#define SHIM_SOCKET_MODE  0660
+#define SHIM_THREADS      "16"
+#define UNIX_PATH_BYTES   108 /* sizeof(sun_path) */
+#define SITE_PROFILE_FILE "site-profile"
+
+/* the shim of one image: see the diagram at the top of this file */
+typedef enum {
+    SHIM_IDLE,     /* no nbdkit of ours serves the image */
+    SHIM_STARTING, /* one thread spawns and polls nbdkit, holding no lock */
+    SHIM_SERVING,  /* shim_pid serves the image (checked on each serve) */
+} ShimState;
 
 typedef struct {
+    /* immutable once the image is in the table (invariant 2) */
     char *id;  /* "sha256:<hex>" */
     char *hex; /* the id's hex digits: directory and file names */
     guint8 digest[SPORE_SHA256_BYTES];
@@ -64,7 +105,11 @@ typedef struct {
     char *shim_socket;
     char *shim_pidfile;
     char *shim_log;
-    GPid shim_pid; /* 0 when not serving */
+    /* guarded by lock (invariant 3) */
+    GMutex lock;
+    GCond cond; /* broadcast when shim_state leaves SHIM_STARTING */
+    ShimState shim_state;
+    GPid shim_pid; /* SHIM_SERVING: nbdkit's daemon; else 0 */
 } AgentImage;
 
 struct Agent {
@@ -74,8 +119,9 @@ struct Agent {
     char *shims_dir;
     char *control_path;
     char *fetch_path;
-    GMutex lock;        /* guards images and each image's shim fields */
-    GHashTable *images; /* hex -> AgentImage * */
+    GMutex lock;        /* guards the images table only (invariant 1) */
+    GMutex add_lock;    /* serializes image-add (invariant 4) */
+    GHashTable *images; /* hex -> AgentImage *, never removed (invariant 2) */
     CacheSet *caches;   /* every image's cache, for local copies */
     PeerNet *peers;     /* NULL: no peer exchange */
     ControlServer *control;
@@ -99,6 +145,8 @@ agent_image_free(gpointer p)
     g_free(im->shim_log);
     g_free(im->hex);
     g_free(im->id);
+    g_mutex_clear(&im->lock);
+    g_cond_clear(&im->cond);
     g_free(im);
 }
 
@@ -139,6 +187,8 @@ agent_image_open(Agent *a, ImageIndex *idx, const char *const *origins,
     AgentImage *im = g_new0(AgentImage, 1);
     GPtrArray *origin; /* one FetchSource per URL, in order */
 
+    g_mutex_init(&im->lock);
+    g_cond_init(&im->cond);
     im->idx = image_index_ref(idx);
     im->id = g_strdup(image_index_id(idx));
     im->hex = g_strdup(im->id + strlen("sha256:"));
@@ -188,6 +238,7 @@ agent_image_open(Agent *a, ImageIndex *idx, const char *const *origins,
     {
         GPid pid = read_pidfile(im->shim_pidfile);
         if (pid_is_nbdkit(pid)) {
+            im->shim_state = SHIM_SERVING;
             im->shim_pid = pid;
             g_log(G_LOG_DOMAIN, G_LOG_LEVEL_MESSAGE,
                   "image %.12s: shim (nbdkit pid %d) still serving on '%s'",
@@ -266,11 +317,16 @@ agent_load_images(Agent *a)
     }
 }
 
-/* Locked.  Finds an image by id, hex, or a unique hex prefix (>= 6). */
+/*
+ * Finds an image by id, hex, or a unique hex prefix (>= 6); takes the table
+ * lock for the lookup only.  The image stays valid while the agent lives
+ * (invariant 2).
+ */
 static AgentImage *
 agent_find_image(Agent *a, const char *name, GError **error)
 {
     const char *hex = g_str_has_prefix(name, "sha256:") ? name + 7 : name;
+    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&a->lock);
     AgentImage *found = g_hash_table_lookup(a->images, hex);
     GHashTableIter it;
     gpointer key, value;
@@ -294,6 +350,21 @@ agent_find_image(Agent *a, const char *name, GError **error)
                             : "no image '%s' on this host",
                 name);
     return NULL;
+}
+
+/* The images sorted by hex (borrowed: invariant 2); the table lock is held
+ * while they are listed only. */
+static GPtrArray *
+agent_images_sorted(Agent *a)
+{
+    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&a->lock);
+    g_autoptr(GList) keys =
+        g_list_sort(g_hash_table_get_keys(a->images), (GCompareFunc)strcmp);
+    GPtrArray *out = g_ptr_array_new();
+
+    for (GList *l = keys; l; l = l->next)
+        g_ptr_array_add(out, g_hash_table_lookup(a->images, l->data));
+    return out;
 }
 
 /* ---- shims ------------------------------------------------------------- */
@@ -400,7 +471,7 @@ fill_order_cmp(gconstpointer pa, gconstpointer pb)
 /*
  * Queue every missing chunk at background priority, rarest first: the
  * chunks fewest peers hold come first, so that the site's copies spread
- * (and the origin-only ones are fetched early).  Locked.
+ * (and the origin-only ones are fetched early).  Takes no agent lock.
  */
 static void
 agent_image_fill(Agent *a, AgentImage *im)
@@ -428,9 +499,13 @@ agent_image_fill(Agent *a, AgentImage *im)
                           FETCH_PRIORITY_BACKGROUND);
 }
 
-/* Locked.  Start the image's nbdkit unless it runs. */
+/*
+ * Spawn the image's nbdkit and wait until its daemon serves; *ret_pid gets
+ * the daemon's PID.  Runs in SHIM_STARTING, holding no lock (invariant 3):
+ * it may take up to 2 x SHIM_START_TIMEOUT_MS.
+ */
 static bool
-agent_image_serve(Agent *a, AgentImage *im, GError **error)
+shim_start(Agent *a, AgentImage *im, GPid *ret_pid, GError **error)
 {
     g_autofree char *cache_arg = NULL;
     g_autofree char *agent_arg = NULL;
@@ -440,10 +515,6 @@ agent_image_serve(Agent *a, AgentImage *im, GError **error)
     const char *argv[20];
     int n = 0, log_fd;
     GPid pid = 0;
-
-    if (im->shim_pid && pid_is_nbdkit(im->shim_pid))
-        return true;
-    im->shim_pid = 0;
 
     g_unlink(im->shim_socket); /* nbdkit 1.32 leaves its socket behind */
     g_unlink(im->shim_pidfile);
@@ -539,36 +610,89 @@ agent_image_serve(Agent *a, AgentImage *im, GError **error)
         return false;
     }
 
-    /* QEMU runs as another user: let the shim group connect */
+    /* QEMU runs as another user: the socket is SHIM_SOCKET_MODE, and
+     * the shim group's when there is one */
     if (a->cfg.shim_group && *a->cfg.shim_group) {
         struct group *gr = getgrnam(a->cfg.shim_group);
 
-        if (!gr || chown(im->shim_socket, (uid_t)-1, gr->gr_gid) < 0 ||
-            chmod(im->shim_socket, 0660) < 0)
+        if (!gr || chown(im->shim_socket, (uid_t)-1, gr->gr_gid) < 0)
             g_warning("image %.12s: cannot give group '%s' the shim socket "
                       "'%s'%s, ignoring",
                       im->hex, a->cfg.shim_group, im->shim_socket,
                       gr ? "" : " (no such group)");
     }
-    im->shim_pid = pid;
-    g_message("image %.12s: shim (nbdkit pid %d) serving on '%s'", im->hex,
-              (int)pid, im->shim_socket);
-    agent_image_prefetch_profile(im);
+    if (chmod(im->shim_socket, SHIM_SOCKET_MODE) < 0)
+        g_warning("image %.12s: cannot make the shim socket '%s' mode %04o: "
+                  "%s, ignoring",
+                  im->hex, im->shim_socket, SHIM_SOCKET_MODE,
+                  g_strerror(errno));
+    *ret_pid = pid;
     return true;
 }
 
-/* Locked. */
+/*
+ * Start the image's nbdkit unless it runs: the SHIM_IDLE -> SHIM_STARTING
+ * -> SHIM_SERVING | SHIM_IDLE transitions.  Concurrent calls for the same
+ * image wait on im->cond for the one that starts it and share its outcome
+ * (a failed start is retried by the next caller).  Holds no agent-wide lock
+ * (invariant 1), and the image's lock only between transitions.
+ */
+static bool
+agent_image_serve(Agent *a, AgentImage *im, GError **error)
+{
+    GPid pid = 0;
+    bool ok;
+
+    g_mutex_lock(&im->lock);
+    while (im->shim_state == SHIM_STARTING)
+        g_cond_wait(&im->cond, &im->lock);
+    if (im->shim_state == SHIM_SERVING && pid_is_nbdkit(im->shim_pid)) {
+        g_mutex_unlock(&im->lock);
+        return true;
+    }
+    /* SHIM_IDLE, or SERVING with its nbdkit gone: this thread starts it */
+    im->shim_state = SHIM_STARTING;
+    im->shim_pid = 0;
+    g_mutex_unlock(&im->lock);
+
+    ok = shim_start(a, im, &pid, error);
+
+    g_mutex_lock(&im->lock);
+    im->shim_state = ok ? SHIM_SERVING : SHIM_IDLE;
+    im->shim_pid = ok ? pid : 0;
+    g_cond_broadcast(&im->cond);
+    g_mutex_unlock(&im->lock);
+    if (ok) {
+        g_message("image %.12s: shim (nbdkit pid %d) serving on '%s'", im->hex,
+                  (int)pid, im->shim_socket);
+        agent_image_prefetch_profile(im);
+    }
+    return ok;
+}
+
+/* Stop the image's nbdkit (SHIM_SERVING -> SHIM_IDLE), after waiting out a
+ * start in progress. */
 static void
 agent_image_unserve(AgentImage *im)
 {
-    if (im->shim_pid && pid_is_nbdkit(im->shim_pid)) {
-        kill(im->shim_pid, SIGTERM);
-        g_message("image %.12s: shim (nbdkit pid %d) stopped", im->hex,
-                  (int)im->shim_pid);
-    }
+    GPid pid;
+
+    g_mutex_lock(&im->lock);
+    while (im->shim_state == SHIM_STARTING)
+        g_cond_wait(&im->cond, &im->lock);
+    pid = im->shim_state == SHIM_SERVING && pid_is_nbdkit(im->shim_pid)
+              ? im->shim_pid
+              : 0;
+    im->shim_state = SHIM_IDLE;
     im->shim_pid = 0;
+    if (pid)
+        kill(pid, SIGTERM);
     g_unlink(im->shim_socket);
     g_unlink(im->shim_pidfile);
+    g_mutex_unlock(&im->lock);
+    if (pid)
+        g_message("image %.12s: shim (nbdkit pid %d) stopped", im->hex,
+                  (int)pid);
 }
 
 /* ---- control commands -------------------------------------------------- */
@@ -617,7 +741,11 @@ describe_image(JsonBuilder *b, AgentImage *im)
     guint64 zero = image_index_zero_count(im->idx);
     guint64 stored = chunk_cache_stored_count(im->cache);
     g_autofree char *uri = NULL;
+    GPid pid;
 
+    g_mutex_lock(&im->lock);
+    pid = im->shim_state == SHIM_SERVING ? im->shim_pid : 0;
+    g_mutex_unlock(&im->lock);
     fetch_engine_stats(im->engine, &st);
     json_builder_begin_object(b);
     add_str(b, "image", im->id);
@@ -635,13 +763,13 @@ describe_image(JsonBuilder *b, AgentImage *im)
         json_builder_add_string_value(b, im->origins[i]);
     json_builder_end_array(b);
     json_builder_set_member_name(b, "serving");
-    json_builder_add_boolean_value(b, im->shim_pid != 0);
-    if (im->shim_pid) {
+    json_builder_add_boolean_value(b, pid != 0);
+    if (pid) {
         uri = g_strdup_printf("nbd+unix:///%s?socket=%s", im->hex,
                               im->shim_socket);
         add_str(b, "socket", im->shim_socket);
         add_str(b, "uri", uri);
-        add_int(b, "shim_pid", im->shim_pid);
+        add_int(b, "shim_pid", pid);
     }
     json_builder_set_member_name(b, "fetched_bytes");
     json_builder_begin_object(b);
@@ -688,8 +816,11 @@ cmd_image_add(Agent *a, JsonObject *req)
         return control_reply_error("%s", err->message);
     hex = image_index_id(idx) + strlen("sha256:");
 
+    /* opening a cache is I/O: under add_lock, not the table's (inv. 4) */
+    g_mutex_lock(&a->add_lock);
     g_mutex_lock(&a->lock);
     im = g_hash_table_lookup(a->images, hex);
+    g_mutex_unlock(&a->lock);
     if (!im) {
         im =
             agent_image_open(a, idx, (const char *const *)origins->pdata, &err);
@@ -698,10 +829,12 @@ cmd_image_add(Agent *a, JsonObject *req)
             im = NULL;
         }
         if (!im) {
-            g_mutex_unlock(&a->lock);
+            g_mutex_unlock(&a->add_lock);
             return control_reply_error("%s", err->message);
         }
+        g_mutex_lock(&a->lock);
         g_hash_table_insert(a->images, im->hex, im);
+        g_mutex_unlock(&a->lock);
         g_message("image %.12s: added (%" G_GUINT64_FORMAT
                   " chunks of %" G_GUINT64_FORMAT " bytes, origins: %s)",
                   im->hex, image_index_chunk_count(idx),
@@ -712,16 +845,16 @@ cmd_image_add(Agent *a, JsonObject *req)
 
         if (!JSON_NODE_HOLDS_ARRAY(p) ||
             !site_profile_store(im, json_node_get_array(p), &err)) {
-            g_mutex_unlock(&a->lock);
+            g_mutex_unlock(&a->add_lock);
             return control_reply_error("image %.12s: profile: %s", im->hex,
                                        err ? err->message
                                            : "not an array of chunk numbers");
         }
     }
+    g_mutex_unlock(&a->add_lock);
     b = reply_ok();
     json_builder_set_member_name(b, "image");
     describe_image(b, im);
-    g_mutex_unlock(&a->lock);
     return reply_from(b);
 }
 
@@ -729,16 +862,13 @@ static JsonObject *
 cmd_image_list(Agent *a, JsonObject *req)
 {
     g_autoptr(JsonBuilder) b = reply_ok();
-    g_autoptr(GList) keys = NULL;
+    g_autoptr(GPtrArray) images = agent_images_sorted(a);
 
-    g_mutex_lock(&a->lock);
-    keys = g_list_sort(g_hash_table_get_keys(a->images), (GCompareFunc)strcmp);
     json_builder_set_member_name(b, "images");
     json_builder_begin_array(b);
-    for (GList *l = keys; l; l = l->next)
-        describe_image(b, g_hash_table_lookup(a->images, l->data));
+    for (guint i = 0; i < images->len; i++)
+        describe_image(b, images->pdata[i]);
     json_builder_end_array(b);
-    g_mutex_unlock(&a->lock);
     return reply_from(b);
 }
 
@@ -754,17 +884,11 @@ cmd_on_image(Agent *a, const char *command, JsonObject *req)
 
     if (!name)
         return control_reply_error("%s needs \"image\"", command);
-    g_mutex_lock(&a->lock);
     im = agent_find_image(a, name, &err);
-    if (!im) {
-        g_mutex_unlock(&a->lock);
+    if (!im)
         return control_reply_error("%s", err->message);
-    }
-    if (g_str_equal(command, "image-serve") &&
-        !agent_image_serve(a, im, &err)) {
-        g_mutex_unlock(&a->lock);
+    if (g_str_equal(command, "image-serve") && !agent_image_serve(a, im, &err))
         return control_reply_error("%s", err->message);
-    }
     if (g_str_equal(command, "image-unserve"))
         agent_image_unserve(im);
     if (g_str_equal(command, "image-fill"))
@@ -791,7 +915,6 @@ cmd_on_image(Agent *a, const char *command, JsonObject *req)
         json_builder_end_array(b);
         json_builder_end_object(b);
     }
-    g_mutex_unlock(&a->lock);
     return reply_from(b);
 }
 
@@ -812,12 +935,9 @@ cmd_image_plan(Agent *a, JsonObject *req)
 
     if (!name)
         return control_reply_error("image-plan needs \"image\"");
-    g_mutex_lock(&a->lock);
     im = agent_find_image(a, name, &err);
-    if (!im) {
-        g_mutex_unlock(&a->lock);
+    if (!im)
         return control_reply_error("%s", err->message);
-    }
     for (guint64 i = 0; i < image_index_chunk_count(im->idx); i++) {
         guint64 len = image_index_chunk_len(im->idx, i);
         g_autofree char *peer = NULL;
@@ -853,7 +973,6 @@ cmd_image_plan(Agent *a, JsonObject *req)
     }
     b = reply_ok();
     add_str(b, "image", im->id);
-    g_mutex_unlock(&a->lock);
     add_int(b, "cached_bytes", (gint64)cached);
     add_int(b, "zero_bytes", (gint64)zero);
     add_int(b, "local_bytes", (gint64)local);
@@ -885,18 +1004,16 @@ static JsonObject *
 cmd_image_similarity(Agent *a, JsonObject *req)
 {
     g_autoptr(JsonBuilder) b = reply_ok();
-    g_autoptr(GList) keys = NULL;
+    g_autoptr(GPtrArray) images = agent_images_sorted(a);
 
-    g_mutex_lock(&a->lock);
-    keys = g_list_sort(g_hash_table_get_keys(a->images), (GCompareFunc)strcmp);
     json_builder_set_member_name(b, "pairs");
     json_builder_begin_array(b);
-    for (GList *x = keys; x; x = x->next) {
-        AgentImage *ia = g_hash_table_lookup(a->images, x->data);
+    for (guint x = 0; x < images->len; x++) {
+        AgentImage *ia = images->pdata[x];
         guint64 na = image_index_chunk_count(ia->idx);
 
-        for (GList *y = keys; y; y = y->next) {
-            AgentImage *ib = g_hash_table_lookup(a->images, y->data);
+        for (guint y = 0; y < images->len; y++) {
+            AgentImage *ib = images->pdata[y];
             guint64 nb = image_index_chunk_count(ib->idx);
             g_autoptr(GHashTable) held = NULL;
             guint64 nonzero = 0, shared = 0, shared_cached = 0;
@@ -949,7 +1066,39 @@ cmd_image_similarity(Agent *a, JsonObject *req)
         }
     }
     json_builder_end_array(b);
-    g_mutex_unlock(&a->lock);
+    return reply_from(b);
+}
+
+/*
+ * image-verify: read back every cached chunk of the image and check it
+ * against its digest (what --verify-cache does at start); a bad chunk is
+ * dropped, to be fetched again.  Guests may read meanwhile.
+ */
+static JsonObject *
+cmd_image_verify(Agent *a, JsonObject *req)
+{
+    const char *name = json_util_get_string(req, "image", NULL);
+    g_autoptr(GError) err = NULL;
+    g_autoptr(JsonBuilder) b = NULL;
+    guint64 bad = 0;
+    AgentImage *im;
+
+    if (!name)
+        return control_reply_error("image-verify needs \"image\"");
+    im = agent_find_image(a, name, &err);
+    if (!im)
+        return control_reply_error("%s", err->message);
+    if (!chunk_cache_verify_all(im->cache, &bad, &err))
+        return control_reply_error("image %.12s: %s", im->hex, err->message);
+    g_log(G_LOG_DOMAIN, bad ? G_LOG_LEVEL_WARNING : G_LOG_LEVEL_MESSAGE,
+          "image %.12s: verified the cache on request: %" G_GUINT64_FORMAT
+          " chunks good, %" G_GUINT64_FORMAT " bad (dropped)",
+          im->hex, chunk_cache_stored_count(im->cache), bad);
+    b = reply_ok();
+    add_str(b, "image", im->id);
+    add_int(b, "verified", (gint64)chunk_cache_stored_count(im->cache));
+    add_int(b, "bad", (gint64)bad);
+    add_int(b, "dropped", (gint64)bad);
     return reply_from(b);
 }
 
@@ -1032,6 +1181,12 @@ agent_set_shim_timeout(Agent *a, guint seconds, GError **error)
     return true;
 }
 
+guint
+agent_shim_timeout(Agent *a)
+{
+    return (guint)g_atomic_int_get(&a->shim_timeout);
+}
+
 JsonObject *
 agent_handle_command(Agent *a, JsonObject *obj)
 {
@@ -1049,6 +1204,8 @@ agent_handle_command(Agent *a, JsonObject *obj)
         g_str_equal(command, "image-show") ||
         g_str_equal(command, "image-profile"))
         return cmd_on_image(a, command, obj);
+    if (g_str_equal(command, "image-verify"))
+        return cmd_image_verify(a, obj);
     if (g_str_equal(command, "image-plan"))
         return cmd_image_plan(a, obj);
     if (g_str_equal(command, "image-similarity"))
@@ -1150,7 +1307,7 @@ agent_start_peers(Agent *a, const AgentConfig *cfg, GError **error)
     PeerNetConfig pc = cfg->peer_tuning;
     WireKeys keys;
 
-    if (!wire_keys_load_or_create(cfg->state_dir, &keys, error))
+    if (!wire_keys_load_or_create(a->cfg.state_dir, &keys, error))
         return false;
     pc.listen = cfg->peer_listen;
     pc.host_name = cfg->host_name;
@@ -1178,25 +1335,29 @@ agent_new(const AgentConfig *cfg, GError **error)
 
     a->cfg = *cfg;
     a->shim_timeout = (gint)cfg->shim_timeout_s;
-    a->cfg.state_dir = g_strdup(cfg->state_dir);
-    a->cfg.run_dir = g_strdup(cfg->run_dir);
+    /* absolute: shims (nbdkit daemons) and QEMU use these paths too */
+    a->cfg.state_dir = g_canonicalize_filename(cfg->state_dir, NULL);
+    a->cfg.run_dir = g_canonicalize_filename(cfg->run_dir, NULL);
     a->cfg.nbdkit = g_strdup(cfg->nbdkit);
-    a->cfg.plugin = g_strdup(cfg->plugin);
+    a->cfg.plugin = strchr(cfg->plugin, '/')
+                        ? g_canonicalize_filename(cfg->plugin, NULL)
+                        : g_strdup(cfg->plugin);
     a->cfg.shim_group = g_strdup(cfg->shim_group);
     /* the peer settings are used in agent_new only */
     a->cfg.host_name = NULL;
     a->cfg.peer_listen = NULL;
     a->cfg.peers = NULL;
     a->cfg.n_peers = 0;
-    a->cache_root = g_build_filename(cfg->state_dir, "cache", NULL);
-    a->images_dir = g_build_filename(cfg->state_dir, "images", NULL);
-    a->shims_dir = g_build_filename(cfg->run_dir, "shims", NULL);
-    a->control_path = g_build_filename(cfg->run_dir, "control.sock", NULL);
-    a->fetch_path = g_build_filename(cfg->run_dir, "fetch.sock", NULL);
+    a->cache_root = g_build_filename(a->cfg.state_dir, "cache", NULL);
+    a->images_dir = g_build_filename(a->cfg.state_dir, "images", NULL);
+    a->shims_dir = g_build_filename(a->cfg.run_dir, "shims", NULL);
+    a->control_path = g_build_filename(a->cfg.run_dir, "control.sock", NULL);
+    a->fetch_path = g_build_filename(a->cfg.run_dir, "fetch.sock", NULL);
     a->images =
         g_hash_table_new_full(g_str_hash, g_str_equal, NULL, agent_image_free);
     a->caches = cache_set_new();
     g_mutex_init(&a->lock);
+    g_mutex_init(&a->add_lock);
 
     if (strlen(a->shims_dir) + strlen("/0123456789abcdef.sock") >=
             UNIX_PATH_BYTES ||
@@ -1260,6 +1421,7 @@ agent_free(Agent *a)
     g_hash_table_unref(a->images);
     cache_set_free(a->caches); /* after the caches it borrowed */
     g_mutex_clear(&a->lock);
+    g_mutex_clear(&a->add_lock);
     g_free(a->cfg.state_dir);
     g_free(a->cfg.run_dir);
     g_free(a->cfg.nbdkit);

@@ -74,6 +74,10 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(Agent, agent_free)
  */
 bool agent_set_shim_timeout(Agent *agent, guint seconds, GError **error);
 
+/* agent_shim_timeout: the read timeout, in seconds, given to the shims
+ * started from now on.  Thread-safe. */
+guint agent_shim_timeout(Agent *agent);
+
 /*
  * agent_set_peers: replace the peer list (from the site manager).  Fails,
  * changing nothing, when an entry is invalid or peer exchange is off.

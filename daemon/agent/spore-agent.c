@@ -184,10 +184,13 @@ on_hup(gpointer data)
         g_clear_error(&err);
     }
     agent_link_set_report_ms(r->link, report_ms);
-    g_message("configuration reloaded: report_ms=%u, shim_timeout=%u s (for "
+    /* the timeout in effect: the command line's, when it gave one */
+    g_message("configuration reloaded: report_ms=%u, shim_timeout=%u s%s (for "
               "shims started from now on), %u static peers; other keys need "
               "a restart, which keeps shims and clones running",
-              report_ms, shim_timeout, peers->len);
+              report_ms, agent_shim_timeout(r->agent),
+              r->shim_timeout_flag ? " (from the command line)" : "",
+              peers->len);
     return G_SOURCE_CONTINUE;
 }
 
@@ -389,9 +392,13 @@ main(int argc, char **argv)
         lcfg.host_name = host_name ? g_strdup(host_name)
                                    : spore_key_string(kf, "agent", "host_name",
                                                       g_get_host_name());
-        lcfg.state_dir = state_dir ? g_strdup(state_dir)
-                                   : spore_key_string(kf, "agent", "state_dir",
-                                                      "/var/lib/spore/agent");
+        {
+            g_autofree char *dir =
+                state_dir ? g_strdup(state_dir)
+                          : spore_key_string(kf, "agent", "state_dir",
+                                             "/var/lib/spore/agent");
+            lcfg.state_dir = g_canonicalize_filename(dir, NULL);
+        }
         lcfg.libvirt_uri = spore_key_string(kf, "agent", "libvirt_uri", NULL);
         lcfg.pool =
             pool ? g_strdup(pool) : spore_key_string(kf, "agent", "pool", NULL);
