@@ -1,14 +1,19 @@
 /*
- * agent-link.c: the agent's connection to the site manager (see
- * agent-link.h).
+ * agent-link.c: the agent's connection to the site manager (agent.h, "the
+ * site link"): registration, hello, reports and profiles, and the
+ * manager's commands, each applied at most once (the journal) and run by
+ * agent-commands.c.
  *
- * Two threads: the link thread owns the ZeroMQ socket (hello, reports,
+ * Two threads: the link thread owns the ZeroMQ sockets (hello, reports,
  * receiving commands, sending acknowledgements); the worker runs commands
  * one at a time and hands the acknowledgements back through a queue.
+ * AgentLink.lock guards the journal and the commands in flight; the
+ * images are read through the typed API of agent.h, which takes its own
+ * locks.
  */
 #define G_LOG_DOMAIN "spore-agent" /* before any GLib header */
 
-#include "agent-link.h"
+#include "agent-private.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -46,8 +51,8 @@ struct AgentLink {
     char *journal_path;
     guint journal_lines;
 
-    CloneHost *work_host; /* the worker's libvirt connection */
-    char *peer_names;     /* the link thread's: the last peer list, logged */
+    AgentCommands *commands; /* the worker's */
+    char *peer_names;        /* the link thread's: the last peer list, logged */
 };
 
 /* ---- the journal -------------------------------------------------------- */
@@ -119,237 +124,7 @@ journal_add(AgentLink *l, const char *key, const char *ack)
     g_mutex_unlock(&l->lock);
 }
 
-/* ---- commands ----------------------------------------------------------- */
-
-static JsonObject *
-agent_json(AgentLink *l, JsonObject *request)
-{
-    return agent_handle_command(l->agent, request);
-}
-
-/* image_ready: make the agent know and serve the command's image; the
- * export's URI */
-static char *
-image_ready(AgentLink *l, JsonObject *image, GError **error)
-{
-    const char *id = json_util_get_string(image, "id", NULL);
-    const char *b64 = json_util_get_string(image, "index", NULL);
-    JsonNode *origins = json_object_get_member(image, "origins");
-    g_autoptr(JsonObject) add = json_object_new();
-    g_autoptr(JsonObject) serve = json_object_new();
-    g_autoptr(JsonObject) reply = NULL;
-    g_autofree char *dir = NULL;
-    g_autofree char *path = NULL;
-    g_autofree guint8 *data = NULL;
-    gsize len = 0;
-
-    if (!id || !b64 || !origins || !JSON_NODE_HOLDS_ARRAY(origins) ||
-        !g_str_has_prefix(id, "sha256:") || strlen(id) != 71) {
-        g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
-                    "the command's image lacks an id, an index or origins");
-        return NULL;
-    }
-    dir = g_build_filename(l->config.state_dir, "indexes", NULL);
-    path = g_strdup_printf("%s/%s.idx", dir, id + 7);
-    data = g_base64_decode(b64, &len);
-    {
-        /* verify before anything keeps it */
-        g_autoptr(ImageIndex) idx = image_index_parse(data, len, id, error);
-
-        if (!idx)
-            return NULL;
-    }
-    if (g_mkdir_with_parents(dir, 0700) < 0 ||
-        !spore_file_write_atomic(path, data, len, 0600, error))
-        return NULL;
-    json_object_set_string_member(add, "command", "image-add");
-    json_object_set_string_member(add, "index", path);
-    json_object_set_string_member(add, "id", id);
-    json_object_set_member(add, "origins", json_node_copy(origins));
-    /* the site's access profile of the image, for a host that never
-     * booted it: prefetched when the image is served */
-    if (json_object_get_member(image, "profile") &&
-        JSON_NODE_HOLDS_ARRAY(json_object_get_member(image, "profile")))
-        json_object_set_member(
-            add, "profile",
-            json_node_copy(json_object_get_member(image, "profile")));
-    reply = agent_json(l, add);
-    if (!reply ||
-        !json_object_get_boolean_member_with_default(reply, "ok", FALSE)) {
-        g_set_error(error, SPORE_ERROR, SPORE_ERROR_FAILED, "image %s: %s", id,
-                    reply ? json_util_get_string(reply, "error", NULL)
-                          : "no reply");
-        return NULL;
-    }
-    json_object_unref(g_steal_pointer(&reply));
-    json_object_set_string_member(serve, "command", "image-serve");
-    json_object_set_string_member(serve, "image", id);
-    reply = agent_json(l, serve);
-    if (!reply ||
-        !json_object_get_boolean_member_with_default(reply, "ok", FALSE) ||
-        !json_object_has_member(reply, "image")) {
-        g_set_error(
-            error, SPORE_ERROR, SPORE_ERROR_FAILED, "serving image %s: %s", id,
-            reply ? json_util_get_string(reply, "error", NULL) : "no reply");
-        return NULL;
-    }
-    return g_strdup(json_util_get_string(
-        json_object_get_object_member(reply, "image"), "uri", NULL));
-}
-
-static CloneHost *
-worker_host(AgentLink *l, GError **error)
-{
-    CloneHostConfig cfg = {
-        .uri = l->config.libvirt_uri,
-        .pool = l->config.pool,
-        .pool_dir = l->config.pool_dir,
-        .console_dir = l->config.console_dir,
-        .owner = l->config.host_name,
-    };
-
-    if (!l->work_host)
-        l->work_host = clone_host_open(&cfg, error);
-    return l->work_host;
-}
-
-static ManifestHypervisor
-virt_for(AgentLink *l, const Manifest *mf)
-{
-    if (mf->vm.hypervisor != MANIFEST_HYPERVISOR_KVM)
-        return mf->vm.hypervisor;
-    if (l->config.virt_type)
-        return g_str_equal(l->config.virt_type, "qemu")
-                   ? MANIFEST_HYPERVISOR_QEMU
-                   : MANIFEST_HYPERVISOR_KVM;
-    return spore_kvm_works() ? MANIFEST_HYPERVISOR_KVM
-                             : MANIFEST_HYPERVISOR_QEMU;
-}
-
-static bool
-run_create(AgentLink *l, JsonObject *cmd, GString *summary, GError **error)
-{
-    const char *text = json_util_get_string(cmd, "manifest", NULL);
-    const char *service = json_util_get_string(cmd, "service", NULL);
-    JsonNode *image = json_object_get_member(cmd, "image");
-    JsonNode *idx = json_object_get_member(cmd, "indexes");
-    g_autoptr(Manifest) mf = NULL;
-    g_autofree char *uri = NULL;
-    g_autofree guint *indexes = NULL;
-    g_autofree CloneCreateOutcome *outcomes = NULL;
-    CloneCreateRequest req = {0};
-    CloneHost *host;
-    JsonArray *arr;
-    guint n;
-
-    if (!text || !service || !image || !JSON_NODE_HOLDS_OBJECT(image) || !idx ||
-        !JSON_NODE_HOLDS_ARRAY(idx)) {
-        g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
-                    "a clone-create command needs manifest, service, image "
-                    "and indexes");
-        return false;
-    }
-    mf = manifest_parse_data(text, strlen(text), NULL, error);
-    if (!mf)
-        return false;
-    if (!g_str_equal(mf->name, service)) {
-        g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
-                    "the command is for service '%s' but its manifest is "
-                    "'%s'",
-                    service, mf->name);
-        return false;
-    }
-    arr = json_node_get_array(idx);
-    n = json_array_get_length(arr);
-    if (n == 0 || n > mf->scaling.max) {
-        g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
-                    "%u clone indexes for a service of at most %u", n,
-                    mf->scaling.max);
-        return false;
-    }
-    indexes = g_new0(guint, n);
-    outcomes = g_new0(CloneCreateOutcome, n);
-    for (guint i = 0; i < n; i++) {
-        gint64 v = json_array_get_int_element(arr, i);
-
-        if (v < 0 || v >= mf->scaling.max) {
-            g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
-                        "clone index %" G_GINT64_FORMAT " out of range", v);
-            return false;
-        }
-        indexes[i] = (guint)v;
-    }
-    uri = image_ready(l, json_node_get_object(image), error);
-    if (!uri)
-        return false;
-    host = worker_host(l, error);
-    if (!host)
-        return false;
-    req.manifest = mf;
-    req.indexes = indexes;
-    req.n_indexes = n;
-    req.backing = uri;
-    req.backing_format =
-        g_strcmp0(
-            json_util_get_string(json_node_get_object(image), "format", NULL),
-            "qcow2") == 0
-            ? "qcow2"
-            : "raw";
-    req.image_id =
-        json_util_get_string(json_node_get_object(image), "id", NULL);
-    req.generation = (guint64)json_util_get_int(cmd, "generation", 0);
-    req.host_name = l->config.host_name;
-    req.virt = virt_for(l, mf);
-    req.start = true;
-    if (!clone_host_create(host, &req, outcomes, error))
-        return false;
-    for (guint i = 0; i < n; i++)
-        g_string_append_printf(
-            summary, "%s%s-%u %s", i ? ", " : "", mf->name, indexes[i],
-            outcomes[i] == CLONE_CREATED ? "created" : "existed");
-    return true;
-}
-
-static bool
-run_destroy(AgentLink *l, JsonObject *cmd, GString *summary, GError **error)
-{
-    JsonNode *names = json_object_get_member(cmd, "names");
-    guint timeout =
-        (guint)CLAMP(json_util_get_int(cmd, "timeout", 60), 0, 3600);
-    CloneHost *host;
-    JsonArray *arr;
-    bool ok = true;
-
-    if (!names || !JSON_NODE_HOLDS_ARRAY(names)) {
-        g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
-                    "a clone-destroy command needs names");
-        return false;
-    }
-    host = worker_host(l, error);
-    if (!host)
-        return false;
-    arr = json_node_get_array(names);
-    for (guint i = 0; i < json_array_get_length(arr); i++) {
-        const char *name = json_array_get_string_element(arr, i);
-        g_autoptr(GError) err = NULL;
-        CloneDestroyOutcome outcome;
-
-        if (!name)
-            continue;
-        if (!clone_host_destroy(host, name, timeout, &outcome, &err)) {
-            if (ok)
-                g_propagate_error(error, g_steal_pointer(&err));
-            ok = false;
-            continue;
-        }
-        g_string_append_printf(summary, "%s%s %s", summary->len ? ", " : "",
-                               name,
-                               outcome == CLONE_ABSENT      ? "absent"
-                               : outcome == CLONE_DESTROYED ? "powered off"
-                                                            : "removed");
-    }
-    return ok;
-}
+/* ---- commands (run by agent-commands.c) ------------------------------- */
 
 typedef struct {
     JsonObject *cmd;
@@ -370,15 +145,7 @@ worker(gpointer data, gpointer user)
 
     g_message("command %" G_GINT64_FORMAT ": %s",
               json_util_get_int(job->cmd, "id", -1), op ? op : "?");
-    if (g_strcmp0(op, "clone-create") == 0)
-        ok = run_create(l, job->cmd, summary, &err);
-    else if (g_strcmp0(op, "clone-destroy") == 0)
-        ok = run_destroy(l, job->cmd, summary, &err);
-    else {
-        ok = false;
-        g_set_error(&err, SPORE_ERROR, SPORE_ERROR_INVALID,
-                    "unknown command '%s'", op ? op : "");
-    }
+    ok = agent_commands_run(l->commands, job->cmd, summary, &err);
     json_object_set_int_member(ack, "id",
                                json_util_get_int(job->cmd, "id", -1));
     json_object_set_boolean_member(ack, "ok", ok);
@@ -496,11 +263,11 @@ static bool
 send_report(AgentLink *l, void *sock, CloneHost *host)
 {
     g_autoptr(JsonObject) report = wire_new("report");
-    g_autoptr(JsonObject) list_req = json_object_new();
-    g_autoptr(JsonObject) images = NULL;
+    g_autoptr(GPtrArray) images = NULL;
     g_autoptr(GPtrArray) clones = NULL;
     g_autoptr(GError) err = NULL;
     JsonArray *arr = json_array_new();
+    JsonArray *image_arr;
 
     clones = host ? clone_host_list(host, &err) : NULL;
     if (!clones) {
@@ -538,14 +305,12 @@ send_report(AgentLink *l, void *sock, CloneHost *host)
     }
     json_object_set_array_member(report, "clones", arr);
     json_object_set_int_member(report, "time_ms", g_get_real_time() / 1000);
-    json_object_set_string_member(list_req, "command", "image-list");
-    images = agent_json(l, list_req);
-    if (images && json_object_has_member(images, "images"))
-        json_object_set_member(
-            report, "images",
-            json_node_copy(json_object_get_member(images, "images")));
-    else
-        json_object_set_array_member(report, "images", json_array_new());
+    images = agent_image_list(l->agent);
+    image_arr = json_array_new();
+    for (guint i = 0; i < images->len; i++)
+        json_array_add_object_element(
+            image_arr, agent_image_info_to_json(images->pdata[i]));
+    json_object_set_array_member(report, "images", image_arr);
     return wire_send(sock, NULL, report);
 }
 
@@ -554,39 +319,28 @@ send_report(AgentLink *l, void *sock, CloneHost *host)
 static void
 send_profiles(AgentLink *l, void *sock)
 {
-    g_autoptr(JsonObject) list_req = json_object_new();
-    g_autoptr(JsonObject) images = NULL;
+    g_autoptr(GPtrArray) images = agent_image_list(l->agent);
     g_autoptr(JsonObject) msg = wire_new("profiles");
     JsonArray *out = json_array_new();
-    JsonArray *arr;
 
-    json_object_set_string_member(list_req, "command", "image-list");
-    images = agent_json(l, list_req);
-    arr = images && json_object_has_member(images, "images")
-              ? json_object_get_array_member(images, "images")
-              : NULL;
-    for (guint i = 0; arr && i < json_array_get_length(arr); i++) {
-        JsonObject *im = json_array_get_object_element(arr, i);
-        g_autoptr(JsonObject) req = json_object_new();
-        g_autoptr(JsonObject) reply = NULL;
-        JsonObject *p, *o;
+    for (guint i = 0; i < images->len; i++) {
+        const char *id = ((AgentImageInfo *)images->pdata[i])->id;
+        guint boots = 0;
+        g_autoptr(GArray) order =
+            agent_image_profile(l->agent, id, &boots, NULL);
+        JsonArray *chunks;
+        JsonObject *o;
 
-        json_object_set_string_member(req, "command", "image-profile");
-        json_object_set_string_member(req, "image",
-                                      json_util_get_string(im, "image", NULL));
-        reply = agent_json(l, req);
-        if (!reply || !json_object_has_member(reply, "profile"))
+        if (!order || boots == 0)
             continue;
-        p = json_object_get_object_member(reply, "profile");
-        if (json_util_get_int(p, "boots", 0) == 0)
-            continue;
+        chunks = json_array_sized_new(order->len);
+        for (guint k = 0; k < order->len; k++)
+            json_array_add_int_element(
+                chunks, (gint64)g_array_index(order, guint64, k));
         o = json_object_new();
-        json_object_set_string_member(o, "image",
-                                      json_util_get_string(im, "image", NULL));
-        json_object_set_int_member(o, "boots",
-                                   json_util_get_int(p, "boots", 0));
-        json_object_set_member(
-            o, "chunks", json_node_copy(json_object_get_member(p, "chunks")));
+        json_object_set_string_member(o, "image", id);
+        json_object_set_int_member(o, "boots", boots);
+        json_object_set_array_member(o, "chunks", chunks);
         json_array_add_object_element(out, o);
     }
     json_object_set_array_member(msg, "profiles", out);
@@ -888,8 +642,9 @@ agent_link_start(Agent *agent, const AgentLinkConfig *config, GError **error)
     l->config.console_dir = g_strdup(config->console_dir);
     l->config.virt_type = g_strdup(config->virt_type);
     if (!l->config.report_ms)
-        l->config.report_ms = 2000;
-    l->report_ms = (gint)MIN(l->config.report_ms, 600000u);
+        l->config.report_ms = AGENT_REPORT_MS_DEFAULT;
+    l->report_ms = (gint)CLAMP(l->config.report_ms, AGENT_REPORT_MS_MIN,
+                               AGENT_REPORT_MS_MAX);
     if (!wire_keys_load_or_create(config->state_dir, &l->keys, error)) {
         agent_link_stop(l);
         return NULL;
@@ -907,6 +662,7 @@ agent_link_start(Agent *agent, const AgentLinkConfig *config, GError **error)
                         rnd[2], rnd[3], rnd[4], rnd[5], rnd[6], rnd[7]);
     clone_events_init(); /* before any libvirt connection */
     l->acks = g_async_queue_new();
+    l->commands = agent_commands_new(agent, &l->config);
     l->worker = g_thread_pool_new(worker, l, 1, TRUE, NULL);
     l->thread = g_thread_new("spore-link", link_thread, l);
     return l;
@@ -915,7 +671,7 @@ agent_link_start(Agent *agent, const AgentLinkConfig *config, GError **error)
 void
 agent_link_set_report_ms(AgentLink *l, guint ms)
 {
-    if (l && ms >= 100 && ms <= 600000)
+    if (l && ms >= AGENT_REPORT_MS_MIN && ms <= AGENT_REPORT_MS_MAX)
         g_atomic_int_set(&l->report_ms, (gint)ms);
 }
 
@@ -938,7 +694,7 @@ agent_link_stop(AgentLink *l)
             json_object_unref(ack);
         g_async_queue_unref(l->acks);
     }
-    clone_host_free(l->work_host);
+    agent_commands_free(l->commands);
     if (l->journal)
         g_hash_table_unref(l->journal);
     if (l->in_flight)

@@ -28,6 +28,8 @@
 #include <glib.h>
 #include <json-glib/json-glib.h>
 
+#include "fetch-source.h"
+#include "image-index.h"
 #include "peer-net.h"
 
 typedef struct {
@@ -89,6 +91,98 @@ bool agent_set_peers(Agent *agent, const PeerInfo *peers, guint n,
 /* agent_peer_endpoint: where this host's peer server listens, or NULL */
 const char *agent_peer_endpoint(Agent *agent);
 
+/* ---- the typed image API: the control socket and the site link both use
+ * it.  @name is an image's id (sha256:HEX), its hex digits or a unique
+ * prefix of at least 6 of them.  Every function is thread-safe and holds
+ * no agent-wide lock across I/O, so a slow call on one image never delays
+ * another image's guests. */
+
+/* What is known of one image: a snapshot, owned by the caller. */
+typedef struct {
+    char *id; /* sha256:HEX */
+    guint64 size;
+    guint64 chunk_size;
+    guint64 chunks;
+    guint64 zero_chunks;
+    guint64 cached_chunks;
+    GStrv origins;
+    bool serving;
+    char *socket; /* serving: the shim's socket, else NULL */
+    char *uri;    /* serving: nbd+unix:///HEX?socket=SOCKET, else NULL */
+    GPid shim_pid;
+    guint64 fetched_bytes[FETCH_SOURCE_KINDS]; /* by FetchSourceKind */
+    guint64 rejected_chunks;
+    guint64 failed_fetches;
+    guint64 queued_chunks;
+} AgentImageInfo;
+
+void agent_image_info_free(AgentImageInfo *info);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(AgentImageInfo, agent_image_info_free)
+
+/* agent_image_info_to_json: @info as docs/agent-control.md's image object
+ * (also the site report's); owned by the caller */
+JsonObject *agent_image_info_to_json(const AgentImageInfo *info);
+
+/*
+ * agent_image_add: make @idx's image known (its cache opened or created,
+ * its record kept across restarts) with @origins (NULL-terminated, tried in
+ * order).  @profile (optional, chunk numbers, at most
+ * AGENT_PROFILE_CHUNKS_MAX kept; numbers outside the image dropped) becomes
+ * the site's access profile of the image.  Idempotent: an image already
+ * known keeps its origins.  *ret_id (optional) gets the id.  Takes a
+ * reference of @idx when the image is new.
+ */
+bool agent_image_add(Agent *agent, ImageIndex *idx, const char *const *origins,
+                     const GArray *profile, char **ret_id, GError **error);
+
+/*
+ * agent_image_serve: start the image's shim unless it runs; *ret_uri
+ * (optional) gets its NBD URI.  Concurrent calls for one image start one
+ * shim; they wait for it, up to 2 x 10 s.
+ */
+bool agent_image_serve(Agent *agent, const char *name, char **ret_uri,
+                       GError **error);
+
+/* agent_image_unserve: stop the image's shim (SIGTERM) if it runs */
+bool agent_image_unserve(Agent *agent, const char *name, GError **error);
+
+/* agent_image_fill: queue every missing chunk at background priority,
+ * rarest first (the chunks fewest peers hold first) */
+bool agent_image_fill(Agent *agent, const char *name, GError **error);
+
+/* agent_image_info: a snapshot of one image, or NULL */
+AgentImageInfo *agent_image_info(Agent *agent, const char *name,
+                                 GError **error);
+
+/* agent_image_list: snapshots of every image, sorted by id; a GPtrArray of
+ * AgentImageInfo *, owned by the caller */
+GPtrArray *agent_image_list(Agent *agent);
+
+/*
+ * agent_image_profile: the merged access profile of the image's boots
+ * recorded on this host: chunk numbers (guint64) in the order guests first
+ * read them, at most AGENT_PROFILE_CHUNKS_MAX; *ret_boots gets how many
+ * boots it merges.  NULL when no such image.
+ */
+GArray *agent_image_profile(Agent *agent, const char *name, guint *ret_boots,
+                            GError **error);
+
+/* The outcome of agent_image_verify. */
+typedef struct {
+    guint64 verified; /* chunks cached after the check: read back and good,
+                       * or stored meanwhile (verified on store) */
+    guint64 bad;      /* cached chunks that did not match their digest */
+    guint64 dropped;  /* of those, marked missing: fetched again on read */
+} AgentVerifyCounts;
+
+/*
+ * agent_image_verify: read back every cached chunk of the image and check
+ * it (what --verify-cache does at start); a bad chunk is dropped.  Guests
+ * may read meanwhile.  Fails on an I/O error of the cache.
+ */
+bool agent_image_verify(Agent *agent, const char *name,
+                        AgentVerifyCounts *ret_counts, GError **error);
+
 /*
  * agent_handle_command: run one control command (@request, borrowed; see
  * docs/agent-control.md) and return the reply object, owned by the
@@ -96,3 +190,47 @@ const char *agent_peer_endpoint(Agent *agent);
  * Thread-safe.
  */
 JsonObject *agent_handle_command(Agent *agent, JsonObject *request);
+
+/* ---- the site link (docs/site-protocol.md) ------------------------------
+ *
+ * A DEALER connection to spored, over CURVE with this host's key pair, that
+ * says hello (capacity), reports every couple of seconds (the host's spore
+ * clones with their state and stats, and its images' cache state), and
+ * executes the manager's commands through the clone library, acknowledging
+ * each.  Commands run one at a time on a worker thread.  Each command id
+ * (per manager key) is applied at most once: the outcome is journaled in
+ * STATE_DIR/commands.journal and a replay is answered from it.
+ */
+
+#define AGENT_REPORT_MS_DEFAULT 2000u
+#define AGENT_REPORT_MS_MIN     100u
+#define AGENT_REPORT_MS_MAX     600000u
+
+typedef struct {
+    char *manager;     /* ZeroMQ endpoint of spored, tcp://HOST:PORT */
+    char *manager_key; /* its Z85 public key */
+    char *host_name;   /* this host's name in the site */
+    char *state_dir;   /* keys, the journal */
+    char *libvirt_uri; /* NULL: qemu:///system */
+    char *pool;        /* NULL: "spore" */
+    char *pool_dir;
+    char *console_dir;
+    char *virt_type; /* "kvm", "qemu" or NULL: probe */
+    guint report_ms; /* 0: AGENT_REPORT_MS_DEFAULT */
+} AgentLinkConfig;
+
+typedef struct AgentLink AgentLink;
+
+/* agent_link_start: connect to the manager and serve it from threads of
+ * its own; borrows @agent (it must outlive the link), copies @config */
+AgentLink *agent_link_start(Agent *agent, const AgentLinkConfig *config,
+                            GError **error);
+
+/* agent_link_stop: stop the threads and free; accepts NULL.  A command
+ * running is abandoned: the manager sends it again. */
+void agent_link_stop(AgentLink *link);
+
+/* agent_link_set_report_ms: change the report interval
+ * (AGENT_REPORT_MS_MIN to AGENT_REPORT_MS_MAX; others are ignored).
+ * Accepts NULL.  Thread-safe. */
+void agent_link_set_report_ms(AgentLink *link, guint ms);

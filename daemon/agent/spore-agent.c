@@ -19,7 +19,6 @@
 #include <systemd/sd-daemon.h>
 
 #include "agent.h"
-#include "agent-link.h"
 #include "config-util.h"
 #include "fetch-protocol.h"
 #include "metrics.h"
@@ -36,58 +35,55 @@ on_signal(gpointer data)
     return G_SOURCE_REMOVE;
 }
 
-/* agent_metrics: the images' counters, from the agent's own image-list */
+/* agent_metrics: the images' counters, from the agent's image list */
 static void
 agent_metrics(GString *out, gpointer data)
 {
-    g_autoptr(JsonObject) request = json_object_new();
-    g_autoptr(JsonObject) reply = NULL;
-    JsonArray *images;
+    g_autoptr(GPtrArray) images = agent_image_list(data);
     static const struct {
-        const char *name, *member, *type, *help;
+        const char *name, *type, *help;
+        gsize offset; /* of a guint64 in AgentImageInfo */
     } plain[] = {
-        {"spore_agent_cached_chunks", "cached_chunks", "gauge",
-         "Chunks in the cache."},
-        {"spore_agent_chunks", "chunks", "gauge", "Chunks of the image."},
-        {"spore_agent_chunks_rejected_total", "rejected_chunks", "counter",
-         "Fetched chunks that failed verification (never stored)."},
-        {"spore_agent_fetch_failures_total", "failed_fetches", "counter",
-         "Chunk fetches that failed from every source."},
-        {"spore_agent_queued_chunks", "queued_chunks", "gauge",
-         "Chunks waiting to be fetched."},
+        {"spore_agent_cached_chunks", "gauge", "Chunks in the cache.",
+         G_STRUCT_OFFSET(AgentImageInfo, cached_chunks)},
+        {"spore_agent_chunks", "gauge", "Chunks of the image.",
+         G_STRUCT_OFFSET(AgentImageInfo, chunks)},
+        {"spore_agent_chunks_rejected_total", "counter",
+         "Fetched chunks that failed verification (never stored).",
+         G_STRUCT_OFFSET(AgentImageInfo, rejected_chunks)},
+        {"spore_agent_fetch_failures_total", "counter",
+         "Chunk fetches that failed from every source.",
+         G_STRUCT_OFFSET(AgentImageInfo, failed_fetches)},
+        {"spore_agent_queued_chunks", "gauge", "Chunks waiting to be fetched.",
+         G_STRUCT_OFFSET(AgentImageInfo, queued_chunks)},
     };
+    static const FetchSourceKind src[] = {
+        FETCH_SOURCE_ORIGIN, FETCH_SOURCE_PEER, FETCH_SOURCE_LOCAL};
 
-    json_object_set_string_member(request, "command", "image-list");
-    reply = agent_handle_command(data, request);
-    images = json_util_get_array(reply, "images");
     g_string_append(out, "# HELP spore_agent_fetched_bytes_total Verified "
                          "bytes fetched, by source.\n"
                          "# TYPE spore_agent_fetched_bytes_total counter\n");
-    for (guint i = 0; images && i < json_array_get_length(images); i++) {
-        JsonObject *im = json_array_get_object_element(images, i);
-        JsonObject *b = json_object_get_object_member(im, "fetched_bytes");
-        const char *src[] = {"origin", "peer", "local"};
+    for (guint i = 0; i < images->len; i++) {
+        AgentImageInfo *im = images->pdata[i];
 
-        for (int k = 0; b && k < 3; k++)
+        for (gsize k = 0; k < G_N_ELEMENTS(src); k++)
             g_string_append_printf(
                 out,
                 "spore_agent_fetched_bytes_total{image=\"%s\",source=\"%s\"}"
-                " %" G_GINT64_FORMAT "\n",
-                json_object_get_string_member(im, "image"), src[k],
-                json_object_get_int_member_with_default(b, src[k], 0));
+                " %" G_GUINT64_FORMAT "\n",
+                im->id, fetch_source_kind_name(src[k]),
+                im->fetched_bytes[src[k]]);
     }
     for (gsize m = 0; m < G_N_ELEMENTS(plain); m++) {
         g_string_append_printf(out, "# HELP %s %s\n# TYPE %s %s\n",
                                plain[m].name, plain[m].help, plain[m].name,
                                plain[m].type);
-        for (guint i = 0; images && i < json_array_get_length(images); i++) {
-            JsonObject *im = json_array_get_object_element(images, i);
+        for (guint i = 0; i < images->len; i++) {
+            AgentImageInfo *im = images->pdata[i];
 
             g_string_append_printf(
-                out, "%s{image=\"%s\"} %" G_GINT64_FORMAT "\n", plain[m].name,
-                json_object_get_string_member(im, "image"),
-                json_object_get_int_member_with_default(im, plain[m].member,
-                                                        0));
+                out, "%s{image=\"%s\"} %" G_GUINT64_FORMAT "\n", plain[m].name,
+                im->id, G_STRUCT_MEMBER(guint64, im, plain[m].offset));
         }
     }
 }
