@@ -234,3 +234,63 @@ void agent_link_stop(AgentLink *link);
  * (AGENT_REPORT_MS_MIN to AGENT_REPORT_MS_MAX; others are ignored).
  * Accepts NULL.  Thread-safe. */
 void agent_link_set_report_ms(AgentLink *link, guint ms);
+
+/* ---- spore-agent's settings (agent-config.c) -----------------------------
+ *
+ * One table drives the command-line options, the configuration file's keys
+ * and their defaults: the command line wins, then the file, then the
+ * default.  SIGHUP loads them again with the same command line. */
+
+typedef struct {
+    char *config_path; /* NULL: no file */
+    char *state_dir;
+    char *run_dir;
+    char *nbdkit;
+    char *plugin;
+    char *shim_group;
+    guint fetch_workers;
+    guint shim_timeout_s; /* checked by agent_new */
+    bool verify_cache;
+    char *manager; /* NULL or "": no site manager */
+    char *manager_key_file;
+    char *manager_key;
+    char *host_name; /* default: the system's host name */
+    char *libvirt_uri;
+    char *pool;
+    char *pool_dir;
+    char *console_dir;
+    char *virt_type; /* NULL, "kvm" or "qemu" */
+    guint report_ms;
+    char *metrics;     /* "": the default endpoint if free; "none" */
+    char *peer_listen; /* NULL: no peer exchange ("none" in the file) */
+    PeerNetConfig peer_tuning;
+    GArray *static_peers; /* of PeerInfo: the [peer NAME] groups */
+    bool verbose;
+    bool version;
+} AgentSettings;
+
+typedef struct AgentCommandLine AgentCommandLine;
+
+/* agent_command_line_parse: the options of @argv (removed from it), kept
+ * for agent_settings_load; --help prints the table's help and exits.
+ * Errors are G_OPTION_ERROR. */
+AgentCommandLine *agent_command_line_parse(int *argc, char ***argv,
+                                           GError **error);
+void agent_command_line_free(AgentCommandLine *command_line);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(AgentCommandLine, agent_command_line_free)
+
+/*
+ * agent_settings_load: the settings from @command_line and the file it
+ * names (or the default file when it exists), into *ret, which the caller
+ * clears with agent_settings_clear.  Errors name the file; a bad virt_type
+ * is SPORE_ERROR_USAGE.
+ */
+bool agent_settings_load(const AgentCommandLine *command_line,
+                         AgentSettings *ret, GError **error);
+void agent_settings_clear(AgentSettings *settings);
+G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(AgentSettings, agent_settings_clear)
+
+/* agent_settings_agent_config: the AgentConfig of @settings, borrowing its
+ * strings and peer list (valid while @settings is) */
+void agent_settings_agent_config(const AgentSettings *settings,
+                                 AgentConfig *ret);
