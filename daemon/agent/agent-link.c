@@ -29,6 +29,9 @@
 #include "wire.h"
 
 #define HELLO_EVERY_US    (2 * G_USEC_PER_SEC)
+#define REGISTER_EVERY_US (5 * G_USEC_PER_SEC)
+#define LIBVIRT_RETRY_US  (5 * G_USEC_PER_SEC)
+#define LINK_POLL_MS      100
 #define JOURNAL_KEEP      4096
 
 #define PROFILES_EVERY_US (15 * G_USEC_PER_SEC)
@@ -459,27 +462,26 @@ registration_poll(AgentLink *l, void *reg, char **state)
     }
 }
 
-static gpointer
-link_thread(gpointer data)
+/* What the link thread owns (only it touches these). */
+typedef struct {
+    void *ctx;
+    void *sock; /* the DEALER to the manager's agent endpoint */
+    void *reg;  /* the DEALER to its registration endpoint */
+    char *reg_state;
+    CloneHost *host; /* the link's libvirt connection, for reports */
+    bool welcomed;
+    gint64 last_hello, last_report, last_profiles, last_libvirt_try,
+        last_register;
+} LinkState;
+
+/* the registration socket: CURVE with our keys, to the manager's
+ * registration endpoint */
+static void *
+registration_socket(AgentLink *l, void *ctx)
 {
-    AgentLink *l = data;
-    void *ctx = zmq_ctx_new();
-    void *sock;
-    int one = 1;
-    gint64 last_hello = 0, last_report = 0, last_profiles = 0;
-    bool welcomed = false;
-    CloneHost *host = NULL;
-    CloneHostConfig hcfg = {
-        .uri = l->config.libvirt_uri,
-        .pool = l->config.pool,
-        .pool_dir = l->config.pool_dir,
-        .console_dir = l->config.console_dir,
-        .owner = l->config.host_name,
-    };
-    gint64 last_libvirt_try = 0, last_register = 0;
     void *reg = zmq_socket(ctx, ZMQ_DEALER);
-    g_autofree char *reg_endpoint = wire_register_endpoint(l->config.manager);
-    g_autofree char *reg_state = NULL;
+    g_autofree char *endpoint = wire_register_endpoint(l->config.manager);
+    int one = 1;
 
     wire_socket_defaults(reg);
     zmq_setsockopt(reg, ZMQ_CURVE_SERVERKEY, l->config.manager_key,
@@ -489,124 +491,172 @@ link_thread(gpointer data)
     zmq_setsockopt(reg, ZMQ_CURVE_SECRETKEY, l->keys.secret_key,
                    WIRE_KEY_CHARS);
     zmq_setsockopt(reg, ZMQ_IMMEDIATE, &one, sizeof(one));
-    if (reg_endpoint && zmq_connect(reg, reg_endpoint) != 0)
+    if (endpoint && zmq_connect(reg, endpoint) != 0)
         g_warning("cannot connect to the manager's registration endpoint "
                   "%s: %s",
-                  reg_endpoint, zmq_strerror(zmq_errno()));
-    sock = main_socket(l, ctx);
-    g_message("connecting to the site manager at %s as %s (key %s)",
-              l->config.manager, l->config.host_name, l->keys.public_key);
+                  endpoint, zmq_strerror(zmq_errno()));
+    return reg;
+}
 
-    while (!g_atomic_int_get(&l->stop)) {
-        zmq_pollitem_t item = {sock, 0, ZMQ_POLLIN, 0};
-        gint64 now = g_get_monotonic_time();
-        JsonObject *ack;
+/* libvirt, for the reports and lifecycle events: retried every
+ * LIBVIRT_RETRY_US until it answers */
+static void
+link_libvirt_retry(AgentLink *l, LinkState *st, gint64 now)
+{
+    g_autoptr(GError) err = NULL;
+    CloneHostConfig hcfg = {
+        .uri = l->config.libvirt_uri,
+        .pool = l->config.pool,
+        .pool_dir = l->config.pool_dir,
+        .console_dir = l->config.console_dir,
+        .owner = l->config.host_name,
+    };
 
-        if (!host && now - last_libvirt_try > 5 * G_USEC_PER_SEC) {
-            g_autoptr(GError) err = NULL;
+    if (st->host || now - st->last_libvirt_try <= LIBVIRT_RETRY_US)
+        return;
+    st->last_libvirt_try = now;
+    st->host = clone_host_open(&hcfg, &err);
+    if (!st->host)
+        g_warning("libvirt: %s", err->message);
+    else if (!clone_host_watch(st->host, on_domain_event, l, &err))
+        g_warning("no lifecycle events, reports every %u ms only: %s",
+                  (guint)g_atomic_int_get(&l->report_ms), err->message);
+}
 
-            last_libvirt_try = now;
-            host = clone_host_open(&hcfg, &err);
-            if (!host)
-                g_warning("libvirt: %s", err->message);
-            else if (!clone_host_watch(host, on_domain_event, l, &err))
-                g_warning("no lifecycle events, reports every %u ms only: "
-                          "%s",
-                          (guint)g_atomic_int_get(&l->report_ms), err->message);
-        }
-        if (zmq_poll(&item, 1, 100) > 0) {
-            for (;;) {
-                zmq_msg_t msg;
-                g_autoptr(GError) err = NULL;
-                g_autoptr(JsonObject) obj = NULL;
-                const char *type;
+/* One message from the manager; NULL when none is waiting.  A message of
+ * several frames is dropped whole. */
+static JsonObject *
+link_receive_one(void *sock, bool *ret_none)
+{
+    g_autoptr(GError) err = NULL;
+    zmq_msg_t msg;
+    JsonObject *obj;
 
-                zmq_msg_init(&msg);
-                if (zmq_msg_recv(&msg, sock, ZMQ_DONTWAIT) < 0) {
-                    zmq_msg_close(&msg);
-                    break;
-                }
-                if (zmq_msg_more(&msg)) {
-                    g_warning("dropped a message of several frames from the "
-                              "manager");
-                    while (zmq_msg_more(&msg)) {
-                        zmq_msg_close(&msg);
-                        zmq_msg_init(&msg);
-                        if (zmq_msg_recv(&msg, sock, ZMQ_DONTWAIT) < 0)
-                            break;
-                    }
-                    zmq_msg_close(&msg);
-                    continue;
-                }
-                obj = wire_parse(zmq_msg_data(&msg), zmq_msg_size(&msg), &err);
-                zmq_msg_close(&msg);
-                if (!obj) {
-                    g_warning("dropped a malformed message from the manager: "
-                              "%s",
-                              err->message);
-                    continue;
-                }
-                type = json_util_get_string(obj, "type", NULL);
-                if (g_str_equal(type, "welcome")) {
-                    if (!welcomed)
-                        g_message("the site manager welcomed us");
-                    welcomed = true;
-                    last_report = 0;
-                } else if (g_str_equal(type, "who")) {
-                    welcomed = false;
-                    last_hello = 0;
-                } else if (g_str_equal(type, "cmd")) {
-                    on_command(l, sock, obj);
-                } else if (g_str_equal(type, "peers")) {
-                    on_peers(l, obj);
-                } else {
-                    g_warning("dropped a message of unknown type '%s' from "
-                              "the manager",
-                              type);
-                }
-            }
+    *ret_none = false;
+    zmq_msg_init(&msg);
+    if (zmq_msg_recv(&msg, sock, ZMQ_DONTWAIT) < 0) {
+        zmq_msg_close(&msg);
+        *ret_none = true;
+        return NULL;
+    }
+    if (zmq_msg_more(&msg)) {
+        g_warning("dropped a message of several frames from the manager");
+        while (zmq_msg_more(&msg)) {
+            zmq_msg_close(&msg);
+            zmq_msg_init(&msg);
+            if (zmq_msg_recv(&msg, sock, ZMQ_DONTWAIT) < 0)
+                break;
         }
-        while ((ack = g_async_queue_try_pop(l->acks))) {
-            wire_send(sock, NULL, ack);
-            json_object_unref(ack);
-            last_report = 0; /* report the change at once */
-        }
-        now = g_get_monotonic_time();
-        if (registration_poll(l, reg, &reg_state) && !welcomed) {
-            zmq_close(sock);
-            sock = main_socket(l, ctx);
-            last_hello = 0;
-        }
-        if (!welcomed && now - last_register > 5 * G_USEC_PER_SEC) {
-            g_autoptr(JsonObject) r = wire_new("register");
+        zmq_msg_close(&msg);
+        return NULL;
+    }
+    obj = wire_parse(zmq_msg_data(&msg), zmq_msg_size(&msg), &err);
+    zmq_msg_close(&msg);
+    if (!obj)
+        g_warning("dropped a malformed message from the manager: %s",
+                  err->message);
+    return obj;
+}
 
-            json_object_set_string_member(r, "host", l->config.host_name);
-            wire_send(reg, NULL, r);
-            last_register = now;
-        }
-        if (!welcomed && now - last_hello > HELLO_EVERY_US) {
-            send_hello(l, sock, host);
-            last_hello = now;
-        }
-        if (welcomed && now - last_profiles > PROFILES_EVERY_US) {
-            send_profiles(l, sock);
-            last_profiles = now;
-        }
-        if (g_atomic_int_compare_and_exchange(&l->report_now, 1, 0))
-            last_report = 0; /* a domain changed state: say so now */
-        if (welcomed && now - last_report >
-                            (gint64)g_atomic_int_get(&l->report_ms) * 1000) {
-            if (send_report(l, sock, host))
-                last_report = now;
-            else
-                last_report =
-                    now - (gint64)g_atomic_int_get(&l->report_ms) * 500;
+/* Every message waiting from the manager, by type. */
+static void
+link_receive(AgentLink *l, LinkState *st)
+{
+    bool none = false;
+
+    while (!none) {
+        g_autoptr(JsonObject) obj = link_receive_one(st->sock, &none);
+        const char *type = obj ? json_util_get_string(obj, "type", "") : NULL;
+
+        if (!type)
+            continue;
+        if (g_str_equal(type, "welcome")) {
+            if (!st->welcomed)
+                g_message("the site manager welcomed us");
+            st->welcomed = true;
+            st->last_report = 0;
+        } else if (g_str_equal(type, "who")) {
+            st->welcomed = false;
+            st->last_hello = 0;
+        } else if (g_str_equal(type, "cmd")) {
+            on_command(l, st->sock, obj);
+        } else if (g_str_equal(type, "peers")) {
+            on_peers(l, obj);
+        } else {
+            g_warning("dropped a message of unknown type '%s' from the "
+                      "manager",
+                      type);
         }
     }
-    clone_host_free(host);
-    zmq_close(reg);
-    zmq_close(sock);
-    zmq_ctx_term(ctx);
+}
+
+/* What is due: acknowledgements, registration, hello, profiles, report. */
+static void
+link_tick(AgentLink *l, LinkState *st)
+{
+    gint64 report_us = (gint64)g_atomic_int_get(&l->report_ms) * 1000;
+    JsonObject *ack;
+    gint64 now;
+
+    while ((ack = g_async_queue_try_pop(l->acks))) {
+        wire_send(st->sock, NULL, ack);
+        json_object_unref(ack);
+        st->last_report = 0; /* report the change at once */
+    }
+    now = g_get_monotonic_time();
+    if (registration_poll(l, st->reg, &st->reg_state) && !st->welcomed) {
+        zmq_close(st->sock);
+        st->sock = main_socket(l, st->ctx);
+        st->last_hello = 0;
+    }
+    if (!st->welcomed && now - st->last_register > REGISTER_EVERY_US) {
+        g_autoptr(JsonObject) r = wire_new("register");
+
+        json_object_set_string_member(r, "host", l->config.host_name);
+        wire_send(st->reg, NULL, r);
+        st->last_register = now;
+    }
+    if (!st->welcomed && now - st->last_hello > HELLO_EVERY_US) {
+        send_hello(l, st->sock, st->host);
+        st->last_hello = now;
+    }
+    if (st->welcomed && now - st->last_profiles > PROFILES_EVERY_US) {
+        send_profiles(l, st->sock);
+        st->last_profiles = now;
+    }
+    if (g_atomic_int_compare_and_exchange(&l->report_now, 1, 0))
+        st->last_report = 0; /* a domain changed state: say so now */
+    if (st->welcomed && now - st->last_report > report_us) {
+        /* a failed report is tried again in half the interval */
+        st->last_report =
+            send_report(l, st->sock, st->host) ? now : now - report_us / 2;
+    }
+}
+
+static gpointer
+link_thread(gpointer data)
+{
+    AgentLink *l = data;
+    LinkState st = {0};
+
+    st.ctx = zmq_ctx_new();
+    st.reg = registration_socket(l, st.ctx);
+    st.sock = main_socket(l, st.ctx);
+    g_message("connecting to the site manager at %s as %s (key %s)",
+              l->config.manager, l->config.host_name, l->keys.public_key);
+    while (!g_atomic_int_get(&l->stop)) {
+        zmq_pollitem_t item = {st.sock, 0, ZMQ_POLLIN, 0};
+
+        link_libvirt_retry(l, &st, g_get_monotonic_time());
+        if (zmq_poll(&item, 1, LINK_POLL_MS) > 0)
+            link_receive(l, &st);
+        link_tick(l, &st);
+    }
+    clone_host_free(st.host);
+    g_free(st.reg_state);
+    zmq_close(st.reg);
+    zmq_close(st.sock);
+    zmq_ctx_term(st.ctx);
     return NULL;
 }
 

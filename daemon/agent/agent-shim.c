@@ -111,53 +111,33 @@ agent_shim_uri(AgentImage *im)
                            im->shim_socket);
 }
 
-/*
- * Spawn the image's nbdkit and wait until its daemon serves; *ret_pid gets
- * the daemon's PID.  Runs in SHIM_STARTING, holding no lock (invariants 1, 3):
- * it may take up to 2 x SHIM_START_TIMEOUT_MS.
- */
+/* Spawn nbdkit for @im, its output appended to the shim's log; *ret_pid
+ * gets the first nbdkit process (which exits once its daemon is ready). */
 static bool
-shim_start(Agent *a, AgentImage *im, GPid *ret_pid, GError **error)
+shim_spawn(Agent *a, AgentImage *im, GPid *ret_pid, GError **error)
 {
-    g_autofree char *cache_arg = NULL;
-    g_autofree char *agent_arg = NULL;
-    g_autofree char *timeout_arg = NULL;
-    g_autofree char *log_arg = NULL;
-    g_autofree char *log_text = NULL;
-    const char *argv[20];
-    int n = 0, log_fd;
-    GPid pid = 0;
-
-    g_unlink(im->shim_socket); /* nbdkit 1.32 leaves its socket behind */
-    g_unlink(im->shim_pidfile);
-    cache_arg = g_strdup_printf("cache=%s", chunk_cache_dir(im->cache));
-    agent_arg = g_strdup_printf("agent=%s", a->fetch_path);
-    timeout_arg = g_strdup_printf("timeout=%u",
-                                  (guint)g_atomic_int_get(&a->shim_timeout));
-    log_arg = g_strdup_printf("log=%s", im->shim_log);
+    g_autofree char *cache_arg =
+        g_strdup_printf("cache=%s", chunk_cache_dir(im->cache));
+    g_autofree char *agent_arg = g_strdup_printf("agent=%s", a->fetch_path);
+    g_autofree char *timeout_arg =
+        g_strdup_printf("timeout=%u", agent_shim_timeout(a));
+    g_autofree char *log_arg = g_strdup_printf("log=%s", im->shim_log);
     /*
      * nbdkit daemonizes itself: in --foreground mode it asks the kernel to
      * kill it when its parent (us) dies (PR_SET_PDEATHSIG), and shims must
      * outlive the agent.  Its messages still go to our log file.
      */
-    argv[n++] = a->cfg.nbdkit;
-    argv[n++] = "--log=stderr";
-    argv[n++] = "--readonly";
-    argv[n++] = "--unix";
-    argv[n++] = im->shim_socket;
-    argv[n++] = "--pidfile";
-    argv[n++] = im->shim_pidfile;
-    argv[n++] = "--threads";
-    argv[n++] = SHIM_THREADS;
-    argv[n++] = a->cfg.plugin;
-    argv[n++] = cache_arg;
-    argv[n++] = agent_arg;
-    argv[n++] = timeout_arg;
-    argv[n++] = log_arg;
-    argv[n] = NULL;
-
-    log_fd =
+    const char *argv[] = {
+        a->cfg.nbdkit,    "--log=stderr",  "--readonly",
+        "--unix",         im->shim_socket, "--pidfile",
+        im->shim_pidfile, "--threads",     SHIM_THREADS,
+        a->cfg.plugin,    cache_arg,       agent_arg,
+        timeout_arg,      log_arg,         NULL,
+    };
+    int log_fd =
         open(im->shim_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+    bool ok;
+
     if (log_fd < 0) {
         int saved = errno;
         g_set_error(error, SPORE_ERROR, SPORE_ERROR_IO,
@@ -165,74 +145,67 @@ shim_start(Agent *a, AgentImage *im, GPid *ret_pid, GError **error)
                     g_strerror(saved));
         return false;
     }
-    if (!g_spawn_async_with_fds(NULL, (char **)argv, NULL,
+    g_unlink(im->shim_socket); /* nbdkit 1.32 leaves its socket behind */
+    g_unlink(im->shim_pidfile);
+    ok = g_spawn_async_with_fds(NULL, (char **)argv, NULL,
                                 G_SPAWN_DO_NOT_REAP_CHILD | G_SPAWN_SEARCH_PATH,
-                                NULL, NULL, &pid, -1, log_fd, log_fd, error)) {
-        close(log_fd);
-        g_prefix_error(error, "cannot start nbdkit '%s': ", a->cfg.nbdkit);
-        return false;
-    }
+                                NULL, NULL, ret_pid, -1, log_fd, log_fd, error);
     close(log_fd);
+    if (!ok)
+        g_prefix_error(error, "cannot start nbdkit '%s': ", a->cfg.nbdkit);
+    return ok;
+}
 
-    /* the first nbdkit process exits once the daemon is ready */
-    {
-        int status = 0;
-        gint64 give_up =
-            g_get_monotonic_time() + (gint64)SHIM_START_TIMEOUT_MS * 1000;
-        bool exited = false;
+/* Wait (at most SHIM_START_TIMEOUT_MS) for the first nbdkit process @pid
+ * to exit, successfully: its daemon is then ready.  Else the log's end is
+ * the error. */
+static bool
+shim_wait_parent(AgentImage *im, GPid pid, GError **error)
+{
+    gint64 give_up =
+        g_get_monotonic_time() + (gint64)SHIM_START_TIMEOUT_MS * 1000;
+    g_autofree char *log_text = NULL;
+    gsize len = 0;
+    int status = 0;
+    bool exited = false;
 
-        while (g_get_monotonic_time() < give_up) {
-            if (waitpid(pid, &status, WNOHANG) == pid) {
-                exited = true;
-                break;
-            }
+    while (!exited && g_get_monotonic_time() < give_up) {
+        exited = waitpid(pid, &status, WNOHANG) == pid;
+        if (!exited)
             g_usleep(SHIM_POLL_US);
-        }
-        if (!exited || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-            if (!exited)
-                kill(pid, SIGTERM);
-            g_file_get_contents(im->shim_log, &log_text, NULL, NULL);
-            g_set_error(
-                error, SPORE_ERROR, SPORE_ERROR_FAILED,
-                "the shim (nbdkit) failed to start; its log '%s' "
-                "ends: %s",
+    }
+    if (exited && WIFEXITED(status) && WEXITSTATUS(status) == 0)
+        return true;
+    if (!exited) {
+        kill(pid, SIGTERM);
+        waitpid(pid, NULL, 0);
+    }
+    g_file_get_contents(im->shim_log, &log_text, &len, NULL);
+    g_set_error(error, SPORE_ERROR, SPORE_ERROR_FAILED,
+                "the shim (nbdkit) failed to start; its log '%s' ends: %s",
                 im->shim_log,
                 log_text
-                    ? g_strchomp(log_text +
-                                 (strlen(log_text) > SHIM_LOG_TAIL_BYTES
-                                      ? strlen(log_text) - SHIM_LOG_TAIL_BYTES
-                                      : 0))
+                    ? g_strchomp(log_text + (len > SHIM_LOG_TAIL_BYTES
+                                                 ? len - SHIM_LOG_TAIL_BYTES
+                                                 : 0))
                     : "(empty)");
-            return false;
-        }
-    }
-    /* nbdkit's daemon writes its PID file once it accepts connections,
-     * which may be just after its parent exited: wait for it */
-    {
-        gint64 give_up =
-            g_get_monotonic_time() + (gint64)SHIM_START_TIMEOUT_MS * 1000;
+    return false;
+}
 
-        while (!pid_is_nbdkit(pid = read_pidfile(im->shim_pidfile)) &&
-               g_get_monotonic_time() < give_up)
-            g_usleep(SHIM_POLL_US);
-    }
-    if (!pid_is_nbdkit(pid)) {
-        g_set_error(error, SPORE_ERROR, SPORE_ERROR_FAILED,
-                    "the shim (nbdkit) did not start serving on '%s'; see "
-                    "'%s'",
-                    im->shim_socket, im->shim_log);
-        return false;
-    }
+/* QEMU runs as another user: the socket is SHIM_SOCKET_MODE, and the shim
+ * group's when there is one.  Failures are warnings. */
+static void
+shim_socket_grant(Agent *a, AgentImage *im)
+{
+    const char *group = a->cfg.shim_group;
 
-    /* QEMU runs as another user: the socket is SHIM_SOCKET_MODE, and
-     * the shim group's when there is one */
-    if (a->cfg.shim_group && *a->cfg.shim_group) {
-        struct group *gr = getgrnam(a->cfg.shim_group);
+    if (group && *group) {
+        struct group *gr = getgrnam(group);
 
         if (!gr || chown(im->shim_socket, (uid_t)-1, gr->gr_gid) < 0)
             g_warning("image %.12s: cannot give group '%s' the shim socket "
                       "'%s'%s, ignoring",
-                      im->hex, a->cfg.shim_group, im->shim_socket,
+                      im->hex, group, im->shim_socket,
                       gr ? "" : " (no such group)");
     }
     if (chmod(im->shim_socket, SHIM_SOCKET_MODE) < 0)
@@ -240,6 +213,35 @@ shim_start(Agent *a, AgentImage *im, GPid *ret_pid, GError **error)
                   "%s, ignoring",
                   im->hex, im->shim_socket, SHIM_SOCKET_MODE,
                   g_strerror(errno));
+}
+
+/*
+ * Spawn the image's nbdkit and wait until its daemon serves; *ret_pid gets
+ * the daemon's PID.  Runs in SHIM_STARTING, holding no lock (invariants 1,
+ * 3): it may take up to 2 x SHIM_START_TIMEOUT_MS.
+ */
+static bool
+shim_start(Agent *a, AgentImage *im, GPid *ret_pid, GError **error)
+{
+    gint64 give_up;
+    GPid pid = 0;
+
+    if (!shim_spawn(a, im, &pid, error) || !shim_wait_parent(im, pid, error))
+        return false;
+    /* nbdkit's daemon writes its PID file once it accepts connections,
+     * which may be just after its parent exited: wait for it */
+    give_up = g_get_monotonic_time() + (gint64)SHIM_START_TIMEOUT_MS * 1000;
+    while (!pid_is_nbdkit(pid = read_pidfile(im->shim_pidfile)) &&
+           g_get_monotonic_time() < give_up)
+        g_usleep(SHIM_POLL_US);
+    if (!pid_is_nbdkit(pid)) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_FAILED,
+                    "the shim (nbdkit) did not start serving on '%s'; see "
+                    "'%s'",
+                    im->shim_socket, im->shim_log);
+        return false;
+    }
+    shim_socket_grant(a, im);
     *ret_pid = pid;
     return true;
 }
