@@ -1,26 +1,32 @@
 /*
- * agent.h: the host agent's core: images, their caches and fetch engines,
- * the fetch socket the shims ask, the shims themselves, and the local
- * control socket (docs/agent-control.md).
+ * agent.h: the host agent, daemon/agent/'s one public header: its core
+ * (images, their caches and fetch engines, the fetch socket the shims ask,
+ * the shims themselves, the local control socket of docs/agent-control.md),
+ * the typed image API that the control socket and the site link both call,
+ * the site link, and spore-agent's settings.
  *
  * One Agent per host.  Its state lives under state_dir:
  *   cache/<hex>/          the chunk cache of each image (chunk-cache.h)
  *   images/<hex>.image    each image's origins (GKeyFile), so a restarted
  *                         agent serves the same images
- * and its sockets under run_dir:
+ *   commands.journal      the site manager's commands applied (the link)
+ * and its sockets under run_dir (both made absolute by agent_new):
  *   control.sock          JSON lines, for sporectl and the site manager
  *   fetch.sock            fetch-protocol.h, for the shims
- *   shims/<hex>.sock      each image's NBD export (nbdkit), group-owned by
- *                         shim_group so that QEMU can connect
- *   shims/<hex>.pid       its nbdkit's PID
+ *   shims/<hex16>.sock    each image's NBD export (nbdkit), mode 0660,
+ *                         group shim_group when set, so that QEMU connects
+ *   shims/<hex16>.pid     its nbdkit's PID
  *
  * Shims are separate nbdkit processes and outlive the agent: a restarted
  * agent finds them by PID file and serves their fetches again.
  *
  * Threads: the main thread runs the GMainLoop; each control or fetch
  * connection gets a thread of its own (GThreadedSocketService); fetch
- * engines have their workers.  The image table is guarded by a mutex;
- * images are never removed while the agent runs.
+ * engines have their workers; the link has two threads.  The image table
+ * has a lock held for lookups only; each image has its own lock for its
+ * shim's state, so that one image's slow shim start or fetch never delays
+ * another's guests; images are never removed while the agent runs.
+ * agent-private.h lists the files and their roles.
  */
 #pragma once
 
