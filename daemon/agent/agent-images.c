@@ -31,6 +31,7 @@
 #include "agent-private.h"
 
 #include <string.h>
+#include <glib/gstdio.h>
 
 #include "file-util.h"
 #include "le-bytes.h"
@@ -62,7 +63,6 @@ static AgentImage *
 agent_image_open(Agent *a, ImageIndex *idx, const char *const *origins,
                  GError **error)
 {
-    g_autoptr(GError) err = NULL;
     AgentImage *im = g_new0(AgentImage, 1);
     GPtrArray *origin; /* one FetchSource per URL, in order */
 
@@ -122,19 +122,27 @@ fail:
     return NULL;
 }
 
+/* STATE_DIR/images/HEX.image: the record that makes a restarted agent
+ * load the image */
+static char *
+agent_image_record_path(Agent *a, const char *id)
+{
+    return g_strdup_printf("%s/%s.image", a->images_dir,
+                           id + strlen("sha256:"));
+}
+
 static bool
-agent_image_persist(Agent *a, AgentImage *im, GError **error)
+agent_image_persist(Agent *a, const char *id, const char *const *origins,
+                    GError **error)
 {
     g_autoptr(GKeyFile) kf = g_key_file_new();
-    g_autofree char *path =
-        g_strdup_printf("%s/%s.image", a->images_dir, im->hex);
+    g_autofree char *path = agent_image_record_path(a, id);
     g_autofree char *text = NULL;
     gsize len = 0;
 
-    g_key_file_set_string(kf, "image", "id", im->id);
-    g_key_file_set_string_list(kf, "image", "origins",
-                               (const char *const *)im->origins,
-                               g_strv_length(im->origins));
+    g_key_file_set_string(kf, "image", "id", id);
+    g_key_file_set_string_list(kf, "image", "origins", origins,
+                               g_strv_length((char **)origins));
     text = g_key_file_to_data(kf, &len, NULL);
     return spore_file_write_atomic(path, text, len, 0640, error);
 }
@@ -340,12 +348,14 @@ agent_image_add(Agent *a, ImageIndex *idx, const char *const *origins,
     im = g_hash_table_lookup(a->images, hex);
     g_mutex_unlock(&a->lock);
     if (!im) {
-        im = agent_image_open(a, idx, origins, error);
-        if (im && !agent_image_persist(a, im, error)) {
-            agent_image_free(im);
-            im = NULL;
-        }
-        if (!im) {
+        /* the record first: an open image is known to the cache set and
+         * the peers, so it cannot be freed again (invariant 2) */
+        if (!agent_image_persist(a, image_index_id(idx), origins, error) ||
+            !(im = agent_image_open(a, idx, origins, error))) {
+            g_autofree char *path =
+                agent_image_record_path(a, image_index_id(idx));
+
+            g_unlink(path);
             g_mutex_unlock(&a->add_lock);
             return false;
         }
