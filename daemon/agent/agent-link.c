@@ -1,14 +1,19 @@
 /*
- * agent-link.c: the agent's connection to the site manager (see
- * agent-link.h).
+ * agent-link.c: the agent's connection to the site manager (agent.h, "the
+ * site link"): registration, hello, reports and profiles, and the
+ * manager's commands, each applied at most once (the journal) and run by
+ * agent-commands.c.
  *
- * Two threads: the link thread owns the ZeroMQ socket (hello, reports,
+ * Two threads: the link thread owns the ZeroMQ sockets (hello, reports,
  * receiving commands, sending acknowledgements); the worker runs commands
  * one at a time and hands the acknowledgements back through a queue.
+ * AgentLink.lock guards the journal and the commands in flight; the
+ * images are read through the typed API of agent.h, which takes its own
+ * locks.
  */
 #define G_LOG_DOMAIN "spore-agent" /* before any GLib header */
 
-#include "agent-link.h"
+#include "agent-private.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -24,6 +29,9 @@
 #include "wire.h"
 
 #define HELLO_EVERY_US    (2 * G_USEC_PER_SEC)
+#define REGISTER_EVERY_US (5 * G_USEC_PER_SEC)
+#define LIBVIRT_RETRY_US  (5 * G_USEC_PER_SEC)
+#define LINK_POLL_MS      100
 #define JOURNAL_KEEP      4096
 
 #define PROFILES_EVERY_US (15 * G_USEC_PER_SEC)
@@ -46,8 +54,8 @@ struct AgentLink {
     char *journal_path;
     guint journal_lines;
 
-    CloneHost *work_host; /* the worker's libvirt connection */
-    char *peer_names;     /* the link thread's: the last peer list, logged */
+    AgentCommands *commands; /* the worker's */
+    char *peer_names;        /* the link thread's: the last peer list, logged */
 };
 
 /* ---- the journal -------------------------------------------------------- */
@@ -119,237 +127,7 @@ journal_add(AgentLink *l, const char *key, const char *ack)
     g_mutex_unlock(&l->lock);
 }
 
-/* ---- commands ----------------------------------------------------------- */
-
-static JsonObject *
-agent_json(AgentLink *l, JsonObject *request)
-{
-    return agent_handle_command(l->agent, request);
-}
-
-/* image_ready: make the agent know and serve the command's image; the
- * export's URI */
-static char *
-image_ready(AgentLink *l, JsonObject *image, GError **error)
-{
-    const char *id = json_util_get_string(image, "id", NULL);
-    const char *b64 = json_util_get_string(image, "index", NULL);
-    JsonNode *origins = json_object_get_member(image, "origins");
-    g_autoptr(JsonObject) add = json_object_new();
-    g_autoptr(JsonObject) serve = json_object_new();
-    g_autoptr(JsonObject) reply = NULL;
-    g_autofree char *dir = NULL;
-    g_autofree char *path = NULL;
-    g_autofree guint8 *data = NULL;
-    gsize len = 0;
-
-    if (!id || !b64 || !origins || !JSON_NODE_HOLDS_ARRAY(origins) ||
-        !g_str_has_prefix(id, "sha256:") || strlen(id) != 71) {
-        g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
-                    "the command's image lacks an id, an index or origins");
-        return NULL;
-    }
-    dir = g_build_filename(l->config.state_dir, "indexes", NULL);
-    path = g_strdup_printf("%s/%s.idx", dir, id + 7);
-    data = g_base64_decode(b64, &len);
-    {
-        /* verify before anything keeps it */
-        g_autoptr(ImageIndex) idx = image_index_parse(data, len, id, error);
-
-        if (!idx)
-            return NULL;
-    }
-    if (g_mkdir_with_parents(dir, 0700) < 0 ||
-        !spore_file_write_atomic(path, data, len, 0600, error))
-        return NULL;
-    json_object_set_string_member(add, "command", "image-add");
-    json_object_set_string_member(add, "index", path);
-    json_object_set_string_member(add, "id", id);
-    json_object_set_member(add, "origins", json_node_copy(origins));
-    /* the site's access profile of the image, for a host that never
-     * booted it: prefetched when the image is served */
-    if (json_object_get_member(image, "profile") &&
-        JSON_NODE_HOLDS_ARRAY(json_object_get_member(image, "profile")))
-        json_object_set_member(
-            add, "profile",
-            json_node_copy(json_object_get_member(image, "profile")));
-    reply = agent_json(l, add);
-    if (!reply ||
-        !json_object_get_boolean_member_with_default(reply, "ok", FALSE)) {
-        g_set_error(error, SPORE_ERROR, SPORE_ERROR_FAILED, "image %s: %s", id,
-                    reply ? json_util_get_string(reply, "error", NULL)
-                          : "no reply");
-        return NULL;
-    }
-    json_object_unref(g_steal_pointer(&reply));
-    json_object_set_string_member(serve, "command", "image-serve");
-    json_object_set_string_member(serve, "image", id);
-    reply = agent_json(l, serve);
-    if (!reply ||
-        !json_object_get_boolean_member_with_default(reply, "ok", FALSE) ||
-        !json_object_has_member(reply, "image")) {
-        g_set_error(
-            error, SPORE_ERROR, SPORE_ERROR_FAILED, "serving image %s: %s", id,
-            reply ? json_util_get_string(reply, "error", NULL) : "no reply");
-        return NULL;
-    }
-    return g_strdup(json_util_get_string(
-        json_object_get_object_member(reply, "image"), "uri", NULL));
-}
-
-static CloneHost *
-worker_host(AgentLink *l, GError **error)
-{
-    CloneHostConfig cfg = {
-        .uri = l->config.libvirt_uri,
-        .pool = l->config.pool,
-        .pool_dir = l->config.pool_dir,
-        .console_dir = l->config.console_dir,
-        .owner = l->config.host_name,
-    };
-
-    if (!l->work_host)
-        l->work_host = clone_host_open(&cfg, error);
-    return l->work_host;
-}
-
-static ManifestHypervisor
-virt_for(AgentLink *l, const Manifest *mf)
-{
-    if (mf->vm.hypervisor != MANIFEST_HYPERVISOR_KVM)
-        return mf->vm.hypervisor;
-    if (l->config.virt_type)
-        return g_str_equal(l->config.virt_type, "qemu")
-                   ? MANIFEST_HYPERVISOR_QEMU
-                   : MANIFEST_HYPERVISOR_KVM;
-    return spore_kvm_works() ? MANIFEST_HYPERVISOR_KVM
-                             : MANIFEST_HYPERVISOR_QEMU;
-}
-
-static bool
-run_create(AgentLink *l, JsonObject *cmd, GString *summary, GError **error)
-{
-    const char *text = json_util_get_string(cmd, "manifest", NULL);
-    const char *service = json_util_get_string(cmd, "service", NULL);
-    JsonNode *image = json_object_get_member(cmd, "image");
-    JsonNode *idx = json_object_get_member(cmd, "indexes");
-    g_autoptr(Manifest) mf = NULL;
-    g_autofree char *uri = NULL;
-    g_autofree guint *indexes = NULL;
-    g_autofree CloneCreateOutcome *outcomes = NULL;
-    CloneCreateRequest req = {0};
-    CloneHost *host;
-    JsonArray *arr;
-    guint n;
-
-    if (!text || !service || !image || !JSON_NODE_HOLDS_OBJECT(image) || !idx ||
-        !JSON_NODE_HOLDS_ARRAY(idx)) {
-        g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
-                    "a clone-create command needs manifest, service, image "
-                    "and indexes");
-        return false;
-    }
-    mf = manifest_parse_data(text, strlen(text), NULL, error);
-    if (!mf)
-        return false;
-    if (!g_str_equal(mf->name, service)) {
-        g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
-                    "the command is for service '%s' but its manifest is "
-                    "'%s'",
-                    service, mf->name);
-        return false;
-    }
-    arr = json_node_get_array(idx);
-    n = json_array_get_length(arr);
-    if (n == 0 || n > mf->scaling.max) {
-        g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
-                    "%u clone indexes for a service of at most %u", n,
-                    mf->scaling.max);
-        return false;
-    }
-    indexes = g_new0(guint, n);
-    outcomes = g_new0(CloneCreateOutcome, n);
-    for (guint i = 0; i < n; i++) {
-        gint64 v = json_array_get_int_element(arr, i);
-
-        if (v < 0 || v >= mf->scaling.max) {
-            g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
-                        "clone index %" G_GINT64_FORMAT " out of range", v);
-            return false;
-        }
-        indexes[i] = (guint)v;
-    }
-    uri = image_ready(l, json_node_get_object(image), error);
-    if (!uri)
-        return false;
-    host = worker_host(l, error);
-    if (!host)
-        return false;
-    req.manifest = mf;
-    req.indexes = indexes;
-    req.n_indexes = n;
-    req.backing = uri;
-    req.backing_format =
-        g_strcmp0(
-            json_util_get_string(json_node_get_object(image), "format", NULL),
-            "qcow2") == 0
-            ? "qcow2"
-            : "raw";
-    req.image_id =
-        json_util_get_string(json_node_get_object(image), "id", NULL);
-    req.generation = (guint64)json_util_get_int(cmd, "generation", 0);
-    req.host_name = l->config.host_name;
-    req.virt = virt_for(l, mf);
-    req.start = true;
-    if (!clone_host_create(host, &req, outcomes, error))
-        return false;
-    for (guint i = 0; i < n; i++)
-        g_string_append_printf(
-            summary, "%s%s-%u %s", i ? ", " : "", mf->name, indexes[i],
-            outcomes[i] == CLONE_CREATED ? "created" : "existed");
-    return true;
-}
-
-static bool
-run_destroy(AgentLink *l, JsonObject *cmd, GString *summary, GError **error)
-{
-    JsonNode *names = json_object_get_member(cmd, "names");
-    guint timeout =
-        (guint)CLAMP(json_util_get_int(cmd, "timeout", 60), 0, 3600);
-    CloneHost *host;
-    JsonArray *arr;
-    bool ok = true;
-
-    if (!names || !JSON_NODE_HOLDS_ARRAY(names)) {
-        g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
-                    "a clone-destroy command needs names");
-        return false;
-    }
-    host = worker_host(l, error);
-    if (!host)
-        return false;
-    arr = json_node_get_array(names);
-    for (guint i = 0; i < json_array_get_length(arr); i++) {
-        const char *name = json_array_get_string_element(arr, i);
-        g_autoptr(GError) err = NULL;
-        CloneDestroyOutcome outcome;
-
-        if (!name)
-            continue;
-        if (!clone_host_destroy(host, name, timeout, &outcome, &err)) {
-            if (ok)
-                g_propagate_error(error, g_steal_pointer(&err));
-            ok = false;
-            continue;
-        }
-        g_string_append_printf(summary, "%s%s %s", summary->len ? ", " : "",
-                               name,
-                               outcome == CLONE_ABSENT      ? "absent"
-                               : outcome == CLONE_DESTROYED ? "powered off"
-                                                            : "removed");
-    }
-    return ok;
-}
+/* ---- commands (run by agent-commands.c) ------------------------------- */
 
 typedef struct {
     JsonObject *cmd;
@@ -370,15 +148,7 @@ worker(gpointer data, gpointer user)
 
     g_message("command %" G_GINT64_FORMAT ": %s",
               json_util_get_int(job->cmd, "id", -1), op ? op : "?");
-    if (g_strcmp0(op, "clone-create") == 0)
-        ok = run_create(l, job->cmd, summary, &err);
-    else if (g_strcmp0(op, "clone-destroy") == 0)
-        ok = run_destroy(l, job->cmd, summary, &err);
-    else {
-        ok = false;
-        g_set_error(&err, SPORE_ERROR, SPORE_ERROR_INVALID,
-                    "unknown command '%s'", op ? op : "");
-    }
+    ok = agent_commands_run(l->commands, job->cmd, summary, &err);
     json_object_set_int_member(ack, "id",
                                json_util_get_int(job->cmd, "id", -1));
     json_object_set_boolean_member(ack, "ok", ok);
@@ -496,11 +266,11 @@ static bool
 send_report(AgentLink *l, void *sock, CloneHost *host)
 {
     g_autoptr(JsonObject) report = wire_new("report");
-    g_autoptr(JsonObject) list_req = json_object_new();
-    g_autoptr(JsonObject) images = NULL;
+    g_autoptr(GPtrArray) images = NULL;
     g_autoptr(GPtrArray) clones = NULL;
     g_autoptr(GError) err = NULL;
     JsonArray *arr = json_array_new();
+    JsonArray *image_arr;
 
     clones = host ? clone_host_list(host, &err) : NULL;
     if (!clones) {
@@ -538,14 +308,12 @@ send_report(AgentLink *l, void *sock, CloneHost *host)
     }
     json_object_set_array_member(report, "clones", arr);
     json_object_set_int_member(report, "time_ms", g_get_real_time() / 1000);
-    json_object_set_string_member(list_req, "command", "image-list");
-    images = agent_json(l, list_req);
-    if (images && json_object_has_member(images, "images"))
-        json_object_set_member(
-            report, "images",
-            json_node_copy(json_object_get_member(images, "images")));
-    else
-        json_object_set_array_member(report, "images", json_array_new());
+    images = agent_image_list(l->agent);
+    image_arr = json_array_new();
+    for (guint i = 0; i < images->len; i++)
+        json_array_add_object_element(
+            image_arr, agent_image_info_to_json(images->pdata[i]));
+    json_object_set_array_member(report, "images", image_arr);
     return wire_send(sock, NULL, report);
 }
 
@@ -554,39 +322,28 @@ send_report(AgentLink *l, void *sock, CloneHost *host)
 static void
 send_profiles(AgentLink *l, void *sock)
 {
-    g_autoptr(JsonObject) list_req = json_object_new();
-    g_autoptr(JsonObject) images = NULL;
+    g_autoptr(GPtrArray) images = agent_image_list(l->agent);
     g_autoptr(JsonObject) msg = wire_new("profiles");
     JsonArray *out = json_array_new();
-    JsonArray *arr;
 
-    json_object_set_string_member(list_req, "command", "image-list");
-    images = agent_json(l, list_req);
-    arr = images && json_object_has_member(images, "images")
-              ? json_object_get_array_member(images, "images")
-              : NULL;
-    for (guint i = 0; arr && i < json_array_get_length(arr); i++) {
-        JsonObject *im = json_array_get_object_element(arr, i);
-        g_autoptr(JsonObject) req = json_object_new();
-        g_autoptr(JsonObject) reply = NULL;
-        JsonObject *p, *o;
+    for (guint i = 0; i < images->len; i++) {
+        const char *id = ((AgentImageInfo *)images->pdata[i])->id;
+        guint boots = 0;
+        g_autoptr(GArray) order =
+            agent_image_profile(l->agent, id, &boots, NULL);
+        JsonArray *chunks;
+        JsonObject *o;
 
-        json_object_set_string_member(req, "command", "image-profile");
-        json_object_set_string_member(req, "image",
-                                      json_util_get_string(im, "image", NULL));
-        reply = agent_json(l, req);
-        if (!reply || !json_object_has_member(reply, "profile"))
+        if (!order || boots == 0)
             continue;
-        p = json_object_get_object_member(reply, "profile");
-        if (json_util_get_int(p, "boots", 0) == 0)
-            continue;
+        chunks = json_array_sized_new(order->len);
+        for (guint k = 0; k < order->len; k++)
+            json_array_add_int_element(
+                chunks, (gint64)g_array_index(order, guint64, k));
         o = json_object_new();
-        json_object_set_string_member(o, "image",
-                                      json_util_get_string(im, "image", NULL));
-        json_object_set_int_member(o, "boots",
-                                   json_util_get_int(p, "boots", 0));
-        json_object_set_member(
-            o, "chunks", json_node_copy(json_object_get_member(p, "chunks")));
+        json_object_set_string_member(o, "image", id);
+        json_object_set_int_member(o, "boots", boots);
+        json_object_set_array_member(o, "chunks", chunks);
         json_array_add_object_element(out, o);
     }
     json_object_set_array_member(msg, "profiles", out);
@@ -705,27 +462,26 @@ registration_poll(AgentLink *l, void *reg, char **state)
     }
 }
 
-static gpointer
-link_thread(gpointer data)
+/* What the link thread owns (only it touches these). */
+typedef struct {
+    void *ctx;
+    void *sock; /* the DEALER to the manager's agent endpoint */
+    void *reg;  /* the DEALER to its registration endpoint */
+    char *reg_state;
+    CloneHost *host; /* the link's libvirt connection, for reports */
+    bool welcomed;
+    gint64 last_hello, last_report, last_profiles, last_libvirt_try,
+        last_register;
+} LinkState;
+
+/* the registration socket: CURVE with our keys, to the manager's
+ * registration endpoint */
+static void *
+registration_socket(AgentLink *l, void *ctx)
 {
-    AgentLink *l = data;
-    void *ctx = zmq_ctx_new();
-    void *sock;
-    int one = 1;
-    gint64 last_hello = 0, last_report = 0, last_profiles = 0;
-    bool welcomed = false;
-    CloneHost *host = NULL;
-    CloneHostConfig hcfg = {
-        .uri = l->config.libvirt_uri,
-        .pool = l->config.pool,
-        .pool_dir = l->config.pool_dir,
-        .console_dir = l->config.console_dir,
-        .owner = l->config.host_name,
-    };
-    gint64 last_libvirt_try = 0, last_register = 0;
     void *reg = zmq_socket(ctx, ZMQ_DEALER);
-    g_autofree char *reg_endpoint = wire_register_endpoint(l->config.manager);
-    g_autofree char *reg_state = NULL;
+    g_autofree char *endpoint = wire_register_endpoint(l->config.manager);
+    int one = 1;
 
     wire_socket_defaults(reg);
     zmq_setsockopt(reg, ZMQ_CURVE_SERVERKEY, l->config.manager_key,
@@ -735,124 +491,172 @@ link_thread(gpointer data)
     zmq_setsockopt(reg, ZMQ_CURVE_SECRETKEY, l->keys.secret_key,
                    WIRE_KEY_CHARS);
     zmq_setsockopt(reg, ZMQ_IMMEDIATE, &one, sizeof(one));
-    if (reg_endpoint && zmq_connect(reg, reg_endpoint) != 0)
+    if (endpoint && zmq_connect(reg, endpoint) != 0)
         g_warning("cannot connect to the manager's registration endpoint "
                   "%s: %s",
-                  reg_endpoint, zmq_strerror(zmq_errno()));
-    sock = main_socket(l, ctx);
-    g_message("connecting to the site manager at %s as %s (key %s)",
-              l->config.manager, l->config.host_name, l->keys.public_key);
+                  endpoint, zmq_strerror(zmq_errno()));
+    return reg;
+}
 
-    while (!g_atomic_int_get(&l->stop)) {
-        zmq_pollitem_t item = {sock, 0, ZMQ_POLLIN, 0};
-        gint64 now = g_get_monotonic_time();
-        JsonObject *ack;
+/* libvirt, for the reports and lifecycle events: retried every
+ * LIBVIRT_RETRY_US until it answers */
+static void
+link_libvirt_retry(AgentLink *l, LinkState *st, gint64 now)
+{
+    g_autoptr(GError) err = NULL;
+    CloneHostConfig hcfg = {
+        .uri = l->config.libvirt_uri,
+        .pool = l->config.pool,
+        .pool_dir = l->config.pool_dir,
+        .console_dir = l->config.console_dir,
+        .owner = l->config.host_name,
+    };
 
-        if (!host && now - last_libvirt_try > 5 * G_USEC_PER_SEC) {
-            g_autoptr(GError) err = NULL;
+    if (st->host || now - st->last_libvirt_try <= LIBVIRT_RETRY_US)
+        return;
+    st->last_libvirt_try = now;
+    st->host = clone_host_open(&hcfg, &err);
+    if (!st->host)
+        g_warning("libvirt: %s", err->message);
+    else if (!clone_host_watch(st->host, on_domain_event, l, &err))
+        g_warning("no lifecycle events, reports every %u ms only: %s",
+                  (guint)g_atomic_int_get(&l->report_ms), err->message);
+}
 
-            last_libvirt_try = now;
-            host = clone_host_open(&hcfg, &err);
-            if (!host)
-                g_warning("libvirt: %s", err->message);
-            else if (!clone_host_watch(host, on_domain_event, l, &err))
-                g_warning("no lifecycle events, reports every %u ms only: "
-                          "%s",
-                          (guint)g_atomic_int_get(&l->report_ms), err->message);
-        }
-        if (zmq_poll(&item, 1, 100) > 0) {
-            for (;;) {
-                zmq_msg_t msg;
-                g_autoptr(GError) err = NULL;
-                g_autoptr(JsonObject) obj = NULL;
-                const char *type;
+/* One message from the manager; NULL when none is waiting.  A message of
+ * several frames is dropped whole. */
+static JsonObject *
+link_receive_one(void *sock, bool *ret_none)
+{
+    g_autoptr(GError) err = NULL;
+    zmq_msg_t msg;
+    JsonObject *obj;
 
-                zmq_msg_init(&msg);
-                if (zmq_msg_recv(&msg, sock, ZMQ_DONTWAIT) < 0) {
-                    zmq_msg_close(&msg);
-                    break;
-                }
-                if (zmq_msg_more(&msg)) {
-                    g_warning("dropped a message of several frames from the "
-                              "manager");
-                    while (zmq_msg_more(&msg)) {
-                        zmq_msg_close(&msg);
-                        zmq_msg_init(&msg);
-                        if (zmq_msg_recv(&msg, sock, ZMQ_DONTWAIT) < 0)
-                            break;
-                    }
-                    zmq_msg_close(&msg);
-                    continue;
-                }
-                obj = wire_parse(zmq_msg_data(&msg), zmq_msg_size(&msg), &err);
-                zmq_msg_close(&msg);
-                if (!obj) {
-                    g_warning("dropped a malformed message from the manager: "
-                              "%s",
-                              err->message);
-                    continue;
-                }
-                type = json_util_get_string(obj, "type", NULL);
-                if (g_str_equal(type, "welcome")) {
-                    if (!welcomed)
-                        g_message("the site manager welcomed us");
-                    welcomed = true;
-                    last_report = 0;
-                } else if (g_str_equal(type, "who")) {
-                    welcomed = false;
-                    last_hello = 0;
-                } else if (g_str_equal(type, "cmd")) {
-                    on_command(l, sock, obj);
-                } else if (g_str_equal(type, "peers")) {
-                    on_peers(l, obj);
-                } else {
-                    g_warning("dropped a message of unknown type '%s' from "
-                              "the manager",
-                              type);
-                }
-            }
+    *ret_none = false;
+    zmq_msg_init(&msg);
+    if (zmq_msg_recv(&msg, sock, ZMQ_DONTWAIT) < 0) {
+        zmq_msg_close(&msg);
+        *ret_none = true;
+        return NULL;
+    }
+    if (zmq_msg_more(&msg)) {
+        g_warning("dropped a message of several frames from the manager");
+        while (zmq_msg_more(&msg)) {
+            zmq_msg_close(&msg);
+            zmq_msg_init(&msg);
+            if (zmq_msg_recv(&msg, sock, ZMQ_DONTWAIT) < 0)
+                break;
         }
-        while ((ack = g_async_queue_try_pop(l->acks))) {
-            wire_send(sock, NULL, ack);
-            json_object_unref(ack);
-            last_report = 0; /* report the change at once */
-        }
-        now = g_get_monotonic_time();
-        if (registration_poll(l, reg, &reg_state) && !welcomed) {
-            zmq_close(sock);
-            sock = main_socket(l, ctx);
-            last_hello = 0;
-        }
-        if (!welcomed && now - last_register > 5 * G_USEC_PER_SEC) {
-            g_autoptr(JsonObject) r = wire_new("register");
+        zmq_msg_close(&msg);
+        return NULL;
+    }
+    obj = wire_parse(zmq_msg_data(&msg), zmq_msg_size(&msg), &err);
+    zmq_msg_close(&msg);
+    if (!obj)
+        g_warning("dropped a malformed message from the manager: %s",
+                  err->message);
+    return obj;
+}
 
-            json_object_set_string_member(r, "host", l->config.host_name);
-            wire_send(reg, NULL, r);
-            last_register = now;
-        }
-        if (!welcomed && now - last_hello > HELLO_EVERY_US) {
-            send_hello(l, sock, host);
-            last_hello = now;
-        }
-        if (welcomed && now - last_profiles > PROFILES_EVERY_US) {
-            send_profiles(l, sock);
-            last_profiles = now;
-        }
-        if (g_atomic_int_compare_and_exchange(&l->report_now, 1, 0))
-            last_report = 0; /* a domain changed state: say so now */
-        if (welcomed && now - last_report >
-                            (gint64)g_atomic_int_get(&l->report_ms) * 1000) {
-            if (send_report(l, sock, host))
-                last_report = now;
-            else
-                last_report =
-                    now - (gint64)g_atomic_int_get(&l->report_ms) * 500;
+/* Every message waiting from the manager, by type. */
+static void
+link_receive(AgentLink *l, LinkState *st)
+{
+    bool none = false;
+
+    while (!none) {
+        g_autoptr(JsonObject) obj = link_receive_one(st->sock, &none);
+        const char *type = obj ? json_util_get_string(obj, "type", "") : NULL;
+
+        if (!type)
+            continue;
+        if (g_str_equal(type, "welcome")) {
+            if (!st->welcomed)
+                g_message("the site manager welcomed us");
+            st->welcomed = true;
+            st->last_report = 0;
+        } else if (g_str_equal(type, "who")) {
+            st->welcomed = false;
+            st->last_hello = 0;
+        } else if (g_str_equal(type, "cmd")) {
+            on_command(l, st->sock, obj);
+        } else if (g_str_equal(type, "peers")) {
+            on_peers(l, obj);
+        } else {
+            g_warning("dropped a message of unknown type '%s' from the "
+                      "manager",
+                      type);
         }
     }
-    clone_host_free(host);
-    zmq_close(reg);
-    zmq_close(sock);
-    zmq_ctx_term(ctx);
+}
+
+/* What is due: acknowledgements, registration, hello, profiles, report. */
+static void
+link_tick(AgentLink *l, LinkState *st)
+{
+    gint64 report_us = (gint64)g_atomic_int_get(&l->report_ms) * 1000;
+    JsonObject *ack;
+    gint64 now;
+
+    while ((ack = g_async_queue_try_pop(l->acks))) {
+        wire_send(st->sock, NULL, ack);
+        json_object_unref(ack);
+        st->last_report = 0; /* report the change at once */
+    }
+    now = g_get_monotonic_time();
+    if (registration_poll(l, st->reg, &st->reg_state) && !st->welcomed) {
+        zmq_close(st->sock);
+        st->sock = main_socket(l, st->ctx);
+        st->last_hello = 0;
+    }
+    if (!st->welcomed && now - st->last_register > REGISTER_EVERY_US) {
+        g_autoptr(JsonObject) r = wire_new("register");
+
+        json_object_set_string_member(r, "host", l->config.host_name);
+        wire_send(st->reg, NULL, r);
+        st->last_register = now;
+    }
+    if (!st->welcomed && now - st->last_hello > HELLO_EVERY_US) {
+        send_hello(l, st->sock, st->host);
+        st->last_hello = now;
+    }
+    if (st->welcomed && now - st->last_profiles > PROFILES_EVERY_US) {
+        send_profiles(l, st->sock);
+        st->last_profiles = now;
+    }
+    if (g_atomic_int_compare_and_exchange(&l->report_now, 1, 0))
+        st->last_report = 0; /* a domain changed state: say so now */
+    if (st->welcomed && now - st->last_report > report_us) {
+        /* a failed report is tried again in half the interval */
+        st->last_report =
+            send_report(l, st->sock, st->host) ? now : now - report_us / 2;
+    }
+}
+
+static gpointer
+link_thread(gpointer data)
+{
+    AgentLink *l = data;
+    LinkState st = {0};
+
+    st.ctx = zmq_ctx_new();
+    st.reg = registration_socket(l, st.ctx);
+    st.sock = main_socket(l, st.ctx);
+    g_message("connecting to the site manager at %s as %s (key %s)",
+              l->config.manager, l->config.host_name, l->keys.public_key);
+    while (!g_atomic_int_get(&l->stop)) {
+        zmq_pollitem_t item = {st.sock, 0, ZMQ_POLLIN, 0};
+
+        link_libvirt_retry(l, &st, g_get_monotonic_time());
+        if (zmq_poll(&item, 1, LINK_POLL_MS) > 0)
+            link_receive(l, &st);
+        link_tick(l, &st);
+    }
+    clone_host_free(st.host);
+    g_free(st.reg_state);
+    zmq_close(st.reg);
+    zmq_close(st.sock);
+    zmq_ctx_term(st.ctx);
     return NULL;
 }
 
@@ -888,8 +692,9 @@ agent_link_start(Agent *agent, const AgentLinkConfig *config, GError **error)
     l->config.console_dir = g_strdup(config->console_dir);
     l->config.virt_type = g_strdup(config->virt_type);
     if (!l->config.report_ms)
-        l->config.report_ms = 2000;
-    l->report_ms = (gint)MIN(l->config.report_ms, 600000u);
+        l->config.report_ms = AGENT_REPORT_MS_DEFAULT;
+    l->report_ms = (gint)CLAMP(l->config.report_ms, AGENT_REPORT_MS_MIN,
+                               AGENT_REPORT_MS_MAX);
     if (!wire_keys_load_or_create(config->state_dir, &l->keys, error)) {
         agent_link_stop(l);
         return NULL;
@@ -907,6 +712,7 @@ agent_link_start(Agent *agent, const AgentLinkConfig *config, GError **error)
                         rnd[2], rnd[3], rnd[4], rnd[5], rnd[6], rnd[7]);
     clone_events_init(); /* before any libvirt connection */
     l->acks = g_async_queue_new();
+    l->commands = agent_commands_new(agent, &l->config);
     l->worker = g_thread_pool_new(worker, l, 1, TRUE, NULL);
     l->thread = g_thread_new("spore-link", link_thread, l);
     return l;
@@ -915,7 +721,7 @@ agent_link_start(Agent *agent, const AgentLinkConfig *config, GError **error)
 void
 agent_link_set_report_ms(AgentLink *l, guint ms)
 {
-    if (l && ms >= 100 && ms <= 600000)
+    if (l && ms >= AGENT_REPORT_MS_MIN && ms <= AGENT_REPORT_MS_MAX)
         g_atomic_int_set(&l->report_ms, (gint)ms);
 }
 
@@ -938,7 +744,7 @@ agent_link_stop(AgentLink *l)
             json_object_unref(ack);
         g_async_queue_unref(l->acks);
     }
-    clone_host_free(l->work_host);
+    agent_commands_free(l->commands);
     if (l->journal)
         g_hash_table_unref(l->journal);
     if (l->in_flight)

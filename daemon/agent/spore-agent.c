@@ -1,9 +1,11 @@
 /*
  * spore-agent.c: the host agent daemon's entry point.
  *
- * Reads /etc/spore/spore-agent.conf (GKeyFile; --config to choose another),
- * lets command-line flags override it, starts the Agent and runs the main
- * loop until SIGTERM or SIGINT.  Logs go to stderr (the service manager's
+ * Loads the settings (agent-config.c: the command line, then
+ * /etc/spore/spore-agent.conf or --config's file, then the defaults),
+ * starts the Agent, the site link when there is a manager, and the metrics
+ * endpoint, and runs the main loop until SIGTERM or SIGINT; SIGHUP reloads
+ * what can change while running.  Logs go to stderr (the service manager's
  * journal); --verbose adds debug messages.  See spore-agent(8).
  *
  * On shutdown the sockets are closed and the process exits; shims (nbdkit)
@@ -19,7 +21,6 @@
 #include <systemd/sd-daemon.h>
 
 #include "agent.h"
-#include "agent-link.h"
 #include "config-util.h"
 #include "fetch-protocol.h"
 #include "metrics.h"
@@ -27,7 +28,7 @@
 #include "spore-error.h"
 #include "wire.h"
 
-#define DEFAULT_CONFIG SPORE_SYSCONFDIR "/spore/spore-agent.conf"
+#define METRICS_DEFAULT "127.0.0.1:9471"
 
 static gboolean
 on_signal(gpointer data)
@@ -36,425 +37,210 @@ on_signal(gpointer data)
     return G_SOURCE_REMOVE;
 }
 
-/* agent_metrics: the images' counters, from the agent's own image-list */
+/* agent_metrics: the images' counters, from the agent's image list */
 static void
 agent_metrics(GString *out, gpointer data)
 {
-    g_autoptr(JsonObject) request = json_object_new();
-    g_autoptr(JsonObject) reply = NULL;
-    JsonArray *images;
+    g_autoptr(GPtrArray) images = agent_image_list(data);
     static const struct {
-        const char *name, *member, *type, *help;
+        const char *name, *type, *help;
+        gsize offset; /* of a guint64 in AgentImageInfo */
     } plain[] = {
-        {"spore_agent_cached_chunks", "cached_chunks", "gauge",
-         "Chunks in the cache."},
-        {"spore_agent_chunks", "chunks", "gauge", "Chunks of the image."},
-        {"spore_agent_chunks_rejected_total", "rejected_chunks", "counter",
-         "Fetched chunks that failed verification (never stored)."},
-        {"spore_agent_fetch_failures_total", "failed_fetches", "counter",
-         "Chunk fetches that failed from every source."},
-        {"spore_agent_queued_chunks", "queued_chunks", "gauge",
-         "Chunks waiting to be fetched."},
+        {"spore_agent_cached_chunks", "gauge", "Chunks in the cache.",
+         G_STRUCT_OFFSET(AgentImageInfo, cached_chunks)},
+        {"spore_agent_chunks", "gauge", "Chunks of the image.",
+         G_STRUCT_OFFSET(AgentImageInfo, chunks)},
+        {"spore_agent_chunks_rejected_total", "counter",
+         "Fetched chunks that failed verification (never stored).",
+         G_STRUCT_OFFSET(AgentImageInfo, rejected_chunks)},
+        {"spore_agent_fetch_failures_total", "counter",
+         "Chunk fetches that failed from every source.",
+         G_STRUCT_OFFSET(AgentImageInfo, failed_fetches)},
+        {"spore_agent_queued_chunks", "gauge", "Chunks waiting to be fetched.",
+         G_STRUCT_OFFSET(AgentImageInfo, queued_chunks)},
     };
+    static const FetchSourceKind src[] = {
+        FETCH_SOURCE_ORIGIN, FETCH_SOURCE_PEER, FETCH_SOURCE_LOCAL};
 
-    json_object_set_string_member(request, "command", "image-list");
-    reply = agent_handle_command(data, request);
-    images = json_util_get_array(reply, "images");
     g_string_append(out, "# HELP spore_agent_fetched_bytes_total Verified "
                          "bytes fetched, by source.\n"
                          "# TYPE spore_agent_fetched_bytes_total counter\n");
-    for (guint i = 0; images && i < json_array_get_length(images); i++) {
-        JsonObject *im = json_array_get_object_element(images, i);
-        JsonObject *b = json_object_get_object_member(im, "fetched_bytes");
-        const char *src[] = {"origin", "peer", "local"};
+    for (guint i = 0; i < images->len; i++) {
+        AgentImageInfo *im = images->pdata[i];
 
-        for (int k = 0; b && k < 3; k++)
+        for (gsize k = 0; k < G_N_ELEMENTS(src); k++)
             g_string_append_printf(
                 out,
                 "spore_agent_fetched_bytes_total{image=\"%s\",source=\"%s\"}"
-                " %" G_GINT64_FORMAT "\n",
-                json_object_get_string_member(im, "image"), src[k],
-                json_object_get_int_member_with_default(b, src[k], 0));
+                " %" G_GUINT64_FORMAT "\n",
+                im->id, fetch_source_kind_name(src[k]),
+                im->fetched_bytes[src[k]]);
     }
     for (gsize m = 0; m < G_N_ELEMENTS(plain); m++) {
         g_string_append_printf(out, "# HELP %s %s\n# TYPE %s %s\n",
                                plain[m].name, plain[m].help, plain[m].name,
                                plain[m].type);
-        for (guint i = 0; images && i < json_array_get_length(images); i++) {
-            JsonObject *im = json_array_get_object_element(images, i);
+        for (guint i = 0; i < images->len; i++) {
+            AgentImageInfo *im = images->pdata[i];
 
             g_string_append_printf(
-                out, "%s{image=\"%s\"} %" G_GINT64_FORMAT "\n", plain[m].name,
-                json_object_get_string_member(im, "image"),
-                json_object_get_int_member_with_default(im, plain[m].member,
-                                                        0));
+                out, "%s{image=\"%s\"} %" G_GUINT64_FORMAT "\n", plain[m].name,
+                im->id, G_STRUCT_MEMBER(guint64, im, plain[m].offset));
         }
     }
 }
 
 typedef struct {
-    const char *config_path;
+    const AgentCommandLine *command_line;
     Agent *agent;
     AgentLink *link;
-    bool shim_timeout_flag; /* given on the command line: it wins */
 } Reload;
 
-/*
- * The static peer list: a group "[peer NAME]" per peer with "endpoint"
- * (tcp://ADDRESS:PORT) and "key" (Z85) or "key_file".  A site manager's
- * list replaces it when the agent has one.
- */
-static GArray *
-load_static_peers(GKeyFile *kf, GError **error)
-{
-    g_autoptr(GArray) peers = g_array_new(FALSE, TRUE, sizeof(PeerInfo));
-    g_auto(GStrv) groups = g_key_file_get_groups(kf, NULL);
-
-    g_array_set_clear_func(peers, (GDestroyNotify)peer_info_clear);
-    for (guint i = 0; groups && groups[i]; i++) {
-        PeerInfo p = {0};
-        g_autofree char *key_file = NULL;
-
-        if (!g_str_has_prefix(groups[i], "peer "))
-            continue;
-        p.name = g_strstrip(g_strdup(groups[i] + strlen("peer ")));
-        p.endpoint = spore_key_string(kf, groups[i], "endpoint", NULL);
-        key_file = spore_key_string(kf, groups[i], "key_file", NULL);
-        p.public_key = key_file ? wire_key_read_file(key_file, error)
-                                : spore_key_string(kf, groups[i], "key", NULL);
-        if (!p.endpoint || !p.public_key) {
-            if (error && !*error)
-                g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
-                            "[%s] needs endpoint and key (or key_file)",
-                            groups[i]);
-            peer_info_clear(&p);
-            return NULL;
-        }
-        g_array_append_val(peers, p);
-    }
-    return g_steal_pointer(&peers);
-}
-
-/* SIGHUP: re-read the settings that can change while running */
+/* SIGHUP: re-read the settings that can change while running (the command
+ * line's values keep winning: agent_settings_load) */
 static gboolean
 on_hup(gpointer data)
 {
     Reload *r = data;
-    g_autoptr(GKeyFile) kf = g_key_file_new();
+    g_auto(AgentSettings) s = {0};
     g_autoptr(GError) err = NULL;
-    g_autoptr(GArray) peers = NULL;
-    guint report_ms, shim_timeout;
 
-    if (!r->config_path) {
+    if (!agent_settings_load(r->command_line, &s, &err)) {
+        g_warning("SIGHUP: %s; nothing changed", err->message);
+        return G_SOURCE_CONTINUE;
+    }
+    if (!s.config_path) {
         g_message("SIGHUP: no configuration file to reload");
         return G_SOURCE_CONTINUE;
     }
-    if (!g_key_file_load_from_file(kf, r->config_path, G_KEY_FILE_NONE, &err)) {
-        g_warning("SIGHUP: config '%s': %s; nothing changed", r->config_path,
-                  err->message);
-        return G_SOURCE_CONTINUE;
-    }
-    report_ms = spore_key_uint(kf, "agent", "report_ms", 2000, &err);
-    shim_timeout = spore_key_uint(kf, "agent", "shim_timeout",
-                                  SHIM_TIMEOUT_DEFAULT_S, &err);
-    if (err) {
-        g_warning("SIGHUP: config '%s': %s; nothing changed", r->config_path,
-                  err->message);
-        return G_SOURCE_CONTINUE;
-    }
-    peers = load_static_peers(kf, &err);
-    if (!peers) {
-        g_warning("SIGHUP: config '%s': %s; nothing changed", r->config_path,
-                  err->message);
-        return G_SOURCE_CONTINUE;
-    }
-    if (!r->shim_timeout_flag &&
-        !agent_set_shim_timeout(r->agent, shim_timeout, &err)) {
-        g_warning("SIGHUP: config '%s': %s; nothing changed", r->config_path,
+    if (!agent_set_shim_timeout(r->agent, s.shim_timeout_s, &err)) {
+        g_warning("SIGHUP: config '%s': %s; nothing changed", s.config_path,
                   err->message);
         return G_SOURCE_CONTINUE;
     }
     /* the manager's list wins where there is a manager */
     if (!r->link && agent_peer_endpoint(r->agent) &&
-        !agent_set_peers(r->agent, (PeerInfo *)(void *)peers->data, peers->len,
-                         &err)) {
+        !agent_set_peers(r->agent, (PeerInfo *)(void *)s.static_peers->data,
+                         s.static_peers->len, &err)) {
         g_warning("SIGHUP: config '%s': peer list: %s; the peer list is "
                   "unchanged",
-                  r->config_path, err->message);
+                  s.config_path, err->message);
         g_clear_error(&err);
     }
-    agent_link_set_report_ms(r->link, report_ms);
+    agent_link_set_report_ms(r->link, s.report_ms);
+    /* what is in effect, which is the command line's where it gave one */
     g_message("configuration reloaded: report_ms=%u, shim_timeout=%u s (for "
               "shims started from now on), %u static peers; other keys need "
               "a restart, which keeps shims and clones running",
-              report_ms, shim_timeout, peers->len);
+              s.report_ms, agent_shim_timeout(r->agent), s.static_peers->len);
     return G_SOURCE_CONTINUE;
+}
+
+/* The site link, when the settings name a manager (else *ret_link is NULL). */
+static bool
+start_link(const AgentSettings *s, Agent *agent, AgentLink **ret_link,
+           GError **error)
+{
+    g_autofree char *key = NULL;
+    g_autofree char *state_dir = NULL;
+    AgentLinkConfig lcfg;
+
+    *ret_link = NULL;
+    if (!s->manager || !*s->manager)
+        return true;
+    key = s->manager_key_file ? wire_key_read_file(s->manager_key_file, error)
+                              : g_strdup(s->manager_key);
+    if (s->manager_key_file && !key)
+        return false;
+    state_dir = g_canonicalize_filename(s->state_dir, NULL);
+    lcfg = (AgentLinkConfig){
+        .manager = s->manager,
+        .manager_key = key,
+        .host_name = s->host_name,
+        .state_dir = state_dir,
+        .libvirt_uri = s->libvirt_uri,
+        .pool = s->pool,
+        .pool_dir = s->pool_dir,
+        .console_dir = s->console_dir,
+        .virt_type = s->virt_type,
+        .report_ms = s->report_ms,
+    };
+    *ret_link = agent_link_start(agent, &lcfg, error);
+    return *ret_link != NULL;
+}
+
+/* The Prometheus endpoint: by default 127.0.0.1:9471 if free (another
+ * agent on this machine may hold it: a warning), or a configured one,
+ * which must work, or none. */
+static bool
+start_metrics(const char *metrics, Agent *agent, SporeMetrics **ret,
+              GError **error)
+{
+    g_autoptr(GError) err = NULL;
+
+    *ret = NULL;
+    if (g_str_equal(metrics, "none"))
+        return true;
+    if (!*metrics) {
+        *ret = spore_metrics_start(METRICS_DEFAULT, agent_metrics, agent, &err);
+        if (!*ret)
+            g_warning("no metrics endpoint: %s", err->message);
+        else
+            g_message("metrics on http://" METRICS_DEFAULT "/metrics");
+        return true;
+    }
+    *ret = spore_metrics_start(metrics, agent_metrics, agent, error);
+    if (!*ret)
+        return false;
+    g_message("metrics on http://%s/metrics (port %u)", metrics,
+              spore_metrics_port(*ret));
+    return true;
 }
 
 int
 main(int argc, char **argv)
 {
-    g_autofree char *config_path = NULL;
-    g_autofree char *state_dir = NULL;
-    g_autofree char *run_dir = NULL;
-    g_autofree char *nbdkit = NULL;
-    g_autofree char *plugin = NULL;
-    g_autofree char *shim_group = NULL;
-    g_autofree char *manager = NULL;
-    g_autofree char *manager_key_file = NULL;
-    g_autofree char *host_name = NULL;
-    g_autofree char *pool = NULL;
-    g_autofree char *pool_dir = NULL;
-    g_autofree char *console_dir = NULL;
-    g_autofree char *virt_type = NULL;
-    g_autofree char *metrics = NULL;
-    g_autofree char *peer_listen = NULL;
-    g_autoptr(GArray) static_peers = NULL;
-    SporeMetrics *metrics_server = NULL;
-    AgentLinkConfig lcfg = {0};
-    AgentLink *link = NULL;
-    Reload reload = {0};
-    gint fetch_workers = -1;
-    gint shim_timeout = -1;
-    gboolean verify_cache = FALSE;
-    gboolean verbose = FALSE;
-    gboolean version = FALSE;
-    GOptionEntry entries[] = {
-        {"config", 0, 0, G_OPTION_ARG_FILENAME, &config_path,
-         "Configuration file (default " DEFAULT_CONFIG ")", "FILE"},
-        {"state-dir", 0, 0, G_OPTION_ARG_FILENAME, &state_dir,
-         "Caches and image records (default /var/lib/spore/agent)", "DIR"},
-        {"run-dir", 0, 0, G_OPTION_ARG_FILENAME, &run_dir,
-         "Sockets and PID files (default /run/spore/agent)", "DIR"},
-        {"nbdkit", 0, 0, G_OPTION_ARG_FILENAME, &nbdkit,
-         "The nbdkit binary (default nbdkit)", "PATH"},
-        {"plugin", 0, 0, G_OPTION_ARG_FILENAME, &plugin,
-         "The spore nbdkit plugin (default " SPORE_NBDKIT_PLUGIN ")", "PATH"},
-        {"shim-group", 0, 0, G_OPTION_ARG_STRING, &shim_group,
-         "Group given the shim sockets, for QEMU (default libvirt-qemu)",
-         "GROUP"},
-        {"fetch-workers", 0, 0, G_OPTION_ARG_INT, &fetch_workers,
-         "Fetch threads per image (default 8)", "N"},
-        {"shim-timeout", 0, 0, G_OPTION_ARG_INT, &shim_timeout,
-         "Seconds a guest read waits for a missing chunk (default 60)", "S"},
-        {"verify-cache", 0, 0, G_OPTION_ARG_NONE, &verify_cache,
-         "Verify every cached chunk when an image is loaded", NULL},
-        {"manager", 0, 0, G_OPTION_ARG_STRING, &manager,
-         "The site manager's endpoint, tcp://HOST:PORT (default: none, a "
-         "host on its own)",
-         "ENDPOINT"},
-        {"manager-key-file", 0, 0, G_OPTION_ARG_FILENAME, &manager_key_file,
-         "File holding the manager's public key (spored --print-key)", "FILE"},
-        {"host-name", 0, 0, G_OPTION_ARG_STRING, &host_name,
-         "This host's name in the site (default: the system's host name)",
-         "NAME"},
-        {"pool", 0, 0, G_OPTION_ARG_STRING, &pool,
-         "libvirt storage pool for clone overlays (default spore)", "NAME"},
-        {"pool-dir", 0, 0, G_OPTION_ARG_FILENAME, &pool_dir,
-         "Its directory when it is created (default /var/lib/spore/clones)",
-         "DIR"},
-        {"console-dir", 0, 0, G_OPTION_ARG_FILENAME, &console_dir,
-         "Clone console logs (default /var/log/spore/console)", "DIR"},
-        {"metrics", 0, 0, G_OPTION_ARG_STRING, &metrics,
-         "Prometheus endpoint, ADDRESS:PORT, or none (default "
-         "127.0.0.1:9471)",
-         "ADDR:PORT"},
-        {"peer-listen", 0, 0, G_OPTION_ARG_STRING, &peer_listen,
-         "Serve chunks to peers on tcp://ADDRESS:PORT, or none (default: "
-         "[peers] listen, else none)",
-         "ENDPOINT"},
-        {"virt-type", 0, 0, G_OPTION_ARG_STRING, &virt_type,
-         "Domain type for kvm manifests: kvm or qemu (default: probe KVM)",
-         "TYPE"},
-        {"verbose", 'v', 0, G_OPTION_ARG_NONE, &verbose, "Log debug messages",
-         NULL},
-        {"version", 'V', 0, G_OPTION_ARG_NONE, &version, "Show the version",
-         NULL},
-        {NULL},
-    };
-    g_autoptr(GOptionContext) ctx = g_option_context_new("- spore host agent");
-    g_autoptr(GKeyFile) kf = g_key_file_new();
+    g_autoptr(AgentCommandLine) cl = NULL;
+    g_auto(AgentSettings) s = {0};
     g_autoptr(GError) err = NULL;
     g_autoptr(GMainLoop) loop = NULL;
-    AgentConfig cfg = {0};
+    SporeMetrics *metrics_server = NULL;
+    AgentLink *link = NULL;
+    Reload reload = {0};
+    AgentConfig cfg;
     Agent *agent;
 
-    signal(SIGPIPE,
-           SIG_IGN); /* a peer gone: an error from write(), not death */
-
+    signal(SIGPIPE, SIG_IGN); /* a peer gone: an error from write() */
     setlocale(LC_ALL, "");
-    g_option_context_add_main_entries(ctx, entries, NULL);
-    g_option_context_set_description(
-        ctx, "Serves spore images to local guests through nbdkit shims, "
-             "fetching their chunks\non demand.  See spore-agent(8).");
-    if (!g_option_context_parse(ctx, &argc, &argv, &err)) {
+    cl = agent_command_line_parse(&argc, &argv, &err);
+    if (!cl) {
         fprintf(stderr, "spore-agent: %s\nTry 'spore-agent --help'.\n",
                 err->message);
         return 2;
     }
-    if (version) {
+    if (!agent_settings_load(cl, &s, &err)) {
+        fprintf(stderr, "spore-agent: %s\n", err->message);
+        return g_error_matches(err, SPORE_ERROR, SPORE_ERROR_USAGE) ? 2 : 1;
+    }
+    if (s.version) {
         printf("spore-agent %s\n", SPORE_VERSION);
         return 0;
     }
-    if (verbose)
+    if (s.verbose)
         g_setenv("G_MESSAGES_DEBUG", "all", TRUE);
 
-    if (!config_path && g_file_test(DEFAULT_CONFIG, G_FILE_TEST_EXISTS))
-        config_path = g_strdup(DEFAULT_CONFIG);
-    if (config_path &&
-        !g_key_file_load_from_file(kf, config_path, G_KEY_FILE_NONE, &err)) {
-        fprintf(stderr, "spore-agent: config '%s': %s\n", config_path,
-                err->message);
-        return 1;
-    }
-
-    cfg.state_dir = state_dir ? g_strdup(state_dir)
-                              : spore_key_string(kf, "agent", "state_dir",
-                                                 "/var/lib/spore/agent");
-    cfg.run_dir =
-        run_dir ? g_strdup(run_dir)
-                : spore_key_string(kf, "agent", "run_dir", "/run/spore/agent");
-    cfg.nbdkit = nbdkit ? g_strdup(nbdkit)
-                        : spore_key_string(kf, "agent", "nbdkit", "nbdkit");
-    cfg.plugin =
-        plugin ? g_strdup(plugin)
-               : spore_key_string(kf, "agent", "plugin", SPORE_NBDKIT_PLUGIN);
-    cfg.shim_group = shim_group ? g_strdup(shim_group)
-                                : spore_key_string(kf, "agent", "shim_group",
-                                                   "libvirt-qemu");
-    cfg.fetch_workers =
-        fetch_workers > 0
-            ? (guint)fetch_workers
-            : spore_key_uint(kf, "agent", "fetch_workers", 8, &err);
-    cfg.shim_timeout_s =
-        shim_timeout != -1 /* given: 0 or less is refused below */
-            ? (guint)MAX(shim_timeout, 0)
-            : spore_key_uint(kf, "agent", "shim_timeout",
-                             SHIM_TIMEOUT_DEFAULT_S, &err);
-    cfg.verify_cache = verify_cache || g_key_file_get_boolean(
-                                           kf, "agent", "verify_cache", NULL);
-    if (!peer_listen)
-        peer_listen = spore_key_string(kf, "peers", "listen", NULL);
-    if (peer_listen && g_str_equal(peer_listen, "none"))
-        g_clear_pointer(&peer_listen, g_free);
-    cfg.peer_listen = peer_listen;
-    cfg.host_name = host_name ? g_strdup(host_name)
-                              : spore_key_string(kf, "agent", "host_name",
-                                                 g_get_host_name());
-    cfg.peer_tuning.window = spore_key_uint(kf, "peers", "window", 0, &err);
-    cfg.peer_tuning.hedge_ms = spore_key_uint(kf, "peers", "hedge_ms", 0, &err);
-    cfg.peer_tuning.dead_ms = spore_key_uint(kf, "peers", "dead_ms", 0, &err);
-    cfg.peer_tuning.strikes_max =
-        spore_key_uint(kf, "peers", "strikes", 0, &err);
-    cfg.peer_tuning.delegate_ms =
-        spore_key_uint(kf, "peers", "delegate_ms", 0, &err);
-    if (!err && (static_peers = load_static_peers(kf, &err))) {
-        cfg.peers = (PeerInfo *)(void *)static_peers->data;
-        cfg.n_peers = static_peers->len;
-    }
-    if (err) {
-        fprintf(stderr, "spore-agent: config '%s': %s\n", config_path,
-                err->message);
-        return 1;
-    }
-
+    agent_settings_agent_config(&s, &cfg);
     agent = agent_new(&cfg, &err);
-    g_free(cfg.state_dir);
-    g_free(cfg.run_dir);
-    g_free(cfg.nbdkit);
-    g_free(cfg.plugin);
-    g_free(cfg.shim_group);
-    g_free(cfg.host_name);
-    if (!agent) {
+    if (!agent || !start_link(&s, agent, &link, &err) ||
+        !start_metrics(s.metrics, agent, &metrics_server, &err)) {
         fprintf(stderr, "spore-agent: %s\n", err->message);
         return 1;
-    }
-
-    /* the site manager, when there is one */
-    lcfg.manager = manager ? g_strdup(manager)
-                           : spore_key_string(kf, "agent", "manager", NULL);
-    if (lcfg.manager && *lcfg.manager) {
-        g_autofree char *key_file =
-            manager_key_file
-                ? g_strdup(manager_key_file)
-                : spore_key_string(kf, "agent", "manager_key_file", NULL);
-
-        lcfg.manager_key =
-            key_file ? wire_key_read_file(key_file, &err)
-                     : spore_key_string(kf, "agent", "manager_key", NULL);
-        if (err) {
-            fprintf(stderr, "spore-agent: %s\n", err->message);
-            return 1;
-        }
-        lcfg.host_name = host_name ? g_strdup(host_name)
-                                   : spore_key_string(kf, "agent", "host_name",
-                                                      g_get_host_name());
-        lcfg.state_dir = state_dir ? g_strdup(state_dir)
-                                   : spore_key_string(kf, "agent", "state_dir",
-                                                      "/var/lib/spore/agent");
-        lcfg.libvirt_uri = spore_key_string(kf, "agent", "libvirt_uri", NULL);
-        lcfg.pool =
-            pool ? g_strdup(pool) : spore_key_string(kf, "agent", "pool", NULL);
-        lcfg.pool_dir = pool_dir
-                            ? g_strdup(pool_dir)
-                            : spore_key_string(kf, "agent", "pool_dir", NULL);
-        lcfg.console_dir =
-            console_dir ? g_strdup(console_dir)
-                        : spore_key_string(kf, "agent", "console_dir", NULL);
-        lcfg.virt_type = virt_type
-                             ? g_strdup(virt_type)
-                             : spore_key_string(kf, "agent", "virt_type", NULL);
-        if (lcfg.virt_type && !g_str_equal(lcfg.virt_type, "kvm") &&
-            !g_str_equal(lcfg.virt_type, "qemu")) {
-            fprintf(stderr, "spore-agent: virt_type is kvm or qemu\n");
-            return 2;
-        }
-        lcfg.report_ms = spore_key_uint(kf, "agent", "report_ms", 2000, &err);
-        link = agent_link_start(agent, &lcfg, &err);
-        g_free(lcfg.manager_key);
-        g_free(lcfg.host_name);
-        g_free(lcfg.state_dir);
-        g_free(lcfg.libvirt_uri);
-        g_free(lcfg.pool);
-        g_free(lcfg.pool_dir);
-        g_free(lcfg.console_dir);
-        g_free(lcfg.virt_type);
-        if (!link) {
-            fprintf(stderr, "spore-agent: %s\n", err->message);
-            return 1;
-        }
-    }
-    g_free(lcfg.manager);
-    if (!metrics)
-        metrics = spore_key_string(kf, "agent", "metrics", "");
-    if (!*metrics) {
-        /* the default: a busy port (another agent on this machine) is a
-         * warning, not a failure; a configured one must work */
-        metrics_server =
-            spore_metrics_start("127.0.0.1:9471", agent_metrics, agent, &err);
-        if (!metrics_server)
-            g_warning("no metrics endpoint: %s", err->message);
-        else
-            g_message("metrics on http://127.0.0.1:9471/metrics");
-        g_clear_error(&err);
-    } else if (!g_str_equal(metrics, "none")) {
-        metrics_server =
-            spore_metrics_start(metrics, agent_metrics, agent, &err);
-        if (!metrics_server) {
-            fprintf(stderr, "spore-agent: %s\n", err->message);
-            return 1;
-        }
-        g_message("metrics on http://%s/metrics (port %u)", metrics,
-                  spore_metrics_port(metrics_server));
     }
 
     loop = g_main_loop_new(NULL, FALSE);
     g_unix_signal_add(SIGTERM, on_signal, loop);
     g_unix_signal_add(SIGINT, on_signal, loop);
-    reload.config_path = config_path;
-    reload.agent = agent;
-    reload.link = link;
-    reload.shim_timeout_flag = shim_timeout != -1;
+    reload = (Reload){.command_line = cl, .agent = agent, .link = link};
     g_unix_signal_add(SIGHUP, on_hup, &reload);
     sd_notify(0, "READY=1");
     g_main_loop_run(loop);

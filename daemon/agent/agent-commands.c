@@ -1,0 +1,284 @@
+/*
+ * agent-commands.c: the site manager's commands, run on this host
+ * (docs/site-protocol.md): clone-create makes the command's image known
+ * and served through the typed API of agent.h, then creates and starts the
+ * clones through the clone library; clone-destroy removes clones.  The
+ * link (agent-link.c) journals each outcome and acknowledges it.
+ *
+ * Threads: one command at a time, on the link's worker thread, which owns
+ * the libvirt connection here (opened on the first command).
+ */
+#define G_LOG_DOMAIN "spore-agent" /* before any GLib header */
+
+#include "agent-private.h"
+
+#include <string.h>
+
+#include "clone-host.h"
+#include "json-util.h"
+#include "manifest.h"
+#include "spore-error.h"
+#include "virt-detect.h"
+
+#define DESTROY_TIMEOUT_S_DEFAULT 60
+#define DESTROY_TIMEOUT_S_MAX     3600
+
+struct AgentCommands {
+    Agent *agent;                  /* borrowed */
+    const AgentLinkConfig *config; /* borrowed: the link's */
+    CloneHost *host;               /* the worker's libvirt connection */
+};
+
+AgentCommands *
+agent_commands_new(Agent *agent, const AgentLinkConfig *config)
+{
+    AgentCommands *c = g_new0(AgentCommands, 1);
+
+    c->agent = agent;
+    c->config = config;
+    return c;
+}
+
+void
+agent_commands_free(AgentCommands *c)
+{
+    if (!c)
+        return;
+    clone_host_free(c->host);
+    g_free(c);
+}
+
+/* The chunk numbers of a JSON array (others dropped), or NULL. */
+static GArray *
+profile_of(JsonObject *image)
+{
+    JsonArray *arr = json_util_get_array(image, "profile");
+    GArray *out;
+
+    if (!arr)
+        return NULL;
+    out = g_array_new(FALSE, FALSE, sizeof(guint64));
+    for (guint i = 0; i < json_array_get_length(arr); i++) {
+        JsonNode *e = json_array_get_element(arr, i);
+        gint64 n = JSON_NODE_HOLDS_VALUE(e) ? json_node_get_int(e) : -1;
+        guint64 u = (guint64)n;
+
+        if (n >= 0)
+            g_array_append_val(out, u);
+    }
+    return out;
+}
+
+/*
+ * image_ready: make the agent know and serve the command's image (its index
+ * inline, base64, verified before anything keeps it; its origins; the
+ * site's access profile, prefetched on a host that never booted it); the
+ * export's URI, owned by the caller.
+ */
+static char *
+image_ready(AgentCommands *c, JsonObject *image, GError **error)
+{
+    const char *id = json_util_get_string(image, "id", NULL);
+    const char *b64 = json_util_get_string(image, "index", NULL);
+    JsonArray *arr = json_util_get_array(image, "origins");
+    g_autoptr(GPtrArray) origins = g_ptr_array_new_with_free_func(g_free);
+    g_autoptr(GArray) profile = profile_of(image);
+    g_autoptr(ImageIndex) idx = NULL;
+    g_autofree guint8 *data = NULL;
+    g_autofree char *uri = NULL;
+    gsize len = 0;
+
+    if (!id || !b64 || !arr || !g_str_has_prefix(id, "sha256:") ||
+        strlen(id) != IMAGE_ID_CHARS) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
+                    "the command's image lacks an id, an index or origins");
+        return NULL;
+    }
+    for (guint i = 0; i < json_array_get_length(arr); i++) {
+        const char *u = json_array_get_string_element(arr, i);
+
+        if (u)
+            g_ptr_array_add(origins, g_strdup(u));
+    }
+    g_ptr_array_add(origins, NULL);
+    data = g_base64_decode(b64, &len);
+    idx = image_index_parse(data, len, id, error);
+    if (!idx ||
+        !agent_image_add(c->agent, idx, (const char *const *)origins->pdata,
+                         profile, NULL, error) ||
+        !agent_image_serve(c->agent, id, &uri, error)) {
+        g_prefix_error(error, "image %s: ", id);
+        return NULL;
+    }
+    return g_steal_pointer(&uri);
+}
+
+static CloneHost *
+worker_host(AgentCommands *c, GError **error)
+{
+    CloneHostConfig cfg = {
+        .uri = c->config->libvirt_uri,
+        .pool = c->config->pool,
+        .pool_dir = c->config->pool_dir,
+        .console_dir = c->config->console_dir,
+        .owner = c->config->host_name,
+    };
+
+    if (!c->host)
+        c->host = clone_host_open(&cfg, error);
+    return c->host;
+}
+
+static ManifestHypervisor
+virt_for(AgentCommands *c, const Manifest *mf)
+{
+    if (mf->vm.hypervisor != MANIFEST_HYPERVISOR_KVM)
+        return mf->vm.hypervisor;
+    if (c->config->virt_type)
+        return g_str_equal(c->config->virt_type, "qemu")
+                   ? MANIFEST_HYPERVISOR_QEMU
+                   : MANIFEST_HYPERVISOR_KVM;
+    return spore_kvm_works() ? MANIFEST_HYPERVISOR_KVM
+                             : MANIFEST_HYPERVISOR_QEMU;
+}
+
+static bool
+run_create(AgentCommands *c, JsonObject *cmd, GString *summary, GError **error)
+{
+    const char *text = json_util_get_string(cmd, "manifest", NULL);
+    const char *service = json_util_get_string(cmd, "service", NULL);
+    JsonNode *image = json_object_get_member(cmd, "image");
+    JsonNode *idx = json_object_get_member(cmd, "indexes");
+    g_autoptr(Manifest) mf = NULL;
+    g_autofree char *uri = NULL;
+    g_autofree guint *indexes = NULL;
+    g_autofree CloneCreateOutcome *outcomes = NULL;
+    CloneCreateRequest req = {0};
+    CloneHost *host;
+    JsonArray *arr;
+    guint n;
+
+    if (!text || !service || !image || !JSON_NODE_HOLDS_OBJECT(image) || !idx ||
+        !JSON_NODE_HOLDS_ARRAY(idx)) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
+                    "a clone-create command needs manifest, service, image "
+                    "and indexes");
+        return false;
+    }
+    mf = manifest_parse_data(text, strlen(text), NULL, error);
+    if (!mf)
+        return false;
+    if (!g_str_equal(mf->name, service)) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
+                    "the command is for service '%s' but its manifest is "
+                    "'%s'",
+                    service, mf->name);
+        return false;
+    }
+    arr = json_node_get_array(idx);
+    n = json_array_get_length(arr);
+    if (n == 0 || n > mf->scaling.max) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
+                    "%u clone indexes for a service of at most %u", n,
+                    mf->scaling.max);
+        return false;
+    }
+    indexes = g_new0(guint, n);
+    outcomes = g_new0(CloneCreateOutcome, n);
+    for (guint i = 0; i < n; i++) {
+        gint64 v = json_array_get_int_element(arr, i);
+
+        if (v < 0 || v >= mf->scaling.max) {
+            g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
+                        "clone index %" G_GINT64_FORMAT " out of range", v);
+            return false;
+        }
+        indexes[i] = (guint)v;
+    }
+    uri = image_ready(c, json_node_get_object(image), error);
+    if (!uri)
+        return false;
+    host = worker_host(c, error);
+    if (!host)
+        return false;
+    req.manifest = mf;
+    req.indexes = indexes;
+    req.n_indexes = n;
+    req.backing = uri;
+    req.backing_format =
+        g_strcmp0(
+            json_util_get_string(json_node_get_object(image), "format", NULL),
+            "qcow2") == 0
+            ? "qcow2"
+            : "raw";
+    req.image_id =
+        json_util_get_string(json_node_get_object(image), "id", NULL);
+    req.generation = (guint64)json_util_get_int(cmd, "generation", 0);
+    req.host_name = c->config->host_name;
+    req.virt = virt_for(c, mf);
+    req.start = true;
+    if (!clone_host_create(host, &req, outcomes, error))
+        return false;
+    for (guint i = 0; i < n; i++)
+        g_string_append_printf(
+            summary, "%s%s-%u %s", i ? ", " : "", mf->name, indexes[i],
+            outcomes[i] == CLONE_CREATED ? "created" : "existed");
+    return true;
+}
+
+static bool
+run_destroy(AgentCommands *c, JsonObject *cmd, GString *summary, GError **error)
+{
+    JsonNode *names = json_object_get_member(cmd, "names");
+    guint timeout = (guint)CLAMP(
+        json_util_get_int(cmd, "timeout", DESTROY_TIMEOUT_S_DEFAULT), 0,
+        DESTROY_TIMEOUT_S_MAX);
+    CloneHost *host;
+    JsonArray *arr;
+    bool ok = true;
+
+    if (!names || !JSON_NODE_HOLDS_ARRAY(names)) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
+                    "a clone-destroy command needs names");
+        return false;
+    }
+    host = worker_host(c, error);
+    if (!host)
+        return false;
+    arr = json_node_get_array(names);
+    for (guint i = 0; i < json_array_get_length(arr); i++) {
+        const char *name = json_array_get_string_element(arr, i);
+        g_autoptr(GError) err = NULL;
+        CloneDestroyOutcome outcome;
+
+        if (!name)
+            continue;
+        if (!clone_host_destroy(host, name, timeout, &outcome, &err)) {
+            if (ok)
+                g_propagate_error(error, g_steal_pointer(&err));
+            ok = false;
+            continue;
+        }
+        g_string_append_printf(summary, "%s%s %s", summary->len ? ", " : "",
+                               name,
+                               outcome == CLONE_ABSENT      ? "absent"
+                               : outcome == CLONE_DESTROYED ? "powered off"
+                                                            : "removed");
+    }
+    return ok;
+}
+
+bool
+agent_commands_run(AgentCommands *c, JsonObject *cmd, GString *summary,
+                   GError **error)
+{
+    const char *op = json_util_get_string(cmd, "op", NULL);
+
+    if (g_strcmp0(op, "clone-create") == 0)
+        return run_create(c, cmd, summary, error);
+    if (g_strcmp0(op, "clone-destroy") == 0)
+        return run_destroy(c, cmd, summary, error);
+    g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID, "unknown command '%s'",
+                op ? op : "");
+    return false;
+}

@@ -1,0 +1,97 @@
+/*
+ * agent-fetch.c: the fetch socket (RUN_DIR/fetch.sock) the shims ask for
+ * missing chunks (fetch-protocol.h): each connection, one per shim thread,
+ * is served on a thread of its own; each request is answered once its
+ * chunk is in the cache (fetched by the image's engine) or its wait is up.
+ *
+ * Invariant: a request takes the agent's table lock for the image's lookup
+ * only (agent-images.c, invariant 1); the fetch itself holds no lock of
+ * the agent, so one image's shim start or slow origin never delays another
+ * image's guests.
+ */
+#define G_LOG_DOMAIN "spore-agent" /* before any GLib header */
+
+#include "agent-private.h"
+
+#include <glib/gstdio.h>
+
+#include "fetch-protocol.h"
+#include "hash.h"
+
+/* the fetch socket: the agent's user only (the shims run as it) */
+#define FETCH_SOCKET_MODE        0600
+#define FETCH_SOCKET_THREADS_MAX 512
+
+static gboolean
+on_fetch_run(GThreadedSocketService *svc, GSocketConnection *conn,
+             GObject *source, gpointer data)
+{
+    Agent *a = data;
+    GInputStream *in = g_io_stream_get_input_stream(G_IO_STREAM(conn));
+    GOutputStream *out = g_io_stream_get_output_stream(G_IO_STREAM(conn));
+
+    for (;;) {
+        guint8 buf[FETCH_REQUEST_BYTES], rbuf[FETCH_REPLY_BYTES];
+        g_autoptr(GError) err = NULL;
+        g_autofree char *hex = NULL;
+        FetchRequest req;
+        FetchReply rep = {0};
+        gsize got = 0;
+        AgentImage *im;
+
+        if (!g_input_stream_read_all(in, buf, sizeof(buf), &got, NULL, NULL) ||
+            got != sizeof(buf))
+            break; /* EOF: the shim thread went away */
+        if (!fetch_request_decode(buf, &req)) {
+            g_warning("malformed request on the fetch socket; closing the "
+                      "connection");
+            break;
+        }
+        rep.tag = req.tag;
+        rep.chunk = req.chunk;
+        hex = spore_hex(req.image, SPORE_SHA256_BYTES);
+        im = agent_find_image_by_digest(a, req.image);
+        if (!im) {
+            rep.status = 1;
+            g_snprintf(rep.message, sizeof(rep.message),
+                       "image %.12s is not known to this agent", hex);
+        } else if (!fetch_engine_get(im->engine, req.chunk,
+                                     req.priority ? FETCH_PRIORITY_PROFILE
+                                                  : FETCH_PRIORITY_DEMAND,
+                                     g_get_monotonic_time() +
+                                         (gint64)req.wait_ms * 1000,
+                                     &err)) {
+            rep.status = 1;
+            g_strlcpy(rep.message, err->message, sizeof(rep.message));
+            g_warning("image %.12s: %s", hex, err->message);
+        }
+        fetch_reply_encode(&rep, rbuf);
+        if (!g_output_stream_write_all(out, rbuf, sizeof(rbuf), NULL, NULL,
+                                       NULL))
+            break;
+    }
+    return TRUE;
+}
+
+bool
+agent_fetch_start(Agent *a, GError **error)
+{
+    a->fetch = control_socket_listen(a->fetch_path, FETCH_SOCKET_MODE, NULL,
+                                     FETCH_SOCKET_THREADS_MAX, error);
+    if (!a->fetch)
+        return false;
+    g_signal_connect(a->fetch, "run", G_CALLBACK(on_fetch_run), a);
+    g_socket_service_start(a->fetch);
+    return true;
+}
+
+void
+agent_fetch_stop(Agent *a)
+{
+    if (!a->fetch)
+        return;
+    g_socket_service_stop(a->fetch);
+    g_socket_listener_close(G_SOCKET_LISTENER(a->fetch));
+    g_clear_object(&a->fetch);
+    g_unlink(a->fetch_path);
+}
