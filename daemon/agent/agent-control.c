@@ -426,6 +426,8 @@ cmd_peer_list(Agent *a, JsonObject *req)
         add_int(b, "bytes_out", (gint64)p->bytes_out);
         add_int(b, "hedged", (gint64)p->hedged);
         add_int(b, "images_banned", p->images_banned);
+        add_int(b, "missed", (gint64)p->missed);
+        add_int(b, "images_dead", p->images_dead);
         json_builder_end_object(b);
     }
     json_builder_end_array(b);

@@ -13,6 +13,7 @@
 
 #include "agent-private.h"
 
+#include <string.h>
 #include <glib/gstdio.h>
 
 #include "fetch-protocol.h"
@@ -22,6 +23,70 @@
 #define FETCH_SOCKET_MODE        0600
 #define FETCH_SOCKET_THREADS_MAX 512
 
+/* requests of one connection taken together (pipelined by the shim) */
+#define FETCH_BATCH_MAX 64
+
+/* answer_one: @req's reply once its chunk is cached or its wait is up */
+static void
+answer_one(Agent *a, const FetchRequest *req, FetchReply *rep)
+{
+    g_autoptr(GError) err = NULL;
+    g_autofree char *hex = spore_hex(req->image, SPORE_SHA256_BYTES);
+    AgentImage *im = agent_find_image_by_digest(a, req->image);
+
+    memset(rep, 0, sizeof(*rep));
+    rep->tag = req->tag;
+    rep->chunk = req->chunk;
+    if (!im) {
+        rep->status = 1;
+        g_snprintf(rep->message, sizeof(rep->message),
+                   "image %.12s is not known to this agent", hex);
+    } else if (!fetch_engine_get(im->engine, req->chunk,
+                                 req->priority ? FETCH_PRIORITY_PROFILE
+                                               : FETCH_PRIORITY_DEMAND,
+                                 g_get_monotonic_time() +
+                                     (gint64)req->wait_ms * 1000,
+                                 &err)) {
+        rep->status = 1;
+        g_strlcpy(rep->message, err->message, sizeof(rep->message));
+        g_warning("image %.12s: %s", hex, err->message);
+    }
+}
+
+/*
+ * read_batch: the next request, waiting for it, and those already sent
+ * behind it (at most FETCH_BATCH_MAX), into @reqs; how many, 0 at the end
+ * of the connection or after a malformed request.
+ */
+static guint
+read_batch(GInputStream *in, FetchRequest *reqs)
+{
+    guint n = 0;
+
+    do {
+        guint8 buf[FETCH_REQUEST_BYTES];
+        gsize got = 0;
+
+        if (!g_input_stream_read_all(in, buf, sizeof(buf), &got, NULL, NULL) ||
+            got != sizeof(buf))
+            return 0; /* EOF: the shim thread went away */
+        if (!fetch_request_decode(buf, &reqs[n])) {
+            g_warning("malformed request on the fetch socket; closing the "
+                      "connection");
+            return 0;
+        }
+        n++;
+    } while (n < FETCH_BATCH_MAX && G_IS_POLLABLE_INPUT_STREAM(in) &&
+             g_pollable_input_stream_is_readable(G_POLLABLE_INPUT_STREAM(in)));
+    return n;
+}
+
+/*
+ * One connection.  The shim may send several requests before it reads a
+ * reply (a guest read over several missing chunks): they are all queued
+ * with the image's engine first, so that their chunks are fetched together,
+ * then answered in the order they came.
+ */
 static gboolean
 on_fetch_run(GThreadedSocketService *svc, GSocketConnection *conn,
              GObject *source, gpointer data)
@@ -31,44 +96,29 @@ on_fetch_run(GThreadedSocketService *svc, GSocketConnection *conn,
     GOutputStream *out = g_io_stream_get_output_stream(G_IO_STREAM(conn));
 
     for (;;) {
-        guint8 buf[FETCH_REQUEST_BYTES], rbuf[FETCH_REPLY_BYTES];
-        g_autoptr(GError) err = NULL;
-        g_autofree char *hex = NULL;
-        FetchRequest req;
-        FetchReply rep = {0};
-        gsize got = 0;
-        AgentImage *im;
+        FetchRequest reqs[FETCH_BATCH_MAX];
+        guint n = read_batch(in, reqs);
 
-        if (!g_input_stream_read_all(in, buf, sizeof(buf), &got, NULL, NULL) ||
-            got != sizeof(buf))
-            break; /* EOF: the shim thread went away */
-        if (!fetch_request_decode(buf, &req)) {
-            g_warning("malformed request on the fetch socket; closing the "
-                      "connection");
+        if (n == 0)
             break;
+        for (guint k = 0; n > 1 && k < n; k++) {
+            AgentImage *im = agent_find_image_by_digest(a, reqs[k].image);
+
+            if (im)
+                fetch_engine_want(im->engine, reqs[k].chunk,
+                                  reqs[k].priority ? FETCH_PRIORITY_PROFILE
+                                                   : FETCH_PRIORITY_DEMAND);
         }
-        rep.tag = req.tag;
-        rep.chunk = req.chunk;
-        hex = spore_hex(req.image, SPORE_SHA256_BYTES);
-        im = agent_find_image_by_digest(a, req.image);
-        if (!im) {
-            rep.status = 1;
-            g_snprintf(rep.message, sizeof(rep.message),
-                       "image %.12s is not known to this agent", hex);
-        } else if (!fetch_engine_get(im->engine, req.chunk,
-                                     req.priority ? FETCH_PRIORITY_PROFILE
-                                                  : FETCH_PRIORITY_DEMAND,
-                                     g_get_monotonic_time() +
-                                         (gint64)req.wait_ms * 1000,
-                                     &err)) {
-            rep.status = 1;
-            g_strlcpy(rep.message, err->message, sizeof(rep.message));
-            g_warning("image %.12s: %s", hex, err->message);
+        for (guint k = 0; k < n; k++) {
+            guint8 rbuf[FETCH_REPLY_BYTES];
+            FetchReply rep;
+
+            answer_one(a, &reqs[k], &rep);
+            fetch_reply_encode(&rep, rbuf);
+            if (!g_output_stream_write_all(out, rbuf, sizeof(rbuf), NULL, NULL,
+                                           NULL))
+                return TRUE;
         }
-        fetch_reply_encode(&rep, rbuf);
-        if (!g_output_stream_write_all(out, rbuf, sizeof(rbuf), NULL, NULL,
-                                       NULL))
-            break;
     }
     return TRUE;
 }
