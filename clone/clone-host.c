@@ -667,6 +667,37 @@ remove_volume(CloneHost *host, const char *path, GError **error)
 }
 
 bool
+clone_host_resume(CloneHost *host, const char *name, bool *ret_resumed,
+                  GError **error)
+{
+    virDomainPtr dom;
+    int state = 0, reason = 0;
+    bool ok = true;
+
+    if (!ensure_connected(host, error))
+        return false;
+    dom = virDomainLookupByName(host->conn, name);
+    if (!dom)
+        return lv_error(host, error, "looking up domain '%s'", name);
+    if (!is_spore_clone(dom)) {
+        virDomainFree(dom);
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_CONFLICT,
+                    "domain '%s' is not a spore clone (no <spore:clone> "
+                    "metadata): left alone",
+                    name);
+        return false;
+    }
+    if (virDomainGetState(dom, &state, &reason, 0) < 0)
+        ok = lv_error(host, error, "reading the state of domain '%s'", name);
+    else if (state == VIR_DOMAIN_PAUSED && virDomainResume(dom) < 0)
+        ok = lv_error(host, error, "resuming domain '%s'", name);
+    virDomainFree(dom);
+    if (ok && ret_resumed)
+        *ret_resumed = state == VIR_DOMAIN_PAUSED;
+    return ok;
+}
+
+bool
 clone_host_destroy(CloneHost *host, const char *name, guint timeout_seconds,
                    CloneDestroyOutcome *outcome, GError **error)
 {

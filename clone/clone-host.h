@@ -107,6 +107,15 @@ typedef enum {
 } CloneDestroyOutcome;
 
 /*
+ * clone_host_resume: resume the spore clone @name if it is paused (after an
+ * I/O error of its disk with error_policy='stop', the failed request is
+ * retried); *ret_resumed says whether it was paused.  Refuses domains
+ * without spore's clone metadata.  Not thread-safe for one @host.
+ */
+bool clone_host_resume(CloneHost *host, const char *name, bool *ret_resumed,
+                       GError **error);
+
+/*
  * clone_host_destroy: stop the clone @name (ACPI shutdown, then power off
  * after @timeout_seconds), undefine it and remove its overlay volume.
  * Refuses domains without spore's clone metadata.  A domain @name that

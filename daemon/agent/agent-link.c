@@ -262,8 +262,71 @@ send_hello(AgentLink *l, void *sock, CloneHost *host)
     wire_send(sock, NULL, hello);
 }
 
+/*
+ * Domains paused by an I/O error of their disk (error_policy='stop': a
+ * read the shim could not answer within its timeout, the origin or the
+ * agent away) are resumed by the agent, which retries the failed request
+ * — only this host's clones (their metadata's host), never a domain made
+ * by hand with sporectl: at once, then after RESUME_FIRST_US doubling to RESUME_MAX_US while the
+ * domain pauses again.  @paused (owned by the link thread) maps a domain's
+ * name to its ResumeTry.
+ */
+#define RESUME_FIRST_US (2 * G_USEC_PER_SEC)
+#define RESUME_MAX_US   (60 * G_USEC_PER_SEC)
+
+typedef struct {
+    gint64 next;  /* monotonic time of the next try */
+    gint64 delay; /* until the try after it */
+    guint tries;
+} ResumeTry;
+
+static void
+resume_paused(CloneHost *host, const char *me, GHashTable *paused,
+              GPtrArray *clones)
+{
+    gint64 now = g_get_monotonic_time();
+
+    for (guint i = 0; i < clones->len; i++) {
+        CloneInfo *c = clones->pdata[i];
+        ResumeTry *t = g_hash_table_lookup(paused, c->name);
+        g_autoptr(GError) err = NULL;
+        bool resumed = false;
+
+        if (g_strcmp0(c->owner, me) != 0) /* only this host's clones */
+            continue;
+        if (g_strcmp0(c->state, "paused") != 0 ||
+            g_strcmp0(c->reason, "ioerror") != 0) {
+            if (t && g_strcmp0(c->state, "running") == 0) {
+                g_message("domain %s runs again after %u resume%s", c->name,
+                          t->tries, t->tries == 1 ? "" : "s");
+                g_hash_table_remove(paused, c->name);
+            }
+            continue;
+        }
+        if (!t) {
+            t = g_new0(ResumeTry, 1);
+            t->delay = RESUME_FIRST_US;
+            g_hash_table_insert(paused, g_strdup(c->name), t);
+            g_message("domain %s was paused by an I/O error of its disk; "
+                      "resuming it (the failed read is retried)",
+                      c->name);
+        }
+        if (now < t->next)
+            continue;
+        if (!clone_host_resume(host, c->name, &resumed, &err))
+            g_warning("domain %s: %s", c->name, err->message);
+        t->tries++;
+        t->next = now + t->delay;
+        t->delay = MIN(t->delay * 2, RESUME_MAX_US);
+        if (t->tries > 1)
+            g_message("domain %s paused again by an I/O error: resume %u, "
+                      "the next in %" G_GINT64_FORMAT " s at the latest",
+                      c->name, t->tries, t->delay / G_USEC_PER_SEC);
+    }
+}
+
 static bool
-send_report(AgentLink *l, void *sock, CloneHost *host)
+send_report(AgentLink *l, void *sock, CloneHost *host, GHashTable *paused)
 {
     g_autoptr(JsonObject) report = wire_new("report");
     g_autoptr(GPtrArray) images = NULL;
@@ -284,6 +347,7 @@ send_report(AgentLink *l, void *sock, CloneHost *host)
         json_array_unref(arr);
         return false;
     }
+    resume_paused(host, l->config.host_name, paused, clones);
     for (guint i = 0; i < clones->len; i++) {
         CloneInfo *c = clones->pdata[i];
         JsonObject *o = json_object_new();
@@ -468,7 +532,8 @@ typedef struct {
     void *sock; /* the DEALER to the manager's agent endpoint */
     void *reg;  /* the DEALER to its registration endpoint */
     char *reg_state;
-    CloneHost *host; /* the link's libvirt connection, for reports */
+    CloneHost *host;    /* the link's libvirt connection, for reports */
+    GHashTable *paused; /* domains paused by I/O errors: resume_paused */
     bool welcomed;
     gint64 last_hello, last_report, last_profiles, last_libvirt_try,
         last_register;
@@ -628,8 +693,9 @@ link_tick(AgentLink *l, LinkState *st)
         st->last_report = 0; /* a domain changed state: say so now */
     if (st->welcomed && now - st->last_report > report_us) {
         /* a failed report is tried again in half the interval */
-        st->last_report =
-            send_report(l, st->sock, st->host) ? now : now - report_us / 2;
+        st->last_report = send_report(l, st->sock, st->host, st->paused)
+                              ? now
+                              : now - report_us / 2;
     }
 }
 
@@ -640,6 +706,7 @@ link_thread(gpointer data)
     LinkState st = {0};
 
     st.ctx = zmq_ctx_new();
+    st.paused = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
     st.reg = registration_socket(l, st.ctx);
     st.sock = main_socket(l, st.ctx);
     g_message("connecting to the site manager at %s as %s (key %s)",
@@ -653,6 +720,7 @@ link_thread(gpointer data)
         link_tick(l, &st);
     }
     clone_host_free(st.host);
+    g_hash_table_unref(st.paused);
     g_free(st.reg_state);
     zmq_close(st.reg);
     zmq_close(st.sock);
