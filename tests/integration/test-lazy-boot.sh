@@ -141,6 +141,40 @@ check "the guest's writes landed in the clone's overlay" \
     test "$(qemu-img map -U -f qcow2 --output=json "$work/pool/$domain.qcow2" |
         python3 -c 'import json,sys; print(any(e["depth"] == 0 and e["data"] for e in json.load(sys.stdin)))')" = True
 
+# --- the console shell exits (Ctrl-D in virsh console): the guest's init
+# starts another, PID 1 never exits, the kernel does not panic
+# console_ctrl_d DOMAIN: Ctrl-D in `virsh console DOMAIN`, as an operator
+# types it (virsh wants a terminal: a pty of Python's), then Ctrl-] to leave
+console_ctrl_d() {
+    python3 - "$1" <<'PY'
+import os, pty, select, sys, time
+pid, fd = pty.fork()
+if pid == 0:
+    os.execvp("virsh", ["virsh", "-c", "qemu:///system", "console", "--force", sys.argv[1]])
+def pump(seconds):
+    end = time.time() + seconds
+    while time.time() < end:
+        if select.select([fd], [], [], 0.2)[0]:
+            try:
+                os.read(fd, 4096)
+            except OSError:
+                return
+pump(2)
+for key in (b"\r", b"\x04", b"\x1d"):
+    os.write(fd, key)
+    pump(2)
+os.waitpid(pid, 0)
+PY
+}
+exited() { grep -qa 'spore-guest: the console shell exited' "$work/$domain.log"; }
+ctrl_d_until_exited() { console_ctrl_d "$domain" >/dev/null 2>&1; exited; }
+check "Ctrl-D in virsh console ends the guest's shell and its init starts another" \
+    wait_until 6 ctrl_d_until_exited
+check "... and the guest runs on (no panic)" \
+    test "$(virsh -c qemu:///system domstate "$domain" 2>/dev/null | head -n 1)" = running
+check "... its console shows no kernel panic" \
+    eval '! grep -qa "Kernel panic" "$work/$domain.log"'
+
 # --- spore's libvirt hook: `virsh start` of a clone whose shim does not run
 # (after a reboot, an agent-image-unserve, a crash) has the agent serve the
 # image first; a domain that is not spore's is left alone; with the agent
