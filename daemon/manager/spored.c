@@ -43,19 +43,18 @@ on_hup(gpointer data)
         g_message("SIGHUP: no configuration file to reload");
         return G_SOURCE_CONTINUE;
     }
-    if (!g_key_file_load_from_file(kf, r->config_path, G_KEY_FILE_NONE,
-                                   &err)) {
+    if (!g_key_file_load_from_file(kf, r->config_path, G_KEY_FILE_NONE, &err)) {
         g_warning("SIGHUP: config '%s': %s; nothing changed", r->config_path,
                   err->message);
         return G_SOURCE_CONTINUE;
     }
-    cfg.lost_after_s = r->flags.lost_after_s
-                           ? r->flags.lost_after_s
-                           : spore_key_uint(kf, "spored", "lost_after", 30,
-                                            &err);
-    cfg.resend_s = r->flags.resend_s ? r->flags.resend_s
-                                     : spore_key_uint(kf, "spored", "resend",
-                                                      20, &err);
+    cfg.lost_after_s =
+        r->flags.lost_after_s
+            ? r->flags.lost_after_s
+            : spore_key_uint(kf, "spored", "lost_after", 30, &err);
+    cfg.resend_s = r->flags.resend_s
+                       ? r->flags.resend_s
+                       : spore_key_uint(kf, "spored", "resend", 20, &err);
     cfg.shutdown_timeout_s =
         spore_key_uint(kf, "spored", "shutdown_timeout", 60, &err);
     cfg.hosts_dir = r->flags.hosts_dir
