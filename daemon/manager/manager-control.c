@@ -793,7 +793,7 @@ cmd_image_add(Manager *m, JsonObject *req, GError **error)
     row->name = g_strdup(name);
     row->id = g_strdup(image_index_id(idx));
     row->format = g_strdup(format ? format : "raw");
-    row->index = image_index_encoding(idx);
+    row->index = g_bytes_ref(image_index_encoding(idx));
     row->size = (gint64)image_index_image_size(idx);
     row->chunk_size = (gint64)image_index_chunk_size(idx);
     if (!transact(m, true, call_image_store, &store, error))
