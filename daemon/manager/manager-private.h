@@ -121,6 +121,9 @@ void manager_zap_drain(Manager *m);
 bool manager_should_log_refusal(Manager *m, const char *key);
 
 /* ---- manager-transport.c ---- */
+/* manager_transport_bind: the ZAP handler and both ROUTER sockets, bound
+ * (m->zctx, m->zap, m->router, m->reg, m->register_endpoint) */
+bool manager_transport_bind(Manager *m, GError **error);
 /* manager_router_drain, manager_register_drain: handle the messages
  * waiting on the agents' and the registration sockets.  Main thread. */
 void manager_router_drain(Manager *m);

@@ -19,12 +19,15 @@
 #include <zmq.h>
 
 #include "spore-error.h"
+#include "zmq-zap.h"
 
 /* messages read per drain, so that one busy socket cannot starve a pass */
 #define ROUTER_BUDGET_MESSAGES   1000
 #define REGISTER_BUDGET_MESSAGES 100
 #define BACKOFF_BASE_S           5u
 #define BACKOFF_MAX_S            300u
+/* the registration socket's frames: a register message is small */
+#define REGISTER_MAX_MSG_BYTES 4096
 
 void
 manager_send(Manager *m, const char *host, JsonObject *msg)
@@ -507,4 +510,84 @@ manager_register_drain(Manager *m)
         zmq_msg_close(&id);
         zmq_msg_close(&body);
     }
+}
+
+/* ---- binding ------------------------------------------------------------ */
+
+/* bind_agents: the agents' ROUTER, CURVE server, accepted keys only */
+static bool
+bind_agents(Manager *m, GError **error)
+{
+    int one = 1;
+
+    m->router = zmq_socket(m->zctx, ZMQ_ROUTER);
+    wire_socket_defaults(m->router);
+    zmq_setsockopt(m->router, ZMQ_CURVE_SERVER, &one, sizeof(one));
+    zmq_setsockopt(m->router, ZMQ_CURVE_SECRETKEY, m->keys.secret_key,
+                   WIRE_KEY_CHARS);
+    zmq_setsockopt(m->router, ZMQ_ZAP_DOMAIN, WIRE_ZAP_DOMAIN,
+                   strlen(WIRE_ZAP_DOMAIN));
+    if (zmq_setsockopt(m->router, ZMQ_ZAP_ENFORCE_DOMAIN, &one, sizeof(one)) !=
+        0) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_FAILED,
+                    "this libzmq does not enforce ZAP domains "
+                    "(ZMQ_ZAP_ENFORCE_DOMAIN): %s",
+                    zmq_strerror(zmq_errno()));
+        return false;
+    }
+    zmq_setsockopt(m->router, ZMQ_ROUTER_HANDOVER, &one, sizeof(one));
+    zmq_setsockopt(m->router, ZMQ_ROUTER_MANDATORY, &one, sizeof(one));
+    if (zmq_bind(m->router, m->config.listen) != 0) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_FAILED,
+                    "cannot listen on %s: %s", m->config.listen,
+                    zmq_strerror(zmq_errno()));
+        return false;
+    }
+    return true;
+}
+
+/* bind_registrations: the registration ROUTER, the port after listen's,
+ * any CURVE key, small frames only */
+static bool
+bind_registrations(Manager *m, GError **error)
+{
+    int one = 1;
+    int64_t small = REGISTER_MAX_MSG_BYTES;
+
+    m->reg = zmq_socket(m->zctx, ZMQ_ROUTER);
+    wire_socket_defaults(m->reg);
+    zmq_setsockopt(m->reg, ZMQ_MAXMSGSIZE, &small, sizeof(small));
+    zmq_setsockopt(m->reg, ZMQ_CURVE_SERVER, &one, sizeof(one));
+    zmq_setsockopt(m->reg, ZMQ_CURVE_SECRETKEY, m->keys.secret_key,
+                   WIRE_KEY_CHARS);
+    zmq_setsockopt(m->reg, ZMQ_ZAP_DOMAIN, WIRE_ZAP_REGISTER_DOMAIN,
+                   strlen(WIRE_ZAP_REGISTER_DOMAIN));
+    zmq_setsockopt(m->reg, ZMQ_ZAP_ENFORCE_DOMAIN, &one, sizeof(one));
+    if (!m->register_endpoint)
+        m->register_endpoint = wire_register_endpoint(m->config.listen);
+    if (!m->register_endpoint || zmq_bind(m->reg, m->register_endpoint) != 0) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_FAILED,
+                    "cannot listen for registrations on %s: %s",
+                    m->register_endpoint ? m->register_endpoint
+                                         : "(the port after --listen's)",
+                    zmq_strerror(zmq_errno()));
+        return false;
+    }
+    return true;
+}
+
+bool
+manager_transport_bind(Manager *m, GError **error)
+{
+    m->zctx = zmq_ctx_new();
+    if (!zmq_has("curve")) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_FAILED,
+                    "this libzmq has no CURVE support");
+        return false;
+    }
+    /* the ZAP handler must be bound before any CURVE socket */
+    m->zap = spore_zap_bind(m->zctx, error);
+    if (!m->zap)
+        return false;
+    return bind_agents(m, error) && bind_registrations(m, error);
 }

@@ -20,7 +20,6 @@
 
 #include "metrics.h"
 #include "spore-error.h"
-#include "zmq-zap.h"
 
 #define TICK_MS  1000
 #define DRAIN_MS 100
@@ -233,7 +232,6 @@ manager_new(const ManagerConfig *config, GError **error)
 {
     g_autoptr(Manager) m = g_new0(Manager, 1);
     g_autofree char *db_path = NULL;
-    int one = 1;
 
     m->config = *config;
     m->config.state_dir = g_strdup(config->state_dir);
@@ -265,61 +263,8 @@ manager_new(const ManagerConfig *config, GError **error)
     if (!m->db || !seed_runtime(m, error))
         return NULL;
 
-    m->zctx = zmq_ctx_new();
-    if (!zmq_has("curve")) {
-        g_set_error(error, SPORE_ERROR, SPORE_ERROR_FAILED,
-                    "this libzmq has no CURVE support");
+    if (!manager_transport_bind(m, error))
         return NULL;
-    }
-    /* the ZAP handler must be bound before any CURVE socket */
-    m->zap = spore_zap_bind(m->zctx, error);
-    if (!m->zap)
-        return NULL;
-    m->router = zmq_socket(m->zctx, ZMQ_ROUTER);
-    wire_socket_defaults(m->router);
-    zmq_setsockopt(m->router, ZMQ_CURVE_SERVER, &one, sizeof(one));
-    zmq_setsockopt(m->router, ZMQ_CURVE_SECRETKEY, m->keys.secret_key,
-                   WIRE_KEY_CHARS);
-    zmq_setsockopt(m->router, ZMQ_ZAP_DOMAIN, WIRE_ZAP_DOMAIN,
-                   strlen(WIRE_ZAP_DOMAIN));
-    if (zmq_setsockopt(m->router, ZMQ_ZAP_ENFORCE_DOMAIN, &one, sizeof(one)) !=
-        0) {
-        g_set_error(error, SPORE_ERROR, SPORE_ERROR_FAILED,
-                    "this libzmq does not enforce ZAP domains "
-                    "(ZMQ_ZAP_ENFORCE_DOMAIN): %s",
-                    zmq_strerror(zmq_errno()));
-        return NULL;
-    }
-    zmq_setsockopt(m->router, ZMQ_ROUTER_HANDOVER, &one, sizeof(one));
-    zmq_setsockopt(m->router, ZMQ_ROUTER_MANDATORY, &one, sizeof(one));
-    if (zmq_bind(m->router, m->config.listen) != 0) {
-        g_set_error(error, SPORE_ERROR, SPORE_ERROR_FAILED,
-                    "cannot listen on %s: %s", m->config.listen,
-                    zmq_strerror(zmq_errno()));
-        return NULL;
-    }
-    m->reg = zmq_socket(m->zctx, ZMQ_ROUTER);
-    wire_socket_defaults(m->reg);
-    {
-        int64_t small = 4096;
-        zmq_setsockopt(m->reg, ZMQ_MAXMSGSIZE, &small, sizeof(small));
-    }
-    zmq_setsockopt(m->reg, ZMQ_CURVE_SERVER, &one, sizeof(one));
-    zmq_setsockopt(m->reg, ZMQ_CURVE_SECRETKEY, m->keys.secret_key,
-                   WIRE_KEY_CHARS);
-    zmq_setsockopt(m->reg, ZMQ_ZAP_DOMAIN, WIRE_ZAP_REGISTER_DOMAIN,
-                   strlen(WIRE_ZAP_REGISTER_DOMAIN));
-    zmq_setsockopt(m->reg, ZMQ_ZAP_ENFORCE_DOMAIN, &one, sizeof(one));
-    if (!m->register_endpoint)
-        m->register_endpoint = wire_register_endpoint(m->config.listen);
-    if (!m->register_endpoint || zmq_bind(m->reg, m->register_endpoint) != 0) {
-        g_set_error(error, SPORE_ERROR, SPORE_ERROR_FAILED,
-                    "cannot listen for registrations on %s: %s",
-                    m->register_endpoint ? m->register_endpoint
-                                         : "(the port after --listen's)",
-                    zmq_strerror(zmq_errno()));
-        return NULL;
-    }
     if (!manager_control_start(m, error))
         return NULL;
     if (m->config.metrics_listen && *m->config.metrics_listen) {
