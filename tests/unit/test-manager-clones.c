@@ -33,6 +33,7 @@
 #define REPORT_EVERY   20   /* turns between the fake agent's reports */
 
 typedef struct {
+    const char *name;
     void *ctx, *sock;
     GPtrArray *clones;  /* JsonObject: what it reports */
     bool silent;        /* sends nothing (a host not reported yet) */
@@ -44,7 +45,9 @@ typedef struct {
 static char *dir;
 static ManagerConfig config;
 static Manager *m;
-static FakeAgent agent;
+static FakeAgent agent;  /* hv1 */
+static FakeAgent agent2; /* hv2, connected by the tests that need it */
+static FakeAgent *cur;   /* the one the agent_* functions act for */
 
 static guint
 free_port_pair(void)
@@ -76,7 +79,7 @@ agent_send(JsonObject *msg)
 {
     g_autofree char *text = json_util_to_text(msg, false);
 
-    zmq_send(agent.sock, text, strlen(text), ZMQ_DONTWAIT);
+    zmq_send(cur->sock, text, strlen(text), ZMQ_DONTWAIT);
 }
 
 static void
@@ -85,7 +88,7 @@ agent_hello(void)
     g_autoptr(JsonObject) hello = wire_new("hello");
     JsonObject *cap = json_object_new();
 
-    json_object_set_string_member(hello, "host", "hv1");
+    json_object_set_string_member(hello, "host", cur->name);
     json_object_set_string_member(hello, "boot", "fake-boot");
     json_object_set_int_member(cap, "cpus", 4);
     json_object_set_int_member(cap, "memory_kib", 8 * 1024 * 1024);
@@ -99,9 +102,9 @@ agent_report(void)
     g_autoptr(JsonObject) report = wire_new("report");
     JsonArray *arr = json_array_new();
 
-    for (guint i = 0; i < agent.clones->len; i++)
+    for (guint i = 0; i < cur->clones->len; i++)
         json_array_add_object_element(arr,
-                                      json_object_ref(agent.clones->pdata[i]));
+                                      json_object_ref(cur->clones->pdata[i]));
     json_object_set_array_member(report, "clones", arr);
     json_object_set_array_member(report, "images", json_array_new());
     json_object_set_int_member(report, "time_ms",
@@ -145,7 +148,7 @@ agent_create(JsonObject *cmd)
         json_object_set_int_member(c, "index", index);
         json_object_set_int_member(c, "generation", gen);
         json_object_set_string_member(c, "state", "running");
-        g_ptr_array_add(agent.clones, c);
+        g_ptr_array_add(cur->clones, c);
     }
 }
 
@@ -157,11 +160,11 @@ agent_destroy(JsonObject *cmd)
     for (guint n = 0; n < json_array_get_length(names); n++) {
         const char *name = json_array_get_string_element(names, n);
 
-        for (guint i = 0; i < agent.clones->len; i++) {
+        for (guint i = 0; i < cur->clones->len; i++) {
             if (g_str_equal(
-                    json_util_get_string(agent.clones->pdata[i], "name", ""),
+                    json_util_get_string(cur->clones->pdata[i], "name", ""),
                     name)) {
-                g_ptr_array_remove_index(agent.clones, i);
+                g_ptr_array_remove_index(cur->clones, i);
                 break;
             }
         }
@@ -181,8 +184,8 @@ agent_handle(JsonObject *msg)
         agent_create(msg);
         agent_ack(json_util_get_int(msg, "id", -1));
     } else if (g_str_equal(type, "cmd") && g_str_equal(op, "clone-destroy")) {
-        if (agent.hold_destroys)
-            g_ptr_array_add(agent.held, json_object_ref(msg));
+        if (cur->hold_destroys)
+            g_ptr_array_add(cur->held, json_object_ref(msg));
         else
             agent_destroy(msg);
     }
@@ -195,8 +198,8 @@ agent_turn(void)
     char buf[1 << 16];
     int n;
 
-    while (!agent.silent &&
-           (n = zmq_recv(agent.sock, buf, sizeof(buf), ZMQ_DONTWAIT)) >= 0) {
+    while (!cur->silent &&
+           (n = zmq_recv(cur->sock, buf, sizeof(buf), ZMQ_DONTWAIT)) >= 0) {
         g_autoptr(JsonObject) msg = NULL;
 
         if ((gsize)n > sizeof(buf))
@@ -205,7 +208,7 @@ agent_turn(void)
         if (msg)
             agent_handle(msg);
     }
-    if (!agent.silent && agent.turn++ % REPORT_EVERY == 0)
+    if (!cur->silent && cur->turn++ % REPORT_EVERY == 0)
         agent_report();
 }
 
@@ -218,7 +221,12 @@ pump(Condition cond, gpointer data)
     for (int i = 0; i < PUMP_TRIES_MAX; i++) {
         while (g_main_context_iteration(NULL, FALSE))
             ;
+        cur = &agent;
         agent_turn();
+        if (agent2.sock) {
+            cur = &agent2;
+            agent_turn();
+        }
         if (cond(data))
             return true;
         g_usleep(PUMP_SLEEP_US);
@@ -330,59 +338,74 @@ manager_start(void)
     cr_assert(m, "%s", err ? err->message : "");
 }
 
+/* agent_connect: @a as host @name, its key accepted (hosts_dir) */
 static void
-setup(void)
+agent_connect(FakeAgent *a, const char *name)
 {
     g_autoptr(GError) err = NULL;
-    g_autofree char *hosts = NULL;
-    g_autofree char *adir = NULL;
-    g_autofree char *pub = NULL;
+    g_autofree char *adir = g_build_filename(dir, name, NULL);
+    g_autofree char *file = g_strdup_printf("%s.pub", name);
+    g_autofree char *pub = g_build_filename(config.hosts_dir, file, NULL);
     WireKeys keys;
-    int one = 0;
+    int zero = 0;
 
-    dir = g_dir_make_tmp("spore-mclones-XXXXXX", NULL);
-    hosts = g_build_filename(dir, "hosts.d", NULL);
-    adir = g_build_filename(dir, "hv1", NULL);
-    g_mkdir_with_parents(hosts, 0700);
     g_mkdir_with_parents(adir, 0700);
     cr_assert(wire_keys_load_or_create(adir, &keys, &err), "%s",
               err ? err->message : "");
-    pub = g_build_filename(hosts, "hv1.pub", NULL);
     cr_assert(g_file_set_contents(pub, keys.public_key, -1, NULL));
+    a->name = name;
+    a->ctx = zmq_ctx_new();
+    a->sock = zmq_socket(a->ctx, ZMQ_DEALER);
+    zmq_setsockopt(a->sock, ZMQ_LINGER, &zero, sizeof(zero));
+    zmq_setsockopt(a->sock, ZMQ_CURVE_SERVERKEY, manager_public_key(m),
+                   WIRE_KEY_CHARS);
+    zmq_setsockopt(a->sock, ZMQ_CURVE_PUBLICKEY, keys.public_key,
+                   WIRE_KEY_CHARS);
+    zmq_setsockopt(a->sock, ZMQ_CURVE_SECRETKEY, keys.secret_key,
+                   WIRE_KEY_CHARS);
+    zmq_setsockopt(a->sock, ZMQ_ROUTING_ID, name, strlen(name));
+    cr_assert_eq(zmq_connect(a->sock, config.listen), 0);
+    a->clones =
+        g_ptr_array_new_with_free_func((GDestroyNotify)json_object_unref);
+    a->held = g_ptr_array_new_with_free_func((GDestroyNotify)json_object_unref);
+    cur = a;
+    agent_hello();
+}
+
+static void
+agent_disconnect(FakeAgent *a)
+{
+    if (!a->sock)
+        return;
+    zmq_close(a->sock);
+    zmq_ctx_term(a->ctx);
+    g_ptr_array_unref(a->clones);
+    g_ptr_array_unref(a->held);
+    memset(a, 0, sizeof(*a));
+}
+
+static void
+setup(void)
+{
+    dir = g_dir_make_tmp("spore-mclones-XXXXXX", NULL);
     config.state_dir = g_build_filename(dir, "state", NULL);
     config.run_dir = g_build_filename(dir, "run", NULL);
     config.listen = g_strdup_printf("tcp://127.0.0.1:%u", free_port_pair());
-    config.hosts_dir = g_strdup(hosts);
+    config.hosts_dir = g_build_filename(dir, "hosts.d", NULL);
     config.lost_after_s = 60;
     config.resend_s = 5;
     config.shutdown_timeout_s = 60;
+    g_mkdir_with_parents(config.hosts_dir, 0700);
     manager_start();
-    agent.ctx = zmq_ctx_new();
-    agent.sock = zmq_socket(agent.ctx, ZMQ_DEALER);
-    zmq_setsockopt(agent.sock, ZMQ_LINGER, &one, sizeof(one));
-    zmq_setsockopt(agent.sock, ZMQ_CURVE_SERVERKEY, manager_public_key(m),
-                   WIRE_KEY_CHARS);
-    zmq_setsockopt(agent.sock, ZMQ_CURVE_PUBLICKEY, keys.public_key,
-                   WIRE_KEY_CHARS);
-    zmq_setsockopt(agent.sock, ZMQ_CURVE_SECRETKEY, keys.secret_key,
-                   WIRE_KEY_CHARS);
-    zmq_setsockopt(agent.sock, ZMQ_ROUTING_ID, "hv1", 3);
-    cr_assert_eq(zmq_connect(agent.sock, config.listen), 0);
-    agent.clones =
-        g_ptr_array_new_with_free_func((GDestroyNotify)json_object_unref);
-    agent.held =
-        g_ptr_array_new_with_free_func((GDestroyNotify)json_object_unref);
-    agent_hello();
+    agent_connect(&agent, "hv1");
 }
 
 static void
 teardown(void)
 {
     manager_free(m);
-    zmq_close(agent.sock);
-    zmq_ctx_term(agent.ctx);
-    g_ptr_array_unref(agent.clones);
-    g_ptr_array_unref(agent.held);
+    agent_disconnect(&agent);
+    agent_disconnect(&agent2);
     test_rm_rf(dir);
     g_free(dir);
     g_free(config.state_dir);
@@ -528,4 +551,41 @@ Test(manager_clones, after_a_restart_tells_unknown_until_the_host_reports)
             json_util_get_string(json_array_get_object_element(arr, i), "kind",
                                  ""),
             "scaled-up");
+}
+
+static bool
+both_reported(gpointer data)
+{
+    HostRuntime *h1 = g_hash_table_lookup(m->runtime, "hv1");
+    HostRuntime *h2 = g_hash_table_lookup(m->runtime, "hv2");
+
+    return h1 && h1->reported && h2 && h2->reported;
+}
+
+static char *
+host_of(const char *name)
+{
+    g_autoptr(JsonObject) r = control_ok("{\"cmd\": \"clone-list\"}");
+    JsonArray *arr = json_object_get_array_member(r, "clones");
+
+    for (guint i = 0; i < json_array_get_length(arr); i++) {
+        JsonObject *c = json_array_get_object_element(arr, i);
+
+        if (g_str_equal(json_util_get_string(c, "name", ""), name))
+            return g_strdup(json_util_get_string(c, "host", ""));
+    }
+    return NULL;
+}
+
+Test(manager_clones, spreads_the_clones_of_a_service_over_the_hosts)
+{
+    g_autofree char *h0 = NULL;
+    g_autofree char *h1 = NULL;
+
+    agent_connect(&agent2, "hv2");
+    cr_assert(pump(both_reported, NULL));
+    two_running();
+    h0 = host_of("web-0");
+    h1 = host_of("web-1");
+    cr_expect_str_neq(h0, h1, "both on %s", h0);
 }
