@@ -282,28 +282,6 @@ clone_host_pool_dir(const CloneHost *host)
     return host->pool_dir;
 }
 
-/* ---- identity --------------------------------------------------------- */
-
-char *
-clone_uuid(const Manifest *manifest, guint index, const char *image_id,
-           guint64 generation)
-{
-    g_autofree char *canonical = manifest_format(manifest);
-    g_autoptr(GString) key = g_string_new("spore-clone-uuid-1\n");
-    guint8 d[SPORE_SHA256_BYTES];
-
-    g_string_append_printf(key, "%u\n%s\n%" G_GUINT64_FORMAT "\n", index,
-                           image_id, generation);
-    g_string_append(key, canonical);
-    spore_sha256(key->str, key->len, d);
-    d[6] = (guint8)((d[6] & 0x0f) | 0x80); /* version 8 */
-    d[8] = (guint8)((d[8] & 0x3f) | 0x80); /* RFC 9562 variant */
-    return g_strdup_printf("%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-"
-                           "%02x%02x%02x%02x%02x%02x",
-                           d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7], d[8],
-                           d[9], d[10], d[11], d[12], d[13], d[14], d[15]);
-}
-
 static bool parse_metadata(const char *meta, CloneInfo *info);
 
 /* domain_owner: the host named in @dom's clone metadata, or NULL */

@@ -35,10 +35,10 @@
 
 #include "manifest.h"
 
-#define CLONE_DEFAULT_URI         "qemu:///system"
-#define CLONE_DEFAULT_POOL        "spore"
-#define CLONE_DEFAULT_POOL_DIR    "/var/lib/spore/clones"
-#define CLONE_DEFAULT_CONSOLE_DIR "/var/log/spore/console"
+#define CLONE_DEFAULT_URI              "qemu:///system"
+#define CLONE_DEFAULT_POOL             "spore"
+#define CLONE_DEFAULT_POOL_DIR         "/var/lib/spore/clones"
+#define CLONE_DEFAULT_CONSOLE_DIR      "/var/log/spore/console"
 #define CLONE_DEFAULT_SHUTDOWN_SECONDS 60
 
 typedef struct CloneHost CloneHost;
@@ -47,14 +47,14 @@ typedef struct CloneHost CloneHost;
 typedef void (*CloneProgressFunc)(const char *message, gpointer data);
 
 typedef struct {
-    const char *uri;         /* NULL: CLONE_DEFAULT_URI */
-    const char *pool;        /* NULL: CLONE_DEFAULT_POOL */
-    const char *pool_dir;    /* where a new pool lives; NULL: the default.
-                              * An existing pool keeps its own path. */
-    const char *console_dir; /* NULL: CLONE_DEFAULT_CONSOLE_DIR */
-    const char *owner;       /* optional: the host agent's name, recorded in
-                              * each clone's metadata; clones of other
-                              * owners are not listed and not touched */
+    const char *uri;            /* NULL: CLONE_DEFAULT_URI */
+    const char *pool;           /* NULL: CLONE_DEFAULT_POOL */
+    const char *pool_dir;       /* where a new pool lives; NULL: the default.
+                                 * An existing pool keeps its own path. */
+    const char *console_dir;    /* NULL: CLONE_DEFAULT_CONSOLE_DIR */
+    const char *owner;          /* optional: the host agent's name, recorded in
+                                 * each clone's metadata; clones of other
+                                 * owners are not listed and not touched */
     CloneProgressFunc progress; /* optional */
     gpointer progress_data;
 } CloneHostConfig;
@@ -73,15 +73,15 @@ const char *clone_host_pool_dir(const CloneHost *host);
 
 typedef struct {
     const Manifest *manifest;
-    const guint *indexes;  /* the clones to create, each < scaling.max */
+    const guint *indexes; /* the clones to create, each < scaling.max */
     gsize n_indexes;
-    const char *backing;   /* master: absolute file path or nbd+unix URI */
+    const char *backing;        /* master: absolute file path or nbd+unix URI */
     const char *backing_format; /* "raw" or "qcow2" */
-    const char *image_id;  /* "sha256:<64 hex>" of the master */
-    guint64 generation;    /* the manifest's generation */
-    const char *host_name; /* for {host}; NULL: this machine's name */
-    ManifestHypervisor virt; /* the domain type actually used */
-    bool start;            /* start the domains once defined */
+    const char *image_id;       /* "sha256:<64 hex>" of the master */
+    guint64 generation;         /* the manifest's generation */
+    const char *host_name;      /* for {host}; NULL: this machine's name */
+    ManifestHypervisor virt;    /* the domain type actually used */
+    bool start;                 /* start the domains once defined */
 } CloneCreateRequest;
 
 typedef enum {
@@ -127,14 +127,6 @@ bool clone_host_destroy(CloneHost *host, const char *name,
                         guint timeout_seconds, CloneDestroyOutcome *outcome,
                         GError **error);
 
-/*
- * clone_uuid: the UUID of a clone, derived from the canonical form of
- * @manifest, @index, @image_id and @generation (SHA-256 based, RFC 9562
- * version 8).  Owned by the caller.
- */
-char *clone_uuid(const Manifest *manifest, guint index, const char *image_id,
-                 guint64 generation);
-
 /* One clone found on the host: a domain with spore's clone metadata. */
 typedef struct {
     char *name;
@@ -143,12 +135,12 @@ typedef struct {
     guint index;
     char *image_id;
     guint64 generation;
-    char *owner; /* the metadata's host, or NULL */
-    const char *state; /* "running", "paused", "shutoff", "crashed", ... */
-    const char *reason; /* libvirt's reason for the state, e.g. "ioerror" */
+    char *owner;         /* the metadata's host, or NULL */
+    const char *state;   /* "running", "paused", "shutoff", "crashed", ... */
+    const char *reason;  /* libvirt's reason for the state, e.g. "ioerror" */
     guint64 cpu_time_ns; /* guest CPU time; 0 when not running */
     guint vcpus;
-    guint64 memory_kib;      /* current memory */
+    guint64 memory_kib;       /* current memory */
     gint64 memory_unused_kib; /* from the balloon driver; -1: no data */
     gint64 memory_usable_kib; /* idem */
 } CloneInfo;

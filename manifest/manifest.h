@@ -196,6 +196,22 @@ GPtrArray *manifest_problems_new(void);
  */
 char *manifest_format(const Manifest *m);
 
+/*
+ * manifest_clone_uuid: the UUID of clone @index of the manifest whose
+ * canonical form (manifest_format) is @canonical, with image @image_id at
+ * @generation: SHA-256 based, RFC 9562 version 8.  Owned by the caller.
+ * Pure: the same inputs give the same UUID on every host.
+ */
+char *manifest_clone_uuid(const char *canonical, guint index,
+                          const char *image_id, guint64 generation);
+
+/*
+ * clone_uuid: manifest_clone_uuid() of manifest_format(@manifest).  Owned
+ * by the caller.
+ */
+char *clone_uuid(const Manifest *manifest, guint index, const char *image_id,
+                 guint64 generation);
+
 /* manifest_equal: whether @a and @b define the same service.  NULL-safe. */
 bool manifest_equal(const Manifest *a, const Manifest *b);
 

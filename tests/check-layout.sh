@@ -1,7 +1,10 @@
 #!/bin/sh
-# check-layout.sh: the source layout rules a machine can check (STYLE.md,
-# "meson with one static library per folder"): no meson.build in the tree
-# declares more than one static_library().  TAP output.
+# check-layout.sh [SPORED]: the source layout rules a machine can check
+# (STYLE.md, "meson with one static library per folder"): no meson.build in
+# the tree declares more than one static_library(); and the site manager
+# SPORED (the built binary, given by tests/meson.build) links neither
+# libvirt nor libguestfs: it manages hosts, the agents touch libvirt.
+# TAP output.
 set -u
 root=${SPORE_SOURCE_ROOT:?run through meson}
 n=0 failed=0
@@ -16,6 +19,18 @@ for f in $(cd "$root" && find . -name meson.build \
         failed=$((failed + 1))
     fi
 done
+if [ -n "${1:-}" ]; then
+    libs=$(ldd "$1" 2>&1)
+    for lib in libvirt libguestfs; do
+        n=$((n + 1))
+        if printf '%s\n' "$libs" | grep -q "^[[:space:]]*$lib[.-]"; then
+            echo "not ok $n - spored links $lib"
+            failed=$((failed + 1))
+        else
+            echo "ok $n - spored does not link $lib"
+        fi
+    done
+fi
 echo "1..$n"
 [ "$n" -gt 0 ] || { echo "no meson.build under '$root'" >&2; exit 1; }
 [ "$failed" -eq 0 ]

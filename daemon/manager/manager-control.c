@@ -1,240 +1,354 @@
 /*
  * manager-control.c: spored's control socket (docs/site-control.md).
  *
- * Each connection runs in a thread of its own; every command takes the
- * manager's lock around its database work, and wakes the reconciliation
- * loop when it changed the desired state.  image-add downloads and indexes
- * the image without holding the lock.
+ * Each connection runs in a thread of its own.  Invariants:
+ *   1. Every command runs in one transaction under the manager's lock
+ *      (run_command: BEGIN IMMEDIATE for those that write, BEGIN for
+ *      those that read, so that a listing is one consistent snapshot),
+ *      and either commits whole or is rolled back whole.
+ *   2. A command that fails, for any reason down to a failed COMMIT,
+ *      answers {"ok": false, "error": ...}: never "ok" for something not
+ *      stored.  The daemon keeps serving.
+ *   3. A command that changed the desired state wakes the reconciliation
+ *      loop after its commit.
+ *   4. image-add downloads and indexes the image before it takes the lock
+ *      (it may take minutes); only the store is in the transaction.
  */
 #include "manager-private.h"
 
 #include <errno.h>
-#include <grp.h>
+#include <stdarg.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <curl/curl.h>
-#include <gio/gunixsocketaddress.h>
 
 #include "image-index.h"
 #include "spore-error.h"
 
 /* connections served at once */
-#define CONTROL_THREADS_MAX 16
-#define EVENTS_LIMIT_MAX    1000
+#define CONTROL_THREADS_MAX  16
+#define EVENTS_LIMIT_MAX     1000
+#define EVENTS_LIMIT_DEFAULT 100
 
 /* the control socket's mode: its owner and group administer the site */
 #define CONTROL_SOCKET_MODE 0660
 
+typedef JsonObject *(*CommandFn)(Manager *m, JsonObject *req, GError **error);
+
+static gboolean G_GNUC_PRINTF(2, 3)
+    fail(GError **error, const char *format, ...)
+{
+    va_list ap;
+
+    va_start(ap, format);
+    g_propagate_error(error, g_error_new_valist(
+                                 SPORE_ERROR, SPORE_ERROR_INVALID, format, ap));
+    va_end(ap);
+    return FALSE;
+}
+
 /* ---- objects ---------------------------------------------------------- */
 
-static JsonArray *
-host_clones(Manager *m, const char *host)
+static bool
+is_running(JsonObject *rep, gint64 generation)
+{
+    return rep && json_util_get_int(rep, "generation", -1) == generation &&
+           g_strcmp0(json_util_get_string(rep, "state", NULL), "running") == 0;
+}
+
+/* host_known: @host reported since the manager started (its clones' true
+ * states are known) */
+static bool
+host_known(Manager *m, const char *host)
 {
     HostRuntime *h = host ? g_hash_table_lookup(m->runtime, host) : NULL;
 
-    return h && h->reported ? h->clones : NULL;
+    return h && h->reported;
 }
 
-/* the reported clone @name on @host, or NULL */
-static JsonObject *
-reported_clone(Manager *m, const char *host, const char *name)
+/* clone_state: what clone-list says of a desired clone (the clone's
+ * life: manager-state.h) */
+static const char *
+clone_state(Manager *m, const CloneRow *c, JsonObject *rep)
 {
-    JsonArray *arr = host_clones(m, host);
-
-    for (guint i = 0; arr && i < json_array_get_length(arr); i++) {
-        JsonNode *n = json_array_get_element(arr, i);
-
-        if (JSON_NODE_HOLDS_OBJECT(n) &&
-            g_strcmp0(
-                json_util_get_string(json_node_get_object(n), "name", NULL),
-                name) == 0)
-            return json_node_get_object(n);
-    }
-    return NULL;
+    if (rep && json_util_get_int(rep, "generation", -1) == c->generation)
+        return json_util_get_string(rep, "state", "unknown");
+    if (rep)
+        return clone_state_to_string(CLONE_UPDATING);
+    if (!c->host)
+        return clone_state_to_string(CLONE_PENDING);
+    if (!host_known(m, c->host))
+        return clone_state_to_string(CLONE_UNKNOWN);
+    return clone_state_to_string(CLONE_CREATING);
 }
 
 static JsonObject *
-clone_object(Manager *m, const char *service, guint index, const char *host,
-             gint64 generation)
+clone_object(Manager *m, const CloneRow *c)
 {
     JsonObject *o = json_object_new();
-    g_autofree char *name = g_strdup_printf("%s-%u", service, index);
-    JsonObject *rep = reported_clone(m, host, name);
-    g_autofree char *pending = NULL;
-    const char *state;
+    g_autofree char *name =
+        g_strdup_printf("%s-%u", c->service, (guint)c->index);
+    JsonObject *rep = manager_reported_clone(m, c->host, name);
+    const char *reason = json_util_get_string(rep, "reason", NULL);
 
     json_object_set_string_member(o, "name", name);
-    json_object_set_string_member(o, "service", service);
-    json_object_set_int_member(o, "index", index);
-    if (host)
-        json_object_set_string_member(o, "host", host);
+    json_object_set_string_member(o, "service", c->service);
+    json_object_set_int_member(o, "index", c->index);
+    if (c->host)
+        json_object_set_string_member(o, "host", c->host);
     else
         json_object_set_null_member(o, "host");
-    if (rep && json_util_get_int(rep, "generation", -1) == generation) {
-        state = json_util_get_string(rep, "state", NULL);
-        json_object_set_int_member(o, "generation", generation);
-    } else if (rep) {
-        state = "updating";
-        json_object_set_int_member(o, "generation",
-                                   json_util_get_int(rep, "generation", 0));
-    } else {
-        state = host ? "creating" : "pending";
-        json_object_set_int_member(o, "generation", generation);
-    }
-    json_object_set_string_member(o, "state", state ? state : "unknown");
-    if (rep && json_util_get_string(rep, "reason", NULL) &&
-        *json_util_get_string(rep, "reason", NULL))
-        json_object_set_string_member(
-            o, "reason", json_util_get_string(rep, "reason", NULL));
+    json_object_set_int_member(o, "generation",
+                               rep ? json_util_get_int(rep, "generation", 0)
+                                   : c->generation);
+    json_object_set_string_member(o, "state", clone_state(m, c, rep));
+    if (reason && *reason)
+        json_object_set_string_member(o, "reason", reason);
     return o;
+}
+
+/* deleting_object: a clone a host still reports that is no longer
+ * desired: being removed */
+static JsonObject *
+deleting_object(const char *host, JsonObject *rep)
+{
+    JsonObject *o = json_object_new();
+
+    json_object_set_string_member(o, "name",
+                                  json_util_get_string(rep, "name", ""));
+    json_object_set_string_member(o, "service",
+                                  json_util_get_string(rep, "service", ""));
+    json_object_set_int_member(o, "index", json_util_get_int(rep, "index", 0));
+    json_object_set_string_member(o, "host", host);
+    json_object_set_int_member(o, "generation",
+                               json_util_get_int(rep, "generation", 0));
+    json_object_set_string_member(o, "state",
+                                  clone_state_to_string(CLONE_DELETING));
+    return o;
+}
+
+/* add_deleting: to @arr, the clones of the services in @services that
+ * hosts report but that are not in @desired (names) */
+static void
+add_deleting(Manager *m, GHashTable *services, GHashTable *desired,
+             JsonArray *arr)
+{
+    GHashTableIter it;
+    gpointer v;
+
+    g_hash_table_iter_init(&it, m->runtime);
+    while (g_hash_table_iter_next(&it, NULL, &v)) {
+        HostRuntime *h = v;
+        JsonArray *clones = manager_host_clones(m, h->name);
+
+        for (guint i = 0; clones && i < json_array_get_length(clones); i++) {
+            JsonNode *n = json_array_get_element(clones, i);
+            JsonObject *rep;
+
+            if (!JSON_NODE_HOLDS_OBJECT(n))
+                continue;
+            rep = json_node_get_object(n);
+            if (!g_hash_table_contains(
+                    services, json_util_get_string(rep, "service", "")) ||
+                g_hash_table_contains(desired,
+                                      json_util_get_string(rep, "name", "")))
+                continue;
+            json_array_add_object_element(arr, deleting_object(h->name, rep));
+        }
+    }
+}
+
+/* clones_of: the clones of @service (all when NULL): the desired ones and
+ * those still being removed */
+static JsonArray *
+clones_of(Manager *m, const char *service, GError **error)
+{
+    g_autoptr(JsonArray) arr = json_array_new();
+    g_autoptr(GPtrArray) rows = state_clone_list(m->db, service, NULL, error);
+    g_autoptr(GPtrArray) services = NULL;
+    g_autoptr(GHashTable) names =
+        g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    g_autoptr(GHashTable) scope =
+        g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+
+    if (!rows)
+        return NULL;
+    for (guint i = 0; i < rows->len; i++) {
+        CloneRow *c = rows->pdata[i];
+        JsonObject *o = clone_object(m, c);
+
+        g_hash_table_add(names,
+                         g_strdup(json_object_get_string_member(o, "name")));
+        json_array_add_object_element(arr, o);
+    }
+    if (service) {
+        g_hash_table_add(scope, g_strdup(service));
+    } else {
+        if (!(services = state_service_list(m->db, error)))
+            return NULL;
+        for (guint i = 0; i < services->len; i++)
+            g_hash_table_add(
+                scope, g_strdup(((ServiceRow *)services->pdata[i])->name));
+    }
+    add_deleting(m, scope, names, arr);
+    return g_steal_pointer(&arr);
 }
 
 static JsonObject *
-service_summary(Manager *m, sqlite3_stmt *st, guint *ret_running)
+service_summary(Manager *m, const ServiceRow *svc, GError **error)
 {
-    /* st: name, generation, image, desired, deleting, cooldown_until */
-    JsonObject *o = json_object_new();
-    const char *name = mdb_col_text(st, 0);
-    gint64 generation = sqlite3_column_int64(st, 1);
-    Manifest *mf = manager_manifest(m, name);
-    sqlite3_stmt *cs;
-    guint running = 0;
+    g_autoptr(JsonObject) o = json_object_new();
+    g_autoptr(GError) err = NULL;
+    Manifest *mf = manager_manifest(m, svc->name, &err);
+    g_autoptr(GPtrArray) clones = NULL;
+    guint running = 0, unknown = 0;
 
-    json_object_set_string_member(o, "name", name);
-    json_object_set_int_member(o, "generation", generation);
-    json_object_set_string_member(o, "image", mdb_col_text(st, 2));
+    if (err) {
+        g_propagate_error(error, g_steal_pointer(&err));
+        return NULL;
+    }
+    clones = state_clone_list(m->db, svc->name, NULL, error);
+    if (!clones)
+        return NULL;
+    json_object_set_string_member(o, "name", svc->name);
+    json_object_set_int_member(o, "generation", svc->generation);
+    json_object_set_string_member(o, "image", svc->image);
     json_object_set_int_member(o, "min", mf ? mf->scaling.min : 0);
     json_object_set_int_member(o, "max", mf ? mf->scaling.max : 0);
-    json_object_set_int_member(o, "desired", sqlite3_column_int64(st, 3));
-    json_object_set_boolean_member(o, "deleting",
-                                   sqlite3_column_int64(st, 4) != 0);
-    json_object_set_double_member(o, "cooldown_until",
-                                  sqlite3_column_double(st, 5));
-    cs = mdb_prepare(m, "SELECT idx, host FROM clones WHERE service = ?",
-                     G_TYPE_STRING, name, G_TYPE_INVALID);
-    while (cs && sqlite3_step(cs) == SQLITE_ROW) {
-        g_autofree char *cname =
-            g_strdup_printf("%s-%u", name, (guint)sqlite3_column_int64(cs, 0));
-        JsonObject *rep = reported_clone(
-            m,
-            sqlite3_column_type(cs, 1) == SQLITE_NULL ? NULL
-                                                      : mdb_col_text(cs, 1),
-            cname);
+    json_object_set_int_member(o, "desired", svc->desired);
+    json_object_set_boolean_member(o, "deleting", svc->deleting);
+    json_object_set_double_member(o, "cooldown_until", svc->cooldown_until);
+    for (guint i = 0; i < clones->len; i++) {
+        CloneRow *c = clones->pdata[i];
+        g_autofree char *name =
+            g_strdup_printf("%s-%u", svc->name, (guint)c->index);
 
-        if (rep && json_util_get_int(rep, "generation", -1) == generation &&
-            g_strcmp0(json_util_get_string(rep, "state", NULL), "running") == 0)
+        if (c->host && !host_known(m, c->host))
+            unknown++;
+        else if (is_running(manager_reported_clone(m, c->host, name),
+                            svc->generation))
             running++;
     }
-    sqlite3_finalize(cs);
-    json_object_set_int_member(o, "running", running);
-    if (ret_running)
-        *ret_running = running;
-    return o;
+    /* not known yet (hosts not reported since spored started): null */
+    if (unknown)
+        json_object_set_null_member(o, "running");
+    else
+        json_object_set_int_member(o, "running", running);
+    json_object_set_int_member(o, "unknown", unknown);
+    return g_steal_pointer(&o);
 }
 
-#define SERVICE_COLUMNS \
-    "name, generation, image, desired, deleting, cooldown_until"
+/* service_of: the service @name of request @req, or NULL with "no such
+ * service" */
+static ServiceRow *
+service_of(Manager *m, const char *name, bool deleting_ok, GError **error)
+{
+    g_autoptr(ServiceRow) svc = NULL;
+
+    if (!state_service_get(m->db, name, &svc, error))
+        return NULL;
+    if (!svc || (!deleting_ok && svc->deleting)) {
+        fail(error, "no such service '%s'", name);
+        return NULL;
+    }
+    return g_steal_pointer(&svc);
+}
 
 /* ---- commands --------------------------------------------------------- */
 
 static JsonObject *
-cmd_submit(Manager *m, JsonObject *req)
+problems_reply(GPtrArray *problems, const GError *err)
+{
+    JsonObject *e = json_object_new();
+    JsonArray *arr = json_array_new();
+
+    for (guint i = 0; i < problems->len; i++) {
+        ManifestProblem *p = problems->pdata[i];
+        JsonObject *po = json_object_new();
+
+        json_object_set_int_member(po, "line", p->line);
+        json_object_set_string_member(po, "message", p->message);
+        json_array_add_object_element(arr, po);
+    }
+    json_object_set_boolean_member(e, "ok", FALSE);
+    json_object_set_string_member(
+        e, "error", err ? err->message : "the manifest is not valid");
+    json_object_set_array_member(e, "problems", arr);
+    return e;
+}
+
+/* submit_store: store @mf (canonical text @canonical); *ret_outcome and
+ * *ret_generation say what happened */
+static bool
+submit_store(Manager *m, const Manifest *mf, const char *canonical,
+             const char *file, const char **ret_outcome, gint64 *ret_generation,
+             GError **error)
+{
+    g_autoptr(ImageRow) image = NULL;
+    g_autoptr(ServiceRow) old = NULL;
+    gint64 desired;
+
+    if (!state_image_get(m->db, mf->image.name, &image, error) ||
+        !state_service_get(m->db, mf->name, &old, error))
+        return false;
+    if (!image)
+        return fail(error,
+                    "%s: image '%s' is not registered with the site "
+                    "manager: sporectl image-add %s URL",
+                    file ? file : "manifest", mf->image.name, mf->image.name);
+    if (old && old->deleting)
+        return fail(error,
+                    "service '%s' is being deleted; submit it again once it "
+                    "is gone",
+                    mf->name);
+    if (old && g_str_equal(old->manifest, canonical)) {
+        *ret_outcome = "unchanged";
+        *ret_generation = old->generation;
+        return true;
+    }
+    if (!old) {
+        *ret_outcome = "created";
+        *ret_generation = 1;
+        return state_service_insert(m->db, mf->name, canonical, mf->image.name,
+                                    mf->scaling.initial, error) &&
+               manager_event(m, error, "service-created", mf->name, NULL,
+                             "service %s created: %u clones of image %s",
+                             mf->name, mf->scaling.initial, mf->image.name);
+    }
+    *ret_outcome = "updated";
+    *ret_generation = old->generation + 1;
+    desired =
+        CLAMP(old->desired, (gint64)mf->scaling.min, (gint64)mf->scaling.max);
+    return state_service_update(m->db, mf->name, canonical, *ret_generation,
+                                mf->image.name, desired, error) &&
+           manager_event(m, error, "service-updated", mf->name, NULL,
+                         "service %s updated to generation %" G_GINT64_FORMAT
+                         " (%" G_GINT64_FORMAT " clones)",
+                         mf->name, *ret_generation, desired);
+}
+
+static JsonObject *
+cmd_submit(Manager *m, JsonObject *req, GError **error)
 {
     const char *text = json_util_get_string(req, "manifest", NULL);
-    const char *file = json_util_get_string(req, "file", NULL);
     g_autoptr(GPtrArray) problems = manifest_problems_new();
     g_autoptr(GError) err = NULL;
     g_autoptr(Manifest) mf = NULL;
     g_autofree char *canonical = NULL;
-    g_autofree char *old = NULL;
+    const char *outcome = NULL;
+    gint64 generation = 0;
     JsonObject *r;
-    gint64 generation, desired;
-    const char *outcome;
 
-    if (!text)
-        return control_reply_error("submit needs the manifest's text");
+    if (!text) {
+        fail(error, "submit needs the manifest's text");
+        return NULL;
+    }
     mf = manifest_parse_data(text, strlen(text), problems, &err);
-    if (!mf) {
-        JsonObject *e = json_object_new();
-        JsonArray *arr = json_array_new();
-
-        for (guint i = 0; i < problems->len; i++) {
-            ManifestProblem *p = problems->pdata[i];
-            JsonObject *po = json_object_new();
-
-            json_object_set_int_member(po, "line", p->line);
-            json_object_set_string_member(po, "message", p->message);
-            json_array_add_object_element(arr, po);
-        }
-        json_object_set_boolean_member(e, "ok", FALSE);
-        json_object_set_string_member(
-            e, "error", err ? err->message : "the manifest is not valid");
-        json_object_set_array_member(e, "problems", arr);
-        return e;
-    }
+    if (!mf)
+        return problems_reply(problems, err);
     canonical = manifest_format(mf);
-    g_mutex_lock(&m->lock);
-    if (!mdb_int(m, 0, "SELECT COUNT(*) FROM images WHERE name = ?",
-                 G_TYPE_STRING, mf->image.name, G_TYPE_INVALID)) {
-        g_mutex_unlock(&m->lock);
-        return control_reply_error(
-            "%s: image '%s' is not registered with the site "
-            "manager: sporectl image-add %s URL",
-            file ? file : "manifest", mf->image.name, mf->image.name);
-    }
-    if (mdb_int(m, 0, "SELECT deleting FROM services WHERE name = ?",
-                G_TYPE_STRING, mf->name, G_TYPE_INVALID)) {
-        g_mutex_unlock(&m->lock);
-        return control_reply_error(
-            "service '%s' is being deleted; submit it again "
-            "once it is gone",
-            mf->name);
-    }
-    old = mdb_text(m, "SELECT manifest FROM services WHERE name = ?",
-                   G_TYPE_STRING, mf->name, G_TYPE_INVALID);
-    if (old && g_str_equal(old, canonical)) {
-        outcome = "unchanged";
-        generation =
-            mdb_int(m, 0, "SELECT generation FROM services WHERE name = ?",
-                    G_TYPE_STRING, mf->name, G_TYPE_INVALID);
-    } else if (old) {
-        outcome = "updated";
-        generation =
-            mdb_int(m, 0, "SELECT generation FROM services WHERE name = ?",
-                    G_TYPE_STRING, mf->name, G_TYPE_INVALID) +
-            1;
-        desired = mdb_int(m, mf->scaling.initial,
-                          "SELECT desired FROM services WHERE name = ?",
-                          G_TYPE_STRING, mf->name, G_TYPE_INVALID);
-        desired =
-            CLAMP(desired, (gint64)mf->scaling.min, (gint64)mf->scaling.max);
-        mdb_exec(m,
-                 "UPDATE services SET manifest = ?, generation = ?, image = "
-                 "?, desired = ?, updated = ? WHERE name = ?",
-                 G_TYPE_STRING, canonical, G_TYPE_INT64, generation,
-                 G_TYPE_STRING, mf->image.name, G_TYPE_INT64, desired,
-                 G_TYPE_DOUBLE, mdb_now(), G_TYPE_STRING, mf->name,
-                 G_TYPE_INVALID);
-        mdb_event(m, "service-updated", mf->name, NULL,
-                  "service %s updated to generation %" G_GINT64_FORMAT
-                  " (%" G_GINT64_FORMAT " clones)",
-                  mf->name, generation, desired);
-    } else {
-        outcome = "created";
-        generation = 1;
-        mdb_exec(m,
-                 "INSERT INTO services (name, manifest, generation, image, "
-                 "desired, updated) VALUES (?, ?, 1, ?, ?, ?)",
-                 G_TYPE_STRING, mf->name, G_TYPE_STRING, canonical,
-                 G_TYPE_STRING, mf->image.name, G_TYPE_INT64,
-                 (gint64)mf->scaling.initial, G_TYPE_DOUBLE, mdb_now(),
-                 G_TYPE_INVALID);
-        mdb_event(m, "service-created", mf->name, NULL,
-                  "service %s created: %u clones of image %s", mf->name,
-                  mf->scaling.initial, mf->image.name);
-    }
-    g_mutex_unlock(&m->lock);
-    manager_wake(m);
+    if (!submit_store(m, mf, canonical, json_util_get_string(req, "file", NULL),
+                      &outcome, &generation, error))
+        return NULL;
     r = control_reply_ok();
     json_object_set_string_member(r, "service", mf->name);
     json_object_set_int_member(r, "generation", generation);
@@ -243,177 +357,141 @@ cmd_submit(Manager *m, JsonObject *req)
 }
 
 static JsonObject *
-cmd_service_list(Manager *m)
+cmd_service_list(Manager *m, JsonObject *req, GError **error)
 {
-    JsonObject *r = control_reply_ok();
-    JsonArray *arr = json_array_new();
-    sqlite3_stmt *st;
-
-    g_mutex_lock(&m->lock);
-    st = mdb_prepare(m,
-                     "SELECT " SERVICE_COLUMNS " FROM services ORDER BY "
-                     "name",
-                     G_TYPE_INVALID);
-    while (st && sqlite3_step(st) == SQLITE_ROW)
-        json_array_add_object_element(arr, service_summary(m, st, NULL));
-    sqlite3_finalize(st);
-    g_mutex_unlock(&m->lock);
-    json_object_set_array_member(r, "services", arr);
-    return r;
-}
-
-static JsonArray *
-clones_of(Manager *m, const char *service)
-{
-    JsonArray *arr = json_array_new();
-    sqlite3_stmt *st = mdb_prepare(
-        m,
-        "SELECT c.service, c.idx, c.host, s.generation FROM clones c JOIN "
-        "services s ON s.name = c.service WHERE ?1 IS NULL OR c.service = ?1 "
-        "ORDER BY c.service, c.idx",
-        G_TYPE_STRING, service, G_TYPE_INVALID);
-
-    while (st && sqlite3_step(st) == SQLITE_ROW)
-        json_array_add_object_element(
-            arr, clone_object(m, mdb_col_text(st, 0),
-                              (guint)sqlite3_column_int64(st, 1),
-                              sqlite3_column_type(st, 2) == SQLITE_NULL
-                                  ? NULL
-                                  : mdb_col_text(st, 2),
-                              sqlite3_column_int64(st, 3)));
-    sqlite3_finalize(st);
-    return arr;
-}
-
-static JsonObject *
-cmd_service_show(Manager *m, JsonObject *req)
-{
-    const char *name = json_util_get_string(req, "name", NULL);
-    JsonObject *r, *svc;
-    sqlite3_stmt *st;
-
-    if (!name)
-        return control_reply_error("service-show needs a service name");
-    g_mutex_lock(&m->lock);
-    st = mdb_prepare(m,
-                     "SELECT " SERVICE_COLUMNS ", manifest FROM services "
-                     "WHERE name = ?",
-                     G_TYPE_STRING, name, G_TYPE_INVALID);
-    if (!st || sqlite3_step(st) != SQLITE_ROW) {
-        sqlite3_finalize(st);
-        g_mutex_unlock(&m->lock);
-        return control_reply_error("no service '%s'", name);
-    }
-    svc = service_summary(m, st, NULL);
-    json_object_set_string_member(svc, "manifest", mdb_col_text(st, 6));
-    {
-        Manifest *mf = manager_manifest(m, name);
-
-        if (mf)
-            json_object_set_array_member(svc, "rules",
-                                         mscale_rules_status(m, name, mf));
-    }
-    sqlite3_finalize(st);
-    json_object_set_array_member(svc, "clones", clones_of(m, name));
-    g_mutex_unlock(&m->lock);
-    r = control_reply_ok();
-    json_object_set_object_member(r, "service", svc);
-    return r;
-}
-
-static JsonObject *
-cmd_service_delete(Manager *m, JsonObject *req)
-{
-    const char *name = json_util_get_string(req, "name", NULL);
+    g_autoptr(JsonArray) arr = json_array_new();
+    g_autoptr(GPtrArray) services = state_service_list(m->db, error);
     JsonObject *r;
 
-    if (!name)
-        return control_reply_error("service-delete needs a service name");
-    g_mutex_lock(&m->lock);
-    if (!mdb_int(m, 0, "SELECT COUNT(*) FROM services WHERE name = ?",
-                 G_TYPE_STRING, name, G_TYPE_INVALID)) {
-        g_mutex_unlock(&m->lock);
-        return control_reply_error("no service '%s'", name);
+    if (!services)
+        return NULL;
+    for (guint i = 0; i < services->len; i++) {
+        JsonObject *o = service_summary(m, services->pdata[i], error);
+
+        if (!o)
+            return NULL;
+        json_array_add_object_element(arr, o);
     }
-    mdb_exec(m, "UPDATE services SET deleting = 1 WHERE name = ?",
-             G_TYPE_STRING, name, G_TYPE_INVALID);
-    mdb_event(m, "service-deleting", name, NULL,
-              "service %s is being deleted: its clones are shut down and "
-              "removed",
-              name);
-    g_mutex_unlock(&m->lock);
-    manager_wake(m);
+    r = control_reply_ok();
+    json_object_set_array_member(r, "services", g_steal_pointer(&arr));
+    return r;
+}
+
+static JsonObject *
+cmd_service_show(Manager *m, JsonObject *req, GError **error)
+{
+    const char *name = json_util_get_string(req, "name", NULL);
+    g_autoptr(ServiceRow) svc = NULL;
+    g_autoptr(JsonObject) o = NULL;
+    g_autoptr(GError) err = NULL;
+    JsonArray *clones;
+    Manifest *mf;
+    JsonObject *r;
+
+    if (!name) {
+        fail(error, "service-show needs a service name");
+        return NULL;
+    }
+    if (!(svc = service_of(m, name, true, error)) ||
+        !(o = service_summary(m, svc, error)))
+        return NULL;
+    json_object_set_string_member(o, "manifest", svc->manifest);
+    mf = manager_manifest(m, name, &err);
+    if (mf)
+        json_object_set_array_member(o, "rules",
+                                     mscale_rules_status(m, name, mf));
+    if (!(clones = clones_of(m, name, error)))
+        return NULL;
+    json_object_set_array_member(o, "clones", clones);
+    r = control_reply_ok();
+    json_object_set_object_member(r, "service", g_steal_pointer(&o));
+    return r;
+}
+
+static JsonObject *
+cmd_service_delete(Manager *m, JsonObject *req, GError **error)
+{
+    const char *name = json_util_get_string(req, "name", NULL);
+    g_autoptr(ServiceRow) svc = NULL;
+    JsonObject *r;
+
+    if (!name) {
+        fail(error, "service-delete needs a service name");
+        return NULL;
+    }
+    if (!(svc = service_of(m, name, true, error)) ||
+        !state_service_set_deleting(m->db, name, error) ||
+        !manager_event(m, error, "service-deleting", name, NULL,
+                       "service %s is being deleted: its clones are shut "
+                       "down and removed",
+                       name))
+        return NULL;
     r = control_reply_ok();
     json_object_set_string_member(r, "service", name);
     return r;
 }
 
+/* cmd_scale: a new desired count, and a cooldown; a count equal to the
+ * desired one changes nothing (not the cooldown either) */
 static JsonObject *
-cmd_scale(Manager *m, JsonObject *req)
+cmd_scale(Manager *m, JsonObject *req, GError **error)
 {
     const char *name = json_util_get_string(req, "name", NULL);
     gint64 count = json_util_get_int(req, "count", -1);
+    g_autoptr(ServiceRow) svc = NULL;
     Manifest *mf;
-    gint64 before;
     JsonObject *r;
 
-    if (!name || count < 0)
-        return control_reply_error(
-            "scale needs a service name and a count >= 0");
-    g_mutex_lock(&m->lock);
-    mf = manager_manifest(m, name);
-    if (!mf || mdb_int(m, 0, "SELECT deleting FROM services WHERE name = ?",
-                       G_TYPE_STRING, name, G_TYPE_INVALID)) {
-        g_mutex_unlock(&m->lock);
-        return control_reply_error("no service '%s'", name);
+    if (!name || count < 0) {
+        fail(error, "scale needs a service name and a count >= 0");
+        return NULL;
+    }
+    if (!(svc = service_of(m, name, false, error)) ||
+        !(mf = manager_manifest(m, name, error))) {
+        if (error && !*error)
+            fail(error, "no such service '%s'", name);
+        return NULL;
     }
     if (count < mf->scaling.min || count > mf->scaling.max) {
-        guint min = mf->scaling.min, max = mf->scaling.max;
-
-        g_mutex_unlock(&m->lock);
-        return control_reply_error(
-            "service '%s' runs between %u and %u clones (its "
-            "manifest's <scaling>); %" G_GINT64_FORMAT " is outside",
-            name, min, max, count);
+        fail(error,
+             "service '%s' runs between %u and %u clones (its manifest's "
+             "<scaling>); %" G_GINT64_FORMAT " is outside",
+             name, mf->scaling.min, mf->scaling.max, count);
+        return NULL;
     }
-    before = mdb_int(m, 0, "SELECT desired FROM services WHERE name = ?",
-                     G_TYPE_STRING, name, G_TYPE_INVALID);
-    mdb_exec(m,
-             "UPDATE services SET desired = ?, cooldown_until = ? WHERE "
-             "name = ?",
-             G_TYPE_INT64, count, G_TYPE_DOUBLE,
-             mdb_now() + mf->scaling.cooldown_seconds, G_TYPE_STRING, name,
-             G_TYPE_INVALID);
-    mdb_event(m, "scaled", name, NULL,
-              "service %s scaled by hand from %" G_GINT64_FORMAT
-              " to %" G_GINT64_FORMAT " clones (cooldown %u s)",
-              name, before, count, mf->scaling.cooldown_seconds);
-    g_mutex_unlock(&m->lock);
-    manager_wake(m);
+    if (count != svc->desired &&
+        (!state_service_set_desired(m->db, name, count,
+                                    state_now() + mf->scaling.cooldown_seconds,
+                                    error) ||
+         !manager_event(m, error, "scaled", name, NULL,
+                        "service %s scaled by hand from %" G_GINT64_FORMAT
+                        " to %" G_GINT64_FORMAT " clones (cooldown %u s)",
+                        name, svc->desired, count,
+                        mf->scaling.cooldown_seconds)))
+        return NULL;
     r = control_reply_ok();
     json_object_set_string_member(r, "service", name);
     json_object_set_int_member(r, "desired", count);
+    json_object_set_string_member(
+        r, "outcome", count != svc->desired ? "scaled" : "unchanged");
     return r;
 }
 
 static JsonObject *
-cmd_request(Manager *m, JsonObject *req)
+cmd_request(Manager *m, JsonObject *req, GError **error)
 {
     const char *name = json_util_get_string(req, "name", NULL);
     gint64 count = json_util_get_int(req, "count", 1);
+    g_autoptr(ServiceRow) svc = NULL;
     JsonObject *r;
 
-    if (!name || count < 0 || count > G_MAXINT32)
-        return control_reply_error(
-            "request needs a service name and a count >= 0");
-    g_mutex_lock(&m->lock);
-    if (!mdb_int(m, 0, "SELECT COUNT(*) FROM services WHERE name = ?",
-                 G_TYPE_STRING, name, G_TYPE_INVALID)) {
-        g_mutex_unlock(&m->lock);
-        return control_reply_error("no service '%s'", name);
+    if (!name || count < 0 || count > G_MAXINT32) {
+        fail(error, "request needs a service name and a count >= 0");
+        return NULL;
     }
-    mscale_requests(m, name, count);
-    g_mutex_unlock(&m->lock);
+    if (!(svc = service_of(m, name, true, error)) ||
+        !mscale_requests(m, name, count, error))
+        return NULL;
     r = control_reply_ok();
     json_object_set_string_member(r, "service", name);
     json_object_set_int_member(r, "count", count);
@@ -421,93 +499,103 @@ cmd_request(Manager *m, JsonObject *req)
 }
 
 static JsonObject *
-cmd_clone_list(Manager *m, JsonObject *req)
+cmd_clone_list(Manager *m, JsonObject *req, GError **error)
 {
-    JsonObject *r = control_reply_ok();
+    const char *service = json_util_get_string(req, "service", NULL);
+    g_autoptr(ServiceRow) svc = NULL;
+    JsonArray *clones;
+    JsonObject *r;
 
-    g_mutex_lock(&m->lock);
-    json_object_set_array_member(
-        r, "clones", clones_of(m, json_util_get_string(req, "service", NULL)));
-    g_mutex_unlock(&m->lock);
+    if (service && !(svc = service_of(m, service, true, error)))
+        return NULL;
+    if (!(clones = clones_of(m, service, error)))
+        return NULL;
+    r = control_reply_ok();
+    json_object_set_array_member(r, "clones", clones);
     return r;
 }
 
-static JsonObject *
-cmd_host_list(Manager *m)
+/* host_state: a host's registration state (manager-state.h) */
+static HostState
+host_state(Manager *m, const HostRow *row)
 {
-    JsonObject *r = control_reply_ok();
-    JsonArray *arr = json_array_new();
-    sqlite3_stmt *st;
+    HostRuntime *h = g_hash_table_lookup(m->runtime, row->name);
 
-    g_mutex_lock(&m->lock);
-    st = mdb_prepare(m,
-                     "SELECT name, key, address, accepted, cpus, memory_kib, "
-                     "lost, (SELECT COUNT(*) FROM clones c WHERE c.host = "
-                     "h.name) FROM hosts h ORDER BY name",
-                     G_TYPE_INVALID);
-    while (st && sqlite3_step(st) == SQLITE_ROW) {
-        JsonObject *o = json_object_new();
-        const char *name = mdb_col_text(st, 0);
-        HostRuntime *h = g_hash_table_lookup(m->runtime, name);
-        bool accepted = sqlite3_column_int64(st, 3) != 0;
-        const char *state;
+    if (!row->accepted)
+        return HOST_PENDING;
+    if (row->lost)
+        return HOST_LOST;
+    if (h && h->heard && manager_host_is_up(m, row->name))
+        return HOST_UP;
+    return HOST_DOWN;
+}
 
-        if (!accepted)
-            state = "pending";
-        else if (sqlite3_column_int64(st, 6))
-            state = "lost";
-        else if (h && h->heard &&
-                 g_get_monotonic_time() - h->last_seen <
-                     (gint64)m->config.lost_after_s * G_USEC_PER_SEC)
-            state = "up";
-        else
-            state = "down";
-        json_object_set_string_member(o, "name", name);
-        json_object_set_string_member(o, "state", state);
-        json_object_set_boolean_member(o, "accepted", accepted);
-        json_object_set_string_member(o, "key", mdb_col_text(st, 1));
-        json_object_set_string_member(o, "address", mdb_col_text(st, 2));
-        json_object_set_int_member(o, "cpus", sqlite3_column_int64(st, 4));
-        json_object_set_int_member(o, "memory_kib",
-                                   sqlite3_column_int64(st, 5));
-        json_object_set_int_member(o, "clones", sqlite3_column_int64(st, 7));
-        if (h && h->heard)
-            json_object_set_double_member(
-                o, "last_seen",
-                (double)(g_get_monotonic_time() - h->last_seen) /
-                    G_USEC_PER_SEC);
-        else
-            json_object_set_null_member(o, "last_seen");
-        json_array_add_object_element(arr, o);
-    }
-    sqlite3_finalize(st);
-    g_mutex_unlock(&m->lock);
+static JsonObject *
+host_object(Manager *m, const HostRow *row)
+{
+    JsonObject *o = json_object_new();
+    HostRuntime *h = g_hash_table_lookup(m->runtime, row->name);
+
+    json_object_set_string_member(o, "name", row->name);
+    json_object_set_string_member(o, "state",
+                                  host_state_to_string(host_state(m, row)));
+    json_object_set_boolean_member(o, "accepted", row->accepted);
+    json_object_set_string_member(o, "key", row->key);
+    json_object_set_string_member(o, "address",
+                                  row->address ? row->address : "");
+    json_object_set_int_member(o, "cpus", row->cpus);
+    json_object_set_int_member(o, "memory_kib", row->memory_kib);
+    json_object_set_int_member(o, "clones", row->clones);
+    if (h && h->heard)
+        json_object_set_double_member(
+            o, "last_seen",
+            (double)(g_get_monotonic_time() - h->last_seen) / G_USEC_PER_SEC);
+    else
+        json_object_set_null_member(o, "last_seen");
+    return o;
+}
+
+static JsonObject *
+cmd_host_list(Manager *m, JsonObject *req, GError **error)
+{
+    g_autoptr(GPtrArray) hosts = state_host_list(m->db, false, error);
+    JsonArray *arr;
+    JsonObject *r;
+
+    if (!hosts)
+        return NULL;
+    arr = json_array_new();
+    for (guint i = 0; i < hosts->len; i++)
+        json_array_add_object_element(arr, host_object(m, hosts->pdata[i]));
+    r = control_reply_ok();
     json_object_set_array_member(r, "hosts", arr);
     return r;
 }
 
 static JsonObject *
-cmd_host_accept(Manager *m, JsonObject *req)
+cmd_host_accept(Manager *m, JsonObject *req, GError **error)
 {
     const char *name = json_util_get_string(req, "name", NULL);
+    g_autoptr(HostRow) host = NULL;
     JsonObject *r;
 
-    if (!name)
-        return control_reply_error("host-accept needs a host name");
-    g_mutex_lock(&m->lock);
-    if (!mdb_int(m, 0, "SELECT COUNT(*) FROM hosts WHERE name = ?",
-                 G_TYPE_STRING, name, G_TYPE_INVALID)) {
-        g_mutex_unlock(&m->lock);
-        return control_reply_error(
-            "no host '%s' has tried to connect (see sporectl "
-            "host-list; or place its key in the hosts "
-            "directory)",
-            name);
+    if (!name) {
+        fail(error, "host-accept needs a host name");
+        return NULL;
     }
-    mdb_exec(m, "UPDATE hosts SET accepted = 1 WHERE name = ?", G_TYPE_STRING,
-             name, G_TYPE_INVALID);
-    mdb_event(m, "host-accepted", NULL, name, "host %s accepted", name);
-    g_mutex_unlock(&m->lock);
+    if (!state_host_get(m->db, name, &host, error))
+        return NULL;
+    if (!host) {
+        fail(error,
+             "no host '%s' has tried to connect (see sporectl host-list; or "
+             "place its key in the hosts directory)",
+             name);
+        return NULL;
+    }
+    if (!state_host_accept(m->db, name, error) ||
+        !manager_event(m, error, "host-accepted", NULL, name,
+                       "host %s accepted", name))
+        return NULL;
     r = control_reply_ok();
     json_object_set_string_member(r, "host", name);
     return r;
@@ -557,196 +645,323 @@ index_from_origin(const char *url, GError **error)
     return image_index_builder_finish(b, error);
 }
 
+/* image_index_of: the index of image @name: given in @req, or built by
+ * reading @url once (invariant 4: without the lock) */
+static ImageIndex *
+image_index_of(JsonObject *req, const char *name, const char *url,
+               GError **error)
+{
+    const char *index_b64 = json_util_get_string(req, "index", NULL);
+    g_autoptr(ImageIndex) idx = NULL;
+    g_autofree guint8 *data = NULL;
+    gsize len = 0;
+
+    if (!index_b64) {
+        g_message("indexing image %s from %s", name, url);
+        idx = index_from_origin(url, error);
+        if (!idx)
+            g_prefix_error(error, "image '%s': ", name);
+        return g_steal_pointer(&idx);
+    }
+    data = g_base64_decode(index_b64, &len);
+    idx = image_index_parse(data, len, NULL, error);
+    if (!idx)
+        g_prefix_error(error, "the index given for image '%s': ", name);
+    return g_steal_pointer(&idx);
+}
+
+static bool
+image_check(const char *name, const char *url, const char *format,
+            GError **error)
+{
+    if (!name || !url)
+        return fail(error, "image-add needs a name and a URL");
+    if (!g_str_has_prefix(url, "http://") &&
+        !g_str_has_prefix(url, "https://") && !g_str_has_prefix(url, "file://"))
+        return fail(error, "image URL '%s' is not http, https or file", url);
+    if (format && !g_str_equal(format, "raw") && !g_str_equal(format, "qcow2"))
+        return fail(error, "image format '%s' is not raw or qcow2", format);
+    return true;
+}
+
+/* image_store: register @row (locked, in the command's transaction) */
+static bool
+image_store(Manager *m, const ImageRow *row, const char *url, GError **error)
+{
+    g_autoptr(ImageRow) old = NULL;
+
+    if (!state_image_get(m->db, row->name, &old, error))
+        return false;
+    if (old && !g_str_equal(old->id, row->id))
+        return fail(error,
+                    "image '%s' is registered with id %s; this one is %s (an "
+                    "image's content never changes: give the new one another "
+                    "name)",
+                    row->name, old->id, row->id);
+    return state_image_put(m->db, row, error) &&
+           manager_event(m, error, "image-added", NULL, NULL,
+                         "image %s registered: %s, %s", row->name, row->id,
+                         url);
+}
+
 static JsonObject *
-cmd_image_add(Manager *m, JsonObject *req)
+image_object(const ImageRow *row)
+{
+    JsonObject *im = json_object_new();
+    g_autoptr(JsonParser) p = json_parser_new();
+
+    json_object_set_string_member(im, "name", row->name);
+    json_object_set_string_member(im, "id", row->id);
+    json_object_set_int_member(im, "size", row->size);
+    json_object_set_int_member(im, "chunk_size", row->chunk_size);
+    if (json_parser_load_from_data(p, row->origins, -1, NULL))
+        json_object_set_member(im, "origins",
+                               json_node_copy(json_parser_get_root(p)));
+    return im;
+}
+
+/* ---- transactions (invariants 1 and 2) ------------------------------- */
+
+typedef bool (*TxnFn)(Manager *m, gpointer data, GError **error);
+
+/* transact: @fn under the lock in one transaction, committed if it
+ * returns true, rolled back otherwise */
+static bool
+transact(Manager *m, bool writes, TxnFn fn, gpointer data, GError **error)
+{
+    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&m->lock);
+
+    if ((writes ? state_begin(m->db, error) : state_begin_read(m->db, error)) &&
+        fn(m, data, error) && state_commit(m->db, error))
+        return true;
+    state_rollback(m->db);
+    return false;
+}
+
+typedef struct {
+    CommandFn fn;
+    JsonObject *req;
+    JsonObject *reply;
+} CommandCall;
+
+/* call_command: a command's handler as a TxnFn: a reply that is not "ok"
+ * (a manifest's problems) rolls back too */
+static bool
+call_command(Manager *m, gpointer data, GError **error)
+{
+    CommandCall *c = data;
+
+    c->reply = c->fn(m, c->req, error);
+    return c->reply && json_util_get_bool(c->reply, "ok", false);
+}
+
+typedef struct {
+    const ImageRow *row;
+    const char *url;
+} ImageStore;
+
+static bool
+call_image_store(Manager *m, gpointer data, GError **error)
+{
+    ImageStore *s = data;
+
+    return image_store(m, s->row, s->url, error);
+}
+
+static JsonObject *
+cmd_image_add(Manager *m, JsonObject *req, GError **error)
 {
     const char *name = json_util_get_string(req, "name", NULL);
     const char *url = json_util_get_string(req, "url", NULL);
-    const char *index_b64 = json_util_get_string(req, "index", NULL);
     const char *format = json_util_get_string(req, "format", NULL);
-    g_autoptr(GError) err = NULL;
     g_autoptr(ImageIndex) idx = NULL;
     g_autoptr(JsonArray) origins = json_array_new();
-    g_autofree char *origins_text = NULL;
-    g_autofree char *old_id = NULL;
-    JsonObject *r, *im;
-    GBytes *enc;
+    g_autoptr(ImageRow) row = g_new0(ImageRow, 1);
+    ImageStore store = {row, url};
+    JsonObject *r;
 
-    if (!name || !url)
-        return control_reply_error("image-add needs a name and a URL");
-    if (!g_str_has_prefix(url, "http://") &&
-        !g_str_has_prefix(url, "https://") && !g_str_has_prefix(url, "file://"))
-        return control_reply_error("image URL '%s' is not http, https or file",
-                                   url);
-    if (format && !g_str_equal(format, "raw") && !g_str_equal(format, "qcow2"))
-        return control_reply_error("image format '%s' is not raw or qcow2",
-                                   format);
-    if (index_b64) {
-        gsize len = 0;
-        g_autofree guint8 *data = g_base64_decode(index_b64, &len);
-
-        idx = image_index_parse(data, len, NULL, &err);
-        if (!idx)
-            return control_reply_error("the index given for image '%s': %s",
-                                       name, err->message);
-    } else {
-        g_message("indexing image %s from %s", name, url);
-        idx = index_from_origin(url, &err);
-        if (!idx)
-            return control_reply_error("image '%s': %s", name, err->message);
-    }
+    if (!image_check(name, url, format, error) ||
+        !(idx = image_index_of(req, name, url, error)))
+        return NULL;
     json_array_add_string_element(origins, url);
     {
         g_autoptr(JsonNode) node = json_node_new(JSON_NODE_ARRAY);
-        g_autoptr(JsonGenerator) gen = json_generator_new();
 
         json_node_set_array(node, origins);
-        json_generator_set_root(gen, node);
-        origins_text = json_generator_to_data(gen, NULL);
+        row->origins = json_to_string(node, FALSE);
     }
-    enc = image_index_encoding(idx);
-    g_mutex_lock(&m->lock);
-    old_id = mdb_text(m, "SELECT id FROM images WHERE name = ?", G_TYPE_STRING,
-                      name, G_TYPE_INVALID);
-    if (old_id && !g_str_equal(old_id, image_index_id(idx))) {
-        g_mutex_unlock(&m->lock);
-        return control_reply_error(
-            "image '%s' is registered with id %s; this one is "
-            "%s (an image's content never changes: give the "
-            "new one another name)",
-            name, old_id, image_index_id(idx));
-    }
-    mdb_exec(m,
-             "INSERT OR REPLACE INTO images (name, id, format, origins, idx, "
-             "size, chunk_size, added) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-             G_TYPE_STRING, name, G_TYPE_STRING, image_index_id(idx),
-             G_TYPE_STRING, format ? format : "raw", G_TYPE_STRING,
-             origins_text, G_TYPE_BYTES, enc, G_TYPE_INT64,
-             (gint64)image_index_image_size(idx), G_TYPE_INT64,
-             (gint64)image_index_chunk_size(idx), G_TYPE_DOUBLE, mdb_now(),
-             G_TYPE_INVALID);
-    mdb_event(m, "image-added", NULL, NULL, "image %s registered: %s, %s", name,
-              image_index_id(idx), url);
-    g_mutex_unlock(&m->lock);
+    row->name = g_strdup(name);
+    row->id = g_strdup(image_index_id(idx));
+    row->format = g_strdup(format ? format : "raw");
+    row->index = g_bytes_ref(image_index_encoding(idx));
+    row->size = (gint64)image_index_image_size(idx);
+    row->chunk_size = (gint64)image_index_chunk_size(idx);
+    if (!transact(m, true, call_image_store, &store, error))
+        return NULL;
     r = control_reply_ok();
-    im = json_object_new();
-    json_object_set_string_member(im, "name", name);
-    json_object_set_string_member(im, "id", image_index_id(idx));
-    json_object_set_int_member(im, "size", (gint64)image_index_image_size(idx));
-    json_object_set_int_member(im, "chunk_size",
-                               (gint64)image_index_chunk_size(idx));
-    json_object_set_array_member(im, "origins", json_array_ref(origins));
-    json_object_set_object_member(r, "image", im);
+    json_object_set_object_member(r, "image", image_object(row));
     return r;
 }
 
 static JsonObject *
-cmd_image_list(Manager *m)
+cmd_image_list(Manager *m, JsonObject *req, GError **error)
 {
-    JsonObject *r = control_reply_ok();
-    JsonArray *arr = json_array_new();
-    sqlite3_stmt *st;
+    g_autoptr(GPtrArray) images = state_image_list(m->db, error);
+    g_autoptr(JsonArray) arr = json_array_new();
+    JsonObject *r;
 
-    g_mutex_lock(&m->lock);
-    st = mdb_prepare(m,
-                     "SELECT name, id, size, chunk_size, origins FROM images "
-                     "ORDER BY name",
-                     G_TYPE_INVALID);
-    while (st && sqlite3_step(st) == SQLITE_ROW) {
-        JsonObject *o = json_object_new();
+    if (!images)
+        return NULL;
+    for (guint i = 0; i < images->len; i++) {
+        ImageRow *row = images->pdata[i];
+        JsonObject *o = image_object(row);
         JsonArray *hosts = json_array_new();
-        g_autoptr(JsonParser) p = json_parser_new();
-        sqlite3_stmt *hs;
+        g_autoptr(GPtrArray) his = NULL;
 
-        json_object_set_string_member(o, "name", mdb_col_text(st, 0));
-        json_object_set_string_member(o, "id", mdb_col_text(st, 1));
-        json_object_set_int_member(o, "size", sqlite3_column_int64(st, 2));
-        json_object_set_int_member(o, "chunk_size",
-                                   sqlite3_column_int64(st, 3));
-        if (json_parser_load_from_data(p, mdb_col_text(st, 4), -1, NULL))
-            json_object_set_member(o, "origins",
-                                   json_node_copy(json_parser_get_root(p)));
-        hs = mdb_prepare(m,
-                         "SELECT h.host, h.cached, h.origin_bytes, "
-                         "h.peer_bytes, h.local_bytes, p.boots, "
-                         "json_array_length(p.chunks) FROM host_images h "
-                         "LEFT JOIN profiles p ON p.host = h.host AND "
-                         "p.image = h.image WHERE h.image = ? ORDER BY "
-                         "h.host",
-                         G_TYPE_STRING, mdb_col_text(st, 1), G_TYPE_INVALID);
-        while (hs && sqlite3_step(hs) == SQLITE_ROW) {
+        json_object_remove_member(o, "chunk_size");
+        json_object_set_int_member(o, "chunk_size", row->chunk_size);
+        json_object_set_array_member(o, "hosts", hosts);
+        json_array_add_object_element(arr, o);
+        if (!(his = state_host_image_list(m->db, row->id, error)))
+            return NULL;
+        for (guint j = 0; j < his->len; j++) {
+            HostImageRow *hi = his->pdata[j];
             JsonObject *h = json_object_new();
             JsonObject *f = json_object_new();
 
-            json_object_set_string_member(h, "host", mdb_col_text(hs, 0));
-            json_object_set_double_member(h, "cached_fraction",
-                                          sqlite3_column_double(hs, 1));
-            json_object_set_int_member(f, "origin",
-                                       sqlite3_column_int64(hs, 2));
-            json_object_set_int_member(f, "peer", sqlite3_column_int64(hs, 3));
-            json_object_set_int_member(f, "local", sqlite3_column_int64(hs, 4));
+            json_object_set_string_member(h, "host", hi->host);
+            json_object_set_double_member(h, "cached_fraction", hi->cached);
+            json_object_set_int_member(f, "origin", hi->origin_bytes);
+            json_object_set_int_member(f, "peer", hi->peer_bytes);
+            json_object_set_int_member(f, "local", hi->local_bytes);
             json_object_set_object_member(h, "fetched", f);
-            if (sqlite3_column_type(hs, 5) != SQLITE_NULL) {
+            if (hi->profile_boots >= 0) {
                 JsonObject *pr = json_object_new();
 
-                json_object_set_int_member(pr, "boots",
-                                           sqlite3_column_int64(hs, 5));
-                json_object_set_int_member(pr, "chunks",
-                                           sqlite3_column_int64(hs, 6));
+                json_object_set_int_member(pr, "boots", hi->profile_boots);
+                json_object_set_int_member(pr, "chunks", hi->profile_chunks);
                 json_object_set_object_member(h, "profile", pr);
             }
             json_array_add_object_element(hosts, h);
         }
-        sqlite3_finalize(hs);
-        json_object_set_array_member(o, "hosts", hosts);
-        json_array_add_object_element(arr, o);
     }
-    sqlite3_finalize(st);
-    g_mutex_unlock(&m->lock);
-    json_object_set_array_member(r, "images", arr);
+    r = control_reply_ok();
+    json_object_set_array_member(r, "images", g_steal_pointer(&arr));
     return r;
 }
 
 static JsonObject *
-cmd_events(Manager *m, JsonObject *req)
+event_object(const EventRow *e)
+{
+    JsonObject *o = json_object_new();
+
+    json_object_set_int_member(o, "id", e->id);
+    json_object_set_double_member(o, "time", e->time);
+    json_object_set_string_member(o, "kind", e->kind);
+    if (e->service)
+        json_object_set_string_member(o, "service", e->service);
+    else
+        json_object_set_null_member(o, "service");
+    if (e->host)
+        json_object_set_string_member(o, "host", e->host);
+    else
+        json_object_set_null_member(o, "host");
+    json_object_set_string_member(o, "message", e->message);
+    return o;
+}
+
+static JsonObject *
+cmd_events(Manager *m, JsonObject *req, GError **error)
 {
     gint64 since = json_util_get_int(req, "since", 0);
-    gint64 limit =
-        CLAMP(json_util_get_int(req, "limit", 100), 1, EVENTS_LIMIT_MAX);
+    gint64 limit = CLAMP(json_util_get_int(req, "limit", EVENTS_LIMIT_DEFAULT),
+                         1, EVENTS_LIMIT_MAX);
     const char *service = json_util_get_string(req, "service", NULL);
-    JsonObject *r = control_reply_ok();
-    JsonArray *arr = json_array_new();
-    sqlite3_stmt *st;
+    g_autoptr(GPtrArray) events = NULL;
+    g_autoptr(ServiceRow) svc = NULL;
+    JsonArray *arr;
+    JsonObject *r;
 
-    g_mutex_lock(&m->lock);
-    /* the newest LIMIT after SINCE, oldest first */
-    st = mdb_prepare(m,
-                     "SELECT * FROM (SELECT id, time, kind, service, host, "
-                     "message FROM events WHERE id > ? AND (? IS NULL OR "
-                     "service = ?) ORDER BY id DESC LIMIT ?) ORDER BY id",
-                     G_TYPE_INT64, since, G_TYPE_STRING, service, G_TYPE_STRING,
-                     service, G_TYPE_INT64, limit, G_TYPE_INVALID);
-    while (st && sqlite3_step(st) == SQLITE_ROW) {
-        JsonObject *o = json_object_new();
+    /* a deleted service's events stay: unknown is what never had one */
+    if (service) {
+        gint64 n = 0;
+        g_autoptr(GPtrArray) any = NULL;
 
-        json_object_set_int_member(o, "id", sqlite3_column_int64(st, 0));
-        json_object_set_double_member(o, "time", sqlite3_column_double(st, 1));
-        json_object_set_string_member(o, "kind", mdb_col_text(st, 2));
-        if (sqlite3_column_type(st, 3) != SQLITE_NULL)
-            json_object_set_string_member(o, "service", mdb_col_text(st, 3));
-        else
-            json_object_set_null_member(o, "service");
-        if (sqlite3_column_type(st, 4) != SQLITE_NULL)
-            json_object_set_string_member(o, "host", mdb_col_text(st, 4));
-        else
-            json_object_set_null_member(o, "host");
-        json_object_set_string_member(o, "message", mdb_col_text(st, 5));
-        json_array_add_object_element(arr, o);
+        if (!state_service_get(m->db, service, &svc, error))
+            return NULL;
+        if (!svc) {
+            any = state_event_list(m->db, 0, service, 1, error);
+            if (!any)
+                return NULL;
+            n = any->len;
+        }
+        if (!svc && n == 0) {
+            fail(error, "no such service '%s'", service);
+            return NULL;
+        }
     }
-    sqlite3_finalize(st);
-    g_mutex_unlock(&m->lock);
+    if (!(events = state_event_list(m->db, since, service, limit, error)))
+        return NULL;
+    arr = json_array_new();
+    for (guint i = 0; i < events->len; i++)
+        json_array_add_object_element(arr, event_object(events->pdata[i]));
+    r = control_reply_ok();
     json_object_set_array_member(r, "events", arr);
     return r;
+}
+
+/* ---- dispatch ----------------------------------------------------------- */
+
+typedef enum {
+    COMMAND_READS,  /* BEGIN: a consistent snapshot */
+    COMMAND_WRITES, /* BEGIN IMMEDIATE, and the loop woken after */
+    COMMAND_OWN,    /* takes the lock itself (image-add: invariant 4) */
+} CommandKind;
+
+static const struct {
+    const char *name;
+    CommandFn fn;
+    CommandKind kind;
+} commands[] = {
+    {"submit", cmd_submit, COMMAND_WRITES},
+    {"service-list", cmd_service_list, COMMAND_READS},
+    {"service-show", cmd_service_show, COMMAND_READS},
+    {"service-delete", cmd_service_delete, COMMAND_WRITES},
+    {"scale", cmd_scale, COMMAND_WRITES},
+    {"clone-list", cmd_clone_list, COMMAND_READS},
+    {"request", cmd_request, COMMAND_WRITES},
+    {"host-list", cmd_host_list, COMMAND_READS},
+    {"host-accept", cmd_host_accept, COMMAND_WRITES},
+    {"image-add", cmd_image_add, COMMAND_OWN},
+    {"image-list", cmd_image_list, COMMAND_READS},
+    {"events", cmd_events, COMMAND_READS},
+};
+
+/* run_command: command @i on @req in its transaction; the reply */
+static JsonObject *
+run_command(Manager *m, guint i, JsonObject *req)
+{
+    g_autoptr(GError) err = NULL;
+    CommandCall call = {commands[i].fn, req, NULL};
+    bool ok;
+
+    if (commands[i].kind == COMMAND_OWN) {
+        call.reply = commands[i].fn(m, req, &err);
+        ok = call.reply != NULL;
+    } else {
+        ok = transact(m, commands[i].kind == COMMAND_WRITES, call_command,
+                      &call, &err);
+    }
+    if (!ok && call.reply && !err)
+        return call.reply; /* its own error reply (a manifest's problems) */
+    if (!ok) {
+        if (call.reply)
+            json_object_unref(call.reply);
+        return control_reply_error("%s", err ? err->message : "failed");
+    }
+    if (commands[i].kind == COMMAND_WRITES)
+        manager_wake(m);
+    return call.reply;
 }
 
 /* the control socket's handler (ControlHandler), on the connection's
@@ -754,35 +969,14 @@ cmd_events(Manager *m, JsonObject *req)
 static JsonObject *
 manager_handle_control(JsonObject *req, gpointer data)
 {
-    Manager *m = data;
     const char *cmd = json_util_get_string(req, "cmd", NULL);
 
     if (!cmd)
         return control_reply_error("the request has no \"cmd\"");
-    if (g_str_equal(cmd, "submit"))
-        return cmd_submit(m, req);
-    if (g_str_equal(cmd, "service-list"))
-        return cmd_service_list(m);
-    if (g_str_equal(cmd, "service-show"))
-        return cmd_service_show(m, req);
-    if (g_str_equal(cmd, "service-delete"))
-        return cmd_service_delete(m, req);
-    if (g_str_equal(cmd, "scale"))
-        return cmd_scale(m, req);
-    if (g_str_equal(cmd, "clone-list"))
-        return cmd_clone_list(m, req);
-    if (g_str_equal(cmd, "request"))
-        return cmd_request(m, req);
-    if (g_str_equal(cmd, "host-list"))
-        return cmd_host_list(m);
-    if (g_str_equal(cmd, "host-accept"))
-        return cmd_host_accept(m, req);
-    if (g_str_equal(cmd, "image-add"))
-        return cmd_image_add(m, req);
-    if (g_str_equal(cmd, "image-list"))
-        return cmd_image_list(m);
-    if (g_str_equal(cmd, "events"))
-        return cmd_events(m, req);
+    for (guint i = 0; i < G_N_ELEMENTS(commands); i++) {
+        if (g_str_equal(cmd, commands[i].name))
+            return run_command(data, i, req);
+    }
     return control_reply_error("unknown command '%s'", cmd);
 }
 

@@ -1,7 +1,20 @@
 /*
- * manager-private.h: what the parts of spored share (manager.c: transport
- * and reconciliation; manager-db.c: the SQLite state; manager-control.c:
- * the control socket).
+ * manager-private.h: what the parts of spored share — the folder's private
+ * header (manager.h is the public one).
+ *
+ *   manager.c            setup, teardown, the manifest cache, events
+ *   manager-state.[ch]   the SQLite state layer: every SQL statement
+ *   manager-zap.c        ZAP: which keys may connect, hosts_dir admission
+ *   manager-transport.c  the agents' and the registration sockets: messages
+ *   manager-reconcile.c  the reconciliation pass and commands to agents
+ *   manager-metrics.c    /metrics
+ *   manager-control.c    the control socket's commands
+ *   manager-scaling.c    auto-scaling: metrics and the rule engine
+ *
+ * Locking: Manager.lock guards db, runtime and every table below; the
+ * main thread takes it per message and per pass, control threads per
+ * command.  Each of those holds one transaction (state_begin) while it
+ * writes, and rolls it back on any error.
  */
 #pragma once
 
@@ -9,10 +22,15 @@
 #include <gio/gio.h>
 #include <json-glib/json-glib.h>
 
+#include "control.h"
+#include "json-util.h"
+#include "manager-state.h"
 #include "manager.h"
 #include "manifest.h"
-#include "control.h"
 #include "wire.h"
+
+/* how often agents report (welcome.report_ms) */
+#define MANAGER_REPORT_MS 2000
 
 /* What the manager knows of a connected host beyond the database: its
  * last report.  Lives only in memory: after a restart, hosts report again
@@ -22,11 +40,11 @@
  * after the grace period like one that stops reporting. */
 typedef struct {
     char *name;
-    char *boot;         /* the agent's boot id: changes when it restarts */
-    gint64 last_seen;   /* monotonic µs (of the last message, or the start) */
-    bool heard;         /* a message arrived since the manager started */
-    bool reported;      /* a report arrived since the manager started */
-    JsonArray *clones;  /* of the last report */
+    char *boot;        /* the agent's boot id: changes when it restarts */
+    gint64 last_seen;  /* monotonic µs (of the last message, or the start) */
+    bool heard;        /* a message arrived since the manager started */
+    bool reported;     /* a report arrived since the manager started */
+    JsonArray *clones; /* of the last report */
     JsonArray *images;
     char *peer_endpoint; /* its peer server (hello), NULL: none */
 } HostRuntime;
@@ -36,8 +54,8 @@ struct Manager {
     WireKeys keys;
     GMutex lock; /* guards db and runtime */
     sqlite3 *db;
-    GHashTable *runtime; /* host name -> HostRuntime * */
-    GHashTable *manifests; /* "service:generation" -> Manifest * (cache) */
+    GHashTable *runtime;   /* host name -> HostRuntime * */
+    GHashTable *manifests; /* "service:generation" -> ManagerManifest * */
     GHashTable *backoff;   /* "host/service" -> gint64 µs: no create before */
     GHashTable *failures;  /* "host/service" -> guint consecutive failures */
     GHashTable *refused;   /* key -> gint64 µs: last logged refusal */
@@ -59,32 +77,74 @@ struct Manager {
     char *control_path;
 };
 
-/* ---- manager-db.c ---- */
-bool mdb_open(Manager *m, GError **error);
-void mdb_close(Manager *m);
-/* mdb_exec: run @sql with "?" parameters bound from the varargs, a
- * G_TYPE_STRING / G_TYPE_INT64 / G_TYPE_DOUBLE tag before each value,
- * G_TYPE_INVALID last; false (logged) on failure */
-bool mdb_exec(Manager *m, const char *sql, ...);
-sqlite3_stmt *mdb_prepare(Manager *m, const char *sql, ...);
-gint64 mdb_int(Manager *m, gint64 fallback, const char *sql, ...);
-char *mdb_text(Manager *m, const char *sql, ...);
-void mdb_event(Manager *m, const char *kind, const char *service,
-               const char *host, const char *format, ...)
-    G_GNUC_PRINTF(5, 6);
-double mdb_now(void);
-const char *mdb_col_text(sqlite3_stmt *st, int col); /* "" for NULL */
-
 /* ---- manager.c ---- */
-Manifest *manager_manifest(Manager *m, const char *service);
+
+/* A service's manifest of one generation, parsed once, with its stored
+ * canonical text (what clone UUIDs hash). */
+typedef struct {
+    Manifest *manifest;
+    char *canonical;
+} ManagerManifest;
+
+/*
+ * manager_manifest: the current manifest of @service from the cache, or
+ * parsed from the database.  NULL with @error set when the database
+ * fails; NULL without when there is no such service or its stored text
+ * does not parse (logged).  Owned by the cache: valid while the lock is
+ * held.  Locked.
+ */
+Manifest *manager_manifest(Manager *m, const char *service, GError **error);
+/* manager_manifest_entry: the same with the canonical text */
+ManagerManifest *manager_manifest_entry(Manager *m, const char *service,
+                                        GError **error);
+/* manager_event: record an event (in the caller's transaction) and log it
+ * once recorded.  Locked. */
+bool manager_event(Manager *m, GError **error, const char *kind,
+                   const char *service, const char *host, const char *format,
+                   ...) G_GNUC_PRINTF(6, 7);
+HostRuntime *manager_runtime_get(Manager *m, const char *name);
+/* manager_host_is_up: a message within lost_after_s */
+bool manager_host_is_up(Manager *m, const char *name);
+/* manager_host_clones: the clones @host reported since the manager
+ * started, NULL if it has not reported */
+JsonArray *manager_host_clones(Manager *m, const char *host);
+/* manager_reported_clone: the clone @name in @host's last report, or
+ * NULL */
+JsonObject *manager_reported_clone(Manager *m, const char *host,
+                                   const char *name);
 void manager_wake(Manager *m);
+
+/* ---- manager-zap.c ---- */
+/* manager_zap_drain: answer the ZAP requests waiting.  Main thread. */
+void manager_zap_drain(Manager *m);
+/* manager_should_log_refusal: once a minute per key.  Locked. */
+bool manager_should_log_refusal(Manager *m, const char *key);
+
+/* ---- manager-transport.c ---- */
+/* manager_transport_bind: the ZAP handler and both ROUTER sockets, bound
+ * (m->zctx, m->zap, m->router, m->reg, m->register_endpoint) */
+bool manager_transport_bind(Manager *m, GError **error);
+/* manager_router_drain, manager_register_drain: handle the messages
+ * waiting on the agents' and the registration sockets.  Main thread. */
+void manager_router_drain(Manager *m);
+void manager_register_drain(Manager *m);
+/* manager_send: one message to @host (not queued if it cannot go) */
+void manager_send(Manager *m, const char *host, JsonObject *msg);
+
+/* ---- manager-reconcile.c ---- */
+/* manager_reconcile: one pass (see the file's note).  Main thread. */
+void manager_reconcile(Manager *m);
+
+/* ---- manager-metrics.c ---- */
+void manager_metrics(GString *out, gpointer data);
 
 /* ---- manager-scaling.c ---- */
 void mscale_init(Manager *m);
 void mscale_free(Manager *m);
 void mscale_report_clone(Manager *m, const char *host, JsonObject *clone);
-void mscale_requests(Manager *m, const char *service, gint64 count);
-void mscale_evaluate(Manager *m);
+bool mscale_requests(Manager *m, const char *service, gint64 count,
+                     GError **error);
+bool mscale_evaluate(Manager *m, GError **error);
 JsonArray *mscale_rules_status(Manager *m, const char *service,
                                const Manifest *mf);
 

@@ -14,6 +14,15 @@
  *   memory    the mean fraction of guest memory in use, 1 - usable (or
  *             unused) / current balloon size, over the clones whose guests
  *             report balloon statistics; no data when none do
+ *
+ * Invariants:
+ *   1. A service is not sampled, and its rules not applied, until every
+ *      host with one of its clones has reported since the manager
+ *      started: before, its running clones are not known, and a metric
+ *      per running clone would be a lie (a false scale-up after each
+ *      restart).
+ *   2. Decisions are written in the pass's transaction: a pass rolled
+ *      back decides again at the next.
  */
 #include "manager-private.h"
 
@@ -81,146 +90,162 @@ mscale_report_clone(Manager *m, const char *host, JsonObject *c)
     tr->time_ms = t;
 }
 
-void
-mscale_requests(Manager *m, const char *service, gint64 count)
+bool
+mscale_requests(Manager *m, const char *service, gint64 count, GError **error)
 {
     /* in the database, so that a restarted manager still sees the window */
-    mdb_exec(m, "INSERT INTO requests (service, time, count) VALUES (?, ?, ?)",
-             G_TYPE_STRING, service, G_TYPE_DOUBLE, mdb_now(), G_TYPE_INT64,
-             count, G_TYPE_INVALID);
+    return state_request_add(m->db, service, count, error);
 }
 
-/* the requests of @service in the last window */
-static gint64
-recent_requests(Manager *m, const char *service, double now)
-{
-    return mdb_int(m, 0,
-                   "SELECT COALESCE(SUM(count), 0) FROM requests WHERE "
-                   "service = ? AND time >= ?",
-                   G_TYPE_STRING, service, G_TYPE_DOUBLE,
-                   now - REQUEST_WINDOW_S, G_TYPE_INVALID);
-}
-
-/* sample the service's metrics into its history */
+/* clone_metrics: add reported clone @c's CPU and memory use to the sums */
 static void
-sample(Manager *m, const char *service, gint64 generation, double now,
-       ScalingHistory *h)
+clone_metrics(Manager *m, const char *host, const char *name, JsonObject *c,
+              double *cpu, guint *n_cpu, double *mem, guint *n_mem)
 {
-    sqlite3_stmt *st = mdb_prepare(
-        m,
-        "SELECT idx, host FROM clones WHERE service = ? AND host IS NOT "
-        "NULL",
-        G_TYPE_STRING, service, G_TYPE_INVALID);
+    g_autofree char *key = g_strdup_printf("%s/%s", host, name);
+    CpuTrack *tr = g_hash_table_lookup(m->cpu, key);
+    gint64 cur = json_util_get_int(c, "memory_kib", 0);
+    gint64 usable = json_util_get_int(c, "memory_usable_kib", -1);
+    gint64 unused = json_util_get_int(c, "memory_unused_kib", -1);
+
+    if (tr && !isnan(tr->util)) {
+        *cpu += tr->util;
+        (*n_cpu)++;
+    }
+    if (cur > 0 && (usable >= 0 || unused >= 0)) {
+        double free_kib = usable >= 0 ? usable : unused;
+
+        *mem += CLAMP(1.0 - free_kib / (double)cur, 0.0, 1.0);
+        (*n_mem)++;
+    }
+}
+
+/*
+ * sample: the service's metrics into its history.  *ret_known is false
+ * (and nothing is sampled) while a host of one of its clones has not
+ * reported since the manager started: its running clones would count as
+ * none, and requests per clone would jump (invariant 1).
+ */
+static bool
+sample(Manager *m, const char *service, gint64 generation, double now,
+       ScalingHistory *h, bool *ret_known, GError **error)
+{
+    g_autoptr(GPtrArray) clones = state_clone_list(m->db, service, NULL, error);
     guint running = 0, n_cpu = 0, n_mem = 0;
     double cpu = 0, mem = 0;
+    gint64 requests = 0;
 
-    while (st && sqlite3_step(st) == SQLITE_ROW) {
-        const char *host = mdb_col_text(st, 1);
-        HostRuntime *rt = g_hash_table_lookup(m->runtime, host);
-        g_autofree char *name = g_strdup_printf(
-            "%s-%u", service, (guint)sqlite3_column_int64(st, 0));
+    if (!clones)
+        return false;
+    *ret_known = false;
+    for (guint i = 0; i < clones->len; i++) {
+        CloneRow *row = clones->pdata[i];
+        HostRuntime *rt =
+            row->host ? g_hash_table_lookup(m->runtime, row->host) : NULL;
+        g_autofree char *name = NULL;
+        JsonObject *c;
 
-        for (guint i = 0; rt && rt->reported && rt->clones &&
-                          i < json_array_get_length(rt->clones);
-             i++) {
-            JsonNode *n = json_array_get_element(rt->clones, i);
-            JsonObject *c;
-            g_autofree char *key = NULL;
-            CpuTrack *tr;
-            gint64 cur, usable, unused;
-
-            if (!JSON_NODE_HOLDS_OBJECT(n))
-                continue;
-            c = json_node_get_object(n);
-            if (g_strcmp0(json_util_get_string(c, "name", NULL), name) != 0 ||
-                json_util_get_int(c, "generation", -1) != generation ||
-                g_strcmp0(json_util_get_string(c, "state", NULL), "running") != 0)
-                continue;
-            running++;
-            key = g_strdup_printf("%s/%s", host, name);
-            tr = g_hash_table_lookup(m->cpu, key);
-            if (tr && !isnan(tr->util)) {
-                cpu += tr->util;
-                n_cpu++;
-            }
-            cur = json_util_get_int(c, "memory_kib", 0);
-            usable = json_util_get_int(c, "memory_usable_kib", -1);
-            unused = json_util_get_int(c, "memory_unused_kib", -1);
-            if (cur > 0 && (usable >= 0 || unused >= 0)) {
-                double free_kib = usable >= 0 ? usable : unused;
-
-                mem += CLAMP(1.0 - free_kib / (double)cur, 0.0, 1.0);
-                n_mem++;
-            }
-        }
+        if (!row->host)
+            continue;
+        if (!rt || !rt->reported)
+            return true; /* not known yet */
+        name = g_strdup_printf("%s-%u", service, (guint)row->index);
+        c = manager_reported_clone(m, row->host, name);
+        if (!c || json_util_get_int(c, "generation", -1) != generation ||
+            g_strcmp0(json_util_get_string(c, "state", NULL), "running") != 0)
+            continue;
+        running++;
+        clone_metrics(m, row->host, name, c, &cpu, &n_cpu, &mem, &n_mem);
     }
-    sqlite3_finalize(st);
+    if (!state_request_sum(m->db, service, now - REQUEST_WINDOW_S, &requests,
+                           error))
+        return false;
+    *ret_known = true;
     scaling_history_add(h, MANIFEST_METRIC_REQUESTS, now,
-                        (double)recent_requests(m, service, now) /
-                            MAX(running, 1u) * (60.0 / REQUEST_WINDOW_S));
+                        (double)requests / MAX(running, 1u) *
+                            (60.0 / REQUEST_WINDOW_S));
     scaling_history_add(h, MANIFEST_METRIC_CPU, now, n_cpu ? cpu / n_cpu : NAN);
     scaling_history_add(h, MANIFEST_METRIC_MEMORY, now,
                         n_mem ? mem / n_mem : NAN);
+    return true;
 }
 
-void
-mscale_evaluate(Manager *m)
+/* keep_decision: the rule states for service-show (a flat copy) */
+static void
+keep_decision(Manager *m, const char *service, const ScalingDecision *d)
 {
-    double now = mdb_now();
-    sqlite3_stmt *st;
-    g_autoptr(GPtrArray) actions = g_ptr_array_new_with_free_func(g_free);
+    ScalingDecision *keep =
+        g_malloc0(sizeof(ScalingDecision) +
+                  sizeof(ScalingRuleState) * MAX(d->n_rules, 1));
+
+    keep->from = d->from;
+    keep->to = d->to;
+    keep->in_cooldown = d->in_cooldown;
+    keep->n_rules = d->n_rules;
+    keep->rules = (ScalingRuleState *)(keep + 1);
+    memcpy(keep->rules, d->rules, sizeof(ScalingRuleState) * d->n_rules);
+    g_hash_table_insert(m->decisions, g_strdup(service), keep);
+}
+
+/* evaluate_service: sample @svc and apply its rules */
+static bool
+evaluate_service(Manager *m, const ServiceRow *svc, double now, GError **error)
+{
+    g_autoptr(GError) err = NULL;
+    Manifest *mf = manager_manifest(m, svc->name, &err);
+    ScalingHistory *h;
+    ScalingDecision d;
+    bool known = false, ok = true;
+
+    if (err) {
+        g_propagate_error(error, g_steal_pointer(&err));
+        return false;
+    }
+    if (!mf || !mf->scaling.rules || mf->scaling.rules->len == 0)
+        return true;
+    h = g_hash_table_lookup(m->histories, svc->name);
+    if (!h) {
+        h = scaling_history_new();
+        g_hash_table_insert(m->histories, g_strdup(svc->name), h);
+    }
+    if (!sample(m, svc->name, svc->generation, now, h, &known, error))
+        return false;
+    if (!known)
+        return true;
+    scaling_evaluate(mf, h, (guint)svc->desired, now, svc->cooldown_until, &d);
+    if (d.to != d.from)
+        ok =
+            state_service_set_desired(m->db, svc->name, d.to,
+                                      now + mf->scaling.cooldown_seconds,
+                                      error) &&
+            manager_event(m, error, d.to > d.from ? "scaled-up" : "scaled-down",
+                          svc->name, NULL, "service %s: %s; cooldown %u s",
+                          svc->name, d.reason, mf->scaling.cooldown_seconds);
+    if (ok)
+        keep_decision(m, svc->name, &d);
+    scaling_decision_clear(&d);
+    return ok;
+}
+
+bool
+mscale_evaluate(Manager *m, GError **error)
+{
+    double now = state_now();
+    g_autoptr(GPtrArray) services = NULL;
 
     if (now - m->last_scaling < SCALING_EVAL_S)
-        return;
-    m->last_scaling = now;
-    mdb_exec(m, "DELETE FROM requests WHERE time < ?", G_TYPE_DOUBLE,
-             now - REQUEST_WINDOW_S, G_TYPE_INVALID);
-    st = mdb_prepare(m,
-                     "SELECT name, generation, desired, cooldown_until FROM "
-                     "services WHERE deleting = 0",
-                     G_TYPE_INVALID);
-    while (st && sqlite3_step(st) == SQLITE_ROW) {
-        const char *service = mdb_col_text(st, 0);
-        Manifest *mf = manager_manifest(m, service);
-        ScalingHistory *h;
-        ScalingDecision d;
-        ScalingDecision *keep;
+        return true;
+    if (!state_request_prune(m->db, now - REQUEST_WINDOW_S, error) ||
+        !(services = state_service_list(m->db, error)))
+        return false;
+    for (guint i = 0; i < services->len; i++) {
+        ServiceRow *svc = services->pdata[i];
 
-        if (!mf || !mf->scaling.rules || mf->scaling.rules->len == 0)
-            continue;
-        h = g_hash_table_lookup(m->histories, service);
-        if (!h) {
-            h = scaling_history_new();
-            g_hash_table_insert(m->histories, g_strdup(service), h);
-        }
-        sample(m, service, sqlite3_column_int64(st, 1), now, h);
-        scaling_evaluate(mf, h, (guint)sqlite3_column_int64(st, 2), now,
-                         sqlite3_column_double(st, 3), &d);
-        if (d.to != d.from) {
-            mdb_exec(m,
-                     "UPDATE services SET desired = ?, cooldown_until = ? "
-                     "WHERE name = ?",
-                     G_TYPE_INT64, (gint64)d.to, G_TYPE_DOUBLE,
-                     now + mf->scaling.cooldown_seconds, G_TYPE_STRING, service,
-                     G_TYPE_INVALID);
-            g_ptr_array_add(actions, g_strdup(service));
-            mdb_event(m, d.to > d.from ? "scaled-up" : "scaled-down", service,
-                      NULL, "service %s: %s; cooldown %u s", service, d.reason,
-                      mf->scaling.cooldown_seconds);
-        }
-        /* keep the rule states for service-show (a flat copy) */
-        keep = g_malloc0(sizeof(ScalingDecision) +
-                         sizeof(ScalingRuleState) * MAX(d.n_rules, 1));
-        keep->from = d.from;
-        keep->to = d.to;
-        keep->in_cooldown = d.in_cooldown;
-        keep->n_rules = d.n_rules;
-        keep->rules = (ScalingRuleState *)(keep + 1);
-        memcpy(keep->rules, d.rules, sizeof(ScalingRuleState) * d.n_rules);
-        g_hash_table_insert(m->decisions, g_strdup(service), keep);
-        scaling_decision_clear(&d);
+        if (!svc->deleting && !evaluate_service(m, svc, now, error))
+            return false;
     }
-    sqlite3_finalize(st);
+    m->last_scaling = now;
+    return true;
 }
 
 JsonArray *

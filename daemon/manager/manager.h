@@ -15,15 +15,15 @@
 #include <glib.h>
 
 typedef struct {
-    char *state_dir;      /* spored.db, curve.key */
-    char *run_dir;        /* control.sock */
-    char *listen;         /* ZeroMQ endpoint for agents, tcp://ADDR:PORT */
-    char *hosts_dir;      /* accepted host keys: NAME.pub; may be NULL */
-    char *control_group;  /* group of control.sock; NULL: the daemon's */
-    guint lost_after_s;   /* a host silent this long is lost */
-    guint resend_s;       /* an unacknowledged command is sent again */
+    char *state_dir;          /* spored.db, curve.key */
+    char *run_dir;            /* control.sock */
+    char *listen;             /* ZeroMQ endpoint for agents, tcp://ADDR:PORT */
+    char *hosts_dir;          /* accepted host keys: NAME.pub; may be NULL */
+    char *control_group;      /* group of control.sock; NULL: the daemon's */
+    guint lost_after_s;       /* a host silent this long is lost */
+    guint resend_s;           /* an unacknowledged command is sent again */
     guint shutdown_timeout_s; /* for clone-destroy commands */
-    char *metrics_listen; /* ADDRESS:PORT of /metrics; NULL or "": none */
+    char *metrics_listen;     /* ADDRESS:PORT of /metrics; NULL or "": none */
 } ManagerConfig;
 
 typedef struct Manager Manager;

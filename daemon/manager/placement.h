@@ -25,11 +25,11 @@ typedef struct {
     gboolean up;
     guint cpus;
     guint64 memory_kib;
-    guint used_vcpus;          /* by the clones placed on it */
+    guint used_vcpus; /* by the clones placed on it */
     guint64 used_memory_kib;
-    guint service_clones;      /* clones of the service being placed */
+    guint service_clones; /* clones of the service being placed */
     guint total_clones;
-    double cached_fraction;    /* of the service's image, 0..1 */
+    double cached_fraction; /* of the service's image, 0..1 */
 } PlacementHost;
 
 /*

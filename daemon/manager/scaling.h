@@ -29,8 +29,8 @@
 
 #include "manifest.h"
 
-#define SCALING_METRICS 3
-#define SCALING_STALE_S 120.0
+#define SCALING_METRICS   3
+#define SCALING_STALE_S   120.0
 #define SCALING_HISTORY_S 3600.0 /* samples older than this are dropped */
 
 typedef struct {
@@ -48,25 +48,25 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(ScalingHistory, scaling_history_free)
 
 /* scaling_history_add: append a sample (times must not go back); drops
  * samples older than SCALING_HISTORY_S before @time */
-void scaling_history_add(ScalingHistory *h, ManifestMetric metric,
-                         double time, double value);
+void scaling_history_add(ScalingHistory *h, ManifestMetric metric, double time,
+                         double value);
 
 /* the latest sample of @metric, or NULL */
 const ScalingSample *scaling_history_latest(const ScalingHistory *h,
                                             ManifestMetric metric);
 
 typedef struct {
-    double value;       /* the latest value (NAN: no data) */
-    bool holds;         /* the condition holds now */
-    bool fires;         /* ... and has held long enough */
-    double held_since;  /* when the current run of holding began (or NAN) */
+    double value;      /* the latest value (NAN: no data) */
+    bool holds;        /* the condition holds now */
+    bool fires;        /* ... and has held long enough */
+    double held_since; /* when the current run of holding began (or NAN) */
 } ScalingRuleState;
 
 typedef struct {
-    guint from, to;       /* to == from: no action */
-    int rule;             /* the rule that decided, or -1 */
-    bool in_cooldown;     /* a rule fired but the cooldown blocks it */
-    char *reason;         /* a sentence for the event log */
+    guint from, to;          /* to == from: no action */
+    int rule;                /* the rule that decided, or -1 */
+    bool in_cooldown;        /* a rule fired but the cooldown blocks it */
+    char *reason;            /* a sentence for the event log */
     ScalingRuleState *rules; /* one per rule of the manifest */
     guint n_rules;
 } ScalingDecision;
@@ -78,6 +78,5 @@ void scaling_decision_clear(ScalingDecision *d);
  * with @current clones desired, at time @now, with @cooldown_until (0:
  * none) from the last action.
  */
-void scaling_evaluate(const Manifest *m, const ScalingHistory *h,
-                      guint current, double now, double cooldown_until,
-                      ScalingDecision *out);
+void scaling_evaluate(const Manifest *m, const ScalingHistory *h, guint current,
+                      double now, double cooldown_until, ScalingDecision *out);

@@ -1,9 +1,15 @@
 /*
- * spored.c: the site manager daemon's main: configuration (GKeyFile, then
- * command-line flags, which win), signals, sd_notify.  See spored(8).
+ * spored.c: the site manager daemon's main: configuration, signals,
+ * sd_notify.  See spored(8).
+ *
+ * One table (config_keys) drives the configuration: each key's command-line
+ * option, its spored.conf key, its default and whether SIGHUP applies it.
+ * A value comes from the command line, else the file, else the default
+ * (config_resolve); the help text's defaults are written from the table.
  */
 #include <locale.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <glib.h>
@@ -13,9 +19,182 @@
 #include "config-util.h"
 #include "manager.h"
 #include "spore-config.h"
+#include "spore-error.h"
 #include "wire.h"
 
 #define DEFAULT_CONFIG SPORE_SYSCONFDIR "/spore/spored.conf"
+#define CONFIG_GROUP   "spored"
+
+typedef enum {
+    KEY_STRING, /* a char * of ManagerConfig */
+    KEY_PATH,   /* the same, a file name */
+    KEY_UINT,   /* a guint of ManagerConfig, at least ConfigKey.min */
+} KeyType;
+
+typedef struct {
+    const char *key;    /* in [spored] of spored.conf */
+    const char *option; /* --OPTION, NULL: the file only */
+    KeyType type;
+    const char *fallback;
+    bool reloads; /* SIGHUP applies it */
+    guint min;    /* KEY_UINT: the smallest value that makes sense */
+    gsize offset; /* in ManagerConfig */
+    const char *help;
+    const char *arg;
+} ConfigKey;
+
+#define FIELD(f) offsetof(ManagerConfig, f)
+
+static const ConfigKey config_keys[] = {
+    {"state_dir", "state-dir", KEY_PATH, "/var/lib/spore/spored", false, 0,
+     FIELD(state_dir), "State: spored.db, the CURVE key pair", "DIR"},
+    {"run_dir", "run-dir", KEY_PATH, "/run/spore/spored", false, 0,
+     FIELD(run_dir), "The control socket", "DIR"},
+    {"listen", "listen", KEY_STRING, "tcp://127.0.0.1:7400", false, 0,
+     FIELD(listen), "ZeroMQ endpoint for agents", "ENDPOINT"},
+    {"hosts_dir", "hosts-dir", KEY_PATH, SPORE_SYSCONFDIR "/spore/hosts.d",
+     true, 0, FIELD(hosts_dir), "Accepted host keys, NAME.pub", "DIR"},
+    {"lost_after", "lost-after", KEY_UINT, "30", true, 1, FIELD(lost_after_s),
+     "Seconds without a report before a host is lost", "S"},
+    {"resend", "resend", KEY_UINT, "20", true, 1, FIELD(resend_s),
+     "Seconds before an unacknowledged command is sent again", "S"},
+    {"metrics", "metrics", KEY_STRING, "127.0.0.1:9470", false, 0,
+     FIELD(metrics_listen), "Prometheus endpoint, ADDRESS:PORT, or none",
+     "ADDR:PORT"},
+    {"control_group", NULL, KEY_STRING, "", false, 0, FIELD(control_group),
+     NULL, NULL},
+    {"shutdown_timeout", NULL, KEY_UINT, "60", true, 0,
+     FIELD(shutdown_timeout_s), NULL, NULL},
+};
+
+#define N_CONFIG_KEYS G_N_ELEMENTS(config_keys)
+
+/* what the command line set, per config_keys entry (NULL: not given) */
+typedef struct {
+    char *values[N_CONFIG_KEYS];
+} ConfigFlags;
+
+static void
+config_flags_clear(ConfigFlags *flags)
+{
+    for (guint i = 0; i < N_CONFIG_KEYS; i++)
+        g_clear_pointer(&flags->values[i], g_free);
+}
+
+static char **
+field_string(ManagerConfig *cfg, const ConfigKey *k)
+{
+    return (char **)((char *)cfg + k->offset);
+}
+
+static guint *
+field_uint(ManagerConfig *cfg, const ConfigKey *k)
+{
+    return (guint *)((char *)cfg + k->offset);
+}
+
+/* config_clear: free the strings of @cfg */
+static void
+config_clear(ManagerConfig *cfg)
+{
+    for (guint i = 0; i < N_CONFIG_KEYS; i++) {
+        if (config_keys[i].type != KEY_UINT)
+            g_clear_pointer(field_string(cfg, &config_keys[i]), g_free);
+    }
+}
+
+/* key_value: @k's value as text: the flag, else the file, else the
+ * default; owned by the caller */
+static char *
+key_value(GKeyFile *kf, const ConfigKey *k, const char *flag)
+{
+    if (flag)
+        return g_strdup(flag);
+    return spore_key_string(kf, CONFIG_GROUP, k->key, k->fallback);
+}
+
+/* set_key: @k in @cfg from @value (taken); @file: where it came from,
+ * NULL: the command line */
+static bool
+set_key(ManagerConfig *cfg, const ConfigKey *k, char *value, const char *file,
+        GError **error)
+{
+    guint64 n = 0;
+
+    if (k->type != KEY_UINT) {
+        if (g_str_equal(k->key, "metrics") && g_str_equal(value, "none"))
+            value[0] = '\0';
+        *field_string(cfg, k) = value;
+        return true;
+    }
+    if (!g_ascii_string_to_unsigned(value, 10, k->min, G_MAXUINT, &n, NULL)) {
+        if (file)
+            g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
+                        "config '%s': %s '%s' is not a whole number >= %u",
+                        file, k->key, value, k->min);
+        else
+            g_set_error(error, SPORE_ERROR, SPORE_ERROR_USAGE,
+                        "--%s '%s' is not a whole number >= %u", k->option,
+                        value, k->min);
+        g_free(value);
+        return false;
+    }
+    *field_uint(cfg, k) = (guint)n;
+    g_free(value);
+    return true;
+}
+
+/*
+ * config_resolve: @cfg from @flags, @kf and the defaults; with @reloading,
+ * only the keys SIGHUP applies.  Fails on a value that is not valid (the
+ * strings set so far stay in @cfg: config_clear()).
+ */
+static bool
+config_resolve(GKeyFile *kf, const char *file, const ConfigFlags *flags,
+               bool reloading, ManagerConfig *cfg, GError **error)
+{
+    for (guint i = 0; i < N_CONFIG_KEYS; i++) {
+        const ConfigKey *k = &config_keys[i];
+
+        if (reloading && !k->reloads)
+            continue;
+        if (!set_key(cfg, k, key_value(kf, k, flags->values[i]),
+                     flags->values[i] ? NULL : (file ? file : "(defaults)"),
+                     error))
+            return false;
+    }
+    return true;
+}
+
+/* option_entries: the GOptionEntry of every key with an option, writing
+ * into @flags, then @extra; the help strings are kept in @strings */
+static GArray *
+option_entries(ConfigFlags *flags, const GOptionEntry *extra,
+               GPtrArray *strings)
+{
+    GArray *entries = g_array_new(TRUE, TRUE, sizeof(GOptionEntry));
+
+    for (guint i = 0; i < N_CONFIG_KEYS; i++) {
+        const ConfigKey *k = &config_keys[i];
+        char *help;
+        GOptionEntry e = {0};
+
+        if (!k->option)
+            continue;
+        help = g_strdup_printf("%s (default %s)", k->help, k->fallback);
+        g_ptr_array_add(strings, help);
+        e.long_name = k->option;
+        e.arg =
+            k->type == KEY_PATH ? G_OPTION_ARG_FILENAME : G_OPTION_ARG_STRING;
+        e.arg_data = &flags->values[i];
+        e.description = help;
+        e.arg_description = k->arg;
+        g_array_append_val(entries, e);
+    }
+    for (; extra->long_name; extra++)
+        g_array_append_vals(entries, extra, 1);
+    return entries;
+}
 
 static gboolean
 on_quit(gpointer data)
@@ -28,7 +207,7 @@ on_quit(gpointer data)
 typedef struct {
     Manager *m;
     char *config_path;
-    ManagerConfig flags; /* what the command line set: it wins */
+    const ConfigFlags *flags; /* what the command line set: it wins */
 } Reload;
 
 static gboolean
@@ -43,109 +222,94 @@ on_hup(gpointer data)
         g_message("SIGHUP: no configuration file to reload");
         return G_SOURCE_CONTINUE;
     }
-    if (!g_key_file_load_from_file(kf, r->config_path, G_KEY_FILE_NONE,
-                                   &err)) {
-        g_warning("SIGHUP: config '%s': %s; nothing changed", r->config_path,
-                  err->message);
-        return G_SOURCE_CONTINUE;
-    }
-    cfg.lost_after_s = r->flags.lost_after_s
-                           ? r->flags.lost_after_s
-                           : spore_key_uint(kf, "spored", "lost_after", 30,
-                                            &err);
-    cfg.resend_s = r->flags.resend_s ? r->flags.resend_s
-                                     : spore_key_uint(kf, "spored", "resend",
-                                                      20, &err);
-    cfg.shutdown_timeout_s =
-        spore_key_uint(kf, "spored", "shutdown_timeout", 60, &err);
-    cfg.hosts_dir = r->flags.hosts_dir
-                        ? g_strdup(r->flags.hosts_dir)
-                        : spore_key_string(kf, "spored", "hosts_dir",
-                                           SPORE_SYSCONFDIR "/spore/hosts.d");
-    if (err)
-        g_warning("SIGHUP: config '%s': %s; nothing changed", r->config_path,
-                  err->message);
-    else
+    if (!g_key_file_load_from_file(kf, r->config_path, G_KEY_FILE_NONE, &err))
+        g_prefix_error(&err, "config '%s': ", r->config_path);
+    if (!err && config_resolve(kf, r->config_path, r->flags, true, &cfg, &err))
         manager_reconfigure(r->m, &cfg);
-    g_free(cfg.hosts_dir);
+    else
+        g_warning("SIGHUP: %s; nothing changed", err->message);
+    config_clear(&cfg);
     return G_SOURCE_CONTINUE;
 }
 
-/* config_clear: free what main() allocated in @cfg */
-static void
-config_clear(ManagerConfig *cfg)
+static int
+print_key(const ManagerConfig *cfg)
 {
-    g_clear_pointer(&cfg->state_dir, g_free);
-    g_clear_pointer(&cfg->run_dir, g_free);
-    g_clear_pointer(&cfg->listen, g_free);
-    g_clear_pointer(&cfg->hosts_dir, g_free);
-    g_clear_pointer(&cfg->control_group, g_free);
-    g_clear_pointer(&cfg->metrics_listen, g_free);
+    g_autoptr(GError) err = NULL;
+    WireKeys keys;
+
+    if (!wire_keys_load_or_create(cfg->state_dir, &keys, &err)) {
+        fprintf(stderr, "spored: %s\n", err->message);
+        return 1;
+    }
+    printf("%s\n", keys.public_key);
+    return 0;
+}
+
+/* serve: run the manager until SIGTERM or SIGINT */
+static int
+serve(const ManagerConfig *cfg, char *config_path, const ConfigFlags *flags)
+{
+    g_autoptr(GError) err = NULL;
+    g_autoptr(GMainLoop) loop = NULL;
+    Reload reload = {NULL, config_path, flags};
+    Manager *m = manager_new(cfg, &err);
+
+    if (!m) {
+        fprintf(stderr, "spored: %s\n", err->message);
+        return 1;
+    }
+    loop = g_main_loop_new(NULL, FALSE);
+    g_unix_signal_add(SIGTERM, on_quit, loop);
+    g_unix_signal_add(SIGINT, on_quit, loop);
+    reload.m = m;
+    g_unix_signal_add(SIGHUP, on_hup, &reload);
+    sd_notify(0, "READY=1");
+    g_main_loop_run(loop);
+    g_message("shutting down; agents keep their clones running");
+    manager_free(m);
+    return 0;
 }
 
 int
 main(int argc, char **argv)
 {
     g_autofree char *config_path = NULL;
-    g_autofree char *state_dir = NULL;
-    g_autofree char *run_dir = NULL;
-    g_autofree char *listen = NULL;
-    g_autofree char *hosts_dir = NULL;
-    g_autofree char *metrics = NULL;
-    gint lost_after = -1, resend = -1;
-    gboolean verbose = FALSE, version = FALSE, print_key = FALSE;
-    GOptionEntry entries[] = {
+    gboolean verbose = FALSE, version = FALSE, want_key = FALSE;
+    const GOptionEntry extra[] = {
         {"config", 0, 0, G_OPTION_ARG_FILENAME, &config_path,
          "Configuration file (default " DEFAULT_CONFIG ")", "FILE"},
-        {"state-dir", 0, 0, G_OPTION_ARG_FILENAME, &state_dir,
-         "State: spored.db, the CURVE key pair (default /var/lib/spore/spored)",
-         "DIR"},
-        {"run-dir", 0, 0, G_OPTION_ARG_FILENAME, &run_dir,
-         "The control socket (default /run/spore/spored)", "DIR"},
-        {"listen", 0, 0, G_OPTION_ARG_STRING, &listen,
-         "ZeroMQ endpoint for agents (default tcp://127.0.0.1:7400)",
-         "ENDPOINT"},
-        {"hosts-dir", 0, 0, G_OPTION_ARG_FILENAME, &hosts_dir,
-         "Accepted host keys, NAME.pub (default " SPORE_SYSCONFDIR
-         "/spore/hosts.d)",
-         "DIR"},
-        {"lost-after", 0, 0, G_OPTION_ARG_INT, &lost_after,
-         "Seconds without a report before a host is lost (default 30)", "S"},
-        {"resend", 0, 0, G_OPTION_ARG_INT, &resend,
-         "Seconds before an unacknowledged command is sent again (default "
-         "20)",
-         "S"},
-        {"metrics", 0, 0, G_OPTION_ARG_STRING, &metrics,
-         "Prometheus endpoint, ADDRESS:PORT, or none (default "
-         "127.0.0.1:9470)",
-         "ADDR:PORT"},
-        {"print-key", 0, 0, G_OPTION_ARG_NONE, &print_key,
+        {"print-key", 0, 0, G_OPTION_ARG_NONE, &want_key,
          "Print the manager's public key (made if needed) and exit", NULL},
         {"verbose", 'v', 0, G_OPTION_ARG_NONE, &verbose, "Debug logging", NULL},
         {"version", 'V', 0, G_OPTION_ARG_NONE, &version, "Print the version",
          NULL},
         {NULL},
     };
+    g_autoptr(GPtrArray) strings = g_ptr_array_new_with_free_func(g_free);
     g_autoptr(GOptionContext) ctx = g_option_context_new("");
     g_autoptr(GKeyFile) kf = g_key_file_new();
     g_autoptr(GError) err = NULL;
-    g_autoptr(GMainLoop) loop = NULL;
+    g_autoptr(GArray) entries = NULL;
+    ConfigFlags flags = {0};
     ManagerConfig cfg = {0};
-    Reload reload = {0};
-    Manager *m;
+    int rc;
 
     signal(SIGPIPE, SIG_IGN);
     setlocale(LC_ALL, "");
-    g_option_context_add_main_entries(ctx, entries, NULL);
+    entries = option_entries(&flags, extra, strings);
+    g_option_context_add_main_entries(ctx, (GOptionEntry *)entries->data, NULL);
     g_option_context_set_description(
         ctx, "The spore site manager: places service clones on host agents "
              "and keeps them\nrunning.  See spored(8).");
     if (!g_option_context_parse(ctx, &argc, &argv, &err)) {
         fprintf(stderr, "spored: %s\nTry 'spored --help'.\n", err->message);
+        config_flags_clear(&flags);
         return 2;
     }
     if (version) {
         printf("spored %s\n", SPORE_VERSION);
+        config_flags_clear(&flags);
         return 0;
     }
     if (verbose)
@@ -155,70 +319,14 @@ main(int argc, char **argv)
     if (config_path &&
         !g_key_file_load_from_file(kf, config_path, G_KEY_FILE_NONE, &err)) {
         fprintf(stderr, "spored: config '%s': %s\n", config_path, err->message);
-        return 1;
-    }
-    cfg.state_dir = state_dir ? g_strdup(state_dir)
-                              : spore_key_string(kf, "spored", "state_dir",
-                                                 "/var/lib/spore/spored");
-    cfg.run_dir = run_dir ? g_strdup(run_dir)
-                          : spore_key_string(kf, "spored", "run_dir",
-                                             "/run/spore/spored");
-    cfg.listen = listen ? g_strdup(listen)
-                        : spore_key_string(kf, "spored", "listen",
-                                           "tcp://127.0.0.1:7400");
-    cfg.hosts_dir = hosts_dir
-                        ? g_strdup(hosts_dir)
-                        : spore_key_string(kf, "spored", "hosts_dir",
-                                           SPORE_SYSCONFDIR "/spore/hosts.d");
-    cfg.control_group = spore_key_string(kf, "spored", "control_group", "");
-    cfg.metrics_listen =
-        metrics ? g_strdup(metrics)
-                : spore_key_string(kf, "spored", "metrics", "127.0.0.1:9470");
-    if (g_str_equal(cfg.metrics_listen, "none"))
-        cfg.metrics_listen[0] = '\0';
-    cfg.lost_after_s =
-        lost_after > 0 ? (guint)lost_after
-                       : spore_key_uint(kf, "spored", "lost_after", 30, &err);
-    cfg.resend_s = resend > 0
-                       ? (guint)resend
-                       : spore_key_uint(kf, "spored", "resend", 20, &err);
-    cfg.shutdown_timeout_s =
-        spore_key_uint(kf, "spored", "shutdown_timeout", 60, &err);
-    if (err) {
-        fprintf(stderr, "spored: config '%s': %s\n", config_path, err->message);
-        config_clear(&cfg);
-        return 1;
-    }
-    if (print_key) {
-        WireKeys keys;
-        bool ok = wire_keys_load_or_create(cfg.state_dir, &keys, &err);
-
-        config_clear(&cfg);
-        if (!ok) {
-            fprintf(stderr, "spored: %s\n", err->message);
-            return 1;
-        }
-        printf("%s\n", keys.public_key);
-        return 0;
-    }
-    m = manager_new(&cfg, &err);
-    config_clear(&cfg);
-    if (!m) {
+        rc = 1;
+    } else if (!config_resolve(kf, config_path, &flags, false, &cfg, &err)) {
         fprintf(stderr, "spored: %s\n", err->message);
-        return 1;
+        rc = 1;
+    } else {
+        rc = want_key ? print_key(&cfg) : serve(&cfg, config_path, &flags);
     }
-    loop = g_main_loop_new(NULL, FALSE);
-    g_unix_signal_add(SIGTERM, on_quit, loop);
-    g_unix_signal_add(SIGINT, on_quit, loop);
-    reload.m = m;
-    reload.config_path = config_path;
-    reload.flags.lost_after_s = lost_after > 0 ? (guint)lost_after : 0;
-    reload.flags.resend_s = resend > 0 ? (guint)resend : 0;
-    reload.flags.hosts_dir = hosts_dir;
-    g_unix_signal_add(SIGHUP, on_hup, &reload);
-    sd_notify(0, "READY=1");
-    g_main_loop_run(loop);
-    g_message("shutting down; agents keep their clones running");
-    manager_free(m);
-    return 0;
+    config_clear(&cfg);
+    config_flags_clear(&flags);
+    return rc;
 }

@@ -1,0 +1,767 @@
+/*
+ * manager-reconcile.c: the reconciliation pass, once a second and after
+ * anything changes, and the commands it sends to agents.
+ *
+ *   1. hosts silent for lost_after_s are lost: their clones are unplaced
+ *      (a host counts as heard from when the manager starts, so that one
+ *      down across a restart is lost too: seed_runtime);
+ *   2. auto-scaling decides (manager-scaling.c);
+ *   3. each service gets exactly its desired clone rows (0..desired-1);
+ *      a deleted service goes once no host reports a clone of it;
+ *   4. unplaced clones are placed (placement.c);
+ *   5. per host that has reported since the manager started: each of its
+ *      desired clones missing from the report is created (one command per
+ *      service: one appliance launch), each reported clone that is not
+ *      desired there, or is of another version (UUID), is destroyed;
+ *   6. commands not acknowledged within resend_s are sent again.
+ * Agents apply a command id once; creating and destroying are idempotent
+ * anyway (UUIDs), so re-sending is always safe.
+ *
+ * Invariants:
+ *   1. Steps 1-5 are one transaction: a pass that fails at any statement
+ *      is rolled back whole and logged, and the next pass starts afresh.
+ *   2. Step 6 runs after the commit, so a command is never sent before it
+ *      is stored; it records each send in a transaction of its own (a
+ *      send whose record fails is sent again: harmless, invariant above).
+ *   3. Nothing is decided about a host before it reported since the
+ *      manager started (HostRuntime.reported).
+ */
+#include "manager-private.h"
+
+#include <string.h>
+
+#include "placement.h"
+#include "spore-error.h"
+
+#define PEERS_RESEND_US (30 * G_USEC_PER_SEC)
+
+typedef struct {
+    char *service;
+    guint index;
+    char *name;
+    char *uuid;
+} Wanted;
+
+static void
+wanted_free(gpointer p)
+{
+    Wanted *w = p;
+
+    g_free(w->service);
+    g_free(w->name);
+    g_free(w->uuid);
+    g_free(w);
+}
+
+/* ---- commands to agents ------------------------------------------------ */
+
+static bool
+command_add(Manager *m, const char *host, const char *service, JsonObject *body,
+            gint64 *ret_id, GError **error)
+{
+    g_autofree char *text = json_util_to_text(body, false);
+
+    return state_command_add(m->db, host,
+                             json_util_get_string(body, "op", NULL), service,
+                             text, ret_id, error);
+}
+
+/* image_object: the image of a create command: the service's image with
+ * its index and the access profile of the host that booted it most (a
+ * host that never did prefetches it: docs/site-protocol.md) */
+static JsonObject *
+image_object(Manager *m, const char *image, GError **error)
+{
+    g_autoptr(ImageRow) row = NULL;
+    g_autoptr(JsonObject) o = json_object_new();
+    g_autofree char *chunks = NULL;
+    g_autofree char *b64 = NULL;
+    g_autoptr(JsonParser) p = json_parser_new();
+    g_autoptr(JsonParser) pp = json_parser_new();
+
+    if (!state_image_get(m->db, image, &row, error))
+        return NULL;
+    if (!row) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
+                    "image '%s' is not registered", image);
+        return NULL;
+    }
+    if (!state_profile_best(m->db, row->id, &chunks, error))
+        return NULL;
+    json_object_set_string_member(o, "name", row->name);
+    json_object_set_string_member(o, "id", row->id);
+    json_object_set_string_member(o, "format", row->format);
+    if (json_parser_load_from_data(p, row->origins, -1, NULL))
+        json_object_set_member(o, "origins",
+                               json_node_copy(json_parser_get_root(p)));
+    b64 = g_base64_encode(g_bytes_get_data(row->index, NULL),
+                          g_bytes_get_size(row->index));
+    json_object_set_string_member(o, "index", b64);
+    if (chunks && json_parser_load_from_data(pp, chunks, -1, NULL) &&
+        JSON_NODE_HOLDS_ARRAY(json_parser_get_root(pp)))
+        json_object_set_member(o, "profile",
+                               json_node_copy(json_parser_get_root(pp)));
+    return g_steal_pointer(&o);
+}
+
+static bool
+command_create(Manager *m, const char *host, const char *service,
+               GArray *indexes, GError **error)
+{
+    g_autoptr(ServiceRow) svc = NULL;
+    g_autoptr(JsonObject) body = wire_new("cmd");
+    g_autoptr(JsonObject) image = NULL;
+    g_autoptr(JsonArray) idx = json_array_new();
+    g_autoptr(GString) list = g_string_new(NULL);
+    gint64 id;
+
+    if (!state_service_get(m->db, service, &svc, error))
+        return false;
+    if (!svc)
+        return true;
+    image = image_object(m, svc->image, error);
+    if (!image)
+        return false;
+    json_object_set_string_member(body, "op", "clone-create");
+    json_object_set_string_member(body, "service", service);
+    json_object_set_int_member(body, "generation", svc->generation);
+    json_object_set_string_member(body, "manifest", svc->manifest);
+    for (guint i = 0; i < indexes->len; i++) {
+        json_array_add_int_element(idx, g_array_index(indexes, guint, i));
+        g_string_append_printf(list, "%s%s-%u", i ? ", " : "", service,
+                               g_array_index(indexes, guint, i));
+    }
+    json_object_set_array_member(body, "indexes", json_array_ref(idx));
+    json_object_set_object_member(body, "image", json_object_ref(image));
+    return command_add(m, host, service, body, &id, error) &&
+           manager_event(m, error, "command", service, host,
+                         "command %" G_GINT64_FORMAT ": create %s on %s", id,
+                         list->str, host);
+}
+
+static bool
+command_destroy(Manager *m, const char *host, const char *service,
+                GPtrArray *names, GError **error)
+{
+    g_autoptr(JsonObject) body = wire_new("cmd");
+    g_autoptr(JsonArray) arr = json_array_new();
+    g_autoptr(GString) list = g_string_new(NULL);
+    gint64 id;
+
+    for (guint i = 0; i < names->len; i++) {
+        json_array_add_string_element(arr, names->pdata[i]);
+        g_string_append_printf(list, "%s%s", i ? ", " : "",
+                               (char *)names->pdata[i]);
+    }
+    json_object_set_string_member(body, "op", "clone-destroy");
+    json_object_set_array_member(body, "names", json_array_ref(arr));
+    json_object_set_int_member(body, "timeout", m->config.shutdown_timeout_s);
+    return command_add(m, host, service, body, &id, error) &&
+           manager_event(m, error, "command", service, host,
+                         "command %" G_GINT64_FORMAT ": destroy %s on %s", id,
+                         list->str, host);
+}
+
+/* ---- 1. lost hosts ----------------------------------------------------- */
+
+/* names_by_service: service -> GPtrArray of the clone names of @clones */
+static GHashTable *
+names_by_service(Manager *m, GPtrArray *clones, GError **error)
+{
+    g_autoptr(GHashTable) names = g_hash_table_new_full(
+        g_str_hash, g_str_equal, g_free, (GDestroyNotify)g_ptr_array_unref);
+
+    for (guint i = 0; i < clones->len; i++) {
+        CloneRow *c = clones->pdata[i];
+        g_autoptr(GError) err = NULL;
+        Manifest *mf = manager_manifest(m, c->service, &err);
+        GPtrArray *arr;
+
+        if (err) {
+            g_propagate_error(error, g_steal_pointer(&err));
+            return NULL;
+        }
+        if (!mf)
+            continue;
+        arr = g_hash_table_lookup(names, c->service);
+        if (!arr) {
+            arr = g_ptr_array_new_with_free_func(g_free);
+            g_hash_table_insert(names, g_strdup(c->service), arr);
+        }
+        g_ptr_array_add(arr, manifest_clone_name(mf, (guint)c->index));
+    }
+    return g_steal_pointer(&names);
+}
+
+/*
+ * host_lose: @h is lost: its clones are unplaced (placed again
+ * elsewhere), its pending commands other than destroys are cancelled,
+ * and a destroy of the clones it had waits for it: should it come back,
+ * its copies go (a report would show those that are still defined; the
+ * command also removes overlays whose domain went while it was away).
+ */
+static bool
+host_lose(Manager *m, HostRuntime *h, GError **error)
+{
+    g_autoptr(GPtrArray) clones = NULL;
+    g_autoptr(GHashTable) names = NULL;
+    GHashTableIter it;
+    gpointer service, list;
+
+    clones = state_clone_list(m->db, NULL, h->name, error);
+    if (!clones || !(names = names_by_service(m, clones, error)) ||
+        !state_host_set_lost(m->db, h->name, error) ||
+        !manager_event(m, error, "host-lost", NULL, h->name,
+                       "host %s lost: no report for %u s; its clones are "
+                       "placed again",
+                       h->name, m->config.lost_after_s))
+        return false;
+    h->reported = false;
+    m->peers_sent = 0; /* the others' peer lists drop it */
+    g_hash_table_iter_init(&it, names);
+    while (g_hash_table_iter_next(&it, &service, &list)) {
+        if (!command_destroy(m, h->name, service, list, error))
+            return false;
+    }
+    return true;
+}
+
+static bool
+mark_lost_hosts(Manager *m, GError **error)
+{
+    GHashTableIter it;
+    gpointer v;
+
+    g_hash_table_iter_init(&it, m->runtime);
+    while (g_hash_table_iter_next(&it, NULL, &v)) {
+        HostRuntime *h = v;
+        g_autoptr(HostRow) row = NULL;
+
+        if (h->last_seen == 0 || manager_host_is_up(m, h->name))
+            continue;
+        if (!state_host_get(m->db, h->name, &row, error))
+            return false;
+        if (!row || row->lost)
+            continue;
+        if (!host_lose(m, h, error))
+            return false;
+    }
+    return true;
+}
+
+/* ---- 3. clone rows ----------------------------------------------------- */
+
+/* service_reported: whether any host reports a clone of @service */
+static bool
+service_reported(Manager *m, const char *service)
+{
+    GHashTableIter it;
+    gpointer v;
+
+    g_hash_table_iter_init(&it, m->runtime);
+    while (g_hash_table_iter_next(&it, NULL, &v)) {
+        HostRuntime *h = v;
+
+        for (guint c = 0; h->clones && c < json_array_get_length(h->clones);
+             c++) {
+            JsonNode *n = json_array_get_element(h->clones, c);
+
+            if (JSON_NODE_HOLDS_OBJECT(n) &&
+                g_strcmp0(json_util_get_string(json_node_get_object(n),
+                                               "service", NULL),
+                          service) == 0)
+                return true;
+        }
+    }
+    return false;
+}
+
+/* service_gone: a deleted service goes once no host reports a clone of
+ * it (a destroy waiting for a lost host does not hold it up) */
+static bool
+service_gone(Manager *m, const char *service, GError **error)
+{
+    bool busy = false;
+
+    if (service_reported(m, service))
+        return true;
+    if (!state_service_busy(m->db, service, &busy, error))
+        return false;
+    if (busy)
+        return true;
+    return state_service_remove(m->db, service, error) &&
+           manager_event(m, error, "service-deleted", service, NULL,
+                         "service %s deleted: its clones are gone", service);
+}
+
+static bool
+sync_clone_rows(Manager *m, GError **error)
+{
+    g_autoptr(GPtrArray) services = state_service_list(m->db, error);
+
+    if (!services)
+        return false;
+    for (guint i = 0; i < services->len; i++) {
+        ServiceRow *s = services->pdata[i];
+
+        if (s->deleting) {
+            if (!state_clone_remove_all(m->db, s->name, error) ||
+                !service_gone(m, s->name, error))
+                return false;
+        } else if (!state_clone_sync(m->db, s->name, s->desired, error)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* ---- 4. placement ------------------------------------------------------ */
+
+typedef struct {
+    PlacementHost ph;       /* totals over all services */
+    GHashTable *by_service; /* service -> GUINT_TO_POINTER(clones) */
+} HostUsage;
+
+static void
+host_usage_clear(gpointer p)
+{
+    HostUsage *u = p;
+
+    g_clear_pointer(&u->by_service, g_hash_table_unref);
+}
+
+/* usage_add: one more clone of @service (manifest @mf) on @u */
+static void
+usage_add(HostUsage *u, const char *service, const Manifest *mf)
+{
+    guint n = GPOINTER_TO_UINT(g_hash_table_lookup(u->by_service, service));
+
+    g_hash_table_insert(u->by_service, g_strdup(service),
+                        GUINT_TO_POINTER(n + 1));
+    u->ph.total_clones++;
+    if (mf) {
+        u->ph.used_vcpus += mf->vm.vcpus;
+        u->ph.used_memory_kib += mf->vm.memory_kib;
+    }
+}
+
+/* host_usages: the live hosts with what is placed on them, in @hosts'
+ * order (by name) */
+static GArray *
+host_usages(Manager *m, GPtrArray *hosts, GError **error)
+{
+    g_autoptr(GArray) usages = g_array_new(FALSE, TRUE, sizeof(HostUsage));
+    g_autoptr(GHashTable) index = g_hash_table_new(g_str_hash, g_str_equal);
+    g_autoptr(GPtrArray) placed = NULL;
+
+    g_array_set_clear_func(usages, host_usage_clear);
+    for (guint i = 0; i < hosts->len; i++) {
+        HostRow *h = hosts->pdata[i];
+        HostRuntime *rt = g_hash_table_lookup(m->runtime, h->name);
+        HostUsage u = {0};
+
+        u.ph.name = h->name;
+        u.ph.up = manager_host_is_up(m, h->name) && rt && rt->reported;
+        u.ph.cpus = (guint)h->cpus;
+        u.ph.memory_kib = (guint64)h->memory_kib;
+        u.by_service =
+            g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+        g_array_append_val(usages, u);
+        g_hash_table_insert(index, h->name, GUINT_TO_POINTER(i + 1));
+    }
+    placed = state_clone_list(m->db, NULL, NULL, error);
+    if (!placed)
+        return NULL;
+    for (guint i = 0; i < placed->len; i++) {
+        CloneRow *c = placed->pdata[i];
+        guint at =
+            c->host ? GPOINTER_TO_UINT(g_hash_table_lookup(index, c->host)) : 0;
+        g_autoptr(GError) err = NULL;
+
+        if (at)
+            usage_add(&g_array_index(usages, HostUsage, at - 1), c->service,
+                      manager_manifest(m, c->service, &err));
+    }
+    return g_steal_pointer(&usages);
+}
+
+/* place_one: choose a host for clone @c among @usages, and place it */
+static bool
+place_one(Manager *m, GArray *usages, const CloneRow *c, GError **error)
+{
+    Manifest *mf = manager_manifest(m, c->service, error);
+    g_autofree char *image_id = NULL;
+    g_autoptr(GArray) cand = g_array_new(FALSE, TRUE, sizeof(PlacementHost));
+    g_autofree char *reason = NULL;
+    HostUsage *u;
+    int chosen;
+
+    if (!mf)
+        return error == NULL || *error == NULL;
+    if (!state_service_image_id(m->db, c->service, &image_id, error))
+        return false;
+    for (guint i = 0; i < usages->len; i++) {
+        HostUsage *hu = &g_array_index(usages, HostUsage, i);
+        PlacementHost ph = hu->ph;
+
+        ph.service_clones =
+            GPOINTER_TO_UINT(g_hash_table_lookup(hu->by_service, c->service));
+        if (image_id && !state_host_image_cached(m->db, ph.name, image_id,
+                                                 &ph.cached_fraction, error))
+            return false;
+        g_array_append_val(cand, ph);
+    }
+    chosen =
+        placement_choose((PlacementHost *)cand->data, cand->len, mf, &reason);
+    if (chosen < 0) {
+        g_debug("cannot place %s-%" G_GINT64_FORMAT " yet: %s", c->service,
+                c->index, reason);
+        return true;
+    }
+    u = &g_array_index(usages, HostUsage, chosen);
+    if (!state_clone_place(m->db, c->service, c->index, u->ph.name, error) ||
+        !manager_event(m, error, "clone-placed", c->service, u->ph.name,
+                       "%s-%" G_GINT64_FORMAT " placed on %s (%s)", c->service,
+                       c->index, u->ph.name,
+                       mf->placement.strategy == MANIFEST_PLACEMENT_PACK
+                           ? "pack"
+                           : "spread"))
+        return false;
+    usage_add(u, c->service, mf);
+    return true;
+}
+
+static bool
+place_clones(Manager *m, GError **error)
+{
+    g_autoptr(GPtrArray) unplaced = state_clone_list_unplaced(m->db, error);
+    g_autoptr(GPtrArray) hosts = NULL;
+    g_autoptr(GArray) usages = NULL;
+
+    if (!unplaced)
+        return false;
+    if (unplaced->len == 0)
+        return true;
+    hosts = state_host_list(m->db, true, error);
+    if (!hosts || !(usages = host_usages(m, hosts, error)))
+        return false;
+    for (guint i = 0; i < unplaced->len; i++) {
+        if (!place_one(m, usages, unplaced->pdata[i], error))
+            return false;
+    }
+    return true;
+}
+
+/* ---- 5. per host ------------------------------------------------------- */
+
+/* pending_keys: "create:SERVICE:INDEX" and "destroy:NAME" of the host's
+ * pending commands */
+static GHashTable *
+pending_keys(Manager *m, const char *host, GError **error)
+{
+    g_autoptr(GHashTable) keys =
+        g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    g_autoptr(GPtrArray) cmds =
+        state_command_list_pending(m->db, host, G_MAXDOUBLE, error);
+
+    if (!cmds)
+        return NULL;
+    for (guint c = 0; c < cmds->len; c++) {
+        CommandRow *row = cmds->pdata[c];
+        g_autoptr(JsonObject) body =
+            wire_parse(row->body, strlen(row->body), NULL);
+        const char *op = json_util_get_string(body, "op", NULL);
+        const char *service = json_util_get_string(body, "service", NULL);
+        JsonArray *arr;
+
+        if (!body || !op)
+            continue;
+        if (g_str_equal(op, "clone-create") &&
+            (arr = json_object_get_array_member(body, "indexes"))) {
+            for (guint i = 0; i < json_array_get_length(arr); i++)
+                g_hash_table_add(
+                    keys,
+                    g_strdup_printf("create:%s:%" G_GINT64_FORMAT, service,
+                                    json_array_get_int_element(arr, i)));
+        } else if (g_str_equal(op, "clone-destroy") &&
+                   (arr = json_object_get_array_member(body, "names"))) {
+            for (guint i = 0; i < json_array_get_length(arr); i++)
+                g_hash_table_add(
+                    keys,
+                    g_strdup_printf("destroy:%s",
+                                    json_array_get_string_element(arr, i)));
+        }
+    }
+    return g_steal_pointer(&keys);
+}
+
+/* wanted_on: name -> Wanted, the clones desired on @host with their UUIDs
+ * (hashing each manifest's stored canonical text) */
+static GHashTable *
+wanted_on(Manager *m, const char *host, GError **error)
+{
+    g_autoptr(GHashTable) wanted =
+        g_hash_table_new_full(g_str_hash, g_str_equal, NULL, wanted_free);
+    g_autoptr(GPtrArray) clones = state_clone_list(m->db, NULL, host, error);
+
+    if (!clones)
+        return NULL;
+    for (guint i = 0; i < clones->len; i++) {
+        CloneRow *c = clones->pdata[i];
+        g_autoptr(GError) err = NULL;
+        ManagerManifest *e = manager_manifest_entry(m, c->service, &err);
+        g_autofree char *image_id = NULL;
+        Wanted *w;
+
+        if (err) {
+            g_propagate_error(error, g_steal_pointer(&err));
+            return NULL;
+        }
+        if (!e)
+            continue;
+        if (!state_service_image_id(m->db, c->service, &image_id, error))
+            return NULL;
+        if (!image_id)
+            continue;
+        w = g_new0(Wanted, 1);
+        w->service = g_strdup(c->service);
+        w->index = (guint)c->index;
+        w->name = manifest_clone_name(e->manifest, w->index);
+        w->uuid = manifest_clone_uuid(e->canonical, w->index, image_id,
+                                      (guint64)c->generation);
+        g_hash_table_insert(wanted, w->name, w);
+    }
+    return g_steal_pointer(&wanted);
+}
+
+/* plan_destroys: service -> names of the reported clones that are not
+ * wanted there (or of another version), unless a destroy is pending */
+static void
+plan_destroys(HostRuntime *h, GHashTable *wanted, GHashTable *pending,
+              GHashTable *observed, GHashTable *destroys)
+{
+    for (guint i = 0; h->clones && i < json_array_get_length(h->clones); i++) {
+        JsonNode *n = json_array_get_element(h->clones, i);
+        JsonObject *c;
+        const char *name, *uuid, *service;
+        g_autofree char *key = NULL;
+        Wanted *w;
+        GPtrArray *list;
+
+        if (!JSON_NODE_HOLDS_OBJECT(n))
+            continue;
+        c = json_node_get_object(n);
+        name = json_util_get_string(c, "name", NULL);
+        uuid = json_util_get_string(c, "uuid", NULL);
+        service = json_util_get_string(c, "service", "");
+        if (!name || !uuid)
+            continue;
+        g_hash_table_insert(observed, (gpointer)name, (gpointer)uuid);
+        w = g_hash_table_lookup(wanted, name);
+        if (w && g_ascii_strcasecmp(w->uuid, uuid) == 0)
+            continue;
+        key = g_strdup_printf("destroy:%s", name);
+        if (g_hash_table_contains(pending, key))
+            continue;
+        list = g_hash_table_lookup(destroys, service);
+        if (!list) {
+            list = g_ptr_array_new_with_free_func(g_free);
+            g_hash_table_insert(destroys, g_strdup(service), list);
+        }
+        g_ptr_array_add(list, g_strdup(name));
+    }
+}
+
+/* plan_creates: service -> indexes of the wanted clones not reported,
+ * not pending, not backing off, and whose old version is not being
+ * destroyed (same name, another UUID: it must go first) */
+static void
+plan_creates(Manager *m, HostRuntime *h, GHashTable *wanted,
+             GHashTable *pending, GHashTable *observed, GHashTable *creates)
+{
+    GHashTableIter it;
+    gpointer v;
+
+    g_hash_table_iter_init(&it, wanted);
+    while (g_hash_table_iter_next(&it, NULL, &v)) {
+        Wanted *w = v;
+        g_autofree char *ckey =
+            g_strdup_printf("create:%s:%u", w->service, w->index);
+        g_autofree char *dkey = g_strdup_printf("destroy:%s", w->name);
+        g_autofree char *bkey = g_strdup_printf("%s/%s", h->name, w->service);
+        gint64 *until = g_hash_table_lookup(m->backoff, bkey);
+        GArray *list;
+
+        if (g_hash_table_contains(observed, w->name) ||
+            g_hash_table_contains(pending, ckey) ||
+            g_hash_table_contains(pending, dkey))
+            continue;
+        if (until && g_get_monotonic_time() < *until)
+            continue;
+        list = g_hash_table_lookup(creates, w->service);
+        if (!list) {
+            list = g_array_new(FALSE, FALSE, sizeof(guint));
+            g_hash_table_insert(creates, g_strdup(w->service), list);
+        }
+        g_array_append_val(list, w->index);
+    }
+}
+
+static bool
+reconcile_host(Manager *m, HostRuntime *h, GError **error)
+{
+    g_autoptr(GHashTable) pending = NULL;
+    g_autoptr(GHashTable) wanted = NULL;
+    g_autoptr(GHashTable) observed =
+        g_hash_table_new(g_str_hash, g_str_equal); /* name -> uuid */
+    g_autoptr(GHashTable) creates = g_hash_table_new_full(
+        g_str_hash, g_str_equal, g_free, (GDestroyNotify)g_array_unref);
+    g_autoptr(GHashTable) destroys = g_hash_table_new_full(
+        g_str_hash, g_str_equal, g_free, (GDestroyNotify)g_ptr_array_unref);
+    GHashTableIter it;
+    gpointer k, v;
+
+    if (!(pending = pending_keys(m, h->name, error)) ||
+        !(wanted = wanted_on(m, h->name, error)))
+        return false;
+    plan_destroys(h, wanted, pending, observed, destroys);
+    plan_creates(m, h, wanted, pending, observed, creates);
+    g_hash_table_iter_init(&it, destroys);
+    while (g_hash_table_iter_next(&it, &k, &v)) {
+        if (!command_destroy(m, h->name, *(char *)k ? k : NULL, v, error))
+            return false;
+    }
+    g_hash_table_iter_init(&it, creates);
+    while (g_hash_table_iter_next(&it, &k, &v)) {
+        if (!command_create(m, h->name, k, v, error))
+            return false;
+    }
+    return true;
+}
+
+static bool
+reconcile_hosts(Manager *m, GError **error)
+{
+    GHashTableIter it;
+    gpointer v;
+
+    g_hash_table_iter_init(&it, m->runtime);
+    while (g_hash_table_iter_next(&it, NULL, &v)) {
+        HostRuntime *h = v;
+        g_autoptr(HostRow) row = NULL;
+
+        if (!h->reported || !manager_host_is_up(m, h->name)) /* inv. 3 */
+            continue;
+        if (!state_host_get(m->db, h->name, &row, error))
+            return false;
+        if (row && row->accepted && !reconcile_host(m, h, error))
+            return false;
+    }
+    return true;
+}
+
+/* ---- 6. sending -------------------------------------------------------- */
+
+/* send_pending: send the commands due, recording each send (invariant
+ * 2); a failure is logged and the rest wait for the next pass */
+static void
+send_pending(Manager *m)
+{
+    double now = state_now();
+    g_autoptr(GError) err = NULL;
+    g_autoptr(GPtrArray) due =
+        state_command_list_pending(m->db, NULL, now - m->config.resend_s, &err);
+
+    for (guint i = 0; due && i < due->len; i++) {
+        CommandRow *c = due->pdata[i];
+        HostRuntime *rt = g_hash_table_lookup(m->runtime, c->host);
+        g_autoptr(JsonObject) body = NULL;
+
+        if (!rt || !rt->heard || !manager_host_is_up(m, c->host))
+            continue;
+        body = wire_parse(c->body, strlen(c->body), NULL);
+        if (!body)
+            continue;
+        json_object_set_int_member(body, "id", c->id);
+        if (wire_send(m->router, c->host, body) &&
+            !state_command_sent(m->db, c->id, now, &err))
+            break;
+    }
+    if (err)
+        g_warning("cannot send commands: %s", err->message);
+}
+
+/*
+ * send_peer_lists: tell each connected host the peer servers of the other
+ * hosts that are up, with their keys (docs/site-protocol.md "peers"), when
+ * something changed and every PEERS_RESEND_US anyway.
+ */
+static bool
+send_peer_lists(Manager *m, GError **error)
+{
+    gint64 now = g_get_monotonic_time();
+    g_autoptr(JsonArray) all = json_array_new();
+    GHashTableIter it;
+    gpointer v;
+
+    if (m->peers_sent && now - m->peers_sent < PEERS_RESEND_US)
+        return true;
+    g_hash_table_iter_init(&it, m->runtime);
+    while (g_hash_table_iter_next(&it, NULL, &v)) {
+        HostRuntime *h = v;
+        g_autoptr(HostRow) row = NULL;
+        JsonObject *p;
+
+        if (!h->peer_endpoint || !manager_host_is_up(m, h->name))
+            continue;
+        if (!state_host_get(m->db, h->name, &row, error))
+            return false;
+        if (!row || !row->accepted)
+            continue;
+        p = json_object_new();
+        json_object_set_string_member(p, "name", h->name);
+        json_object_set_string_member(p, "endpoint", h->peer_endpoint);
+        json_object_set_string_member(p, "key", row->key);
+        json_array_add_object_element(all, p);
+    }
+    m->peers_sent = now;
+    g_hash_table_iter_init(&it, m->runtime);
+    while (g_hash_table_iter_next(&it, NULL, &v)) {
+        HostRuntime *h = v;
+        g_autoptr(JsonObject) msg = NULL;
+        JsonArray *list;
+
+        if (!h->peer_endpoint || !manager_host_is_up(m, h->name))
+            continue;
+        msg = wire_new("peers");
+        list = json_array_new();
+        for (guint i = 0; i < json_array_get_length(all); i++) {
+            JsonObject *p = json_array_get_object_element(all, i);
+
+            if (!g_str_equal(json_object_get_string_member(p, "name"), h->name))
+                json_array_add_object_element(list, json_object_ref(p));
+        }
+        json_object_set_array_member(msg, "peers", list);
+        manager_send(m, h->name, msg);
+    }
+    return true;
+}
+
+/* ---- the pass ---------------------------------------------------------- */
+
+void
+manager_reconcile(Manager *m)
+{
+    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&m->lock);
+    g_autoptr(GError) err = NULL;
+
+    if (!state_begin(m->db, &err) || !mark_lost_hosts(m, &err) ||
+        !send_peer_lists(m, &err) || !mscale_evaluate(m, &err) ||
+        !sync_clone_rows(m, &err) || !place_clones(m, &err) ||
+        !reconcile_hosts(m, &err) || !state_commit(m->db, &err)) {
+        state_rollback(m->db); /* invariant 1 */
+        g_warning("reconciliation pass rolled back: %s", err->message);
+        return;
+    }
+    send_pending(m);
+}

@@ -1,0 +1,337 @@
+/*
+ * manager-state.h: spored's state layer — every SQL statement of the site
+ * manager behind a named function (manager-state.c).
+ *
+ * Contract of every function here: it runs on the caller's connection,
+ * takes no lock of its own (the caller holds Manager.lock, or owns the
+ * connection alone as the unit tests do), returns false or NULL with
+ * @error set when SQLite fails, and never logs.  Functions that change
+ * state do not open transactions: the caller groups them with
+ * state_begin() / state_commit() and calls state_rollback() on any error,
+ * so that a failed command leaves nothing half-written.  "Not found" is
+ * not an error: getters set *ret to NULL and return true.
+ *
+ * Rows come back as structs owned by the caller (free functions below;
+ * lists are GPtrArrays that own their rows).
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <glib.h>
+#include <sqlite3.h>
+
+/* ---- named states ------------------------------------------------------
+ *
+ * A command's life (table commands, column state):
+ *
+ *   (none) --[state_command_add]--> PENDING
+ *   PENDING --[state_command_finish, ack ok]--> DONE
+ *   PENDING --[state_command_finish, ack not ok]--> FAILED
+ *   PENDING --[state_host_set_lost, not a destroy]--> CANCELLED
+ *
+ * DONE, FAILED and CANCELLED are final.  A PENDING command is sent
+ * (again) by send_pending() while its host is up: the sent time and the
+ * attempts change, the state does not.
+ */
+typedef enum {
+    COMMAND_PENDING,
+    COMMAND_DONE,
+    COMMAND_FAILED,
+    COMMAND_CANCELLED,
+} CommandState;
+
+/* command_state_to_string: the name stored in the database ("pending") */
+const char *command_state_to_string(CommandState state);
+/* command_state_from_string: false for a name that is none of them */
+bool command_state_from_string(const char *text, CommandState *ret_state);
+
+/*
+ * A host's registration (table hosts, columns accepted and lost; "up" is
+ * in memory: a message within lost_after_s):
+ *
+ *   (none) --[state_host_insert_pending, register]--> PENDING
+ *   (none) --[state_host_insert_accepted, key in hosts_dir]--> ACCEPTED
+ *   PENDING --[state_host_accept, sporectl host-accept]--> ACCEPTED
+ *   ACCEPTED --[a message: handle_message]--> UP
+ *   UP --[silent lost_after_s: state_host_set_lost]--> LOST
+ *   LOST --[a message: state_host_seen]--> UP
+ *
+ * host-list shows ACCEPTED as "down": accepted, not heard from since
+ * spored started (or within lost_after_s).
+ */
+typedef enum {
+    HOST_PENDING,
+    HOST_DOWN, /* accepted, not heard from */
+    HOST_UP,
+    HOST_LOST,
+} HostState;
+
+const char *host_state_to_string(HostState state);
+bool host_state_from_string(const char *text, HostState *ret_state);
+
+/*
+ * A clone's life as the manager shows it (clone-list; "desired" rows are
+ * table clones, "reported" is the host's last report):
+ *
+ *   (none) --[state_clone_sync: desired grows]--> PENDING (no host)
+ *   PENDING --[state_clone_place]--> CREATING (host, not reported)
+ *   PENDING/CREATING --[host lost: state_host_set_lost]--> PENDING
+ *   CREATING --[reported, this generation]--> the reported state
+ *                                               (running, shut off, ...)
+ *   reported, older generation --[submit of a new generation]--> UPDATING
+ *   any --[desired shrinks or service deleted: state_clone_remove*]-->
+ *         DELETING while a host still reports it --> (gone)
+ *   UNKNOWN: the clone is placed on a host that has not reported since
+ *            spored started (its true state is not known yet)
+ */
+typedef enum {
+    CLONE_PENDING,
+    CLONE_CREATING,
+    CLONE_UPDATING,
+    CLONE_DELETING,
+    CLONE_UNKNOWN,
+} CloneState;
+
+const char *clone_state_to_string(CloneState state);
+bool clone_state_from_string(const char *text, CloneState *ret_state);
+
+/* ---- the database ------------------------------------------------------ */
+
+/*
+ * state_open: open (creating it 0600 if missing) the database at @path,
+ * WAL, synchronous=FULL, with the schema; fails on a schema of another
+ * version.  Close with state_close().
+ */
+sqlite3 *state_open(const char *path, GError **error);
+void state_close(sqlite3 *db);
+
+/* state_begin: BEGIN IMMEDIATE (the write lock now, or SQLITE_BUSY after
+ * the busy timeout) */
+bool state_begin(sqlite3 *db, GError **error);
+/* state_begin_read: BEGIN (deferred): a consistent snapshot for reads */
+bool state_begin_read(sqlite3 *db, GError **error);
+bool state_commit(sqlite3 *db, GError **error);
+/* state_rollback: ROLLBACK if a transaction is open; never fails */
+void state_rollback(sqlite3 *db);
+
+double state_now(void);
+
+/* ---- services ---------------------------------------------------------- */
+
+typedef struct {
+    char *name;
+    char *manifest; /* canonical XML */
+    gint64 generation;
+    char *image;
+    gint64 desired;
+    bool deleting;
+    double cooldown_until;
+} ServiceRow;
+
+void service_row_free(ServiceRow *row);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(ServiceRow, service_row_free)
+
+bool state_service_get(sqlite3 *db, const char *name, ServiceRow **ret_row,
+                       GError **error);
+/* state_service_generation: -1 when there is no such service */
+bool state_service_generation(sqlite3 *db, const char *name,
+                              gint64 *ret_generation, GError **error);
+/* of ServiceRow, by name */
+GPtrArray *state_service_list(sqlite3 *db, GError **error);
+bool state_service_insert(sqlite3 *db, const char *name, const char *canonical,
+                          const char *image, gint64 desired, GError **error);
+bool state_service_update(sqlite3 *db, const char *name, const char *canonical,
+                          gint64 generation, const char *image, gint64 desired,
+                          GError **error);
+bool state_service_set_deleting(sqlite3 *db, const char *name, GError **error);
+bool state_service_set_desired(sqlite3 *db, const char *name, gint64 desired,
+                               double cooldown_until, GError **error);
+/* state_service_remove: the service's row goes (its clones first) */
+bool state_service_remove(sqlite3 *db, const char *name, GError **error);
+/* state_service_image_id: the id of the service's image, NULL if none */
+bool state_service_image_id(sqlite3 *db, const char *service, char **ret_id,
+                            GError **error);
+/* state_service_busy: pending commands of @service to hosts not lost */
+bool state_service_busy(sqlite3 *db, const char *service, bool *ret_busy,
+                        GError **error);
+
+/* ---- images ------------------------------------------------------------ */
+
+typedef struct {
+    char *name;
+    char *id;
+    char *format;
+    char *origins; /* JSON array */
+    GBytes *index; /* image_index_encoding() */
+    gint64 size;
+    gint64 chunk_size;
+} ImageRow;
+
+void image_row_free(ImageRow *row);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(ImageRow, image_row_free)
+
+bool state_image_get(sqlite3 *db, const char *name, ImageRow **ret_row,
+                     GError **error);
+/* state_image_list: of ImageRow, by name, without their index */
+GPtrArray *state_image_list(sqlite3 *db, GError **error);
+bool state_image_put(sqlite3 *db, const ImageRow *row, GError **error);
+
+typedef struct {
+    char *host;
+    char *image; /* id */
+    double cached;
+    gint64 origin_bytes, peer_bytes, local_bytes;
+    gint64 profile_boots; /* -1: no profile */
+    gint64 profile_chunks;
+} HostImageRow;
+
+void host_image_row_free(HostImageRow *row);
+
+/* state_host_image_list: of HostImageRow for image @id, or all when NULL */
+GPtrArray *state_host_image_list(sqlite3 *db, const char *id, GError **error);
+bool state_host_image_put(sqlite3 *db, const HostImageRow *row, GError **error);
+/* state_host_image_cached: the cached fraction, 0 when unknown */
+bool state_host_image_cached(sqlite3 *db, const char *host, const char *id,
+                             double *ret_cached, GError **error);
+bool state_profile_put(sqlite3 *db, const char *host, const char *id,
+                       gint64 boots, const char *chunks, GError **error);
+/* state_profile_best: the chunks (JSON) of the profile with most boots of
+ * image @id, NULL if none */
+bool state_profile_best(sqlite3 *db, const char *id, char **ret_chunks,
+                        GError **error);
+
+/* ---- hosts ------------------------------------------------------------- */
+
+typedef struct {
+    char *name;
+    char *key;
+    char *address;
+    bool accepted;
+    bool lost;
+    gint64 cpus;
+    gint64 memory_kib;
+    gint64 clones; /* desired clones placed on it */
+} HostRow;
+
+void host_row_free(HostRow *row);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(HostRow, host_row_free)
+
+bool state_host_get(sqlite3 *db, const char *name, HostRow **ret_row,
+                    GError **error);
+bool state_host_get_by_key(sqlite3 *db, const char *key, HostRow **ret_row,
+                           GError **error);
+/* state_host_list: of HostRow, by name; @live: accepted and not lost only */
+GPtrArray *state_host_list(sqlite3 *db, bool live, GError **error);
+bool state_host_insert_pending(sqlite3 *db, const char *name, const char *key,
+                               const char *address, GError **error);
+/* state_host_insert_accepted: @name with @key, accepted, replacing any
+ * host of that name or key */
+bool state_host_insert_accepted(sqlite3 *db, const char *name, const char *key,
+                                GError **error);
+bool state_host_accept(sqlite3 *db, const char *name, GError **error);
+bool state_host_hello(sqlite3 *db, const char *name, const char *address,
+                      gint64 cpus, gint64 memory_kib, const char *virt,
+                      GError **error);
+/* state_host_seen: heard from now; *ret_was_lost: it was lost */
+bool state_host_seen(sqlite3 *db, const char *name, bool *ret_was_lost,
+                     GError **error);
+/* state_host_set_lost: lost; its clones unplaced, its pending commands
+ * other than destroys cancelled */
+bool state_host_set_lost(sqlite3 *db, const char *name, GError **error);
+
+/* ---- clones ------------------------------------------------------------ */
+
+typedef struct {
+    char *service;
+    gint64 index;
+    char *host;        /* NULL: not placed */
+    gint64 generation; /* the service's */
+} CloneRow;
+
+void clone_row_free(CloneRow *row);
+
+/* state_clone_list: of CloneRow, by service and index; of @service only
+ * unless NULL, of those on @host only unless NULL */
+GPtrArray *state_clone_list(sqlite3 *db, const char *service, const char *host,
+                            GError **error);
+/* state_clone_list_unplaced: of CloneRow, of services not being deleted */
+GPtrArray *state_clone_list_unplaced(sqlite3 *db, GError **error);
+/* state_clone_sync: exactly the rows 0..@desired-1 of @service */
+bool state_clone_sync(sqlite3 *db, const char *service, gint64 desired,
+                      GError **error);
+bool state_clone_remove_all(sqlite3 *db, const char *service, GError **error);
+bool state_clone_place(sqlite3 *db, const char *service, gint64 index,
+                       const char *host, GError **error);
+
+/* ---- commands ---------------------------------------------------------- */
+
+typedef struct {
+    gint64 id;
+    char *host;
+    char *op;
+    char *service;
+    char *body;
+} CommandRow;
+
+void command_row_free(CommandRow *row);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(CommandRow, command_row_free)
+
+bool state_command_add(sqlite3 *db, const char *host, const char *op,
+                       const char *service, const char *body, gint64 *ret_id,
+                       GError **error);
+/* state_command_get_pending: command @id to @host if pending, else NULL */
+bool state_command_get_pending(sqlite3 *db, gint64 id, const char *host,
+                               CommandRow **ret_row, GError **error);
+/* state_command_list_pending: of CommandRow: those of @host (all if NULL)
+ * last sent before @sent_before, by id */
+GPtrArray *state_command_list_pending(sqlite3 *db, const char *host,
+                                      double sent_before, GError **error);
+bool state_command_finish(sqlite3 *db, gint64 id, CommandState state,
+                          const char *reason, GError **error);
+bool state_command_sent(sqlite3 *db, gint64 id, double now, GError **error);
+/* state_command_resend: send @host's pending commands at the next pass */
+bool state_command_resend(sqlite3 *db, const char *host, GError **error);
+
+/* ---- requests (auto-scaling) ------------------------------------------- */
+
+bool state_request_add(sqlite3 *db, const char *service, gint64 count,
+                       GError **error);
+bool state_request_sum(sqlite3 *db, const char *service, double since,
+                       gint64 *ret_sum, GError **error);
+bool state_request_prune(sqlite3 *db, double before, GError **error);
+
+/* ---- events ------------------------------------------------------------ */
+
+typedef struct {
+    gint64 id;
+    double time;
+    char *kind;
+    char *service; /* may be NULL */
+    char *host;    /* may be NULL */
+    char *message;
+} EventRow;
+
+void event_row_free(EventRow *row);
+
+bool state_event_add(sqlite3 *db, const char *kind, const char *service,
+                     const char *host, const char *message, GError **error);
+/* state_event_list: the newest @limit events after @since (of @service
+ * unless NULL), oldest first */
+GPtrArray *state_event_list(sqlite3 *db, gint64 since, const char *service,
+                            gint64 limit, GError **error);
+
+/* ---- metrics ----------------------------------------------------------- */
+
+typedef struct {
+    GHashTable *commands_by_state; /* state name -> GINT_TO_POINTER(count) */
+    gint64 command_sends;
+    gint64 commands_retried;
+    gint64 commands_acknowledged;
+    gint64 clones_desired;
+    gint64 hosts_accepted;
+    gint64 hosts_lost;
+    gint64 events;
+} StateCounts;
+
+void state_counts_clear(StateCounts *counts);
+bool state_counts(sqlite3 *db, StateCounts *ret_counts, GError **error);

@@ -1,0 +1,593 @@
+/*
+ * manager-transport.c: spored's two ZeroMQ ROUTER sockets (CURVE; see
+ * manager-zap.c for who may connect) and the messages that arrive on
+ * them (docs/site-protocol.md).
+ *
+ * Invariants:
+ *   1. Each message is handled in one transaction under the manager's
+ *      lock: it is applied whole or, when the database fails, not at all
+ *      (rolled back and logged, naming the host); either way the next
+ *      message is read.
+ *   2. A host's runtime record changes only after its message's
+ *      transaction committed, except last_seen and heard (the host is
+ *      alive whatever the database says).
+ *   3. Only the main thread touches the sockets.
+ */
+#include "manager-private.h"
+
+#include <string.h>
+#include <zmq.h>
+
+#include "spore-error.h"
+#include "zmq-zap.h"
+
+/* messages read per drain, so that one busy socket cannot starve a pass */
+#define ROUTER_BUDGET_MESSAGES   1000
+#define REGISTER_BUDGET_MESSAGES 100
+#define BACKOFF_BASE_S           5u
+#define BACKOFF_MAX_S            300u
+/* the registration socket's frames: a register message is small */
+#define REGISTER_MAX_MSG_BYTES 4096
+
+void
+manager_send(Manager *m, const char *host, JsonObject *msg)
+{
+    if (!wire_send(m->router, host, msg))
+        g_debug("could not send to %s: %s", host, zmq_strerror(zmq_errno()));
+}
+
+static JsonObject *
+get_object(JsonObject *o, const char *member)
+{
+    JsonNode *n = o ? json_object_get_member(o, member) : NULL;
+
+    return n && JSON_NODE_HOLDS_OBJECT(n) ? json_node_get_object(n) : NULL;
+}
+
+static bool
+handle_hello(Manager *m, const char *host, const char *address, JsonObject *msg,
+             GError **error)
+{
+    HostRuntime *h = manager_runtime_get(m, host);
+    const char *boot = json_util_get_string(msg, "boot", NULL);
+    const char *peer = json_util_get_string(msg, "peer_endpoint", NULL);
+    JsonObject *cap = get_object(msg, "capacity");
+    g_autoptr(JsonObject) welcome = wire_new("welcome");
+    bool restarted = h->boot && boot && !g_str_equal(h->boot, boot);
+
+    if (!state_host_hello(m->db, host, address,
+                          json_util_get_int(cap, "cpus", 0),
+                          json_util_get_int(cap, "memory_kib", 0),
+                          json_util_get_string(msg, "virt", NULL), error))
+        return false;
+    if ((!h->boot || restarted) &&
+        !manager_event(m, error,
+                       restarted ? "host-restarted" : "host-connected", NULL,
+                       host,
+                       "host %s %s from %s (%" G_GINT64_FORMAT
+                       " CPUs, %" G_GINT64_FORMAT " MiB)",
+                       host, restarted ? "restarted" : "connected", address,
+                       json_util_get_int(cap, "cpus", 0),
+                       json_util_get_int(cap, "memory_kib", 0) / 1024))
+        return false;
+    /* whatever it was sent before may be lost: send it again now */
+    if (!state_command_resend(m->db, host, error))
+        return false;
+    g_free(h->boot);
+    h->boot = g_strdup(boot);
+    g_clear_pointer(&h->peer_endpoint, g_free);
+    if (peer && g_str_has_prefix(peer, "tcp://") &&
+        strlen(peer) <= WIRE_ENDPOINT_MAX)
+        h->peer_endpoint = g_strdup(peer);
+    m->peers_sent = 0; /* everyone's peer list may change */
+    json_object_set_int_member(welcome, "report_ms", MANAGER_REPORT_MS);
+    manager_send(m, host, welcome);
+    return true;
+}
+
+/* host_back: @host is heard from: no longer lost (an event if it was) */
+static bool
+host_back(Manager *m, const char *host, GError **error)
+{
+    bool was_lost = false;
+
+    if (!state_host_seen(m->db, host, &was_lost, error))
+        return false;
+    return !was_lost || manager_event(m, error, "host-back", NULL, host,
+                                      "host %s is back", host);
+}
+
+static bool
+record_images(Manager *m, const char *host, JsonArray *images, GError **error)
+{
+    for (guint i = 0; i < json_array_get_length(images); i++) {
+        JsonNode *n = json_array_get_element(images, i);
+        JsonObject *im, *bytes;
+        HostImageRow row = {0};
+
+        if (!JSON_NODE_HOLDS_OBJECT(n))
+            continue;
+        im = json_node_get_object(n);
+        bytes = get_object(im, "fetched_bytes");
+        row.host = (char *)host;
+        row.image = (char *)json_util_get_string(im, "image", NULL);
+        if (!row.image)
+            continue;
+        row.cached = json_util_get_double(im, "cached_fraction", 0);
+        row.origin_bytes = json_util_get_int(bytes, "origin", 0);
+        row.peer_bytes = json_util_get_int(bytes, "peer", 0);
+        row.local_bytes = json_util_get_int(bytes, "local", 0);
+        if (!state_host_image_put(m->db, &row, error))
+            return false;
+    }
+    return true;
+}
+
+static bool
+handle_report(Manager *m, const char *host, JsonObject *msg, GError **error)
+{
+    HostRuntime *h = manager_runtime_get(m, host);
+    JsonNode *clones = json_object_get_member(msg, "clones");
+    JsonNode *images = json_object_get_member(msg, "images");
+    JsonArray *arr;
+
+    if (!clones || !JSON_NODE_HOLDS_ARRAY(clones) || !images ||
+        !JSON_NODE_HOLDS_ARRAY(images)) {
+        g_warning("host %s: a report without clones and images arrays: "
+                  "dropped",
+                  host);
+        return true;
+    }
+    if (!host_back(m, host, error) ||
+        !record_images(m, host, json_node_get_array(images), error))
+        return false;
+    if (!h->boot) {
+        /* a report before any hello (the manager restarted): ask who */
+        g_autoptr(JsonObject) who = wire_new("who");
+
+        manager_send(m, host, who);
+    }
+    arr = json_node_get_array(clones);
+    for (guint i = 0; i < json_array_get_length(arr); i++) {
+        JsonNode *n = json_array_get_element(arr, i);
+
+        if (JSON_NODE_HOLDS_OBJECT(n)) {
+            JsonObject *c = json_node_get_object(n);
+
+            /* the report's time, for CPU deltas */
+            json_object_set_int_member(c, "time_ms",
+                                       json_util_get_int(msg, "time_ms", 0));
+            mscale_report_clone(m, host, c);
+        }
+    }
+    g_clear_pointer(&h->clones, json_array_unref);
+    g_clear_pointer(&h->images, json_array_unref);
+    h->clones = json_array_ref(arr);
+    h->images = json_array_ref(json_node_get_array(images));
+    h->reported = true;
+    return true;
+}
+
+/* ack_succeeded: something changed for the service (a clone went away,
+ * say one of a lost host that came back): its creates may work now */
+static bool
+ack_succeeded(Manager *m, const char *host, const CommandRow *cmd,
+              JsonObject *msg, GError **error)
+{
+    const char *summary = json_util_get_string(msg, "summary", NULL);
+    g_autofree char *suffix =
+        g_strdup_printf("/%s", cmd->service ? cmd->service : "");
+    g_autofree char *key = g_strdup_printf("%s%s", host, suffix);
+    GHashTableIter it;
+    gpointer k;
+
+    if (!state_command_finish(m->db, cmd->id, COMMAND_DONE, NULL, error) ||
+        !manager_event(
+            m, error,
+            g_str_equal(cmd->op, "clone-create") ? "clones-created"
+                                                 : "clones-destroyed",
+            cmd->service, host,
+            "command %" G_GINT64_FORMAT " (%s) done on %s%s%s", cmd->id,
+            cmd->op, host, summary ? ": " : "", summary ? summary : ""))
+        return false;
+    g_hash_table_iter_init(&it, m->backoff);
+    while (g_hash_table_iter_next(&it, &k, NULL)) {
+        if (g_str_has_suffix(k, suffix))
+            g_hash_table_iter_remove(&it);
+    }
+    g_hash_table_remove(m->failures, key);
+    return true;
+}
+
+/* ack_failed: no creates of the service on the host for a while, longer
+ * after each failure in a row */
+static bool
+ack_failed(Manager *m, const char *host, const CommandRow *cmd, JsonObject *msg,
+           GError **error)
+{
+    const char *err = json_util_get_string(msg, "error", NULL);
+    g_autofree char *key =
+        g_strdup_printf("%s/%s", host, cmd->service ? cmd->service : "");
+    guint fails = GPOINTER_TO_UINT(g_hash_table_lookup(m->failures, key)) + 1;
+    guint delay = MIN(BACKOFF_BASE_S << MIN(fails - 1, 6u), BACKOFF_MAX_S);
+    gint64 *until;
+
+    if (!state_command_finish(m->db, cmd->id, COMMAND_FAILED, err, error) ||
+        !manager_event(m, error, "command-failed", cmd->service, host,
+                       "command %" G_GINT64_FORMAT " (%s) failed on %s: %s; "
+                       "trying again in %u s",
+                       cmd->id, cmd->op, host, err ? err : "no reason given",
+                       delay))
+        return false;
+    until = g_new(gint64, 1);
+    *until = g_get_monotonic_time() + (gint64)delay * G_USEC_PER_SEC;
+    g_hash_table_insert(m->failures, g_strdup(key), GUINT_TO_POINTER(fails));
+    g_hash_table_insert(m->backoff, g_steal_pointer(&key), until);
+    return true;
+}
+
+static bool
+handle_ack(Manager *m, const char *host, JsonObject *msg, GError **error)
+{
+    gint64 id = json_util_get_int(msg, "id", -1);
+    g_autoptr(CommandRow) cmd = NULL;
+
+    if (!state_command_get_pending(m->db, id, host, &cmd, error))
+        return false;
+    if (!cmd) {
+        g_debug("host %s: ack of command %" G_GINT64_FORMAT
+                " that is not pending: ignored",
+                host, id);
+        return true;
+    }
+    if (json_util_get_bool(msg, "ok", false))
+        return ack_succeeded(m, host, cmd, msg, error);
+    return ack_failed(m, host, cmd, msg, error);
+}
+
+static bool
+handle_profiles(Manager *m, const char *host, JsonObject *msg, GError **error)
+{
+    JsonNode *arr = json_object_get_member(msg, "profiles");
+
+    if (!arr || !JSON_NODE_HOLDS_ARRAY(arr))
+        return true;
+    for (guint i = 0; i < json_array_get_length(json_node_get_array(arr));
+         i++) {
+        JsonNode *n = json_array_get_element(json_node_get_array(arr), i);
+        JsonObject *p;
+        JsonNode *chunks;
+        g_autoptr(JsonGenerator) gen = json_generator_new();
+        g_autofree char *text = NULL;
+
+        if (!JSON_NODE_HOLDS_OBJECT(n))
+            continue;
+        p = json_node_get_object(n);
+        chunks = json_object_get_member(p, "chunks");
+        if (!json_util_get_string(p, "image", NULL) || !chunks ||
+            !JSON_NODE_HOLDS_ARRAY(chunks))
+            continue;
+        json_generator_set_root(gen, chunks);
+        text = json_generator_to_data(gen, NULL);
+        if (!state_profile_put(m->db, host,
+                               json_util_get_string(p, "image", NULL),
+                               json_util_get_int(p, "boots", 0), text, error))
+            return false;
+    }
+    return true;
+}
+
+static bool
+handle_requests(Manager *m, const char *host, JsonObject *msg, GError **error)
+{
+    const char *service = json_util_get_string(msg, "service", NULL);
+    gint64 count = json_util_get_int(msg, "count", -1);
+
+    /* a load balancer's reporter sends these only: they keep it up */
+    if (!host_back(m, host, error))
+        return false;
+    if (service && count >= 0 && count <= G_MAXINT32)
+        return mscale_requests(m, service, count, error);
+    g_warning("host %s: dropped a requests message without a service and a "
+              "count",
+              host);
+    return true;
+}
+
+static bool
+dispatch(Manager *m, const char *host, const char *address, JsonObject *msg,
+         GError **error)
+{
+    const char *type = json_util_get_string(msg, "type", NULL);
+
+    if (g_str_equal(type, "hello"))
+        return handle_hello(m, host, address, msg, error);
+    if (g_str_equal(type, "report"))
+        return handle_report(m, host, msg, error);
+    if (g_str_equal(type, "ack"))
+        return handle_ack(m, host, msg, error);
+    if (g_str_equal(type, "profiles"))
+        return handle_profiles(m, host, msg, error);
+    if (g_str_equal(type, "requests"))
+        return handle_requests(m, host, msg, error);
+    g_warning("host %s: dropped a message of unknown type '%s'", host, type);
+    return true;
+}
+
+/* handle_message: one message from @host in one transaction (invariant
+ * 1) */
+static void
+handle_message(Manager *m, const char *host, const char *address,
+               const void *data, gsize len)
+{
+    g_autoptr(GError) err = NULL;
+    g_autoptr(JsonObject) msg = wire_parse(data, len, &err);
+    g_autoptr(GMutexLocker) locker = NULL;
+    HostRuntime *h;
+
+    if (!msg) {
+        g_warning("host %s: dropped a malformed message: %s", host,
+                  err->message);
+        return;
+    }
+    locker = g_mutex_locker_new(&m->lock);
+    h = manager_runtime_get(m, host);
+    h->last_seen = g_get_monotonic_time(); /* invariant 2 */
+    h->heard = true;
+    if (!state_begin(m->db, &err) || !dispatch(m, host, address, msg, &err) ||
+        !state_commit(m->db, &err)) {
+        state_rollback(m->db);
+        g_warning("host %s: a '%s' message not applied: %s", host,
+                  json_util_get_string(msg, "type", "?"), err->message);
+    }
+}
+
+/* recv_frame: the next frame of @sock into @msg (initialized); false when
+ * none is waiting */
+static bool
+recv_frame(void *sock, zmq_msg_t *msg)
+{
+    zmq_msg_init(msg);
+    if (zmq_msg_recv(msg, sock, ZMQ_DONTWAIT) >= 0)
+        return true;
+    zmq_msg_close(msg);
+    return false;
+}
+
+/* drop_extra: read the frames after @body of a multi-frame message into
+ * @body (the last one); whether there were any */
+static bool
+drop_extra(void *sock, zmq_msg_t *body)
+{
+    bool extra = false;
+
+    while (zmq_msg_more(body)) { /* one frame per message: drop more */
+        zmq_msg_t junk;
+
+        extra = true;
+        if (!recv_frame(sock, &junk))
+            break;
+        zmq_msg_close(body);
+        *body = junk;
+    }
+    return extra;
+}
+
+void
+manager_router_drain(Manager *m)
+{
+    for (int budget = 0; budget < ROUTER_BUDGET_MESSAGES; budget++) {
+        zmq_msg_t id, body;
+        const char *user, *addr;
+        bool extra;
+
+        if (!recv_frame(m->router, &id))
+            return;
+        if (!zmq_msg_more(&id) || !recv_frame(m->router, &body)) {
+            zmq_msg_close(&id);
+            continue;
+        }
+        extra = drop_extra(m->router, &body);
+        user = zmq_msg_gets(&body, "User-Id");
+        addr = zmq_msg_gets(&body, "Peer-Address");
+        if (!user || !*user)
+            g_warning("dropped a message without an authenticated host");
+        else if (extra)
+            g_warning("host %s: dropped a message of several frames", user);
+        else
+            handle_message(m, user, addr ? addr : "?", zmq_msg_data(&body),
+                           zmq_msg_size(&body));
+        zmq_msg_close(&id);
+        zmq_msg_close(&body);
+    }
+}
+
+/* ---- registration: hosts not yet accepted say who they are ---------- */
+
+static void
+refuse(JsonObject *reply, const char *reason)
+{
+    json_object_set_string_member(reply, "state", "refused");
+    json_object_set_string_member(reply, "reason", reason);
+}
+
+/* handle_register: answer a registration in @reply; false (nothing
+ * written: the caller rolls back) when the database fails */
+static bool
+handle_register(Manager *m, const char *key, const char *address,
+                JsonObject *msg, JsonObject *reply, GError **error)
+{
+    const char *name = json_util_get_string(msg, "host", NULL);
+    g_autoptr(HostRow) known = NULL;
+    g_autoptr(HostRow) other = NULL;
+
+    if (!name || !wire_host_name_valid(name)) {
+        refuse(reply, "invalid host name");
+        return true;
+    }
+    if (!state_host_get_by_key(m->db, key, &known, error))
+        return false;
+    if (!known) {
+        if (!state_host_get(m->db, name, &other, error))
+            return false;
+        if (other) {
+            refuse(reply, "another host has that name");
+            return !manager_should_log_refusal(m, key) ||
+                   manager_event(m, error, "host-refused", NULL, name,
+                                 "a host from %s calls itself %s but has "
+                                 "another key (%s)",
+                                 address, name, key);
+        }
+        if (!state_host_insert_pending(m->db, name, key, address, error) ||
+            !manager_event(m, error, "host-pending", NULL, name,
+                           "host %s from %s asks to join (key %s): sporectl "
+                           "host-accept %s",
+                           name, address, key, name) ||
+            !state_host_get_by_key(m->db, key, &known, error))
+            return false;
+    }
+    json_object_set_string_member(reply, "host", known->name);
+    json_object_set_string_member(reply, "state",
+                                  known->accepted ? "accepted" : "pending");
+    return true;
+}
+
+/* register_one: a registration message, answered */
+static void
+register_one(Manager *m, zmq_msg_t *id, const char *key, const char *addr,
+             JsonObject *msg)
+{
+    g_autoptr(JsonObject) reply = wire_new("registration");
+    g_autoptr(GError) err = NULL;
+    g_autofree char *text = NULL;
+
+    {
+        g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&m->lock);
+
+        if (!state_begin(m->db, &err) ||
+            !handle_register(m, key, addr, msg, reply, &err) ||
+            !state_commit(m->db, &err)) {
+            state_rollback(m->db);
+            g_warning("registration from %s not recorded: %s", addr,
+                      err->message);
+            return; /* no answer: the host asks again */
+        }
+    }
+    text = json_util_to_text(reply, false);
+    zmq_send(m->reg, zmq_msg_data(id), zmq_msg_size(id),
+             ZMQ_SNDMORE | ZMQ_DONTWAIT);
+    zmq_send(m->reg, text, strlen(text), ZMQ_DONTWAIT);
+}
+
+void
+manager_register_drain(Manager *m)
+{
+    for (int budget = 0; budget < REGISTER_BUDGET_MESSAGES; budget++) {
+        zmq_msg_t id, body;
+        const char *key, *addr;
+        g_autoptr(JsonObject) msg = NULL;
+
+        if (!recv_frame(m->reg, &id))
+            return;
+        if (!zmq_msg_more(&id) || !recv_frame(m->reg, &body)) {
+            zmq_msg_close(&id);
+            continue;
+        }
+        if (drop_extra(m->reg, &body)) {
+            zmq_msg_close(&id);
+            zmq_msg_close(&body);
+            continue;
+        }
+        key = zmq_msg_gets(&body, "User-Id");
+        addr = zmq_msg_gets(&body, "Peer-Address");
+        msg = wire_parse(zmq_msg_data(&body), zmq_msg_size(&body), NULL);
+        if (key && msg &&
+            g_str_equal(json_util_get_string(msg, "type", ""), "register"))
+            register_one(m, &id, key, addr ? addr : "?", msg);
+        else
+            g_warning("registration socket: dropped a message that is not "
+                      "a registration");
+        zmq_msg_close(&id);
+        zmq_msg_close(&body);
+    }
+}
+
+/* ---- binding ------------------------------------------------------------ */
+
+/* bind_agents: the agents' ROUTER, CURVE server, accepted keys only */
+static bool
+bind_agents(Manager *m, GError **error)
+{
+    int one = 1;
+
+    m->router = zmq_socket(m->zctx, ZMQ_ROUTER);
+    wire_socket_defaults(m->router);
+    zmq_setsockopt(m->router, ZMQ_CURVE_SERVER, &one, sizeof(one));
+    zmq_setsockopt(m->router, ZMQ_CURVE_SECRETKEY, m->keys.secret_key,
+                   WIRE_KEY_CHARS);
+    zmq_setsockopt(m->router, ZMQ_ZAP_DOMAIN, WIRE_ZAP_DOMAIN,
+                   strlen(WIRE_ZAP_DOMAIN));
+    if (zmq_setsockopt(m->router, ZMQ_ZAP_ENFORCE_DOMAIN, &one, sizeof(one)) !=
+        0) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_FAILED,
+                    "this libzmq does not enforce ZAP domains "
+                    "(ZMQ_ZAP_ENFORCE_DOMAIN): %s",
+                    zmq_strerror(zmq_errno()));
+        return false;
+    }
+    zmq_setsockopt(m->router, ZMQ_ROUTER_HANDOVER, &one, sizeof(one));
+    zmq_setsockopt(m->router, ZMQ_ROUTER_MANDATORY, &one, sizeof(one));
+    if (zmq_bind(m->router, m->config.listen) != 0) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_FAILED,
+                    "cannot listen on %s: %s", m->config.listen,
+                    zmq_strerror(zmq_errno()));
+        return false;
+    }
+    return true;
+}
+
+/* bind_registrations: the registration ROUTER, the port after listen's,
+ * any CURVE key, small frames only */
+static bool
+bind_registrations(Manager *m, GError **error)
+{
+    int one = 1;
+    int64_t small = REGISTER_MAX_MSG_BYTES;
+
+    m->reg = zmq_socket(m->zctx, ZMQ_ROUTER);
+    wire_socket_defaults(m->reg);
+    zmq_setsockopt(m->reg, ZMQ_MAXMSGSIZE, &small, sizeof(small));
+    zmq_setsockopt(m->reg, ZMQ_CURVE_SERVER, &one, sizeof(one));
+    zmq_setsockopt(m->reg, ZMQ_CURVE_SECRETKEY, m->keys.secret_key,
+                   WIRE_KEY_CHARS);
+    zmq_setsockopt(m->reg, ZMQ_ZAP_DOMAIN, WIRE_ZAP_REGISTER_DOMAIN,
+                   strlen(WIRE_ZAP_REGISTER_DOMAIN));
+    zmq_setsockopt(m->reg, ZMQ_ZAP_ENFORCE_DOMAIN, &one, sizeof(one));
+    if (!m->register_endpoint)
+        m->register_endpoint = wire_register_endpoint(m->config.listen);
+    if (!m->register_endpoint || zmq_bind(m->reg, m->register_endpoint) != 0) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_FAILED,
+                    "cannot listen for registrations on %s: %s",
+                    m->register_endpoint ? m->register_endpoint
+                                         : "(the port after --listen's)",
+                    zmq_strerror(zmq_errno()));
+        return false;
+    }
+    return true;
+}
+
+bool
+manager_transport_bind(Manager *m, GError **error)
+{
+    m->zctx = zmq_ctx_new();
+    if (!zmq_has("curve")) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_FAILED,
+                    "this libzmq has no CURVE support");
+        return false;
+    }
+    /* the ZAP handler must be bound before any CURVE socket */
+    m->zap = spore_zap_bind(m->zctx, error);
+    if (!m->zap)
+        return false;
+    return bind_agents(m, error) && bind_registrations(m, error);
+}

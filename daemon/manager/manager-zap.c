@@ -1,0 +1,144 @@
+/*
+ * manager-zap.c: who may connect to spored (ZAP, RFC 27).  The agents'
+ * socket (domain "spore") admits accepted host keys only, with the host's
+ * name as user id; the registration socket ("spore-register") admits any
+ * CURVE key, with the key as user id, and only ever answers "register".
+ *
+ * A key placed as HOSTS_DIR/NAME.pub is accepted as host NAME when it
+ * first connects (accept_from_dir), in one transaction with its event.
+ * Runs on the main thread, under the manager's lock.
+ */
+#include "manager-private.h"
+
+#include <string.h>
+
+#include "zmq-zap.h"
+
+#define REFUSAL_LOG_US (60 * G_USEC_PER_SEC)
+
+/* accept_from_dir: the name of the host whose key @key is in hosts_dir,
+ * accepted now, or NULL (@error set if the database failed) */
+static char *
+accept_from_dir(Manager *m, const char *key, GError **error)
+{
+    g_autoptr(GDir) dir = NULL;
+    const char *entry;
+
+    if (!m->config.hosts_dir ||
+        !(dir = g_dir_open(m->config.hosts_dir, 0, NULL)))
+        return NULL;
+    while ((entry = g_dir_read_name(dir))) {
+        g_autofree char *path = NULL;
+        g_autofree char *file_key = NULL;
+        g_autofree char *name = NULL;
+
+        if (!g_str_has_suffix(entry, ".pub"))
+            continue;
+        name = g_strndup(entry, strlen(entry) - 4);
+        if (!wire_host_name_valid(name))
+            continue;
+        path = g_build_filename(m->config.hosts_dir, entry, NULL);
+        file_key = wire_key_read_file(path, NULL);
+        if (!file_key || !g_str_equal(file_key, key))
+            continue;
+        if (!state_begin(m->db, error) ||
+            !state_host_insert_accepted(m->db, name, key, error) ||
+            !manager_event(m, error, "host-accepted", NULL, name,
+                           "host %s accepted: its key is in %s", name, path) ||
+            !state_commit(m->db, error)) {
+            state_rollback(m->db);
+            return NULL;
+        }
+        return g_steal_pointer(&name);
+    }
+    return NULL;
+}
+
+bool
+manager_should_log_refusal(Manager *m, const char *key)
+{
+    gint64 now = g_get_monotonic_time();
+    gint64 *last = g_hash_table_lookup(m->refused, key);
+
+    if (last && now - *last < REFUSAL_LOG_US)
+        return false;
+    last = g_new(gint64, 1);
+    *last = now;
+    g_hash_table_insert(m->refused, g_strdup(key), last);
+    return true;
+}
+
+/* log_refusal: an event for a refused key, once a minute per key */
+static bool
+log_refusal(Manager *m, const char *address, const char *key, GError **error)
+{
+    g_autoptr(HostRow) pending = NULL;
+
+    if (!manager_should_log_refusal(m, key))
+        return true;
+    if (!state_host_get_by_key(m->db, key, &pending, error))
+        return false;
+    if (pending)
+        return manager_event(m, error, "host-refused", NULL, pending->name,
+                             "refused host %s from %s: its key is not "
+                             "accepted (sporectl host-accept %s)",
+                             pending->name, address, pending->name);
+    return manager_event(m, error, "host-refused", NULL, NULL,
+                         "refused an unknown key from %s (%s): not accepted",
+                         address, key);
+}
+
+/* zap_decide: the user id for an admitted client, or NULL with *why */
+static char *
+zap_decide(Manager *m, const char *domain, const char *address,
+           const char *mechanism, const char *key, const char **why)
+{
+    g_autoptr(HostRow) host = NULL;
+    g_autoptr(GError) err = NULL;
+    g_autofree char *name = NULL;
+
+    if (!g_str_equal(mechanism, "CURVE") || !key) {
+        *why = "CURVE only";
+        return NULL;
+    }
+    if (g_str_equal(domain, WIRE_ZAP_REGISTER_DOMAIN))
+        return g_strdup(key);
+    if (!g_str_equal(domain, WIRE_ZAP_DOMAIN)) {
+        *why = "unknown ZAP domain";
+        return NULL;
+    }
+    if (!state_host_get_by_key(m->db, key, &host, &err)) {
+        g_warning("cannot admit a key from %s: %s", address, err->message);
+        *why = "the site manager's database failed";
+        return NULL;
+    }
+    if (host && host->accepted)
+        return g_strdup(host->name);
+    name = accept_from_dir(m, key, &err);
+    if (name)
+        return g_steal_pointer(&name);
+    if (!err)
+        log_refusal(m, address, key, &err);
+    if (err)
+        g_warning("cannot admit a key from %s: %s", address, err->message);
+    *why = "host key not accepted";
+    return NULL;
+}
+
+/* decide_locked: zap_decide under the manager's lock (the ZAP handler's
+ * callback) */
+static char *
+decide_locked(const char *domain, const char *address, const char *mechanism,
+              const char *key, const char **why, gpointer data)
+{
+    Manager *m = data;
+    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&m->lock);
+
+    return zap_decide(m, domain, address, mechanism, key, why);
+}
+
+void
+manager_zap_drain(Manager *m)
+{
+    spore_zap_drain(m->zap, decide_locked, m);
+}

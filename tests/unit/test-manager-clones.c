@@ -1,0 +1,591 @@
+/*
+ * test-manager-clones.c: spored in-process, with a fake agent speaking the
+ * site protocol over loopback (CURVE, a DEALER as spore-agent has), and
+ * its control socket: clone states tell the truth.
+ *
+ *   - a clone being removed shows as "deleting" until its host stops
+ *     reporting it;
+ *   - right after a restart, before its host reports, a clone is
+ *     "unknown", not "creating", and the service's running count is null,
+ *     not 0;
+ *   - the scaling engine does not evaluate a service before its hosts
+ *     reported after a restart (requests per running clone would jump);
+ *   - a scale to the current count does not restart the cooldown.
+ *
+ * Every wait is for a condition; PUMP_TRIES_MAX only stops a broken
+ * manager from hanging the suite.
+ */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#include "json-util.h"
+#include "manager-private.h"
+#include "test-util.h"
+#include "wire.h"
+
+#define PUMP_SLEEP_US  10000
+#define PUMP_TRIES_MAX 6000 /* a minute of 10 ms turns */
+#define REPORT_EVERY   20   /* turns between the fake agent's reports */
+
+typedef struct {
+    const char *name;
+    void *ctx, *sock;
+    GPtrArray *clones;  /* JsonObject: what it reports */
+    bool silent;        /* sends nothing (a host not reported yet) */
+    bool hold_destroys; /* leaves clone-destroy commands unanswered */
+    GPtrArray *held;    /* JsonObject: the held destroys */
+    guint turn;
+} FakeAgent;
+
+static char *dir;
+static ManagerConfig config;
+static Manager *m;
+static FakeAgent agent;  /* hv1 */
+static FakeAgent agent2; /* hv2, connected by the tests that need it */
+static FakeAgent *cur;   /* the one the agent_* functions act for */
+
+static guint
+free_port_pair(void)
+{
+    for (;;) {
+        struct sockaddr_in a = {.sin_family = AF_INET};
+        socklen_t len = sizeof(a);
+        int s = socket(AF_INET, SOCK_STREAM, 0), t;
+        guint port;
+
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        cr_assert_eq(bind(s, (struct sockaddr *)&a, sizeof(a)), 0);
+        getsockname(s, (struct sockaddr *)&a, &len);
+        port = ntohs(a.sin_port);
+        t = socket(AF_INET, SOCK_STREAM, 0);
+        a.sin_port = htons(port + 1);
+        if (port < 65000 && bind(t, (struct sockaddr *)&a, sizeof(a)) == 0) {
+            close(s);
+            close(t);
+            return port;
+        }
+        close(s);
+        close(t);
+    }
+}
+
+static void
+agent_send(JsonObject *msg)
+{
+    g_autofree char *text = json_util_to_text(msg, false);
+
+    zmq_send(cur->sock, text, strlen(text), ZMQ_DONTWAIT);
+}
+
+static void
+agent_hello(void)
+{
+    g_autoptr(JsonObject) hello = wire_new("hello");
+    JsonObject *cap = json_object_new();
+
+    json_object_set_string_member(hello, "host", cur->name);
+    json_object_set_string_member(hello, "boot", "fake-boot");
+    json_object_set_int_member(cap, "cpus", 4);
+    json_object_set_int_member(cap, "memory_kib", 8 * 1024 * 1024);
+    json_object_set_object_member(hello, "capacity", cap);
+    agent_send(hello);
+}
+
+static void
+agent_report(void)
+{
+    g_autoptr(JsonObject) report = wire_new("report");
+    JsonArray *arr = json_array_new();
+
+    for (guint i = 0; i < cur->clones->len; i++)
+        json_array_add_object_element(arr,
+                                      json_object_ref(cur->clones->pdata[i]));
+    json_object_set_array_member(report, "clones", arr);
+    json_object_set_array_member(report, "images", json_array_new());
+    json_object_set_int_member(report, "time_ms",
+                               g_get_monotonic_time() / 1000);
+    agent_send(report);
+}
+
+static void
+agent_ack(gint64 id)
+{
+    g_autoptr(JsonObject) ack = wire_new("ack");
+
+    json_object_set_int_member(ack, "id", id);
+    json_object_set_boolean_member(ack, "ok", TRUE);
+    json_object_set_string_member(ack, "summary", "fake");
+    agent_send(ack);
+}
+
+/* agent_create: what spore-agent would define, reported running */
+static void
+agent_create(JsonObject *cmd)
+{
+    const char *text = json_util_get_string(cmd, "manifest", "");
+    g_autoptr(Manifest) mf =
+        manifest_parse_data(text, strlen(text), NULL, NULL);
+    JsonObject *image = json_object_get_object_member(cmd, "image");
+    JsonArray *idx = json_object_get_array_member(cmd, "indexes");
+    gint64 gen = json_util_get_int(cmd, "generation", 0);
+
+    cr_assert(mf);
+    for (guint i = 0; i < json_array_get_length(idx); i++) {
+        guint index = (guint)json_array_get_int_element(idx, i);
+        JsonObject *c = json_object_new();
+        g_autofree char *uuid = clone_uuid(
+            mf, index, json_util_get_string(image, "id", ""), (guint64)gen);
+        g_autofree char *name = manifest_clone_name(mf, index);
+
+        json_object_set_string_member(c, "name", name);
+        json_object_set_string_member(c, "uuid", uuid);
+        json_object_set_string_member(c, "service", mf->name);
+        json_object_set_int_member(c, "index", index);
+        json_object_set_int_member(c, "generation", gen);
+        json_object_set_string_member(c, "state", "running");
+        g_ptr_array_add(cur->clones, c);
+    }
+}
+
+static void
+agent_destroy(JsonObject *cmd)
+{
+    JsonArray *names = json_object_get_array_member(cmd, "names");
+
+    for (guint n = 0; n < json_array_get_length(names); n++) {
+        const char *name = json_array_get_string_element(names, n);
+
+        for (guint i = 0; i < cur->clones->len; i++) {
+            if (g_str_equal(
+                    json_util_get_string(cur->clones->pdata[i], "name", ""),
+                    name)) {
+                g_ptr_array_remove_index(cur->clones, i);
+                break;
+            }
+        }
+    }
+    agent_ack(json_util_get_int(cmd, "id", -1));
+}
+
+static void
+agent_handle(JsonObject *msg)
+{
+    const char *type = json_util_get_string(msg, "type", "");
+    const char *op = json_util_get_string(msg, "op", "");
+
+    if (g_str_equal(type, "who")) {
+        agent_hello();
+    } else if (g_str_equal(type, "cmd") && g_str_equal(op, "clone-create")) {
+        agent_create(msg);
+        agent_ack(json_util_get_int(msg, "id", -1));
+    } else if (g_str_equal(type, "cmd") && g_str_equal(op, "clone-destroy")) {
+        if (cur->hold_destroys)
+            g_ptr_array_add(cur->held, json_object_ref(msg));
+        else
+            agent_destroy(msg);
+    }
+}
+
+/* agent_turn: read what the manager sent; report now and then */
+static void
+agent_turn(void)
+{
+    char buf[1 << 16];
+    int n;
+
+    while (!cur->silent &&
+           (n = zmq_recv(cur->sock, buf, sizeof(buf), ZMQ_DONTWAIT)) >= 0) {
+        g_autoptr(JsonObject) msg = NULL;
+
+        if ((gsize)n > sizeof(buf))
+            continue;
+        msg = wire_parse(buf, (gsize)n, NULL);
+        if (msg)
+            agent_handle(msg);
+    }
+    if (!cur->silent && cur->turn++ % REPORT_EVERY == 0)
+        agent_report();
+}
+
+typedef bool (*Condition)(gpointer data);
+
+/* pump: run the manager's loop and the agent until @cond holds */
+static bool
+pump(Condition cond, gpointer data)
+{
+    for (int i = 0; i < PUMP_TRIES_MAX; i++) {
+        while (g_main_context_iteration(NULL, FALSE))
+            ;
+        cur = &agent;
+        agent_turn();
+        if (agent2.sock) {
+            cur = &agent2;
+            agent_turn();
+        }
+        if (cond(data))
+            return true;
+        g_usleep(PUMP_SLEEP_US);
+    }
+    return false;
+}
+
+typedef struct {
+    JsonObject *request;
+    JsonObject *reply;
+    gint done;
+} Call;
+
+static gpointer
+call_thread(gpointer data)
+{
+    Call *c = data;
+    g_autofree char *path =
+        g_build_filename(config.run_dir, "control.sock", NULL);
+    g_autoptr(GError) err = NULL;
+
+    c->reply = control_call("the site manager", path, c->request, &err);
+    cr_assert(c->reply, "%s", err ? err->message : "");
+    g_atomic_int_set(&c->done, 1);
+    return NULL;
+}
+
+static bool
+call_done(gpointer data)
+{
+    return g_atomic_int_get(&((Call *)data)->done) != 0;
+}
+
+/* control: a control command answered while the loop runs; the reply */
+static JsonObject *
+control(const char *json)
+{
+    g_autoptr(JsonParser) p = json_parser_new();
+    Call c = {0};
+    GThread *t;
+
+    cr_assert(json_parser_load_from_data(p, json, -1, NULL));
+    c.request = json_node_get_object(json_parser_get_root(p));
+    t = g_thread_new("control", call_thread, &c);
+    cr_assert(pump(call_done, &c), "no reply to %s", json);
+    g_thread_join(t);
+    return c.reply;
+}
+
+static JsonObject *
+control_ok(const char *json)
+{
+    JsonObject *r = control(json);
+
+    cr_assert(json_util_get_bool(r, "ok", false), "%s: %s", json,
+              json_util_get_string(r, "error", ""));
+    return r;
+}
+
+/* clone_state: the state clone-list gives @name, or NULL when absent */
+static char *
+clone_state(const char *name)
+{
+    g_autoptr(JsonObject) r = control_ok("{\"cmd\": \"clone-list\"}");
+    JsonArray *arr = json_object_get_array_member(r, "clones");
+
+    for (guint i = 0; i < json_array_get_length(arr); i++) {
+        JsonObject *c = json_array_get_object_element(arr, i);
+
+        if (g_str_equal(json_util_get_string(c, "name", ""), name))
+            return g_strdup(json_util_get_string(c, "state", ""));
+    }
+    return NULL;
+}
+
+static bool
+clone_is(gpointer data)
+{
+    const char **want = data; /* {name, state or NULL for absent} */
+    g_autofree char *state = clone_state(want[0]);
+
+    return g_strcmp0(state, want[1]) == 0;
+}
+
+static void
+wait_clone(const char *name, const char *state)
+{
+    const char *want[] = {name, state};
+
+    cr_assert(pump(clone_is, want), "%s never became %s", name,
+              state ? state : "absent");
+}
+
+static JsonObject *
+service(void)
+{
+    g_autoptr(JsonObject) r =
+        control_ok("{\"cmd\": \"service-show\", \"name\": \"web\"}");
+
+    return json_object_ref(json_object_get_object_member(r, "service"));
+}
+
+static void
+manager_start(void)
+{
+    g_autoptr(GError) err = NULL;
+
+    m = manager_new(&config, &err);
+    cr_assert(m, "%s", err ? err->message : "");
+}
+
+/* agent_connect: @a as host @name, its key accepted (hosts_dir) */
+static void
+agent_connect(FakeAgent *a, const char *name)
+{
+    g_autoptr(GError) err = NULL;
+    g_autofree char *adir = g_build_filename(dir, name, NULL);
+    g_autofree char *file = g_strdup_printf("%s.pub", name);
+    g_autofree char *pub = g_build_filename(config.hosts_dir, file, NULL);
+    WireKeys keys;
+    int zero = 0;
+
+    g_mkdir_with_parents(adir, 0700);
+    cr_assert(wire_keys_load_or_create(adir, &keys, &err), "%s",
+              err ? err->message : "");
+    cr_assert(g_file_set_contents(pub, keys.public_key, -1, NULL));
+    a->name = name;
+    a->ctx = zmq_ctx_new();
+    a->sock = zmq_socket(a->ctx, ZMQ_DEALER);
+    zmq_setsockopt(a->sock, ZMQ_LINGER, &zero, sizeof(zero));
+    zmq_setsockopt(a->sock, ZMQ_CURVE_SERVERKEY, manager_public_key(m),
+                   WIRE_KEY_CHARS);
+    zmq_setsockopt(a->sock, ZMQ_CURVE_PUBLICKEY, keys.public_key,
+                   WIRE_KEY_CHARS);
+    zmq_setsockopt(a->sock, ZMQ_CURVE_SECRETKEY, keys.secret_key,
+                   WIRE_KEY_CHARS);
+    zmq_setsockopt(a->sock, ZMQ_ROUTING_ID, name, strlen(name));
+    cr_assert_eq(zmq_connect(a->sock, config.listen), 0);
+    a->clones =
+        g_ptr_array_new_with_free_func((GDestroyNotify)json_object_unref);
+    a->held = g_ptr_array_new_with_free_func((GDestroyNotify)json_object_unref);
+    cur = a;
+    agent_hello();
+}
+
+static void
+agent_disconnect(FakeAgent *a)
+{
+    if (!a->sock)
+        return;
+    zmq_close(a->sock);
+    zmq_ctx_term(a->ctx);
+    g_ptr_array_unref(a->clones);
+    g_ptr_array_unref(a->held);
+    memset(a, 0, sizeof(*a));
+}
+
+static void
+setup(void)
+{
+    dir = g_dir_make_tmp("spore-mclones-XXXXXX", NULL);
+    config.state_dir = g_build_filename(dir, "state", NULL);
+    config.run_dir = g_build_filename(dir, "run", NULL);
+    config.listen = g_strdup_printf("tcp://127.0.0.1:%u", free_port_pair());
+    config.hosts_dir = g_build_filename(dir, "hosts.d", NULL);
+    config.lost_after_s = 60;
+    config.resend_s = 5;
+    config.shutdown_timeout_s = 60;
+    g_mkdir_with_parents(config.hosts_dir, 0700);
+    manager_start();
+    agent_connect(&agent, "hv1");
+}
+
+static void
+teardown(void)
+{
+    manager_free(m);
+    agent_disconnect(&agent);
+    agent_disconnect(&agent2);
+    test_rm_rf(dir);
+    g_free(dir);
+    g_free(config.state_dir);
+    g_free(config.run_dir);
+    g_free(config.listen);
+    g_free(config.hosts_dir);
+}
+
+/* a service "web" of 2 clones with a requests rule, both running */
+static void
+two_running(void)
+{
+    g_autofree char *image = g_build_filename(dir, "image.raw", NULL);
+    g_autofree char *add = NULL;
+    g_autofree char *submit = NULL;
+    g_autofree char *xml = NULL;
+    g_autoptr(JsonObject) r = NULL;
+    g_autoptr(JsonObject) s = NULL;
+    g_autoptr(JsonGenerator) gen = json_generator_new();
+    JsonNode *node;
+
+    cr_assert(g_file_set_contents(image, "spore test image\n", -1, NULL));
+    add = g_strdup_printf("{\"cmd\": \"image-add\", \"name\": \"img\", "
+                          "\"url\": \"file://%s\"}",
+                          image);
+    json_object_unref(control_ok(add));
+    xml = g_strdup_printf(
+        "<service xmlns=\"urn:spore:manifest:1\" name=\"web\">"
+        "<image name=\"img\"><origin url=\"file://%s\"/></image>"
+        "<vm><vcpus>1</vcpus><memory unit=\"MiB\">64</memory></vm>"
+        "<scaling min=\"1\" max=\"3\" initial=\"2\" cooldown=\"120s\">"
+        "<rule metric=\"requests\" above=\"100\" add=\"1\"/>"
+        "</scaling></service>",
+        image);
+    s = json_object_new();
+    json_object_set_string_member(s, "cmd", "submit");
+    json_object_set_string_member(s, "manifest", xml);
+    node = json_node_init_object(json_node_alloc(), s);
+    json_generator_set_root(gen, node);
+    submit = json_generator_to_data(gen, NULL);
+    json_node_unref(node);
+    r = control_ok(submit);
+    wait_clone("web-0", "running");
+    wait_clone("web-1", "running");
+}
+
+TestSuite(manager_clones, .init = setup, .fini = teardown, .timeout = 240);
+
+Test(manager_clones, shows_a_clone_being_removed_as_deleting)
+{
+    g_autoptr(JsonObject) r = NULL;
+
+    two_running();
+    agent.hold_destroys = true;
+    r = control_ok("{\"cmd\": \"scale\", \"name\": \"web\", \"count\": 1}");
+    wait_clone("web-1", "deleting");
+    agent.hold_destroys = false;
+    for (guint i = 0; i < agent.held->len; i++)
+        agent_destroy(agent.held->pdata[i]);
+    wait_clone("web-1", NULL);
+    {
+        g_autofree char *s0 = clone_state("web-0");
+
+        cr_expect_str_eq(s0, "running");
+    }
+}
+
+Test(manager_clones, a_scale_to_the_current_count_keeps_the_cooldown)
+{
+    g_autoptr(JsonObject) before = NULL;
+    g_autoptr(JsonObject) after = NULL;
+    g_autoptr(JsonObject) r = NULL;
+
+    two_running();
+    r = control_ok("{\"cmd\": \"scale\", \"name\": \"web\", \"count\": 2}");
+    cr_expect_str_eq(json_util_get_string(r, "outcome", ""), "unchanged");
+    after = service();
+    cr_expect_eq(json_util_get_double(after, "cooldown_until", -1), 0.0,
+                 "a no-op scale started a cooldown");
+    json_object_unref(r);
+    r = control_ok("{\"cmd\": \"scale\", \"name\": \"web\", \"count\": 3}");
+    cr_expect_str_eq(json_util_get_string(r, "outcome", ""), "scaled");
+    before = service();
+    cr_expect_gt(json_util_get_double(before, "cooldown_until", 0), 0.0);
+}
+
+static bool
+scaling_ran(gpointer data)
+{
+    return m->last_scaling > 0;
+}
+
+static bool
+rule_has_value(gpointer data)
+{
+    g_autoptr(JsonObject) s = service();
+    JsonArray *rules = json_object_get_array_member(s, "rules");
+    JsonObject *rule = json_array_get_object_element(rules, 0);
+    JsonNode *v = json_object_get_member(rule, "value");
+
+    return v && !JSON_NODE_HOLDS_NULL(v);
+}
+
+Test(manager_clones, after_a_restart_tells_unknown_until_the_host_reports)
+{
+    g_autoptr(JsonObject) s = NULL;
+    g_autoptr(JsonObject) r = NULL;
+    g_autoptr(JsonObject) events = NULL;
+    g_autofree char *s0 = NULL;
+    JsonArray *arr;
+
+    two_running();
+    agent.silent = true;
+    manager_free(m);
+    manager_start();
+    s0 = clone_state("web-0");
+    cr_expect_str_eq(s0, "unknown", "not 'creating': it may well run");
+    s = service();
+    cr_expect(JSON_NODE_HOLDS_NULL(json_object_get_member(s, "running")),
+              "running is not known yet, not 0");
+    cr_expect_eq(json_util_get_int(s, "unknown", -1), 2);
+    /* 150 requests: 75 per running clone, under the rule's 100; read
+     * as none running, 150 per clone would scale up */
+    r = control_ok("{\"cmd\": \"request\", \"name\": \"web\", "
+                   "\"count\": 150}");
+    cr_assert(pump(scaling_ran, NULL));
+    agent.silent = false;
+    wait_clone("web-0", "running");
+    wait_clone("web-1", "running");
+    cr_assert(pump(rule_has_value, NULL));
+    json_object_unref(s);
+    s = service();
+    cr_expect_eq(json_util_get_int(s, "running", -1), 2);
+    cr_expect_eq(json_util_get_int(s, "desired", -1), 2, "no false scale-up");
+    arr = json_object_get_array_member(s, "rules");
+    cr_expect_float_eq(json_util_get_double(
+                           json_array_get_object_element(arr, 0), "value", -1),
+                       75.0, 1e-9);
+    events = control_ok("{\"cmd\": \"events\", \"service\": \"web\"}");
+    arr = json_object_get_array_member(events, "events");
+    for (guint i = 0; i < json_array_get_length(arr); i++)
+        cr_expect_str_neq(
+            json_util_get_string(json_array_get_object_element(arr, i), "kind",
+                                 ""),
+            "scaled-up");
+}
+
+static bool
+both_reported(gpointer data)
+{
+    HostRuntime *h1 = g_hash_table_lookup(m->runtime, "hv1");
+    HostRuntime *h2 = g_hash_table_lookup(m->runtime, "hv2");
+
+    return h1 && h1->reported && h2 && h2->reported;
+}
+
+static char *
+host_of(const char *name)
+{
+    g_autoptr(JsonObject) r = control_ok("{\"cmd\": \"clone-list\"}");
+    JsonArray *arr = json_object_get_array_member(r, "clones");
+
+    for (guint i = 0; i < json_array_get_length(arr); i++) {
+        JsonObject *c = json_array_get_object_element(arr, i);
+
+        if (g_str_equal(json_util_get_string(c, "name", ""), name))
+            return g_strdup(json_util_get_string(c, "host", ""));
+    }
+    return NULL;
+}
+
+Test(manager_clones, spreads_the_clones_of_a_service_over_the_hosts)
+{
+    g_autofree char *h0 = NULL;
+    g_autofree char *h1 = NULL;
+
+    agent_connect(&agent2, "hv2");
+    cr_assert(pump(both_reported, NULL));
+    two_running();
+    h0 = host_of("web-0");
+    h1 = host_of("web-1");
+    cr_expect_str_neq(h0, h1, "both on %s", h0);
+}
