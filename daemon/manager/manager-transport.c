@@ -123,6 +123,70 @@ record_images(Manager *m, const char *host, JsonArray *images, GError **error)
     return true;
 }
 
+/* paused_by_io: @c (a reported clone) is paused by an I/O error of its
+ * disk */
+static bool
+paused_by_io(JsonObject *c)
+{
+    return c &&
+           g_strcmp0(json_util_get_string(c, "state", NULL), "paused") == 0 &&
+           g_strcmp0(json_util_get_string(c, "reason", NULL), "ioerror") == 0;
+}
+
+/* reported_before: clone @name in @h's previous report, or NULL */
+static JsonObject *
+reported_before(HostRuntime *h, const char *name)
+{
+    for (guint i = 0; h->clones && i < json_array_get_length(h->clones); i++) {
+        JsonNode *n = json_array_get_element(h->clones, i);
+        JsonObject *c =
+            JSON_NODE_HOLDS_OBJECT(n) ? json_node_get_object(n) : NULL;
+
+        if (c && g_strcmp0(json_util_get_string(c, "name", NULL), name) == 0)
+            return c;
+    }
+    return NULL;
+}
+
+/*
+ * note_io_pauses: an event when a clone of @host is paused by an I/O error
+ * of its disk (a read its shim could not answer in time), and when it runs
+ * again (its agent resumes it: agent-link.c)
+ */
+static bool
+note_io_pauses(Manager *m, const char *host, HostRuntime *h, JsonArray *arr,
+               GError **error)
+{
+    for (guint i = 0; i < json_array_get_length(arr); i++) {
+        JsonNode *n = json_array_get_element(arr, i);
+        JsonObject *c =
+            JSON_NODE_HOLDS_OBJECT(n) ? json_node_get_object(n) : NULL;
+        const char *name = json_util_get_string(c, "name", NULL);
+        JsonObject *before;
+        bool was, is;
+
+        if (!name)
+            continue;
+        before = reported_before(h, name);
+        was = paused_by_io(before);
+        is = paused_by_io(c);
+        if (is && !was &&
+            !manager_event(m, error, "clone-paused",
+                           json_util_get_string(c, "service", NULL), host,
+                           "%s paused by an I/O error of its disk; its "
+                           "agent resumes it",
+                           name))
+            return false;
+        if (was &&
+            g_strcmp0(json_util_get_string(c, "state", NULL), "running") == 0 &&
+            !manager_event(m, error, "clone-resumed",
+                           json_util_get_string(c, "service", NULL), host,
+                           "%s runs again after an I/O error", name))
+            return false;
+    }
+    return true;
+}
+
 static bool
 handle_report(Manager *m, const char *host, JsonObject *msg, GError **error)
 {
@@ -148,6 +212,8 @@ handle_report(Manager *m, const char *host, JsonObject *msg, GError **error)
         manager_send(m, host, who);
     }
     arr = json_node_get_array(clones);
+    if (!note_io_pauses(m, host, h, arr, error))
+        return false;
     for (guint i = 0; i < json_array_get_length(arr); i++) {
         JsonNode *n = json_array_get_element(arr, i);
 

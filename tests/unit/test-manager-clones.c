@@ -589,3 +589,87 @@ Test(manager_clones, spreads_the_clones_of_a_service_over_the_hosts)
     h1 = host_of("web-1");
     cr_expect_str_neq(h0, h1, "both on %s", h0);
 }
+
+/* event_kinds: the kinds of service web's events, in order, space-joined */
+static char *
+event_kinds(void)
+{
+    g_autoptr(JsonObject) r =
+        control_ok("{\"cmd\": \"events\", \"service\": \"web\"}");
+    JsonArray *arr = json_object_get_array_member(r, "events");
+    GString *kinds = g_string_new(NULL);
+
+    for (guint i = 0; i < json_array_get_length(arr); i++)
+        g_string_append_printf(
+            kinds, "%s ",
+            json_util_get_string(json_array_get_object_element(arr, i), "kind",
+                                 ""));
+    return g_string_free(kinds, FALSE);
+}
+
+static bool
+events_include(gpointer data)
+{
+    g_autofree char *kinds = event_kinds();
+
+    return strstr(kinds, data) != NULL;
+}
+
+/* reported_paused: hv1's last report, as the manager holds it, has web-0
+ * paused (the main loop runs in this thread: pump) */
+static bool
+reported_paused(gpointer data)
+{
+    HostRuntime *h = g_hash_table_lookup(m->runtime, "hv1");
+
+    for (guint i = 0; h && h->clones && i < json_array_get_length(h->clones);
+         i++) {
+        JsonObject *c = json_array_get_object_element(h->clones, i);
+
+        if (g_str_equal(json_util_get_string(c, "name", ""), "web-0"))
+            return g_str_equal(json_util_get_string(c, "state", ""), "paused");
+    }
+    return false;
+}
+
+/* set_state: clone @name of the fake agent's report is in @state
+ * (@reason) */
+static void
+set_state(const char *name, const char *state, const char *reason)
+{
+    for (guint i = 0; i < agent.clones->len; i++) {
+        JsonObject *c = agent.clones->pdata[i];
+
+        if (g_str_equal(json_util_get_string(c, "name", ""), name)) {
+            json_object_set_string_member(c, "state", state);
+            json_object_set_string_member(c, "reason", reason);
+            return;
+        }
+    }
+    cr_assert_fail("the fake agent has no clone %s", name);
+}
+
+Test(manager_clones, says_when_a_clone_is_paused_by_an_io_error_and_runs_again)
+{
+    g_autofree char *before = NULL;
+    g_autofree char *after = NULL;
+
+    two_running();
+    cur = &agent;
+    set_state("web-0", "paused",
+              "user"); /* virsh suspend: not spore's business */
+    agent_report();
+    cr_assert(pump(reported_paused, NULL), "the report was not taken");
+    before = event_kinds();
+    cr_expect_null(strstr(before, "clone-paused"), "events: %s", before);
+    set_state("web-0", "paused", "ioerror");
+    agent_report();
+    cr_assert(pump(events_include, "clone-paused "), "no clone-paused event");
+    agent_report(); /* the same state again: no second event */
+    set_state("web-0", "running", "");
+    agent_report();
+    cr_assert(pump(events_include, "clone-resumed "), "no clone-resumed event");
+    after = event_kinds();
+    cr_expect_eq(strstr(strstr(after, "clone-paused ") + 1, "clone-paused "),
+                 NULL, "two clone-paused events: %s", after);
+}
