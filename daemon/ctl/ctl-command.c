@@ -160,25 +160,48 @@ ctl_synopsis(const CtlCmdDef *cmd)
 
 /* ---- help --------------------------------------------------------------- */
 
+/* the width of a help line, and where an option's help starts */
+#define HELP_LINE_CHARS   79
+#define HELP_COLUMN_CHARS 27
+
+/* @text from column HELP_COLUMN_CHARS, wrapped at HELP_LINE_CHARS */
+static void
+print_wrapped(FILE *out, const char *text)
+{
+    g_auto(GStrv) words = g_strsplit(text, " ", -1);
+    guint col = HELP_COLUMN_CHARS;
+
+    for (guint i = 0; words[i]; i++) {
+        gsize n = strlen(words[i]);
+
+        if (i > 0 && col + 1 + n > HELP_LINE_CHARS) {
+            fprintf(out, "\n%*s", HELP_COLUMN_CHARS, "");
+            col = HELP_COLUMN_CHARS;
+        } else if (i > 0) {
+            fputc(' ', out);
+            col++;
+        }
+        fputs(words[i], out);
+        col += (guint)n;
+    }
+    fputc('\n', out);
+}
+
 static void
 print_option_list(FILE *out, const CtlOptDef *opts)
 {
     for (const CtlOptDef *o = opts; o && o->name; o++) {
-        g_autofree char *left = NULL;
+        bool value = o->type != CTL_OPT_BOOL;
+        g_autofree char *left = g_strdup_printf(
+            "%s%c%s--%s%s%s", o->short_name ? "-" : " ",
+            o->short_name ? o->short_name : ' ', o->short_name ? ", " : "  ",
+            o->name, value ? " " : "", value ? o->value_name : "");
 
-        if (o->short_name)
-            left =
-                g_strdup_printf("-%c, --%s%s%s", o->short_name, o->name,
-                                o->type == CTL_OPT_BOOL ? "" : " ",
-                                o->type == CTL_OPT_BOOL ? "" : o->value_name);
+        if (strlen(left) + 2 >= HELP_COLUMN_CHARS)
+            fprintf(out, "  %s\n%*s", left, HELP_COLUMN_CHARS, "");
         else
-            left = g_strdup_printf(
-                "    --%s%s%s", o->name, o->type == CTL_OPT_BOOL ? "" : " ",
-                o->type == CTL_OPT_BOOL ? "" : o->value_name);
-        if (strlen(left) > 24)
-            fprintf(out, "  %s\n  %-24s %s\n", left, "", o->help);
-        else
-            fprintf(out, "  %-24s %s\n", left, o->help);
+            fprintf(out, "  %-*s", HELP_COLUMN_CHARS - 2, left);
+        print_wrapped(out, o->help);
     }
 }
 

@@ -409,7 +409,7 @@ poll_service(const CtlGlobals *quiet, const char *who, const char *name,
         if (!second)
             return NULL;
         return ctl_one_line(g_strdup_printf(
-            "%s: deleting, %u clones left", name,
+            "%s: deleting, clones left: %u", name,
             array_length(json_util_get_array(second, "clones"))));
     }
     first = ask(quiet, who, "service-show", "name", name);
