@@ -7,7 +7,10 @@ data=${SPORE_TEST_DATA:?run through meson}/manifests
 tmp=$(mktemp -d)
 manager_pid=
 cleanup() {
-    [ -n "$manager_pid" ] && kill "$manager_pid" 2>/dev/null
+    if [ -n "$manager_pid" ]; then
+        kill "$manager_pid" 2>/dev/null
+        wait "$manager_pid" 2>/dev/null
+    fi
     rm -rf "$tmp"
 }
 trap cleanup EXIT
