@@ -290,7 +290,7 @@ Test(control_socket, has_the_mode_it_was_asked_for)
         g_autofree char *path = g_strdup_printf("%s/m%u.sock", dir, i);
         g_autoptr(GError) err = NULL;
         gint calls = 0;
-        ControlServer *s = control_server_start(path, modes[i], "", 1, 4096,
+        ControlServer *s = control_server_start(path, modes[i], "", 4, 4096,
                                                 echo, &calls, &err);
         struct stat st;
 
@@ -326,7 +326,7 @@ Test(control_socket, does_not_remove_a_file_that_is_not_a_socket)
     ControlServer *s = NULL;
 
     cr_assert(g_file_set_contents(path, "data", -1, NULL));
-    s = control_server_start(path, 0600, NULL, 1, 4096, echo, &calls, &err);
+    s = control_server_start(path, 0600, NULL, 4, 4096, echo, &calls, &err);
     cr_expect_null(s);
     cr_assert(err);
     cr_expect(g_file_test(path, G_FILE_TEST_IS_REGULAR), "the file is kept");
@@ -357,7 +357,7 @@ Test(control_socket, answers_a_line_that_is_not_json_with_an_error_envelope)
     g_autofree char *path = g_build_filename(dir, "j.sock", NULL);
     gint calls = 0;
     ControlServer *s =
-        control_server_start(path, 0600, NULL, 1, 4096, echo, &calls, NULL);
+        control_server_start(path, 0600, NULL, 4, 4096, echo, &calls, NULL);
     g_autofree char *line = NULL;
     g_autoptr(JsonObject) reply = NULL;
 
@@ -384,7 +384,7 @@ Test(control_socket, closes_a_connection_whose_line_is_over_the_limit)
     g_autofree char *big = g_strnfill(9000, 'x');
     gint calls = 0;
     ControlServer *s =
-        control_server_start(path, 0600, NULL, 1, 4096, echo, &calls, NULL);
+        control_server_start(path, 0600, NULL, 4, 4096, echo, &calls, NULL);
     g_autofree char *line = NULL;
 
     cr_assert(s);
