@@ -3,8 +3,8 @@
 (docs/site-control.md) with a fixed little site, for sporectl's tests.
 
 Services: web (desired 2, running 2, min 1, max 4) and db (desired 1).
-Every service-show of a service whose running is below desired adds one
-running clone, so a `scale web 4 --wait` converges after two polls.  A
+Every service-show of a service whose running is not desired moves it one
+clone nearer, so a `scale web 4 --wait` converges after two polls.  A
 deleted service loses one clone per clone-list poll and disappears when
 it has none left.  The service "stuck" never converges.  Each request is
 appended to LOG, one JSON line, for the tests to check what was sent.
@@ -51,6 +51,9 @@ def handle(req):
         if name != "stuck" and s["running"] < s["desired"]:
             s["running"] += 1
             s["clones"] = max(s["clones"], s["running"])
+        elif name != "stuck" and s["running"] > s["desired"]:
+            s["running"] -= 1
+            s["clones"] = s["running"]
         return r
     if cmd == "clone-list":
         want = req.get("service")

@@ -318,7 +318,7 @@ check "completion of --service's value" \
 check "completion of a host name" \
     test "$(compl "$sporectl" -c "$sock" host-accept '')" = "hv-1 hv-2 "
 check "completion of a clone name" \
-    test "$(compl "$sporectl" -c "$sock" clone-destroy web-)" = "web-0 web-1 web-2 web-3 "
+    test "$(compl "$sporectl" -c "$sock" clone-destroy web-)" = "web-0 web-1 "
 check "completion of clone-list's SERVICE" \
     test "$(compl "$sporectl" -c "$sock" clone-list s)" = "stuck "
 "$sporectl" __complete 4 sporectl -c /nonexistent.sock service-show '' \
