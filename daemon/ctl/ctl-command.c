@@ -405,7 +405,7 @@ parse_option(Parse *p, int argc, char **argv, int *i)
     }
     if (!inline_value) {
         if (*i + 1 >= argc) {
-            ctl_usage_error(&p->call, "option '%s' needs a %s", a,
+            ctl_usage_error(&p->call, "option '%s' needs its value, %s", a,
                             o->value_name);
             return false;
         }

@@ -194,7 +194,7 @@ check "--output=VALUE is the same option" \
 check "both forms write the same index" cmp -s "$tmp/after.idx" "$tmp/eq.idx"
 run image-index "$tmp/disk.raw" -o
 check "an option without its value is a usage error (2)" \
-    test "$rc" -eq 2 -a -n "$(grep "option '-o' needs a INDEX" "$tmp/err")"
+    test "$rc" -eq 2 -a -n "$(grep "option '-o' needs its value, INDEX" "$tmp/err")"
 run image-index "$tmp/disk.raw" --threads 0 -o "$tmp/t.idx"
 check "an integer option out of its range names the range" \
     test "$rc" -eq 2 -a -n "$(grep "threads '0' is not an integer from 1 to 256" "$tmp/err")"
