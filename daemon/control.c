@@ -8,8 +8,16 @@
  * Invariants:
  *  1. The socket file is never more open than its mode: it is bound under
  *     a umask that leaves at most that mode (control_socket_listen).
- *  2. No line longer than the server's limit is ever held in memory
- *     (control_line_reader_next stops reading at the limit).
+ *  2. A line reader never holds more than its limit + 1 bytes: it reads
+ *     no further than that, and a line of more than the limit is an
+ *     error (control_line_reader_next).
+ *  3. Binding removes an old socket file, never another kind of file
+ *     (remove_old_socket).
+ *  4. Every request line gets one reply line, an error envelope when it is
+ *     not a JSON object or the handler has no answer (answer).
+ *  5. After control_server_stop returns, no handler runs (server_enter),
+ *     and no connection thread uses freed memory (the server is shared
+ *     with the "run" closure).
  */
 #include "control.h"
 
@@ -22,6 +30,25 @@
 
 #include "spore-error.h"
 
+/* remove an old socket file at @path, and nothing else: a regular file or
+ * a directory there is an error, not a casualty */
+static bool
+remove_old_socket(const char *path, GError **error)
+{
+    struct stat st;
+
+    if (lstat(path, &st) < 0)
+        return true;
+    if (!S_ISSOCK(st.st_mode)) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_IO,
+                    "cannot listen on '%s': it exists and is not a socket",
+                    path);
+        return false;
+    }
+    unlink(path);
+    return true;
+}
+
 GSocketService *
 control_socket_listen(const char *path, mode_t mode, const char *group,
                       guint max_threads, GError **error)
@@ -33,7 +60,8 @@ control_socket_listen(const char *path, mode_t mode, const char *group,
     gboolean bound;
     mode_t mask;
 
-    unlink(path);
+    if (!remove_old_socket(path, error))
+        return NULL;
     addr = g_unix_socket_address_new(path);
     mask = umask(0777 & ~mode);
     bound = g_socket_listener_add_address(
@@ -110,8 +138,10 @@ char *
 control_line_reader_next(ControlLineReader *r, GError **error)
 {
     for (;;) {
-        const guint8 *nl =
-            memchr(r->buf->data + r->scanned, '\n', r->buf->len - r->scanned);
+        const guint8 *nl = r->buf->len > r->scanned
+                               ? memchr(r->buf->data + r->scanned, '\n',
+                                        r->buf->len - r->scanned)
+                               : NULL;
         guint8 chunk[CONTROL_READ_CHUNK_BYTES];
         gsize want;
         gssize n;
@@ -125,7 +155,9 @@ control_line_reader_next(ControlLineReader *r, GError **error)
             return line;
         }
         r->scanned = r->buf->len;
-        if (r->buf->len >= r->max_bytes) {
+        /* max_bytes + 1 bytes and no '\n': the line is over the limit (a
+         * line of exactly max_bytes is read with its '\n') */
+        if (r->buf->len > r->max_bytes) {
             g_set_error(error, SPORE_ERROR, SPORE_ERROR_LIMIT,
                         "a request line is over %" G_GSIZE_FORMAT " bytes",
                         r->max_bytes);
@@ -148,13 +180,62 @@ control_line_reader_next(ControlLineReader *r, GError **error)
 
 /* ---- the server -------------------------------------------------------- */
 
+/*
+ * A server is shared by the caller and the "run" closure (a reference
+ * each, g_atomic_rc_box): connection threads may outlive
+ * control_server_stop while their clients stay connected, and must not
+ * touch freed memory.  The handler, which uses the caller's data, is only
+ * called between server_enter and server_leave; stop waits until none
+ * runs and lets no other start.
+ */
 struct ControlServer {
     GSocketService *service;
     char *path;
     gsize max_line_bytes;
     ControlHandler handler;
     gpointer data;
+    GMutex lock;
+    GCond idle;   /* busy fell to 0 */
+    guint busy;   /* handlers running (lock) */
+    bool stopped; /* no handler may start (lock) */
 };
+
+static void
+server_clear(gpointer data)
+{
+    ControlServer *s = data;
+
+    g_free(s->path);
+    g_mutex_clear(&s->lock);
+    g_cond_clear(&s->idle);
+}
+
+static void
+server_release(gpointer data, GClosure *closure)
+{
+    g_atomic_rc_box_release_full(data, server_clear);
+}
+
+/* may a handler run? then it is counted until server_leave */
+static bool
+server_enter(ControlServer *s)
+{
+    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&s->lock);
+
+    if (s->stopped)
+        return false;
+    s->busy++;
+    return true;
+}
+
+static void
+server_leave(ControlServer *s)
+{
+    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&s->lock);
+
+    if (--s->busy == 0)
+        g_cond_broadcast(&s->idle);
+}
 
 JsonObject *
 control_reply_ok(void)
@@ -185,11 +266,13 @@ answer(ControlServer *s, const char *line)
 {
     g_autoptr(GError) err = NULL;
     g_autoptr(JsonObject) req = json_util_parse_object(line, -1, &err);
+    JsonObject *reply;
 
     if (!req)
         return control_reply_error(
             "a request is one JSON object on one line: %s", err->message);
-    return s->handler(req, s->data);
+    reply = s->handler(req, s->data);
+    return reply ? reply : control_reply_error("the request had no answer");
 }
 
 static gboolean
@@ -213,7 +296,10 @@ on_run(GThreadedSocketService *svc, GSocketConnection *conn, GObject *source,
                           s->path, err->message);
             break;
         }
+        if (!server_enter(s))
+            break;
         reply = answer(s, line);
+        server_leave(s);
         text = json_util_to_text(reply, false);
         if (!g_output_stream_write_all(out, text, strlen(text), NULL, NULL,
                                        NULL) ||
@@ -234,13 +320,16 @@ control_server_start(const char *path, mode_t mode, const char *group,
 
     if (!svc)
         return NULL;
-    s = g_new0(ControlServer, 1);
+    s = g_atomic_rc_box_new0(ControlServer);
     s->service = svc;
     s->path = g_strdup(path);
     s->max_line_bytes = max_line_bytes;
     s->handler = handler;
     s->data = data;
-    g_signal_connect(svc, "run", G_CALLBACK(on_run), s);
+    g_mutex_init(&s->lock);
+    g_cond_init(&s->idle);
+    g_signal_connect_data(svc, "run", G_CALLBACK(on_run),
+                          g_atomic_rc_box_acquire(s), server_release, 0);
     g_socket_service_start(svc);
     return s;
 }
@@ -250,12 +339,16 @@ control_server_stop(ControlServer *s)
 {
     if (!s)
         return;
+    g_mutex_lock(&s->lock);
+    s->stopped = true;
+    while (s->busy > 0)
+        g_cond_wait(&s->idle, &s->lock);
+    g_mutex_unlock(&s->lock);
     g_socket_service_stop(s->service);
     g_socket_listener_close(G_SOCKET_LISTENER(s->service));
-    g_object_unref(s->service);
     unlink(s->path);
-    g_free(s->path);
-    g_free(s);
+    g_clear_object(&s->service);
+    g_atomic_rc_box_release_full(s, server_clear);
 }
 
 /* ---- the client -------------------------------------------------------- */

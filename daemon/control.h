@@ -28,7 +28,8 @@
 
 /*
  * control_socket_listen: a threaded socket service bound to the unix
- * socket @path (an old socket file there is removed first), of mode @mode
+ * socket @path (an old socket file there is removed first; any other file
+ * there is an error), of mode @mode
  * and, when @group is neither NULL nor "", of that group; not started: the
  * caller connects "run" and calls g_socket_service_start().
  *
@@ -45,7 +46,8 @@ GSocketService *control_socket_listen(const char *path, mode_t mode,
  * thread-safe; one per connection).  control_line_reader_next returns the
  * next line without its '\n' (owned by the caller), or NULL: at a clean
  * end of the stream with no error set, else with SPORE_ERROR_LIMIT (a line
- * over @max_bytes) or SPORE_ERROR_IO.
+ * over @max_bytes, refused having read at most @max_bytes + 1 bytes of
+ * it) or SPORE_ERROR_IO (also a stream that ends inside a line).
  */
 typedef struct ControlLineReader ControlLineReader;
 
@@ -66,7 +68,9 @@ typedef struct ControlServer ControlServer;
  * control_server_start: serve @path (control_socket_listen's rules) with
  * @handler: each line is parsed as a JSON object (a line that is not one is
  * answered with an error envelope; a line over @max_line_bytes closes the
- * connection) and answered with the handler's reply.
+ * connection) and answered with the handler's reply.  Connections are
+ * accepted by the caller's thread-default main context, which must run (the
+ * daemon's main loop); each is then served on a thread of its own.
  */
 ControlServer *control_server_start(const char *path, mode_t mode,
                                     const char *group, guint max_threads,
@@ -74,7 +78,11 @@ ControlServer *control_server_start(const char *path, mode_t mode,
                                     ControlHandler handler, gpointer data,
                                     GError **error);
 
-/* control_server_stop: stop serving, close, remove the socket file, free.
+/* control_server_stop: stop accepting, wait for the handler calls in
+ * progress, remove the socket file, drop the caller's reference; after it
+ * returns the handler is never called again (a connection still open ends
+ * at its next request).  Call it where that main context is not being run
+ * by another thread (on its own thread, or once its loop has returned).
  * NULL is accepted. */
 void control_server_stop(ControlServer *server);
 
