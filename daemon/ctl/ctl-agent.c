@@ -124,12 +124,15 @@ print_peers(JsonObject *r)
         g_autofree char *out = member_bytes(p, "bytes_out");
 
         printf("%-16s %-24s %-12s %6.1f ms  in %s, out %s, %" G_GINT64_FORMAT
-               " bad, %" G_GINT64_FORMAT " images banned\n",
+               " bad, %" G_GINT64_FORMAT " missed, banned for %" G_GINT64_FORMAT
+               " images, dead for %" G_GINT64_FORMAT "\n",
                json_util_get_string(p, "name", "-"),
                json_util_get_string(p, "endpoint", "-"), peer_state(p),
                json_util_get_double(p, "latency_ms", 0), in, out,
                json_util_get_int(p, "bad_chunks", 0),
-               json_util_get_int(p, "images_banned", 0));
+               json_util_get_int(p, "missed", 0),
+               json_util_get_int(p, "images_banned", 0),
+               json_util_get_int(p, "images_dead", 0));
     }
 }
 
@@ -144,6 +147,14 @@ print_reply(const CtlCall *call, JsonObject *reply)
         print_similarity(json_util_get_array(reply, "pairs"));
     } else if (g_str_equal(name, "agent-peer-list")) {
         print_peers(reply);
+    } else if (g_str_equal(name, "agent-image-verify")) {
+        printf("%s: %" G_GINT64_FORMAT
+               " cached chunks verified, %" G_GINT64_FORMAT
+               " bad (%" G_GINT64_FORMAT " dropped, to be fetched again)\n",
+               json_util_get_string(reply, "image", "-"),
+               json_util_get_int(reply, "verified", 0),
+               json_util_get_int(reply, "bad", 0),
+               json_util_get_int(reply, "dropped", 0));
     } else if (json_object_has_member(reply, "images")) {
         JsonArray *arr = json_util_get_array(reply, "images");
 
@@ -315,6 +326,20 @@ const CtlCmdDef ctl_agent_commands[] = {
         .run = cmd_agent_simple,
     },
     {
+        .name = "agent-image-verify",
+        .summary = "Read back and verify an image's cached chunks.",
+        .help =
+            "Reads every cached chunk of IMAGE and checks it against the\n"
+            "image's index, while the image serves (guests may read\n"
+            "meanwhile); a chunk that does not match is dropped and fetched\n"
+            "again on its next read.  Prints the chunks verified and bad; "
+            "exits\n"
+            "1 only when the cache cannot be read.  What spore-agent\n"
+            "--verify-cache does for every image at its start.\n",
+        .args = image_arg,
+        .run = cmd_agent_simple,
+    },
+    {
         .name = "agent-peer-list",
         .summary = "List the host agent's peers and what was measured of them.",
         .help =
@@ -322,9 +347,12 @@ const CtlCmdDef ctl_agent_commands[] = {
             "endpoint, whether it is connected, unreachable (its CURVE\n"
             "handshake did not succeed: is this host's key in its list?) or\n"
             "dead (it stopped answering), the measured latency, the bytes\n"
-            "received from it and served to it, the chunks from it that did\n"
-            "not verify, and the images it is banned for.  See\n"
-            "docs/peer-protocol.md.\n",
+            "received from it and served to it, its bad chunks (strikes: a\n"
+            "wrong digest or length, DATA it was not asked for, an oversized\n"
+            "frame), the requests it did not answer by their deadline, the\n"
+            "number of images it is banned for (kept in\n"
+            "STATE_DIR/peer-bans/bans across restarts) and the number it is\n"
+            "dead for now.  See docs/peer-protocol.md.\n",
         .run = cmd_agent_simple,
     },
     {

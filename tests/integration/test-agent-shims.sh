@@ -172,6 +172,12 @@ check "... and the export still equals the image (the chunk fetched again)" \
     qemu-img compare -q -f raw -F raw "$work/www/a.raw" "$uri_a"
 check "image-verify of an unknown image is an error" \
     grep -q "no image" <<<"$(verify 0123456789ab)"
+out=$("$sporectl" --agent "$work/run/control.sock" agent-image-verify "$hex_a" 2>&1)
+check "sporectl agent-image-verify prints the counts ($out)" \
+    grep -q "^sha256:$hex_a: $n_a cached chunks verified, 0 bad (0 dropped" <<<"$out"
+"$sporectl" --agent "$work/run/control.sock" agent-image-verify 0123456789ab >/dev/null 2>"$work/verify.err"
+check "... and exits 1 for an unknown image, saying so" \
+    test $? -eq 1 -a -n "$(grep 'no image' "$work/verify.err")"
 
 stop_agent
 finish
