@@ -97,6 +97,8 @@ print_service_table(JsonArray *services)
         JsonObject *s = array_object(services, i);
         gint64 desired = json_util_get_int(s, "desired", 0);
         gint64 running = json_util_get_int(s, "running", 0);
+        /* running is null until the hosts report after a manager restart */
+        bool known = json_util_get_int(s, "running", -1) >= 0;
 
         if (!s)
             continue;
@@ -104,12 +106,16 @@ print_service_table(JsonArray *services)
         ctl_table_add(&t, "%" G_GINT64_FORMAT,
                       json_util_get_int(s, "generation", 0));
         ctl_table_add(&t, "%s", json_util_get_string(s, "image", "-"));
-        ctl_table_add(&t, "%" G_GINT64_FORMAT "/%" G_GINT64_FORMAT, running,
-                      desired);
+        if (known)
+            ctl_table_add(&t, "%" G_GINT64_FORMAT "/%" G_GINT64_FORMAT, running,
+                          desired);
+        else
+            ctl_table_add(&t, "?/%" G_GINT64_FORMAT, desired);
         ctl_table_add(&t, "%" G_GINT64_FORMAT, json_util_get_int(s, "min", 0));
         ctl_table_add(&t, "%" G_GINT64_FORMAT, json_util_get_int(s, "max", 0));
         ctl_table_add(&t, "%s",
                       json_util_get_bool(s, "deleting", false) ? "deleting"
+                      : !known                                 ? "unknown"
                       : running == desired                     ? "ready"
                                                                : "converging");
     }
@@ -149,8 +155,12 @@ print_service(JsonObject *s)
            ", max %" G_GINT64_FORMAT ")\n",
            json_util_get_int(s, "desired", 0), json_util_get_int(s, "min", 0),
            json_util_get_int(s, "max", 0));
-    printf("Running:      %" G_GINT64_FORMAT "\n",
-           json_util_get_int(s, "running", 0));
+    if (json_util_get_int(s, "running", -1) >= 0)
+        printf("Running:      %" G_GINT64_FORMAT "\n",
+               json_util_get_int(s, "running", 0));
+    else
+        printf("Running:      not known yet (hosts have not reported since "
+               "the manager started)\n");
     if (cooldown > g_get_real_time() / G_USEC_PER_SEC) {
         g_autofree char *until = ctl_local_time((double)cooldown);
 
