@@ -280,6 +280,11 @@ check "image-list --name" test "$(cat "$tmp/out")" = "debian-12"
 ctl service-list
 check "service-list without -q is still the table" \
     test -n "$(grep -E '^ web +1 +debian-12 +2/2' "$tmp/out")"
+check "a running count the manager does not know yet (null) shows as ?, the status unknown" \
+    test -n "$(grep -E '^ stuck +1 +debian-12 +\?/1 +1 +4 +unknown' "$tmp/out")"
+ctl service-show stuck
+check "service-show says the running count is not known yet" \
+    grep -q "^Running: *not known yet" "$tmp/out"
 ctl host-list --json
 check "--json after a list command prints the reply" \
     python3 -c 'import json,sys; assert len(json.load(open(sys.argv[1]))["hosts"]) == 2' "$tmp/out"
