@@ -644,6 +644,21 @@ remove_volume(CloneHost *host, const char *path, GError **error)
     return true;
 }
 
+/* spore_clone_or_refuse: true when @dom (named @name) carries spore's clone
+ * metadata; else frees @dom and fails: spore leaves other domains alone */
+static bool
+spore_clone_or_refuse(virDomainPtr dom, const char *name, GError **error)
+{
+    if (is_spore_clone(dom))
+        return true;
+    virDomainFree(dom);
+    g_set_error(error, SPORE_ERROR, SPORE_ERROR_CONFLICT,
+                "domain '%s' is not a spore clone (no <spore:clone> "
+                "metadata): left alone",
+                name);
+    return false;
+}
+
 bool
 clone_host_resume(CloneHost *host, const char *name, bool *ret_resumed,
                   GError **error)
@@ -657,14 +672,8 @@ clone_host_resume(CloneHost *host, const char *name, bool *ret_resumed,
     dom = virDomainLookupByName(host->conn, name);
     if (!dom)
         return lv_error(host, error, "looking up domain '%s'", name);
-    if (!is_spore_clone(dom)) {
-        virDomainFree(dom);
-        g_set_error(error, SPORE_ERROR, SPORE_ERROR_CONFLICT,
-                    "domain '%s' is not a spore clone (no <spore:clone> "
-                    "metadata): left alone",
-                    name);
+    if (!spore_clone_or_refuse(dom, name, error))
         return false;
-    }
     if (virDomainGetState(dom, &state, &reason, 0) < 0)
         ok = lv_error(host, error, "reading the state of domain '%s'", name);
     else if (state == VIR_DOMAIN_PAUSED && virDomainResume(dom) < 0)
@@ -702,14 +711,8 @@ clone_host_destroy(CloneHost *host, const char *name, guint timeout_seconds,
             *outcome = CLONE_ABSENT;
         return true;
     }
-    if (!is_spore_clone(dom)) {
-        virDomainFree(dom);
-        g_set_error(error, SPORE_ERROR, SPORE_ERROR_CONFLICT,
-                    "domain '%s' is not a spore clone (no <spore:clone> "
-                    "metadata): left alone",
-                    name);
+    if (!spore_clone_or_refuse(dom, name, error))
         return false;
-    }
     {
         g_autofree char *owner = NULL;
 
