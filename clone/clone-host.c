@@ -471,6 +471,10 @@ define_and_start(CloneHost *host, const CloneCreateRequest *req, CreateItem *it,
     return true;
 }
 
+/* Over 100 lines, kept whole: the steps of a create (check what exists,
+ * make overlays, customize them in one launch, define, start) share the
+ * items and undo each other's work on failure; split, the cleanup would be
+ * spread over several functions. */
 bool
 clone_host_create(CloneHost *host, const CloneCreateRequest *req,
                   CloneCreateOutcome *outcomes, GError **error)
@@ -684,6 +688,9 @@ clone_host_resume(CloneHost *host, const char *name, bool *ret_resumed,
     return ok;
 }
 
+/* Over 100 lines, kept whole: one clone's teardown in order (look up,
+ * refuse foreign domains, shut down or power off, undefine, remove the
+ * volume), each step's outcome feeding the next and the reported outcome. */
 bool
 clone_host_destroy(CloneHost *host, const char *name, guint timeout_seconds,
                    CloneDestroyOutcome *outcome, GError **error)

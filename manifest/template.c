@@ -35,6 +35,8 @@ is_name_char(char c)
 /*
  * Walk @tmpl.  When @out is not NULL, append the expansion from @vars; when
  * @max_len is not NULL, add the longest possible expansion from @lengths.
+ * Over 100 lines, kept whole: one scanner for checking, bounding and
+ * expanding, so that the three can never disagree on what a placeholder is.
  */
 static bool
 template_walk(const char *tmpl, guint allowed, const ManifestVars *vars,
