@@ -94,6 +94,27 @@ origin_give_handle(Origin *o, CURL *h)
     g_mutex_unlock(&o->lock);
 }
 
+/* origin_handle_setup: what every request to an origin has: @url, its
+ * schemes (http, https, file; redirects to http(s) only), the connect
+ * timeout, no signals, keep-alive, the error buffer @curl_error */
+static void
+origin_handle_setup(CURL *h, const char *url, const OriginOptions *options,
+                    char *curl_error)
+{
+    curl_easy_reset(h);
+    curl_easy_setopt(h, CURLOPT_URL, url);
+    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, curl_error);
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS,
+                     (long)options->connect_timeout_ms);
+    curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https,file");
+    curl_easy_setopt(h, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 1L);
+    curl_easy_setopt(h, CURLOPT_MAXREDIRS, ORIGIN_MAX_REDIRECTS);
+    curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(h, CURLOPT_USERAGENT, "spore/0.1");
+}
+
 typedef struct {
     CURL *h;
     bool is_http;
@@ -157,22 +178,11 @@ origin_attempt(OriginSource *src, Origin *o, guint64 offset, guint8 *buf,
     }
     g_snprintf(range, sizeof(range), "%" G_GUINT64_FORMAT "-%" G_GUINT64_FORMAT,
                offset, offset + len - 1);
-    curl_easy_reset(h);
-    curl_easy_setopt(h, CURLOPT_URL, o->url);
+    origin_handle_setup(h, o->url, &src->options, curl_error);
     curl_easy_setopt(h, CURLOPT_RANGE, range);
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, sink_write);
     curl_easy_setopt(h, CURLOPT_WRITEDATA, &sink);
-    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, curl_error);
-    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS,
-                     (long)src->options.connect_timeout_ms);
     curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, timeout_ms);
-    curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https,file");
-    curl_easy_setopt(h, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 1L);
-    curl_easy_setopt(h, CURLOPT_MAXREDIRS, ORIGIN_MAX_REDIRECTS);
-    curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
-    curl_easy_setopt(h, CURLOPT_USERAGENT, "spore/0.1");
 
     rc = curl_easy_perform(h);
     curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
@@ -350,4 +360,70 @@ origin_source_new_each(const char *const *urls, const OriginOptions *options,
         g_ptr_array_add(sources, src);
     }
     return g_steal_pointer(&sources);
+}
+
+/* ---- a whole image, once ------------------------------------------------ */
+
+typedef struct {
+    OriginDataFunc fn;
+    gpointer data;
+    GError *error; /* set by fn */
+} Stream;
+
+static size_t
+stream_write(char *data, size_t size, size_t nmemb, void *user)
+{
+    Stream *st = user;
+    gsize n = size * nmemb;
+
+    if (!st->fn((const guint8 *)data, n, st->data, &st->error))
+        return 0; /* aborts the transfer */
+    return n;
+}
+
+bool
+origin_read_all(const char *url, const OriginOptions *options,
+                OriginDataFunc fn, gpointer data, GError **error)
+{
+    OriginOptions opts = options ? *options : origin_options_default();
+    char curl_error[CURL_ERROR_SIZE] = "";
+    Stream st = {.fn = fn, .data = data};
+    CURL *h;
+    CURLcode rc;
+
+    if (!g_str_has_prefix(url, "http://") &&
+        !g_str_has_prefix(url, "https://") &&
+        !g_str_has_prefix(url, "file://")) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
+                    "origin '%s': not an http, https or file URL", url);
+        return false;
+    }
+    curl_global_once();
+    h = curl_easy_init();
+    if (!h) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_FAILED,
+                    "origin '%s': cannot create a curl handle", url);
+        return false;
+    }
+    origin_handle_setup(h, url, &opts, curl_error);
+    curl_easy_setopt(h, CURLOPT_FAILONERROR, 1L);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, stream_write);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, &st);
+    /* no overall timeout (an image takes what it takes), but a stalled
+     * transfer ends */
+    curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, ORIGIN_LOW_SPEED_BYTES);
+    curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, ORIGIN_LOW_SPEED_S);
+    rc = curl_easy_perform(h);
+    curl_easy_cleanup(h);
+    if (st.error) {
+        g_propagate_prefixed_error(error, g_steal_pointer(&st.error),
+                                   "origin '%s': ", url);
+        return false;
+    }
+    if (rc != CURLE_OK) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_IO, "origin '%s': %s", url,
+                    curl_error[0] ? curl_error : curl_easy_strerror(rc));
+        return false;
+    }
+    return true;
 }

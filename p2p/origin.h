@@ -54,3 +54,24 @@ GPtrArray *origin_source_new_each(const char *const *urls,
  */
 bool origin_source_read_range(FetchSource *src, guint64 offset, guint8 *buf,
                               gsize len, gint64 deadline, GError **error);
+
+/* a stalled whole-image read (origin_read_all) ends: under this many bytes
+ * a second for this long */
+#define ORIGIN_LOW_SPEED_BYTES 1024L
+#define ORIGIN_LOW_SPEED_S     60L
+
+/* OriginDataFunc: the next @len bytes of the image; false (with @error set)
+ * stops the read */
+typedef bool (*OriginDataFunc)(const guint8 *bytes, gsize len, gpointer data,
+                               GError **error);
+
+/*
+ * origin_read_all: read all of @url once (one GET, no Range), in order,
+ * passing the bytes to @fn; the same schemes, redirects and connect
+ * timeout as the chunk reads (@options, NULL: the defaults), no overall
+ * timeout but ORIGIN_LOW_SPEED_*.  Used to index an image from its origin.
+ * Errors name @url: SPORE_ERROR_INVALID (scheme), SPORE_ERROR_IO, or
+ * @fn's.  Blocking; thread-safe.
+ */
+bool origin_read_all(const char *url, const OriginOptions *options,
+                     OriginDataFunc fn, gpointer data, GError **error);

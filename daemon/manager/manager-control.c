@@ -19,9 +19,9 @@
 #include <errno.h>
 #include <stdarg.h>
 #include <string.h>
-#include <curl/curl.h>
 
 #include "image-index.h"
+#include "origin.h"
 #include "spore-error.h"
 
 /* connections served at once */
@@ -603,43 +603,28 @@ cmd_host_accept(Manager *m, JsonObject *req, GError **error)
 
 /* ---- images ----------------------------------------------------------- */
 
-static size_t
-on_image_data(char *data, size_t size, size_t n, void *user)
+/* on_image_data: the next bytes of the image, into the index (an
+ * OriginDataFunc) */
+static bool
+on_image_data(const guint8 *bytes, gsize len, gpointer data, GError **error)
 {
-    return image_index_builder_feed(user, data, size * n) ? size * n : 0;
+    if (image_index_builder_feed(data, bytes, len))
+        return true;
+    g_set_error(error, SPORE_ERROR, SPORE_ERROR_LIMIT,
+                "the image is larger than an index holds");
+    return false;
 }
 
-/* index_from_origin: download @url once and index it on the way */
+/* index_from_origin: read @url once (p2p/origin.c, the one libcurl
+ * adapter) and index it on the way */
 static ImageIndex *
 index_from_origin(const char *url, GError **error)
 {
     g_autoptr(ImageIndexBuilder) b =
         image_index_builder_new(IMAGE_INDEX_CHUNK_SHIFT_DEFAULT);
-    CURL *curl = curl_easy_init();
-    char errbuf[CURL_ERROR_SIZE] = "";
-    CURLcode rc;
 
-    if (!curl) {
-        g_set_error(error, SPORE_ERROR, SPORE_ERROR_FAILED,
-                    "cannot download %s: libcurl cannot make a handle", url);
-        return NULL;
-    }
-    curl_easy_setopt(curl, CURLOPT_URL, url);
-    curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http,https,file");
-    curl_easy_setopt(curl, CURLOPT_FAILONERROR, 1L);
-    curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, on_image_data);
-    curl_easy_setopt(curl, CURLOPT_WRITEDATA, b);
-    curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, errbuf);
-    curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT, 30L);
-    curl_easy_setopt(curl, CURLOPT_LOW_SPEED_LIMIT, 1024L);
-    curl_easy_setopt(curl, CURLOPT_LOW_SPEED_TIME, 60L);
-    curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
-    rc = curl_easy_perform(curl);
-    curl_easy_cleanup(curl);
-    if (rc != CURLE_OK) {
-        g_set_error(error, SPORE_ERROR, SPORE_ERROR_IO,
-                    "cannot download %s: %s", url,
-                    *errbuf ? errbuf : curl_easy_strerror(rc));
+    if (!origin_read_all(url, NULL, on_image_data, b, error)) {
+        g_prefix_error(error, "cannot download the image: ");
         return NULL;
     }
     return image_index_builder_finish(b, error);

@@ -94,7 +94,7 @@ want=$("$BUILD/daemon/sporectl" image-index -o "$SITE/image.idx" "$SITE/image.ra
 check "image-add indexes the image from its origin" \
     grep -q "$want" <(sporectl_site image-add img "file://$SITE/image.raw")
 check "a download that fails is an error naming the URL" \
-    grep -q "cannot download file://$SITE/nothing" <(sporectl_site image-add img2 "file://$SITE/nothing" 2>&1)
+    grep -q "cannot download the image: origin 'file://$SITE/nothing'" <(sporectl_site image-add img2 "file://$SITE/nothing" 2>&1)
 
 # --- image-add --index FILE: the manager takes a published index as it is
 indexed=$(grep -c "indexing image" "$SITE/spored.log")

@@ -800,3 +800,51 @@ Test(fetch, reports_a_full_disk_and_leaves_the_chunk_missing)
         cr_expect_eq(bad, 0u, "after reopening too");
     }
 }
+
+/* collect: an OriginDataFunc appending to a GByteArray */
+static bool
+collect(const guint8 *bytes, gsize len, gpointer data, GError **error)
+{
+    g_byte_array_append(data, bytes, (guint)len);
+    return true;
+}
+
+static bool
+refuse(const guint8 *bytes, gsize len, gpointer data, GError **error)
+{
+    g_set_error(error, SPORE_ERROR, SPORE_ERROR_LIMIT, "enough, thanks");
+    return false;
+}
+
+Test(fetch, reads_a_whole_image_once_for_its_index)
+{
+    g_autofree char *url = test_httpd_url(fx.httpd, "image.raw");
+    g_autoptr(GByteArray) got = g_byte_array_new();
+    g_autoptr(GError) err = NULL;
+
+    cr_assert(origin_read_all(url, NULL, collect, got, &err), "%s",
+              err ? err->message : "");
+    cr_assert_eq(got->len, fx.len);
+    cr_assert(memcmp(got->data, fx.data, fx.len) == 0);
+    cr_expect_eq(test_httpd_body_bytes(fx.httpd), fx.len, "read once");
+}
+
+Test(fetch, a_whole_image_read_fails_naming_the_url)
+{
+    g_autofree char *missing = test_httpd_url(fx.httpd, "no-such-image.raw");
+    g_autofree char *url = test_httpd_url(fx.httpd, "image.raw");
+    g_autoptr(GByteArray) got = g_byte_array_new();
+    g_autoptr(GError) err = NULL;
+
+    cr_assert_not(origin_read_all(missing, NULL, collect, got, &err));
+    cr_expect(strstr(err->message, missing), "%s", err->message);
+    cr_expect(strstr(err->message, "404"), "%s", err->message);
+    g_clear_error(&err);
+    cr_assert_not(origin_read_all(url, NULL, refuse, got, &err));
+    cr_expect(g_error_matches(err, SPORE_ERROR, SPORE_ERROR_LIMIT));
+    cr_expect(strstr(err->message, "enough, thanks"), "%s", err->message);
+    g_clear_error(&err);
+    cr_assert_not(
+        origin_read_all("ftp://127.0.0.1/x", NULL, collect, got, &err));
+    cr_expect(g_error_matches(err, SPORE_ERROR, SPORE_ERROR_INVALID));
+}
