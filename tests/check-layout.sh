@@ -1,12 +1,15 @@
 #!/bin/sh
-# check-layout.sh [SPORED]: the source layout rules a machine can check
+# check-layout.sh [SPORED [SPORE-AGENT]]: the source layout rules a machine
+# can check
 # (STYLE.md, "meson with one static library per folder"): no meson.build in
 # the tree declares more than one static_library(); and the site manager
 # SPORED (the built binary, given by tests/meson.build) links neither
 # libvirt nor libguestfs: it manages hosts, the agents touch libvirt; each
 # of daemon/'s programs (manager/, agent/, ctl/) is one static library of
 # its own; and nothing in the repository points at files outside it (the
-# repository explains itself: docs/architecture.md).  TAP output.
+# repository explains itself: docs/architecture.md); and each daemon loads
+# one libcurl and one TLS stack (GnuTLS, which libvirt's libcurl uses too),
+# never OpenSSL's libssl beside it.  TAP output.
 set -u
 root=${SPORE_SOURCE_ROOT:?run through meson}
 n=0 failed=0
@@ -53,6 +56,17 @@ if [ -n "${1:-}" ]; then
         fi
     done
 fi
+for bin in "$@"; do
+    libs=$(ldd "$bin" 2>&1)
+    n=$((n + 1))
+    curls=$(printf '%s\n' "$libs" | grep -c '^[[:space:]]*libcurl[.-]')
+    if [ "$curls" -eq 1 ] && ! printf '%s\n' "$libs" | grep -q '^[[:space:]]*libssl\.'; then
+        echo "ok $n - ${bin##*/} loads one libcurl and no libssl"
+    else
+        echo "not ok $n - ${bin##*/} loads $curls libcurl and $(printf '%s\n' "$libs" | grep -c '^[[:space:]]*libssl\.') libssl: one TLS stack wanted"
+        failed=$((failed + 1))
+    fi
+done
 echo "1..$n"
 [ "$n" -gt 0 ] || { echo "no meson.build under '$root'" >&2; exit 1; }
 [ "$failed" -eq 0 ]
