@@ -11,6 +11,7 @@
  * KVM does not work (virt-detect.h) the appliance runs under TCG.
  */
 #include "customize.h"
+#include "customize-priv.h"
 
 #include <errno.h>
 #include <string.h>
@@ -202,6 +203,56 @@ check_guest_paths(const CloneCustomizeJob *jobs, gsize n_jobs, GError **error)
     return true;
 }
 
+/* a uid or gid field of /etc/passwd: decimal, 0 to CUSTOMIZE_ID_MAX */
+static bool
+parse_id(const char *text, int *ret)
+{
+    guint64 v = 0;
+
+    if (!g_ascii_string_to_unsigned(text, 10, 0, CUSTOMIZE_ID_MAX, &v, NULL))
+        return false;
+    *ret = (int)v;
+    return true;
+}
+
+bool
+customize_passwd_lookup(const char *passwd, const char *user, int *ret_uid,
+                        int *ret_gid, char **ret_home, GError **error)
+{
+    g_auto(GStrv) lines = g_strsplit(passwd, "\n", -1);
+
+    for (guint i = 0; lines[i]; i++) {
+        g_auto(GStrv) f = g_strsplit(lines[i], ":", 7);
+        int uid, gid;
+
+        if (g_strv_length(f) < 7 || !g_str_equal(f[0], user))
+            continue;
+        /* a malformed id must not become uid 0 (atoi's answer) */
+        if (!parse_id(f[2], &uid) || !parse_id(f[3], &gid)) {
+            g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
+                        "the guest's /etc/passwd: line %u: user '%s' has "
+                        "no valid uid and gid ('%s', '%s')",
+                        i + 1, user, f[2], f[3]);
+            return false;
+        }
+        if (f[5][0] != '/') {
+            g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
+                        "the guest's /etc/passwd: line %u: user '%s' has "
+                        "no absolute home directory ('%s')",
+                        i + 1, user, f[5]);
+            return false;
+        }
+        *ret_uid = uid;
+        *ret_gid = gid;
+        *ret_home = g_strdup(f[5]);
+        return true;
+    }
+    g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
+                "user '%s' (for an ssh key) is not in the guest's /etc/passwd",
+                user);
+    return false;
+}
+
 /* Find @user in the guest's /etc/passwd: uid, gid, home. */
 static bool
 lookup_user(Ctx *c, const char *user, int *uid, int *gid, char **home,
@@ -209,25 +260,10 @@ lookup_user(Ctx *c, const char *user, int *uid, int *gid, char **home,
 {
     size_t size = 0;
     g_autofree char *passwd = guestfs_read_file(c->g, "/etc/passwd", &size);
-    g_auto(GStrv) lines = NULL;
 
     if (!passwd)
         return gfs_fail(c->g, error, "cannot read the guest's /etc/passwd");
-    lines = g_strsplit(passwd, "\n", -1);
-    for (guint i = 0; lines[i]; i++) {
-        g_auto(GStrv) f = g_strsplit(lines[i], ":", 7);
-
-        if (g_strv_length(f) < 7 || !g_str_equal(f[0], user))
-            continue;
-        *uid = atoi(f[2]);
-        *gid = atoi(f[3]);
-        *home = g_strdup(f[5]);
-        return true;
-    }
-    g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
-                "user '%s' (for an ssh key) is not in the guest's /etc/passwd",
-                user);
-    return false;
+    return customize_passwd_lookup(passwd, user, uid, gid, home, error);
 }
 
 static bool

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "customize.h"
+#include "customize-priv.h"
 #include "manifest-priv.h"
 #include "spore-error.h"
 
@@ -89,4 +90,51 @@ Test(customize, checks_every_clone_of_the_batch_before_any_launch)
     cr_expect_str_eq(err->message,
                      "clone t-1: refusing guest path '/proc/sys/kernel/x': it "
                      "is under /dev, /proc or /sys");
+}
+
+#define PASSWD                                   \
+    "root:x:0:0:root:/root:/bin/sh\n"            \
+    "spore:x:1000:1001::/home/spore:/bin/sh\n"   \
+    "broken:x:12ab:1001::/home/broken:/bin/sh\n" \
+    "empty:x::::/home/empty:/bin/sh\n"           \
+    "huge:x:99999999999:1::/home/huge:/bin/sh\n" \
+    "homeless:x:1002:1002::relative:/bin/sh\n"
+
+Test(customize, finds_a_user_in_the_guests_passwd)
+{
+    g_autoptr(GError) err = NULL;
+    g_autofree char *home = NULL;
+    int uid = -1, gid = -1;
+
+    cr_assert(customize_passwd_lookup(PASSWD, "spore", &uid, &gid, &home, &err),
+              "%s", err ? err->message : "");
+    cr_expect_eq(uid, 1000);
+    cr_expect_eq(gid, 1001);
+    cr_expect_str_eq(home, "/home/spore");
+}
+
+Test(customize, refuses_a_malformed_passwd_line_instead_of_reading_uid_0)
+{
+    static const struct {
+        const char *user, *says;
+    } cases[] = {
+        {"broken", "line 3: user 'broken' has no valid uid and gid ('12ab'"},
+        {"empty", "line 4: user 'empty' has no valid uid and gid (''"},
+        {"huge", "line 5: user 'huge' has no valid uid"},
+        {"homeless", "line 6: user 'homeless' has no absolute home"},
+        {"nobody-here", "user 'nobody-here' (for an ssh key) is not in"},
+    };
+
+    for (gsize i = 0; i < G_N_ELEMENTS(cases); i++) {
+        g_autoptr(GError) err = NULL;
+        g_autofree char *home = NULL;
+        int uid = -1, gid = -1;
+
+        cr_expect_not(customize_passwd_lookup(PASSWD, cases[i].user, &uid, &gid,
+                                              &home, &err),
+                      "%s was accepted", cases[i].user);
+        cr_expect_eq(uid, -1, "%s: uid written on failure", cases[i].user);
+        cr_expect(err && strstr(err->message, cases[i].says), "%s: %s",
+                  cases[i].user, err ? err->message : "(no error)");
+    }
 }
