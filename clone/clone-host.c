@@ -28,6 +28,7 @@ struct CloneHost {
     char *pool_dir_wanted;
     char *pool_dir; /* the pool's actual target path */
     char *console_dir;
+    char *inspect_cache; /* NULL: customize.h's default */
     char *owner;
     CloneProgressFunc progress;
     gpointer progress_data;
@@ -240,6 +241,7 @@ clone_host_open(const CloneHostConfig *config, GError **error)
     host->pool_dir_wanted = g_canonicalize_filename(
         config && config->pool_dir ? config->pool_dir : CLONE_DEFAULT_POOL_DIR,
         NULL);
+    host->inspect_cache = g_strdup(config ? config->inspect_cache : NULL);
     host->console_dir = g_canonicalize_filename(config && config->console_dir
                                                     ? config->console_dir
                                                     : CLONE_DEFAULT_CONSOLE_DIR,
@@ -272,6 +274,7 @@ clone_host_free(CloneHost *host)
     g_free(host->pool_dir_wanted);
     g_free(host->pool_dir);
     g_free(host->console_dir);
+    g_free(host->inspect_cache);
     g_free(host->owner);
     g_free(host);
 }
@@ -536,6 +539,7 @@ clone_host_create(CloneHost *host, const CloneCreateRequest *req,
             .host = host_name,
             .overlay = it->overlay,
             .image_key = req->image_id,
+            .inspect_cache = host->inspect_cache,
             .backing = req->backing,
             .backing_format = req->backing_format,
         };

@@ -52,6 +52,7 @@ typedef struct {
     const char *pool_dir;       /* where a new pool lives; NULL: the default.
                                  * An existing pool keeps its own path. */
     const char *console_dir;    /* NULL: CLONE_DEFAULT_CONSOLE_DIR */
+    const char *inspect_cache;  /* NULL: CLONE_DEFAULT_INSPECT_CACHE */
     const char *owner;          /* optional: the host agent's name, recorded in
                                  * each clone's metadata; clones of other
                                  * owners are not listed and not touched */

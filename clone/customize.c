@@ -484,19 +484,18 @@ layout_from_inspection(guestfs_h *g, const char *root, const char *drive_dev,
 /* ---- the inspection cache ---------------------------------------------- */
 
 static char *
-cache_path(const char *key)
+cache_path(const char *dir, const char *key)
 {
-    const char *dir = g_getenv("SPORE_INSPECT_CACHE");
     g_autofree char *sum =
         g_compute_checksum_for_string(G_CHECKSUM_SHA256, key, -1);
 
-    return g_build_filename(dir ? dir : "/var/cache/spore/inspect", sum, NULL);
+    return g_build_filename(dir ? dir : CLONE_DEFAULT_INSPECT_CACHE, sum, NULL);
 }
 
 static Layout *
-cache_load(const char *key)
+cache_load(const char *dir, const char *key)
 {
-    g_autofree char *path = cache_path(key);
+    g_autofree char *path = cache_path(dir, key);
     g_autoptr(GKeyFile) kf = g_key_file_new();
     g_auto(GStrv) mps = NULL;
     g_autofree char *stored_key = NULL;
@@ -528,9 +527,9 @@ cache_load(const char *key)
 }
 
 static void
-cache_store(const char *key, Layout *l)
+cache_store(const char *cache_dir, const char *key, Layout *l)
 {
-    g_autofree char *path = cache_path(key);
+    g_autofree char *path = cache_path(cache_dir, key);
     g_autofree char *dir = g_path_get_dirname(path);
     g_autoptr(GKeyFile) kf = g_key_file_new();
     g_autoptr(GPtrArray) mps = g_ptr_array_new_with_free_func(g_free);
@@ -745,7 +744,7 @@ clone_customize_batch(const CloneCustomizeJob *jobs, gsize n_jobs,
             key = NULL; /* not all of one master: inspect each */
     }
     if (key) {
-        shared = cache_load(key);
+        shared = cache_load(jobs[0].inspect_cache, key);
         /*
          * Inspection scans every drive of a launch (seconds each under
          * TCG): for a batch, inspect the master once, alone, and map.
@@ -761,7 +760,7 @@ clone_customize_batch(const CloneCustomizeJob *jobs, gsize n_jobs,
             shared = inspect_alone(jobs[0].overlay, jobs[0].overlay, error);
             if (!shared)
                 return false;
-            cache_store(key, shared);
+            cache_store(jobs[0].inspect_cache, key, shared);
         }
     }
 
@@ -792,7 +791,7 @@ clone_customize_batch(const CloneCustomizeJob *jobs, gsize n_jobs,
             ok = false;
         } else if (pi.layout) {
             shared = g_steal_pointer(&pi.layout);
-            cache_store(key, shared);
+            cache_store(jobs[0].inspect_cache, key, shared);
         }
         parallel_inspect_clear(&pi);
     }
@@ -816,7 +815,7 @@ clone_customize_batch(const CloneCustomizeJob *jobs, gsize n_jobs,
             }
             g_array_append_val(layouts, l);
             if (key)
-                cache_store(key, l);
+                cache_store(jobs[0].inspect_cache, key, l);
         }
         ok = customize_one(g, &jobs[i], l, devices[i], error);
     }

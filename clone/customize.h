@@ -33,6 +33,9 @@
 
 #include "manifest.h"
 
+/* where inspection results are kept unless a job says otherwise */
+#define CLONE_DEFAULT_INSPECT_CACHE "/var/cache/spore/inspect"
+
 typedef struct {
     const Manifest *manifest;
     guint index;
@@ -42,9 +45,10 @@ typedef struct {
      * Identifies the master the overlay is backed by (its image id, or a
      * path with its size and mtime), or NULL.  Overlays of one master share
      * their file system layout, so inspection runs once per master and is
-     * kept in $SPORE_INSPECT_CACHE (default /var/cache/spore/inspect).
+     * kept in @inspect_cache (NULL: CLONE_DEFAULT_INSPECT_CACHE).
      */
     const char *image_key;
+    const char *inspect_cache; /* the inspection cache's directory */
     /*
      * The master the overlay was created from (as for clone_overlay_create),
      * or NULL.  With it, a batch whose master is not in the inspection

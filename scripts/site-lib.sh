@@ -75,6 +75,7 @@ site_agent_start() {
         --manager-key-file "$SITE/manager/curve.pub" --host-name "$h" \
         --pool "spore-$SITE_TAG-$h" --pool-dir "$SITE/$h/pool" \
         --console-dir "$SITE/$h/console" ${SITE_VIRT:+--virt-type "$SITE_VIRT"} \
+        ${SPORE_INSPECT_CACHE:+--inspect-cache "$SPORE_INSPECT_CACHE"} \
         --metrics 127.0.0.1:0 \
         --peer-listen "tcp://127.0.0.1:$(cat "$SITE/$h/peer-port")" \
         >>"$SITE/$h.log" 2>&1 &

@@ -121,6 +121,7 @@ worker_host(AgentCommands *c, GError **error)
         .pool = c->config->pool,
         .pool_dir = c->config->pool_dir,
         .console_dir = c->config->console_dir,
+        .inspect_cache = c->config->inspect_cache,
         .owner = c->config->host_name,
     };
 

@@ -101,6 +101,10 @@ static const Setting agent_settings_table[] = {
              "DIR"),
     PATH_OPT("console-dir", "agent", "console_dir", NULL, console_dir,
              "Clone console logs (default /var/log/spore/console)", "DIR"),
+    PATH_OPT("inspect-cache", "agent", "inspect_cache", NULL, inspect_cache,
+             "Where customization keeps what inspecting a master found "
+             "(default /var/cache/spore/inspect)",
+             "DIR"),
     UINT_OPT(NULL, "agent", "report_ms", AGENT_REPORT_MS_DEFAULT, report_ms,
              NULL, NULL),
     TEXT_OPT("metrics", "agent", "metrics", "", metrics,

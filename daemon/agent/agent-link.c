@@ -758,6 +758,7 @@ agent_link_start(Agent *agent, const AgentLinkConfig *config, GError **error)
     l->config.pool = g_strdup(config->pool);
     l->config.pool_dir = g_strdup(config->pool_dir);
     l->config.console_dir = g_strdup(config->console_dir);
+    l->config.inspect_cache = g_strdup(config->inspect_cache);
     l->config.virt_type = g_strdup(config->virt_type);
     if (!l->config.report_ms)
         l->config.report_ms = AGENT_REPORT_MS_DEFAULT;
@@ -828,6 +829,7 @@ agent_link_stop(AgentLink *l)
     g_free(l->config.pool);
     g_free(l->config.pool_dir);
     g_free(l->config.console_dir);
+    g_free(l->config.inspect_cache);
     g_free(l->config.virt_type);
     g_free(l);
 }

@@ -221,8 +221,9 @@ typedef struct {
     char *pool;        /* NULL: "spore" */
     char *pool_dir;
     char *console_dir;
-    char *virt_type; /* "kvm", "qemu" or NULL: probe */
-    guint report_ms; /* 0: AGENT_REPORT_MS_DEFAULT */
+    char *inspect_cache; /* NULL: CLONE_DEFAULT_INSPECT_CACHE */
+    char *virt_type;     /* "kvm", "qemu" or NULL: probe */
+    guint report_ms;     /* 0: AGENT_REPORT_MS_DEFAULT */
 } AgentLinkConfig;
 
 typedef struct AgentLink AgentLink;
@@ -265,7 +266,8 @@ typedef struct {
     char *pool;
     char *pool_dir;
     char *console_dir;
-    char *virt_type; /* NULL, "kvm" or "qemu" */
+    char *inspect_cache; /* NULL: the clone library's default */
+    char *virt_type;     /* NULL, "kvm" or "qemu" */
     guint report_ms;
     char *metrics;     /* "": the default endpoint if free; "none" */
     char *peer_listen; /* NULL: no peer exchange ("none" in the file) */

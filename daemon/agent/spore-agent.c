@@ -162,6 +162,7 @@ start_link(const AgentSettings *s, Agent *agent, AgentLink **ret_link,
         .pool = s->pool,
         .pool_dir = s->pool_dir,
         .console_dir = s->console_dir,
+        .inspect_cache = s->inspect_cache,
         .virt_type = s->virt_type,
         .report_ms = s->report_ms,
     };

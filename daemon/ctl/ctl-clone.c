@@ -161,6 +161,7 @@ cmd_clone_prepare(const CtlCall *call)
 
         job->overlay = paths->pdata[i];
         job->image_key = image_key;
+        job->inspect_cache = g_getenv("SPORE_INSPECT_CACHE");
         job->backing = backing;
         job->backing_format = format;
         if (!clone_overlay_create(paths->pdata[i], backing, format, &err)) {
@@ -299,7 +300,8 @@ cmd_clone_create(const CtlCall *call)
     g_autofree CloneCreateOutcome *outcomes = NULL;
     CloneCreateRequest req = {0};
     CloneHostConfig config = {.progress = print_progress,
-                              .progress_data = (gpointer) "clone-create"};
+                              .progress_data = (gpointer) "clone-create",
+                              .inspect_cache = g_getenv("SPORE_INSPECT_CACHE")};
 
     req.backing_format = ctl_string(call, "image-format", "raw");
     if (!format_is_known(req.backing_format))
