@@ -90,22 +90,26 @@ probe(void)
     return ok;
 }
 
+/* the answer: unset until spore_kvm_set or the first probe */
+static gsize kvm_once = 0;
+static bool kvm_answer;
+
 bool
 spore_kvm_works(void)
 {
-    static gsize once = 0;
-    static bool works;
-
-    if (g_once_init_enter(&once)) {
-        const char *force = g_getenv("SPORE_VIRT_TYPE");
-
-        if (force && g_str_equal(force, "kvm"))
-            works = true;
-        else if (force && g_str_equal(force, "qemu"))
-            works = false;
-        else
-            works = probe();
-        g_once_init_leave(&once, 1);
+    if (g_once_init_enter(&kvm_once)) {
+        kvm_answer = probe();
+        g_once_init_leave(&kvm_once, 1);
     }
-    return works;
+    return kvm_answer;
+}
+
+bool
+spore_kvm_set(bool works)
+{
+    if (!g_once_init_enter(&kvm_once))
+        return false; /* answered already */
+    kvm_answer = works;
+    g_once_init_leave(&kvm_once, 1);
+    return true;
 }

@@ -26,6 +26,7 @@
 #include "metrics.h"
 #include "spore-config.h"
 #include "spore-error.h"
+#include "virt-detect.h"
 #include "wire.h"
 
 #define METRICS_DEFAULT "127.0.0.1:9471"
@@ -153,6 +154,9 @@ start_link(const AgentSettings *s, Agent *agent, AgentLink **ret_link,
     if (s->manager_key_file && !key)
         return false;
     state_dir = g_canonicalize_filename(s->state_dir, NULL);
+    /* the domain type given: also what customization's appliance uses */
+    if (s->virt_type)
+        spore_kvm_set(g_str_equal(s->virt_type, "kvm"));
     lcfg = (AgentLinkConfig){
         .manager = s->manager,
         .manager_key = key,

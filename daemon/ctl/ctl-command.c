@@ -27,6 +27,7 @@
 #include <string.h>
 
 #include "spore-config.h"
+#include "virt-detect.h"
 
 static int cmd_help(const CtlCall *call);
 
@@ -540,6 +541,10 @@ ctl_main(int argc, char **argv)
 
     if (argc >= 2 && g_str_equal(argv[1], "__complete"))
         return ctl_complete(argc - 2, argv + 2);
+    /* SPORE_VIRT_TYPE=kvm|qemu answers the KVM probe (sporectl(1)) */
+    if (g_strcmp0(g_getenv("SPORE_VIRT_TYPE"), "kvm") == 0 ||
+        g_strcmp0(g_getenv("SPORE_VIRT_TYPE"), "qemu") == 0)
+        spore_kvm_set(g_str_equal(g_getenv("SPORE_VIRT_TYPE"), "kvm"));
     if (argc == 2 && g_str_equal(argv[1], "__table"))
         return ctl_dump_table();
     p.call.args = g_ptr_array_new();
