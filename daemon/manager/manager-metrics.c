@@ -87,7 +87,8 @@ metric_host_images(GString *out, GPtrArray *rows)
 {
     static const char *const src[] = {"origin", "peer", "local"};
 
-    metric_head(out, "spore_fetched_bytes",
+    /* one family after the other: a family's samples must be contiguous */
+    metric_head(out, "spore_fetched_bytes_total",
                 "Verified image bytes the hosts fetched, by source.",
                 "counter");
     for (guint i = 0; i < rows->len; i++) {
@@ -97,9 +98,15 @@ metric_host_images(GString *out, GPtrArray *rows)
         for (guint s = 0; s < G_N_ELEMENTS(src); s++)
             g_string_append_printf(
                 out,
-                "spore_fetched_bytes{host=\"%s\",image=\"%s\","
+                "spore_fetched_bytes_total{host=\"%s\",image=\"%s\","
                 "source=\"%s\"} %" G_GINT64_FORMAT "\n",
                 r->host, r->image, src[s], bytes[s]);
+    }
+    metric_head(out, "spore_cached_ratio",
+                "Fraction of the image's chunks in the host's cache.", "gauge");
+    for (guint i = 0; i < rows->len; i++) {
+        HostImageRow *r = rows->pdata[i];
+
         g_string_append_printf(
             out, "spore_cached_ratio{host=\"%s\",image=\"%s\"} %.4f\n", r->host,
             r->image, r->cached);
