@@ -636,6 +636,19 @@ link_receive(AgentLink *l, LinkState *st)
         if (!type)
             continue;
         if (g_str_equal(type, "welcome")) {
+            gint64 ms = json_util_get_int(obj, "report_ms", 0);
+
+            /* the site's report interval, within the agent's bounds */
+            if (ms > 0) {
+                guint want =
+                    (guint)CLAMP(ms, AGENT_REPORT_MS_MIN, AGENT_REPORT_MS_MAX);
+
+                if (want != (guint)g_atomic_int_get(&l->report_ms))
+                    g_message("the site manager asks for a report every "
+                              "%u ms",
+                              want);
+                g_atomic_int_set(&l->report_ms, (gint)want);
+            }
             if (!st->welcomed)
                 g_message("the site manager welcomed us");
             st->welcomed = true;

@@ -56,7 +56,10 @@ manager_metrics="127.0.0.1:$((SITE_PORT + 2))"
 agent_metrics="127.0.0.1:$(free_port)"
 site_host_key hm1 >"$SITE/hosts.d/hm1.pub"
 mkdir -p "$SITE/hm1/run" "$SITE/hm1/console"
-"$BUILD/daemon/spore-agent" --state-dir "$SITE/hm1/state" \
+# its own report interval differs from the site's (the manager's welcome
+# says 2000 ms): the agent follows the manager
+printf '[agent]\nreport_ms=700\n' >"$SITE/hm1.conf"
+"$BUILD/daemon/spore-agent" --config "$SITE/hm1.conf" --state-dir "$SITE/hm1/state" \
     --run-dir "$SITE/hm1/run" \
     --plugin "$BUILD/p2p/shim/nbdkit-spore-plugin.so" \
     --manager "tcp://127.0.0.1:$SITE_PORT" \
@@ -80,6 +83,8 @@ has_sample() { # has_sample FILE FAMILY: a sample line of FAMILY in FILE
 }
 
 check "hm1 is up" wait_until 60 host_up
+check "the agent follows the report interval of the manager's welcome (2000 ms, not its own 700)" \
+    wait_until 20 grep -q "the site manager asks for a report every 2000 ms" "$SITE/hm1.log"
 for x in m n; do
     check "the agent adds image $x from the origin" \
         quiet actl agent-image-add "$SITE/$x.idx" "http://127.0.0.1:$port/$x.raw"
