@@ -725,9 +725,12 @@ print_event(JsonObject *e)
     printf("%s\n", ctl_one_line(line));
 }
 
-/* one batch of events after *since (all when !*asked); moves *since */
+/* one batch of events after *since (all when !*asked); moves *since.
+ * Following, a manager that cannot be reached after the first batch sets
+ * *ret_gone instead of failing: it may be restarting. */
 static int
-events_batch(const CtlCall *call, guint64 *since, bool first, guint *ret_n)
+events_batch(const CtlCall *call, guint64 *since, bool first, guint *ret_n,
+             bool *ret_gone)
 {
     const char *service = ctl_string(call, "service", NULL);
     CtlGlobals quiet = call->g; /* with --json, batches are printed here */
@@ -741,7 +744,22 @@ events_batch(const CtlCall *call, guint64 *since, bool first, guint *ret_n)
     if (service)
         ctl_request_add_string(b, "service", service);
     ctl_request_add_int(b, "limit", CTL_EVENTS_BATCH);
-    reply = ctl_manager_call(&quiet, "events", b, NULL);
+    *ret_gone = false;
+    if (!first && ctl_flag(call, "follow")) {
+        json_builder_end_object(b);
+        reply = ctl_socket_call(call->g.endpoint, "the site manager", b, true);
+        if (!reply) {
+            *ret_gone = true;
+            return CTL_EXIT_OK;
+        }
+        if (!json_util_get_bool(reply, "ok", false)) {
+            fprintf(stderr, "sporectl events: %s\n",
+                    json_util_get_string(reply, "error", "failed"));
+            return CTL_EXIT_FAILURE;
+        }
+    } else {
+        reply = ctl_manager_call(&quiet, "events", b, NULL);
+    }
     if (!reply)
         return CTL_EXIT_FAILURE;
     events = json_util_get_array(reply, "events");
@@ -760,18 +778,35 @@ events_batch(const CtlCall *call, guint64 *since, bool first, guint *ret_n)
     return fflush(stdout) == 0 ? CTL_EXIT_OK : CTL_EXIT_FAILURE;
 }
 
+/* Following, a manager that goes away (a restart) is waited for, once
+ * said; the events go on from the last one printed, none twice (ids keep
+ * growing across the manager's restarts). */
 static int
 cmd_events(const CtlCall *call)
 {
     guint64 since = ctl_int(call, "since", 0);
+    bool away = false;
 
     for (bool first = true;; first = false) {
+        guint64 before = since;
         guint n = 0;
-        int status = events_batch(call, &since, first, &n);
+        bool gone = false;
+        int status = events_batch(call, &since, first, &n, &gone);
 
         if (status != CTL_EXIT_OK || !ctl_flag(call, "follow"))
             return status;
-        if (n < CTL_EVENTS_BATCH) /* else more are waiting */
+        if (gone && !away)
+            fprintf(stderr,
+                    "sporectl events: the site manager at '%s' went away; "
+                    "waiting for it\n",
+                    call->g.endpoint);
+        else if (!gone && away)
+            fprintf(stderr,
+                    "sporectl events: the site manager at '%s' is back; "
+                    "following after event %" G_GUINT64_FORMAT "\n",
+                    call->g.endpoint, before);
+        away = gone;
+        if (gone || n < CTL_EVENTS_BATCH) /* else more are waiting */
             g_usleep(CTL_WAIT_POLL_USEC);
     }
 }

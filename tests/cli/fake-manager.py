@@ -90,7 +90,14 @@ def handle(req):
              "hosts": [{"host": "hv-1", "cached_fraction": 0.5,
                         "fetched": {"origin": 1, "peer": 0, "local": 0}}]}]}
     if cmd == "events":
-        return {"ok": True, "events": []}
+        # events 1-3; event 4 once the file LOG.more exists (a manager
+        # restarted with news)
+        n = 4 if os.path.exists(sys.argv[2] + ".more") else 3
+        since = req.get("since", 0)
+        return {"ok": True, "events": [
+            {"id": i, "time": 1700000000.0 + i, "kind": "test",
+             "service": "web", "host": "hv-1", "message": "event %d" % i}
+            for i in range(1, n + 1) if i > since]}
     return {"ok": False, "error": "unknown command '%s'" % cmd}
 
 

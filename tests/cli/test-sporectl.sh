@@ -362,6 +362,32 @@ ctl service-delete nosuch --wait
 check "service-delete of an unknown service exits 1 with the manager's error" \
     test "$rc" -eq 1 -a -n "$(grep "no service 'nosuch'" "$tmp/err")"
 
+# events --follow across a restart of the manager: it says so both ways,
+# goes on after the last event printed, prints none twice
+until_true() { # until_true TENTHS COMMAND...: COMMAND every 0.1 s
+    local i
+    for i in $(seq "$1"); do "${@:2}" && return 0; sleep 0.1; done
+    return 1
+}
+lines_at_least() { [ "$(wc -l <"$1")" -ge "$2" ]; }
+"$sporectl" -c "$sock" events --follow >"$tmp/follow.out" 2>"$tmp/follow.err" &
+follow_pid=$!
+check "events --follow prints the events there are" \
+    until_true 100 lines_at_least "$tmp/follow.out" 3
+kill "$manager_pid"; wait "$manager_pid" 2>/dev/null
+check "... says when the manager goes away, and keeps following" \
+    until_true 100 grep -q "site manager at '$sock' went away; waiting" "$tmp/follow.err"
+check "... still running" kill -0 "$follow_pid"
+: >"$tmp/requests.more" # the restarted manager has one event more
+python3 "$(dirname "$0")/fake-manager.py" "$sock" "$tmp/requests" &
+manager_pid=$!
+check "... says when it is back, following from the last event printed" \
+    until_true 100 grep -q "site manager at '$sock' is back; following after event 3" "$tmp/follow.err"
+check "... and prints the new event" until_true 100 lines_at_least "$tmp/follow.out" 4
+kill "$follow_pid"; wait "$follow_pid" 2>/dev/null
+check "... and no event twice (4 lines, events 1 to 4)" \
+    test "$(wc -l <"$tmp/follow.out")" -eq 4 -a -z "$(sort "$tmp/follow.out" | uniq -d)"
+
 if [ "$(id -u)" -eq 0 ] && command -v setpriv >/dev/null; then
     chmod 0700 "$tmp"
     chmod 0600 "$sock"
