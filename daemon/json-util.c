@@ -88,8 +88,8 @@ json_util_parse_object(const char *text, gssize len, GError **error)
     JsonNode *root;
 
     if (!json_parser_load_from_data(parser, text, len, &err)) {
-        g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
-                    "malformed JSON: %s", err->message);
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID, "not JSON: %s",
+                    err->message);
         return NULL;
     }
     root = json_parser_get_root(parser);

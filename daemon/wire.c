@@ -134,26 +134,16 @@ wire_socket_defaults(void *socket)
 JsonObject *
 wire_parse(const void *data, gsize len, GError **error)
 {
-    g_autoptr(JsonParser) parser = json_parser_new();
-    JsonNode *root;
-    JsonObject *obj;
+    g_autoptr(JsonObject) obj = NULL;
 
     if (len > WIRE_MAX_MESSAGE) {
         g_set_error(error, SPORE_ERROR, SPORE_ERROR_LIMIT,
                     "message of %zu bytes exceeds %d", len, WIRE_MAX_MESSAGE);
         return NULL;
     }
-    if (!json_parser_load_from_data(parser, data, (gssize)len, error)) {
-        g_prefix_error(error, "not JSON: ");
+    obj = json_util_parse_object(data, (gssize)len, error);
+    if (!obj)
         return NULL;
-    }
-    root = json_parser_get_root(parser);
-    if (!root || !JSON_NODE_HOLDS_OBJECT(root)) {
-        g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
-                    "not a JSON object");
-        return NULL;
-    }
-    obj = json_node_get_object(root);
     if (json_util_get_int(obj, "v", -1) != WIRE_VERSION) {
         g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
                     "protocol version %" G_GINT64_FORMAT " is not %d",
@@ -164,7 +154,7 @@ wire_parse(const void *data, gsize len, GError **error)
         g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID, "no message type");
         return NULL;
     }
-    return json_object_ref(obj);
+    return g_steal_pointer(&obj);
 }
 
 JsonObject *

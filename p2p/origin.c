@@ -48,6 +48,16 @@ origin_options_default(void)
     };
 }
 
+/* origin_scheme: @url is http(s):// (*ret_is_http) or file://, the schemes
+ * spore reads */
+static bool
+origin_scheme(const char *url, bool *ret_is_http)
+{
+    *ret_is_http =
+        g_str_has_prefix(url, "http://") || g_str_has_prefix(url, "https://");
+    return *ret_is_http || g_str_has_prefix(url, "file://");
+}
+
 static void
 curl_global_once(void)
 {
@@ -323,12 +333,10 @@ origin_source_new(const char *const *urls, const OriginOptions *options,
         Origin *o = g_new0(Origin, 1);
 
         o->url = g_strdup(urls[k]);
-        o->is_http = g_str_has_prefix(urls[k], "http://") ||
-                     g_str_has_prefix(urls[k], "https://");
         g_mutex_init(&o->lock);
         o->idle = g_ptr_array_new();
         g_ptr_array_add(src->origins, o);
-        if (!o->is_http && !g_str_has_prefix(urls[k], "file://")) {
+        if (!origin_scheme(urls[k], &o->is_http)) {
             g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
                         "origin '%s' is not an http, https or file URL",
                         urls[k]);
@@ -390,10 +398,9 @@ origin_read_all(const char *url, const OriginOptions *options,
     Stream st = {.fn = fn, .data = data};
     CURL *h;
     CURLcode rc;
+    bool is_http;
 
-    if (!g_str_has_prefix(url, "http://") &&
-        !g_str_has_prefix(url, "https://") &&
-        !g_str_has_prefix(url, "file://")) {
+    if (!origin_scheme(url, &is_http)) {
         g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
                     "origin '%s': not an http, https or file URL", url);
         return false;

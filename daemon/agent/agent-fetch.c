@@ -26,13 +26,13 @@
 /* requests of one connection taken together (pipelined by the shim) */
 #define FETCH_BATCH_MAX 64
 
-/* answer_one: @req's reply once its chunk is cached or its wait is up */
+/* answer_one: @req's reply once its chunk is cached or its wait is up;
+ * @im is its image, NULL when this agent does not know it */
 static void
-answer_one(Agent *a, const FetchRequest *req, FetchReply *rep)
+answer_one(AgentImage *im, const FetchRequest *req, FetchReply *rep)
 {
     g_autoptr(GError) err = NULL;
     g_autofree char *hex = spore_hex(req->image, SPORE_SHA256_BYTES);
-    AgentImage *im = agent_find_image_by_digest(a, req->image);
 
     memset(rep, 0, sizeof(*rep));
     rep->tag = req->tag;
@@ -97,15 +97,15 @@ on_fetch_run(GThreadedSocketService *svc, GSocketConnection *conn,
 
     for (;;) {
         FetchRequest reqs[FETCH_BATCH_MAX];
+        AgentImage *ims[FETCH_BATCH_MAX];
         guint n = read_batch(in, reqs);
 
         if (n == 0)
             break;
-        for (guint k = 0; n > 1 && k < n; k++) {
-            AgentImage *im = agent_find_image_by_digest(a, reqs[k].image);
-
-            if (im)
-                fetch_engine_want(im->engine, reqs[k].chunk,
+        for (guint k = 0; k < n; k++) {
+            ims[k] = agent_find_image_by_digest(a, reqs[k].image);
+            if (ims[k] && n > 1)
+                fetch_engine_want(ims[k]->engine, reqs[k].chunk,
                                   reqs[k].priority ? FETCH_PRIORITY_PROFILE
                                                    : FETCH_PRIORITY_DEMAND);
         }
@@ -113,7 +113,7 @@ on_fetch_run(GThreadedSocketService *svc, GSocketConnection *conn,
             guint8 rbuf[FETCH_REPLY_BYTES];
             FetchReply rep;
 
-            answer_one(a, &reqs[k], &rep);
+            answer_one(ims[k], &reqs[k], &rep);
             fetch_reply_encode(&rep, rbuf);
             if (!g_output_stream_write_all(out, rbuf, sizeof(rbuf), NULL, NULL,
                                            NULL))
