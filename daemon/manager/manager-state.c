@@ -68,6 +68,7 @@ static const char schema[] =
     "CREATE TABLE IF NOT EXISTS clones ("
     "  service TEXT NOT NULL, idx INTEGER NOT NULL, host TEXT,"
     "  PRIMARY KEY (service, idx));"
+    "CREATE INDEX IF NOT EXISTS clones_by_host ON clones (host);"
     "CREATE TABLE IF NOT EXISTS commands ("
     "  id INTEGER PRIMARY KEY AUTOINCREMENT, host TEXT NOT NULL,"
     "  op TEXT NOT NULL, service TEXT, body TEXT NOT NULL,"
@@ -462,6 +463,27 @@ state_rollback(sqlite3 *db)
         sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
 }
 
+bool
+state_savepoint(sqlite3 *db, GError **error)
+{
+    return exec(db, "begin a savepoint", error, "SAVEPOINT one",
+                G_TYPE_INVALID);
+}
+
+bool
+state_release(sqlite3 *db, GError **error)
+{
+    return exec(db, "release a savepoint", error, "RELEASE one",
+                G_TYPE_INVALID);
+}
+
+void
+state_rollback_to(sqlite3 *db)
+{
+    if (!sqlite3_get_autocommit(db))
+        sqlite3_exec(db, "ROLLBACK TO one; RELEASE one", NULL, NULL, NULL);
+}
+
 /* ---- services ---------------------------------------------------------- */
 
 void
@@ -754,6 +776,28 @@ state_host_image_cached(sqlite3 *db, const char *host, const char *id,
     return true;
 }
 
+GHashTable *
+state_host_image_cached_map(sqlite3 *db, const char *id, GError **error)
+{
+    g_autoptr(Stmt) st =
+        prepare(db, "read the hosts' caches", error,
+                "SELECT host, cached FROM host_images WHERE image = ?",
+                G_TYPE_STRING, id, G_TYPE_INVALID);
+    g_autoptr(GHashTable) map =
+        g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+    int rc;
+
+    if (!st)
+        return NULL;
+    while ((rc = step(db, st, "read the hosts' caches", error)) == 1) {
+        double *v = g_new(double, 1);
+
+        *v = sqlite3_column_double(st, 1);
+        g_hash_table_insert(map, col_text(st, 0), v);
+    }
+    return rc == 0 ? g_steal_pointer(&map) : NULL;
+}
+
 bool
 state_profile_put(sqlite3 *db, const char *host, const char *id, gint64 boots,
                   const char *chunks, GError **error)
@@ -989,6 +1033,21 @@ bool
 state_clone_sync(sqlite3 *db, const char *service, gint64 desired,
                  GError **error)
 {
+    gint64 rows = 0, in_range = 0;
+
+    /* the common case, every pass: the rows are already 0..desired-1
+     * (idx is unique per service: as many rows as in that range) */
+    if (!query_int(db, "count clones", 0, &rows, error,
+                   "SELECT COUNT(*) FROM clones WHERE service = ?",
+                   G_TYPE_STRING, service, G_TYPE_INVALID) ||
+        !query_int(db, "count clones", 0, &in_range, error,
+                   "SELECT COUNT(*) FROM clones WHERE service = ? AND "
+                   "idx >= 0 AND idx < ?",
+                   G_TYPE_STRING, service, G_TYPE_INT64, desired,
+                   G_TYPE_INVALID))
+        return false;
+    if (rows == desired && in_range == desired)
+        return true;
     if (!exec(db, "remove clones", error,
               "DELETE FROM clones WHERE service = ? AND idx >= ?",
               G_TYPE_STRING, service, G_TYPE_INT64, desired, G_TYPE_INVALID))
@@ -1092,6 +1151,20 @@ state_command_list_pending(sqlite3 *db, const char *host, double sent_before,
         "AND (?2 IS NULL OR host = ?2) AND sent < ?3 ORDER BY id",
         G_TYPE_STRING, command_state_to_string(COMMAND_PENDING), G_TYPE_STRING,
         host, G_TYPE_DOUBLE, sent_before, G_TYPE_INVALID);
+
+    return collect(db, st, "list pending commands", read_command,
+                   (GDestroyNotify)command_row_free, error);
+}
+
+GPtrArray *
+state_command_list_pending_heads(sqlite3 *db, GError **error)
+{
+    g_autoptr(Stmt) st = prepare(
+        db, "list pending commands", error,
+        "SELECT id, host, op, service, NULL FROM commands WHERE state = ? "
+        "ORDER BY id",
+        G_TYPE_STRING, command_state_to_string(COMMAND_PENDING),
+        G_TYPE_INVALID);
 
     return collect(db, st, "list pending commands", read_command,
                    (GDestroyNotify)command_row_free, error);

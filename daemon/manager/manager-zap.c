@@ -11,22 +11,43 @@
 #include "manager-private.h"
 
 #include <string.h>
+#include <glib/gstdio.h>
 
 #include "zmq-zap.h"
 
 #define REFUSAL_LOG_US (60 * G_USEC_PER_SEC)
+/* hosts_dir is read again after this long even if its mtime is the same */
+#define DIR_REREAD_US (2 * G_USEC_PER_SEC)
 
-/* accept_from_dir: the name of the host whose key @key is in hosts_dir,
- * accepted now, or NULL (@error set if the database failed) */
-static char *
-accept_from_dir(Manager *m, const char *key, GError **error)
+/* read_hosts_dir: m->dir_keys (key -> NAME) from hosts_dir's NAME.pub
+ * files, read again only when the directory changed (its mtime) or
+ * DIR_REREAD_US passed (a file rewritten in place): a thousand hosts
+ * connecting at once read the directory once, not once each */
+static void
+read_hosts_dir(Manager *m)
 {
     g_autoptr(GDir) dir = NULL;
     const char *entry;
+    GStatBuf st;
+    gint64 now = g_get_monotonic_time();
+    gint64 mtime;
 
-    if (!m->config.hosts_dir ||
-        !(dir = g_dir_open(m->config.hosts_dir, 0, NULL)))
-        return NULL;
+    if (!m->config.hosts_dir || g_stat(m->config.hosts_dir, &st) != 0) {
+        g_clear_pointer(&m->dir_keys, g_hash_table_unref);
+        return;
+    }
+    mtime =
+        (gint64)st.st_mtim.tv_sec * G_USEC_PER_SEC + st.st_mtim.tv_nsec / 1000;
+    if (m->dir_keys && mtime == m->dir_mtime &&
+        now - m->dir_read < DIR_REREAD_US)
+        return;
+    g_clear_pointer(&m->dir_keys, g_hash_table_unref);
+    m->dir_keys =
+        g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+    m->dir_mtime = mtime;
+    m->dir_read = now;
+    if (!(dir = g_dir_open(m->config.hosts_dir, 0, NULL)))
+        return;
     while ((entry = g_dir_read_name(dir))) {
         g_autofree char *path = NULL;
         g_autofree char *file_key = NULL;
@@ -39,19 +60,36 @@ accept_from_dir(Manager *m, const char *key, GError **error)
             continue;
         path = g_build_filename(m->config.hosts_dir, entry, NULL);
         file_key = wire_key_read_file(path, NULL);
-        if (!file_key || !g_str_equal(file_key, key))
-            continue;
-        if (!state_begin(m->db, error) ||
-            !state_host_insert_accepted(m->db, name, key, error) ||
-            !manager_event(m, error, "host-accepted", NULL, name,
-                           "host %s accepted: its key is in %s", name, path) ||
-            !state_commit(m->db, error)) {
-            state_rollback(m->db);
-            return NULL;
-        }
-        return g_steal_pointer(&name);
+        if (file_key)
+            g_hash_table_insert(m->dir_keys, g_steal_pointer(&file_key),
+                                g_steal_pointer(&name));
     }
-    return NULL;
+}
+
+/* accept_from_dir: the name of the host whose key @key is in hosts_dir,
+ * accepted now, or NULL (@error set if the database failed) */
+static char *
+accept_from_dir(Manager *m, const char *key, GError **error)
+{
+    const char *found;
+    g_autofree char *name = NULL;
+    g_autofree char *path = NULL;
+
+    read_hosts_dir(m);
+    found = m->dir_keys ? g_hash_table_lookup(m->dir_keys, key) : NULL;
+    if (!found)
+        return NULL;
+    name = g_strdup(found);
+    path = g_strdup_printf("%s/%s.pub", m->config.hosts_dir, name);
+    if (!state_begin(m->db, error) ||
+        !state_host_insert_accepted(m->db, name, key, error) ||
+        !manager_event(m, error, "host-accepted", NULL, name,
+                       "host %s accepted: its key is in %s", name, path) ||
+        !state_commit(m->db, error)) {
+        state_rollback(m->db);
+        return NULL;
+    }
+    return g_steal_pointer(&name);
 }
 
 bool
