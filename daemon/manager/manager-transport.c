@@ -485,7 +485,8 @@ apply_one(Manager *m, InboxMessage *im, GHashTable *touched)
     g_autoptr(GError) err = NULL;
     gsize len = 0;
     const void *data = g_bytes_get_data(im->body, &len);
-    g_autoptr(JsonObject) msg = wire_parse(data, len, &err);
+    /* an empty frame's GBytes has no data pointer: json-glib wants one */
+    g_autoptr(JsonObject) msg = wire_parse(data ? data : "", len, &err);
 
     if (!msg) {
         g_warning("host %s: dropped a malformed message: %s", im->host,
