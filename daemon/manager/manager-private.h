@@ -99,7 +99,7 @@ struct Manager {
     bool peers_changed; /* a host came or went since they went out */
     guint64 peers_epoch;
     struct PassCache *pass;
-        /* during step 5 of a pass (manager-reconcile.c) */ /* broadcasts so far: rotates the random peers */
+    /* during step 5 of a pass (manager-reconcile.c) */ /* broadcasts so far: rotates the random peers */
 
     /* the inbox: messages read, not yet applied (bounded: INBOX_MAX_*) */
     GQueue inbox;
