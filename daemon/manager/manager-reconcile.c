@@ -21,8 +21,9 @@
  *   1. Steps 1-5 are one transaction: a pass that fails at any statement
  *      is rolled back whole and logged, and the next pass starts afresh.
  *   2. Step 6 runs after the commit, so a command is never sent before it
- *      is stored; it records each send in a transaction of its own (a
- *      send whose record fails is sent again: harmless, invariant above).
+ *      is stored; it records the pass's sends in a transaction of their
+ *      own (sends whose record fails are sent again: harmless, invariant
+ *      above).
  *   3. Nothing is decided about a host before it reported since the
  *      manager started (HostRuntime.reported).
  */
@@ -855,16 +856,22 @@ reconcile_hosts(Manager *m, GError **error)
 
 /* ---- 6. sending -------------------------------------------------------- */
 
-/* send_pending: send the commands due, recording each send (invariant
- * 2); a failure is logged and the rest wait for the next pass */
+/* send_pending: send the commands due, recording the sends in one
+ * transaction (invariant 2; one fdatasync for all, not one each); a
+ * failure is logged and the rest wait for the next pass */
 static void
 send_pending(Manager *m)
 {
     double now = state_now();
     g_autoptr(GError) err = NULL;
-    g_autoptr(GPtrArray) due =
-        state_command_list_pending(m->db, NULL, now - m->config.resend_s, &err);
+    g_autoptr(GPtrArray) due = NULL;
 
+    if (!state_begin(m->db, &err)) {
+        g_warning("cannot send commands: %s", err->message);
+        return;
+    }
+    due =
+        state_command_list_pending(m->db, NULL, now - m->config.resend_s, &err);
     for (guint i = 0; due && i < due->len; i++) {
         CommandRow *c = due->pdata[i];
         HostRuntime *rt = g_hash_table_lookup(m->runtime, c->host);
@@ -880,8 +887,10 @@ send_pending(Manager *m)
             !state_command_sent(m->db, c->id, now, &err))
             break;
     }
-    if (err)
+    if (err || !state_commit(m->db, &err)) {
+        state_rollback(m->db); /* sent again at the next pass: harmless */
         g_warning("cannot send commands: %s", err->message);
+    }
 }
 
 /* host_images: the image ids @h reported (borrowed from its report) */

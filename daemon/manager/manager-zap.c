@@ -5,13 +5,15 @@
  * CURVE key, with the key as user id, and only ever answers "register".
  *
  * A key placed as HOSTS_DIR/NAME.pub is accepted as host NAME when it
- * first connects (accept_from_dir), in one transaction with its event.
+ * first connects (accept_from_dir), in a savepoint with its event, in
+ * the transaction of the ZAP requests waiting (manager_zap_drain).
  * Runs on the main thread, under the manager's lock.
  */
 #include "manager-private.h"
 
 #include <string.h>
 #include <glib/gstdio.h>
+#include <zmq.h>
 
 #include "zmq-zap.h"
 
@@ -81,12 +83,12 @@ accept_from_dir(Manager *m, const char *key, GError **error)
         return NULL;
     name = g_strdup(found);
     path = g_strdup_printf("%s/%s.pub", m->config.hosts_dir, name);
-    if (!state_begin(m->db, error) ||
+    if (!state_savepoint(m->db, error) ||
         !state_host_insert_accepted(m->db, name, key, error) ||
         !manager_event(m, error, "host-accepted", NULL, name,
                        "host %s accepted: its key is in %s", name, path) ||
-        !state_commit(m->db, error)) {
-        state_rollback(m->db);
+        !state_release(m->db, error)) {
+        state_rollback_to(m->db);
         return NULL;
     }
     return g_steal_pointer(&name);
@@ -163,20 +165,41 @@ zap_decide(Manager *m, const char *domain, const char *address,
     return NULL;
 }
 
-/* decide_locked: zap_decide under the manager's lock (the ZAP handler's
- * callback) */
+/* decide: zap_decide as the ZAP handler's callback */
 static char *
-decide_locked(const char *domain, const char *address, const char *mechanism,
-              const char *key, const char **why, gpointer data)
+decide(const char *domain, const char *address, const char *mechanism,
+       const char *key, const char **why, gpointer data)
 {
-    Manager *m = data;
-    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&m->lock);
-
-    return zap_decide(m, domain, address, mechanism, key, why);
+    return zap_decide(data, domain, address, mechanism, key, why);
 }
 
+/*
+ * manager_zap_drain: the requests waiting, under the lock, in one
+ * transaction (one fdatasync for a thousand hosts connecting at once,
+ * not one each; an acceptance is a savepoint of it).  Should the commit
+ * fail, the hosts admitted by it have no row yet: their messages are
+ * applied to no host, and their next connection is admitted again.
+ */
 void
 manager_zap_drain(Manager *m)
 {
-    spore_zap_drain(m->zap, decide_locked, m);
+    g_autoptr(GMutexLocker) locker = NULL;
+    g_autoptr(GError) err = NULL;
+    int events = 0;
+    size_t len = sizeof(events);
+    bool batch;
+
+    if (zmq_getsockopt(m->zap, ZMQ_EVENTS, &events, &len) == 0 &&
+        !(events & ZMQ_POLLIN))
+        return; /* nothing waits */
+    locker = g_mutex_locker_new(&m->lock);
+    batch = state_begin(m->db, &err);
+    if (!batch)
+        g_warning("admissions not batched: %s", err->message);
+    spore_zap_drain(m->zap, decide, m);
+    g_clear_error(&err);
+    if (batch && !state_commit(m->db, &err)) {
+        state_rollback(m->db);
+        g_warning("admissions not recorded: %s", err->message);
+    }
 }
