@@ -148,6 +148,11 @@ Manifest *manager_manifest(Manager *m, const char *service, GError **error);
 /* manager_manifest_entry: the same with the canonical text */
 ManagerManifest *manager_manifest_entry(Manager *m, const char *service,
                                         GError **error);
+/* manager_manifest_entry_at: the same, for a caller that read the
+ * service's current @generation along with its rows: no query when the
+ * cache has it (a row read in the caller's transaction is current) */
+ManagerManifest *manager_manifest_entry_at(Manager *m, const char *service,
+                                           gint64 generation, GError **error);
 /* manager_event: record an event (in the caller's transaction) and log it
  * once recorded.  Locked. */
 bool manager_event(Manager *m, GError **error, const char *kind,

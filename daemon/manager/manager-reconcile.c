@@ -385,9 +385,13 @@ host_usages(Manager *m, GPtrArray *hosts, GError **error)
             c->host ? GPOINTER_TO_UINT(g_hash_table_lookup(index, c->host)) : 0;
         g_autoptr(GError) err = NULL;
 
+        ManagerManifest *e =
+            at ? manager_manifest_entry_at(m, c->service, c->generation, &err)
+               : NULL;
+
         if (at)
             usage_add(&g_array_index(usages, HostUsage, at - 1), c->service,
-                      manager_manifest(m, c->service, &err));
+                      e ? e->manifest : NULL);
     }
     return g_steal_pointer(&usages);
 }
@@ -697,7 +701,8 @@ wanted_on(Manager *m, const char *host, GError **error)
     for (guint i = 0; clones && i < clones->len; i++) {
         CloneRow *c = clones->pdata[i];
         g_autoptr(GError) err = NULL;
-        ManagerManifest *e = manager_manifest_entry(m, c->service, &err);
+        ManagerManifest *e =
+            manager_manifest_entry_at(m, c->service, c->generation, &err);
         const char *image_id = NULL;
         Wanted *w;
 

@@ -138,6 +138,17 @@ manager_manifest_entry(Manager *m, const char *service, GError **error)
     return e;
 }
 
+ManagerManifest *
+manager_manifest_entry_at(Manager *m, const char *service, gint64 generation,
+                          GError **error)
+{
+    g_autofree char *key =
+        g_strdup_printf("%s:%" G_GINT64_FORMAT, service, generation);
+    ManagerManifest *e = g_hash_table_lookup(m->manifests, key);
+
+    return e ? e : manager_manifest_entry(m, service, error);
+}
+
 Manifest *
 manager_manifest(Manager *m, const char *service, GError **error)
 {
