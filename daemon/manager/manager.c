@@ -206,6 +206,7 @@ on_inbox(gpointer data)
 {
     Manager *m = data;
 
+    manager_zap_drain(m); /* handshakes wait for these: first */
     manager_router_drain(m);
     if (manager_inbox_apply(m))
         return G_SOURCE_CONTINUE;
