@@ -196,10 +196,15 @@ on_peers(AgentLink *l, JsonObject *msg)
     g_autoptr(GError) err = NULL;
     g_autofree char *names = NULL;
 
-    if (!node || !JSON_NODE_HOLDS_ARRAY(node) ||
-        json_array_get_length(json_node_get_array(node)) > WIRE_PEERS_MAX) {
-        g_warning("dropped a peers message from the manager: not an array of "
-                  "at most %d peers",
+    if (!node || !JSON_NODE_HOLDS_ARRAY(node)) {
+        g_warning("dropped a peers message from the manager: no array of "
+                  "peers; the peer list stays as it was");
+        return;
+    }
+    if (json_array_get_length(json_node_get_array(node)) > WIRE_PEERS_MAX) {
+        g_warning("dropped a peers message from the manager: %u peers, at "
+                  "most %d are taken; the peer list stays as it was",
+                  json_array_get_length(json_node_get_array(node)),
                   WIRE_PEERS_MAX);
         return;
     }

@@ -113,6 +113,68 @@ metric_host_images(GString *out, GPtrArray *rows)
     }
 }
 
+/* metric_pass: the reconciliation pass's duration, a histogram */
+static void
+metric_pass(GString *out, const ManagerStats *st)
+{
+    metric_head(out, "spore_reconcile_pass_seconds",
+                "Duration of the reconciliation passes.", "histogram");
+    for (guint i = 0; i < PASS_BUCKETS; i++)
+        g_string_append_printf(
+            out,
+            "spore_reconcile_pass_seconds_bucket{le=\"%g\"} %" G_GUINT64_FORMAT
+            "\n",
+            manager_pass_bounds[i], st->pass_buckets[i]);
+    g_string_append_printf(
+        out,
+        "spore_reconcile_pass_seconds_bucket{le=\"+Inf\"} "
+        "%" G_GUINT64_FORMAT "\n"
+        "spore_reconcile_pass_seconds_sum %.6f\n"
+        "spore_reconcile_pass_seconds_count %" G_GUINT64_FORMAT "\n",
+        st->pass_count, st->pass_sum, st->pass_count);
+    metric_head(out, "spore_reconcile_pass_seconds_max",
+                "The longest reconciliation pass since spored started.",
+                "gauge");
+    g_string_append_printf(out, "spore_reconcile_pass_seconds_max %.6f\n",
+                           st->pass_max);
+}
+
+/* metric_queues: the message path's queues and what they refused */
+static void
+metric_queues(Manager *m, GString *out)
+{
+    const ManagerStats *st = &m->stats;
+
+    metric_head(out, "spore_queue_messages",
+                "Messages waiting: read from agents and not applied yet "
+                "(inbox).",
+                "gauge");
+    g_string_append_printf(out, "spore_queue_messages{queue=\"inbox\"} %u\n",
+                           m->inbox.length);
+    metric_value(out, "spore_queue_messages_max",
+                 "The most messages the inbox held since spored started.",
+                 "gauge", st->inbox_peak);
+    metric_value(out, "spore_queue_bytes", "Bytes of the inbox's messages.",
+                 "gauge", (gint64)m->inbox_bytes);
+    metric_value(out, "spore_messages_received_total",
+                 "Messages read from the agents' socket.", "counter",
+                 (gint64)st->received);
+    metric_value(out, "spore_messages_applied_total",
+                 "Messages applied (or dropped as malformed).", "counter",
+                 (gint64)st->handled);
+    metric_value(out, "spore_message_batches_total",
+                 "Transactions the messages were applied in.", "counter",
+                 (gint64)st->batches);
+    metric_value(out, "spore_backpressure_total",
+                 "Times the inbox was full and reading from the agents "
+                 "paused.",
+                 "counter", (gint64)st->backpressure);
+    metric_value(out, "spore_messages_send_refused_total",
+                 "Messages to agents not queued (the host gone or its queue "
+                 "full).",
+                 "counter", (gint64)st->send_refused);
+}
+
 void
 manager_metrics(GString *out, gpointer data)
 {
@@ -127,6 +189,8 @@ manager_metrics(GString *out, gpointer data)
         g_string_append_printf(out, "# database: %s\n", err->message);
         state_counts_clear(&c);
         metric_reported_clones(m, out);
+        metric_pass(out, &m->stats);
+        metric_queues(m, out);
         return;
     }
     metric_counts(out, &c);
@@ -138,5 +202,7 @@ manager_metrics(GString *out, gpointer data)
     metric_host_images(out, images);
     metric_value(out, "spore_events_total", "Events logged.", "counter",
                  c.events);
+    metric_pass(out, &m->stats);
+    metric_queues(m, out);
     state_counts_clear(&c);
 }

@@ -47,7 +47,38 @@ typedef struct {
     JsonArray *clones; /* of the last report */
     JsonArray *images;
     char *peer_endpoint; /* its peer server (hello), NULL: none */
+    /* "create:SERVICE:INDEX" of creates acknowledged since its last
+     * report: created, though no report shows them yet (a host sends
+     * its ack before its next report, on one connection, in order) */
+    GHashTable *acked;
 } HostRuntime;
+
+/* A message read from the agents' socket, waiting in Manager.inbox */
+typedef struct {
+    char *host;    /* the ZAP user id */
+    char *address; /* Peer-Address */
+    GBytes *body;
+} InboxMessage;
+
+/* the reconciliation pass's duration histogram (seconds), and its
+ * buckets' upper bounds */
+#define PASS_BUCKETS 12
+extern const double manager_pass_bounds[PASS_BUCKETS];
+
+/* counters and gauges of the message path and the pass, for /metrics
+ * (under the lock) */
+typedef struct {
+    guint64 received;     /* messages read from the agents' socket */
+    guint64 handled;      /* of them applied (or dropped as malformed) */
+    guint64 batches;      /* transactions they were applied in */
+    guint64 backpressure; /* times the inbox was full: reading paused */
+    guint64 send_refused; /* messages to agents not queued (peer gone or
+                             its queue full) */
+    guint inbox_peak;
+    guint64 pass_count;
+    double pass_sum, pass_max, pass_last;
+    guint64 pass_buckets[PASS_BUCKETS]; /* cumulative counts by bound */
+} ManagerStats;
 
 struct Manager {
     ManagerConfig config;
@@ -64,7 +95,24 @@ struct Manager {
     GHashTable *histories; /* service -> ScalingHistory */
     GHashTable *decisions; /* service -> the last ScalingDecision */
     double last_scaling;
-    gint64 peers_sent; /* when peer lists last went out; 0: send now */
+    gint64 peers_sent;  /* when peer lists last went out; 0: send now */
+    bool peers_changed; /* a host came or went since they went out */
+    guint64 peers_epoch;
+    struct PassCache *pass;
+    /* during step 5 of a pass (manager-reconcile.c) */ /* broadcasts so far: rotates the random peers */
+
+    /* the inbox: messages read, not yet applied (bounded: INBOX_MAX_*) */
+    GQueue inbox;
+    gsize inbox_bytes;
+    gint64 backpressure_logged; /* µs of the last log line saying so */
+    guint inbox_idle;           /* the source that goes on applying */
+    ManagerStats stats;
+    /* command id -> GPtrArray of its "create:S:I" / "destroy:NAME" keys,
+     * for the pending commands (their bodies parsed once) */
+    GHashTable *command_keys;
+    /* hosts_dir, read once: key -> host name (manager-zap.c) */
+    GHashTable *dir_keys;
+    gint64 dir_mtime, dir_read;
 
     void *zctx;
     void *router;
@@ -84,6 +132,9 @@ struct Manager {
 typedef struct {
     Manifest *manifest;
     char *canonical;
+    /* clone index -> its UUID with image uuid_image (manager-reconcile.c) */
+    GHashTable *uuids;
+    char *uuid_image;
 } ManagerManifest;
 
 /*
@@ -97,6 +148,11 @@ Manifest *manager_manifest(Manager *m, const char *service, GError **error);
 /* manager_manifest_entry: the same with the canonical text */
 ManagerManifest *manager_manifest_entry(Manager *m, const char *service,
                                         GError **error);
+/* manager_manifest_entry_at: the same, for a caller that read the
+ * service's current @generation along with its rows: no query when the
+ * cache has it (a row read in the caller's transaction is current) */
+ManagerManifest *manager_manifest_entry_at(Manager *m, const char *service,
+                                           gint64 generation, GError **error);
 /* manager_event: record an event (in the caller's transaction) and log it
  * once recorded.  Locked. */
 bool manager_event(Manager *m, GError **error, const char *kind,
@@ -128,8 +184,16 @@ bool manager_transport_bind(Manager *m, GError **error);
  * waiting on the agents' and the registration sockets.  Main thread. */
 void manager_router_drain(Manager *m);
 void manager_register_drain(Manager *m);
-/* manager_send: one message to @host (not queued if it cannot go) */
-void manager_send(Manager *m, const char *host, JsonObject *msg);
+/* manager_send: one message to @host (not queued if it cannot go:
+ * counted, and logged at most once a minute).  Locked. */
+bool manager_send(Manager *m, const char *host, JsonObject *msg);
+/* manager_inbox_apply: apply the messages of the inbox, one batch (at
+ * most INBOX_BATCH_* in one transaction); whether some are left.  Main
+ * thread. */
+bool manager_inbox_apply(Manager *m);
+void manager_inbox_clear(Manager *m);
+/* manager_note_pass: record a pass of @seconds in the stats.  Locked. */
+void manager_note_pass(Manager *m, double seconds);
 
 /* ---- manager-reconcile.c ---- */
 /* manager_reconcile: one pass (see the file's note).  Main thread. */

@@ -21,8 +21,9 @@
  *   1. Steps 1-5 are one transaction: a pass that fails at any statement
  *      is rolled back whole and logged, and the next pass starts afresh.
  *   2. Step 6 runs after the commit, so a command is never sent before it
- *      is stored; it records each send in a transaction of its own (a
- *      send whose record fails is sent again: harmless, invariant above).
+ *      is stored; it records the pass's sends in a transaction of their
+ *      own (sends whose record fails are sent again: harmless, invariant
+ *      above).
  *   3. Nothing is decided about a host before it reported since the
  *      manager started (HostRuntime.reported).
  */
@@ -30,10 +31,16 @@
 
 #include <string.h>
 
+#include "peer-lists.h"
 #include "placement.h"
 #include "spore-error.h"
 
 #define PEERS_RESEND_US (30 * G_USEC_PER_SEC)
+/* after a change, peer lists go out again at most this often */
+#define PEERS_MIN_US (2 * G_USEC_PER_SEC)
+/* entries of one host's peer list (the agent takes WIRE_PEERS_MAX) */
+#define PEERS_PER_HOST 64
+G_STATIC_ASSERT(PEERS_PER_HOST <= WIRE_PEERS_MAX);
 
 typedef struct {
     char *service;
@@ -217,7 +224,7 @@ host_lose(Manager *m, HostRuntime *h, GError **error)
                        h->name, m->config.lost_after_s))
         return false;
     h->reported = false;
-    m->peers_sent = 0; /* the others' peer lists drop it */
+    m->peers_changed = true; /* the others' peer lists drop it */
     g_hash_table_iter_init(&it, names);
     while (g_hash_table_iter_next(&it, &service, &list)) {
         if (!command_destroy(m, h->name, service, list, error))
@@ -378,59 +385,76 @@ host_usages(Manager *m, GPtrArray *hosts, GError **error)
             c->host ? GPOINTER_TO_UINT(g_hash_table_lookup(index, c->host)) : 0;
         g_autoptr(GError) err = NULL;
 
+        ManagerManifest *e =
+            at ? manager_manifest_entry_at(m, c->service, c->generation, &err)
+               : NULL;
+
         if (at)
             usage_add(&g_array_index(usages, HostUsage, at - 1), c->service,
-                      manager_manifest(m, c->service, &err));
+                      e ? e->manifest : NULL);
     }
     return g_steal_pointer(&usages);
 }
 
-/* place_one: choose a host for clone @c among @usages, and place it */
+/* place_service: place @clones (unplaced, all of @service, from @from to
+ * @to) among @usages: one candidate list and one heap for them all
+ * (placement_queue_take), the hosts' caches of the image read once */
 static bool
-place_one(Manager *m, GArray *usages, const CloneRow *c, GError **error)
+place_service(Manager *m, GArray *usages, GPtrArray *clones, guint from,
+              guint to, GError **error)
 {
-    Manifest *mf = manager_manifest(m, c->service, error);
+    const char *service = ((CloneRow *)clones->pdata[from])->service;
+    Manifest *mf = manager_manifest(m, service, error);
     g_autofree char *image_id = NULL;
+    g_autoptr(GHashTable) cached = NULL;
     g_autoptr(GArray) cand = g_array_new(FALSE, TRUE, sizeof(PlacementHost));
-    g_autofree char *reason = NULL;
-    HostUsage *u;
-    int chosen;
+    g_autoptr(PlacementQueue) q = NULL;
 
     if (!mf)
         return error == NULL || *error == NULL;
-    if (!state_service_image_id(m->db, c->service, &image_id, error))
+    if (!state_service_image_id(m->db, service, &image_id, error))
+        return false;
+    if (image_id &&
+        !(cached = state_host_image_cached_map(m->db, image_id, error)))
         return false;
     for (guint i = 0; i < usages->len; i++) {
         HostUsage *hu = &g_array_index(usages, HostUsage, i);
         PlacementHost ph = hu->ph;
+        double *c = cached ? g_hash_table_lookup(cached, ph.name) : NULL;
 
         ph.service_clones =
-            GPOINTER_TO_UINT(g_hash_table_lookup(hu->by_service, c->service));
-        if (image_id && !state_host_image_cached(m->db, ph.name, image_id,
-                                                 &ph.cached_fraction, error))
-            return false;
+            GPOINTER_TO_UINT(g_hash_table_lookup(hu->by_service, service));
+        ph.cached_fraction = c ? *c : 0;
         g_array_append_val(cand, ph);
     }
-    chosen =
-        placement_choose((PlacementHost *)cand->data, cand->len, mf, &reason);
-    if (chosen < 0) {
-        g_debug("cannot place %s-%" G_GINT64_FORMAT " yet: %s", c->service,
-                c->index, reason);
-        return true;
+    q = placement_queue_new((PlacementHost *)cand->data, cand->len, mf);
+    for (guint k = from; k < to; k++) {
+        const CloneRow *c = clones->pdata[k];
+        g_autofree char *reason = NULL;
+        int chosen = placement_queue_take(q, &reason);
+        HostUsage *u;
+
+        if (chosen < 0) {
+            g_debug("cannot place %s-%" G_GINT64_FORMAT " yet: %s", c->service,
+                    c->index, reason);
+            return true;
+        }
+        u = &g_array_index(usages, HostUsage, chosen);
+        if (!state_clone_place(m->db, c->service, c->index, u->ph.name,
+                               error) ||
+            !manager_event(m, error, "clone-placed", c->service, u->ph.name,
+                           "%s-%" G_GINT64_FORMAT " placed on %s (%s)",
+                           c->service, c->index, u->ph.name,
+                           mf->placement.strategy == MANIFEST_PLACEMENT_PACK
+                               ? "pack"
+                               : "spread"))
+            return false;
+        usage_add(u, c->service, mf);
     }
-    u = &g_array_index(usages, HostUsage, chosen);
-    if (!state_clone_place(m->db, c->service, c->index, u->ph.name, error) ||
-        !manager_event(m, error, "clone-placed", c->service, u->ph.name,
-                       "%s-%" G_GINT64_FORMAT " placed on %s (%s)", c->service,
-                       c->index, u->ph.name,
-                       mf->placement.strategy == MANIFEST_PLACEMENT_PACK
-                           ? "pack"
-                           : "spread"))
-        return false;
-    usage_add(u, c->service, mf);
     return true;
 }
 
+/* place_clones: O(clones + hosts x services with unplaced clones) */
 static bool
 place_clones(Manager *m, GError **error)
 {
@@ -445,8 +469,16 @@ place_clones(Manager *m, GError **error)
     hosts = state_host_list(m->db, true, error);
     if (!hosts || !(usages = host_usages(m, hosts, error)))
         return false;
-    for (guint i = 0; i < unplaced->len; i++) {
-        if (!place_one(m, usages, unplaced->pdata[i], error))
+    /* the list is by service: one run per service */
+    for (guint i = 0, j; i < unplaced->len; i = j) {
+        const char *service = ((CloneRow *)unplaced->pdata[i])->service;
+
+        for (j = i + 1;
+             j < unplaced->len &&
+             g_str_equal(((CloneRow *)unplaced->pdata[j])->service, service);
+             j++)
+            ;
+        if (!place_service(m, usages, unplaced, i, j, error))
             return false;
     }
     return true;
@@ -454,45 +486,207 @@ place_clones(Manager *m, GError **error)
 
 /* ---- 5. per host ------------------------------------------------------- */
 
+/* command_keys: "create:SERVICE:INDEX" and "destroy:NAME" of a command's
+ * body */
+static GPtrArray *
+command_keys(const char *text)
+{
+    GPtrArray *keys = g_ptr_array_new_with_free_func(g_free);
+    g_autoptr(JsonObject) body =
+        text ? wire_parse(text, strlen(text), NULL) : NULL;
+    const char *op = body ? json_util_get_string(body, "op", NULL) : NULL;
+    const char *service = json_util_get_string(body, "service", NULL);
+    JsonArray *arr;
+
+    if (!op)
+        return keys;
+    if (g_str_equal(op, "clone-create") &&
+        (arr = json_object_get_array_member(body, "indexes"))) {
+        for (guint i = 0; i < json_array_get_length(arr); i++)
+            g_ptr_array_add(
+                keys, g_strdup_printf("create:%s:%" G_GINT64_FORMAT, service,
+                                      json_array_get_int_element(arr, i)));
+    } else if (g_str_equal(op, "clone-destroy") &&
+               (arr = json_object_get_array_member(body, "names"))) {
+        for (guint i = 0; i < json_array_get_length(arr); i++)
+            g_ptr_array_add(
+                keys, g_strdup_printf("destroy:%s",
+                                      json_array_get_string_element(arr, i)));
+    }
+    return keys;
+}
+
+/*
+ * PassCache: what step 5 reads once per pass rather than once per host:
+ * the desired clones by host, the services' image ids, the hosts' rows,
+ * and the pending commands' keys by host (each command's body parsed
+ * once in its life: Manager.command_keys).
+ */
+typedef struct PassCache PassCache;
+struct PassCache {
+    GPtrArray *clones;     /* of CloneRow */
+    GHashTable *by_host;   /* host -> GPtrArray of CloneRow (borrowed) */
+    GHashTable *image_ids; /* service -> image id, "" for none */
+    GPtrArray *hosts;      /* of HostRow */
+    GHashTable *host_rows; /* name -> HostRow (borrowed) */
+    GHashTable *pending;   /* host -> GHashTable of keys (borrowed) */
+};
+
+static void
+pass_cache_free(PassCache *pc)
+{
+    if (!pc)
+        return;
+    g_clear_pointer(&pc->by_host, g_hash_table_unref);
+    g_clear_pointer(&pc->clones, g_ptr_array_unref);
+    g_clear_pointer(&pc->image_ids, g_hash_table_unref);
+    g_clear_pointer(&pc->host_rows, g_hash_table_unref);
+    g_clear_pointer(&pc->hosts, g_ptr_array_unref);
+    g_clear_pointer(&pc->pending, g_hash_table_unref);
+    g_free(pc);
+}
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(PassCache, pass_cache_free)
+
+/* pass_cache_pending: the pending commands' keys by host; the cache of
+ * parsed bodies keeps the pending ones only */
+static bool
+pass_cache_pending(Manager *m, PassCache *pc, GError **error)
+{
+    g_autoptr(GPtrArray) heads = state_command_list_pending_heads(m->db, error);
+    g_autoptr(GHashTable) live = g_hash_table_new(g_int64_hash, g_int64_equal);
+    GHashTableIter it;
+    gpointer k;
+
+    if (!heads)
+        return false;
+    pc->pending = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
+                                        (GDestroyNotify)g_hash_table_unref);
+    for (guint i = 0; i < heads->len; i++) {
+        CommandRow *row = heads->pdata[i];
+        GPtrArray *keys = g_hash_table_lookup(m->command_keys, &row->id);
+        GHashTable *set = g_hash_table_lookup(pc->pending, row->host);
+
+        if (!keys) {
+            g_autoptr(CommandRow) full = NULL;
+            gint64 *id = g_new(gint64, 1);
+
+            if (!state_command_get_pending(m->db, row->id, row->host, &full,
+                                           error)) {
+                g_free(id);
+                return false;
+            }
+            *id = row->id;
+            keys = command_keys(full ? full->body : NULL);
+            g_hash_table_insert(m->command_keys, id, keys);
+        }
+        g_hash_table_add(live, &row->id);
+        if (!set) {
+            set = g_hash_table_new(g_str_hash, g_str_equal);
+            g_hash_table_insert(pc->pending, g_strdup(row->host), set);
+        }
+        for (guint j = 0; j < keys->len; j++)
+            g_hash_table_add(set, keys->pdata[j]); /* borrowed */
+    }
+    g_hash_table_iter_init(&it, m->command_keys);
+    while (g_hash_table_iter_next(&it, &k, NULL)) {
+        if (!g_hash_table_contains(live, k))
+            g_hash_table_iter_remove(&it);
+    }
+    return true;
+}
+
+static PassCache *
+pass_cache_new(Manager *m, GError **error)
+{
+    g_autoptr(PassCache) pc = g_new0(PassCache, 1);
+
+    pc->clones = state_clone_list(m->db, NULL, NULL, error);
+    pc->hosts = state_host_list(m->db, false, error);
+    if (!pc->clones || !pc->hosts || !pass_cache_pending(m, pc, error))
+        return NULL;
+    pc->by_host = g_hash_table_new_full(g_str_hash, g_str_equal, NULL,
+                                        (GDestroyNotify)g_ptr_array_unref);
+    for (guint i = 0; i < pc->clones->len; i++) {
+        CloneRow *c = pc->clones->pdata[i];
+        GPtrArray *list;
+
+        if (!c->host)
+            continue;
+        list = g_hash_table_lookup(pc->by_host, c->host);
+        if (!list) {
+            list = g_ptr_array_new();
+            g_hash_table_insert(pc->by_host, c->host, list);
+        }
+        g_ptr_array_add(list, c);
+    }
+    pc->host_rows = g_hash_table_new(g_str_hash, g_str_equal);
+    for (guint i = 0; i < pc->hosts->len; i++)
+        g_hash_table_insert(pc->host_rows,
+                            ((HostRow *)pc->hosts->pdata[i])->name,
+                            pc->hosts->pdata[i]);
+    pc->image_ids =
+        g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+    return g_steal_pointer(&pc);
+}
+
 /* pending_keys: "create:SERVICE:INDEX" and "destroy:NAME" of the host's
- * pending commands */
+ * pending commands (a new set, its strings borrowed from the cache) */
 static GHashTable *
 pending_keys(Manager *m, const char *host, GError **error)
 {
-    g_autoptr(GHashTable) keys =
-        g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
-    g_autoptr(GPtrArray) cmds =
-        state_command_list_pending(m->db, host, G_MAXDOUBLE, error);
+    GHashTable *set = g_hash_table_lookup(m->pass->pending, host);
+    GHashTable *keys = g_hash_table_new(g_str_hash, g_str_equal);
+    GHashTableIter it;
+    gpointer k;
 
-    if (!cmds)
-        return NULL;
-    for (guint c = 0; c < cmds->len; c++) {
-        CommandRow *row = cmds->pdata[c];
-        g_autoptr(JsonObject) body =
-            wire_parse(row->body, strlen(row->body), NULL);
-        const char *op = json_util_get_string(body, "op", NULL);
-        const char *service = json_util_get_string(body, "service", NULL);
-        JsonArray *arr;
-
-        if (!body || !op)
-            continue;
-        if (g_str_equal(op, "clone-create") &&
-            (arr = json_object_get_array_member(body, "indexes"))) {
-            for (guint i = 0; i < json_array_get_length(arr); i++)
-                g_hash_table_add(
-                    keys,
-                    g_strdup_printf("create:%s:%" G_GINT64_FORMAT, service,
-                                    json_array_get_int_element(arr, i)));
-        } else if (g_str_equal(op, "clone-destroy") &&
-                   (arr = json_object_get_array_member(body, "names"))) {
-            for (guint i = 0; i < json_array_get_length(arr); i++)
-                g_hash_table_add(
-                    keys,
-                    g_strdup_printf("destroy:%s",
-                                    json_array_get_string_element(arr, i)));
-        }
+    if (set) {
+        g_hash_table_iter_init(&it, set);
+        while (g_hash_table_iter_next(&it, &k, NULL))
+            g_hash_table_add(keys, k);
     }
-    return g_steal_pointer(&keys);
+    return keys;
+}
+
+/* service_image_id: the image id of @service, once per pass; NULL for
+ * none */
+static bool
+service_image_id(Manager *m, const char *service, const char **ret_id,
+                 GError **error)
+{
+    char *id = g_hash_table_lookup(m->pass->image_ids, service);
+
+    if (!id) {
+        if (!state_service_image_id(m->db, service, &id, error))
+            return false;
+        if (!id)
+            id = g_strdup("");
+        g_hash_table_insert(m->pass->image_ids, g_strdup(service), id);
+    }
+    *ret_id = *id ? id : NULL;
+    return true;
+}
+
+/* clone_uuid_cached: manifest_clone_uuid of clone @index of @e, computed
+ * once per manifest entry and image */
+static const char *
+clone_uuid_cached(ManagerManifest *e, guint index, const char *image_id,
+                  guint64 generation)
+{
+    char *uuid;
+
+    if (!e->uuids || g_strcmp0(e->uuid_image, image_id) != 0) {
+        g_clear_pointer(&e->uuids, g_hash_table_unref);
+        g_free(e->uuid_image);
+        e->uuid_image = g_strdup(image_id);
+        e->uuids =
+            g_hash_table_new_full(g_direct_hash, g_direct_equal, NULL, g_free);
+    }
+    uuid = g_hash_table_lookup(e->uuids, GUINT_TO_POINTER(index));
+    if (!uuid) {
+        uuid = manifest_clone_uuid(e->canonical, index, image_id, generation);
+        g_hash_table_insert(e->uuids, GUINT_TO_POINTER(index), uuid);
+    }
+    return uuid;
 }
 
 /* wanted_on: name -> Wanted, the clones desired on @host with their UUIDs
@@ -502,15 +696,14 @@ wanted_on(Manager *m, const char *host, GError **error)
 {
     g_autoptr(GHashTable) wanted =
         g_hash_table_new_full(g_str_hash, g_str_equal, NULL, wanted_free);
-    g_autoptr(GPtrArray) clones = state_clone_list(m->db, NULL, host, error);
+    GPtrArray *clones = g_hash_table_lookup(m->pass->by_host, host);
 
-    if (!clones)
-        return NULL;
-    for (guint i = 0; i < clones->len; i++) {
+    for (guint i = 0; clones && i < clones->len; i++) {
         CloneRow *c = clones->pdata[i];
         g_autoptr(GError) err = NULL;
-        ManagerManifest *e = manager_manifest_entry(m, c->service, &err);
-        g_autofree char *image_id = NULL;
+        ManagerManifest *e =
+            manager_manifest_entry_at(m, c->service, c->generation, &err);
+        const char *image_id = NULL;
         Wanted *w;
 
         if (err) {
@@ -519,7 +712,7 @@ wanted_on(Manager *m, const char *host, GError **error)
         }
         if (!e)
             continue;
-        if (!state_service_image_id(m->db, c->service, &image_id, error))
+        if (!service_image_id(m, c->service, &image_id, error))
             return NULL;
         if (!image_id)
             continue;
@@ -527,8 +720,8 @@ wanted_on(Manager *m, const char *host, GError **error)
         w->service = g_strdup(c->service);
         w->index = (guint)c->index;
         w->name = manifest_clone_name(e->manifest, w->index);
-        w->uuid = manifest_clone_uuid(e->canonical, w->index, image_id,
-                                      (guint64)c->generation);
+        w->uuid = g_strdup(
+            clone_uuid_cached(e, w->index, image_id, (guint64)c->generation));
         g_hash_table_insert(wanted, w->name, w);
     }
     return g_steal_pointer(&wanted);
@@ -594,7 +787,8 @@ plan_creates(Manager *m, HostRuntime *h, GHashTable *wanted,
 
         if (g_hash_table_contains(observed, w->name) ||
             g_hash_table_contains(pending, ckey) ||
-            g_hash_table_contains(pending, dkey))
+            g_hash_table_contains(pending, dkey) ||
+            (h->acked && g_hash_table_contains(h->acked, ckey)))
             continue;
         if (until && g_get_monotonic_time() < *until)
             continue;
@@ -642,36 +836,47 @@ reconcile_host(Manager *m, HostRuntime *h, GError **error)
 static bool
 reconcile_hosts(Manager *m, GError **error)
 {
+    g_autoptr(PassCache) pc = pass_cache_new(m, error);
     GHashTableIter it;
     gpointer v;
+    bool ok = true;
 
+    if (!pc)
+        return false;
+    m->pass = pc;
     g_hash_table_iter_init(&it, m->runtime);
-    while (g_hash_table_iter_next(&it, NULL, &v)) {
+    while (ok && g_hash_table_iter_next(&it, NULL, &v)) {
         HostRuntime *h = v;
-        g_autoptr(HostRow) row = NULL;
+        HostRow *row;
 
         if (!h->reported || !manager_host_is_up(m, h->name)) /* inv. 3 */
             continue;
-        if (!state_host_get(m->db, h->name, &row, error))
-            return false;
+        row = g_hash_table_lookup(pc->host_rows, h->name);
         if (row && row->accepted && !reconcile_host(m, h, error))
-            return false;
+            ok = false;
     }
-    return true;
+    m->pass = NULL;
+    return ok;
 }
 
 /* ---- 6. sending -------------------------------------------------------- */
 
-/* send_pending: send the commands due, recording each send (invariant
- * 2); a failure is logged and the rest wait for the next pass */
+/* send_pending: send the commands due, recording the sends in one
+ * transaction (invariant 2; one fdatasync for all, not one each); a
+ * failure is logged and the rest wait for the next pass */
 static void
 send_pending(Manager *m)
 {
     double now = state_now();
     g_autoptr(GError) err = NULL;
-    g_autoptr(GPtrArray) due =
-        state_command_list_pending(m->db, NULL, now - m->config.resend_s, &err);
+    g_autoptr(GPtrArray) due = NULL;
 
+    if (!state_begin(m->db, &err)) {
+        g_warning("cannot send commands: %s", err->message);
+        return;
+    }
+    due =
+        state_command_list_pending(m->db, NULL, now - m->config.resend_s, &err);
     for (guint i = 0; due && i < due->len; i++) {
         CommandRow *c = due->pdata[i];
         HostRuntime *rt = g_hash_table_lookup(m->runtime, c->host);
@@ -687,30 +892,77 @@ send_pending(Manager *m)
             !state_command_sent(m->db, c->id, now, &err))
             break;
     }
-    if (err)
+    if (err || !state_commit(m->db, &err)) {
+        state_rollback(m->db); /* sent again at the next pass: harmless */
         g_warning("cannot send commands: %s", err->message);
+    }
+}
+
+/* host_images: the image ids @h reported (borrowed from its report) */
+static GPtrArray *
+host_images(HostRuntime *h)
+{
+    GPtrArray *ids = g_ptr_array_new();
+
+    for (guint i = 0; h->images && i < json_array_get_length(h->images); i++) {
+        JsonNode *n = json_array_get_element(h->images, i);
+        const char *id =
+            JSON_NODE_HOLDS_OBJECT(n)
+                ? json_util_get_string(json_node_get_object(n), "image", NULL)
+                : NULL;
+
+        if (id)
+            g_ptr_array_add(ids, (gpointer)id);
+    }
+    return ids;
+}
+
+/* peer_entry: {name, endpoint, key} of @h */
+static JsonObject *
+peer_entry(HostRuntime *h, const HostRow *row)
+{
+    JsonObject *p = json_object_new();
+
+    json_object_set_string_member(p, "name", h->name);
+    json_object_set_string_member(p, "endpoint", h->peer_endpoint);
+    json_object_set_string_member(p, "key", row->key);
+    return p;
 }
 
 /*
- * send_peer_lists: tell each connected host the peer servers of the other
- * hosts that are up, with their keys (docs/site-protocol.md "peers"), when
- * something changed and every PEERS_RESEND_US anyway.
+ * send_peer_lists: tell each connected host the peer servers of some
+ * other hosts that are up, with their keys (docs/site-protocol.md
+ * "peers"): all of them in a site of up to PEERS_PER_HOST + 1, else a
+ * bounded, symmetric choice (peer-lists.h: a random ring, rotated per
+ * broadcast, and the hosts that hold the same images).  Sent when
+ * something changed, at most every PEERS_MIN_US, and every
+ * PEERS_RESEND_US anyway.
  */
 static bool
 send_peer_lists(Manager *m, GError **error)
 {
     gint64 now = g_get_monotonic_time();
-    g_autoptr(JsonArray) all = json_array_new();
+    g_autoptr(GPtrArray) up = g_ptr_array_new(); /* HostRuntime * */
+    g_autoptr(GPtrArray) rows =
+        g_ptr_array_new_with_free_func((GDestroyNotify)host_row_free);
+    g_autoptr(GPtrArray) images =
+        g_ptr_array_new_with_free_func((GDestroyNotify)g_ptr_array_unref);
+    g_autoptr(GPtrArray) entries =
+        g_ptr_array_new_with_free_func((GDestroyNotify)json_object_unref);
+    g_autoptr(GArray) cand = g_array_new(FALSE, TRUE, sizeof(PeerCandidate));
+    g_autoptr(GPtrArray) lists = NULL;
     GHashTableIter it;
     gpointer v;
 
-    if (m->peers_sent && now - m->peers_sent < PEERS_RESEND_US)
+    if (m->peers_sent &&
+        now - m->peers_sent <
+            (m->peers_changed ? PEERS_MIN_US : PEERS_RESEND_US))
         return true;
     g_hash_table_iter_init(&it, m->runtime);
     while (g_hash_table_iter_next(&it, NULL, &v)) {
         HostRuntime *h = v;
         g_autoptr(HostRow) row = NULL;
-        JsonObject *p;
+        PeerCandidate c;
 
         if (!h->peer_endpoint || !manager_host_is_up(m, h->name))
             continue;
@@ -718,29 +970,28 @@ send_peer_lists(Manager *m, GError **error)
             return false;
         if (!row || !row->accepted)
             continue;
-        p = json_object_new();
-        json_object_set_string_member(p, "name", h->name);
-        json_object_set_string_member(p, "endpoint", h->peer_endpoint);
-        json_object_set_string_member(p, "key", row->key);
-        json_array_add_object_element(all, p);
+        g_ptr_array_add(up, h);
+        g_ptr_array_add(entries, peer_entry(h, row));
+        g_ptr_array_add(rows, g_steal_pointer(&row));
+        g_ptr_array_add(images, host_images(h));
+        c.name = h->name;
+        c.images = images->pdata[images->len - 1];
+        g_array_append_val(cand, c);
     }
     m->peers_sent = now;
-    g_hash_table_iter_init(&it, m->runtime);
-    while (g_hash_table_iter_next(&it, NULL, &v)) {
-        HostRuntime *h = v;
-        g_autoptr(JsonObject) msg = NULL;
-        JsonArray *list;
+    m->peers_changed = false;
+    lists = peer_lists_choose((PeerCandidate *)(void *)cand->data, cand->len,
+                              PEERS_PER_HOST, ++m->peers_epoch);
+    for (guint i = 0; i < up->len; i++) {
+        HostRuntime *h = up->pdata[i];
+        GArray *mine = lists->pdata[i];
+        g_autoptr(JsonObject) msg = wire_new("peers");
+        JsonArray *list = json_array_sized_new(mine->len);
 
-        if (!h->peer_endpoint || !manager_host_is_up(m, h->name))
-            continue;
-        msg = wire_new("peers");
-        list = json_array_new();
-        for (guint i = 0; i < json_array_get_length(all); i++) {
-            JsonObject *p = json_array_get_object_element(all, i);
-
-            if (!g_str_equal(json_object_get_string_member(p, "name"), h->name))
-                json_array_add_object_element(list, json_object_ref(p));
-        }
+        for (guint k = 0; k < mine->len; k++)
+            json_array_add_object_element(
+                list,
+                json_object_ref(entries->pdata[g_array_index(mine, guint, k)]));
         json_object_set_array_member(msg, "peers", list);
         manager_send(m, h->name, msg);
     }
@@ -754,6 +1005,7 @@ manager_reconcile(Manager *m)
 {
     g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&m->lock);
     g_autoptr(GError) err = NULL;
+    gint64 start = g_get_monotonic_time();
 
     if (!state_begin(m->db, &err) || !mark_lost_hosts(m, &err) ||
         !send_peer_lists(m, &err) || !mscale_evaluate(m, &err) ||
@@ -761,7 +1013,9 @@ manager_reconcile(Manager *m)
         !reconcile_hosts(m, &err) || !state_commit(m->db, &err)) {
         state_rollback(m->db); /* invariant 1 */
         g_warning("reconciliation pass rolled back: %s", err->message);
+        manager_note_pass(m, (double)(g_get_monotonic_time() - start) / 1e6);
         return;
     }
     send_pending(m);
+    manager_note_pass(m, (double)(g_get_monotonic_time() - start) / 1e6);
 }

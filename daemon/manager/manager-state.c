@@ -68,6 +68,7 @@ static const char schema[] =
     "CREATE TABLE IF NOT EXISTS clones ("
     "  service TEXT NOT NULL, idx INTEGER NOT NULL, host TEXT,"
     "  PRIMARY KEY (service, idx));"
+    "CREATE INDEX IF NOT EXISTS clones_by_host ON clones (host);"
     "CREATE TABLE IF NOT EXISTS commands ("
     "  id INTEGER PRIMARY KEY AUTOINCREMENT, host TEXT NOT NULL,"
     "  op TEXT NOT NULL, service TEXT, body TEXT NOT NULL,"
@@ -183,7 +184,112 @@ clone_state_from_string(const char *text, CloneState *ret_state)
 /* ---- primitives (invariant 1) ------------------------------------------ */
 
 typedef struct sqlite3_stmt Stmt;
-G_DEFINE_AUTOPTR_CLEANUP_FUNC(Stmt, sqlite3_finalize)
+
+/*
+ * The statement cache: each statement is prepared once per connection
+ * and kept (SQLITE_PREPARE_PERSISTENT), keyed by the connection and the
+ * address of its SQL text (every statement here is a string literal);
+ * stmt_release() resets it for the next use.  A statement still in use
+ * when the same one is asked for again gets a fresh copy, finalized on
+ * release.  state_close() finalizes a connection's statements.  Parsing
+ * SQL was most of spored's time per message before.
+ */
+typedef struct {
+    sqlite3 *db;
+    const char *sql;
+} StmtKey;
+
+static GMutex stmt_lock;
+static GHashTable *stmt_cache; /* StmtKey -> Stmt */
+static GHashTable *stmt_busy;  /* Stmt: cached, handed out */
+
+static guint
+stmt_key_hash(gconstpointer p)
+{
+    const StmtKey *k = p;
+
+    return g_direct_hash(k->db) ^ g_direct_hash(k->sql);
+}
+
+static gboolean
+stmt_key_equal(gconstpointer a, gconstpointer b)
+{
+    const StmtKey *x = a, *y = b;
+
+    return x->db == y->db && x->sql == y->sql;
+}
+
+/* stmt_cached: the cached statement of @sql on @db, claimed, or NULL
+ * when there is none or it is in use (*ret_cache: whether to cache the
+ * one the caller prepares) */
+static Stmt *
+stmt_cached(sqlite3 *db, const char *sql, bool *ret_cache)
+{
+    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&stmt_lock);
+    StmtKey key = {db, sql};
+    Stmt *st;
+
+    if (!stmt_cache) {
+        stmt_cache =
+            g_hash_table_new_full(stmt_key_hash, stmt_key_equal, g_free, NULL);
+        stmt_busy = g_hash_table_new(g_direct_hash, g_direct_equal);
+    }
+    st = g_hash_table_lookup(stmt_cache, &key);
+    *ret_cache = st == NULL;
+    if (!st || g_hash_table_contains(stmt_busy, st))
+        return NULL;
+    g_hash_table_add(stmt_busy, st);
+    return st;
+}
+
+static void
+stmt_keep(sqlite3 *db, const char *sql, Stmt *st)
+{
+    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&stmt_lock);
+    StmtKey *key = g_new(StmtKey, 1);
+
+    key->db = db;
+    key->sql = sql;
+    g_hash_table_insert(stmt_cache, key, st);
+    g_hash_table_add(stmt_busy, st);
+}
+
+static void
+stmt_release(Stmt *st)
+{
+    bool cached;
+
+    g_mutex_lock(&stmt_lock);
+    cached = stmt_busy && g_hash_table_remove(stmt_busy, st);
+    g_mutex_unlock(&stmt_lock);
+    if (!cached) {
+        sqlite3_finalize(st);
+        return;
+    }
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+}
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(Stmt, stmt_release)
+
+/* stmt_forget: finalize @db's cached statements (before closing it) */
+static void
+stmt_forget(sqlite3 *db)
+{
+    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&stmt_lock);
+    GHashTableIter it;
+    gpointer k, v;
+
+    if (!stmt_cache)
+        return;
+    g_hash_table_iter_init(&it, stmt_cache);
+    while (g_hash_table_iter_next(&it, &k, &v)) {
+        if (((StmtKey *)k)->db != db)
+            continue;
+        g_hash_table_remove(stmt_busy, v);
+        sqlite3_finalize(v);
+        g_hash_table_iter_remove(&it);
+    }
+}
 
 static bool
 db_fail(sqlite3 *db, const char *what, GError **error)
@@ -209,10 +315,18 @@ prepare_va(sqlite3 *db, const char *what, GError **error, const char *sql,
 {
     g_autoptr(Stmt) st = NULL;
     int i = 1, rc = SQLITE_OK;
+    bool cache = false;
 
-    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
-        db_fail(db, what, error);
-        return NULL;
+    st = stmt_cached(db, sql, &cache);
+    if (!st) {
+        if (sqlite3_prepare_v3(db, sql, -1,
+                               cache ? SQLITE_PREPARE_PERSISTENT : 0, &st,
+                               NULL) != SQLITE_OK) {
+            db_fail(db, what, error);
+            return NULL;
+        }
+        if (cache)
+            stmt_keep(db, sql, st);
     }
     for (GType t; (t = va_arg(ap, GType)) != G_TYPE_INVALID; i++) {
         if (t == G_TYPE_STRING) {
@@ -391,7 +505,7 @@ state_open(const char *path, GError **error)
         g_set_error(error, SPORE_ERROR, SPORE_ERROR_IO,
                     "cannot open database '%s': %s", path,
                     db ? sqlite3_errmsg(db) : "out of memory");
-        sqlite3_close(db);
+        state_close(db);
         return NULL;
     }
     sqlite3_extended_result_codes(db, 1);
@@ -405,7 +519,7 @@ state_open(const char *path, GError **error)
                     "cannot open database '%s': %s", path,
                     msg ? msg : sqlite3_errmsg(db));
         sqlite3_free(msg);
-        sqlite3_close(db);
+        state_close(db);
         return NULL;
     }
     if (!query_int(db, "read the schema version", 0, &version, error,
@@ -416,7 +530,7 @@ state_open(const char *path, GError **error)
                "INSERT OR REPLACE INTO meta VALUES ('schema', ?)", G_TYPE_INT64,
                (gint64)SCHEMA_VERSION, G_TYPE_INVALID))) {
         g_prefix_error(error, "'%s': ", path);
-        sqlite3_close(db);
+        state_close(db);
         return NULL;
     }
     if (version != 0 && version != SCHEMA_VERSION) {
@@ -424,7 +538,7 @@ state_open(const char *path, GError **error)
                     "database '%s': schema version %" G_GINT64_FORMAT
                     ", this spored knows %d",
                     path, version, SCHEMA_VERSION);
-        sqlite3_close(db);
+        state_close(db);
         return NULL;
     }
     return db;
@@ -433,6 +547,9 @@ state_open(const char *path, GError **error)
 void
 state_close(sqlite3 *db)
 {
+    if (!db)
+        return;
+    stmt_forget(db);
     sqlite3_close(db);
 }
 
@@ -460,6 +577,27 @@ state_rollback(sqlite3 *db)
 {
     if (!sqlite3_get_autocommit(db))
         sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+}
+
+bool
+state_savepoint(sqlite3 *db, GError **error)
+{
+    return exec(db, "begin a savepoint", error, "SAVEPOINT one",
+                G_TYPE_INVALID);
+}
+
+bool
+state_release(sqlite3 *db, GError **error)
+{
+    return exec(db, "release a savepoint", error, "RELEASE one",
+                G_TYPE_INVALID);
+}
+
+void
+state_rollback_to(sqlite3 *db)
+{
+    if (!sqlite3_get_autocommit(db))
+        sqlite3_exec(db, "ROLLBACK TO one; RELEASE one", NULL, NULL, NULL);
 }
 
 /* ---- services ---------------------------------------------------------- */
@@ -754,6 +892,28 @@ state_host_image_cached(sqlite3 *db, const char *host, const char *id,
     return true;
 }
 
+GHashTable *
+state_host_image_cached_map(sqlite3 *db, const char *id, GError **error)
+{
+    g_autoptr(Stmt) st =
+        prepare(db, "read the hosts' caches", error,
+                "SELECT host, cached FROM host_images WHERE image = ?",
+                G_TYPE_STRING, id, G_TYPE_INVALID);
+    g_autoptr(GHashTable) map =
+        g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+    int rc;
+
+    if (!st)
+        return NULL;
+    while ((rc = step(db, st, "read the hosts' caches", error)) == 1) {
+        double *v = g_new(double, 1);
+
+        *v = sqlite3_column_double(st, 1);
+        g_hash_table_insert(map, col_text(st, 0), v);
+    }
+    return rc == 0 ? g_steal_pointer(&map) : NULL;
+}
+
 bool
 state_profile_put(sqlite3 *db, const char *host, const char *id, gint64 boots,
                   const char *chunks, GError **error)
@@ -989,6 +1149,21 @@ bool
 state_clone_sync(sqlite3 *db, const char *service, gint64 desired,
                  GError **error)
 {
+    gint64 rows = 0, in_range = 0;
+
+    /* the common case, every pass: the rows are already 0..desired-1
+     * (idx is unique per service: as many rows as in that range) */
+    if (!query_int(db, "count clones", 0, &rows, error,
+                   "SELECT COUNT(*) FROM clones WHERE service = ?",
+                   G_TYPE_STRING, service, G_TYPE_INVALID) ||
+        !query_int(db, "count clones", 0, &in_range, error,
+                   "SELECT COUNT(*) FROM clones WHERE service = ? AND "
+                   "idx >= 0 AND idx < ?",
+                   G_TYPE_STRING, service, G_TYPE_INT64, desired,
+                   G_TYPE_INVALID))
+        return false;
+    if (rows == desired && in_range == desired)
+        return true;
     if (!exec(db, "remove clones", error,
               "DELETE FROM clones WHERE service = ? AND idx >= ?",
               G_TYPE_STRING, service, G_TYPE_INT64, desired, G_TYPE_INVALID))
@@ -1092,6 +1267,20 @@ state_command_list_pending(sqlite3 *db, const char *host, double sent_before,
         "AND (?2 IS NULL OR host = ?2) AND sent < ?3 ORDER BY id",
         G_TYPE_STRING, command_state_to_string(COMMAND_PENDING), G_TYPE_STRING,
         host, G_TYPE_DOUBLE, sent_before, G_TYPE_INVALID);
+
+    return collect(db, st, "list pending commands", read_command,
+                   (GDestroyNotify)command_row_free, error);
+}
+
+GPtrArray *
+state_command_list_pending_heads(sqlite3 *db, GError **error)
+{
+    g_autoptr(Stmt) st = prepare(
+        db, "list pending commands", error,
+        "SELECT id, host, op, service, NULL FROM commands WHERE state = ? "
+        "ORDER BY id",
+        G_TYPE_STRING, command_state_to_string(COMMAND_PENDING),
+        G_TYPE_INVALID);
 
     return collect(db, st, "list pending commands", read_command,
                    (GDestroyNotify)command_row_free, error);

@@ -114,6 +114,13 @@ bool state_commit(sqlite3 *db, GError **error);
 /* state_rollback: ROLLBACK if a transaction is open; never fails */
 void state_rollback(sqlite3 *db);
 
+/* state_savepoint: a savepoint inside the caller's transaction, ended
+ * by state_release (kept) or state_rollback_to (undone); not nested */
+bool state_savepoint(sqlite3 *db, GError **error);
+bool state_release(sqlite3 *db, GError **error);
+/* state_rollback_to: undo and end the savepoint; never fails */
+void state_rollback_to(sqlite3 *db);
+
 double state_now(void);
 
 /* ---- services ---------------------------------------------------------- */
@@ -193,6 +200,10 @@ bool state_host_image_put(sqlite3 *db, const HostImageRow *row, GError **error);
 /* state_host_image_cached: the cached fraction, 0 when unknown */
 bool state_host_image_cached(sqlite3 *db, const char *host, const char *id,
                              double *ret_cached, GError **error);
+/* state_host_image_cached_map: host -> double * (its cached fraction)
+ * of image @id, for the hosts that reported it */
+GHashTable *state_host_image_cached_map(sqlite3 *db, const char *id,
+                                        GError **error);
 bool state_profile_put(sqlite3 *db, const char *host, const char *id,
                        gint64 boots, const char *chunks, GError **error);
 /* state_profile_best: the chunks (JSON) of the profile with most boots of
@@ -286,6 +297,9 @@ bool state_command_get_pending(sqlite3 *db, gint64 id, const char *host,
  * last sent before @sent_before, by id */
 GPtrArray *state_command_list_pending(sqlite3 *db, const char *host,
                                       double sent_before, GError **error);
+/* state_command_list_pending_heads: of CommandRow without their body
+ * (NULL): every pending command, by id */
+GPtrArray *state_command_list_pending_heads(sqlite3 *db, GError **error);
 bool state_command_finish(sqlite3 *db, gint64 id, CommandState state,
                           const char *reason, GError **error);
 bool state_command_sent(sqlite3 *db, gint64 id, double now, GError **error);

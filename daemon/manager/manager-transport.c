@@ -3,37 +3,83 @@
  * manager-zap.c for who may connect) and the messages that arrive on
  * them (docs/site-protocol.md).
  *
+ * The path of a message:
+ *
+ *   agents' socket --[router_read]--> inbox --[manager_inbox_apply]-->
+ *   applied (one savepoint per message, one transaction per batch)
+ *
+ * router_read reads whatever waits, up to the inbox's bounds, and stamps
+ * the sender's last_seen then (the host is alive when its message
+ * arrives, not when it is applied); manager_inbox_apply applies at most
+ * INBOX_BATCH_MESSAGES or INBOX_BATCH_US of them per call, so that a
+ * pass or a control command waits one batch at most.  A full inbox stops
+ * the reading: ZeroMQ's queue per host (its high-water mark) fills, and
+ * the agents' sends wait or are dropped there (reports are sent again
+ * anyway); spored says so in its log (once a minute) and in
+ * spore_backpressure_total.
+ *
  * Invariants:
- *   1. Each message is handled in one transaction under the manager's
- *      lock: it is applied whole or, when the database fails, not at all
- *      (rolled back and logged, naming the host); either way the next
- *      message is read.
- *   2. A host's runtime record changes only after its message's
- *      transaction committed, except last_seen and heard (the host is
- *      alive whatever the database says).
- *   3. Only the main thread touches the sockets.
+ *   1. Each message is applied whole or not at all: it runs in a
+ *      savepoint of its batch's transaction, released when it succeeded
+ *      and rolled back (and logged, naming the host) when the database
+ *      failed; either way the next message is applied.
+ *   2. One transaction (one fdatasync) per batch, not per message.  When
+ *      the batch's commit fails, every message of it is lost: the runtime
+ *      records of its hosts forget their hello and report (boot, reported)
+ *      so that nothing is decided on them until they said hello (a "who"
+ *      asks) and reported again.
+ *   3. The inbox holds at most INBOX_MAX_MESSAGES and INBOX_MAX_BYTES.
+ *   4. Only the main thread touches the sockets.
  */
 #include "manager-private.h"
 
+#include <errno.h>
 #include <string.h>
 #include <zmq.h>
 
 #include "spore-error.h"
 #include "zmq-zap.h"
 
-/* messages read per drain, so that one busy socket cannot starve a pass */
-#define ROUTER_BUDGET_MESSAGES   1000
+/* the inbox's bounds (invariant 3) */
+#define INBOX_MAX_MESSAGES 20000
+#define INBOX_MAX_BYTES    (128u * 1024 * 1024)
+/* one batch: so many messages or so long, whichever comes first */
+#define INBOX_BATCH_MESSAGES     5000
+#define INBOX_BATCH_US           (50 * 1000)
+#define BACKPRESSURE_LOG_US      (60 * G_USEC_PER_SEC)
 #define REGISTER_BUDGET_MESSAGES 100
 #define BACKOFF_BASE_S           5u
 #define BACKOFF_MAX_S            300u
 /* the registration socket's frames: a register message is small */
 #define REGISTER_MAX_MSG_BYTES 4096
 
-void
+/* should_log_backpressure: once a minute */
+static bool
+should_log_backpressure(Manager *m)
+{
+    gint64 now = g_get_monotonic_time();
+
+    if (m->backpressure_logged &&
+        now - m->backpressure_logged < BACKPRESSURE_LOG_US)
+        return false;
+    m->backpressure_logged = now;
+    return true;
+}
+
+bool
 manager_send(Manager *m, const char *host, JsonObject *msg)
 {
-    if (!wire_send(m->router, host, msg))
+    if (wire_send(m->router, host, msg))
+        return true;
+    m->stats.send_refused++;
+    if (zmq_errno() == EAGAIN && should_log_backpressure(m))
+        g_warning("backpressure: host %s's queue is full, a message to it is "
+                  "dropped (%" G_GUINT64_FORMAT " so far; it is sent again "
+                  "later)",
+                  host, m->stats.send_refused);
+    else
         g_debug("could not send to %s: %s", host, zmq_strerror(zmq_errno()));
+    return false;
 }
 
 static JsonObject *
@@ -79,7 +125,7 @@ handle_hello(Manager *m, const char *host, const char *address, JsonObject *msg,
     if (peer && g_str_has_prefix(peer, "tcp://") &&
         strlen(peer) <= WIRE_ENDPOINT_MAX)
         h->peer_endpoint = g_strdup(peer);
-    m->peers_sent = 0; /* everyone's peer list may change */
+    m->peers_changed = true; /* everyone's peer list may change */
     json_object_set_int_member(welcome, "report_ms", MANAGER_REPORT_MS);
     manager_send(m, host, welcome);
     return true;
@@ -133,19 +179,23 @@ paused_by_io(JsonObject *c)
            g_strcmp0(json_util_get_string(c, "reason", NULL), "ioerror") == 0;
 }
 
-/* reported_before: clone @name in @h's previous report, or NULL */
-static JsonObject *
-reported_before(HostRuntime *h, const char *name)
+/* reported_before: name -> clone object of @h's previous report
+ * (borrowed from it) */
+static GHashTable *
+reported_before(HostRuntime *h)
 {
+    GHashTable *by_name = g_hash_table_new(g_str_hash, g_str_equal);
+
     for (guint i = 0; h->clones && i < json_array_get_length(h->clones); i++) {
         JsonNode *n = json_array_get_element(h->clones, i);
         JsonObject *c =
             JSON_NODE_HOLDS_OBJECT(n) ? json_node_get_object(n) : NULL;
+        const char *name = json_util_get_string(c, "name", NULL);
 
-        if (c && g_strcmp0(json_util_get_string(c, "name", NULL), name) == 0)
-            return c;
+        if (name)
+            g_hash_table_insert(by_name, (gpointer)name, c);
     }
-    return NULL;
+    return by_name;
 }
 
 /*
@@ -157,6 +207,8 @@ static bool
 note_io_pauses(Manager *m, const char *host, HostRuntime *h, JsonArray *arr,
                GError **error)
 {
+    g_autoptr(GHashTable) previous = reported_before(h);
+
     for (guint i = 0; i < json_array_get_length(arr); i++) {
         JsonNode *n = json_array_get_element(arr, i);
         JsonObject *c =
@@ -167,7 +219,7 @@ note_io_pauses(Manager *m, const char *host, HostRuntime *h, JsonArray *arr,
 
         if (!name)
             continue;
-        before = reported_before(h, name);
+        before = g_hash_table_lookup(previous, name);
         was = paused_by_io(before);
         is = paused_by_io(c);
         if (is && !was &&
@@ -231,7 +283,32 @@ handle_report(Manager *m, const char *host, JsonObject *msg, GError **error)
     h->clones = json_array_ref(arr);
     h->images = json_array_ref(json_node_get_array(images));
     h->reported = true;
+    if (h->acked) /* this report shows what the acks created */
+        g_hash_table_remove_all(h->acked);
     return true;
+}
+
+/* note_created: the clones of create @cmd, acknowledged by @host, count
+ * as there until its next report (no second create meanwhile) */
+static void
+note_created(Manager *m, const char *host, const CommandRow *cmd)
+{
+    HostRuntime *h = manager_runtime_get(m, host);
+    g_autoptr(JsonObject) body =
+        cmd->body ? wire_parse(cmd->body, strlen(cmd->body), NULL) : NULL;
+    JsonNode *idx = body ? json_object_get_member(body, "indexes") : NULL;
+    JsonArray *arr;
+
+    if (!idx || !JSON_NODE_HOLDS_ARRAY(idx) || !cmd->service)
+        return;
+    arr = json_node_get_array(idx);
+    if (!h->acked)
+        h->acked = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    for (guint i = 0; i < json_array_get_length(arr); i++)
+        g_hash_table_add(h->acked,
+                         g_strdup_printf("create:%s:%" G_GINT64_FORMAT,
+                                         cmd->service,
+                                         json_array_get_int_element(arr, i)));
 }
 
 /* ack_succeeded: something changed for the service (a clone went away,
@@ -262,6 +339,8 @@ ack_succeeded(Manager *m, const char *host, const CommandRow *cmd,
             g_hash_table_iter_remove(&it);
     }
     g_hash_table_remove(m->failures, key);
+    if (g_str_equal(cmd->op, "clone-create"))
+        note_created(m, host, cmd);
     return true;
 }
 
@@ -380,32 +459,118 @@ dispatch(Manager *m, const char *host, const char *address, JsonObject *msg,
     return true;
 }
 
-/* handle_message: one message from @host in one transaction (invariant
- * 1) */
 static void
-handle_message(Manager *m, const char *host, const char *address,
-               const void *data, gsize len)
+inbox_message_free(InboxMessage *im)
+{
+    g_free(im->host);
+    g_free(im->address);
+    g_bytes_unref(im->body);
+    g_free(im);
+}
+
+void
+manager_inbox_clear(Manager *m)
+{
+    InboxMessage *im;
+
+    while ((im = g_queue_pop_head(&m->inbox)))
+        inbox_message_free(im);
+    m->inbox_bytes = 0;
+}
+
+/* apply_one: one message from the inbox, in a savepoint (invariant 1) */
+static void
+apply_one(Manager *m, InboxMessage *im, GHashTable *touched)
 {
     g_autoptr(GError) err = NULL;
-    g_autoptr(JsonObject) msg = wire_parse(data, len, &err);
-    g_autoptr(GMutexLocker) locker = NULL;
-    HostRuntime *h;
+    gsize len = 0;
+    const void *data = g_bytes_get_data(im->body, &len);
+    /* an empty frame's GBytes has no data pointer: json-glib wants one */
+    g_autoptr(JsonObject) msg = wire_parse(data ? data : "", len, &err);
 
     if (!msg) {
-        g_warning("host %s: dropped a malformed message: %s", host,
+        g_warning("host %s: dropped a malformed message: %s", im->host,
                   err->message);
         return;
     }
-    locker = g_mutex_locker_new(&m->lock);
-    h = manager_runtime_get(m, host);
-    h->last_seen = g_get_monotonic_time(); /* invariant 2 */
-    h->heard = true;
-    if (!state_begin(m->db, &err) || !dispatch(m, host, address, msg, &err) ||
-        !state_commit(m->db, &err)) {
-        state_rollback(m->db);
-        g_warning("host %s: a '%s' message not applied: %s", host,
+    manager_runtime_get(m, im->host)->heard = true;
+    g_hash_table_add(touched, im->host);
+    if (!state_savepoint(m->db, &err) ||
+        !dispatch(m, im->host, im->address, msg, &err) ||
+        !state_release(m->db, &err)) {
+        state_rollback_to(m->db);
+        g_warning("host %s: a '%s' message not applied: %s", im->host,
                   json_util_get_string(msg, "type", "?"), err->message);
     }
+}
+
+/* forget_batch: the batch's commit failed: its hosts are asked again
+ * (invariant 2) */
+static void
+forget_batch(Manager *m, GHashTable *touched)
+{
+    GHashTableIter it;
+    gpointer k;
+
+    g_hash_table_iter_init(&it, touched);
+    while (g_hash_table_iter_next(&it, &k, NULL)) {
+        HostRuntime *h = manager_runtime_get(m, k);
+
+        g_clear_pointer(&h->boot, g_free);
+        h->reported = false;
+    }
+}
+
+bool
+manager_inbox_apply(Manager *m)
+{
+    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&m->lock);
+    g_autoptr(GError) err = NULL;
+    g_autoptr(GPtrArray) batch =
+        g_ptr_array_new_with_free_func((GDestroyNotify)inbox_message_free);
+    g_autoptr(GHashTable) touched = g_hash_table_new(g_str_hash, g_str_equal);
+    gint64 end = g_get_monotonic_time() + INBOX_BATCH_US;
+
+    if (g_queue_is_empty(&m->inbox))
+        return false;
+    if (!state_begin(m->db, &err)) {
+        g_warning("messages not applied: %s", err->message);
+        return true; /* they stay: the next call tries again */
+    }
+    while (batch->len < INBOX_BATCH_MESSAGES && g_get_monotonic_time() < end) {
+        InboxMessage *im = g_queue_pop_head(&m->inbox);
+
+        if (!im)
+            break;
+        m->inbox_bytes -= g_bytes_get_size(im->body);
+        g_ptr_array_add(batch, im);
+        apply_one(m, im, touched);
+    }
+    m->stats.handled += batch->len;
+    m->stats.batches++;
+    if (!state_commit(m->db, &err)) {
+        state_rollback(m->db);
+        forget_batch(m, touched);
+        g_warning("%u messages not applied: %s", batch->len, err->message);
+    }
+    return !g_queue_is_empty(&m->inbox);
+}
+
+/* inbox_add: a message read from @host, stamped (alive now) and queued */
+static void
+inbox_add(Manager *m, const char *host, const char *address, zmq_msg_t *body)
+{
+    InboxMessage *im = g_new0(InboxMessage, 1);
+    HostRuntime *h = manager_runtime_get(m, host);
+
+    h->last_seen = g_get_monotonic_time();
+    im->host = g_strdup(host);
+    im->address = g_strdup(address);
+    im->body = g_bytes_new(zmq_msg_data(body), zmq_msg_size(body));
+    m->inbox_bytes += zmq_msg_size(body);
+    g_queue_push_tail(&m->inbox, im);
+    m->stats.received++;
+    m->stats.inbox_peak = MAX(m->stats.inbox_peak, m->inbox.length);
 }
 
 /* recv_frame: the next frame of @sock into @msg (initialized); false when
@@ -439,10 +604,27 @@ drop_extra(void *sock, zmq_msg_t *body)
     return extra;
 }
 
+/* inbox_full: invariant 3; the first time in a while, said */
+static bool
+inbox_full(Manager *m)
+{
+    if (m->inbox.length < INBOX_MAX_MESSAGES &&
+        m->inbox_bytes < INBOX_MAX_BYTES)
+        return false;
+    m->stats.backpressure++;
+    if (should_log_backpressure(m))
+        g_warning("backpressure: %u messages (%zu bytes) wait to be applied; "
+                  "not reading from the agents until they are",
+                  m->inbox.length, m->inbox_bytes);
+    return true;
+}
+
 void
 manager_router_drain(Manager *m)
 {
-    for (int budget = 0; budget < ROUTER_BUDGET_MESSAGES; budget++) {
+    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&m->lock);
+
+    while (!inbox_full(m)) {
         zmq_msg_t id, body;
         const char *user, *addr;
         bool extra;
@@ -461,8 +643,7 @@ manager_router_drain(Manager *m)
         else if (extra)
             g_warning("host %s: dropped a message of several frames", user);
         else
-            handle_message(m, user, addr ? addr : "?", zmq_msg_data(&body),
-                           zmq_msg_size(&body));
+            inbox_add(m, user, addr ? addr : "?", &body);
         zmq_msg_close(&id);
         zmq_msg_close(&body);
     }

@@ -5,28 +5,51 @@
  * CURVE key, with the key as user id, and only ever answers "register".
  *
  * A key placed as HOSTS_DIR/NAME.pub is accepted as host NAME when it
- * first connects (accept_from_dir), in one transaction with its event.
+ * first connects (accept_from_dir), in a savepoint with its event, in
+ * the transaction of the ZAP requests waiting (manager_zap_drain).
  * Runs on the main thread, under the manager's lock.
  */
 #include "manager-private.h"
 
 #include <string.h>
+#include <glib/gstdio.h>
+#include <zmq.h>
 
 #include "zmq-zap.h"
 
 #define REFUSAL_LOG_US (60 * G_USEC_PER_SEC)
+/* hosts_dir is read again after this long even if its mtime is the same */
+#define DIR_REREAD_US (2 * G_USEC_PER_SEC)
 
-/* accept_from_dir: the name of the host whose key @key is in hosts_dir,
- * accepted now, or NULL (@error set if the database failed) */
-static char *
-accept_from_dir(Manager *m, const char *key, GError **error)
+/* read_hosts_dir: m->dir_keys (key -> NAME) from hosts_dir's NAME.pub
+ * files, read again only when the directory changed (its mtime) or
+ * DIR_REREAD_US passed (a file rewritten in place): a thousand hosts
+ * connecting at once read the directory once, not once each */
+static void
+read_hosts_dir(Manager *m)
 {
     g_autoptr(GDir) dir = NULL;
     const char *entry;
+    GStatBuf st;
+    gint64 now = g_get_monotonic_time();
+    gint64 mtime;
 
-    if (!m->config.hosts_dir ||
-        !(dir = g_dir_open(m->config.hosts_dir, 0, NULL)))
-        return NULL;
+    if (!m->config.hosts_dir || g_stat(m->config.hosts_dir, &st) != 0) {
+        g_clear_pointer(&m->dir_keys, g_hash_table_unref);
+        return;
+    }
+    mtime =
+        (gint64)st.st_mtim.tv_sec * G_USEC_PER_SEC + st.st_mtim.tv_nsec / 1000;
+    if (m->dir_keys && mtime == m->dir_mtime &&
+        now - m->dir_read < DIR_REREAD_US)
+        return;
+    g_clear_pointer(&m->dir_keys, g_hash_table_unref);
+    m->dir_keys =
+        g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+    m->dir_mtime = mtime;
+    m->dir_read = now;
+    if (!(dir = g_dir_open(m->config.hosts_dir, 0, NULL)))
+        return;
     while ((entry = g_dir_read_name(dir))) {
         g_autofree char *path = NULL;
         g_autofree char *file_key = NULL;
@@ -39,19 +62,36 @@ accept_from_dir(Manager *m, const char *key, GError **error)
             continue;
         path = g_build_filename(m->config.hosts_dir, entry, NULL);
         file_key = wire_key_read_file(path, NULL);
-        if (!file_key || !g_str_equal(file_key, key))
-            continue;
-        if (!state_begin(m->db, error) ||
-            !state_host_insert_accepted(m->db, name, key, error) ||
-            !manager_event(m, error, "host-accepted", NULL, name,
-                           "host %s accepted: its key is in %s", name, path) ||
-            !state_commit(m->db, error)) {
-            state_rollback(m->db);
-            return NULL;
-        }
-        return g_steal_pointer(&name);
+        if (file_key)
+            g_hash_table_insert(m->dir_keys, g_steal_pointer(&file_key),
+                                g_steal_pointer(&name));
     }
-    return NULL;
+}
+
+/* accept_from_dir: the name of the host whose key @key is in hosts_dir,
+ * accepted now, or NULL (@error set if the database failed) */
+static char *
+accept_from_dir(Manager *m, const char *key, GError **error)
+{
+    const char *found;
+    g_autofree char *name = NULL;
+    g_autofree char *path = NULL;
+
+    read_hosts_dir(m);
+    found = m->dir_keys ? g_hash_table_lookup(m->dir_keys, key) : NULL;
+    if (!found)
+        return NULL;
+    name = g_strdup(found);
+    path = g_strdup_printf("%s/%s.pub", m->config.hosts_dir, name);
+    if (!state_savepoint(m->db, error) ||
+        !state_host_insert_accepted(m->db, name, key, error) ||
+        !manager_event(m, error, "host-accepted", NULL, name,
+                       "host %s accepted: its key is in %s", name, path) ||
+        !state_release(m->db, error)) {
+        state_rollback_to(m->db);
+        return NULL;
+    }
+    return g_steal_pointer(&name);
 }
 
 bool
@@ -125,20 +165,41 @@ zap_decide(Manager *m, const char *domain, const char *address,
     return NULL;
 }
 
-/* decide_locked: zap_decide under the manager's lock (the ZAP handler's
- * callback) */
+/* decide: zap_decide as the ZAP handler's callback */
 static char *
-decide_locked(const char *domain, const char *address, const char *mechanism,
-              const char *key, const char **why, gpointer data)
+decide(const char *domain, const char *address, const char *mechanism,
+       const char *key, const char **why, gpointer data)
 {
-    Manager *m = data;
-    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&m->lock);
-
-    return zap_decide(m, domain, address, mechanism, key, why);
+    return zap_decide(data, domain, address, mechanism, key, why);
 }
 
+/*
+ * manager_zap_drain: the requests waiting, under the lock, in one
+ * transaction (one fdatasync for a thousand hosts connecting at once,
+ * not one each; an acceptance is a savepoint of it).  Should the commit
+ * fail, the hosts admitted by it have no row yet: their messages are
+ * applied to no host, and their next connection is admitted again.
+ */
 void
 manager_zap_drain(Manager *m)
 {
-    spore_zap_drain(m->zap, decide_locked, m);
+    g_autoptr(GMutexLocker) locker = NULL;
+    g_autoptr(GError) err = NULL;
+    int events = 0;
+    size_t len = sizeof(events);
+    bool batch;
+
+    if (zmq_getsockopt(m->zap, ZMQ_EVENTS, &events, &len) == 0 &&
+        !(events & ZMQ_POLLIN))
+        return; /* nothing waits */
+    locker = g_mutex_locker_new(&m->lock);
+    batch = state_begin(m->db, &err);
+    if (!batch)
+        g_warning("admissions not batched: %s", err->message);
+    spore_zap_drain(m->zap, decide, m);
+    g_clear_error(&err);
+    if (batch && !state_commit(m->db, &err)) {
+        state_rollback(m->db);
+        g_warning("admissions not recorded: %s", err->message);
+    }
 }

@@ -36,6 +36,8 @@ host_runtime_free(gpointer p)
         json_array_unref(h->clones);
     if (h->images)
         json_array_unref(h->images);
+    if (h->acked)
+        g_hash_table_unref(h->acked);
     g_free(h);
 }
 
@@ -94,6 +96,9 @@ manager_manifest_free(gpointer p)
 
     manifest_free(e->manifest);
     g_free(e->canonical);
+    if (e->uuids)
+        g_hash_table_unref(e->uuids);
+    g_free(e->uuid_image);
     g_free(e);
 }
 
@@ -133,6 +138,17 @@ manager_manifest_entry(Manager *m, const char *service, GError **error)
     return e;
 }
 
+ManagerManifest *
+manager_manifest_entry_at(Manager *m, const char *service, gint64 generation,
+                          GError **error)
+{
+    g_autofree char *key =
+        g_strdup_printf("%s:%" G_GINT64_FORMAT, service, generation);
+    ManagerManifest *e = g_hash_table_lookup(m->manifests, key);
+
+    return e ? e : manager_manifest_entry(m, service, error);
+}
+
 Manifest *
 manager_manifest(Manager *m, const char *service, GError **error)
 {
@@ -157,11 +173,45 @@ manager_event(Manager *m, GError **error, const char *kind, const char *service,
     return true;
 }
 
+const double manager_pass_bounds[PASS_BUCKETS] = {
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10,
+};
+
+void
+manager_note_pass(Manager *m, double seconds)
+{
+    ManagerStats *st = &m->stats;
+
+    st->pass_count++;
+    st->pass_sum += seconds;
+    st->pass_last = seconds;
+    st->pass_max = MAX(st->pass_max, seconds);
+    for (guint i = 0; i < PASS_BUCKETS; i++) {
+        if (seconds <= manager_pass_bounds[i])
+            st->pass_buckets[i]++;
+    }
+}
+
 static gboolean
 on_tick(gpointer data)
 {
     manager_reconcile(data);
     return G_SOURCE_CONTINUE;
+}
+
+/* on_inbox: apply the next batch of the inbox; idle priority, so that
+ * the pass's timer and the sockets come first between batches */
+static gboolean
+on_inbox(gpointer data)
+{
+    Manager *m = data;
+
+    manager_zap_drain(m); /* handshakes wait for these: first */
+    manager_router_drain(m);
+    if (manager_inbox_apply(m))
+        return G_SOURCE_CONTINUE;
+    m->inbox_idle = 0;
+    return G_SOURCE_REMOVE;
 }
 
 static gboolean
@@ -171,6 +221,8 @@ on_drain(gpointer data)
 
     manager_zap_drain(m);
     manager_router_drain(m);
+    if (manager_inbox_apply(m) && !m->inbox_idle)
+        m->inbox_idle = g_idle_add(on_inbox, m);
     manager_register_drain(m);
     return G_SOURCE_CONTINUE;
 }
@@ -248,6 +300,9 @@ manager_new(const ManagerConfig *config, GError **error)
     m->backoff = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
     m->failures = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
     m->refused = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+    m->command_keys = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free,
+                                            (GDestroyNotify)g_ptr_array_unref);
+    g_queue_init(&m->inbox);
     mscale_init(m);
     if (g_mkdir_with_parents(m->config.state_dir, 0700) < 0 ||
         g_mkdir_with_parents(m->config.run_dir, 0755) < 0) {
@@ -297,6 +352,9 @@ manager_free(Manager *m)
         g_source_remove(m->tick);
     if (m->drain)
         g_source_remove(m->drain);
+    if (m->inbox_idle)
+        g_source_remove(m->inbox_idle);
+    manager_inbox_clear(m);
     if (m->zap_watch)
         g_source_remove(m->zap_watch);
     if (m->router_watch)
@@ -318,6 +376,8 @@ manager_free(Manager *m)
     g_hash_table_unref(m->backoff);
     g_hash_table_unref(m->failures);
     g_hash_table_unref(m->refused);
+    g_hash_table_unref(m->command_keys);
+    g_clear_pointer(&m->dir_keys, g_hash_table_unref);
     mscale_free(m);
     g_mutex_clear(&m->lock);
     g_free(m->config.state_dir);

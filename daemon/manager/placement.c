@@ -82,3 +82,117 @@ placement_choose(const PlacementHost *hosts, gsize n_hosts, const Manifest *m,
     }
     return best;
 }
+
+/* ---- many clones of one service: a heap of the candidates ------------- */
+
+struct PlacementQueue {
+    PlacementHost *hosts; /* borrowed */
+    const Manifest *m;
+    guint *heap; /* indexes into hosts, best first */
+    guint len;
+    guint up, listed;
+};
+
+static bool
+heap_less(PlacementQueue *q, guint a, guint b)
+{
+    return compare(&q->hosts[q->heap[a]], &q->hosts[q->heap[b]], q->m) < 0;
+}
+
+static void
+heap_swap(PlacementQueue *q, guint a, guint b)
+{
+    guint t = q->heap[a];
+
+    q->heap[a] = q->heap[b];
+    q->heap[b] = t;
+}
+
+static void
+sift_down(PlacementQueue *q, guint i)
+{
+    for (;;) {
+        guint l = 2 * i + 1, r = l + 1, best = i;
+
+        if (l < q->len && heap_less(q, l, best))
+            best = l;
+        if (r < q->len && heap_less(q, r, best))
+            best = r;
+        if (best == i)
+            return;
+        heap_swap(q, i, best);
+        i = best;
+    }
+}
+
+PlacementQueue *
+placement_queue_new(PlacementHost *hosts, gsize n_hosts, const Manifest *m)
+{
+    PlacementQueue *q = g_new0(PlacementQueue, 1);
+
+    q->hosts = hosts;
+    q->m = m;
+    q->heap = g_new(guint, MAX(n_hosts, 1));
+    for (gsize i = 0; i < n_hosts; i++) {
+        if (!hosts[i].up)
+            continue;
+        q->up++;
+        if (!allowed(m, hosts[i].name))
+            continue;
+        q->listed++;
+        q->heap[q->len++] = (guint)i;
+    }
+    for (guint i = q->len / 2; i-- > 0;)
+        sift_down(q, i);
+    return q;
+}
+
+void
+placement_queue_free(PlacementQueue *q)
+{
+    if (!q)
+        return;
+    g_free(q->heap);
+    g_free(q);
+}
+
+int
+placement_queue_take(PlacementQueue *q, char **reason)
+{
+    guint64 mem = manifest_memory_kib(q->m);
+
+    while (q->len > 0) {
+        PlacementHost *h = &q->hosts[q->heap[0]];
+        guint at = q->heap[0];
+
+        if (h->used_memory_kib + mem > h->memory_kib ||
+            h->used_vcpus + q->m->vm.vcpus >
+                (guint64)h->cpus * PLACEMENT_VCPU_OVERCOMMIT) {
+            /* full, and only fuller while this queue lives: gone */
+            q->heap[0] = q->heap[--q->len];
+            sift_down(q, 0);
+            continue;
+        }
+        h->service_clones++;
+        h->total_clones++;
+        h->used_vcpus += q->m->vm.vcpus;
+        h->used_memory_kib += mem;
+        /* its key only got worse (spread) or better (pack: it stays on
+         * top, being the best before and fuller now) */
+        sift_down(q, 0);
+        return (int)at;
+    }
+    if (reason) {
+        if (q->up == 0)
+            *reason = g_strdup("no host is up");
+        else if (q->listed == 0)
+            *reason = g_strdup("no host that is up is in the manifest's "
+                               "<placement> list");
+        else
+            *reason = g_strdup_printf(
+                "no host has room for %u vCPUs and %" G_GUINT64_FORMAT
+                " MiB more (memory is not overcommitted, vCPUs up to %ux)",
+                q->m->vm.vcpus, mem / 1024, PLACEMENT_VCPU_OVERCOMMIT);
+    }
+    return -1;
+}

@@ -38,3 +38,22 @@ typedef struct {
  */
 int placement_choose(const PlacementHost *hosts, gsize n_hosts,
                      const Manifest *m, char **reason);
+
+/*
+ * PlacementQueue: the same choice for many clones of one service in a
+ * row, O(log hosts) each instead of O(hosts): a heap of the candidates
+ * in the order above.  placement_queue_new() borrows @hosts (their
+ * service_clones counting this service's clones) for the queue's life;
+ * placement_queue_take() returns what placement_choose() would for one
+ * more clone and accounts the clone on the chosen host (its
+ * service_clones, total_clones, used_vcpus, used_memory_kib), or -1 with
+ * *@reason (owned by the caller).  The caller changes @hosts only
+ * through it while the queue lives.
+ */
+typedef struct PlacementQueue PlacementQueue;
+
+PlacementQueue *placement_queue_new(PlacementHost *hosts, gsize n_hosts,
+                                    const Manifest *m);
+int placement_queue_take(PlacementQueue *q, char **reason);
+void placement_queue_free(PlacementQueue *q);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(PlacementQueue, placement_queue_free)

@@ -38,6 +38,9 @@ typedef struct {
     GPtrArray *clones;  /* JsonObject: what it reports */
     bool silent;        /* sends nothing (a host not reported yet) */
     bool hold_destroys; /* leaves clone-destroy commands unanswered */
+    bool no_reports;    /* reads and acknowledges, but does not report */
+    guint creates;      /* clones created */
+    guint duplicates;   /* creates of a clone it already had */
     GPtrArray *held;    /* JsonObject: the held destroys */
     guint turn;
 } FakeAgent;
@@ -141,7 +144,17 @@ agent_create(JsonObject *cmd)
         g_autofree char *uuid = clone_uuid(
             mf, index, json_util_get_string(image, "id", ""), (guint64)gen);
         g_autofree char *name = manifest_clone_name(mf, index);
+        bool had = false;
 
+        for (guint k = 0; k < cur->clones->len; k++)
+            had |= g_str_equal(
+                json_util_get_string(cur->clones->pdata[k], "name", ""), name);
+        if (had) { /* spore-agent answers "existed", after libvirt work */
+            cur->duplicates++;
+            json_object_unref(c);
+            continue;
+        }
+        cur->creates++;
         json_object_set_string_member(c, "name", name);
         json_object_set_string_member(c, "uuid", uuid);
         json_object_set_string_member(c, "service", mf->name);
@@ -208,7 +221,7 @@ agent_turn(void)
         if (msg)
             agent_handle(msg);
     }
-    if (!cur->silent && cur->turn++ % REPORT_EVERY == 0)
+    if (!cur->silent && cur->turn++ % REPORT_EVERY == 0 && !cur->no_reports)
         agent_report();
 }
 
@@ -414,9 +427,9 @@ teardown(void)
     g_free(config.hosts_dir);
 }
 
-/* a service "web" of 2 clones with a requests rule, both running */
+/* submit_two: a service "web" of 2 clones with a requests rule */
 static void
-two_running(void)
+submit_two(void)
 {
     g_autofree char *image = g_build_filename(dir, "image.raw", NULL);
     g_autofree char *add = NULL;
@@ -448,6 +461,13 @@ two_running(void)
     submit = json_generator_to_data(gen, NULL);
     json_node_unref(node);
     r = control_ok(submit);
+}
+
+/* a service "web" of 2 clones with a requests rule, both running */
+static void
+two_running(void)
+{
+    submit_two();
     wait_clone("web-0", "running");
     wait_clone("web-1", "running");
 }
@@ -672,4 +692,50 @@ Test(manager_clones, says_when_a_clone_is_paused_by_an_io_error_and_runs_again)
     after = event_kinds();
     cr_expect_eq(strstr(strstr(after, "clone-paused ") + 1, "clone-paused "),
                  NULL, "two clone-paused events: %s", after);
+}
+
+static bool
+has_reported(gpointer data)
+{
+    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&m->lock);
+
+    return manager_host_clones(m, data) != NULL;
+}
+
+static bool
+created(gpointer data)
+{
+    return agent.creates >= GPOINTER_TO_UINT(data);
+}
+
+static bool
+passes_done(gpointer data)
+{
+    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&m->lock);
+
+    return m->stats.pass_count >= *(guint64 *)data;
+}
+
+Test(manager_clones, sends_no_second_create_between_an_ack_and_the_next_report)
+{
+    guint64 until;
+
+    cr_assert(pump(has_reported, (gpointer) "hv1"), "hv1 never reported");
+    agent.no_reports = true; /* acks, and reports nothing after them */
+    submit_two();
+    cr_assert(pump(created, GUINT_TO_POINTER(2)), "the creates never came");
+    {
+        g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&m->lock);
+
+        until = m->stats.pass_count + 4;
+    }
+    /* passes that see the creates acknowledged and no report showing
+     * them: none may create them again */
+    cr_assert(pump(passes_done, &until));
+    cr_expect_eq(agent.duplicates, 0, "%u creates repeated", agent.duplicates);
+    agent.no_reports = false;
+    wait_clone("web-0", "running");
+    wait_clone("web-1", "running");
+    cr_expect_eq(agent.creates, 2);
+    cr_expect_eq(agent.duplicates, 0);
 }

@@ -145,3 +145,87 @@ Test(placement, says_when_no_host_is_up_or_listed)
     cr_expect_eq(placement_choose(up, 1, m, &r2), -1);
     cr_expect(r2 && strstr(r2, "<placement>"), "%s", r2);
 }
+
+/* random_hosts: @n hosts of varied sizes and loads, some down */
+static PlacementHost *
+random_hosts(GRand *r, guint n, GPtrArray *names)
+{
+    PlacementHost *h = g_new0(PlacementHost, n);
+
+    for (guint i = 0; i < n; i++) {
+        g_ptr_array_add(names, g_strdup_printf("h%03u", i));
+        h[i].name = names->pdata[i];
+        h[i].up = g_rand_int_range(r, 0, 10) != 0;
+        h[i].cpus = (guint)g_rand_int_range(r, 1, 5);
+        h[i].memory_kib = (guint64)g_rand_int_range(r, 1, 9) * GIB;
+        h[i].service_clones = (guint)g_rand_int_range(r, 0, 3);
+        h[i].total_clones = h[i].service_clones + g_rand_int_range(r, 0, 3);
+        h[i].used_vcpus = h[i].total_clones;
+        h[i].used_memory_kib = h[i].total_clones * 256 * 1024;
+        h[i].cached_fraction = g_rand_int_range(r, 0, 3) / 2.0;
+    }
+    return h;
+}
+
+/* one_more: what manager-reconcile.c did per clone before the queue:
+ * placement_choose, then the clone accounted on the host */
+static int
+one_more(PlacementHost *h, guint n, const Manifest *m)
+{
+    int at = placement_choose(h, n, m, NULL);
+
+    if (at >= 0) {
+        h[at].service_clones++;
+        h[at].total_clones++;
+        h[at].used_vcpus += m->vm.vcpus;
+        h[at].used_memory_kib += m->vm.memory_kib;
+    }
+    return at;
+}
+
+static void
+queue_matches_choose(const char *strategy, const char *allow)
+{
+    for (guint32 seed = 1; seed <= 40; seed++) {
+        g_autoptr(GRand) r = g_rand_new_with_seed(seed);
+        g_autoptr(GPtrArray) names = g_ptr_array_new_with_free_func(g_free);
+        g_autoptr(Manifest) m = manifest(strategy, allow, 1, 512);
+        guint n = (guint)g_rand_int_range(r, 1, 40);
+        g_autofree PlacementHost *a = random_hosts(r, n, names);
+        g_autofree PlacementHost *b = g_memdup2(a, n * sizeof(*a));
+        g_autoptr(PlacementQueue) q = placement_queue_new(b, n, m);
+
+        for (guint k = 0; k < 200; k++) {
+            int want = one_more(a, n, m);
+            g_autofree char *reason = NULL;
+            int got = placement_queue_take(q, &reason);
+
+            cr_assert_eq(got, want, "%s, seed %u, clone %u: %d, not %d",
+                         strategy, seed, k, got, want);
+            if (want < 0) {
+                cr_assert(reason && *reason);
+                break;
+            }
+        }
+        cr_assert_eq(memcmp(a, b, n * sizeof(*a)), 0);
+    }
+}
+
+Test(placement, queue_chooses_as_placement_choose_does_clone_after_clone)
+{
+    queue_matches_choose("spread", "");
+    queue_matches_choose("pack", "");
+    queue_matches_choose("spread", "<host>h001</host><host>h003</host>"
+                                   "<host>h007</host>");
+}
+
+Test(placement, queue_says_why_when_no_host_is_up)
+{
+    g_autoptr(Manifest) m = manifest("spread", "", 1, 512);
+    PlacementHost h[] = {{.name = "a", .cpus = 4, .memory_kib = 8 * GIB}};
+    g_autoptr(PlacementQueue) q = placement_queue_new(h, 1, m);
+    g_autofree char *reason = NULL;
+
+    cr_expect_eq(placement_queue_take(q, &reason), -1);
+    cr_expect_str_eq(reason, "no host is up");
+}
