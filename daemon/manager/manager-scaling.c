@@ -40,6 +40,45 @@
 #define SCALING_EVAL_S   5.0
 #define REQUEST_WINDOW_S 60.0
 
+/*
+ * The clock of scheduled policies is the real one, ahead by
+ * SPORE_TEST_SCHEDULE_CLOCK_OFFSET seconds when that is set in spored's
+ * environment: for tests only (docs/scaling.md), so that a test sees a
+ * policy come due while spored was down without waiting for it.
+ */
+#define SCHEDULE_CLOCK_OFFSET_ENV   "SPORE_TEST_SCHEDULE_CLOCK_OFFSET"
+#define SCHEDULE_CLOCK_OFFSET_MAX_S (400.0 * 86400)
+
+static double
+schedule_clock_offset(void)
+{
+    static gsize once = 0;
+    static double offset = 0;
+
+    if (g_once_init_enter(&once)) {
+        const char *v = g_getenv(SCHEDULE_CLOCK_OFFSET_ENV);
+        char *end = NULL;
+        double d;
+
+        if (v && *v) {
+            d = g_ascii_strtod(v, &end);
+            if (*end || !(d >= -SCHEDULE_CLOCK_OFFSET_MAX_S &&
+                          d <= SCHEDULE_CLOCK_OFFSET_MAX_S)) {
+                g_warning("%s='%s' is not a number of seconds within 400 "
+                          "days, ignoring",
+                          SCHEDULE_CLOCK_OFFSET_ENV, v);
+            } else {
+                offset = d;
+                g_warning("%s=%s: scheduled policies run %.0f s ahead of "
+                          "the clock (for tests only)",
+                          SCHEDULE_CLOCK_OFFSET_ENV, v, d);
+            }
+        }
+        g_once_init_leave(&once, 1);
+    }
+    return offset;
+}
+
 typedef struct {
     gint64 cpu_ns;
     gint64 time_ms;
@@ -54,6 +93,7 @@ mscale_init(Manager *m)
                                          (GDestroyNotify)scaling_history_free);
     m->decisions =
         g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+    schedule_clock_offset(); /* says so now if it is set */
 }
 
 void
@@ -241,15 +281,16 @@ schedule_prune(Manager *m, const char *service, const Manifest *mf,
 }
 
 /*
- * apply_schedules: @svc's scheduled policies at @now (docs/scaling.md):
- * a change of the count sets it and starts the cooldown, in the pass's
- * transaction together with each schedule's handled time (invariant 2:
- * so a schedule fires once, also across a kill -9).  *desired and
- * *cooldown_until are updated for the rules evaluated after.
+ * apply_schedules: @svc's scheduled policies at @at, the schedules' clock
+ * (docs/scaling.md): a change of the count sets it and starts the
+ * cooldown from @now, in the pass's transaction together with each
+ * schedule's handled time (invariant 2: so a schedule fires once, also
+ * across a kill -9).  *desired and *cooldown_until are updated for the
+ * rules evaluated after.
  */
 static bool
 apply_schedules(Manager *m, const ServiceRow *svc, const Manifest *mf,
-                double now, guint *desired, double *cooldown_until,
+                double at, double now, guint *desired, double *cooldown_until,
                 GError **error)
 {
     GPtrArray *schedules = mf->scaling.schedules;
@@ -257,6 +298,9 @@ apply_schedules(Manager *m, const ServiceRow *svc, const Manifest *mf,
         state_schedule_handled(m->db, svc->name, error);
     g_autoptr(GArray) steps = scaling_schedule_steps_new();
     g_autofree double *handled = g_new(double, MAX(schedules->len, 1));
+    /* a schedule new since the last evaluation (just submitted) counts
+     * occurrences from that evaluation on; after a start, from now */
+    double since_new = m->last_scaling > 0 ? m->last_scaling + (at - now) : NAN;
     guint to;
 
     if (!stored)
@@ -267,10 +311,11 @@ apply_schedules(Manager *m, const ServiceRow *svc, const Manifest *mf,
 
         handled[i] = h ? *h : NAN;
     }
-    to = scaling_schedules_evaluate(mf, handled, *desired, now, steps);
+    to =
+        scaling_schedules_evaluate(mf, handled, since_new, *desired, at, steps);
     for (guint i = 0; i < steps->len; i++) {
         if (!schedule_record(m, svc->name, mf,
-                             &g_array_index(steps, ScalingScheduleStep, i), now,
+                             &g_array_index(steps, ScalingScheduleStep, i), at,
                              error))
             return false;
     }
@@ -303,7 +348,8 @@ evaluate_service(Manager *m, const ServiceRow *svc, double now, GError **error)
     }
     if (!mf)
         return true;
-    if (!apply_schedules(m, svc, mf, now, &desired, &cooldown_until, error))
+    if (!apply_schedules(m, svc, mf, now + schedule_clock_offset(), now,
+                         &desired, &cooldown_until, error))
         return false;
     if (!mf->scaling.rules || mf->scaling.rules->len == 0)
         return true;

@@ -293,7 +293,8 @@ fired_cmp(gconstpointer a, gconstpointer b)
 
 guint
 scaling_schedules_evaluate(const Manifest *m, const double *handled,
-                           guint current, double now, GArray *steps)
+                           double since_new, guint current, double now,
+                           GArray *steps)
 {
     GPtrArray *schedules = m->scaling.schedules;
     g_autoptr(GArray) fired =
@@ -302,20 +303,22 @@ scaling_schedules_evaluate(const Manifest *m, const double *handled,
     for (guint i = 0; schedules && i < schedules->len; i++) {
         const ManifestSchedule *s = schedules->pdata[i];
         ScalingScheduleStep st = {.schedule = i, .due = NAN};
+        bool is_new = isnan(handled[i]);
+        double from = !is_new ? handled[i] : isnan(since_new) ? now : since_new;
         double due, missed;
 
-        if (isnan(handled[i])) {
-            st.outcome = SCALING_SCHEDULE_ARMED;
-            g_array_append_val(steps, st);
-            continue;
-        }
-        due = scaling_schedule_next(s, MAX(handled[i], now - s->grace_seconds));
+        due = scaling_schedule_next(s, MAX(from, now - s->grace_seconds));
         if (due <= now) {
             st.due = due; /* applied below, in order */
             g_array_append_val(fired, st);
             continue;
         }
-        missed = scaling_schedule_next(s, handled[i]);
+        if (is_new) {
+            st.outcome = SCALING_SCHEDULE_ARMED;
+            g_array_append_val(steps, st);
+            continue;
+        }
+        missed = scaling_schedule_next(s, from);
         if (missed <= now) {
             g_autofree char *text = manifest_schedule_text(s);
             g_autofree char *when = schedule_time(s, missed);

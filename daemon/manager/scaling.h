@@ -122,14 +122,17 @@ double scaling_schedule_next(const ManifestSchedule *s, double after);
  * scaling_schedules_evaluate: the scheduled policies of @m at time @now,
  * for a service with @current clones desired.  @handled holds one value
  * per schedule (the manifest's order): the time up to which its
- * occurrences were handled, NAN for a schedule not seen before.
+ * occurrences were handled, NAN for a schedule not seen before, whose
+ * occurrences count from @since_new (NAN: from @now).
  *
- * Appends to @steps one step per schedule whose state changes: ARMED and
- * MISSED ones, then the FIRED ones in the order applied (by due time,
- * then the manifest's order), each from the count the one before left.
- * The caller records handled = @now for every schedule with a step, in
- * the same transaction as the count it applies.  Returns the count after
- * them all (@current when none fired).  Pure.
+ * Appends to @steps one step per schedule whose state changes: ARMED
+ * (seen for the first time, nothing due) and MISSED ones, then the FIRED
+ * ones in the order applied (by due time, then the manifest's order),
+ * each from the count the one before left.  The caller records handled =
+ * @now for every schedule with a step, in the same transaction as the
+ * count it applies.  Returns the count after them all (@current when
+ * none fired).  Pure.
  */
 guint scaling_schedules_evaluate(const Manifest *m, const double *handled,
-                                 guint current, double now, GArray *steps);
+                                 double since_new, guint current, double now,
+                                 GArray *steps);

@@ -295,6 +295,7 @@ typedef struct {
     guint count;
     double cooldown_until;
     double handled[MANIFEST_SCHEDULES_MAX];
+    double since_new;    /* the evaluation before, for new schedules */
     guint fired, missed; /* events so far */
     double last_due;     /* of the last firing */
     char *last_reason;
@@ -308,6 +309,7 @@ site_init(Site *s, const Manifest *m, guint count)
     s->count = count;
     for (guint i = 0; i < MANIFEST_SCHEDULES_MAX; i++)
         s->handled[i] = NAN;
+    s->since_new = NAN;
 }
 
 static void
@@ -323,8 +325,8 @@ static guint
 site_tick(Site *s, double now, bool commit)
 {
     g_autoptr(GArray) steps = scaling_schedule_steps_new();
-    guint to =
-        scaling_schedules_evaluate(s->m, s->handled, s->count, now, steps);
+    guint to = scaling_schedules_evaluate(s->m, s->handled, s->since_new,
+                                          s->count, now, steps);
     guint fired = 0;
 
     if (!commit)
@@ -381,6 +383,23 @@ Test(scaling_schedule, a_new_schedule_is_armed_and_does_not_fire_for_the_past)
         site_run(&s, utc(2026, 12, 6, 7, 59, 0), utc(2026, 12, 6, 8, 1, 0), 5),
         1, "tomorrow's 08:00 fires");
     cr_expect_eq(s.count, 4);
+    site_clear(&s);
+}
+
+Test(scaling_schedule, a_schedule_submitted_just_before_its_time_fires)
+{
+    /* evaluations every 5 s: at 11:59:58 (without the schedule), then
+     * 12:00:03; the manifest came at 11:59:59 with a policy for 12:00:00 */
+    g_autoptr(Manifest) m =
+        manifest("<scaling min=\"1\" max=\"8\">"
+                 "<schedule at=\"2026-12-05T12:00:00Z\" set=\"3\"/>"
+                 "</scaling>");
+    Site s;
+
+    site_init(&s, m, 1);
+    s.since_new = utc(2026, 12, 5, 11, 59, 58);
+    cr_expect_eq(site_tick(&s, utc(2026, 12, 5, 12, 0, 3), true), 1);
+    cr_expect_eq(s.count, 3);
     site_clear(&s);
 }
 
@@ -470,7 +489,7 @@ Test(scaling_schedule, policies_due_together_apply_in_the_order_they_were_due)
                  "</scaling>");
     g_autoptr(GArray) steps = scaling_schedule_steps_new();
     double handled[2] = {utc(2026, 12, 5, 7, 0, 0), utc(2026, 12, 5, 7, 0, 0)};
-    guint to = scaling_schedules_evaluate(m, handled, 5,
+    guint to = scaling_schedules_evaluate(m, handled, NAN, 5,
                                           utc(2026, 12, 5, 8, 0, 10), steps);
     ScalingScheduleStep *a, *b;
 
