@@ -22,9 +22,6 @@
 #define CRON_AT_MAX_BYTES        32u  /* an ISO 8601 start time */
 #define CRON_AT_YEAR_MIN         1970
 #define CRON_AT_YEAR_MAX         9999
-/* how far cron_next() looks ahead: "29 2 *" may wait 8 years (2096 to
- * 2104) */
-#define CRON_SEARCH_DAYS (366 * 8 + 2)
 
 /*
  * A parsed recurrence: a bit per allowed value of each field.  A day
@@ -60,8 +57,9 @@ bool cron_parse(const char *text, Cron *ret_cron, char **ret_normalized,
 
 /*
  * cron_next: the first instant (UTC seconds) after @after at which @cron
- * fires in the wall clock of @tz, or -1 if there is none within
- * CRON_SEARCH_DAYS (never for a recurrence cron_parse() accepted).
+ * fires in the wall clock of @tz, or -1 if there is none within a
+ * 400-year Gregorian cycle, after which the calendar repeats (never for
+ * a recurrence cron_parse() accepted).
  *
  * A wall time the zone skips (spring forward: 02:30 in Europe/Berlin on
  * the last Sunday of March) fires once, at the UTC instant of that wall

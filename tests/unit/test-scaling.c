@@ -537,6 +537,7 @@ Test(scaling_schedule,
     scaling_history_add(h, MANIFEST_METRIC_CPU, t0 + 362, 0.9);
     cr_expect_eq(eval(m, h, s.count, t0 + 362, s.cooldown_until, NULL), 7,
                  "from the scheduled count");
+    site_clear(&s);
 }
 
 /* firings of @m's schedules per UTC day, ticking every 30 s over @days
