@@ -273,7 +273,7 @@ step_fired(const Manifest *m, guint i, double due, guint current, double now,
         st->reason =
             g_strdup_printf("schedule %u (%s) due at %s%s: already %u clones%s",
                             i + 1, text, when, late ? late : "", current,
-                            clamped ? " (its bound in [min, max])" : "");
+                            clamped ? " (at a bound of [min, max])" : "");
     else
         st->reason =
             g_strdup_printf("schedule %u (%s) due at %s%s: %u -> %u clones%s",
