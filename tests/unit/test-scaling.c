@@ -724,5 +724,15 @@ Test(scaling_schedule, next_occurrences_of_cron_and_at)
     cr_expect_eq(scaling_schedule_next(at, utc(2026, 12, 24, 17, 0, 0)),
                  INFINITY);
     cr_expect_eq(scaling_schedule_next(cron, NAN), INFINITY);
+    {
+        /* a start time in the hour fall back repeats: its first time */
+        g_autoptr(Manifest) twice = manifest(
+            "<scaling min=\"1\" max=\"8\"><schedule "
+            "at=\"2026-10-25T02:30\" timezone=\"Europe/Berlin\" set=\"2\"/>"
+            "</scaling>");
+        const ManifestSchedule *s = twice->scaling.schedules->pdata[0];
+
+        cr_expect_eq(scaling_schedule_next(s, 0), utc(2026, 10, 25, 0, 30, 0));
+    }
     cr_expect_eq(scaling_schedule_next(cron, 1e300), INFINITY);
 }
