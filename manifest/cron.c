@@ -246,10 +246,12 @@ split_fields(const char *text, char **ret_problem)
     g_ptr_array_add(parts, NULL);
     fields_out = (GStrv)g_ptr_array_free(parts, FALSE);
     if (g_strv_length(fields_out) != 5) {
+        guint n = g_strv_length(fields_out);
+
         *ret_problem = g_strdup_printf(
-            "it has %u fields, not 5 (minute hour day-of-month month "
+            "it has %u field%s, not 5 (minute hour day-of-month month "
             "day-of-week), nor is it a macro such as @daily",
-            g_strv_length(fields_out));
+            n, n == 1 ? "" : "s");
         return NULL;
     }
     return g_steal_pointer(&fields_out);
@@ -271,6 +273,7 @@ cron_parse(const char *text, Cron *ret_cron, char **ret_normalized,
            char **ret_problem)
 {
     g_auto(GStrv) parts = NULL;
+    g_autofree char *trimmed = NULL;
     guint64 bits[5];
     Cron c = {0};
 
@@ -284,7 +287,8 @@ cron_parse(const char *text, Cron *ret_cron, char **ret_normalized,
                                 "and * , / - @");
         return false;
     }
-    if (!(parts = split_fields(text, ret_problem)))
+    trimmed = g_strstrip(g_strdup(text)); /* spaces only, as checked */
+    if (!(parts = split_fields(trimmed, ret_problem)))
         return false;
     for (guint i = 0; i < 5; i++) {
         if ((*ret_problem = parse_field(&fields[i], parts[i], &bits[i])))
@@ -305,7 +309,7 @@ cron_parse(const char *text, Cron *ret_cron, char **ret_normalized,
     }
     if (ret_normalized) {
         g_autofree char *joined =
-            text[0] == '@' ? g_strdup(text) : g_strjoinv(" ", parts);
+            trimmed[0] == '@' ? g_strdup(trimmed) : g_strjoinv(" ", parts);
 
         *ret_normalized = g_ascii_strdown(joined, -1);
     }

@@ -92,6 +92,9 @@ Test(cron, normalizes_spaces_and_case)
 
     cr_assert(cron_parse("  0   8 * *  MON-Fri ", &c, &norm, &why), "%s", why);
     cr_expect_str_eq(norm, "0 8 * * mon-fri");
+    g_clear_pointer(&norm, g_free);
+    cr_assert(cron_parse(" @daily  ", &c, &norm, &why), "%s", why);
+    cr_expect_str_eq(norm, "@daily");
 }
 
 Test(cron, expands_macros)
