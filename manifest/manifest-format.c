@@ -158,6 +158,71 @@ format_customize(xmlNode *root, const Manifest *m)
         add_el(customize, "firstboot", m->customize.firstboot->pdata[i]);
 }
 
+static const char *
+schedule_action_name(ManifestScheduleAction a)
+{
+    switch (a) {
+    case MANIFEST_SCHEDULE_SET:
+        return "set";
+    case MANIFEST_SCHEDULE_ADD:
+        return "add";
+    case MANIFEST_SCHEDULE_REMOVE:
+        return "remove";
+    }
+    g_return_val_if_reached("set");
+}
+
+/* the at attribute: UTC with Z when written with an offset, else the wall
+ * time as written */
+static char *
+schedule_at(const ManifestSchedule *s)
+{
+    g_autofree char *t =
+        cron_wall_format(s->at_has_offset ? s->at : s->at_wall);
+
+    return s->at_has_offset ? g_strconcat(t, "Z", NULL) : g_steal_pointer(&t);
+}
+
+static char *
+schedule_amount(const ManifestSchedule *s)
+{
+    return g_strdup_printf("%u%s", s->amount, s->percent ? "%" : "");
+}
+
+char *
+manifest_schedule_text(const ManifestSchedule *s)
+{
+    g_autofree char *at = s->cron ? NULL : schedule_at(s);
+    g_autofree char *when = s->cron ? g_strdup_printf("cron '%s'", s->cron)
+                                    : g_strconcat("at ", at, NULL);
+    g_autofree char *amount = schedule_amount(s);
+    g_autofree char *grace = format_duration(s->grace_seconds);
+
+    return g_strdup_printf("%s%s%s: %s %s, grace %s", when,
+                           s->timezone ? " " : "",
+                           s->timezone ? s->timezone : "",
+                           schedule_action_name(s->action), amount, grace);
+}
+
+static void
+format_schedule(xmlNode *scaling, const ManifestSchedule *s)
+{
+    xmlNode *el = add_el(scaling, "schedule", NULL);
+    g_autofree char *amount = schedule_amount(s);
+
+    if (s->cron) {
+        set_attr(el, "cron", s->cron);
+    } else {
+        g_autofree char *at = schedule_at(s);
+
+        set_attr(el, "at", at);
+    }
+    if (s->timezone)
+        set_attr(el, "timezone", s->timezone);
+    set_attr(el, schedule_action_name(s->action), amount);
+    set_attr_duration(el, "grace", s->grace_seconds);
+}
+
 static void
 format_scaling(xmlNode *root, const Manifest *m)
 {
@@ -179,6 +244,8 @@ format_scaling(xmlNode *root, const Manifest *m)
         set_attr_uint(el, r->add ? "add" : "remove", r->step);
         set_attr_duration(el, "for", r->for_seconds);
     }
+    for (guint i = 0; i < m->scaling.schedules->len; i++)
+        format_schedule(scaling, m->scaling.schedules->pdata[i]);
 }
 
 static void

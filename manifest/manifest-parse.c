@@ -1254,12 +1254,247 @@ parse_rule(Walker *w, xmlNode *el)
         g_ptr_array_add(w->m->scaling.rules, g_steal_pointer(&rule));
 }
 
+/* ---- <schedule> -------------------------------------------------------- */
+
+/* What <scaling> keeps of its children for the checks after them. */
+typedef struct {
+    guint rules;
+    guint schedules;
+    GHashTable *schedule_lines; /* manifest_schedule_text -> line */
+    GArray *set_lines; /* of guint, parallel to m->scaling.schedules: the
+                        * line of 'set', 0 without */
+} ScalingSeen;
+
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(ManifestSchedule, manifest_schedule_free)
+
+/* the timezone attribute (default UTC) into s->timezone and s->tz */
+static bool
+schedule_zone(Walker *w, xmlNode *el, ManifestSchedule *s)
+{
+    g_autofree char *name = get_attr(el, "timezone");
+    g_autofree char *why = NULL;
+
+    if (!name) {
+        s->timezone = g_strdup(MANIFEST_DEFAULT_TIMEZONE);
+        s->tz = g_time_zone_new_utc();
+        return true;
+    }
+    if (!(s->tz = cron_zone_new(name, &why))) {
+        g_autofree char *bad = shown(name);
+
+        problem(w, attr_line(w, el, "timezone"),
+                "timezone '%s' on <schedule>: %s", bad, why);
+        return false;
+    }
+    s->timezone = g_steal_pointer(&name);
+    return true;
+}
+
+/* the at attribute @at: its instant, in s->tz unless it has an offset */
+static bool
+schedule_at(Walker *w, xmlNode *el, const char *at, ManifestSchedule *s)
+{
+    g_autofree char *why = NULL;
+    g_autofree char *bad = shown(at);
+    guint line = attr_line(w, el, "at");
+    gint32 offset = 0;
+
+    s->has_at = true;
+    if (!cron_at_parse(at, &s->at_wall, &s->at_has_offset, &offset, &why)) {
+        problem(w, line, "at '%s' on <schedule>: %s", bad, why);
+        return false;
+    }
+    if (s->at_has_offset) {
+        if (get_attr_present(el, "timezone")) {
+            problem(w, line,
+                    "at '%s' on <schedule> has an offset, so 'timezone' "
+                    "would mean nothing: give one or the other",
+                    bad);
+            return false;
+        }
+        g_clear_pointer(&s->timezone, g_free);
+        s->at = s->at_wall - offset;
+        return true;
+    }
+    if (s->tz &&
+        cron_wall_to_utc(s->tz, s->at_wall, &s->at) == CRON_WALL_SKIPPED) {
+        problem(w, line,
+                "at '%s' on <schedule> does not exist in %s: the clocks "
+                "skip it",
+                bad, s->timezone);
+        return false;
+    }
+    return s->tz != NULL;
+}
+
+/* the cron or at attribute, exactly one */
+static bool
+schedule_when(Walker *w, xmlNode *el, ManifestSchedule *s)
+{
+    g_autofree char *cron = get_attr(el, "cron");
+    g_autofree char *at = get_attr(el, "at");
+    g_autofree char *why = NULL;
+    g_autofree char *normalized = NULL;
+
+    if (!cron == !at) {
+        problem(w, line_of(w, el),
+                "<schedule> needs exactly one of 'cron' and 'at'");
+        return false;
+    }
+    if (at)
+        return schedule_at(w, el, at, s);
+    if (!cron_parse(cron, &s->parsed, &normalized, &why)) {
+        g_autofree char *bad = shown(cron);
+
+        problem(w, attr_line(w, el, "cron"), "cron '%s' on <schedule>: %s", bad,
+                why);
+        return false;
+    }
+    s->cron = g_steal_pointer(&normalized);
+    return true;
+}
+
+/* "N" or "N%" of an add or remove */
+static bool
+parse_schedule_step(const char *v, guint64 percent_max, guint *ret_amount,
+                    bool *ret_percent)
+{
+    g_autofree char *digits = g_strdup(v);
+    gsize len = strlen(digits);
+    bool percent = len > 0 && digits[len - 1] == '%';
+    guint64 n;
+
+    if (percent)
+        digits[len - 1] = '\0';
+    if (strlen(digits) > 4 ||
+        !parse_u64(digits, percent ? percent_max : MANIFEST_STEP_MAX, &n) ||
+        n < 1)
+        return false;
+    *ret_amount = (guint)n;
+    *ret_percent = percent;
+    return true;
+}
+
+/* the set, add or remove attribute, exactly one */
+static bool
+schedule_action(Walker *w, xmlNode *el, ManifestSchedule *s)
+{
+    static const char *const names[] = {"set", "add", "remove"};
+    int which = -1, count = 0;
+    guint64 set = 0;
+
+    for (int i = 0; i < 3; i++) {
+        if (get_attr_present(el, names[i])) {
+            which = i;
+            count++;
+        }
+    }
+    if (count != 1) {
+        problem(w, line_of(w, el),
+                "<schedule> needs exactly one of 'set', 'add' and 'remove'");
+        return false;
+    }
+    s->action = (ManifestScheduleAction)which;
+    if (s->action == MANIFEST_SCHEDULE_SET) {
+        if (!uint_attr(w, el, "set", true, 0, MANIFEST_CLONES_MAX, &set))
+            return false;
+        s->amount = (guint)set;
+    } else {
+        g_autofree char *v = get_attr(el, names[which]);
+        guint64 pmax = s->action == MANIFEST_SCHEDULE_ADD
+                           ? MANIFEST_SCHEDULE_ADD_PERCENT_MAX
+                           : MANIFEST_SCHEDULE_REMOVE_PERCENT_MAX;
+
+        if (!parse_schedule_step(v, pmax, &s->amount, &s->percent)) {
+            g_autofree char *bad = shown(v);
+
+            problem(w, attr_line(w, el, names[which]),
+                    "%s '%s' on <schedule> must be an integer from 1 to %u, "
+                    "or a percentage from 1%% to %" G_GUINT64_FORMAT "%%",
+                    names[which], bad, MANIFEST_STEP_MAX, pmax);
+            return false;
+        }
+    }
+    return true;
+}
+
+static void
+parse_schedule(Walker *w, xmlNode *el, ScalingSeen *seen)
+{
+    static const char *const attrs[] = {"cron", "at",     "timezone", "set",
+                                        "add",  "remove", "grace",    NULL};
+    g_autoptr(ManifestSchedule) s = g_new0(ManifestSchedule, 1);
+    g_autofree char *text = NULL;
+    bool ok;
+    gpointer first;
+    guint set_line;
+
+    check_attributes(w, el, attrs);
+    each_child(w, el, (const char *const[]){NULL}, NULL, NULL);
+    s->grace_seconds = MANIFEST_DEFAULT_GRACE_SECONDS;
+    ok = schedule_zone(w, el, s);
+    ok = schedule_when(w, el, s) && ok;
+    ok = schedule_action(w, el, s) && ok;
+    if (get_attr_present(el, "grace")) {
+        if (!duration_attr(w, el, "grace", &s->grace_seconds)) {
+            ok = false;
+        } else if (s->grace_seconds < MANIFEST_SCHEDULE_GRACE_MIN_SECONDS) {
+            problem(w, attr_line(w, el, "grace"),
+                    "grace on <schedule> must be at least %u s, more than "
+                    "the time between two evaluations",
+                    MANIFEST_SCHEDULE_GRACE_MIN_SECONDS);
+            ok = false;
+        }
+    }
+    if (!ok)
+        return;
+    text = manifest_schedule_text(s);
+    first = g_hash_table_lookup(seen->schedule_lines, text);
+    if (first) {
+        problem(w, line_of(w, el),
+                "duplicate <schedule> (the same as on line %u)",
+                GPOINTER_TO_UINT(first));
+        return;
+    }
+    g_hash_table_insert(seen->schedule_lines, g_steal_pointer(&text),
+                        GUINT_TO_POINTER(line_of(w, el)));
+    set_line = s->action == MANIFEST_SCHEDULE_SET ? attr_line(w, el, "set") : 0;
+    g_array_append_val(seen->set_lines, set_line);
+    g_ptr_array_add(w->m->scaling.schedules, g_steal_pointer(&s));
+}
+
+/* a scheduled set must lie in [min, max] */
+static void
+check_schedule_sets(Walker *w, const ScalingSeen *seen)
+{
+    const Manifest *m = w->m;
+
+    for (guint i = 0; i < m->scaling.schedules->len; i++) {
+        const ManifestSchedule *s = m->scaling.schedules->pdata[i];
+
+        if (s->action == MANIFEST_SCHEDULE_SET &&
+            (s->amount < m->scaling.min || s->amount > m->scaling.max))
+            problem(w, g_array_index(seen->set_lines, guint, i),
+                    "set %u on <schedule> is outside [min, max] = [%u, %u]",
+                    s->amount, m->scaling.min, m->scaling.max);
+    }
+}
+
 static void
 scaling_child(Walker *w, xmlNode *c, gpointer data)
 {
-    guint *rules = data;
+    ScalingSeen *seen = data;
 
-    if (++*rules > MANIFEST_RULES_MAX) {
+    if (is_el(c, "schedule")) {
+        if (++seen->schedules > MANIFEST_SCHEDULES_MAX) {
+            problem(w, line_of(w, c), "more than %u <schedule> elements",
+                    MANIFEST_SCHEDULES_MAX);
+            return;
+        }
+        parse_schedule(w, c, seen);
+        return;
+    }
+    if (++seen->rules > MANIFEST_RULES_MAX) {
         problem(w, line_of(w, c), "more than %u <rule> elements",
                 MANIFEST_RULES_MAX);
         return;
@@ -1272,11 +1507,11 @@ parse_scaling(Walker *w, xmlNode *el)
 {
     static const char *const attrs[] = {"min",      "max",           "initial",
                                         "cooldown", "stabilization", NULL};
-    static const char *const children[] = {"rule", NULL};
+    static const char *const children[] = {"rule", "schedule", NULL};
     Manifest *m = w->m;
     guint64 min = 0, max = 0, initial = 0;
     bool have_min, have_max, have_initial;
-    guint rules = 0;
+    ScalingSeen seen = {0};
 
     w->scaling_line = line_of(w, el);
     check_attributes(w, el, attrs);
@@ -1307,7 +1542,14 @@ parse_scaling(Walker *w, xmlNode *el)
         m->scaling.max = (guint)max;
         m->scaling.initial = (guint)initial;
     }
-    each_child(w, el, children, scaling_child, &rules);
+    seen.schedule_lines =
+        g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    seen.set_lines = g_array_new(FALSE, FALSE, sizeof(guint));
+    each_child(w, el, children, scaling_child, &seen);
+    if (have_min && have_max && min <= max)
+        check_schedule_sets(w, &seen);
+    g_hash_table_unref(seen.schedule_lines);
+    g_array_unref(seen.set_lines);
 }
 
 /* ---- <placement> ------------------------------------------------------- */

@@ -12,3 +12,6 @@
  * Owned by the caller.
  */
 Manifest *manifest_new(void);
+
+/* manifest_schedule_free: free @s and what it owns.  Accepts NULL. */
+void manifest_schedule_free(ManifestSchedule *s);

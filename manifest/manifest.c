@@ -39,6 +39,19 @@ manifest_interface_free(gpointer p)
     g_free(i);
 }
 
+void
+manifest_schedule_free(ManifestSchedule *s)
+{
+    if (!s)
+        return;
+
+    g_free(s->cron);
+    g_free(s->timezone);
+    if (s->tz)
+        g_time_zone_unref(s->tz);
+    g_free(s);
+}
+
 Manifest *
 manifest_new(void)
 {
@@ -57,6 +70,8 @@ manifest_new(void)
     m->scaling.cooldown_seconds = MANIFEST_DEFAULT_COOLDOWN_SECONDS;
     m->scaling.stabilization_seconds = MANIFEST_DEFAULT_STABILIZATION_SECONDS;
     m->scaling.rules = g_ptr_array_new_with_free_func(g_free);
+    m->scaling.schedules =
+        g_ptr_array_new_with_free_func((GDestroyNotify)manifest_schedule_free);
     m->placement.strategy = MANIFEST_PLACEMENT_SPREAD;
     m->placement.hosts = g_ptr_array_new_with_free_func(g_free);
     return m;
@@ -81,6 +96,7 @@ manifest_free(Manifest *m)
     g_ptr_array_unref(m->customize.ssh_keys);
     g_ptr_array_unref(m->customize.firstboot);
     g_ptr_array_unref(m->scaling.rules);
+    g_ptr_array_unref(m->scaling.schedules);
     g_ptr_array_unref(m->placement.hosts);
     g_free(m);
 }
@@ -98,6 +114,22 @@ strv_eq(const GPtrArray *a, const GPtrArray *b)
         return false;
     for (guint i = 0; i < a->len; i++) {
         if (!str_eq(a->pdata[i], b->pdata[i]))
+            return false;
+    }
+    return true;
+}
+
+/* schedules_equal: the same schedules in the same order */
+static bool
+schedules_equal(const GPtrArray *a, const GPtrArray *b)
+{
+    if (a->len != b->len)
+        return false;
+    for (guint i = 0; i < a->len; i++) {
+        g_autofree char *x = manifest_schedule_text(a->pdata[i]);
+        g_autofree char *y = manifest_schedule_text(b->pdata[i]);
+
+        if (!str_eq(x, y))
             return false;
     }
     return true;
@@ -167,6 +199,8 @@ manifest_equal(const Manifest *a, const Manifest *b)
             x->step != y->step || x->for_seconds != y->for_seconds)
             return false;
     }
+    if (!schedules_equal(a->scaling.schedules, b->scaling.schedules))
+        return false;
 
     return a->placement.strategy == b->placement.strategy &&
            strv_eq(a->placement.hosts, b->placement.hosts);

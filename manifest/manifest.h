@@ -13,6 +13,8 @@
 #include <stdbool.h>
 #include <glib.h>
 
+#include "cron.h"
+
 #define MANIFEST_NAMESPACE "urn:spore:manifest:1"
 
 /* Limits on the document itself. */
@@ -53,6 +55,10 @@
 #define MANIFEST_THRESHOLD_INT_MAX_DIGITS    13u
 #define MANIFEST_THRESHOLD_FRAC_MAX_DIGITS   17u
 #define MANIFEST_HOSTS_MAX                   1000u
+#define MANIFEST_SCHEDULES_MAX               32u
+#define MANIFEST_SCHEDULE_ADD_PERCENT_MAX    1000u
+#define MANIFEST_SCHEDULE_REMOVE_PERCENT_MAX 100u
+#define MANIFEST_SCHEDULE_GRACE_MIN_SECONDS  60u
 
 /* Defaults for what a manifest may leave out. */
 #define MANIFEST_DEFAULT_HOSTNAME              "{service}-{index}"
@@ -60,6 +66,8 @@
 #define MANIFEST_DEFAULT_SSH_USER              "root"
 #define MANIFEST_DEFAULT_COOLDOWN_SECONDS      300u
 #define MANIFEST_DEFAULT_STABILIZATION_SECONDS 300u
+#define MANIFEST_DEFAULT_GRACE_SECONDS         600u
+#define MANIFEST_DEFAULT_TIMEZONE              "UTC"
 
 typedef enum {
     MANIFEST_IMAGE_FORMAT_RAW,
@@ -108,6 +116,33 @@ typedef struct {
     guint for_seconds; /* how long the condition must hold; 0: one sample */
 } ManifestRule;
 
+typedef enum {
+    MANIFEST_SCHEDULE_SET,    /* the count becomes amount */
+    MANIFEST_SCHEDULE_ADD,    /* amount clones (or percent) more */
+    MANIFEST_SCHEDULE_REMOVE, /* amount clones (or percent) fewer */
+} ManifestScheduleAction;
+
+/*
+ * A scheduled policy (<schedule>): exactly one of a recurrence (cron) and
+ * a start time (at), and one action.  docs/scaling.md says when it fires.
+ */
+typedef struct {
+    char *cron;         /* the recurrence normalized (cron_parse), or NULL */
+    Cron parsed;        /* of cron */
+    bool has_at;        /* a start time instead */
+    gint64 at;          /* its instant, UTC seconds */
+    gint64 at_wall;     /* its wall time as written */
+    bool at_has_offset; /* written with Z or +HH:MM: no time zone */
+    char *timezone;     /* zone name; NULL only for an at with an offset */
+    GTimeZone *tz;      /* of timezone, UTC without one; a reference */
+    ManifestScheduleAction action;
+    guint amount;        /* set: 0 .. MANIFEST_CLONES_MAX, within [min, max];
+                          * add/remove: 1 .. MANIFEST_STEP_MAX clones, or
+                          * a percentage (up to the PERCENT_MAX limits) */
+    bool percent;        /* add/remove only */
+    guint grace_seconds; /* >= MANIFEST_SCHEDULE_GRACE_MIN_SECONDS */
+} ManifestSchedule;
+
 typedef struct {
     char *name;
     char *description; /* NULL when absent */
@@ -142,7 +177,8 @@ typedef struct {
         guint initial;
         guint cooldown_seconds;
         guint stabilization_seconds;
-        GPtrArray *rules; /* of ManifestRule * */
+        GPtrArray *rules;     /* of ManifestRule * */
+        GPtrArray *schedules; /* of ManifestSchedule *, no two alike */
     } scaling; /* without <scaling>: min = initial = max = 1, no rules */
 
     struct {
@@ -220,6 +256,14 @@ const char *manifest_hypervisor_name(ManifestHypervisor h);
 const char *manifest_image_format_name(ManifestImageFormat f);
 const char *manifest_metric_name(ManifestMetric m);
 const char *manifest_placement_strategy_name(ManifestPlacementStrategy s);
+
+/*
+ * manifest_schedule_text: @s in one line, its attributes in canonical
+ * form: "cron '0 8 * * 1-5' Europe/Berlin: set 4, grace 10m".  Two
+ * schedules are alike exactly when their texts are equal; the site manager
+ * keys a schedule's state by it.  Owned by the caller.
+ */
+char *manifest_schedule_text(const ManifestSchedule *s);
 
 /*
  * manifest_clone_hostname: the hostname of clone @index of @m, the template

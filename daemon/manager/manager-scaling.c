@@ -15,6 +15,11 @@
  *             unused) / current balloon size, over the clones whose guests
  *             report balloon statistics; no data when none do
  *
+ * Scheduled policies (scaling_schedules_evaluate) come first in each
+ * evaluation and need no metrics: they act whether or not hosts have
+ * reported.  Their state, per service and schedule, is the time up to
+ * which occurrences were handled (table schedules).
+ *
  * Invariants:
  *   1. A service is not sampled, and its rules not applied, until every
  *      host with one of its clones has reported since the manager
@@ -22,7 +27,8 @@
  *      per running clone would be a lie (a false scale-up after each
  *      restart).
  *   2. Decisions are written in the pass's transaction: a pass rolled
- *      back decides again at the next.
+ *      back decides again at the next.  A schedule's handled time is
+ *      written with the count it set, so it fires once.
  */
 #include "manager-private.h"
 
@@ -33,6 +39,45 @@
 
 #define SCALING_EVAL_S   5.0
 #define REQUEST_WINDOW_S 60.0
+
+/*
+ * The clock of scheduled policies is the real one, ahead by
+ * SPORE_TEST_SCHEDULE_CLOCK_OFFSET seconds when that is set in spored's
+ * environment: for tests only (docs/scaling.md), so that a test sees a
+ * policy come due while spored was down without waiting for it.
+ */
+#define SCHEDULE_CLOCK_OFFSET_ENV   "SPORE_TEST_SCHEDULE_CLOCK_OFFSET"
+#define SCHEDULE_CLOCK_OFFSET_MAX_S (400.0 * 86400)
+
+static double
+schedule_clock_offset(void)
+{
+    static gsize once = 0;
+    static double offset = 0;
+
+    if (g_once_init_enter(&once)) {
+        const char *v = g_getenv(SCHEDULE_CLOCK_OFFSET_ENV);
+        char *end = NULL;
+        double d;
+
+        if (v && *v) {
+            d = g_ascii_strtod(v, &end);
+            if (*end || !(d >= -SCHEDULE_CLOCK_OFFSET_MAX_S &&
+                          d <= SCHEDULE_CLOCK_OFFSET_MAX_S)) {
+                g_warning("%s='%s' is not a number of seconds within 400 "
+                          "days, ignoring",
+                          SCHEDULE_CLOCK_OFFSET_ENV, v);
+            } else {
+                offset = d;
+                g_warning("%s=%s: scheduled policies run %.0f s ahead of "
+                          "the clock (for tests only)",
+                          SCHEDULE_CLOCK_OFFSET_ENV, v, d);
+            }
+        }
+        g_once_init_leave(&once, 1);
+    }
+    return offset;
+}
 
 typedef struct {
     gint64 cpu_ns;
@@ -48,6 +93,7 @@ mscale_init(Manager *m)
                                          (GDestroyNotify)scaling_history_free);
     m->decisions =
         g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+    schedule_clock_offset(); /* says so now if it is set */
 }
 
 void
@@ -187,7 +233,104 @@ keep_decision(Manager *m, const char *service, const ScalingDecision *d)
     g_hash_table_insert(m->decisions, g_strdup(service), keep);
 }
 
-/* evaluate_service: sample @svc and apply its rules */
+/* schedule_record: the outcome of one step: its handled time (always), an
+ * event for a firing or a miss */
+static bool
+schedule_record(Manager *m, const char *service, const Manifest *mf,
+                const ScalingScheduleStep *st, double now, GError **error)
+{
+    g_autofree char *key =
+        manifest_schedule_text(mf->scaling.schedules->pdata[st->schedule]);
+
+    if (!state_schedule_set_handled(m->db, service, key, now, error))
+        return false;
+    if (st->outcome == SCALING_SCHEDULE_MISSED)
+        return manager_event(m, error, "schedule-missed", service, NULL,
+                             "service %s: %s", service, st->reason);
+    if (st->outcome != SCALING_SCHEDULE_FIRED)
+        return true;
+    if (st->to == st->from)
+        return manager_event(m, error, "scheduled", service, NULL,
+                             "service %s: %s", service, st->reason);
+    return manager_event(m, error, "scheduled", service, NULL,
+                         "service %s: %s; cooldown %u s", service, st->reason,
+                         mf->scaling.cooldown_seconds);
+}
+
+/* schedule_prune: forget the state of schedules the manifest no longer
+ * has, so that one added again later starts afresh */
+static bool
+schedule_prune(Manager *m, const char *service, const Manifest *mf,
+               GHashTable *stored, GError **error)
+{
+    GHashTableIter it;
+    gpointer key;
+
+    for (guint i = 0; i < mf->scaling.schedules->len; i++) {
+        g_autofree char *text =
+            manifest_schedule_text(mf->scaling.schedules->pdata[i]);
+
+        g_hash_table_remove(stored, text);
+    }
+    g_hash_table_iter_init(&it, stored);
+    while (g_hash_table_iter_next(&it, &key, NULL)) {
+        if (!state_schedule_remove(m->db, service, key, error))
+            return false;
+    }
+    return true;
+}
+
+/*
+ * apply_schedules: @svc's scheduled policies at @at, the schedules' clock
+ * (docs/scaling.md): a change of the count sets it and starts the
+ * cooldown from @now, in the pass's transaction together with each
+ * schedule's handled time (invariant 2: so a schedule fires once, also
+ * across a kill -9).  *desired and *cooldown_until are updated for the
+ * rules evaluated after.
+ */
+static bool
+apply_schedules(Manager *m, const ServiceRow *svc, const Manifest *mf,
+                double at, double now, guint *desired, double *cooldown_until,
+                GError **error)
+{
+    GPtrArray *schedules = mf->scaling.schedules;
+    g_autoptr(GHashTable) stored =
+        state_schedule_handled(m->db, svc->name, error);
+    g_autoptr(GArray) steps = scaling_schedule_steps_new();
+    g_autofree double *handled = g_new(double, MAX(schedules->len, 1));
+    /* a schedule new since the last evaluation (just submitted) counts
+     * occurrences from that evaluation on; after a start, from now */
+    double since_new = m->last_scaling > 0 ? m->last_scaling + (at - now) : NAN;
+    guint to;
+
+    if (!stored)
+        return false;
+    for (guint i = 0; i < schedules->len; i++) {
+        g_autofree char *key = manifest_schedule_text(schedules->pdata[i]);
+        const double *h = g_hash_table_lookup(stored, key);
+
+        handled[i] = h ? *h : NAN;
+    }
+    to =
+        scaling_schedules_evaluate(mf, handled, since_new, *desired, at, steps);
+    for (guint i = 0; i < steps->len; i++) {
+        if (!schedule_record(m, svc->name, mf,
+                             &g_array_index(steps, ScalingScheduleStep, i), at,
+                             error))
+            return false;
+    }
+    if (to != *desired) {
+        *cooldown_until = now + mf->scaling.cooldown_seconds;
+        if (!state_service_set_desired(m->db, svc->name, to, *cooldown_until,
+                                       error))
+            return false;
+        *desired = to;
+    }
+    return schedule_prune(m, svc->name, mf, stored, error);
+}
+
+/* evaluate_service: apply @svc's schedules, then sample it and apply its
+ * rules */
 static bool
 evaluate_service(Manager *m, const ServiceRow *svc, double now, GError **error)
 {
@@ -196,12 +339,19 @@ evaluate_service(Manager *m, const ServiceRow *svc, double now, GError **error)
     ScalingHistory *h;
     ScalingDecision d;
     bool known = false, ok = true;
+    guint desired = (guint)svc->desired;
+    double cooldown_until = svc->cooldown_until;
 
     if (err) {
         g_propagate_error(error, g_steal_pointer(&err));
         return false;
     }
-    if (!mf || !mf->scaling.rules || mf->scaling.rules->len == 0)
+    if (!mf)
+        return true;
+    if (!apply_schedules(m, svc, mf, now + schedule_clock_offset(), now,
+                         &desired, &cooldown_until, error))
+        return false;
+    if (!mf->scaling.rules || mf->scaling.rules->len == 0)
         return true;
     h = g_hash_table_lookup(m->histories, svc->name);
     if (!h) {
@@ -212,7 +362,7 @@ evaluate_service(Manager *m, const ServiceRow *svc, double now, GError **error)
         return false;
     if (!known)
         return true;
-    scaling_evaluate(mf, h, (guint)svc->desired, now, svc->cooldown_until, &d);
+    scaling_evaluate(mf, h, desired, now, cooldown_until, &d);
     if (d.to != d.from)
         ok =
             state_service_set_desired(m->db, svc->name, d.to,

@@ -13,6 +13,8 @@
  *   commands   every command sent to an agent: id, host, op, body, state
  *   host_images per host and image: cached fraction, bytes by source
  *   requests   request counts reported in the last minute, per service
+ *   schedules  per service and scheduled policy (its text): the time up
+ *              to which its occurrences were handled (docs/scaling.md)
  *   profiles   per host and image: the merged access profile (chunk
  *              indexes in first-read order) and how many boots made it
  *   events     what happened, for `sporectl events`
@@ -88,6 +90,9 @@ static const char schema[] =
     "  service TEXT NOT NULL, time REAL NOT NULL, count INTEGER NOT NULL);"
     "CREATE INDEX IF NOT EXISTS requests_by_service ON requests (service, "
     "time);"
+    "CREATE TABLE IF NOT EXISTS schedules ("
+    "  service TEXT NOT NULL, schedule TEXT NOT NULL, handled REAL NOT NULL,"
+    "  PRIMARY KEY (service, schedule));"
     "CREATE TABLE IF NOT EXISTS events ("
     "  id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL,"
     "  kind TEXT NOT NULL, service TEXT, host TEXT, message TEXT NOT NULL);";
@@ -716,6 +721,7 @@ bool
 state_service_remove(sqlite3 *db, const char *name, GError **error)
 {
     return state_clone_remove_all(db, name, error) &&
+           state_schedule_remove(db, name, NULL, error) &&
            exec(db, "remove a service", error,
                 "DELETE FROM services WHERE name = ?", G_TYPE_STRING, name,
                 G_TYPE_INVALID);
@@ -1345,6 +1351,53 @@ state_request_prune(sqlite3 *db, double before, GError **error)
     return exec(db, "prune requests", error,
                 "DELETE FROM requests WHERE time < ?", G_TYPE_DOUBLE, before,
                 G_TYPE_INVALID);
+}
+
+/* ---- schedules --------------------------------------------------------- */
+
+GHashTable *
+state_schedule_handled(sqlite3 *db, const char *service, GError **error)
+{
+    static const char what[] = "read the schedules' state";
+    g_autoptr(GHashTable) out =
+        g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+    g_autoptr(Stmt) st =
+        prepare(db, what, error,
+                "SELECT schedule, handled FROM schedules WHERE service = ?",
+                G_TYPE_STRING, service, G_TYPE_INVALID);
+    int rc;
+
+    if (!st)
+        return NULL;
+    while ((rc = step(db, st, what, error)) == 1) {
+        double *handled = g_new(double, 1);
+
+        *handled = sqlite3_column_double(st, 1);
+        g_hash_table_insert(out, col_text(st, 0), handled);
+    }
+    return rc == 0 ? g_steal_pointer(&out) : NULL;
+}
+
+bool
+state_schedule_set_handled(sqlite3 *db, const char *service,
+                           const char *schedule, double handled, GError **error)
+{
+    return exec(db, "record a schedule's state", error,
+                "INSERT OR REPLACE INTO schedules (service, schedule, "
+                "handled) VALUES (?, ?, ?)",
+                G_TYPE_STRING, service, G_TYPE_STRING, schedule, G_TYPE_DOUBLE,
+                handled, G_TYPE_INVALID);
+}
+
+bool
+state_schedule_remove(sqlite3 *db, const char *service, const char *schedule,
+                      GError **error)
+{
+    return exec(db, "remove a schedule's state", error,
+                "DELETE FROM schedules WHERE service = ? AND (? IS NULL OR "
+                "schedule = ?)",
+                G_TYPE_STRING, service, G_TYPE_STRING, schedule, G_TYPE_STRING,
+                schedule, G_TYPE_INVALID);
 }
 
 /* ---- events ------------------------------------------------------------ */

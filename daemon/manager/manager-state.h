@@ -314,6 +314,21 @@ bool state_request_sum(sqlite3 *db, const char *service, double since,
                        gint64 *ret_sum, GError **error);
 bool state_request_prune(sqlite3 *db, double before, GError **error);
 
+/* ---- schedules (scheduled scaling) ------------------------------------- */
+
+/* state_schedule_handled: a new table owned by the caller: each schedule
+ * of @service (by manifest_schedule_text) -> the time up to which its
+ * occurrences were handled (double *) */
+GHashTable *state_schedule_handled(sqlite3 *db, const char *service,
+                                   GError **error);
+bool state_schedule_set_handled(sqlite3 *db, const char *service,
+                                const char *schedule, double handled,
+                                GError **error);
+/* state_schedule_remove: @service's row of @schedule, or all its rows
+ * when @schedule is NULL */
+bool state_schedule_remove(sqlite3 *db, const char *service,
+                           const char *schedule, GError **error);
+
 /* ---- events ------------------------------------------------------------ */
 
 typedef struct {

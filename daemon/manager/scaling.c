@@ -5,6 +5,8 @@
 
 #include <string.h>
 
+#include "cron.h"
+
 ScalingHistory *
 scaling_history_new(void)
 {
@@ -173,4 +175,171 @@ scaling_evaluate(const Manifest *m, const ScalingHistory *h, guint current,
         best_add >= 0 && best_remove >= 0 ? " (scale-up wins over rule "
                                             "disagreeing)"
                                           : "");
+}
+
+/* ---- scheduled policies ------------------------------------------------ */
+
+/* the times a schedule accepts: beyond them there is no next occurrence */
+#define SCHEDULE_TIME_MAX_S 1e12
+
+static void
+step_clear(gpointer p)
+{
+    ScalingScheduleStep *st = p;
+
+    g_free(st->reason);
+}
+
+GArray *
+scaling_schedule_steps_new(void)
+{
+    GArray *a = g_array_new(FALSE, TRUE, sizeof(ScalingScheduleStep));
+
+    g_array_set_clear_func(a, step_clear);
+    return a;
+}
+
+double
+scaling_schedule_next(const ManifestSchedule *s, double after)
+{
+    gint64 a, next;
+
+    if (!(after >= -SCHEDULE_TIME_MAX_S && after <= SCHEDULE_TIME_MAX_S))
+        return INFINITY; /* also NAN */
+    a = (gint64)after;   /* floor, without libm */
+    if ((double)a > after)
+        a--;
+    if (s->has_at)
+        return s->at > a ? (double)s->at : INFINITY;
+    next = cron_next(&s->parsed, s->tz, a);
+    return next < 0 ? INFINITY : (double)next;
+}
+
+/* the count after schedule @s acts on @current, clamped; *ret_clamped:
+ * the bound cut it */
+static guint
+schedule_target(const Manifest *m, const ManifestSchedule *s, guint current,
+                bool *ret_clamped)
+{
+    guint64 n = s->amount, target;
+
+    if (s->percent) /* rounded up: at least one clone */
+        n = MAX(((guint64)current * s->amount + 99) / 100, 1);
+    switch (s->action) {
+    case MANIFEST_SCHEDULE_SET:
+        target = s->amount;
+        break;
+    case MANIFEST_SCHEDULE_ADD:
+        target = current + n;
+        break;
+    case MANIFEST_SCHEDULE_REMOVE:
+    default:
+        target = current > n ? current - n : 0;
+        break;
+    }
+    *ret_clamped = target < m->scaling.min || target > m->scaling.max;
+    return (guint)CLAMP(target, m->scaling.min, m->scaling.max);
+}
+
+/* "2026-03-29T03:30:00 Europe/Berlin": @t in the schedule's wall clock */
+static char *
+schedule_time(const ManifestSchedule *s, double t)
+{
+    g_autofree char *wall = cron_wall_format(
+        s->tz ? cron_utc_to_wall(s->tz, (gint64)t) : (gint64)t);
+
+    return g_strdup_printf("%s %s", wall, s->timezone ? s->timezone : "UTC");
+}
+
+static void
+step_fired(const Manifest *m, guint i, double due, guint current, double now,
+           ScalingScheduleStep *st)
+{
+    const ManifestSchedule *s = m->scaling.schedules->pdata[i];
+    g_autofree char *text = manifest_schedule_text(s);
+    g_autofree char *when = schedule_time(s, due);
+    g_autofree char *late = NULL;
+    bool clamped = false;
+
+    st->schedule = i;
+    st->outcome = SCALING_SCHEDULE_FIRED;
+    st->due = due;
+    st->from = current;
+    st->to = schedule_target(m, s, current, &clamped);
+    if (now - due >= 60)
+        late = g_strdup_printf(", %.0f s late (the manager was not running)",
+                               now - due);
+    if (st->to == st->from)
+        st->reason =
+            g_strdup_printf("schedule %u (%s) due at %s%s: already %u clones%s",
+                            i + 1, text, when, late ? late : "", current,
+                            clamped ? " (at a bound of [min, max])" : "");
+    else
+        st->reason =
+            g_strdup_printf("schedule %u (%s) due at %s%s: %u -> %u clones%s",
+                            i + 1, text, when, late ? late : "", st->from,
+                            st->to, clamped ? " (clamped to [min, max])" : "");
+}
+
+static gint
+fired_cmp(gconstpointer a, gconstpointer b)
+{
+    const ScalingScheduleStep *x = a, *y = b;
+
+    if (x->due != y->due)
+        return x->due < y->due ? -1 : 1;
+    return (x->schedule > y->schedule) - (x->schedule < y->schedule);
+}
+
+guint
+scaling_schedules_evaluate(const Manifest *m, const double *handled,
+                           double since_new, guint current, double now,
+                           GArray *steps)
+{
+    GPtrArray *schedules = m->scaling.schedules;
+    g_autoptr(GArray) fired =
+        g_array_new(FALSE, TRUE, sizeof(ScalingScheduleStep));
+
+    for (guint i = 0; schedules && i < schedules->len; i++) {
+        const ManifestSchedule *s = schedules->pdata[i];
+        ScalingScheduleStep st = {.schedule = i, .due = NAN};
+        bool is_new = isnan(handled[i]);
+        double from = !is_new ? handled[i] : isnan(since_new) ? now : since_new;
+        double due, missed;
+
+        due = scaling_schedule_next(s, MAX(from, now - s->grace_seconds));
+        if (due <= now) {
+            st.due = due; /* applied below, in order */
+            g_array_append_val(fired, st);
+            continue;
+        }
+        if (is_new) {
+            st.outcome = SCALING_SCHEDULE_ARMED;
+            g_array_append_val(steps, st);
+            continue;
+        }
+        missed = scaling_schedule_next(s, from);
+        if (missed <= now) {
+            g_autofree char *text = manifest_schedule_text(s);
+            g_autofree char *when = schedule_time(s, missed);
+
+            st.outcome = SCALING_SCHEDULE_MISSED;
+            st.due = missed;
+            st.from = st.to = current;
+            st.reason = g_strdup_printf(
+                "schedule %u (%s) was due at %s, more than its grace ago "
+                "(the manager was not running): skipped",
+                i + 1, text, when);
+            g_array_append_val(steps, st);
+        }
+    }
+    g_array_sort(fired, fired_cmp);
+    for (guint k = 0; k < fired->len; k++) {
+        ScalingScheduleStep st = g_array_index(fired, ScalingScheduleStep, k);
+
+        step_fired(m, st.schedule, st.due, current, now, &st);
+        current = st.to;
+        g_array_append_val(steps, st);
+    }
+    return current;
 }

@@ -21,6 +21,16 @@
  * Then: scale-up wins when rules disagree (the largest add step), else the
  * largest remove step; the result is clamped to [min, max]; no action when
  * the clamped count is the current one, or before the cooldown ends.
+ *
+ * Scheduled policies (scaling_schedules_evaluate) are a second pure
+ * function of the manifest, the clock, the count and, per schedule, the
+ * time up to which its occurrences were handled (kept by the caller
+ * across restarts).  An occurrence fires when it is the first one after
+ * max(handled, now - grace) and is not after now: once, since the caller
+ * then stores handled = now; at most once per evaluation however many
+ * were missed; older ones are reported missed.  Not blocked by the
+ * cooldown; the caller starts one after a change, so that metric rules
+ * then work from the new count.
  */
 #pragma once
 
@@ -80,3 +90,49 @@ void scaling_decision_clear(ScalingDecision *d);
  */
 void scaling_evaluate(const Manifest *m, const ScalingHistory *h, guint current,
                       double now, double cooldown_until, ScalingDecision *out);
+
+/* ---- scheduled policies ------------------------------------------------ */
+
+typedef enum {
+    SCALING_SCHEDULE_ARMED,  /* first seen: occurrences after now count */
+    SCALING_SCHEDULE_FIRED,  /* an occurrence within its grace: applied */
+    SCALING_SCHEDULE_MISSED, /* occurrences older than its grace only */
+} ScalingScheduleOutcome;
+
+typedef struct {
+    guint schedule; /* index in the manifest's scaling.schedules */
+    ScalingScheduleOutcome outcome;
+    double due;     /* FIRED: the occurrence applied; MISSED: the first
+                       * missed; ARMED: NAN */
+    guint from, to; /* FIRED: the count before and after, clamped */
+    char *reason;   /* FIRED and MISSED: a sentence for the event log */
+} ScalingScheduleStep;
+
+/* scaling_schedule_steps_new: an empty array of ScalingScheduleStep that
+ * frees their reasons */
+GArray *scaling_schedule_steps_new(void);
+
+/*
+ * scaling_schedule_next: the first occurrence of @s after @after (UTC
+ * seconds), INFINITY when there is none.  Thread-safe.
+ */
+double scaling_schedule_next(const ManifestSchedule *s, double after);
+
+/*
+ * scaling_schedules_evaluate: the scheduled policies of @m at time @now,
+ * for a service with @current clones desired.  @handled holds one value
+ * per schedule (the manifest's order): the time up to which its
+ * occurrences were handled, NAN for a schedule not seen before, whose
+ * occurrences count from @since_new (NAN: from @now).
+ *
+ * Appends to @steps one step per schedule whose state changes: ARMED
+ * (seen for the first time, nothing due) and MISSED ones, then the FIRED
+ * ones in the order applied (by due time, then the manifest's order),
+ * each from the count the one before left.  The caller records handled =
+ * @now for every schedule with a step, in the same transaction as the
+ * count it applies.  Returns the count after them all (@current when
+ * none fired).  Pure.
+ */
+guint scaling_schedules_evaluate(const Manifest *m, const double *handled,
+                                 double since_new, guint current, double now,
+                                 GArray *steps);

@@ -63,6 +63,52 @@ Test(manifest_format, writes_the_expected_canonical_form)
                      "SPORE_REGENERATE_GOLDEN=1");
 }
 
+Test(manifest_format, writes_schedules_in_canonical_form)
+{
+    g_autofree char *in_path = test_data_path("manifests/valid/scheduled.xml");
+    g_autofree char *golden_path =
+        test_data_path("manifests/canonical/scheduled.xml");
+    g_autoptr(Manifest) m = manifest_parse_file(in_path, NULL, NULL);
+    g_autofree char *xml = NULL;
+    g_autofree char *golden = NULL;
+
+    cr_assert(m);
+    xml = manifest_format(m);
+    if (g_getenv("SPORE_REGENERATE_GOLDEN")) {
+        cr_assert(g_file_set_contents(golden_path, xml, -1, NULL));
+        return;
+    }
+    golden = test_read_file(golden_path, NULL);
+    cr_expect_str_eq(xml, golden,
+                     "canonical form changed; if intended, rerun with "
+                     "SPORE_REGENERATE_GOLDEN=1");
+}
+
+Test(manifest_equal, tells_schedules_apart)
+{
+    g_autofree char *path = test_data_path("manifests/valid/scheduled.xml");
+    g_autoptr(Manifest) a = manifest_parse_file(path, NULL, NULL);
+    g_autoptr(Manifest) b = manifest_parse_file(path, NULL, NULL);
+    ManifestSchedule *s;
+
+    cr_assert(a && b);
+    cr_expect(manifest_equal(a, b));
+    s = b->scaling.schedules->pdata[0];
+    s->amount = 7;
+    cr_expect_not(manifest_equal(a, b), "another count");
+    s->amount = 6;
+    s->grace_seconds = 601;
+    cr_expect_not(manifest_equal(a, b), "another grace");
+    s->grace_seconds = MANIFEST_DEFAULT_GRACE_SECONDS;
+    cr_expect(manifest_equal(a, b));
+    s = b->scaling.schedules->pdata[6];
+    s->at += 60;
+    cr_expect_not(manifest_equal(a, b), "another start time");
+    s->at -= 60;
+    g_ptr_array_remove_index(b->scaling.schedules, 7);
+    cr_expect_not(manifest_equal(a, b), "one schedule fewer");
+}
+
 Test(manifest_format, picks_the_largest_exact_units)
 {
     static const char xml[] =

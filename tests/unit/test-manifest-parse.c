@@ -13,6 +13,8 @@
 #include "spore-error.h"
 #include "test-util.h"
 
+#include <glib/gstdio.h>
+
 #define MIN_INVALID_EXAMPLES 40u
 
 static const char *
@@ -515,4 +517,128 @@ Test(manifest_parse, derives_clone_names_and_hostnames)
     hostname = manifest_clone_hostname(m, 7, NULL);
     cr_expect_str_eq(name, "web-7");
     cr_expect_str_eq(hostname, "web-7");
+}
+
+Test(manifest_parse, reads_every_form_of_scheduled_policy)
+{
+    g_autofree char *path = test_data_path("manifests/valid/scheduled.xml");
+    g_autoptr(GError) err = NULL;
+    g_autoptr(Manifest) m = manifest_parse_file(path, NULL, &err);
+    const ManifestSchedule *s;
+
+    cr_assert(m, "%s", err ? err->message : "");
+    cr_expect_eq(m->scaling.rules->len, 2u, "rules and schedules interleave");
+    cr_assert_eq(m->scaling.schedules->len, 8u);
+
+    s = m->scaling.schedules->pdata[0];
+    cr_expect_str_eq(s->cron, "0 8 * * mon-fri", "normalized");
+    cr_expect_not(s->has_at);
+    cr_expect_eq(s->parsed.hours, 1u << 8);
+    cr_expect_eq(s->parsed.weekdays, 0x3e);
+    cr_expect_str_eq(s->timezone, "Europe/Berlin");
+    cr_expect_str_eq(g_time_zone_get_identifier(s->tz), "Europe/Berlin");
+    cr_expect_eq(s->action, MANIFEST_SCHEDULE_SET);
+    cr_expect_eq(s->amount, 6u);
+    cr_expect_not(s->percent);
+    cr_expect_eq(s->grace_seconds, MANIFEST_DEFAULT_GRACE_SECONDS);
+
+    s = m->scaling.schedules->pdata[1];
+    cr_expect_str_eq(s->cron, "30 18 * * mon-fri");
+    cr_expect_eq(s->grace_seconds, 3600u);
+
+    s = m->scaling.schedules->pdata[2];
+    cr_expect_str_eq(s->timezone, MANIFEST_DEFAULT_TIMEZONE);
+    cr_expect_eq(s->action, MANIFEST_SCHEDULE_ADD);
+    cr_expect_eq(s->amount, 25u);
+    cr_expect(s->percent);
+
+    s = m->scaling.schedules->pdata[4];
+    cr_expect_str_eq(s->cron, "@weekly");
+    cr_expect_eq(s->action, MANIFEST_SCHEDULE_REMOVE);
+    cr_expect(s->percent);
+
+    /* 18:00 in Berlin in winter is 17:00 UTC */
+    s = m->scaling.schedules->pdata[5];
+    cr_expect(s->has_at);
+    cr_expect_null(s->cron);
+    cr_expect_not(s->at_has_offset);
+    cr_expect_eq(s->at, 1798131600, "2026-12-24T17:00:00Z");
+    cr_expect_str_eq(s->timezone, "Europe/Berlin");
+
+    s = m->scaling.schedules->pdata[6];
+    cr_expect(s->at_has_offset);
+    cr_expect_null(s->timezone, "an offset leaves no time zone");
+    cr_expect_eq(s->at, 1798187400, "2026-12-25T08:30:00Z");
+
+    s = m->scaling.schedules->pdata[7];
+    cr_expect_eq(s->at, 1798243200, "2026-12-26T00:00:00Z");
+}
+
+Test(manifest_parse, reports_every_broken_schedule_of_a_file)
+{
+    static const char xml[] =
+        "<?xml version=\"1.0\"?>\n"
+        "<service xmlns=\"urn:spore:manifest:1\" name=\"s\">\n"
+        "  <image name=\"i\"><origin url=\"http://127.0.0.1/i.raw\"/></image>\n"
+        "  <vm><vcpus>1</vcpus><memory unit=\"MiB\">64</memory></vm>\n"
+        "  <scaling min=\"1\" max=\"4\">\n"
+        "    <schedule cron=\"0 25 * * *\" set=\"2\"/>\n"
+        "    <schedule at=\"2026-13-01T00:00\"\n"
+        "              timezone=\"Nowhere/City\" add=\"1\"/>\n"
+        "    <schedule cron=\"@daily\" set=\"5\"/>\n"
+        "  </scaling>\n"
+        "</service>\n";
+    g_autoptr(GPtrArray) problems = manifest_problems_new();
+    g_autoptr(Manifest) m =
+        manifest_parse_data(xml, strlen(xml), problems, NULL);
+    static const struct {
+        guint line;
+        const char *text;
+    } want[] = {
+        {6, "hour field '25': 25 is not in 0-23"},
+        {7, "there is no such date and time"},
+        {8, "timezone 'Nowhere/City' on <schedule>"},
+        {9, "set 5 on <schedule> is outside [min, max] = [1, 4]"},
+    };
+
+    cr_assert_null(m);
+    cr_assert_eq(problems->len, G_N_ELEMENTS(want));
+    for (guint i = 0; i < problems->len; i++) {
+        const ManifestProblem *p = problems->pdata[i];
+
+        cr_expect_eq(p->line, want[i].line, "%u: %s", p->line, p->message);
+        cr_expect(strstr(p->message, want[i].text), "%u: %s", p->line,
+                  p->message);
+    }
+}
+
+Test(manifest_parse, reads_time_zones_from_tzdir)
+{
+    g_autofree char *dir = g_dir_make_tmp("spore-tz-XXXXXX", NULL);
+    g_autofree char *zone = g_build_filename(dir, "Test", NULL);
+    g_autofree char *sub = g_build_filename(zone, "Berlin", NULL);
+    g_autofree char *xml = g_strdup_printf(
+        "%s<scaling min=\"1\" max=\"2\">"
+        "<schedule cron=\"0 8 * * *\" timezone=\"Test/Berlin\" set=\"2\"/>"
+        "</scaling></service>",
+        minimal_prefix);
+    g_autofree char *data = NULL;
+    gsize len = 0;
+    g_autoptr(Manifest) m = NULL;
+    g_autoptr(GError) err = NULL;
+
+    cr_assert(g_file_get_contents("/usr/share/zoneinfo/Europe/Berlin", &data,
+                                  &len, NULL));
+    cr_assert(g_mkdir_with_parents(zone, 0700) == 0);
+    cr_assert(g_file_set_contents(sub, data, (gssize)len, NULL));
+    m = manifest_parse_data(xml, strlen(xml), NULL, &err);
+    cr_expect_null(m, "not in the system's database");
+    g_setenv("TZDIR", dir, TRUE);
+    g_clear_error(&err);
+    m = manifest_parse_data(xml, strlen(xml), NULL, &err);
+    g_unsetenv("TZDIR");
+    cr_expect(m, "%s", err ? err->message : "");
+    g_unlink(sub);
+    g_rmdir(zone);
+    g_rmdir(dir);
 }
