@@ -526,3 +526,21 @@ Test(cloud_init, writes_a_cidata_iso_holding_both_files_and_never_replaces_one)
     unlink(iso);
     rmdir(dir);
 }
+
+Test(customize, refuses_a_manifest_customized_by_cloud_init)
+{
+    g_autoptr(Manifest) m = manifest_writing("/etc/fine");
+    CloneCustomizeJob jobs[] = {
+        {.manifest = m, .index = 1, .host = "h", .overlay = OVERLAY},
+    };
+    g_autoptr(GError) err = NULL;
+
+    m->customize.method = MANIFEST_CUSTOMIZE_CLOUD_INIT;
+    cr_expect_not(clone_customize_batch(jobs, 1, &err));
+    cr_assert(err);
+    cr_expect(g_error_matches(err, SPORE_ERROR, SPORE_ERROR_USAGE));
+    cr_expect(g_str_has_prefix(err->message, "clone t-1: its manifest asks "
+                                             "for <customize "
+                                             "method=\"cloud-init\">"),
+              "%s", err->message);
+}
