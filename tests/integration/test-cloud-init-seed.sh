@@ -6,7 +6,7 @@
 # instance-id and its user-data the clone's own hostname, file, key and
 # command; the domain has it as a read-only IDE cdrom, and a started clone
 # (the busybox test guest: QEMU opens the ISO; the guest itself has no
-# cloud-init, tests/integration/test-cloud-init-boot.sh boots one that has)
+# cloud-init: bench/cloud-init-boot boots one that has)
 # runs.  clone-destroy removes the seed volume with the overlay, also a seed
 # left by an interrupted create.  TAP output.
 set -u
