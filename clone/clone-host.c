@@ -16,6 +16,7 @@
 #include <libxml/tree.h>
 #include <libxml/xpath.h>
 
+#include "cloud-init.h"
 #include "customize.h"
 #include "domain-xml.h"
 #include "hash.h"
@@ -333,7 +334,8 @@ typedef struct {
     char *uuid;
     char *overlay;
     char *console;
-    bool pending; /* overlay made here, domain not yet defined */
+    char *seed;   /* the cloud-init seed, or NULL */
+    bool pending; /* overlay (and seed) made here, domain not yet defined */
 } CreateItem;
 
 static void
@@ -345,6 +347,7 @@ create_item_clear(gpointer p)
     g_free(it->uuid);
     g_free(it->overlay);
     g_free(it->console);
+    g_free(it->seed);
 }
 
 /*
@@ -411,7 +414,7 @@ check_existing(CloneHost *host, const CreateItem *it, GError **error)
     return 0;
 }
 
-/* discard_overlays: remove the overlays of items still pending */
+/* discard_overlays: remove the overlays and seeds of items still pending */
 static void
 discard_overlays(CloneHost *host, GArray *items)
 {
@@ -421,6 +424,8 @@ discard_overlays(CloneHost *host, GArray *items)
         CreateItem *it = &g_array_index(items, CreateItem, i);
 
         if (it->pending && unlink(it->overlay) == 0)
+            removed = true;
+        if (it->pending && it->seed && unlink(it->seed) == 0)
             removed = true;
         it->pending = false;
     }
@@ -434,6 +439,38 @@ discard_overlays(CloneHost *host, GArray *items)
     }
 }
 
+/* seed_path: where clone @name's cloud-init seed lives in the pool */
+static char *
+seed_path(const CloneHost *host, const char *name)
+{
+    return g_strdup_printf("%s/%s" CLONE_SEED_SUFFIX, host->pool_dir, name);
+}
+
+/* write_seeds: the cloud-init seed of every item (a leftover replaced) */
+static bool
+write_seeds(CloneHost *host, const CloneCreateRequest *req,
+            const char *host_name, GArray *items, GError **error)
+{
+    for (guint i = 0; i < items->len; i++) {
+        CreateItem *it = &g_array_index(items, CreateItem, i);
+        CloudInitSeedSpec spec = {
+            .manifest = req->manifest,
+            .index = it->index,
+            .host = host_name,
+            .instance_id = it->uuid,
+        };
+
+        if (unlink(it->seed) == 0)
+            progress(host, "removed %s, left by an interrupted create",
+                     it->seed);
+        if (!cloud_init_seed_write(&spec, it->seed, error)) {
+            g_prefix_error(error, "clone %s: ", it->name);
+            return false;
+        }
+    }
+    return true;
+}
+
 static bool
 define_and_start(CloneHost *host, const CloneCreateRequest *req, CreateItem *it,
                  GError **error)
@@ -445,6 +482,7 @@ define_and_start(CloneHost *host, const CloneCreateRequest *req, CreateItem *it,
         .generation = req->generation,
         .overlay_path = it->overlay,
         .console_log = it->console,
+        .seed_path = it->seed,
         .uuid = it->uuid,
         .owner = host->owner,
         .virt = req->virt,
@@ -486,6 +524,8 @@ clone_host_create(CloneHost *host, const CloneCreateRequest *req,
     g_autoptr(GArray) jobs =
         g_array_new(FALSE, TRUE, sizeof(CloneCustomizeJob));
     const char *host_name = req->host_name ? req->host_name : g_get_host_name();
+    bool cloud_init =
+        req->manifest->customize.method == MANIFEST_CUSTOMIZE_CLOUD_INIT;
 
     g_array_set_clear_func(items, create_item_clear);
     if (!req->image_id || !req->backing || !req->backing_format) {
@@ -512,6 +552,8 @@ clone_host_create(CloneHost *host, const CloneCreateRequest *req,
             clone_uuid(req->manifest, it.index, req->image_id, req->generation);
         it.overlay = g_strdup_printf("%s/%s.qcow2", host->pool_dir, it.name);
         it.console = g_strdup_printf("%s/%s.log", host->console_dir, it.name);
+        if (cloud_init)
+            it.seed = seed_path(host, it.name);
         exists = check_existing(host, &it, error);
         if (exists < 0) {
             create_item_clear(&it);
@@ -555,10 +597,19 @@ clone_host_create(CloneHost *host, const CloneCreateRequest *req,
         it->pending = true;
         g_array_append_val(jobs, job);
     }
-    progress(host, "customizing %u clone%s of %s in one appliance launch",
-             items->len, items->len == 1 ? "" : "s", req->manifest->name);
-    if (!clone_customize_batch((CloneCustomizeJob *)jobs->data, jobs->len,
-                               error)) {
+    if (cloud_init) {
+        progress(host, "writing cloud-init seeds for %u clone%s of %s",
+                 items->len, items->len == 1 ? "" : "s", req->manifest->name);
+        if (!write_seeds(host, req, host_name, items, error)) {
+            discard_overlays(host, items);
+            return false;
+        }
+    } else {
+        progress(host, "customizing %u clone%s of %s in one appliance launch",
+                 items->len, items->len == 1 ? "" : "s", req->manifest->name);
+    }
+    if (!cloud_init && !clone_customize_batch((CloneCustomizeJob *)jobs->data,
+                                              jobs->len, error)) {
         g_autoptr(GString) names = g_string_new(NULL);
         /* a bad manifest or image fails again: say "run it again" only
          * where a retry can help (the appliance died, ...) */
@@ -615,6 +666,9 @@ wait_shutoff(virDomainPtr dom, guint timeout_seconds)
 /* the overlay of a clone's domain XML */
 #define DISK_SOURCE_XPATH \
     "string(/domain/devices/disk[@device='disk'][1]/source/@file)"
+/* its cloud-init seed: the read-only disk (a cdrom, or xvdb on xen) */
+#define SEED_SOURCE_XPATH \
+    "string(/domain/devices/disk[readonly][1]/source/@file)"
 
 /* remove_volume: delete the volume at @path if it is in spore's pool */
 static bool
@@ -649,6 +703,35 @@ remove_volume(CloneHost *host, const char *path, GError **error)
                  host->pool_name);
     }
     virStorageVolFree(vol);
+    return true;
+}
+
+/*
+ * remove_leftovers: remove the overlay and seed named after clone @name
+ * from the pool, left by an interrupted create or destroy; but not a disk
+ * of @other_desc (the XML of another host's domain of that name), if given.
+ */
+static bool
+remove_leftovers(CloneHost *host, const char *name, const char *other_desc,
+                 GError **error)
+{
+    g_autofree char *other_disk =
+        other_desc ? xpath_string(other_desc, DISK_SOURCE_XPATH) : NULL;
+    g_autofree char *other_seed =
+        other_desc ? xpath_string(other_desc, SEED_SOURCE_XPATH) : NULL;
+    g_autofree char *overlay =
+        g_strdup_printf("%s/%s.qcow2", host->pool_dir, name);
+    g_autofree char *seed = seed_path(host, name);
+    const char *paths[] = {overlay, seed};
+
+    for (guint i = 0; i < G_N_ELEMENTS(paths); i++) {
+        if (g_strcmp0(paths[i], other_disk) == 0 ||
+            g_strcmp0(paths[i], other_seed) == 0 ||
+            !g_file_test(paths[i], G_FILE_TEST_EXISTS))
+            continue;
+        if (!remove_volume(host, paths[i], error))
+            return false;
+    }
     return true;
 }
 
@@ -702,6 +785,7 @@ clone_host_destroy(CloneHost *host, const char *name, guint timeout_seconds,
     virDomainPtr dom;
     g_autofree char *desc = NULL;
     g_autofree char *disk = NULL;
+    g_autofree char *seed = NULL;
     CloneDestroyOutcome result = CLONE_WAS_STOPPED;
     int active;
 
@@ -709,14 +793,10 @@ clone_host_destroy(CloneHost *host, const char *name, guint timeout_seconds,
         return false;
     dom = virDomainLookupByName(host->conn, name);
     if (!dom) {
-        g_autofree char *leftover = NULL;
-
         if (virGetLastErrorCode() != VIR_ERR_NO_DOMAIN)
             return lv_error(host, error, "looking up domain '%s'", name);
-        /* an overlay left by an interrupted create or destroy */
-        leftover = g_strdup_printf("%s/%s.qcow2", host->pool_dir, name);
-        if (g_file_test(leftover, G_FILE_TEST_EXISTS) &&
-            !remove_volume(host, leftover, error))
+        /* an overlay or seed left by an interrupted create or destroy */
+        if (!remove_leftovers(host, name, NULL, error))
             return false;
         if (outcome)
             *outcome = CLONE_ABSENT;
@@ -734,9 +814,6 @@ clone_host_destroy(CloneHost *host, const char *name, guint timeout_seconds,
              * while the host was away); it goes, unless it is the other
              * domain's disk */
             g_autofree char *other = virDomainGetXMLDesc(dom, 0);
-            g_autofree char *other_disk = NULL;
-            g_autofree char *leftover =
-                g_strdup_printf("%s/%s.qcow2", host->pool_dir, name);
 
             if (!other) {
                 lv_error(host, error, "reading domain '%s'", name);
@@ -744,10 +821,7 @@ clone_host_destroy(CloneHost *host, const char *name, guint timeout_seconds,
                 return false;
             }
             virDomainFree(dom);
-            other_disk = xpath_string(other, DISK_SOURCE_XPATH);
-            if (g_strcmp0(other_disk, leftover) != 0 &&
-                g_file_test(leftover, G_FILE_TEST_EXISTS) &&
-                !remove_volume(host, leftover, error))
+            if (!remove_leftovers(host, name, other, error))
                 return false;
             progress(host, "%s belongs to host '%s': left alone", name, owner);
             if (outcome)
@@ -761,6 +835,7 @@ clone_host_destroy(CloneHost *host, const char *name, guint timeout_seconds,
         return lv_error(host, error, "reading domain '%s'", name);
     }
     disk = xpath_string(desc, DISK_SOURCE_XPATH);
+    seed = xpath_string(desc, SEED_SOURCE_XPATH);
     active = virDomainIsActive(dom);
     if (active < 0) {
         virDomainFree(dom);
@@ -798,6 +873,8 @@ clone_host_destroy(CloneHost *host, const char *name, guint timeout_seconds,
     }
     virDomainFree(dom);
     if (disk && !remove_volume(host, disk, error))
+        return false;
+    if (seed && !remove_volume(host, seed, error))
         return false;
     if (outcome)
         *outcome = result;

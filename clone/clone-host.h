@@ -7,9 +7,12 @@
  * missing, so `virsh vol-list spore` shows the overlays).  Creating:
  *
  *   1. overlays created with libguestfs (backing file and format recorded)
- *      in the pool's directory, customized in one appliance launch;
+ *      in the pool's directory, customized in one appliance launch; or,
+ *      for <customize method="cloud-init">, left as they are, and a
+ *      NoCloud seed ISO written beside each (cloud-init.h), no appliance;
  *   2. the pool refreshed, so each overlay is a volume;
- *   3. the domain defined (persistent), then started.
+ *   3. the domain defined (persistent; the seed, if any, a read-only
+ *      cdrom), then started.
  *
  * The domain is defined only after its overlay is fully customized, so an
  * interrupted create (appliance killed, libvirt gone, the process killed)
@@ -40,6 +43,8 @@
 #define CLONE_DEFAULT_POOL_DIR         "/var/lib/spore/clones"
 #define CLONE_DEFAULT_CONSOLE_DIR      "/var/log/spore/console"
 #define CLONE_DEFAULT_SHUTDOWN_SECONDS 60
+/* a cloud-init clone's seed volume: "{name}" CLONE_SEED_SUFFIX in the pool */
+#define CLONE_SEED_SUFFIX ".seed.iso"
 
 typedef struct CloneHost CloneHost;
 
@@ -118,11 +123,13 @@ bool clone_host_resume(CloneHost *host, const char *name, bool *ret_resumed,
 
 /*
  * clone_host_destroy: stop the clone @name (ACPI shutdown, then power off
- * after @timeout_seconds), undefine it and remove its overlay volume.
+ * after @timeout_seconds), undefine it and remove its overlay volume and
+ * its cloud-init seed volume, if any (each only when in spore's pool).
  * Refuses domains without spore's clone metadata.  A domain @name that
  * another host owns (a libvirtd shared by agents) is not touched: the
- * clone is CLONE_ABSENT here, and an overlay @name.qcow2 left in this
- * host's pool is removed.
+ * clone is CLONE_ABSENT here, and an overlay @name.qcow2 or a seed
+ * @name.seed.iso left in this host's pool is removed (unless it is that
+ * domain's own).
  */
 bool clone_host_destroy(CloneHost *host, const char *name,
                         guint timeout_seconds, CloneDestroyOutcome *outcome,

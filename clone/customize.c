@@ -737,6 +737,23 @@ clone_customize_batch(const CloneCustomizeJob *jobs, gsize n_jobs,
 
     if (n_jobs == 0)
         return true;
+    for (gsize i = 0; i < n_jobs; i++) {
+        if (jobs[i].manifest->customize.method !=
+            MANIFEST_CUSTOMIZE_LIBGUESTFS) {
+            g_autofree char *name =
+                manifest_clone_name(jobs[i].manifest, jobs[i].index);
+
+            g_set_error(error, SPORE_ERROR, SPORE_ERROR_USAGE,
+                        "clone %s: its manifest asks for <customize "
+                        "method=\"%s\">, which the guest applies from a "
+                        "seed (clone_host_create writes it), not the "
+                        "appliance",
+                        name,
+                        manifest_customize_method_name(
+                            jobs[i].manifest->customize.method));
+            return false;
+        }
+    }
     if (!check_guest_paths(jobs, n_jobs, error))
         return false;
     for (gsize i = 1; key && i < n_jobs; i++) {

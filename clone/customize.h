@@ -21,9 +21,12 @@
  *               does; docs/customization.md)
  *   identity    /etc/machine-id emptied, /etc/ssh/ssh_host_* removed
  *
- * Guest paths are checked again here (manifest_path_problem), for every
- * clone of a batch before its appliance is launched: a Manifest need not
- * come from the parser.  Thread-safe (each call has its own libguestfs
+ * Only manifests whose customize method is libguestfs (the default) are
+ * customized here: a batch with a cloud-init one is refused
+ * (SPORE_ERROR_USAGE; cloud-init.h makes its seed instead).  Guest paths
+ * are checked again here (manifest_path_problem), for every clone of a
+ * batch before its appliance is launched: a Manifest need not come from
+ * the parser.  Thread-safe (each call has its own libguestfs
  * handle).
  */
 #pragma once

@@ -6,10 +6,12 @@
  *              error_policy/rerror_policy 'stop' (a fetch outage pauses the
  *              guest rather than handing it an I/O error); virtio NICs;
  *              a pty serial console with its output logged to a file, so
- *              both `virsh console` and the log work.
+ *              both `virsh console` and the log work.  A cloud-init
+ *              clone's seed: a read-only IDE cdrom (hdc).
  *   xen        libxl: PV (xenpv) with direct kernel boot, else HVM (xenfv)
  *              with hvmloader; the qcow2 overlay through the qdisk backend
- *              (driver name 'qemu'); xen console.
+ *              (driver name 'qemu'); xen console; a cloud-init seed as
+ *              a read-only xvdb.
  * Values are placed with xmlNewProp / xmlNewTextChild, which escape them.
  */
 #include "domain-xml.h"
@@ -102,6 +104,26 @@ add_os(xmlNode *domain, const CloneDomainSpec *spec)
     }
 }
 
+/* the cloud-init seed: read-only, after the overlay (docs/clones.md) */
+static void
+add_seed(xmlNode *devices, const char *path, bool xen)
+{
+    xmlNode *disk = child(devices, "disk", NULL);
+    xmlNode *driver, *target;
+
+    attr(disk, "type", "file");
+    /* libxl has cdroms for HVM only: a read-only disk works for both */
+    attr(disk, "device", xen ? "disk" : "cdrom");
+    driver = child(disk, "driver", NULL);
+    attr(driver, "name", "qemu");
+    attr(driver, "type", "raw");
+    attr(child(disk, "source", NULL), "file", path);
+    target = child(disk, "target", NULL);
+    attr(target, "dev", xen ? "xvdb" : "hdc");
+    attr(target, "bus", xen ? "xen" : "ide");
+    child(disk, "readonly", NULL);
+}
+
 static void
 add_devices(xmlNode *domain, const CloneDomainSpec *spec)
 {
@@ -124,6 +146,9 @@ add_devices(xmlNode *domain, const CloneDomainSpec *spec)
     target = child(disk, "target", NULL);
     attr(target, "dev", xen ? "xvda" : "vda");
     attr(target, "bus", xen ? "xen" : "virtio");
+
+    if (spec->seed_path)
+        add_seed(devices, spec->seed_path, xen);
 
     for (guint i = 0; i < m->vm.interfaces->len; i++) {
         const ManifestInterface *iface = m->vm.interfaces->pdata[i];
@@ -183,6 +208,21 @@ clone_domain_xml(const CloneDomainSpec *spec, GError **error)
         !spec->console_log || spec->console_log[0] != '/') {
         g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
                     "the overlay and console log paths must be absolute");
+        return NULL;
+    }
+    if ((spec->seed_path != NULL) !=
+        (m->customize.method == MANIFEST_CUSTOMIZE_CLOUD_INIT)) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
+                    spec->seed_path ? "a seed for service '%s', whose clones "
+                                      "are not customized by cloud-init"
+                                    : "service '%s''s clones are customized "
+                                      "by cloud-init: a seed is needed",
+                    m->name);
+        return NULL;
+    }
+    if (spec->seed_path && spec->seed_path[0] != '/') {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
+                    "the seed path '%s' must be absolute", spec->seed_path);
         return NULL;
     }
 

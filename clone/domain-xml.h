@@ -25,6 +25,9 @@ typedef struct {
     guint64 generation;       /* the manifest's generation at the manager */
     const char *overlay_path; /* the clone's qcow2 overlay, absolute */
     const char *console_log;  /* serial console log file, absolute */
+    const char *seed_path;    /* the cloud-init seed ISO, absolute: set
+                               * exactly when the manifest's customize
+                               * method is cloud-init */
     const char *uuid;         /* optional; libvirt makes one when NULL */
     const char *owner;        /* optional: the host agent owning it */
     ManifestHypervisor virt;  /* the domain type actually used: a kvm
@@ -35,6 +38,9 @@ typedef struct {
 /*
  * clone_domain_xml: the domain XML of @spec's clone, UTF-8, owned by the
  * caller.  Fails (SPORE_ERROR_INVALID) on an index beyond the manifest's
- * max, a malformed image id, or relative paths.
+ * max, a malformed image id, relative paths, or a seed given to a clone
+ * not customized by cloud-init (or not given to one that is).  The seed
+ * is a read-only cdrom (hdc, IDE) for kvm and qemu, a read-only xvdb for
+ * xen, after the overlay: the overlay stays the first disk.
  */
 char *clone_domain_xml(const CloneDomainSpec *spec, GError **error);

@@ -139,6 +139,12 @@ format_customize(xmlNode *root, const Manifest *m)
 {
     xmlNode *customize = add_el(root, "customize", NULL);
 
+    /* the default is left out: the canonical forms of manifests written
+     * before the attribute existed (and their clones' UUIDs) stay */
+    if (m->customize.method != MANIFEST_CUSTOMIZE_LIBGUESTFS)
+        set_attr(customize, "method",
+                 manifest_customize_method_name(m->customize.method));
+
     add_el(customize, "hostname", m->customize.hostname);
     for (guint i = 0; i < m->customize.files->len; i++) {
         const ManifestFile *f = m->customize.files->pdata[i];

@@ -1167,10 +1167,17 @@ parse_customize(Walker *w, xmlNode *el)
                                            "firstboot", NULL};
     CustomizeSeen seen = {0};
 
+    static const char *const attrs[] = {"method", NULL};
+    /* in ManifestCustomizeMethod's order */
+    static const char *const methods[] = {"libguestfs", "cloud-init", NULL};
+    int method = MANIFEST_CUSTOMIZE_LIBGUESTFS;
+
     w->customize_line = line_of(w, el);
     seen.file_lines =
         g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
-    check_attributes(w, el, (const char *const[]){NULL});
+    check_attributes(w, el, attrs);
+    enum_attr(w, el, "method", methods, &method);
+    w->m->customize.method = (ManifestCustomizeMethod)method;
     each_child(w, el, children, customize_child, &seen);
     g_hash_table_unref(seen.file_lines);
 }

@@ -166,7 +166,8 @@ manifest_equal(const Manifest *a, const Manifest *b)
             return false;
     }
 
-    if (!str_eq(a->customize.hostname, b->customize.hostname) ||
+    if (a->customize.method != b->customize.method ||
+        !str_eq(a->customize.hostname, b->customize.hostname) ||
         a->customize.files->len != b->customize.files->len ||
         a->customize.ssh_keys->len != b->customize.ssh_keys->len ||
         !strv_eq(a->customize.firstboot, b->customize.firstboot))
@@ -230,6 +231,18 @@ manifest_image_format_name(ManifestImageFormat f)
         return "qcow2";
     }
     g_return_val_if_reached("raw");
+}
+
+const char *
+manifest_customize_method_name(ManifestCustomizeMethod m)
+{
+    switch (m) {
+    case MANIFEST_CUSTOMIZE_LIBGUESTFS:
+        return "libguestfs";
+    case MANIFEST_CUSTOMIZE_CLOUD_INIT:
+        return "cloud-init";
+    }
+    g_return_val_if_reached("libguestfs");
 }
 
 const char *

@@ -80,6 +80,12 @@ typedef enum {
     MANIFEST_HYPERVISOR_XEN,
 } ManifestHypervisor;
 
+/* How a clone's <customize> reaches its guest (docs/customization.md). */
+typedef enum {
+    MANIFEST_CUSTOMIZE_LIBGUESTFS, /* written into the overlay (default) */
+    MANIFEST_CUSTOMIZE_CLOUD_INIT, /* a NoCloud seed the guest applies */
+} ManifestCustomizeMethod;
+
 typedef enum {
     MANIFEST_METRIC_REQUESTS,
     MANIFEST_METRIC_CPU,
@@ -165,6 +171,7 @@ typedef struct {
     } vm;
 
     struct {
+        ManifestCustomizeMethod method;
         char *hostname;      /* template; MANIFEST_DEFAULT_HOSTNAME if absent */
         GPtrArray *files;    /* of ManifestFile * */
         GPtrArray *ssh_keys; /* of ManifestSshKey * */
@@ -226,7 +233,9 @@ GPtrArray *manifest_problems_new(void);
 /*
  * manifest_format: the canonical XML form of @m, UTF-8, owned by the caller.
  *
- * Every default is written out; elements appear in the order of the schema;
+ * Every default is written out but <customize method="libguestfs"> (older
+ * manifests' canonical forms, and so their clones' UUIDs, stay as they
+ * were); elements appear in the order of the schema;
  * numbers are written in their shortest exact form.  Parsing the result
  * yields a manifest equal to @m (manifest_equal).
  */
@@ -254,6 +263,7 @@ bool manifest_equal(const Manifest *a, const Manifest *b);
 /* Names of enumerated values as written in manifests. */
 const char *manifest_hypervisor_name(ManifestHypervisor h);
 const char *manifest_image_format_name(ManifestImageFormat f);
+const char *manifest_customize_method_name(ManifestCustomizeMethod m);
 const char *manifest_metric_name(ManifestMetric m);
 const char *manifest_placement_strategy_name(ManifestPlacementStrategy s);
 

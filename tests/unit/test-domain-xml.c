@@ -43,6 +43,9 @@ make_xml(const Manifest *m, ManifestHypervisor virt, guint index)
         .generation = 7,
         .overlay_path = "/var/lib/spore/clones/clone.qcow2",
         .console_log = "/var/log/spore/clone.console.log",
+        .seed_path = m->customize.method == MANIFEST_CUSTOMIZE_CLOUD_INIT
+                         ? "/var/lib/spore/clones/clone.seed.iso"
+                         : NULL,
         .uuid = "7a3c1f4e-9d2b-4c8a-b5e6-0f1d2c3b4a59",
         .virt = virt,
     };
@@ -107,6 +110,8 @@ static const struct {
     {"web-full.xml", MANIFEST_HYPERVISOR_XEN, "web-xen-pv.xml"},
     {"xen-qcow2-bridge.xml", MANIFEST_HYPERVISOR_XEN, "db-xen-hvm.xml"},
     {"minimal.xml", MANIFEST_HYPERVISOR_QEMU, "tiny-qemu.xml"},
+    {"cloud-init-seed.xml", MANIFEST_HYPERVISOR_QEMU, "cloudy-qemu.xml"},
+    {"cloud-init-seed.xml", MANIFEST_HYPERVISOR_XEN, "cloudy-xen-hvm.xml"},
 };
 
 Test(domain_xml, matches_the_golden_files)
@@ -370,4 +375,70 @@ Test(domain_xml, refuses_bad_indexes_ids_and_relative_paths)
     c = clone_domain_xml(&spec, &e3);
     cr_expect_null(c);
     cr_expect(e3 && strstr(e3->message, "absolute"));
+}
+
+Test(domain_xml, attaches_a_cloud_init_seed_read_only_after_the_overlay)
+{
+    g_autoptr(Manifest) m = load("cloud-init-seed.xml");
+    static const struct {
+        ManifestHypervisor virt;
+        const char *device, *dev, *bus;
+    } types[] = {
+        {MANIFEST_HYPERVISOR_KVM, "cdrom", "hdc", "ide"},
+        {MANIFEST_HYPERVISOR_QEMU, "cdrom", "hdc", "ide"},
+        {MANIFEST_HYPERVISOR_XEN, "disk", "xvdb", "xen"},
+    };
+
+    for (gsize i = 0; i < G_N_ELEMENTS(types); i++) {
+        g_autofree char *xml = make_xml(m, types[i].virt, 0);
+        g_autofree char *seed = g_strdup_printf(
+            "count(/domain/devices/disk[2][@type='file'][@device='%s']"
+            "[driver/@type='raw'][readonly]"
+            "[source/@file='/var/lib/spore/clones/clone.seed.iso']"
+            "[target/@dev='%s'][target/@bus='%s'])",
+            types[i].device, types[i].dev, types[i].bus);
+
+        cr_expect_eq(xpath_number(xml, seed), 1, "%s", xml);
+        cr_expect_eq(xpath_number(xml, "count(/domain/devices/disk)"), 2);
+        /* the overlay stays the first disk, writable: clone-host.c finds
+         * it there */
+        cr_expect_eq(xpath_number(xml, "count(/domain/devices/disk[1]"
+                                       "[driver/@type='qcow2'][not(readonly)]"
+                                       "[source/@file='/var/lib/spore/clones/"
+                                       "clone.qcow2'])"),
+                     1, "%s", xml);
+    }
+}
+
+Test(domain_xml, refuses_a_seed_that_does_not_match_the_customize_method)
+{
+    g_autoptr(Manifest) ci = load("cloud-init-seed.xml");
+    g_autoptr(Manifest) gfs = load("web-full.xml");
+    CloneDomainSpec spec = {
+        .manifest = ci,
+        .index = 0,
+        .image_id = IMAGE_ID,
+        .overlay_path = "/x.qcow2",
+        .console_log = "/x.log",
+    };
+    g_autoptr(GError) e1 = NULL;
+    g_autoptr(GError) e2 = NULL;
+    g_autoptr(GError) e3 = NULL;
+    g_autofree char *a = clone_domain_xml(&spec, &e1);
+    g_autofree char *b = NULL;
+    g_autofree char *c = NULL;
+
+    cr_expect_null(a);
+    cr_expect(e1 && strstr(e1->message, "a seed is needed"), "%s",
+              e1 ? e1->message : "");
+    spec.seed_path = "seed.iso";
+    b = clone_domain_xml(&spec, &e2);
+    cr_expect_null(b);
+    cr_expect(e2 && strstr(e2->message, "must be absolute"));
+    spec.manifest = gfs;
+    spec.seed_path = "/x.seed.iso";
+    c = clone_domain_xml(&spec, &e3);
+    cr_expect_null(c);
+    cr_expect(e3 && strstr(e3->message, "not customized by cloud-init"), "%s",
+              e3 ? e3->message : "");
 }

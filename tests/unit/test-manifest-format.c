@@ -42,16 +42,21 @@ Test(manifest_format, round_trips_every_valid_example)
     }
 }
 
-Test(manifest_format, writes_the_expected_canonical_form)
+/* the canonical form of tests/data/manifests/valid/NAME.xml, against
+ * tests/data/manifests/canonical/NAME.xml */
+static void
+expect_canonical_form(const char *name)
 {
-    g_autofree char *in_path = test_data_path("manifests/valid/autoscaled.xml");
-    g_autofree char *golden_path =
-        test_data_path("manifests/canonical/autoscaled.xml");
+    g_autofree char *in_rel = g_strdup_printf("manifests/valid/%s.xml", name);
+    g_autofree char *golden_rel =
+        g_strdup_printf("manifests/canonical/%s.xml", name);
+    g_autofree char *in_path = test_data_path(in_rel);
+    g_autofree char *golden_path = test_data_path(golden_rel);
     g_autoptr(Manifest) m = manifest_parse_file(in_path, NULL, NULL);
     g_autofree char *xml = NULL;
     g_autofree char *golden = NULL;
 
-    cr_assert(m);
+    cr_assert(m, "%s", in_path);
     xml = manifest_format(m);
     if (g_getenv("SPORE_REGENERATE_GOLDEN")) {
         cr_assert(g_file_set_contents(golden_path, xml, -1, NULL));
@@ -59,8 +64,27 @@ Test(manifest_format, writes_the_expected_canonical_form)
     }
     golden = test_read_file(golden_path, NULL);
     cr_expect_str_eq(xml, golden,
-                     "canonical form changed; if intended, rerun with "
-                     "SPORE_REGENERATE_GOLDEN=1");
+                     "%s: canonical form changed; if intended, rerun with "
+                     "SPORE_REGENERATE_GOLDEN=1",
+                     name);
+}
+
+Test(manifest_format, writes_the_expected_canonical_form)
+{
+    expect_canonical_form("autoscaled");
+}
+
+Test(manifest_format, writes_the_cloud_init_method_and_leaves_the_default_out)
+{
+    g_autofree char *path = test_data_path("manifests/valid/web-full.xml");
+    g_autoptr(Manifest) m = manifest_parse_file(path, NULL, NULL);
+    g_autofree char *xml = NULL;
+
+    expect_canonical_form("cloud-init-seed");
+    cr_assert(m);
+    cr_expect_eq(m->customize.method, MANIFEST_CUSTOMIZE_LIBGUESTFS);
+    xml = manifest_format(m);
+    cr_expect_null(strstr(xml, "method="), "%s", xml);
 }
 
 Test(manifest_format, writes_schedules_in_canonical_form)
@@ -160,6 +184,9 @@ Test(manifest_equal, tells_different_manifests_apart)
 
     cr_assert(a && b);
     cr_expect(manifest_equal(a, b));
+    b->customize.method = MANIFEST_CUSTOMIZE_CLOUD_INIT;
+    cr_expect_not(manifest_equal(a, b));
+    b->customize.method = MANIFEST_CUSTOMIZE_LIBGUESTFS;
     b->vm.vcpus++;
     cr_expect_not(manifest_equal(a, b));
     b->vm.vcpus--;
