@@ -18,6 +18,7 @@
 #include "customize.h"
 #include "domain-xml.h"
 #include "image-index.h"
+#include "qcow2-master.h"
 #include "virt-detect.h"
 
 /* the longest clone-destroy --timeout, in seconds */
@@ -141,8 +142,19 @@ cmd_clone_prepare(const CtlCall *call)
     m = load_manifest(call, ctl_arg(call, 0));
     if (!m)
         return CTL_EXIT_FAILURE;
-    if (!format)
-        format = manifest_image_format_name(m->image.format);
+    if (format &&
+        !g_str_equal(format, manifest_image_format_name(m->image.format)))
+        return ctl_usage_error(call,
+                               "--image-format %s, but the manifest's image "
+                               "is %s",
+                               format,
+                               manifest_image_format_name(m->image.format));
+    format = manifest_image_format_name(m->image.format);
+    if (g_str_equal(format, "qcow2") &&
+        !qcow2_master_check(backing, NULL, &err)) {
+        fprintf(stderr, "sporectl clone-prepare: %s\n", err->message);
+        return CTL_EXIT_FAILURE;
+    }
     indexes = clone_indexes(call, m, 1);
     if (!indexes)
         return CTL_EXIT_USAGE;

@@ -4,7 +4,9 @@
 # file the origin serves, served lazily through the shim: the clone's
 # overlay is backed by the qcow2 over NBD (backing format qcow2, from the
 # manifest's <image format="qcow2">), customized with libguestfs through
-# it and booted under libvirtd + QEMU.  The raw master is cloned and booted
+# it and booted under libvirtd + QEMU: by `sporectl clone-create`, and by a
+# site (spored indexing the qcow2 from the origin, an agent creating the
+# clone of a submitted manifest).  The raw master is cloned and booted
 # the same way, cold, and the bytes each fetched are reported side by side
 # (docs/benchmarks.md).  TAP output.
 set -u
@@ -19,6 +21,7 @@ work=""
 libvirt_state=""
 
 cleanup() {
+    [ -n "${SITE:-}" ] && site_stop
     remove_leftovers "$svc_q" "$pool"
     remove_leftovers "$svc_r" "$pool"
     for p in "${pids[@]}" $(cat "$work"/run/shims/*.pid 2>/dev/null); do
@@ -181,6 +184,39 @@ check "a qcow2 master naming a backing file on the host is refused" \
     grep -q "names a backing file" <<<"$out"
 check "... and no clone of it was made" \
     test ! -e "$work/pool/$svc_q-1.qcow2" -a -z "$(virsh -q -c qemu:///system list --all --name | grep -x "$svc_q-1")"
+
+# --- the site: spored registers the qcow2 master (indexing it from the
+# origin) and an agent clones a submitted manifest of it
+SITE=$work/site BUILD=$(dirname "$(dirname "$sporectl")") SITE_TAG=qcow2
+SITE_VIRT=$virt_type
+mkdir -p "$SITE"
+. "$src/scripts/site-lib.sh"
+svc_s=spore-test-qcow2site
+site_ctl() { "$sporectl" -c "$SITE/m/control.sock" "$@"; }
+check "spored starts" site_manager_start
+site_host_key hv1 >"$SITE/hosts.d/hv1.pub"
+site_agent_start hv1
+host_up() {
+    site_ctl --json host-list | python3 -c '
+import json, sys
+print([h["state"] for h in json.load(sys.stdin)["hosts"] if h["name"] == "hv1"])' | grep -q up
+}
+check "its agent hv1 is up" wait_until 60 host_up
+check "image-add indexes the qcow2 master from the origin" \
+    quiet site_ctl image-add test-guest-qcow2 "http://127.0.0.1:$port/disk.qcow2"
+check "... with the id image-index gives the file" \
+    test "$(site_ctl --json image-list | python3 -c 'import json,sys; print(json.load(sys.stdin)["images"][0]["id"])')" = "sha256:$qhex"
+sed -e "s/name=\"$svc_q\"/name=\"$svc_s\"/" -e 's/<image name="[^"]*"/<image name="test-guest-qcow2"/' \
+    -e 's/qcow2-{index}/site-{index}/' "$work/q.xml" >"$work/s.xml"
+check "submit --wait of a manifest of the qcow2 master: its clone runs" \
+    quiet timeout 900 "$sporectl" -c "$SITE/m/control.sock" submit --wait "$work/s.xml"
+check "the agent backed its overlay by the qcow2 over NBD (format qcow2)" \
+    test "$(qemu-img info -U --output=json "$SITE/hv1/pool/$svc_s-0.qcow2" |
+        python3 -c 'import json,sys; i=json.load(sys.stdin); print(i["backing-filename"].startswith("nbd+unix:///'"$qhex"'"), i["backing-filename-format"])')" = "True qcow2"
+check "the site's clone boots with its customized hostname" \
+    wait_until 360 grep -qa "spore-guest: hostname=site-0" "$SITE/hv1/console/$svc_s-0.log"
+site_stop
+SITE=""
 
 # last, as it reads the whole disk: what the guest saw is the raw master's
 check "the guest-visible content of the qcow2 master is the raw master's" \
