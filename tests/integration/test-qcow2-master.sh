@@ -188,20 +188,22 @@ check "... and no clone of it was made" \
 # --- the site: spored registers the qcow2 master (indexing it from the
 # origin) and an agent clones a submitted manifest of it
 SITE=$work/site BUILD=$(dirname "$(dirname "$sporectl")") SITE_TAG=qcow2
+# (host names are matched by site_stop across the shared libvirtd: one of
+# this test's own)
 SITE_VIRT=$virt_type
 mkdir -p "$SITE"
 . "$src/scripts/site-lib.sh"
 svc_s=spore-test-qcow2site
 site_ctl() { "$sporectl" -c "$SITE/m/control.sock" "$@"; }
 check "spored starts" site_manager_start
-site_host_key hv1 >"$SITE/hosts.d/hv1.pub"
-site_agent_start hv1
+site_host_key qcow2-hv1 >"$SITE/hosts.d/qcow2-hv1.pub"
+site_agent_start qcow2-hv1
 host_up() {
     site_ctl --json host-list | python3 -c '
 import json, sys
-print([h["state"] for h in json.load(sys.stdin)["hosts"] if h["name"] == "hv1"])' | grep -q up
+print([h["state"] for h in json.load(sys.stdin)["hosts"] if h["name"] == "qcow2-hv1"])' | grep -q up
 }
-check "its agent hv1 is up" wait_until 60 host_up
+check "its agent qcow2-hv1 is up" wait_until 60 host_up
 check "image-add indexes the qcow2 master from the origin" \
     quiet site_ctl image-add test-guest-qcow2 "http://127.0.0.1:$port/disk.qcow2"
 check "... with the id image-index gives the file" \
@@ -211,10 +213,10 @@ sed -e "s/name=\"$svc_q\"/name=\"$svc_s\"/" -e 's/<image name="[^"]*"/<image nam
 check "submit --wait of a manifest of the qcow2 master: its clone runs" \
     quiet timeout 900 "$sporectl" -c "$SITE/m/control.sock" submit --wait "$work/s.xml"
 check "the agent backed its overlay by the qcow2 over NBD (format qcow2)" \
-    test "$(qemu-img info -U --output=json "$SITE/hv1/pool/$svc_s-0.qcow2" |
+    test "$(qemu-img info -U --output=json "$SITE/qcow2-hv1/pool/$svc_s-0.qcow2" |
         python3 -c 'import json,sys; i=json.load(sys.stdin); print(i["backing-filename"].startswith("nbd+unix:///'"$qhex"'"), i["backing-filename-format"])')" = "True qcow2"
 check "the site's clone boots with its customized hostname" \
-    wait_until 360 grep -qa "spore-guest: hostname=site-0" "$SITE/hv1/console/$svc_s-0.log"
+    wait_until 360 grep -qa "spore-guest: hostname=site-0" "$SITE/qcow2-hv1/console/$svc_s-0.log"
 site_stop
 SITE=""
 
