@@ -20,6 +20,7 @@
 #include "customize.h"
 #include "domain-xml.h"
 #include "hash.h"
+#include "qcow2-master.h"
 #include "spore-error.h"
 #include "xml-safe.h"
 
@@ -512,6 +513,31 @@ define_and_start(CloneHost *host, const CloneCreateRequest *req, CreateItem *it,
     return true;
 }
 
+/* backing_format: the master's format: the manifest's <image format>; a
+ * caller's explicit format must agree with it (a qcow2 master read as raw
+ * boots the guest on qcow2's metadata, a raw one read as qcow2 fails).  A
+ * qcow2 master naming files of the host (backing, data file) is refused:
+ * qcow2-master.h */
+static const char *
+backing_format(const CloneCreateRequest *req, GError **error)
+{
+    const char *declared =
+        manifest_image_format_name(req->manifest->image.format);
+
+    if (req->backing_format && !g_str_equal(req->backing_format, declared)) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
+                    "the master is given as '%s' but service '%s''s manifest "
+                    "says its image '%s' is '%s'",
+                    req->backing_format, req->manifest->name,
+                    req->manifest->image.name, declared);
+        return NULL;
+    }
+    if (req->manifest->image.format == MANIFEST_IMAGE_FORMAT_QCOW2 &&
+        !qcow2_master_check(req->backing, NULL, error))
+        return NULL;
+    return declared;
+}
+
 /* Over 100 lines, kept whole: the steps of a create (check what exists,
  * make overlays, customize them in one launch, define, start) share the
  * items and undo each other's work on failure; split, the cleanup would be
@@ -526,13 +552,16 @@ clone_host_create(CloneHost *host, const CloneCreateRequest *req,
     const char *host_name = req->host_name ? req->host_name : g_get_host_name();
     bool cloud_init =
         req->manifest->customize.method == MANIFEST_CUSTOMIZE_CLOUD_INIT;
+    const char *format;
 
     g_array_set_clear_func(items, create_item_clear);
-    if (!req->image_id || !req->backing || !req->backing_format) {
+    if (!req->image_id || !req->backing) {
         g_set_error(error, SPORE_ERROR, SPORE_ERROR_USAGE,
-                    "a clone needs a master image, its format and its id");
+                    "a clone needs a master image and its id");
         return false;
     }
+    if (!(format = backing_format(req, error)))
+        return false;
     if (!ensure_connected(host, error) || !ensure_pool(host, error))
         return false;
     for (gsize i = 0; i < req->n_indexes; i++) {
@@ -583,14 +612,13 @@ clone_host_create(CloneHost *host, const CloneCreateRequest *req,
             .image_key = req->image_id,
             .inspect_cache = host->inspect_cache,
             .backing = req->backing,
-            .backing_format = req->backing_format,
+            .backing_format = format,
         };
 
         if (unlink(it->overlay) == 0)
             progress(host, "removed %s, left by an interrupted create",
                      it->overlay);
-        if (!clone_overlay_create(it->overlay, req->backing,
-                                  req->backing_format, error)) {
+        if (!clone_overlay_create(it->overlay, req->backing, format, error)) {
             discard_overlays(host, items);
             return false;
         }

@@ -82,7 +82,8 @@ typedef struct {
     const guint *indexes; /* the clones to create, each < scaling.max */
     gsize n_indexes;
     const char *backing;        /* master: absolute file path or nbd+unix URI */
-    const char *backing_format; /* "raw" or "qcow2" */
+    const char *backing_format; /* "raw", "qcow2" or NULL: the manifest's
+                                 * <image format>, which it must match */
     const char *image_id;       /* "sha256:<64 hex>" of the master */
     guint64 generation;         /* the manifest's generation */
     const char *host_name;      /* for {host}; NULL: this machine's name */

@@ -206,12 +206,9 @@ run_create(AgentCommands *c, JsonObject *cmd, GString *summary, GError **error)
     req.indexes = indexes;
     req.n_indexes = n;
     req.backing = uri;
-    req.backing_format =
-        g_strcmp0(
-            json_util_get_string(json_node_get_object(image), "format", NULL),
-            "qcow2") == 0
-            ? "qcow2"
-            : "raw";
+    /* the manifest's <image format> is the master's format (the image's
+     * registered "format" is raw unless the request said otherwise) */
+    req.backing_format = NULL;
     req.image_id =
         json_util_get_string(json_node_get_object(image), "id", NULL);
     req.generation = (guint64)json_util_get_int(cmd, "generation", 0);

@@ -18,6 +18,7 @@
 #include "customize.h"
 #include "domain-xml.h"
 #include "image-index.h"
+#include "qcow2-master.h"
 #include "virt-detect.h"
 
 /* the longest clone-destroy --timeout, in seconds */
@@ -120,7 +121,7 @@ static int
 cmd_clone_prepare(const CtlCall *call)
 {
     const char *image = ctl_string(call, "image", NULL);
-    const char *format = ctl_string(call, "image-format", "raw");
+    const char *format = ctl_string(call, "image-format", NULL);
     const char *host = ctl_string(call, "host", NULL);
     g_autofree char *dir =
         g_canonicalize_filename(ctl_string(call, "dir", "."), NULL);
@@ -136,11 +137,24 @@ cmd_clone_prepare(const CtlCall *call)
     g_autofree char *image_key = master_key(backing);
     char hostname[256] = "localhost";
 
-    if (!format_is_known(format))
+    if (format && !format_is_known(format))
         return ctl_usage_error(call, "--image-format is raw or qcow2");
     m = load_manifest(call, ctl_arg(call, 0));
     if (!m)
         return CTL_EXIT_FAILURE;
+    if (format &&
+        !g_str_equal(format, manifest_image_format_name(m->image.format)))
+        return ctl_usage_error(call,
+                               "--image-format %s, but the manifest's image "
+                               "is %s",
+                               format,
+                               manifest_image_format_name(m->image.format));
+    format = manifest_image_format_name(m->image.format);
+    if (g_str_equal(format, "qcow2") &&
+        !qcow2_master_check(backing, NULL, &err)) {
+        fprintf(stderr, "sporectl clone-prepare: %s\n", err->message);
+        return CTL_EXIT_FAILURE;
+    }
     indexes = clone_indexes(call, m, 1);
     if (!indexes)
         return CTL_EXIT_USAGE;
@@ -303,8 +317,8 @@ cmd_clone_create(const CtlCall *call)
                               .progress_data = (gpointer) "clone-create",
                               .inspect_cache = g_getenv("SPORE_INSPECT_CACHE")};
 
-    req.backing_format = ctl_string(call, "image-format", "raw");
-    if (!format_is_known(req.backing_format))
+    req.backing_format = ctl_string(call, "image-format", NULL);
+    if (req.backing_format && !format_is_known(req.backing_format))
         return ctl_usage_error(call, "--image-format is raw or qcow2");
     if (strstr(image, "://") && !image_id)
         return ctl_usage_error(call,
@@ -394,11 +408,11 @@ cmd_clone_destroy(const CtlCall *call)
 
 /* ---- the table --------------------------------------------------------- */
 
-#define OPT_IMAGE_FORMAT                                \
-    {                                                   \
-        "image-format", 0, CTL_OPT_STRING, "raw|qcow2", \
-            .complete = CTL_COMPLETE_CHOICES,           \
-            .help = "the master's format (default raw)" \
+#define OPT_IMAGE_FORMAT                                            \
+    {                                                               \
+        "image-format", 0, CTL_OPT_STRING, "raw|qcow2",             \
+            .complete = CTL_COMPLETE_CHOICES,                       \
+            .help = "the master's format (default: the manifest's)" \
     }
 #define OPT_VIRT_TYPE                                           \
     {                                                           \
