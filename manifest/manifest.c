@@ -59,6 +59,8 @@ manifest_new(void)
     m->scaling.rules = g_ptr_array_new_with_free_func(g_free);
     m->placement.strategy = MANIFEST_PLACEMENT_SPREAD;
     m->placement.hosts = g_ptr_array_new_with_free_func(g_free);
+    m->update.max_unavailable = MANIFEST_DEFAULT_MAX_UNAVAILABLE;
+    m->update.max_surge = MANIFEST_DEFAULT_MAX_SURGE;
     return m;
 }
 
@@ -167,6 +169,10 @@ manifest_equal(const Manifest *a, const Manifest *b)
             x->step != y->step || x->for_seconds != y->for_seconds)
             return false;
     }
+
+    if (a->update.max_unavailable != b->update.max_unavailable ||
+        a->update.max_surge != b->update.max_surge)
+        return false;
 
     return a->placement.strategy == b->placement.strategy &&
            strv_eq(a->placement.hosts, b->placement.hosts);
