@@ -1046,12 +1046,13 @@ const CtlCmdDef ctl_site_commands[] = {
         .name = "rollback",
         .summary = "Return a service to its previous manifest.",
         .help =
-            "The service goes back to the generation its last rollout\n"
-            "started from (or, after a finished one, the newest kept\n"
-            "generation before the current), with that generation's\n"
+            "The service goes back to the newest kept generation below\n"
+            "the current one (after a failed rollout, the one it started\n"
+            "from; again, one more step back), with that generation's\n"
             "manifest and number: its clones of that generation are kept,\n"
             "the others replaced within the manifest's <update> bounds.\n"
-            "Submitting that manifest again does the same.  With --wait,\n"
+            "Submitting the manifest a rollout started from again does the\n"
+            "same.  With --wait,\n"
             "waits until the service has converged, with the progress line\n"
             "of 'submit --wait'; after SECONDS it gives up with exit status\n"
             "3.\n",

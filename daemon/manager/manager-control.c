@@ -606,14 +606,14 @@ cmd_scale(Manager *m, JsonObject *req, GError **error)
     return r;
 }
 
-/* cmd_rollback: back to the generation the last rollout started from (or
- * the newest kept one before the current) */
+/* cmd_rollback: back to the newest kept generation below the current one
+ * (after a failed rollout: the one it started from; again: one more step
+ * back) */
 static JsonObject *
 cmd_rollback(Manager *m, JsonObject *req, GError **error)
 {
     const char *name = json_util_get_string(req, "name", NULL);
     g_autoptr(ServiceRow) svc = NULL;
-    g_autoptr(RolloutRow) ro = NULL;
     gint64 target = -1;
     JsonObject *r;
 
@@ -622,12 +622,7 @@ cmd_rollback(Manager *m, JsonObject *req, GError **error)
         return NULL;
     }
     if (!(svc = service_of(m, name, false, error)) ||
-        !state_rollout_get(m->db, name, &ro, error))
-        return NULL;
-    if (ro && ro->generation == svc->generation)
-        target = ro->from_generation;
-    else if (!state_generation_before(m->db, name, svc->generation, &target,
-                                      error))
+        !state_generation_before(m->db, name, svc->generation, &target, error))
         return NULL;
     if (target < 0) {
         fail(error,

@@ -15,6 +15,8 @@
  *      desired clones missing from the report is created (one command per
  *      service: one appliance launch), each reported clone that is not
  *      desired there, or is of another version (UUID), is destroyed;
+ *      each desired clone of the current generation it reports shut off
+ *      (a reboot) is started on its overlay (plan_starts);
  *   6. commands not acknowledged within resend_s are sent again.
  * Agents apply a command id once; creating and destroying are idempotent
  * anyway (UUIDs), so re-sending is always safe.
@@ -37,6 +39,8 @@
 #include "spore-error.h"
 
 #define PEERS_RESEND_US (30 * G_USEC_PER_SEC)
+/* a clone reported shut off is started again at most this often */
+#define RESTART_INTERVAL_US (30 * G_USEC_PER_SEC)
 
 typedef struct {
     char *service;
@@ -143,6 +147,46 @@ command_create(Manager *m, const char *host, const char *service,
            manager_event(m, error, "command", service, host,
                          "command %" G_GINT64_FORMAT ": create %s on %s", id,
                          list->str, host);
+}
+
+/* command_start: start @service's clones @starts (of Wanted *), defined
+ * and shut off on @host, on their overlays */
+static bool
+command_start(Manager *m, const char *host, const char *service,
+              GPtrArray *starts, GError **error)
+{
+    g_autoptr(ServiceRow) svc = NULL;
+    g_autoptr(JsonObject) body = wire_new("cmd");
+    g_autoptr(JsonObject) image = NULL;
+    g_autoptr(JsonArray) arr = json_array_new();
+    g_autoptr(GString) list = g_string_new(NULL);
+    gint64 id;
+
+    if (!state_service_get(m->db, service, &svc, error))
+        return false;
+    if (!svc)
+        return true;
+    image = image_object(m, svc->image, error);
+    if (!image)
+        return false;
+    for (guint i = 0; i < starts->len; i++) {
+        const Wanted *w = starts->pdata[i];
+        JsonObject *o = json_object_new();
+
+        json_object_set_string_member(o, "name", w->name);
+        json_object_set_string_member(o, "uuid", w->uuid);
+        json_array_add_object_element(arr, o);
+        g_string_append_printf(list, "%s%s", i ? ", " : "", w->name);
+    }
+    json_object_set_string_member(body, "op", "clone-start");
+    json_object_set_string_member(body, "service", service);
+    json_object_set_object_member(body, "image", json_object_ref(image));
+    json_object_set_array_member(body, "clones", json_array_ref(arr));
+    return command_add(m, host, service, body, &id, error) &&
+           manager_event(m, error, "command", service, host,
+                         "command %" G_GINT64_FORMAT
+                         ": start %s on %s (reported shut off)",
+                         id, list->str, host);
 }
 
 static bool
@@ -411,8 +455,8 @@ row_state(Manager *m, const CloneRow *c, RolloutCloneState *ret_state,
     return true;
 }
 
-/* busy_indexes: indexes of @service's clones that hosts still report but
- * that are no rows (going away: their names are not free yet) */
+/* busy_indexes: indexes of @service's clones that hosts that are up still
+ * report but that are no rows (going away: their names are not free yet) */
 static GArray *
 busy_indexes(Manager *m, const char *service, GPtrArray *rows)
 {
@@ -424,6 +468,8 @@ busy_indexes(Manager *m, const char *service, GPtrArray *rows)
     while (g_hash_table_iter_next(&it, NULL, &v)) {
         HostRuntime *h = v;
 
+        if (!manager_host_is_up(m, h->name))
+            continue;
         for (guint i = 0; h->clones && i < json_array_get_length(h->clones);
              i++) {
             JsonNode *n = json_array_get_element(h->clones, i);
@@ -733,8 +779,8 @@ place_clones(Manager *m, GError **error)
 
 /* ---- 5. per host ------------------------------------------------------- */
 
-/* pending_keys: "create:SERVICE:INDEX" and "destroy:NAME" of the host's
- * pending commands */
+/* pending_keys: "create:SERVICE:INDEX", "start:NAME" and "destroy:NAME"
+ * of the host's pending commands */
 static GHashTable *
 pending_keys(Manager *m, const char *host, GError **error)
 {
@@ -762,6 +808,15 @@ pending_keys(Manager *m, const char *host, GError **error)
                     keys,
                     g_strdup_printf("create:%s:%" G_GINT64_FORMAT, service,
                                     json_array_get_int_element(arr, i)));
+        } else if (g_str_equal(op, "clone-start") &&
+                   (arr = json_object_get_array_member(body, "clones"))) {
+            for (guint i = 0; i < json_array_get_length(arr); i++)
+                g_hash_table_add(
+                    keys,
+                    g_strdup_printf("start:%s",
+                                    json_util_get_string(
+                                        json_array_get_object_element(arr, i),
+                                        "name", "")));
         } else if (g_str_equal(op, "clone-destroy") &&
                    (arr = json_object_get_array_member(body, "names"))) {
             for (guint i = 0; i < json_array_get_length(arr); i++)
@@ -893,6 +948,60 @@ plan_creates(Manager *m, HostRuntime *h, GHashTable *wanted,
     }
 }
 
+/* plan_starts: service -> the wanted clones of the current generation
+ * that @h reports shut off (or crashed) with their UUID: a reboot of the
+ * host, or a guest that stopped; each started again at most once every
+ * RESTART_INTERVAL_US */
+static void
+plan_starts(Manager *m, HostRuntime *h, GHashTable *wanted, GHashTable *pending,
+            GHashTable *starts)
+{
+    gint64 now = g_get_monotonic_time();
+
+    for (guint i = 0; h->clones && i < json_array_get_length(h->clones); i++) {
+        JsonNode *n = json_array_get_element(h->clones, i);
+        JsonObject *c;
+        const char *state;
+        Wanted *w;
+        g_autofree char *skey = NULL;
+        g_autofree char *ckey = NULL;
+        g_autofree char *dkey = NULL;
+        gint64 *until;
+        GPtrArray *list;
+
+        if (!JSON_NODE_HOLDS_OBJECT(n))
+            continue;
+        c = json_node_get_object(n);
+        w = g_hash_table_lookup(wanted, json_util_get_string(c, "name", ""));
+        state = json_util_get_string(c, "state", "");
+        if (!w || !w->current ||
+            g_ascii_strcasecmp(w->uuid, json_util_get_string(c, "uuid", "")) ||
+            (!g_str_equal(state, "shutoff") && !g_str_equal(state, "crashed")))
+            continue;
+        skey = g_strdup_printf("start:%s", w->name);
+        ckey = g_strdup_printf("create:%s:%u", w->service, w->index);
+        dkey = g_strdup_printf("destroy:%s", w->name);
+        if (g_hash_table_contains(pending, skey) ||
+            g_hash_table_contains(pending, ckey) ||
+            g_hash_table_contains(pending, dkey))
+            continue;
+        g_free(skey);
+        skey = g_strdup_printf("start:%s/%s", h->name, w->name);
+        until = g_hash_table_lookup(m->backoff, skey);
+        if (until && now < *until)
+            continue;
+        until = g_new(gint64, 1);
+        *until = now + RESTART_INTERVAL_US;
+        g_hash_table_insert(m->backoff, g_steal_pointer(&skey), until);
+        list = g_hash_table_lookup(starts, w->service);
+        if (!list) {
+            list = g_ptr_array_new();
+            g_hash_table_insert(starts, g_strdup(w->service), list);
+        }
+        g_ptr_array_add(list, w);
+    }
+}
+
 static bool
 reconcile_host(Manager *m, HostRuntime *h, GError **error)
 {
@@ -904,6 +1013,8 @@ reconcile_host(Manager *m, HostRuntime *h, GError **error)
         g_str_hash, g_str_equal, g_free, (GDestroyNotify)g_array_unref);
     g_autoptr(GHashTable) destroys = g_hash_table_new_full(
         g_str_hash, g_str_equal, g_free, (GDestroyNotify)g_ptr_array_unref);
+    g_autoptr(GHashTable) starts = g_hash_table_new_full(
+        g_str_hash, g_str_equal, g_free, (GDestroyNotify)g_ptr_array_unref);
     GHashTableIter it;
     gpointer k, v;
 
@@ -912,6 +1023,12 @@ reconcile_host(Manager *m, HostRuntime *h, GError **error)
         return false;
     plan_destroys(h, wanted, pending, observed, destroys);
     plan_creates(m, h, wanted, pending, observed, creates);
+    plan_starts(m, h, wanted, pending, starts);
+    g_hash_table_iter_init(&it, starts);
+    while (g_hash_table_iter_next(&it, &k, &v)) {
+        if (!command_start(m, h->name, k, v, error))
+            return false;
+    }
     g_hash_table_iter_init(&it, destroys);
     while (g_hash_table_iter_next(&it, &k, &v)) {
         if (!command_destroy(m, h->name, *(char *)k ? k : NULL, v, error))

@@ -78,7 +78,9 @@ bool host_state_from_string(const char *text, HostState *ret_state);
  *   PENDING/CREATING --[host lost: state_host_set_lost]--> PENDING
  *   CREATING --[reported, this generation]--> the reported state
  *                                               (running, shut off, ...)
- *   reported, older generation --[submit of a new generation]--> UPDATING
+ *   reported, of another generation than its row --> UPDATING (a row
+ *            keeps its own generation: during a rollout, old clones
+ *            show their reported state; rollout.h)
  *   any --[desired shrinks or service deleted: state_clone_remove*]-->
  *         DELETING while a host still reports it --> (gone)
  *   UNKNOWN: the clone is placed on a host that has not reported since

@@ -1,0 +1,116 @@
+#!/bin/bash
+# test-reboot.sh BUILD-DIR: a host's reboot, simulated — spored and one
+# spore-agent (hv1) with two clones of the busybox test guest, libvirtd +
+# QEMU, libguestfs, nbdkit shims and a lighttpd origin.
+#
+#   The reboot: the clones' domains are destroyed (powered off, still
+#   defined), the agent, its shims and spored are killed with SIGKILL and
+#   the agent's run directory is emptied; then the agent and spored start
+#   again.  libvirtd itself is NOT restarted: it is shared by everything on
+#   this machine, so the test destroys its own domains instead, which is
+#   what libvirtd finds after a reboot (persistent domains, shut off).
+#
+#   Required: both clones run again and boot, on their old overlays (same
+#   files, same UUIDs, no customization), and no chunk the cache held
+#   before is fetched from the origin again.  One host, so that every
+#   fetch is an origin fetch and shows in its access log.  TAP output.
+set -u
+. "$(dirname "$0")/lib.sh"
+BUILD=$1
+src=$(cd "$(dirname "$0")/../.." && pwd)
+site_test_prepare reboot
+SITE_TAG=b$$
+site_test_start
+
+mkdir -p "$SITE/www"
+cp "$guest/vmlinuz" "$guest/initrd.img" "$SITE/"
+ln "$guest/disk.raw" "$SITE/www/disk.raw" 2>/dev/null || cp "$guest/disk.raw" "$SITE/www/disk.raw"
+port=$(free_port)
+start_origin "$SITE/www" "$port" "$SITE" "$RANGE_LOG_FORMAT" ||
+    { echo "Bail out! lighttpd does not start"; exit 1; }
+
+ctl() { sporectl_site "$@"; }
+jget() { python3 -c "import json,sys; r=json.load(sys.stdin); print($1)"; }
+state() { virsh -q -c qemu:///system domstate "$1" 2>/dev/null | head -n 1; }
+uuid() { virsh -q -c qemu:///system domuuid "$1" 2>/dev/null; }
+boots() { grep -ac 'spore-guest: boot complete' "$SITE/hv1/console/$1.log" 2>/dev/null; }
+# chunks FROM-LINE: the 64 KiB chunks the origin served from that line of
+# its access log on (every chunk of each Range), sorted, one a line
+chunks() {
+    tail -n +"$1" "$SITE/access.log" | python3 -c '
+import re, sys
+out = set()
+for line in sys.stdin:
+    m = re.search(r"bytes=(\d+)-(\d+)", line)
+    if m:
+        out.update(range(int(m.group(1)) // 65536, int(m.group(2)) // 65536 + 1))
+print("\n".join(str(c) for c in sorted(out)))'
+}
+
+cat >"$SITE/web.xml" <<EOF
+<service xmlns="urn:spore:manifest:1" name="web">
+  <image name="test-guest"><origin url="http://127.0.0.1:$port/disk.raw"/></image>
+  <vm hypervisor="$SITE_VIRT">
+    <vcpus>1</vcpus>
+    <memory unit="MiB">160</memory>
+    <boot kernel="$SITE/vmlinuz" initrd="$SITE/initrd.img"
+          cmdline="console=ttyS0 root=/dev/vda rw panic=-1 quiet"/>
+  </vm>
+  <customize><hostname>{service}-{index}</hostname></customize>
+  <scaling min="1" max="4" initial="2"/>
+</service>
+EOF
+
+check "spored starts" site_manager_start
+site_host_key hv1 >"$SITE/hosts.d/hv1.pub"
+site_agent_start hv1
+check "hv1 is up" wait_until 60 eval '[ "$(ctl --json host-list | jget "r[\"hosts\"][0][\"state\"]")" = up ]'
+check "image-add" quiet ctl image-add test-guest "http://127.0.0.1:$port/disk.raw"
+check "2 clones run (submit --wait)" \
+    quiet timeout 900 "$BUILD/daemon/sporectl" -c "$SITE/m/control.sock" submit --wait --timeout 880 "$SITE/web.xml"
+for c in web-0 web-1; do
+    check "$c has booted" wait_until 240 booted "$SITE/hv1/console/$c.log"
+done
+sleep 2 # the last chunks' bits are set after their data is durable
+
+# --- what must survive
+before_uuids="$(uuid web-0) $(uuid web-1)"
+before_inodes=$(stat -c %i "$SITE/hv1/pool/web-0.qcow2" "$SITE/hv1/pool/web-1.qcow2" | tr '\n' ' ')
+b0=$(boots web-0) b1=$(boots web-1)
+cached=$(chunks 1)
+log_lines=$(wc -l <"$SITE/access.log")
+agent_lines=$(wc -l <"$SITE/hv1.log")
+check "the origin served chunks before the reboot" test -n "$cached"
+
+# --- the reboot (libvirtd stays: see the note at the top)
+site_manager_kill KILL
+site_agent_kill hv1 KILL
+for p in $(cat "$SITE"/hv1/run/shims/*.pid 2>/dev/null); do kill -KILL "$p" 2>/dev/null; done
+for c in web-0 web-1; do virsh -q -c qemu:///system destroy "$c" >/dev/null 2>&1; done
+check "the clones are off, still defined" \
+    test "$(state web-0)/$(state web-1)" = "shut off/shut off"
+rm -rf "$SITE"/hv1/run/*
+t0=$(date +%s.%N)
+check "spored starts again" site_manager_start
+site_agent_start hv1
+
+# --- every clone that should run, runs again
+check "the manager starts both clones again" \
+    wait_until 120 eval 'ctl --json events --since 0 --limit 1000 | grep -q "start web-0, web-1 on hv1 (reported shut off)"'
+check "both run again" wait_until 240 eval '[ "$(state web-0)/$(state web-1)" = "running/running" ]'
+# the console logs are appended to: one more "boot complete" each
+check "web-0 boots again" wait_until 240 eval '[ "$(boots web-0)" -gt "$b0" ]'
+check "web-1 boots again" wait_until 240 eval '[ "$(boots web-1)" -gt "$b1" ]' 
+t1=$(date +%s.%N)
+echo "# from the restart to both clones booted: $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", b - a }') s"
+check "the manager sees them running" \
+    wait_until 60 eval '[ "$(ctl --json service-show web | jget "r[\"service\"][\"running\"]")" = 2 ]'
+check "same domains (UUIDs)" test "$(uuid web-0) $(uuid web-1)" = "$before_uuids"
+check "on their old overlays (same files)" \
+    test "$(stat -c %i "$SITE/hv1/pool/web-0.qcow2" "$SITE/hv1/pool/web-1.qcow2" | tr '\n' ' ')" = "$before_inodes"
+check "nothing was created or customized again" \
+    test -z "$(tail -n +"$((agent_lines + 1))" "$SITE/hv1.log" | grep -Ei 'clone-create|customiz')"
+again=$(comm -12 <(echo "$cached") <(chunks "$((log_lines + 1))") | wc -l)
+echo "# chunks from the origin: $(echo "$cached" | wc -l) before the reboot, $(chunks "$((log_lines + 1))" | grep -c .) after, $again of them again"
+check "no chunk cached before the reboot was fetched again" test "$again" -eq 0
+finish
