@@ -534,15 +534,18 @@ rollout_record(Manager *m, const ServiceRow *s, const RolloutRow *ro,
                    s->name, s->generation, p->old, why, s->name,
                    ro->from_generation);
     }
+    if (p->status == ROLLOUT_STEADY &&
+        (p->create->len || p->remove->len || p->updated_running < p->updated))
+        return true; /* no old clone left, the new ones not all running */
     if (p->status == ROLLOUT_STEADY)
         return state_rollout_finish(m->db, s->name, STATE_ROLLOUT_DONE, NULL,
                                     error) &&
                manager_event(
                    m, error, "rollout-done", s->name, NULL,
                    "service %s: rollout to generation %" G_GINT64_FORMAT
-                   " done in %.1f s: %u clones of it",
+                   " done in %.1f s: %u clones of it running",
                    s->name, s->generation, state_now() - ro->started,
-                   p->updated + p->create->len - p->remove->len);
+                   p->updated_running);
     if (p->create->len == 0 && p->remove->len == 0)
         return true;
     return manager_event(
