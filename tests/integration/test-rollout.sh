@@ -173,6 +173,6 @@ check "rollback again goes to generation 2 (the newest kept before 3)" \
     eval 'ctl rollback web | grep -q "from generation 3 to 2"'
 check "resubmitting generation 3's manifest is a rollback to it" \
     test "$(ctl submit "$SITE/v3.xml")" = "web: rolled back (generation 3)"
-check "and generation 3 runs again, as before" wait_until 480 done_at 3
+check "and generation 3 runs again, as before" wait_until 1200 done_at 3
 echo "# probe: $(wc -l <"$SITE/probe") samples"
 finish
