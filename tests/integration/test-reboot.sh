@@ -1,6 +1,6 @@
 #!/bin/bash
 # test-reboot.sh BUILD-DIR: a host's reboot, simulated — spored and one
-# spore-agent (hv1) with two clones of the busybox test guest, libvirtd +
+# spore-agent (rb1, a name no other test uses) with two clones of the busybox test guest, libvirtd +
 # QEMU, libguestfs, nbdkit shims and a lighttpd origin.
 #
 #   The reboot: the clones' domains are destroyed (powered off, still
@@ -34,7 +34,7 @@ ctl() { sporectl_site "$@"; }
 jget() { python3 -c "import json,sys; r=json.load(sys.stdin); print($1)"; }
 state() { virsh -q -c qemu:///system domstate "$1" 2>/dev/null | head -n 1; }
 uuid() { virsh -q -c qemu:///system domuuid "$1" 2>/dev/null; }
-boots() { grep -ac 'spore-guest: boot complete' "$SITE/hv1/console/$1.log" 2>/dev/null; }
+boots() { grep -ac 'spore-guest: boot complete' "$SITE/rb1/console/$1.log" 2>/dev/null; }
 # chunks FROM-LINE: the 64 KiB chunks the origin served from that line of
 # its access log on (every chunk of each Range), sorted, one a line
 chunks() {
@@ -63,41 +63,41 @@ cat >"$SITE/web.xml" <<EOF
 EOF
 
 check "spored starts" site_manager_start
-site_host_key hv1 >"$SITE/hosts.d/hv1.pub"
-site_agent_start hv1
-check "hv1 is up" wait_until 60 eval '[ "$(ctl --json host-list | jget "r[\"hosts\"][0][\"state\"]")" = up ]'
+site_host_key rb1 >"$SITE/hosts.d/rb1.pub"
+site_agent_start rb1
+check "rb1 is up" wait_until 60 eval '[ "$(ctl --json host-list | jget "r[\"hosts\"][0][\"state\"]")" = up ]'
 check "image-add" quiet ctl image-add test-guest "http://127.0.0.1:$port/disk.raw"
 check "2 clones run (submit --wait)" \
     quiet timeout 900 "$BUILD/daemon/sporectl" -c "$SITE/m/control.sock" submit --wait --timeout 880 "$SITE/web.xml"
 for c in web-0 web-1; do
-    check "$c has booted" wait_until 240 booted "$SITE/hv1/console/$c.log"
+    check "$c has booted" wait_until 240 booted "$SITE/rb1/console/$c.log"
 done
 sleep 2 # the last chunks' bits are set after their data is durable
 
 # --- what must survive
 before_uuids="$(uuid web-0) $(uuid web-1)"
-before_inodes=$(stat -c %i "$SITE/hv1/pool/web-0.qcow2" "$SITE/hv1/pool/web-1.qcow2" | tr '\n' ' ')
+before_inodes=$(stat -c %i "$SITE/rb1/pool/web-0.qcow2" "$SITE/rb1/pool/web-1.qcow2" | tr '\n' ' ')
 b0=$(boots web-0) b1=$(boots web-1)
 cached=$(chunks 1)
 log_lines=$(wc -l <"$SITE/access.log")
-agent_lines=$(wc -l <"$SITE/hv1.log")
+agent_lines=$(wc -l <"$SITE/rb1.log")
 check "the origin served chunks before the reboot" test -n "$cached"
 
 # --- the reboot (libvirtd stays: see the note at the top)
 site_manager_kill KILL
-site_agent_kill hv1 KILL
-for p in $(cat "$SITE"/hv1/run/shims/*.pid 2>/dev/null); do kill -KILL "$p" 2>/dev/null; done
+site_agent_kill rb1 KILL
+for p in $(cat "$SITE"/rb1/run/shims/*.pid 2>/dev/null); do kill -KILL "$p" 2>/dev/null; done
 for c in web-0 web-1; do virsh -q -c qemu:///system destroy "$c" >/dev/null 2>&1; done
 check "the clones are off, still defined" \
     test "$(state web-0)/$(state web-1)" = "shut off/shut off"
-rm -rf "$SITE"/hv1/run/*
+rm -rf "$SITE"/rb1/run/*
 t0=$(date +%s.%N)
 check "spored starts again" site_manager_start
-site_agent_start hv1
+site_agent_start rb1
 
 # --- every clone that should run, runs again
 check "the manager starts both clones again" \
-    wait_until 120 eval 'ctl --json events --since 0 --limit 1000 | grep -q "start web-0, web-1 on hv1 (reported shut off)"'
+    wait_until 120 eval 'ctl --json events --since 0 --limit 1000 | grep -q "start web-0, web-1 on rb1 (reported shut off)"'
 check "both run again" wait_until 240 eval '[ "$(state web-0)/$(state web-1)" = "running/running" ]'
 # the console logs are appended to: one more "boot complete" each
 check "web-0 boots again" wait_until 240 eval '[ "$(boots web-0)" -gt "$b0" ]'
@@ -108,9 +108,9 @@ check "the manager sees them running" \
     wait_until 60 eval '[ "$(ctl --json service-show web | jget "r[\"service\"][\"running\"]")" = 2 ]'
 check "same domains (UUIDs)" test "$(uuid web-0) $(uuid web-1)" = "$before_uuids"
 check "on their old overlays (same files)" \
-    test "$(stat -c %i "$SITE/hv1/pool/web-0.qcow2" "$SITE/hv1/pool/web-1.qcow2" | tr '\n' ' ')" = "$before_inodes"
+    test "$(stat -c %i "$SITE/rb1/pool/web-0.qcow2" "$SITE/rb1/pool/web-1.qcow2" | tr '\n' ' ')" = "$before_inodes"
 check "nothing was created or customized again" \
-    test -z "$(tail -n +"$((agent_lines + 1))" "$SITE/hv1.log" | grep -Ei 'clone-create|customiz')"
+    test -z "$(tail -n +"$((agent_lines + 1))" "$SITE/rb1.log" | grep -Ei 'clone-create|customiz')"
 again=$(comm -12 <(echo "$cached") <(chunks "$((log_lines + 1))") | wc -l)
 echo "# chunks from the origin: $(echo "$cached" | wc -l) before the reboot, $(chunks "$((log_lines + 1))" | grep -c .) after, $again of them again"
 check "no chunk cached before the reboot was fetched again" test "$again" -eq 0

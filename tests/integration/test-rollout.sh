@@ -1,6 +1,7 @@
 #!/bin/bash
 # test-rollout.sh BUILD-DIR: rolling updates on a real site — spored, two
-# spore-agents (hv1, hv2), libvirtd + QEMU, libguestfs, nbdkit shims and
+# spore-agents (hosts ro1, ro2: names no other test uses, since domains
+# are told apart by their owner on the shared libvirtd), libvirtd + QEMU, libguestfs, nbdkit shims and
 # a lighttpd origin, with the busybox test guest.
 #
 #   A service of 3 clones is changed twice while a probe counts, every
@@ -41,7 +42,7 @@ running_domains() {
     for d in $(virsh -q -c qemu:///system list --name 2>/dev/null); do
         case $d in web-*) ;; *) continue ;; esac
         o=$(owner "$d")
-        [ "$o" = hv1 ] || [ "$o" = hv2 ] && echo "$d"
+        [ "$o" = ro1 ] || [ "$o" = ro2 ] && echo "$d"
     done
 }
 # done_at GENERATION: the rollout to GENERATION is done, 3 clones of it
@@ -83,12 +84,12 @@ EOF
 
 # --- the site: two hosts, both keys placed in the hosts directory
 check "spored starts" site_manager_start
-for h in hv1 hv2; do
+for h in ro1 ro2; do
     site_host_key "$h" >"$SITE/hosts.d/$h.pub"
     site_agent_start "$h"
 done
 up() { [ "$(ctl --json host-list | jget "sum(h['state']=='up' for h in r['hosts'])")" = 2 ]; }
-check "hv1 and hv2 are up" wait_until 60 up
+check "ro1 and ro2 are up" wait_until 60 up
 check "image-add" quiet ctl image-add test-guest "http://127.0.0.1:$port/disk.raw"
 
 manifest v1 >"$SITE/v1.xml"
@@ -96,10 +97,23 @@ check "generation 1: 3 clones run (submit --wait)" \
     quiet timeout 900 "$BUILD/daemon/sporectl" -c "$SITE/m/control.sock" submit --wait --timeout 880 "$SITE/v1.xml"
 check "service-show has no rollout yet" test "$(rollout state)" = None
 
-# the probe: every second, the time and how many web-* domains run
+# the probe: every second, the time and how many of the site's web-*
+# domains libvirt runs (a domain's owner is looked up once, by UUID)
 (
+    declare -A ours
     while :; do
-        echo "$(now) $(running_domains | wc -l)" >>"$SITE/probe"
+        c=0
+        for u in $(virsh -q -c qemu:///system list --uuid 2>/dev/null); do
+            if [ -z "${ours[$u]:-}" ]; then
+                x=$(virsh -q -c qemu:///system dumpxml "$u" 2>/dev/null)
+                case $x in
+                *"<name>web-"*'host="ro1"'* | *"<name>web-"*'host="ro2"'*) ours[$u]=1 ;;
+                *) ours[$u]=0 ;;
+                esac
+            fi
+            c=$((c + ours[$u]))
+        done
+        echo "$(now) $c" >>"$SITE/probe"
         sleep 1
     done
 ) &
@@ -151,7 +165,7 @@ check "submit of a manifest whose clones cannot be created: generation 4" \
 check "the rollout fails" wait_until 600 eval '[ "$(rollout state)" = failed ]'
 t1=$(now)
 check "service-show says which clone failed and why" \
-    eval 'ctl service-show web | grep -q "^Failure: *a clone of generation 4 failed: hv[12]: .*hostname/broken"'
+    eval 'ctl service-show web | grep -q "^Failure: *a clone of generation 4 failed: ro[12]: .*hostname/broken"'
 check "a rollout-failed event names the way back" \
     event_seen "rollout to generation 4 stopped, 3 old clones kept.*sporectl rollback web returns to generation 3"
 sleep 5 # a few more passes: nothing more happens
