@@ -48,8 +48,8 @@ for line in sys.stdin:
 print("\n".join(str(c) for c in sorted(out)))'
 }
 
-cat >"$SITE/web.xml" <<EOF
-<service xmlns="urn:spore:manifest:1" name="web">
+cat >"$SITE/booty.xml" <<EOF
+<service xmlns="urn:spore:manifest:1" name="booty">
   <image name="test-guest"><origin url="http://127.0.0.1:$port/disk.raw"/></image>
   <vm hypervisor="$SITE_VIRT">
     <vcpus>1</vcpus>
@@ -68,16 +68,16 @@ site_agent_start rb1
 check "rb1 is up" wait_until 60 eval '[ "$(ctl --json host-list | jget "r[\"hosts\"][0][\"state\"]")" = up ]'
 check "image-add" quiet ctl image-add test-guest "http://127.0.0.1:$port/disk.raw"
 check "2 clones run (submit --wait)" \
-    quiet timeout 900 "$BUILD/daemon/sporectl" -c "$SITE/m/control.sock" submit --wait --timeout 880 "$SITE/web.xml"
-for c in web-0 web-1; do
+    quiet timeout 900 "$BUILD/daemon/sporectl" -c "$SITE/m/control.sock" submit --wait --timeout 880 "$SITE/booty.xml"
+for c in booty-0 booty-1; do
     check "$c has booted" wait_until 240 booted "$SITE/rb1/console/$c.log"
 done
 sleep 2 # the last chunks' bits are set after their data is durable
 
 # --- what must survive
-before_uuids="$(uuid web-0) $(uuid web-1)"
-before_inodes=$(stat -c %i "$SITE/rb1/pool/web-0.qcow2" "$SITE/rb1/pool/web-1.qcow2" | tr '\n' ' ')
-b0=$(boots web-0) b1=$(boots web-1)
+before_uuids="$(uuid booty-0) $(uuid booty-1)"
+before_inodes=$(stat -c %i "$SITE/rb1/pool/booty-0.qcow2" "$SITE/rb1/pool/booty-1.qcow2" | tr '\n' ' ')
+b0=$(boots booty-0) b1=$(boots booty-1)
 cached=$(chunks 1)
 log_lines=$(wc -l <"$SITE/access.log")
 agent_lines=$(wc -l <"$SITE/rb1.log")
@@ -87,9 +87,9 @@ check "the origin served chunks before the reboot" test -n "$cached"
 site_manager_kill KILL
 site_agent_kill rb1 KILL
 for p in $(cat "$SITE"/rb1/run/shims/*.pid 2>/dev/null); do kill -KILL "$p" 2>/dev/null; done
-for c in web-0 web-1; do virsh -q -c qemu:///system destroy "$c" >/dev/null 2>&1; done
+for c in booty-0 booty-1; do virsh -q -c qemu:///system destroy "$c" >/dev/null 2>&1; done
 check "the clones are off, still defined" \
-    test "$(state web-0)/$(state web-1)" = "shut off/shut off"
+    test "$(state booty-0)/$(state booty-1)" = "shut off/shut off"
 rm -rf "$SITE"/rb1/run/*
 t0=$(date +%s.%N)
 check "spored starts again" site_manager_start
@@ -97,18 +97,18 @@ site_agent_start rb1
 
 # --- every clone that should run, runs again
 check "the manager starts both clones again" \
-    wait_until 120 eval 'ctl --json events --since 0 --limit 1000 | grep -q "start web-0, web-1 on rb1 (reported shut off)"'
-check "both run again" wait_until 240 eval '[ "$(state web-0)/$(state web-1)" = "running/running" ]'
+    wait_until 120 eval 'ctl --json events --since 0 --limit 1000 | grep -q "start booty-0, booty-1 on rb1 (reported shut off)"'
+check "both run again" wait_until 240 eval '[ "$(state booty-0)/$(state booty-1)" = "running/running" ]'
 # the console logs are appended to: one more "boot complete" each
-check "web-0 boots again" wait_until 240 eval '[ "$(boots web-0)" -gt "$b0" ]'
-check "web-1 boots again" wait_until 240 eval '[ "$(boots web-1)" -gt "$b1" ]' 
+check "booty-0 boots again" wait_until 240 eval '[ "$(boots booty-0)" -gt "$b0" ]'
+check "booty-1 boots again" wait_until 240 eval '[ "$(boots booty-1)" -gt "$b1" ]' 
 t1=$(date +%s.%N)
 echo "# from the restart to both clones booted: $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", b - a }') s"
 check "the manager sees them running" \
-    wait_until 60 eval '[ "$(ctl --json service-show web | jget "r[\"service\"][\"running\"]")" = 2 ]'
-check "same domains (UUIDs)" test "$(uuid web-0) $(uuid web-1)" = "$before_uuids"
+    wait_until 60 eval '[ "$(ctl --json service-show booty | jget "r[\"service\"][\"running\"]")" = 2 ]'
+check "same domains (UUIDs)" test "$(uuid booty-0) $(uuid booty-1)" = "$before_uuids"
 check "on their old overlays (same files)" \
-    test "$(stat -c %i "$SITE/rb1/pool/web-0.qcow2" "$SITE/rb1/pool/web-1.qcow2" | tr '\n' ' ')" = "$before_inodes"
+    test "$(stat -c %i "$SITE/rb1/pool/booty-0.qcow2" "$SITE/rb1/pool/booty-1.qcow2" | tr '\n' ' ')" = "$before_inodes"
 check "nothing was created or customized again" \
     test -z "$(tail -n +"$((agent_lines + 1))" "$SITE/rb1.log" | grep -Ei 'clone-create|customiz')"
 again=$(comm -12 <(echo "$cached") <(chunks "$((log_lines + 1))") | wc -l)
