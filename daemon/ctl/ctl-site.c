@@ -99,6 +99,8 @@ print_service_table(JsonArray *services)
         gint64 running = json_util_get_int(s, "running", 0);
         /* running is null until the hosts report after a manager restart */
         bool known = json_util_get_int(s, "running", -1) >= 0;
+        const char *rollout = json_util_get_string(
+            json_util_get_object(s, "rollout"), "state", NULL);
 
         if (!s)
             continue;
@@ -116,8 +118,11 @@ print_service_table(JsonArray *services)
         ctl_table_add(&t, "%s",
                       json_util_get_bool(s, "deleting", false) ? "deleting"
                       : !known                                 ? "unknown"
-                      : running == desired                     ? "ready"
-                                                               : "converging");
+                      : rollout && g_str_equal(rollout, "failed")
+                          ? "rollout-failed"
+                      : rollout && g_str_equal(rollout, "rolling") ? "rolling"
+                      : running == desired                         ? "ready"
+                                           : "converging");
     }
     ctl_table_finish(&t);
 }
@@ -1000,7 +1005,9 @@ const CtlCmdDef ctl_site_commands[] = {
         .summary = "List the site's services.",
         .help =
             "One line per service: name, generation, image, running/desired\n"
-            "clones, the scaling range, and ready, converging or deleting.\n",
+            "clones, the scaling range, and ready, converging, rolling\n"
+            "(a new generation replaces the clones), rollout-failed or\n"
+            "deleting.\n",
         .opts = list_opts,
         .run = cmd_list,
     },

@@ -282,6 +282,8 @@ check "service-list without -q is still the table" \
     test -n "$(grep -E '^ web +1 +debian-12 +2/2' "$tmp/out")"
 check "a running count the manager does not know yet (null) shows as ?, the status unknown" \
     test -n "$(grep -E '^ stuck +1 +debian-12 +\?/1 +1 +4 +unknown' "$tmp/out")"
+check "a service whose rollout failed says so in service-list" \
+    test -n "$(grep -E '^ db +2 +debian-12 +1/1 +1 +4 +rollout-failed' "$tmp/out")"
 ctl service-show stuck
 check "service-show says the running count is not known yet" \
     grep -q "^Running: *not known yet" "$tmp/out"
