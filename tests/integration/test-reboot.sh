@@ -31,6 +31,7 @@ start_origin "$SITE/www" "$port" "$SITE" "$RANGE_LOG_FORMAT" ||
     { echo "Bail out! lighttpd does not start"; exit 1; }
 
 ctl() { sporectl_site "$@"; }
+db() { sqlite3 -cmd '.timeout 5000' "$SITE/manager/spored.db" "$@"; }
 jget() { python3 -c "import json,sys; r=json.load(sys.stdin); print($1)"; }
 state() { virsh -q -c qemu:///system domstate "$1" 2>/dev/null | head -n 1; }
 uuid() { virsh -q -c qemu:///system domuuid "$1" 2>/dev/null; }
@@ -97,7 +98,7 @@ site_agent_start rb1
 
 # --- every clone that should run, runs again
 check "the manager starts both clones again" \
-    wait_until 120 eval 'ctl --json events --since 0 --limit 1000 | grep -q "start booty-0, booty-1 on rb1 (reported shut off)"'
+    wait_until 120 eval 'db "SELECT message FROM events" | grep -Eq "start booty-[01], booty-[01] on rb1 \(reported shut off\)"'
 check "both run again" wait_until 240 eval '[ "$(state booty-0)/$(state booty-1)" = "running/running" ]'
 # the console logs are appended to: one more "boot complete" each
 check "booty-0 boots again" wait_until 240 eval '[ "$(boots booty-0)" -gt "$b0" ]'

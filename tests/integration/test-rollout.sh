@@ -34,7 +34,7 @@ jget() { python3 -c "import json,sys; r=json.load(sys.stdin); print($1)"; }
 show() { ctl --json service-show rolly 2>/dev/null; }
 rollout() { show | jget "(r['service']['rollout'] or {}).get('$1')"; }
 db() { sqlite3 -cmd '.timeout 5000' "$SITE/manager/spored.db" "$@"; }
-event_seen() { ctl --json events --since 0 --limit 1000 2>/dev/null | grep -q -- "$1"; }
+event_seen() { db "SELECT message FROM events" | grep -q -- "$1"; }
 owner() { virsh -q -c qemu:///system dumpxml "$1" 2>/dev/null | sed -n 's/.*<spore:clone .*host="\([^"]*\)".*/\1/p'; }
 gen_of() { virsh -q -c qemu:///system dumpxml "$1" 2>/dev/null | sed -n 's/.*<spore:clone .*generation="\([0-9]*\)".*/\1/p'; }
 # running_domains: the site's rolly-* domains libvirt lists as running
