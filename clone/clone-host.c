@@ -803,6 +803,49 @@ clone_host_resume(CloneHost *host, const char *name, bool *ret_resumed,
     return ok;
 }
 
+bool
+clone_host_start(CloneHost *host, const char *name, const char *uuid,
+                 bool *ret_started, GError **error)
+{
+    virDomainPtr dom;
+    char got[VIR_UUID_STRING_BUFLEN];
+    g_autofree char *owner = NULL;
+    int active;
+    bool ok = true;
+
+    if (!ensure_connected(host, error))
+        return false;
+    dom = virDomainLookupByName(host->conn, name);
+    if (!dom)
+        return lv_error(host, error, "looking up domain '%s'", name);
+    if (!spore_clone_or_refuse(dom, name, error)) {
+        virDomainFree(dom);
+        return false;
+    }
+    if (owned_elsewhere(host, dom, &owner)) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_CONFLICT,
+                    "domain '%s' belongs to host '%s'; it was not started",
+                    name, owner);
+        ok = false;
+    } else if (virDomainGetUUIDString(dom, got) < 0) {
+        ok = lv_error(host, error, "reading the UUID of domain '%s'", name);
+    } else if (uuid && g_ascii_strcasecmp(got, uuid) != 0) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_CONFLICT,
+                    "domain '%s' has UUID %s, not %s: another version of the "
+                    "clone; it was not started",
+                    name, got, uuid);
+        ok = false;
+    } else if ((active = virDomainIsActive(dom)) < 0) {
+        ok = lv_error(host, error, "reading the state of domain '%s'", name);
+    } else if (!active && virDomainCreate(dom) < 0) {
+        ok = lv_error(host, error, "starting domain '%s'", name);
+    } else if (ret_started) {
+        *ret_started = !active;
+    }
+    virDomainFree(dom);
+    return ok;
+}
+
 /* Over 100 lines, kept whole: one clone's teardown in order (look up,
  * refuse foreign domains, shut down or power off, undefine, remove the
  * volume), each step's outcome feeding the next and the reported outcome. */

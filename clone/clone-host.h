@@ -123,6 +123,17 @@ bool clone_host_resume(CloneHost *host, const char *name, bool *ret_resumed,
                        GError **error);
 
 /*
+ * clone_host_start: start the spore clone @name, defined and shut off
+ * (after a host's reboot), on the overlay it has: nothing is created or
+ * customized again.  With @uuid, a domain of another UUID is refused (a
+ * conflict), as are domains without spore's clone metadata and those
+ * another host owns.  *ret_started: it was not running.  Its image's
+ * export must be served first.  Not thread-safe for one @host.
+ */
+bool clone_host_start(CloneHost *host, const char *name, const char *uuid,
+                      bool *ret_started, GError **error);
+
+/*
  * clone_host_destroy: stop the clone @name (ACPI shutdown, then power off
  * after @timeout_seconds), undefine it and remove its overlay volume and
  * its cloud-init seed volume, if any (each only when in spore's pool).

@@ -1,7 +1,8 @@
 /*
  * manifest-format.c: Manifest -> canonical XML.
  *
- * Canonical means: every default written out, elements in schema order,
+ * Canonical means: every default written out (<update> only when it is
+ * not the default: format_update), elements in schema order,
  * attributes in a fixed order, sizes in the largest unit that divides them,
  * durations likewise, thresholds in their shortest exact decimal form, two
  * spaces of indentation.  Text is placed with the libxml2 tree API, which
@@ -265,6 +266,22 @@ format_placement(xmlNode *root, const Manifest *m)
         add_el(placement, "host", m->placement.hosts->pdata[i]);
 }
 
+/* format_update: written only when it differs from the defaults, so that
+ * the canonical form (and so the clones' UUIDs) of every manifest written
+ * before <update> existed stays what it was */
+static void
+format_update(xmlNode *root, const Manifest *m)
+{
+    xmlNode *update;
+
+    if (m->update.max_unavailable == MANIFEST_DEFAULT_MAX_UNAVAILABLE &&
+        m->update.max_surge == MANIFEST_DEFAULT_MAX_SURGE)
+        return;
+    update = add_el(root, "update", NULL);
+    set_attr_uint(update, "max-unavailable", m->update.max_unavailable);
+    set_attr_uint(update, "max-surge", m->update.max_surge);
+}
+
 char *
 manifest_format(const Manifest *m)
 {
@@ -284,6 +301,7 @@ manifest_format(const Manifest *m)
     format_customize(root, m);
     format_scaling(root, m);
     format_placement(root, m);
+    format_update(root, m);
 
     ret = xml_doc_to_string(doc);
     xmlFreeDoc(doc);

@@ -1610,6 +1610,37 @@ parse_placement(Walker *w, xmlNode *el)
     each_child(w, el, children, placement_child, lines);
 }
 
+/* ---- <update> ---------------------------------------------------------- */
+
+/* parse_update: the rolling replacement's bounds; both 0 could never
+ * replace a clone (none may stop before its successor, none may be added) */
+static void
+parse_update(Walker *w, xmlNode *el)
+{
+    static const char *const attrs[] = {"max-unavailable", "max-surge", NULL};
+    guint64 unavailable = MANIFEST_DEFAULT_MAX_UNAVAILABLE;
+    guint64 surge = MANIFEST_DEFAULT_MAX_SURGE;
+    bool ok;
+
+    check_attributes(w, el, attrs);
+    each_child(w, el, (const char *const[]){NULL}, NULL, NULL);
+    ok = (!get_attr_present(el, "max-unavailable") ||
+          uint_attr(w, el, "max-unavailable", false, 0, MANIFEST_CLONES_MAX,
+                    &unavailable)) &&
+         (!get_attr_present(el, "max-surge") ||
+          uint_attr(w, el, "max-surge", false, 0, MANIFEST_CLONES_MAX, &surge));
+    if (!ok)
+        return;
+    if (unavailable == 0 && surge == 0) {
+        problem(w, line_of(w, el),
+                "<update> with max-unavailable 0 and max-surge 0 could never "
+                "replace a clone: allow one of them");
+        return;
+    }
+    w->m->update.max_unavailable = (guint)unavailable;
+    w->m->update.max_surge = (guint)surge;
+}
+
 /* ---- <service> --------------------------------------------------------- */
 
 typedef struct {
@@ -1619,6 +1650,7 @@ typedef struct {
     guint customize;
     guint scaling;
     guint placement;
+    guint update;
 } ServiceSeen;
 
 static void
@@ -1655,6 +1687,9 @@ service_child(Walker *w, xmlNode *c, gpointer data)
     } else if (is_el(c, "placement")) {
         if (first_of(w, c, &seen->placement))
             parse_placement(w, c);
+    } else if (is_el(c, "update")) {
+        if (first_of(w, c, &seen->update))
+            parse_update(w, c);
     }
 }
 
@@ -1800,8 +1835,8 @@ walk_service(Walker *w, xmlNode *root)
 {
     static const char *const attrs[] = {"name", NULL};
     static const char *const children[] = {
-        "description", "image",     "vm", "customize",
-        "scaling",     "placement", NULL};
+        "description", "image",     "vm",     "customize",
+        "scaling",     "placement", "update", NULL};
     ServiceSeen seen = {0};
     g_autofree char *name = NULL;
 

@@ -74,6 +74,8 @@ manifest_new(void)
         g_ptr_array_new_with_free_func((GDestroyNotify)manifest_schedule_free);
     m->placement.strategy = MANIFEST_PLACEMENT_SPREAD;
     m->placement.hosts = g_ptr_array_new_with_free_func(g_free);
+    m->update.max_unavailable = MANIFEST_DEFAULT_MAX_UNAVAILABLE;
+    m->update.max_surge = MANIFEST_DEFAULT_MAX_SURGE;
     return m;
 }
 
@@ -201,6 +203,10 @@ manifest_equal(const Manifest *a, const Manifest *b)
             return false;
     }
     if (!schedules_equal(a->scaling.schedules, b->scaling.schedules))
+        return false;
+
+    if (a->update.max_unavailable != b->update.max_unavailable ||
+        a->update.max_surge != b->update.max_surge)
         return false;
 
     return a->placement.strategy == b->placement.strategy &&

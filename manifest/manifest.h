@@ -68,6 +68,10 @@
 #define MANIFEST_DEFAULT_STABILIZATION_SECONDS 300u
 #define MANIFEST_DEFAULT_GRACE_SECONDS         600u
 #define MANIFEST_DEFAULT_TIMEZONE              "UTC"
+/* <update>: a rolling replacement keeps every desired clone running and
+ * adds at most one clone beyond the desired count */
+#define MANIFEST_DEFAULT_MAX_UNAVAILABLE 0u
+#define MANIFEST_DEFAULT_MAX_SURGE       1u
 
 typedef enum {
     MANIFEST_IMAGE_FORMAT_RAW,
@@ -192,6 +196,11 @@ typedef struct {
         ManifestPlacementStrategy strategy;
         GPtrArray *hosts; /* of char *; empty: any host */
     } placement;
+
+    struct {
+        guint max_unavailable; /* <= MANIFEST_CLONES_MAX, not both 0 */
+        guint max_surge;       /* <= MANIFEST_CLONES_MAX */
+    } update; /* how a new generation replaces the clones: <update> */
 } Manifest;
 
 /* One problem found in a manifest: where, and what. */
@@ -233,9 +242,10 @@ GPtrArray *manifest_problems_new(void);
 /*
  * manifest_format: the canonical XML form of @m, UTF-8, owned by the caller.
  *
- * Every default is written out but <customize method="libguestfs"> (older
- * manifests' canonical forms, and so their clones' UUIDs, stay as they
- * were); elements appear in the order of the schema;
+ * Every default is written out but <customize method="libguestfs"> and
+ * <update> when it is the default (older manifests' canonical forms, and
+ * so their clones' UUIDs, stay as they were); elements appear in the
+ * order of the schema;
  * numbers are written in their shortest exact form.  Parsing the result
  * yields a manifest equal to @m (manifest_equal).
  */

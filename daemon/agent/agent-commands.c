@@ -2,7 +2,9 @@
  * agent-commands.c: the site manager's commands, run on this host
  * (docs/site-protocol.md): clone-create makes the command's image known
  * and served through the typed API of agent.h, then creates and starts the
- * clones through the clone library; clone-destroy removes clones.  The
+ * clones through the clone library; clone-start serves the image and
+ * starts clones that are shut off (a host's reboot); clone-destroy
+ * removes clones.  The
  * link (agent-link.c) journals each outcome and acknowledges it.
  *
  * Threads: one command at a time, on the link's worker thread, which owns
@@ -266,6 +268,40 @@ run_destroy(AgentCommands *c, JsonObject *cmd, GString *summary, GError **error)
     return ok;
 }
 
+/* run_start: the image served, then each clone of "clones" ({name,
+ * uuid}) started if shut off, on its existing overlay */
+static bool
+run_start(AgentCommands *c, JsonObject *cmd, GString *summary, GError **error)
+{
+    JsonObject *image = json_util_get_object(cmd, "image");
+    JsonArray *clones = json_util_get_array(cmd, "clones");
+    g_autofree char *uri = NULL;
+    CloneHost *host;
+
+    if (!image || !clones) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
+                    "a clone-start command needs image and clones");
+        return false;
+    }
+    uri = image_ready(c, image, error);
+    if (!uri || !(host = worker_host(c, error)))
+        return false;
+    for (guint i = 0; i < json_array_get_length(clones); i++) {
+        JsonObject *o = json_array_get_object_element(clones, i);
+        const char *name = json_util_get_string(o, "name", NULL);
+        bool started = false;
+
+        if (!name)
+            continue;
+        if (!clone_host_start(host, name, json_util_get_string(o, "uuid", NULL),
+                              &started, error))
+            return false;
+        g_string_append_printf(summary, "%s%s %s", summary->len ? ", " : "",
+                               name, started ? "started" : "was running");
+    }
+    return true;
+}
+
 bool
 agent_commands_run(AgentCommands *c, JsonObject *cmd, GString *summary,
                    GError **error)
@@ -276,6 +312,8 @@ agent_commands_run(AgentCommands *c, JsonObject *cmd, GString *summary,
         return run_create(c, cmd, summary, error);
     if (g_strcmp0(op, "clone-destroy") == 0)
         return run_destroy(c, cmd, summary, error);
+    if (g_strcmp0(op, "clone-start") == 0)
+        return run_start(c, cmd, summary, error);
     g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID, "unknown command '%s'",
                 op ? op : "");
     return false;

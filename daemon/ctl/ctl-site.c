@@ -99,6 +99,8 @@ print_service_table(JsonArray *services)
         gint64 running = json_util_get_int(s, "running", 0);
         /* running is null until the hosts report after a manager restart */
         bool known = json_util_get_int(s, "running", -1) >= 0;
+        const char *rollout = json_util_get_string(
+            json_util_get_object(s, "rollout"), "state", NULL);
 
         if (!s)
             continue;
@@ -116,8 +118,11 @@ print_service_table(JsonArray *services)
         ctl_table_add(&t, "%s",
                       json_util_get_bool(s, "deleting", false) ? "deleting"
                       : !known                                 ? "unknown"
-                      : running == desired                     ? "ready"
-                                                               : "converging");
+                      : rollout && g_str_equal(rollout, "failed")
+                          ? "rollout-failed"
+                      : rollout && g_str_equal(rollout, "rolling") ? "rolling"
+                      : running == desired                         ? "ready"
+                                           : "converging");
     }
     ctl_table_finish(&t);
 }
@@ -139,6 +144,40 @@ print_rule(JsonObject *r)
            : json_util_get_bool(r, "pending", false)
                ? ", pending (holds, not for long enough yet)"
                : "");
+}
+
+/* print_rollout: the "Rollout:" lines of service-show (docs/sporectl.1) */
+static void
+print_rollout(JsonObject *r)
+{
+    const char *state = json_util_get_string(r, "state", NULL);
+    const char *reason = json_util_get_string(r, "reason", NULL);
+    double started = json_util_get_double(r, "started", 0);
+    double finished = json_util_get_double(r, "finished", 0);
+    g_autofree char *when = NULL;
+
+    if (!r || !state)
+        return;
+    when = ctl_local_time(started);
+    printf("Rollout:      %s, generation %" G_GINT64_FORMAT
+           " -> %" G_GINT64_FORMAT ", started %s",
+           state, json_util_get_int(r, "from_generation", 0),
+           json_util_get_int(r, "generation", 0), when);
+    if (finished > 0)
+        printf(", took %.0f s", finished - started);
+    putchar('\n');
+    printf("Progress:     %" G_GINT64_FORMAT " updated (%" G_GINT64_FORMAT
+           " running), %" G_GINT64_FORMAT " old (%" G_GINT64_FORMAT
+           " running); max-unavailable %" G_GINT64_FORMAT
+           ", max-surge %" G_GINT64_FORMAT "\n",
+           json_util_get_int(r, "updated", 0),
+           json_util_get_int(r, "updated_running", 0),
+           json_util_get_int(r, "old", 0),
+           json_util_get_int(r, "old_running", 0),
+           json_util_get_int(r, "max_unavailable", 0),
+           json_util_get_int(r, "max_surge", 0));
+    if (reason)
+        printf("Failure:      %s\n", reason);
 }
 
 static void
@@ -168,6 +207,7 @@ print_service(JsonObject *s)
     }
     if (json_util_get_bool(s, "deleting", false))
         printf("Deleting:     yes\n");
+    print_rollout(json_util_get_object(s, "rollout"));
     for (guint i = 0; i < array_length(rules); i++) {
         JsonObject *r = array_object(rules, i);
 
@@ -655,6 +695,30 @@ cmd_scale(const CtlCall *call)
 }
 
 static int
+cmd_rollback(const CtlCall *call)
+{
+    const char *name = ctl_arg(call, 0);
+    g_autoptr(JsonObject) reply = NULL;
+
+    if (!check_wait_options(call))
+        return CTL_EXIT_USAGE;
+    reply = ask(&call->g, "rollback", "rollback", "name", name);
+    if (!reply)
+        return CTL_EXIT_FAILURE;
+    if (!call->g.json)
+        printf("%s: rolling back from generation %" G_GINT64_FORMAT
+               " to %" G_GINT64_FORMAT "\n",
+               reply_name(reply, "service", name),
+               json_util_get_int(reply, "from_generation", 0),
+               json_util_get_int(reply, "generation", 0));
+    if (fflush(stdout) != 0)
+        return CTL_EXIT_FAILURE;
+    if (!ctl_flag(call, "wait"))
+        return CTL_EXIT_OK;
+    return wait_for_service(call, name, WAIT_CONVERGED);
+}
+
+static int
 cmd_request(const CtlCall *call)
 {
     guint64 count = ctl_n_args(call) > 1 ? ctl_arg_int(call, 1) : 1;
@@ -840,6 +904,12 @@ static const CtlOptDef scale_opts[] = {
     {0},
 };
 
+static const CtlOptDef rollback_opts[] = {
+    OPT_WAIT("the service has converged"),
+    OPT_TIMEOUT,
+    {0},
+};
+
 static const CtlOptDef delete_opts[] = {
     OPT_WAIT("the service is gone"),
     OPT_TIMEOUT,
@@ -935,7 +1005,9 @@ const CtlCmdDef ctl_site_commands[] = {
         .summary = "List the site's services.",
         .help =
             "One line per service: name, generation, image, running/desired\n"
-            "clones, the scaling range, and ready, converging or deleting.\n",
+            "clones, the scaling range, and ready, converging, rolling\n"
+            "(a new generation replaces the clones), rollout-failed or\n"
+            "deleting.\n",
         .opts = list_opts,
         .run = cmd_list,
     },
@@ -944,8 +1016,12 @@ const CtlCmdDef ctl_site_commands[] = {
         .summary = "Show a service and its clones.",
         .help =
             "Prints the service's summary and a table of its clones: name,\n"
-            "host, state and generation.  With --json, the reply also\n"
-            "carries the service's canonical manifest.\n",
+            "host, state and generation.  After a new generation was\n"
+            "submitted, 'Rollout:' says from and to which generation, and\n"
+            "rolling, done or failed; 'Progress:' how many clones are of the\n"
+            "new generation and of the old, and how many of each run.  With\n"
+            "--json, the reply also carries the service's canonical\n"
+            "manifest.\n",
         .args = service_arg,
         .run = cmd_service_show,
     },
@@ -972,6 +1048,24 @@ const CtlCmdDef ctl_site_commands[] = {
         .opts = scale_opts,
         .args = scale_args,
         .run = cmd_scale,
+    },
+    {
+        .name = "rollback",
+        .summary = "Return a service to its previous manifest.",
+        .help =
+            "The service goes back to the newest kept generation below\n"
+            "the current one (after a failed rollout, the one it started\n"
+            "from; again, one more step back), with that generation's\n"
+            "manifest and number: its clones of that generation are kept,\n"
+            "the others replaced within the manifest's <update> bounds.\n"
+            "Submitting the manifest a rollout started from again does the\n"
+            "same.  With --wait,\n"
+            "waits until the service has converged, with the progress line\n"
+            "of 'submit --wait'; after SECONDS it gives up with exit status\n"
+            "3.\n",
+        .opts = rollback_opts,
+        .args = service_arg,
+        .run = cmd_rollback,
     },
     {
         .name = "request",

@@ -193,6 +193,45 @@ clones_of(Manager *m, const char *service, GError **error)
     return g_steal_pointer(&arr);
 }
 
+/* rollout_summary: @o's "rollout": the last rolling replacement of @svc,
+ * with @counts of its clone rows (updated, updated running, old, old
+ * running) and the bounds of its manifest @mf; null when it never had
+ * one */
+static bool
+rollout_summary(Manager *m, const ServiceRow *svc, const Manifest *mf,
+                const guint counts[4], JsonObject *o, GError **error)
+{
+    g_autoptr(RolloutRow) ro = NULL;
+    JsonObject *r;
+
+    if (!state_rollout_get(m->db, svc->name, &ro, error))
+        return false;
+    if (!ro) {
+        json_object_set_null_member(o, "rollout");
+        return true;
+    }
+    r = json_object_new();
+    json_object_set_string_member(r, "state", ro->state);
+    json_object_set_int_member(r, "generation", ro->generation);
+    json_object_set_int_member(r, "from_generation", ro->from_generation);
+    json_object_set_double_member(r, "started", ro->started);
+    if (ro->finished > 0)
+        json_object_set_double_member(r, "finished", ro->finished);
+    else
+        json_object_set_null_member(r, "finished");
+    if (ro->reason)
+        json_object_set_string_member(r, "reason", ro->reason);
+    json_object_set_int_member(r, "updated", counts[0]);
+    json_object_set_int_member(r, "updated_running", counts[1]);
+    json_object_set_int_member(r, "old", counts[2]);
+    json_object_set_int_member(r, "old_running", counts[3]);
+    json_object_set_int_member(r, "max_unavailable",
+                               mf ? mf->update.max_unavailable : 0);
+    json_object_set_int_member(r, "max_surge", mf ? mf->update.max_surge : 0);
+    json_object_set_object_member(o, "rollout", r);
+    return true;
+}
+
 static JsonObject *
 service_summary(Manager *m, const ServiceRow *svc, GError **error)
 {
@@ -201,6 +240,7 @@ service_summary(Manager *m, const ServiceRow *svc, GError **error)
     Manifest *mf = manager_manifest(m, svc->name, &err);
     g_autoptr(GPtrArray) clones = NULL;
     guint running = 0, unknown = 0;
+    guint counts[4] = {0}; /* updated, updated running, old, old running */
 
     if (err) {
         g_propagate_error(error, g_steal_pointer(&err));
@@ -221,13 +261,19 @@ service_summary(Manager *m, const ServiceRow *svc, GError **error)
         CloneRow *c = clones->pdata[i];
         g_autofree char *name =
             g_strdup_printf("%s-%u", svc->name, (guint)c->index);
+        bool current = c->generation == svc->generation;
+        bool runs =
+            is_running(manager_reported_clone(m, c->host, name), c->generation);
 
         if (c->host && !host_known(m, c->host))
             unknown++;
-        else if (is_running(manager_reported_clone(m, c->host, name),
-                            svc->generation))
+        else if (runs && current)
             running++;
+        counts[current ? 0 : 2]++;
+        counts[current ? 1 : 3] += runs;
     }
+    if (!rollout_summary(m, svc, mf, counts, o, error))
+        return NULL;
     /* not known yet (hosts not reported since spored started): null */
     if (unknown)
         json_object_set_null_member(o, "running");
@@ -276,6 +322,69 @@ problems_reply(GPtrArray *problems, const GError *err)
     return e;
 }
 
+/* service_roll_to: @svc back to its kept generation @generation (its
+ * manifest, image and number): its clones of that generation are current
+ * again, those of the generation it leaves are replaced by them */
+static bool
+service_roll_to(Manager *m, const ServiceRow *svc, gint64 generation,
+                GError **error)
+{
+    g_autofree char *canonical = NULL;
+    g_autofree char *image = NULL;
+    g_autoptr(Manifest) mf = NULL;
+    gint64 desired;
+
+    if (!state_generation_get(m->db, svc->name, generation, &canonical, &image,
+                              error))
+        return false;
+    if (!canonical)
+        return fail(error,
+                    "generation %" G_GINT64_FORMAT
+                    " of service '%s' is no longer kept",
+                    generation, svc->name);
+    mf = manifest_parse_data(canonical, strlen(canonical), NULL, error);
+    if (!mf) {
+        g_prefix_error(error,
+                       "generation %" G_GINT64_FORMAT " of '%s': ", generation,
+                       svc->name);
+        return false;
+    }
+    desired =
+        CLAMP(svc->desired, (gint64)mf->scaling.min, (gint64)mf->scaling.max);
+    return state_service_update(m->db, svc->name, canonical, generation, image,
+                                desired, error) &&
+           state_rollout_start(m->db, svc->name, generation, svc->generation,
+                               error) &&
+           manager_event(
+               m, error, "rollout-started", svc->name, NULL,
+               "service %s: rollback from generation %" G_GINT64_FORMAT
+               " to %" G_GINT64_FORMAT " (%" G_GINT64_FORMAT " clones)",
+               svc->name, svc->generation, generation, desired);
+}
+
+/* rollback_target: the generation that submitting @canonical to @svc
+ * returns to (the one its last rollout started from, when that is the
+ * manifest submitted), else 0 */
+static bool
+rollback_target(Manager *m, const ServiceRow *svc, const char *canonical,
+                gint64 *ret_generation, GError **error)
+{
+    g_autoptr(RolloutRow) ro = NULL;
+    g_autofree char *from = NULL;
+
+    *ret_generation = 0;
+    if (!state_rollout_get(m->db, svc->name, &ro, error))
+        return false;
+    if (!ro || ro->generation != svc->generation)
+        return true;
+    if (!state_generation_get(m->db, svc->name, ro->from_generation, &from,
+                              NULL, error))
+        return false;
+    if (from && g_str_equal(from, canonical))
+        *ret_generation = ro->from_generation;
+    return true;
+}
+
 /* submit_store: store @mf (canonical text @canonical); *ret_outcome and
  * *ret_generation say what happened */
 static bool
@@ -307,23 +416,43 @@ submit_store(Manager *m, const Manifest *mf, const char *canonical,
     }
     if (!old) {
         *ret_outcome = "created";
-        *ret_generation = 1;
         return state_service_insert(m->db, mf->name, canonical, mf->image.name,
                                     mf->scaling.initial, error) &&
+               state_service_generation(m->db, mf->name, ret_generation,
+                                        error) &&
+               state_generation_put(m->db, mf->name, *ret_generation, canonical,
+                                    mf->image.name, error) &&
                manager_event(m, error, "service-created", mf->name, NULL,
                              "service %s created: %u clones of image %s",
                              mf->name, mf->scaling.initial, mf->image.name);
     }
+    if (!rollback_target(m, old, canonical, ret_generation, error))
+        return false;
+    if (*ret_generation > 0) {
+        *ret_outcome = "rolled back";
+        return service_roll_to(m, old, *ret_generation, error);
+    }
     *ret_outcome = "updated";
-    *ret_generation = old->generation + 1;
+    if (!state_generation_next(m->db, mf->name, ret_generation, error))
+        return false;
     desired =
         CLAMP(old->desired, (gint64)mf->scaling.min, (gint64)mf->scaling.max);
     return state_service_update(m->db, mf->name, canonical, *ret_generation,
                                 mf->image.name, desired, error) &&
+           state_generation_put(m->db, mf->name, *ret_generation, canonical,
+                                mf->image.name, error) &&
+           state_rollout_start(m->db, mf->name, *ret_generation,
+                               old->generation, error) &&
            manager_event(m, error, "service-updated", mf->name, NULL,
                          "service %s updated to generation %" G_GINT64_FORMAT
                          " (%" G_GINT64_FORMAT " clones)",
-                         mf->name, *ret_generation, desired);
+                         mf->name, *ret_generation, desired) &&
+           manager_event(m, error, "rollout-started", mf->name, NULL,
+                         "service %s: rollout from generation %" G_GINT64_FORMAT
+                         " to %" G_GINT64_FORMAT
+                         " (max-unavailable %u, max-surge %u)",
+                         mf->name, old->generation, *ret_generation,
+                         mf->update.max_unavailable, mf->update.max_surge);
 }
 
 static JsonObject *
@@ -474,6 +603,40 @@ cmd_scale(Manager *m, JsonObject *req, GError **error)
     json_object_set_int_member(r, "desired", count);
     json_object_set_string_member(
         r, "outcome", count != svc->desired ? "scaled" : "unchanged");
+    return r;
+}
+
+/* cmd_rollback: back to the newest kept generation below the current one
+ * (after a failed rollout: the one it started from; again: one more step
+ * back) */
+static JsonObject *
+cmd_rollback(Manager *m, JsonObject *req, GError **error)
+{
+    const char *name = json_util_get_string(req, "name", NULL);
+    g_autoptr(ServiceRow) svc = NULL;
+    gint64 target = -1;
+    JsonObject *r;
+
+    if (!name) {
+        fail(error, "rollback needs a service name");
+        return NULL;
+    }
+    if (!(svc = service_of(m, name, false, error)) ||
+        !state_generation_before(m->db, name, svc->generation, &target, error))
+        return NULL;
+    if (target < 0) {
+        fail(error,
+             "service '%s' has no earlier generation to return to (it is at "
+             "generation %" G_GINT64_FORMAT ")",
+             name, svc->generation);
+        return NULL;
+    }
+    if (!service_roll_to(m, svc, target, error))
+        return NULL;
+    r = control_reply_ok();
+    json_object_set_string_member(r, "service", name);
+    json_object_set_int_member(r, "generation", target);
+    json_object_set_int_member(r, "from_generation", svc->generation);
     return r;
 }
 
@@ -913,6 +1076,7 @@ static const struct {
     {"service-show", cmd_service_show, COMMAND_READS},
     {"service-delete", cmd_service_delete, COMMAND_WRITES},
     {"scale", cmd_scale, COMMAND_WRITES},
+    {"rollback", cmd_rollback, COMMAND_WRITES},
     {"clone-list", cmd_clone_list, COMMAND_READS},
     {"request", cmd_request, COMMAND_WRITES},
     {"host-list", cmd_host_list, COMMAND_READS},

@@ -6,13 +6,17 @@
  *      (a host counts as heard from when the manager starts, so that one
  *      down across a restart is lost too: seed_runtime);
  *   2. auto-scaling decides (manager-scaling.c);
- *   3. each service gets exactly its desired clone rows (0..desired-1);
- *      a deleted service goes once no host reports a clone of it;
+ *   3. each service's clone rows follow its desired count, and a new
+ *      generation replaces the old one's clones a step at a time within
+ *      the manifest's <update> bounds (rollout_step, rollout.h); a
+ *      deleted service goes once no host reports a clone of it;
  *   4. unplaced clones are placed (placement.c);
  *   5. per host that has reported since the manager started: each of its
  *      desired clones missing from the report is created (one command per
  *      service: one appliance launch), each reported clone that is not
  *      desired there, or is of another version (UUID), is destroyed;
+ *      each desired clone of the current generation it reports shut off
+ *      (a reboot) is started on its overlay (plan_starts);
  *   6. commands not acknowledged within resend_s are sent again.
  * Agents apply a command id once; creating and destroying are idempotent
  * anyway (UUIDs), so re-sending is always safe.
@@ -33,6 +37,7 @@
 
 #include "peer-lists.h"
 #include "placement.h"
+#include "rollout.h"
 #include "spore-error.h"
 
 #define PEERS_RESEND_US (30 * G_USEC_PER_SEC)
@@ -41,12 +46,15 @@
 /* entries of one host's peer list (the agent takes WIRE_PEERS_MAX) */
 #define PEERS_PER_HOST 64
 G_STATIC_ASSERT(PEERS_PER_HOST <= WIRE_PEERS_MAX);
+/* a clone reported shut off is started again at most this often */
+#define RESTART_INTERVAL_US (30 * G_USEC_PER_SEC)
 
 typedef struct {
     char *service;
     guint index;
     char *name;
     char *uuid;
+    bool current; /* of the service's current generation: may be created */
 } Wanted;
 
 static void
@@ -59,6 +67,8 @@ wanted_free(gpointer p)
     g_free(w->uuid);
     g_free(w);
 }
+
+static GHashTable *pending_keys(Manager *m, const char *host, GError **error);
 
 /* ---- commands to agents ------------------------------------------------ */
 
@@ -144,6 +154,46 @@ command_create(Manager *m, const char *host, const char *service,
            manager_event(m, error, "command", service, host,
                          "command %" G_GINT64_FORMAT ": create %s on %s", id,
                          list->str, host);
+}
+
+/* command_start: start @service's clones @starts (of Wanted *), defined
+ * and shut off on @host, on their overlays */
+static bool
+command_start(Manager *m, const char *host, const char *service,
+              GPtrArray *starts, GError **error)
+{
+    g_autoptr(ServiceRow) svc = NULL;
+    g_autoptr(JsonObject) body = wire_new("cmd");
+    g_autoptr(JsonObject) image = NULL;
+    g_autoptr(JsonArray) arr = json_array_new();
+    g_autoptr(GString) list = g_string_new(NULL);
+    gint64 id;
+
+    if (!state_service_get(m->db, service, &svc, error))
+        return false;
+    if (!svc)
+        return true;
+    image = image_object(m, svc->image, error);
+    if (!image)
+        return false;
+    for (guint i = 0; i < starts->len; i++) {
+        const Wanted *w = starts->pdata[i];
+        JsonObject *o = json_object_new();
+
+        json_object_set_string_member(o, "name", w->name);
+        json_object_set_string_member(o, "uuid", w->uuid);
+        json_array_add_object_element(arr, o);
+        g_string_append_printf(list, "%s%s", i ? ", " : "", w->name);
+    }
+    json_object_set_string_member(body, "op", "clone-start");
+    json_object_set_string_member(body, "service", service);
+    json_object_set_object_member(body, "image", json_object_ref(image));
+    json_object_set_array_member(body, "clones", json_array_ref(arr));
+    return command_add(m, host, service, body, &id, error) &&
+           manager_event(m, error, "command", service, host,
+                         "command %" G_GINT64_FORMAT
+                         ": start %s on %s (reported shut off)",
+                         id, list->str, host);
 }
 
 static bool
@@ -301,6 +351,284 @@ service_gone(Manager *m, const char *service, GError **error)
                          "service %s deleted: its clones are gone", service);
 }
 
+/* generation_entry: the manifest of @service at @generation (the current
+ * one from manager_manifest_entry, older ones from the generations
+ * table), cached like it; NULL without @error when not kept */
+static ManagerManifest *
+generation_entry(Manager *m, const char *service, gint64 generation,
+                 gint64 current, GError **error)
+{
+    g_autofree char *key = NULL;
+    g_autofree char *canonical = NULL;
+    g_autoptr(GError) err = NULL;
+    ManagerManifest *e;
+
+    if (generation == current)
+        return manager_manifest_entry(m, service, error);
+    key = g_strdup_printf("%s:%" G_GINT64_FORMAT, service, generation);
+    if ((e = g_hash_table_lookup(m->manifests, key)))
+        return e;
+    if (!state_generation_get(m->db, service, generation, &canonical, NULL,
+                              error))
+        return NULL;
+    if (!canonical)
+        return NULL;
+    e = g_new0(ManagerManifest, 1);
+    e->manifest = manifest_parse_data(canonical, strlen(canonical), NULL, &err);
+    if (!e->manifest) {
+        g_free(e);
+        g_warning("service %s: generation %" G_GINT64_FORMAT
+                  " does not parse: %s",
+                  service, generation, err ? err->message : "invalid");
+        return NULL;
+    }
+    e->canonical = g_steal_pointer(&canonical);
+    g_hash_table_insert(m->manifests, g_steal_pointer(&key), e);
+    return e;
+}
+
+/* generation_image_id: the id of the image of @service at @generation */
+static bool
+generation_image_id(Manager *m, const char *service, gint64 generation,
+                    gint64 current, char **ret_id, GError **error)
+{
+    g_autofree char *canonical = NULL;
+    g_autofree char *image = NULL;
+    g_autoptr(ImageRow) row = NULL;
+
+    if (generation == current)
+        return state_service_image_id(m->db, service, ret_id, error);
+    if (!state_generation_get(m->db, service, generation, &canonical, &image,
+                              error))
+        return false;
+    if (image && !state_image_get(m->db, image, &row, error))
+        return false;
+    *ret_id = row ? g_strdup(row->id) : NULL;
+    return true;
+}
+
+/* pending_create: a create of @service's clone @index to @host waits for
+ * its acknowledgement (the clone may be defined, not started yet) */
+static bool
+pending_create(Manager *m, const char *host, const char *service, guint index,
+               bool *ret_pending, GError **error)
+{
+    g_autoptr(GHashTable) keys = pending_keys(m, host, error);
+    g_autofree char *key = g_strdup_printf("create:%s:%u", service, index);
+
+    if (!keys)
+        return false;
+    *ret_pending = g_hash_table_contains(keys, key);
+    return true;
+}
+
+/* row_state: what rollout_decide needs of row @c; false with *ret_known
+ * false when its host has not reported since the manager started */
+static bool
+row_state(Manager *m, const CloneRow *c, RolloutCloneState *ret_state,
+          bool *ret_known, GError **error)
+{
+    HostRuntime *h = c->host ? g_hash_table_lookup(m->runtime, c->host) : NULL;
+    g_autofree char *name =
+        g_strdup_printf("%s-%" G_GINT64_FORMAT, c->service, c->index);
+    JsonObject *rep;
+    const char *state;
+    bool pending = false;
+
+    *ret_known = true;
+    *ret_state = ROLLOUT_CLONE_WAITING;
+    if (!c->host)
+        return true;
+    if (!h || !h->reported) {
+        *ret_known = false;
+        return true;
+    }
+    rep = manager_reported_clone(m, c->host, name);
+    if (!rep || json_util_get_int(rep, "generation", -1) != c->generation)
+        return true;
+    state = json_util_get_string(rep, "state", "");
+    if (g_str_equal(state, "running")) {
+        *ret_state = ROLLOUT_CLONE_RUNNING;
+    } else if (g_str_equal(state, "crashed")) {
+        *ret_state = ROLLOUT_CLONE_FAILED;
+    } else if (g_str_equal(state, "shutoff")) {
+        /* defined but not started yet while its create is pending */
+        if (!pending_create(m, c->host, c->service, (guint)c->index, &pending,
+                            error))
+            return false;
+        if (!pending)
+            *ret_state = ROLLOUT_CLONE_FAILED;
+    }
+    return true;
+}
+
+/* busy_indexes: indexes of @service's clones that hosts that are up still
+ * report but that are no rows (going away: their names are not free yet) */
+static GArray *
+busy_indexes(Manager *m, const char *service, GPtrArray *rows)
+{
+    GArray *busy = g_array_new(FALSE, FALSE, sizeof(guint));
+    GHashTableIter it;
+    gpointer v;
+
+    g_hash_table_iter_init(&it, m->runtime);
+    while (g_hash_table_iter_next(&it, NULL, &v)) {
+        HostRuntime *h = v;
+
+        if (!manager_host_is_up(m, h->name))
+            continue;
+        for (guint i = 0; h->clones && i < json_array_get_length(h->clones);
+             i++) {
+            JsonNode *n = json_array_get_element(h->clones, i);
+            JsonObject *o;
+            gint64 index;
+            bool row = false;
+
+            if (!JSON_NODE_HOLDS_OBJECT(n))
+                continue;
+            o = json_node_get_object(n);
+            index = json_util_get_int(o, "index", -1);
+            if (index < 0 || index > G_MAXUINT ||
+                g_strcmp0(json_util_get_string(o, "service", NULL), service))
+                continue;
+            for (guint r = 0; r < rows->len && !row; r++)
+                row = ((CloneRow *)rows->pdata[r])->index == index;
+            if (!row) {
+                guint u = (guint)index;
+                g_array_append_val(busy, u);
+            }
+        }
+    }
+    return busy;
+}
+
+/* rollout_names: "web-3, web-4" of the indexes in @a */
+static char *
+rollout_names(const char *service, GArray *a)
+{
+    GString *s = g_string_new(NULL);
+
+    for (guint i = 0; i < a->len; i++)
+        g_string_append_printf(s, "%s%s-%u", i ? ", " : "", service,
+                               g_array_index(a, guint, i));
+    return g_string_free(s, FALSE);
+}
+
+/* rollout_record: the events of a step and the end of a rollout */
+static bool
+rollout_record(Manager *m, const ServiceRow *s, const RolloutRow *ro,
+               const RolloutPlan *p, const char *failure, GError **error)
+{
+    bool rolling = ro && g_str_equal(ro->state, STATE_ROLLOUT_ROLLING) &&
+                   ro->generation == s->generation;
+    g_autofree char *adds = rollout_names(s->name, p->create);
+    g_autofree char *removes = rollout_names(s->name, p->remove);
+
+    if (!rolling)
+        return true;
+    if (p->status == ROLLOUT_FAILED) {
+        g_autofree char *why = g_strdup_printf(
+            "a clone of generation %" G_GINT64_FORMAT " failed%s%s",
+            s->generation, failure ? ": " : "", failure ? failure : "");
+
+        return state_rollout_finish(m->db, s->name, STATE_ROLLOUT_FAILED, why,
+                                    error) &&
+               manager_event(
+                   m, error, "rollout-failed", s->name, NULL,
+                   "service %s: rollout to generation %" G_GINT64_FORMAT
+                   " stopped, %u old clones kept: %s; sporectl "
+                   "rollback %s returns to generation %" G_GINT64_FORMAT,
+                   s->name, s->generation, p->old, why, s->name,
+                   ro->from_generation);
+    }
+    if (p->status == ROLLOUT_STEADY &&
+        (p->create->len || p->remove->len || p->updated_running < p->updated))
+        return true; /* no old clone left, the new ones not all running */
+    if (p->status == ROLLOUT_STEADY)
+        return state_rollout_finish(m->db, s->name, STATE_ROLLOUT_DONE, NULL,
+                                    error) &&
+               manager_event(
+                   m, error, "rollout-done", s->name, NULL,
+                   "service %s: rollout to generation %" G_GINT64_FORMAT
+                   " done in %.1f s: %u clones of it running",
+                   s->name, s->generation, state_now() - ro->started,
+                   p->updated_running);
+    if (p->create->len == 0 && p->remove->len == 0)
+        return true;
+    return manager_event(
+        m, error, "rollout-step", s->name, NULL,
+        "service %s: generation %" G_GINT64_FORMAT ": %u/%" G_GINT64_FORMAT
+        " clones updated (%u running), %u old (%u running)%s%s%s%s",
+        s->name, s->generation, p->updated, s->desired, p->updated_running,
+        p->old, p->running - p->updated_running, *adds ? "; adding " : "", adds,
+        *removes ? "; removing " : "", removes);
+}
+
+/* rollout_step: @s's clone rows one step closer to its desired count of
+ * its current generation (rollout.h), recorded */
+static bool
+rollout_step(Manager *m, const ServiceRow *s, GError **error)
+{
+    g_autoptr(GError) err = NULL;
+    Manifest *mf = manager_manifest(m, s->name, &err);
+    g_autoptr(GPtrArray) rows = NULL;
+    g_autoptr(GArray) busy = NULL;
+    g_autoptr(RolloutRow) ro = NULL;
+    g_autofree RolloutClone *view = NULL;
+    g_autofree char *failure = NULL;
+    RolloutLimits limits;
+    RolloutPlan plan;
+    bool ok;
+
+    if (err) {
+        g_propagate_error(error, g_steal_pointer(&err));
+        return false;
+    }
+    if (!mf || !(rows = state_clone_list(m->db, s->name, NULL, error)) ||
+        !state_rollout_get(m->db, s->name, &ro, error))
+        return mf == NULL;
+    if (ro && g_str_equal(ro->state, STATE_ROLLOUT_ROLLING) &&
+        !state_create_failure(m->db, s->name, s->generation, ro->started,
+                              &failure, error))
+        return false;
+    view = g_new0(RolloutClone, rows->len + 1);
+    for (guint i = 0; i < rows->len; i++) {
+        CloneRow *c = rows->pdata[i];
+        bool known;
+
+        if (!row_state(m, c, &view[i].state, &known, error))
+            return false;
+        if (!known)
+            return true; /* nothing decided blind (invariant 3) */
+        view[i].index = (guint)c->index;
+        view[i].current = c->generation == s->generation;
+        if (failure && view[i].current &&
+            view[i].state != ROLLOUT_CLONE_RUNNING)
+            view[i].state = ROLLOUT_CLONE_FAILED;
+    }
+    busy = busy_indexes(m, s->name, rows);
+    limits = (RolloutLimits){
+        .desired = (guint)CLAMP(s->desired, 0, (gint64)mf->scaling.max),
+        .max_unavailable = mf->update.max_unavailable,
+        .max_surge = mf->update.max_surge,
+        .index_limit = mf->scaling.max,
+        .busy = (const guint *)busy->data,
+        .n_busy = busy->len,
+    };
+    rollout_decide(view, rows->len, &limits, &plan);
+    ok = true;
+    for (guint i = 0; ok && i < plan.remove->len; i++)
+        ok = state_clone_remove(m->db, s->name,
+                                g_array_index(plan.remove, guint, i), error);
+    for (guint i = 0; ok && i < plan.create->len; i++)
+        ok = state_clone_add(m->db, s->name,
+                             g_array_index(plan.create, guint, i),
+                             s->generation, error);
+    ok = ok && rollout_record(m, s, ro, &plan, failure, error);
+    rollout_plan_clear(&plan);
+    return ok;
+}
+
 static bool
 sync_clone_rows(Manager *m, GError **error)
 {
@@ -315,7 +643,7 @@ sync_clone_rows(Manager *m, GError **error)
             if (!state_clone_remove_all(m->db, s->name, error) ||
                 !service_gone(m, s->name, error))
                 return false;
-        } else if (!state_clone_sync(m->db, s->name, s->desired, error)) {
+        } else if (!rollout_step(m, s, error)) {
             return false;
         }
     }
@@ -486,8 +814,8 @@ place_clones(Manager *m, GError **error)
 
 /* ---- 5. per host ------------------------------------------------------- */
 
-/* command_keys: "create:SERVICE:INDEX" and "destroy:NAME" of a command's
- * body */
+/* command_keys: "create:SERVICE:INDEX", "start:NAME" and "destroy:NAME"
+ * of a command's body */
 static GPtrArray *
 command_keys(const char *text)
 {
@@ -506,6 +834,15 @@ command_keys(const char *text)
             g_ptr_array_add(
                 keys, g_strdup_printf("create:%s:%" G_GINT64_FORMAT, service,
                                       json_array_get_int_element(arr, i)));
+    } else if (g_str_equal(op, "clone-start") &&
+               (arr = json_object_get_array_member(body, "clones"))) {
+        for (guint i = 0; i < json_array_get_length(arr); i++)
+            g_ptr_array_add(
+                keys, g_strdup_printf(
+                          "start:%s",
+                          json_util_get_string(
+                              json_array_get_object_element(arr, i), "name",
+                              "")));
     } else if (g_str_equal(op, "clone-destroy") &&
                (arr = json_object_get_array_member(body, "names"))) {
         for (guint i = 0; i < json_array_get_length(arr); i++)
@@ -526,7 +863,8 @@ typedef struct PassCache PassCache;
 struct PassCache {
     GPtrArray *clones;     /* of CloneRow */
     GHashTable *by_host;   /* host -> GPtrArray of CloneRow (borrowed) */
-    GHashTable *image_ids; /* service -> image id, "" for none */
+    GHashTable *image_ids; /* "SERVICE:GENERATION" -> image id, "" for none */
+    GHashTable *current;   /* service -> its current generation (gint64 *) */
     GPtrArray *hosts;      /* of HostRow */
     GHashTable *host_rows; /* name -> HostRow (borrowed) */
     GHashTable *pending;   /* host -> GHashTable of keys (borrowed) */
@@ -540,6 +878,7 @@ pass_cache_free(PassCache *pc)
     g_clear_pointer(&pc->by_host, g_hash_table_unref);
     g_clear_pointer(&pc->clones, g_ptr_array_unref);
     g_clear_pointer(&pc->image_ids, g_hash_table_unref);
+    g_clear_pointer(&pc->current, g_hash_table_unref);
     g_clear_pointer(&pc->host_rows, g_hash_table_unref);
     g_clear_pointer(&pc->hosts, g_ptr_array_unref);
     g_clear_pointer(&pc->pending, g_hash_table_unref);
@@ -626,11 +965,13 @@ pass_cache_new(Manager *m, GError **error)
                             pc->hosts->pdata[i]);
     pc->image_ids =
         g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+    pc->current = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
     return g_steal_pointer(&pc);
 }
 
-/* pending_keys: "create:SERVICE:INDEX" and "destroy:NAME" of the host's
- * pending commands (a new set, its strings borrowed from the cache) */
+/* pending_keys: "create:SERVICE:INDEX", "start:NAME" and "destroy:NAME"
+ * of the host's pending commands (a new set, its strings borrowed from the
+ * cache) */
 static GHashTable *
 pending_keys(Manager *m, const char *host, GError **error)
 {
@@ -647,20 +988,43 @@ pending_keys(Manager *m, const char *host, GError **error)
     return keys;
 }
 
-/* service_image_id: the image id of @service, once per pass; NULL for
- * none */
+/* service_current: the current generation of @service, once per pass
+ * (-1 for none) */
 static bool
-service_image_id(Manager *m, const char *service, const char **ret_id,
-                 GError **error)
+service_current(Manager *m, const char *service, gint64 *ret_generation,
+                GError **error)
 {
-    char *id = g_hash_table_lookup(m->pass->image_ids, service);
+    gint64 *g = g_hash_table_lookup(m->pass->current, service);
+
+    if (!g) {
+        g = g_new(gint64, 1);
+        if (!state_service_generation(m->db, service, g, error)) {
+            g_free(g);
+            return false;
+        }
+        g_hash_table_insert(m->pass->current, g_strdup(service), g);
+    }
+    *ret_generation = *g;
+    return true;
+}
+
+/* generation_image_id_cached: the image id of @service at @generation
+ * (@current is the service's), once per pass; NULL for none */
+static bool
+generation_image_id_cached(Manager *m, const char *service, gint64 generation,
+                           gint64 current, const char **ret_id,
+                           GError **error)
+{
+    g_autofree char *key =
+        g_strdup_printf("%s:%" G_GINT64_FORMAT, service, generation);
+    char *id = g_hash_table_lookup(m->pass->image_ids, key);
 
     if (!id) {
-        if (!state_service_image_id(m->db, service, &id, error))
+        if (!generation_image_id(m, service, generation, current, &id, error))
             return false;
         if (!id)
             id = g_strdup("");
-        g_hash_table_insert(m->pass->image_ids, g_strdup(service), id);
+        g_hash_table_insert(m->pass->image_ids, g_steal_pointer(&key), id);
     }
     *ret_id = *id ? id : NULL;
     return true;
@@ -701,24 +1065,32 @@ wanted_on(Manager *m, const char *host, GError **error)
     for (guint i = 0; clones && i < clones->len; i++) {
         CloneRow *c = clones->pdata[i];
         g_autoptr(GError) err = NULL;
-        ManagerManifest *e =
-            manager_manifest_entry_at(m, c->service, c->generation, &err);
+        g_autofree char *key = g_strdup_printf(
+            "%s:%" G_GINT64_FORMAT, c->service, c->generation);
+        ManagerManifest *e = g_hash_table_lookup(m->manifests, key);
         const char *image_id = NULL;
+        gint64 current = -1;
         Wanted *w;
 
+        if (!service_current(m, c->service, &current, error))
+            return NULL;
+        if (!e)
+            e = generation_entry(m, c->service, c->generation, current, &err);
         if (err) {
             g_propagate_error(error, g_steal_pointer(&err));
             return NULL;
         }
         if (!e)
             continue;
-        if (!service_image_id(m, c->service, &image_id, error))
+        if (!generation_image_id_cached(m, c->service, c->generation, current,
+                                        &image_id, error))
             return NULL;
         if (!image_id)
             continue;
         w = g_new0(Wanted, 1);
         w->service = g_strdup(c->service);
         w->index = (guint)c->index;
+        w->current = c->generation == current;
         w->name = manifest_clone_name(e->manifest, w->index);
         w->uuid = g_strdup(
             clone_uuid_cached(e, w->index, image_id, (guint64)c->generation));
@@ -785,7 +1157,8 @@ plan_creates(Manager *m, HostRuntime *h, GHashTable *wanted,
         gint64 *until = g_hash_table_lookup(m->backoff, bkey);
         GArray *list;
 
-        if (g_hash_table_contains(observed, w->name) ||
+        if (!w->current || /* an older generation is replaced, not made */
+            g_hash_table_contains(observed, w->name) ||
             g_hash_table_contains(pending, ckey) ||
             g_hash_table_contains(pending, dkey) ||
             (h->acked && g_hash_table_contains(h->acked, ckey)))
@@ -801,6 +1174,60 @@ plan_creates(Manager *m, HostRuntime *h, GHashTable *wanted,
     }
 }
 
+/* plan_starts: service -> the wanted clones of the current generation
+ * that @h reports shut off (or crashed) with their UUID: a reboot of the
+ * host, or a guest that stopped; each started again at most once every
+ * RESTART_INTERVAL_US */
+static void
+plan_starts(Manager *m, HostRuntime *h, GHashTable *wanted, GHashTable *pending,
+            GHashTable *starts)
+{
+    gint64 now = g_get_monotonic_time();
+
+    for (guint i = 0; h->clones && i < json_array_get_length(h->clones); i++) {
+        JsonNode *n = json_array_get_element(h->clones, i);
+        JsonObject *c;
+        const char *state;
+        Wanted *w;
+        g_autofree char *skey = NULL;
+        g_autofree char *ckey = NULL;
+        g_autofree char *dkey = NULL;
+        gint64 *until;
+        GPtrArray *list;
+
+        if (!JSON_NODE_HOLDS_OBJECT(n))
+            continue;
+        c = json_node_get_object(n);
+        w = g_hash_table_lookup(wanted, json_util_get_string(c, "name", ""));
+        state = json_util_get_string(c, "state", "");
+        if (!w || !w->current ||
+            g_ascii_strcasecmp(w->uuid, json_util_get_string(c, "uuid", "")) ||
+            (!g_str_equal(state, "shutoff") && !g_str_equal(state, "crashed")))
+            continue;
+        skey = g_strdup_printf("start:%s", w->name);
+        ckey = g_strdup_printf("create:%s:%u", w->service, w->index);
+        dkey = g_strdup_printf("destroy:%s", w->name);
+        if (g_hash_table_contains(pending, skey) ||
+            g_hash_table_contains(pending, ckey) ||
+            g_hash_table_contains(pending, dkey))
+            continue;
+        g_free(skey);
+        skey = g_strdup_printf("start:%s/%s", h->name, w->name);
+        until = g_hash_table_lookup(m->backoff, skey);
+        if (until && now < *until)
+            continue;
+        until = g_new(gint64, 1);
+        *until = now + RESTART_INTERVAL_US;
+        g_hash_table_insert(m->backoff, g_steal_pointer(&skey), until);
+        list = g_hash_table_lookup(starts, w->service);
+        if (!list) {
+            list = g_ptr_array_new();
+            g_hash_table_insert(starts, g_strdup(w->service), list);
+        }
+        g_ptr_array_add(list, w);
+    }
+}
+
 static bool
 reconcile_host(Manager *m, HostRuntime *h, GError **error)
 {
@@ -812,6 +1239,8 @@ reconcile_host(Manager *m, HostRuntime *h, GError **error)
         g_str_hash, g_str_equal, g_free, (GDestroyNotify)g_array_unref);
     g_autoptr(GHashTable) destroys = g_hash_table_new_full(
         g_str_hash, g_str_equal, g_free, (GDestroyNotify)g_ptr_array_unref);
+    g_autoptr(GHashTable) starts = g_hash_table_new_full(
+        g_str_hash, g_str_equal, g_free, (GDestroyNotify)g_ptr_array_unref);
     GHashTableIter it;
     gpointer k, v;
 
@@ -820,6 +1249,12 @@ reconcile_host(Manager *m, HostRuntime *h, GError **error)
         return false;
     plan_destroys(h, wanted, pending, observed, destroys);
     plan_creates(m, h, wanted, pending, observed, creates);
+    plan_starts(m, h, wanted, pending, starts);
+    g_hash_table_iter_init(&it, starts);
+    while (g_hash_table_iter_next(&it, &k, &v)) {
+        if (!command_start(m, h->name, k, v, error))
+            return false;
+    }
     g_hash_table_iter_init(&it, destroys);
     while (g_hash_table_iter_next(&it, &k, &v)) {
         if (!command_destroy(m, h->name, *(char *)k ? k : NULL, v, error))

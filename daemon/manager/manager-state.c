@@ -4,12 +4,18 @@
  * Every statement of the site manager is here, behind a named function;
  * the contract of them all is in manager-state.h.
  *
- * Tables (schema version 1):
+ * Tables (schema version 2; a version 1 database is brought up to it:
+ * migrate_v1):
  *   services   name, manifest (canonical XML), generation, desired count,
  *              deleting, cooldown_until
  *   images     name, id, format, origins (JSON), the index, size
  *   hosts      name, key, address, accepted, cpus, memory, lost, last_seen
- *   clones     desired clones: service, index, host (NULL: unplaced)
+ *   clones     desired clones: service, index, host (NULL: unplaced),
+ *              generation (the service's, or an older one mid-rollout)
+ *   generations every generation of each service: its manifest and image
+ *              (the old clones' UUIDs, rollback, the next number)
+ *   rollouts   per service, the last rolling replacement: from and to
+ *              which generation, its state, when, why it failed
  *   commands   every command sent to an agent: id, host, op, body, state
  *   host_images per host and image: cached fraction, bytes by source
  *   requests   request counts reported in the last minute, per service
@@ -42,7 +48,7 @@
 
 #include "spore-error.h"
 
-#define SCHEMA_VERSION 1
+#define SCHEMA_VERSION 2
 /* how long a statement waits for another connection's write lock */
 #define STATE_BUSY_TIMEOUT_MS 5000
 /* events kept: the newest EVENTS_KEEP, pruned every EVENTS_PRUNE_EVERY */
@@ -69,8 +75,17 @@ static const char schema[] =
     "  first_seen REAL NOT NULL);"
     "CREATE TABLE IF NOT EXISTS clones ("
     "  service TEXT NOT NULL, idx INTEGER NOT NULL, host TEXT,"
+    "  generation INTEGER NOT NULL DEFAULT 0,"
     "  PRIMARY KEY (service, idx));"
     "CREATE INDEX IF NOT EXISTS clones_by_host ON clones (host);"
+    "CREATE TABLE IF NOT EXISTS generations ("
+    "  service TEXT NOT NULL, generation INTEGER NOT NULL,"
+    "  manifest TEXT NOT NULL, image TEXT NOT NULL, created REAL NOT NULL,"
+    "  PRIMARY KEY (service, generation));"
+    "CREATE TABLE IF NOT EXISTS rollouts ("
+    "  service TEXT PRIMARY KEY, generation INTEGER NOT NULL,"
+    "  from_generation INTEGER NOT NULL, state TEXT NOT NULL,"
+    "  started REAL NOT NULL, finished REAL, reason TEXT);"
     "CREATE TABLE IF NOT EXISTS commands ("
     "  id INTEGER PRIMARY KEY AUTOINCREMENT, host TEXT NOT NULL,"
     "  op TEXT NOT NULL, service TEXT, body TEXT NOT NULL,"
@@ -494,6 +509,31 @@ create_private(const char *path, GError **error)
     return true;
 }
 
+/* migrate_v1: version 1 had no per-clone generation and no history: each
+ * clone takes its service's generation, each service's manifest becomes
+ * its first recorded generation */
+static bool
+migrate_v1(sqlite3 *db, GError **error)
+{
+    return state_begin(db, error) &&
+           exec(db, "add the clones' generation", error,
+                "ALTER TABLE clones ADD COLUMN generation INTEGER NOT NULL "
+                "DEFAULT 0",
+                G_TYPE_INVALID) &&
+           exec(db, "set the clones' generation", error,
+                "UPDATE clones SET generation = (SELECT generation FROM "
+                "services WHERE name = clones.service)",
+                G_TYPE_INVALID) &&
+           exec(db, "record the services' generations", error,
+                "INSERT OR IGNORE INTO generations SELECT name, generation, "
+                "manifest, image, updated FROM services",
+                G_TYPE_INVALID) &&
+           exec(db, "write the schema version", error,
+                "UPDATE meta SET value = ? WHERE key = 'schema'", G_TYPE_INT64,
+                (gint64)SCHEMA_VERSION, G_TYPE_INVALID) &&
+           state_commit(db, error);
+}
+
 sqlite3 *
 state_open(const char *path, GError **error)
 {
@@ -538,7 +578,13 @@ state_open(const char *path, GError **error)
         state_close(db);
         return NULL;
     }
-    if (version != 0 && version != SCHEMA_VERSION) {
+    if (version == 1 && !migrate_v1(db, error)) {
+        state_rollback(db);
+        g_prefix_error(error, "database '%s': from schema version 1: ", path);
+        state_close(db);
+        return NULL;
+    }
+    if (version > 1 && version != SCHEMA_VERSION) {
         g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
                     "database '%s': schema version %" G_GINT64_FORMAT
                     ", this spored knows %d",
@@ -679,7 +725,9 @@ state_service_insert(sqlite3 *db, const char *name, const char *canonical,
 {
     return exec(db, "add a service", error,
                 "INSERT INTO services (name, manifest, generation, image, "
-                "desired, updated) VALUES (?, ?, 1, ?, ?, ?)",
+                "desired, updated) VALUES (?1, ?2, (SELECT COALESCE(MAX("
+                "generation), 0) + 1 FROM generations WHERE service = ?1), "
+                "?3, ?4, ?5)",
                 G_TYPE_STRING, name, G_TYPE_STRING, canonical, G_TYPE_STRING,
                 image, G_TYPE_INT64, desired, G_TYPE_DOUBLE, state_now(),
                 G_TYPE_INVALID);
@@ -722,6 +770,9 @@ state_service_remove(sqlite3 *db, const char *name, GError **error)
 {
     return state_clone_remove_all(db, name, error) &&
            state_schedule_remove(db, name, NULL, error) &&
+           exec(db, "remove a service's rollout", error,
+                "DELETE FROM rollouts WHERE service = ?", G_TYPE_STRING, name,
+                G_TYPE_INVALID) &&
            exec(db, "remove a service", error,
                 "DELETE FROM services WHERE name = ?", G_TYPE_STRING, name,
                 G_TYPE_INVALID);
@@ -1128,7 +1179,7 @@ state_clone_list(sqlite3 *db, const char *service, const char *host,
 {
     g_autoptr(Stmt) st = prepare(
         db, "list clones", error,
-        "SELECT c.service, c.idx, c.host, s.generation FROM clones c JOIN "
+        "SELECT c.service, c.idx, c.host, c.generation FROM clones c JOIN "
         "services s ON s.name = c.service WHERE (?1 IS NULL OR c.service = "
         "?1) AND (?2 IS NULL OR c.host = ?2) ORDER BY c.service, c.idx",
         G_TYPE_STRING, service, G_TYPE_STRING, host, G_TYPE_INVALID);
@@ -1142,7 +1193,7 @@ state_clone_list_unplaced(sqlite3 *db, GError **error)
 {
     g_autoptr(Stmt) st = prepare(
         db, "list unplaced clones", error,
-        "SELECT c.service, c.idx, c.host, s.generation FROM clones c JOIN "
+        "SELECT c.service, c.idx, c.host, c.generation FROM clones c JOIN "
         "services s ON s.name = c.service WHERE c.host IS NULL AND "
         "s.deleting = 0 ORDER BY c.service, c.idx",
         G_TYPE_INVALID);
@@ -1176,7 +1227,8 @@ state_clone_sync(sqlite3 *db, const char *service, gint64 desired,
         return false;
     for (gint64 i = 0; i < desired; i++) {
         if (!exec(db, "add a clone", error,
-                  "INSERT OR IGNORE INTO clones (service, idx) VALUES (?, ?)",
+                  "INSERT OR IGNORE INTO clones (service, idx, generation) "
+                  "SELECT ?1, ?2, generation FROM services WHERE name = ?1",
                   G_TYPE_STRING, service, G_TYPE_INT64, i, G_TYPE_INVALID))
             return false;
     }
@@ -1192,6 +1244,26 @@ state_clone_remove_all(sqlite3 *db, const char *service, GError **error)
 }
 
 bool
+state_clone_add(sqlite3 *db, const char *service, gint64 index,
+                gint64 generation, GError **error)
+{
+    return exec(
+        db, "add a clone", error,
+        "INSERT INTO clones (service, idx, generation) VALUES (?, ?, ?)",
+        G_TYPE_STRING, service, G_TYPE_INT64, index, G_TYPE_INT64, generation,
+        G_TYPE_INVALID);
+}
+
+bool
+state_clone_remove(sqlite3 *db, const char *service, gint64 index,
+                   GError **error)
+{
+    return exec(db, "remove a clone", error,
+                "DELETE FROM clones WHERE service = ? AND idx = ?",
+                G_TYPE_STRING, service, G_TYPE_INT64, index, G_TYPE_INVALID);
+}
+
+bool
 state_clone_place(sqlite3 *db, const char *service, gint64 index,
                   const char *host, GError **error)
 {
@@ -1199,6 +1271,166 @@ state_clone_place(sqlite3 *db, const char *service, gint64 index,
                 "UPDATE clones SET host = ? WHERE service = ? AND idx = ?",
                 G_TYPE_STRING, host, G_TYPE_STRING, service, G_TYPE_INT64,
                 index, G_TYPE_INVALID);
+}
+
+/* ---- generations and rollouts ------------------------------------------ */
+
+bool
+state_generation_put(sqlite3 *db, const char *service, gint64 generation,
+                     const char *canonical, const char *image, GError **error)
+{
+    return exec(db, "record a generation", error,
+                "INSERT OR REPLACE INTO generations VALUES (?, ?, ?, ?, ?)",
+                G_TYPE_STRING, service, G_TYPE_INT64, generation, G_TYPE_STRING,
+                canonical, G_TYPE_STRING, image, G_TYPE_DOUBLE, state_now(),
+                G_TYPE_INVALID) &&
+           exec(db, "prune the generations", error,
+                "DELETE FROM generations WHERE service = ?1 AND generation "
+                "NOT IN (SELECT generation FROM generations WHERE service = "
+                "?1 ORDER BY generation DESC LIMIT ?2) AND generation NOT IN "
+                "(SELECT generation FROM clones WHERE service = ?1)",
+                G_TYPE_STRING, service, G_TYPE_INT64,
+                (gint64)STATE_GENERATIONS_KEPT, G_TYPE_INVALID);
+}
+
+bool
+state_generation_get(sqlite3 *db, const char *service, gint64 generation,
+                     char **ret_canonical, char **ret_image, GError **error)
+{
+    g_autofree char *canonical = NULL;
+    g_autofree char *image = NULL;
+
+    if (!query_text(db, "read a generation", &canonical, error,
+                    "SELECT manifest FROM generations WHERE service = ? AND "
+                    "generation = ?",
+                    G_TYPE_STRING, service, G_TYPE_INT64, generation,
+                    G_TYPE_INVALID) ||
+        !query_text(db, "read a generation", &image, error,
+                    "SELECT image FROM generations WHERE service = ? AND "
+                    "generation = ?",
+                    G_TYPE_STRING, service, G_TYPE_INT64, generation,
+                    G_TYPE_INVALID))
+        return false;
+    *ret_canonical = g_steal_pointer(&canonical);
+    if (ret_image)
+        *ret_image = g_steal_pointer(&image);
+    return true;
+}
+
+bool
+state_generation_next(sqlite3 *db, const char *service, gint64 *ret_generation,
+                      GError **error)
+{
+    gint64 last = 0;
+
+    if (!query_int(db, "read the last generation", 0, &last, error,
+                   "SELECT MAX(g) FROM (SELECT MAX(generation) AS g FROM "
+                   "generations WHERE service = ?1 UNION ALL SELECT "
+                   "generation FROM services WHERE name = ?1)",
+                   G_TYPE_STRING, service, G_TYPE_INVALID))
+        return false;
+    *ret_generation = last + 1;
+    return true;
+}
+
+bool
+state_generation_before(sqlite3 *db, const char *service, gint64 generation,
+                        gint64 *ret_generation, GError **error)
+{
+    return query_int(
+        db, "read the generation before", -1, ret_generation, error,
+        "SELECT MAX(generation) FROM generations WHERE service "
+        "= ? AND generation < ?",
+        G_TYPE_STRING, service, G_TYPE_INT64, generation, G_TYPE_INVALID);
+}
+
+void
+rollout_row_free(RolloutRow *row)
+{
+    if (!row)
+        return;
+    g_free(row->service);
+    g_free(row->state);
+    g_free(row->reason);
+    g_free(row);
+}
+
+static gpointer
+read_rollout(Stmt *st)
+{
+    RolloutRow *r = g_new0(RolloutRow, 1);
+
+    r->service = col_text(st, 0);
+    r->generation = sqlite3_column_int64(st, 1);
+    r->from_generation = sqlite3_column_int64(st, 2);
+    r->state = col_text(st, 3);
+    r->started = sqlite3_column_double(st, 4);
+    r->finished = sqlite3_column_double(st, 5);
+    r->reason = col_text(st, 6);
+    return r;
+}
+
+bool
+state_rollout_get(sqlite3 *db, const char *service, RolloutRow **ret_row,
+                  GError **error)
+{
+    g_autoptr(Stmt) st =
+        prepare(db, "read a rollout", error,
+                "SELECT service, generation, from_generation, state, started, "
+                "finished, reason FROM rollouts WHERE service = ?",
+                G_TYPE_STRING, service, G_TYPE_INVALID);
+    g_autoptr(GPtrArray) rows = NULL;
+
+    if (!st)
+        return false;
+    rows = collect(db, st, "read a rollout", read_rollout,
+                   (GDestroyNotify)rollout_row_free, error);
+    if (!rows)
+        return false;
+    *ret_row = rows->len ? g_ptr_array_steal_index(rows, 0) : NULL;
+    return true;
+}
+
+bool
+state_rollout_start(sqlite3 *db, const char *service, gint64 generation,
+                    gint64 from_generation, GError **error)
+{
+    return exec(db, "start a rollout", error,
+                "INSERT OR REPLACE INTO rollouts VALUES (?, ?, ?, ?, ?, NULL, "
+                "NULL)",
+                G_TYPE_STRING, service, G_TYPE_INT64, generation, G_TYPE_INT64,
+                from_generation, G_TYPE_STRING, STATE_ROLLOUT_ROLLING,
+                G_TYPE_DOUBLE, state_now(), G_TYPE_INVALID);
+}
+
+bool
+state_rollout_finish(sqlite3 *db, const char *service, const char *state,
+                     const char *reason, GError **error)
+{
+    return exec(db, "finish a rollout", error,
+                "UPDATE rollouts SET state = ?, finished = ?, reason = ? "
+                "WHERE service = ?",
+                G_TYPE_STRING, state, G_TYPE_DOUBLE, state_now(), G_TYPE_STRING,
+                reason, G_TYPE_STRING, service, G_TYPE_INVALID);
+}
+
+bool
+state_create_failure(sqlite3 *db, const char *service, gint64 generation,
+                     double since, char **ret_reason, GError **error)
+{
+    g_autofree char *reason = NULL;
+    g_autofree char *state = g_strdup(command_state_to_string(COMMAND_FAILED));
+
+    if (!query_text(db, "look for failed creates", &reason, error,
+                    "SELECT host || ': ' || COALESCE(error, 'no reason given') "
+                    "FROM commands WHERE service = ? AND op = 'clone-create' "
+                    "AND state = ? AND finished >= ? AND json_extract(body, "
+                    "'$.generation') = ? ORDER BY id DESC LIMIT 1",
+                    G_TYPE_STRING, service, G_TYPE_STRING, state, G_TYPE_DOUBLE,
+                    since, G_TYPE_INT64, generation, G_TYPE_INVALID))
+        return false;
+    *ret_reason = g_steal_pointer(&reason);
+    return true;
 }
 
 /* ---- commands ---------------------------------------------------------- */

@@ -78,7 +78,9 @@ bool host_state_from_string(const char *text, HostState *ret_state);
  *   PENDING/CREATING --[host lost: state_host_set_lost]--> PENDING
  *   CREATING --[reported, this generation]--> the reported state
  *                                               (running, shut off, ...)
- *   reported, older generation --[submit of a new generation]--> UPDATING
+ *   reported, of another generation than its row --> UPDATING (a row
+ *            keeps its own generation: during a rollout, old clones
+ *            show their reported state; rollout.h)
  *   any --[desired shrinks or service deleted: state_clone_remove*]-->
  *         DELETING while a host still reports it --> (gone)
  *   UNKNOWN: the clone is placed on a host that has not reported since
@@ -267,12 +269,82 @@ GPtrArray *state_clone_list(sqlite3 *db, const char *service, const char *host,
                             GError **error);
 /* state_clone_list_unplaced: of CloneRow, of services not being deleted */
 GPtrArray *state_clone_list_unplaced(sqlite3 *db, GError **error);
-/* state_clone_sync: exactly the rows 0..@desired-1 of @service */
+/* state_clone_sync: exactly the rows 0..@desired-1 of @service (new ones
+ * of the service's generation) */
 bool state_clone_sync(sqlite3 *db, const char *service, gint64 desired,
                       GError **error);
 bool state_clone_remove_all(sqlite3 *db, const char *service, GError **error);
+/* state_clone_add: row @index of @service, of @generation, unplaced; an
+ * error if the index is taken */
+bool state_clone_add(sqlite3 *db, const char *service, gint64 index,
+                     gint64 generation, GError **error);
+bool state_clone_remove(sqlite3 *db, const char *service, gint64 index,
+                        GError **error);
 bool state_clone_place(sqlite3 *db, const char *service, gint64 index,
                        const char *host, GError **error);
+
+/* ---- generations and rollouts ------------------------------------------
+ *
+ * Every generation of a service is kept with its manifest (the newest
+ * STATE_GENERATIONS_KEPT, and any that clones still have), so that old
+ * clones keep their UUIDs during a rollout, a rollback finds the previous
+ * manifest, and a number is never given to two manifests of one service
+ * (not even across a delete and a new submit).
+ *
+ * A service's last rollout (table rollouts, column state):
+ *
+ *   (none)/any --[state_rollout_start: submit or rollback changes the
+ *                generation]--> rolling
+ *   rolling --[state_rollout_finish: no clone of another generation
+ *             left]--> done
+ *   rolling --[state_rollout_finish: a new clone failed]--> failed
+ *   failed --[state_rollout_start: rollback or a new submit]--> rolling
+ */
+#define STATE_GENERATIONS_KEPT 10
+#define STATE_ROLLOUT_ROLLING  "rolling"
+#define STATE_ROLLOUT_DONE     "done"
+#define STATE_ROLLOUT_FAILED   "failed"
+
+bool state_generation_put(sqlite3 *db, const char *service, gint64 generation,
+                          const char *canonical, const char *image,
+                          GError **error);
+/* state_generation_get: the manifest (and image, unless @ret_image is
+ * NULL) of @generation; NULL when not kept */
+bool state_generation_get(sqlite3 *db, const char *service, gint64 generation,
+                          char **ret_canonical, char **ret_image,
+                          GError **error);
+/* state_generation_next: one more than any generation @service ever had */
+bool state_generation_next(sqlite3 *db, const char *service,
+                           gint64 *ret_generation, GError **error);
+/* state_generation_before: the newest kept generation below @generation,
+ * -1 if none */
+bool state_generation_before(sqlite3 *db, const char *service,
+                             gint64 generation, gint64 *ret_generation,
+                             GError **error);
+
+typedef struct {
+    char *service;
+    gint64 generation;      /* to */
+    gint64 from_generation; /* from */
+    char *state;            /* "rolling", "done" or "failed" */
+    double started;
+    double finished; /* 0 while rolling */
+    char *reason;    /* why it failed, or NULL */
+} RolloutRow;
+
+void rollout_row_free(RolloutRow *row);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(RolloutRow, rollout_row_free)
+
+bool state_rollout_get(sqlite3 *db, const char *service, RolloutRow **ret_row,
+                       GError **error);
+bool state_rollout_start(sqlite3 *db, const char *service, gint64 generation,
+                         gint64 from_generation, GError **error);
+bool state_rollout_finish(sqlite3 *db, const char *service, const char *state,
+                          const char *reason, GError **error);
+/* state_create_failure: "HOST: ERROR" of the newest clone-create of
+ * @service at @generation that failed since @since, NULL if none */
+bool state_create_failure(sqlite3 *db, const char *service, gint64 generation,
+                          double since, char **ret_reason, GError **error);
 
 /* ---- commands ---------------------------------------------------------- */
 

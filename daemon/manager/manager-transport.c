@@ -327,8 +327,9 @@ ack_succeeded(Manager *m, const char *host, const CommandRow *cmd,
     if (!state_command_finish(m->db, cmd->id, COMMAND_DONE, NULL, error) ||
         !manager_event(
             m, error,
-            g_str_equal(cmd->op, "clone-create") ? "clones-created"
-                                                 : "clones-destroyed",
+            g_str_equal(cmd->op, "clone-create")  ? "clones-created"
+            : g_str_equal(cmd->op, "clone-start") ? "clones-started"
+                                                  : "clones-destroyed",
             cmd->service, host,
             "command %" G_GINT64_FORMAT " (%s) done on %s%s%s", cmd->id,
             cmd->op, host, summary ? ": " : "", summary ? summary : ""))

@@ -2,7 +2,8 @@
 """fake-manager.py SOCKET LOG: a stand-in for spored's control socket
 (docs/site-control.md) with a fixed little site, for sporectl's tests.
 
-Services: web (desired 2, running 2, min 1, max 4) and db (desired 1).
+Services: web (desired 2, running 2, min 1, max 4) and db (desired 1,
+whose rollout to generation 2 failed: `rollback db` returns it to 1).
 Every service-show of a service whose running is not desired moves it one
 clone nearer, so a `scale web 4 --wait` converges after two polls.  A
 deleted service loses one clone per clone-list poll and disappears when
@@ -18,18 +19,31 @@ import threading
 lock = threading.Lock()
 services = {
     "web": {"desired": 2, "running": 2, "clones": 2, "deleting": False},
-    "db": {"desired": 1, "running": 1, "clones": 1, "deleting": False},
+    "db": {"desired": 1, "running": 1, "clones": 1, "deleting": False,
+           "generation": 2,
+           "rollout": {"state": "failed", "generation": 2,
+                       "from_generation": 1, "started": 1700000000.0,
+                       "finished": 1700000042.0,
+                       "reason": "a clone of generation 2 failed: hv-1: "
+                                 "cannot write '/etc/hostname/x'",
+                       "updated": 1, "updated_running": 0, "old": 1,
+                       "old_running": 1, "max_unavailable": 0,
+                       "max_surge": 1}},
     "stuck": {"desired": 1, "running": 0, "clones": 1, "deleting": False},
 }
 
 
 def summary(name):
     s = services[name]
-    return {"name": name, "generation": 1, "image": "debian-12", "min": 1,
-            "max": 4, "desired": s["desired"],
-            # stuck's hosts have not reported since the manager started
-            "running": None if name == "stuck" else s["running"],
-            "deleting": s["deleting"], "cooldown_until": 0}
+    r = {"name": name, "generation": s.get("generation", 1),
+         "image": "debian-12", "min": 1,
+         "max": 4, "desired": s["desired"],
+         # stuck's hosts have not reported since the manager started
+         "running": None if name == "stuck" else s["running"],
+         "deleting": s["deleting"], "cooldown_until": 0, "rollout": None}
+    if "rollout" in s:
+        r["rollout"] = s["rollout"]
+    return r
 
 
 def clones(name):
@@ -73,6 +87,21 @@ def handle(req):
             return {"ok": False, "error": "no service '%s'" % name}
         services[name]["desired"] = req["count"]
         return {"ok": True, "service": name, "desired": req["count"]}
+    if cmd == "rollback":
+        # db failed a rollout from generation 1 to 2: back to 1
+        if name not in services:
+            return {"ok": False, "error": "no such service '%s'" % name}
+        if name != "db":
+            return {"ok": False, "error": "service '%s' has no earlier "
+                    "generation to return to (it is at generation 1)" % name}
+        services[name]["generation"] = 1
+        services[name]["rollout"] = {
+            "state": "rolling", "generation": 1, "from_generation": 2,
+            "started": 1700000000.0, "finished": None, "updated": 1,
+            "updated_running": 1, "old": 1, "old_running": 0,
+            "max_unavailable": 0, "max_surge": 1}
+        return {"ok": True, "service": name, "generation": 1,
+                "from_generation": 2}
     if cmd == "service-delete":
         if name not in services:
             return {"ok": False, "error": "no service '%s'" % name}

@@ -130,7 +130,7 @@ check "clone-create --help explains idempotency" \
     test "$rc" -eq 0 -a -n "$(grep -i 'idempotent' "$tmp/out")"
 
 # site manager commands: what can be checked without a manager
-for c in submit service-list service-show service-delete scale clone-list \
+for c in submit service-list service-show service-delete scale rollback clone-list \
     host-list host-accept image-add image-list events; do
     run "$c" --help
     check "$c --help exits 0 and shows usage" \
@@ -282,9 +282,29 @@ check "service-list without -q is still the table" \
     test -n "$(grep -E '^ web +1 +debian-12 +2/2' "$tmp/out")"
 check "a running count the manager does not know yet (null) shows as ?, the status unknown" \
     test -n "$(grep -E '^ stuck +1 +debian-12 +\?/1 +1 +4 +unknown' "$tmp/out")"
+check "a service whose rollout failed says so in service-list" \
+    test -n "$(grep -E '^ db +2 +debian-12 +1/1 +1 +4 +rollout-failed' "$tmp/out")"
 ctl service-show stuck
 check "service-show says the running count is not known yet" \
     grep -q "^Running: *not known yet" "$tmp/out"
+ctl service-show db
+check "service-show shows a failed rollout, its progress and why" \
+    test -n "$(grep -E '^Rollout: +failed, generation 1 -> 2, started .*, took 42 s$' "$tmp/out")" \
+    -a -n "$(grep -E '^Progress: +1 updated \(0 running\), 1 old \(1 running\); max-unavailable 0, max-surge 1$' "$tmp/out")" \
+    -a -n "$(grep -E "^Failure: +a clone of generation 2 failed: hv-1: cannot write" "$tmp/out")"
+ctl service-show web
+check "service-show of a service that never rolled out has no Rollout line" \
+    test "$rc" -eq 0 -a -z "$(grep '^Rollout:' "$tmp/out")"
+ctl rollback web
+check "rollback without an earlier generation exits 1 saying so" \
+    test "$rc" -eq 1 -a -n "$(grep 'no earlier generation' "$tmp/err")"
+ctl rollback db
+check "rollback says from and to which generation" \
+    test "$rc" -eq 0 -a "$(cat "$tmp/out")" = "db: rolling back from generation 2 to 1"
+check "rollback sends the service's name" \
+    test -n "$(grep '"cmd": "rollback", "name": "db"' "$tmp/requests")"
+ctl rollback
+check "rollback without NAME is a usage error (2)" test "$rc" -eq 2
 ctl host-list --json
 check "--json after a list command prints the reply" \
     python3 -c 'import json,sys; assert len(json.load(open(sys.argv[1]))["hosts"]) == 2' "$tmp/out"

@@ -10,7 +10,10 @@
  *     not 0;
  *   - the scaling engine does not evaluate a service before its hosts
  *     reported after a restart (requests per running clone would jump);
- *   - a scale to the current count does not restart the cooldown.
+ *   - a scale to the current count does not restart the cooldown;
+ *   - a new generation replaces the clones within <update>'s bounds; a
+ *     failed create stops it with the old clones running, rollback keeps
+ *     them; a clone reported shut off is started again.
  *
  * Every wait is for a condition; PUMP_TRIES_MAX only stops a broken
  * manager from hanging the suite.
@@ -35,13 +38,14 @@
 typedef struct {
     const char *name;
     void *ctx, *sock;
-    GPtrArray *clones;  /* JsonObject: what it reports */
-    bool silent;        /* sends nothing (a host not reported yet) */
-    bool hold_destroys; /* leaves clone-destroy commands unanswered */
-    bool no_reports;    /* reads and acknowledges, but does not report */
-    guint creates;      /* clones created */
-    guint duplicates;   /* creates of a clone it already had */
-    GPtrArray *held;    /* JsonObject: the held destroys */
+    GPtrArray *clones;      /* JsonObject: what it reports */
+    bool silent;            /* sends nothing (a host not reported yet) */
+    bool hold_destroys;     /* leaves clone-destroy commands unanswered */
+    bool no_reports;        /* reads and acknowledges, but does not report */
+    guint creates;          /* clones created */
+    guint duplicates;       /* creates of a clone it already had */
+    GPtrArray *held;        /* JsonObject: the held destroys */
+    gint64 fail_generation; /* creates of it fail (0: none) */
     guint turn;
 } FakeAgent;
 
@@ -149,7 +153,9 @@ agent_create(JsonObject *cmd)
         for (guint k = 0; k < cur->clones->len; k++)
             had |= g_str_equal(
                 json_util_get_string(cur->clones->pdata[k], "name", ""), name);
-        if (had) { /* spore-agent answers "existed", after libvirt work */
+        /* idempotent, as spore-agent is: a re-sent create changes nothing
+         * (spore-agent answers "existed", after libvirt work) */
+        if (had) {
             cur->duplicates++;
             json_object_unref(c);
             continue;
@@ -186,6 +192,37 @@ agent_destroy(JsonObject *cmd)
 }
 
 static void
+agent_fail(gint64 id, const char *error)
+{
+    g_autoptr(JsonObject) ack = wire_new("ack");
+
+    json_object_set_int_member(ack, "id", id);
+    json_object_set_boolean_member(ack, "ok", FALSE);
+    json_object_set_string_member(ack, "error", error);
+    agent_send(ack);
+}
+
+/* agent_start: the clones of a clone-start, running again */
+static void
+agent_start(JsonObject *cmd)
+{
+    JsonArray *arr = json_object_get_array_member(cmd, "clones");
+
+    for (guint n = 0; n < json_array_get_length(arr); n++) {
+        const char *name = json_util_get_string(
+            json_array_get_object_element(arr, n), "name", "");
+
+        for (guint i = 0; i < cur->clones->len; i++) {
+            JsonObject *c = cur->clones->pdata[i];
+
+            if (g_str_equal(json_util_get_string(c, "name", ""), name))
+                json_object_set_string_member(c, "state", "running");
+        }
+    }
+    agent_ack(json_util_get_int(cmd, "id", -1));
+}
+
+static void
 agent_handle(JsonObject *msg)
 {
     const char *type = json_util_get_string(msg, "type", "");
@@ -193,6 +230,13 @@ agent_handle(JsonObject *msg)
 
     if (g_str_equal(type, "who")) {
         agent_hello();
+    } else if (g_str_equal(type, "cmd") && g_str_equal(op, "clone-create") &&
+               json_util_get_int(msg, "generation", 0) ==
+                   cur->fail_generation) {
+        agent_fail(json_util_get_int(msg, "id", -1),
+                   "cannot write '/etc/hostname/x': Not a directory");
+    } else if (g_str_equal(type, "cmd") && g_str_equal(op, "clone-start")) {
+        agent_start(msg);
     } else if (g_str_equal(type, "cmd") && g_str_equal(op, "clone-create")) {
         agent_create(msg);
         agent_ack(json_util_get_int(msg, "id", -1));
@@ -425,6 +469,33 @@ teardown(void)
     g_free(config.run_dir);
     g_free(config.listen);
     g_free(config.hosts_dir);
+}
+
+/* submit_manifest: submit service web of @memory_mib MiB, its image
+ * @image, with @extra in the service element */
+static JsonObject *
+submit_manifest(const char *image, guint memory_mib, const char *extra)
+{
+    g_autofree char *xml = g_strdup_printf(
+        "<service xmlns=\"urn:spore:manifest:1\" name=\"web\">"
+        "<image name=\"img\"><origin url=\"file://%s\"/></image>"
+        "<vm><vcpus>1</vcpus><memory unit=\"MiB\">%u</memory></vm>"
+        "<scaling min=\"1\" max=\"3\" initial=\"2\" cooldown=\"120s\">"
+        "<rule metric=\"requests\" above=\"100\" add=\"1\"/>"
+        "</scaling>%s</service>",
+        image, memory_mib, extra);
+    g_autoptr(JsonObject) s = json_object_new();
+    g_autoptr(JsonGenerator) gen = json_generator_new();
+    g_autofree char *submit = NULL;
+    JsonNode *node;
+
+    json_object_set_string_member(s, "cmd", "submit");
+    json_object_set_string_member(s, "manifest", xml);
+    node = json_node_init_object(json_node_alloc(), json_object_ref(s));
+    json_generator_set_root(gen, node);
+    submit = json_generator_to_data(gen, NULL);
+    json_node_unref(node);
+    return control_ok(submit);
 }
 
 /* submit_two: a service "web" of 2 clones with a requests rule */
@@ -738,4 +809,169 @@ Test(manager_clones, sends_no_second_create_between_an_ack_and_the_next_report)
     wait_clone("web-1", "running");
     cr_expect_eq(agent.creates, 2);
     cr_expect_eq(agent.duplicates, 0);
+}
+
+/* ---- rolling updates --------------------------------------------------- */
+
+typedef struct {
+    guint min_running; /* the least the fake host ran, at any turn */
+    guint max_clones;  /* the most clones it had */
+    const char *state; /* the rollout state waited for */
+} Watch;
+
+static guint
+running_on_agent(void)
+{
+    guint n = 0;
+
+    for (guint i = 0; i < agent.clones->len; i++)
+        n += g_str_equal(
+            json_util_get_string(agent.clones->pdata[i], "state", ""),
+            "running");
+    return n;
+}
+
+/* rollout_reached: the rollout is in w->state; meanwhile the fake host's
+ * running clones and clones are tracked */
+static bool
+rollout_reached(gpointer data)
+{
+    Watch *w = data;
+    g_autoptr(JsonObject) s = NULL;
+    JsonObject *ro;
+
+    w->min_running = MIN(w->min_running, running_on_agent());
+    w->max_clones = MAX(w->max_clones, agent.clones->len);
+    s = service();
+    ro = json_util_get_object(s, "rollout");
+    return ro && g_str_equal(json_util_get_string(ro, "state", ""), w->state);
+}
+
+/* agent_clones_text: "name:generation:state ..." of the fake host */
+static const char *
+agent_clones_text(void)
+{
+    static char text[512];
+    GString *s = g_string_new(NULL);
+
+    for (guint i = 0; i < agent.clones->len; i++) {
+        JsonObject *c = agent.clones->pdata[i];
+
+        g_string_append_printf(s, "%s:%" G_GINT64_FORMAT ":%s ",
+                               json_util_get_string(c, "name", ""),
+                               json_util_get_int(c, "generation", 0),
+                               json_util_get_string(c, "state", ""));
+    }
+    g_strlcpy(text, s->str, sizeof(text));
+    g_string_free(s, TRUE);
+    return text;
+}
+
+static gint64
+generation_of(const char *name)
+{
+    for (guint i = 0; i < agent.clones->len; i++) {
+        JsonObject *c = agent.clones->pdata[i];
+
+        if (g_str_equal(json_util_get_string(c, "name", ""), name))
+            return json_util_get_int(c, "generation", -1);
+    }
+    return -1;
+}
+
+Test(manager_clones, replaces_a_new_generation_without_fewer_running)
+{
+    g_autofree char *image = g_build_filename(dir, "image.raw", NULL);
+    g_autoptr(JsonObject) r = NULL;
+    g_autoptr(JsonObject) s = NULL;
+    g_autofree char *kinds = NULL;
+    Watch w = {.min_running = G_MAXUINT, .state = "done"};
+
+    two_running();
+    r = submit_manifest(image, 96, "");
+    cr_expect_str_eq(json_util_get_string(r, "outcome", ""), "updated");
+    cr_assert(pump(rollout_reached, &w), "the rollout never finished");
+    cr_expect_geq(w.min_running, 2u, "only %u ran during the rollout",
+                  w.min_running);
+    cr_expect_leq(w.max_clones, 3u, "max-surge 1: %u clones", w.max_clones);
+    s = service();
+    cr_expect_eq(json_util_get_int(s, "generation", 0), 2);
+    cr_expect_eq(json_util_get_int(s, "running", 0), 2);
+    cr_expect_eq(agent.clones->len, 2u, "the old clones are gone");
+    for (guint i = 0; i < agent.clones->len; i++)
+        cr_expect_eq(json_util_get_int(agent.clones->pdata[i], "generation", 0),
+                     2);
+    kinds = event_kinds();
+    cr_expect(strstr(kinds, "rollout-started ") &&
+                  strstr(kinds, "rollout-step ") &&
+                  strstr(kinds, "rollout-done "),
+              "events: %s", kinds);
+}
+
+Test(manager_clones, max_unavailable_lets_one_go_first_without_surge)
+{
+    g_autofree char *image = g_build_filename(dir, "image.raw", NULL);
+    g_autoptr(JsonObject) r = NULL;
+    Watch w = {.min_running = G_MAXUINT, .state = "done"};
+
+    two_running();
+    r = submit_manifest(image, 96,
+                        "<update max-unavailable=\"1\" max-surge=\"0\"/>");
+    cr_assert(pump(rollout_reached, &w), "the rollout never finished");
+    cr_expect_geq(w.min_running, 1u);
+    cr_expect_leq(w.max_clones, 2u, "max-surge 0: %u clones", w.max_clones);
+}
+
+Test(manager_clones,
+     a_failed_create_stops_the_rollout_and_rollback_keeps_the_old)
+{
+    g_autofree char *image = g_build_filename(dir, "image.raw", NULL);
+    g_autoptr(JsonObject) r = NULL;
+    g_autoptr(JsonObject) back = NULL;
+    g_autoptr(JsonObject) s = NULL;
+    Watch failed = {.min_running = G_MAXUINT, .state = "failed"};
+    Watch done = {.min_running = G_MAXUINT, .state = "done"};
+    JsonObject *ro;
+
+    two_running();
+    agent.fail_generation = 2;
+    r = submit_manifest(image, 96, "");
+    cr_assert(pump(rollout_reached, &failed), "the rollout never failed");
+    s = service();
+    ro = json_util_get_object(s, "rollout");
+    cr_expect(strstr(json_util_get_string(ro, "reason", ""),
+                     "hv1: cannot write '/etc/hostname/x'"),
+              "reason: %s", json_util_get_string(ro, "reason", ""));
+    cr_expect_eq(running_on_agent(), 2u, "the old clones run on (%s)",
+                 agent_clones_text());
+    cr_expect_eq(generation_of("web-0"), 1);
+    cr_expect_eq(generation_of("web-1"), 1);
+    back = control_ok("{\"cmd\": \"rollback\", \"name\": \"web\"}");
+    cr_expect_eq(json_util_get_int(back, "generation", 0), 1);
+    cr_expect_eq(json_util_get_int(back, "from_generation", 0), 2);
+    cr_assert(pump(rollout_reached, &done), "the rollback never finished");
+    cr_expect_geq(done.min_running, 2u);
+    cr_expect_eq(generation_of("web-0"), 1, "the same clones");
+    cr_expect_eq(generation_of("web-1"), 1);
+    cr_expect_eq(agent.clones->len, 2u, "%s", agent_clones_text());
+}
+
+static bool
+all_running(gpointer data)
+{
+    return running_on_agent() == GPOINTER_TO_UINT(data);
+}
+
+Test(manager_clones, starts_again_a_clone_its_host_reports_shut_off)
+{
+    two_running();
+    cur = &agent;
+    set_state("web-0", "shutoff", "");
+    set_state("web-1", "shutoff", "");
+    agent_report();
+    cr_assert(pump(all_running, GUINT_TO_POINTER(2)),
+              "the clones were not started again");
+    cr_assert(pump(events_include, "clones-started "),
+              "no clones-started event");
+    wait_clone("web-0", "running");
 }

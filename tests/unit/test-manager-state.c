@@ -225,3 +225,78 @@ Test(manager_state, refuses_a_schema_of_another_version)
     cr_expect(err && strstr(err->message, "schema version 99"), "%s",
               err ? err->message : "");
 }
+
+Test(manager_state, brings_a_version_1_database_up_to_version_2)
+{
+    sqlite3 *db = NULL;
+    g_autoptr(GError) err = NULL;
+    g_autoptr(GPtrArray) clones = NULL;
+    g_autofree char *canonical = NULL;
+    g_autofree char *image = NULL;
+    gint64 next = 0;
+
+    /* what spored of schema 1 left: a service at generation 3, 2 clones */
+    cr_assert_eq(sqlite3_open(path, &db), SQLITE_OK);
+    cr_assert_eq(
+        sqlite3_exec(db,
+                     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);"
+                     "INSERT INTO meta VALUES ('schema', 1);"
+                     "CREATE TABLE services (name TEXT PRIMARY KEY, manifest "
+                     "TEXT NOT NULL, generation INTEGER NOT NULL, image TEXT "
+                     "NOT NULL, desired INTEGER NOT NULL, deleting INTEGER NOT "
+                     "NULL DEFAULT 0, cooldown_until REAL NOT NULL DEFAULT 0, "
+                     "updated REAL NOT NULL);"
+                     "CREATE TABLE clones (service TEXT NOT NULL, idx INTEGER "
+                     "NOT NULL, host TEXT, PRIMARY KEY (service, idx));"
+                     "INSERT INTO services VALUES ('web', '<m3/>', 3, 'img', "
+                     "2, 0, 0, 1);"
+                     "INSERT INTO clones VALUES ('web', 0, 'hv1'), ('web', 1, "
+                     "NULL);",
+                     NULL, NULL, NULL),
+        SQLITE_OK);
+    sqlite3_close(db);
+    db = state_open(path, &err);
+    cr_assert(db, "%s", err ? err->message : "");
+    clones = state_clone_list(db, "web", NULL, &err);
+    cr_assert(clones && clones->len == 2);
+    for (guint i = 0; i < clones->len; i++)
+        cr_expect_eq(((CloneRow *)clones->pdata[i])->generation, 3,
+                     "each clone takes its service's generation");
+    cr_assert(state_generation_get(db, "web", 3, &canonical, &image, &err));
+    cr_expect_str_eq(canonical, "<m3/>");
+    cr_expect_str_eq(image, "img");
+    cr_assert(state_generation_next(db, "web", &next, &err));
+    cr_expect_eq(next, 4);
+    state_close(db);
+    db = open_or_fail(); /* and it opens again as version 2 */
+    state_close(db);
+}
+
+Test(manager_state, never_gives_a_generation_number_twice)
+{
+    sqlite3 *db = populated();
+    g_autoptr(GError) err = NULL;
+    gint64 gen = 0, before = 0;
+
+    cr_assert(
+        state_begin(db, &err) &&
+            state_generation_put(db, "web", 1, "<m/>", "img", &err) &&
+            state_generation_next(db, "web", &gen, &err) &&
+            state_service_update(db, "web", "<m2/>", gen, "img", 2, &err) &&
+            state_generation_put(db, "web", gen, "<m2/>", "img", &err) &&
+            state_commit(db, &err),
+        "%s", err ? err->message : "");
+    cr_expect_eq(gen, 2);
+    cr_assert(state_generation_before(db, "web", 2, &before, &err));
+    cr_expect_eq(before, 1);
+    cr_assert(state_generation_before(db, "web", 1, &before, &err));
+    cr_expect_eq(before, -1, "none before the first");
+    /* deleted and submitted again: numbering goes on */
+    cr_assert(state_begin(db, &err) && state_service_remove(db, "web", &err) &&
+                  state_service_insert(db, "web", "<m3/>", "img", 1, &err) &&
+                  state_service_generation(db, "web", &gen, &err) &&
+                  state_commit(db, &err),
+              "%s", err ? err->message : "");
+    cr_expect_eq(gen, 3, "a new service of an old name does not reuse 1");
+    state_close(db);
+}

@@ -130,6 +130,33 @@ Test(manifest_parse, fills_in_every_default)
                  MANIFEST_DEFAULT_STABILIZATION_SECONDS);
     cr_expect_eq(m->placement.strategy, MANIFEST_PLACEMENT_SPREAD);
     cr_expect_eq(m->placement.hosts->len, 0u);
+    cr_expect_eq(m->update.max_unavailable, 0u);
+    cr_expect_eq(m->update.max_surge, 1u);
+}
+
+Test(manifest_parse, reads_the_update_bounds_and_writes_them_back)
+{
+    g_autofree char *path =
+        test_data_path("manifests/valid/rolling-update.xml");
+    g_autofree char *minimal = test_data_path("manifests/valid/minimal.xml");
+    g_autoptr(GError) err = NULL;
+    g_autoptr(Manifest) m = manifest_parse_file(path, NULL, &err);
+    g_autoptr(Manifest) d = NULL;
+    g_autofree char *text = NULL;
+    g_autofree char *dtext = NULL;
+
+    cr_assert(m, "%s", err ? err->message : "");
+    cr_expect_eq(m->update.max_unavailable, 1u);
+    cr_expect_eq(m->update.max_surge, 2u);
+    text = manifest_format(m);
+    cr_expect(strstr(text, "<update max-unavailable=\"1\" max-surge=\"2\"/>"),
+              "%s", text);
+    d = manifest_parse_file(minimal, NULL, &err);
+    cr_assert(d, "%s", err ? err->message : "");
+    dtext = manifest_format(d);
+    cr_expect_null(strstr(dtext, "<update"),
+                   "the defaults leave the canonical form as it was: %s",
+                   dtext);
 }
 
 Test(manifest_parse, reads_every_field_of_the_reference_example)
