@@ -69,6 +69,7 @@ wanted_free(gpointer p)
 }
 
 static GHashTable *pending_keys(Manager *m, const char *host, GError **error);
+static GPtrArray *command_keys(const char *text);
 
 /* ---- commands to agents ------------------------------------------------ */
 
@@ -408,17 +409,36 @@ generation_image_id(Manager *m, const char *service, gint64 generation,
 }
 
 /* pending_create: a create of @service's clone @index to @host waits for
- * its acknowledgement (the clone may be defined, not started yet) */
+ * its acknowledgement (the clone may be defined, not started yet).  Step
+ * 3 asks before the pass's cache of pending commands exists (it is built
+ * for step 5, after the rows changed): then from the database, for the
+ * few clones reported shut off. */
 static bool
 pending_create(Manager *m, const char *host, const char *service, guint index,
                bool *ret_pending, GError **error)
 {
-    g_autoptr(GHashTable) keys = pending_keys(m, host, error);
     g_autofree char *key = g_strdup_printf("create:%s:%u", service, index);
+    g_autoptr(GPtrArray) cmds = NULL;
 
-    if (!keys)
+    *ret_pending = false;
+    if (m->pass) {
+        g_autoptr(GHashTable) keys = pending_keys(m, host, error);
+
+        if (!keys)
+            return false;
+        *ret_pending = g_hash_table_contains(keys, key);
+        return true;
+    }
+    cmds = state_command_list_pending(m->db, host, G_MAXDOUBLE, error);
+    if (!cmds)
         return false;
-    *ret_pending = g_hash_table_contains(keys, key);
+    for (guint c = 0; c < cmds->len && !*ret_pending; c++) {
+        g_autoptr(GPtrArray) keys =
+            command_keys(((CommandRow *)cmds->pdata[c])->body);
+
+        for (guint k = 0; k < keys->len && !*ret_pending; k++)
+            *ret_pending = g_str_equal(keys->pdata[k], key);
+    }
     return true;
 }
 
@@ -838,11 +858,10 @@ command_keys(const char *text)
                (arr = json_object_get_array_member(body, "clones"))) {
         for (guint i = 0; i < json_array_get_length(arr); i++)
             g_ptr_array_add(
-                keys, g_strdup_printf(
-                          "start:%s",
-                          json_util_get_string(
-                              json_array_get_object_element(arr, i), "name",
-                              "")));
+                keys, g_strdup_printf("start:%s",
+                                      json_util_get_string(
+                                          json_array_get_object_element(arr, i),
+                                          "name", "")));
     } else if (g_str_equal(op, "clone-destroy") &&
                (arr = json_object_get_array_member(body, "names"))) {
         for (guint i = 0; i < json_array_get_length(arr); i++)
@@ -965,7 +984,8 @@ pass_cache_new(Manager *m, GError **error)
                             pc->hosts->pdata[i]);
     pc->image_ids =
         g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
-    pc->current = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+    pc->current =
+        g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
     return g_steal_pointer(&pc);
 }
 
@@ -1012,8 +1032,7 @@ service_current(Manager *m, const char *service, gint64 *ret_generation,
  * (@current is the service's), once per pass; NULL for none */
 static bool
 generation_image_id_cached(Manager *m, const char *service, gint64 generation,
-                           gint64 current, const char **ret_id,
-                           GError **error)
+                           gint64 current, const char **ret_id, GError **error)
 {
     g_autofree char *key =
         g_strdup_printf("%s:%" G_GINT64_FORMAT, service, generation);
@@ -1065,8 +1084,8 @@ wanted_on(Manager *m, const char *host, GError **error)
     for (guint i = 0; clones && i < clones->len; i++) {
         CloneRow *c = clones->pdata[i];
         g_autoptr(GError) err = NULL;
-        g_autofree char *key = g_strdup_printf(
-            "%s:%" G_GINT64_FORMAT, c->service, c->generation);
+        g_autofree char *key =
+            g_strdup_printf("%s:%" G_GINT64_FORMAT, c->service, c->generation);
         ManagerManifest *e = g_hash_table_lookup(m->manifests, key);
         const char *image_id = NULL;
         gint64 current = -1;
