@@ -13,7 +13,9 @@
  *      desired clones missing from the report is created (one command per
  *      service: one appliance launch), each reported clone that is not
  *      desired there, or is of another version (UUID), is destroyed;
- *   6. commands not acknowledged within resend_s are sent again.
+ *   6. commands not acknowledged within resend_s are sent again (not
+ *      while more than RESEND_HOLD_MESSAGES messages wait in the inbox:
+ *      the acks may be among them).
  * Agents apply a command id once; creating and destroying are idempotent
  * anyway (UUIDs), so re-sending is always safe.
  *
@@ -36,6 +38,8 @@
 #include "spore-error.h"
 
 #define PEERS_RESEND_US (30 * G_USEC_PER_SEC)
+/* no re-sends of commands while the inbox holds more than this */
+#define RESEND_HOLD_MESSAGES 1000
 /* after a change, peer lists go out again at most this often */
 #define PEERS_MIN_US (2 * G_USEC_PER_SEC)
 /* entries of one host's peer list (the agent takes WIRE_PEERS_MAX) */
@@ -875,8 +879,12 @@ send_pending(Manager *m)
         g_warning("cannot send commands: %s", err->message);
         return;
     }
-    due =
-        state_command_list_pending(m->db, NULL, now - m->config.resend_s, &err);
+    /* while messages wait to be applied, their acks may be among them:
+     * first sends only, no re-sends (a resend storm would follow) */
+    due = state_command_list_pending(
+        m->db, NULL,
+        m->inbox.length > RESEND_HOLD_MESSAGES ? 1.0 : now - m->config.resend_s,
+        &err);
     for (guint i = 0; due && i < due->len; i++) {
         CommandRow *c = due->pdata[i];
         HostRuntime *rt = g_hash_table_lookup(m->runtime, c->host);
