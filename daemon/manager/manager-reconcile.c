@@ -4,7 +4,9 @@
  *
  *   1. hosts silent for lost_after_s are lost: their clones are unplaced
  *      (a host counts as heard from when the manager starts, so that one
- *      down across a restart is lost too: seed_runtime);
+ *      down across a restart is lost too: seed_runtime); none while more
+ *      than RESEND_HOLD_MESSAGES messages wait in the inbox (unread
+ *      messages are no silence);
  *   2. auto-scaling decides (manager-scaling.c);
  *   3. each service gets exactly its desired clone rows (0..desired-1);
  *      a deleted service goes once no host reports a clone of it;
@@ -38,7 +40,8 @@
 #include "spore-error.h"
 
 #define PEERS_RESEND_US (30 * G_USEC_PER_SEC)
-/* no re-sends of commands while the inbox holds more than this */
+/* no re-sends of commands, and no host lost, while the inbox holds more
+ * than this */
 #define RESEND_HOLD_MESSAGES 1000
 /* after a change, peer lists go out again at most this often */
 #define PEERS_MIN_US (2 * G_USEC_PER_SEC)
@@ -242,6 +245,11 @@ mark_lost_hosts(Manager *m, GError **error)
 {
     GHashTableIter it;
     gpointer v;
+
+    /* with a backlog, messages wait unread (backpressure): silence does
+     * not say that a host is gone */
+    if (m->inbox.length > RESEND_HOLD_MESSAGES)
+        return true;
 
     g_hash_table_iter_init(&it, m->runtime);
     while (g_hash_table_iter_next(&it, NULL, &v)) {
