@@ -4,7 +4,9 @@
  *
  *   1. hosts silent for lost_after_s are lost: their clones are unplaced
  *      (a host counts as heard from when the manager starts, so that one
- *      down across a restart is lost too: seed_runtime);
+ *      down across a restart is lost too: seed_runtime); none while more
+ *      than RESEND_HOLD_MESSAGES messages wait in the inbox (unread
+ *      messages are no silence);
  *   2. auto-scaling decides (manager-scaling.c);
  *   3. each service's clone rows follow its desired count, and a new
  *      generation replaces the old one's clones a step at a time within
@@ -17,7 +19,9 @@
  *      desired there, or is of another version (UUID), is destroyed;
  *      each desired clone of the current generation it reports shut off
  *      (a reboot) is started on its overlay (plan_starts);
- *   6. commands not acknowledged within resend_s are sent again.
+ *   6. commands not acknowledged within resend_s are sent again (not
+ *      while more than RESEND_HOLD_MESSAGES messages wait in the inbox:
+ *      the acks may be among them).
  * Agents apply a command id once; creating and destroying are idempotent
  * anyway (UUIDs), so re-sending is always safe.
  *
@@ -41,6 +45,9 @@
 #include "spore-error.h"
 
 #define PEERS_RESEND_US (30 * G_USEC_PER_SEC)
+/* no re-sends of commands, and no host lost, while the inbox holds more
+ * than this */
+#define RESEND_HOLD_MESSAGES 1000
 /* after a change, peer lists go out again at most this often */
 #define PEERS_MIN_US (2 * G_USEC_PER_SEC)
 /* entries of one host's peer list (the agent takes WIRE_PEERS_MAX) */
@@ -289,6 +296,11 @@ mark_lost_hosts(Manager *m, GError **error)
 {
     GHashTableIter it;
     gpointer v;
+
+    /* with a backlog, messages wait unread (backpressure): silence does
+     * not say that a host is gone */
+    if (m->inbox.length > RESEND_HOLD_MESSAGES)
+        return true;
 
     g_hash_table_iter_init(&it, m->runtime);
     while (g_hash_table_iter_next(&it, NULL, &v)) {
@@ -1329,8 +1341,12 @@ send_pending(Manager *m)
         g_warning("cannot send commands: %s", err->message);
         return;
     }
-    due =
-        state_command_list_pending(m->db, NULL, now - m->config.resend_s, &err);
+    /* while messages wait to be applied, their acks may be among them:
+     * first sends only, no re-sends (a resend storm would follow) */
+    due = state_command_list_pending(
+        m->db, NULL,
+        m->inbox.length > RESEND_HOLD_MESSAGES ? 1.0 : now - m->config.resend_s,
+        &err);
     for (guint i = 0; due && i < due->len; i++) {
         CommandRow *c = due->pdata[i];
         HostRuntime *rt = g_hash_table_lookup(m->runtime, c->host);

@@ -44,9 +44,11 @@
 #define INBOX_MAX_MESSAGES 20000
 #define INBOX_MAX_BYTES    (128u * 1024 * 1024)
 /* one batch: so many messages or so long, whichever comes first */
-#define INBOX_BATCH_MESSAGES     5000
-#define INBOX_BATCH_US           (50 * 1000)
-#define BACKPRESSURE_LOG_US      (60 * G_USEC_PER_SEC)
+#define INBOX_BATCH_MESSAGES 5000
+#define INBOX_BATCH_US       (50 * 1000)
+#define BACKPRESSURE_LOG_US  (60 * G_USEC_PER_SEC)
+/* messages ZeroMQ queues unread per host before its connection waits */
+#define ROUTER_RCVHWM_MESSAGES   64
 #define REGISTER_BUDGET_MESSAGES 100
 #define BACKOFF_BASE_S           5u
 #define BACKOFF_MAX_S            300u
@@ -766,7 +768,7 @@ manager_register_drain(Manager *m)
 static bool
 bind_agents(Manager *m, GError **error)
 {
-    int one = 1;
+    int one = 1, rcvhwm = ROUTER_RCVHWM_MESSAGES;
 
     m->router = zmq_socket(m->zctx, ZMQ_ROUTER);
     wire_socket_defaults(m->router);
@@ -783,6 +785,10 @@ bind_agents(Manager *m, GError **error)
                     zmq_strerror(zmq_errno()));
         return false;
     }
+    /* what ZeroMQ itself holds unread per host: beyond it the host's
+     * connection waits (backpressure reaches the agent), rather than
+     * spored's memory growing while its inbox is full */
+    zmq_setsockopt(m->router, ZMQ_RCVHWM, &rcvhwm, sizeof(rcvhwm));
     zmq_setsockopt(m->router, ZMQ_ROUTER_HANDOVER, &one, sizeof(one));
     zmq_setsockopt(m->router, ZMQ_ROUTER_MANDATORY, &one, sizeof(one));
     if (zmq_bind(m->router, m->config.listen) != 0) {
