@@ -98,7 +98,7 @@ site_agent_start rb1
 
 # --- every clone that should run, runs again
 check "the manager starts both clones again" \
-    wait_until 120 eval 'db "SELECT message FROM events" | grep -Eq "start booty-[01], booty-[01] on rb1 \(reported shut off\)"'
+    wait_until 600 eval 'db "SELECT message FROM events" | grep -Eq "start booty-[01], booty-[01] on rb1 \(reported shut off\)"'
 check "both run again" wait_until 1200 eval '[ "$(state booty-0)/$(state booty-1)" = "running/running" ]'
 # the console logs are appended to: one more "boot complete" each
 check "booty-0 boots again" wait_until 1200 eval '[ "$(boots booty-0)" -gt "$b0" ]'
