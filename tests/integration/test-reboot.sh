@@ -56,7 +56,7 @@ cat >"$SITE/booty.xml" <<EOF
     <vcpus>1</vcpus>
     <memory unit="MiB">160</memory>
     <boot kernel="$SITE/vmlinuz" initrd="$SITE/initrd.img"
-          cmdline="console=ttyS0 root=/dev/vda rw panic=-1 quiet"/>
+          cmdline="console=ttyS0 root=/dev/vda rw panic=-1 quiet noapic"/>
   </vm>
   <customize><hostname>{service}-{index}</hostname></customize>
   <scaling min="1" max="4" initial="2"/>
