@@ -468,9 +468,10 @@ row_state(Manager *m, const CloneRow *c, RolloutCloneState *ret_state,
     bool pending = false;
 
     *ret_known = true;
-    *ret_state = ROLLOUT_CLONE_WAITING;
+    *ret_state = ROLLOUT_CLONE_ABSENT;
     if (!c->host)
         return true;
+    *ret_state = ROLLOUT_CLONE_WAITING;
     if (!h || !h->reported) {
         *ret_known = false;
         return true;

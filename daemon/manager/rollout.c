@@ -104,13 +104,15 @@ decide_rolling(const RolloutClone *clones, guint n, const RolloutLimits *l,
     kept_new = MIN(plan->updated, l->desired);
     /* old rows that serve nothing, then running ones above the floor
      * (invariant 3) */
-    remove_highest(clones, n, plan, false, false, ROLLOUT_CLONE_WAITING,
+    remove_highest(clones, n, plan, false, false, ROLLOUT_CLONE_ABSENT,
                    G_MAXUINT);
     remove_highest(clones, n, plan, false, false, ROLLOUT_CLONE_FAILED,
                    G_MAXUINT);
     if (plan->running > floor)
         remove_highest(clones, n, plan, false, false, ROLLOUT_CLONE_RUNNING,
                        MIN(plan->running - floor, old_running));
+    if (plan->updated_running >= l->desired) /* the new ones all run */
+        remove_highest(clones, n, plan, false, true, 0, G_MAXUINT);
     removed = plan->remove->len;
     rows = plan->old + plan->updated - removed;
     want = l->desired - kept_new;

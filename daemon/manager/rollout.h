@@ -9,9 +9,12 @@
  * up to the desired count and removed from the highest index down.  With
  * old rows a rolling replacement runs, one reconciliation pass at a time:
  *
- *   - an old row that does not run is removed at once (it serves nothing);
+ *   - an old row that is not placed or failed is removed at once (it
+ *     serves nothing); one placed but not seen running (a report that
+ *     missed it, a pause) is kept, not counted, until every new row runs;
  *   - a running old row is removed while more than
  *     desired - max_unavailable clones (old and new) run;
+ *   - once desired new rows run, every old row goes;
  *   - new rows are added while fewer than desired exist and the rows
  *     number less than desired + max_surge;
  *   - a new row that failed stops it all (FAILED): nothing is added or
@@ -37,7 +40,9 @@
 #include <glib.h>
 
 typedef enum {
-    ROLLOUT_CLONE_WAITING, /* placed, being created or booting, unknown */
+    ROLLOUT_CLONE_ABSENT,  /* not placed on a host (none yet, or lost) */
+    ROLLOUT_CLONE_WAITING, /* placed, being created or booting, or not in
+                              its host's last report */
     ROLLOUT_CLONE_RUNNING,
     ROLLOUT_CLONE_FAILED, /* its create failed, or it crashed or stopped */
 } RolloutCloneState;

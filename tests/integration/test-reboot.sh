@@ -56,7 +56,7 @@ cat >"$SITE/booty.xml" <<EOF
     <vcpus>1</vcpus>
     <memory unit="MiB">160</memory>
     <boot kernel="$SITE/vmlinuz" initrd="$SITE/initrd.img"
-          cmdline="console=ttyS0 root=/dev/vda rw panic=-1 quiet"/>
+          cmdline="console=ttyS0 root=/dev/vda rw panic=-1 quiet noapic"/>
   </vm>
   <customize><hostname>{service}-{index}</hostname></customize>
   <scaling min="1" max="4" initial="2"/>
@@ -71,7 +71,7 @@ check "image-add" quiet ctl image-add test-guest "http://127.0.0.1:$port/disk.ra
 check "2 clones run (submit --wait)" \
     quiet timeout 900 "$BUILD/daemon/sporectl" -c "$SITE/m/control.sock" submit --wait --timeout 880 "$SITE/booty.xml"
 for c in booty-0 booty-1; do
-    check "$c has booted" wait_until 240 booted "$SITE/rb1/console/$c.log"
+    check "$c has booted" wait_until 1200 booted "$SITE/rb1/console/$c.log"
 done
 sleep 2 # the last chunks' bits are set after their data is durable
 
@@ -98,11 +98,11 @@ site_agent_start rb1
 
 # --- every clone that should run, runs again
 check "the manager starts both clones again" \
-    wait_until 120 eval 'db "SELECT message FROM events" | grep -Eq "start booty-[01], booty-[01] on rb1 \(reported shut off\)"'
-check "both run again" wait_until 240 eval '[ "$(state booty-0)/$(state booty-1)" = "running/running" ]'
+    wait_until 600 eval 'db "SELECT message FROM events" | grep -Eq "start booty-[01], booty-[01] on rb1 \(reported shut off\)"'
+check "both run again" wait_until 1200 eval '[ "$(state booty-0)/$(state booty-1)" = "running/running" ]'
 # the console logs are appended to: one more "boot complete" each
-check "booty-0 boots again" wait_until 240 eval '[ "$(boots booty-0)" -gt "$b0" ]'
-check "booty-1 boots again" wait_until 240 eval '[ "$(boots booty-1)" -gt "$b1" ]' 
+check "booty-0 boots again" wait_until 1200 eval '[ "$(boots booty-0)" -gt "$b0" ]'
+check "booty-1 boots again" wait_until 1200 eval '[ "$(boots booty-1)" -gt "$b1" ]' 
 t1=$(date +%s.%N)
 echo "# from the restart to both clones booted: $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", b - a }') s"
 check "the manager sees them running" \

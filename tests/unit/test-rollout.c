@@ -167,11 +167,36 @@ Test(rollout, busy_indexes_and_the_limit_block_a_surge)
     rollout_plan_clear(&p);
 }
 
-Test(rollout, old_clones_that_do_not_run_go_at_once)
+Test(rollout, an_old_clone_missing_from_a_report_stays_until_the_new_run)
+{
+    RolloutClone c[] = {
+        {.index = 0, .current = false, .state = ROLLOUT_CLONE_WAITING},
+        OLD(1),
+        OLD(2),
+        WAIT(3)};
+    RolloutClone d[] = {
+        {.index = 0, .current = false, .state = ROLLOUT_CLONE_WAITING},
+        NEW(1),
+        NEW(2),
+        NEW(3)};
+    RolloutLimits l = {.desired = 3, .max_surge = 1, .index_limit = 8};
+    RolloutPlan p;
+
+    rollout_decide(c, G_N_ELEMENTS(c), &l, &p);
+    cr_expect_eq(p.remove->len, 0u,
+                 "a clone the last report missed may well run: kept");
+    rollout_plan_clear(&p);
+    rollout_decide(d, G_N_ELEMENTS(d), &l, &p);
+    cr_assert_eq(p.remove->len, 1u, "once the new ones run, it goes");
+    cr_expect_eq(g_array_index(p.remove, guint, 0), 0u);
+    rollout_plan_clear(&p);
+}
+
+Test(rollout, old_clones_not_placed_go_at_once)
 {
     RolloutClone c[] = {
         OLD(0),
-        {.index = 1, .current = false, .state = ROLLOUT_CLONE_WAITING},
+        {.index = 1, .current = false, .state = ROLLOUT_CLONE_ABSENT},
         OLD(2)};
     RolloutLimits l = {.desired = 3, .max_surge = 1, .index_limit = 8};
     RolloutPlan p;
