@@ -140,7 +140,7 @@ clone_boot() {
     cust_bytes=$((after - before))
     check "... and virsh starts it" quiet virsh -c qemu:///system start "$1-0"
     booted_ok=no
-    wait_until 360 booted "$work/$1-0.log" && booted_ok=yes
+    wait_until 1200 booted "$work/$1-0.log" && booted_ok=yes
     boot_bytes=$(($(image_field "$2" fetched_bytes origin) - after))
 }
 
@@ -218,7 +218,7 @@ check "the agent backed its overlay by the qcow2 over NBD (format qcow2)" \
     test "$(qemu-img info -U --output=json "$SITE/qcow2-hv1/pool/$svc_s-0.qcow2" |
         python3 -c 'import json,sys; i=json.load(sys.stdin); print(i["backing-filename"].startswith("nbd+unix:///'"$qhex"'"), i["backing-filename-format"])')" = "True qcow2"
 check "the site's clone boots with its customized hostname" \
-    wait_until 360 grep -qa "spore-guest: hostname=site-0" "$SITE/qcow2-hv1/console/$svc_s-0.log"
+    wait_until 1200 grep -qa "spore-guest: hostname=site-0" "$SITE/qcow2-hv1/console/$svc_s-0.log"
 site_stop
 SITE=""
 
