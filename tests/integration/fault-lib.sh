@@ -12,7 +12,9 @@
 # fm_round MODE [SHIM-TIMEOUT]: a fresh reader host R, with a cold cache,
 # lists A and, unless MODE is "none", a bad peer B playing MODE
 # (tests/integration/bad-peer.c) — for "nofetch" B alone, so that B is
-# given delegated origin fetches; R serves the image and qemu-img compares
+# given delegated origin fetches, and for "alone" no peer at all (R
+# fetches every chunk from the origin itself: nofetch's baseline); R
+# serves the image and qemu-img compares
 # R's export with the image.  Sets:
 #   fm_rc        qemu-img compare's exit status (0: identical, no I/O error)
 #   fm_ms        how long the compare took
@@ -110,10 +112,10 @@ fm_round_run() {
     # nofetch holds nothing: R lists it alone, so that it is asked to
     # fetch from the origin for R (delegated work) and never does
     printf '[agent]\n' >"$r/agent.conf"
-    [ "$mode" = nofetch ] ||
+    [ "$mode" = nofetch ] || [ "$mode" = alone ] ||
         printf '[peer A]\nendpoint = tcp://127.0.0.1:%s\nkey_file = %s\n' \
             "$fm_a_port" "$work/A/state/curve.pub" >>"$r/agent.conf"
-    if [ "$mode" != none ]; then
+    if [ "$mode" != none ] && [ "$mode" != alone ]; then
         local delay=(); [ "$mode" = slow ] && delay=(200 "$work/www/image.raw")
         "$bad_peer" "$mode" "$work/image.idx" "$r/B.pub" "$r/B.stats" "${delay[@]}" \
             >"$r/B.endpoint" 2>"$r/B.log" &
@@ -133,7 +135,7 @@ fm_round_run() {
         "$r_port" "$r/state/curve.pub" >"$work/A/agent.conf"
     kill -HUP "$fm_a_pid"
     fm_ctl "$r" agent-image-add "$work/image.idx" "$fm_url" >/dev/null 2>&1 || return 1
-    [ "$mode" = nofetch ] || wait_until 40 fm_connected "$r" A || return 1
+    [ "$mode" = nofetch ] || [ "$mode" = alone ] || wait_until 40 fm_connected "$r" A || return 1
     # B is connected, or has already been dropped for what it sent
     [ -z "$fm_b_pid" ] ||
         wait_until 40 eval 'fm_connected "$r" B || grep -q "peer B: " "$r/agent.log"' ||
@@ -162,7 +164,8 @@ print(sum(p["bytes_in"] for p in json.load(sys.stdin)["peers"]))')
     fm_recv=$((fm_recv + $(fm_ctl "$r" --json agent-image-show "$fm_hex" | python3 -c '
 import json, sys
 print(json.load(sys.stdin)["image"]["fetched_bytes"]["origin"])')))
-    [ "$mode" = nofetch ] || fm_from_b=$((fm_from_b - $(fm_peer_field "$r" A bytes_in)))
+    [ "$mode" = nofetch ] || [ "$mode" = alone ] ||
+        fm_from_b=$((fm_from_b - $(fm_peer_field "$r" A bytes_in)))
     [ "$fm_from_b" -ge 0 ] || fm_from_b=0
     fm_unavail=$(cat "$r"/run/shims/*.log 2>/dev/null | grep -c "unavailable")
     fm_verified=no
