@@ -113,6 +113,86 @@ metric_host_images(GString *out, GPtrArray *rows)
     }
 }
 
+/* metric_services: per service, the clones it wants and those its hosts
+ * report running (any generation: during a rollout both count) */
+static void
+metric_services(Manager *m, GString *out, GPtrArray *services)
+{
+    g_autoptr(GHashTable) running =
+        g_hash_table_new(g_str_hash, g_str_equal); /* borrowed keys */
+    GHashTableIter it;
+    gpointer v;
+
+    g_hash_table_iter_init(&it, m->runtime);
+    while (g_hash_table_iter_next(&it, NULL, &v)) {
+        JsonArray *clones = manager_host_clones(m, ((HostRuntime *)v)->name);
+
+        for (guint i = 0; clones && i < json_array_get_length(clones); i++) {
+            JsonNode *n = json_array_get_element(clones, i);
+            JsonObject *c =
+                JSON_NODE_HOLDS_OBJECT(n) ? json_node_get_object(n) : NULL;
+            const char *service = json_util_get_string(c, "service", NULL);
+
+            if (!service ||
+                g_strcmp0(json_util_get_string(c, "state", NULL), "running"))
+                continue;
+            g_hash_table_insert(
+                running, (gpointer)service,
+                GUINT_TO_POINTER(
+                    GPOINTER_TO_UINT(g_hash_table_lookup(running, service)) +
+                    1));
+        }
+    }
+    metric_head(out, "spore_service_clones_desired",
+                "Clones a service wants (its desired count).", "gauge");
+    for (guint i = 0; i < services->len; i++) {
+        ServiceRow *s = services->pdata[i];
+
+        g_string_append_printf(
+            out,
+            "spore_service_clones_desired{service=\"%s\"} %" G_GINT64_FORMAT
+            "\n",
+            s->name, s->desired);
+    }
+    metric_head(out, "spore_service_clones_running",
+                "Clones of a service its hosts report running.", "gauge");
+    for (guint i = 0; i < services->len; i++) {
+        ServiceRow *s = services->pdata[i];
+
+        g_string_append_printf(
+            out, "spore_service_clones_running{service=\"%s\"} %u\n", s->name,
+            GPOINTER_TO_UINT(g_hash_table_lookup(running, s->name)));
+    }
+}
+
+/* metric_hosts: per accepted host, whether it is up and the clones placed
+ * on it */
+static void
+metric_hosts(GString *out, GPtrArray *hosts)
+{
+    metric_head(out, "spore_host_up",
+                "1 while an accepted host reports, 0 once it is lost.",
+                "gauge");
+    for (guint i = 0; i < hosts->len; i++) {
+        HostRow *h = hosts->pdata[i];
+
+        if (h->accepted)
+            g_string_append_printf(out, "spore_host_up{host=\"%s\"} %d\n",
+                                   h->name, h->lost ? 0 : 1);
+    }
+    metric_head(out, "spore_host_clones_placed",
+                "Desired clones placed on an accepted host.", "gauge");
+    for (guint i = 0; i < hosts->len; i++) {
+        HostRow *h = hosts->pdata[i];
+
+        if (h->accepted)
+            g_string_append_printf(
+                out,
+                "spore_host_clones_placed{host=\"%s\"} %" G_GINT64_FORMAT "\n",
+                h->name, h->clones);
+    }
+}
+
 /* metric_pass: the reconciliation pass's duration, a histogram */
 static void
 metric_pass(GString *out, const ManagerStats *st)
@@ -182,10 +262,14 @@ manager_metrics(GString *out, gpointer data)
     g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&m->lock);
     g_autoptr(GError) err = NULL;
     g_autoptr(GPtrArray) images = NULL;
+    g_autoptr(GPtrArray) services = NULL;
+    g_autoptr(GPtrArray) hosts = NULL;
     StateCounts c = {0};
 
     if (!state_counts(m->db, &c, &err) ||
-        !(images = state_host_image_list(m->db, NULL, &err))) {
+        !(images = state_host_image_list(m->db, NULL, &err)) ||
+        !(services = state_service_list(m->db, &err)) ||
+        !(hosts = state_host_list(m->db, false, &err))) {
         g_string_append_printf(out, "# database: %s\n", err->message);
         state_counts_clear(&c);
         metric_reported_clones(m, out);
@@ -199,6 +283,8 @@ manager_metrics(GString *out, gpointer data)
                  c.hosts_accepted);
     metric_value(out, "spore_hosts_lost", "Hosts lost (no report).", "gauge",
                  c.hosts_lost);
+    metric_services(m, out, services);
+    metric_hosts(out, hosts);
     metric_host_images(out, images);
     metric_value(out, "spore_events_total", "Events logged.", "counter",
                  c.events);

@@ -132,6 +132,21 @@ for who in spored agent; do
     fi
 done
 
+check "spored's page has spore_host_up 1 and spore_host_clones_placed 0 for hm1" \
+    eval 'grep -q "^spore_host_up{host=\"hm1\"} 1$" "$SITE/spored.metrics" &&
+        grep -q "^spore_host_clones_placed{host=\"hm1\"} 0$" "$SITE/spored.metrics"'
+check "spored's page has the per-service families (HELP and TYPE)" \
+    eval 'grep -q "^# TYPE spore_service_clones_desired gauge" "$SITE/spored.metrics" &&
+        grep -q "^# TYPE spore_service_clones_running gauge" "$SITE/spored.metrics"'
+# the Grafana dashboard spore ships asks only for exported metrics
+if python3 "$(dirname "$0")/check-dashboard.py" "$(dirname "$0")/../../data/grafana/spore-site.json" \
+    "$SITE/spored.metrics" "$SITE/agent.metrics" >"$SITE/dashboard.problems" 2>&1; then
+    ok "data/grafana/spore-site.json: every panel's query names exported metrics"
+else
+    not_ok "data/grafana/spore-site.json: queries name metrics nobody exports"
+    sed 's/^/# /' "$SITE/dashboard.problems"
+fi
+
 if [ "$failed" -ne 0 ]; then
     for f in spored.log hm1.log spored.metrics agent.metrics; do
         echo "# --- $f"
