@@ -31,6 +31,9 @@
 
 #include "spore-error.h"
 
+const double fetch_latency_bounds[FETCH_LATENCY_BUCKETS] = {
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5, 30};
+
 typedef enum {
     REQUEST_QUEUED,
     REQUEST_ACTIVE,
@@ -122,11 +125,15 @@ fetch_one(FetchEngine *e, guint64 i, guint8 *buf, GError **error)
 
         if (!src->ops->has(src, e->idx, i))
             continue;
+        gint64 started = g_get_monotonic_time();
+        double took;
+
         if (!src->ops->fetch(src, e->idx, i, buf, len, deadline, &err)) {
             g_string_append_printf(errors, "%s%s", errors->len ? "; " : "",
                                    err->message);
             continue;
         }
+        took = (double)(g_get_monotonic_time() - started) / G_USEC_PER_SEC;
         if (!image_index_verify_chunk(e->idx, i, buf, len)) {
             src->ops->rejected(src, i);
             g_mutex_lock(&e->lock);
@@ -145,6 +152,11 @@ fetch_one(FetchEngine *e, guint64 i, guint8 *buf, GError **error)
         g_mutex_lock(&e->lock);
         e->stats.chunks[src->kind]++;
         e->stats.bytes[src->kind] += len;
+        e->stats.latency_sum[src->kind] += took;
+        for (guint b = 0; b < FETCH_LATENCY_BUCKETS; b++) {
+            if (took <= fetch_latency_bounds[b])
+                e->stats.latency_buckets[src->kind][b]++;
+        }
         g_mutex_unlock(&e->lock);
         return true;
     }

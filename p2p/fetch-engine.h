@@ -34,11 +34,22 @@ typedef enum {
 #define FETCH_RETRY_MIN_MS 100u
 #define FETCH_RETRY_MAX_MS 2000u
 
+/* The upper bounds (seconds) of the fetch latency histogram's buckets
+ * (fetch_latency_bounds; a last bucket, +Inf, is the count). */
+#define FETCH_LATENCY_BUCKETS 10
+extern const double fetch_latency_bounds[FETCH_LATENCY_BUCKETS];
+
 typedef struct {
     guint64 chunks[FETCH_SOURCE_KINDS]; /* chunks stored, by source kind */
     guint64 bytes[FETCH_SOURCE_KINDS];  /* their bytes */
     guint64 rejected; /* chunks that did not verify (never stored) */
     guint64 failed;   /* fetches for which every source failed */
+    /* how long each stored chunk's fetch from its source took (the
+     * source's fetch call, verification excluded), by source kind:
+     * cumulative bucket counts (<= fetch_latency_bounds[b]) and the sum;
+     * the count is chunks[] */
+    guint64 latency_buckets[FETCH_SOURCE_KINDS][FETCH_LATENCY_BUCKETS];
+    double latency_sum[FETCH_SOURCE_KINDS];
 } FetchStats;
 
 typedef struct FetchEngine FetchEngine;

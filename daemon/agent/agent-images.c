@@ -455,8 +455,13 @@ image_snapshot(AgentImage *im)
         info->socket = g_strdup(im->shim_socket);
         info->uri = agent_shim_uri(im);
     }
-    for (int k = 0; k < FETCH_SOURCE_KINDS; k++)
+    for (int k = 0; k < FETCH_SOURCE_KINDS; k++) {
         info->fetched_bytes[k] = st.bytes[k];
+        info->fetched_chunks[k] = st.chunks[k];
+        info->latency_sum[k] = st.latency_sum[k];
+        memcpy(info->latency_buckets[k], st.latency_buckets[k],
+               sizeof(info->latency_buckets[k]));
+    }
     info->rejected_chunks = st.rejected;
     info->failed_fetches = st.failed;
     info->queued_chunks = fetch_engine_queued(im->engine);

@@ -116,7 +116,11 @@ typedef struct {
     char *socket; /* serving: the shim's socket, else NULL */
     char *uri;    /* serving: nbd+unix:///HEX?socket=SOCKET, else NULL */
     GPid shim_pid;
-    guint64 fetched_bytes[FETCH_SOURCE_KINDS]; /* by FetchSourceKind */
+    guint64 fetched_bytes[FETCH_SOURCE_KINDS];  /* by FetchSourceKind */
+    guint64 fetched_chunks[FETCH_SOURCE_KINDS]; /* by FetchSourceKind */
+    /* the fetches' latency histogram by FetchSourceKind (FetchStats) */
+    guint64 latency_buckets[FETCH_SOURCE_KINDS][FETCH_LATENCY_BUCKETS];
+    double latency_sum[FETCH_SOURCE_KINDS];
     guint64 rejected_chunks;
     guint64 failed_fetches;
     guint64 queued_chunks;

@@ -77,6 +77,35 @@ agent_metrics(GString *out, gpointer data)
                 im->id, fetch_source_kind_name(src[k]),
                 im->fetched_bytes[src[k]]);
     }
+    g_string_append(out, "# HELP spore_agent_fetch_seconds How long a "
+                         "chunk's fetch took, by source (stored chunks).\n"
+                         "# TYPE spore_agent_fetch_seconds histogram\n");
+    for (guint i = 0; i < images->len; i++) {
+        AgentImageInfo *im = images->pdata[i];
+
+        for (gsize k = 0; k < G_N_ELEMENTS(src); k++) {
+            const char *name = fetch_source_kind_name(src[k]);
+
+            for (guint b = 0; b < FETCH_LATENCY_BUCKETS; b++)
+                g_string_append_printf(
+                    out,
+                    "spore_agent_fetch_seconds_bucket{image=\"%s\",source="
+                    "\"%s\",le=\"%g\"} %" G_GUINT64_FORMAT "\n",
+                    im->id, name, fetch_latency_bounds[b],
+                    im->latency_buckets[src[k]][b]);
+            g_string_append_printf(
+                out,
+                "spore_agent_fetch_seconds_bucket{image=\"%s\",source=\"%s\","
+                "le=\"+Inf\"} %" G_GUINT64_FORMAT "\n"
+                "spore_agent_fetch_seconds_sum{image=\"%s\",source=\"%s\"} "
+                "%.6f\n"
+                "spore_agent_fetch_seconds_count{image=\"%s\",source=\"%s\"} "
+                "%" G_GUINT64_FORMAT "\n",
+                im->id, name, im->fetched_chunks[src[k]], im->id, name,
+                im->latency_sum[src[k]], im->id, name,
+                im->fetched_chunks[src[k]]);
+        }
+    }
     for (gsize m = 0; m < G_N_ELEMENTS(plain); m++) {
         g_string_append_printf(out, "# HELP %s %s\n# TYPE %s %s\n",
                                plain[m].name, plain[m].help, plain[m].name,

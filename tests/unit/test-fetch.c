@@ -154,6 +154,20 @@ Test(fetch, gets_every_chunk_over_http_verified_and_counted)
     cr_expect_eq(st.bytes[FETCH_SOURCE_ORIGIN], nonzero_bytes,
                  "zero chunks are never transferred");
     cr_expect_eq(st.rejected, 0u);
+    /* every stored chunk's fetch is in the origin's latency histogram:
+     * cumulative buckets, the last (30 s) holding them all, a positive sum */
+    for (guint b = 1; b < FETCH_LATENCY_BUCKETS; b++)
+        cr_expect_geq(st.latency_buckets[FETCH_SOURCE_ORIGIN][b],
+                      st.latency_buckets[FETCH_SOURCE_ORIGIN][b - 1],
+                      "bucket %u is cumulative", b);
+    cr_expect_eq(
+        st.latency_buckets[FETCH_SOURCE_ORIGIN][FETCH_LATENCY_BUCKETS - 1],
+        st.chunks[FETCH_SOURCE_ORIGIN]);
+    cr_expect_gt(st.chunks[FETCH_SOURCE_ORIGIN], 0u);
+    cr_expect_gt(st.latency_sum[FETCH_SOURCE_ORIGIN], 0.0);
+    cr_expect_eq(
+        st.latency_buckets[FETCH_SOURCE_PEER][FETCH_LATENCY_BUCKETS - 1], 0u,
+        "no peer fetched anything");
     cr_expect_eq(served_bytes(nonzero_bytes), nonzero_bytes,
                  "the origin served exactly the non-zero chunks");
     cr_assert(chunk_cache_verify_all(fx.cache, &bad, NULL));
