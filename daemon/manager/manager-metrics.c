@@ -4,7 +4,10 @@
  * the hosts' last reports, under the manager's lock.  When the database
  * fails, the page says so in a comment and has the rest.
  */
+#include <math.h>
+
 #include "manager-private.h"
+#include "scaling.h"
 
 static void
 metric_head(GString *out, const char *name, const char *help, const char *type)
@@ -113,11 +116,54 @@ metric_host_images(GString *out, GPtrArray *rows)
     }
 }
 
-/* metric_services: per service, the clones it wants and those its hosts
- * report running (any generation: during a rollout both count) */
+/* metric_rules: per service and rule, the value last evaluated and
+ * whether its condition holds (services whose rules have no data yet
+ * have no sample) */
 static void
-metric_services(Manager *m, GString *out, GPtrArray *services)
+metric_rules(Manager *m, GString *out, GPtrArray *services)
 {
+    metric_head(out, "spore_service_rule_value",
+                "The metric a scaling rule compares, as last evaluated.",
+                "gauge");
+    for (guint i = 0; i < services->len; i++) {
+        ServiceRow *s = services->pdata[i];
+        ScalingDecision *d = g_hash_table_lookup(m->decisions, s->name);
+
+        for (guint r = 0; d && r < d->n_rules; r++) {
+            if (!isnan(d->rules[r].value))
+                g_string_append_printf(
+                    out,
+                    "spore_service_rule_value{service=\"%s\",rule=\"%u\"} "
+                    "%g\n",
+                    s->name, r + 1, d->rules[r].value);
+        }
+    }
+    metric_head(out, "spore_service_rule_holding",
+                "1 while a scaling rule's condition holds, else 0.", "gauge");
+    for (guint i = 0; i < services->len; i++) {
+        ServiceRow *s = services->pdata[i];
+        ScalingDecision *d = g_hash_table_lookup(m->decisions, s->name);
+
+        for (guint r = 0; d && r < d->n_rules; r++) {
+            if (!isnan(d->rules[r].value))
+                g_string_append_printf(
+                    out,
+                    "spore_service_rule_holding{service=\"%s\",rule=\"%u\"} "
+                    "%d\n",
+                    s->name, r + 1, d->rules[r].holds ? 1 : 0);
+        }
+    }
+}
+
+/* metric_services: per service, the clones it wants, those placed on a
+ * host, those its hosts report running (any generation: during a rollout
+ * both count), and when it last scaled */
+static void
+metric_services(Manager *m, GString *out, GPtrArray *services, GPtrArray *rows,
+                GHashTable *last_scaling)
+{
+    g_autoptr(GHashTable) placed =
+        g_hash_table_new(g_str_hash, g_str_equal); /* borrowed keys */
     g_autoptr(GHashTable) running =
         g_hash_table_new(g_str_hash, g_str_equal); /* borrowed keys */
     GHashTableIter it;
@@ -143,6 +189,16 @@ metric_services(Manager *m, GString *out, GPtrArray *services)
                     1));
         }
     }
+    for (guint i = 0; i < rows->len; i++) {
+        CloneRow *c = rows->pdata[i];
+
+        if (c->host)
+            g_hash_table_insert(
+                placed, c->service,
+                GUINT_TO_POINTER(
+                    GPOINTER_TO_UINT(g_hash_table_lookup(placed, c->service)) +
+                    1));
+    }
     metric_head(out, "spore_service_clones_desired",
                 "Clones a service wants (its desired count).", "gauge");
     for (guint i = 0; i < services->len; i++) {
@@ -163,6 +219,31 @@ metric_services(Manager *m, GString *out, GPtrArray *services)
             out, "spore_service_clones_running{service=\"%s\"} %u\n", s->name,
             GPOINTER_TO_UINT(g_hash_table_lookup(running, s->name)));
     }
+    metric_head(out, "spore_service_clones_placed",
+                "Clones of a service placed on a host.", "gauge");
+    for (guint i = 0; i < services->len; i++) {
+        ServiceRow *s = services->pdata[i];
+
+        g_string_append_printf(
+            out, "spore_service_clones_placed{service=\"%s\"} %u\n", s->name,
+            GPOINTER_TO_UINT(g_hash_table_lookup(placed, s->name)));
+    }
+    metric_head(out, "spore_service_last_scaling_timestamp_seconds",
+                "When a service last scaled (a rule or a schedule), in "
+                "seconds since the epoch; no sample before its first.",
+                "gauge");
+    for (guint i = 0; i < services->len; i++) {
+        ServiceRow *s = services->pdata[i];
+        double *t = g_hash_table_lookup(last_scaling, s->name);
+
+        if (t)
+            g_string_append_printf(
+                out,
+                "spore_service_last_scaling_timestamp_seconds{service=\"%s\"} "
+                "%.3f\n",
+                s->name, *t);
+    }
+    metric_rules(m, out, services);
 }
 
 /* metric_hosts: per accepted host, whether it is up and the clones placed
@@ -264,12 +345,16 @@ manager_metrics(GString *out, gpointer data)
     g_autoptr(GPtrArray) images = NULL;
     g_autoptr(GPtrArray) services = NULL;
     g_autoptr(GPtrArray) hosts = NULL;
+    g_autoptr(GPtrArray) clones = NULL;
+    g_autoptr(GHashTable) last_scaling = NULL;
     StateCounts c = {0};
 
     if (!state_counts(m->db, &c, &err) ||
         !(images = state_host_image_list(m->db, NULL, &err)) ||
         !(services = state_service_list(m->db, &err)) ||
-        !(hosts = state_host_list(m->db, false, &err))) {
+        !(hosts = state_host_list(m->db, false, &err)) ||
+        !(clones = state_clone_list(m->db, NULL, NULL, &err)) ||
+        !state_last_scaling(m->db, &last_scaling, &err)) {
         g_string_append_printf(out, "# database: %s\n", err->message);
         state_counts_clear(&c);
         metric_reported_clones(m, out);
@@ -283,7 +368,7 @@ manager_metrics(GString *out, gpointer data)
                  c.hosts_accepted);
     metric_value(out, "spore_hosts_lost", "Hosts lost (no report).", "gauge",
                  c.hosts_lost);
-    metric_services(m, out, services);
+    metric_services(m, out, services, clones, last_scaling);
     metric_hosts(out, hosts);
     metric_host_images(out, images);
     metric_value(out, "spore_events_total", "Events logged.", "counter",

@@ -1697,6 +1697,32 @@ state_event_list(sqlite3 *db, gint64 since, const char *service, gint64 limit,
 
 /* ---- metrics ----------------------------------------------------------- */
 
+bool
+state_last_scaling(sqlite3 *db, GHashTable **ret_times, GError **error)
+{
+    g_autoptr(Stmt) st = prepare(
+        db, "read the last scaling actions", error,
+        "SELECT service, MAX(time) FROM events WHERE kind IN ('scaled-up', "
+        "'scaled-down', 'scheduled') AND service IS NOT NULL GROUP BY service",
+        G_TYPE_INVALID);
+    g_autoptr(GHashTable) times =
+        g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+    int rc;
+
+    if (!st)
+        return false;
+    while ((rc = step(db, st, "read the last scaling actions", error)) == 1) {
+        double *t = g_new(double, 1);
+
+        *t = sqlite3_column_double(st, 1);
+        g_hash_table_insert(times, col_text(st, 0), t);
+    }
+    if (rc < 0)
+        return false;
+    *ret_times = g_steal_pointer(&times);
+    return true;
+}
+
 void
 state_counts_clear(StateCounts *counts)
 {

@@ -435,4 +435,8 @@ typedef struct {
 } StateCounts;
 
 void state_counts_clear(StateCounts *counts);
+/* state_last_scaling: service -> the time (double *) of its last scaling
+ * action (a rule's scaled-up or scaled-down, a scheduled policy), from the
+ * events kept */
+bool state_last_scaling(sqlite3 *db, GHashTable **ret_times, GError **error);
 bool state_counts(sqlite3 *db, StateCounts *ret_counts, GError **error);

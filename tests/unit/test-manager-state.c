@@ -300,3 +300,32 @@ Test(manager_state, never_gives_a_generation_number_twice)
     cr_expect_eq(gen, 3, "a new service of an old name does not reuse 1");
     state_close(db);
 }
+
+Test(manager_state, tells_each_services_last_scaling_action)
+{
+    sqlite3 *db = open_or_fail();
+    g_autoptr(GError) err = NULL;
+    g_autoptr(GHashTable) times = NULL;
+    double before = state_now();
+    double *web, *api;
+
+    cr_assert(
+        state_event_add(db, "scaled-up", "web", NULL, "1 -> 2", &err) &&
+            state_event_add(db, "command", "api", "hv1", "create", &err) &&
+            state_event_add(db, "scheduled", "api", NULL, "2 -> 4", &err) &&
+            state_event_add(db, "scaled-down", "web", NULL, "2 -> 1", &err) &&
+            state_event_add(db, "submitted", "db", NULL, "new", &err),
+        "%s", err ? err->message : "");
+    cr_assert(state_last_scaling(db, &times, &err), "%s",
+              err ? err->message : "");
+    web = g_hash_table_lookup(times, "web");
+    api = g_hash_table_lookup(times, "api");
+    cr_assert(web && api);
+    cr_expect_geq(*web, before);
+    cr_expect_geq(*web, *api, "web's scale-down is its last action");
+    cr_expect_geq(*api, before, "a scheduled change is a scaling action");
+    cr_expect_null(g_hash_table_lookup(times, "db"),
+                   "no scaling action, no time");
+    cr_expect_eq(g_hash_table_size(times), 2u);
+    state_close(db);
+}
