@@ -122,11 +122,20 @@ outstanding_to() { # outstanding_to H PEER: requests from H in flight to PEER
 kill -STOP "$(cat "$SITE/hv2.pid")"
 "$BUILD/daemon/sporectl" image-index -o "$SITE/disk.idx" "$SITE/www/disk.raw" >/dev/null 2>&1
 quiet actl hv3 agent-image-add "$SITE/disk.idx" "http://127.0.0.1:$port/disk.raw"
-sleep 2 # hv1's bitmap; hv2's never comes
+# hv3 has hv1's bitmap (its plan takes chunks from hv1); hv2's never comes
+plan_from() { # plan_from H PEER: bytes H's plan of the image takes from PEER
+    actl "$1" --json image-plan "$hex" | jget "r.get('peers', {}).get('$2', 0)"
+}
+check "hv3 knows what hv1 holds (its plan takes chunks from hv1)" \
+    wait_until 80 eval '[ "$(plan_from hv3 hv1)" -gt 0 ]'
 kill -STOP "$(cat "$SITE/hv1.pid")"
 manifest c hv3 >"$SITE/c.xml"
 quiet ctl submit "$SITE/c.xml"
-check "hv3 asks the stopped hv1 for chunks" wait_until 120 eval '[ "$(outstanding_to hv3 hv1)" -gt 0 ]'
+# requests to the stopped hv1 are out until their deadline (>= 1.5 s),
+# then logged as missed: either shows that hv3 asked it
+check "hv3 asks the stopped hv1 for chunks" \
+    wait_until 120 eval '[ "$(outstanding_to hv3 hv1)" -gt 0 ] ||
+        grep -q "peer hv1: missed a deadline for image ${hex:0:12}" "$SITE/hv3.log"'
 out=$(outstanding_to hv3 hv1)
 kill -9 "$(cat "$SITE/hv1.pid")"
 echo "# killed hv1 with $out requests from hv3 outstanding"
