@@ -148,6 +148,15 @@ fm_round_run() {
     t1=$(date +%s%N)
     fm_ms=$(((t1 - t0) / 1000000))
     fm_b_in=0 fm_b_bad=0 fm_b_banned=0 fm_b_missed=0 fm_b_sent=0
+    # what R does about B may come after the read: a strike for a frame
+    # libzmq refused is applied once the drop is known not to be a
+    # reconnection, a deadline ends 1.5 s or more after its request; wait
+    # (bounded) for what the mode must lead to before reading the counts
+    case $mode in
+    liar | half) wait_until 60 eval '[ "$(fm_peer_field "$r" B images_banned)" -ge 1 ]' ;;
+    plus4k | 4mib | unasked) wait_until 60 eval '[ "$(fm_peer_field "$r" B bad_chunks)" -ge 1 ]' ;;
+    silent | nofetch) wait_until 60 eval '[ "$(fm_peer_field "$r" B missed)" -ge 1 ]' ;;
+    esac
     if [ -n "$fm_b_pid" ]; then
         fm_b_in=$(fm_peer_field "$r" B bytes_in)
         fm_b_bad=$(fm_peer_field "$r" B bad_chunks)
