@@ -179,8 +179,10 @@ Test(qcow2_master, checks_files_that_qemu_img_made)
     const char *mk_child[] = {"qemu-img", "create", "-f", "qcow2", "-F",
                               "raw",      "-b",     base, child,   NULL};
 
+    g_autofree char *qemu_img_path = g_find_program_in_path("qemu-img");
+
     cr_assert(dir);
-    if (!g_find_program_in_path("qemu-img")) {
+    if (!qemu_img_path) {
         g_rmdir(dir);
         cr_skip_test("qemu-img (qemu-utils) is not installed");
     }
