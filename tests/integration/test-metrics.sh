@@ -28,14 +28,21 @@ cleanup() {
     done
     virsh -q -c qemu:///system pool-destroy "spore-$SITE_TAG-hm1" >/dev/null 2>&1
     virsh -q -c qemu:///system pool-undefine "spore-$SITE_TAG-hm1" >/dev/null 2>&1
+    [ "$libvirt_state" = started ] && "$(dirname "$0")/../../scripts/libvirt-down"
     rm -rf "$SITE"
 }
+libvirt_state=""
 trap cleanup EXIT
 
 [ -x /usr/sbin/lighttpd ] || skip_all "lighttpd not installed"
 command -v nbdkit >/dev/null || skip_all "nbdkit not installed"
 command -v qemu-io >/dev/null || skip_all "qemu-io not installed"
 command -v curl >/dev/null || skip_all "curl not installed"
+[ -x /usr/sbin/libvirtd ] || skip_all "libvirtd is not installed"
+# the agent reports only what it can list: libvirtd must answer (a
+# fresh machine has none running; CI's test failed without it)
+libvirt_state=$("$(dirname "$0")/../../scripts/libvirt-up") ||
+    { echo "Bail out! libvirtd does not start"; exit 1; }
 
 # --- two images of random data (two rows of each per-image family, so
 # that interleaved families would show), served by an HTTP origin
