@@ -129,17 +129,18 @@ image_object(Manager *m, const char *image, GError **error)
     return g_steal_pointer(&o);
 }
 
+/* service_command: a command @op for @service carrying its image (the
+ * agent serves it first), the service's row in *ret_svc; false on an
+ * error, true with *ret_body NULL when the service is gone */
 static bool
-command_create(Manager *m, const char *host, const char *service,
-               GArray *indexes, GError **error)
+service_command(Manager *m, const char *service, const char *op,
+                ServiceRow **ret_svc, JsonObject **ret_body, GError **error)
 {
     g_autoptr(ServiceRow) svc = NULL;
-    g_autoptr(JsonObject) body = wire_new("cmd");
     g_autoptr(JsonObject) image = NULL;
-    g_autoptr(JsonArray) idx = json_array_new();
-    g_autoptr(GString) list = g_string_new(NULL);
-    gint64 id;
+    JsonObject *body;
 
+    *ret_body = NULL;
     if (!state_service_get(m->db, service, &svc, error))
         return false;
     if (!svc)
@@ -147,8 +148,29 @@ command_create(Manager *m, const char *host, const char *service,
     image = image_object(m, svc->image, error);
     if (!image)
         return false;
-    json_object_set_string_member(body, "op", "clone-create");
+    body = wire_new("cmd");
+    json_object_set_string_member(body, "op", op);
     json_object_set_string_member(body, "service", service);
+    json_object_set_object_member(body, "image", g_steal_pointer(&image));
+    *ret_svc = g_steal_pointer(&svc);
+    *ret_body = body;
+    return true;
+}
+
+static bool
+command_create(Manager *m, const char *host, const char *service,
+               GArray *indexes, GError **error)
+{
+    g_autoptr(ServiceRow) svc = NULL;
+    g_autoptr(JsonObject) body = NULL;
+    g_autoptr(JsonArray) idx = json_array_new();
+    g_autoptr(GString) list = g_string_new(NULL);
+    gint64 id;
+
+    if (!service_command(m, service, "clone-create", &svc, &body, error))
+        return false;
+    if (!body)
+        return true;
     json_object_set_int_member(body, "generation", svc->generation);
     json_object_set_string_member(body, "manifest", svc->manifest);
     for (guint i = 0; i < indexes->len; i++) {
@@ -157,7 +179,6 @@ command_create(Manager *m, const char *host, const char *service,
                                g_array_index(indexes, guint, i));
     }
     json_object_set_array_member(body, "indexes", json_array_ref(idx));
-    json_object_set_object_member(body, "image", json_object_ref(image));
     return command_add(m, host, service, body, &id, error) &&
            manager_event(m, error, "command", service, host,
                          "command %" G_GINT64_FORMAT ": create %s on %s", id,
@@ -171,19 +192,15 @@ command_start(Manager *m, const char *host, const char *service,
               GPtrArray *starts, GError **error)
 {
     g_autoptr(ServiceRow) svc = NULL;
-    g_autoptr(JsonObject) body = wire_new("cmd");
-    g_autoptr(JsonObject) image = NULL;
+    g_autoptr(JsonObject) body = NULL;
     g_autoptr(JsonArray) arr = json_array_new();
     g_autoptr(GString) list = g_string_new(NULL);
     gint64 id;
 
-    if (!state_service_get(m->db, service, &svc, error))
+    if (!service_command(m, service, "clone-start", &svc, &body, error))
         return false;
-    if (!svc)
+    if (!body)
         return true;
-    image = image_object(m, svc->image, error);
-    if (!image)
-        return false;
     for (guint i = 0; i < starts->len; i++) {
         const Wanted *w = starts->pdata[i];
         JsonObject *o = json_object_new();
@@ -193,9 +210,6 @@ command_start(Manager *m, const char *host, const char *service,
         json_array_add_object_element(arr, o);
         g_string_append_printf(list, "%s%s", i ? ", " : "", w->name);
     }
-    json_object_set_string_member(body, "op", "clone-start");
-    json_object_set_string_member(body, "service", service);
-    json_object_set_object_member(body, "image", json_object_ref(image));
     json_object_set_array_member(body, "clones", json_array_ref(arr));
     return command_add(m, host, service, body, &id, error) &&
            manager_event(m, error, "command", service, host,
