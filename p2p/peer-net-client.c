@@ -210,6 +210,7 @@ client_answer(PeerNet *net, Peer *p, const PeerMsg *m, zmq_msg_t *payload)
 
         if (o->fetch_flag) {
             ewma(&p->delegate_us, elapsed);
+            p->delegate_proven = true;
         } else {
             ewma(&p->latency_us, elapsed);
             ewma(&p->bps, (double)job->len / (elapsed / G_USEC_PER_SEC));

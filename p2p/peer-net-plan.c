@@ -254,13 +254,16 @@ window_full(PeerNet *net, Peer *p, NetImage *im)
 }
 
 /* Locked.  Whether @p may take no more FETCH requests for @im: it is on
- * probation and has one out (FETCH requests are not windowed otherwise:
- * they wait for the origin, not for the peer). */
+ * probation and has one out, or it has not answered a FETCH yet (since
+ * its last missed one) and has a FETCH out (FETCH requests are not
+ * windowed otherwise: they wait for the origin, not for the peer). */
 static bool
 delegate_full(PeerNet *net, Peer *p, NetImage *im)
 {
     PeerImage *pi = g_hash_table_lookup(p->images, im->digest);
 
+    if (!p->delegate_proven && p->fetch_outstanding >= 1)
+        return true;
     return pi && (pi->probation || pi->misses) && p->outstanding >= 1;
 }
 
@@ -418,8 +421,16 @@ send_get(PeerNet *net, Job *job, Peer *p, bool fetch_flag)
         /* its time is the peer's fetch from the origin, as measured */
         double expect = p->latency_us + p->delegate_us;
 
-        o->hedge_at =
-            now + MAX((gint64)net->cfg.hedge_ms * 1000, (gint64)(2 * expect));
+        if (p->delegate_proven)
+            o->hedge_at = now + MAX((gint64)net->cfg.hedge_ms * 1000,
+                                    (gint64)(2 * expect));
+        else
+            o->hedge_at =
+                now +
+                MIN((gint64)net->cfg.hedge_ms * 1000,
+                    MAX(UNPROVEN_HEDGE_FLOOR_US,
+                        (gint64)(UNPROVEN_HEDGE_LATENCIES * p->latency_us)));
+        p->fetch_outstanding++;
         o->deadline_at = now + MIN(MAX(DEADLINE_FLOOR_US,
                                        (gint64)(DEADLINE_FACTOR * expect)),
                                    (gint64)net->cfg.delegate_ms * 1000);
@@ -464,8 +475,9 @@ job_plan(PeerNet *net, Job *job)
     }
     if (!image_delegated_here(job->im, job->chunk)) {
         p = peer_origin_fetcher(net, job->im, job->chunk);
-        /* a delegate on probation takes one request at a time; the others
-         * this host fetches itself rather than wait (invariant 2) */
+        /* a delegate on probation, or not yet proven to do delegated
+         * fetches, takes one request at a time; the others this host
+         * fetches itself rather than wait (invariant 2) */
         if (p && !tried(job, p) && !delegate_full(net, p, job->im)) {
             send_get(net, job, p, true);
             return;
@@ -484,6 +496,8 @@ outstanding_end(PeerNet *net, Outstanding *o, bool replan)
 
     g_hash_table_steal(net->outstanding, GUINT_TO_POINTER(o->req_id));
     o->peer->outstanding--;
+    if (o->fetch_flag)
+        o->peer->fetch_outstanding--;
     job->sent--;
     if (replan && job->sent == 0)
         job_plan(net, job);
@@ -530,6 +544,8 @@ outstanding_end_missed(PeerNet *net, gint64 now)
                                job->why->len ? ", " : "", o->peer->info.name,
                                (o->deadline_at - o->sent_at) / 1000);
         peer_missed(net, o->peer, job->im);
+        if (o->fetch_flag)
+            o->peer->delegate_proven = false; /* one at a time again */
         peer_retire(o->peer, o->req_id);
         outstanding_end(net, o, true);
     }

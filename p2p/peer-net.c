@@ -74,7 +74,11 @@
  *   2. peer->outstanding counts the Outstanding entries of the peer, and
  *      the loop never sends it a plain GET beyond its window (window_full:
  *      cfg.window, or 1 on probation), nor a FETCH while it is on
- *      probation with a request out (delegate_full);
+ *      probation with a request out, nor a second FETCH before it has
+ *      answered one since its last missed one (delegate_full: a host
+ *      that takes delegated fetches and never does them holds one chunk
+ *      at a time, until that FETCH's short hedge; fetch_outstanding
+ *      counts its FETCH requests among the outstanding);
  *   3. the bitmaps of peers only ever hold bits of chunks inside the image
  *      (HAVE and HAVE_UPDATE are checked against our own index; a HAVE
  *      with a bit set past the last chunk is refused);
