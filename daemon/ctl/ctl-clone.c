@@ -15,6 +15,7 @@
 #include <sys/stat.h>
 
 #include "clone-host.h"
+#include "cloud-init.h"
 #include "customize.h"
 #include "domain-xml.h"
 #include "image-index.h"
@@ -117,6 +118,67 @@ master_key(const char *backing)
                            st.st_mtim.tv_nsec, (unsigned long long)st.st_ino);
 }
 
+static char *file_image_id(const char *path, GError **error);
+
+/*
+ * clone-prepare of a cloud-init manifest: the overlays stay as they are
+ * and each gets its NoCloud seed beside it, DIR/NAME.seed.iso, whose
+ * instance-id is the UUID clone-create would give the clone (from the
+ * image id and the generation) or --uuid.  Prints, per clone, the
+ * overlay, the seed and that UUID.  On failure what was made is removed.
+ */
+static int
+prepare_seeds(const CtlCall *call, const Manifest *m, const char *backing,
+              GArray *jobs, GPtrArray *paths)
+{
+    const char *image_id = ctl_string(call, "image-id", NULL);
+    const char *uuid = ctl_string(call, "uuid", NULL);
+    g_autofree char *computed_id = NULL;
+    g_autoptr(GPtrArray) seeds = g_ptr_array_new_with_free_func(g_free);
+    g_autoptr(GPtrArray) uuids = g_ptr_array_new_with_free_func(g_free);
+    g_autoptr(GError) err = NULL;
+
+    if (!uuid && !image_id) {
+        computed_id = file_image_id(backing, &err);
+        if (!computed_id)
+            goto fail;
+        image_id = computed_id;
+    }
+    for (guint i = 0; i < jobs->len; i++) {
+        CloneCustomizeJob *job = &g_array_index(jobs, CloneCustomizeJob, i);
+        g_autofree char *name = manifest_clone_name(m, job->index);
+        CloudInitSeedSpec spec = {
+            .manifest = m, .index = job->index, .host = job->host};
+
+        g_ptr_array_add(uuids,
+                        uuid ? g_strdup(uuid)
+                             : clone_uuid(m, job->index, image_id,
+                                          ctl_int(call, "generation", 1)));
+        /* DIR/NAME.seed.iso, named as in a pool */
+        g_autofree char *dir = g_path_get_dirname(paths->pdata[i]);
+
+        g_ptr_array_add(
+            seeds, g_strdup_printf("%s/%s%s", dir, name, CLONE_SEED_SUFFIX));
+        spec.instance_id = uuids->pdata[i];
+        if (!cloud_init_seed_write(&spec, seeds->pdata[i], &err)) {
+            g_ptr_array_set_size(seeds, i); /* this one left nothing */
+            goto fail;
+        }
+    }
+    for (guint i = 0; i < paths->len; i++)
+        printf("%s %s %s\n", (char *)paths->pdata[i], (char *)seeds->pdata[i],
+               (char *)uuids->pdata[i]);
+    return fflush(stdout) == 0 ? CTL_EXIT_OK : CTL_EXIT_FAILURE;
+
+fail:
+    fprintf(stderr, "sporectl clone-prepare: %s\n", err->message);
+    for (guint i = 0; i < seeds->len; i++)
+        unlink(seeds->pdata[i]);
+    for (guint i = 0; i < paths->len; i++)
+        unlink(paths->pdata[i]);
+    return CTL_EXIT_FAILURE;
+}
+
 static int
 cmd_clone_prepare(const CtlCall *call)
 {
@@ -158,6 +220,25 @@ cmd_clone_prepare(const CtlCall *call)
     indexes = clone_indexes(call, m, 1);
     if (!indexes)
         return CTL_EXIT_USAGE;
+    if (m->customize.method != MANIFEST_CUSTOMIZE_CLOUD_INIT &&
+        (ctl_string(call, "image-id", NULL) || ctl_string(call, "uuid", NULL)))
+        return ctl_usage_error(call, "--image-id and --uuid are for a "
+                                     "cloud-init manifest's seeds");
+    if (ctl_string(call, "uuid", NULL) && indexes->len != 1)
+        return ctl_usage_error(call, "--uuid names one clone: give one INDEX");
+    if (ctl_string(call, "uuid", NULL) &&
+        !g_uuid_string_is_valid(ctl_string(call, "uuid", NULL)))
+        return ctl_usage_error(call, "--uuid %s is not a UUID",
+                               ctl_string(call, "uuid", NULL));
+    if (m->customize.method == MANIFEST_CUSTOMIZE_CLOUD_INIT &&
+        strstr(backing, "://") && !ctl_string(call, "image-id", NULL) &&
+        !ctl_string(call, "uuid", NULL))
+        return ctl_usage_error(call,
+                               "a cloud-init seed's instance-id is the "
+                               "clone's UUID, made from the image id: a URL "
+                               "master (%s) needs --image-id (as printed by "
+                               "'agent-image-list') or --uuid",
+                               backing);
     if (!host) {
         gethostname(hostname, sizeof(hostname) - 1);
         host = hostname;
@@ -183,6 +264,8 @@ cmd_clone_prepare(const CtlCall *call)
             return CTL_EXIT_FAILURE;
         }
     }
+    if (m->customize.method == MANIFEST_CUSTOMIZE_CLOUD_INIT)
+        return prepare_seeds(call, m, backing, jobs, paths);
     if (!clone_customize_batch((CloneCustomizeJob *)jobs->data, jobs->len,
                                &err)) {
         fprintf(stderr, "sporectl clone-prepare: %s\n", err->message);
@@ -217,6 +300,7 @@ cmd_domain_xml(const CtlCall *call)
     spec.generation = ctl_int(call, "generation", 0);
     spec.overlay_path = ctl_string(call, "overlay", NULL);
     spec.uuid = ctl_string(call, "uuid", NULL);
+    spec.seed_path = ctl_string(call, "seed", NULL);
     spec.virt = m->vm.hypervisor;
     if (virt && !parse_virt_type(virt, &spec.virt))
         return ctl_usage_error(call, "--virt-type is kvm, qemu or xen");
@@ -463,6 +547,12 @@ static const CtlOptDef clone_prepare_opts[] = {
     {"dir", 0, CTL_OPT_STRING, "DIR", .complete = CTL_COMPLETE_DIR,
      .help = "where the overlays go (default: the current directory)"},
     OPT_HOST,
+    {"image-id", 0, CTL_OPT_STRING, "ID",
+     .help = "cloud-init: the image id the seed's instance-id (the clone's "
+             "UUID) is made from (computed for a file)"},
+    OPT_GENERATION("1"),
+    {"uuid", 0, CTL_OPT_STRING, "UUID",
+     .help = "cloud-init: the seed's instance-id, for one INDEX"},
     {0},
 };
 
@@ -476,6 +566,8 @@ static const CtlOptDef domain_xml_opts[] = {
     OPT_VIRT_TYPE,
     OPT_GENERATION("0"),
     {"uuid", 0, CTL_OPT_STRING, "UUID", .help = "the domain's UUID"},
+    {"seed", 0, CTL_OPT_STRING, "PATH", .complete = CTL_COMPLETE_FILE,
+     .help = "a cloud-init clone's seed ISO (from clone-prepare)"},
     {0},
 };
 
@@ -529,7 +621,13 @@ const CtlCmdDef ctl_clone_commands[] = {
             "libguestfs appliance launch as MANIFEST says: hostname, files,\n"
             "ssh keys, first-boot commands, a fresh identity.  {host}\n"
             "expands to NAME.  Prints the overlays' paths.  The master is\n"
-            "never written.  On failure the new overlays are removed.\n",
+            "never written.  On failure the new overlays are removed.\n"
+            "For <customize method=\"cloud-init\"> the overlays are left\n"
+            "as they are and each gets a NoCloud seed, DIR/SERVICE-INDEX\n"
+            ".seed.iso, whose instance-id is the clone's UUID (as\n"
+            "clone-create makes it from the image id and --generation, or\n"
+            "--uuid); each line then names the overlay, the seed and the\n"
+            "UUID, for 'domain-xml --seed PATH --uuid UUID'.\n",
         .opts = clone_prepare_opts,
         .args = manifest_indexes_args,
         .run = cmd_clone_prepare,

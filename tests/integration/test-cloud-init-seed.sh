@@ -8,7 +8,9 @@
 # (the busybox test guest: QEMU opens the ISO; the guest itself has no
 # cloud-init: bench/cloud-init-boot boots one that has)
 # runs.  clone-destroy removes the seed volume with the overlay, also a seed
-# left by an interrupted create.  TAP output.
+# left by an interrupted create.  Offline, clone-prepare writes the same
+# seeds beside uncustomized overlays, and domain-xml --seed attaches one.
+# TAP output.
 set -u
 . "$(dirname "$0")/lib.sh"
 sporectl=$1
@@ -117,5 +119,40 @@ check "a seed without its domain (an interrupted create) is removed by clone-des
     test "$("$sporectl" clone-destroy "${pool_opts[@]:0:4}" "$service-1" 2>/dev/null)" = "$service-1: absent"
 check "no clone and no volume is left" \
     test -z "$(domains_of "$service")$(lv vol-list "$pool")"
+
+# offline, without libvirt: clone-prepare leaves the overlays as they are
+# and writes each a seed whose instance-id is the UUID clone-create gives
+# the clone (the same image id and generation), or --uuid
+mkdir -p "$work/offline"
+out=$("$sporectl" clone-prepare --image "$guest/disk.raw" --host host-a \
+    --dir "$work/offline" "$work/service.xml" 0 1 2>"$work/prepare.err")
+check "clone-prepare of a cloud-init manifest succeeds" test $? -eq 0
+printf '%s\n' "$out" | sed 's/^/# /'
+check "each line names the overlay, the seed and its UUID" \
+    test "$(awk '{print $1, $2}' <<<"$out" | tr '\n' ' ')" = \
+    "$work/offline/$service-0.qcow2 $work/offline/$service-0.seed.iso $work/offline/$service-1.qcow2 $work/offline/$service-1.seed.iso "
+check "and launches no appliance" \
+    test -z "$(grep "appliance" "$work/prepare.err")$(ls -A "$work/inspect" 2>/dev/null)"
+check "the UUID is the one clone-create gave clone 0" \
+    test "$(awk 'NR == 1 {print $3}' <<<"$out")" = "$uuid0"
+check "the offline seed's meta-data names it" \
+    grep -qx "instance-id: \"$uuid0\"" <(isoinfo -R -i "$work/offline/$service-0.seed.iso" -x /meta-data)
+check "and its user-data is what the pool's seed held" \
+    test "$(isoinfo -R -i "$work/offline/$service-0.seed.iso" -x /user-data)" = "$ud"
+check "the overlay is not customized: no snapshot of a write, backed by the master" \
+    grep -q "backing file: $guest/disk.raw" <(qemu-img info "$work/offline/$service-0.qcow2")
+check "domain-xml --seed attaches it as the cdrom" \
+    test "$("$sporectl" domain-xml --uuid "$uuid0" \
+        --image "$("$sporectl" image-index -o "$work/disk.idx" "$guest/disk.raw" 2>/dev/null)" \
+        --overlay "$work/offline/$service-0.qcow2" --seed "$work/offline/$service-0.seed.iso" \
+        "$work/service.xml" 0 2>/dev/null | xmllint --xpath "count(/domain/devices/disk[@device='cdrom'][readonly][source/@file='$work/offline/$service-0.seed.iso'])" -)" = 1
+check "--uuid sets the instance-id of one clone" \
+    grep -qx 'instance-id: "0a1b2c3d-0000-4000-8000-000000000001"' <(
+        "$sporectl" clone-prepare --image "$guest/disk.raw" --dir "$work/offline" \
+            --uuid 0a1b2c3d-0000-4000-8000-000000000001 "$work/service.xml" 2 >/dev/null &&
+            isoinfo -R -i "$work/offline/$service-2.seed.iso" -x /meta-data)
+check "a URL master without --image-id or --uuid is a usage error, nothing made" \
+    test "$("$sporectl" clone-prepare --image "nbd+unix:///x?socket=$work/none.sock" \
+        --dir "$work/offline" "$work/service.xml" 3 >/dev/null 2>&1; echo $?)/$(ls "$work/offline" | grep -c -- "-3\.")" = 2/0
 
 finish
