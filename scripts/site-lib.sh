@@ -6,7 +6,8 @@
 # Set before sourcing: SITE (a directory of the caller's), BUILD (the meson
 # build directory).  Optional: SITE_PORT (default: a free one), SITE_TAG (a
 # short name for pools, default "site"), SITE_VIRT (kvm or qemu),
-# SITE_LOST_AFTER (seconds, default 10), SITE_SPORED_ARGS (more flags).
+# SITE_LOST_AFTER (seconds, default 10), SITE_SPORED_ARGS and
+# SITE_AGENT_ARGS (more flags for spored and for each spore-agent).
 #
 # Everything started is recorded under $SITE (PID files) and stopped by
 # site_stop, by PID; domains and pools are found by the names this file
@@ -78,7 +79,7 @@ site_agent_start() {
         ${SPORE_INSPECT_CACHE:+--inspect-cache "$SPORE_INSPECT_CACHE"} \
         --metrics 127.0.0.1:0 \
         --peer-listen "tcp://127.0.0.1:$(cat "$SITE/$h/peer-port")" \
-        >>"$SITE/$h.log" 2>&1 &
+        ${SITE_AGENT_ARGS:-} >>"$SITE/$h.log" 2>&1 &
     echo $! >"$SITE/$h.pid"
     case " ${SITE_HOSTS[*]} " in *" $h "*) ;; *) SITE_HOSTS+=("$h") ;; esac
 }
