@@ -1129,6 +1129,51 @@ manager_handle_control(JsonObject *req, gpointer data)
     return control_reply_error("unknown command '%s'", cmd);
 }
 
+/* ---- the status page's snapshot --------------------------------------- */
+
+typedef struct {
+    JsonObject *const *reqs;
+    guint n;
+    JsonObject **replies;
+} ReadCall;
+
+static bool
+call_reads(Manager *m, gpointer data, GError **error)
+{
+    ReadCall *c = data;
+
+    for (guint i = 0; i < c->n; i++) {
+        const char *cmd = json_util_get_string(c->reqs[i], "cmd", "");
+        guint k = 0;
+
+        while (k < G_N_ELEMENTS(commands) &&
+               !g_str_equal(cmd, commands[k].name))
+            k++;
+        if (k == G_N_ELEMENTS(commands) || commands[k].kind != COMMAND_READS)
+            return fail(error, "'%s' is not a command that only reads", cmd);
+        c->replies[i] = commands[k].fn(m, c->reqs[i], error);
+        if (!c->replies[i])
+            return false;
+    }
+    return true;
+}
+
+bool
+manager_control_read(Manager *m, JsonObject *const *reqs, guint n,
+                     JsonObject **ret_replies, GError **error)
+{
+    g_autofree JsonObject **replies = g_new0(JsonObject *, MAX(n, 1));
+    ReadCall call = {reqs, n, replies};
+
+    if (!transact(m, false, call_reads, &call, error)) {
+        for (guint i = 0; i < n; i++)
+            g_clear_pointer(&replies[i], json_object_unref);
+        return false;
+    }
+    memcpy(ret_replies, replies, n * sizeof(*replies));
+    return true;
+}
+
 /* ---- the socket ------------------------------------------------------- */
 
 bool
