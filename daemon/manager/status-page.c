@@ -96,9 +96,10 @@ text(GString *out, const char *s)
 static const char *
 state_class(const char *state)
 {
-    static const char *const ok[] = {"running", "up", "done", NULL};
-    static const char *const bad[] = {"failed", "lost",     "crashed",
-                                      "paused", "shut off", NULL};
+    static const char *const ok[] = {"running", "ready", "up", "done", NULL};
+    static const char *const bad[] = {"failed",  "rollout-failed", "lost",
+                                      "crashed", "paused",         "shut off",
+                                      NULL};
 
     if (!state)
         return "";
@@ -182,6 +183,21 @@ rollout_cell(GString *out, const StatusService *s)
     g_string_append(out, "</td>");
 }
 
+/* service_state: as sporectl service-list says it */
+static const char *
+service_state(const StatusService *s)
+{
+    if (s->deleting)
+        return "deleting";
+    if (s->running < 0)
+        return "unknown";
+    if (g_strcmp0(s->rollout_state, "failed") == 0)
+        return "rollout-failed";
+    if (g_strcmp0(s->rollout_state, "rolling") == 0)
+        return "rolling";
+    return s->running == s->desired ? "ready" : "converging";
+}
+
 static void
 services_table(GString *out, const StatusPage *p)
 {
@@ -199,12 +215,7 @@ services_table(GString *out, const StatusPage *p)
                     "<th>State</th><th>Rollout</th></tr></thead>\n<tbody>\n");
     for (guint i = 0; i < shown; i++) {
         const StatusService *s = &p->services[i];
-        bool converged =
-            !s->deleting && s->running == s->desired && s->placed == s->desired;
-        const char *state = s->deleting      ? "deleting"
-                            : converged      ? "running"
-                            : s->running < 0 ? "unknown"
-                                             : "converging";
+        const char *state = service_state(s);
 
         g_string_append(out, "<tr class=\"service\" data-service=\"");
         text(out, s->name);

@@ -13,7 +13,8 @@
 #   fraction of the image, and the scaling event; its screenshot is a PNG
 #   of the window's size that is not blank.  The endpoint: GET / leads to
 #   /status, the page carries a Content-Security-Policy, and it takes no
-#   writes (POST: 405).
+#   writes (POST: 405).  The screenshot is kept as
+#   BUILD-DIR/meson-logs/status-page.png.
 #
 # Chromium is kept off every network but loopback: a proxy that does not
 # exist for all else, no DNS, no background requests.  TAP output.
@@ -107,8 +108,8 @@ has() { # has PYTHON-CONDITION-ON-r: some row of the rendered page has it
     python3 -c "import json,sys; rows=json.load(open(sys.argv[1]))
 sys.exit(0 if any($1 for r in rows) else 1)" "$SITE/rows.json"
 }
-check "the rendered DOM has $svc: 2 desired, 2 placed, 2 running" \
-    has "r.get('service')=='$svc' and r['class']=='service' and r.get('desired')=='2' and r.get('placed')=='2' and r.get('running')=='2' and r.get('state')=='running'"
+check "the rendered DOM has $svc: 2 desired, 2 placed, 2 running, ready" \
+    has "r.get('service')=='$svc' and r['class']=='service' and r.get('desired')=='2' and r.get('placed')=='2' and r.get('running')=='2' and r.get('state')=='ready'"
 check "and the just-scaled-up clone $svc-1, running on stp1" \
     has "r.get('clone')=='$svc-1' and r.get('state')=='running' and r.get('host')=='stp1' and '| running |' in r['text']"
 check "and $svc-0, running on stp1" \
@@ -126,6 +127,10 @@ else
     not_ok "the screenshot is a 1280x900 PNG that is not blank"
 fi
 printf '%s\n' "$out" | sed 's/^/# /'
+# kept for a look after the run, with meson's logs
+[ -s "$SITE/status.png" ] && [ -d "$BUILD/meson-logs" ] &&
+    cp "$SITE/status.png" "$BUILD/meson-logs/status-page.png" &&
+    echo "# screenshot: $BUILD/meson-logs/status-page.png"
 
 if [ "$failed" -ne 0 ]; then
     for f in spored.log stp1.log chromium.log rows.json; do

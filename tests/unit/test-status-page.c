@@ -191,7 +191,8 @@ Test(status_page, shows_the_newest_events_first_and_at_most_its_cap)
     cr_expect(strstr(html, "event number 3."));
 }
 
-Test(status_page, shows_rollout_progress_and_why_one_failed)
+Test(status_page,
+     shows_rollout_progress_why_one_failed_and_states_as_service_list)
 {
     StatusService s[] = {
         {.name = "web",
@@ -216,20 +217,27 @@ Test(status_page, shows_rollout_progress_and_why_one_failed)
          .rollout_to = 4,
          .rollout_reason = "hv2: cannot customize"},
         {.name = "new", .desired = 2, .running = -1},
+        {.name = "ok", .desired = 2, .placed = 2, .running = 2},
+        {.name = "grow", .desired = 3, .placed = 3, .running = 2},
     };
-    StatusPage p = {.now = 1, .services = s, .n_services = 3};
+    StatusPage p = {.now = 1, .services = s, .n_services = 5};
     g_autofree char *html = render(&p);
 
     cr_expect(strstr(html, "rolling, generation 1 &#8594; 2: 2 updated (1 "
                            "running), 2 old (2 running)"));
     cr_expect(strstr(html, "<td class=\"bad\">failed, generation 3 &#8594; 4: "
                            "hv2: cannot customize</td>"));
-    cr_expect(strstr(html, "data-service=\"web\" data-state=\"converging\" "
+    cr_expect(strstr(html, "data-service=\"web\" data-state=\"rolling\" "
                            "data-desired=\"3\" data-placed=\"3\" "
                            "data-running=\"1\""));
-    cr_expect(strstr(html, "data-service=\"db\" data-state=\"running\""));
+    cr_expect(
+        strstr(html, "data-service=\"db\" data-state=\"rollout-failed\""));
+    cr_expect(strstr(html, "<td class=\"bad\">rollout-failed</td>"));
     cr_expect(strstr(html, "<td class=\"warn\">not known yet</td>"),
               "running not known before the hosts reported");
+    cr_expect(strstr(html, "data-service=\"new\" data-state=\"unknown\""));
+    cr_expect(strstr(html, "data-service=\"ok\" data-state=\"ready\""));
+    cr_expect(strstr(html, "data-service=\"grow\" data-state=\"converging\""));
 }
 
 Test(status_page, lists_each_hosts_cached_fractions_up_to_its_cap)
