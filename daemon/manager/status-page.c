@@ -37,7 +37,8 @@ static const char STYLE[] =
     ".ok{background:#d9f2d9}.warn{background:#fff1c2}.bad{background:#f8d0d0}"
     "p.error{background:#f8d0d0;border:1px solid #c66;padding:.5em}"
     "p.cut,p.empty{color:#555;font-style:italic}"
-    "td.msg{max-width:60em;overflow-wrap:anywhere}";
+    "td.msg{max-width:60em;overflow-wrap:anywhere}td.nowrap{white-space:"
+    "nowrap}";
 
 /* ---- text ------------------------------------------------------------- */
 
@@ -379,9 +380,9 @@ events_table(GString *out, const StatusPage *p)
     for (guint k = 0; k < shown; k++) {
         const StatusEvent *e = &p->events[p->n_events - 1 - k];
 
-        g_string_append(out, "<tr class=\"event\"><td>");
+        g_string_append(out, "<tr class=\"event\"><td class=\"nowrap\">");
         time_element(out, e->time);
-        g_string_append(out, "</td><td>");
+        g_string_append(out, "</td><td class=\"nowrap\">");
         text(out, e->kind);
         g_string_append(out, "</td><td>");
         text(out, e->service);
