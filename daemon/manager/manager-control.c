@@ -13,6 +13,10 @@
  *      loop after its commit.
  *   4. image-add downloads and indexes the image before it takes the lock
  *      (it may take minutes); only the store is in the transaction.
+ *
+ * manager_control_read() runs read commands for the status page
+ * (manager-status.c, on the metrics server's thread) under invariant 1:
+ * several of them in one read transaction, so the page is one snapshot.
  */
 #include "manager-private.h"
 
