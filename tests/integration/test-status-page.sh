@@ -32,7 +32,29 @@ for p in python3 /usr/bin/python3; do
     if "$p" -c 'import PIL' 2>/dev/null; then py=$p; break; fi
 done
 [ -n "$py" ] || skip_all "python3-pil is not installed (scripts/install-deps)"
+# the page in headless Chromium, kept off every network but loopback
+chromium_run() {
+    timeout 180 chromium --headless --no-sandbox --disable-gpu \
+        --disable-dev-shm-usage --user-data-dir="$chromium_dir" \
+        --no-first-run --hide-scrollbars \
+        --disable-background-networking --disable-component-update \
+        --disable-sync --disable-default-apps --disable-extensions \
+        --disable-domain-reliability --no-pings \
+        --proxy-server=http://127.0.0.1:9 \
+        --host-resolver-rules="MAP * ~NOTFOUND, EXCLUDE 127.0.0.1" \
+        "$@" 2>>"$chromium_dir.log"
+}
+# does it run here at all? (a page of its own, before any site)
+chromium_dir=$(mktemp -d /tmp/spore-chromium.XXXXXX)
+probe=$(chromium_run --dump-dom 'data:text/html,<p>spore-probe</p>')
+why=$(tail -n 1 "$chromium_dir.log" 2>/dev/null)
+rm -rf "$chromium_dir" "$chromium_dir.log"
+case $probe in
+*spore-probe*) ;;
+*) skip_all "chromium does not run here: ${why:-no output}" ;;
+esac
 site_test_prepare status-page
+chromium_dir=$SITE/chromium
 SITE_TAG=sp$$
 SITE_LOST_AFTER=300 # an agent stalled by a loaded, shared libvirtd is not lost
 svc=stpage$$
@@ -90,17 +112,7 @@ check "/status is HTML with a Content-Security-Policy that forbids scripts" \
 check "it takes no writes: POST /status answers 405" \
     test "$(curl -s -o /dev/null -w '%{http_code}' -X POST "$status_url")" = 405
 
-# --- the page in headless Chromium, kept off every network but loopback
-chromium_run() {
-    timeout 180 chromium --headless --no-sandbox --disable-gpu \
-        --user-data-dir="$SITE/chromium" --no-first-run --hide-scrollbars \
-        --disable-background-networking --disable-component-update \
-        --disable-sync --disable-default-apps --disable-extensions \
-        --disable-domain-reliability --no-pings \
-        --proxy-server=http://127.0.0.1:9 \
-        --host-resolver-rules="MAP * ~NOTFOUND, EXCLUDE 127.0.0.1" \
-        "$@" 2>>"$SITE/chromium.log"
-}
+# --- the page in headless Chromium
 check "chromium renders the page (--dump-dom)" \
     eval 'chromium_run --dump-dom "$status_url" >"$SITE/dom.html" && [ -s "$SITE/dom.html" ]'
 "$py" "$checker" rows "$SITE/dom.html" >"$SITE/rows.json" 2>>"$SITE/chromium.log"
