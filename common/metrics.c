@@ -1,5 +1,9 @@
 /*
- * metrics.c: the Prometheus endpoint (see metrics.h).
+ * metrics.c: the read-only HTTP endpoint (see metrics.h).
+ *
+ * libmicrohttpd answers on one internal thread: the page functions are
+ * called there, one at a time; the page table is copied at start and
+ * never changes after, so it needs no lock.
  */
 #include "metrics.h"
 
@@ -9,9 +13,16 @@
 
 #include "spore-error.h"
 
+/* what an HTML page may do: show itself with its inline style; no
+ * script, no frame, no request (images, fonts, forms included) */
+#define HTML_SECURITY_POLICY                                           \
+    "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; " \
+    "form-action 'none'; frame-ancestors 'none'"
+
 struct SporeMetrics {
     struct MHD_Daemon *daemon;
-    SporeMetricsFunc fn;
+    SporeMetricsPage pages[SPORE_METRICS_PAGES_MAX];
+    guint n_pages;
     gpointer data;
     guint port;
 };
@@ -25,7 +36,31 @@ reply(struct MHD_Connection *conn, unsigned status, const char *type,
     enum MHD_Result ret;
 
     MHD_add_response_header(r, "Content-Type", type);
+    MHD_add_response_header(r, "X-Content-Type-Options", "nosniff");
+    if (g_str_has_prefix(type, "text/html")) {
+        MHD_add_response_header(r, "Content-Security-Policy",
+                                HTML_SECURITY_POLICY);
+        MHD_add_response_header(r, "Cache-Control", "no-store");
+    }
     ret = MHD_queue_response(conn, status, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
+/* redirect: 302 to @path, with a body that links to it */
+static enum MHD_Result
+redirect(struct MHD_Connection *conn, const char *path)
+{
+    g_autoptr(GString) body = g_string_new(NULL);
+    struct MHD_Response *r;
+    enum MHD_Result ret;
+
+    g_string_printf(body, "see %s\n", path);
+    r = MHD_create_response_from_buffer(body->len, body->str,
+                                        MHD_RESPMEM_MUST_COPY);
+    MHD_add_response_header(r, "Content-Type", "text/plain");
+    MHD_add_response_header(r, "Location", path);
+    ret = MHD_queue_response(conn, MHD_HTTP_FOUND, r);
     MHD_destroy_response(r);
     return ret;
 }
@@ -42,17 +77,33 @@ on_request(void *cls, struct MHD_Connection *conn, const char *url,
         g_string_append(body, "only GET\n");
         return reply(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "text/plain", body);
     }
-    if (!g_str_equal(url, "/metrics")) {
-        g_string_append(body, "see /metrics\n");
-        return reply(conn, MHD_HTTP_NOT_FOUND, "text/plain", body);
+    if (g_str_equal(url, "/"))
+        return redirect(conn, m->pages[0].path);
+    for (guint i = 0; i < m->n_pages; i++) {
+        if (g_str_equal(url, m->pages[i].path)) {
+            m->pages[i].fn(body, m->data);
+            return reply(conn, MHD_HTTP_OK, m->pages[i].content_type, body);
+        }
     }
-    m->fn(body, m->data);
-    return reply(conn, MHD_HTTP_OK, "text/plain; version=0.0.4", body);
+    g_string_append(body, "see");
+    for (guint i = 0; i < m->n_pages; i++)
+        g_string_append_printf(body, " %s", m->pages[i].path);
+    g_string_append_c(body, '\n');
+    return reply(conn, MHD_HTTP_NOT_FOUND, "text/plain", body);
 }
 
 SporeMetrics *
 spore_metrics_start(const char *listen, SporeMetricsFunc fn, gpointer data,
                     GError **error)
+{
+    const SporeMetricsPage page = {"/metrics", SPORE_METRICS_TEXT_TYPE, fn};
+
+    return spore_metrics_start_pages(listen, &page, 1, data, error);
+}
+
+SporeMetrics *
+spore_metrics_start_pages(const char *listen, const SporeMetricsPage *pages,
+                          guint n_pages, gpointer data, GError **error)
 {
     g_autofree char *host = NULL;
     const char *colon = listen ? strrchr(listen, ':') : NULL;
@@ -75,8 +126,11 @@ spore_metrics_start(const char *listen, SporeMetricsFunc fn, gpointer data,
         return NULL;
     }
     sa.sin_port = htons((guint16)port);
+    g_return_val_if_fail(n_pages >= 1 && n_pages <= SPORE_METRICS_PAGES_MAX,
+                         NULL);
     m = g_new0(SporeMetrics, 1);
-    m->fn = fn;
+    memcpy(m->pages, pages, n_pages * sizeof(*pages));
+    m->n_pages = n_pages;
     m->data = data;
     m->daemon = MHD_start_daemon(
         MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, 0, NULL, NULL,

@@ -146,6 +146,23 @@ print_rule(JsonObject *r)
                : "");
 }
 
+/* print_schedule: a "Schedule N:" line of service-show: the policy as
+ * the manager writes it, and its next occurrence */
+static void
+print_schedule(JsonObject *s)
+{
+    JsonNode *next = json_object_get_member(s, "next");
+    g_autofree char *when =
+        next && JSON_NODE_HOLDS_VALUE(next)
+            ? ctl_local_time(json_util_get_double(s, "next", 0))
+            : NULL;
+
+    printf("Schedule %" G_GINT64_FORMAT ":   %s; %s%s\n",
+           json_util_get_int(s, "schedule", 0),
+           json_util_get_string(s, "text", "?"),
+           when ? "next " : "no further occurrence", when ? when : "");
+}
+
 /* print_rollout: the "Rollout:" lines of service-show (docs/sporectl.1) */
 static void
 print_rollout(JsonObject *r)
@@ -185,6 +202,7 @@ print_service(JsonObject *s)
 {
     gint64 cooldown = json_util_get_int(s, "cooldown_until", 0);
     JsonArray *rules = json_util_get_array(s, "rules");
+    JsonArray *schedules = json_util_get_array(s, "schedules");
 
     printf("Name:         %s\n", json_util_get_string(s, "name", "-"));
     printf("Generation:   %" G_GINT64_FORMAT "\n",
@@ -213,6 +231,12 @@ print_service(JsonObject *s)
 
         if (r)
             print_rule(r);
+    }
+    for (guint i = 0; i < array_length(schedules); i++) {
+        JsonObject *r = array_object(schedules, i);
+
+        if (r)
+            print_schedule(r);
     }
     putchar('\n');
     print_clone_table(json_util_get_array(s, "clones"), false);
@@ -1019,7 +1043,10 @@ const CtlCmdDef ctl_site_commands[] = {
             "host, state and generation.  After a new generation was\n"
             "submitted, 'Rollout:' says from and to which generation, and\n"
             "rolling, done or failed; 'Progress:' how many clones are of the\n"
-            "new generation and of the old, and how many of each run.  With\n"
+            "new generation and of the old, and how many of each run.\n"
+            "'Rule N:' lines show each scaling rule's last value;\n"
+            "'Schedule N:' lines each scheduled policy (its recurrence or\n"
+            "start time, time zone and action) and its next occurrence.  With\n"
             "--json, the reply also carries the service's canonical\n"
             "manifest.\n",
         .args = service_arg,

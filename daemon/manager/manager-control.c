@@ -13,15 +13,21 @@
  *      loop after its commit.
  *   4. image-add downloads and indexes the image before it takes the lock
  *      (it may take minutes); only the store is in the transaction.
+ *
+ * manager_control_read() runs read commands for the status page
+ * (manager-status.c, on the metrics server's thread) under invariant 1:
+ * several of them in one read transaction, so the page is one snapshot.
  */
 #include "manager-private.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <string.h>
 
 #include "image-index.h"
 #include "origin.h"
+#include "scaling.h"
 #include "spore-error.h"
 
 /* connections served at once */
@@ -506,6 +512,68 @@ cmd_service_list(Manager *m, JsonObject *req, GError **error)
     return r;
 }
 
+static const char *
+schedule_action(ManifestScheduleAction a)
+{
+    return a == MANIFEST_SCHEDULE_ADD      ? "add"
+           : a == MANIFEST_SCHEDULE_REMOVE ? "remove"
+                                           : "set";
+}
+
+/* schedules_status: service-show's "schedules": each scheduled policy of
+ * @mf (its text as manifest_schedule_text writes it, its parts, the time
+ * up to which its occurrences were handled and its next occurrence after
+ * that, in the schedules' clock: docs/scaling.md) */
+static JsonArray *
+schedules_status(Manager *m, const char *service, const Manifest *mf,
+                 GError **error)
+{
+    g_autoptr(JsonArray) arr = json_array_new();
+    g_autoptr(GHashTable) handled = NULL;
+    GPtrArray *schedules = mf->scaling.schedules;
+
+    if (!schedules || !schedules->len)
+        return g_steal_pointer(&arr);
+    if (!(handled = state_schedule_handled(m->db, service, error)))
+        return NULL;
+    for (guint i = 0; i < schedules->len; i++) {
+        const ManifestSchedule *s = schedules->pdata[i];
+        g_autofree char *text = manifest_schedule_text(s);
+        const double *h = g_hash_table_lookup(handled, text);
+        double next = scaling_schedule_next(s, h ? *h : state_now());
+        JsonObject *o = json_object_new();
+
+        json_object_set_int_member(o, "schedule", i + 1);
+        json_object_set_string_member(o, "text", text);
+        if (s->cron)
+            json_object_set_string_member(o, "cron", s->cron);
+        else
+            json_object_set_null_member(o, "cron");
+        if (s->has_at)
+            json_object_set_int_member(o, "at", s->at);
+        else
+            json_object_set_null_member(o, "at");
+        if (s->timezone)
+            json_object_set_string_member(o, "timezone", s->timezone);
+        else
+            json_object_set_null_member(o, "timezone");
+        json_object_set_string_member(o, "action", schedule_action(s->action));
+        json_object_set_int_member(o, "amount", s->amount);
+        json_object_set_boolean_member(o, "percent", s->percent);
+        json_object_set_int_member(o, "grace_seconds", s->grace_seconds);
+        if (h)
+            json_object_set_double_member(o, "handled", *h);
+        else
+            json_object_set_null_member(o, "handled");
+        if (isfinite(next))
+            json_object_set_double_member(o, "next", next);
+        else
+            json_object_set_null_member(o, "next");
+        json_array_add_object_element(arr, o);
+    }
+    return g_steal_pointer(&arr);
+}
+
 static JsonObject *
 cmd_service_show(Manager *m, JsonObject *req, GError **error)
 {
@@ -526,9 +594,15 @@ cmd_service_show(Manager *m, JsonObject *req, GError **error)
         return NULL;
     json_object_set_string_member(o, "manifest", svc->manifest);
     mf = manager_manifest(m, name, &err);
-    if (mf)
+    if (mf) {
+        JsonArray *schedules = schedules_status(m, name, mf, error);
+
+        if (!schedules)
+            return NULL;
         json_object_set_array_member(o, "rules",
                                      mscale_rules_status(m, name, mf));
+        json_object_set_array_member(o, "schedules", schedules);
+    }
     if (!(clones = clones_of(m, name, error)))
         return NULL;
     json_object_set_array_member(o, "clones", clones);
@@ -1127,6 +1201,51 @@ manager_handle_control(JsonObject *req, gpointer data)
             return run_command(data, i, req);
     }
     return control_reply_error("unknown command '%s'", cmd);
+}
+
+/* ---- the status page's snapshot --------------------------------------- */
+
+typedef struct {
+    JsonObject *const *reqs;
+    guint n;
+    JsonObject **replies;
+} ReadCall;
+
+static bool
+call_reads(Manager *m, gpointer data, GError **error)
+{
+    ReadCall *c = data;
+
+    for (guint i = 0; i < c->n; i++) {
+        const char *cmd = json_util_get_string(c->reqs[i], "cmd", "");
+        guint k = 0;
+
+        while (k < G_N_ELEMENTS(commands) &&
+               !g_str_equal(cmd, commands[k].name))
+            k++;
+        if (k == G_N_ELEMENTS(commands) || commands[k].kind != COMMAND_READS)
+            return fail(error, "'%s' is not a command that only reads", cmd);
+        c->replies[i] = commands[k].fn(m, c->reqs[i], error);
+        if (!c->replies[i])
+            return false;
+    }
+    return true;
+}
+
+bool
+manager_control_read(Manager *m, JsonObject *const *reqs, guint n,
+                     JsonObject **ret_replies, GError **error)
+{
+    g_autofree JsonObject **replies = g_new0(JsonObject *, MAX(n, 1));
+    ReadCall call = {reqs, n, replies};
+
+    if (!transact(m, false, call_reads, &call, error)) {
+        for (guint i = 0; i < n; i++)
+            g_clear_pointer(&replies[i], json_object_unref);
+        return false;
+    }
+    memcpy(ret_replies, replies, n * sizeof(*replies));
+    return true;
 }
 
 /* ---- the socket ------------------------------------------------------- */

@@ -8,6 +8,7 @@
  *   manager-transport.c  the agents' and the registration sockets: messages
  *   manager-reconcile.c  the reconciliation pass and commands to agents
  *   manager-metrics.c    /metrics
+ *   manager-status.c     /status, the HTML status page (status-page.c)
  *   manager-control.c    the control socket's commands
  *   manager-scaling.c    auto-scaling: metrics and the rule engine
  *
@@ -202,6 +203,11 @@ void manager_reconcile(Manager *m);
 /* ---- manager-metrics.c ---- */
 void manager_metrics(GString *out, gpointer data);
 
+/* ---- manager-status.c ---- */
+/* manager_status_page: the HTML of /status (a SporeMetricsFunc, on the
+ * metrics server's thread; takes the lock) */
+void manager_status_page(GString *out, gpointer data);
+
 /* ---- manager-scaling.c ---- */
 void mscale_init(Manager *m);
 void mscale_free(Manager *m);
@@ -215,3 +221,10 @@ JsonArray *mscale_rules_status(Manager *m, const char *service,
 /* ---- manager-control.c ---- */
 bool manager_control_start(Manager *m, GError **error);
 void manager_control_stop(Manager *m);
+/* manager_control_read: the replies of the control commands @reqs, each
+ * one that only reads (service-list, clone-list, ...), run in one read
+ * transaction under the lock (one consistent snapshot) into
+ * @ret_replies (@n new references, the caller's); false with @error when
+ * one fails (nothing returned).  Takes the lock: not locked. */
+bool manager_control_read(Manager *m, JsonObject *const *reqs, guint n,
+                          JsonObject **ret_replies, GError **error);

@@ -323,11 +323,19 @@ manager_new(const ManagerConfig *config, GError **error)
     if (!manager_control_start(m, error))
         return NULL;
     if (m->config.metrics_listen && *m->config.metrics_listen) {
-        m->metrics = spore_metrics_start(m->config.metrics_listen,
-                                         manager_metrics, m, error);
+        /* the first page is where GET / leads */
+        static const SporeMetricsPage pages[] = {
+            {"/status", "text/html; charset=utf-8", manager_status_page},
+            {"/metrics", SPORE_METRICS_TEXT_TYPE, manager_metrics},
+        };
+
+        m->metrics = spore_metrics_start_pages(m->config.metrics_listen, pages,
+                                               G_N_ELEMENTS(pages), m, error);
         if (!m->metrics)
             return NULL;
-        g_message("metrics on http://%s/metrics", m->config.metrics_listen);
+        g_message("metrics on http://%s/metrics, status page on "
+                  "http://%s/status",
+                  m->config.metrics_listen, m->config.metrics_listen);
     }
     m->reg_watch = watch_socket(m, m->reg);
     m->zap_watch = watch_socket(m, m->zap);

@@ -59,7 +59,9 @@ static const ConfigKey config_keys[] = {
     {"resend", "resend", KEY_UINT, "20", true, 1, FIELD(resend_s),
      "Seconds before an unacknowledged command is sent again", "S"},
     {"metrics", "metrics", KEY_STRING, "127.0.0.1:9470", false, 0,
-     FIELD(metrics_listen), "Prometheus endpoint, ADDRESS:PORT, or none",
+     FIELD(metrics_listen),
+     "Endpoint of /metrics and the status page /status, ADDRESS:PORT, or "
+     "none",
      "ADDR:PORT"},
     {"control_group", NULL, KEY_STRING, "", false, 0, FIELD(control_group),
      NULL, NULL},

@@ -40,15 +40,20 @@ check "an image is registered" \
 
 # 1: in 4 s; 2: in an hour; 3: in 90 min; 4: in 2.5 hours (default grace
 # of 10 min each)
+at2=$(date -u -d "$(utc_in 3600)" +%s)
+# 5: daily, 12 hours from now in Berlin's wall clock: never due within the
+# offsets below (at most 3 hours ahead)
+h5=$(( (10#$(TZ=Europe/Berlin date +%H) + 12) % 24 ))
 cat >"$SITE/web.xml" <<EOF
 <service xmlns="urn:spore:manifest:1" name="web">
   <image name="img"><origin url="file://$SITE/image.raw"/></image>
   <vm><vcpus>1</vcpus><memory unit="MiB">64</memory></vm>
   <scaling min="1" max="5" initial="1" cooldown="2m">
     <schedule at="$(utc_in 4)" set="3"/>
-    <schedule at="$(utc_in 3600)" add="1"/>
+    <schedule at="$(date -u -d "@$at2" +%Y-%m-%dT%H:%M:%SZ)" add="1"/>
     <schedule at="$(utc_in 5400)" remove="2"/>
     <schedule at="$(utc_in 9000)" set="5"/>
+    <schedule cron="0 $h5 * * *" timezone="Europe/Berlin" set="2"/>
   </scaling>
 </service>
 EOF
@@ -60,6 +65,30 @@ check "schedule 1 fires while spored runs: 1 -> 3 clones" \
 check "with a 'scheduled' event naming it, the count and the cooldown" \
     grep -q "service web: schedule 1 (at .*Z: set 3, grace 10m) due at .* UTC: 1 -> 3 clones; cooldown 120 s" \
     <(sporectl_site events --service web)
+
+# service-show lists the schedules (docs/sporectl.1)
+ctl_show() { sporectl_site service-show web; }
+check "service-show has a 'Schedule N:' line for each of the 5 schedules" \
+    test "$(ctl_show | grep -c '^Schedule [1-5]: ')" = 5
+check "schedule 1: its start time, action and grace; it has fired: no further occurrence" \
+    grep -Eq "^Schedule 1: +at [0-9T:-]+Z: set 3, grace 10m; no further occurrence$" <(ctl_show)
+check "schedule 2: add 1, next at its start time" \
+    grep -Eq "^Schedule 2: +at [0-9T:-]+Z: add 1, grace 10m; next $(date -d "@$at2" '+%Y-%m-%d %H:%M:%S')$" <(ctl_show)
+check "--json: each schedule's action, amount, start time and next occurrence" \
+    test "$(sporectl_site --json service-show web | jget "[(s['schedule'], s['action'], s['amount'], s['at'] == $at2, s['next']) for s in r['service']['schedules']][:2]")" = \
+    "[(1, 'set', 3, False, None), (2, 'add', 1, True, $at2.0)]"
+check "schedule 5: its recurrence, time zone and action, and the next occurrence" \
+    grep -Eq "^Schedule 5: +cron '0 $h5 \* \* \*' Europe/Berlin: set 2, grace 10m; next [0-9-]+ [0-9:]+$" <(ctl_show)
+next5_ok() {
+    sporectl_site --json service-show web | python3 -c "
+import json, sys, time, datetime, zoneinfo
+s = json.load(sys.stdin)['service']['schedules'][4]
+t = datetime.datetime.fromtimestamp(s['next'], zoneinfo.ZoneInfo('Europe/Berlin'))
+ok = (s['cron'], s['timezone'], s['at']) == ('0 $h5 * * *', 'Europe/Berlin', None) \\
+    and (t.hour, t.minute) == ($h5, 0) and 0 < s['next'] - time.time() < 86400
+sys.exit(0 if ok else 1)"
+}
+check "--json: schedule 5's next occurrence is at $h5:00 in Berlin, within a day" next5_ok
 
 check "spored restarts an hour and a minute later (clock offset)" \
     restart_at 3660
