@@ -272,22 +272,27 @@ send_hello(AgentLink *l, void *sock, CloneHost *host)
  * read the shim could not answer within its timeout, the origin or the
  * agent away) are resumed by the agent, which retries the failed request
  * — only this host's clones (their metadata's host), never a domain made
- * by hand with sporectl: at once, then after RESUME_FIRST_US doubling to RESUME_MAX_US while the
- * domain pauses again.  @paused (owned by the link thread) maps a domain's
- * name to its ResumeTry.
+ * by hand with sporectl: at once, then after RESUME_FIRST_US doubling to
+ * RESUME_MAX_US while the domain pauses again.  A resumed domain runs
+ * while its retried read waits in the shim, up to the shim's timeout: it
+ * runs again for good (and leaves @paused) only once it has run for
+ * @settle_us since its last resume; until then the episode, its tries and
+ * its backoff go on, and its reports say "io_paused".  @paused (owned by
+ * the link thread) maps a domain's name to its ResumeTry.
  */
 #define RESUME_FIRST_US (2 * G_USEC_PER_SEC)
 #define RESUME_MAX_US   (60 * G_USEC_PER_SEC)
 
 typedef struct {
-    gint64 next;  /* monotonic time of the next try */
-    gint64 delay; /* until the try after it */
+    gint64 next;       /* monotonic time of the next try */
+    gint64 delay;      /* until the try after it */
+    gint64 resumed_at; /* the last try */
     guint tries;
 } ResumeTry;
 
 static void
 resume_paused(CloneHost *host, const char *me, GHashTable *paused,
-              GPtrArray *clones)
+              GPtrArray *clones, gint64 settle_us)
 {
     gint64 now = g_get_monotonic_time();
 
@@ -301,10 +306,14 @@ resume_paused(CloneHost *host, const char *me, GHashTable *paused,
             continue;
         if (g_strcmp0(c->state, "paused") != 0 ||
             g_strcmp0(c->reason, "ioerror") != 0) {
-            if (t && g_strcmp0(c->state, "running") == 0) {
+            if (t && g_strcmp0(c->state, "running") == 0 &&
+                now - t->resumed_at >= settle_us) {
                 g_message("domain %s runs again after %u resume%s", c->name,
                           t->tries, t->tries == 1 ? "" : "s");
                 g_hash_table_remove(paused, c->name);
+            } else if (t && g_strcmp0(c->state, "running") != 0 &&
+                       g_strcmp0(c->state, "paused") != 0) {
+                g_hash_table_remove(paused, c->name); /* shut off: over */
             }
             continue;
         }
@@ -321,6 +330,7 @@ resume_paused(CloneHost *host, const char *me, GHashTable *paused,
         if (!clone_host_resume(host, c->name, &resumed, &err))
             g_warning("domain %s: %s", c->name, err->message);
         t->tries++;
+        t->resumed_at = now;
         t->next = now + t->delay;
         t->delay = MIN(t->delay * 2, RESUME_MAX_US);
         if (t->tries > 1)
@@ -352,7 +362,8 @@ send_report(AgentLink *l, void *sock, CloneHost *host, GHashTable *paused)
         json_array_unref(arr);
         return false;
     }
-    resume_paused(host, l->config.host_name, paused, clones);
+    resume_paused(host, l->config.host_name, paused, clones,
+                  ((gint64)agent_shim_timeout(l->agent) + 2) * G_USEC_PER_SEC);
     for (guint i = 0; i < clones->len; i++) {
         CloneInfo *c = clones->pdata[i];
         JsonObject *o = json_object_new();
@@ -366,6 +377,8 @@ send_report(AgentLink *l, void *sock, CloneHost *host, GHashTable *paused)
         json_object_set_int_member(o, "generation", (gint64)c->generation);
         json_object_set_string_member(o, "state", c->state);
         json_object_set_string_member(o, "reason", c->reason);
+        if (g_hash_table_contains(paused, c->name))
+            json_object_set_boolean_member(o, "io_paused", true);
         json_object_set_int_member(o, "cpu_ns", (gint64)c->cpu_time_ns);
         json_object_set_int_member(o, "vcpus", c->vcpus);
         json_object_set_int_member(o, "memory_kib", (gint64)c->memory_kib);

@@ -172,13 +172,16 @@ record_images(Manager *m, const char *host, JsonArray *images, GError **error)
 }
 
 /* paused_by_io: @c (a reported clone) is paused by an I/O error of its
- * disk */
+ * disk, or was and its agent's resumes have not yet held ("io_paused":
+ * resumed, its retried read may still fail) */
 static bool
 paused_by_io(JsonObject *c)
 {
     return c &&
-           g_strcmp0(json_util_get_string(c, "state", NULL), "paused") == 0 &&
-           g_strcmp0(json_util_get_string(c, "reason", NULL), "ioerror") == 0;
+           ((g_strcmp0(json_util_get_string(c, "state", NULL), "paused") == 0 &&
+             g_strcmp0(json_util_get_string(c, "reason", NULL), "ioerror") ==
+                 0) ||
+            json_util_get_bool(c, "io_paused", false));
 }
 
 /* reported_before: name -> clone object of @h's previous report
@@ -231,7 +234,7 @@ note_io_pauses(Manager *m, const char *host, HostRuntime *h, JsonArray *arr,
                            "agent resumes it",
                            name))
             return false;
-        if (was &&
+        if (was && !is &&
             g_strcmp0(json_util_get_string(c, "state", NULL), "running") == 0 &&
             !manager_event(m, error, "clone-resumed",
                            json_util_get_string(c, "service", NULL), host,

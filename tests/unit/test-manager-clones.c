@@ -740,6 +740,25 @@ set_state(const char *name, const char *state, const char *reason)
     cr_assert_fail("the fake agent has no clone %s", name);
 }
 
+/* the agent's "io_paused": it is resuming the clone, its resumes have not
+ * held yet */
+static void
+set_io_paused(const char *name, bool on)
+{
+    for (guint i = 0; i < agent.clones->len; i++) {
+        JsonObject *c = agent.clones->pdata[i];
+
+        if (g_str_equal(json_util_get_string(c, "name", ""), name)) {
+            if (on)
+                json_object_set_boolean_member(c, "io_paused", true);
+            else if (json_object_has_member(c, "io_paused"))
+                json_object_remove_member(c, "io_paused");
+            return;
+        }
+    }
+    cr_assert_fail("the fake agent has no clone %s", name);
+}
+
 Test(manager_clones, says_when_a_clone_is_paused_by_an_io_error_and_runs_again)
 {
     g_autofree char *before = NULL;
@@ -757,12 +776,23 @@ Test(manager_clones, says_when_a_clone_is_paused_by_an_io_error_and_runs_again)
     agent_report();
     cr_assert(pump(events_include, "clone-paused "), "no clone-paused event");
     agent_report(); /* the same state again: no second event */
-    set_state("web-0", "running", "");
+    /* resumed while its retried read still waits, then paused again by
+     * it: the same episode, as long as the agent says io_paused */
+    set_state("web-0", "running", "unpaused");
+    set_io_paused("web-0", true);
+    agent_report();
+    set_state("web-0", "paused", "ioerror");
+    agent_report();
+    set_state("web-0", "running", "unpaused");
+    agent_report();
+    set_io_paused("web-0", false); /* its resume held */
     agent_report();
     cr_assert(pump(events_include, "clone-resumed "), "no clone-resumed event");
     after = event_kinds();
     cr_expect_eq(strstr(strstr(after, "clone-paused ") + 1, "clone-paused "),
                  NULL, "two clone-paused events: %s", after);
+    cr_expect_eq(strstr(strstr(after, "clone-resumed ") + 1, "clone-resumed "),
+                 NULL, "two clone-resumed events: %s", after);
 }
 
 static bool
