@@ -29,7 +29,9 @@
  * /proc/PID/stat of --pid) and RSS are taken, and once a second one
  * running clone vanishes from its host's reports, to time the manager's
  * repair: from the first report without it to the create that brings it
- * back (the command round trip).  --timeout bounds the whole run.
+ * back (the command round trip); then, with --restart-cmd, spored is
+ * killed -9 and started again under the hosts' reports (recover).
+ * --timeout bounds the whole run, and the recovery again.
  *
  * Prints "key: value" lines on stdout; progress on stderr.  Single
  * threaded; the ZeroMQ context has two I/O threads.
@@ -79,11 +81,13 @@ typedef struct {
     GHashTable *journal;   /* id -> ack text */
     GHashTable *in_flight; /* id */
     GQueue jobs;           /* SimJob, by due time */
+    bool rewelcomed;       /* welcomed by the restarted spored */
     GHashTable *vanished;  /* name -> gint64 µs: first report without it */
 } SimHost;
 
 typedef struct {
     const char *endpoint, *manager_key, *key_file, *submit_cmd, *probe_cmd;
+    const char *restart_cmd, *pre_kill_cmd;
     guint target_clones;
     guint steady_s, timeout_s;
     int pid;
@@ -98,8 +102,10 @@ typedef struct {
     guint64 cmds_received, cmd_ids, replays, dup_creates, resends_running;
     guint64 peers_msgs, peers_bytes, peers_max, peers_over;
     guint64 reports_sent, bytes_sent;
-    GArray *repair_us;   /* gint64 */
-    double cpu_start;    /* spored's CPU seconds at the start */
+    GArray *repair_us; /* gint64 */
+    double cpu_start;  /* spored's CPU seconds at the start */
+    bool recovering;   /* spored was killed and started again */
+    guint rewelcomed, welcomed_at_kill;
     GHashTable *id_seen; /* host/id -> 1 */
 } Sim;
 
@@ -331,6 +337,10 @@ on_message(Sim *s, SimHost *h, const char *data, gsize len)
     if (!o)
         return;
     if (g_str_equal(type, "welcome")) {
+        if (s->recovering && h->welcomed && !h->rewelcomed) {
+            h->rewelcomed = true;
+            s->rewelcomed++;
+        }
         if (!h->welcomed) {
             h->welcomed = true;
             s->welcomed++;
@@ -744,6 +754,97 @@ print_counts(Sim *s)
            (double)s->bytes_sent / 1e6);
 }
 
+static bool
+all_rewelcomed(Sim *s)
+{
+    return s->rewelcomed >= s->welcomed_at_kill;
+}
+
+/* whether process @pid is gone (or a zombie its parent has not reaped) */
+static bool
+process_gone(int pid)
+{
+    g_autofree char *path = g_strdup_printf("/proc/%d/stat", pid);
+    g_autofree char *text = NULL;
+    const char *close;
+
+    if (!g_file_get_contents(path, &text, NULL, NULL))
+        return true;
+    close = strrchr(text, ')');
+    return close && close[1] == ' ' && close[2] == 'Z';
+}
+
+/*
+ * recover: spored is killed (SIGKILL) while every host reports, and
+ * --restart-cmd starts it again (it prints the new PID once the control
+ * socket answers).  Timed from the kill: spored answering again, every
+ * host welcomed again (the restarted spored answers a report with "who"),
+ * and then a quiet window of RECOVER_QUIET_S in which the commands it
+ * sends are counted: every clone already runs, so each create is one too
+ * many, and a duplicate executed is a create of a clone its host has.
+ */
+#define RECOVER_QUIET_S 15
+
+static void
+recover(Sim *s, zmq_pollitem_t *items, gint64 deadline)
+{
+    guint64 ids0 = s->cmd_ids, sends0 = s->cmds_received, replays0 = s->replays,
+            dup0 = s->dup_creates;
+    guint commanded0 = g_hash_table_size(s->commanded);
+    g_autofree char *out = NULL;
+    g_autoptr(GError) err = NULL;
+    const char *argv[] = {"/bin/sh", "-c", s->restart_cmd, NULL};
+    gint64 t0, tw;
+    double t_up;
+    int status = 0, pid;
+
+    if (s->pre_kill_cmd && *s->pre_kill_cmd) {
+        const char *pre[] = {"/bin/sh", "-c", s->pre_kill_cmd, NULL};
+
+        g_spawn_sync(NULL, (char **)pre, NULL, G_SPAWN_DEFAULT, NULL, NULL,
+                     NULL, NULL, NULL, NULL);
+    }
+    for (guint i = 0; i < s->n_hosts; i++)
+        s->hosts[i].rewelcomed = false;
+    s->welcomed_at_kill = s->welcomed;
+    s->rewelcomed = 0;
+    s->recovering = true;
+    t0 = now_us();
+    kill(s->pid, SIGKILL);
+    while (!process_gone(s->pid) && now_us() - t0 < 10 * G_USEC_PER_SEC)
+        g_usleep(10 * 1000);
+    if (!g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_DEFAULT, NULL, NULL,
+                      &out, NULL, &status, &err) ||
+        !g_spawn_check_wait_status(status, &err) ||
+        (pid = (int)g_ascii_strtoll(out, NULL, 10)) <= 0) {
+        printf("recovery: the restart command failed: %s\n",
+               err ? err->message : "no PID printed");
+        return;
+    }
+    s->pid = pid;
+    printf("recovery after kill -9 (under %u hosts' reports): spored answers "
+           "again after %.1f s\n",
+           s->n_hosts, (double)(now_us() - t0) / G_USEC_PER_SEC);
+    t_up = run_until(s, items, all_rewelcomed, t0, deadline, "recovering");
+    {
+        g_autofree char *m = g_strdup_printf(
+            "%u of %u welcomed again", s->rewelcomed, s->welcomed_at_kill);
+        print_time("recovery: kill -9 -> every host welcomed again", t_up, m);
+    }
+    tw = now_us();
+    pump(s, items, MIN(deadline, tw + RECOVER_QUIET_S * G_USEC_PER_SEC));
+    printf("recovery: in the %d s after, %" G_GUINT64_FORMAT
+           " new command ids, %" G_GUINT64_FORMAT " sends (%" G_GUINT64_FORMAT
+           " replays of commands acked before the kill), %u clones "
+           "commanded that were not before, %" G_GUINT64_FORMAT
+           " duplicate creates executed; %u of %u clones running\n",
+           RECOVER_QUIET_S, s->cmd_ids - ids0, s->cmds_received - sends0,
+           s->replays - replays0, g_hash_table_size(s->commanded) - commanded0,
+           s->dup_creates - dup0, s->running, s->target_clones);
+    printf("recovery: spored RSS %ld MiB after it\n",
+           proc_kib(s->pid, "VmRSS:") / 1024);
+}
+
 static int
 run(Sim *s, guint n_limit)
 {
@@ -810,6 +911,8 @@ run(Sim *s, guint n_limit)
                 printf("submit command: failed (status %d)\n", status);
         }
         steady(s, items, deadline + 60 * G_USEC_PER_SEC);
+        if (s->restart_cmd && *s->restart_cmd && t_run >= 0)
+            recover(s, items, now_us() + (gint64)s->timeout_s * G_USEC_PER_SEC);
     }
     print_counts(s);
     /* what the run cost spored, whatever share of the CPUs it was given
@@ -831,7 +934,7 @@ main(int argc, char **argv)
     gint n_hosts = G_MAXINT, clones = 0, steady_s = 20, timeout_s = 300;
     int pid = 0;
     char *endpoint = NULL, *key = NULL, *keys = NULL, *submit = NULL,
-         *probe = NULL;
+         *probe = NULL, *restart = NULL, *pre_kill = NULL;
     GOptionEntry entries[] = {
         {"endpoint", 0, 0, G_OPTION_ARG_STRING, &endpoint,
          "spored's agents' endpoint", "tcp://ADDR:PORT"},
@@ -846,6 +949,12 @@ main(int argc, char **argv)
         {"probe-cmd", 0, 0, G_OPTION_ARG_STRING, &probe,
          "shell command timed in the steady window", "CMD"},
         {"pid", 0, 0, G_OPTION_ARG_INT, &pid, "spored's PID", "PID"},
+        {"restart-cmd", 0, 0, G_OPTION_ARG_STRING, &restart,
+         "after the steady window: kill -9 spored, run this (it starts "
+         "spored again and prints its PID), time the recovery",
+         "CMD"},
+        {"pre-kill-cmd", 0, 0, G_OPTION_ARG_STRING, &pre_kill,
+         "run before that kill (e.g. to save spored's metrics)", "CMD"},
         {"steady", 0, 0, G_OPTION_ARG_INT, &steady_s, "steady window", "S"},
         {"timeout", 0, 0, G_OPTION_ARG_INT, &timeout_s, "bound of the run",
          "S"},
@@ -885,6 +994,8 @@ main(int argc, char **argv)
     s.key_file = keys;
     s.submit_cmd = submit;
     s.probe_cmd = probe;
+    s.restart_cmd = restart;
+    s.pre_kill_cmd = pre_kill;
     s.target_clones = (guint)clones;
     s.steady_s = (guint)steady_s;
     s.timeout_s = (guint)timeout_s;
