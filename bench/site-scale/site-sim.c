@@ -33,6 +33,10 @@
  * killed -9 and started again under the hosts' reports (recover).
  * --timeout bounds the whole run, and the recovery again.
  *
+ * With --clones 0 it only holds the hosts up (hello, reports, commands
+ * answered; with --image every report says the host holds that image)
+ * until --timeout or SIGTERM: the big site around a test's real agents.
+ *
  * Prints "key: value" lines on stdout; progress on stderr.  Single
  * threaded; the ZeroMQ context has two I/O threads.
  */
@@ -88,6 +92,7 @@ typedef struct {
 typedef struct {
     const char *endpoint, *manager_key, *key_file, *submit_cmd, *probe_cmd;
     const char *restart_cmd, *pre_kill_cmd;
+    const char *hold_image; /* every host reports it (a site sharing it) */
     guint target_clones;
     guint steady_s, timeout_s;
     int pid;
@@ -223,6 +228,8 @@ send_report(Sim *s, SimHost *h)
         json_array_add_object_element(clones, r);
         g_hash_table_add(ims, c->image);
     }
+    if (s->hold_image)
+        g_hash_table_add(ims, (gpointer)s->hold_image);
     g_hash_table_iter_init(&it, ims);
     while (g_hash_table_iter_next(&it, &v, NULL)) {
         JsonObject *im = json_object_new();
@@ -845,6 +852,32 @@ recover(Sim *s, zmq_pollitem_t *items, gint64 deadline)
            proc_kib(s->pid, "VmRSS:") / 1024);
 }
 
+static volatile sig_atomic_t stop_hold;
+
+static void
+on_term(int sig)
+{
+    stop_hold = 1;
+}
+
+/* hold: with --clones 0, only be the hosts (hello, reports, commands
+ * answered) until --timeout or SIGTERM, for a test that needs a big site
+ * around real agents */
+static int
+hold(Sim *s, zmq_pollitem_t *items, gint64 deadline)
+{
+    double t_up = run_until(s, items, all_up, s->start, deadline, "connecting");
+
+    print_time("all hosts up", t_up, "not every host welcomed");
+    fflush(stdout);
+    signal(SIGTERM, on_term);
+    while (!stop_hold && now_us() < deadline)
+        pump(s, items, MIN(deadline, now_us() + 200 * 1000));
+    print_counts(s);
+    fflush(stdout);
+    return t_up >= 0 ? 0 : 3;
+}
+
 static int
 run(Sim *s, guint n_limit)
 {
@@ -870,6 +903,14 @@ run(Sim *s, guint n_limit)
         items[i] = (zmq_pollitem_t){s->hosts[i].sock, 0, ZMQ_POLLIN, 0};
 
     printf("hosts: %u, clones: %u\n", s->n_hosts, s->target_clones);
+    if (s->target_clones == 0) {
+        int rc = hold(s, items, deadline);
+
+        for (guint i = 0; i < s->n_hosts; i++)
+            zmq_close(s->hosts[i].sock);
+        zmq_ctx_term(s->ctx);
+        return rc;
+    }
     /* a third of the time to connect; then on with those that are up */
     t_up = run_until(s, items, all_up, s->start,
                      s->start + (deadline - s->start) / 3, "connecting");
@@ -934,7 +975,7 @@ main(int argc, char **argv)
     gint n_hosts = G_MAXINT, clones = 0, steady_s = 20, timeout_s = 300;
     int pid = 0;
     char *endpoint = NULL, *key = NULL, *keys = NULL, *submit = NULL,
-         *probe = NULL, *restart = NULL, *pre_kill = NULL;
+         *probe = NULL, *restart = NULL, *pre_kill = NULL, *hold_image = NULL;
     GOptionEntry entries[] = {
         {"endpoint", 0, 0, G_OPTION_ARG_STRING, &endpoint,
          "spored's agents' endpoint", "tcp://ADDR:PORT"},
@@ -943,7 +984,12 @@ main(int argc, char **argv)
         {"keys", 0, 0, G_OPTION_ARG_FILENAME, &keys, "from keygen", "FILE"},
         {"hosts", 0, 0, G_OPTION_ARG_INT, &n_hosts, "hosts (of the key file)",
          "N"},
-        {"clones", 0, 0, G_OPTION_ARG_INT, &clones, "clones submitted", "N"},
+        {"clones", 0, 0, G_OPTION_ARG_INT, &clones,
+         "clones submitted (0: only hold the hosts up until --timeout or "
+         "SIGTERM)",
+         "N"},
+        {"image", 0, 0, G_OPTION_ARG_STRING, &hold_image,
+         "an image id every host reports it holds", "ID"},
         {"submit-cmd", 0, 0, G_OPTION_ARG_STRING, &submit,
          "shell command that submits them", "CMD"},
         {"probe-cmd", 0, 0, G_OPTION_ARG_STRING, &probe,
@@ -975,8 +1021,7 @@ main(int argc, char **argv)
     oc = g_option_context_new("- simulated hosts against spored");
     g_option_context_add_main_entries(oc, entries, NULL);
     if (!g_option_context_parse(oc, &argc, &argv, &err) || !endpoint || !key ||
-        !keys || clones <= 0 || n_hosts <= 0 || steady_s < 5 ||
-        timeout_s <= 0) {
+        !keys || clones < 0 || n_hosts <= 0 || steady_s < 5 || timeout_s <= 0) {
         fprintf(stderr, "site-sim: %s\n",
                 err ? err->message
                     : "--endpoint, --manager-key, --keys and --clones are "
@@ -996,6 +1041,7 @@ main(int argc, char **argv)
     s.probe_cmd = probe;
     s.restart_cmd = restart;
     s.pre_kill_cmd = pre_kill;
+    s.hold_image = hold_image;
     s.target_clones = (guint)clones;
     s.steady_s = (guint)steady_s;
     s.timeout_s = (guint)timeout_s;
