@@ -67,10 +67,23 @@ pg_db(StateDb *db)
     return (PgDb *)db;
 }
 
+/* trimmed: libpq's message on one line (it spans several, indented) */
 static char *
 trimmed(const char *msg)
 {
-    return g_strchomp(g_strdup(msg && *msg ? msg : "unknown error"));
+    g_auto(GStrv) lines =
+        g_strsplit(msg && *msg ? msg : "unknown error", "\n", -1);
+    GString *out = g_string_new(NULL);
+
+    for (guint i = 0; lines[i]; i++) {
+        g_strstrip(lines[i]);
+        if (!*lines[i])
+            continue;
+        if (out->len)
+            g_string_append_c(out, ' ');
+        g_string_append(out, lines[i]);
+    }
+    return g_string_free(out, FALSE);
 }
 
 /* retryable: a SQLSTATE after which trying again later may work */
@@ -100,8 +113,11 @@ pg_fail(PgDb *d, const PGresult *res, GError **error)
         return false;
     }
     text = trimmed(msg && *msg ? msg : PQerrorMessage(d->conn));
+    /* no SQLSTATE: libpq's own error, the connection's (the server went
+     * away before libpq marked the connection bad) */
     g_set_error(error, SPORE_ERROR,
-                retryable(state) ? SPORE_ERROR_UNAVAILABLE : SPORE_ERROR_IO,
+                !state || retryable(state) ? SPORE_ERROR_UNAVAILABLE
+                                           : SPORE_ERROR_IO,
                 "%s", text);
     return false;
 }

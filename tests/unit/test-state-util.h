@@ -32,3 +32,15 @@ StateDb *test_state_open_at(const char *where, GError **error);
 /* test_state_sql: run @sql (no parameters, no rows wanted) straight on
  * the engine at @where, bypassing the state layer; aborts on failure */
 void test_state_sql(const char *where, const char *sql);
+
+/*
+ * test_state_fill: a state with a bit of everything, as spored leaves it:
+ * service "web" (generation 1, 3 clones, one placed on "hv1", a rollout),
+ * image "img", hosts "hv1" (accepted) and "hv2" (pending), 2 commands (1
+ * pending), a schedule, requests, a profile, 2 events — 16 rows
+ */
+void test_state_fill(StateDb *db);
+
+/* test_state_summary: what the state API shows of a state filled so, as
+ * one text (owned by the caller) */
+char *test_state_summary(StateDb *db);
