@@ -33,7 +33,11 @@
  *      use state_db_pg_redact().
  *   4. libpq's notices (warnings, NOTICE from CREATE ... IF NOT EXISTS)
  *      are silenced: libraries never log.
+ *   5. libpq is loaded (dlopen, pq_load) only when a PostgreSQL state is
+ *      opened: Debian's libpq brings OpenSSL's libssl, and spored on
+ *      SQLite loads one TLS stack only, GnuTLS (tests/check-layout.sh).
  */
+#include <dlfcn.h>
 #include <string.h>
 #include <libpq-fe.h>
 
@@ -47,6 +51,52 @@
 #define PG_OID_TEXT   25
 #define PG_OID_FLOAT8 701
 #define PG_PARAMS_MAX 32
+
+#define PQ_LIBRARY    "libpq.so.5"
+#define PQ_FUNCTIONS(X)                                                      \
+    X(PQclear)                                                               \
+    X(PQconnectdb) X(PQconninfoFree) X(PQconninfoParse) X(PQerrorMessage)    \
+        X(PQexec) X(PQexecParams) X(PQexecPrepared) X(PQfinish) X(PQfreemem) \
+            X(PQgetisnull) X(PQgetvalue) X(PQnfields) X(PQntuples)           \
+                X(PQprepare) X(PQreset) X(PQresultErrorField)                \
+                    X(PQresultErrorMessage) X(PQresultStatus)                \
+                        X(PQsetNoticeProcessor) X(PQstatus)                  \
+                            X(PQtransactionStatus) X(PQunescapeBytea)
+
+/* libpq's functions, set once by pq_load (invariant 5) */
+static struct {
+#define PQ_FIELD(f) __typeof__(f) *f;
+    PQ_FUNCTIONS(PQ_FIELD)
+#undef PQ_FIELD
+} pq;
+
+/* pq_load: libpq's functions in pq, once per process; the reason it
+ * cannot be loaded stays for later callers */
+static bool
+pq_load(GError **error)
+{
+    static gsize done;
+    static char *failure;
+
+    if (g_once_init_enter(&done)) {
+        void *lib = dlopen(PQ_LIBRARY, RTLD_NOW | RTLD_LOCAL);
+
+        if (!lib)
+            failure = g_strdup(dlerror());
+#define PQ_SYM(f)                                                     \
+    if (lib && !failure && !(pq.f = (__typeof__(f) *)dlsym(lib, #f))) \
+        failure = g_strdup_printf("%s has no %s", PQ_LIBRARY, #f);
+        PQ_FUNCTIONS(PQ_SYM)
+#undef PQ_SYM
+        g_once_init_leave(&done, 1);
+    }
+    if (failure) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_UNAVAILABLE,
+                    "cannot load libpq (Debian package libpq5): %s", failure);
+        return false;
+    }
+    return true;
+}
 
 typedef struct {
     StateDb base;
@@ -102,17 +152,18 @@ retryable(const char *sqlstate)
 static bool
 pg_fail(PgDb *d, const PGresult *res, GError **error)
 {
-    const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
-    const char *msg = res ? PQresultErrorMessage(res) : NULL;
+    const char *state =
+        res ? pq.PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    const char *msg = res ? pq.PQresultErrorMessage(res) : NULL;
     g_autofree char *text = NULL;
 
-    if (PQstatus(d->conn) == CONNECTION_BAD) {
-        text = trimmed(PQerrorMessage(d->conn));
+    if (pq.PQstatus(d->conn) == CONNECTION_BAD) {
+        text = trimmed(pq.PQerrorMessage(d->conn));
         g_set_error(error, SPORE_ERROR, SPORE_ERROR_UNAVAILABLE,
                     "connection to PostgreSQL lost: %s", text);
         return false;
     }
-    text = trimmed(msg && *msg ? msg : PQerrorMessage(d->conn));
+    text = trimmed(msg && *msg ? msg : pq.PQerrorMessage(d->conn));
     /* no SQLSTATE: libpq's own error, the connection's (the server went
      * away before libpq marked the connection bad) */
     g_set_error(error, SPORE_ERROR,
@@ -127,12 +178,12 @@ pg_fail(PgDb *d, const PGresult *res, GError **error)
 static PGresult *
 checked(PgDb *d, PGresult *res, GError **error)
 {
-    ExecStatusType s = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
+    ExecStatusType s = res ? pq.PQresultStatus(res) : PGRES_FATAL_ERROR;
 
     if (s == PGRES_COMMAND_OK || s == PGRES_TUPLES_OK)
         return res;
     pg_fail(d, res, error);
-    PQclear(res);
+    pq.PQclear(res);
     return NULL;
 }
 
@@ -141,7 +192,7 @@ pg_close(StateDb *db)
 {
     PgDb *d = pg_db(db);
 
-    PQfinish(d->conn);
+    pq.PQfinish(d->conn);
     g_hash_table_unref(d->prepared);
     g_free(d->base.label);
     g_free(d);
@@ -151,9 +202,9 @@ static bool
 pg_exec_script(StateDb *db, const char *sql, GError **error)
 {
     PgDb *d = pg_db(db);
-    PGresult *res = checked(d, PQexec(d->conn, sql), error);
+    PGresult *res = checked(d, pq.PQexec(d->conn, sql), error);
 
-    PQclear(res);
+    pq.PQclear(res);
     return res != NULL;
 }
 
@@ -162,11 +213,11 @@ pg_begin(StateDb *db, bool write, GError **error)
 {
     PgDb *d = pg_db(db);
 
-    if (PQstatus(d->conn) == CONNECTION_BAD) {
+    if (pq.PQstatus(d->conn) == CONNECTION_BAD) {
         /* invariant 1: no transaction is open on a lost session */
-        PQreset(d->conn);
+        pq.PQreset(d->conn);
         g_hash_table_remove_all(d->prepared);
-        if (PQstatus(d->conn) != CONNECTION_OK)
+        if (pq.PQstatus(d->conn) != CONNECTION_OK)
             return pg_fail(d, NULL, error);
     }
     return pg_exec_script(db,
@@ -180,7 +231,7 @@ pg_commit(StateDb *db, GError **error)
 {
     PgDb *d = pg_db(db);
 
-    if (PQtransactionStatus(d->conn) == PQTRANS_INERROR) {
+    if (pq.PQtransactionStatus(d->conn) == PQTRANS_INERROR) {
         /* invariant 2 */
         pg_exec_script(db, "ROLLBACK", NULL);
         g_set_error(error, SPORE_ERROR, SPORE_ERROR_IO,
@@ -193,7 +244,7 @@ pg_commit(StateDb *db, GError **error)
 static bool
 pg_in_transaction(StateDb *db)
 {
-    PGTransactionStatusType s = PQtransactionStatus(pg_db(db)->conn);
+    PGTransactionStatusType s = pq.PQtransactionStatus(pg_db(db)->conn);
 
     return s == PQTRANS_INTRANS || s == PQTRANS_INERROR || s == PQTRANS_ACTIVE;
 }
@@ -230,11 +281,11 @@ statement_name(PgDb *d, const char *sql, const StateValue *params,
         types[i] = param_oid(params[i].type);
     text = state_db_pg_translate(sql);
     fresh = g_strdup_printf("s%u", ++d->next_name);
-    res = checked(d, PQprepare(d->conn, fresh, text, (int)n_params, types),
+    res = checked(d, pq.PQprepare(d->conn, fresh, text, (int)n_params, types),
                   error);
     if (!res)
         return NULL;
-    PQclear(res);
+    pq.PQclear(res);
     name = fresh;
     g_hash_table_insert(d->prepared, (gpointer)sql, g_steal_pointer(&fresh));
     return name;
@@ -298,13 +349,13 @@ pg_prepare(StateDb *db, const char *sql, bool cache, const StateValue *params,
 
         if (!name)
             return NULL;
-        res = PQexecPrepared(d->conn, name, (int)n_params, values, lengths,
-                             formats, 0);
+        res = pq.PQexecPrepared(d->conn, name, (int)n_params, values, lengths,
+                                formats, 0);
     } else {
         g_autofree char *text = state_db_pg_translate(sql);
 
-        res = PQexecParams(d->conn, text, (int)n_params, types, values, lengths,
-                           formats, 0);
+        res = pq.PQexecParams(d->conn, text, (int)n_params, types, values,
+                              lengths, formats, 0);
     }
     res = checked(d, res, error);
     if (!res)
@@ -328,8 +379,8 @@ pg_step(StateStmt *st, GError **error)
     PgStmt *s = pg_stmt(st);
 
     (void)error;
-    if (s->row + 1 >= PQntuples(s->res)) {
-        s->row = PQntuples(s->res);
+    if (s->row + 1 >= pq.PQntuples(s->res)) {
+        s->row = pq.PQntuples(s->res);
         return 0;
     }
     s->row++;
@@ -339,7 +390,7 @@ pg_step(StateStmt *st, GError **error)
 static guint
 pg_column_count(StateStmt *st)
 {
-    return (guint)PQnfields(pg_stmt(st)->res);
+    return (guint)pq.PQnfields(pg_stmt(st)->res);
 }
 
 static bool
@@ -347,7 +398,7 @@ pg_column_null(StateStmt *st, guint col)
 {
     PgStmt *s = pg_stmt(st);
 
-    return PQgetisnull(s->res, s->row, (int)col);
+    return pq.PQgetisnull(s->res, s->row, (int)col);
 }
 
 static gint64
@@ -355,10 +406,10 @@ pg_column_int64(StateStmt *st, guint col)
 {
     PgStmt *s = pg_stmt(st);
 
-    if (PQgetisnull(s->res, s->row, (int)col))
+    if (pq.PQgetisnull(s->res, s->row, (int)col))
         return 0;
     /* COUNT and SUM may come as numeric: "12" reads the same */
-    return g_ascii_strtoll(PQgetvalue(s->res, s->row, (int)col), NULL, 10);
+    return g_ascii_strtoll(pq.PQgetvalue(s->res, s->row, (int)col), NULL, 10);
 }
 
 static double
@@ -366,9 +417,9 @@ pg_column_double(StateStmt *st, guint col)
 {
     PgStmt *s = pg_stmt(st);
 
-    if (PQgetisnull(s->res, s->row, (int)col))
+    if (pq.PQgetisnull(s->res, s->row, (int)col))
         return 0;
-    return g_ascii_strtod(PQgetvalue(s->res, s->row, (int)col), NULL);
+    return g_ascii_strtod(pq.PQgetvalue(s->res, s->row, (int)col), NULL);
 }
 
 static const char *
@@ -376,9 +427,9 @@ pg_column_text(StateStmt *st, guint col)
 {
     PgStmt *s = pg_stmt(st);
 
-    if (PQgetisnull(s->res, s->row, (int)col))
+    if (pq.PQgetisnull(s->res, s->row, (int)col))
         return NULL;
-    return PQgetvalue(s->res, s->row, (int)col);
+    return pq.PQgetvalue(s->res, s->row, (int)col);
 }
 
 static GBytes *
@@ -389,22 +440,22 @@ pg_column_bytes(StateStmt *st, guint col)
     size_t len = 0;
     GBytes *out;
 
-    if (PQgetisnull(s->res, s->row, (int)col))
+    if (pq.PQgetisnull(s->res, s->row, (int)col))
         return g_bytes_new(NULL, 0);
     /* bytea as text: "\x" and hex digits */
-    data = PQunescapeBytea(
-        (const unsigned char *)PQgetvalue(s->res, s->row, (int)col), &len);
+    data = pq.PQunescapeBytea(
+        (const unsigned char *)pq.PQgetvalue(s->res, s->row, (int)col), &len);
     if (!data)
         return g_bytes_new(NULL, 0);
     out = g_bytes_new(data, len);
-    PQfreemem(data);
+    pq.PQfreemem(data);
     return out;
 }
 
 static void
 pg_release(StateStmt *st)
 {
-    PQclear(pg_stmt(st)->res);
+    pq.PQclear(pg_stmt(st)->res);
     g_free(st);
 }
 
@@ -429,7 +480,8 @@ static const StateDbOps pg_ops = {
 char *
 state_db_pg_redact(const char *dsn)
 {
-    PQconninfoOption *opts = PQconninfoParse(dsn, NULL);
+    PQconninfoOption *opts =
+        pq_load(NULL) ? pq.PQconninfoParse(dsn, NULL) : NULL;
     GString *out;
 
     if (!opts)
@@ -444,7 +496,7 @@ state_db_pg_redact(const char *dsn)
                                g_str_equal(o->keyword, "password") ? "***"
                                                                    : o->val);
     }
-    PQconninfoFree(opts);
+    pq.PQconninfoFree(opts);
     return g_string_free(out, FALSE);
 }
 
@@ -493,13 +545,14 @@ set_lock_timeout(StateDb *db, GError **error)
 {
     PgDb *d = pg_db(db);
     PGresult *res = checked(
-        d, PQexec(d->conn, "SELECT current_setting('lock_timeout')"), error);
+        d, pq.PQexec(d->conn, "SELECT current_setting('lock_timeout')"), error);
     bool unset;
 
     if (!res)
         return false;
-    unset = PQntuples(res) == 1 && g_str_equal(PQgetvalue(res, 0, 0), "0");
-    PQclear(res);
+    unset =
+        pq.PQntuples(res) == 1 && g_str_equal(pq.PQgetvalue(res, 0, 0), "0");
+    pq.PQclear(res);
     return !unset ||
            pg_exec_script(
                db, "SET lock_timeout = '" STATE_DB_PG_LOCK_TIMEOUT "'", error);
@@ -508,9 +561,13 @@ set_lock_timeout(StateDb *db, GError **error)
 StateDb *
 state_db_pg_open(const char *dsn, GError **error)
 {
-    g_autofree char *label = state_db_pg_redact(dsn);
+    g_autofree char *label = NULL;
     g_autoptr(GError) err = NULL;
     PgDb *d;
+
+    if (!pq_load(error))
+        return NULL;
+    label = state_db_pg_redact(dsn);
 
     d = g_new0(PgDb, 1);
     d->base.ops = &pg_ops;
@@ -518,12 +575,12 @@ state_db_pg_open(const char *dsn, GError **error)
     d->base.label = g_steal_pointer(&label);
     d->prepared =
         g_hash_table_new_full(g_direct_hash, g_direct_equal, NULL, g_free);
-    d->conn = PQconnectdb(dsn);
+    d->conn = pq.PQconnectdb(dsn);
     if (d->conn)
-        PQsetNoticeProcessor(d->conn, silence, NULL);
-    if (!d->conn || PQstatus(d->conn) != CONNECTION_OK) {
+        pq.PQsetNoticeProcessor(d->conn, silence, NULL);
+    if (!d->conn || pq.PQstatus(d->conn) != CONNECTION_OK) {
         g_autofree char *msg =
-            trimmed(d->conn ? PQerrorMessage(d->conn) : "out of memory");
+            trimmed(d->conn ? pq.PQerrorMessage(d->conn) : "out of memory");
 
         g_set_error(error, SPORE_ERROR, SPORE_ERROR_UNAVAILABLE,
                     "cannot connect to PostgreSQL '%s': %s", d->base.label,

@@ -537,3 +537,33 @@ Test(manager_state, copies_a_sqlite_state_whole_and_numbering_goes_on)
     state_close(dst);
     state_close(src);
 }
+
+Test(manager_state, numbers_parameters_for_postgresql_outside_quotes_only)
+{
+    g_autofree char *plain =
+        state_db_pg_translate("SELECT a FROM t WHERE b = ? AND c = '?' AND "
+                              "\"d?\" = ?");
+    g_autofree char *numbered =
+        state_db_pg_translate("SELECT ?1 IS NULL OR x = ?1 OR y = ?12");
+    g_autofree char *quoted = state_db_pg_translate("SELECT 'it''s ?', ?");
+
+    cr_expect_str_eq(plain, "SELECT a FROM t WHERE b = $1 AND c = '?' AND "
+                            "\"d?\" = $2");
+    cr_expect_str_eq(numbered, "SELECT $1 IS NULL OR x = $1 OR y = $12");
+    cr_expect_str_eq(quoted, "SELECT 'it''s ?', $1");
+}
+
+Test(manager_state, shows_a_dsn_without_its_password)
+{
+    g_autofree char *kv =
+        state_db_pg_redact("host=/run/pg dbname=spore password='a b'");
+    g_autofree char *uri =
+        state_db_pg_redact("postgresql://spore:pw123@db.example.org/spore");
+
+    cr_expect(strstr(kv, "password=***") && strstr(kv, "dbname=spore"), "%s",
+              kv);
+    cr_expect_null(strstr(kv, "a b"), "%s", kv);
+    cr_expect(strstr(uri, "password=***") && strstr(uri, "db.example.org"),
+              "%s", uri);
+    cr_expect_null(strstr(uri, "pw123"), "%s", uri);
+}
