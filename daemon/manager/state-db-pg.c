@@ -53,15 +53,32 @@
 #define PG_PARAMS_MAX 32
 
 #define PQ_LIBRARY    "libpq.so.5"
-#define PQ_FUNCTIONS(X)                                                      \
-    X(PQclear)                                                               \
-    X(PQconnectdb) X(PQconninfoFree) X(PQconninfoParse) X(PQerrorMessage)    \
-        X(PQexec) X(PQexecParams) X(PQexecPrepared) X(PQfinish) X(PQfreemem) \
-            X(PQgetisnull) X(PQgetvalue) X(PQnfields) X(PQntuples)           \
-                X(PQprepare) X(PQreset) X(PQresultErrorField)                \
-                    X(PQresultErrorMessage) X(PQresultStatus)                \
-                        X(PQsetNoticeProcessor) X(PQstatus)                  \
-                            X(PQtransactionStatus) X(PQunescapeBytea)
+/* clang-format off */
+#define PQ_FUNCTIONS(X) \
+    X(PQclear) \
+    X(PQconnectdb) \
+    X(PQconninfoFree) \
+    X(PQconninfoParse) \
+    X(PQerrorMessage) \
+    X(PQexec) \
+    X(PQexecParams) \
+    X(PQexecPrepared) \
+    X(PQfinish) \
+    X(PQfreemem) \
+    X(PQgetisnull) \
+    X(PQgetvalue) \
+    X(PQnfields) \
+    X(PQntuples) \
+    X(PQprepare) \
+    X(PQreset) \
+    X(PQresultErrorField) \
+    X(PQresultErrorMessage) \
+    X(PQresultStatus) \
+    X(PQsetNoticeProcessor) \
+    X(PQstatus) \
+    X(PQtransactionStatus) \
+    X(PQunescapeBytea)
+/* clang-format on */
 
 /* libpq's functions, set once by pq_load (invariant 5) */
 static struct {
