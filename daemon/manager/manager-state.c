@@ -1,11 +1,15 @@
 /*
- * manager-state.c: spored's state in SQLite (STATE_DIR/spored.db, WAL,
- * synchronous=FULL: a committed change survives kill -9 and power loss).
- * Every statement of the site manager is here, behind a named function;
- * the contract of them all is in manager-state.h.
+ * manager-state.c: spored's state, in SQLite (STATE_DIR/spored.db, WAL,
+ * synchronous=FULL: a committed change survives kill -9 and power loss)
+ * or PostgreSQL (docs/state.md).  Every statement of the site manager is
+ * here, behind a named function; the contract of them all is in
+ * manager-state.h.  The statements run on a StateDb through the driver
+ * interface of state-db.h (state-db-sqlite.c, state-db-pg.c); the SQL is
+ * written once, in what both engines accept, and DIALECT() picks the few
+ * statements that differ.
  *
- * Tables (schema version 2; a version 1 database is brought up to it:
- * migrate_v1):
+ * Tables (schema version 2, the same on both backends; older versions are
+ * brought up to it by the steps of migrations[]):
  *   services   name, manifest (canonical XML), generation, desired count,
  *              deleting, cooldown_until
  *   images     name, id, format, origins (JSON), the index, size
@@ -27,23 +31,22 @@
  *
  * Invariants:
  *   1. No statement's failure is dropped: each primitive below turns a
- *      SQLite error into a GError naming the statement's purpose, and
+ *      driver's error into a GError naming the statement's purpose, and
  *      every named function returns it.
  *   2. No function opens a transaction but state_begin(); callers hold
  *      one around each command (manager-control.c) and each pass
  *      (reconcile), and roll back on any error (state_rollback).
  *   3. States are stored by their names from the *_state_to_string()
  *      functions, bound as parameters: no state literal in SQL.
- *   4. The database file is created 0600 before SQLite opens it: it
- *      holds manifests, which may hold keys.
+ *   4. The SQLite file is created 0600 before SQLite opens it: it holds
+ *      manifests, which may hold keys (state-db-sqlite.c).
+ *   5. The schema changes only in migrate(), one versioned step per
+ *      transaction; a state of a newer version is refused.
  */
 #include "manager-state.h"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <stdarg.h>
 #include <string.h>
-#include <unistd.h>
 #include <glib-object.h>
 
 #include "spore-error.h"

@@ -567,3 +567,41 @@ Test(manager_state, shows_a_dsn_without_its_password)
               "%s", uri);
     cr_expect_null(strstr(uri, "pw123"), "%s", uri);
 }
+
+Test(manager_state, fails_one_of_two_transactions_that_would_not_serialize)
+{
+    StateDb *a = populated();
+    StateDb *b = open_or_fail();
+    g_autoptr(GError) err = NULL;
+    g_autoptr(GPtrArray) seen_a = NULL;
+    g_autoptr(GPtrArray) seen_b = NULL;
+    bool b_done;
+
+    if (!on_pg())
+        cr_skip_test("SQLite has one writer at a time: nothing to serialize");
+    /* each reads the services, then adds one the other did not see */
+    cr_assert(state_begin(a, &err) && state_begin(b, &err), "%s",
+              err ? err->message : "");
+    seen_a = state_service_list(a, &err);
+    seen_b = state_service_list(b, &err);
+    cr_assert(seen_a && seen_b, "%s", err ? err->message : "");
+    cr_assert(state_service_insert(a, "api", "<m/>", "img", 1, &err) &&
+                  state_commit(a, &err),
+              "%s", err ? err->message : "");
+    b_done = state_service_insert(b, "db", "<m/>", "img", 1, &err) &&
+             state_commit(b, &err);
+    cr_expect_not(b_done, "the second one would not be serializable");
+    cr_assert(err);
+    cr_expect(g_error_matches(err, SPORE_ERROR, SPORE_ERROR_UNAVAILABLE),
+              "worth trying again: %s", err->message);
+    cr_expect(strstr(err->message, "serialize"), "%s", err->message);
+    state_rollback(b);
+    g_clear_error(&err);
+    cr_expect(state_begin(b, &err) &&
+                  state_service_insert(b, "db", "<m/>", "img", 1, &err) &&
+                  state_commit(b, &err),
+              "tried again, it works: %s", err ? err->message : "");
+    cr_expect_eq(services_in(a), 3u);
+    state_close(b);
+    state_close(a);
+}
