@@ -675,6 +675,11 @@ state_rollback(StateDb *db)
 bool
 state_savepoint(StateDb *db, GError **error)
 {
+    /* outside a transaction, the savepoint is one (SQLite's rule; a
+     * PostgreSQL SAVEPOINT needs an open transaction) */
+    db->savepoint_began = !db->ops->in_transaction(db);
+    if (db->savepoint_began && !state_begin(db, error))
+        return false;
     return db->ops->exec_script(db, "SAVEPOINT one", error) ||
            db_fail("begin a savepoint", error);
 }
@@ -682,14 +687,23 @@ state_savepoint(StateDb *db, GError **error)
 bool
 state_release(StateDb *db, GError **error)
 {
-    return db->ops->exec_script(db, "RELEASE one", error) ||
-           db_fail("release a savepoint", error);
+    bool began = db->savepoint_began;
+
+    db->savepoint_began = false;
+    if (!db->ops->exec_script(db, "RELEASE one", error))
+        return db_fail("release a savepoint", error);
+    return !began || state_commit(db, error);
 }
 
 void
 state_rollback_to(StateDb *db)
 {
-    if (db->ops->in_transaction(db))
+    bool began = db->savepoint_began;
+
+    db->savepoint_began = false;
+    if (began)
+        state_rollback(db);
+    else if (db->ops->in_transaction(db))
         db->ops->exec_script(db, "ROLLBACK TO one; RELEASE one", NULL);
 }
 

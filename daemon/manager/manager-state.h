@@ -155,7 +155,9 @@ bool state_commit(StateDb *db, GError **error);
 void state_rollback(StateDb *db);
 
 /* state_savepoint: a savepoint inside the caller's transaction, ended
- * by state_release (kept) or state_rollback_to (undone); not nested */
+ * by state_release (kept) or state_rollback_to (undone); not nested.
+ * Outside a transaction it begins one, which state_release commits and
+ * state_rollback_to rolls back (SQLite's rule, on both backends). */
 bool state_savepoint(StateDb *db, GError **error);
 bool state_release(StateDb *db, GError **error);
 /* state_rollback_to: undo and end the savepoint; never fails */

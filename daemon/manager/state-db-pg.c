@@ -20,7 +20,8 @@
  *
  *   OK --[a statement finds the connection lost: pg_fail]--> BAD
  *   BAD --[every statement, commit]--> BAD (SPORE_ERROR_UNAVAILABLE)
- *   BAD --[pg_begin: PQreset succeeds; prepared statements forgotten]--> OK
+ *   BAD --[pg_begin: PQreset succeeds; prepared statements forgotten,
+ *          lock_timeout set again]--> OK
  *
  * Invariants:
  *   1. A lost session is reconnected only in pg_begin, never under an
@@ -225,6 +226,8 @@ pg_exec_script(StateDb *db, const char *sql, GError **error)
     return res != NULL;
 }
 
+static bool set_lock_timeout(StateDb *db, GError **error);
+
 static bool
 pg_begin(StateDb *db, bool write, GError **error)
 {
@@ -236,6 +239,8 @@ pg_begin(StateDb *db, bool write, GError **error)
         g_hash_table_remove_all(d->prepared);
         if (pq.PQstatus(d->conn) != CONNECTION_OK)
             return pg_fail(d, NULL, error);
+        if (!set_lock_timeout(db, error)) /* a session setting */
+            return false;
     }
     return pg_exec_script(db,
                           write ? "BEGIN ISOLATION LEVEL SERIALIZABLE"

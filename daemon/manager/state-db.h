@@ -91,6 +91,10 @@ struct StateDb {
     const StateDbOps *ops;
     StateBackend backend;
     char *label; /* in messages: the file, or the DSN without its password */
+    /* state_savepoint began the transaction (none was open): its release
+     * commits it, its rollback rolls it back — SQLite's rule for a
+     * savepoint outside a transaction, kept on both backends */
+    bool savepoint_began;
 };
 
 /* the head of every driver's statement */

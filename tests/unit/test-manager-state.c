@@ -605,3 +605,32 @@ Test(manager_state, fails_one_of_two_transactions_that_would_not_serialize)
     state_close(b);
     state_close(a);
 }
+
+Test(manager_state, keeps_or_undoes_a_savepoint_outside_a_transaction)
+{
+    StateDb *db = populated();
+    g_autoptr(GError) err = NULL;
+    g_autoptr(GPtrArray) events = NULL;
+
+    cr_assert(state_savepoint(db, &err) &&
+                  state_event_add(db, "kept", NULL, NULL, "1", &err) &&
+                  state_release(db, &err),
+              "%s", err ? err->message : "");
+    cr_assert(state_savepoint(db, &err) &&
+                  state_event_add(db, "undone", NULL, NULL, "2", &err),
+              "%s", err ? err->message : "");
+    state_rollback_to(db);
+    /* nothing is left open: a transaction begins and commits */
+    cr_assert(state_begin(db, &err) &&
+                  state_event_add(db, "after", NULL, NULL, "3", &err) &&
+                  state_commit(db, &err),
+              "%s", err ? err->message : "");
+    state_close(db);
+    db = open_or_fail(); /* what was committed, from a new session */
+    events = state_event_list(db, 0, NULL, 10, &err);
+    cr_assert(events && events->len == 2, "%s",
+              err ? err->message : "2 events");
+    cr_expect_str_eq(((EventRow *)events->pdata[0])->kind, "kept");
+    cr_expect_str_eq(((EventRow *)events->pdata[1])->kind, "after");
+    state_close(db);
+}
