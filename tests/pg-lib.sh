@@ -14,8 +14,9 @@
 #
 # The server comes from Debian's postgresql package (initdb, pg_ctl of
 # /usr/lib/postgresql/*/bin); without it, `run` exits 77 (skip) saying so.
-# It runs as an unprivileged user (PostgreSQL refuses root; "nobody"
-# unless SPORE_TEST_PG_USER says otherwise), in a new temporary directory
+# It runs as an unprivileged user (PostgreSQL refuses root: under root,
+# "nobody" unless SPORE_TEST_PG_USER says otherwise; else the user running
+# the tests), in a new temporary directory
 # owned by that user, and listens on a unix socket in that directory only
 # (listen_addresses=''), with trust authentication for its user "spore".
 # fsync is off: the tests do not crash the machine.
@@ -37,8 +38,14 @@ pg_bindir() {
     return 1
 }
 
+# pg_as_user CMD...: CMD as the server's user (root only switches; a
+# normal user runs the server as itself)
 pg_as_user() {
-    runuser -u "${SPORE_TEST_PG_USER:-nobody}" -- "$@"
+    if [ "$(id -u)" -eq 0 ]; then
+        runuser -u "${SPORE_TEST_PG_USER:-nobody}" -- "$@"
+    else
+        "$@"
+    fi
 }
 
 # pg_ctl_do ARG...: pg_ctl of $SPORE_TEST_PG_DIR as the server's user
@@ -61,7 +68,9 @@ pg_start() {
     user=${SPORE_TEST_PG_USER:-nobody}
     SPORE_TEST_PG_DIR=$(mktemp -d /tmp/spore-pg-XXXXXX) || return 1
     export SPORE_TEST_PG_DIR
-    chown "$user:" "$SPORE_TEST_PG_DIR" || return 1
+    if [ "$(id -u)" -eq 0 ]; then
+        chown "$user:" "$SPORE_TEST_PG_DIR" || return 1
+    fi
     if ! pg_as_user "$bin/initdb" -D "$SPORE_TEST_PG_DIR/data" -U spore \
         --auth=trust -E UTF8 --no-sync >"$SPORE_TEST_PG_DIR/initdb.log" 2>&1; then
         echo "pg-lib: initdb failed:" >&2
