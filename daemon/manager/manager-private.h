@@ -3,7 +3,8 @@
  * header (manager.h is the public one).
  *
  *   manager.c            setup, teardown, the manifest cache, events
- *   manager-state.[ch]   the SQLite state layer: every SQL statement
+ *   manager-state.[ch]   the state layer: every SQL statement, on SQLite
+ *                        or PostgreSQL (state-db-*.c: the drivers)
  *   manager-zap.c        ZAP: which keys may connect, hosts_dir admission
  *   manager-transport.c  the agents' and the registration sockets: messages
  *   manager-reconcile.c  the reconciliation pass and commands to agents
@@ -19,7 +20,6 @@
  */
 #pragma once
 
-#include <sqlite3.h>
 #include <gio/gio.h>
 #include <json-glib/json-glib.h>
 
@@ -84,8 +84,8 @@ typedef struct {
 struct Manager {
     ManagerConfig config;
     WireKeys keys;
-    GMutex lock; /* guards db and runtime */
-    sqlite3 *db;
+    GMutex lock;           /* guards db and runtime */
+    StateDb *db;           /* the state's session (SQLite or PostgreSQL) */
     GHashTable *runtime;   /* host name -> HostRuntime * */
     GHashTable *manifests; /* "service:generation" -> ManagerManifest * */
     GHashTable *backoff;   /* "host/service" -> gint64 µs: no create before */

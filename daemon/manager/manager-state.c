@@ -1,11 +1,15 @@
 /*
- * manager-state.c: spored's state in SQLite (STATE_DIR/spored.db, WAL,
- * synchronous=FULL: a committed change survives kill -9 and power loss).
- * Every statement of the site manager is here, behind a named function;
- * the contract of them all is in manager-state.h.
+ * manager-state.c: spored's state, in SQLite (STATE_DIR/spored.db, WAL,
+ * synchronous=FULL: a committed change survives kill -9 and power loss)
+ * or PostgreSQL (docs/state.md).  Every statement of the site manager is
+ * here, behind a named function; the contract of them all is in
+ * manager-state.h.  The statements run on a StateDb through the driver
+ * interface of state-db.h (state-db-sqlite.c, state-db-pg.c); the SQL is
+ * written once, in what both engines accept, and DIALECT() picks the few
+ * statements that differ.
  *
- * Tables (schema version 2; a version 1 database is brought up to it:
- * migrate_v1):
+ * Tables (schema version 2, the same on both backends; older versions are
+ * brought up to it by the steps of migrations[]):
  *   services   name, manifest (canonical XML), generation, desired count,
  *              deleting, cooldown_until
  *   images     name, id, format, origins (JSON), the index, size
@@ -27,90 +31,191 @@
  *
  * Invariants:
  *   1. No statement's failure is dropped: each primitive below turns a
- *      SQLite error into a GError naming the statement's purpose, and
+ *      driver's error into a GError naming the statement's purpose, and
  *      every named function returns it.
  *   2. No function opens a transaction but state_begin(); callers hold
  *      one around each command (manager-control.c) and each pass
  *      (reconcile), and roll back on any error (state_rollback).
  *   3. States are stored by their names from the *_state_to_string()
  *      functions, bound as parameters: no state literal in SQL.
- *   4. The database file is created 0600 before SQLite opens it: it
- *      holds manifests, which may hold keys.
+ *   4. The SQLite file is created 0600 before SQLite opens it: it holds
+ *      manifests, which may hold keys (state-db-sqlite.c).
+ *   5. The schema changes only in migrate(), one versioned step per
+ *      transaction; a state of a newer version is refused.
  */
 #include "manager-state.h"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <stdarg.h>
 #include <string.h>
-#include <unistd.h>
 #include <glib-object.h>
 
 #include "spore-error.h"
+#include "state-db.h"
 
-#define SCHEMA_VERSION 2
-/* how long a statement waits for another connection's write lock */
-#define STATE_BUSY_TIMEOUT_MS 5000
 /* events kept: the newest EVENTS_KEEP, pruned every EVENTS_PRUNE_EVERY */
 #define EVENTS_KEEP        100000
 #define EVENTS_PRUNE_EVERY 1000
-#define STATE_FILE_MODE    0600
+/* the key of the PostgreSQL advisory lock held while migrating */
+#define STATE_MIGRATION_LOCK 0x73706f7265 /* "spore" */
 
-static const char schema[] =
-    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);"
-    "CREATE TABLE IF NOT EXISTS services ("
-    "  name TEXT PRIMARY KEY, manifest TEXT NOT NULL,"
-    "  generation INTEGER NOT NULL, image TEXT NOT NULL,"
-    "  desired INTEGER NOT NULL, deleting INTEGER NOT NULL DEFAULT 0,"
-    "  cooldown_until REAL NOT NULL DEFAULT 0, updated REAL NOT NULL);"
-    "CREATE TABLE IF NOT EXISTS images ("
-    "  name TEXT PRIMARY KEY, id TEXT NOT NULL, format TEXT NOT NULL,"
-    "  origins TEXT NOT NULL, idx BLOB NOT NULL, size INTEGER NOT NULL,"
-    "  chunk_size INTEGER NOT NULL, added REAL NOT NULL);"
-    "CREATE TABLE IF NOT EXISTS hosts ("
-    "  name TEXT PRIMARY KEY, key TEXT NOT NULL UNIQUE, address TEXT,"
-    "  accepted INTEGER NOT NULL DEFAULT 0, cpus INTEGER NOT NULL DEFAULT 0,"
-    "  memory_kib INTEGER NOT NULL DEFAULT 0, virt TEXT,"
-    "  lost INTEGER NOT NULL DEFAULT 0, last_seen REAL,"
-    "  first_seen REAL NOT NULL);"
-    "CREATE TABLE IF NOT EXISTS clones ("
-    "  service TEXT NOT NULL, idx INTEGER NOT NULL, host TEXT,"
-    "  generation INTEGER NOT NULL DEFAULT 0,"
-    "  PRIMARY KEY (service, idx));"
-    "CREATE INDEX IF NOT EXISTS clones_by_host ON clones (host);"
-    "CREATE TABLE IF NOT EXISTS generations ("
-    "  service TEXT NOT NULL, generation INTEGER NOT NULL,"
-    "  manifest TEXT NOT NULL, image TEXT NOT NULL, created REAL NOT NULL,"
-    "  PRIMARY KEY (service, generation));"
-    "CREATE TABLE IF NOT EXISTS rollouts ("
-    "  service TEXT PRIMARY KEY, generation INTEGER NOT NULL,"
-    "  from_generation INTEGER NOT NULL, state TEXT NOT NULL,"
-    "  started REAL NOT NULL, finished REAL, reason TEXT);"
-    "CREATE TABLE IF NOT EXISTS commands ("
-    "  id INTEGER PRIMARY KEY AUTOINCREMENT, host TEXT NOT NULL,"
-    "  op TEXT NOT NULL, service TEXT, body TEXT NOT NULL,"
-    "  state TEXT NOT NULL DEFAULT 'pending', attempts INTEGER NOT NULL"
-    "  DEFAULT 0, created REAL NOT NULL, sent REAL NOT NULL DEFAULT 0,"
-    "  finished REAL, error TEXT);"
-    "CREATE INDEX IF NOT EXISTS commands_pending ON commands (state, host);"
-    "CREATE TABLE IF NOT EXISTS host_images ("
-    "  host TEXT NOT NULL, image TEXT NOT NULL, cached REAL NOT NULL,"
-    "  origin_bytes INTEGER NOT NULL, peer_bytes INTEGER NOT NULL,"
-    "  local_bytes INTEGER NOT NULL, PRIMARY KEY (host, image));"
-    "CREATE TABLE IF NOT EXISTS profiles ("
-    "  host TEXT NOT NULL, image TEXT NOT NULL, boots INTEGER NOT NULL,"
-    "  chunks TEXT NOT NULL, updated REAL NOT NULL,"
-    "  PRIMARY KEY (host, image));"
-    "CREATE TABLE IF NOT EXISTS requests ("
-    "  service TEXT NOT NULL, time REAL NOT NULL, count INTEGER NOT NULL);"
-    "CREATE INDEX IF NOT EXISTS requests_by_service ON requests (service, "
-    "time);"
-    "CREATE TABLE IF NOT EXISTS schedules ("
-    "  service TEXT NOT NULL, schedule TEXT NOT NULL, handled REAL NOT NULL,"
-    "  PRIMARY KEY (service, schedule));"
-    "CREATE TABLE IF NOT EXISTS events ("
-    "  id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL,"
-    "  kind TEXT NOT NULL, service TEXT, host TEXT, message TEXT NOT NULL);";
+/* the table of the schema version (key 'schema'), the same in both */
+static const char meta_table[] =
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)";
+
+/*
+ * The schema of version 2, once per backend: the same tables, columns,
+ * keys and defaults; the types differ (SQLite INTEGER, REAL, BLOB and
+ * INTEGER PRIMARY KEY AUTOINCREMENT are PostgreSQL BIGINT, DOUBLE
+ * PRECISION, BYTEA and BIGINT GENERATED BY DEFAULT AS IDENTITY).
+ */
+#define SQLITE_TABLES_V2                                                      \
+    "CREATE TABLE IF NOT EXISTS services ("                                   \
+    "  name TEXT PRIMARY KEY, manifest TEXT NOT NULL,"                        \
+    "  generation INTEGER NOT NULL, image TEXT NOT NULL,"                     \
+    "  desired INTEGER NOT NULL, deleting INTEGER NOT NULL DEFAULT 0,"        \
+    "  cooldown_until REAL NOT NULL DEFAULT 0, updated REAL NOT NULL);"       \
+    "CREATE TABLE IF NOT EXISTS images ("                                     \
+    "  name TEXT PRIMARY KEY, id TEXT NOT NULL, format TEXT NOT NULL,"        \
+    "  origins TEXT NOT NULL, idx BLOB NOT NULL, size INTEGER NOT NULL,"      \
+    "  chunk_size INTEGER NOT NULL, added REAL NOT NULL);"                    \
+    "CREATE TABLE IF NOT EXISTS hosts ("                                      \
+    "  name TEXT PRIMARY KEY, key TEXT NOT NULL UNIQUE, address TEXT,"        \
+    "  accepted INTEGER NOT NULL DEFAULT 0, cpus INTEGER NOT NULL DEFAULT 0," \
+    "  memory_kib INTEGER NOT NULL DEFAULT 0, virt TEXT,"                     \
+    "  lost INTEGER NOT NULL DEFAULT 0, last_seen REAL,"                      \
+    "  first_seen REAL NOT NULL);"                                            \
+    "CREATE TABLE IF NOT EXISTS clones ("                                     \
+    "  service TEXT NOT NULL, idx INTEGER NOT NULL, host TEXT,"               \
+    "  generation INTEGER NOT NULL DEFAULT 0,"                                \
+    "  PRIMARY KEY (service, idx));"                                          \
+    "CREATE INDEX IF NOT EXISTS clones_by_host ON clones (host);"             \
+    "CREATE TABLE IF NOT EXISTS generations ("                                \
+    "  service TEXT NOT NULL, generation INTEGER NOT NULL,"                   \
+    "  manifest TEXT NOT NULL, image TEXT NOT NULL, created REAL NOT NULL,"   \
+    "  PRIMARY KEY (service, generation));"                                   \
+    "CREATE TABLE IF NOT EXISTS rollouts ("                                   \
+    "  service TEXT PRIMARY KEY, generation INTEGER NOT NULL,"                \
+    "  from_generation INTEGER NOT NULL, state TEXT NOT NULL,"                \
+    "  started REAL NOT NULL, finished REAL, reason TEXT);"                   \
+    "CREATE TABLE IF NOT EXISTS commands ("                                   \
+    "  id INTEGER PRIMARY KEY AUTOINCREMENT, host TEXT NOT NULL,"             \
+    "  op TEXT NOT NULL, service TEXT, body TEXT NOT NULL,"                   \
+    "  state TEXT NOT NULL DEFAULT 'pending', attempts INTEGER NOT NULL"      \
+    "  DEFAULT 0, created REAL NOT NULL, sent REAL NOT NULL DEFAULT 0,"       \
+    "  finished REAL, error TEXT);"                                           \
+    "CREATE INDEX IF NOT EXISTS commands_pending ON commands (state, host);"  \
+    "CREATE TABLE IF NOT EXISTS host_images ("                                \
+    "  host TEXT NOT NULL, image TEXT NOT NULL, cached REAL NOT NULL,"        \
+    "  origin_bytes INTEGER NOT NULL, peer_bytes INTEGER NOT NULL,"           \
+    "  local_bytes INTEGER NOT NULL, PRIMARY KEY (host, image));"             \
+    "CREATE TABLE IF NOT EXISTS profiles ("                                   \
+    "  host TEXT NOT NULL, image TEXT NOT NULL, boots INTEGER NOT NULL,"      \
+    "  chunks TEXT NOT NULL, updated REAL NOT NULL,"                          \
+    "  PRIMARY KEY (host, image));"                                           \
+    "CREATE TABLE IF NOT EXISTS requests ("                                   \
+    "  service TEXT NOT NULL, time REAL NOT NULL, count INTEGER NOT NULL);"   \
+    "CREATE INDEX IF NOT EXISTS requests_by_service ON requests (service, "   \
+    "time);"                                                                  \
+    "CREATE TABLE IF NOT EXISTS schedules ("                                  \
+    "  service TEXT NOT NULL, schedule TEXT NOT NULL, handled REAL NOT NULL," \
+    "  PRIMARY KEY (service, schedule));"                                     \
+    "CREATE TABLE IF NOT EXISTS events ("                                     \
+    "  id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL,"             \
+    "  kind TEXT NOT NULL, service TEXT, host TEXT, message TEXT NOT NULL);"
+
+#define PG_TABLES_V2                                                           \
+    "CREATE TABLE IF NOT EXISTS services ("                                    \
+    "  name TEXT PRIMARY KEY, manifest TEXT NOT NULL,"                         \
+    "  generation BIGINT NOT NULL, image TEXT NOT NULL,"                       \
+    "  desired BIGINT NOT NULL, deleting BIGINT NOT NULL DEFAULT 0,"           \
+    "  cooldown_until DOUBLE PRECISION NOT NULL DEFAULT 0, updated DOUBLE "    \
+    "PRECISION NOT NULL);"                                                     \
+    "CREATE TABLE IF NOT EXISTS images ("                                      \
+    "  name TEXT PRIMARY KEY, id TEXT NOT NULL, format TEXT NOT NULL,"         \
+    "  origins TEXT NOT NULL, idx BYTEA NOT NULL, size BIGINT NOT NULL,"       \
+    "  chunk_size BIGINT NOT NULL, added DOUBLE PRECISION NOT NULL);"          \
+    "CREATE TABLE IF NOT EXISTS hosts ("                                       \
+    "  name TEXT PRIMARY KEY, key TEXT NOT NULL UNIQUE, address TEXT,"         \
+    "  accepted BIGINT NOT NULL DEFAULT 0, cpus BIGINT NOT NULL DEFAULT 0,"    \
+    "  memory_kib BIGINT NOT NULL DEFAULT 0, virt TEXT,"                       \
+    "  lost BIGINT NOT NULL DEFAULT 0, last_seen DOUBLE PRECISION,"            \
+    "  first_seen DOUBLE PRECISION NOT NULL);"                                 \
+    "CREATE TABLE IF NOT EXISTS clones ("                                      \
+    "  service TEXT NOT NULL, idx BIGINT NOT NULL, host TEXT,"                 \
+    "  generation BIGINT NOT NULL DEFAULT 0,"                                  \
+    "  PRIMARY KEY (service, idx));"                                           \
+    "CREATE INDEX IF NOT EXISTS clones_by_host ON clones (host);"              \
+    "CREATE TABLE IF NOT EXISTS generations ("                                 \
+    "  service TEXT NOT NULL, generation BIGINT NOT NULL,"                     \
+    "  manifest TEXT NOT NULL, image TEXT NOT NULL, created DOUBLE PRECISION " \
+    "NOT NULL,"                                                                \
+    "  PRIMARY KEY (service, generation));"                                    \
+    "CREATE TABLE IF NOT EXISTS rollouts ("                                    \
+    "  service TEXT PRIMARY KEY, generation BIGINT NOT NULL,"                  \
+    "  from_generation BIGINT NOT NULL, state TEXT NOT NULL,"                  \
+    "  started DOUBLE PRECISION NOT NULL, finished DOUBLE PRECISION, reason "  \
+    "TEXT);"                                                                   \
+    "CREATE TABLE IF NOT EXISTS commands ("                                    \
+    "  id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, host TEXT NOT " \
+    "NULL,"                                                                    \
+    "  op TEXT NOT NULL, service TEXT, body TEXT NOT NULL,"                    \
+    "  state TEXT NOT NULL DEFAULT 'pending', attempts BIGINT NOT NULL"        \
+    "  DEFAULT 0, created DOUBLE PRECISION NOT NULL, sent DOUBLE PRECISION "   \
+    "NOT NULL DEFAULT 0,"                                                      \
+    "  finished DOUBLE PRECISION, error TEXT);"                                \
+    "CREATE INDEX IF NOT EXISTS commands_pending ON commands (state, host);"   \
+    "CREATE TABLE IF NOT EXISTS host_images ("                                 \
+    "  host TEXT NOT NULL, image TEXT NOT NULL, cached DOUBLE PRECISION NOT "  \
+    "NULL,"                                                                    \
+    "  origin_bytes BIGINT NOT NULL, peer_bytes BIGINT NOT NULL,"              \
+    "  local_bytes BIGINT NOT NULL, PRIMARY KEY (host, image));"               \
+    "CREATE TABLE IF NOT EXISTS profiles ("                                    \
+    "  host TEXT NOT NULL, image TEXT NOT NULL, boots BIGINT NOT NULL,"        \
+    "  chunks TEXT NOT NULL, updated DOUBLE PRECISION NOT NULL,"               \
+    "  PRIMARY KEY (host, image));"                                            \
+    "CREATE TABLE IF NOT EXISTS requests ("                                    \
+    "  service TEXT NOT NULL, time DOUBLE PRECISION NOT NULL, count BIGINT "   \
+    "NOT NULL);"                                                               \
+    "CREATE INDEX IF NOT EXISTS requests_by_service ON requests (service, "    \
+    "time);"                                                                   \
+    "CREATE TABLE IF NOT EXISTS schedules ("                                   \
+    "  service TEXT NOT NULL, schedule TEXT NOT NULL, handled DOUBLE "         \
+    "PRECISION NOT NULL,"                                                      \
+    "  PRIMARY KEY (service, schedule));"                                      \
+    "CREATE TABLE IF NOT EXISTS events ("                                      \
+    "  id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, time DOUBLE "   \
+    "PRECISION NOT NULL,"                                                      \
+    "  kind TEXT NOT NULL, service TEXT, host TEXT, message TEXT NOT NULL);"
+
+/* version 1 had no per-clone generation and no history: each clone
+ * takes its service's generation, each service's manifest becomes its
+ * first recorded generation (SQLite only: PostgreSQL began at 2) */
+#define SQLITE_V1_TO_V2                                                      \
+    SQLITE_TABLES_V2                                                         \
+    "ALTER TABLE clones ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;"   \
+    "UPDATE clones SET generation = (SELECT generation FROM services WHERE " \
+    "name = clones.service);"                                                \
+    "INSERT OR IGNORE INTO generations SELECT name, generation, manifest, "  \
+    "image, updated FROM services"
+
+/*
+ * The versioned migrations: a step per backend and version it may find;
+ * 0 is a new database.  A new schema version adds one step to each
+ * backend (and STATE_SCHEMA_VERSION); a step is a script run in one
+ * transaction together with the new version number (migrate).
+ */
+typedef struct {
+    StateBackend backend;
+    gint64 from;
+    int to;
+    const char *sql;
+} Migration;
+
+static const Migration migrations[] = {
+    {STATE_BACKEND_SQLITE, 0, 2, SQLITE_TABLES_V2},
+    {STATE_BACKEND_SQLITE, 1, 2, SQLITE_V1_TO_V2},
+    {STATE_BACKEND_POSTGRESQL, 0, 2, PG_TABLES_V2},
+};
 
 /* ---- named states ------------------------------------------------------ */
 
@@ -203,180 +308,65 @@ clone_state_from_string(const char *text, CloneState *ret_state)
 
 /* ---- primitives (invariant 1) ------------------------------------------ */
 
-typedef struct sqlite3_stmt Stmt;
-
-/*
- * The statement cache: each statement is prepared once per connection
- * and kept (SQLITE_PREPARE_PERSISTENT), keyed by the connection and the
- * address of its SQL text (every statement here is a string literal);
- * stmt_release() resets it for the next use.  A statement still in use
- * when the same one is asked for again gets a fresh copy, finalized on
- * release.  state_close() finalizes a connection's statements.  Parsing
- * SQL was most of spored's time per message before.
- */
-typedef struct {
-    sqlite3 *db;
-    const char *sql;
-} StmtKey;
-
-static GMutex stmt_lock;
-static GHashTable *stmt_cache; /* StmtKey -> Stmt */
-static GHashTable *stmt_busy;  /* Stmt: cached, handed out */
-
-static guint
-stmt_key_hash(gconstpointer p)
-{
-    const StmtKey *k = p;
-
-    return g_direct_hash(k->db) ^ g_direct_hash(k->sql);
-}
-
-static gboolean
-stmt_key_equal(gconstpointer a, gconstpointer b)
-{
-    const StmtKey *x = a, *y = b;
-
-    return x->db == y->db && x->sql == y->sql;
-}
-
-/* stmt_cached: the cached statement of @sql on @db, claimed, or NULL
- * when there is none or it is in use (*ret_cache: whether to cache the
- * one the caller prepares) */
-static Stmt *
-stmt_cached(sqlite3 *db, const char *sql, bool *ret_cache)
-{
-    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&stmt_lock);
-    StmtKey key = {db, sql};
-    Stmt *st;
-
-    if (!stmt_cache) {
-        stmt_cache =
-            g_hash_table_new_full(stmt_key_hash, stmt_key_equal, g_free, NULL);
-        stmt_busy = g_hash_table_new(g_direct_hash, g_direct_equal);
-    }
-    st = g_hash_table_lookup(stmt_cache, &key);
-    *ret_cache = st == NULL;
-    if (!st || g_hash_table_contains(stmt_busy, st))
-        return NULL;
-    g_hash_table_add(stmt_busy, st);
-    return st;
-}
-
-static void
-stmt_keep(sqlite3 *db, const char *sql, Stmt *st)
-{
-    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&stmt_lock);
-    StmtKey *key = g_new(StmtKey, 1);
-
-    key->db = db;
-    key->sql = sql;
-    g_hash_table_insert(stmt_cache, key, st);
-    g_hash_table_add(stmt_busy, st);
-}
+typedef StateStmt Stmt;
 
 static void
 stmt_release(Stmt *st)
 {
-    bool cached;
-
-    g_mutex_lock(&stmt_lock);
-    cached = stmt_busy && g_hash_table_remove(stmt_busy, st);
-    g_mutex_unlock(&stmt_lock);
-    if (!cached) {
-        sqlite3_finalize(st);
-        return;
-    }
-    sqlite3_reset(st);
-    sqlite3_clear_bindings(st);
+    if (st)
+        st->db->ops->release(st);
 }
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(Stmt, stmt_release)
 
-/* stmt_forget: finalize @db's cached statements (before closing it) */
-static void
-stmt_forget(sqlite3 *db)
-{
-    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&stmt_lock);
-    GHashTableIter it;
-    gpointer k, v;
-
-    if (!stmt_cache)
-        return;
-    g_hash_table_iter_init(&it, stmt_cache);
-    while (g_hash_table_iter_next(&it, &k, &v)) {
-        if (((StmtKey *)k)->db != db)
-            continue;
-        g_hash_table_remove(stmt_busy, v);
-        sqlite3_finalize(v);
-        g_hash_table_iter_remove(&it);
-    }
-}
-
+/* prefix: "database: cannot WHAT: " before the driver's message */
 static bool
-db_fail(sqlite3 *db, const char *what, GError **error)
+db_fail(const char *what, GError **error)
 {
-    int rc = sqlite3_extended_errcode(db);
-
-    g_set_error(error, SPORE_ERROR,
-                (rc & 0xff) == SQLITE_BUSY || (rc & 0xff) == SQLITE_LOCKED
-                    ? SPORE_ERROR_UNAVAILABLE
-                    : SPORE_ERROR_IO,
-                "database: cannot %s: %s", what, sqlite3_errmsg(db));
+    g_prefix_error(error, "database: cannot %s: ", what);
     return false;
 }
+
+#define STATE_PARAMS_MAX 32
 
 /*
  * prepare: @sql with "?" parameters bound from @ap: a G_TYPE_STRING /
  * G_TYPE_INT64 / G_TYPE_DOUBLE / G_TYPE_BYTES tag before each value,
- * G_TYPE_INVALID last.  @what names the purpose in errors.
+ * G_TYPE_INVALID last.  @what names the purpose in errors.  @sql must be
+ * a string literal (state-db.h: the statement cache).
  */
 static Stmt *
-prepare_va(sqlite3 *db, const char *what, GError **error, const char *sql,
+prepare_va(StateDb *db, const char *what, GError **error, const char *sql,
            va_list ap)
 {
-    g_autoptr(Stmt) st = NULL;
-    int i = 1, rc = SQLITE_OK;
-    bool cache = false;
+    StateValue params[STATE_PARAMS_MAX];
+    guint n = 0;
+    Stmt *st;
 
-    st = stmt_cached(db, sql, &cache);
-    if (!st) {
-        if (sqlite3_prepare_v3(db, sql, -1,
-                               cache ? SQLITE_PREPARE_PERSISTENT : 0, &st,
-                               NULL) != SQLITE_OK) {
-            db_fail(db, what, error);
-            return NULL;
-        }
-        if (cache)
-            stmt_keep(db, sql, st);
-    }
-    for (GType t; (t = va_arg(ap, GType)) != G_TYPE_INVALID; i++) {
-        if (t == G_TYPE_STRING) {
-            const char *s = va_arg(ap, const char *);
+    for (GType t; (t = va_arg(ap, GType)) != G_TYPE_INVALID; n++) {
+        StateValue *v = &params[n];
 
-            rc = s ? sqlite3_bind_text(st, i, s, -1, SQLITE_TRANSIENT)
-                   : sqlite3_bind_null(st, i);
-        } else if (t == G_TYPE_INT64) {
-            rc = sqlite3_bind_int64(st, i, va_arg(ap, gint64));
-        } else if (t == G_TYPE_DOUBLE) {
-            rc = sqlite3_bind_double(st, i, va_arg(ap, double));
-        } else if (t == G_TYPE_BYTES) {
-            GBytes *b = va_arg(ap, GBytes *);
-            gsize len = 0;
-            const void *d = g_bytes_get_data(b, &len);
-
-            rc = sqlite3_bind_blob64(st, i, d, len, SQLITE_TRANSIENT);
-        } else {
+        g_assert(n < STATE_PARAMS_MAX);
+        memset(v, 0, sizeof(*v));
+        v->type = t;
+        if (t == G_TYPE_STRING)
+            v->text = va_arg(ap, const char *);
+        else if (t == G_TYPE_INT64)
+            v->i = va_arg(ap, gint64);
+        else if (t == G_TYPE_DOUBLE)
+            v->d = va_arg(ap, double);
+        else if (t == G_TYPE_BYTES)
+            v->bytes = va_arg(ap, GBytes *);
+        else
             g_error("manager-state: unsupported parameter type");
-        }
-        if (rc != SQLITE_OK) {
-            db_fail(db, what, error);
-            return NULL;
-        }
     }
-    return g_steal_pointer(&st);
+    st = db->ops->prepare(db, sql, true, params, n, error);
+    if (!st)
+        db_fail(what, error);
+    return st;
 }
 
 static Stmt *
-prepare(sqlite3 *db, const char *what, GError **error, const char *sql, ...)
+prepare(StateDb *db, const char *what, GError **error, const char *sql, ...)
 {
     va_list ap;
     Stmt *st;
@@ -389,20 +379,17 @@ prepare(sqlite3 *db, const char *what, GError **error, const char *sql, ...)
 
 /* step: 1 a row, 0 done, -1 an error (set) */
 static int
-step(sqlite3 *db, Stmt *st, const char *what, GError **error)
+step(StateDb *db, Stmt *st, const char *what, GError **error)
 {
-    int rc = sqlite3_step(st);
+    int rc = db->ops->step(st, error);
 
-    if (rc == SQLITE_ROW)
-        return 1;
-    if (rc == SQLITE_DONE)
-        return 0;
-    db_fail(db, what, error);
-    return -1;
+    if (rc < 0)
+        db_fail(what, error);
+    return rc;
 }
 
 static bool
-exec(sqlite3 *db, const char *what, GError **error, const char *sql, ...)
+exec(StateDb *db, const char *what, GError **error, const char *sql, ...)
 {
     va_list ap;
     g_autoptr(Stmt) st = NULL;
@@ -418,9 +405,28 @@ exec(sqlite3 *db, const char *what, GError **error, const char *sql, ...)
     return rc == 0;
 }
 
+/* col_null, col_int, col_double: column @col of the current row */
+static bool
+col_null(Stmt *st, int col)
+{
+    return st->db->ops->column_null(st, (guint)col);
+}
+
+static gint64
+col_int(Stmt *st, int col)
+{
+    return st->db->ops->column_int64(st, (guint)col);
+}
+
+static double
+col_double(Stmt *st, int col)
+{
+    return st->db->ops->column_double(st, (guint)col);
+}
+
 /* query_int: the first column of the first row, @fallback without one */
 static bool
-query_int(sqlite3 *db, const char *what, gint64 fallback, gint64 *ret,
+query_int(StateDb *db, const char *what, gint64 fallback, gint64 *ret,
           GError **error, const char *sql, ...)
 {
     va_list ap;
@@ -432,15 +438,20 @@ query_int(sqlite3 *db, const char *what, gint64 fallback, gint64 *ret,
     va_end(ap);
     if (!st || (rc = step(db, st, what, error)) < 0)
         return false;
-    *ret = rc == 1 && sqlite3_column_type(st, 0) != SQLITE_NULL
-               ? sqlite3_column_int64(st, 0)
-               : fallback;
+    *ret = rc == 1 && !col_null(st, 0) ? col_int(st, 0) : fallback;
     return true;
+}
+
+/* col_text: column @col as a new string, NULL for NULL */
+static char *
+col_text(Stmt *st, int col)
+{
+    return g_strdup(st->db->ops->column_text(st, (guint)col));
 }
 
 /* query_text: the first column of the first row, NULL without one */
 static bool
-query_text(sqlite3 *db, const char *what, char **ret, GError **error,
+query_text(StateDb *db, const char *what, char **ret, GError **error,
            const char *sql, ...)
 {
     va_list ap;
@@ -452,26 +463,15 @@ query_text(sqlite3 *db, const char *what, char **ret, GError **error,
     va_end(ap);
     if (!st || (rc = step(db, st, what, error)) < 0)
         return false;
-    *ret = rc == 1 && sqlite3_column_type(st, 0) != SQLITE_NULL
-               ? g_strdup((const char *)sqlite3_column_text(st, 0))
-               : NULL;
+    *ret = rc == 1 ? col_text(st, 0) : NULL;
     return true;
-}
-
-/* col_text: column @col as a new string, NULL for NULL */
-static char *
-col_text(Stmt *st, int col)
-{
-    return sqlite3_column_type(st, col) == SQLITE_NULL
-               ? NULL
-               : g_strdup((const char *)sqlite3_column_text(st, col));
 }
 
 typedef gpointer (*RowReader)(Stmt *st);
 
 /* collect: every row of @st read by @read into a new array owning them */
 static GPtrArray *
-collect(sqlite3 *db, Stmt *st, const char *what, RowReader read,
+collect(StateDb *db, Stmt *st, const char *what, RowReader read,
         GDestroyNotify free_row, GError **error)
 {
     g_autoptr(GPtrArray) rows = g_ptr_array_new_with_free_func(free_row);
@@ -484,6 +484,10 @@ collect(sqlite3 *db, Stmt *st, const char *what, RowReader read,
     return rc == 0 ? g_steal_pointer(&rows) : NULL;
 }
 
+/* SQL that differs between the backends: the one of @db's */
+#define DIALECT(db, sqlite_sql, pg_sql) \
+    ((db)->backend == STATE_BACKEND_POSTGRESQL ? (pg_sql) : (sqlite_sql))
+
 /* ---- the database ------------------------------------------------------ */
 
 double
@@ -492,163 +496,215 @@ state_now(void)
     return (double)g_get_real_time() / G_USEC_PER_SEC;
 }
 
-/* create_private: @path exists, created STATE_FILE_MODE if it did not
- * (invariant 4) */
-static bool
-create_private(const char *path, GError **error)
+const char *
+state_backend_to_string(StateBackend backend)
 {
-    int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, STATE_FILE_MODE);
+    return backend == STATE_BACKEND_POSTGRESQL ? "postgresql" : "sqlite";
+}
 
-    if (fd < 0 && errno != EEXIST) {
-        g_set_error(error, SPORE_ERROR, SPORE_ERROR_IO,
-                    "cannot create '%s': %s", path, g_strerror(errno));
+bool
+state_backend_from_string(const char *text, StateBackend *ret_backend)
+{
+    if (g_strcmp0(text, "sqlite") == 0)
+        *ret_backend = STATE_BACKEND_SQLITE;
+    else if (g_strcmp0(text, "postgresql") == 0)
+        *ret_backend = STATE_BACKEND_POSTGRESQL;
+    else
         return false;
-    }
-    if (fd >= 0)
-        close(fd);
     return true;
 }
 
-/* migrate_v1: version 1 had no per-clone generation and no history: each
- * clone takes its service's generation, each service's manifest becomes
- * its first recorded generation */
-static bool
-migrate_v1(sqlite3 *db, GError **error)
+StateBackend
+state_backend(const StateDb *db)
 {
-    return state_begin(db, error) &&
-           exec(db, "add the clones' generation", error,
-                "ALTER TABLE clones ADD COLUMN generation INTEGER NOT NULL "
-                "DEFAULT 0",
-                G_TYPE_INVALID) &&
-           exec(db, "set the clones' generation", error,
-                "UPDATE clones SET generation = (SELECT generation FROM "
-                "services WHERE name = clones.service)",
-                G_TYPE_INVALID) &&
-           exec(db, "record the services' generations", error,
-                "INSERT OR IGNORE INTO generations SELECT name, generation, "
-                "manifest, image, updated FROM services",
-                G_TYPE_INVALID) &&
-           exec(db, "write the schema version", error,
-                "UPDATE meta SET value = ? WHERE key = 'schema'", G_TYPE_INT64,
-                (gint64)SCHEMA_VERSION, G_TYPE_INVALID) &&
-           state_commit(db, error);
+    return db->backend;
 }
 
-sqlite3 *
-state_open(const char *path, GError **error)
+/* schema_version: what meta says, 0 for a new database (no meta);
+ * writes nothing, so that a read-only session opens a current state */
+static bool
+schema_version(StateDb *db, gint64 *ret_version, GError **error)
 {
-    sqlite3 *db = NULL;
-    char *msg = NULL;
-    gint64 version = 0;
+    gint64 has_meta = 0;
 
-    if (!create_private(path, error))
-        return NULL;
-    if (sqlite3_open_v2(path, &db,
-                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
-                            SQLITE_OPEN_FULLMUTEX,
-                        NULL) != SQLITE_OK) {
-        g_set_error(error, SPORE_ERROR, SPORE_ERROR_IO,
-                    "cannot open database '%s': %s", path,
-                    db ? sqlite3_errmsg(db) : "out of memory");
-        state_close(db);
-        return NULL;
+    if (!query_int(db, "look for the schema version", 0, &has_meta, error,
+                   DIALECT(db,
+                           "SELECT COUNT(*) FROM sqlite_master WHERE type = "
+                           "'table' AND name = 'meta'",
+                           "SELECT COUNT(*) FROM pg_catalog.pg_tables WHERE "
+                           "schemaname = current_schema() AND tablename = "
+                           "'meta'"),
+                   G_TYPE_INVALID))
+        return false;
+    if (!has_meta) {
+        *ret_version = 0;
+        return true;
     }
-    sqlite3_extended_result_codes(db, 1);
-    sqlite3_busy_timeout(db, STATE_BUSY_TIMEOUT_MS);
-    if (sqlite3_exec(db,
-                     "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"
-                     "PRAGMA foreign_keys=ON;",
-                     NULL, NULL, &msg) != SQLITE_OK ||
-        sqlite3_exec(db, schema, NULL, NULL, &msg) != SQLITE_OK) {
-        g_set_error(error, SPORE_ERROR, SPORE_ERROR_IO,
-                    "cannot open database '%s': %s", path,
-                    msg ? msg : sqlite3_errmsg(db));
-        sqlite3_free(msg);
-        state_close(db);
-        return NULL;
+    return query_int(db, "read the schema version", 0, ret_version, error,
+                     "SELECT value FROM meta WHERE key = 'schema'",
+                     G_TYPE_INVALID);
+}
+
+/* find_migration: the step of @db's backend from @version, or NULL */
+static const Migration *
+find_migration(StateDb *db, gint64 version)
+{
+    for (guint i = 0; i < G_N_ELEMENTS(migrations); i++) {
+        const Migration *m = &migrations[i];
+
+        if (m->backend == db->backend && m->from == version)
+            return m;
     }
-    if (!query_int(db, "read the schema version", 0, &version, error,
-                   "SELECT value FROM meta WHERE key='schema'",
-                   G_TYPE_INVALID) ||
-        (version == 0 &&
-         !exec(db, "write the schema version", error,
-               "INSERT OR REPLACE INTO meta VALUES ('schema', ?)", G_TYPE_INT64,
-               (gint64)SCHEMA_VERSION, G_TYPE_INVALID))) {
-        g_prefix_error(error, "'%s': ", path);
-        state_close(db);
-        return NULL;
+    return NULL;
+}
+
+/*
+ * migrate: bring @db's schema to STATE_SCHEMA_VERSION, one step per
+ * transaction (DDL is transactional in both engines: a failed step
+ * leaves the previous version whole).  Each step reads the version again
+ * under the write lock (SQLite) or an advisory lock (PostgreSQL), so
+ * that two spored starting on one database migrate once.
+ */
+static bool
+migrate(StateDb *db, GError **error)
+{
+    for (;;) {
+        gint64 version = 0;
+        const Migration *m;
+        g_autofree char *to = NULL;
+
+        if (!state_begin(db, error))
+            return false;
+        if ((db->backend == STATE_BACKEND_POSTGRESQL &&
+             !exec(db, "take the migration lock", error,
+                   "SELECT pg_advisory_xact_lock(?)", G_TYPE_INT64,
+                   (gint64)STATE_MIGRATION_LOCK, G_TYPE_INVALID)) ||
+            !schema_version(db, &version, error))
+            goto fail;
+        if (version == STATE_SCHEMA_VERSION) {
+            state_rollback(db);
+            return true;
+        }
+        m = find_migration(db, version);
+        if (!m) {
+            g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
+                        "schema version %" G_GINT64_FORMAT
+                        ", this spored knows %d",
+                        version, STATE_SCHEMA_VERSION);
+            goto fail;
+        }
+        to = g_strdup_printf("%d", m->to);
+        if (!db->ops->exec_script(db, meta_table, error) ||
+            !db->ops->exec_script(db, m->sql, error)) {
+            g_prefix_error(error, "from schema version %" G_GINT64_FORMAT ": ",
+                           version);
+            goto fail;
+        }
+        if (!exec(db, "write the schema version", error,
+                  "INSERT INTO meta (key, value) VALUES ('schema', ?) ON "
+                  "CONFLICT (key) DO UPDATE SET value = excluded.value",
+                  G_TYPE_STRING, to, G_TYPE_INVALID) ||
+            !state_commit(db, error))
+            goto fail;
     }
-    if (version == 1 && !migrate_v1(db, error)) {
-        state_rollback(db);
-        g_prefix_error(error, "database '%s': from schema version 1: ", path);
-        state_close(db);
+fail:
+    state_rollback(db);
+    return false;
+}
+
+/* open_schema: @db (taken) with its schema, or NULL */
+static StateDb *
+open_schema(StateDb *db, GError **error)
+{
+    if (!db)
         return NULL;
-    }
-    if (version > 1 && version != SCHEMA_VERSION) {
-        g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
-                    "database '%s': schema version %" G_GINT64_FORMAT
-                    ", this spored knows %d",
-                    path, version, SCHEMA_VERSION);
+    if (!migrate(db, error)) {
+        g_prefix_error(error, "database '%s': ", db->label);
         state_close(db);
         return NULL;
     }
     return db;
 }
 
-void
-state_close(sqlite3 *db)
+StateDb *
+state_open(const char *path, GError **error)
 {
-    if (!db)
-        return;
-    stmt_forget(db);
-    sqlite3_close(db);
+    return open_schema(state_db_sqlite_open(path, false, error), error);
 }
 
-bool
-state_begin(sqlite3 *db, GError **error)
+StateDb *
+state_open_postgresql(const char *dsn, GError **error)
 {
-    return exec(db, "begin a transaction", error, "BEGIN IMMEDIATE",
-                G_TYPE_INVALID);
-}
-
-bool
-state_begin_read(sqlite3 *db, GError **error)
-{
-    return exec(db, "begin a transaction", error, "BEGIN", G_TYPE_INVALID);
-}
-
-bool
-state_commit(sqlite3 *db, GError **error)
-{
-    return exec(db, "commit", error, "COMMIT", G_TYPE_INVALID);
+    return open_schema(state_db_pg_open(dsn, error), error);
 }
 
 void
-state_rollback(sqlite3 *db)
+state_close(StateDb *db)
 {
-    if (!sqlite3_get_autocommit(db))
-        sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+    if (db)
+        db->ops->close(db);
 }
 
 bool
-state_savepoint(sqlite3 *db, GError **error)
+state_begin(StateDb *db, GError **error)
 {
-    return exec(db, "begin a savepoint", error, "SAVEPOINT one",
-                G_TYPE_INVALID);
+    return db->ops->begin(db, true, error) ||
+           db_fail("begin a transaction", error);
 }
 
 bool
-state_release(sqlite3 *db, GError **error)
+state_begin_read(StateDb *db, GError **error)
 {
-    return exec(db, "release a savepoint", error, "RELEASE one",
-                G_TYPE_INVALID);
+    return db->ops->begin(db, false, error) ||
+           db_fail("begin a transaction", error);
+}
+
+bool
+state_commit(StateDb *db, GError **error)
+{
+    return db->ops->commit(db, error) || db_fail("commit", error);
 }
 
 void
-state_rollback_to(sqlite3 *db)
+state_rollback(StateDb *db)
 {
-    if (!sqlite3_get_autocommit(db))
-        sqlite3_exec(db, "ROLLBACK TO one; RELEASE one", NULL, NULL, NULL);
+    if (db->ops->in_transaction(db))
+        db->ops->exec_script(db, "ROLLBACK", NULL);
+}
+
+bool
+state_savepoint(StateDb *db, GError **error)
+{
+    /* outside a transaction, the savepoint is one (SQLite's rule; a
+     * PostgreSQL SAVEPOINT needs an open transaction) */
+    db->savepoint_began = !db->ops->in_transaction(db);
+    if (db->savepoint_began && !state_begin(db, error))
+        return false;
+    return db->ops->exec_script(db, "SAVEPOINT one", error) ||
+           db_fail("begin a savepoint", error);
+}
+
+bool
+state_release(StateDb *db, GError **error)
+{
+    bool began = db->savepoint_began;
+
+    db->savepoint_began = false;
+    if (!db->ops->exec_script(db, "RELEASE one", error))
+        return db_fail("release a savepoint", error);
+    return !began || state_commit(db, error);
+}
+
+void
+state_rollback_to(StateDb *db)
+{
+    bool began = db->savepoint_began;
+
+    db->savepoint_began = false;
+    if (began)
+        state_rollback(db);
+    else if (db->ops->in_transaction(db))
+        db->ops->exec_script(db, "ROLLBACK TO one; RELEASE one", NULL);
 }
 
 /* ---- services ---------------------------------------------------------- */
@@ -674,16 +730,16 @@ read_service(Stmt *st)
 
     r->name = col_text(st, 0);
     r->manifest = col_text(st, 1);
-    r->generation = sqlite3_column_int64(st, 2);
+    r->generation = col_int(st, 2);
     r->image = col_text(st, 3);
-    r->desired = sqlite3_column_int64(st, 4);
-    r->deleting = sqlite3_column_int64(st, 5) != 0;
-    r->cooldown_until = sqlite3_column_double(st, 6);
+    r->desired = col_int(st, 4);
+    r->deleting = col_int(st, 5) != 0;
+    r->cooldown_until = col_double(st, 6);
     return r;
 }
 
 bool
-state_service_get(sqlite3 *db, const char *name, ServiceRow **ret_row,
+state_service_get(StateDb *db, const char *name, ServiceRow **ret_row,
                   GError **error)
 {
     g_autoptr(Stmt) st =
@@ -699,7 +755,7 @@ state_service_get(sqlite3 *db, const char *name, ServiceRow **ret_row,
 }
 
 bool
-state_service_generation(sqlite3 *db, const char *name, gint64 *ret_generation,
+state_service_generation(StateDb *db, const char *name, gint64 *ret_generation,
                          GError **error)
 {
     return query_int(db, "read a service's generation", -1, ret_generation,
@@ -708,7 +764,7 @@ state_service_generation(sqlite3 *db, const char *name, gint64 *ret_generation,
 }
 
 GPtrArray *
-state_service_list(sqlite3 *db, GError **error)
+state_service_list(StateDb *db, GError **error)
 {
     g_autoptr(Stmt) st =
         prepare(db, "list services", error,
@@ -720,7 +776,7 @@ state_service_list(sqlite3 *db, GError **error)
 }
 
 bool
-state_service_insert(sqlite3 *db, const char *name, const char *canonical,
+state_service_insert(StateDb *db, const char *name, const char *canonical,
                      const char *image, gint64 desired, GError **error)
 {
     return exec(db, "add a service", error,
@@ -734,7 +790,7 @@ state_service_insert(sqlite3 *db, const char *name, const char *canonical,
 }
 
 bool
-state_service_update(sqlite3 *db, const char *name, const char *canonical,
+state_service_update(StateDb *db, const char *name, const char *canonical,
                      gint64 generation, const char *image, gint64 desired,
                      GError **error)
 {
@@ -747,7 +803,7 @@ state_service_update(sqlite3 *db, const char *name, const char *canonical,
 }
 
 bool
-state_service_set_deleting(sqlite3 *db, const char *name, GError **error)
+state_service_set_deleting(StateDb *db, const char *name, GError **error)
 {
     return exec(db, "mark a service deleted", error,
                 "UPDATE services SET deleting = 1 WHERE name = ?",
@@ -755,7 +811,7 @@ state_service_set_deleting(sqlite3 *db, const char *name, GError **error)
 }
 
 bool
-state_service_set_desired(sqlite3 *db, const char *name, gint64 desired,
+state_service_set_desired(StateDb *db, const char *name, gint64 desired,
                           double cooldown_until, GError **error)
 {
     return exec(db, "scale a service", error,
@@ -766,7 +822,7 @@ state_service_set_desired(sqlite3 *db, const char *name, gint64 desired,
 }
 
 bool
-state_service_remove(sqlite3 *db, const char *name, GError **error)
+state_service_remove(StateDb *db, const char *name, GError **error)
 {
     return state_clone_remove_all(db, name, error) &&
            state_schedule_remove(db, name, NULL, error) &&
@@ -779,7 +835,7 @@ state_service_remove(sqlite3 *db, const char *name, GError **error)
 }
 
 bool
-state_service_image_id(sqlite3 *db, const char *service, char **ret_id,
+state_service_image_id(StateDb *db, const char *service, char **ret_id,
                        GError **error)
 {
     return query_text(db, "read a service's image", ret_id, error,
@@ -789,7 +845,7 @@ state_service_image_id(sqlite3 *db, const char *service, char **ret_id,
 }
 
 bool
-state_service_busy(sqlite3 *db, const char *service, bool *ret_busy,
+state_service_busy(StateDb *db, const char *service, bool *ret_busy,
                    GError **error)
 {
     gint64 n = 0;
@@ -830,16 +886,15 @@ read_image(Stmt *st)
     r->id = col_text(st, 1);
     r->format = col_text(st, 2);
     r->origins = col_text(st, 3);
-    r->size = sqlite3_column_int64(st, 4);
-    r->chunk_size = sqlite3_column_int64(st, 5);
-    if (sqlite3_column_count(st) > 6)
-        r->index = g_bytes_new(sqlite3_column_blob(st, 6),
-                               (gsize)sqlite3_column_bytes(st, 6));
+    r->size = col_int(st, 4);
+    r->chunk_size = col_int(st, 5);
+    if (st->db->ops->column_count(st) > 6)
+        r->index = st->db->ops->column_bytes(st, 6);
     return r;
 }
 
 bool
-state_image_get(sqlite3 *db, const char *name, ImageRow **ret_row,
+state_image_get(StateDb *db, const char *name, ImageRow **ret_row,
                 GError **error)
 {
     g_autoptr(Stmt) st = prepare(db, "read an image", error,
@@ -855,7 +910,7 @@ state_image_get(sqlite3 *db, const char *name, ImageRow **ret_row,
 }
 
 GPtrArray *
-state_image_list(sqlite3 *db, GError **error)
+state_image_list(StateDb *db, GError **error)
 {
     g_autoptr(Stmt) st = prepare(db, "list images", error,
                                  "SELECT name, id, format, origins, size, "
@@ -867,12 +922,15 @@ state_image_list(sqlite3 *db, GError **error)
 }
 
 bool
-state_image_put(sqlite3 *db, const ImageRow *row, GError **error)
+state_image_put(StateDb *db, const ImageRow *row, GError **error)
 {
     return exec(db, "register an image", error,
-                "INSERT OR REPLACE INTO images (name, id, format, origins, "
-                "idx, size, chunk_size, added) VALUES (?, ?, ?, ?, ?, ?, ?, "
-                "?)",
+                "INSERT INTO images (name, id, format, origins, idx, size, "
+                "chunk_size, added) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON "
+                "CONFLICT (name) DO UPDATE SET id = excluded.id, format = "
+                "excluded.format, origins = excluded.origins, idx = "
+                "excluded.idx, size = excluded.size, chunk_size = "
+                "excluded.chunk_size, added = excluded.added",
                 G_TYPE_STRING, row->name, G_TYPE_STRING, row->id, G_TYPE_STRING,
                 row->format, G_TYPE_STRING, row->origins, G_TYPE_BYTES,
                 row->index, G_TYPE_INT64, row->size, G_TYPE_INT64,
@@ -896,26 +954,31 @@ read_host_image(Stmt *st)
 
     r->host = col_text(st, 0);
     r->image = col_text(st, 1);
-    r->cached = sqlite3_column_double(st, 2);
-    r->origin_bytes = sqlite3_column_int64(st, 3);
-    r->peer_bytes = sqlite3_column_int64(st, 4);
-    r->local_bytes = sqlite3_column_int64(st, 5);
-    r->profile_boots = sqlite3_column_type(st, 6) == SQLITE_NULL
-                           ? -1
-                           : sqlite3_column_int64(st, 6);
-    r->profile_chunks = sqlite3_column_int64(st, 7);
+    r->cached = col_double(st, 2);
+    r->origin_bytes = col_int(st, 3);
+    r->peer_bytes = col_int(st, 4);
+    r->local_bytes = col_int(st, 5);
+    r->profile_boots = col_null(st, 6) ? -1 : col_int(st, 6);
+    r->profile_chunks = col_int(st, 7);
     return r;
 }
 
 GPtrArray *
-state_host_image_list(sqlite3 *db, const char *id, GError **error)
+state_host_image_list(StateDb *db, const char *id, GError **error)
 {
     g_autoptr(Stmt) st = prepare(
         db, "list the hosts' images", error,
-        "SELECT h.host, h.image, h.cached, h.origin_bytes, h.peer_bytes, "
-        "h.local_bytes, p.boots, json_array_length(p.chunks) FROM "
-        "host_images h LEFT JOIN profiles p ON p.host = h.host AND p.image = "
-        "h.image WHERE ?1 IS NULL OR h.image = ?1 ORDER BY h.host, h.image",
+        DIALECT(db,
+                "SELECT h.host, h.image, h.cached, h.origin_bytes, "
+                "h.peer_bytes, h.local_bytes, p.boots, "
+                "json_array_length(p.chunks) FROM host_images h LEFT JOIN "
+                "profiles p ON p.host = h.host AND p.image = h.image WHERE ?1 "
+                "IS NULL OR h.image = ?1 ORDER BY h.host, h.image",
+                "SELECT h.host, h.image, h.cached, h.origin_bytes, "
+                "h.peer_bytes, h.local_bytes, p.boots, "
+                "json_array_length(p.chunks::json) FROM host_images h LEFT "
+                "JOIN profiles p ON p.host = h.host AND p.image = h.image "
+                "WHERE ?1 IS NULL OR h.image = ?1 ORDER BY h.host, h.image"),
         G_TYPE_STRING, id, G_TYPE_INVALID);
 
     return collect(db, st, "list the hosts' images", read_host_image,
@@ -923,10 +986,14 @@ state_host_image_list(sqlite3 *db, const char *id, GError **error)
 }
 
 bool
-state_host_image_put(sqlite3 *db, const HostImageRow *row, GError **error)
+state_host_image_put(StateDb *db, const HostImageRow *row, GError **error)
 {
     return exec(db, "record a host's image", error,
-                "INSERT OR REPLACE INTO host_images VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO host_images VALUES (?, ?, ?, ?, ?, ?) ON "
+                "CONFLICT (host, image) DO UPDATE SET cached = "
+                "excluded.cached, origin_bytes = excluded.origin_bytes, "
+                "peer_bytes = excluded.peer_bytes, local_bytes = "
+                "excluded.local_bytes",
                 G_TYPE_STRING, row->host, G_TYPE_STRING, row->image,
                 G_TYPE_DOUBLE, row->cached, G_TYPE_INT64, row->origin_bytes,
                 G_TYPE_INT64, row->peer_bytes, G_TYPE_INT64, row->local_bytes,
@@ -934,7 +1001,7 @@ state_host_image_put(sqlite3 *db, const HostImageRow *row, GError **error)
 }
 
 bool
-state_host_image_cached(sqlite3 *db, const char *host, const char *id,
+state_host_image_cached(StateDb *db, const char *host, const char *id,
                         double *ret_cached, GError **error)
 {
     g_autoptr(Stmt) st =
@@ -945,12 +1012,12 @@ state_host_image_cached(sqlite3 *db, const char *host, const char *id,
 
     if (!st || (rc = step(db, st, "read a host's cache", error)) < 0)
         return false;
-    *ret_cached = rc ? sqlite3_column_double(st, 0) : 0;
+    *ret_cached = rc ? col_double(st, 0) : 0;
     return true;
 }
 
 GHashTable *
-state_host_image_cached_map(sqlite3 *db, const char *id, GError **error)
+state_host_image_cached_map(StateDb *db, const char *id, GError **error)
 {
     g_autoptr(Stmt) st =
         prepare(db, "read the hosts' caches", error,
@@ -965,25 +1032,27 @@ state_host_image_cached_map(sqlite3 *db, const char *id, GError **error)
     while ((rc = step(db, st, "read the hosts' caches", error)) == 1) {
         double *v = g_new(double, 1);
 
-        *v = sqlite3_column_double(st, 1);
+        *v = col_double(st, 1);
         g_hash_table_insert(map, col_text(st, 0), v);
     }
     return rc == 0 ? g_steal_pointer(&map) : NULL;
 }
 
 bool
-state_profile_put(sqlite3 *db, const char *host, const char *id, gint64 boots,
+state_profile_put(StateDb *db, const char *host, const char *id, gint64 boots,
                   const char *chunks, GError **error)
 {
     return exec(db, "record an access profile", error,
-                "INSERT OR REPLACE INTO profiles VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO profiles VALUES (?, ?, ?, ?, ?) ON CONFLICT "
+                "(host, image) DO UPDATE SET boots = excluded.boots, chunks "
+                "= excluded.chunks, updated = excluded.updated",
                 G_TYPE_STRING, host, G_TYPE_STRING, id, G_TYPE_INT64, boots,
                 G_TYPE_STRING, chunks, G_TYPE_DOUBLE, state_now(),
                 G_TYPE_INVALID);
 }
 
 bool
-state_profile_best(sqlite3 *db, const char *id, char **ret_chunks,
+state_profile_best(StateDb *db, const char *id, char **ret_chunks,
                    GError **error)
 {
     return query_text(db, "read an access profile", ret_chunks, error,
@@ -1017,16 +1086,16 @@ read_host(Stmt *st)
     r->name = col_text(st, 0);
     r->key = col_text(st, 1);
     r->address = col_text(st, 2);
-    r->accepted = sqlite3_column_int64(st, 3) != 0;
-    r->lost = sqlite3_column_int64(st, 4) != 0;
-    r->cpus = sqlite3_column_int64(st, 5);
-    r->memory_kib = sqlite3_column_int64(st, 6);
-    r->clones = sqlite3_column_int64(st, 7);
+    r->accepted = col_int(st, 3) != 0;
+    r->lost = col_int(st, 4) != 0;
+    r->cpus = col_int(st, 5);
+    r->memory_kib = col_int(st, 6);
+    r->clones = col_int(st, 7);
     return r;
 }
 
 static bool
-host_get_where(sqlite3 *db, const char *sql, const char *value,
+host_get_where(StateDb *db, const char *sql, const char *value,
                HostRow **ret_row, GError **error)
 {
     g_autoptr(Stmt) st = prepare(db, "read a host", error, sql, G_TYPE_STRING,
@@ -1040,7 +1109,7 @@ host_get_where(sqlite3 *db, const char *sql, const char *value,
 }
 
 bool
-state_host_get(sqlite3 *db, const char *name, HostRow **ret_row, GError **error)
+state_host_get(StateDb *db, const char *name, HostRow **ret_row, GError **error)
 {
     return host_get_where(db,
                           "SELECT " HOST_COLUMNS " FROM hosts h WHERE name = ?",
@@ -1048,7 +1117,7 @@ state_host_get(sqlite3 *db, const char *name, HostRow **ret_row, GError **error)
 }
 
 bool
-state_host_get_by_key(sqlite3 *db, const char *key, HostRow **ret_row,
+state_host_get_by_key(StateDb *db, const char *key, HostRow **ret_row,
                       GError **error)
 {
     return host_get_where(db,
@@ -1057,7 +1126,7 @@ state_host_get_by_key(sqlite3 *db, const char *key, HostRow **ret_row,
 }
 
 GPtrArray *
-state_host_list(sqlite3 *db, bool live, GError **error)
+state_host_list(StateDb *db, bool live, GError **error)
 {
     g_autoptr(Stmt) st =
         prepare(db, "list hosts", error,
@@ -1070,7 +1139,7 @@ state_host_list(sqlite3 *db, bool live, GError **error)
 }
 
 bool
-state_host_insert_pending(sqlite3 *db, const char *name, const char *key,
+state_host_insert_pending(StateDb *db, const char *name, const char *key,
                           const char *address, GError **error)
 {
     return exec(db, "add a host", error,
@@ -1081,7 +1150,7 @@ state_host_insert_pending(sqlite3 *db, const char *name, const char *key,
 }
 
 bool
-state_host_insert_accepted(sqlite3 *db, const char *name, const char *key,
+state_host_insert_accepted(StateDb *db, const char *name, const char *key,
                            GError **error)
 {
     return exec(db, "replace a host", error,
@@ -1095,7 +1164,7 @@ state_host_insert_accepted(sqlite3 *db, const char *name, const char *key,
 }
 
 bool
-state_host_accept(sqlite3 *db, const char *name, GError **error)
+state_host_accept(StateDb *db, const char *name, GError **error)
 {
     return exec(db, "accept a host", error,
                 "UPDATE hosts SET accepted = 1 WHERE name = ?", G_TYPE_STRING,
@@ -1103,7 +1172,7 @@ state_host_accept(sqlite3 *db, const char *name, GError **error)
 }
 
 bool
-state_host_hello(sqlite3 *db, const char *name, const char *address,
+state_host_hello(StateDb *db, const char *name, const char *address,
                  gint64 cpus, gint64 memory_kib, const char *virt,
                  GError **error)
 {
@@ -1116,7 +1185,7 @@ state_host_hello(sqlite3 *db, const char *name, const char *address,
 }
 
 bool
-state_host_seen(sqlite3 *db, const char *name, bool *ret_was_lost,
+state_host_seen(StateDb *db, const char *name, bool *ret_was_lost,
                 GError **error)
 {
     gint64 lost = 0;
@@ -1133,7 +1202,7 @@ state_host_seen(sqlite3 *db, const char *name, bool *ret_was_lost,
 }
 
 bool
-state_host_set_lost(sqlite3 *db, const char *name, GError **error)
+state_host_set_lost(StateDb *db, const char *name, GError **error)
 {
     return exec(db, "mark a host lost", error,
                 "UPDATE hosts SET lost = 1 WHERE name = ?", G_TYPE_STRING, name,
@@ -1167,14 +1236,14 @@ read_clone(Stmt *st)
     CloneRow *r = g_new0(CloneRow, 1);
 
     r->service = col_text(st, 0);
-    r->index = sqlite3_column_int64(st, 1);
+    r->index = col_int(st, 1);
     r->host = col_text(st, 2);
-    r->generation = sqlite3_column_int64(st, 3);
+    r->generation = col_int(st, 3);
     return r;
 }
 
 GPtrArray *
-state_clone_list(sqlite3 *db, const char *service, const char *host,
+state_clone_list(StateDb *db, const char *service, const char *host,
                  GError **error)
 {
     g_autoptr(Stmt) st = prepare(
@@ -1189,7 +1258,7 @@ state_clone_list(sqlite3 *db, const char *service, const char *host,
 }
 
 GPtrArray *
-state_clone_list_unplaced(sqlite3 *db, GError **error)
+state_clone_list_unplaced(StateDb *db, GError **error)
 {
     g_autoptr(Stmt) st = prepare(
         db, "list unplaced clones", error,
@@ -1203,7 +1272,7 @@ state_clone_list_unplaced(sqlite3 *db, GError **error)
 }
 
 bool
-state_clone_sync(sqlite3 *db, const char *service, gint64 desired,
+state_clone_sync(StateDb *db, const char *service, gint64 desired,
                  GError **error)
 {
     gint64 rows = 0, in_range = 0;
@@ -1227,8 +1296,9 @@ state_clone_sync(sqlite3 *db, const char *service, gint64 desired,
         return false;
     for (gint64 i = 0; i < desired; i++) {
         if (!exec(db, "add a clone", error,
-                  "INSERT OR IGNORE INTO clones (service, idx, generation) "
-                  "SELECT ?1, ?2, generation FROM services WHERE name = ?1",
+                  "INSERT INTO clones (service, idx, generation) SELECT ?1, "
+                  "?2, generation FROM services WHERE name = ?1 ON CONFLICT "
+                  "DO NOTHING",
                   G_TYPE_STRING, service, G_TYPE_INT64, i, G_TYPE_INVALID))
             return false;
     }
@@ -1236,7 +1306,7 @@ state_clone_sync(sqlite3 *db, const char *service, gint64 desired,
 }
 
 bool
-state_clone_remove_all(sqlite3 *db, const char *service, GError **error)
+state_clone_remove_all(StateDb *db, const char *service, GError **error)
 {
     return exec(db, "remove clones", error,
                 "DELETE FROM clones WHERE service = ?", G_TYPE_STRING, service,
@@ -1244,7 +1314,7 @@ state_clone_remove_all(sqlite3 *db, const char *service, GError **error)
 }
 
 bool
-state_clone_add(sqlite3 *db, const char *service, gint64 index,
+state_clone_add(StateDb *db, const char *service, gint64 index,
                 gint64 generation, GError **error)
 {
     return exec(
@@ -1255,7 +1325,7 @@ state_clone_add(sqlite3 *db, const char *service, gint64 index,
 }
 
 bool
-state_clone_remove(sqlite3 *db, const char *service, gint64 index,
+state_clone_remove(StateDb *db, const char *service, gint64 index,
                    GError **error)
 {
     return exec(db, "remove a clone", error,
@@ -1264,7 +1334,7 @@ state_clone_remove(sqlite3 *db, const char *service, gint64 index,
 }
 
 bool
-state_clone_place(sqlite3 *db, const char *service, gint64 index,
+state_clone_place(StateDb *db, const char *service, gint64 index,
                   const char *host, GError **error)
 {
     return exec(db, "place a clone", error,
@@ -1276,11 +1346,14 @@ state_clone_place(sqlite3 *db, const char *service, gint64 index,
 /* ---- generations and rollouts ------------------------------------------ */
 
 bool
-state_generation_put(sqlite3 *db, const char *service, gint64 generation,
+state_generation_put(StateDb *db, const char *service, gint64 generation,
                      const char *canonical, const char *image, GError **error)
 {
     return exec(db, "record a generation", error,
-                "INSERT OR REPLACE INTO generations VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO generations VALUES (?, ?, ?, ?, ?) ON CONFLICT "
+                "(service, generation) DO UPDATE SET manifest = "
+                "excluded.manifest, image = excluded.image, created = "
+                "excluded.created",
                 G_TYPE_STRING, service, G_TYPE_INT64, generation, G_TYPE_STRING,
                 canonical, G_TYPE_STRING, image, G_TYPE_DOUBLE, state_now(),
                 G_TYPE_INVALID) &&
@@ -1294,7 +1367,7 @@ state_generation_put(sqlite3 *db, const char *service, gint64 generation,
 }
 
 bool
-state_generation_get(sqlite3 *db, const char *service, gint64 generation,
+state_generation_get(StateDb *db, const char *service, gint64 generation,
                      char **ret_canonical, char **ret_image, GError **error)
 {
     g_autofree char *canonical = NULL;
@@ -1318,7 +1391,7 @@ state_generation_get(sqlite3 *db, const char *service, gint64 generation,
 }
 
 bool
-state_generation_next(sqlite3 *db, const char *service, gint64 *ret_generation,
+state_generation_next(StateDb *db, const char *service, gint64 *ret_generation,
                       GError **error)
 {
     gint64 last = 0;
@@ -1326,7 +1399,7 @@ state_generation_next(sqlite3 *db, const char *service, gint64 *ret_generation,
     if (!query_int(db, "read the last generation", 0, &last, error,
                    "SELECT MAX(g) FROM (SELECT MAX(generation) AS g FROM "
                    "generations WHERE service = ?1 UNION ALL SELECT "
-                   "generation FROM services WHERE name = ?1)",
+                   "generation FROM services WHERE name = ?1) AS known",
                    G_TYPE_STRING, service, G_TYPE_INVALID))
         return false;
     *ret_generation = last + 1;
@@ -1334,7 +1407,7 @@ state_generation_next(sqlite3 *db, const char *service, gint64 *ret_generation,
 }
 
 bool
-state_generation_before(sqlite3 *db, const char *service, gint64 generation,
+state_generation_before(StateDb *db, const char *service, gint64 generation,
                         gint64 *ret_generation, GError **error)
 {
     return query_int(
@@ -1361,17 +1434,17 @@ read_rollout(Stmt *st)
     RolloutRow *r = g_new0(RolloutRow, 1);
 
     r->service = col_text(st, 0);
-    r->generation = sqlite3_column_int64(st, 1);
-    r->from_generation = sqlite3_column_int64(st, 2);
+    r->generation = col_int(st, 1);
+    r->from_generation = col_int(st, 2);
     r->state = col_text(st, 3);
-    r->started = sqlite3_column_double(st, 4);
-    r->finished = sqlite3_column_double(st, 5);
+    r->started = col_double(st, 4);
+    r->finished = col_double(st, 5);
     r->reason = col_text(st, 6);
     return r;
 }
 
 bool
-state_rollout_get(sqlite3 *db, const char *service, RolloutRow **ret_row,
+state_rollout_get(StateDb *db, const char *service, RolloutRow **ret_row,
                   GError **error)
 {
     g_autoptr(Stmt) st =
@@ -1392,19 +1465,22 @@ state_rollout_get(sqlite3 *db, const char *service, RolloutRow **ret_row,
 }
 
 bool
-state_rollout_start(sqlite3 *db, const char *service, gint64 generation,
+state_rollout_start(StateDb *db, const char *service, gint64 generation,
                     gint64 from_generation, GError **error)
 {
     return exec(db, "start a rollout", error,
-                "INSERT OR REPLACE INTO rollouts VALUES (?, ?, ?, ?, ?, NULL, "
-                "NULL)",
+                "INSERT INTO rollouts VALUES (?, ?, ?, ?, ?, NULL, NULL) ON "
+                "CONFLICT (service) DO UPDATE SET generation = "
+                "excluded.generation, from_generation = "
+                "excluded.from_generation, state = excluded.state, started "
+                "= excluded.started, finished = NULL, reason = NULL",
                 G_TYPE_STRING, service, G_TYPE_INT64, generation, G_TYPE_INT64,
                 from_generation, G_TYPE_STRING, STATE_ROLLOUT_ROLLING,
                 G_TYPE_DOUBLE, state_now(), G_TYPE_INVALID);
 }
 
 bool
-state_rollout_finish(sqlite3 *db, const char *service, const char *state,
+state_rollout_finish(StateDb *db, const char *service, const char *state,
                      const char *reason, GError **error)
 {
     return exec(db, "finish a rollout", error,
@@ -1415,17 +1491,25 @@ state_rollout_finish(sqlite3 *db, const char *service, const char *state,
 }
 
 bool
-state_create_failure(sqlite3 *db, const char *service, gint64 generation,
+state_create_failure(StateDb *db, const char *service, gint64 generation,
                      double since, char **ret_reason, GError **error)
 {
     g_autofree char *reason = NULL;
     g_autofree char *state = g_strdup(command_state_to_string(COMMAND_FAILED));
 
     if (!query_text(db, "look for failed creates", &reason, error,
-                    "SELECT host || ': ' || COALESCE(error, 'no reason given') "
-                    "FROM commands WHERE service = ? AND op = 'clone-create' "
-                    "AND state = ? AND finished >= ? AND json_extract(body, "
-                    "'$.generation') = ? ORDER BY id DESC LIMIT 1",
+                    DIALECT(db,
+                            "SELECT host || ': ' || COALESCE(error, 'no "
+                            "reason given') FROM commands WHERE service = ? "
+                            "AND op = 'clone-create' AND state = ? AND "
+                            "finished >= ? AND json_extract(body, "
+                            "'$.generation') = ? ORDER BY id DESC LIMIT 1",
+                            "SELECT host || ': ' || COALESCE(error, 'no "
+                            "reason given') FROM commands WHERE service = ? "
+                            "AND op = 'clone-create' AND state = ? AND "
+                            "finished >= ? AND (body::jsonb -> "
+                            "'generation')::bigint = ? ORDER BY id DESC LIMIT "
+                            "1"),
                     G_TYPE_STRING, service, G_TYPE_STRING, state, G_TYPE_DOUBLE,
                     since, G_TYPE_INT64, generation, G_TYPE_INVALID))
         return false;
@@ -1452,7 +1536,7 @@ read_command(Stmt *st)
 {
     CommandRow *r = g_new0(CommandRow, 1);
 
-    r->id = sqlite3_column_int64(st, 0);
+    r->id = col_int(st, 0);
     r->host = col_text(st, 1);
     r->op = col_text(st, 2);
     r->service = col_text(st, 3);
@@ -1461,24 +1545,21 @@ read_command(Stmt *st)
 }
 
 bool
-state_command_add(sqlite3 *db, const char *host, const char *op,
+state_command_add(StateDb *db, const char *host, const char *op,
                   const char *service, const char *body, gint64 *ret_id,
                   GError **error)
 {
-    if (!exec(db, "add a command", error,
-              "INSERT INTO commands (host, op, service, body, state, "
-              "created) VALUES (?, ?, ?, ?, ?, ?)",
-              G_TYPE_STRING, host, G_TYPE_STRING, op, G_TYPE_STRING, service,
-              G_TYPE_STRING, body, G_TYPE_STRING,
-              command_state_to_string(COMMAND_PENDING), G_TYPE_DOUBLE,
-              state_now(), G_TYPE_INVALID))
-        return false;
-    *ret_id = sqlite3_last_insert_rowid(db);
-    return true;
+    return query_int(db, "add a command", 0, ret_id, error,
+                     "INSERT INTO commands (host, op, service, body, state, "
+                     "created) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+                     G_TYPE_STRING, host, G_TYPE_STRING, op, G_TYPE_STRING,
+                     service, G_TYPE_STRING, body, G_TYPE_STRING,
+                     command_state_to_string(COMMAND_PENDING), G_TYPE_DOUBLE,
+                     state_now(), G_TYPE_INVALID);
 }
 
 bool
-state_command_get_pending(sqlite3 *db, gint64 id, const char *host,
+state_command_get_pending(StateDb *db, gint64 id, const char *host,
                           CommandRow **ret_row, GError **error)
 {
     g_autoptr(Stmt) st = prepare(
@@ -1496,7 +1577,7 @@ state_command_get_pending(sqlite3 *db, gint64 id, const char *host,
 }
 
 GPtrArray *
-state_command_list_pending(sqlite3 *db, const char *host, double sent_before,
+state_command_list_pending(StateDb *db, const char *host, double sent_before,
                            GError **error)
 {
     g_autoptr(Stmt) st = prepare(
@@ -1511,7 +1592,7 @@ state_command_list_pending(sqlite3 *db, const char *host, double sent_before,
 }
 
 GPtrArray *
-state_command_list_pending_heads(sqlite3 *db, GError **error)
+state_command_list_pending_heads(StateDb *db, GError **error)
 {
     g_autoptr(Stmt) st = prepare(
         db, "list pending commands", error,
@@ -1525,7 +1606,7 @@ state_command_list_pending_heads(sqlite3 *db, GError **error)
 }
 
 bool
-state_command_finish(sqlite3 *db, gint64 id, CommandState state,
+state_command_finish(StateDb *db, gint64 id, CommandState state,
                      const char *reason, GError **error)
 {
     return exec(db, "finish a command", error,
@@ -1537,7 +1618,7 @@ state_command_finish(sqlite3 *db, gint64 id, CommandState state,
 }
 
 bool
-state_command_sent(sqlite3 *db, gint64 id, double now, GError **error)
+state_command_sent(StateDb *db, gint64 id, double now, GError **error)
 {
     return exec(db, "record a command sent", error,
                 "UPDATE commands SET sent = ?, attempts = attempts + 1 WHERE "
@@ -1546,7 +1627,7 @@ state_command_sent(sqlite3 *db, gint64 id, double now, GError **error)
 }
 
 bool
-state_command_resend(sqlite3 *db, const char *host, GError **error)
+state_command_resend(StateDb *db, const char *host, GError **error)
 {
     return exec(db, "resend a host's commands", error,
                 "UPDATE commands SET sent = 0 WHERE host = ? AND state = ?",
@@ -1557,7 +1638,7 @@ state_command_resend(sqlite3 *db, const char *host, GError **error)
 /* ---- requests ---------------------------------------------------------- */
 
 bool
-state_request_add(sqlite3 *db, const char *service, gint64 count,
+state_request_add(StateDb *db, const char *service, gint64 count,
                   GError **error)
 {
     return exec(db, "record requests", error,
@@ -1567,7 +1648,7 @@ state_request_add(sqlite3 *db, const char *service, gint64 count,
 }
 
 bool
-state_request_sum(sqlite3 *db, const char *service, double since,
+state_request_sum(StateDb *db, const char *service, double since,
                   gint64 *ret_sum, GError **error)
 {
     return query_int(db, "count requests", 0, ret_sum, error,
@@ -1578,7 +1659,7 @@ state_request_sum(sqlite3 *db, const char *service, double since,
 }
 
 bool
-state_request_prune(sqlite3 *db, double before, GError **error)
+state_request_prune(StateDb *db, double before, GError **error)
 {
     return exec(db, "prune requests", error,
                 "DELETE FROM requests WHERE time < ?", G_TYPE_DOUBLE, before,
@@ -1588,7 +1669,7 @@ state_request_prune(sqlite3 *db, double before, GError **error)
 /* ---- schedules --------------------------------------------------------- */
 
 GHashTable *
-state_schedule_handled(sqlite3 *db, const char *service, GError **error)
+state_schedule_handled(StateDb *db, const char *service, GError **error)
 {
     static const char what[] = "read the schedules' state";
     g_autoptr(GHashTable) out =
@@ -1604,25 +1685,26 @@ state_schedule_handled(sqlite3 *db, const char *service, GError **error)
     while ((rc = step(db, st, what, error)) == 1) {
         double *handled = g_new(double, 1);
 
-        *handled = sqlite3_column_double(st, 1);
+        *handled = col_double(st, 1);
         g_hash_table_insert(out, col_text(st, 0), handled);
     }
     return rc == 0 ? g_steal_pointer(&out) : NULL;
 }
 
 bool
-state_schedule_set_handled(sqlite3 *db, const char *service,
+state_schedule_set_handled(StateDb *db, const char *service,
                            const char *schedule, double handled, GError **error)
 {
     return exec(db, "record a schedule's state", error,
-                "INSERT OR REPLACE INTO schedules (service, schedule, "
-                "handled) VALUES (?, ?, ?)",
+                "INSERT INTO schedules (service, schedule, handled) VALUES "
+                "(?, ?, ?) ON CONFLICT (service, schedule) DO UPDATE SET "
+                "handled = excluded.handled",
                 G_TYPE_STRING, service, G_TYPE_STRING, schedule, G_TYPE_DOUBLE,
                 handled, G_TYPE_INVALID);
 }
 
 bool
-state_schedule_remove(sqlite3 *db, const char *service, const char *schedule,
+state_schedule_remove(StateDb *db, const char *service, const char *schedule,
                       GError **error)
 {
     return exec(db, "remove a schedule's state", error,
@@ -1651,8 +1733,8 @@ read_event(Stmt *st)
 {
     EventRow *r = g_new0(EventRow, 1);
 
-    r->id = sqlite3_column_int64(st, 0);
-    r->time = sqlite3_column_double(st, 1);
+    r->id = col_int(st, 0);
+    r->time = col_double(st, 1);
     r->kind = col_text(st, 2);
     r->service = col_text(st, 3);
     r->host = col_text(st, 4);
@@ -1661,17 +1743,19 @@ read_event(Stmt *st)
 }
 
 bool
-state_event_add(sqlite3 *db, const char *kind, const char *service,
+state_event_add(StateDb *db, const char *kind, const char *service,
                 const char *host, const char *message, GError **error)
 {
-    if (!exec(db, "record an event", error,
-              "INSERT INTO events (time, kind, service, host, message) "
-              "VALUES (?, ?, ?, ?, ?)",
-              G_TYPE_DOUBLE, state_now(), G_TYPE_STRING, kind, G_TYPE_STRING,
-              service, G_TYPE_STRING, host, G_TYPE_STRING, message,
-              G_TYPE_INVALID))
+    gint64 id = 0;
+
+    if (!query_int(db, "record an event", 0, &id, error,
+                   "INSERT INTO events (time, kind, service, host, message) "
+                   "VALUES (?, ?, ?, ?, ?) RETURNING id",
+                   G_TYPE_DOUBLE, state_now(), G_TYPE_STRING, kind,
+                   G_TYPE_STRING, service, G_TYPE_STRING, host, G_TYPE_STRING,
+                   message, G_TYPE_INVALID))
         return false;
-    if (sqlite3_last_insert_rowid(db) % EVENTS_PRUNE_EVERY != 0)
+    if (id % EVENTS_PRUNE_EVERY != 0)
         return true;
     return exec(db, "prune events", error,
                 "DELETE FROM events WHERE id < (SELECT MAX(id) FROM events) "
@@ -1680,14 +1764,14 @@ state_event_add(sqlite3 *db, const char *kind, const char *service,
 }
 
 GPtrArray *
-state_event_list(sqlite3 *db, gint64 since, const char *service, gint64 limit,
+state_event_list(StateDb *db, gint64 since, const char *service, gint64 limit,
                  GError **error)
 {
     g_autoptr(Stmt) st = prepare(
         db, "list events", error,
         "SELECT * FROM (SELECT id, time, kind, service, host, message FROM "
         "events WHERE id > ?1 AND (?2 IS NULL OR service = ?2) ORDER BY id "
-        "DESC LIMIT ?3) ORDER BY id",
+        "DESC LIMIT ?3) AS newest ORDER BY id",
         G_TYPE_INT64, since, G_TYPE_STRING, service, G_TYPE_INT64, limit,
         G_TYPE_INVALID);
 
@@ -1698,7 +1782,7 @@ state_event_list(sqlite3 *db, gint64 since, const char *service, gint64 limit,
 /* ---- metrics ----------------------------------------------------------- */
 
 bool
-state_last_scaling(sqlite3 *db, GHashTable **ret_times, GError **error)
+state_last_scaling(StateDb *db, GHashTable **ret_times, GError **error)
 {
     g_autoptr(Stmt) st = prepare(
         db, "read the last scaling actions", error,
@@ -1714,7 +1798,7 @@ state_last_scaling(sqlite3 *db, GHashTable **ret_times, GError **error)
     while ((rc = step(db, st, "read the last scaling actions", error)) == 1) {
         double *t = g_new(double, 1);
 
-        *t = sqlite3_column_double(st, 1);
+        *t = col_double(st, 1);
         g_hash_table_insert(times, col_text(st, 0), t);
     }
     if (rc < 0)
@@ -1730,7 +1814,7 @@ state_counts_clear(StateCounts *counts)
 }
 
 bool
-state_counts(sqlite3 *db, StateCounts *ret_counts, GError **error)
+state_counts(StateDb *db, StateCounts *ret_counts, GError **error)
 {
     StateCounts c = {0};
     g_autoptr(Stmt) st = prepare(
@@ -1744,7 +1828,7 @@ state_counts(sqlite3 *db, StateCounts *ret_counts, GError **error)
         g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
     while ((rc = step(db, st, "count commands", error)) == 1)
         g_hash_table_insert(c.commands_by_state, col_text(st, 0),
-                            GINT_TO_POINTER(sqlite3_column_int(st, 1)));
+                            GINT_TO_POINTER((int)col_int(st, 1)));
     if (rc < 0 ||
         !query_int(db, "count sends", 0, &c.command_sends, error,
                    "SELECT COALESCE(SUM(attempts), 0) FROM commands",
@@ -1772,4 +1856,168 @@ state_counts(sqlite3 *db, StateCounts *ret_counts, GError **error)
     }
     *ret_counts = c;
     return true;
+}
+
+/* ---- copying a state (spored --migrate-state) -------------------------- */
+
+/* a table as state_copy reads and writes it: its columns and their types
+ * (t text, i integer, d double, b bytes) */
+typedef struct {
+    const char *table;
+    const char *columns;
+    const char *types;
+} CopyTable;
+
+static const CopyTable copy_tables[] = {
+    {"services",
+     "name, manifest, generation, image, desired, deleting, cooldown_until, "
+     "updated",
+     "ttitiidd"},
+    {"images", "name, id, format, origins, idx, size, chunk_size, added",
+     "ttttbiid"},
+    {"hosts",
+     "name, key, address, accepted, cpus, memory_kib, virt, lost, last_seen, "
+     "first_seen",
+     "tttiiitidd"},
+    {"clones", "service, idx, host, generation", "titi"},
+    {"generations", "service, generation, manifest, image, created", "tittd"},
+    {"rollouts",
+     "service, generation, from_generation, state, started, finished, reason",
+     "tiitddt"},
+    {"commands",
+     "id, host, op, service, body, state, attempts, created, sent, finished, "
+     "error",
+     "itttttidddt"},
+    {"host_images",
+     "host, image, cached, origin_bytes, peer_bytes, local_bytes", "ttdiii"},
+    {"profiles", "host, image, boots, chunks, updated", "ttitd"},
+    {"requests", "service, time, count", "tdi"},
+    {"schedules", "service, schedule, handled", "ttd"},
+    {"events", "id, time, kind, service, host, message", "idtttt"},
+};
+
+/* copy_row: the current row of @st into @t of @to */
+static bool
+copy_row(StateDb *to, const CopyTable *t, const char *insert, Stmt *st,
+         GError **error)
+{
+    StateValue v[STATE_PARAMS_MAX];
+    guint n = (guint)strlen(t->types);
+    g_autoptr(GPtrArray) bytes =
+        g_ptr_array_new_with_free_func((GDestroyNotify)g_bytes_unref);
+    Stmt *ins;
+    int rc;
+
+    g_assert(n <= STATE_PARAMS_MAX);
+    for (guint i = 0; i < n; i++) {
+        memset(&v[i], 0, sizeof(v[i]));
+        v[i].null = col_null(st, (int)i);
+        switch (t->types[i]) {
+        case 't':
+            v[i].type = G_TYPE_STRING;
+            v[i].text = st->db->ops->column_text(st, i);
+            break;
+        case 'i':
+            v[i].type = G_TYPE_INT64;
+            v[i].i = col_int(st, (int)i);
+            break;
+        case 'd':
+            v[i].type = G_TYPE_DOUBLE;
+            v[i].d = col_double(st, (int)i);
+            break;
+        default:
+            v[i].type = G_TYPE_BYTES;
+            v[i].bytes = st->db->ops->column_bytes(st, i);
+            g_ptr_array_add(bytes, v[i].bytes);
+            break;
+        }
+    }
+    ins = to->ops->prepare(to, insert, false, v, n, error);
+    if (!ins)
+        return false;
+    while ((rc = to->ops->step(ins, error)) == 1)
+        ;
+    to->ops->release(ins);
+    return rc == 0;
+}
+
+/* copy_table: every row of @t, *ret_rows counting them */
+static bool
+copy_table(StateDb *from, StateDb *to, const CopyTable *t, gint64 *ret_rows,
+           GError **error)
+{
+    g_autofree char *select =
+        g_strdup_printf("SELECT %s FROM %s", t->columns, t->table);
+    g_autoptr(GString) insert = g_string_new(NULL);
+    g_autoptr(Stmt) st = NULL;
+    int rc;
+
+    g_string_printf(insert, "INSERT INTO %s (%s) VALUES (", t->table,
+                    t->columns);
+    for (guint i = 0; t->types[i]; i++)
+        g_string_append(insert, i ? ", ?" : "?");
+    g_string_append_c(insert, ')');
+    st = from->ops->prepare(from, select, false, NULL, 0, error);
+    if (!st)
+        return false;
+    while ((rc = from->ops->step(st, error)) == 1) {
+        if (!copy_row(to, t, insert->str, st, error))
+            return false;
+        (*ret_rows)++;
+    }
+    return rc == 0;
+}
+
+bool
+state_copy(StateDb *from, StateDb *to, gint64 *ret_rows, GError **error)
+{
+    gint64 rows = 0, present = 0;
+
+    if (!state_begin_read(from, error))
+        return false;
+    if (!state_begin(to, error)) {
+        state_rollback(from);
+        return false;
+    }
+    if (!query_int(to, "look at the target", 0, &present, error,
+                   "SELECT (SELECT COUNT(*) FROM services) + (SELECT "
+                   "COUNT(*) FROM images) + (SELECT COUNT(*) FROM hosts) + "
+                   "(SELECT COUNT(*) FROM commands) + (SELECT COUNT(*) FROM "
+                   "events)",
+                   G_TYPE_INVALID))
+        goto fail;
+    if (present > 0) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_CONFLICT,
+                    "the target '%s' holds a state already (%" G_GINT64_FORMAT
+                    " services, images, hosts, commands and events); "
+                    "migrate into an empty database",
+                    to->label, present);
+        goto fail;
+    }
+    for (guint i = 0; i < G_N_ELEMENTS(copy_tables); i++) {
+        if (!copy_table(from, to, &copy_tables[i], &rows, error)) {
+            g_prefix_error(error, "table %s: ", copy_tables[i].table);
+            goto fail;
+        }
+    }
+    /* PostgreSQL's identity columns do not follow explicit ids */
+    if (to->backend == STATE_BACKEND_POSTGRESQL &&
+        (!exec(to, "set the command ids", error,
+               "SELECT setval(pg_get_serial_sequence('commands', 'id'), "
+               "(SELECT COALESCE(MAX(id), 0) + 1 FROM commands), false)",
+               G_TYPE_INVALID) ||
+         !exec(to, "set the event ids", error,
+               "SELECT setval(pg_get_serial_sequence('events', 'id'), "
+               "(SELECT COALESCE(MAX(id), 0) + 1 FROM events), false)",
+               G_TYPE_INVALID)))
+        goto fail;
+    if (!state_commit(to, error))
+        goto fail;
+    state_rollback(from);
+    *ret_rows = rows;
+    return true;
+fail:
+    state_rollback(to);
+    state_rollback(from);
+    return false;
 }

@@ -5,7 +5,7 @@
  * Contract of every function here: it runs on the caller's connection,
  * takes no lock of its own (the caller holds Manager.lock, or owns the
  * connection alone as the unit tests do), returns false or NULL with
- * @error set when SQLite fails, and never logs.  Functions that change
+ * @error set when the database fails, and never logs.  Functions that change
  * state do not open transactions: the caller groups them with
  * state_begin() / state_commit() and calls state_rollback() on any error,
  * so that a failed command leaves nothing half-written.  "Not found" is
@@ -18,7 +18,6 @@
 
 #include <stdbool.h>
 #include <glib.h>
-#include <sqlite3.h>
 
 /* ---- named states ------------------------------------------------------
  *
@@ -97,31 +96,72 @@ typedef enum {
 const char *clone_state_to_string(CloneState state);
 bool clone_state_from_string(const char *text, CloneState *ret_state);
 
-/* ---- the database ------------------------------------------------------ */
+/* ---- the database ------------------------------------------------------
+ *
+ * Two backends (docs/state.md): SQLite, a file in spored's state
+ * directory (the default), and PostgreSQL through libpq.  A StateDb is
+ * one session with one of them (state-db.h); every function below takes
+ * one, whichever the backend.
+ */
+typedef enum {
+    STATE_BACKEND_SQLITE,
+    STATE_BACKEND_POSTGRESQL,
+} StateBackend;
+
+/* the name in spored.conf's [state] backend ("sqlite", "postgresql") */
+const char *state_backend_to_string(StateBackend backend);
+bool state_backend_from_string(const char *text, StateBackend *ret_backend);
+
+typedef struct StateDb StateDb;
+
+/* the schema version both backends are brought up to */
+#define STATE_SCHEMA_VERSION 2
 
 /*
- * state_open: open (creating it 0600 if missing) the database at @path,
- * WAL, synchronous=FULL, with the schema; fails on a schema of another
- * version.  Close with state_close().
+ * state_open: open (creating it 0600 if missing) the SQLite database at
+ * @path, WAL, synchronous=FULL, with the schema, brought up from an older
+ * version; fails on a newer one.  Close with state_close().
  */
-sqlite3 *state_open(const char *path, GError **error);
-void state_close(sqlite3 *db);
+StateDb *state_open(const char *path, GError **error);
+/*
+ * state_open_postgresql: a session to the PostgreSQL database of @dsn
+ * (libpq's conninfo or URI), with the schema, created or brought up the
+ * same way (under an advisory lock: two spored starting at once migrate
+ * once).  Errors name the DSN without its password.
+ */
+StateDb *state_open_postgresql(const char *dsn, GError **error);
+void state_close(StateDb *db);
+StateBackend state_backend(const StateDb *db);
 
-/* state_begin: BEGIN IMMEDIATE (the write lock now, or SQLITE_BUSY after
- * the busy timeout) */
-bool state_begin(sqlite3 *db, GError **error);
-/* state_begin_read: BEGIN (deferred): a consistent snapshot for reads */
-bool state_begin_read(sqlite3 *db, GError **error);
-bool state_commit(sqlite3 *db, GError **error);
+/*
+ * state_copy: every row of every table of @from into @to, in one
+ * transaction of @to (its id sequences follow); @to must be empty (no
+ * service, image, host or command) and of the same schema version.
+ * spored --migrate-state uses it from SQLite to PostgreSQL; it works
+ * between any two backends.  *ret_rows: how many rows were copied.
+ */
+bool state_copy(StateDb *from, StateDb *to, gint64 *ret_rows, GError **error);
+
+/* state_begin: a write transaction: SQLite BEGIN IMMEDIATE (the write
+ * lock now, or SQLITE_BUSY after the busy timeout); PostgreSQL BEGIN
+ * ISOLATION LEVEL SERIALIZABLE.  The one place a lost PostgreSQL session
+ * is reconnected. */
+bool state_begin(StateDb *db, GError **error);
+/* state_begin_read: a consistent snapshot for reads: SQLite BEGIN
+ * (deferred), PostgreSQL BEGIN ISOLATION LEVEL REPEATABLE READ */
+bool state_begin_read(StateDb *db, GError **error);
+bool state_commit(StateDb *db, GError **error);
 /* state_rollback: ROLLBACK if a transaction is open; never fails */
-void state_rollback(sqlite3 *db);
+void state_rollback(StateDb *db);
 
 /* state_savepoint: a savepoint inside the caller's transaction, ended
- * by state_release (kept) or state_rollback_to (undone); not nested */
-bool state_savepoint(sqlite3 *db, GError **error);
-bool state_release(sqlite3 *db, GError **error);
+ * by state_release (kept) or state_rollback_to (undone); not nested.
+ * Outside a transaction it begins one, which state_release commits and
+ * state_rollback_to rolls back (SQLite's rule, on both backends). */
+bool state_savepoint(StateDb *db, GError **error);
+bool state_release(StateDb *db, GError **error);
 /* state_rollback_to: undo and end the savepoint; never fails */
-void state_rollback_to(sqlite3 *db);
+void state_rollback_to(StateDb *db);
 
 double state_now(void);
 
@@ -140,28 +180,28 @@ typedef struct {
 void service_row_free(ServiceRow *row);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(ServiceRow, service_row_free)
 
-bool state_service_get(sqlite3 *db, const char *name, ServiceRow **ret_row,
+bool state_service_get(StateDb *db, const char *name, ServiceRow **ret_row,
                        GError **error);
 /* state_service_generation: -1 when there is no such service */
-bool state_service_generation(sqlite3 *db, const char *name,
+bool state_service_generation(StateDb *db, const char *name,
                               gint64 *ret_generation, GError **error);
 /* of ServiceRow, by name */
-GPtrArray *state_service_list(sqlite3 *db, GError **error);
-bool state_service_insert(sqlite3 *db, const char *name, const char *canonical,
+GPtrArray *state_service_list(StateDb *db, GError **error);
+bool state_service_insert(StateDb *db, const char *name, const char *canonical,
                           const char *image, gint64 desired, GError **error);
-bool state_service_update(sqlite3 *db, const char *name, const char *canonical,
+bool state_service_update(StateDb *db, const char *name, const char *canonical,
                           gint64 generation, const char *image, gint64 desired,
                           GError **error);
-bool state_service_set_deleting(sqlite3 *db, const char *name, GError **error);
-bool state_service_set_desired(sqlite3 *db, const char *name, gint64 desired,
+bool state_service_set_deleting(StateDb *db, const char *name, GError **error);
+bool state_service_set_desired(StateDb *db, const char *name, gint64 desired,
                                double cooldown_until, GError **error);
 /* state_service_remove: the service's row goes (its clones first) */
-bool state_service_remove(sqlite3 *db, const char *name, GError **error);
+bool state_service_remove(StateDb *db, const char *name, GError **error);
 /* state_service_image_id: the id of the service's image, NULL if none */
-bool state_service_image_id(sqlite3 *db, const char *service, char **ret_id,
+bool state_service_image_id(StateDb *db, const char *service, char **ret_id,
                             GError **error);
 /* state_service_busy: pending commands of @service to hosts not lost */
-bool state_service_busy(sqlite3 *db, const char *service, bool *ret_busy,
+bool state_service_busy(StateDb *db, const char *service, bool *ret_busy,
                         GError **error);
 
 /* ---- images ------------------------------------------------------------ */
@@ -179,11 +219,11 @@ typedef struct {
 void image_row_free(ImageRow *row);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(ImageRow, image_row_free)
 
-bool state_image_get(sqlite3 *db, const char *name, ImageRow **ret_row,
+bool state_image_get(StateDb *db, const char *name, ImageRow **ret_row,
                      GError **error);
 /* state_image_list: of ImageRow, by name, without their index */
-GPtrArray *state_image_list(sqlite3 *db, GError **error);
-bool state_image_put(sqlite3 *db, const ImageRow *row, GError **error);
+GPtrArray *state_image_list(StateDb *db, GError **error);
+bool state_image_put(StateDb *db, const ImageRow *row, GError **error);
 
 typedef struct {
     char *host;
@@ -197,20 +237,20 @@ typedef struct {
 void host_image_row_free(HostImageRow *row);
 
 /* state_host_image_list: of HostImageRow for image @id, or all when NULL */
-GPtrArray *state_host_image_list(sqlite3 *db, const char *id, GError **error);
-bool state_host_image_put(sqlite3 *db, const HostImageRow *row, GError **error);
+GPtrArray *state_host_image_list(StateDb *db, const char *id, GError **error);
+bool state_host_image_put(StateDb *db, const HostImageRow *row, GError **error);
 /* state_host_image_cached: the cached fraction, 0 when unknown */
-bool state_host_image_cached(sqlite3 *db, const char *host, const char *id,
+bool state_host_image_cached(StateDb *db, const char *host, const char *id,
                              double *ret_cached, GError **error);
 /* state_host_image_cached_map: host -> double * (its cached fraction)
  * of image @id, for the hosts that reported it */
-GHashTable *state_host_image_cached_map(sqlite3 *db, const char *id,
+GHashTable *state_host_image_cached_map(StateDb *db, const char *id,
                                         GError **error);
-bool state_profile_put(sqlite3 *db, const char *host, const char *id,
+bool state_profile_put(StateDb *db, const char *host, const char *id,
                        gint64 boots, const char *chunks, GError **error);
 /* state_profile_best: the chunks (JSON) of the profile with most boots of
  * image @id, NULL if none */
-bool state_profile_best(sqlite3 *db, const char *id, char **ret_chunks,
+bool state_profile_best(StateDb *db, const char *id, char **ret_chunks,
                         GError **error);
 
 /* ---- hosts ------------------------------------------------------------- */
@@ -229,28 +269,28 @@ typedef struct {
 void host_row_free(HostRow *row);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(HostRow, host_row_free)
 
-bool state_host_get(sqlite3 *db, const char *name, HostRow **ret_row,
+bool state_host_get(StateDb *db, const char *name, HostRow **ret_row,
                     GError **error);
-bool state_host_get_by_key(sqlite3 *db, const char *key, HostRow **ret_row,
+bool state_host_get_by_key(StateDb *db, const char *key, HostRow **ret_row,
                            GError **error);
 /* state_host_list: of HostRow, by name; @live: accepted and not lost only */
-GPtrArray *state_host_list(sqlite3 *db, bool live, GError **error);
-bool state_host_insert_pending(sqlite3 *db, const char *name, const char *key,
+GPtrArray *state_host_list(StateDb *db, bool live, GError **error);
+bool state_host_insert_pending(StateDb *db, const char *name, const char *key,
                                const char *address, GError **error);
 /* state_host_insert_accepted: @name with @key, accepted, replacing any
  * host of that name or key */
-bool state_host_insert_accepted(sqlite3 *db, const char *name, const char *key,
+bool state_host_insert_accepted(StateDb *db, const char *name, const char *key,
                                 GError **error);
-bool state_host_accept(sqlite3 *db, const char *name, GError **error);
-bool state_host_hello(sqlite3 *db, const char *name, const char *address,
+bool state_host_accept(StateDb *db, const char *name, GError **error);
+bool state_host_hello(StateDb *db, const char *name, const char *address,
                       gint64 cpus, gint64 memory_kib, const char *virt,
                       GError **error);
 /* state_host_seen: heard from now; *ret_was_lost: it was lost */
-bool state_host_seen(sqlite3 *db, const char *name, bool *ret_was_lost,
+bool state_host_seen(StateDb *db, const char *name, bool *ret_was_lost,
                      GError **error);
 /* state_host_set_lost: lost; its clones unplaced, its pending commands
  * other than destroys cancelled */
-bool state_host_set_lost(sqlite3 *db, const char *name, GError **error);
+bool state_host_set_lost(StateDb *db, const char *name, GError **error);
 
 /* ---- clones ------------------------------------------------------------ */
 
@@ -265,22 +305,22 @@ void clone_row_free(CloneRow *row);
 
 /* state_clone_list: of CloneRow, by service and index; of @service only
  * unless NULL, of those on @host only unless NULL */
-GPtrArray *state_clone_list(sqlite3 *db, const char *service, const char *host,
+GPtrArray *state_clone_list(StateDb *db, const char *service, const char *host,
                             GError **error);
 /* state_clone_list_unplaced: of CloneRow, of services not being deleted */
-GPtrArray *state_clone_list_unplaced(sqlite3 *db, GError **error);
+GPtrArray *state_clone_list_unplaced(StateDb *db, GError **error);
 /* state_clone_sync: exactly the rows 0..@desired-1 of @service (new ones
  * of the service's generation) */
-bool state_clone_sync(sqlite3 *db, const char *service, gint64 desired,
+bool state_clone_sync(StateDb *db, const char *service, gint64 desired,
                       GError **error);
-bool state_clone_remove_all(sqlite3 *db, const char *service, GError **error);
+bool state_clone_remove_all(StateDb *db, const char *service, GError **error);
 /* state_clone_add: row @index of @service, of @generation, unplaced; an
  * error if the index is taken */
-bool state_clone_add(sqlite3 *db, const char *service, gint64 index,
+bool state_clone_add(StateDb *db, const char *service, gint64 index,
                      gint64 generation, GError **error);
-bool state_clone_remove(sqlite3 *db, const char *service, gint64 index,
+bool state_clone_remove(StateDb *db, const char *service, gint64 index,
                         GError **error);
-bool state_clone_place(sqlite3 *db, const char *service, gint64 index,
+bool state_clone_place(StateDb *db, const char *service, gint64 index,
                        const char *host, GError **error);
 
 /* ---- generations and rollouts ------------------------------------------
@@ -305,20 +345,20 @@ bool state_clone_place(sqlite3 *db, const char *service, gint64 index,
 #define STATE_ROLLOUT_DONE     "done"
 #define STATE_ROLLOUT_FAILED   "failed"
 
-bool state_generation_put(sqlite3 *db, const char *service, gint64 generation,
+bool state_generation_put(StateDb *db, const char *service, gint64 generation,
                           const char *canonical, const char *image,
                           GError **error);
 /* state_generation_get: the manifest (and image, unless @ret_image is
  * NULL) of @generation; NULL when not kept */
-bool state_generation_get(sqlite3 *db, const char *service, gint64 generation,
+bool state_generation_get(StateDb *db, const char *service, gint64 generation,
                           char **ret_canonical, char **ret_image,
                           GError **error);
 /* state_generation_next: one more than any generation @service ever had */
-bool state_generation_next(sqlite3 *db, const char *service,
+bool state_generation_next(StateDb *db, const char *service,
                            gint64 *ret_generation, GError **error);
 /* state_generation_before: the newest kept generation below @generation,
  * -1 if none */
-bool state_generation_before(sqlite3 *db, const char *service,
+bool state_generation_before(StateDb *db, const char *service,
                              gint64 generation, gint64 *ret_generation,
                              GError **error);
 
@@ -335,15 +375,15 @@ typedef struct {
 void rollout_row_free(RolloutRow *row);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(RolloutRow, rollout_row_free)
 
-bool state_rollout_get(sqlite3 *db, const char *service, RolloutRow **ret_row,
+bool state_rollout_get(StateDb *db, const char *service, RolloutRow **ret_row,
                        GError **error);
-bool state_rollout_start(sqlite3 *db, const char *service, gint64 generation,
+bool state_rollout_start(StateDb *db, const char *service, gint64 generation,
                          gint64 from_generation, GError **error);
-bool state_rollout_finish(sqlite3 *db, const char *service, const char *state,
+bool state_rollout_finish(StateDb *db, const char *service, const char *state,
                           const char *reason, GError **error);
 /* state_create_failure: "HOST: ERROR" of the newest clone-create of
  * @service at @generation that failed since @since, NULL if none */
-bool state_create_failure(sqlite3 *db, const char *service, gint64 generation,
+bool state_create_failure(StateDb *db, const char *service, gint64 generation,
                           double since, char **ret_reason, GError **error);
 
 /* ---- commands ---------------------------------------------------------- */
@@ -359,46 +399,46 @@ typedef struct {
 void command_row_free(CommandRow *row);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(CommandRow, command_row_free)
 
-bool state_command_add(sqlite3 *db, const char *host, const char *op,
+bool state_command_add(StateDb *db, const char *host, const char *op,
                        const char *service, const char *body, gint64 *ret_id,
                        GError **error);
 /* state_command_get_pending: command @id to @host if pending, else NULL */
-bool state_command_get_pending(sqlite3 *db, gint64 id, const char *host,
+bool state_command_get_pending(StateDb *db, gint64 id, const char *host,
                                CommandRow **ret_row, GError **error);
 /* state_command_list_pending: of CommandRow: those of @host (all if NULL)
  * last sent before @sent_before, by id */
-GPtrArray *state_command_list_pending(sqlite3 *db, const char *host,
+GPtrArray *state_command_list_pending(StateDb *db, const char *host,
                                       double sent_before, GError **error);
 /* state_command_list_pending_heads: of CommandRow without their body
  * (NULL): every pending command, by id */
-GPtrArray *state_command_list_pending_heads(sqlite3 *db, GError **error);
-bool state_command_finish(sqlite3 *db, gint64 id, CommandState state,
+GPtrArray *state_command_list_pending_heads(StateDb *db, GError **error);
+bool state_command_finish(StateDb *db, gint64 id, CommandState state,
                           const char *reason, GError **error);
-bool state_command_sent(sqlite3 *db, gint64 id, double now, GError **error);
+bool state_command_sent(StateDb *db, gint64 id, double now, GError **error);
 /* state_command_resend: send @host's pending commands at the next pass */
-bool state_command_resend(sqlite3 *db, const char *host, GError **error);
+bool state_command_resend(StateDb *db, const char *host, GError **error);
 
 /* ---- requests (auto-scaling) ------------------------------------------- */
 
-bool state_request_add(sqlite3 *db, const char *service, gint64 count,
+bool state_request_add(StateDb *db, const char *service, gint64 count,
                        GError **error);
-bool state_request_sum(sqlite3 *db, const char *service, double since,
+bool state_request_sum(StateDb *db, const char *service, double since,
                        gint64 *ret_sum, GError **error);
-bool state_request_prune(sqlite3 *db, double before, GError **error);
+bool state_request_prune(StateDb *db, double before, GError **error);
 
 /* ---- schedules (scheduled scaling) ------------------------------------- */
 
 /* state_schedule_handled: a new table owned by the caller: each schedule
  * of @service (by manifest_schedule_text) -> the time up to which its
  * occurrences were handled (double *) */
-GHashTable *state_schedule_handled(sqlite3 *db, const char *service,
+GHashTable *state_schedule_handled(StateDb *db, const char *service,
                                    GError **error);
-bool state_schedule_set_handled(sqlite3 *db, const char *service,
+bool state_schedule_set_handled(StateDb *db, const char *service,
                                 const char *schedule, double handled,
                                 GError **error);
 /* state_schedule_remove: @service's row of @schedule, or all its rows
  * when @schedule is NULL */
-bool state_schedule_remove(sqlite3 *db, const char *service,
+bool state_schedule_remove(StateDb *db, const char *service,
                            const char *schedule, GError **error);
 
 /* ---- events ------------------------------------------------------------ */
@@ -414,11 +454,11 @@ typedef struct {
 
 void event_row_free(EventRow *row);
 
-bool state_event_add(sqlite3 *db, const char *kind, const char *service,
+bool state_event_add(StateDb *db, const char *kind, const char *service,
                      const char *host, const char *message, GError **error);
 /* state_event_list: the newest @limit events after @since (of @service
  * unless NULL), oldest first */
-GPtrArray *state_event_list(sqlite3 *db, gint64 since, const char *service,
+GPtrArray *state_event_list(StateDb *db, gint64 since, const char *service,
                             gint64 limit, GError **error);
 
 /* ---- metrics ----------------------------------------------------------- */
@@ -438,5 +478,5 @@ void state_counts_clear(StateCounts *counts);
 /* state_last_scaling: service -> the time (double *) of its last scaling
  * action (a rule's scaled-up or scaled-down, a scheduled policy), from the
  * events kept */
-bool state_last_scaling(sqlite3 *db, GHashTable **ret_times, GError **error);
-bool state_counts(sqlite3 *db, StateCounts *ret_counts, GError **error);
+bool state_last_scaling(StateDb *db, GHashTable **ret_times, GError **error);
+bool state_counts(StateDb *db, StateCounts *ret_counts, GError **error);

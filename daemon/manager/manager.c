@@ -279,11 +279,40 @@ watch_socket(Manager *m, void *sock)
     return g_unix_fd_add(fd, G_IO_IN, on_socket, m);
 }
 
+StateDb *
+manager_state_open(const ManagerConfig *config, GError **error)
+{
+    StateBackend backend = STATE_BACKEND_SQLITE;
+    g_autofree char *path = NULL;
+
+    if (config->state_backend && *config->state_backend &&
+        !state_backend_from_string(config->state_backend, &backend)) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
+                    "[state] backend '%s' is neither sqlite nor postgresql",
+                    config->state_backend);
+        return NULL;
+    }
+    if (backend == STATE_BACKEND_POSTGRESQL) {
+        StateDb *db = NULL;
+
+        if (!config->state_dsn || !*config->state_dsn) {
+            g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
+                        "[state] backend = postgresql needs [state] dsn");
+            return NULL;
+        }
+        db = state_open_postgresql(config->state_dsn, error);
+        if (!db)
+            g_prefix_error(error, "[state] dsn: ");
+        return db;
+    }
+    path = g_build_filename(config->state_dir, "spored.db", NULL);
+    return state_open(path, error);
+}
+
 Manager *
 manager_new(const ManagerConfig *config, GError **error)
 {
     g_autoptr(Manager) m = g_new0(Manager, 1);
-    g_autofree char *db_path = NULL;
 
     m->config = *config;
     m->config.state_dir = g_strdup(config->state_dir);
@@ -292,6 +321,8 @@ manager_new(const ManagerConfig *config, GError **error)
     m->config.hosts_dir = g_strdup(config->hosts_dir);
     m->config.control_group = g_strdup(config->control_group);
     m->config.metrics_listen = g_strdup(config->metrics_listen);
+    m->config.state_backend = g_strdup(config->state_backend);
+    m->config.state_dsn = g_strdup(config->state_dsn);
     g_mutex_init(&m->lock);
     m->runtime =
         g_hash_table_new_full(g_str_hash, g_str_equal, NULL, host_runtime_free);
@@ -313,8 +344,7 @@ manager_new(const ManagerConfig *config, GError **error)
     }
     if (!wire_keys_load_or_create(m->config.state_dir, &m->keys, error))
         return NULL;
-    db_path = g_build_filename(m->config.state_dir, "spored.db", NULL);
-    m->db = state_open(db_path, error);
+    m->db = manager_state_open(&m->config, error);
     if (!m->db || !seed_runtime(m, error))
         return NULL;
 
@@ -394,6 +424,8 @@ manager_free(Manager *m)
     g_free(m->config.hosts_dir);
     g_free(m->config.control_group);
     g_free(m->config.metrics_listen);
+    g_free(m->config.state_backend);
+    g_free(m->config.state_dsn);
     g_free(m->control_path);
     g_free(m);
 }

@@ -1,5 +1,6 @@
 /*
- * manager.h: spored, the site manager — state in SQLite, agents over
+ * manager.h: spored, the site manager — state in SQLite or PostgreSQL
+ * (docs/state.md), agents over
  * ZeroMQ (docs/site-protocol.md), operators over the control socket
  * (docs/site-control.md), and the reconciliation loop that turns desired
  * clones into commands.
@@ -24,9 +25,20 @@ typedef struct {
     guint resend_s;           /* an unacknowledged command is sent again */
     guint shutdown_timeout_s; /* for clone-destroy commands */
     char *metrics_listen;     /* ADDRESS:PORT of /metrics; NULL or "": none */
+    char *state_backend;      /* [state] backend: NULL or "sqlite": spored.db
+                                 in state_dir; "postgresql": state_dsn */
+    char *state_dsn;          /* [state] dsn: libpq's conninfo or URI */
 } ManagerConfig;
 
 typedef struct Manager Manager;
+typedef struct StateDb StateDb;
+
+/*
+ * manager_state_open: the state of @config: SQLite's STATE_DIR/spored.db,
+ * or the PostgreSQL database of [state] dsn; errors name the setting
+ * (never the DSN's password).  Close with state_close().
+ */
+StateDb *manager_state_open(const ManagerConfig *config, GError **error);
 
 Manager *manager_new(const ManagerConfig *config, GError **error);
 void manager_free(Manager *m);

@@ -17,6 +17,7 @@
 #include <systemd/sd-daemon.h>
 
 #include "config-util.h"
+#include "manager-state.h"
 #include "manager.h"
 #include "spore-config.h"
 #include "spore-error.h"
@@ -24,6 +25,7 @@
 
 #define DEFAULT_CONFIG SPORE_SYSCONFDIR "/spore/spored.conf"
 #define CONFIG_GROUP   "spored"
+#define STATE_GROUP    "state" /* backend, dsn: the file only */
 
 typedef enum {
     KEY_STRING, /* a char * of ManagerConfig */
@@ -103,6 +105,41 @@ config_clear(ManagerConfig *cfg)
         if (config_keys[i].type != KEY_UINT)
             g_clear_pointer(field_string(cfg, &config_keys[i]), g_free);
     }
+    g_clear_pointer(&cfg->state_backend, g_free);
+    g_clear_pointer(&cfg->state_dsn, g_free);
+}
+
+/*
+ * state_config: [state] backend and dsn of @kf into @cfg (the file
+ * only: a DSN may hold a password, which a command line would show to
+ * every user of the machine).  The DSN itself is checked when spored
+ * connects (manager_state_open).
+ */
+static bool
+state_config(GKeyFile *kf, const char *file, ManagerConfig *cfg, GError **error)
+{
+    g_autofree char *backend =
+        spore_key_string(kf, STATE_GROUP, "backend", "sqlite");
+    StateBackend b;
+
+    if (!state_backend_from_string(backend, &b)) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
+                    "config '%s': [state] backend '%s' is neither sqlite nor "
+                    "postgresql",
+                    file ? file : "(defaults)", backend);
+        return false;
+    }
+    cfg->state_dsn = spore_key_string(kf, STATE_GROUP, "dsn", NULL);
+    if (b == STATE_BACKEND_POSTGRESQL &&
+        (!cfg->state_dsn || !*cfg->state_dsn)) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
+                    "config '%s': [state] backend = postgresql needs "
+                    "[state] dsn",
+                    file ? file : "(defaults)");
+        return false;
+    }
+    cfg->state_backend = g_steal_pointer(&backend);
+    return true;
 }
 
 /* key_value: @k's value as text: the flag, else the file, else the
@@ -248,6 +285,51 @@ print_key(const ManagerConfig *cfg)
     return 0;
 }
 
+/*
+ * migrate_state: copy STATE_DIR/spored.db into the PostgreSQL database of
+ * [state] dsn (empty, its schema made by this spored), in one
+ * transaction; spored must not run on either meanwhile.
+ */
+static int
+migrate_state(const ManagerConfig *cfg)
+{
+    g_autoptr(GError) err = NULL;
+    g_autofree char *path = g_build_filename(cfg->state_dir, "spored.db", NULL);
+    StateDb *from = NULL, *to = NULL;
+    gint64 rows = 0;
+    int rc = 1;
+
+    if (g_strcmp0(cfg->state_backend, "postgresql") != 0) {
+        fprintf(stderr,
+                "spored: --migrate-state copies %s into the PostgreSQL "
+                "database of [state] dsn: set [state] backend = "
+                "postgresql\n",
+                path);
+        return 1;
+    }
+    if (!g_file_test(path, G_FILE_TEST_IS_REGULAR)) {
+        fprintf(stderr,
+                "spored: --migrate-state: no state to migrate: "
+                "'%s' does not exist\n",
+                path);
+        return 1;
+    }
+    from = state_open(path, &err);
+    if (from)
+        to = manager_state_open(cfg, &err);
+    if (to && state_copy(from, to, &rows, &err)) {
+        printf("spored: copied %" G_GINT64_FORMAT " rows from %s to "
+               "PostgreSQL ([state] dsn)\n",
+               rows, path);
+        rc = 0;
+    } else {
+        fprintf(stderr, "spored: --migrate-state: %s\n", err->message);
+    }
+    state_close(to);
+    state_close(from);
+    return rc;
+}
+
 /* serve: run the manager until SIGTERM or SIGINT */
 static int
 serve(const ManagerConfig *cfg, char *config_path, const ConfigFlags *flags)
@@ -278,11 +360,16 @@ main(int argc, char **argv)
 {
     g_autofree char *config_path = NULL;
     gboolean verbose = FALSE, version = FALSE, want_key = FALSE;
+    gboolean want_migrate = FALSE;
     const GOptionEntry extra[] = {
         {"config", 0, 0, G_OPTION_ARG_FILENAME, &config_path,
          "Configuration file (default " DEFAULT_CONFIG ")", "FILE"},
         {"print-key", 0, 0, G_OPTION_ARG_NONE, &want_key,
          "Print the manager's public key (made if needed) and exit", NULL},
+        {"migrate-state", 0, 0, G_OPTION_ARG_NONE, &want_migrate,
+         "Copy STATE_DIR/spored.db into the PostgreSQL database of "
+         "[state] dsn, and exit",
+         NULL},
         {"verbose", 'v', 0, G_OPTION_ARG_NONE, &verbose, "Debug logging", NULL},
         {"version", 'V', 0, G_OPTION_ARG_NONE, &version, "Print the version",
          NULL},
@@ -322,9 +409,12 @@ main(int argc, char **argv)
         !g_key_file_load_from_file(kf, config_path, G_KEY_FILE_NONE, &err)) {
         fprintf(stderr, "spored: config '%s': %s\n", config_path, err->message);
         rc = 1;
-    } else if (!config_resolve(kf, config_path, &flags, false, &cfg, &err)) {
+    } else if (!config_resolve(kf, config_path, &flags, false, &cfg, &err) ||
+               !state_config(kf, config_path, &cfg, &err)) {
         fprintf(stderr, "spored: %s\n", err->message);
         rc = 1;
+    } else if (want_migrate) {
+        rc = migrate_state(&cfg);
     } else {
         rc = want_key ? print_key(&cfg) : serve(&cfg, config_path, &flags);
     }

@@ -17,6 +17,9 @@
  *
  * Every wait is for a condition; PUMP_TRIES_MAX only stops a broken
  * manager from hanging the suite.
+ *
+ * Meson runs it twice: manager-clones (SQLite) and manager-clones-pg
+ * (the state on PostgreSQL: tests/pg-lib.sh, test-state-util.h).
  */
 #include <criterion/criterion.h>
 #include <math.h>
@@ -28,6 +31,7 @@
 
 #include "json-util.h"
 #include "manager-private.h"
+#include "test-state-util.h"
 #include "test-util.h"
 #include "wire.h"
 
@@ -446,6 +450,10 @@ setup(void)
 {
     dir = g_dir_make_tmp("spore-mclones-XXXXXX", NULL);
     config.state_dir = g_build_filename(dir, "state", NULL);
+    if (test_state_backend() == STATE_BACKEND_POSTGRESQL) {
+        config.state_backend = g_strdup("postgresql");
+        config.state_dsn = test_state_pg_dsn_new();
+    }
     config.run_dir = g_build_filename(dir, "run", NULL);
     config.listen = g_strdup_printf("tcp://127.0.0.1:%u", free_port_pair());
     config.hosts_dir = g_build_filename(dir, "hosts.d", NULL);
@@ -466,6 +474,8 @@ teardown(void)
     test_rm_rf(dir);
     g_free(dir);
     g_free(config.state_dir);
+    g_clear_pointer(&config.state_backend, g_free);
+    g_clear_pointer(&config.state_dsn, g_free);
     g_free(config.run_dir);
     g_free(config.listen);
     g_free(config.hosts_dir);
