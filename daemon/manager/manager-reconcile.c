@@ -509,12 +509,14 @@ row_state(Manager *m, const CloneRow *c, RolloutCloneState *ret_state,
     return true;
 }
 
-/* busy_indexes: indexes of @service's clones that hosts that are up still
- * report but that are no rows (going away: their names are not free yet) */
-static GArray *
-busy_indexes(Manager *m, const char *service, GPtrArray *rows)
+/* reported_indexes: service -> GArray of guint, the indexes of the
+ * service's clones that hosts that are up report (one walk over every
+ * report, for a whole step 3) */
+static GHashTable *
+reported_indexes(Manager *m)
 {
-    GArray *busy = g_array_new(FALSE, FALSE, sizeof(guint));
+    GHashTable *by_service = g_hash_table_new_full(
+        g_str_hash, g_str_equal, g_free, (GDestroyNotify)g_array_unref);
     GHashTableIter it;
     gpointer v;
 
@@ -527,24 +529,49 @@ busy_indexes(Manager *m, const char *service, GPtrArray *rows)
         for (guint i = 0; h->clones && i < json_array_get_length(h->clones);
              i++) {
             JsonNode *n = json_array_get_element(h->clones, i);
-            JsonObject *o;
+            const char *service;
+            GArray *list;
             gint64 index;
-            bool row = false;
+            guint u;
 
             if (!JSON_NODE_HOLDS_OBJECT(n))
                 continue;
-            o = json_node_get_object(n);
-            index = json_util_get_int(o, "index", -1);
-            if (index < 0 || index > G_MAXUINT ||
-                g_strcmp0(json_util_get_string(o, "service", NULL), service))
+            index = json_util_get_int(json_node_get_object(n), "index", -1);
+            service =
+                json_util_get_string(json_node_get_object(n), "service", NULL);
+            if (index < 0 || index > G_MAXUINT || !service)
                 continue;
-            for (guint r = 0; r < rows->len && !row; r++)
-                row = ((CloneRow *)rows->pdata[r])->index == index;
-            if (!row) {
-                guint u = (guint)index;
-                g_array_append_val(busy, u);
+            list = g_hash_table_lookup(by_service, service);
+            if (!list) {
+                list = g_array_new(FALSE, FALSE, sizeof(guint));
+                g_hash_table_insert(by_service, g_strdup(service), list);
             }
+            u = (guint)index;
+            g_array_append_val(list, u);
         }
+    }
+    return by_service;
+}
+
+/* busy_indexes: of @reported (the indexes of the service's clones that
+ * hosts that are up report), those that are no rows (going away: their
+ * names are not free yet) */
+static GArray *
+busy_indexes(GArray *reported, GPtrArray *rows)
+{
+    GArray *busy = g_array_new(FALSE, FALSE, sizeof(guint));
+    g_autoptr(GHashTable) held = g_hash_table_new(g_direct_hash, NULL);
+
+    if (!reported)
+        return busy;
+    for (guint r = 0; r < rows->len; r++)
+        g_hash_table_add(
+            held, GUINT_TO_POINTER((guint)((CloneRow *)rows->pdata[r])->index));
+    for (guint i = 0; i < reported->len; i++) {
+        guint u = g_array_index(reported, guint, i);
+
+        if (!g_hash_table_contains(held, GUINT_TO_POINTER(u)))
+            g_array_append_val(busy, u);
     }
     return busy;
 }
@@ -614,7 +641,8 @@ rollout_record(Manager *m, const ServiceRow *s, const RolloutRow *ro,
 /* rollout_step: @s's clone rows one step closer to its desired count of
  * its current generation (rollout.h), recorded */
 static bool
-rollout_step(Manager *m, const ServiceRow *s, GError **error)
+rollout_step(Manager *m, const ServiceRow *s, GHashTable *reported,
+             GError **error)
 {
     g_autoptr(GError) err = NULL;
     Manifest *mf = manager_manifest(m, s->name, &err);
@@ -653,7 +681,7 @@ rollout_step(Manager *m, const ServiceRow *s, GError **error)
             view[i].state != ROLLOUT_CLONE_RUNNING)
             view[i].state = ROLLOUT_CLONE_FAILED;
     }
-    busy = busy_indexes(m, s->name, rows);
+    busy = busy_indexes(g_hash_table_lookup(reported, s->name), rows);
     limits = (RolloutLimits){
         .desired = (guint)CLAMP(s->desired, 0, (gint64)mf->scaling.max),
         .max_unavailable = mf->update.max_unavailable,
@@ -680,9 +708,11 @@ static bool
 sync_clone_rows(Manager *m, GError **error)
 {
     g_autoptr(GPtrArray) services = state_service_list(m->db, error);
+    g_autoptr(GHashTable) reported = NULL;
 
     if (!services)
         return false;
+    reported = reported_indexes(m);
     for (guint i = 0; i < services->len; i++) {
         ServiceRow *s = services->pdata[i];
 
@@ -690,7 +720,7 @@ sync_clone_rows(Manager *m, GError **error)
             if (!state_clone_remove_all(m->db, s->name, error) ||
                 !service_gone(m, s->name, error))
                 return false;
-        } else if (!rollout_step(m, s, error)) {
+        } else if (!rollout_step(m, s, reported, error)) {
             return false;
         }
     }
