@@ -84,26 +84,34 @@ origin_free(gpointer p)
     g_free(o);
 }
 
+/* origin_idle_pop: an idle handle of @o, now the caller's, or NULL; under
+ * Origin.lock, which guards the pool only */
+static CURL *
+origin_idle_pop(Origin *o)
+{
+    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&o->lock);
+
+    if (o->idle->len == 0)
+        return NULL;
+    return g_ptr_array_steal_index_fast(o->idle, o->idle->len - 1);
+}
+
+/* origin_take_handle: a handle for one request, the caller's until
+ * origin_give_handle; a new one (made outside the lock) when none idles */
 static CURL *
 origin_take_handle(Origin *o)
 {
-    CURL *h = NULL;
+    CURL *h = origin_idle_pop(o);
 
-    g_mutex_lock(&o->lock);
-    if (o->idle->len > 0)
-        h = g_ptr_array_steal_index_fast(o->idle, o->idle->len - 1);
-    g_mutex_unlock(&o->lock);
-    if (!h)
-        h = curl_easy_init();
-    return h;
+    return h ? h : curl_easy_init();
 }
 
 static void
 origin_give_handle(Origin *o, CURL *h)
 {
-    g_mutex_lock(&o->lock);
+    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&o->lock);
+
     g_ptr_array_add(o->idle, h);
-    g_mutex_unlock(&o->lock);
 }
 
 /* origin_handle_setup: what every request to an origin has: @url, its

@@ -87,8 +87,10 @@ journal_load(AgentLink *l)
 }
 
 /* journal_add: record the ack of @key; rewrite the file when it grows.
- * Holds AgentLink.lock throughout: the table and the file change together
- * (the file's lines in the table's order). */
+ * Holds AgentLink.lock throughout, file write included: the table and the
+ * file change together, so command_claim answers a re-send from the
+ * journal only once the ack is on disk.  Only the link's two threads take
+ * this lock (never the data path). */
 static void
 journal_add(AgentLink *l, const char *key, const char *ack)
 {
