@@ -22,6 +22,8 @@
 #include "hash.h"
 #include "qcow2-master.h"
 #include "spore-error.h"
+#include "virt-autoptr.h"
+#include "xml-autoptr.h"
 #include "xml-safe.h"
 
 struct CloneHost {
@@ -97,10 +99,7 @@ ensure_connected(CloneHost *host, GError **error)
 {
     if (host->conn && virConnectIsAlive(host->conn) == 1)
         return true;
-    if (host->conn) {
-        virConnectClose(host->conn);
-        host->conn = NULL;
-    }
+    g_clear_pointer(&host->conn, virConnectClose);
     host->conn = virConnectOpen(host->uri);
     if (!host->conn) {
         g_set_error(error, SPORE_ERROR, SPORE_ERROR_UNAVAILABLE,
@@ -117,12 +116,11 @@ ensure_connected(CloneHost *host, GError **error)
 static char *
 pool_xml(const char *name, const char *dir)
 {
-    xmlDoc *doc = xmlNewDoc(BAD_CAST "1.0");
+    g_autoptr(xmlDoc) doc = xmlNewDoc(BAD_CAST "1.0");
     xmlNode *pool = xmlNewNode(NULL, BAD_CAST "pool");
     xmlNode *target, *perms;
-    char *out;
 
-    xmlDocSetRootElement(doc, pool);
+    xmlDocSetRootElement(doc, pool); /* @doc owns @pool from here */
     xmlNewProp(pool, BAD_CAST "type", BAD_CAST "dir");
     xmlNewTextChild(pool, NULL, BAD_CAST "name", BAD_CAST name);
     target = xmlNewChild(pool, NULL, BAD_CAST "target", NULL);
@@ -130,37 +128,31 @@ pool_xml(const char *name, const char *dir)
     /* QEMU runs unprivileged: it must be able to reach its overlay */
     perms = xmlNewChild(target, NULL, BAD_CAST "permissions", NULL);
     xmlNewTextChild(perms, NULL, BAD_CAST "mode", BAD_CAST "0711");
-    out = xml_doc_to_string(doc);
-    xmlFreeDoc(doc);
-    return out;
+    return xml_doc_to_string(doc);
 }
 
 /* xpath_string: the string value of @expr in the XML @text, or NULL */
 static char *
 xpath_string(const char *text, const char *expr)
 {
-    xmlDoc *doc =
+    g_autoptr(xmlDoc) doc =
         xmlReadMemory(text, (int)strlen(text), NULL, NULL, XML_PARSE_NONET);
-    xmlXPathContext *ctx;
-    xmlXPathObject *obj;
-    char *out = NULL;
+    g_autoptr(xmlXPathContext) ctx = NULL;
+    g_autoptr(xmlXPathObject) obj = NULL;
 
     if (!doc)
         return NULL;
     ctx = xmlXPathNewContext(doc);
     obj = ctx ? xmlXPathEvalExpression(BAD_CAST expr, ctx) : NULL;
     if (obj && obj->type == XPATH_STRING && obj->stringval && obj->stringval[0])
-        out = g_strdup((const char *)obj->stringval);
-    xmlXPathFreeObject(obj);
-    xmlXPathFreeContext(ctx);
-    xmlFreeDoc(doc);
-    return out;
+        return g_strdup((const char *)obj->stringval);
+    return NULL;
 }
 
 static bool
 ensure_pool(CloneHost *host, GError **error)
 {
-    virStoragePoolPtr pool;
+    g_autoptr(virStoragePool) pool = NULL;
     g_autofree char *desc = NULL;
     g_autofree char *type = NULL;
     int active;
@@ -181,23 +173,17 @@ ensure_pool(CloneHost *host, GError **error)
             return lv_error(host, error, "defining storage pool '%s' in %s",
                             host->pool_name, host->pool_dir_wanted);
         if (virStoragePoolBuild(pool, 0) < 0 ||
-            virStoragePoolSetAutostart(pool, 1) < 0) {
-            lv_error(host, error, "building storage pool '%s' in %s",
-                     host->pool_name, host->pool_dir_wanted);
-            virStoragePoolFree(pool);
-            return false;
-        }
+            virStoragePoolSetAutostart(pool, 1) < 0)
+            return lv_error(host, error, "building storage pool '%s' in %s",
+                            host->pool_name, host->pool_dir_wanted);
     }
     active = virStoragePoolIsActive(pool);
     if (active == 0 && virStoragePoolCreate(pool, 0) < 0)
         active = -1;
-    if (active < 0) {
-        lv_error(host, error, "starting storage pool '%s'", host->pool_name);
-        virStoragePoolFree(pool);
-        return false;
-    }
+    if (active < 0)
+        return lv_error(host, error, "starting storage pool '%s'",
+                        host->pool_name);
     desc = virStoragePoolGetXMLDesc(pool, 0);
-    virStoragePoolFree(pool);
     if (!desc)
         return lv_error(host, error, "reading storage pool '%s'",
                         host->pool_name);
@@ -218,15 +204,13 @@ ensure_pool(CloneHost *host, GError **error)
 static bool
 refresh_pool(CloneHost *host, GError **error)
 {
-    virStoragePoolPtr pool =
+    g_autoptr(virStoragePool) pool =
         virStoragePoolLookupByName(host->conn, host->pool_name);
-    bool ok = pool && virStoragePoolRefresh(pool, 0) == 0;
 
-    if (!ok)
-        lv_error(host, error, "refreshing storage pool '%s'", host->pool_name);
-    if (pool)
-        virStoragePoolFree(pool);
-    return ok;
+    if (!pool || virStoragePoolRefresh(pool, 0) != 0)
+        return lv_error(host, error, "refreshing storage pool '%s'",
+                        host->pool_name);
+    return true;
 }
 
 CloneHost *
@@ -293,15 +277,13 @@ static bool parse_metadata(const char *meta, CloneInfo *info);
 static char *
 domain_owner(virDomainPtr dom)
 {
-    char *meta = virDomainGetMetadata(dom, VIR_DOMAIN_METADATA_ELEMENT,
-                                      CLONE_METADATA_NAMESPACE, 0);
+    g_autofree char *meta = virDomainGetMetadata(
+        dom, VIR_DOMAIN_METADATA_ELEMENT, CLONE_METADATA_NAMESPACE, 0);
     g_autoptr(CloneInfo) info = g_new0(CloneInfo, 1);
-    char *owner = NULL;
 
     if (meta && parse_metadata(meta, info))
-        owner = g_steal_pointer(&info->owner);
-    free(meta);
-    return owner;
+        return g_steal_pointer(&info->owner);
+    return NULL;
 }
 
 /* owned_elsewhere: @dom's metadata names a host other than ours */
@@ -319,12 +301,10 @@ owned_elsewhere(const CloneHost *host, virDomainPtr dom, char **ret_owner)
 static bool
 is_spore_clone(virDomainPtr dom)
 {
-    char *meta = virDomainGetMetadata(dom, VIR_DOMAIN_METADATA_ELEMENT,
-                                      CLONE_METADATA_NAMESPACE, 0);
-    bool yes = meta != NULL;
+    g_autofree char *meta = virDomainGetMetadata(
+        dom, VIR_DOMAIN_METADATA_ELEMENT, CLONE_METADATA_NAMESPACE, 0);
 
-    free(meta);
-    return yes;
+    return meta != NULL;
 }
 
 /* ---- create ----------------------------------------------------------- */
@@ -359,7 +339,7 @@ create_item_clear(gpointer p)
 static int
 check_existing(CloneHost *host, const CreateItem *it, GError **error)
 {
-    virDomainPtr dom = virDomainLookupByName(host->conn, it->name);
+    g_autoptr(virDomain) dom = virDomainLookupByName(host->conn, it->name);
     char uuid[VIR_UUID_STRING_BUFLEN];
 
     if (dom) {
@@ -368,7 +348,6 @@ check_existing(CloneHost *host, const CreateItem *it, GError **error)
         bool elsewhere = owned_elsewhere(host, dom, &owner);
         int got = virDomainGetUUIDString(dom, uuid);
 
-        virDomainFree(dom);
         if (got < 0) {
             lv_error(host, error, "reading the UUID of domain '%s'", it->name);
             return -1;
@@ -397,7 +376,7 @@ check_existing(CloneHost *host, const CreateItem *it, GError **error)
         lv_error(host, error, "looking up domain '%s'", it->name);
         return -1;
     }
-    dom = virDomainLookupByUUIDString(host->conn, it->uuid);
+    dom = virDomainLookupByUUIDString(host->conn, it->uuid); /* was NULL */
     if (dom) {
         const char *other = virDomainGetName(dom);
 
@@ -405,7 +384,6 @@ check_existing(CloneHost *host, const CreateItem *it, GError **error)
                     "domain '%s' already has clone %s's UUID %s; it was not "
                     "changed",
                     other ? other : "?", it->name, it->uuid);
-        virDomainFree(dom);
         return -1;
     }
     if (virGetLastErrorCode() != VIR_ERR_NO_DOMAIN) {
@@ -431,12 +409,11 @@ discard_overlays(CloneHost *host, GArray *items)
         it->pending = false;
     }
     if (removed && host->conn && virConnectIsAlive(host->conn) == 1) {
-        virStoragePoolPtr pool =
+        g_autoptr(virStoragePool) pool =
             virStoragePoolLookupByName(host->conn, host->pool_name);
-        if (pool) {
+
+        if (pool)
             virStoragePoolRefresh(pool, 0);
-            virStoragePoolFree(pool);
-        }
     }
 }
 
@@ -489,7 +466,7 @@ define_and_start(CloneHost *host, const CloneCreateRequest *req, CreateItem *it,
         .virt = req->virt,
     };
     g_autofree char *xml = clone_domain_xml(&spec, error);
-    virDomainPtr dom;
+    g_autoptr(virDomain) dom = NULL;
 
     if (!xml)
         return false;
@@ -505,11 +482,9 @@ define_and_start(CloneHost *host, const CloneCreateRequest *req, CreateItem *it,
              * overlay, and a retry starts from scratch */
             if (virDomainUndefineFlags(dom, 0) == 0)
                 it->pending = true;
-            virDomainFree(dom);
             return false;
         }
     }
-    virDomainFree(dom);
     return true;
 }
 
@@ -702,9 +677,7 @@ wait_shutoff(virDomainPtr dom, guint timeout_seconds)
 static bool
 remove_volume(CloneHost *host, const char *path, GError **error)
 {
-    virStorageVolPtr vol;
-    virStoragePoolPtr pool;
-    const char *pool_name;
+    g_autoptr(virStorageVol) vol = NULL;
     bool ours;
 
     if (!refresh_pool(host, error))
@@ -715,22 +688,20 @@ remove_volume(CloneHost *host, const char *path, GError **error)
             return true; /* gone already */
         return lv_error(host, error, "looking up volume %s", path);
     }
-    pool = virStoragePoolLookupByVolume(vol);
-    pool_name = pool ? virStoragePoolGetName(pool) : NULL;
-    ours = pool_name && g_str_equal(pool_name, host->pool_name);
-    if (pool)
-        virStoragePoolFree(pool);
+    {
+        g_autoptr(virStoragePool) pool = virStoragePoolLookupByVolume(vol);
+        const char *pool_name = pool ? virStoragePoolGetName(pool) : NULL;
+
+        ours = pool_name && g_str_equal(pool_name, host->pool_name);
+    }
     if (ours) {
         progress(host, "removing volume %s", path);
-        if (virStorageVolDelete(vol, 0) < 0) {
-            virStorageVolFree(vol);
+        if (virStorageVolDelete(vol, 0) < 0)
             return lv_error(host, error, "removing volume %s", path);
-        }
     } else {
         progress(host, "%s is not in pool '%s': left in place", path,
                  host->pool_name);
     }
-    virStorageVolFree(vol);
     return true;
 }
 
@@ -764,13 +735,13 @@ remove_leftovers(CloneHost *host, const char *name, const char *other_desc,
 }
 
 /* spore_clone_or_refuse: true when @dom (named @name) carries spore's clone
- * metadata; else frees @dom and fails: spore leaves other domains alone */
+ * metadata; else fails: spore leaves other domains alone.  @dom stays the
+ * caller's. */
 static bool
 spore_clone_or_refuse(virDomainPtr dom, const char *name, GError **error)
 {
     if (is_spore_clone(dom))
         return true;
-    virDomainFree(dom);
     g_set_error(error, SPORE_ERROR, SPORE_ERROR_CONFLICT,
                 "domain '%s' is not a spore clone (no <spore:clone> "
                 "metadata): left alone",
@@ -782,9 +753,8 @@ bool
 clone_host_resume(CloneHost *host, const char *name, bool *ret_resumed,
                   GError **error)
 {
-    virDomainPtr dom;
+    g_autoptr(virDomain) dom = NULL;
     int state = 0, reason = 0;
-    bool ok = true;
 
     if (!ensure_connected(host, error))
         return false;
@@ -794,56 +764,52 @@ clone_host_resume(CloneHost *host, const char *name, bool *ret_resumed,
     if (!spore_clone_or_refuse(dom, name, error))
         return false;
     if (virDomainGetState(dom, &state, &reason, 0) < 0)
-        ok = lv_error(host, error, "reading the state of domain '%s'", name);
-    else if (state == VIR_DOMAIN_PAUSED && virDomainResume(dom) < 0)
-        ok = lv_error(host, error, "resuming domain '%s'", name);
-    virDomainFree(dom);
-    if (ok && ret_resumed)
+        return lv_error(host, error, "reading the state of domain '%s'", name);
+    if (state == VIR_DOMAIN_PAUSED && virDomainResume(dom) < 0)
+        return lv_error(host, error, "resuming domain '%s'", name);
+    if (ret_resumed)
         *ret_resumed = state == VIR_DOMAIN_PAUSED;
-    return ok;
+    return true;
 }
 
 bool
 clone_host_start(CloneHost *host, const char *name, const char *uuid,
                  bool *ret_started, GError **error)
 {
-    virDomainPtr dom;
+    g_autoptr(virDomain) dom = NULL;
     char got[VIR_UUID_STRING_BUFLEN];
     g_autofree char *owner = NULL;
     int active;
-    bool ok = true;
 
     if (!ensure_connected(host, error))
         return false;
     dom = virDomainLookupByName(host->conn, name);
     if (!dom)
         return lv_error(host, error, "looking up domain '%s'", name);
-    if (!spore_clone_or_refuse(dom, name, error)) {
-        virDomainFree(dom);
+    if (!spore_clone_or_refuse(dom, name, error))
         return false;
-    }
     if (owned_elsewhere(host, dom, &owner)) {
         g_set_error(error, SPORE_ERROR, SPORE_ERROR_CONFLICT,
                     "domain '%s' belongs to host '%s'; it was not started",
                     name, owner);
-        ok = false;
-    } else if (virDomainGetUUIDString(dom, got) < 0) {
-        ok = lv_error(host, error, "reading the UUID of domain '%s'", name);
-    } else if (uuid && g_ascii_strcasecmp(got, uuid) != 0) {
+        return false;
+    }
+    if (virDomainGetUUIDString(dom, got) < 0)
+        return lv_error(host, error, "reading the UUID of domain '%s'", name);
+    if (uuid && g_ascii_strcasecmp(got, uuid) != 0) {
         g_set_error(error, SPORE_ERROR, SPORE_ERROR_CONFLICT,
                     "domain '%s' has UUID %s, not %s: another version of the "
                     "clone; it was not started",
                     name, got, uuid);
-        ok = false;
-    } else if ((active = virDomainIsActive(dom)) < 0) {
-        ok = lv_error(host, error, "reading the state of domain '%s'", name);
-    } else if (!active && virDomainCreate(dom) < 0) {
-        ok = lv_error(host, error, "starting domain '%s'", name);
-    } else if (ret_started) {
-        *ret_started = !active;
+        return false;
     }
-    virDomainFree(dom);
-    return ok;
+    if ((active = virDomainIsActive(dom)) < 0)
+        return lv_error(host, error, "reading the state of domain '%s'", name);
+    if (!active && virDomainCreate(dom) < 0)
+        return lv_error(host, error, "starting domain '%s'", name);
+    if (ret_started)
+        *ret_started = !active;
+    return true;
 }
 
 /* Over 100 lines, kept whole: one clone's teardown in order (look up,
@@ -853,7 +819,7 @@ bool
 clone_host_destroy(CloneHost *host, const char *name, guint timeout_seconds,
                    CloneDestroyOutcome *outcome, GError **error)
 {
-    virDomainPtr dom;
+    g_autoptr(virDomain) dom = NULL;
     g_autofree char *desc = NULL;
     g_autofree char *disk = NULL;
     g_autofree char *seed = NULL;
@@ -886,12 +852,8 @@ clone_host_destroy(CloneHost *host, const char *name, guint timeout_seconds,
              * domain's disk */
             g_autofree char *other = virDomainGetXMLDesc(dom, 0);
 
-            if (!other) {
-                lv_error(host, error, "reading domain '%s'", name);
-                virDomainFree(dom);
-                return false;
-            }
-            virDomainFree(dom);
+            if (!other)
+                return lv_error(host, error, "reading domain '%s'", name);
             if (!remove_leftovers(host, name, other, error))
                 return false;
             progress(host, "%s belongs to host '%s': left alone", name, owner);
@@ -901,17 +863,13 @@ clone_host_destroy(CloneHost *host, const char *name, guint timeout_seconds,
         }
     }
     desc = virDomainGetXMLDesc(dom, VIR_DOMAIN_XML_INACTIVE);
-    if (!desc) {
-        virDomainFree(dom);
+    if (!desc)
         return lv_error(host, error, "reading domain '%s'", name);
-    }
     disk = xpath_string(desc, DISK_SOURCE_XPATH);
     seed = xpath_string(desc, SEED_SOURCE_XPATH);
     active = virDomainIsActive(dom);
-    if (active < 0) {
-        virDomainFree(dom);
+    if (active < 0)
         return lv_error(host, error, "reading the state of '%s'", name);
-    }
     if (active) {
         int state, reason;
         bool paused = virDomainGetState(dom, &state, &reason, 0) == 0 &&
@@ -920,29 +878,22 @@ clone_host_destroy(CloneHost *host, const char *name, guint timeout_seconds,
         result = CLONE_SHUT_DOWN;
         if (paused || timeout_seconds == 0 || virDomainShutdown(dom) < 0 ||
             !wait_shutoff(dom, timeout_seconds)) {
-            if (virConnectIsAlive(host->conn) != 1) {
-                virDomainFree(dom);
+            if (virConnectIsAlive(host->conn) != 1)
                 return lv_error(host, error, "shutting down '%s'", name);
-            }
             progress(host, "%s did not shut down %s: powering it off", name,
                      paused            ? "(it is paused)"
                      : timeout_seconds ? "in time"
                                        : "(no timeout)");
-            if (virDomainDestroy(dom) < 0 && virDomainIsActive(dom) != 0) {
-                virDomainFree(dom);
+            if (virDomainDestroy(dom) < 0 && virDomainIsActive(dom) != 0)
                 return lv_error(host, error, "destroying '%s'", name);
-            }
             result = CLONE_DESTROYED;
         }
     }
     if (virDomainUndefineFlags(
             dom, VIR_DOMAIN_UNDEFINE_MANAGED_SAVE |
                      VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA |
-                     VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA) < 0) {
-        virDomainFree(dom);
+                     VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA) < 0)
         return lv_error(host, error, "undefining '%s'", name);
-    }
-    virDomainFree(dom);
     if (disk && !remove_volume(host, disk, error))
         return false;
     if (seed && !remove_volume(host, seed, error))
@@ -1032,7 +983,7 @@ clone_host_list(CloneHost *host, GError **error)
 {
     g_autoptr(GPtrArray) out =
         g_ptr_array_new_with_free_func((GDestroyNotify)clone_info_free);
-    virDomainStatsRecordPtr *records = NULL;
+    g_autoptr(virDomainStatsRecordPtr) records = NULL;
     int n;
 
     if (!ensure_connected(host, error))
@@ -1048,8 +999,8 @@ clone_host_list(CloneHost *host, GError **error)
     }
     for (int r = 0; r < n; r++) {
         virDomainStatsRecordPtr rec = records[r];
-        char *meta = virDomainGetMetadata(rec->dom, VIR_DOMAIN_METADATA_ELEMENT,
-                                          CLONE_METADATA_NAMESPACE, 0);
+        g_autofree char *meta = virDomainGetMetadata(
+            rec->dom, VIR_DOMAIN_METADATA_ELEMENT, CLONE_METADATA_NAMESPACE, 0);
         g_autoptr(CloneInfo) info = g_new0(CloneInfo, 1);
         char uuid[VIR_UUID_STRING_BUFLEN];
         int state = 0, reason = 0;
@@ -1058,11 +1009,8 @@ clone_host_list(CloneHost *host, GError **error)
 
         if (!meta)
             continue; /* not a spore clone */
-        if (!parse_metadata(meta, info)) {
-            free(meta);
+        if (!parse_metadata(meta, info))
             continue;
-        }
-        free(meta);
         if (host->owner &&
             (!info->owner || !g_str_equal(host->owner, info->owner)))
             continue; /* not this agent's (another's on a shared libvirtd,
@@ -1095,7 +1043,6 @@ clone_host_list(CloneHost *host, GError **error)
             info->memory_usable_kib = (gint64)ull;
         g_ptr_array_add(out, g_steal_pointer(&info));
     }
-    virDomainStatsRecordListFree(records);
     return g_steal_pointer(&out);
 }
 

@@ -20,6 +20,7 @@
 
 #include "spore-error.h"
 #include "template.h"
+#include "virt-autoptr.h"
 #include "virt-detect.h"
 
 #define FIRSTBOOT_DIR      "/etc/spore/firstboot.d"
@@ -72,8 +73,7 @@ bool
 clone_overlay_create(const char *path, const char *backing,
                      const char *backing_format, GError **error)
 {
-    guestfs_h *g;
-    bool ok;
+    g_autoptr(guestfs_h) g = NULL;
 
     if (access(path, F_OK) == 0) {
         g_set_error(error, SPORE_ERROR, SPORE_ERROR_FAILED,
@@ -83,16 +83,14 @@ clone_overlay_create(const char *path, const char *backing,
     g = gfs_open(error);
     if (!g)
         return false;
-    ok = guestfs_disk_create(
-             g, path, "qcow2", -1, GUESTFS_DISK_CREATE_BACKINGFILE, backing,
-             GUESTFS_DISK_CREATE_BACKINGFORMAT, backing_format, -1) == 0;
-    if (!ok) {
+    if (guestfs_disk_create(
+            g, path, "qcow2", -1, GUESTFS_DISK_CREATE_BACKINGFILE, backing,
+            GUESTFS_DISK_CREATE_BACKINGFORMAT, backing_format, -1) != 0) {
         g_autofree char *what =
             g_strdup_printf("cannot create overlay '%s'", path);
-        gfs_fail(g, error, what);
+        return gfs_fail(g, error, what);
     }
-    guestfs_close(g);
-    return ok;
+    return true;
 }
 
 /* ---- one clone --------------------------------------------------------- */
@@ -650,20 +648,18 @@ inspect_drive(guestfs_h *g, int drive, const char *what, GError **error)
 static Layout *
 inspect_alone(const char *overlay, const char *what, GError **error)
 {
-    guestfs_h *g = gfs_open(error);
-    Layout *l = NULL;
+    g_autoptr(guestfs_h) g = gfs_open(error);
 
     if (!g)
         return NULL;
     if (guestfs_add_drive_opts(g, overlay, GUESTFS_ADD_DRIVE_OPTS_FORMAT,
                                "qcow2", GUESTFS_ADD_DRIVE_OPTS_READONLY, 1,
                                -1) < 0 ||
-        guestfs_launch(g) < 0)
+        guestfs_launch(g) < 0) {
         gfs_fail(g, error, "cannot launch the appliance for inspection");
-    else
-        l = inspect_drive(g, 0, what, error);
-    guestfs_close(g);
-    return l;
+        return NULL;
+    }
+    return inspect_drive(g, 0, what, error);
 }
 
 /*
@@ -731,7 +727,7 @@ clone_customize_batch(const CloneCustomizeJob *jobs, gsize n_jobs,
     Layout *shared = NULL;
     ParallelInspect pi = {0};
     GThread *inspector = NULL;
-    guestfs_h *g;
+    g_autoptr(guestfs_h) g = NULL;
     char **devices = NULL;
     bool ok = true;
 
@@ -845,6 +841,5 @@ clone_customize_batch(const CloneCustomizeJob *jobs, gsize n_jobs,
     free(devices);
     if (guestfs_shutdown(g) < 0 && ok)
         ok = gfs_fail(g, error, "the appliance did not shut down cleanly");
-    guestfs_close(g);
     return ok;
 }

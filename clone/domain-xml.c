@@ -20,6 +20,7 @@
 #include <libxml/tree.h>
 
 #include "spore-error.h"
+#include "xml-autoptr.h"
 #include "xml-safe.h"
 
 #define CLONE_INDEX_MAX 999u
@@ -186,11 +187,10 @@ char *
 clone_domain_xml(const CloneDomainSpec *spec, GError **error)
 {
     const Manifest *m = spec->manifest;
-    xmlDoc *doc;
-    xmlNode *domain, *el;
+    g_autoptr(xmlDoc) doc = NULL;
+    xmlNode *domain, *el; /* owned by @doc */
     g_autofree char *name = NULL;
     char buf[32];
-    char *ret;
 
     if (spec->index >= m->scaling.max || spec->index > CLONE_INDEX_MAX) {
         g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
@@ -255,7 +255,5 @@ clone_domain_xml(const CloneDomainSpec *spec, GError **error)
     child(domain, "on_crash", "destroy");
     add_devices(domain, spec);
 
-    ret = xml_doc_to_string(doc);
-    xmlFreeDoc(doc);
-    return ret;
+    return xml_doc_to_string(doc);
 }

@@ -14,6 +14,7 @@
 #include <string.h>
 #include <libxml/xmlsave.h>
 
+#include "xml-autoptr.h"
 #include "xml-safe.h"
 
 static xmlNode *
@@ -285,10 +286,10 @@ format_update(xmlNode *root, const Manifest *m)
 char *
 manifest_format(const Manifest *m)
 {
-    xmlDoc *doc = xmlNewDoc(BAD_CAST "1.0");
+    g_autoptr(xmlDoc) doc = xmlNewDoc(BAD_CAST "1.0");
+    /* @root is linked into @doc below, which then frees it */
     xmlNode *root = xmlNewDocNode(doc, NULL, BAD_CAST "service", NULL);
     xmlNs *ns = xmlNewNs(root, BAD_CAST MANIFEST_NAMESPACE, NULL);
-    char *ret;
 
     xml_adapter_silence();
     xmlSetNs(root, ns);
@@ -303,7 +304,5 @@ manifest_format(const Manifest *m)
     format_placement(root, m);
     format_update(root, m);
 
-    ret = xml_doc_to_string(doc);
-    xmlFreeDoc(doc);
-    return ret;
+    return xml_doc_to_string(doc);
 }

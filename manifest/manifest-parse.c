@@ -30,6 +30,7 @@
 #include "spore-error.h"
 #include "spore-schemas.h"
 #include "template.h"
+#include "xml-autoptr.h"
 #include "xml-safe.h"
 
 #define VALUE_SHOWN_MAX_CHARS 48u
@@ -508,14 +509,9 @@ get_attr_present(const xmlNode *el, const char *name)
 static char *
 get_attr(const xmlNode *el, const char *name)
 {
-    xmlChar *v = xmlGetNoNsProp(el, BAD_CAST name);
-    char *ret;
+    g_autoptr(xmlChar) v = xmlGetNoNsProp(el, BAD_CAST name);
 
-    if (!v)
-        return NULL;
-    ret = g_strdup((const char *)v);
-    xmlFree(v);
-    return ret;
+    return v ? g_strdup((const char *)v) : NULL;
 }
 
 /*
@@ -1790,7 +1786,7 @@ compiled_schema(void)
         g_autoptr(GBytes) rng = g_resource_lookup_data(
             spore_schemas_get_resource(), "/org/spore/schemas/manifest.rng",
             G_RESOURCE_LOOKUP_FLAGS_NONE, NULL);
-        xmlRelaxNGParserCtxt *pctxt;
+        g_autoptr(xmlRelaxNGParserCtxt) pctxt = NULL;
         gsize size = 0;
         const char *data;
 
@@ -1799,7 +1795,6 @@ compiled_schema(void)
         data = g_bytes_get_data(rng, &size);
         pctxt = xmlRelaxNGNewMemParserCtxt(data, (int)size);
         schema = xmlRelaxNGParse(pctxt);
-        xmlRelaxNGFreeParserCtxt(pctxt);
         g_assert(schema); /* compiled in and tested: cannot fail */
         g_once_init_leave(&once, 1);
     }
@@ -1819,13 +1814,13 @@ on_schema_error(void *data, xmlError *err)
 static void
 check_schema(Walker *w, xmlDoc *doc)
 {
-    xmlRelaxNGValidCtxt *vctxt = xmlRelaxNGNewValidCtxt(compiled_schema());
+    g_autoptr(xmlRelaxNGValidCtxt) vctxt =
+        xmlRelaxNGNewValidCtxt(compiled_schema());
 
     xml_adapter_silence();
     xmlRelaxNGSetValidStructuredErrors(vctxt, on_schema_error, w);
     if (xmlRelaxNGValidateDoc(vctxt, doc) != 0 && w->problems->len == 0)
         problem(w, 0, "schema: document does not match manifest.rng");
-    xmlRelaxNGFreeValidCtxt(vctxt);
 }
 
 /* ---- entry points ------------------------------------------------------ */

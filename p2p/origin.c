@@ -24,11 +24,15 @@
 
 #define ORIGIN_MAX_REDIRECTS 3L
 
+/* g_autoptr(CURL): an easy handle this scope owns.  origin.c is the only
+ * user of libcurl (the one adapter), so the cleanup is defined here. */
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(CURL, curl_easy_cleanup)
+
 typedef struct {
     char *url;
     bool is_http;
     GMutex lock;
-    GPtrArray *idle; /* of CURL * */
+    GPtrArray *idle; /* of CURL *, owned (curl_easy_cleanup) */
 } Origin;
 
 typedef struct {
@@ -74,34 +78,40 @@ origin_free(gpointer p)
 {
     Origin *o = p;
 
-    for (guint i = 0; i < o->idle->len; i++)
-        curl_easy_cleanup(o->idle->pdata[i]);
     g_ptr_array_unref(o->idle);
     g_mutex_clear(&o->lock);
     g_free(o->url);
     g_free(o);
 }
 
+/* origin_idle_pop: an idle handle of @o, now the caller's, or NULL; under
+ * Origin.lock, which guards the pool only */
+static CURL *
+origin_idle_pop(Origin *o)
+{
+    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&o->lock);
+
+    if (o->idle->len == 0)
+        return NULL;
+    return g_ptr_array_steal_index_fast(o->idle, o->idle->len - 1);
+}
+
+/* origin_take_handle: a handle for one request, the caller's until
+ * origin_give_handle; a new one (made outside the lock) when none idles */
 static CURL *
 origin_take_handle(Origin *o)
 {
-    CURL *h = NULL;
+    CURL *h = origin_idle_pop(o);
 
-    g_mutex_lock(&o->lock);
-    if (o->idle->len > 0)
-        h = g_ptr_array_steal_index_fast(o->idle, o->idle->len - 1);
-    g_mutex_unlock(&o->lock);
-    if (!h)
-        h = curl_easy_init();
-    return h;
+    return h ? h : curl_easy_init();
 }
 
 static void
 origin_give_handle(Origin *o, CURL *h)
 {
-    g_mutex_lock(&o->lock);
+    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&o->lock);
+
     g_ptr_array_add(o->idle, h);
-    g_mutex_unlock(&o->lock);
 }
 
 /* origin_handle_setup: what every request to an origin has: @url, its
@@ -165,12 +175,13 @@ typedef enum {
     ATTEMPT_NEXT,  /* permanent for this origin: try the next one */
 } AttemptResult;
 
-/* One Range request.  On failure sets @error. */
+/* One Range request.  On failure sets @error.  The handle goes back to
+ * @o's pool after the request, whatever its outcome. */
 static AttemptResult
 origin_attempt(OriginSource *src, Origin *o, guint64 offset, guint8 *buf,
                gsize len, gint64 deadline, GError **error)
 {
-    CURL *h = origin_take_handle(o);
+    g_autoptr(CURL) h = origin_take_handle(o);
     char range[64];
     char curl_error[CURL_ERROR_SIZE] = "";
     Sink sink = {.h = h, .is_http = o->is_http, .buf = buf, .want = len};
@@ -230,7 +241,7 @@ origin_attempt(OriginSource *src, Origin *o, guint64 offset, guint8 *buf,
                     o->url, range, sink.got, len);
         result = ATTEMPT_NEXT;
     }
-    origin_give_handle(o, h);
+    origin_give_handle(o, g_steal_pointer(&h));
     return result;
 }
 
@@ -334,7 +345,7 @@ origin_source_new(const char *const *urls, const OriginOptions *options,
 
         o->url = g_strdup(urls[k]);
         g_mutex_init(&o->lock);
-        o->idle = g_ptr_array_new();
+        o->idle = g_ptr_array_new_with_free_func(curl_easy_cleanup);
         g_ptr_array_add(src->origins, o);
         if (!origin_scheme(urls[k], &o->is_http)) {
             g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
@@ -396,7 +407,7 @@ origin_read_all(const char *url, const OriginOptions *options,
     OriginOptions opts = options ? *options : origin_options_default();
     char curl_error[CURL_ERROR_SIZE] = "";
     Stream st = {.fn = fn, .data = data};
-    CURL *h;
+    g_autoptr(CURL) h = NULL;
     CURLcode rc;
     bool is_http;
 
@@ -421,7 +432,6 @@ origin_read_all(const char *url, const OriginOptions *options,
     curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, ORIGIN_LOW_SPEED_BYTES);
     curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, ORIGIN_LOW_SPEED_S);
     rc = curl_easy_perform(h);
-    curl_easy_cleanup(h);
     if (st.error) {
         g_propagate_prefixed_error(error, g_steal_pointer(&st.error),
                                    "origin '%s': ", url);

@@ -328,6 +328,60 @@ agent_image_prefetch_profile(AgentImage *im)
                   im->hex, order->len);
 }
 
+/* images_lookup: the image of id @hex in the table, or NULL; the table's
+ * lock is held for the lookup only (invariant 1) */
+static AgentImage *
+images_lookup(Agent *a, const char *hex)
+{
+    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&a->lock);
+
+    return g_hash_table_lookup(a->images, hex);
+}
+
+/* images_insert: @im into the table, which owns it from here (invariant
+ * 2); the table's lock is held for the insert only */
+static void
+images_insert(Agent *a, AgentImage *im)
+{
+    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&a->lock);
+
+    g_hash_table_insert(a->images, im->hex, im);
+}
+
+/*
+ * image_open_once: the image of @idx, opened, recorded and put in the table
+ * when it is not there yet.  The whole function runs under Agent.add_lock
+ * (invariant 3), so one image is opened once; the table's lock is taken
+ * for the lookup and the insert only, never across the I/O (invariant 1).
+ * Returns the image (the table's), or NULL with @error.
+ */
+static AgentImage *
+image_open_once(Agent *a, ImageIndex *idx, const char *const *origins,
+                GError **error)
+{
+    g_autoptr(GMutexLocker) adding = g_mutex_locker_new(&a->add_lock);
+    const char *hex = image_index_id(idx) + strlen("sha256:");
+    AgentImage *im = images_lookup(a, hex);
+
+    if (im)
+        return im;
+    /* the record first: an open image is known to the cache set and the
+     * peers, so it cannot be freed again (invariant 2) */
+    if (!agent_image_persist(a, image_index_id(idx), origins, error) ||
+        !(im = agent_image_open(a, idx, origins, error))) {
+        g_autofree char *path = agent_image_record_path(a, image_index_id(idx));
+
+        g_unlink(path);
+        return NULL;
+    }
+    images_insert(a, im);
+    g_message("image %.12s: added (%" G_GUINT64_FORMAT
+              " chunks of %" G_GUINT64_FORMAT " bytes, origins: %s)",
+              im->hex, image_index_chunk_count(idx),
+              image_index_chunk_size(idx), im->origins[0]);
+    return im;
+}
+
 /* ---- the typed API (agent.h) -------------------------------------------- */
 
 bool
@@ -343,31 +397,9 @@ agent_image_add(Agent *a, ImageIndex *idx, const char *const *origins,
         return false;
     }
     /* opening a cache is I/O: under add_lock, not the table's (inv. 1, 3) */
-    g_mutex_lock(&a->add_lock);
-    g_mutex_lock(&a->lock);
-    im = g_hash_table_lookup(a->images, hex);
-    g_mutex_unlock(&a->lock);
-    if (!im) {
-        /* the record first: an open image is known to the cache set and
-         * the peers, so it cannot be freed again (invariant 2) */
-        if (!agent_image_persist(a, image_index_id(idx), origins, error) ||
-            !(im = agent_image_open(a, idx, origins, error))) {
-            g_autofree char *path =
-                agent_image_record_path(a, image_index_id(idx));
-
-            g_unlink(path);
-            g_mutex_unlock(&a->add_lock);
-            return false;
-        }
-        g_mutex_lock(&a->lock);
-        g_hash_table_insert(a->images, im->hex, im);
-        g_mutex_unlock(&a->lock);
-        g_message("image %.12s: added (%" G_GUINT64_FORMAT
-                  " chunks of %" G_GUINT64_FORMAT " bytes, origins: %s)",
-                  im->hex, image_index_chunk_count(idx),
-                  image_index_chunk_size(idx), im->origins[0]);
-    }
-    g_mutex_unlock(&a->add_lock);
+    im = image_open_once(a, idx, origins, error);
+    if (!im)
+        return false;
     if (profile && !site_profile_store(im, profile, error)) {
         g_prefix_error(error, "image %.12s: profile: ", im->hex);
         return false;

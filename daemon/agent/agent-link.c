@@ -86,11 +86,16 @@ journal_load(AgentLink *l)
     }
 }
 
-/* journal_add: record the ack of @key; rewrite the file when it grows */
+/* journal_add: record the ack of @key; rewrite the file when it grows.
+ * Holds AgentLink.lock throughout, file write included: the table and the
+ * file change together, so command_claim answers a re-send from the
+ * journal only once the ack is on disk.  Only the link's two threads take
+ * this lock (never the data path). */
 static void
 journal_add(AgentLink *l, const char *key, const char *ack)
 {
-    g_mutex_lock(&l->lock);
+    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&l->lock);
+
     g_hash_table_insert(l->journal, g_strdup(key), g_strdup(ack));
     if (++l->journal_lines > 2 * JOURNAL_KEEP) {
         /* keep the newest: ids grow, so sort by the number after ':' */
@@ -124,7 +129,39 @@ journal_add(AgentLink *l, const char *key, const char *ack)
             fclose(f);
         }
     }
-    g_mutex_unlock(&l->lock);
+}
+
+/* in_flight_done: @key's command no longer runs */
+static void
+in_flight_done(AgentLink *l, const char *key)
+{
+    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&l->lock);
+
+    g_hash_table_remove(l->in_flight, key);
+}
+
+typedef enum {
+    CLAIM_NEW,     /* not seen before: now in flight, the caller runs it */
+    CLAIM_RUNNING, /* a re-send while it runs: its ack follows */
+    CLAIM_DONE,    /* applied before: *ret_ack is its journalled ack */
+} Claim;
+
+/* command_claim: what to do with command @key, decided under
+ * AgentLink.lock (the journal and the commands in flight) */
+static Claim
+command_claim(AgentLink *l, const char *key, char **ret_ack)
+{
+    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&l->lock);
+    const char *done = g_hash_table_lookup(l->journal, key);
+
+    if (done) {
+        *ret_ack = g_strdup(done);
+        return CLAIM_DONE;
+    }
+    if (g_hash_table_contains(l->in_flight, key))
+        return CLAIM_RUNNING;
+    g_hash_table_add(l->in_flight, g_strdup(key));
+    return CLAIM_NEW;
 }
 
 /* ---- commands (run by agent-commands.c) ------------------------------- */
@@ -163,9 +200,7 @@ worker(gpointer data, gpointer user)
     }
     text = json_util_to_text(ack, false);
     journal_add(l, job->key, text);
-    g_mutex_lock(&l->lock);
-    g_hash_table_remove(l->in_flight, job->key);
-    g_mutex_unlock(&l->lock);
+    in_flight_done(l, job->key);
     g_async_queue_push(l->acks, ack);
     json_object_unref(job->cmd);
     g_free(job->key);
@@ -437,23 +472,18 @@ on_command(AgentLink *l, void *sock, JsonObject *cmd)
 {
     gint64 id = json_util_get_int(cmd, "id", -1);
     g_autofree char *key = NULL;
-    char *done;
+    g_autofree char *done = NULL;
+    Claim claim;
 
     if (id < 0) {
         g_warning("dropped a command without an id");
         return;
     }
     key = journal_key(l, id);
-    g_mutex_lock(&l->lock);
-    done = g_strdup(g_hash_table_lookup(l->journal, key));
-    if (!done && g_hash_table_contains(l->in_flight, key)) {
-        g_mutex_unlock(&l->lock);
+    claim = command_claim(l, key, &done);
+    if (claim == CLAIM_RUNNING)
         return; /* a re-send while it runs: the ack follows */
-    }
-    if (!done)
-        g_hash_table_add(l->in_flight, g_strdup(key));
-    g_mutex_unlock(&l->lock);
-    if (done) {
+    if (claim == CLAIM_DONE) {
         /* a replay: answer from the journal, apply nothing */
         g_autoptr(JsonObject) ack = wire_parse(done, strlen(done), NULL);
 
@@ -462,7 +492,6 @@ on_command(AgentLink *l, void *sock, JsonObject *cmd)
                   id);
         if (ack)
             wire_send(sock, NULL, ack);
-        g_free(done);
         return;
     }
     {

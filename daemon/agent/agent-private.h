@@ -18,7 +18,9 @@
  * Agent.lock guards the images table only and is never held across I/O;
  * AgentImage.lock guards the image's shim state; Agent.add_lock serializes
  * image-add.  No lock is taken while another is held, but for
- * Agent.add_lock, under which Agent.lock is taken for an insert.
+ * Agent.add_lock, under which Agent.lock is taken for a lookup and an
+ * insert (image_open_once).  Each is held as a scoped GMutexLocker whose
+ * scope is the critical section.
  */
 #pragma once
 

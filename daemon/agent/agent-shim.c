@@ -81,6 +81,21 @@ read_pidfile(const char *path)
     return (GPid)pid;
 }
 
+/*
+ * shim_enter: the transition of @im's shim to @state, SHIM_SERVING (nbdkit
+ * @pid) or SHIM_IDLE, under the image's lock; wakes the threads waiting out
+ * a SHIM_STARTING (invariant 2).
+ */
+static void
+shim_enter(AgentImage *im, ShimState state, GPid pid)
+{
+    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&im->lock);
+
+    im->shim_state = state;
+    im->shim_pid = state == SHIM_SERVING ? pid : 0;
+    g_cond_broadcast(&im->cond);
+}
+
 void
 agent_shim_adopt(AgentImage *im)
 {
@@ -88,10 +103,7 @@ agent_shim_adopt(AgentImage *im)
 
     if (!pid_is_nbdkit(pid))
         return;
-    g_mutex_lock(&im->lock);
-    im->shim_state = SHIM_SERVING;
-    im->shim_pid = pid;
-    g_mutex_unlock(&im->lock);
+    shim_enter(im, SHIM_SERVING, pid); /* IDLE -> SERVING */
     g_message("image %.12s: shim (nbdkit pid %d) still serving on '%s'",
               im->hex, (int)pid, im->shim_socket);
 }
@@ -247,6 +259,27 @@ shim_start(Agent *a, AgentImage *im, GPid *ret_pid, GError **error)
 }
 
 /*
+ * shim_claim_start: under the image's lock, wait out a start in progress,
+ * then decide: false when the shim serves; else true, and the caller is the
+ * one thread that starts it (IDLE, or SERVING with its nbdkit gone, ->
+ * STARTING; invariant 2).  The lock is released on return, before the
+ * spawn (invariant 1).
+ */
+static bool
+shim_claim_start(AgentImage *im)
+{
+    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&im->lock);
+
+    while (im->shim_state == SHIM_STARTING)
+        g_cond_wait(&im->cond, &im->lock);
+    if (im->shim_state == SHIM_SERVING && pid_is_nbdkit(im->shim_pid))
+        return false;
+    im->shim_state = SHIM_STARTING;
+    im->shim_pid = 0;
+    return true;
+}
+
+/*
  * Start the image's nbdkit unless it runs: the SHIM_IDLE -> SHIM_STARTING
  * -> SHIM_SERVING | SHIM_IDLE transitions.  Concurrent calls for the same
  * image wait on im->cond for the one that starts it and share its outcome
@@ -259,25 +292,11 @@ agent_shim_serve(Agent *a, AgentImage *im, GError **error)
     GPid pid = 0;
     bool ok;
 
-    g_mutex_lock(&im->lock);
-    while (im->shim_state == SHIM_STARTING)
-        g_cond_wait(&im->cond, &im->lock);
-    if (im->shim_state == SHIM_SERVING && pid_is_nbdkit(im->shim_pid)) {
-        g_mutex_unlock(&im->lock);
-        return true;
-    }
-    /* SHIM_IDLE, or SERVING with its nbdkit gone: this thread starts it */
-    im->shim_state = SHIM_STARTING;
-    im->shim_pid = 0;
-    g_mutex_unlock(&im->lock);
-
+    if (!shim_claim_start(im))
+        return true; /* it serves */
+    /* this thread starts it, holding no lock (invariant 1) */
     ok = shim_start(a, im, &pid, error);
-
-    g_mutex_lock(&im->lock);
-    im->shim_state = ok ? SHIM_SERVING : SHIM_IDLE;
-    im->shim_pid = ok ? pid : 0;
-    g_cond_broadcast(&im->cond);
-    g_mutex_unlock(&im->lock);
+    shim_enter(im, ok ? SHIM_SERVING : SHIM_IDLE, pid);
     if (ok) {
         g_message("image %.12s: shim (nbdkit pid %d) serving on '%s'", im->hex,
                   (int)pid, im->shim_socket);
@@ -286,14 +305,15 @@ agent_shim_serve(Agent *a, AgentImage *im, GError **error)
     return ok;
 }
 
-/* Stop the image's nbdkit (SHIM_SERVING -> SHIM_IDLE), after waiting out a
- * start in progress. */
-void
-agent_shim_unserve(AgentImage *im)
+/* shim_stop: SERVING -> IDLE under the image's lock, after waiting out a
+ * start in progress: its nbdkit is signalled and the shim's own files go
+ * (invariant 1).  Returns the PID signalled, 0 when none ran. */
+static GPid
+shim_stop(AgentImage *im)
 {
+    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&im->lock);
     GPid pid;
 
-    g_mutex_lock(&im->lock);
     while (im->shim_state == SHIM_STARTING)
         g_cond_wait(&im->cond, &im->lock);
     pid = im->shim_state == SHIM_SERVING && pid_is_nbdkit(im->shim_pid)
@@ -305,7 +325,16 @@ agent_shim_unserve(AgentImage *im)
         kill(pid, SIGTERM);
     g_unlink(im->shim_socket);
     g_unlink(im->shim_pidfile);
-    g_mutex_unlock(&im->lock);
+    return pid;
+}
+
+/* Stop the image's nbdkit (SHIM_SERVING -> SHIM_IDLE), after waiting out a
+ * start in progress. */
+void
+agent_shim_unserve(AgentImage *im)
+{
+    GPid pid = shim_stop(im);
+
     if (pid)
         g_message("image %.12s: shim (nbdkit pid %d) stopped", im->hex,
                   (int)pid);
