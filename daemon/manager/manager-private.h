@@ -46,6 +46,9 @@ typedef struct {
     bool heard;        /* a message arrived since the manager started */
     bool reported;     /* a report arrived since the manager started */
     JsonArray *clones; /* of the last report */
+    GHashTable *clones_by_name; /* name -> its object in clones (borrowed),
+                                 * built when first asked, dropped with
+                                 * clones: manager_reported_clone */
     JsonArray *images;
     char *peer_endpoint; /* its peer server (hello), NULL: none */
     /* "create:SERVICE:INDEX" of creates acknowledged since its last

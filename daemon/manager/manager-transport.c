@@ -283,6 +283,7 @@ handle_report(Manager *m, const char *host, JsonObject *msg, GError **error)
             mscale_report_clone(m, host, c);
         }
     }
+    g_clear_pointer(&h->clones_by_name, g_hash_table_unref);
     g_clear_pointer(&h->clones, json_array_unref);
     g_clear_pointer(&h->images, json_array_unref);
     h->clones = json_array_ref(arr);

@@ -32,6 +32,8 @@ host_runtime_free(gpointer p)
     g_free(h->name);
     g_free(h->boot);
     g_free(h->peer_endpoint);
+    if (h->clones_by_name)
+        g_hash_table_unref(h->clones_by_name);
     if (h->clones)
         json_array_unref(h->clones);
     if (h->images)
@@ -75,18 +77,28 @@ manager_host_clones(Manager *m, const char *host)
 JsonObject *
 manager_reported_clone(Manager *m, const char *host, const char *name)
 {
-    JsonArray *arr = manager_host_clones(m, host);
+    HostRuntime *h = host ? g_hash_table_lookup(m->runtime, host) : NULL;
 
-    for (guint i = 0; arr && i < json_array_get_length(arr); i++) {
-        JsonNode *n = json_array_get_element(arr, i);
+    if (!h || !h->reported || !h->clones || !name)
+        return NULL;
+    /* the pass asks for every row's clone: one index per report, not a
+     * walk of the report per row */
+    if (!h->clones_by_name) {
+        h->clones_by_name = g_hash_table_new(g_str_hash, g_str_equal);
+        for (guint i = 0; i < json_array_get_length(h->clones); i++) {
+            JsonNode *n = json_array_get_element(h->clones, i);
+            const char *key = JSON_NODE_HOLDS_OBJECT(n)
+                                  ? json_util_get_string(
+                                        json_node_get_object(n), "name", NULL)
+                                  : NULL;
 
-        if (JSON_NODE_HOLDS_OBJECT(n) &&
-            g_strcmp0(
-                json_util_get_string(json_node_get_object(n), "name", NULL),
-                name) == 0)
-            return json_node_get_object(n);
+            /* the first of a name wins, as the walk did */
+            if (key && !g_hash_table_contains(h->clones_by_name, key))
+                g_hash_table_insert(h->clones_by_name, (gpointer)key,
+                                    json_node_get_object(n));
+        }
     }
-    return NULL;
+    return g_hash_table_lookup(h->clones_by_name, name);
 }
 
 static void
