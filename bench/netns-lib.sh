@@ -10,7 +10,7 @@
 # and B costs 2 x (DELAY(A) + DELAY(B)) (20 ms to an origin at 9.75ms from
 # a host at 0.25ms; 1 ms between two hosts at 0.25ms).  The delay comes
 # from one of two methods (NETNS_DELAY_METHOD=auto, the default, picks the
-# first that works):
+# first that works; "none" drops the delays):
 #   netem               a veth pair, tc netem on both ends (the node's end
 #                       netem then tbf), where the kernel has sch_netem;
 #   netdelay TAP relay  a TAP device in the node and one on the bridge,
@@ -59,7 +59,7 @@ netns_switch() {
 netns_pick_method() {
     [ -z "$netns_method" ] || return 0
     case $NETNS_DELAY_METHOD in
-    netem | netdelay) netns_method=$NETNS_DELAY_METHOD ;;
+    netem | netdelay | none) netns_method=$NETNS_DELAY_METHOD ;;
     auto)
         if ip netns exec "$NETNS_PREFIX-sw" tc qdisc add dev lo root netem \
             delay 1ms 2>/dev/null; then
@@ -70,8 +70,8 @@ netns_pick_method() {
         fi
         ;;
     *)
-        echo "netns-lib: NETNS_DELAY_METHOD must be auto, netem or" \
-            "netdelay, not '$NETNS_DELAY_METHOD'" >&2
+        echo "netns-lib: NETNS_DELAY_METHOD must be auto, netem," \
+            "netdelay or none, not '$NETNS_DELAY_METHOD'" >&2
         return 1
         ;;
     esac
@@ -92,12 +92,13 @@ netns_attach() {
         { echo "netns-lib: bad delay '$delay' for $1" >&2; return 1; }
     ip netns add "$ns"
     NETNS_ALL+=("$ns")
+    if [ "$us" -gt 0 ]; then
+        netns_pick_method || return 1
+        [ "$netns_method" != none ] || us=0
+    fi
     netns_addr[$1]=$addr
     netns_delay[$1]=$us
     netns_rate[$1]=$rate
-    if [ "$us" -gt 0 ]; then
-        netns_pick_method || return 1
-    fi
     if [ "$us" -gt 0 ] && [ "$netns_method" = netdelay ]; then
         "$netns_tmp/netdelay" --pidfile "$netns_tmp/$1.pid" \
             "$ns" "$side" "$sw" "b-$side" "$delay" 2>>"$netns_tmp/$1.log" ||
@@ -133,6 +134,7 @@ netns_describe() {
     case $netns_method in
     netem) echo "tc tbf rates, delays by netem (one-way delay each direction)" ;;
     netdelay) echo "tc tbf rates, delays by the netdelay TAP relay (one-way delay each direction)" ;;
+    none) echo "tc tbf rates, no delays (NETNS_DELAY_METHOD=none)" ;;
     *) echo "tc tbf rates, no delays" ;;
     esac
 }
