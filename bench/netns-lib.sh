@@ -167,28 +167,29 @@ netns_check_rtt() {
 }
 
 # netns_cleanup: stop the relays, kill what runs in the namespaces, remove
-# them; prints a relay's drops, if any
+# them; prints a relay's drops, if any.  Safe under set -e (for traps).
 netns_cleanup() {
     local ns p i log
     for p in "${netns_relays[@]}"; do
-        kill -TERM "$p" 2>/dev/null
+        kill -TERM "$p" 2>/dev/null || true
     done
     for p in "${netns_relays[@]}"; do
         for ((i = 0; i < 50; i++)); do
             kill -0 "$p" 2>/dev/null || break
             sleep 0.1
         done
-        kill -KILL "$p" 2>/dev/null
+        kill -KILL "$p" 2>/dev/null || true
     done
     netns_relays=()
     for log in "$netns_tmp"/*.log; do
         [ -f "$log" ] || continue
         awk -v n="$(basename "$log" .log)" '$4 == "forwarded" &&
-            ($7 + $9 > 0) { print "netdelay " n ": " $0 > "/dev/stderr" }' "$log"
+            ($7 + $9 > 0) { print "netdelay " n ": " $0 > "/dev/stderr" }' \
+            "$log" || true
     done
     for ns in "${NETNS_ALL[@]}"; do
-        ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null
-        ip netns del "$ns" 2>/dev/null
+        ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+        ip netns del "$ns" 2>/dev/null || true
     done
     NETNS_ALL=()
     [ -z "$netns_tmp" ] || rm -rf "$netns_tmp"
