@@ -17,8 +17,10 @@
  *
  * It goes to the background once both devices exist (the command returns
  * then, or fails with the reason), writes its PID to --pidfile, and runs
- * until SIGTERM or SIGINT, or until a device goes away (its namespace was
- * deleted).  SIGUSR1 and the exit print the counters on stderr.
+ * until SIGTERM or SIGINT (or a device fails).  Its TAP descriptors hold
+ * their namespaces: `ip netns del` alone leaves the relay, its devices and
+ * the namespace alive, so stop the relay first (netns_cleanup does).
+ * SIGUSR1 and the exit print the counters on stderr.
  *
  * Invariants:
  *  1. One FIFO per direction, at most --queue frames (default 2048) of at
