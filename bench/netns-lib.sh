@@ -139,6 +139,16 @@ netns_describe() {
     esac
 }
 
+# netns_link NAME: node NAME's link as configured, for the output
+netns_link() {
+    if [ "${netns_delay[$1]}" -gt 0 ]; then
+        echo "${netns_rate[$1]}, one-way delay $(awk -v u="${netns_delay[$1]}" \
+            'BEGIN { printf "%g", u / 1000 }') ms"
+    else
+        echo "${netns_rate[$1]}, no delay"
+    fi
+}
+
 # netns_expected_rtt_ms A B: the configured round trip between nodes A, B
 netns_expected_rtt_ms() {
     awk -v a="${netns_delay[$1]}" -v b="${netns_delay[$2]}" \
