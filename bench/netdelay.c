@@ -340,6 +340,8 @@ main(int argc, char **argv)
         char c = 0;
 
         close(ready[1]);
+        free(dir[0].ring);
+        free(dir[1].ring);
         if (read(ready[0], &c, 1) != 1 || c != 'y')
             return 1; /* the child said why on stderr */
         return 0;
@@ -433,5 +435,7 @@ main(int argc, char **argv)
     direction_stats(&dir[1]);
     if (pidfile)
         unlink(pidfile);
+    free(dir[0].ring);
+    free(dir[1].ring);
     return stop_signal == SIGHUP ? 1 : 0;
 }
