@@ -155,6 +155,36 @@ cut_note(GString *out, guint shown, guint total, const char *what)
             shown, total, what, shown);
 }
 
+/* table_open: a section @id titled @title, and when @n rows exist the
+ * table with the header cells @heads (NULL-terminated); false, the
+ * section closed with "No @what.", when there are none */
+static bool
+table_open(GString *out, const char *id, const char *title, const char *note,
+           guint n, const char *what, const char *const *heads)
+{
+    g_string_append_printf(out, "<section id=\"%s\">\n<h2>%s</h2>\n%s", id,
+                           title, note ? note : "");
+    if (!n) {
+        g_string_append_printf(
+            out, "<p class=\"empty\">No %s.</p>\n</section>\n", what);
+        return false;
+    }
+    g_string_append(out, "<table>\n<thead><tr>");
+    for (guint i = 0; heads[i]; i++)
+        g_string_append_printf(out, "<th>%s</th>", heads[i]);
+    g_string_append(out, "</tr></thead>\n<tbody>\n");
+    return true;
+}
+
+/* table_close: the table's end, what was cut, the section's end */
+static void
+table_close(GString *out, guint shown, guint total, const char *what)
+{
+    g_string_append(out, "</tbody>\n</table>\n");
+    cut_note(out, shown, total, what);
+    g_string_append(out, "</section>\n");
+}
+
 /* ---- the tables ------------------------------------------------------- */
 
 static void
@@ -202,18 +232,14 @@ service_state(const StatusService *s)
 static void
 services_table(GString *out, const StatusPage *p)
 {
+    static const char *const heads[] = {"Service", "Generation", "Desired",
+                                        "Placed",  "Running",    "State",
+                                        "Rollout", NULL};
     guint shown = MIN(p->n_services, STATUS_SERVICES_ROWS_MAX);
 
-    g_string_append(out, "<section id=\"services\">\n<h2>Services</h2>\n");
-    if (!p->n_services) {
-        g_string_append(out, "<p class=\"empty\">No services.</p>\n"
-                             "</section>\n");
+    if (!table_open(out, "services", "Services", NULL, p->n_services,
+                    "services", heads))
         return;
-    }
-    g_string_append(out,
-                    "<table>\n<thead><tr><th>Service</th><th>Generation</th>"
-                    "<th>Desired</th><th>Placed</th><th>Running</th>"
-                    "<th>State</th><th>Rollout</th></tr></thead>\n<tbody>\n");
     for (guint i = 0; i < shown; i++) {
         const StatusService *s = &p->services[i];
         const char *state = service_state(s);
@@ -242,25 +268,19 @@ services_table(GString *out, const StatusPage *p)
         rollout_cell(out, s);
         g_string_append(out, "</tr>\n");
     }
-    g_string_append(out, "</tbody>\n</table>\n");
-    cut_note(out, shown, p->n_services, "services");
-    g_string_append(out, "</section>\n");
+    table_close(out, shown, p->n_services, "services");
 }
 
 static void
 clones_table(GString *out, const StatusPage *p)
 {
+    static const char *const heads[] = {
+        "Clone", "Service", "Host", "State", "Generation", "Reason", NULL};
     guint shown = MIN(p->n_clones, STATUS_CLONES_ROWS_MAX);
 
-    g_string_append(out, "<section id=\"clones\">\n<h2>Clones</h2>\n");
-    if (!p->n_clones) {
-        g_string_append(out, "<p class=\"empty\">No clones.</p>\n"
-                             "</section>\n");
+    if (!table_open(out, "clones", "Clones", NULL, p->n_clones, "clones",
+                    heads))
         return;
-    }
-    g_string_append(out, "<table>\n<thead><tr><th>Clone</th><th>Service</th>"
-                         "<th>Host</th><th>State</th><th>Generation</th>"
-                         "<th>Reason</th></tr></thead>\n<tbody>\n");
     for (guint i = 0; i < shown; i++) {
         const StatusClone *c = &p->clones[i];
 
@@ -291,9 +311,7 @@ clones_table(GString *out, const StatusPage *p)
             text(out, c->reason);
         g_string_append(out, "</td></tr>\n");
     }
-    g_string_append(out, "</tbody>\n</table>\n");
-    cut_note(out, shown, p->n_clones, "clones");
-    g_string_append(out, "</section>\n");
+    table_close(out, shown, p->n_clones, "clones");
 }
 
 static void
@@ -321,17 +339,12 @@ host_images_cell(GString *out, const StatusHost *h)
 static void
 hosts_table(GString *out, const StatusPage *p)
 {
+    static const char *const heads[] = {"Host",      "State",         "Clones",
+                                        "Last seen", "Images cached", NULL};
     guint shown = MIN(p->n_hosts, STATUS_HOSTS_ROWS_MAX);
 
-    g_string_append(out, "<section id=\"hosts\">\n<h2>Hosts</h2>\n");
-    if (!p->n_hosts) {
-        g_string_append(out, "<p class=\"empty\">No hosts.</p>\n"
-                             "</section>\n");
+    if (!table_open(out, "hosts", "Hosts", NULL, p->n_hosts, "hosts", heads))
         return;
-    }
-    g_string_append(out, "<table>\n<thead><tr><th>Host</th><th>State</th>"
-                         "<th>Clones</th><th>Last seen</th>"
-                         "<th>Images cached</th></tr></thead>\n<tbody>\n");
     for (guint i = 0; i < shown; i++) {
         const StatusHost *h = &p->hosts[i];
 
@@ -353,29 +366,23 @@ hosts_table(GString *out, const StatusPage *p)
         host_images_cell(out, h);
         g_string_append(out, "</tr>\n");
     }
-    g_string_append(out, "</tbody>\n</table>\n");
-    cut_note(out, shown, p->n_hosts, "hosts");
-    g_string_append(out, "</section>\n");
+    table_close(out, shown, p->n_hosts, "hosts");
 }
 
 static void
 events_table(GString *out, const StatusPage *p)
 {
+    static const char *const heads[] = {"Time", "Kind",    "Service",
+                                        "Host", "Message", NULL};
     guint shown = MIN(p->n_events, STATUS_EVENTS_ROWS_MAX);
+    g_autofree char *note =
+        g_strdup_printf("<p class=\"meta\">The newest %u, newest first "
+                        "(<code>sporectl events</code> has them all).</p>\n",
+                        STATUS_EVENTS_ROWS_MAX);
 
-    g_string_append_printf(out,
-                           "<section id=\"events\">\n<h2>Events</h2>\n"
-                           "<p class=\"meta\">The newest %u, newest first "
-                           "(<code>sporectl events</code> has them all).</p>\n",
-                           STATUS_EVENTS_ROWS_MAX);
-    if (!p->n_events) {
-        g_string_append(out, "<p class=\"empty\">No events.</p>\n"
-                             "</section>\n");
+    if (!table_open(out, "events", "Events", note, p->n_events, "events",
+                    heads))
         return;
-    }
-    g_string_append(out, "<table>\n<thead><tr><th>Time</th><th>Kind</th>"
-                         "<th>Service</th><th>Host</th><th>Message</th>"
-                         "</tr></thead>\n<tbody>\n");
     /* newest first: from the end of the array, oldest first */
     for (guint k = 0; k < shown; k++) {
         const StatusEvent *e = &p->events[p->n_events - 1 - k];
@@ -392,9 +399,7 @@ events_table(GString *out, const StatusPage *p)
         text(out, e->message);
         g_string_append(out, "</td></tr>\n");
     }
-    g_string_append(out, "</tbody>\n</table>\n");
-    cut_note(out, shown, p->n_events, "events");
-    g_string_append(out, "</section>\n");
+    table_close(out, shown, p->n_events, "events");
 }
 
 /* summary: one line of counts over all the rows (not only those shown) */

@@ -60,31 +60,6 @@ static FakeAgent agent;  /* hv1 */
 static FakeAgent agent2; /* hv2, connected by the tests that need it */
 static FakeAgent *cur;   /* the one the agent_* functions act for */
 
-static guint
-free_port_pair(void)
-{
-    for (;;) {
-        struct sockaddr_in a = {.sin_family = AF_INET};
-        socklen_t len = sizeof(a);
-        int s = socket(AF_INET, SOCK_STREAM, 0), t;
-        guint port;
-
-        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        cr_assert_eq(bind(s, (struct sockaddr *)&a, sizeof(a)), 0);
-        getsockname(s, (struct sockaddr *)&a, &len);
-        port = ntohs(a.sin_port);
-        t = socket(AF_INET, SOCK_STREAM, 0);
-        a.sin_port = htons(port + 1);
-        if (port < 65000 && bind(t, (struct sockaddr *)&a, sizeof(a)) == 0) {
-            close(s);
-            close(t);
-            return port;
-        }
-        close(s);
-        close(t);
-    }
-}
-
 static void
 agent_send(JsonObject *msg)
 {
@@ -455,7 +430,8 @@ setup(void)
         config.state_dsn = test_state_pg_dsn_new();
     }
     config.run_dir = g_build_filename(dir, "run", NULL);
-    config.listen = g_strdup_printf("tcp://127.0.0.1:%u", free_port_pair());
+    config.listen =
+        g_strdup_printf("tcp://127.0.0.1:%u", test_free_port_pair());
     config.hosts_dir = g_build_filename(dir, "hosts.d", NULL);
     config.lost_after_s = 60;
     config.resend_s = 5;

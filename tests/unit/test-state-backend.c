@@ -80,31 +80,6 @@ teardown(void)
 
 TestSuite(spored_state, .init = setup, .fini = teardown);
 
-static guint
-free_port_pair(void)
-{
-    for (;;) {
-        struct sockaddr_in a = {.sin_family = AF_INET};
-        socklen_t len = sizeof(a);
-        int s = socket(AF_INET, SOCK_STREAM, 0), t;
-        guint port;
-
-        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        cr_assert_eq(bind(s, (struct sockaddr *)&a, sizeof(a)), 0);
-        getsockname(s, (struct sockaddr *)&a, &len);
-        port = ntohs(a.sin_port);
-        t = socket(AF_INET, SOCK_STREAM, 0);
-        a.sin_port = htons(port + 1);
-        if (port < 65000 && bind(t, (struct sockaddr *)&a, sizeof(a)) == 0) {
-            close(s);
-            close(t);
-            return port;
-        }
-        close(s);
-        close(t);
-    }
-}
-
 /* write_conf: DIR/spored.conf with @state_group as its [state]; its path */
 static char *
 write_conf(const char *state_group)
@@ -113,7 +88,7 @@ write_conf(const char *state_group)
         "[spored]\nstate_dir=%s/state\nrun_dir=%s/run\n"
         "listen=tcp://127.0.0.1:%u\nhosts_dir=%s/hosts.d\nmetrics=none\n"
         "[state]\n%s",
-        dir, dir, free_port_pair(), dir, state_group);
+        dir, dir, test_free_port_pair(), dir, state_group);
     char *path = g_build_filename(dir, "spored.conf", NULL);
 
     cr_assert(g_file_set_contents(path, text, -1, NULL));

@@ -4,7 +4,10 @@
  */
 #include "test-util.h"
 
+#include <arpa/inet.h>
 #include <criterion/criterion.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <unistd.h>
 #include <glib/gstdio.h>
 
@@ -94,4 +97,29 @@ test_rm_rf(const char *path)
             g_unlink(child);
     }
     g_rmdir(path);
+}
+
+guint
+test_free_port_pair(void)
+{
+    for (;;) {
+        struct sockaddr_in a = {.sin_family = AF_INET};
+        socklen_t len = sizeof(a);
+        int s = socket(AF_INET, SOCK_STREAM, 0), t;
+        guint port;
+
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        cr_assert_eq(bind(s, (struct sockaddr *)&a, sizeof(a)), 0);
+        getsockname(s, (struct sockaddr *)&a, &len);
+        port = ntohs(a.sin_port);
+        t = socket(AF_INET, SOCK_STREAM, 0);
+        a.sin_port = htons(port + 1);
+        if (port < 65000 && bind(t, (struct sockaddr *)&a, sizeof(a)) == 0) {
+            close(s);
+            close(t);
+            return port;
+        }
+        close(s);
+        close(t);
+    }
 }

@@ -24,3 +24,7 @@ char *test_make_image(gsize size, bool sparse, guint32 seed);
 
 /* test_rm_rf: remove @path and everything below it, ignoring errors. */
 void test_rm_rf(const char *path);
+
+/* test_free_port_pair: a loopback TCP port P free now with P + 1 free too
+ * (spored listens on both) */
+guint test_free_port_pair(void);
