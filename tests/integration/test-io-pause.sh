@@ -13,7 +13,8 @@
 #   with backoff while it pauses again, and says so in its log; spored
 #   records a clone-paused event; once the origin is back the clone runs
 #   and boots, with no I/O error on its console, and spored records
-#   clone-resumed.  TAP output.
+#   clone-resumed — one of each for the outage, however many resumes it
+#   took.  TAP output.
 set -u
 . "$(dirname "$0")/lib.sh"
 BUILD=$1
@@ -90,6 +91,8 @@ check "the agent says it runs again" \
     wait_until 120 grep -Eq "domain $domain runs again after [0-9]+ resumes?" "$SITE/ip1.log"
 check "spored records a clone-resumed event" \
     wait_until 120 eval 'events_of clone-resumed | grep -q "^$domain runs again after an I/O error"'
+check "one outage, one clone-paused and one clone-resumed event (not one per resume)" \
+    test "$(events_of clone-paused | grep -c "^$domain ")/$(events_of clone-resumed | grep -c "^$domain ")" = 1/1
 check "service-show counts it running" \
     wait_until 120 eval '[ "$(ctl --json service-show "$service" | jget "r[\"service\"][\"running\"]")" = 1 ]'
 finish
