@@ -42,10 +42,19 @@ setup(void)
 static void
 teardown(void)
 {
-    test_rm_rf(dir);
-    g_free(dir);
-    g_free(path);
+    if (dir)
+        test_rm_rf(dir);
+    g_clear_pointer(&dir, g_free);
+    g_clear_pointer(&path, g_free);
 }
+
+/* skip_here: skip the test, its temporary directory removed first
+ * (Criterion runs no .fini after a skip) */
+#define skip_here(...)             \
+    do {                           \
+        teardown();                \
+        cr_skip_test(__VA_ARGS__); \
+    } while (0)
 
 TestSuite(manager_state, .init = setup, .fini = teardown);
 
@@ -90,7 +99,7 @@ Test(manager_state, creates_the_database_readable_by_its_owner_only)
     struct stat st;
 
     if (on_pg())
-        cr_skip_test("a SQLite file's mode (PostgreSQL has roles)");
+        skip_here("a SQLite file's mode (PostgreSQL has roles)");
     db = open_or_fail();
 
     cr_assert_eq(stat(path, &st), 0);
@@ -202,13 +211,14 @@ Test(manager_state, reports_every_write_to_a_read_only_database)
 
 Test(manager_state, reports_a_database_locked_by_another_connection)
 {
-    StateDb *db = populated();
+    StateDb *db = NULL;
     sqlite3 *other = NULL;
     g_autoptr(GError) err = NULL;
 
     if (on_pg())
-        cr_skip_test("SQLite's write lock (manager_state_pg has the "
-                     "PostgreSQL one)");
+        skip_here("SQLite's write lock (manager_state_pg has the "
+                  "PostgreSQL one)");
+    db = populated();
     cr_assert_eq(sqlite3_open(path, &other), SQLITE_OK);
     cr_assert_eq(sqlite3_exec(other, "BEGIN EXCLUSIVE", NULL, NULL, NULL),
                  SQLITE_OK);
@@ -240,7 +250,7 @@ Test(manager_state, reports_a_row_locked_by_another_session_after_lock_timeout)
     PGresult *res;
 
     if (!on_pg())
-        cr_skip_test("PostgreSQL's lock_timeout (SQLite has the test above)");
+        skip_here("PostgreSQL's lock_timeout (SQLite has the test above)");
     state_close(populated());
     dsn = g_strdup_printf("%s options='-c lock_timeout=200'", path);
     db = state_open_postgresql(dsn, &err);
@@ -318,7 +328,7 @@ Test(manager_state, brings_a_version_1_database_up_to_version_2)
     gint64 next = 0;
 
     if (on_pg())
-        cr_skip_test("PostgreSQL states began at version 2");
+        skip_here("PostgreSQL states began at version 2");
     /* what spored of schema 1 left: a service at generation 3, 2 clones */
     cr_assert_eq(sqlite3_open(path, &raw), SQLITE_OK);
     cr_assert_eq(
@@ -578,7 +588,7 @@ Test(manager_state, fails_one_of_two_transactions_that_would_not_serialize)
     bool b_done;
 
     if (!on_pg())
-        cr_skip_test("SQLite has one writer at a time: nothing to serialize");
+        skip_here("SQLite has one writer at a time: nothing to serialize");
     /* each reads the services, then adds one the other did not see */
     cr_assert(state_begin(a, &err) && state_begin(b, &err), "%s",
               err ? err->message : "");
