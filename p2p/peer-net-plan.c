@@ -253,6 +253,14 @@ window_full(PeerNet *net, Peer *p, NetImage *im)
     return p->outstanding >= net->cfg.window;
 }
 
+/* Locked.  Whether @p has not answered a FETCH yet (since its last missed
+ * one) and has one out: it takes no second before its answer. */
+static bool
+delegate_unproven_busy(Peer *p)
+{
+    return !p->delegate_proven && p->fetch_outstanding >= 1;
+}
+
 /* Locked.  Whether @p may take no more FETCH requests for @im: it is on
  * probation and has one out, or it has not answered a FETCH yet (since
  * its last missed one) and has a FETCH out (FETCH requests are not
@@ -262,9 +270,20 @@ delegate_full(PeerNet *net, Peer *p, NetImage *im)
 {
     PeerImage *pi = g_hash_table_lookup(p->images, im->digest);
 
-    if (!p->delegate_proven && p->fetch_outstanding >= 1)
+    if (delegate_unproven_busy(p))
         return true;
     return pi && (pi->probation || pi->misses) && p->outstanding >= 1;
+}
+
+/* Locked.  Whether a FETCH for @im that @p cannot take now waits for it:
+ * @p is not yet proven and has one out, and is not on probation (a
+ * delegate on probation is not waited for). */
+static bool
+delegate_waits(Peer *p, NetImage *im)
+{
+    PeerImage *pi = g_hash_table_lookup(p->images, im->digest);
+
+    return delegate_unproven_busy(p) && !(pi && (pi->probation || pi->misses));
 }
 
 bool
@@ -421,15 +440,8 @@ send_get(PeerNet *net, Job *job, Peer *p, bool fetch_flag)
         /* its time is the peer's fetch from the origin, as measured */
         double expect = p->latency_us + p->delegate_us;
 
-        if (p->delegate_proven)
-            o->hedge_at = now + MAX((gint64)net->cfg.hedge_ms * 1000,
-                                    (gint64)(2 * expect));
-        else
-            o->hedge_at =
-                now +
-                MIN((gint64)net->cfg.hedge_ms * 1000,
-                    MAX(UNPROVEN_HEDGE_FLOOR_US,
-                        (gint64)(UNPROVEN_HEDGE_LATENCIES * p->latency_us)));
+        o->hedge_at =
+            now + MAX((gint64)net->cfg.hedge_ms * 1000, (gint64)(2 * expect));
         p->fetch_outstanding++;
         o->deadline_at = now + MIN(MAX(DEADLINE_FLOOR_US,
                                        (gint64)(DEADLINE_FACTOR * expect)),
@@ -475,11 +487,18 @@ job_plan(PeerNet *net, Job *job)
     }
     if (!image_delegated_here(job->im, job->chunk)) {
         p = peer_origin_fetcher(net, job->im, job->chunk);
-        /* a delegate on probation, or not yet proven to do delegated
-         * fetches, takes one request at a time; the others this host
-         * fetches itself rather than wait (invariant 2) */
+        /* a delegate on probation takes one request at a time; the others
+         * this host fetches itself rather than wait (invariant 2).  One
+         * not yet proven to do delegated fetches takes one too, and the
+         * others wait for its answer (a short hedge at most), so that an
+         * honest one still fetches each of its chunks once for the site */
         if (p && !tried(job, p) && !delegate_full(net, p, job->im)) {
             send_get(net, job, p, true);
+            return;
+        }
+        if (p && !tried(job, p) && delegate_waits(p, job->im)) {
+            g_atomic_int_inc(&job->refs);
+            g_queue_push_tail(&net->waiting, job);
             return;
         }
     }

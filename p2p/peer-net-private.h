@@ -58,12 +58,6 @@
 #define DEADLINE_FLOOR_US (1500 * 1000)
 /* what a delegated fetch is expected to take before one was measured */
 #define DELEGATE_INITIAL_US (100.0 * 1000)
-/* a FETCH to a peer not yet proven to do them (delegate_proven) is hedged
- * (the chunk fetched here) after UNPROVEN_HEDGE_LATENCIES x its latency,
- * at least UNPROVEN_HEDGE_FLOOR_US, at most cfg.hedge_ms: the one chunk a
- * host that never does them holds costs a short wait, not a hedge */
-#define UNPROVEN_HEDGE_LATENCIES 4
-#define UNPROVEN_HEDGE_FLOOR_US  (100 * 1000)
 /* a peer that missed a deadline for an image: not asked for it for this
  * long, doubling with each miss in a row */
 #define IMAGE_DEAD_MIN_US (2 * G_USEC_PER_SEC)

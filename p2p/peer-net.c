@@ -19,7 +19,9 @@
  *   NEW --[inbox, job_plan: a peer holds it]--> SENT (GET to the best peer)
  *   NEW --[job_plan: nobody holds it, another host is its origin fetcher]-->
  *         SENT (GET with PEER_GET_FETCH to that host)
- *   NEW --[job_plan: every holder's window is full]--> WAITING
+ *   NEW --[job_plan: every holder's window is full, or the chunk's origin
+ *         fetcher has its one FETCH out before it proved it does them]-->
+ *         WAITING
  *   WAITING --[a slot, a HAVE: job_plan_waiting]--> job_plan
  *   SENT --[DATA of the right length: client_answer]--> DONE (ok)
  *   SENT --[ERR, a bad DATA, the peer dies, the deadline passes:
@@ -77,8 +79,10 @@
  *      probation with a request out, nor a second FETCH before it has
  *      answered one since its last missed one (delegate_full: a host
  *      that takes delegated fetches and never does them holds one chunk
- *      at a time, until that FETCH's short hedge; fetch_outstanding
- *      counts its FETCH requests among the outstanding);
+ *      at a time, until that FETCH's hedge, while the other chunks
+ *      it would fetch wait for that answer in WAITING — delegate_waits —
+ *      so that an honest one is not bypassed; fetch_outstanding counts
+ *      its FETCH requests among the outstanding);
  *   3. the bitmaps of peers only ever hold bits of chunks inside the image
  *      (HAVE and HAVE_UPDATE are checked against our own index; a HAVE
  *      with a bit set past the last chunk is refused);
