@@ -197,7 +197,10 @@ cmd_clone_prepare(const CtlCall *call)
                                    ? g_strdup(image)
                                    : g_canonicalize_filename(image, NULL);
     g_autofree char *image_key = master_key(backing);
+    const char *image_id = ctl_string(call, "image-id", NULL);
+    const char *uuid = ctl_string(call, "uuid", NULL);
     char hostname[256] = "localhost";
+    bool cloud_init;
 
     if (format && !format_is_known(format))
         return ctl_usage_error(call, "--image-format is raw or qcow2");
@@ -220,19 +223,15 @@ cmd_clone_prepare(const CtlCall *call)
     indexes = clone_indexes(call, m, 1);
     if (!indexes)
         return CTL_EXIT_USAGE;
-    if (m->customize.method != MANIFEST_CUSTOMIZE_CLOUD_INIT &&
-        (ctl_string(call, "image-id", NULL) || ctl_string(call, "uuid", NULL)))
+    cloud_init = m->customize.method == MANIFEST_CUSTOMIZE_CLOUD_INIT;
+    if (!cloud_init && (image_id || uuid))
         return ctl_usage_error(call, "--image-id and --uuid are for a "
                                      "cloud-init manifest's seeds");
-    if (ctl_string(call, "uuid", NULL) && indexes->len != 1)
+    if (uuid && indexes->len != 1)
         return ctl_usage_error(call, "--uuid names one clone: give one INDEX");
-    if (ctl_string(call, "uuid", NULL) &&
-        !g_uuid_string_is_valid(ctl_string(call, "uuid", NULL)))
-        return ctl_usage_error(call, "--uuid %s is not a UUID",
-                               ctl_string(call, "uuid", NULL));
-    if (m->customize.method == MANIFEST_CUSTOMIZE_CLOUD_INIT &&
-        strstr(backing, "://") && !ctl_string(call, "image-id", NULL) &&
-        !ctl_string(call, "uuid", NULL))
+    if (uuid && !g_uuid_string_is_valid(uuid))
+        return ctl_usage_error(call, "--uuid %s is not a UUID", uuid);
+    if (cloud_init && strstr(backing, "://") && !image_id && !uuid)
         return ctl_usage_error(call,
                                "a cloud-init seed's instance-id is the "
                                "clone's UUID, made from the image id: a URL "
@@ -264,7 +263,7 @@ cmd_clone_prepare(const CtlCall *call)
             return CTL_EXIT_FAILURE;
         }
     }
-    if (m->customize.method == MANIFEST_CUSTOMIZE_CLOUD_INIT)
+    if (cloud_init)
         return prepare_seeds(call, m, backing, jobs, paths);
     if (!clone_customize_batch((CloneCustomizeJob *)jobs->data, jobs->len,
                                &err)) {
