@@ -56,6 +56,8 @@ struct AgentLink {
 
     AgentCommands *commands; /* the worker's */
     char *peer_names;        /* the link thread's: the last peer list, logged */
+    char **managers;         /* config.manager's endpoints: the active
+                              * manager and its standbys (link_endpoints) */
 };
 
 /* ---- the journal -------------------------------------------------------- */
@@ -503,6 +505,23 @@ on_command(AgentLink *l, void *sock, JsonObject *cmd)
     }
 }
 
+/* link_endpoints: the endpoints of a manager setting, separated by
+ * spaces or commas ("tcp://a:7400, tcp://b:7400": an active manager and
+ * its standby, in any order) */
+static char **
+link_endpoints(const char *text)
+{
+    g_auto(GStrv) words = g_strsplit_set(text ? text : "", " ,\t", -1);
+    GPtrArray *out = g_ptr_array_new();
+
+    for (guint i = 0; words[i]; i++) {
+        if (*words[i])
+            g_ptr_array_add(out, g_strdup(words[i]));
+    }
+    g_ptr_array_add(out, NULL);
+    return (char **)g_ptr_array_free(out, FALSE);
+}
+
 /*
  * main_socket: the DEALER to the manager's agent endpoint.  libzmq does
  * not reconnect after the manager's ZAP handler refused the key, so a new
@@ -512,7 +531,9 @@ static void *
 main_socket(AgentLink *l, void *ctx)
 {
     void *sock = zmq_socket(ctx, ZMQ_DEALER);
-    int ivl = 1000, ivl_max = 30000, one = 1;
+    /* with a standby, its endpoint is tried every 2 s, not up to every
+     * 30 s, so that a takeover is seen within seconds */
+    int ivl = 1000, ivl_max = l->managers[1] ? 2000 : 30000, one = 1;
 
     wire_socket_defaults(sock);
     zmq_setsockopt(sock, ZMQ_CURVE_SERVERKEY, l->config.manager_key,
@@ -526,9 +547,14 @@ main_socket(AgentLink *l, void *ctx)
     zmq_setsockopt(sock, ZMQ_RECONNECT_IVL, &ivl, sizeof(ivl));
     zmq_setsockopt(sock, ZMQ_RECONNECT_IVL_MAX, &ivl_max, sizeof(ivl_max));
     zmq_setsockopt(sock, ZMQ_IMMEDIATE, &one, sizeof(one));
-    if (zmq_connect(sock, l->config.manager) != 0)
-        g_warning("cannot connect to the manager at %s: %s", l->config.manager,
-                  zmq_strerror(zmq_errno()));
+    /* one connection per endpoint: only the active manager listens (a
+     * standby binds nothing), so everything goes to it (ZMQ_IMMEDIATE:
+     * no message waits on a connection not made) */
+    for (guint i = 0; l->managers[i]; i++) {
+        if (zmq_connect(sock, l->managers[i]) != 0)
+            g_warning("cannot connect to the manager at %s: %s",
+                      l->managers[i], zmq_strerror(zmq_errno()));
+    }
     return sock;
 }
 
@@ -584,6 +610,8 @@ typedef struct {
     bool welcomed;
     gint64 last_hello, last_report, last_profiles, last_libvirt_try,
         last_register;
+    gint64 epoch;         /* the highest leader epoch seen, 0: none */
+    gint64 epoch_dropped; /* the last stale epoch logged */
 } LinkState;
 
 /* the registration socket: CURVE with our keys, to the manager's
@@ -592,7 +620,6 @@ static void *
 registration_socket(AgentLink *l, void *ctx)
 {
     void *reg = zmq_socket(ctx, ZMQ_DEALER);
-    g_autofree char *endpoint = wire_register_endpoint(l->config.manager);
     int one = 1;
 
     wire_socket_defaults(reg);
@@ -603,10 +630,14 @@ registration_socket(AgentLink *l, void *ctx)
     zmq_setsockopt(reg, ZMQ_CURVE_SECRETKEY, l->keys.secret_key,
                    WIRE_KEY_CHARS);
     zmq_setsockopt(reg, ZMQ_IMMEDIATE, &one, sizeof(one));
-    if (endpoint && zmq_connect(reg, endpoint) != 0)
-        g_warning("cannot connect to the manager's registration endpoint "
-                  "%s: %s",
-                  endpoint, zmq_strerror(zmq_errno()));
+    for (guint i = 0; l->managers[i]; i++) {
+        g_autofree char *endpoint = wire_register_endpoint(l->managers[i]);
+
+        if (endpoint && zmq_connect(reg, endpoint) != 0)
+            g_warning("cannot connect to the manager's registration "
+                      "endpoint %s: %s",
+                      endpoint, zmq_strerror(zmq_errno()));
+    }
     return reg;
 }
 
@@ -670,6 +701,37 @@ link_receive_one(void *sock, bool *ret_none)
     return obj;
 }
 
+/*
+ * link_epoch_ok: whether @obj comes from the site's active manager as
+ * far as this agent knows: its leader epoch (on a PostgreSQL state) is
+ * not below the highest seen.  A lower one is a manager that lost the
+ * site and has not noticed yet (spored's manager-leader.c): what it says
+ * is dropped, logged once per epoch.
+ */
+static bool
+link_epoch_ok(LinkState *st, JsonObject *obj)
+{
+    gint64 epoch = json_util_get_int(obj, "epoch", 0);
+
+    if (epoch <= 0 || epoch == st->epoch)
+        return true;
+    if (epoch > st->epoch) {
+        if (st->epoch > 0)
+            g_message("a new site manager is active (leader epoch "
+                      "%" G_GINT64_FORMAT ", was %" G_GINT64_FORMAT ")",
+                      epoch, st->epoch);
+        st->epoch = epoch;
+        return true;
+    }
+    if (st->epoch_dropped != epoch)
+        g_warning("dropped a '%s' message from a former site manager "
+                  "(leader epoch %" G_GINT64_FORMAT ", the active one's is "
+                  "%" G_GINT64_FORMAT ")",
+                  json_util_get_string(obj, "type", "?"), epoch, st->epoch);
+    st->epoch_dropped = epoch;
+    return false;
+}
+
 /* Every message waiting from the manager, by type. */
 static void
 link_receive(AgentLink *l, LinkState *st)
@@ -680,7 +742,7 @@ link_receive(AgentLink *l, LinkState *st)
         g_autoptr(JsonObject) obj = link_receive_one(st->sock, &none);
         const char *type = obj ? json_util_get_string(obj, "type", "") : NULL;
 
-        if (!type)
+        if (!type || !link_epoch_ok(st, obj))
             continue;
         if (g_str_equal(type, "welcome")) {
             gint64 ms = json_util_get_int(obj, "report_ms", 0);
@@ -800,6 +862,22 @@ agent_link_start(Agent *agent, const AgentLinkConfig *config, GError **error)
                     "key (manager_key)");
         return NULL;
     }
+    {
+        g_auto(GStrv) endpoints = link_endpoints(config->manager);
+
+        for (guint i = 0; endpoints[i] || i == 0; i++) {
+            g_autofree char *reg =
+                endpoints[i] ? wire_register_endpoint(endpoints[i]) : NULL;
+
+            if (!reg) {
+                g_set_error(error, SPORE_ERROR, SPORE_ERROR_USAGE,
+                            "manager '%s': %s is not tcp://HOST:PORT",
+                            config->manager,
+                            endpoints[i] ? endpoints[i] : "nothing");
+                return NULL;
+            }
+        }
+    }
     if (!wire_host_name_valid(config->host_name)) {
         g_set_error(error, SPORE_ERROR, SPORE_ERROR_USAGE,
                     "host name '%s' is not 1-63 of letters, digits, '-', "
@@ -811,6 +889,7 @@ agent_link_start(Agent *agent, const AgentLinkConfig *config, GError **error)
     l->agent = agent;
     l->config = *config;
     l->config.manager = g_strdup(config->manager);
+    l->managers = link_endpoints(config->manager);
     l->config.manager_key = g_strdup(config->manager_key);
     l->config.host_name = g_strdup(config->host_name);
     l->config.state_dir = g_strdup(config->state_dir);
@@ -882,6 +961,7 @@ agent_link_stop(AgentLink *l)
     g_free(l->peer_names);
     g_free(l->boot);
     g_free(l->config.manager);
+    g_strfreev(l->managers);
     g_free(l->config.manager_key);
     g_free(l->config.host_name);
     g_free(l->config.state_dir);

@@ -50,6 +50,39 @@ ctl_request_add_int(JsonBuilder *b, const char *name, gint64 value)
     json_builder_add_int_value(b, value);
 }
 
+/*
+ * ctl_manager_call_any: @request's reply from the first of @g's endpoints
+ * that answers.  Only a socket that cannot be reached (missing, refused:
+ * a standby binds none) moves on to the next: once a request was sent,
+ * its failure is final, since the manager may have applied it.
+ */
+JsonObject *
+ctl_manager_call_any(const CtlGlobals *g, JsonBuilder *request, bool quiet)
+{
+    g_autoptr(JsonNode) root = json_builder_get_root(request);
+    g_autoptr(GString) why = g_string_new(NULL);
+
+    for (guint i = 0; g->endpoints && g->endpoints[i]; i++) {
+        g_autoptr(GError) err = NULL;
+        JsonObject *reply = control_call("the site manager", g->endpoints[i],
+                                         json_node_get_object(root), &err);
+
+        if (reply)
+            return reply;
+        if (!g_error_matches(err, SPORE_ERROR, SPORE_ERROR_UNAVAILABLE)) {
+            g_string_assign(why, err->message);
+            break;
+        }
+        g_string_append_printf(why, "%s%s", why->len ? "; " : "",
+                               err->message);
+    }
+    if (!quiet) {
+        ctl_progress_end();
+        fprintf(stderr, "sporectl: %s\n", why->str);
+    }
+    return NULL;
+}
+
 JsonObject *
 ctl_manager_call(const CtlGlobals *g, const char *name, JsonBuilder *request,
                  const char *file)
@@ -58,7 +91,7 @@ ctl_manager_call(const CtlGlobals *g, const char *name, JsonBuilder *request,
     JsonArray *problems;
 
     json_builder_end_object(request);
-    reply = ctl_socket_call(g->endpoint, "the site manager", request, false);
+    reply = ctl_manager_call_any(g, request, false);
     if (!reply)
         return NULL;
     if (g->json)

@@ -69,7 +69,8 @@ const CtlOptDef ctl_global_options[] = {
     [GLOBAL_CONNECT] =
         {"connect", 'c', CTL_OPT_STRING, "ENDPOINT",
          .complete = CTL_COMPLETE_FILE,
-         .help = "the site manager's control socket (default: $SPORE_ENDPOINT "
+         .help = "the site manager's control socket; again for a standby's, "
+                 "tried in order (default: $SPORE_ENDPOINT, comma-separated, "
                  "or " CTL_DEFAULT_MANAGER_SOCKET ")"},
     [GLOBAL_AGENT] = {"agent", 0, CTL_OPT_STRING, "SOCKET",
                       .complete = CTL_COMPLETE_FILE,
@@ -349,6 +350,7 @@ ctl_usage_error(const CtlCall *call, const char *format, ...)
 typedef struct {
     CtlCall call;
     CtlValue globals[CTL_OPTS_MAX];
+    GPtrArray *connects; /* every -c given, in order (borrowed from argv) */
 } Parse;
 
 /* @text as an integer of [@min, @max]: false when it is not one */
@@ -422,6 +424,8 @@ parse_option(Parse *p, int argc, char **argv, int *i)
     }
     v->set = true;
     v->text = inline_value;
+    if (global && o == &ctl_global_options[GLOBAL_CONNECT])
+        g_ptr_array_add(p->connects, (gpointer)inline_value);
     return true;
 }
 
@@ -481,11 +485,21 @@ resolve_globals(Parse *p)
     CtlGlobals *g = &p->call.g;
 
     g->json = p->globals[GLOBAL_JSON].set;
-    g->endpoint = p->globals[GLOBAL_CONNECT].set
-                      ? p->globals[GLOBAL_CONNECT].text
-                      : g_getenv("SPORE_ENDPOINT");
-    if (!g->endpoint || !*g->endpoint)
-        g->endpoint = CTL_DEFAULT_MANAGER_SOCKET;
+    if (p->connects->len > 0) {
+        g_ptr_array_add(p->connects, NULL);
+        g->endpoints = g_strdupv((char **)p->connects->pdata);
+        g_ptr_array_set_size(p->connects, p->connects->len - 1);
+    } else {
+        g->endpoints = g_strsplit(g_getenv("SPORE_ENDPOINT")
+                                      ? g_getenv("SPORE_ENDPOINT")
+                                      : "",
+                                  ",", -1);
+    }
+    if (!g->endpoints[0] || !*g->endpoints[0]) {
+        g_strfreev(g->endpoints);
+        g->endpoints = g_strsplit(CTL_DEFAULT_MANAGER_SOCKET, ",", -1);
+    }
+    g->endpoint = g->endpoints[0];
     g->agent = p->globals[GLOBAL_AGENT].set ? p->globals[GLOBAL_AGENT].text
                                             : g_getenv("SPORE_AGENT_SOCKET");
     if (!g->agent || !*g->agent)
@@ -549,11 +563,14 @@ ctl_main(int argc, char **argv)
         return ctl_dump_table();
     p.call.args = g_ptr_array_new();
     p.call.arg_numbers = g_array_new(FALSE, TRUE, sizeof(guint64));
+    p.connects = g_ptr_array_new();
     status = parse_line(&p, argc, argv);
     if (status < 0)
         status = p.call.cmd->run(&p.call);
     ctl_progress_end();
     g_ptr_array_free(p.call.args, TRUE);
     g_array_free(p.call.arg_numbers, TRUE);
+    g_ptr_array_free(p.connects, TRUE);
+    g_strfreev(p.call.g.endpoints);
     return status;
 }

@@ -151,6 +151,7 @@ int
 ctl_complete(int argc, char **argv)
 {
     Scan s = {0};
+    g_autofree char *first = NULL;
     guint64 cword;
     char **words = argv + 1;
     const char *cur;
@@ -162,7 +163,9 @@ ctl_complete(int argc, char **argv)
     cur = (int)cword < argc - 1 ? words[cword] : "";
     scan_words(&s, words, (int)cword);
     if (!s.endpoint || !*s.endpoint)
-        s.endpoint = g_getenv("SPORE_ENDPOINT");
+        s.endpoint = first = g_strdup(g_getenv("SPORE_ENDPOINT"));
+    if (first && strchr(first, ','))
+        *strchr(first, ',') = '\0'; /* a list: its first */
     if (!s.endpoint || !*s.endpoint)
         s.endpoint = CTL_DEFAULT_MANAGER_SOCKET;
     if (s.pending) {

@@ -835,7 +835,7 @@ events_batch(const CtlCall *call, guint64 *since, bool first, guint *ret_n,
     *ret_gone = false;
     if (!first && ctl_flag(call, "follow")) {
         json_builder_end_object(b);
-        reply = ctl_socket_call(call->g.endpoint, "the site manager", b, true);
+        reply = ctl_manager_call_any(&call->g, b, true);
         if (!reply) {
             *ret_gone = true;
             return CTL_EXIT_OK;
@@ -886,8 +886,9 @@ cmd_events(const CtlCall *call)
         if (gone && !away)
             fprintf(stderr,
                     "sporectl events: the site manager at '%s' went away; "
-                    "waiting for it\n",
-                    call->g.endpoint);
+                    "waiting for it%s\n",
+                    call->g.endpoint,
+                    call->g.endpoints[1] ? " or a standby" : "");
         else if (!gone && away)
             fprintf(stderr,
                     "sporectl events: the site manager at '%s' is back; "

@@ -90,7 +90,11 @@ typedef struct {
 /* the global options, parsed */
 typedef struct {
     bool json;
-    const char *endpoint; /* the site manager's control socket */
+    const char *endpoint; /* the site manager's control socket: the first
+                           * of endpoints */
+    char **endpoints;     /* every -c (or $SPORE_ENDPOINT's comma-separated
+                           * list): an active manager and its standbys,
+                           * tried in order (ctl_manager_call) */
     const char *agent;    /* the host agent's control socket */
 } CtlGlobals;
 
@@ -259,4 +263,12 @@ JsonObject *ctl_manager_call(const CtlGlobals *g, const char *name,
  * (CTL_COMPLETE_SERVICE ... CTL_COMPLETE_IMAGE), a new array of strings,
  * or NULL when it cannot be reached or refuses (nothing printed).
  */
+/*
+ * ctl_manager_call_any: @request (ended) sent to the first of @g's
+ * endpoints that can be reached (a standby's socket cannot: the next is
+ * tried); its reply, or NULL, said on stderr unless @quiet.  Once sent, a
+ * request is not sent again elsewhere.
+ */
+JsonObject *ctl_manager_call_any(const CtlGlobals *g, JsonBuilder *request,
+                                 bool quiet);
 GPtrArray *ctl_manager_names(const char *endpoint, CtlComplete kind);

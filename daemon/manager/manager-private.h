@@ -89,6 +89,7 @@ struct Manager {
     WireKeys keys;
     GMutex lock;           /* guards db and runtime */
     StateDb *db;           /* the state's session (SQLite or PostgreSQL) */
+    gint64 epoch;          /* leader epoch (manager-leader.h), 0: SQLite */
     GHashTable *runtime;   /* host name -> HostRuntime * */
     GHashTable *manifests; /* "service:generation" -> ManagerManifest * */
     GHashTable *backoff;   /* "host/service" -> gint64 µs: no create before */

@@ -8,7 +8,7 @@
  * written once, in what both engines accept, and DIALECT() picks the few
  * statements that differ.
  *
- * Tables (schema version 2, the same on both backends; older versions are
+ * Tables (schema version 3, the same on both backends; older versions are
  * brought up to it by the steps of migrations[]):
  *   services   name, manifest (canonical XML), generation, desired count,
  *              deleting, cooldown_until
@@ -28,6 +28,8 @@
  *   profiles   per host and image: the merged access profile (chunk
  *              indexes in first-read order) and how many boots made it
  *   events     what happened, for `sporectl events`
+ *   leader     one row: the active manager's epoch, name and public key
+ *              (state-leader.c: which of two spored is active)
  *
  * Invariants:
  *   1. No statement's failure is dropped: each primitive below turns a
@@ -211,10 +213,19 @@ typedef struct {
     const char *sql;
 } Migration;
 
+/* version 3: the leader row (state-leader.c), the same on both */
+#define TABLES_V2_TO_V3                                                      \
+    "CREATE TABLE IF NOT EXISTS leader ("                                    \
+    "  id INTEGER PRIMARY KEY CHECK (id = 1), epoch BIGINT NOT NULL,"        \
+    "  holder TEXT NOT NULL, public_key TEXT NOT NULL,"                      \
+    "  since DOUBLE PRECISION NOT NULL)"
+
 static const Migration migrations[] = {
     {STATE_BACKEND_SQLITE, 0, 2, SQLITE_TABLES_V2},
     {STATE_BACKEND_SQLITE, 1, 2, SQLITE_V1_TO_V2},
     {STATE_BACKEND_POSTGRESQL, 0, 2, PG_TABLES_V2},
+    {STATE_BACKEND_SQLITE, 2, 3, TABLES_V2_TO_V3},
+    {STATE_BACKEND_POSTGRESQL, 2, 3, TABLES_V2_TO_V3},
 };
 
 /* ---- named states ------------------------------------------------------ */
@@ -648,8 +659,14 @@ state_close(StateDb *db)
 bool
 state_begin(StateDb *db, GError **error)
 {
-    return db->ops->begin(db, true, error) ||
-           db_fail("begin a transaction", error);
+    if (!db->ops->begin(db, true, error))
+        return db_fail("begin a transaction", error);
+    /* a fenced session writes nothing (state-leader.c) */
+    if (db->fence_epoch > 0 && !state_leader_fence_check(db, error)) {
+        state_rollback(db);
+        return false;
+    }
+    return true;
 }
 
 bool

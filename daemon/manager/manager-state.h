@@ -115,7 +115,7 @@ bool state_backend_from_string(const char *text, StateBackend *ret_backend);
 typedef struct StateDb StateDb;
 
 /* the schema version both backends are brought up to */
-#define STATE_SCHEMA_VERSION 2
+#define STATE_SCHEMA_VERSION 3
 
 /*
  * state_open: open (creating it 0600 if missing) the SQLite database at
@@ -480,3 +480,53 @@ void state_counts_clear(StateCounts *counts);
  * events kept */
 bool state_last_scaling(StateDb *db, GHashTable **ret_times, GError **error);
 bool state_counts(StateDb *db, StateCounts *ret_counts, GError **error);
+
+/* ---- the active manager (state-leader.c) ------------------------------- */
+
+/* the leader row: which spored is the site's active manager */
+typedef struct {
+    gint64 epoch;     /* 0: no manager was ever active on this state */
+    char *holder;     /* "HOSTNAME pid PID (ENDPOINT)" */
+    char *public_key; /* its CURVE public key: the agents' manager_key */
+    double since;     /* when it took over, seconds since the epoch */
+} LeaderRow;
+
+void leader_row_clear(LeaderRow *row);
+G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(LeaderRow, leader_row_clear)
+
+/*
+ * state_leader_lease: make @db a lease session: on PostgreSQL the server
+ * ends it when it stays idle @lease_s seconds (idle_session_timeout),
+ * which frees its advisory lock: the holder must call
+ * state_leader_read more often.  Nothing on SQLite.
+ */
+bool state_leader_lease(StateDb *db, guint lease_s, GError **error);
+/*
+ * state_leader_try_lock: take the site's leader lock for @db's session
+ * if no other session holds it (PostgreSQL: pg_try_advisory_lock;
+ * SQLite: always, one process per file).  *@ret_held: whether @db holds
+ * it now.
+ */
+bool state_leader_try_lock(StateDb *db, bool *ret_held, GError **error);
+/* state_leader_unlock: give the lock back (PostgreSQL) */
+bool state_leader_unlock(StateDb *db, GError **error);
+/* state_leader_read: the leader row (epoch 0 and NULL strings when
+ * none); clear it with leader_row_clear */
+bool state_leader_read(StateDb *db, LeaderRow *ret_row, GError **error);
+/*
+ * state_leader_take: with the leader lock held, make this manager the
+ * active one: the epoch one more than the row's, @holder and
+ * @public_key; *@ret_before: the row as it was.  Refused
+ * (SPORE_ERROR_CONFLICT) when the row has another public key: the agents
+ * would not accept this manager.
+ */
+bool state_leader_take(StateDb *db, const char *holder, const char *public_key,
+                       LeaderRow *ret_before, gint64 *ret_epoch,
+                       GError **error);
+/*
+ * state_fence: every later write transaction of @db (state_begin) checks
+ * first that the leader row's epoch is still @epoch, and fails when
+ * another manager took over; state_fenced says one did.
+ */
+void state_fence(StateDb *db, gint64 epoch);
+bool state_fenced(StateDb *db);

@@ -71,6 +71,10 @@ should_log_backpressure(Manager *m)
 bool
 manager_send(Manager *m, const char *host, JsonObject *msg)
 {
+    /* agents drop what a manager of an older epoch sends (a stale one
+     * that has not noticed yet: manager-leader.c) */
+    if (m->epoch > 0)
+        json_object_set_int_member(msg, "epoch", m->epoch);
     if (wire_send(m->router, host, msg))
         return true;
     m->stats.send_refused++;

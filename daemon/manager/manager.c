@@ -321,8 +321,39 @@ manager_state_open(const ManagerConfig *config, GError **error)
     return state_open(path, error);
 }
 
+/* took_over: on a PostgreSQL state, fence the state session at @epoch
+ * and say who took over the site */
+static bool
+took_over(Manager *m, GError **error)
+{
+    if (m->epoch <= 0)
+        return true;
+    state_fence(m->db, m->epoch);
+    if (!state_begin(m->db, error) ||
+        !manager_event(m, error, "manager-active", NULL, NULL,
+                       "spored listening on %s is the site's active manager "
+                       "(leader epoch %" G_GINT64_FORMAT ")",
+                       m->config.listen, m->epoch) ||
+        !state_commit(m->db, error)) {
+        state_rollback(m->db);
+        return false;
+    }
+    return true;
+}
+
+bool
+manager_fenced(Manager *m)
+{
+    bool fenced;
+
+    g_mutex_lock(&m->lock);
+    fenced = m->db && state_fenced(m->db);
+    g_mutex_unlock(&m->lock);
+    return fenced;
+}
+
 Manager *
-manager_new(const ManagerConfig *config, GError **error)
+manager_new(const ManagerConfig *config, gint64 epoch, GError **error)
 {
     g_autoptr(Manager) m = g_new0(Manager, 1);
 
@@ -335,6 +366,7 @@ manager_new(const ManagerConfig *config, GError **error)
     m->config.metrics_listen = g_strdup(config->metrics_listen);
     m->config.state_backend = g_strdup(config->state_backend);
     m->config.state_dsn = g_strdup(config->state_dsn);
+    m->epoch = epoch;
     g_mutex_init(&m->lock);
     m->runtime =
         g_hash_table_new_full(g_str_hash, g_str_equal, NULL, host_runtime_free);
@@ -357,7 +389,7 @@ manager_new(const ManagerConfig *config, GError **error)
     if (!wire_keys_load_or_create(m->config.state_dir, &m->keys, error))
         return NULL;
     m->db = manager_state_open(&m->config, error);
-    if (!m->db || !seed_runtime(m, error))
+    if (!m->db || !took_over(m, error) || !seed_runtime(m, error))
         return NULL;
 
     if (!manager_transport_bind(m, error))

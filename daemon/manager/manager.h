@@ -28,6 +28,8 @@ typedef struct {
     char *state_backend;      /* [state] backend: NULL or "sqlite": spored.db
                                  in state_dir; "postgresql": state_dsn */
     char *state_dsn;          /* [state] dsn: libpq's conninfo or URI */
+    guint lease_s;            /* [state] lease: PostgreSQL, the active
+                                 manager's lease (manager-leader.h) */
 } ManagerConfig;
 
 typedef struct Manager Manager;
@@ -40,7 +42,16 @@ typedef struct StateDb StateDb;
  */
 StateDb *manager_state_open(const ManagerConfig *config, GError **error);
 
-Manager *manager_new(const ManagerConfig *config, GError **error);
+/*
+ * manager_new: the site manager of @config, serving.  @epoch: its leader
+ * epoch on a PostgreSQL state (manager-leader.h): its state session
+ * writes only while the epoch is the site's, and every message to the
+ * agents carries it; 0 on SQLite.
+ */
+Manager *manager_new(const ManagerConfig *config, gint64 epoch,
+                     GError **error);
+/* manager_fenced: a write found that another manager took over */
+bool manager_fenced(Manager *m);
 void manager_free(Manager *m);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(Manager, manager_free)
 

@@ -17,6 +17,7 @@
 #include <systemd/sd-daemon.h>
 
 #include "config-util.h"
+#include "manager-leader.h"
 #include "manager-state.h"
 #include "manager.h"
 #include "spore-config.h"
@@ -25,7 +26,11 @@
 
 #define DEFAULT_CONFIG SPORE_SYSCONFDIR "/spore/spored.conf"
 #define CONFIG_GROUP   "spored"
-#define STATE_GROUP    "state" /* backend, dsn: the file only */
+#define STATE_GROUP    "state" /* backend, dsn, lease: the file only */
+/* the lease of the active manager, seconds ([state] lease) */
+#define DEFAULT_LEASE_S 5
+/* spored's exit status when another manager took over (EX_TEMPFAIL) */
+#define SPORED_EXIT_LOST 75
 
 typedef enum {
     KEY_STRING, /* a char * of ManagerConfig */
@@ -137,6 +142,24 @@ state_config(GKeyFile *kf, const char *file, ManagerConfig *cfg, GError **error)
                     "[state] dsn",
                     file ? file : "(defaults)");
         return false;
+    }
+    if (!g_key_file_has_key(kf, STATE_GROUP, "lease", NULL)) {
+        cfg->lease_s = DEFAULT_LEASE_S;
+    } else {
+        g_autofree char *text =
+            spore_key_string(kf, STATE_GROUP, "lease", NULL);
+        guint64 v = 0;
+
+        if (!text || !g_ascii_string_to_unsigned(text, 10, MANAGER_LEASE_MIN_S,
+                                                 3600, &v, NULL)) {
+            g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
+                        "config '%s': [state] lease '%s' is not a number of "
+                        "seconds from %d to 3600",
+                        file ? file : "(defaults)", text ? text : "",
+                        MANAGER_LEASE_MIN_S);
+            return false;
+        }
+        cfg->lease_s = (guint)v;
     }
     cfg->state_backend = g_steal_pointer(&backend);
     return true;
@@ -330,29 +353,116 @@ migrate_state(const ManagerConfig *cfg)
     return rc;
 }
 
-/* serve: run the manager until SIGTERM or SIGINT */
+/* what serve() shares with its callbacks */
+typedef struct {
+    const ManagerConfig *cfg;
+    GMainLoop *loop;
+    Manager *m;
+    ManagerLease *lease; /* PostgreSQL only */
+    Reload reload;
+    int rc;
+} Serve;
+
+/* serve_fail: stop the loop with @rc after saying why */
+static void
+serve_fail(Serve *s, int rc, const char *why)
+{
+    g_warning("%s", why);
+    s->rc = rc;
+    g_main_loop_quit(s->loop);
+}
+
+/* on_active: this spored holds the site's lease (or has SQLite): start
+ * the manager */
+static void
+on_active(gint64 epoch, const char *before, gpointer data)
+{
+    Serve *s = data;
+    g_autoptr(GError) err = NULL;
+
+    if (epoch > 0)
+        g_message("active: this spored holds the site's lease (leader epoch "
+                  "%" G_GINT64_FORMAT "; before: %s)",
+                  epoch, before ? before : "none");
+    s->m = manager_new(s->cfg, epoch, &err);
+    if (!s->m) {
+        g_autofree char *why = g_strdup_printf("%s", err->message);
+
+        serve_fail(s, 1, why);
+        return;
+    }
+    s->reload.m = s->m;
+    sd_notify(0, epoch > 0 ? "STATUS=active" : "READY=1");
+}
+
+/*
+ * on_lease_tick: once a second, whether this spored is still the active
+ * manager; exit 75 (EX_TEMPFAIL) when not — the unit restarts it, and
+ * it waits as a standby (manager-leader.h)
+ */
+static gboolean
+on_lease_tick(gpointer data)
+{
+    Serve *s = data;
+    g_autofree char *why = NULL;
+
+    if (s->m && manager_fenced(s->m))
+        why = g_strdup("a write found another manager active");
+    else if (!manager_lease_check(s->lease, &why) && !s->m) {
+        /* the key is not the site's: starting again will not help */
+        serve_fail(s, 1, why);
+        return G_SOURCE_REMOVE;
+    }
+    if (!why)
+        return G_SOURCE_CONTINUE;
+    {
+        g_autofree char *text = g_strdup_printf(
+            "no longer the site's active manager: %s; exiting (a new start "
+            "waits as a standby)",
+            why);
+
+        serve_fail(s, SPORED_EXIT_LOST, text);
+    }
+    return G_SOURCE_REMOVE;
+}
+
+/* serve: run the manager until SIGTERM or SIGINT, or until it loses the
+ * site's lease (PostgreSQL) */
 static int
 serve(const ManagerConfig *cfg, char *config_path, const ConfigFlags *flags)
 {
     g_autoptr(GError) err = NULL;
-    g_autoptr(GMainLoop) loop = NULL;
-    Reload reload = {NULL, config_path, flags};
-    Manager *m = manager_new(cfg, &err);
+    g_autoptr(GMainLoop) loop = g_main_loop_new(NULL, FALSE);
+    Serve s = {cfg, loop, NULL, NULL, {NULL, config_path, flags}, 0};
+    StateDb *first = NULL;
+    WireKeys keys;
 
-    if (!m) {
-        fprintf(stderr, "spored: %s\n", err->message);
-        return 1;
-    }
-    loop = g_main_loop_new(NULL, FALSE);
     g_unix_signal_add(SIGTERM, on_quit, loop);
     g_unix_signal_add(SIGINT, on_quit, loop);
-    reload.m = m;
-    g_unix_signal_add(SIGHUP, on_hup, &reload);
-    sd_notify(0, "READY=1");
-    g_main_loop_run(loop);
-    g_message("shutting down; agents keep their clones running");
-    manager_free(m);
-    return 0;
+    g_unix_signal_add(SIGHUP, on_hup, &s.reload);
+    if (g_strcmp0(cfg->state_backend, "postgresql") != 0) {
+        on_active(0, NULL, &s);
+    } else if (!wire_keys_load_or_create(cfg->state_dir, &keys, &err) ||
+               !(first = manager_state_open(cfg, &err))) {
+        /* settings that do not work now will not later: say so */
+        fprintf(stderr, "spored: %s\n", err->message);
+        return 1;
+    } else {
+        g_message("standby until this spored holds the site's lease "
+                  "([state] lease = %u s)",
+                  cfg->lease_s);
+        s.lease =
+            manager_lease_start(cfg, keys.public_key, first, on_active, &s);
+        g_timeout_add_seconds(1, on_lease_tick, &s);
+        sd_notify(0, "READY=1\nSTATUS=standby");
+    }
+    if (s.rc == 0)
+        g_main_loop_run(loop);
+    if (s.m)
+        g_message("shutting down; agents keep their clones running");
+    manager_free(s.m);
+    manager_lease_stop(s.lease);
+    return s.rc;
 }
 
 int

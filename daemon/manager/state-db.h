@@ -2,15 +2,14 @@
  * state-db.h: the driver interface under spored's state layer — one
  * connection to one database engine (SQLite or PostgreSQL), and the few
  * operations manager-state.c needs to run its SQL on it.  Only
- * manager-state.c and the tests include this header; the rest of spored
+ * manager-state.c, state-leader.c and the tests include this header; the rest of spored
  * sees StateDb as an opaque handle (manager-state.h).
  *
  * A StateDb is one *session*: one connection, used by one thread at a
  * time (the caller holds Manager.lock).  Whatever a session holds on the
  * server — its transaction, its prepared statements, and later the
  * active manager's lease (a PostgreSQL advisory lock is held by a
- * session: docs/state.md, "next step") — lives and dies with this
- * object.
+ * session: state-leader.c) — lives and dies with this object.
  *
  * The SQL is written once for both engines, in the subset they share:
  * "?" and "?N" parameters (the PostgreSQL driver rewrites them to "$N"),
@@ -95,6 +94,11 @@ struct StateDb {
      * commits it, its rollback rolls it back — SQLite's rule for a
      * savepoint outside a transaction, kept on both backends */
     bool savepoint_began;
+    /* state_fence: write transactions check the leader row's epoch is
+     * this one (0: no check, SQLite and the standby's lease session);
+     * fenced: a check found another, nothing more may be written */
+    gint64 fence_epoch;
+    bool fenced;
 };
 
 /* the head of every driver's statement */
@@ -123,6 +127,13 @@ StateDb *state_db_pg_open(const char *dsn, GError **error);
 /* state_db_pg_redact: @dsn for messages, the password replaced by "***";
  * a new string */
 char *state_db_pg_redact(const char *dsn);
+
+/*
+ * state_leader_fence_check: in @db's write transaction just begun, fail
+ * (SPORE_ERROR_CONFLICT, db->fenced set) when the leader row's epoch is
+ * no longer db->fence_epoch (state-leader.c; state_begin calls it).
+ */
+bool state_leader_fence_check(StateDb *db, GError **error);
 
 /* state_db_pg_translate: @sql with "?" and "?N" rewritten to "$N"
  * (outside quotes); a new string.  Exposed for the unit tests. */

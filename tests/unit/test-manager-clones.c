@@ -370,7 +370,7 @@ manager_start(void)
 {
     g_autoptr(GError) err = NULL;
 
-    m = manager_new(&config, &err);
+    m = manager_new(&config, 0, &err);
     cr_assert(m, "%s", err ? err->message : "");
 }
 

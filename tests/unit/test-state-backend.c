@@ -13,6 +13,7 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -355,4 +356,346 @@ Test(spored_state, answers_errors_while_its_database_is_down_and_recovers)
     cr_expect_eq(rc, 0, "spored reconnected: %s", err);
     cr_expect(spored_alive());
     spored_stop();
+}
+
+/* ---- active and standby (state-leader.c, manager-leader.c) ------------- */
+
+#define KEY_A "rq:rAtUIHb3-Ln0c0000000000000000000000000"
+#define KEY_B "rq:rAtUIHb3-Ln0c0000000000000000000000001"
+
+static StateDb *
+open_or_fail(const char *dsn)
+{
+    g_autoptr(GError) err = NULL;
+    StateDb *db = state_open_postgresql(dsn, &err);
+
+    cr_assert(db, "%s", err ? err->message : "");
+    return db;
+}
+
+static bool
+try_lock(StateDb *db)
+{
+    g_autoptr(GError) err = NULL;
+    bool held = false;
+
+    cr_assert(state_leader_try_lock(db, &held, &err), "%s",
+              err ? err->message : "");
+    return held;
+}
+
+static gint64
+take(StateDb *db, const char *holder, const char *key)
+{
+    g_autoptr(GError) err = NULL;
+    g_auto(LeaderRow) before = {0};
+    gint64 epoch = 0;
+
+    cr_assert(state_leader_take(db, holder, key, &before, &epoch, &err), "%s",
+              err ? err->message : "");
+    return epoch;
+}
+
+Test(spored_state, fences_the_writes_of_a_manager_another_took_over_from)
+{
+    g_autofree char *dsn = test_state_pg_dsn_new();
+    StateDb *lease_a = open_or_fail(dsn), *lease_b = open_or_fail(dsn);
+    StateDb *state_a = open_or_fail(dsn);
+    g_autoptr(GError) err = NULL;
+    g_auto(LeaderRow) row = {0};
+    g_auto(LeaderRow) before = {0};
+    gint64 epoch = 0;
+
+    test_state_fill(state_a);
+    cr_assert(try_lock(lease_a), "the first session gets the lock");
+    cr_expect_eq(take(lease_a, "a", KEY_A), 1);
+    cr_expect_not(try_lock(lease_b), "one holder at a time");
+    state_fence(state_a, 1);
+    cr_assert(state_begin(state_a, &err) &&
+                  state_service_set_desired(state_a, "web", 4, 0, &err) &&
+                  state_commit(state_a, &err),
+              "the active manager writes: %s", err ? err->message : "");
+
+    /* a: its lease session ends (dead, frozen past the lease, cut off) */
+    state_close(lease_a);
+    {
+        int i = 0;
+
+        /* the server ends the session's backend, and its locks, just
+         * after the connection closes */
+        while (i++ < WAIT_TRIES && !try_lock(lease_b))
+            g_usleep(WAIT_STEP_US);
+        cr_assert_lt(i, WAIT_TRIES, "the lock is free once its session ended");
+    }
+    cr_expect_eq(take(lease_b, "b", KEY_A), 2);
+    cr_expect_not(state_begin(state_a, &err), "a's next write is refused");
+    cr_expect(g_error_matches(err, SPORE_ERROR, SPORE_ERROR_CONFLICT), "%s",
+              err ? err->message : "");
+    cr_expect(err && strstr(err->message, "no longer the site's active "
+                                          "manager"),
+              "%s", err ? err->message : "");
+    cr_expect(state_fenced(state_a));
+    g_clear_error(&err);
+    cr_assert(state_begin_read(state_a, &err), "reads still work: %s",
+              err ? err->message : "");
+    state_rollback(state_a);
+    cr_assert(state_leader_read(lease_b, &row, &err), "%s",
+              err ? err->message : "");
+    cr_expect_eq(row.epoch, 2);
+    cr_expect_str_eq(row.holder, "b");
+    cr_expect_str_eq(row.public_key, KEY_A);
+
+    /* a manager with another key would not be accepted by the agents */
+    cr_expect_not(state_leader_take(lease_b, "c", KEY_B, &before, &epoch, &err));
+    cr_expect(g_error_matches(err, SPORE_ERROR, SPORE_ERROR_CONFLICT) &&
+                  strstr(err->message, "same curve.key"),
+              "%s", err ? err->message : "");
+    state_close(state_a);
+    state_close(lease_b);
+}
+
+/* Two spored on one database: "a" and "b", each with its own directories
+ * and port under DIR/NAME, the same CURVE key (a's, copied), lease 2 s */
+typedef struct {
+    char *name, *conf, *log, *sock;
+    GPid pid;
+} Manager2;
+
+static void
+manager2_init(Manager2 *m, const char *name, const char *dsn)
+{
+    g_autofree char *base = g_build_filename(dir, name, NULL);
+    g_autofree char *text = g_strdup_printf(
+        "[spored]\nstate_dir=%s/state\nrun_dir=%s/run\n"
+        "listen=tcp://127.0.0.1:%u\nhosts_dir=%s/hosts.d\nmetrics=none\n"
+        "[state]\nbackend=postgresql\ndsn=%s\nlease=2\n",
+        base, base, test_free_port_pair(), base, dsn);
+
+    cr_assert_eq(g_mkdir_with_parents(base, 0700), 0);
+    m->name = g_strdup(name);
+    m->conf = g_build_filename(base, "spored.conf", NULL);
+    m->log = g_build_filename(base, "spored.log", NULL);
+    m->sock = g_build_filename(base, "run", "control.sock", NULL);
+    cr_assert(g_file_set_contents(m->conf, text, -1, NULL));
+}
+
+static void
+manager2_start(Manager2 *m)
+{
+    g_autofree char *cmd =
+        g_strdup_printf("exec '%s' --config '%s' >>'%s' 2>&1",
+                        env_or_skip("SPORED"), m->conf, m->log);
+    const char *argv[] = {"/bin/sh", "-c", cmd, NULL};
+    g_autoptr(GError) err = NULL;
+
+    cr_assert(g_spawn_async(NULL, (char **)argv, NULL,
+                            G_SPAWN_DO_NOT_REAP_CHILD, NULL, NULL, &m->pid,
+                            &err),
+              "%s", err ? err->message : "");
+}
+
+/* manager2_exited: its exit status once it has exited, else -1 */
+static int
+manager2_exited(Manager2 *m)
+{
+    int status;
+
+    if (m->pid <= 0)
+        return -2;
+    if (waitpid(m->pid, &status, WNOHANG) != m->pid)
+        return -1;
+    m->pid = 0;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+static void
+manager2_kill(Manager2 *m, int sig)
+{
+    int status;
+
+    if (m->pid <= 0)
+        return;
+    kill(m->pid, sig);
+    if (sig == SIGKILL || sig == SIGTERM) {
+        waitpid(m->pid, &status, 0);
+        m->pid = 0;
+    }
+}
+
+static void
+manager2_clear(Manager2 *m)
+{
+    if (m->pid > 0) {
+        kill(m->pid, SIGCONT);
+        manager2_kill(m, SIGKILL);
+    }
+    g_free(m->name);
+    g_free(m->conf);
+    g_free(m->log);
+    g_free(m->sock);
+}
+
+static bool
+log_has(const Manager2 *m, const char *text)
+{
+    g_autofree char *log = NULL;
+
+    return g_file_get_contents(m->log, &log, NULL, NULL) && strstr(log, text);
+}
+
+/* wait_for: @cond(@m, @text) within the bounded wait */
+static bool
+wait_log(const Manager2 *m, const char *text)
+{
+    for (int i = 0; i < WAIT_TRIES; i++) {
+        if (log_has(m, text))
+            return true;
+        g_usleep(WAIT_STEP_US);
+    }
+    return false;
+}
+
+static bool
+wait_socket(const Manager2 *m)
+{
+    for (int i = 0; i < WAIT_TRIES; i++) {
+        if (g_file_test(m->sock, G_FILE_TEST_EXISTS))
+            return true;
+        g_usleep(WAIT_STEP_US);
+    }
+    return false;
+}
+
+/* copy_key: b's state directory gets a's CURVE key pair */
+static void
+copy_key(const Manager2 *from, const Manager2 *to)
+{
+    const char *files[] = {"curve.key", "curve.pub"};
+    g_autofree char *from_dir = g_path_get_dirname(from->conf);
+    g_autofree char *to_dir = g_path_get_dirname(to->conf);
+    g_autofree char *to_state = g_build_filename(to_dir, "state", NULL);
+
+    cr_assert_eq(g_mkdir_with_parents(to_state, 0700), 0);
+    for (guint i = 0; i < G_N_ELEMENTS(files); i++) {
+        g_autofree char *src = g_build_filename(from_dir, "state", files[i], NULL);
+        g_autofree char *dst = g_build_filename(to_state, files[i], NULL);
+        g_autofree char *text = NULL;
+        gsize len = 0;
+
+        cr_assert(g_file_get_contents(src, &text, &len, NULL), "%s", src);
+        cr_assert(g_file_set_contents(dst, text, (gssize)len, NULL));
+        cr_assert_eq(chmod(dst, 0600), 0);
+    }
+}
+
+/* ctl2: sporectl -c A -c B @cmd; exit status, output */
+static int
+ctl2(const Manager2 *a, const Manager2 *b, const char *cmd, char **ret_out,
+     char **ret_err)
+{
+    const char *argv[] = {env_or_skip("SPORECTL"), "-c", a->sock, "-c",
+                          b->sock, cmd, NULL};
+
+    return run(argv, ret_out, ret_err);
+}
+
+Test(spored_state, a_standby_takes_over_when_the_active_manager_is_killed)
+{
+    g_autofree char *dsn = test_state_pg_dsn_new();
+    g_autofree char *out = NULL;
+    g_autofree char *err = NULL;
+    Manager2 a = {0}, b = {0};
+    gint64 t0, t1;
+
+    manager2_init(&a, "a", dsn);
+    manager2_init(&b, "b", dsn);
+    manager2_start(&a);
+    cr_assert(wait_socket(&a), "a is active: see %s", a.log);
+    cr_expect(log_has(&a, "leader epoch 1; before: none"), "see %s", a.log);
+    copy_key(&a, &b);
+    manager2_start(&b);
+    cr_assert(wait_log(&b, "standby: "), "b waits: see %s", b.log);
+    cr_expect(wait_log(&b, "is the site's active manager (leader epoch 1)"),
+              "b says who is active: see %s", b.log);
+    cr_expect_not(g_file_test(b.sock, G_FILE_TEST_EXISTS),
+                  "a standby has no control socket");
+    cr_assert_eq(ctl2(&b, &a, "service-list", &out, &err), 0,
+                 "sporectl moves past the standby's socket: %s", err);
+
+    t0 = g_get_monotonic_time();
+    manager2_kill(&a, SIGKILL);
+    cr_assert(wait_socket(&b), "b takes over: see %s", b.log);
+    t1 = g_get_monotonic_time();
+    cr_log_info("takeover after kill -9: %.1f s",
+                (double)(t1 - t0) / G_USEC_PER_SEC);
+    cr_expect(log_has(&b, "leader epoch 2; before: "), "see %s", b.log);
+    g_clear_pointer(&out, g_free);
+    g_clear_pointer(&err, g_free);
+    cr_assert_eq(ctl2(&a, &b, "events", &out, &err), 0,
+                 "a's socket is gone, b answers: %s", err);
+    cr_expect(strstr(out, "is the site's active manager (leader epoch 1)") &&
+                  strstr(out, "is the site's active manager (leader epoch 2)"),
+              "both takeovers are events: %s", out);
+    manager2_clear(&a);
+    manager2_clear(&b);
+}
+
+Test(spored_state, a_frozen_active_manager_is_fenced_and_exits)
+{
+    g_autofree char *dsn = test_state_pg_dsn_new();
+    g_autofree char *out = NULL;
+    g_autofree char *err = NULL;
+    Manager2 a = {0}, b = {0};
+    int status = -1;
+
+    manager2_init(&a, "a", dsn);
+    manager2_init(&b, "b", dsn);
+    manager2_start(&a);
+    cr_assert(wait_socket(&a), "a is active: see %s", a.log);
+    copy_key(&a, &b);
+    manager2_start(&b);
+    cr_assert(wait_log(&b, "is the site's active manager (leader epoch 1)"),
+              "b waits: see %s", b.log);
+
+    /* a stops reading its lease (SIGSTOP: frozen, as on a cut network):
+     * the server ends its session after the lease, b takes over */
+    manager2_kill(&a, SIGSTOP);
+    cr_assert(wait_socket(&b), "b takes over from a frozen a: see %s", b.log);
+    cr_expect(log_has(&b, "leader epoch 2"), "see %s", b.log);
+    manager2_kill(&a, SIGCONT);
+    for (int i = 0; i < WAIT_TRIES && (status = manager2_exited(&a)) == -1; i++)
+        g_usleep(WAIT_STEP_US);
+    cr_expect_eq(status, 75, "a exits 75 once it sees it: status %d, see %s",
+                 status, a.log);
+    cr_expect(log_has(&a, "no longer the site's active manager"), "see %s",
+              a.log);
+    cr_assert_eq(ctl2(&a, &b, "service-list", &out, &err), 0, "%s", err);
+
+    /* a started again is b's standby */
+    manager2_start(&a);
+    cr_expect(wait_log(&a, "is the site's active manager (leader epoch 2)"),
+              "see %s", a.log);
+    manager2_clear(&a);
+    manager2_clear(&b);
+}
+
+Test(spored_state, refuses_to_stand_by_with_another_curve_key)
+{
+    g_autofree char *dsn = test_state_pg_dsn_new();
+    Manager2 a = {0}, b = {0};
+    int status = -1;
+
+    manager2_init(&a, "a", dsn);
+    manager2_init(&b, "b", dsn);
+    manager2_start(&a);
+    cr_assert(wait_socket(&a), "a is active: see %s", a.log);
+    manager2_start(&b); /* a key of its own */
+    for (int i = 0; i < WAIT_TRIES && (status = manager2_exited(&b)) == -1; i++)
+        g_usleep(WAIT_STEP_US);
+    cr_expect_eq(status, 1, "b exits 1: see %s", b.log);
+    cr_expect(log_has(&b, "copy the active manager's curve.key"), "see %s",
+              b.log);
+    cr_expect_eq(manager2_exited(&a), -1, "a goes on");
+    manager2_clear(&a);
+    manager2_clear(&b);
 }
