@@ -269,6 +269,17 @@ db
 stuck"
 ctl service-list --name
 check "service-list --name is -q" test "$(cat "$tmp/out" | wc -l)" -eq 3
+# an active manager and its standbys: -c again, tried in order
+run -c /nonexistent-standby.sock -c "$sock" service-list -q
+check "-c twice: a socket that cannot be reached (a standby's) is passed over" \
+    test "$rc" -eq 0 -a "$(head -n 1 "$tmp/out")" = web
+SPORE_ENDPOINT="/nonexistent-standby.sock,$sock" "$sporectl" service-list -q >"$tmp/out" 2>"$tmp/err"
+rc=$?
+check "\$SPORE_ENDPOINT: a comma-separated list, the same" \
+    test "$rc" -eq 0 -a "$(head -n 1 "$tmp/out")" = web
+run -c /nonexistent-1.sock -c /nonexistent-2.sock service-list
+check "none reachable: exit 1 naming each socket" \
+    test "$rc" -eq 1 -a -n "$(grep "'/nonexistent-1.sock'.*; .*'/nonexistent-2.sock'" "$tmp/err")"
 ctl clone-list web -q
 check "clone-list SERVICE -q" test "$(cat "$tmp/out")" = "web-0
 web-1"
