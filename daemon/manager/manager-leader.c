@@ -31,7 +31,7 @@
  *      the lease (≥ 2 s): the server ends it only when this process
  *      stops reading — dead, frozen or cut off.
  *   2. The main thread never waits for the lease thread: what it reads
- *      (state, epoch, last_ok) is under ManagerLease.lock, which the
+ *      (state, lost) is under ManagerLease.lock, which the
  *      thread never holds across a query.
  */
 #include "manager-leader.h"

@@ -363,6 +363,10 @@ manager_metrics(GString *out, gpointer data)
         return;
     }
     metric_counts(out, &c);
+    metric_value(out, "spore_leader_epoch",
+                 "This active manager's leader epoch on a PostgreSQL state "
+                 "(0: SQLite, no standby).",
+                 "gauge", m->epoch);
     metric_reported_clones(m, out);
     metric_value(out, "spore_hosts_accepted", "Accepted hosts.", "gauge",
                  c.hosts_accepted);
