@@ -28,7 +28,7 @@
 #define CONFIG_GROUP   "spored"
 #define STATE_GROUP    "state" /* backend, dsn, lease: the file only */
 /* the lease of the active manager, seconds ([state] lease) */
-#define DEFAULT_LEASE_S 5
+#define DEFAULT_LEASE_S 10
 /* spored's exit status when another manager took over (EX_TEMPFAIL) */
 #define SPORED_EXIT_LOST 75
 

@@ -6,7 +6,7 @@
 # the busybox test guest.  PostgreSQL is the throwaway server of
 # tests/pg-lib.sh (skipped without Debian's postgresql).
 #
-#   Manager a is active, b its standby (same CURVE key, [state] lease 3 s);
+#   Manager a is active, b its standby (same CURVE key, the default lease);
 #   the agents have both endpoints, sporectl both control sockets.  A
 #   service of 2 clones ("failo") runs.  Then a changed manifest starts a
 #   rollout and the service is scaled to 4, and while that is under way
@@ -28,7 +28,7 @@ trap 'site_test_cleanup; pg_stop' EXIT
 SITE_TAG=f$$
 SITE_LOST_AFTER=300 # agents stalled by a loaded, shared libvirtd are not lost
 pg_start || { echo "Bail out! PostgreSQL does not start"; exit 1; }
-printf '[state]\nbackend=postgresql\ndsn=%s\nlease=3\n' "$SPORE_TEST_PG_DSN" >"$SITE/state.conf"
+printf '[state]\nbackend=postgresql\ndsn=%s\n' "$SPORE_TEST_PG_DSN" >"$SITE/state.conf"
 SITE_SPORED_ARGS="--config $SITE/state.conf"
 site_test_start
 
