@@ -171,6 +171,19 @@ site_test_start() {
     echo "# domain type: $SITE_VIRT; site in $SITE"
 }
 
+# site_test_origin [EXTRA-CONFIG]: the test guest's kernel and initrd in
+# SITE, its disk in SITE/www served by lighttpd on a free port (sets port;
+# EXTRA-CONFIG as for start_origin), or bail out
+site_test_origin() {
+    mkdir -p "$SITE/www"
+    cp "$guest/vmlinuz" "$guest/initrd.img" "$SITE/"
+    ln "$guest/disk.raw" "$SITE/www/disk.raw" 2>/dev/null ||
+        cp "$guest/disk.raw" "$SITE/www/disk.raw"
+    port=$(free_port)
+    start_origin "$SITE/www" "$port" "$SITE" "${1:-}" ||
+        { echo "Bail out! lighttpd does not start"; exit 1; }
+}
+
 # finish: the TAP plan, and the exit status
 finish() {
     echo "1..$n"

@@ -32,11 +32,7 @@ printf '[state]\nbackend=postgresql\ndsn=%s\n' "$SPORE_TEST_PG_DSN" >"$SITE/stat
 SITE_SPORED_ARGS="--config $SITE/state.conf"
 site_test_start
 
-mkdir -p "$SITE/www"
-cp "$guest/vmlinuz" "$guest/initrd.img" "$SITE/"
-ln "$guest/disk.raw" "$SITE/www/disk.raw" 2>/dev/null || cp "$guest/disk.raw" "$SITE/www/disk.raw"
-port=$(free_port)
-start_origin "$SITE/www" "$port" "$SITE" || { echo "Bail out! lighttpd does not start"; exit 1; }
+site_test_origin
 
 ctl() { "$BUILD/daemon/sporectl" -c "$SITE/m/control.sock" -c "$SITE/mb/control.sock" "$@"; }
 jget() { python3 -c "import json,sys; r=json.load(sys.stdin); print($1)"; }

@@ -27,12 +27,7 @@ SITE_LOST_AFTER=300 # an agent stalled by a loaded, shared libvirtd is not lost
 SITE_AGENT_ARGS="--shim-timeout 5"
 site_test_start
 
-mkdir -p "$SITE/www"
-cp "$guest/vmlinuz" "$guest/initrd.img" "$SITE/"
-ln "$guest/disk.raw" "$SITE/www/disk.raw" 2>/dev/null || cp "$guest/disk.raw" "$SITE/www/disk.raw"
-port=$(free_port)
-start_origin "$SITE/www" "$port" "$SITE" ||
-    { echo "Bail out! lighttpd does not start"; exit 1; }
+site_test_origin
 
 service=iopause$$
 domain=$service-0

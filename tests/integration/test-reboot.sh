@@ -24,12 +24,7 @@ SITE_TAG=b$$
 SITE_LOST_AFTER=300 # agents stalled by a loaded, shared libvirtd are not lost
 site_test_start
 
-mkdir -p "$SITE/www"
-cp "$guest/vmlinuz" "$guest/initrd.img" "$SITE/"
-ln "$guest/disk.raw" "$SITE/www/disk.raw" 2>/dev/null || cp "$guest/disk.raw" "$SITE/www/disk.raw"
-port=$(free_port)
-start_origin "$SITE/www" "$port" "$SITE" "$RANGE_LOG_FORMAT" ||
-    { echo "Bail out! lighttpd does not start"; exit 1; }
+site_test_origin "$RANGE_LOG_FORMAT"
 
 ctl() { sporectl_site "$@"; }
 db() { sqlite3 -cmd '.timeout 5000' "$SITE/manager/spored.db" "$@"; }

@@ -26,11 +26,7 @@ SITE_TAG=r$$
 SITE_LOST_AFTER=300 # agents stalled by a loaded, shared libvirtd are not lost
 site_test_start
 
-mkdir -p "$SITE/www"
-cp "$guest/vmlinuz" "$guest/initrd.img" "$SITE/"
-ln "$guest/disk.raw" "$SITE/www/disk.raw" 2>/dev/null || cp "$guest/disk.raw" "$SITE/www/disk.raw"
-port=$(free_port)
-start_origin "$SITE/www" "$port" "$SITE" || { echo "Bail out! lighttpd does not start"; exit 1; }
+site_test_origin
 
 ctl() { sporectl_site "$@"; }
 jget() { python3 -c "import json,sys; r=json.load(sys.stdin); print($1)"; }

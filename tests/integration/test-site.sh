@@ -22,11 +22,7 @@ SITE_TAG=t$$
 SITE_LOST_AFTER=20
 site_test_start
 
-mkdir -p "$SITE/www"
-cp "$guest/vmlinuz" "$guest/initrd.img" "$SITE/"
-ln "$guest/disk.raw" "$SITE/www/disk.raw" 2>/dev/null || cp "$guest/disk.raw" "$SITE/www/disk.raw"
-port=$(free_port)
-start_origin "$SITE/www" "$port" "$SITE" || { echo "Bail out! lighttpd does not start"; exit 1; }
+site_test_origin
 
 ctl() { sporectl_site "$@"; }
 jget() { # jget PYTHON-EXPRESSION-ON-r: evaluate on the JSON on stdin

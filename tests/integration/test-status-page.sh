@@ -60,11 +60,7 @@ SITE_LOST_AFTER=300 # an agent stalled by a loaded, shared libvirtd is not lost
 svc=stpage$$
 site_test_start
 
-mkdir -p "$SITE/www"
-cp "$guest/vmlinuz" "$guest/initrd.img" "$SITE/"
-ln "$guest/disk.raw" "$SITE/www/disk.raw" 2>/dev/null || cp "$guest/disk.raw" "$SITE/www/disk.raw"
-port=$(free_port)
-start_origin "$SITE/www" "$port" "$SITE" || { echo "Bail out! lighttpd does not start"; exit 1; }
+site_test_origin
 
 ctl() { sporectl_site "$@"; }
 jget() { python3 -c "import json,sys; r=json.load(sys.stdin); print($1)"; }
