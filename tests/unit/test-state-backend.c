@@ -508,6 +508,18 @@ manager2_exited(Manager2 *m)
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
+/* manager2_wait_exit: its exit status (manager2_exited) within the
+ * bounded wait, -1 if it is still running */
+static int
+manager2_wait_exit(Manager2 *m)
+{
+    int status = -1;
+
+    for (int i = 0; i < WAIT_TRIES && (status = manager2_exited(m)) == -1; i++)
+        g_usleep(WAIT_STEP_US);
+    return status;
+}
+
 static void
 manager2_kill(Manager2 *m, int sig)
 {
@@ -543,7 +555,7 @@ log_has(const Manager2 *m, const char *text)
     return g_file_get_contents(m->log, &log, NULL, NULL) && strstr(log, text);
 }
 
-/* wait_for: @cond(@m, @text) within the bounded wait */
+/* wait_log: @m's log has @text, within the bounded wait */
 static bool
 wait_log(const Manager2 *m, const char *text)
 {
@@ -663,8 +675,7 @@ Test(spored_state, a_frozen_active_manager_is_fenced_and_exits)
     cr_assert(wait_socket(&b), "b takes over from a frozen a: see %s", b.log);
     cr_expect(log_has(&b, "leader epoch 2"), "see %s", b.log);
     manager2_kill(&a, SIGCONT);
-    for (int i = 0; i < WAIT_TRIES && (status = manager2_exited(&a)) == -1; i++)
-        g_usleep(WAIT_STEP_US);
+    status = manager2_wait_exit(&a);
     cr_expect_eq(status, 75, "a exits 75 once it sees it: status %d, see %s",
                  status, a.log);
     cr_expect(log_has(&a, "no longer the site's active manager"), "see %s",
@@ -690,8 +701,7 @@ Test(spored_state, refuses_to_stand_by_with_another_curve_key)
     manager2_start(&a);
     cr_assert(wait_socket(&a), "a is active: see %s", a.log);
     manager2_start(&b); /* a key of its own */
-    for (int i = 0; i < WAIT_TRIES && (status = manager2_exited(&b)) == -1; i++)
-        g_usleep(WAIT_STEP_US);
+    status = manager2_wait_exit(&b);
     cr_expect_eq(status, 1, "b exits 1: see %s", b.log);
     cr_expect(log_has(&b, "copy the active manager's curve.key"), "see %s",
               b.log);
