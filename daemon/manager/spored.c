@@ -284,6 +284,13 @@ on_hup(gpointer data)
         g_message("SIGHUP: no configuration file to reload");
         return G_SOURCE_CONTINUE;
     }
+    if (!r->m) {
+        /* a standby's manager starts with the settings it was started
+         * with: say so rather than drop the signal silently */
+        g_message("SIGHUP: a standby has no manager to reconfigure yet; "
+                  "restart it to read the file again");
+        return G_SOURCE_CONTINUE;
+    }
     if (!g_key_file_load_from_file(kf, r->config_path, G_KEY_FILE_NONE, &err))
         g_prefix_error(&err, "config '%s': ", r->config_path);
     if (!err && config_resolve(kf, r->config_path, r->flags, true, &cfg, &err))
@@ -386,9 +393,9 @@ on_active(gint64 epoch, const char *before, gpointer data)
                   epoch, before ? before : "none");
     s->m = manager_new(s->cfg, epoch, &err);
     if (!s->m) {
-        g_autofree char *why = g_strdup_printf("%s", err->message);
-
-        serve_fail(s, 1, why);
+        fprintf(stderr, "spored: %s\n", err->message); /* as before: stderr */
+        s->rc = 1;
+        g_main_loop_quit(s->loop);
         return;
     }
     s->reload.m = s->m;
