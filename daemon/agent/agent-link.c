@@ -47,6 +47,7 @@ struct AgentLink {
     gint stop;         /* atomic */
     gint report_now;   /* atomic: a domain changed state */
     gint report_ms;    /* atomic: may change on SIGHUP */
+    gint commands_out; /* atomic: commands pushed to the worker, not done */
 
     GMutex lock;           /* guards journal, in_flight */
     GHashTable *journal;   /* "KEY:ID" -> ack text */
@@ -207,6 +208,7 @@ worker(gpointer data, gpointer user)
     json_object_unref(job->cmd);
     g_free(job->key);
     g_free(job);
+    (void)g_atomic_int_dec_and_test(&l->commands_out);
 }
 
 /* ---- the link thread ---------------------------------------------------- */
@@ -501,6 +503,7 @@ on_command(AgentLink *l, void *sock, JsonObject *cmd)
 
         job->cmd = json_object_ref(cmd);
         job->key = g_steal_pointer(&key);
+        g_atomic_int_inc(&l->commands_out);
         g_thread_pool_push(l->worker, job, NULL);
     }
 }
@@ -552,8 +555,8 @@ main_socket(AgentLink *l, void *ctx)
      * no message waits on a connection not made) */
     for (guint i = 0; l->managers[i]; i++) {
         if (zmq_connect(sock, l->managers[i]) != 0)
-            g_warning("cannot connect to the manager at %s: %s",
-                      l->managers[i], zmq_strerror(zmq_errno()));
+            g_warning("cannot connect to the manager at %s: %s", l->managers[i],
+                      zmq_strerror(zmq_errno()));
     }
     return sock;
 }
@@ -933,11 +936,11 @@ agent_link_set_report_ms(AgentLink *l, guint ms)
         g_atomic_int_set(&l->report_ms, (gint)ms);
 }
 
-void
+bool
 agent_link_stop(AgentLink *l)
 {
     if (!l)
-        return;
+        return true;
     g_atomic_int_set(&l->stop, 1);
     if (l->thread)
         g_thread_join(l->thread);
@@ -945,6 +948,8 @@ agent_link_stop(AgentLink *l)
         g_thread_pool_free(l->worker, TRUE, FALSE); /* don't wait: an
                                                      * unjournaled command is
                                                      * sent again */
+    if (g_atomic_int_get(&l->commands_out) > 0)
+        return false; /* its thread still uses all of l: agent.h */
     if (l->acks) {
         JsonObject *ack;
 
@@ -972,4 +977,5 @@ agent_link_stop(AgentLink *l)
     g_free(l->config.inspect_cache);
     g_free(l->config.virt_type);
     g_free(l);
+    return true;
 }

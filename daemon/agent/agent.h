@@ -237,9 +237,14 @@ typedef struct AgentLink AgentLink;
 AgentLink *agent_link_start(Agent *agent, const AgentLinkConfig *config,
                             GError **error);
 
-/* agent_link_stop: stop the threads and free; accepts NULL.  A command
- * running is abandoned: the manager sends it again. */
-void agent_link_stop(AgentLink *link);
+/*
+ * agent_link_stop: stop the threads and free; accepts NULL.  A command
+ * running is abandoned (the manager sends it again): then nothing is
+ * freed, since its thread still uses the link, and false says the
+ * caller must leave with _exit() — exit()'s handlers (libguestfs closes
+ * its handles there) would run under that thread.
+ */
+bool agent_link_stop(AgentLink *link);
 
 /* agent_link_set_report_ms: change the report interval
  * (AGENT_REPORT_MS_MIN to AGENT_REPORT_MS_MAX; others are ignored).

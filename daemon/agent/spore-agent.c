@@ -15,6 +15,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 #include <glib.h>
 #include <glib-unix.h>
 #include <json-glib/json-glib.h>
@@ -280,7 +281,12 @@ main(int argc, char **argv)
     g_main_loop_run(loop);
     sd_notify(0, "STOPPING=1");
     g_message("shutting down; shims and clones keep running");
-    agent_link_stop(link);
+    if (!agent_link_stop(link)) {
+        g_message("a command of the site manager was still running: left "
+                  "unfinished (the manager sends it again)");
+        spore_metrics_stop(metrics_server);
+        _exit(0); /* agent.h: not exit() */
+    }
     spore_metrics_stop(metrics_server);
     /* connection threads may still wait on fetches: leave the rest to exit */
     return 0;

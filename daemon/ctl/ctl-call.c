@@ -73,8 +73,7 @@ ctl_manager_call_any(const CtlGlobals *g, JsonBuilder *request, bool quiet)
             g_string_assign(why, err->message);
             break;
         }
-        g_string_append_printf(why, "%s%s", why->len ? "; " : "",
-                               err->message);
+        g_string_append_printf(why, "%s%s", why->len ? "; " : "", err->message);
     }
     if (!quiet) {
         ctl_progress_end();

@@ -490,10 +490,9 @@ resolve_globals(Parse *p)
         g->endpoints = g_strdupv((char **)p->connects->pdata);
         g_ptr_array_set_size(p->connects, p->connects->len - 1);
     } else {
-        g->endpoints = g_strsplit(g_getenv("SPORE_ENDPOINT")
-                                      ? g_getenv("SPORE_ENDPOINT")
-                                      : "",
-                                  ",", -1);
+        g->endpoints = g_strsplit(
+            g_getenv("SPORE_ENDPOINT") ? g_getenv("SPORE_ENDPOINT") : "", ",",
+            -1);
     }
     if (!g->endpoints[0] || !*g->endpoints[0]) {
         g_strfreev(g->endpoints);

@@ -151,8 +151,8 @@ standby_step(ManagerLease *l, StateDb *db, char **last, GError **error)
         return false;
     if (!held) {
         g_autofree char *text = g_strdup_printf(
-            "standby: %s is the site's active manager (leader epoch %" G_GINT64_FORMAT
-            "); taking over when its lease ends",
+            "standby: %s is the site's active manager (leader epoch "
+            "%" G_GINT64_FORMAT "); taking over when its lease ends",
             row.holder ? row.holder : "another spored", row.epoch);
 
         note(last, text);
@@ -193,10 +193,9 @@ active_step(ManagerLease *l, StateDb **db)
         lease_set(l, LEASE_SUSPENDED, NULL);
     } else if (row.epoch != l->epoch) {
         lease_set(l, LEASE_LOST,
-                  g_strdup_printf("%s took over (leader epoch %" G_GINT64_FORMAT
-                                  ")",
-                                  row.holder ? row.holder : "another spored",
-                                  row.epoch));
+                  g_strdup_printf(
+                      "%s took over (leader epoch %" G_GINT64_FORMAT ")",
+                      row.holder ? row.holder : "another spored", row.epoch));
     }
 }
 
@@ -217,14 +216,14 @@ suspended_step(ManagerLease *l, StateDb *db)
     if (row.epoch != l->epoch || !held) {
         if (held)
             state_leader_unlock(db, NULL);
-        lease_set(l, LEASE_LOST,
-                  row.epoch != l->epoch
-                      ? g_strdup_printf("%s took over (leader epoch "
-                                        "%" G_GINT64_FORMAT ")",
-                                        row.holder ? row.holder
-                                                   : "another spored",
-                                        row.epoch)
-                      : g_strdup("another spored holds the site's lease"));
+        lease_set(
+            l, LEASE_LOST,
+            row.epoch != l->epoch
+                ? g_strdup_printf("%s took over (leader epoch "
+                                  "%" G_GINT64_FORMAT ")",
+                                  row.holder ? row.holder : "another spored",
+                                  row.epoch)
+                : g_strdup("another spored holds the site's lease"));
         return;
     }
     g_message("the lease is back: still the site's active manager (leader "

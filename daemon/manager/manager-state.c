@@ -214,10 +214,10 @@ typedef struct {
 } Migration;
 
 /* version 3: the leader row (state-leader.c), the same on both */
-#define TABLES_V2_TO_V3                                                      \
-    "CREATE TABLE IF NOT EXISTS leader ("                                    \
-    "  id INTEGER PRIMARY KEY CHECK (id = 1), epoch BIGINT NOT NULL,"        \
-    "  holder TEXT NOT NULL, public_key TEXT NOT NULL,"                      \
+#define TABLES_V2_TO_V3                                               \
+    "CREATE TABLE IF NOT EXISTS leader ("                             \
+    "  id INTEGER PRIMARY KEY CHECK (id = 1), epoch BIGINT NOT NULL," \
+    "  holder TEXT NOT NULL, public_key TEXT NOT NULL,"               \
     "  since DOUBLE PRECISION NOT NULL)"
 
 static const Migration migrations[] = {

@@ -48,8 +48,7 @@ StateDb *manager_state_open(const ManagerConfig *config, GError **error);
  * writes only while the epoch is the site's, and every message to the
  * agents carries it; 0 on SQLite.
  */
-Manager *manager_new(const ManagerConfig *config, gint64 epoch,
-                     GError **error);
+Manager *manager_new(const ManagerConfig *config, gint64 epoch, GError **error);
 /* manager_fenced: a write found that another manager took over */
 bool manager_fenced(Manager *m);
 void manager_free(Manager *m);

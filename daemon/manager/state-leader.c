@@ -159,8 +159,8 @@ state_leader_read(StateDb *db, LeaderRow *ret_row, GError **error)
 
 /* write_row: the leader row as @epoch, @holder, @public_key, now */
 static bool
-write_row(StateDb *db, gint64 epoch, const char *holder,
-          const char *public_key, GError **error)
+write_row(StateDb *db, gint64 epoch, const char *holder, const char *public_key,
+          GError **error)
 {
     const StateValue params[] = {
         {.type = G_TYPE_INT64, .i = epoch},
@@ -237,8 +237,8 @@ state_leader_fence_check(StateDb *db, GError **error)
     db->fenced = true;
     g_set_error(error, SPORE_ERROR, SPORE_ERROR_CONFLICT,
                 "this spored is no longer the site's active manager (its "
-                "leader epoch is %" G_GINT64_FORMAT ", the site's %" G_GINT64_FORMAT
-                "): nothing written",
+                "leader epoch is %" G_GINT64_FORMAT
+                ", the site's %" G_GINT64_FORMAT "): nothing written",
                 db->fence_epoch, epoch);
     return false;
 }

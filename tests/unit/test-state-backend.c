@@ -446,7 +446,8 @@ Test(spored_state, fences_the_writes_of_a_manager_another_took_over_from)
     cr_expect_str_eq(row.public_key, KEY_A);
 
     /* a manager with another key would not be accepted by the agents */
-    cr_expect_not(state_leader_take(lease_b, "c", KEY_B, &before, &epoch, &err));
+    cr_expect_not(
+        state_leader_take(lease_b, "c", KEY_B, &before, &epoch, &err));
     cr_expect(g_error_matches(err, SPORE_ERROR, SPORE_ERROR_CONFLICT) &&
                   strstr(err->message, "same curve.key"),
               "%s", err ? err->message : "");
@@ -589,7 +590,8 @@ copy_key(const Manager2 *from, const Manager2 *to)
 
     cr_assert_eq(g_mkdir_with_parents(to_state, 0700), 0);
     for (guint i = 0; i < G_N_ELEMENTS(files); i++) {
-        g_autofree char *src = g_build_filename(from_dir, "state", files[i], NULL);
+        g_autofree char *src =
+            g_build_filename(from_dir, "state", files[i], NULL);
         g_autofree char *dst = g_build_filename(to_state, files[i], NULL);
         g_autofree char *text = NULL;
         gsize len = 0;
@@ -605,8 +607,8 @@ static int
 ctl2(const Manager2 *a, const Manager2 *b, const char *cmd, char **ret_out,
      char **ret_err)
 {
-    const char *argv[] = {env_or_skip("SPORECTL"), "-c", a->sock, "-c",
-                          b->sock, cmd, NULL};
+    const char *argv[] = {
+        env_or_skip("SPORECTL"), "-c", a->sock, "-c", b->sock, cmd, NULL};
 
     return run(argv, ret_out, ret_err);
 }
