@@ -55,6 +55,19 @@
 G_STATIC_ASSERT(PEERS_PER_HOST <= WIRE_PEERS_MAX);
 /* a clone reported shut off is started again at most this often */
 #define RESTART_INTERVAL_US (30 * G_USEC_PER_SEC)
+/* at most this many clones are placed, and about this many commanded to
+ * be created, in one pass (PassBudget) */
+#define PASS_CLONES_MAX 500
+
+/* PassBudget: what one pass may still do of steps 4 and 5.  A submit of
+ * thousands of clones is spread over passes that follow each other at
+ * once (pass_continue), so that no pass holds the main loop, and the
+ * acks and reports waiting behind it, for long. */
+typedef struct {
+    guint place;  /* clones that may still be placed */
+    guint create; /* clones that may still be commanded */
+    bool more;    /* some were left for the next pass */
+} PassBudget;
 
 typedef struct {
     char *service;
@@ -129,30 +142,48 @@ image_object(Manager *m, const char *image, GError **error)
     return g_steal_pointer(&o);
 }
 
+/* CommandTemplate: what every command of a service carries, read once
+ * per pass (step 5 sends one per host: a thousand after a submit) */
+typedef struct {
+    ServiceRow *svc;   /* NULL: the service is gone */
+    JsonObject *image; /* image_object() of its image, shared by ref */
+} CommandTemplate;
+
+static void
+command_template_free(gpointer p)
+{
+    CommandTemplate *t = p;
+
+    g_clear_pointer(&t->svc, service_row_free);
+    g_clear_pointer(&t->image, json_object_unref);
+    g_free(t);
+}
+
+static CommandTemplate *service_template(Manager *m, const char *service,
+                                         GError **error);
+
 /* service_command: a command @op for @service carrying its image (the
- * agent serves it first), the service's row in *ret_svc; false on an
- * error, true with *ret_body NULL when the service is gone */
+ * agent serves it first), the service's row in *ret_svc (borrowed from
+ * the pass); false on an error, true with *ret_body NULL when the service
+ * is gone */
 static bool
 service_command(Manager *m, const char *service, const char *op,
-                ServiceRow **ret_svc, JsonObject **ret_body, GError **error)
+                const ServiceRow **ret_svc, JsonObject **ret_body,
+                GError **error)
 {
-    g_autoptr(ServiceRow) svc = NULL;
-    g_autoptr(JsonObject) image = NULL;
+    CommandTemplate *t = service_template(m, service, error);
     JsonObject *body;
 
     *ret_body = NULL;
-    if (!state_service_get(m->db, service, &svc, error))
+    if (!t)
         return false;
-    if (!svc)
+    if (!t->svc)
         return true;
-    image = image_object(m, svc->image, error);
-    if (!image)
-        return false;
     body = wire_new("cmd");
     json_object_set_string_member(body, "op", op);
     json_object_set_string_member(body, "service", service);
-    json_object_set_object_member(body, "image", g_steal_pointer(&image));
-    *ret_svc = g_steal_pointer(&svc);
+    json_object_set_object_member(body, "image", json_object_ref(t->image));
+    *ret_svc = t->svc;
     *ret_body = body;
     return true;
 }
@@ -161,7 +192,7 @@ static bool
 command_create(Manager *m, const char *host, const char *service,
                GArray *indexes, GError **error)
 {
-    g_autoptr(ServiceRow) svc = NULL;
+    const ServiceRow *svc = NULL;
     g_autoptr(JsonObject) body = NULL;
     g_autoptr(JsonArray) idx = json_array_new();
     g_autoptr(GString) list = g_string_new(NULL);
@@ -191,7 +222,7 @@ static bool
 command_start(Manager *m, const char *host, const char *service,
               GPtrArray *starts, GError **error)
 {
-    g_autoptr(ServiceRow) svc = NULL;
+    const ServiceRow *svc = NULL;
     g_autoptr(JsonObject) body = NULL;
     g_autoptr(JsonArray) arr = json_array_new();
     g_autoptr(GString) list = g_string_new(NULL);
@@ -806,7 +837,7 @@ host_usages(Manager *m, GPtrArray *hosts, GError **error)
  * (placement_queue_take), the hosts' caches of the image read once */
 static bool
 place_service(Manager *m, GArray *usages, GPtrArray *clones, guint from,
-              guint to, GError **error)
+              guint to, PassBudget *budget, GError **error)
 {
     const char *service = ((CloneRow *)clones->pdata[from])->service;
     Manifest *mf = manager_manifest(m, service, error);
@@ -836,9 +867,14 @@ place_service(Manager *m, GArray *usages, GPtrArray *clones, guint from,
     for (guint k = from; k < to; k++) {
         const CloneRow *c = clones->pdata[k];
         g_autofree char *reason = NULL;
-        int chosen = placement_queue_take(q, &reason);
+        int chosen;
         HostUsage *u;
 
+        if (budget->place == 0) {
+            budget->more = true;
+            return true;
+        }
+        chosen = placement_queue_take(q, &reason);
         if (chosen < 0) {
             g_debug("cannot place %s-%" G_GINT64_FORMAT " yet: %s", c->service,
                     c->index, reason);
@@ -855,13 +891,15 @@ place_service(Manager *m, GArray *usages, GPtrArray *clones, guint from,
                                : "spread"))
             return false;
         usage_add(u, c->service, mf);
+        budget->place--;
     }
     return true;
 }
 
-/* place_clones: O(clones + hosts x services with unplaced clones) */
+/* place_clones: O(clones + hosts x services with unplaced clones), at
+ * most budget->place of them */
 static bool
-place_clones(Manager *m, GError **error)
+place_clones(Manager *m, PassBudget *budget, GError **error)
 {
     g_autoptr(GPtrArray) unplaced = state_clone_list_unplaced(m->db, error);
     g_autoptr(GPtrArray) hosts = NULL;
@@ -871,11 +909,15 @@ place_clones(Manager *m, GError **error)
         return false;
     if (unplaced->len == 0)
         return true;
+    if (budget->place == 0) {
+        budget->more = true;
+        return true;
+    }
     hosts = state_host_list(m->db, true, error);
     if (!hosts || !(usages = host_usages(m, hosts, error)))
         return false;
     /* the list is by service: one run per service */
-    for (guint i = 0, j; i < unplaced->len; i = j) {
+    for (guint i = 0, j; i < unplaced->len && budget->place > 0; i = j) {
         const char *service = ((CloneRow *)unplaced->pdata[i])->service;
 
         for (j = i + 1;
@@ -883,7 +925,7 @@ place_clones(Manager *m, GError **error)
              g_str_equal(((CloneRow *)unplaced->pdata[j])->service, service);
              j++)
             ;
-        if (!place_service(m, usages, unplaced, i, j, error))
+        if (!place_service(m, usages, unplaced, i, j, budget, error))
             return false;
     }
     return true;
@@ -944,6 +986,8 @@ struct PassCache {
     GPtrArray *hosts;      /* of HostRow */
     GHashTable *host_rows; /* name -> HostRow (borrowed) */
     GHashTable *pending;   /* host -> GHashTable of keys (borrowed) */
+    GHashTable *templates; /* service -> CommandTemplate */
+    PassBudget *budget;    /* the pass's (borrowed) */
 };
 
 static void
@@ -958,6 +1002,7 @@ pass_cache_free(PassCache *pc)
     g_clear_pointer(&pc->host_rows, g_hash_table_unref);
     g_clear_pointer(&pc->hosts, g_ptr_array_unref);
     g_clear_pointer(&pc->pending, g_hash_table_unref);
+    g_clear_pointer(&pc->templates, g_hash_table_unref);
     g_free(pc);
 }
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(PassCache, pass_cache_free)
@@ -1011,9 +1056,13 @@ pass_cache_pending(Manager *m, PassCache *pc, GError **error)
 }
 
 static PassCache *
-pass_cache_new(Manager *m, GError **error)
+pass_cache_new(Manager *m, PassBudget *budget, GError **error)
 {
     g_autoptr(PassCache) pc = g_new0(PassCache, 1);
+
+    pc->budget = budget;
+    pc->templates = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
+                                          command_template_free);
 
     pc->clones = state_clone_list(m->db, NULL, NULL, error);
     pc->hosts = state_host_list(m->db, false, error);
@@ -1044,6 +1093,28 @@ pass_cache_new(Manager *m, GError **error)
     pc->current =
         g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
     return g_steal_pointer(&pc);
+}
+
+/* service_template: @service's CommandTemplate, read at its first
+ * command of the pass */
+static CommandTemplate *
+service_template(Manager *m, const char *service, GError **error)
+{
+    CommandTemplate *t = g_hash_table_lookup(m->pass->templates, service);
+    g_autoptr(ServiceRow) svc = NULL;
+    g_autoptr(JsonObject) image = NULL;
+
+    if (t)
+        return t;
+    if (!state_service_get(m->db, service, &svc, error))
+        return NULL;
+    if (svc && !(image = image_object(m, svc->image, error)))
+        return NULL;
+    t = g_new0(CommandTemplate, 1);
+    t->svc = g_steal_pointer(&svc);
+    t->image = g_steal_pointer(&image);
+    g_hash_table_insert(m->pass->templates, g_strdup(service), t);
+    return t;
 }
 
 /* pending_keys: "create:SERVICE:INDEX", "start:NAME" and "destroy:NAME"
@@ -1226,16 +1297,21 @@ plan_creates(Manager *m, HostRuntime *h, GHashTable *wanted,
     g_hash_table_iter_init(&it, wanted);
     while (g_hash_table_iter_next(&it, NULL, &v)) {
         Wanted *w = v;
-        g_autofree char *ckey =
-            g_strdup_printf("create:%s:%u", w->service, w->index);
-        g_autofree char *dkey = g_strdup_printf("destroy:%s", w->name);
-        g_autofree char *bkey = g_strdup_printf("%s/%s", h->name, w->service);
-        gint64 *until = g_hash_table_lookup(m->backoff, bkey);
+        g_autofree char *ckey = NULL;
+        g_autofree char *dkey = NULL;
+        g_autofree char *bkey = NULL;
+        gint64 *until;
         GArray *list;
 
+        /* the common case first, before any key is made: it runs */
         if (!w->current || /* an older generation is replaced, not made */
-            g_hash_table_contains(observed, w->name) ||
-            g_hash_table_contains(pending, ckey) ||
+            g_hash_table_contains(observed, w->name))
+            continue;
+        ckey = g_strdup_printf("create:%s:%u", w->service, w->index);
+        dkey = g_strdup_printf("destroy:%s", w->name);
+        bkey = g_strdup_printf("%s/%s", h->name, w->service);
+        until = g_hash_table_lookup(m->backoff, bkey);
+        if (g_hash_table_contains(pending, ckey) ||
             g_hash_table_contains(pending, dkey) ||
             (h->acked && g_hash_table_contains(h->acked, ckey)))
             continue;
@@ -1304,6 +1380,29 @@ plan_starts(Manager *m, HostRuntime *h, GHashTable *wanted, GHashTable *pending,
     }
 }
 
+/* budget_creates: @creates (one host's) fit in what is left of the
+ * pass's budget, or wait for the next pass; a host's creates are not
+ * split (one command per service, one appliance launch) */
+static void
+budget_creates(PassBudget *budget, GHashTable *creates)
+{
+    GHashTableIter it;
+    gpointer v;
+    guint n = 0;
+
+    g_hash_table_iter_init(&it, creates);
+    while (g_hash_table_iter_next(&it, NULL, &v))
+        n += ((GArray *)v)->len;
+    if (n == 0)
+        return;
+    if (budget->create == 0) {
+        budget->more = true;
+        g_hash_table_remove_all(creates);
+        return;
+    }
+    budget->create -= MIN(n, budget->create);
+}
+
 static bool
 reconcile_host(Manager *m, HostRuntime *h, GError **error)
 {
@@ -1325,6 +1424,7 @@ reconcile_host(Manager *m, HostRuntime *h, GError **error)
         return false;
     plan_destroys(h, wanted, pending, observed, destroys);
     plan_creates(m, h, wanted, pending, observed, creates);
+    budget_creates(m->pass->budget, creates);
     plan_starts(m, h, wanted, pending, starts);
     g_hash_table_iter_init(&it, starts);
     while (g_hash_table_iter_next(&it, &k, &v)) {
@@ -1345,9 +1445,9 @@ reconcile_host(Manager *m, HostRuntime *h, GError **error)
 }
 
 static bool
-reconcile_hosts(Manager *m, GError **error)
+reconcile_hosts(Manager *m, PassBudget *budget, GError **error)
 {
-    g_autoptr(PassCache) pc = pass_cache_new(m, error);
+    g_autoptr(PassCache) pc = pass_cache_new(m, budget, error);
     GHashTableIter it;
     gpointer v;
     bool ok = true;
@@ -1515,22 +1615,46 @@ send_peer_lists(Manager *m, GError **error)
 
 /* ---- the pass ---------------------------------------------------------- */
 
+static gboolean
+on_more(gpointer data)
+{
+    Manager *m = data;
+
+    m->pass_more = 0;
+    manager_reconcile(m);
+    return G_SOURCE_REMOVE;
+}
+
+/* pass_continue: the next pass, as soon as the main loop is idle (at the
+ * inbox's priority: the two take turns), for what this one's budget
+ * left; one at a time.  Main thread. */
+static void
+pass_continue(Manager *m)
+{
+    if (!m->pass_more)
+        m->pass_more =
+            g_idle_add_full(G_PRIORITY_DEFAULT_IDLE, on_more, m, NULL);
+}
+
 void
 manager_reconcile(Manager *m)
 {
     g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&m->lock);
     g_autoptr(GError) err = NULL;
     gint64 start = g_get_monotonic_time();
+    PassBudget budget = {PASS_CLONES_MAX, PASS_CLONES_MAX, false};
 
     if (!state_begin(m->db, &err) || !mark_lost_hosts(m, &err) ||
         !send_peer_lists(m, &err) || !mscale_evaluate(m, &err) ||
-        !sync_clone_rows(m, &err) || !place_clones(m, &err) ||
-        !reconcile_hosts(m, &err) || !state_commit(m->db, &err)) {
+        !sync_clone_rows(m, &err) || !place_clones(m, &budget, &err) ||
+        !reconcile_hosts(m, &budget, &err) || !state_commit(m->db, &err)) {
         state_rollback(m->db); /* invariant 1 */
         g_warning("reconciliation pass rolled back: %s", err->message);
         manager_note_pass(m, (double)(g_get_monotonic_time() - start) / 1e6);
         return;
     }
     send_pending(m);
+    if (budget.more)
+        pass_continue(m);
     manager_note_pass(m, (double)(g_get_monotonic_time() - start) / 1e6);
 }
