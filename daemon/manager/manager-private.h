@@ -103,10 +103,10 @@ struct Manager {
     bool peers_changed; /* a host came or went since they went out */
     guint64 peers_epoch;
     struct PassCache *pass;
+    /* during step 5 of a pass (manager-reconcile.c) */ /* broadcasts so far: rotates the random peers */
     /* the idle source of the pass that goes on with the clones the last
      * one left unplaced or uncommanded (its budget: manager-reconcile.c) */
     guint pass_more;
-    /* during step 5 of a pass (manager-reconcile.c) */ /* broadcasts so far: rotates the random peers */
 
     /* the inbox: messages read, not yet applied (bounded: INBOX_MAX_*) */
     GQueue inbox;
