@@ -139,7 +139,8 @@ struct Manager {
 typedef struct {
     Manifest *manifest;
     char *canonical;
-    /* clone index -> its UUID with image uuid_image (manager-reconcile.c) */
+    /* clone index -> its name and UUID with image uuid_image (CloneIds,
+     * manager-reconcile.c) */
     GHashTable *uuids;
     char *uuid_image;
 } ManagerManifest;

@@ -69,24 +69,15 @@ typedef struct {
     bool more;    /* some were left for the next pass */
 } PassBudget;
 
+/* a clone desired on a host; its strings are borrowed from the pass
+ * (the clone row) and the manifest cache (CloneIds) */
 typedef struct {
-    char *service;
+    const char *service;
     guint index;
-    char *name;
-    char *uuid;
+    const char *name;
+    const char *uuid;
     bool current; /* of the service's current generation: may be created */
 } Wanted;
-
-static void
-wanted_free(gpointer p)
-{
-    Wanted *w = p;
-
-    g_free(w->service);
-    g_free(w->name);
-    g_free(w->uuid);
-    g_free(w);
-}
 
 static GHashTable *pending_keys(Manager *m, const char *host, GError **error);
 static GPtrArray *command_keys(const char *text);
@@ -1177,27 +1168,84 @@ generation_image_id_cached(Manager *m, const char *service, gint64 generation,
     return true;
 }
 
-/* clone_uuid_cached: manifest_clone_uuid of clone @index of @e, computed
- * once per manifest entry and image */
-static const char *
-clone_uuid_cached(ManagerManifest *e, guint index, const char *image_id,
-                  guint64 generation)
-{
+/* CloneIds: a clone's name and UUID, kept in its manifest entry's cache
+ * (ManagerManifest.uuids: index -> CloneIds) */
+typedef struct {
+    char *name;
     char *uuid;
+} CloneIds;
+
+static void
+clone_ids_free(gpointer p)
+{
+    CloneIds *ids = p;
+
+    g_free(ids->name);
+    g_free(ids->uuid);
+    g_free(ids);
+}
+
+/* clone_ids_cached: the name and manifest_clone_uuid of clone @index of
+ * @e, computed once per manifest entry and image (every pass asks for
+ * every clone: no allocation then) */
+static const CloneIds *
+clone_ids_cached(ManagerManifest *e, guint index, const char *image_id,
+                 guint64 generation)
+{
+    CloneIds *ids;
 
     if (!e->uuids || g_strcmp0(e->uuid_image, image_id) != 0) {
         g_clear_pointer(&e->uuids, g_hash_table_unref);
         g_free(e->uuid_image);
         e->uuid_image = g_strdup(image_id);
-        e->uuids =
-            g_hash_table_new_full(g_direct_hash, g_direct_equal, NULL, g_free);
+        e->uuids = g_hash_table_new_full(g_direct_hash, g_direct_equal, NULL,
+                                         clone_ids_free);
     }
-    uuid = g_hash_table_lookup(e->uuids, GUINT_TO_POINTER(index));
-    if (!uuid) {
-        uuid = manifest_clone_uuid(e->canonical, index, image_id, generation);
-        g_hash_table_insert(e->uuids, GUINT_TO_POINTER(index), uuid);
+    ids = g_hash_table_lookup(e->uuids, GUINT_TO_POINTER(index));
+    if (!ids) {
+        ids = g_new(CloneIds, 1);
+        ids->name = manifest_clone_name(e->manifest, index);
+        ids->uuid =
+            manifest_clone_uuid(e->canonical, index, image_id, generation);
+        g_hash_table_insert(e->uuids, GUINT_TO_POINTER(index), ids);
     }
-    return uuid;
+    return ids;
+}
+
+/* WantedRun: what wanted_on resolves once per run of rows of one service
+ * and generation (a host's rows come by service and index) */
+typedef struct {
+    const char *service; /* NULL: nothing resolved yet */
+    gint64 generation;
+    gint64 current;
+    ManagerManifest *e; /* NULL: not kept, its rows skipped */
+    const char *image_id;
+} WantedRun;
+
+static bool
+wanted_run(Manager *m, const CloneRow *c, WantedRun *run, GError **error)
+{
+    g_autofree char *key = NULL;
+    g_autoptr(GError) err = NULL;
+
+    if (run->service && run->generation == c->generation &&
+        g_str_equal(run->service, c->service))
+        return true;
+    *run = (WantedRun){.service = c->service, .generation = c->generation};
+    key = g_strdup_printf("%s:%" G_GINT64_FORMAT, c->service, c->generation);
+    run->e = g_hash_table_lookup(m->manifests, key);
+    if (!service_current(m, c->service, &run->current, error))
+        return false;
+    if (!run->e)
+        run->e =
+            generation_entry(m, c->service, c->generation, run->current, &err);
+    if (err) {
+        g_propagate_error(error, g_steal_pointer(&err));
+        return false;
+    }
+    return !run->e ||
+           generation_image_id_cached(m, c->service, c->generation,
+                                      run->current, &run->image_id, error);
 }
 
 /* wanted_on: name -> Wanted, the clones desired on @host with their UUIDs
@@ -1206,42 +1254,28 @@ static GHashTable *
 wanted_on(Manager *m, const char *host, GError **error)
 {
     g_autoptr(GHashTable) wanted =
-        g_hash_table_new_full(g_str_hash, g_str_equal, NULL, wanted_free);
+        g_hash_table_new_full(g_str_hash, g_str_equal, NULL, g_free);
     GPtrArray *clones = g_hash_table_lookup(m->pass->by_host, host);
+    WantedRun run = {0};
 
     for (guint i = 0; clones && i < clones->len; i++) {
         CloneRow *c = clones->pdata[i];
-        g_autoptr(GError) err = NULL;
-        g_autofree char *key =
-            g_strdup_printf("%s:%" G_GINT64_FORMAT, c->service, c->generation);
-        ManagerManifest *e = g_hash_table_lookup(m->manifests, key);
-        const char *image_id = NULL;
-        gint64 current = -1;
+        const CloneIds *ids;
         Wanted *w;
 
-        if (!service_current(m, c->service, &current, error))
+        if (!wanted_run(m, c, &run, error))
             return NULL;
-        if (!e)
-            e = generation_entry(m, c->service, c->generation, current, &err);
-        if (err) {
-            g_propagate_error(error, g_steal_pointer(&err));
-            return NULL;
-        }
-        if (!e)
+        if (!run.e || !run.image_id)
             continue;
-        if (!generation_image_id_cached(m, c->service, c->generation, current,
-                                        &image_id, error))
-            return NULL;
-        if (!image_id)
-            continue;
-        w = g_new0(Wanted, 1);
-        w->service = g_strdup(c->service);
+        ids = clone_ids_cached(run.e, (guint)c->index, run.image_id,
+                               (guint64)c->generation);
+        w = g_new(Wanted, 1);
+        w->service = c->service;
         w->index = (guint)c->index;
-        w->current = c->generation == current;
-        w->name = manifest_clone_name(e->manifest, w->index);
-        w->uuid = g_strdup(
-            clone_uuid_cached(e, w->index, image_id, (guint64)c->generation));
-        g_hash_table_insert(wanted, w->name, w);
+        w->current = c->generation == run.current;
+        w->name = ids->name;
+        w->uuid = ids->uuid;
+        g_hash_table_insert(wanted, (gpointer)w->name, w);
     }
     return g_steal_pointer(&wanted);
 }
@@ -1558,8 +1592,8 @@ send_peer_lists(Manager *m, GError **error)
 {
     gint64 now = g_get_monotonic_time();
     g_autoptr(GPtrArray) up = g_ptr_array_new(); /* HostRuntime * */
-    g_autoptr(GPtrArray) rows =
-        g_ptr_array_new_with_free_func((GDestroyNotify)host_row_free);
+    g_autoptr(GPtrArray) rows = NULL;
+    g_autoptr(GHashTable) by_name = g_hash_table_new(g_str_hash, g_str_equal);
     g_autoptr(GPtrArray) images =
         g_ptr_array_new_with_free_func((GDestroyNotify)g_ptr_array_unref);
     g_autoptr(GPtrArray) entries =
@@ -1573,21 +1607,25 @@ send_peer_lists(Manager *m, GError **error)
         now - m->peers_sent <
             (m->peers_changed ? PEERS_MIN_US : PEERS_RESEND_US))
         return true;
+    /* the hosts' rows in one query, not one per host */
+    if (!(rows = state_host_list(m->db, false, error)))
+        return false;
+    for (guint i = 0; i < rows->len; i++)
+        g_hash_table_insert(by_name, ((HostRow *)rows->pdata[i])->name,
+                            rows->pdata[i]);
     g_hash_table_iter_init(&it, m->runtime);
     while (g_hash_table_iter_next(&it, NULL, &v)) {
         HostRuntime *h = v;
-        g_autoptr(HostRow) row = NULL;
+        HostRow *row;
         PeerCandidate c;
 
         if (!h->peer_endpoint || !manager_host_is_up(m, h->name))
             continue;
-        if (!state_host_get(m->db, h->name, &row, error))
-            return false;
+        row = g_hash_table_lookup(by_name, h->name);
         if (!row || !row->accepted)
             continue;
         g_ptr_array_add(up, h);
         g_ptr_array_add(entries, peer_entry(h, row));
-        g_ptr_array_add(rows, g_steal_pointer(&row));
         g_ptr_array_add(images, host_images(h));
         c.name = h->name;
         c.images = images->pdata[images->len - 1];
