@@ -59,6 +59,9 @@ G_STATIC_ASSERT(PEERS_PER_HOST <= WIRE_PEERS_MAX);
 /* at most this many clones are placed, and about this many commanded to
  * be created, in one pass (PassBudget) */
 #define PASS_CLONES_MAX 500
+/* a pass longer than this is logged with its steps' times (the target of
+ * docs/benchmarks.md, "Site manager scale") */
+#define PASS_SLOW_S 0.1
 
 /* PassBudget: what one pass may still do of steps 4 and 5.  A submit of
  * thousands of clones is spread over passes that follow each other at
@@ -1698,25 +1701,60 @@ pass_continue(Manager *m)
             g_idle_add_full(G_PRIORITY_DEFAULT_IDLE, on_more, m, NULL);
 }
 
+/* pass_lap: the time since *@t in ms into @at, *@t now; true, to be
+ * chained with the steps */
+static bool
+pass_lap(gint64 *t, double *at)
+{
+    gint64 now = g_get_monotonic_time();
+
+    *at = (double)(now - *t) / 1e3;
+    *t = now;
+    return true;
+}
+
+/* pass_note: record the pass; one over PASS_SLOW_S is logged with the
+ * time of each step (ms), to say which one to look at */
+static void
+pass_note(Manager *m, gint64 start, const double *ms)
+{
+    double s = (double)(g_get_monotonic_time() - start) / 1e6;
+
+    manager_note_pass(m, s);
+    if (s > PASS_SLOW_S)
+        g_message("slow reconciliation pass: %.0f ms (lost hosts %.1f, "
+                  "peer lists %.1f, scaling %.1f, rows %.1f, placement "
+                  "%.1f, hosts %.1f, commit %.1f, sends %.1f)",
+                  s * 1e3, ms[0], ms[1], ms[2], ms[3], ms[4], ms[5], ms[6],
+                  ms[7]);
+}
+
 void
 manager_reconcile(Manager *m)
 {
     g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&m->lock);
     g_autoptr(GError) err = NULL;
     gint64 start = g_get_monotonic_time();
+    gint64 t = start;
     PassBudget budget = {PASS_CLONES_MAX, PASS_CLONES_MAX, false};
+    double ms[8] = {0};
 
     if (!state_begin(m->db, &err) || !mark_lost_hosts(m, &err) ||
-        !send_peer_lists(m, &err) || !mscale_evaluate(m, &err) ||
-        !sync_clone_rows(m, &err) || !place_clones(m, &budget, &err) ||
-        !reconcile_hosts(m, &budget, &err) || !state_commit(m->db, &err)) {
+        !pass_lap(&t, &ms[0]) || !send_peer_lists(m, &err) ||
+        !pass_lap(&t, &ms[1]) || !mscale_evaluate(m, &err) ||
+        !pass_lap(&t, &ms[2]) || !sync_clone_rows(m, &err) ||
+        !pass_lap(&t, &ms[3]) || !place_clones(m, &budget, &err) ||
+        !pass_lap(&t, &ms[4]) || !reconcile_hosts(m, &budget, &err) ||
+        !pass_lap(&t, &ms[5]) || !state_commit(m->db, &err) ||
+        !pass_lap(&t, &ms[6])) {
         state_rollback(m->db); /* invariant 1 */
         g_warning("reconciliation pass rolled back: %s", err->message);
-        manager_note_pass(m, (double)(g_get_monotonic_time() - start) / 1e6);
+        pass_note(m, start, ms);
         return;
     }
     send_pending(m);
+    pass_lap(&t, &ms[7]);
     if (budget.more)
         pass_continue(m);
-    manager_note_pass(m, (double)(g_get_monotonic_time() - start) / 1e6);
+    pass_note(m, start, ms);
 }
