@@ -12,18 +12,26 @@
  *      generation replaces the old one's clones a step at a time within
  *      the manifest's <update> bounds (rollout_step, rollout.h); a
  *      deleted service goes once no host reports a clone of it;
- *   4. unplaced clones are placed (placement.c);
+ *   4. unplaced clones are placed (placement.c), at most
+ *      PASS_CLONES_MAX of them;
  *   5. per host that has reported since the manager started: each of its
  *      desired clones missing from the report is created (one command per
  *      service: one appliance launch), each reported clone that is not
  *      desired there, or is of another version (UUID), is destroyed;
  *      each desired clone of the current generation it reports shut off
- *      (a reboot) is started on its overlay (plan_starts);
+ *      (a reboot) is started on its overlay (plan_starts).  Creates stop
+ *      once the pass commanded PASS_CLONES_MAX clones (a host's are not
+ *      split): the hosts after wait for the next pass;
  *   6. commands not acknowledged within resend_s are sent again (not
  *      while more than RESEND_HOLD_MESSAGES messages wait in the inbox:
  *      the acks may be among them).
  * Agents apply a command id once; creating and destroying are idempotent
  * anyway (UUIDs), so re-sending is always safe.
+ *
+ * A pass is O(clones) and bounded: what steps 4 and 5 leave (a submit of
+ * thousands) is done by the passes that follow at once, on an idle source
+ * at the inbox's priority (pass_continue), so that acks and reports are
+ * applied between them and no pass holds the main loop for long.
  *
  * Invariants:
  *   1. Steps 1-5 are one transaction: a pass that fails at any statement
@@ -34,6 +42,9 @@
  *      above).
  *   3. Nothing is decided about a host before it reported since the
  *      manager started (HostRuntime.reported).
+ *   4. A pass that leaves placements or creates undone has the next pass
+ *      scheduled (Manager.pass_more, one at a time): nothing waits for the
+ *      timer.
  */
 #include "manager-private.h"
 
