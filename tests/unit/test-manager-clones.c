@@ -15,7 +15,8 @@
  *     failed create stops it with the old clones running, rollback keeps
  *     them; a clone reported shut off is started again;
  *   - a service of more clones than one pass commands is commanded over
- *     passes that follow at once, each clone once.
+ *     passes that follow at once, each clone once;
+ *   - each host is told the other's peer server and key.
  *
  * Every wait is for a condition; PUMP_TRIES_MAX only stops a broken
  * manager from hanging the suite.
@@ -57,6 +58,7 @@ typedef struct {
     guint64 memory_kib;
     guint create_cmds; /* clone-create commands executed */
     guint create_max;  /* the most clones one of them created */
+    JsonArray *peers;  /* of the last "peers" message */
 } FakeAgent;
 
 static char *dir;
@@ -82,6 +84,12 @@ agent_hello(void)
 
     json_object_set_string_member(hello, "host", cur->name);
     json_object_set_string_member(hello, "boot", "fake-boot");
+    {
+        g_autofree char *peer =
+            g_strdup_printf("tcp://127.0.0.1:%u", 20000 + (cur == &agent2));
+
+        json_object_set_string_member(hello, "peer_endpoint", peer);
+    }
     json_object_set_int_member(cap, "cpus", cur->cpus ? cur->cpus : 4);
     json_object_set_int_member(
         cap, "memory_kib", cur->memory_kib ? cur->memory_kib : 8 * 1024 * 1024);
@@ -218,6 +226,9 @@ agent_handle(JsonObject *msg)
 
     if (g_str_equal(type, "who")) {
         agent_hello();
+    } else if (g_str_equal(type, "peers")) {
+        g_clear_pointer(&cur->peers, json_array_unref);
+        cur->peers = json_array_ref(json_object_get_array_member(msg, "peers"));
     } else if (g_str_equal(type, "cmd") && g_str_equal(op, "clone-create") &&
                json_util_get_int(msg, "generation", 0) ==
                    cur->fail_generation) {
@@ -424,6 +435,7 @@ agent_disconnect(FakeAgent *a)
         return;
     zmq_close(a->sock);
     zmq_ctx_term(a->ctx);
+    g_clear_pointer(&a->peers, json_array_unref);
     g_ptr_array_unref(a->clones);
     g_ptr_array_unref(a->held);
     memset(a, 0, sizeof(*a));
@@ -674,6 +686,38 @@ Test(manager_clones, spreads_the_clones_of_a_service_over_the_hosts)
     h0 = host_of("web-0");
     h1 = host_of("web-1");
     cr_expect_str_neq(h0, h1, "both on %s", h0);
+}
+
+/* told_of: @a's last peer list names @name alone, with the endpoint of
+ * its hello and a key */
+static bool
+told_of(FakeAgent *a, const char *name)
+{
+    JsonObject *p;
+
+    if (!a->peers || json_array_get_length(a->peers) != 1)
+        return false;
+    p = json_array_get_object_element(a->peers, 0);
+    return p && g_str_equal(json_util_get_string(p, "name", ""), name) &&
+           g_str_equal(json_util_get_string(p, "endpoint", ""),
+                       g_str_equal(name, "hv2") ? "tcp://127.0.0.1:20001"
+                                                : "tcp://127.0.0.1:20000") &&
+           strlen(json_util_get_string(p, "key", "")) == WIRE_KEY_CHARS;
+}
+
+static bool
+peers_told(gpointer data)
+{
+    return told_of(&agent, "hv2") && told_of(&agent2, "hv1");
+}
+
+Test(manager_clones, tells_each_host_the_other_peer_server)
+{
+    agent_connect(&agent2, "hv2");
+    cr_assert(pump(both_reported, NULL));
+    cr_assert(pump(peers_told, NULL), "hv1 told %u peers, hv2 %u",
+              agent.peers ? json_array_get_length(agent.peers) : 0,
+              agent2.peers ? json_array_get_length(agent2.peers) : 0);
 }
 
 /* event_kinds: the kinds of service web's events, in order, space-joined */
