@@ -100,15 +100,25 @@ static GPtrArray *command_keys(const char *text);
 
 /* ---- commands to agents ------------------------------------------------ */
 
+static GPtrArray *command_keys_of(JsonObject *body);
+
+/* command_add: store @body as a command to @host, its keys (what it
+ * creates, starts, destroys) kept from here on, not parsed again from
+ * the stored text (Manager.command_keys: the pending commands') */
 static bool
 command_add(Manager *m, const char *host, const char *service, JsonObject *body,
             gint64 *ret_id, GError **error)
 {
     g_autofree char *text = json_util_to_text(body, false);
+    gint64 *id;
 
-    return state_command_add(m->db, host,
-                             json_util_get_string(body, "op", NULL), service,
-                             text, ret_id, error);
+    if (!state_command_add(m->db, host, json_util_get_string(body, "op", NULL),
+                           service, text, ret_id, error))
+        return false;
+    id = g_new(gint64, 1);
+    *id = *ret_id;
+    g_hash_table_insert(m->command_keys, id, command_keys_of(body));
+    return true;
 }
 
 /* image_object: the image of a create command: the service's image with
@@ -945,9 +955,17 @@ place_clones(Manager *m, PassBudget *budget, GError **error)
 static GPtrArray *
 command_keys(const char *text)
 {
-    GPtrArray *keys = g_ptr_array_new_with_free_func(g_free);
     g_autoptr(JsonObject) body =
         text ? wire_parse(text, strlen(text), NULL) : NULL;
+
+    return command_keys_of(body);
+}
+
+/* command_keys_of: the same of the object @body (may be NULL) */
+static GPtrArray *
+command_keys_of(JsonObject *body)
+{
+    GPtrArray *keys = g_ptr_array_new_with_free_func(g_free);
     const char *op = body ? json_util_get_string(body, "op", NULL) : NULL;
     const char *service = json_util_get_string(body, "service", NULL);
     JsonArray *arr;
@@ -1559,9 +1577,12 @@ command_send(Manager *m, const CommandRow *c)
 
 /* send_pending: send the commands due, recording the sends in one
  * transaction (invariant 2; one fdatasync for all, not one each); a
- * failure is logged and the rest wait for the next pass */
+ * failure is logged and the rest wait for the next pass.  With @after >=
+ * 0 (a pass that continues the last one's work) only the commands above
+ * that id, the pass's own: the search for re-sends reads every pending
+ * row, thousands after a big submit, and the timer's pass does it */
 static void
-send_pending(Manager *m)
+send_pending(Manager *m, gint64 after)
 {
     double now = state_now();
     g_autoptr(GError) err = NULL;
@@ -1573,10 +1594,14 @@ send_pending(Manager *m)
     }
     /* while messages wait to be applied, their acks may be among them:
      * first sends only, no re-sends (a resend storm would follow) */
-    due = state_command_list_pending(
-        m->db, NULL,
-        m->inbox.length > RESEND_HOLD_MESSAGES ? 1.0 : now - m->config.resend_s,
-        &err);
+    if (after >= 0)
+        due = state_command_list_pending_after(m->db, after, &err);
+    else
+        due = state_command_list_pending(m->db, NULL,
+                                         m->inbox.length > RESEND_HOLD_MESSAGES
+                                             ? 1.0
+                                             : now - m->config.resend_s,
+                                         &err);
     for (guint i = 0; due && i < due->len; i++) {
         CommandRow *c = due->pdata[i];
         HostRuntime *rt = g_hash_table_lookup(m->runtime, c->host);
@@ -1724,13 +1749,15 @@ send_peer_lists(Manager *m, GError **error)
 
 /* ---- the pass ---------------------------------------------------------- */
 
+static void reconcile(Manager *m, bool continuing);
+
 static gboolean
 on_more(gpointer data)
 {
     Manager *m = data;
 
     m->pass_more = 0;
-    manager_reconcile(m);
+    reconcile(m, true);
     return G_SOURCE_REMOVE;
 }
 
@@ -1785,8 +1812,10 @@ pass_note(Manager *m, gint64 start, double cpu_start, const double *ms)
                   ms[3], ms[4], ms[5], ms[6], ms[7]);
 }
 
-void
-manager_reconcile(Manager *m)
+/* reconcile: one pass; @continuing: one that goes on with what the last
+ * one left (pass_continue), which sends its own commands only */
+static void
+reconcile(Manager *m, bool continuing)
 {
     g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&m->lock);
     g_autoptr(GError) err = NULL;
@@ -1795,23 +1824,31 @@ manager_reconcile(Manager *m)
     double cpu_start = thread_cpu_ms();
     PassBudget budget = {PASS_CLONES_MAX, PASS_CLONES_MAX, false};
     double ms[8] = {0};
+    gint64 last_id = -1;
 
-    if (!state_begin(m->db, &err) || !mark_lost_hosts(m, &err) ||
-        !pass_lap(&t, &ms[0]) || !send_peer_lists(m, &err) ||
-        !pass_lap(&t, &ms[1]) || !mscale_evaluate(m, &err) ||
-        !pass_lap(&t, &ms[2]) || !sync_clone_rows(m, &err) ||
-        !pass_lap(&t, &ms[3]) || !place_clones(m, &budget, &err) ||
-        !pass_lap(&t, &ms[4]) || !reconcile_hosts(m, &budget, &err) ||
-        !pass_lap(&t, &ms[5]) || !state_commit(m->db, &err) ||
-        !pass_lap(&t, &ms[6])) {
+    if (!state_begin(m->db, &err) ||
+        (continuing && !state_command_last_id(m->db, &last_id, &err)) ||
+        !mark_lost_hosts(m, &err) || !pass_lap(&t, &ms[0]) ||
+        !send_peer_lists(m, &err) || !pass_lap(&t, &ms[1]) ||
+        !mscale_evaluate(m, &err) || !pass_lap(&t, &ms[2]) ||
+        !sync_clone_rows(m, &err) || !pass_lap(&t, &ms[3]) ||
+        !place_clones(m, &budget, &err) || !pass_lap(&t, &ms[4]) ||
+        !reconcile_hosts(m, &budget, &err) || !pass_lap(&t, &ms[5]) ||
+        !state_commit(m->db, &err) || !pass_lap(&t, &ms[6])) {
         state_rollback(m->db); /* invariant 1 */
         g_warning("reconciliation pass rolled back: %s", err->message);
         pass_note(m, start, cpu_start, ms);
         return;
     }
-    send_pending(m);
+    send_pending(m, last_id);
     pass_lap(&t, &ms[7]);
     if (budget.more)
         pass_continue(m);
     pass_note(m, start, cpu_start, ms);
+}
+
+void
+manager_reconcile(Manager *m)
+{
+    reconcile(m, false);
 }
