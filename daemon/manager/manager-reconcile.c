@@ -686,10 +686,26 @@ rollout_record(Manager *m, const ServiceRow *s, const RolloutRow *ro,
         *removes ? "; removing " : "", removes);
 }
 
+/* needs_rows: whether rollout_decide may add rows to @rows of @s: some
+ * are of another generation, or fewer than desired are */
+static bool
+needs_rows(const ServiceRow *s, GPtrArray *rows, const Manifest *mf)
+{
+    gint64 desired = CLAMP(s->desired, 0, (gint64)mf->scaling.max);
+
+    if ((gint64)rows->len < desired)
+        return true;
+    for (guint i = 0; i < rows->len; i++) {
+        if (((CloneRow *)rows->pdata[i])->generation != s->generation)
+            return true;
+    }
+    return false;
+}
+
 /* rollout_step: @s's clone rows one step closer to its desired count of
  * its current generation (rollout.h), recorded */
 static bool
-rollout_step(Manager *m, const ServiceRow *s, GHashTable *reported,
+rollout_step(Manager *m, const ServiceRow *s, GHashTable **reported,
              GError **error)
 {
     g_autoptr(GError) err = NULL;
@@ -729,7 +745,13 @@ rollout_step(Manager *m, const ServiceRow *s, GHashTable *reported,
             view[i].state != ROLLOUT_CLONE_RUNNING)
             view[i].state = ROLLOUT_CLONE_FAILED;
     }
-    busy = busy_indexes(g_hash_table_lookup(reported, s->name), rows);
+    /* busy indexes matter only to rows added; none are while every row
+     * is of the current generation and there are enough: then the walk
+     * of every report is spared (once per pass at most) */
+    if (needs_rows(s, rows, mf) && !*reported)
+        *reported = reported_indexes(m);
+    busy = busy_indexes(
+        *reported ? g_hash_table_lookup(*reported, s->name) : NULL, rows);
     limits = (RolloutLimits){
         .desired = (guint)CLAMP(s->desired, 0, (gint64)mf->scaling.max),
         .max_unavailable = mf->update.max_unavailable,
@@ -760,7 +782,6 @@ sync_clone_rows(Manager *m, GError **error)
 
     if (!services)
         return false;
-    reported = reported_indexes(m);
     for (guint i = 0; i < services->len; i++) {
         ServiceRow *s = services->pdata[i];
 
@@ -768,7 +789,7 @@ sync_clone_rows(Manager *m, GError **error)
             if (!state_clone_remove_all(m->db, s->name, error) ||
                 !service_gone(m, s->name, error))
                 return false;
-        } else if (!rollout_step(m, s, reported, error)) {
+        } else if (!rollout_step(m, s, &reported, error)) {
             return false;
         }
     }
