@@ -75,6 +75,20 @@ G_STATIC_ASSERT(PEERS_PER_HOST <= WIRE_PEERS_MAX);
  * docs/benchmarks.md, "Site manager scale") */
 #define PASS_SLOW_S 0.1
 
+/* PassRows: every clone row, read once by step 3 and kept for step 5
+ * unless a step changed the rows since (stale) */
+typedef struct {
+    GPtrArray *clones; /* of CloneRow, by service and index */
+    bool stale;
+} PassRows;
+
+static void
+pass_rows_clear(PassRows *pr)
+{
+    g_clear_pointer(&pr->clones, g_ptr_array_unref);
+}
+G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(PassRows, pass_rows_clear)
+
 /* PassBudget: what one pass may still do of steps 4 and 5.  A submit of
  * thousands of clones is spread over passes that follow each other at
  * once (pass_continue), so that no pass holds the main loop, and the
@@ -705,12 +719,11 @@ needs_rows(const ServiceRow *s, GPtrArray *rows, const Manifest *mf)
 /* rollout_step: @s's clone rows one step closer to its desired count of
  * its current generation (rollout.h), recorded */
 static bool
-rollout_step(Manager *m, const ServiceRow *s, GHashTable **reported,
-             GError **error)
+rollout_step(Manager *m, const ServiceRow *s, GPtrArray *rows,
+             GHashTable **reported, bool *ret_changed, GError **error)
 {
     g_autoptr(GError) err = NULL;
     Manifest *mf = manager_manifest(m, s->name, &err);
-    g_autoptr(GPtrArray) rows = NULL;
     g_autoptr(GArray) busy = NULL;
     g_autoptr(RolloutRow) ro = NULL;
     g_autofree RolloutClone *view = NULL;
@@ -723,8 +736,7 @@ rollout_step(Manager *m, const ServiceRow *s, GHashTable **reported,
         g_propagate_error(error, g_steal_pointer(&err));
         return false;
     }
-    if (!mf || !(rows = state_clone_list(m->db, s->name, NULL, error)) ||
-        !state_rollout_get(m->db, s->name, &ro, error))
+    if (!mf || !state_rollout_get(m->db, s->name, &ro, error))
         return mf == NULL;
     if (ro && g_str_equal(ro->state, STATE_ROLLOUT_ROLLING) &&
         !state_create_failure(m->db, s->name, s->generation, ro->started,
@@ -761,6 +773,7 @@ rollout_step(Manager *m, const ServiceRow *s, GHashTable **reported,
         .n_busy = busy->len,
     };
     rollout_decide(view, rows->len, &limits, &plan);
+    *ret_changed = plan.remove->len || plan.create->len;
     ok = true;
     for (guint i = 0; ok && i < plan.remove->len; i++)
         ok = state_clone_remove(m->db, s->name,
@@ -774,24 +787,54 @@ rollout_step(Manager *m, const ServiceRow *s, GHashTable **reported,
     return ok;
 }
 
+/* rows_by_service: service -> GPtrArray of its rows in @clones
+ * (borrowed) */
+static GHashTable *
+rows_by_service(GPtrArray *clones)
+{
+    GHashTable *by = g_hash_table_new_full(g_str_hash, g_str_equal, NULL,
+                                           (GDestroyNotify)g_ptr_array_unref);
+
+    for (guint i = 0; i < clones->len; i++) {
+        CloneRow *c = clones->pdata[i];
+        GPtrArray *list = g_hash_table_lookup(by, c->service);
+
+        if (!list) {
+            list = g_ptr_array_new();
+            g_hash_table_insert(by, c->service, list);
+        }
+        g_ptr_array_add(list, c);
+    }
+    return by;
+}
+
+/* sync_clone_rows: step 3, every clone row read once (into @pr) */
 static bool
-sync_clone_rows(Manager *m, GError **error)
+sync_clone_rows(Manager *m, PassRows *pr, GError **error)
 {
     g_autoptr(GPtrArray) services = state_service_list(m->db, error);
     g_autoptr(GHashTable) reported = NULL;
+    g_autoptr(GHashTable) by_service = NULL;
+    g_autoptr(GPtrArray) none = g_ptr_array_new();
 
-    if (!services)
+    if (!services || !(pr->clones = state_clone_list(m->db, NULL, NULL, error)))
         return false;
+    by_service = rows_by_service(pr->clones);
     for (guint i = 0; i < services->len; i++) {
         ServiceRow *s = services->pdata[i];
+        GPtrArray *rows = g_hash_table_lookup(by_service, s->name);
+        bool changed = false;
 
         if (s->deleting) {
             if (!state_clone_remove_all(m->db, s->name, error) ||
                 !service_gone(m, s->name, error))
                 return false;
-        } else if (!rollout_step(m, s, &reported, error)) {
+            changed = rows != NULL;
+        } else if (!rollout_step(m, s, rows ? rows : none, &reported, &changed,
+                                 error)) {
             return false;
         }
+        pr->stale = pr->stale || changed;
     }
     return true;
 }
@@ -873,6 +916,8 @@ host_usages(Manager *m, GPtrArray *hosts, GError **error)
 /* place_service: place @clones (unplaced, all of @service, from @from to
  * @to) among @usages: one candidate list and one heap for them all
  * (placement_queue_take), the hosts' caches of the image read once */
+static bool place_unplaced(Manager *m, PassBudget *budget, GError **error);
+
 static bool
 place_service(Manager *m, GArray *usages, GPtrArray *clones, guint from,
               guint to, PassBudget *budget, GError **error)
@@ -937,7 +982,18 @@ place_service(Manager *m, GArray *usages, GPtrArray *clones, guint from,
 /* place_clones: O(clones + hosts x services with unplaced clones), at
  * most budget->place of them */
 static bool
-place_clones(Manager *m, PassBudget *budget, GError **error)
+place_clones(Manager *m, PassBudget *budget, PassRows *pr, GError **error)
+{
+    guint before = budget->place;
+
+    if (!place_unplaced(m, budget, error))
+        return false;
+    pr->stale = pr->stale || budget->place != before;
+    return true;
+}
+
+static bool
+place_unplaced(Manager *m, PassBudget *budget, GError **error)
 {
     g_autoptr(GPtrArray) unplaced = state_clone_list_unplaced(m->db, error);
     g_autoptr(GPtrArray) hosts = NULL;
@@ -1102,7 +1158,7 @@ pass_cache_pending(Manager *m, PassCache *pc, GError **error)
 }
 
 static PassCache *
-pass_cache_new(Manager *m, PassBudget *budget, GError **error)
+pass_cache_new(Manager *m, PassBudget *budget, PassRows *pr, GError **error)
 {
     g_autoptr(PassCache) pc = g_new0(PassCache, 1);
 
@@ -1110,7 +1166,10 @@ pass_cache_new(Manager *m, PassBudget *budget, GError **error)
     pc->templates = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
                                           command_template_free);
 
-    pc->clones = state_clone_list(m->db, NULL, NULL, error);
+    /* step 3's rows, unless steps 3 or 4 changed some since */
+    pc->clones = pr->clones && !pr->stale
+                     ? g_ptr_array_ref(pr->clones)
+                     : state_clone_list(m->db, NULL, NULL, error);
     pc->hosts = state_host_list(m->db, false, error);
     if (!pc->clones || !pc->hosts || !pass_cache_pending(m, pc, error))
         return NULL;
@@ -1534,9 +1593,9 @@ reconcile_host(Manager *m, HostRuntime *h, GError **error)
 }
 
 static bool
-reconcile_hosts(Manager *m, PassBudget *budget, GError **error)
+reconcile_hosts(Manager *m, PassBudget *budget, PassRows *pr, GError **error)
 {
-    g_autoptr(PassCache) pc = pass_cache_new(m, budget, error);
+    g_autoptr(PassCache) pc = pass_cache_new(m, budget, pr, error);
     GHashTableIter it;
     gpointer v;
     bool ok = true;
@@ -1846,15 +1905,16 @@ reconcile(Manager *m, bool continuing)
     PassBudget budget = {PASS_CLONES_MAX, PASS_CLONES_MAX, false};
     double ms[8] = {0};
     gint64 last_id = -1;
+    g_auto(PassRows) rows = {NULL, false};
 
     if (!state_begin(m->db, &err) ||
         (continuing && !state_command_last_id(m->db, &last_id, &err)) ||
         !mark_lost_hosts(m, &err) || !pass_lap(&t, &ms[0]) ||
         !send_peer_lists(m, &err) || !pass_lap(&t, &ms[1]) ||
         !mscale_evaluate(m, &err) || !pass_lap(&t, &ms[2]) ||
-        !sync_clone_rows(m, &err) || !pass_lap(&t, &ms[3]) ||
-        !place_clones(m, &budget, &err) || !pass_lap(&t, &ms[4]) ||
-        !reconcile_hosts(m, &budget, &err) || !pass_lap(&t, &ms[5]) ||
+        !sync_clone_rows(m, &rows, &err) || !pass_lap(&t, &ms[3]) ||
+        !place_clones(m, &budget, &rows, &err) || !pass_lap(&t, &ms[4]) ||
+        !reconcile_hosts(m, &budget, &rows, &err) || !pass_lap(&t, &ms[5]) ||
         !state_commit(m->db, &err) || !pass_lap(&t, &ms[6])) {
         state_rollback(m->db); /* invariant 1 */
         g_warning("reconciliation pass rolled back: %s", err->message);
