@@ -415,7 +415,7 @@ GPtrArray *state_command_list_pending_heads(StateDb *db, GError **error);
 /* state_command_list_pending_after: of CommandRow: the pending commands
  * of an id above @after, by id */
 GPtrArray *state_command_list_pending_after(StateDb *db, gint64 after,
-                                           GError **error);
+                                            GError **error);
 /* state_command_last_id: the highest command id (0: none yet) */
 bool state_command_last_id(StateDb *db, gint64 *ret_id, GError **error);
 bool state_command_finish(StateDb *db, gint64 id, CommandState state,
