@@ -105,6 +105,9 @@ struct Manager {
     guint64 peers_epoch;
     struct PassCache *pass;
     /* during step 5 of a pass (manager-reconcile.c) */ /* broadcasts so far: rotates the random peers */
+    /* the idle source of the pass that goes on with the clones the last
+     * one left unplaced or uncommanded (its budget: manager-reconcile.c) */
+    guint pass_more;
 
     /* the inbox: messages read, not yet applied (bounded: INBOX_MAX_*) */
     GQueue inbox;
@@ -137,7 +140,8 @@ struct Manager {
 typedef struct {
     Manifest *manifest;
     char *canonical;
-    /* clone index -> its UUID with image uuid_image (manager-reconcile.c) */
+    /* clone index -> its name and UUID with image uuid_image (CloneIds,
+     * manager-reconcile.c) */
     GHashTable *uuids;
     char *uuid_image;
 } ManagerManifest;

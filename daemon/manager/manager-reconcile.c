@@ -12,18 +12,26 @@
  *      generation replaces the old one's clones a step at a time within
  *      the manifest's <update> bounds (rollout_step, rollout.h); a
  *      deleted service goes once no host reports a clone of it;
- *   4. unplaced clones are placed (placement.c);
+ *   4. unplaced clones are placed (placement.c), at most
+ *      PASS_CLONES_MAX of them;
  *   5. per host that has reported since the manager started: each of its
  *      desired clones missing from the report is created (one command per
  *      service: one appliance launch), each reported clone that is not
  *      desired there, or is of another version (UUID), is destroyed;
  *      each desired clone of the current generation it reports shut off
- *      (a reboot) is started on its overlay (plan_starts);
+ *      (a reboot) is started on its overlay (plan_starts).  Creates stop
+ *      once the pass commanded PASS_CLONES_MAX clones (a host's are not
+ *      split): the hosts after wait for the next pass;
  *   6. commands not acknowledged within resend_s are sent again (not
  *      while more than RESEND_HOLD_MESSAGES messages wait in the inbox:
  *      the acks may be among them).
  * Agents apply a command id once; creating and destroying are idempotent
  * anyway (UUIDs), so re-sending is always safe.
+ *
+ * A pass is O(clones) and bounded: what steps 4 and 5 leave (a submit of
+ * thousands) is done by the passes that follow at once, on an idle source
+ * at the inbox's priority (pass_continue), so that acks and reports are
+ * applied between them and no pass holds the main loop for long.
  *
  * Invariants:
  *   1. Steps 1-5 are one transaction: a pass that fails at any statement
@@ -34,10 +42,15 @@
  *      above).
  *   3. Nothing is decided about a host before it reported since the
  *      manager started (HostRuntime.reported).
+ *   4. A pass that leaves placements or creates undone has the next pass
+ *      scheduled (Manager.pass_more, one at a time): nothing waits for the
+ *      timer.
  */
 #include "manager-private.h"
 
 #include <string.h>
+#include <time.h>
+#include <zmq.h>
 
 #include "peer-lists.h"
 #include "placement.h"
@@ -55,40 +68,71 @@
 G_STATIC_ASSERT(PEERS_PER_HOST <= WIRE_PEERS_MAX);
 /* a clone reported shut off is started again at most this often */
 #define RESTART_INTERVAL_US (30 * G_USEC_PER_SEC)
+/* at most this many clones are placed, and about this many commanded to
+ * be created, in one pass (PassBudget) */
+#define PASS_CLONES_MAX 500
+/* a pass longer than this is logged with its steps' times (the target of
+ * docs/benchmarks.md, "Site manager scale") */
+#define PASS_SLOW_S 0.1
 
+/* PassRows: every clone row, read once by step 3 and kept for step 5
+ * unless a step changed the rows since (stale) */
 typedef struct {
-    char *service;
-    guint index;
-    char *name;
-    char *uuid;
-    bool current; /* of the service's current generation: may be created */
-} Wanted;
+    GPtrArray *clones; /* of CloneRow, by service and index */
+    bool stale;
+} PassRows;
 
 static void
-wanted_free(gpointer p)
+pass_rows_clear(PassRows *pr)
 {
-    Wanted *w = p;
-
-    g_free(w->service);
-    g_free(w->name);
-    g_free(w->uuid);
-    g_free(w);
+    g_clear_pointer(&pr->clones, g_ptr_array_unref);
 }
+G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(PassRows, pass_rows_clear)
+
+/* PassBudget: what one pass may still do of steps 4 and 5.  A submit of
+ * thousands of clones is spread over passes that follow each other at
+ * once (pass_continue), so that no pass holds the main loop, and the
+ * acks and reports waiting behind it, for long. */
+typedef struct {
+    guint place;  /* clones that may still be placed */
+    guint create; /* clones that may still be commanded */
+    bool more;    /* some were left for the next pass */
+} PassBudget;
+
+/* a clone desired on a host; its strings are borrowed from the pass
+ * (the clone row) and the manifest cache (CloneIds) */
+typedef struct {
+    const char *service;
+    guint index;
+    const char *name;
+    const char *uuid;
+    bool current; /* of the service's current generation: may be created */
+} Wanted;
 
 static GHashTable *pending_keys(Manager *m, const char *host, GError **error);
 static GPtrArray *command_keys(const char *text);
 
 /* ---- commands to agents ------------------------------------------------ */
 
+static GPtrArray *command_keys_of(JsonObject *body);
+
+/* command_add: store @body as a command to @host, its keys (what it
+ * creates, starts, destroys) kept from here on, not parsed again from
+ * the stored text (Manager.command_keys: the pending commands') */
 static bool
 command_add(Manager *m, const char *host, const char *service, JsonObject *body,
             gint64 *ret_id, GError **error)
 {
     g_autofree char *text = json_util_to_text(body, false);
+    gint64 *id;
 
-    return state_command_add(m->db, host,
-                             json_util_get_string(body, "op", NULL), service,
-                             text, ret_id, error);
+    if (!state_command_add(m->db, host, json_util_get_string(body, "op", NULL),
+                           service, text, ret_id, error))
+        return false;
+    id = g_new(gint64, 1);
+    *id = *ret_id;
+    g_hash_table_insert(m->command_keys, id, command_keys_of(body));
+    return true;
 }
 
 /* image_object: the image of a create command: the service's image with
@@ -129,30 +173,48 @@ image_object(Manager *m, const char *image, GError **error)
     return g_steal_pointer(&o);
 }
 
+/* CommandTemplate: what every command of a service carries, read once
+ * per pass (step 5 sends one per host: a thousand after a submit) */
+typedef struct {
+    ServiceRow *svc;   /* NULL: the service is gone */
+    JsonObject *image; /* image_object() of its image, shared by ref */
+} CommandTemplate;
+
+static void
+command_template_free(gpointer p)
+{
+    CommandTemplate *t = p;
+
+    g_clear_pointer(&t->svc, service_row_free);
+    g_clear_pointer(&t->image, json_object_unref);
+    g_free(t);
+}
+
+static CommandTemplate *service_template(Manager *m, const char *service,
+                                         GError **error);
+
 /* service_command: a command @op for @service carrying its image (the
- * agent serves it first), the service's row in *ret_svc; false on an
- * error, true with *ret_body NULL when the service is gone */
+ * agent serves it first), the service's row in *ret_svc (borrowed from
+ * the pass); false on an error, true with *ret_body NULL when the service
+ * is gone */
 static bool
 service_command(Manager *m, const char *service, const char *op,
-                ServiceRow **ret_svc, JsonObject **ret_body, GError **error)
+                const ServiceRow **ret_svc, JsonObject **ret_body,
+                GError **error)
 {
-    g_autoptr(ServiceRow) svc = NULL;
-    g_autoptr(JsonObject) image = NULL;
+    CommandTemplate *t = service_template(m, service, error);
     JsonObject *body;
 
     *ret_body = NULL;
-    if (!state_service_get(m->db, service, &svc, error))
+    if (!t)
         return false;
-    if (!svc)
+    if (!t->svc)
         return true;
-    image = image_object(m, svc->image, error);
-    if (!image)
-        return false;
     body = wire_new("cmd");
     json_object_set_string_member(body, "op", op);
     json_object_set_string_member(body, "service", service);
-    json_object_set_object_member(body, "image", g_steal_pointer(&image));
-    *ret_svc = g_steal_pointer(&svc);
+    json_object_set_object_member(body, "image", json_object_ref(t->image));
+    *ret_svc = t->svc;
     *ret_body = body;
     return true;
 }
@@ -161,7 +223,7 @@ static bool
 command_create(Manager *m, const char *host, const char *service,
                GArray *indexes, GError **error)
 {
-    g_autoptr(ServiceRow) svc = NULL;
+    const ServiceRow *svc = NULL;
     g_autoptr(JsonObject) body = NULL;
     g_autoptr(JsonArray) idx = json_array_new();
     g_autoptr(GString) list = g_string_new(NULL);
@@ -191,7 +253,7 @@ static bool
 command_start(Manager *m, const char *host, const char *service,
               GPtrArray *starts, GError **error)
 {
-    g_autoptr(ServiceRow) svc = NULL;
+    const ServiceRow *svc = NULL;
     g_autoptr(JsonObject) body = NULL;
     g_autoptr(JsonArray) arr = json_array_new();
     g_autoptr(GString) list = g_string_new(NULL);
@@ -638,15 +700,30 @@ rollout_record(Manager *m, const ServiceRow *s, const RolloutRow *ro,
         *removes ? "; removing " : "", removes);
 }
 
+/* needs_rows: whether rollout_decide may add rows to @rows of @s: some
+ * are of another generation, or fewer than desired are */
+static bool
+needs_rows(const ServiceRow *s, GPtrArray *rows, const Manifest *mf)
+{
+    gint64 desired = CLAMP(s->desired, 0, (gint64)mf->scaling.max);
+
+    if ((gint64)rows->len < desired)
+        return true;
+    for (guint i = 0; i < rows->len; i++) {
+        if (((CloneRow *)rows->pdata[i])->generation != s->generation)
+            return true;
+    }
+    return false;
+}
+
 /* rollout_step: @s's clone rows one step closer to its desired count of
  * its current generation (rollout.h), recorded */
 static bool
-rollout_step(Manager *m, const ServiceRow *s, GHashTable *reported,
-             GError **error)
+rollout_step(Manager *m, const ServiceRow *s, GPtrArray *rows,
+             GHashTable **reported, bool *ret_changed, GError **error)
 {
     g_autoptr(GError) err = NULL;
     Manifest *mf = manager_manifest(m, s->name, &err);
-    g_autoptr(GPtrArray) rows = NULL;
     g_autoptr(GArray) busy = NULL;
     g_autoptr(RolloutRow) ro = NULL;
     g_autofree RolloutClone *view = NULL;
@@ -659,8 +736,7 @@ rollout_step(Manager *m, const ServiceRow *s, GHashTable *reported,
         g_propagate_error(error, g_steal_pointer(&err));
         return false;
     }
-    if (!mf || !(rows = state_clone_list(m->db, s->name, NULL, error)) ||
-        !state_rollout_get(m->db, s->name, &ro, error))
+    if (!mf || !state_rollout_get(m->db, s->name, &ro, error))
         return mf == NULL;
     if (ro && g_str_equal(ro->state, STATE_ROLLOUT_ROLLING) &&
         !state_create_failure(m->db, s->name, s->generation, ro->started,
@@ -681,7 +757,13 @@ rollout_step(Manager *m, const ServiceRow *s, GHashTable *reported,
             view[i].state != ROLLOUT_CLONE_RUNNING)
             view[i].state = ROLLOUT_CLONE_FAILED;
     }
-    busy = busy_indexes(g_hash_table_lookup(reported, s->name), rows);
+    /* busy indexes matter only to rows added; none are while every row
+     * is of the current generation and there are enough: then the walk
+     * of every report is spared (once per pass at most) */
+    if (needs_rows(s, rows, mf) && !*reported)
+        *reported = reported_indexes(m);
+    busy = busy_indexes(
+        *reported ? g_hash_table_lookup(*reported, s->name) : NULL, rows);
     limits = (RolloutLimits){
         .desired = (guint)CLAMP(s->desired, 0, (gint64)mf->scaling.max),
         .max_unavailable = mf->update.max_unavailable,
@@ -691,6 +773,7 @@ rollout_step(Manager *m, const ServiceRow *s, GHashTable *reported,
         .n_busy = busy->len,
     };
     rollout_decide(view, rows->len, &limits, &plan);
+    *ret_changed = plan.remove->len || plan.create->len;
     ok = true;
     for (guint i = 0; ok && i < plan.remove->len; i++)
         ok = state_clone_remove(m->db, s->name,
@@ -704,25 +787,54 @@ rollout_step(Manager *m, const ServiceRow *s, GHashTable *reported,
     return ok;
 }
 
+/* rows_by_service: service -> GPtrArray of its rows in @clones
+ * (borrowed) */
+static GHashTable *
+rows_by_service(GPtrArray *clones)
+{
+    GHashTable *by = g_hash_table_new_full(g_str_hash, g_str_equal, NULL,
+                                           (GDestroyNotify)g_ptr_array_unref);
+
+    for (guint i = 0; i < clones->len; i++) {
+        CloneRow *c = clones->pdata[i];
+        GPtrArray *list = g_hash_table_lookup(by, c->service);
+
+        if (!list) {
+            list = g_ptr_array_new();
+            g_hash_table_insert(by, c->service, list);
+        }
+        g_ptr_array_add(list, c);
+    }
+    return by;
+}
+
+/* sync_clone_rows: step 3, every clone row read once (into @pr) */
 static bool
-sync_clone_rows(Manager *m, GError **error)
+sync_clone_rows(Manager *m, PassRows *pr, GError **error)
 {
     g_autoptr(GPtrArray) services = state_service_list(m->db, error);
     g_autoptr(GHashTable) reported = NULL;
+    g_autoptr(GHashTable) by_service = NULL;
+    g_autoptr(GPtrArray) none = g_ptr_array_new();
 
-    if (!services)
+    if (!services || !(pr->clones = state_clone_list(m->db, NULL, NULL, error)))
         return false;
-    reported = reported_indexes(m);
+    by_service = rows_by_service(pr->clones);
     for (guint i = 0; i < services->len; i++) {
         ServiceRow *s = services->pdata[i];
+        GPtrArray *rows = g_hash_table_lookup(by_service, s->name);
+        bool changed = false;
 
         if (s->deleting) {
             if (!state_clone_remove_all(m->db, s->name, error) ||
                 !service_gone(m, s->name, error))
                 return false;
-        } else if (!rollout_step(m, s, reported, error)) {
+            changed = rows != NULL;
+        } else if (!rollout_step(m, s, rows ? rows : none, &reported, &changed,
+                                 error)) {
             return false;
         }
+        pr->stale = pr->stale || changed;
     }
     return true;
 }
@@ -804,9 +916,11 @@ host_usages(Manager *m, GPtrArray *hosts, GError **error)
 /* place_service: place @clones (unplaced, all of @service, from @from to
  * @to) among @usages: one candidate list and one heap for them all
  * (placement_queue_take), the hosts' caches of the image read once */
+static bool place_unplaced(Manager *m, PassBudget *budget, GError **error);
+
 static bool
 place_service(Manager *m, GArray *usages, GPtrArray *clones, guint from,
-              guint to, GError **error)
+              guint to, PassBudget *budget, GError **error)
 {
     const char *service = ((CloneRow *)clones->pdata[from])->service;
     Manifest *mf = manager_manifest(m, service, error);
@@ -836,9 +950,14 @@ place_service(Manager *m, GArray *usages, GPtrArray *clones, guint from,
     for (guint k = from; k < to; k++) {
         const CloneRow *c = clones->pdata[k];
         g_autofree char *reason = NULL;
-        int chosen = placement_queue_take(q, &reason);
+        int chosen;
         HostUsage *u;
 
+        if (budget->place == 0) {
+            budget->more = true;
+            return true;
+        }
+        chosen = placement_queue_take(q, &reason);
         if (chosen < 0) {
             g_debug("cannot place %s-%" G_GINT64_FORMAT " yet: %s", c->service,
                     c->index, reason);
@@ -855,13 +974,26 @@ place_service(Manager *m, GArray *usages, GPtrArray *clones, guint from,
                                : "spread"))
             return false;
         usage_add(u, c->service, mf);
+        budget->place--;
     }
     return true;
 }
 
-/* place_clones: O(clones + hosts x services with unplaced clones) */
+/* place_clones: O(clones + hosts x services with unplaced clones), at
+ * most budget->place of them */
 static bool
-place_clones(Manager *m, GError **error)
+place_clones(Manager *m, PassBudget *budget, PassRows *pr, GError **error)
+{
+    guint before = budget->place;
+
+    if (!place_unplaced(m, budget, error))
+        return false;
+    pr->stale = pr->stale || budget->place != before;
+    return true;
+}
+
+static bool
+place_unplaced(Manager *m, PassBudget *budget, GError **error)
 {
     g_autoptr(GPtrArray) unplaced = state_clone_list_unplaced(m->db, error);
     g_autoptr(GPtrArray) hosts = NULL;
@@ -871,11 +1003,15 @@ place_clones(Manager *m, GError **error)
         return false;
     if (unplaced->len == 0)
         return true;
+    if (budget->place == 0) {
+        budget->more = true;
+        return true;
+    }
     hosts = state_host_list(m->db, true, error);
     if (!hosts || !(usages = host_usages(m, hosts, error)))
         return false;
     /* the list is by service: one run per service */
-    for (guint i = 0, j; i < unplaced->len; i = j) {
+    for (guint i = 0, j; i < unplaced->len && budget->place > 0; i = j) {
         const char *service = ((CloneRow *)unplaced->pdata[i])->service;
 
         for (j = i + 1;
@@ -883,7 +1019,7 @@ place_clones(Manager *m, GError **error)
              g_str_equal(((CloneRow *)unplaced->pdata[j])->service, service);
              j++)
             ;
-        if (!place_service(m, usages, unplaced, i, j, error))
+        if (!place_service(m, usages, unplaced, i, j, budget, error))
             return false;
     }
     return true;
@@ -896,9 +1032,17 @@ place_clones(Manager *m, GError **error)
 static GPtrArray *
 command_keys(const char *text)
 {
-    GPtrArray *keys = g_ptr_array_new_with_free_func(g_free);
     g_autoptr(JsonObject) body =
         text ? wire_parse(text, strlen(text), NULL) : NULL;
+
+    return command_keys_of(body);
+}
+
+/* command_keys_of: the same of the object @body (may be NULL) */
+static GPtrArray *
+command_keys_of(JsonObject *body)
+{
+    GPtrArray *keys = g_ptr_array_new_with_free_func(g_free);
     const char *op = body ? json_util_get_string(body, "op", NULL) : NULL;
     const char *service = json_util_get_string(body, "service", NULL);
     JsonArray *arr;
@@ -944,6 +1088,8 @@ struct PassCache {
     GPtrArray *hosts;      /* of HostRow */
     GHashTable *host_rows; /* name -> HostRow (borrowed) */
     GHashTable *pending;   /* host -> GHashTable of keys (borrowed) */
+    GHashTable *templates; /* service -> CommandTemplate */
+    PassBudget *budget;    /* the pass's (borrowed) */
 };
 
 static void
@@ -958,6 +1104,7 @@ pass_cache_free(PassCache *pc)
     g_clear_pointer(&pc->host_rows, g_hash_table_unref);
     g_clear_pointer(&pc->hosts, g_ptr_array_unref);
     g_clear_pointer(&pc->pending, g_hash_table_unref);
+    g_clear_pointer(&pc->templates, g_hash_table_unref);
     g_free(pc);
 }
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(PassCache, pass_cache_free)
@@ -1011,11 +1158,18 @@ pass_cache_pending(Manager *m, PassCache *pc, GError **error)
 }
 
 static PassCache *
-pass_cache_new(Manager *m, GError **error)
+pass_cache_new(Manager *m, PassBudget *budget, PassRows *pr, GError **error)
 {
     g_autoptr(PassCache) pc = g_new0(PassCache, 1);
 
-    pc->clones = state_clone_list(m->db, NULL, NULL, error);
+    pc->budget = budget;
+    pc->templates = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
+                                          command_template_free);
+
+    /* step 3's rows, unless steps 3 or 4 changed some since */
+    pc->clones = pr->clones && !pr->stale
+                     ? g_ptr_array_ref(pr->clones)
+                     : state_clone_list(m->db, NULL, NULL, error);
     pc->hosts = state_host_list(m->db, false, error);
     if (!pc->clones || !pc->hosts || !pass_cache_pending(m, pc, error))
         return NULL;
@@ -1044,6 +1198,28 @@ pass_cache_new(Manager *m, GError **error)
     pc->current =
         g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
     return g_steal_pointer(&pc);
+}
+
+/* service_template: @service's CommandTemplate, read at its first
+ * command of the pass */
+static CommandTemplate *
+service_template(Manager *m, const char *service, GError **error)
+{
+    CommandTemplate *t = g_hash_table_lookup(m->pass->templates, service);
+    g_autoptr(ServiceRow) svc = NULL;
+    g_autoptr(JsonObject) image = NULL;
+
+    if (t)
+        return t;
+    if (!state_service_get(m->db, service, &svc, error))
+        return NULL;
+    if (svc && !(image = image_object(m, svc->image, error)))
+        return NULL;
+    t = g_new0(CommandTemplate, 1);
+    t->svc = g_steal_pointer(&svc);
+    t->image = g_steal_pointer(&image);
+    g_hash_table_insert(m->pass->templates, g_strdup(service), t);
+    return t;
 }
 
 /* pending_keys: "create:SERVICE:INDEX", "start:NAME" and "destroy:NAME"
@@ -1106,27 +1282,84 @@ generation_image_id_cached(Manager *m, const char *service, gint64 generation,
     return true;
 }
 
-/* clone_uuid_cached: manifest_clone_uuid of clone @index of @e, computed
- * once per manifest entry and image */
-static const char *
-clone_uuid_cached(ManagerManifest *e, guint index, const char *image_id,
-                  guint64 generation)
-{
+/* CloneIds: a clone's name and UUID, kept in its manifest entry's cache
+ * (ManagerManifest.uuids: index -> CloneIds) */
+typedef struct {
+    char *name;
     char *uuid;
+} CloneIds;
+
+static void
+clone_ids_free(gpointer p)
+{
+    CloneIds *ids = p;
+
+    g_free(ids->name);
+    g_free(ids->uuid);
+    g_free(ids);
+}
+
+/* clone_ids_cached: the name and manifest_clone_uuid of clone @index of
+ * @e, computed once per manifest entry and image (every pass asks for
+ * every clone: no allocation then) */
+static const CloneIds *
+clone_ids_cached(ManagerManifest *e, guint index, const char *image_id,
+                 guint64 generation)
+{
+    CloneIds *ids;
 
     if (!e->uuids || g_strcmp0(e->uuid_image, image_id) != 0) {
         g_clear_pointer(&e->uuids, g_hash_table_unref);
         g_free(e->uuid_image);
         e->uuid_image = g_strdup(image_id);
-        e->uuids =
-            g_hash_table_new_full(g_direct_hash, g_direct_equal, NULL, g_free);
+        e->uuids = g_hash_table_new_full(g_direct_hash, g_direct_equal, NULL,
+                                         clone_ids_free);
     }
-    uuid = g_hash_table_lookup(e->uuids, GUINT_TO_POINTER(index));
-    if (!uuid) {
-        uuid = manifest_clone_uuid(e->canonical, index, image_id, generation);
-        g_hash_table_insert(e->uuids, GUINT_TO_POINTER(index), uuid);
+    ids = g_hash_table_lookup(e->uuids, GUINT_TO_POINTER(index));
+    if (!ids) {
+        ids = g_new(CloneIds, 1);
+        ids->name = manifest_clone_name(e->manifest, index);
+        ids->uuid =
+            manifest_clone_uuid(e->canonical, index, image_id, generation);
+        g_hash_table_insert(e->uuids, GUINT_TO_POINTER(index), ids);
     }
-    return uuid;
+    return ids;
+}
+
+/* WantedRun: what wanted_on resolves once per run of rows of one service
+ * and generation (a host's rows come by service and index) */
+typedef struct {
+    const char *service; /* NULL: nothing resolved yet */
+    gint64 generation;
+    gint64 current;
+    ManagerManifest *e; /* NULL: not kept, its rows skipped */
+    const char *image_id;
+} WantedRun;
+
+static bool
+wanted_run(Manager *m, const CloneRow *c, WantedRun *run, GError **error)
+{
+    g_autofree char *key = NULL;
+    g_autoptr(GError) err = NULL;
+
+    if (run->service && run->generation == c->generation &&
+        g_str_equal(run->service, c->service))
+        return true;
+    *run = (WantedRun){.service = c->service, .generation = c->generation};
+    key = g_strdup_printf("%s:%" G_GINT64_FORMAT, c->service, c->generation);
+    run->e = g_hash_table_lookup(m->manifests, key);
+    if (!service_current(m, c->service, &run->current, error))
+        return false;
+    if (!run->e)
+        run->e =
+            generation_entry(m, c->service, c->generation, run->current, &err);
+    if (err) {
+        g_propagate_error(error, g_steal_pointer(&err));
+        return false;
+    }
+    return !run->e ||
+           generation_image_id_cached(m, c->service, c->generation,
+                                      run->current, &run->image_id, error);
 }
 
 /* wanted_on: name -> Wanted, the clones desired on @host with their UUIDs
@@ -1135,42 +1368,28 @@ static GHashTable *
 wanted_on(Manager *m, const char *host, GError **error)
 {
     g_autoptr(GHashTable) wanted =
-        g_hash_table_new_full(g_str_hash, g_str_equal, NULL, wanted_free);
+        g_hash_table_new_full(g_str_hash, g_str_equal, NULL, g_free);
     GPtrArray *clones = g_hash_table_lookup(m->pass->by_host, host);
+    WantedRun run = {0};
 
     for (guint i = 0; clones && i < clones->len; i++) {
         CloneRow *c = clones->pdata[i];
-        g_autoptr(GError) err = NULL;
-        g_autofree char *key =
-            g_strdup_printf("%s:%" G_GINT64_FORMAT, c->service, c->generation);
-        ManagerManifest *e = g_hash_table_lookup(m->manifests, key);
-        const char *image_id = NULL;
-        gint64 current = -1;
+        const CloneIds *ids;
         Wanted *w;
 
-        if (!service_current(m, c->service, &current, error))
+        if (!wanted_run(m, c, &run, error))
             return NULL;
-        if (!e)
-            e = generation_entry(m, c->service, c->generation, current, &err);
-        if (err) {
-            g_propagate_error(error, g_steal_pointer(&err));
-            return NULL;
-        }
-        if (!e)
+        if (!run.e || !run.image_id)
             continue;
-        if (!generation_image_id_cached(m, c->service, c->generation, current,
-                                        &image_id, error))
-            return NULL;
-        if (!image_id)
-            continue;
-        w = g_new0(Wanted, 1);
-        w->service = g_strdup(c->service);
+        ids = clone_ids_cached(run.e, (guint)c->index, run.image_id,
+                               (guint64)c->generation);
+        w = g_new(Wanted, 1);
+        w->service = c->service;
         w->index = (guint)c->index;
-        w->current = c->generation == current;
-        w->name = manifest_clone_name(e->manifest, w->index);
-        w->uuid = g_strdup(
-            clone_uuid_cached(e, w->index, image_id, (guint64)c->generation));
-        g_hash_table_insert(wanted, w->name, w);
+        w->current = c->generation == run.current;
+        w->name = ids->name;
+        w->uuid = ids->uuid;
+        g_hash_table_insert(wanted, (gpointer)w->name, w);
     }
     return g_steal_pointer(&wanted);
 }
@@ -1226,16 +1445,21 @@ plan_creates(Manager *m, HostRuntime *h, GHashTable *wanted,
     g_hash_table_iter_init(&it, wanted);
     while (g_hash_table_iter_next(&it, NULL, &v)) {
         Wanted *w = v;
-        g_autofree char *ckey =
-            g_strdup_printf("create:%s:%u", w->service, w->index);
-        g_autofree char *dkey = g_strdup_printf("destroy:%s", w->name);
-        g_autofree char *bkey = g_strdup_printf("%s/%s", h->name, w->service);
-        gint64 *until = g_hash_table_lookup(m->backoff, bkey);
+        g_autofree char *ckey = NULL;
+        g_autofree char *dkey = NULL;
+        g_autofree char *bkey = NULL;
+        gint64 *until;
         GArray *list;
 
+        /* the common case first, before any key is made: it runs */
         if (!w->current || /* an older generation is replaced, not made */
-            g_hash_table_contains(observed, w->name) ||
-            g_hash_table_contains(pending, ckey) ||
+            g_hash_table_contains(observed, w->name))
+            continue;
+        ckey = g_strdup_printf("create:%s:%u", w->service, w->index);
+        dkey = g_strdup_printf("destroy:%s", w->name);
+        bkey = g_strdup_printf("%s/%s", h->name, w->service);
+        until = g_hash_table_lookup(m->backoff, bkey);
+        if (g_hash_table_contains(pending, ckey) ||
             g_hash_table_contains(pending, dkey) ||
             (h->acked && g_hash_table_contains(h->acked, ckey)))
             continue;
@@ -1304,6 +1528,29 @@ plan_starts(Manager *m, HostRuntime *h, GHashTable *wanted, GHashTable *pending,
     }
 }
 
+/* budget_creates: @creates (one host's) fit in what is left of the
+ * pass's budget, or wait for the next pass; a host's creates are not
+ * split (one command per service, one appliance launch) */
+static void
+budget_creates(PassBudget *budget, GHashTable *creates)
+{
+    GHashTableIter it;
+    gpointer v;
+    guint n = 0;
+
+    g_hash_table_iter_init(&it, creates);
+    while (g_hash_table_iter_next(&it, NULL, &v))
+        n += ((GArray *)v)->len;
+    if (n == 0)
+        return;
+    if (budget->create == 0) {
+        budget->more = true;
+        g_hash_table_remove_all(creates);
+        return;
+    }
+    budget->create -= MIN(n, budget->create);
+}
+
 static bool
 reconcile_host(Manager *m, HostRuntime *h, GError **error)
 {
@@ -1325,6 +1572,7 @@ reconcile_host(Manager *m, HostRuntime *h, GError **error)
         return false;
     plan_destroys(h, wanted, pending, observed, destroys);
     plan_creates(m, h, wanted, pending, observed, creates);
+    budget_creates(m->pass->budget, creates);
     plan_starts(m, h, wanted, pending, starts);
     g_hash_table_iter_init(&it, starts);
     while (g_hash_table_iter_next(&it, &k, &v)) {
@@ -1345,9 +1593,9 @@ reconcile_host(Manager *m, HostRuntime *h, GError **error)
 }
 
 static bool
-reconcile_hosts(Manager *m, GError **error)
+reconcile_hosts(Manager *m, PassBudget *budget, PassRows *pr, GError **error)
 {
-    g_autoptr(PassCache) pc = pass_cache_new(m, error);
+    g_autoptr(PassCache) pc = pass_cache_new(m, budget, pr, error);
     GHashTableIter it;
     gpointer v;
     bool ok = true;
@@ -1372,11 +1620,49 @@ reconcile_hosts(Manager *m, GError **error)
 
 /* ---- 6. sending -------------------------------------------------------- */
 
+/* send_text: the message @text (@len bytes) to @host, as wire_send()
+ * sends an object, for a text made without one */
+static bool
+send_text(Manager *m, const char *host, const char *text, gsize len)
+{
+    return len <= WIRE_MAX_MESSAGE &&
+           zmq_send(m->router, host, strlen(host),
+                    ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0 &&
+           zmq_send(m->router, text, len, ZMQ_DONTWAIT) >= 0;
+}
+
+/* command_send: @c's body with its id to its host.  The body is stored as
+ * wire_new() makes it, '{"v":' first: the id goes in front of its text,
+ * not through a parse and a new text (a submit sends thousands); another
+ * text is parsed. */
+static bool
+command_send(Manager *m, const CommandRow *c)
+{
+    static const char head[] = "{\"v\":";
+    g_autofree char *text = NULL;
+
+    if (g_str_has_prefix(c->body, head)) {
+        text = g_strdup_printf("{\"id\":%" G_GINT64_FORMAT ",%s", c->id,
+                               c->body + 1);
+    } else {
+        g_autoptr(JsonObject) body = wire_parse(c->body, strlen(c->body), NULL);
+
+        if (!body)
+            return false;
+        json_object_set_int_member(body, "id", c->id);
+        text = json_util_to_text(body, false);
+    }
+    return send_text(m, c->host, text, strlen(text));
+}
+
 /* send_pending: send the commands due, recording the sends in one
  * transaction (invariant 2; one fdatasync for all, not one each); a
- * failure is logged and the rest wait for the next pass */
+ * failure is logged and the rest wait for the next pass.  With @after >=
+ * 0 (a pass that continues the last one's work) only the commands above
+ * that id, the pass's own: the search for re-sends reads every pending
+ * row, thousands after a big submit, and the timer's pass does it */
 static void
-send_pending(Manager *m)
+send_pending(Manager *m, gint64 after)
 {
     double now = state_now();
     g_autoptr(GError) err = NULL;
@@ -1388,23 +1674,21 @@ send_pending(Manager *m)
     }
     /* while messages wait to be applied, their acks may be among them:
      * first sends only, no re-sends (a resend storm would follow) */
-    due = state_command_list_pending(
-        m->db, NULL,
-        m->inbox.length > RESEND_HOLD_MESSAGES ? 1.0 : now - m->config.resend_s,
-        &err);
+    if (after >= 0)
+        due = state_command_list_pending_after(m->db, after, &err);
+    else
+        due = state_command_list_pending(m->db, NULL,
+                                         m->inbox.length > RESEND_HOLD_MESSAGES
+                                             ? 1.0
+                                             : now - m->config.resend_s,
+                                         &err);
     for (guint i = 0; due && i < due->len; i++) {
         CommandRow *c = due->pdata[i];
         HostRuntime *rt = g_hash_table_lookup(m->runtime, c->host);
-        g_autoptr(JsonObject) body = NULL;
 
-        if (!rt || !rt->heard || !manager_host_is_up(m, c->host))
+        if (!rt || !rt->heard || !manager_host_is_up(m, c->host) || !c->body)
             continue;
-        body = wire_parse(c->body, strlen(c->body), NULL);
-        if (!body)
-            continue;
-        json_object_set_int_member(body, "id", c->id);
-        if (wire_send(m->router, c->host, body) &&
-            !state_command_sent(m->db, c->id, now, &err))
+        if (command_send(m, c) && !state_command_sent(m->db, c->id, now, &err))
             break;
     }
     if (err || !state_commit(m->db, &err)) {
@@ -1432,16 +1716,52 @@ host_images(HostRuntime *h)
     return ids;
 }
 
-/* peer_entry: {name, endpoint, key} of @h */
-static JsonObject *
+/* peer_entry: the text of {name, endpoint, key} of @h */
+static char *
 peer_entry(HostRuntime *h, const HostRow *row)
 {
-    JsonObject *p = json_object_new();
+    g_autoptr(JsonObject) p = json_object_new();
 
     json_object_set_string_member(p, "name", h->name);
     json_object_set_string_member(p, "endpoint", h->peer_endpoint);
     json_object_set_string_member(p, "key", row->key);
-    return p;
+    return json_util_to_text(p, false);
+}
+
+/* peers_head: the text of a "peers" message up to its list, '{"v":1,
+ * "type":"peers","peers":[' */
+static GString *
+peers_head(void)
+{
+    g_autoptr(JsonObject) msg = wire_new("peers");
+    g_autofree char *text = json_util_to_text(msg, false);
+    GString *head = g_string_new(text);
+
+    g_string_truncate(head, head->len - 1); /* its '}' */
+    g_string_append(head, ",\"peers\":[");
+    return head;
+}
+
+/* send_peer_list: @h's list, the entries @mine of @entries; each entry
+ * written once per broadcast, each list put together from their texts (a
+ * thousand lists of 40 written by json-glib took 30-55 ms) */
+static void
+send_peer_list(Manager *m, HostRuntime *h, GArray *mine, GPtrArray *entries,
+               const GString *head)
+{
+    g_autoptr(GString) text = g_string_new_len(head->str, (gssize)head->len);
+
+    for (guint k = 0; k < mine->len; k++) {
+        if (k)
+            g_string_append_c(text, ',');
+        g_string_append(text, entries->pdata[g_array_index(mine, guint, k)]);
+    }
+    g_string_append(text, "]}");
+    if (!send_text(m, h->name, text->str, text->len)) {
+        m->stats.send_refused++; /* as manager_send() counts */
+        g_debug("could not send peers to %s: %s", h->name,
+                zmq_strerror(zmq_errno()));
+    }
 }
 
 /*
@@ -1458,14 +1778,14 @@ send_peer_lists(Manager *m, GError **error)
 {
     gint64 now = g_get_monotonic_time();
     g_autoptr(GPtrArray) up = g_ptr_array_new(); /* HostRuntime * */
-    g_autoptr(GPtrArray) rows =
-        g_ptr_array_new_with_free_func((GDestroyNotify)host_row_free);
+    g_autoptr(GPtrArray) rows = NULL;
+    g_autoptr(GHashTable) by_name = g_hash_table_new(g_str_hash, g_str_equal);
     g_autoptr(GPtrArray) images =
         g_ptr_array_new_with_free_func((GDestroyNotify)g_ptr_array_unref);
-    g_autoptr(GPtrArray) entries =
-        g_ptr_array_new_with_free_func((GDestroyNotify)json_object_unref);
+    g_autoptr(GPtrArray) entries = g_ptr_array_new_with_free_func(g_free);
     g_autoptr(GArray) cand = g_array_new(FALSE, TRUE, sizeof(PeerCandidate));
     g_autoptr(GPtrArray) lists = NULL;
+    g_autoptr(GString) head = NULL;
     GHashTableIter it;
     gpointer v;
 
@@ -1473,21 +1793,25 @@ send_peer_lists(Manager *m, GError **error)
         now - m->peers_sent <
             (m->peers_changed ? PEERS_MIN_US : PEERS_RESEND_US))
         return true;
+    /* the hosts' rows in one query, not one per host */
+    if (!(rows = state_host_list(m->db, false, error)))
+        return false;
+    for (guint i = 0; i < rows->len; i++)
+        g_hash_table_insert(by_name, ((HostRow *)rows->pdata[i])->name,
+                            rows->pdata[i]);
     g_hash_table_iter_init(&it, m->runtime);
     while (g_hash_table_iter_next(&it, NULL, &v)) {
         HostRuntime *h = v;
-        g_autoptr(HostRow) row = NULL;
+        HostRow *row;
         PeerCandidate c;
 
         if (!h->peer_endpoint || !manager_host_is_up(m, h->name))
             continue;
-        if (!state_host_get(m->db, h->name, &row, error))
-            return false;
+        row = g_hash_table_lookup(by_name, h->name);
         if (!row || !row->accepted)
             continue;
         g_ptr_array_add(up, h);
         g_ptr_array_add(entries, peer_entry(h, row));
-        g_ptr_array_add(rows, g_steal_pointer(&row));
         g_ptr_array_add(images, host_images(h));
         c.name = h->name;
         c.images = images->pdata[images->len - 1];
@@ -1497,40 +1821,115 @@ send_peer_lists(Manager *m, GError **error)
     m->peers_changed = false;
     lists = peer_lists_choose((PeerCandidate *)(void *)cand->data, cand->len,
                               PEERS_PER_HOST, ++m->peers_epoch);
-    for (guint i = 0; i < up->len; i++) {
-        HostRuntime *h = up->pdata[i];
-        GArray *mine = lists->pdata[i];
-        g_autoptr(JsonObject) msg = wire_new("peers");
-        JsonArray *list = json_array_sized_new(mine->len);
-
-        for (guint k = 0; k < mine->len; k++)
-            json_array_add_object_element(
-                list,
-                json_object_ref(entries->pdata[g_array_index(mine, guint, k)]));
-        json_object_set_array_member(msg, "peers", list);
-        manager_send(m, h->name, msg);
-    }
+    head = peers_head();
+    for (guint i = 0; i < up->len; i++)
+        send_peer_list(m, up->pdata[i], lists->pdata[i], entries, head);
     return true;
 }
 
 /* ---- the pass ---------------------------------------------------------- */
 
-void
-manager_reconcile(Manager *m)
+static void reconcile(Manager *m, bool continuing);
+
+static gboolean
+on_more(gpointer data)
+{
+    Manager *m = data;
+
+    m->pass_more = 0;
+    reconcile(m, true);
+    return G_SOURCE_REMOVE;
+}
+
+/* pass_continue: the next pass, as soon as the main loop is idle (at the
+ * inbox's priority: the two take turns), for what this one's budget
+ * left; one at a time.  Main thread. */
+static void
+pass_continue(Manager *m)
+{
+    if (!m->pass_more)
+        m->pass_more =
+            g_idle_add_full(G_PRIORITY_DEFAULT_IDLE, on_more, m, NULL);
+}
+
+/* pass_lap: the time since *@t in ms into @at, *@t now; true, to be
+ * chained with the steps */
+static bool
+pass_lap(gint64 *t, double *at)
+{
+    gint64 now = g_get_monotonic_time();
+
+    *at = (double)(now - *t) / 1e3;
+    *t = now;
+    return true;
+}
+
+/* thread_cpu_ms: the CPU time of the calling thread */
+static double
+thread_cpu_ms(void)
+{
+    struct timespec ts;
+
+    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0)
+        return 0;
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+/* pass_note: record the pass; one over PASS_SLOW_S is logged with the
+ * time of each step (ms), to say which one to look at, and the CPU time
+ * it had (on a loaded machine the wall clock says little of the code) */
+static void
+pass_note(Manager *m, gint64 start, double cpu_start, const double *ms)
+{
+    double s = (double)(g_get_monotonic_time() - start) / 1e6;
+
+    manager_note_pass(m, s);
+    if (s > PASS_SLOW_S)
+        g_message("slow reconciliation pass: %.0f ms, %.0f ms of CPU (lost "
+                  "hosts %.1f, peer lists %.1f, scaling %.1f, rows %.1f, "
+                  "placement %.1f, hosts %.1f, commit %.1f, sends %.1f)",
+                  s * 1e3, thread_cpu_ms() - cpu_start, ms[0], ms[1], ms[2],
+                  ms[3], ms[4], ms[5], ms[6], ms[7]);
+}
+
+/* reconcile: one pass; @continuing: one that goes on with what the last
+ * one left (pass_continue), which sends its own commands only */
+static void
+reconcile(Manager *m, bool continuing)
 {
     g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&m->lock);
     g_autoptr(GError) err = NULL;
     gint64 start = g_get_monotonic_time();
+    gint64 t = start;
+    double cpu_start = thread_cpu_ms();
+    PassBudget budget = {PASS_CLONES_MAX, PASS_CLONES_MAX, false};
+    double ms[8] = {0};
+    gint64 last_id = -1;
+    g_auto(PassRows) rows = {NULL, false};
 
-    if (!state_begin(m->db, &err) || !mark_lost_hosts(m, &err) ||
-        !send_peer_lists(m, &err) || !mscale_evaluate(m, &err) ||
-        !sync_clone_rows(m, &err) || !place_clones(m, &err) ||
-        !reconcile_hosts(m, &err) || !state_commit(m->db, &err)) {
+    if (!state_begin(m->db, &err) ||
+        (continuing && !state_command_last_id(m->db, &last_id, &err)) ||
+        !mark_lost_hosts(m, &err) || !pass_lap(&t, &ms[0]) ||
+        !send_peer_lists(m, &err) || !pass_lap(&t, &ms[1]) ||
+        !mscale_evaluate(m, &err) || !pass_lap(&t, &ms[2]) ||
+        !sync_clone_rows(m, &rows, &err) || !pass_lap(&t, &ms[3]) ||
+        !place_clones(m, &budget, &rows, &err) || !pass_lap(&t, &ms[4]) ||
+        !reconcile_hosts(m, &budget, &rows, &err) || !pass_lap(&t, &ms[5]) ||
+        !state_commit(m->db, &err) || !pass_lap(&t, &ms[6])) {
         state_rollback(m->db); /* invariant 1 */
         g_warning("reconciliation pass rolled back: %s", err->message);
-        manager_note_pass(m, (double)(g_get_monotonic_time() - start) / 1e6);
+        pass_note(m, start, cpu_start, ms);
         return;
     }
-    send_pending(m);
-    manager_note_pass(m, (double)(g_get_monotonic_time() - start) / 1e6);
+    send_pending(m, last_id);
+    pass_lap(&t, &ms[7]);
+    if (budget.more)
+        pass_continue(m);
+    pass_note(m, start, cpu_start, ms);
+}
+
+void
+manager_reconcile(Manager *m)
+{
+    reconcile(m, false);
 }

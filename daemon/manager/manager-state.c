@@ -1611,15 +1611,40 @@ state_command_list_pending(StateDb *db, const char *host, double sent_before,
 GPtrArray *
 state_command_list_pending_heads(StateDb *db, GError **error)
 {
+    /* id and host only: the index commands_pending (state, host) covers
+     * them, so no row of the table (with its body) is read: every pass
+     * asks, with thousands pending after a big submit */
     g_autoptr(Stmt) st = prepare(
         db, "list pending commands", error,
-        "SELECT id, host, op, service, NULL FROM commands WHERE state = ? "
+        "SELECT id, host, NULL, NULL, NULL FROM commands WHERE state = ? "
         "ORDER BY id",
         G_TYPE_STRING, command_state_to_string(COMMAND_PENDING),
         G_TYPE_INVALID);
 
     return collect(db, st, "list pending commands", read_command,
                    (GDestroyNotify)command_row_free, error);
+}
+
+GPtrArray *
+state_command_list_pending_after(StateDb *db, gint64 after, GError **error)
+{
+    g_autoptr(Stmt) st = prepare(
+        db, "list new commands", error,
+        "SELECT id, host, op, service, body FROM commands WHERE id > ? AND "
+        "state = ? ORDER BY id",
+        G_TYPE_INT64, after, G_TYPE_STRING,
+        command_state_to_string(COMMAND_PENDING), G_TYPE_INVALID);
+
+    return collect(db, st, "list new commands", read_command,
+                   (GDestroyNotify)command_row_free, error);
+}
+
+bool
+state_command_last_id(StateDb *db, gint64 *ret_id, GError **error)
+{
+    return query_int(db, "read the last command id", 0, ret_id, error,
+                     "SELECT COALESCE(MAX(id), 0) FROM commands",
+                     G_TYPE_INVALID);
 }
 
 bool

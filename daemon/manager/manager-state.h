@@ -409,9 +409,15 @@ bool state_command_get_pending(StateDb *db, gint64 id, const char *host,
  * last sent before @sent_before, by id */
 GPtrArray *state_command_list_pending(StateDb *db, const char *host,
                                       double sent_before, GError **error);
-/* state_command_list_pending_heads: of CommandRow without their body
- * (NULL): every pending command, by id */
+/* state_command_list_pending_heads: of CommandRow with their id and host
+ * only (op, service and body NULL): every pending command, by id */
 GPtrArray *state_command_list_pending_heads(StateDb *db, GError **error);
+/* state_command_list_pending_after: of CommandRow: the pending commands
+ * of an id above @after, by id */
+GPtrArray *state_command_list_pending_after(StateDb *db, gint64 after,
+                                            GError **error);
+/* state_command_last_id: the highest command id (0: none yet) */
+bool state_command_last_id(StateDb *db, gint64 *ret_id, GError **error);
 bool state_command_finish(StateDb *db, gint64 id, CommandState state,
                           const char *reason, GError **error);
 bool state_command_sent(StateDb *db, gint64 id, double now, GError **error);

@@ -13,7 +13,10 @@
  *   - a scale to the current count does not restart the cooldown;
  *   - a new generation replaces the clones within <update>'s bounds; a
  *     failed create stops it with the old clones running, rollback keeps
- *     them; a clone reported shut off is started again.
+ *     them; a clone reported shut off is started again;
+ *   - a service of more clones than one pass commands is commanded over
+ *     passes that follow at once, each clone once;
+ *   - each host is told the other's peer server and key.
  *
  * Every wait is for a condition; PUMP_TRIES_MAX only stops a broken
  * manager from hanging the suite.
@@ -51,6 +54,11 @@ typedef struct {
     GPtrArray *held;        /* JsonObject: the held destroys */
     gint64 fail_generation; /* creates of it fail (0: none) */
     guint turn;
+    guint cpus; /* its hello's capacity (0: 4 CPUs, 8 GiB) */
+    guint64 memory_kib;
+    guint create_cmds; /* clone-create commands executed */
+    guint create_max;  /* the most clones one of them created */
+    JsonArray *peers;  /* of the last "peers" message */
 } FakeAgent;
 
 static char *dir;
@@ -76,8 +84,15 @@ agent_hello(void)
 
     json_object_set_string_member(hello, "host", cur->name);
     json_object_set_string_member(hello, "boot", "fake-boot");
-    json_object_set_int_member(cap, "cpus", 4);
-    json_object_set_int_member(cap, "memory_kib", 8 * 1024 * 1024);
+    {
+        g_autofree char *peer =
+            g_strdup_printf("tcp://127.0.0.1:%u", 20000 + (cur == &agent2));
+
+        json_object_set_string_member(hello, "peer_endpoint", peer);
+    }
+    json_object_set_int_member(cap, "cpus", cur->cpus ? cur->cpus : 4);
+    json_object_set_int_member(
+        cap, "memory_kib", cur->memory_kib ? cur->memory_kib : 8 * 1024 * 1024);
     json_object_set_object_member(hello, "capacity", cap);
     agent_send(hello);
 }
@@ -121,6 +136,8 @@ agent_create(JsonObject *cmd)
     gint64 gen = json_util_get_int(cmd, "generation", 0);
 
     cr_assert(mf);
+    cur->create_cmds++;
+    cur->create_max = MAX(cur->create_max, json_array_get_length(idx));
     for (guint i = 0; i < json_array_get_length(idx); i++) {
         guint index = (guint)json_array_get_int_element(idx, i);
         JsonObject *c = json_object_new();
@@ -209,6 +226,9 @@ agent_handle(JsonObject *msg)
 
     if (g_str_equal(type, "who")) {
         agent_hello();
+    } else if (g_str_equal(type, "peers")) {
+        g_clear_pointer(&cur->peers, json_array_unref);
+        cur->peers = json_array_ref(json_object_get_array_member(msg, "peers"));
     } else if (g_str_equal(type, "cmd") && g_str_equal(op, "clone-create") &&
                json_util_get_int(msg, "generation", 0) ==
                    cur->fail_generation) {
@@ -415,6 +435,7 @@ agent_disconnect(FakeAgent *a)
         return;
     zmq_close(a->sock);
     zmq_ctx_term(a->ctx);
+    g_clear_pointer(&a->peers, json_array_unref);
     g_ptr_array_unref(a->clones);
     g_ptr_array_unref(a->held);
     memset(a, 0, sizeof(*a));
@@ -665,6 +686,38 @@ Test(manager_clones, spreads_the_clones_of_a_service_over_the_hosts)
     h0 = host_of("web-0");
     h1 = host_of("web-1");
     cr_expect_str_neq(h0, h1, "both on %s", h0);
+}
+
+/* told_of: @a's last peer list names @name alone, with the endpoint of
+ * its hello and a key */
+static bool
+told_of(FakeAgent *a, const char *name)
+{
+    JsonObject *p;
+
+    if (!a->peers || json_array_get_length(a->peers) != 1)
+        return false;
+    p = json_array_get_object_element(a->peers, 0);
+    return p && g_str_equal(json_util_get_string(p, "name", ""), name) &&
+           g_str_equal(json_util_get_string(p, "endpoint", ""),
+                       g_str_equal(name, "hv2") ? "tcp://127.0.0.1:20001"
+                                                : "tcp://127.0.0.1:20000") &&
+           strlen(json_util_get_string(p, "key", "")) == WIRE_KEY_CHARS;
+}
+
+static bool
+peers_told(gpointer data)
+{
+    return told_of(&agent, "hv2") && told_of(&agent2, "hv1");
+}
+
+Test(manager_clones, tells_each_host_the_other_peer_server)
+{
+    agent_connect(&agent2, "hv2");
+    cr_assert(pump(both_reported, NULL));
+    cr_assert(pump(peers_told, NULL), "hv1 told %u peers, hv2 %u",
+              agent.peers ? json_array_get_length(agent.peers) : 0,
+              agent2.peers ? json_array_get_length(agent2.peers) : 0);
 }
 
 /* event_kinds: the kinds of service web's events, in order, space-joined */
@@ -990,4 +1043,77 @@ Test(manager_clones, starts_again_a_clone_its_host_reports_shut_off)
     cr_assert(pump(events_include, "clones-started "),
               "no clones-started event");
     wait_clone("web-0", "running");
+}
+
+/* ---- a big submit ------------------------------------------------------ */
+
+/* manager-reconcile.c's budget: clones placed, and commanded, per pass */
+#define PASS_CLONES_MAX 500
+
+static bool
+capacity_is(gpointer data)
+{
+    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&m->lock);
+    g_autoptr(HostRow) row = NULL;
+
+    return state_host_get(m->db, "hv1", &row, NULL) && row &&
+           row->cpus == GPOINTER_TO_INT(data) &&
+           manager_host_clones(m, "hv1") != NULL;
+}
+
+Test(manager_clones, commands_a_big_service_over_passes_each_clone_once)
+{
+    g_autofree char *image = g_build_filename(dir, "image.raw", NULL);
+    g_autofree char *add = NULL;
+    g_autoptr(JsonObject) r = NULL;
+    const guint n = PASS_CLONES_MAX + 200;
+
+    /* room for them all on hv1 (1 vCPU and 64 MiB each) */
+    cur = &agent;
+    agent.cpus = 256;
+    agent.memory_kib = 64ull * 1024 * 1024;
+    agent_hello();
+    cr_assert(pump(capacity_is, GINT_TO_POINTER(256)), "no new capacity");
+    cr_assert(g_file_set_contents(image, "spore test image\n", -1, NULL));
+    add = g_strdup_printf("{\"cmd\": \"image-add\", \"name\": \"img\", "
+                          "\"url\": \"file://%s\"}",
+                          image);
+    json_object_unref(control_ok(add));
+    {
+        g_autofree char *extra = NULL;
+        g_autofree char *xml = g_strdup_printf(
+            "<service xmlns=\"urn:spore:manifest:1\" name=\"web\">"
+            "<image name=\"img\"><origin url=\"file://%s\"/></image>"
+            "<vm><vcpus>1</vcpus><memory unit=\"MiB\">64</memory></vm>"
+            "<scaling min=\"%u\" max=\"%u\" initial=\"%u\"/></service>",
+            image, n, n, n);
+        g_autoptr(JsonObject) s = json_object_new();
+        g_autoptr(JsonGenerator) gen = json_generator_new();
+        g_autofree char *submit = NULL;
+        JsonNode *node;
+
+        json_object_set_string_member(s, "cmd", "submit");
+        json_object_set_string_member(s, "manifest", xml);
+        node = json_node_init_object(json_node_alloc(), json_object_ref(s));
+        json_generator_set_root(gen, node);
+        submit = json_generator_to_data(gen, NULL);
+        json_node_unref(node);
+        r = control_ok(submit);
+    }
+    cr_assert(pump(created, GUINT_TO_POINTER(n)), "%u of %u created",
+              agent.creates, n);
+    /* one host: a pass's budget bounds its command (it is not split
+     * further), the next pass commands the rest */
+    cr_expect_geq(agent.create_cmds, 2, "%u create commands",
+                  agent.create_cmds);
+    cr_expect_leq(agent.create_max, PASS_CLONES_MAX, "a create of %u clones",
+                  agent.create_max);
+    cr_expect_eq(agent.creates, n);
+    cr_expect_eq(agent.duplicates, 0, "%u creates repeated", agent.duplicates);
+    wait_clone("web-0", "running");
+    {
+        g_autofree char *last = g_strdup_printf("web-%u", n - 1);
+
+        wait_clone(last, "running");
+    }
 }

@@ -305,6 +305,44 @@ Test(manager_state, cancels_a_lost_hosts_commands_but_its_destroys)
     state_close(db);
 }
 
+/* what the pass reads of the pending commands: their heads (id and host
+ * only, from the index), and those above an id (a pass's own) */
+Test(manager_state, lists_the_pending_commands_heads_and_those_after_an_id)
+{
+    StateDb *db = populated();
+    g_autoptr(GError) err = NULL;
+    g_autoptr(GPtrArray) heads = NULL;
+    g_autoptr(GPtrArray) after = NULL;
+    gint64 a = 0, b = 0, c = 0, last = -1;
+
+    cr_assert(state_command_last_id(db, &last, &err));
+    cr_expect_eq(last, 0);
+    cr_assert(state_host_insert_accepted(db, "hv1", "KEY", &err));
+    cr_assert(state_host_insert_accepted(db, "hv2", "KEY2", &err));
+    cr_assert(state_command_add(db, "hv1", "clone-create", "web", "{\"a\":1}",
+                                &a, &err));
+    cr_assert(state_command_last_id(db, &last, &err));
+    cr_expect_eq(last, a);
+    cr_assert(state_command_add(db, "hv2", "clone-create", "web", "{\"b\":1}",
+                                &b, &err));
+    cr_assert(state_command_add(db, "hv1", "clone-destroy", "web", "{\"c\":1}",
+                                &c, &err));
+    cr_assert(state_command_finish(db, b, COMMAND_DONE, NULL, &err));
+    heads = state_command_list_pending_heads(db, &err);
+    cr_assert(heads, "%s", err ? err->message : "");
+    cr_assert_eq(heads->len, 2u);
+    cr_expect_eq(((CommandRow *)heads->pdata[0])->id, a);
+    cr_expect_str_eq(((CommandRow *)heads->pdata[0])->host, "hv1");
+    cr_expect_null(((CommandRow *)heads->pdata[0])->body);
+    cr_expect_eq(((CommandRow *)heads->pdata[1])->id, c);
+    after = state_command_list_pending_after(db, a, &err);
+    cr_assert(after, "%s", err ? err->message : "");
+    cr_assert_eq(after->len, 1u, "the done one is not pending");
+    cr_expect_eq(((CommandRow *)after->pdata[0])->id, c);
+    cr_expect_str_eq(((CommandRow *)after->pdata[0])->body, "{\"c\":1}");
+    state_close(db);
+}
+
 Test(manager_state, refuses_a_schema_of_another_version)
 {
     StateDb *db = open_or_fail();

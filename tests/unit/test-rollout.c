@@ -303,3 +303,31 @@ Test(rollout, a_larger_surge_replaces_in_fewer_steps)
 {
     cr_expect_lt(simulate(6, 0, 3, 12), simulate(6, 0, 1, 12));
 }
+
+/* the last step of a replacement of 1,000 clones: every old row goes,
+ * highest index first, in one linear walk (it took ~10^9 steps when each
+ * removal walked the rows and the removals: the pass's budget) */
+Test(rollout, a_big_replacement_removes_every_old_row_highest_first,
+     .timeout = 10)
+{
+    const guint n = 1000;
+    g_autofree RolloutClone *c = g_new0(RolloutClone, 2 * n);
+    RolloutLimits l = {.desired = n, .max_surge = 1, .index_limit = 2 * n};
+    RolloutPlan p;
+
+    for (guint i = 0; i < n; i++) {
+        /* old rows at the even indexes, new ones at the odd, shuffled */
+        c[2 * i] =
+            (RolloutClone){2 * (n - 1 - i), false, ROLLOUT_CLONE_RUNNING};
+        c[2 * i + 1] = (RolloutClone){2 * i + 1, true, ROLLOUT_CLONE_RUNNING};
+    }
+    for (guint rep = 0; rep < 20; rep++) {
+        rollout_decide(c, 2 * n, &l, &p);
+        cr_assert_eq(p.status, ROLLOUT_ROLLING);
+        cr_assert_eq(p.remove->len, n);
+        for (guint i = 0; i < n; i++)
+            cr_assert_eq(g_array_index(p.remove, guint, i), 2 * (n - 1 - i));
+        cr_assert_eq(p.create->len, 0u);
+        rollout_plan_clear(&p);
+    }
+}
