@@ -1641,7 +1641,12 @@ command_send(Manager *m, const CommandRow *c)
     static const char head[] = "{\"v\":";
     g_autofree char *text = NULL;
 
-    if (g_str_has_prefix(c->body, head)) {
+    if (g_str_has_prefix(c->body, head) && m->epoch > 0) {
+        /* and the leader epoch, as manager_send() adds it */
+        text = g_strdup_printf("{\"id\":%" G_GINT64_FORMAT
+                               ",\"epoch\":%" G_GINT64_FORMAT ",%s",
+                               c->id, m->epoch, c->body + 1);
+    } else if (g_str_has_prefix(c->body, head)) {
         text = g_strdup_printf("{\"id\":%" G_GINT64_FORMAT ",%s", c->id,
                                c->body + 1);
     } else {
@@ -1650,6 +1655,8 @@ command_send(Manager *m, const CommandRow *c)
         if (!body)
             return false;
         json_object_set_int_member(body, "id", c->id);
+        if (m->epoch > 0)
+            json_object_set_int_member(body, "epoch", m->epoch);
         text = json_util_to_text(body, false);
     }
     return send_text(m, c->host, text, strlen(text));
@@ -1729,14 +1736,18 @@ peer_entry(HostRuntime *h, const HostRow *row)
 }
 
 /* peers_head: the text of a "peers" message up to its list, '{"v":1,
- * "type":"peers","peers":[' */
+ * "type":"peers",["epoch":E,]"peers":[' */
 static GString *
-peers_head(void)
+peers_head(Manager *m)
 {
     g_autoptr(JsonObject) msg = wire_new("peers");
-    g_autofree char *text = json_util_to_text(msg, false);
-    GString *head = g_string_new(text);
+    g_autofree char *text = NULL;
+    GString *head;
 
+    if (m->epoch > 0) /* as manager_send() adds it */
+        json_object_set_int_member(msg, "epoch", m->epoch);
+    text = json_util_to_text(msg, false);
+    head = g_string_new(text);
     g_string_truncate(head, head->len - 1); /* its '}' */
     g_string_append(head, ",\"peers\":[");
     return head;
@@ -1821,7 +1832,7 @@ send_peer_lists(Manager *m, GError **error)
     m->peers_changed = false;
     lists = peer_lists_choose((PeerCandidate *)(void *)cand->data, cand->len,
                               PEERS_PER_HOST, ++m->peers_epoch);
-    head = peers_head();
+    head = peers_head(m);
     for (guint i = 0; i < up->len; i++)
         send_peer_list(m, up->pdata[i], lists->pdata[i], entries, head);
     return true;

@@ -436,6 +436,8 @@ manager_free(Manager *m)
         g_source_remove(m->drain);
     if (m->inbox_idle)
         g_source_remove(m->inbox_idle);
+    if (m->pass_more)
+        g_source_remove(m->pass_more);
     manager_inbox_clear(m);
     if (m->zap_watch)
         g_source_remove(m->zap_watch);

@@ -56,9 +56,11 @@ typedef struct {
     guint turn;
     guint cpus; /* its hello's capacity (0: 4 CPUs, 8 GiB) */
     guint64 memory_kib;
-    guint create_cmds; /* clone-create commands executed */
-    guint create_max;  /* the most clones one of them created */
-    JsonArray *peers;  /* of the last "peers" message */
+    guint create_cmds;  /* clone-create commands executed */
+    guint create_max;   /* the most clones one of them created */
+    JsonArray *peers;   /* of the last "peers" message */
+    GHashTable *epochs; /* "TYPE EPOCH" of every message read (EPOCH 0:
+                         * none), when not NULL */
 } FakeAgent;
 
 static char *dir;
@@ -224,6 +226,10 @@ agent_handle(JsonObject *msg)
     const char *type = json_util_get_string(msg, "type", "");
     const char *op = json_util_get_string(msg, "op", "");
 
+    if (cur->epochs)
+        g_hash_table_add(cur->epochs,
+                         g_strdup_printf("%s %" G_GINT64_FORMAT, type,
+                                         json_util_get_int(msg, "epoch", 0)));
     if (g_str_equal(type, "who")) {
         agent_hello();
     } else if (g_str_equal(type, "peers")) {
@@ -1116,4 +1122,72 @@ Test(manager_clones, commands_a_big_service_over_passes_each_clone_once)
 
         wait_clone(last, "running");
     }
+}
+
+/* epochs_seen: hv1 was told "welcome 1", hv2 "peers 1", and one of
+ * them "cmd 1" */
+static bool
+epochs_seen(gpointer data)
+{
+    (void)data;
+    return g_hash_table_contains(agent.epochs, "welcome 1") &&
+           g_hash_table_contains(agent2.epochs, "peers 1") &&
+           (g_hash_table_contains(agent.epochs, "cmd 1") ||
+            g_hash_table_contains(agent2.epochs, "cmd 1"));
+}
+
+/* epoch_list: @a's "TYPE EPOCH" set, sorted and space-joined */
+static char *
+epoch_list(FakeAgent *a)
+{
+    g_autoptr(GList) keys = g_hash_table_get_keys(a->epochs);
+    GString *out = g_string_new(NULL);
+
+    keys = g_list_sort(keys, (GCompareFunc)g_strcmp0);
+    for (GList *k = keys; k; k = k->next)
+        g_string_append_printf(out, "%s%s", out->len ? ", " : "",
+                               (char *)k->data);
+    return g_string_free(out, FALSE);
+}
+
+Test(manager_clones, a_manager_with_a_leader_epoch_sends_it_in_every_message)
+{
+    g_autoptr(GError) err = NULL;
+    g_autoptr(JsonObject) r = NULL;
+    g_auto(LeaderRow) before = {0};
+    g_autofree char *seen1 = NULL;
+    g_autofree char *seen2 = NULL;
+    gint64 epoch = 0;
+    StateDb *db;
+    bool held = false, seen;
+
+    two_running();
+    manager_free(m);
+    /* what a standby does before it starts its manager (manager-leader.c) */
+    db = manager_state_open(&config, &err);
+    cr_assert(db, "%s", err ? err->message : "");
+    cr_assert(state_leader_try_lock(db, &held, &err) && held, "%s",
+              err ? err->message : "");
+    cr_assert(state_leader_take(db, "test", "key", &before, &epoch, &err), "%s",
+              err ? err->message : "");
+    state_close(db);
+    cr_assert_eq(epoch, 1);
+    agent.epochs = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    agent2.epochs =
+        g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    m = manager_new(&config, epoch, &err);
+    cr_assert(m, "%s", err ? err->message : "");
+    agent_connect(&agent2, "hv2");
+    r = control_ok("{\"cmd\": \"scale\", \"name\": \"web\", \"count\": 3}");
+    seen = pump(epochs_seen, NULL);
+    seen1 = epoch_list(&agent);
+    seen2 = epoch_list(&agent2);
+    cr_expect(seen,
+              "welcome, peers and a command with epoch 1: hv1 saw %s; "
+              "hv2 saw %s",
+              seen1, seen2);
+    cr_expect_null(strstr(seen1, " 0"), "every message has epoch 1: %s", seen1);
+    cr_expect_null(strstr(seen2, " 0"), "every message has epoch 1: %s", seen2);
+    g_clear_pointer(&agent.epochs, g_hash_table_unref);
+    g_clear_pointer(&agent2.epochs, g_hash_table_unref);
 }
