@@ -119,9 +119,9 @@ static size_t ahead_head, ahead_len;  /* under ahead_lock */
 static uint8_t *ahead_asked;          /* chunks asked ahead, atomic bits */
 static pthread_once_t ahead_once = PTHREAD_ONCE_INIT;
 static pthread_t ahead_thread;
-static bool ahead_running;  /* set once by ahead_start */
+static bool ahead_running; /* set once by ahead_start */
 static int ahead_wake[2] = {-1, -1};
-static int ahead_stop;      /* atomic */
+static int ahead_stop; /* atomic */
 
 /* the counters of CACHE_DIR/shim.stats, atomic */
 enum {
@@ -393,10 +393,10 @@ spore_config_complete(void)
     return 0;
 }
 
-#define spore_config_help                                                 \
-    "cache=<DIR>      (required) the image's chunk cache directory\n"     \
-    "agent=<SOCKET>   (required) the host agent's fetch socket\n"         \
-    "timeout=<S>      seconds to wait for a missing chunk (default 60)\n" \
+#define spore_config_help                                                   \
+    "cache=<DIR>      (required) the image's chunk cache directory\n"       \
+    "agent=<SOCKET>   (required) the host agent's fetch socket\n"           \
+    "timeout=<S>      seconds to wait for a missing chunk (default 60)\n"   \
     "readahead=<SIZE> ahead of a sequential stream, at most (default 1M)\n" \
     "log=<FILE>       also append errors to FILE"
 
@@ -626,8 +626,8 @@ stats_flush(void)
     len = snprintf(buf, sizeof(buf), "pid %d\nreadahead_bytes %" PRIu64 "\n",
                    (int)getpid(), readahead_bytes);
     for (int i = 0; i < ST_COUNT && len < (int)sizeof(buf); i++)
-        len += snprintf(buf + len, sizeof(buf) - (size_t)len, "%s %" PRIu64 "\n",
-                        stat_names[i],
+        len += snprintf(buf + len, sizeof(buf) - (size_t)len,
+                        "%s %" PRIu64 "\n", stat_names[i],
                         __atomic_load_n(&stats[i], __ATOMIC_RELAXED));
     snprintf(tmp, sizeof(tmp), "%s.%d.tmp", stats_path, (int)getpid());
     fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
@@ -713,8 +713,7 @@ static bool
 ahead_receive(AheadConn *k)
 {
     for (;;) {
-        ssize_t r =
-            read(k->fd, k->rbuf + k->rlen, FETCH_REPLY_BYTES - k->rlen);
+        ssize_t r = read(k->fd, k->rbuf + k->rlen, FETCH_REPLY_BYTES - k->rlen);
         FetchReply rep;
 
         if (r < 0 && errno == EINTR)

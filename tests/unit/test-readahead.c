@@ -49,8 +49,11 @@ Test(readahead, a_first_read_asks_nothing_and_the_window_grows_to_the_cap,
         uint64_t n = note(c * CHUNK, CHUNK, 1000, CAP, &from);
         uint64_t reach = c + (c < CAP / CHUNK ? c : CAP / CHUNK);
 
-        cr_assert_eq(n, c == 1 ? 1 : c <= CAP / CHUNK ? 2 : 1, "read %" PRIu64,
-                     c);
+        cr_assert_eq(n,
+                     c == 1             ? 1
+                     : c <= CAP / CHUNK ? 2
+                                        : 1,
+                     "read %" PRIu64, c);
         cr_assert_eq(from + n - 1, reach, "read %" PRIu64, c);
     }
 }
