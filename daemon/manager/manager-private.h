@@ -182,6 +182,10 @@ void manager_wake(Manager *m);
 /* ---- manager-zap.c ---- */
 /* manager_zap_drain: answer the ZAP requests waiting.  Main thread. */
 void manager_zap_drain(Manager *m);
+/* manager_accept_from_dir: the name of the host whose key @key is in
+ * hosts_dir, accepted now (a savepoint of the caller's transaction), or
+ * NULL (@error set if the database failed).  Locked. */
+char *manager_accept_from_dir(Manager *m, const char *key, GError **error);
 /* manager_should_log_refusal: once a minute per key.  Locked. */
 bool manager_should_log_refusal(Manager *m, const char *key);
 

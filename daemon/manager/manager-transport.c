@@ -685,6 +685,20 @@ handle_register(Manager *m, const char *key, const char *address,
     }
     if (!state_host_get_by_key(m->db, key, &known, error))
         return false;
+    if (!known || !known->accepted) {
+        /* its key may have reached hosts_dir since the ZAP handler last
+         * looked (a file written after the directory was read: the agent
+         * is not admitted again until this answer says "accepted") */
+        g_autofree char *dir_name = manager_accept_from_dir(m, key, error);
+
+        if (!dir_name && error && *error)
+            return false;
+        if (dir_name) {
+            g_clear_pointer(&known, host_row_free);
+            if (!state_host_get_by_key(m->db, key, &known, error))
+                return false;
+        }
+    }
     if (!known) {
         if (!state_host_get(m->db, name, &other, error))
             return false;

@@ -5,7 +5,7 @@
  * CURVE key, with the key as user id, and only ever answers "register".
  *
  * A key placed as HOSTS_DIR/NAME.pub is accepted as host NAME when it
- * first connects (accept_from_dir), in a savepoint with its event, in
+ * first connects (manager_accept_from_dir), in a savepoint with its event, in
  * the transaction of the ZAP requests waiting (manager_zap_drain).
  * Runs on the main thread, under the manager's lock.
  */
@@ -68,10 +68,8 @@ read_hosts_dir(Manager *m)
     }
 }
 
-/* accept_from_dir: the name of the host whose key @key is in hosts_dir,
- * accepted now, or NULL (@error set if the database failed) */
-static char *
-accept_from_dir(Manager *m, const char *key, GError **error)
+char *
+manager_accept_from_dir(Manager *m, const char *key, GError **error)
 {
     const char *found;
     g_autofree char *name = NULL;
@@ -154,7 +152,7 @@ zap_decide(Manager *m, const char *domain, const char *address,
     }
     if (host && host->accepted)
         return g_strdup(host->name);
-    name = accept_from_dir(m, key, &err);
+    name = manager_accept_from_dir(m, key, &err);
     if (name)
         return g_steal_pointer(&name);
     if (!err)

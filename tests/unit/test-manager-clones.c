@@ -1191,3 +1191,92 @@ Test(manager_clones, a_manager_with_a_leader_epoch_sends_it_in_every_message)
     g_clear_pointer(&agent.epochs, g_hash_table_unref);
     g_clear_pointer(&agent2.epochs, g_hash_table_unref);
 }
+
+/* A registration of hv9 on the manager's registration socket */
+typedef struct {
+    void *ctx, *sock;
+    char *state; /* of the last answer */
+    gint64 asked;
+} Registrar;
+
+/* registrar_poll: read the answers; register again every 0.5 s */
+static void
+registrar_poll(Registrar *r)
+{
+    char buf[4096];
+    int n;
+
+    while ((n = zmq_recv(r->sock, buf, sizeof(buf) - 1, ZMQ_DONTWAIT)) > 0) {
+        g_autoptr(JsonObject) reply = NULL;
+
+        buf[n] = '\0';
+        reply = wire_parse(buf, (gsize)n, NULL);
+        g_free(r->state);
+        r->state = g_strdup(json_util_get_string(reply, "state", "?"));
+    }
+    if (g_get_monotonic_time() - r->asked > G_USEC_PER_SEC / 2) {
+        g_autoptr(JsonObject) msg = wire_new("register");
+        g_autofree char *text = NULL;
+
+        json_object_set_string_member(msg, "host", "hv9");
+        text = json_util_to_text(msg, false);
+        zmq_send(r->sock, text, strlen(text), ZMQ_DONTWAIT);
+        r->asked = g_get_monotonic_time();
+    }
+}
+
+static bool
+registrar_answered(gpointer data)
+{
+    registrar_poll(data);
+    return ((Registrar *)data)->state != NULL;
+}
+
+static bool
+registrar_accepted(gpointer data)
+{
+    registrar_poll(data);
+    return g_strcmp0(((Registrar *)data)->state, "accepted") == 0;
+}
+
+Test(manager_clones, accepts_a_key_written_into_hosts_dir_after_a_refusal)
+{
+    g_autoptr(GError) err = NULL;
+    g_autofree char *adir = g_build_filename(dir, "hv9", NULL);
+    g_autofree char *pub = g_build_filename(config.hosts_dir, "hv9.pub", NULL);
+    g_autofree char *endpoint = wire_register_endpoint(config.listen);
+    Registrar r = {0};
+    WireKeys keys;
+    FILE *f;
+    int zero = 0;
+
+    g_mkdir_with_parents(adir, 0700);
+    cr_assert(wire_keys_load_or_create(adir, &keys, &err), "%s",
+              err ? err->message : "");
+    /* the file exists, empty, when the manager reads the directory (a
+     * shell's "> hv9.pub" before its key is written) */
+    f = fopen(pub, "w");
+    cr_assert(f);
+    r.ctx = zmq_ctx_new();
+    r.sock = zmq_socket(r.ctx, ZMQ_DEALER);
+    zmq_setsockopt(r.sock, ZMQ_LINGER, &zero, sizeof(zero));
+    zmq_setsockopt(r.sock, ZMQ_CURVE_SERVERKEY, manager_public_key(m),
+                   WIRE_KEY_CHARS);
+    zmq_setsockopt(r.sock, ZMQ_CURVE_PUBLICKEY, keys.public_key,
+                   WIRE_KEY_CHARS);
+    zmq_setsockopt(r.sock, ZMQ_CURVE_SECRETKEY, keys.secret_key,
+                   WIRE_KEY_CHARS);
+    cr_assert_eq(zmq_connect(r.sock, endpoint), 0);
+    cr_assert(pump(registrar_answered, &r), "no answer to a registration");
+    cr_expect_str_eq(r.state, "pending", "its key is not there yet");
+    /* now the key is written: the directory's mtime does not change */
+    fputs(keys.public_key, f);
+    fclose(f);
+    cr_expect(pump(registrar_accepted, &r),
+              "hv9's key in hosts_dir is accepted at a later registration "
+              "(the last answer: %s)",
+              r.state ? r.state : "none");
+    g_free(r.state);
+    zmq_close(r.sock);
+    zmq_ctx_term(r.ctx);
+}
