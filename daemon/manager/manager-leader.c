@@ -176,6 +176,15 @@ standby_step(ManagerLease *l, StateDb *db, char **last, GError **error)
     return true;
 }
 
+/* took_over: why the lease is lost when @row has another epoch */
+static char *
+took_over(const LeaderRow *row)
+{
+    return g_strdup_printf("%s took over (leader epoch %" G_GINT64_FORMAT ")",
+                           row->holder ? row->holder : "another spored",
+                           row->epoch);
+}
+
 /* active_step: read the leader row: ACTIVE stays, or SUSPENDED (the
  * session is closed: *@db NULL) or LOST */
 static void
@@ -192,10 +201,7 @@ active_step(ManagerLease *l, StateDb **db)
         g_clear_pointer(db, state_close);
         lease_set(l, LEASE_SUSPENDED, NULL);
     } else if (row.epoch != l->epoch) {
-        lease_set(l, LEASE_LOST,
-                  g_strdup_printf(
-                      "%s took over (leader epoch %" G_GINT64_FORMAT ")",
-                      row.holder ? row.holder : "another spored", row.epoch));
+        lease_set(l, LEASE_LOST, took_over(&row));
     }
 }
 
@@ -216,14 +222,10 @@ suspended_step(ManagerLease *l, StateDb *db)
     if (row.epoch != l->epoch || !held) {
         if (held)
             state_leader_unlock(db, NULL);
-        lease_set(
-            l, LEASE_LOST,
-            row.epoch != l->epoch
-                ? g_strdup_printf("%s took over (leader epoch "
-                                  "%" G_GINT64_FORMAT ")",
-                                  row.holder ? row.holder : "another spored",
-                                  row.epoch)
-                : g_strdup("another spored holds the site's lease"));
+        lease_set(l, LEASE_LOST,
+                  row.epoch != l->epoch
+                      ? took_over(&row)
+                      : g_strdup("another spored holds the site's lease"));
         return;
     }
     g_message("the lease is back: still the site's active manager (leader "

@@ -321,13 +321,7 @@ clone_state_from_string(const char *text, CloneState *ret_state)
 
 typedef StateStmt Stmt;
 
-static void
-stmt_release(Stmt *st)
-{
-    if (st)
-        st->db->ops->release(st);
-}
-G_DEFINE_AUTOPTR_CLEANUP_FUNC(Stmt, stmt_release)
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(Stmt, state_stmt_release)
 
 /* prefix: "database: cannot WHAT: " before the driver's message */
 static bool

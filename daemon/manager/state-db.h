@@ -106,6 +106,16 @@ struct StateStmt {
     StateDb *db;
 };
 
+/* state_stmt_release: @st's driver releases it; accepts NULL (the
+ * cleanup of g_autoptr(StateStmt) in manager-state.c and state-leader.c) */
+static inline void
+state_stmt_release(StateStmt *st)
+{
+    if (st)
+        st->db->ops->release(st);
+}
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(StateStmt, state_stmt_release)
+
 /*
  * state_db_sqlite_open: a SQLite connection to @path (created 0600 if
  * missing unless @readonly), WAL, synchronous=FULL, a busy timeout; no

@@ -50,14 +50,6 @@ leader_row_clear(LeaderRow *row)
     row->since = 0;
 }
 
-static void
-stmt_release(StateStmt *st)
-{
-    if (st)
-        st->db->ops->release(st);
-}
-G_DEFINE_AUTOPTR_CLEANUP_FUNC(StateStmt, stmt_release)
-
 /* one_int: the first column of @sql's one row (0 without a row) */
 static bool
 one_int(StateDb *db, const char *sql, const StateValue *params, guint n,
