@@ -441,6 +441,21 @@ mountpoint_cmp(gconstpointer a, gconstpointer b)
     return (int)strlen(pa->mountpoint) - (int)strlen(pb->mountpoint);
 }
 
+/* @dev in the appliance's names: a guest's fstab may say /dev/vda or
+ * /dev/hda, and inspection passes that on; the appliance translates such
+ * a name to /dev/sda whatever the drive, so a layout left with /dev/vda
+ * mounted the first drive for every clone of a batch (each clone's
+ * customization went into the first clone's overlay).  A copy. */
+static char *
+canonical_device(guestfs_h *g, const char *dev)
+{
+    char *c = guestfs_canonical_device_name(g, dev);
+    char *copy = g_strdup(c ? c : dev);
+
+    free(c);
+    return copy;
+}
+
 /* @dev renamed from drive @from (e.g. "/dev/sdb") to drive @to, or NULL. */
 static char *
 map_device(const char *dev, const char *from, const char *to)
@@ -452,24 +467,51 @@ map_device(const char *dev, const char *from, const char *to)
     return g_strconcat(to, dev + n, NULL);
 }
 
-/* The layout of inspection root @root of drive @drive_dev, as on sda. */
+/* drive_of: "/dev/sdb" of "/dev/sdb3" or "/dev/sdb", NULL if @dev is no
+ * /dev/sd device */
+static char *
+drive_of(const char *dev)
+{
+    gsize n = strlen("/dev/sd");
+
+    if (!g_str_has_prefix(dev, "/dev/sd") || !g_ascii_isalpha(dev[n]))
+        return NULL;
+    while (g_ascii_isalpha(dev[n]))
+        n++;
+    return g_strndup(dev, n);
+}
+
+/* The layout of inspection root @root of drive @drive_dev, as on sda.
+ * The guest's fstab names its devices as it sees them (/dev/vda, or a
+ * UUID that all clones of a batch share): whatever drive it puts "/" on
+ * is @drive_dev, where inspection found this root. */
 static Layout *
 layout_from_inspection(guestfs_h *g, const char *root, const char *drive_dev,
                        GError **error)
 {
     char **mps = guestfs_inspect_get_mountpoints(g, root);
+    g_autofree char *fs_drive = NULL;
     Layout *l;
 
     if (!mps) {
         gfs_fail(g, error, "cannot read the guest's mount points");
         return NULL;
     }
+    for (size_t i = 0; mps[i] && mps[i + 1] && !fs_drive; i += 2) {
+        if (g_str_equal(mps[i], "/")) {
+            g_autofree char *dev = canonical_device(g, mps[i + 1]);
+
+            fs_drive = drive_of(dev);
+        }
+    }
     l = layout_new();
     for (size_t i = 0; mps[i] && mps[i + 1]; i += 2) {
+        g_autofree char *dev = canonical_device(g, mps[i + 1]);
         MountPair m = {g_strdup(mps[i]),
-                       map_device(mps[i + 1], drive_dev, "/dev/sda")};
+                       map_device(dev, fs_drive ? fs_drive : drive_dev,
+                                  "/dev/sda")};
         if (!m.device)
-            m.device = g_strdup(mps[i + 1]);
+            m.device = g_steal_pointer(&dev);
         g_array_append_val(l, m);
     }
     for (size_t i = 0; mps[i]; i++)
@@ -552,9 +594,11 @@ mount_layout(Ctx *c, Layout *layout, const char *drive_dev, GError **error)
 {
     for (guint i = 0; i < layout->len; i++) {
         MountPair *m = &g_array_index(layout, MountPair, i);
-        g_autofree char *dev = map_device(m->device, "/dev/sda", drive_dev);
+        /* (a layout cached before it was made canonical) */
+        g_autofree char *canon = canonical_device(c->g, m->device);
+        g_autofree char *dev = map_device(canon, "/dev/sda", drive_dev);
 
-        if (guestfs_mount(c->g, dev ? dev : m->device, m->mountpoint) < 0 &&
+        if (guestfs_mount(c->g, dev ? dev : canon, m->mountpoint) < 0 &&
             g_str_equal(m->mountpoint, "/"))
             return gfs_fail(c->g, error, "cannot mount the guest's root");
     }

@@ -95,10 +95,14 @@ check "virsh list --all shows both clones, shut off (--no-start)" \
 
 # a guest with /etc/systemd/system gets a systemd unit for its first-boot
 # commands instead: an image with that layout (no systemd runs here, so it
-# is only looked at), customized offline by clone-prepare
+# is only looked at), customized offline by clone-prepare, three clones in
+# one appliance; its fstab names the root /dev/vda, as the guest sees it
+# (the appliance took that for its first drive: every clone's
+# customization went into clone 0)
 sd=$work/systemd-root
 mkdir -p "$sd/bin" "$sd/etc/systemd/system" "$sd/var/lib" "$work/systemd"
 printf '127.0.0.1\tlocalhost\n' >"$sd/etc/hosts"
+echo '/dev/vda / ext4 rw 0 1' >"$sd/etc/fstab"
 echo 'root:x:0:0:root:/root:/bin/sh' >"$sd/etc/passwd"
 printf 'NAME="spore systemd layout"\nID=spore-systemd\n' >"$sd/etc/os-release"
 mkfs.ext4 -q -F -E root_owner=0:0 -d "$sd" "$work/systemd.raw" 16M >&2
@@ -110,11 +114,28 @@ cat >"$work/systemd.xml" <<EOF
     <firstboot>echo first boot of {hostname}</firstboot>
     <firstboot>false</firstboot>
   </customize>
+  <scaling min="1" max="3"/>
 </service>
 EOF
 check "clone-prepare customizes an image with a systemd layout" \
     quiet "$sporectl" clone-prepare --image "$work/systemd.raw" \
-    --dir "$work/systemd" "$work/systemd.xml" 0
+    --dir "$work/systemd" "$work/systemd.xml" 0 1 2
+hostnames=$(guestfish --ro -a "$work/systemd/spore-test-systemd-0.qcow2" \
+    -a "$work/systemd/spore-test-systemd-1.qcow2" \
+    -a "$work/systemd/spore-test-systemd-2.qcow2" <<'EOF' 2>&1
+run
+mount-ro /dev/sda /
+cat /etc/hostname
+umount-all
+mount-ro /dev/sdb /
+cat /etc/hostname
+umount-all
+mount-ro /dev/sdc /
+cat /etc/hostname
+EOF
+)
+check "and each of the three has its own hostname ($(echo $hostnames))" \
+    test "$(echo $hostnames)" = "spore-test-systemd-0 spore-test-systemd-1 spore-test-systemd-2"
 
 # what cannot be seen on a console: contents, modes and owners inside the
 # clone (sda) and the systemd-layout clone (sdb); "echo @NAME" starts the
