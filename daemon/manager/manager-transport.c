@@ -188,25 +188,6 @@ paused_by_io(JsonObject *c)
             json_util_get_bool(c, "io_paused", false));
 }
 
-/* reported_before: name -> clone object of @h's previous report
- * (borrowed from it) */
-static GHashTable *
-reported_before(HostRuntime *h)
-{
-    GHashTable *by_name = g_hash_table_new(g_str_hash, g_str_equal);
-
-    for (guint i = 0; h->clones && i < json_array_get_length(h->clones); i++) {
-        JsonNode *n = json_array_get_element(h->clones, i);
-        JsonObject *c =
-            JSON_NODE_HOLDS_OBJECT(n) ? json_node_get_object(n) : NULL;
-        const char *name = json_util_get_string(c, "name", NULL);
-
-        if (name)
-            g_hash_table_insert(by_name, (gpointer)name, c);
-    }
-    return by_name;
-}
-
 /*
  * note_io_pauses: an event when a clone of @host is paused by an I/O error
  * of its disk (a read its shim could not answer in time), and when it runs
@@ -216,20 +197,20 @@ static bool
 note_io_pauses(Manager *m, const char *host, HostRuntime *h, JsonArray *arr,
                GError **error)
 {
-    g_autoptr(GHashTable) previous = reported_before(h);
-
     for (guint i = 0; i < json_array_get_length(arr); i++) {
         JsonNode *n = json_array_get_element(arr, i);
         JsonObject *c =
             JSON_NODE_HOLDS_OBJECT(n) ? json_node_get_object(n) : NULL;
         const char *name = json_util_get_string(c, "name", NULL);
-        JsonObject *before;
+        const ReportedClone *before;
         bool was, is;
 
         if (!name)
             continue;
-        before = g_hash_table_lookup(previous, name);
-        was = paused_by_io(before);
+        /* the previous report's */
+        before = h->view_by_name ? g_hash_table_lookup(h->view_by_name, name)
+                                 : NULL;
+        was = paused_by_io(before ? before->obj : NULL);
         is = paused_by_io(c);
         if (is && !was &&
             !manager_event(m, error, "clone-paused",
@@ -287,11 +268,7 @@ handle_report(Manager *m, const char *host, JsonObject *msg, GError **error)
             mscale_report_clone(m, host, c);
         }
     }
-    g_clear_pointer(&h->clones_by_name, g_hash_table_unref);
-    g_clear_pointer(&h->clones, json_array_unref);
-    g_clear_pointer(&h->images, json_array_unref);
-    h->clones = json_array_ref(arr);
-    h->images = json_array_ref(json_node_get_array(images));
+    manager_runtime_set_report(h, arr, json_node_get_array(images));
     h->reported = true;
     if (h->acked) /* this report shows what the acks created */
         g_hash_table_remove_all(h->acked);

@@ -32,12 +32,7 @@ host_runtime_free(gpointer p)
     g_free(h->name);
     g_free(h->boot);
     g_free(h->peer_endpoint);
-    if (h->clones_by_name)
-        g_hash_table_unref(h->clones_by_name);
-    if (h->clones)
-        json_array_unref(h->clones);
-    if (h->images)
-        json_array_unref(h->images);
+    manager_runtime_set_report(h, NULL, NULL);
     if (h->acked)
         g_hash_table_unref(h->acked);
     g_free(h);
@@ -74,31 +69,64 @@ manager_host_clones(Manager *m, const char *host)
     return h && h->reported ? h->clones : NULL;
 }
 
-JsonObject *
-manager_reported_clone(Manager *m, const char *host, const char *name)
+/* report_view: @c's members as a ReportedClone */
+static void
+report_view(JsonNode *n, ReportedClone *rc)
+{
+    JsonObject *c = JSON_NODE_HOLDS_OBJECT(n) ? json_node_get_object(n) : NULL;
+
+    rc->obj = c;
+    rc->name = json_util_get_string(c, "name", NULL);
+    rc->uuid = json_util_get_string(c, "uuid", NULL);
+    rc->service = json_util_get_string(c, "service", NULL);
+    rc->state = json_util_get_string(c, "state", "");
+    rc->index = c ? json_util_get_int(c, "index", -1) : -1;
+    rc->generation = c ? json_util_get_int(c, "generation", -1) : -1;
+}
+
+void
+manager_runtime_set_report(HostRuntime *h, JsonArray *clones,
+                           JsonArray *images)
+{
+    g_clear_pointer(&h->view_by_name, g_hash_table_unref);
+    g_clear_pointer(&h->view, g_free);
+    h->n_view = 0;
+    g_clear_pointer(&h->clones, json_array_unref);
+    g_clear_pointer(&h->images, json_array_unref);
+    if (images)
+        h->images = json_array_ref(images);
+    if (!clones)
+        return;
+    h->clones = json_array_ref(clones);
+    h->n_view = json_array_get_length(clones);
+    h->view = g_new(ReportedClone, h->n_view);
+    h->view_by_name = g_hash_table_new(g_str_hash, g_str_equal);
+    for (guint i = 0; i < h->n_view; i++) {
+        ReportedClone *rc = &h->view[i];
+
+        report_view(json_array_get_element(clones, i), rc);
+        /* the first of a name wins, as a walk of the report would */
+        if (rc->name && !g_hash_table_contains(h->view_by_name, rc->name))
+            g_hash_table_insert(h->view_by_name, (gpointer)rc->name, rc);
+    }
+}
+
+const ReportedClone *
+manager_reported(Manager *m, const char *host, const char *name)
 {
     HostRuntime *h = host ? g_hash_table_lookup(m->runtime, host) : NULL;
 
-    if (!h || !h->reported || !h->clones || !name)
+    if (!h || !h->reported || !h->view_by_name || !name)
         return NULL;
-    /* the pass asks for every row's clone: one index per report, not a
-     * walk of the report per row */
-    if (!h->clones_by_name) {
-        h->clones_by_name = g_hash_table_new(g_str_hash, g_str_equal);
-        for (guint i = 0; i < json_array_get_length(h->clones); i++) {
-            JsonNode *n = json_array_get_element(h->clones, i);
-            const char *key = JSON_NODE_HOLDS_OBJECT(n)
-                                  ? json_util_get_string(
-                                        json_node_get_object(n), "name", NULL)
-                                  : NULL;
+    return g_hash_table_lookup(h->view_by_name, name);
+}
 
-            /* the first of a name wins, as the walk did */
-            if (key && !g_hash_table_contains(h->clones_by_name, key))
-                g_hash_table_insert(h->clones_by_name, (gpointer)key,
-                                    json_node_get_object(n));
-        }
-    }
-    return g_hash_table_lookup(h->clones_by_name, name);
+JsonObject *
+manager_reported_clone(Manager *m, const char *host, const char *name)
+{
+    const ReportedClone *rc = manager_reported(m, host, name);
+
+    return rc ? rc->obj : NULL;
 }
 
 static void
