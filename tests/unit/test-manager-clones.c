@@ -1054,7 +1054,7 @@ Test(manager_clones, starts_again_a_clone_its_host_reports_shut_off)
 /* ---- a big submit ------------------------------------------------------ */
 
 /* manager-reconcile.c's budget: clones placed, and commanded, per pass */
-#define PASS_CLONES_MAX 500
+#define PASS_CLONES_MAX 250
 
 static bool
 capacity_is(gpointer data)
