@@ -507,9 +507,9 @@ layout_from_inspection(guestfs_h *g, const char *root, const char *drive_dev,
     l = layout_new();
     for (size_t i = 0; mps[i] && mps[i + 1]; i += 2) {
         g_autofree char *dev = canonical_device(g, mps[i + 1]);
-        MountPair m = {g_strdup(mps[i]),
-                       map_device(dev, fs_drive ? fs_drive : drive_dev,
-                                  "/dev/sda")};
+        MountPair m = {
+            g_strdup(mps[i]),
+            map_device(dev, fs_drive ? fs_drive : drive_dev, "/dev/sda")};
         if (!m.device)
             m.device = g_steal_pointer(&dev);
         g_array_append_val(l, m);

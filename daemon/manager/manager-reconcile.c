@@ -97,9 +97,9 @@ G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(PassRows, pass_rows_clear)
  * once (pass_continue), so that no pass holds the main loop, and the
  * acks and reports waiting behind it, for long. */
 typedef struct {
-    guint place;  /* clones that may still be placed */
-    guint create; /* clones that may still be commanded */
-    bool more;    /* some were left for the next pass */
+    guint place;       /* clones that may still be placed */
+    guint create;      /* clones that may still be commanded */
+    bool more;         /* some were left for the next pass */
     bool creates_left; /* a host's creates were: step 5 ran out */
 } PassBudget;
 
@@ -1023,8 +1023,7 @@ place_clones(Manager *m, PassBudget *budget, PassRows *pr, GError **error)
             CloneRow *c = pr->clones->pdata[i];
 
             if (!c->host)
-                g_hash_table_insert(pp.rows, row_key(c->service, c->index),
-                                    c);
+                g_hash_table_insert(pp.rows, row_key(c->service, c->index), c);
         }
     }
     ok = place_unplaced(m, budget, &pp, error);
@@ -1982,8 +1981,8 @@ reconcile(Manager *m, bool continuing)
         !sync_clone_rows(m, &rows, &err) || !pass_lap(&t, &ms[3]) ||
         !place_clones(m, &budget, &rows, &err) || !pass_lap(&t, &ms[4]) ||
         !reconcile_hosts(m, &budget, &rows, continuing, &err) ||
-        !pass_lap(&t, &ms[5]) ||
-        !state_commit(m->db, &err) || !pass_lap(&t, &ms[6])) {
+        !pass_lap(&t, &ms[5]) || !state_commit(m->db, &err) ||
+        !pass_lap(&t, &ms[6])) {
         state_rollback(m->db); /* invariant 1 */
         g_warning("reconciliation pass rolled back: %s", err->message);
         pass_note(m, start, cpu_start, ms);

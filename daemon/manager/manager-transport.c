@@ -208,8 +208,8 @@ note_io_pauses(Manager *m, const char *host, HostRuntime *h, JsonArray *arr,
         if (!name)
             continue;
         /* the previous report's */
-        before = h->view_by_name ? g_hash_table_lookup(h->view_by_name, name)
-                                 : NULL;
+        before =
+            h->view_by_name ? g_hash_table_lookup(h->view_by_name, name) : NULL;
         was = paused_by_io(before ? before->obj : NULL);
         is = paused_by_io(c);
         if (is && !was &&

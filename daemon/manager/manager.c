@@ -85,8 +85,7 @@ report_view(JsonNode *n, ReportedClone *rc)
 }
 
 void
-manager_runtime_set_report(HostRuntime *h, JsonArray *clones,
-                           JsonArray *images)
+manager_runtime_set_report(HostRuntime *h, JsonArray *clones, JsonArray *images)
 {
     g_clear_pointer(&h->view_by_name, g_hash_table_unref);
     g_clear_pointer(&h->view, g_free);
