@@ -28,10 +28,10 @@ run() { # run LOG...: run test-summary, leaving $rc, $tmp/out and $tmp/err
 
 # meson's testlog.json: one JSON object per test executable
 {
-    echo '{"name": "tap", "result": "FAIL", "stdout": "ok 1 - a\nnot ok 2 - b\nok 3 - c # SKIP no kvm\nok 4 - d\n1..4\n"}'
+    echo '{"name": "tap", "result": "FAIL", "stdout": "ok 1 - a\nnot ok 2 - b\n# got 3, want 4\nok 3 - c # SKIP no kvm\nok 4 - d\n1..4\n", "stderr": "spored: gave up waiting\n"}'
     echo '{"name": "plain", "result": "OK", "stdout": ""}'
     echo '{"name": "skipped", "result": "SKIP", "stdout": ""}'
-    echo '{"name": "crashed", "result": "ERROR", "stdout": "ok 1 - before the crash\n"}'
+    echo '{"name": "crashed", "result": "ERROR", "stdout": "ok 1 - before the crash\nSegmentation fault\n"}'
 } >"$tmp/mixed.json"
 echo '{"name": "tap", "result": "OK", "stdout": "ok 1 - a\nok 2 - b\n1..2\n"}' \
     >"$tmp/green.json"
@@ -42,11 +42,22 @@ check "the last line is exactly 'N passed, N failed'" \
     test "$(tail -n 1 "$tmp/out")" = "4 passed, 2 failed"
 check "the skipped count is on the line before it" \
     test "$(tail -n 2 "$tmp/out" | head -n 1)" = "2 skipped"
+check "a failed TAP line is named with its test, above the closing lines" \
+    grep -q '^FAILED tap ' <(head -n -2 "$tmp/out")
+check "with its diagnostics and the tail of its stderr" \
+    bash -c 'grep -q "^  not ok 2 - b\$" "$1" && grep -q "^  # got 3, want 4\$" "$1" &&
+        grep -q "^    spored: gave up waiting\$" "$1"' - "$tmp/out"
+check "a crash after the last TAP line is named, with its other output" \
+    bash -c 'grep -q "^FAILED crashed " "$1" && grep -q "^    Segmentation fault\$" "$1"' \
+    - "$tmp/out"
+check "passing and skipped executables are not named" \
+    test -z "$(grep -E '^FAILED (plain|skipped) ' "$tmp/out")"
 
 run "$tmp/green.json" "$tmp/green.json"
 check "all passing over two logs exits 0" test "$rc" -eq 0
 check "and closes with their sum" \
     test "$(tail -n 1 "$tmp/out")" = "4 passed, 0 failed"
+check "naming no failure" test -z "$(grep '^FAILED' "$tmp/out")"
 
 run "$tmp/green.json" "$tmp/missing.json"
 check "an unreadable log counts as a failure, named on stderr" \
