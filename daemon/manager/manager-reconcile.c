@@ -905,51 +905,14 @@ host_usages(Manager *m, GPtrArray *hosts, PassRows *pr, GError **error)
     return g_steal_pointer(&usages);
 }
 
-/* row_key: "SERVICE/INDEX" */
-static char *
-row_key(const char *service, gint64 index)
-{
-    return g_strdup_printf("%s/%" G_GINT64_FORMAT, service, index);
-}
-
-/* PassPlaced: the pass's rows of unplaced clones, by row_key, so that a
- * placement is written into them too: step 5 then uses the rows step 3
- * read rather than reading them all again (10,000 at a time) */
-typedef struct {
-    PassRows *pr;
-    GHashTable *rows; /* row_key -> CloneRow * of pr->clones; NULL: none */
-    bool missed;      /* a placed clone had no row there: pr is stale */
-} PassPlaced;
-
-static void
-pass_placed_note(PassPlaced *pp, const CloneRow *c, const char *host)
-{
-    g_autofree char *key = NULL;
-    CloneRow *row;
-
-    if (!pp->rows) {
-        pp->missed = true;
-        return;
-    }
-    key = row_key(c->service, c->index);
-    row = g_hash_table_lookup(pp->rows, key);
-    if (!row) {
-        pp->missed = true;
-        return;
-    }
-    g_free(row->host);
-    row->host = g_strdup(host);
-}
-
 /* place_service: place @clones (unplaced, all of @service, from @from to
  * @to) among @usages: one candidate list and one heap for them all
- * (placement_queue_take), the hosts' caches of the image read once */
-static bool place_unplaced(Manager *m, PassBudget *budget, PassPlaced *pp,
-                           GError **error);
-
+ * (placement_queue_take), the hosts' caches of the image read once.  The
+ * host chosen is written into the row too (the pass's rows: step 5 reads
+ * them). */
 static bool
 place_service(Manager *m, GArray *usages, GPtrArray *clones, guint from,
-              guint to, PassBudget *budget, PassPlaced *pp, GError **error)
+              guint to, PassBudget *budget, GError **error)
 {
     const char *service = ((CloneRow *)clones->pdata[from])->service;
     Manifest *mf = manager_manifest(m, service, error);
@@ -977,7 +940,7 @@ place_service(Manager *m, GArray *usages, GPtrArray *clones, guint from,
     }
     q = placement_queue_new((PlacementHost *)cand->data, cand->len, mf);
     for (guint k = from; k < to; k++) {
-        const CloneRow *c = clones->pdata[k];
+        CloneRow *c = clones->pdata[k];
         g_autofree char *reason = NULL;
         int chosen;
         HostUsage *u;
@@ -1002,41 +965,41 @@ place_service(Manager *m, GArray *usages, GPtrArray *clones, guint from,
                                ? "pack"
                                : "spread"))
             return false;
-        pass_placed_note(pp, c, u->ph.name);
+        g_free(c->host);
+        c->host = g_strdup(u->ph.name);
         usage_add(u, c->service, mf);
         budget->place--;
     }
     return true;
 }
 
-/* place_clones: O(clones + hosts x services with unplaced clones), at
- * most budget->place of them */
+/* unplaced_rows: the rows of the clones to place, by service and index:
+ * those of the pass (@pr, borrowed), unless a step changed the rows since
+ * they were read; then from the state.  (A deleted service's rows went in
+ * step 3, which made @pr stale.) */
+static GPtrArray *
+unplaced_rows(Manager *m, PassRows *pr, GError **error)
+{
+    GPtrArray *out;
+
+    if (!pr->clones || pr->stale)
+        return state_clone_list_unplaced(m->db, error);
+    out = g_ptr_array_new();
+    for (guint i = 0; i < pr->clones->len; i++) {
+        CloneRow *c = pr->clones->pdata[i];
+
+        if (!c->host)
+            g_ptr_array_add(out, c);
+    }
+    return out;
+}
+
+/* place_clones: step 4, O(clones + hosts x services with unplaced
+ * clones), at most budget->place of them */
 static bool
 place_clones(Manager *m, PassBudget *budget, PassRows *pr, GError **error)
 {
-    PassPlaced pp = {.pr = pr};
-    bool ok;
-
-    if (pr->clones && !pr->stale) {
-        pp.rows = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
-        for (guint i = 0; i < pr->clones->len; i++) {
-            CloneRow *c = pr->clones->pdata[i];
-
-            if (!c->host)
-                g_hash_table_insert(pp.rows, row_key(c->service, c->index), c);
-        }
-    }
-    ok = place_unplaced(m, budget, &pp, error);
-    g_clear_pointer(&pp.rows, g_hash_table_unref);
-    /* (a pass rolled back forgets its rows anyway) */
-    pr->stale = pr->stale || pp.missed;
-    return ok;
-}
-
-static bool
-place_unplaced(Manager *m, PassBudget *budget, PassPlaced *pp, GError **error)
-{
-    g_autoptr(GPtrArray) unplaced = state_clone_list_unplaced(m->db, error);
+    g_autoptr(GPtrArray) unplaced = unplaced_rows(m, pr, error);
     g_autoptr(GPtrArray) hosts = NULL;
     g_autoptr(GArray) usages = NULL;
 
@@ -1049,7 +1012,7 @@ place_unplaced(Manager *m, PassBudget *budget, PassPlaced *pp, GError **error)
         return true;
     }
     hosts = state_host_list(m->db, true, error);
-    if (!hosts || !(usages = host_usages(m, hosts, pp->pr, error)))
+    if (!hosts || !(usages = host_usages(m, hosts, pr, error)))
         return false;
     /* the list is by service: one run per service */
     for (guint i = 0, j; i < unplaced->len && budget->place > 0; i = j) {
@@ -1060,7 +1023,7 @@ place_unplaced(Manager *m, PassBudget *budget, PassPlaced *pp, GError **error)
              g_str_equal(((CloneRow *)unplaced->pdata[j])->service, service);
              j++)
             ;
-        if (!place_service(m, usages, unplaced, i, j, budget, pp, error))
+        if (!place_service(m, usages, unplaced, i, j, budget, error))
             return false;
     }
     return true;
@@ -1529,9 +1492,7 @@ plan_starts(Manager *m, HostRuntime *h, GHashTable *wanted, GHashTable *pending,
         gint64 *until;
         GPtrArray *list;
 
-        if (!rc->obj)
-            continue;
-        w = g_hash_table_lookup(wanted, rc->name ? rc->name : "");
+        w = rc->name ? g_hash_table_lookup(wanted, rc->name) : NULL;
         if (!w || !w->current ||
             g_ascii_strcasecmp(w->uuid, rc->uuid ? rc->uuid : "") ||
             (!g_str_equal(state, "shutoff") && !g_str_equal(state, "crashed")))
