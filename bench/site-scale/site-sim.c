@@ -87,6 +87,7 @@ typedef struct {
     GQueue jobs;           /* SimJob, by due time */
     bool rewelcomed;       /* welcomed by the restarted spored */
     GHashTable *vanished;  /* name -> gint64 µs: first report without it */
+    bool told_peers;       /* a peer list arrived */
 } SimHost;
 
 typedef struct {
@@ -106,6 +107,7 @@ typedef struct {
     guint running;         /* clones present over all hosts */
     guint64 cmds_received, cmd_ids, replays, dup_creates, resends_running;
     guint64 peers_msgs, peers_bytes, peers_max, peers_over;
+    guint peers_told; /* hosts a peer list reached */
     guint64 reports_sent, bytes_sent;
     GArray *repair_us; /* gint64 */
     double cpu_start;  /* spored's CPU seconds at the start */
@@ -364,6 +366,9 @@ on_message(Sim *s, SimHost *h, const char *data, gsize len)
 
         s->peers_msgs++;
         s->peers_bytes += len;
+        if (!h->told_peers)
+            s->peers_told++;
+        h->told_peers = true;
         s->peers_max = MAX(s->peers_max, n);
         if (n > WIRE_PEERS_MAX)
             s->peers_over++;
@@ -757,6 +762,7 @@ print_counts(Sim *s)
            " entries, %" G_GUINT64_FORMAT " over the agent's limit of %d\n",
            s->peers_msgs, (double)s->peers_bytes / 1e6, s->peers_max,
            s->peers_over, WIRE_PEERS_MAX);
+    printf("peer lists reached %u of %u hosts\n", s->peers_told, s->n_hosts);
     printf("sent: %" G_GUINT64_FORMAT " reports, %.1f MB\n", s->reports_sent,
            (double)s->bytes_sent / 1e6);
 }

@@ -118,11 +118,14 @@ struct Manager {
     GHashTable *histories; /* service -> ScalingHistory */
     GHashTable *decisions; /* service -> the last ScalingDecision */
     double last_scaling;
-    gint64 peers_sent;  /* when peer lists last went out; 0: send now */
-    bool peers_changed; /* a host came or went since they went out */
-    guint64 peers_epoch;
-    struct PassCache *pass;
-    /* during step 5 of a pass (manager-reconcile.c) */ /* broadcasts so far: rotates the random peers */
+    gint64 peers_sent;   /* when peer lists last went out; 0: send now */
+    bool peers_changed;  /* a host came or went since they went out */
+    guint64 peers_epoch; /* broadcasts so far: rotates the random peers */
+    /* the broadcast going out, a batch of hosts per turn of the main
+     * loop, and its idle source (manager-reconcile.c, send_peer_lists) */
+    struct PeerBroadcast *peers_out;
+    guint peers_idle;
+    struct PassCache *pass; /* during step 5 of a pass (manager-reconcile.c) */
     /* the idle source of the pass that goes on with the clones the last
      * one left unplaced or uncommanded (its budget: manager-reconcile.c) */
     guint pass_more;
@@ -204,6 +207,9 @@ const ReportedClone *manager_reported(Manager *m, const char *host,
  * are @h's last report from now on */
 void manager_runtime_set_report(HostRuntime *h, JsonArray *clones,
                                 JsonArray *images);
+/* manager_peers_stop: drop a peer-list broadcast under way (manager-
+ * reconcile.c) */
+void manager_peers_stop(Manager *m);
 void manager_wake(Manager *m);
 
 /* ---- manager-zap.c ---- */

@@ -1769,60 +1769,80 @@ peers_head(Manager *m)
     return head;
 }
 
-/* send_peer_list: @h's list, the entries @mine of @entries; each entry
- * written once per broadcast, each list put together from their texts (a
- * thousand lists of 40 written by json-glib took 30-55 ms) */
-static void
-send_peer_list(Manager *m, HostRuntime *h, GArray *mine, GPtrArray *entries,
-               const GString *head)
-{
-    g_autoptr(GString) text = g_string_new_len(head->str, (gssize)head->len);
+/* PeerBroadcast: one broadcast of peer lists on its way out; the lists
+ * are chosen at once (peer_lists_choose), and sent PEERS_SEND_BATCH
+ * hosts at a time, one batch per turn of the main loop: at 1,000 hosts
+ * the texts of a broadcast are ~6 MB, and sending them in one go held
+ * the loop for 60 ms */
+typedef struct PeerBroadcast {
+    GPtrArray *names;   /* the hosts to tell, in the lists' order */
+    GPtrArray *lists;   /* of GArray of guint: indexes of names/entries */
+    GPtrArray *entries; /* each host's entry, its text */
+    GString *head;      /* peers_head() */
+    guint next;         /* the first host not told yet */
+} PeerBroadcast;
 
+#define PEERS_SEND_BATCH 100
+
+static void
+peer_broadcast_free(PeerBroadcast *b)
+{
+    if (!b)
+        return;
+    g_ptr_array_unref(b->names);
+    g_clear_pointer(&b->lists, g_ptr_array_unref);
+    g_ptr_array_unref(b->entries);
+    g_string_free(b->head, TRUE);
+    g_free(b);
+}
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(PeerBroadcast, peer_broadcast_free)
+
+/* send_peer_list: the list of host @i of @b; each entry written once per
+ * broadcast, each list put together from their texts (a thousand lists
+ * of 40 written by json-glib took 30-55 ms) */
+static void
+send_peer_list(Manager *m, const PeerBroadcast *b, guint i)
+{
+    const char *name = b->names->pdata[i];
+    GArray *mine = b->lists->pdata[i];
+    g_autoptr(GString) text =
+        g_string_new_len(b->head->str, (gssize)b->head->len);
+
+    if (!manager_host_is_up(m, name))
+        return; /* gone since the lists were chosen */
     for (guint k = 0; k < mine->len; k++) {
         if (k)
             g_string_append_c(text, ',');
-        g_string_append(text, entries->pdata[g_array_index(mine, guint, k)]);
+        g_string_append(text, b->entries->pdata[g_array_index(mine, guint, k)]);
     }
     g_string_append(text, "]}");
-    if (!send_text(m, h->name, text->str, text->len)) {
+    if (!send_text(m, name, text->str, text->len)) {
         m->stats.send_refused++; /* as manager_send() counts */
-        g_debug("could not send peers to %s: %s", h->name,
+        g_debug("could not send peers to %s: %s", name,
                 zmq_strerror(zmq_errno()));
     }
 }
 
-/*
- * send_peer_lists: tell each connected host the peer servers of some
- * other hosts that are up, with their keys (docs/site-protocol.md
- * "peers"): all of them in a site of up to PEERS_PER_HOST + 1, else a
- * bounded, symmetric choice (peer-lists.h: a random ring, rotated per
- * broadcast, and the hosts that hold the same images).  Sent when
- * something changed, at most every PEERS_MIN_US, and every
- * PEERS_RESEND_US anyway.
- */
-static bool
-send_peer_lists(Manager *m, GError **error)
+/* peer_broadcast_new: the peer lists of every connected host that is up
+ * and accepted, chosen now */
+static PeerBroadcast *
+peer_broadcast_new(Manager *m, GError **error)
 {
-    gint64 now = g_get_monotonic_time();
-    g_autoptr(GPtrArray) up = g_ptr_array_new(); /* HostRuntime * */
+    g_autoptr(PeerBroadcast) b = g_new0(PeerBroadcast, 1);
     g_autoptr(GPtrArray) rows = NULL;
     g_autoptr(GHashTable) by_name = g_hash_table_new(g_str_hash, g_str_equal);
     g_autoptr(GPtrArray) images =
         g_ptr_array_new_with_free_func((GDestroyNotify)g_ptr_array_unref);
-    g_autoptr(GPtrArray) entries = g_ptr_array_new_with_free_func(g_free);
     g_autoptr(GArray) cand = g_array_new(FALSE, TRUE, sizeof(PeerCandidate));
-    g_autoptr(GPtrArray) lists = NULL;
-    g_autoptr(GString) head = NULL;
     GHashTableIter it;
     gpointer v;
 
-    if (m->peers_sent &&
-        now - m->peers_sent <
-            (m->peers_changed ? PEERS_MIN_US : PEERS_RESEND_US))
-        return true;
+    b->names = g_ptr_array_new_with_free_func(g_free);
+    b->entries = g_ptr_array_new_with_free_func(g_free);
+    b->head = peers_head(m);
     /* the hosts' rows in one query, not one per host */
     if (!(rows = state_host_list(m->db, false, error)))
-        return false;
+        return NULL;
     for (guint i = 0; i < rows->len; i++)
         g_hash_table_insert(by_name, ((HostRow *)rows->pdata[i])->name,
                             rows->pdata[i]);
@@ -1837,20 +1857,74 @@ send_peer_lists(Manager *m, GError **error)
         row = g_hash_table_lookup(by_name, h->name);
         if (!row || !row->accepted)
             continue;
-        g_ptr_array_add(up, h);
-        g_ptr_array_add(entries, peer_entry(h, row));
+        g_ptr_array_add(b->names, g_strdup(h->name));
+        g_ptr_array_add(b->entries, peer_entry(h, row));
         g_ptr_array_add(images, host_images(h));
-        c.name = h->name;
+        /* (names and images live until the lists are chosen) */
+        c.name = b->names->pdata[b->names->len - 1];
         c.images = images->pdata[images->len - 1];
         g_array_append_val(cand, c);
     }
+    b->lists = peer_lists_choose((PeerCandidate *)(void *)cand->data, cand->len,
+                                 PEERS_PER_HOST, ++m->peers_epoch);
+    return g_steal_pointer(&b);
+}
+
+void
+manager_peers_stop(Manager *m)
+{
+    if (m->peers_idle)
+        g_source_remove(m->peers_idle);
+    m->peers_idle = 0;
+    g_clear_pointer(&m->peers_out, peer_broadcast_free);
+}
+
+/* on_peers: the next batch of the broadcast under way */
+static gboolean
+on_peers(gpointer data)
+{
+    Manager *m = data;
+    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&m->lock);
+    PeerBroadcast *b = m->peers_out;
+    guint end = MIN(b->next + PEERS_SEND_BATCH, b->names->len);
+
+    for (; b->next < end; b->next++)
+        send_peer_list(m, b, b->next);
+    if (b->next < b->names->len)
+        return G_SOURCE_CONTINUE;
+    m->peers_idle = 0;
+    g_clear_pointer(&m->peers_out, peer_broadcast_free);
+    return G_SOURCE_REMOVE;
+}
+
+/*
+ * send_peer_lists: tell each connected host the peer servers of some
+ * other hosts that are up, with their keys (docs/site-protocol.md
+ * "peers"): all of them in a site of up to PEERS_PER_HOST + 1, else a
+ * bounded, symmetric choice (peer-lists.h: a random ring, rotated per
+ * broadcast, and the hosts that hold the same images).  Chosen when
+ * something changed, at most every PEERS_MIN_US, and every
+ * PEERS_RESEND_US anyway; sent by an idle source at the inbox's priority,
+ * PEERS_SEND_BATCH hosts at a time (PeerBroadcast); the next is not
+ * chosen before the last is out.
+ */
+static bool
+send_peer_lists(Manager *m, GError **error)
+{
+    gint64 now = g_get_monotonic_time();
+    PeerBroadcast *b;
+
+    if (m->peers_out || /* the last one is still going out */
+        (m->peers_sent &&
+         now - m->peers_sent <
+             (m->peers_changed ? PEERS_MIN_US : PEERS_RESEND_US)))
+        return true;
+    if (!(b = peer_broadcast_new(m, error)))
+        return false;
     m->peers_sent = now;
     m->peers_changed = false;
-    lists = peer_lists_choose((PeerCandidate *)(void *)cand->data, cand->len,
-                              PEERS_PER_HOST, ++m->peers_epoch);
-    head = peers_head(m);
-    for (guint i = 0; i < up->len; i++)
-        send_peer_list(m, up->pdata[i], lists->pdata[i], entries, head);
+    m->peers_out = b;
+    m->peers_idle = g_idle_add_full(G_PRIORITY_DEFAULT_IDLE, on_peers, m, NULL);
     return true;
 }
 

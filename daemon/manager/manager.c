@@ -465,6 +465,7 @@ manager_free(Manager *m)
         g_source_remove(m->inbox_idle);
     if (m->pass_more)
         g_source_remove(m->pass_more);
+    manager_peers_stop(m);
     manager_inbox_clear(m);
     if (m->zap_watch)
         g_source_remove(m->zap_watch);

@@ -10,7 +10,8 @@
 #   cache, reads it.
 #   Required: every peer list stays within the agent's limit (none
 #   dropped), zz1 and zz2 are each other's peers (they hold the image),
-#   and zz2's copy is identical with its chunks taken from zz1.  TAP
+#   and zz2's copy is identical with its chunks taken from zz1; every
+#   simulated host is sent a list (a broadcast goes out in batches).  TAP
 #   output.
 set -u
 . "$(dirname "$0")/lib.sh"
@@ -87,4 +88,8 @@ wait "$sim_pid" 2>/dev/null
 sed 's/^/# site-sim: /' "$SITE/sim.out"
 check "no simulated host was sent a peer list over the agent's limit" \
     grep -q " 0 over the agent's limit" "$SITE/sim.out"
+# spored sends a broadcast 100 hosts at a time (one batch per turn of
+# its main loop): every batch must go out
+check "every simulated host was sent a peer list" \
+    grep -q "^peer lists reached $hosts of $hosts hosts\$" "$SITE/sim.out"
 finish
