@@ -128,7 +128,23 @@ wire_register_endpoint(const char *listen)
 void
 wire_socket_defaults(void *socket)
 {
+    int zero = 0;
+
     spore_zmq_socket_defaults(socket, WIRE_MAX_MESSAGE);
+    zmq_setsockopt(socket, ZMQ_HEARTBEAT_TTL, &zero, sizeof(zero));
+}
+
+void
+wire_server_defaults(void *socket)
+{
+    int zero = 0, one = 1, idle = 10, intvl = 2, cnt = 5;
+
+    wire_socket_defaults(socket);
+    zmq_setsockopt(socket, ZMQ_HEARTBEAT_IVL, &zero, sizeof(zero));
+    zmq_setsockopt(socket, ZMQ_TCP_KEEPALIVE, &one, sizeof(one));
+    zmq_setsockopt(socket, ZMQ_TCP_KEEPALIVE_IDLE, &idle, sizeof(idle));
+    zmq_setsockopt(socket, ZMQ_TCP_KEEPALIVE_INTVL, &intvl, sizeof(intvl));
+    zmq_setsockopt(socket, ZMQ_TCP_KEEPALIVE_CNT, &cnt, sizeof(cnt));
 }
 
 JsonObject *

@@ -770,7 +770,7 @@ bind_agents(Manager *m, GError **error)
     int one = 1, rcvhwm = ROUTER_RCVHWM_MESSAGES;
 
     m->router = zmq_socket(m->zctx, ZMQ_ROUTER);
-    wire_socket_defaults(m->router);
+    wire_server_defaults(m->router);
     zmq_setsockopt(m->router, ZMQ_CURVE_SERVER, &one, sizeof(one));
     zmq_setsockopt(m->router, ZMQ_CURVE_SECRETKEY, m->keys.secret_key,
                    WIRE_KEY_CHARS);
@@ -808,7 +808,7 @@ bind_registrations(Manager *m, GError **error)
     int64_t small = REGISTER_MAX_MSG_BYTES;
 
     m->reg = zmq_socket(m->zctx, ZMQ_ROUTER);
-    wire_socket_defaults(m->reg);
+    wire_server_defaults(m->reg);
     zmq_setsockopt(m->reg, ZMQ_MAXMSGSIZE, &small, sizeof(small));
     zmq_setsockopt(m->reg, ZMQ_CURVE_SERVER, &one, sizeof(one));
     zmq_setsockopt(m->reg, ZMQ_CURVE_SECRETKEY, m->keys.secret_key,

@@ -126,6 +126,11 @@ StateDb *state_db_sqlite_open(const char *path, bool readonly, GError **error);
 /* state_db_sqlite_set_busy_timeout: for tests that must not wait */
 void state_db_sqlite_set_busy_timeout(StateDb *db, int ms);
 
+/* state_db_sqlite_checkpoints: the checkpoints of @db's write-ahead log
+ * that copied frames back, by its checkpointer thread (0 for a read-only
+ * database) */
+guint64 state_db_sqlite_checkpoints(StateDb *db);
+
 /*
  * state_db_pg_open: a libpq session to @dsn (a conninfo string or a
  * postgresql:// URI); lock_timeout STATE_DB_PG_LOCK_TIMEOUT unless the

@@ -11,6 +11,7 @@
  * and say so.
  */
 #include <criterion/criterion.h>
+#include <stdint.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sqlite3.h>
@@ -104,6 +105,72 @@ Test(manager_state, creates_the_database_readable_by_its_owner_only)
 
     cr_assert_eq(stat(path, &st), 0);
     cr_expect_eq(st.st_mode & 0777, 0600, "mode %o", st.st_mode & 0777);
+    state_close(db);
+}
+
+/* add_commands: @n commands, one transaction each (as a pass's sends) */
+static void
+add_commands(StateDb *db, guint n)
+{
+    g_autoptr(GError) err = NULL;
+
+    for (guint i = 0; i < n; i++) {
+        gint64 id;
+
+        cr_assert(state_begin(db, &err) &&
+                      state_command_add(db, "hv1", "clone-create", "web",
+                                        "{\"v\":1,\"pad\":\"................"
+                                        "................................\"}",
+                                        &id, &err) &&
+                      state_commit(db, &err),
+                  "%s", err ? err->message : "");
+    }
+}
+
+/* checkpointed_after: the checkpointer copied frames back more than
+ * @before times (waits for it: at most 60 s) */
+static bool
+checkpointed_after(StateDb *db, guint64 before)
+{
+    for (guint i = 0; i < 600; i++) {
+        if (state_db_sqlite_checkpoints(db) > before)
+            return true;
+        g_usleep(100 * 1000);
+    }
+    return false;
+}
+
+/* The write-ahead log is checkpointed by a thread of its own, rather than
+ * by the commit that crosses SQLite's threshold (which synced the whole
+ * log in the middle of a pass), and it does not grow round after round
+ * (a stream of commits without a pause never lets the log start over
+ * after the thread's checkpoints alone: the commits' own threshold
+ * bounds it). */
+Test(manager_state, checkpoints_the_write_ahead_log_in_a_thread)
+{
+    StateDb *db = NULL;
+    g_autofree char *wal = NULL;
+    struct stat st;
+    off_t first;
+
+    if (on_pg())
+        skip_here("SQLite's write-ahead log");
+    db = populated();
+    wal = g_strconcat(path, "-wal", NULL);
+    add_commands(db, 1500);
+    cr_assert(checkpointed_after(db, 0), "no checkpoint within 60 s");
+    cr_assert_eq(stat(wal, &st), 0);
+    first = st.st_size;
+    for (guint round = 0; round < 3; round++) {
+        guint64 n = state_db_sqlite_checkpoints(db);
+
+        add_commands(db, 1500);
+        cr_assert(checkpointed_after(db, n), "round %u: no checkpoint", round);
+    }
+    cr_assert_eq(stat(wal, &st), 0);
+    cr_expect_lt(st.st_size, 2 * first,
+                 "the log grew from %jd to %jd bytes over 3 more rounds",
+                 (intmax_t)first, (intmax_t)st.st_size);
     state_close(db);
 }
 
