@@ -109,6 +109,7 @@ checkpointer_run(gpointer data)
 {
     Checkpointer *c = data;
     gint64 next = g_get_monotonic_time();
+    int failing = SQLITE_OK; /* logged once until a checkpoint succeeds */
 
     g_mutex_lock(&c->lock);
     while (!c->stop) {
@@ -121,10 +122,15 @@ checkpointer_run(gpointer data)
         /* PASSIVE: copies what no reader needs, takes no write lock */
         rc = sqlite3_wal_checkpoint_v2(
             c->handle, NULL, SQLITE_CHECKPOINT_PASSIVE, &wal, &copied);
-        if (rc != SQLITE_OK && rc != SQLITE_BUSY)
+        if (rc != SQLITE_OK && rc != SQLITE_BUSY && rc != failing)
             g_warning("state: checkpoint of the write-ahead log failed: %s "
-                      "(tried again in %d ms)",
+                      "(tried again every %d ms; logged again if that "
+                      "changes)",
                       sqlite3_errmsg(c->handle), CHECKPOINT_INTERVAL_MS);
+        if (rc == SQLITE_OK && failing != SQLITE_OK)
+            g_message("state: the write-ahead log is checkpointed again");
+        if (rc != SQLITE_BUSY)
+            failing = rc;
         g_mutex_lock(&c->lock);
         if (rc == SQLITE_OK && copied > 0)
             c->checkpoints++;
