@@ -17,9 +17,29 @@ SITE_TAG=${SITE_TAG:-site}
 SITE_LOST_AFTER=${SITE_LOST_AFTER:-10}
 SITE_HOSTS=()
 
+# site_port: a port P with P + 1 and P + 2 free too (spored's agents,
+# registrations and metrics), tried at most 100 times (a run just before
+# may hold some in TIME_WAIT)
 site_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); p=s.getsockname()[1]; s.close(); [socket.socket().bind(("127.0.0.1",p+i)) for i in (1,2)]; print(p)' 2>/dev/null ||
-        site_port
+    python3 -c '
+import socket
+for _ in range(100):
+    socks = []
+    try:
+        socks = [socket.socket() for _ in range(3)]
+        socks[0].bind(("127.0.0.1", 0))
+        p = socks[0].getsockname()[1]
+        for i in (1, 2):
+            socks[i].bind(("127.0.0.1", p + i))
+        print(p)
+        break
+    except OSError:
+        pass
+    finally:
+        for s in socks:
+            s.close()
+else:
+    raise SystemExit("site_port: no three free ports in a row in 100 tries")'
 }
 
 sporectl_site() { "$BUILD/daemon/sporectl" -c "$SITE/m/control.sock" "$@"; }

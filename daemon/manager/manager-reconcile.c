@@ -78,8 +78,9 @@ G_STATIC_ASSERT(PEERS_PER_HOST <= WIRE_PEERS_MAX);
  * docs/benchmarks.md, "Site manager scale") */
 #define PASS_SLOW_S 0.1
 
-/* PassRows: every clone row, read once by step 3 and kept for step 5
- * unless a step changed the rows since (stale) */
+/* PassRows: every clone row, read once by step 3 and kept for steps 4
+ * (which writes its placements into them) and 5, unless a step changed
+ * the rows since (stale) */
 typedef struct {
     GPtrArray *clones; /* of CloneRow, by service and index */
     bool stale;

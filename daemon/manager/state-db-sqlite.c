@@ -116,8 +116,11 @@ checkpointer_run(gpointer data)
         int wal = 0, copied = 0, rc;
 
         next += CHECKPOINT_INTERVAL_MS * G_TIME_SPAN_MILLISECOND;
-        if (g_cond_wait_until(&c->wake, &c->lock, next) || c->stop)
-            continue; /* woken to stop (or spuriously) */
+        /* until @next (a wake-up before it is to stop, or spurious) */
+        while (!c->stop && g_cond_wait_until(&c->wake, &c->lock, next))
+            ;
+        if (c->stop)
+            break;
         g_mutex_unlock(&c->lock);
         /* PASSIVE: copies what no reader needs, takes no write lock */
         rc = sqlite3_wal_checkpoint_v2(
