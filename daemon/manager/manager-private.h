@@ -126,10 +126,19 @@ struct Manager {
     struct PeerBroadcast *peers_out;
     guint peers_idle;
     struct PassCache *pass; /* during step 5 of a pass (manager-reconcile.c) */
+    GPtrArray *pass_sends;  /* during a pass: the commands it stored, sent
+                             * after its commit (manager-reconcile.c) */
     /* the idle source of the pass that goes on with the clones the last
      * one left unplaced or uncommanded (its budget: manager-reconcile.c) */
     guint pass_more;
     guint pass_cursor; /* where step 5 left creates (manager-reconcile.c) */
+    /* every clone row as the last pass committed it, for the next pass
+     * while nothing wrote the table since (state_clone_writes is
+     * kept_clone_writes) under the same leader epoch (manager-reconcile.c,
+     * kept_rows) */
+    GPtrArray *kept_clones;
+    guint64 kept_clone_writes;
+    gint64 kept_epoch;
 
     /* the inbox: messages read, not yet applied (bounded: INBOX_MAX_*) */
     GQueue inbox;

@@ -23,9 +23,10 @@
  *      once the pass commanded PASS_CLONES_MAX clones (a host's are not
  *      split): the hosts after wait for the next pass, which starts with
  *      them (Manager.pass_cursor);
- *   6. commands not acknowledged within resend_s are sent again (not
+ *   6. the pass's own commands are sent (send_new); the timer's pass
+ *      also sends again those not acknowledged within resend_s (not
  *      while more than RESEND_HOLD_MESSAGES messages wait in the inbox:
- *      the acks may be among them).
+ *      the acks may be among them: send_due).
  * Agents apply a command id once; creating and destroying are idempotent
  * anyway (UUIDs), so re-sending is always safe.
  *
@@ -38,9 +39,13 @@
  *   1. Steps 1-5 are one transaction: a pass that fails at any statement
  *      is rolled back whole and logged, and the next pass starts afresh.
  *   2. Step 6 runs after the commit, so a command is never sent before it
- *      is stored; it records the pass's sends in a transaction of their
- *      own (sends whose record fails are sent again: harmless, invariant
- *      above).
+ *      is stored.  The pass's own commands are stored as sent (at their
+ *      first attempt); one that then cannot go is marked unsent in a
+ *      transaction of its own.  Re-sends are recorded in one transaction
+ *      (sends whose record fails are sent again: harmless, see above).
+ *   5. The clone rows a pass committed are kept for the next one while
+ *      nothing else wrote the table (state_clone_writes) under the same
+ *      leader epoch (kept_rows); a pass that rolls back keeps none.
  *   3. Nothing is decided about a host before it reported since the
  *      manager started (HostRuntime.reported).
  *   4. A pass that leaves placements or creates undone has the next pass
@@ -53,6 +58,7 @@
 #include <time.h>
 #include <zmq.h>
 
+#include "log-batch.h"
 #include "peer-lists.h"
 #include "placement.h"
 #include "rollout.h"
@@ -71,16 +77,19 @@ G_STATIC_ASSERT(PEERS_PER_HOST <= WIRE_PEERS_MAX);
 #define RESTART_INTERVAL_US (30 * G_USEC_PER_SEC)
 /* at most this many clones are placed, and about this many commanded to
  * be created, in one pass (PassBudget): at 1,000 hosts and 10,000 clones
- * a pass of 500 took up to 340 ms, one of 250 up to 160 ms, one of 150
- * no less (each pass also reads every row: docs/benchmarks.md) */
-#define PASS_CLONES_MAX 250
+ * a pass of 500 took up to 340 ms, one of 250 up to 160 ms; with the rows
+ * kept between passes and the commands sent without a second transaction,
+ * one of 150 up to 97 ms, and 10,000 commanded in 6-7.5 s
+ * (docs/benchmarks.md) */
+#define PASS_CLONES_MAX 150
 /* a pass longer than this is logged with its steps' times (the target of
  * docs/benchmarks.md, "Site manager scale") */
 #define PASS_SLOW_S 0.1
 
-/* PassRows: every clone row, read once by step 3 and kept for steps 4
- * (which writes its placements into them) and 5, unless a step changed
- * the rows since (stale) */
+/* PassRows: every clone row, read once by step 3 (or kept from the last
+ * pass: kept_rows) and used by steps 4 (which writes its placements into
+ * them) and 5; when a step changed the table otherwise (stale), step 5
+ * reads them again, and a pass that commits keeps them for the next */
 typedef struct {
     GPtrArray *clones; /* of CloneRow, by service and index */
     bool stale;
@@ -121,22 +130,46 @@ static GPtrArray *command_keys(const char *text);
 
 static GPtrArray *command_keys_of(JsonObject *body);
 
-/* command_add: store @body as a command to @host, its keys (what it
- * creates, starts, destroys) kept from here on, not parsed again from
- * the stored text (Manager.command_keys: the pending commands') */
+/* PassSend: a command the pass stored, sent once the pass commits
+ * (send_new) */
+typedef struct {
+    CommandRow row; /* id, host and body */
+} PassSend;
+
+static void
+pass_send_free(gpointer p)
+{
+    PassSend *ps = p;
+
+    g_free(ps->row.host);
+    g_free(ps->row.body);
+    g_free(ps);
+}
+
+/* command_add: store @body as a command to @host, sent once the pass
+ * commits (stored as sent then: send_new), its keys (what it creates,
+ * starts, destroys) kept from here on, not parsed again from the stored
+ * text (Manager.command_keys: the pending commands') */
 static bool
 command_add(Manager *m, const char *host, const char *service, JsonObject *body,
             gint64 *ret_id, GError **error)
 {
     g_autofree char *text = json_util_to_text(body, false);
+    PassSend *ps;
     gint64 *id;
 
-    if (!state_command_add(m->db, host, json_util_get_string(body, "op", NULL),
-                           service, text, ret_id, error))
+    if (!state_command_add_sent(m->db, host,
+                                json_util_get_string(body, "op", NULL), service,
+                                text, state_now(), ret_id, error))
         return false;
     id = g_new(gint64, 1);
     *id = *ret_id;
     g_hash_table_insert(m->command_keys, id, command_keys_of(body));
+    ps = g_new0(PassSend, 1);
+    ps->row.id = *ret_id;
+    ps->row.host = g_strdup(host);
+    ps->row.body = g_steal_pointer(&text);
+    g_ptr_array_add(m->pass_sends, ps);
     return true;
 }
 
@@ -799,6 +832,33 @@ rows_by_service(GPtrArray *clones)
     return by;
 }
 
+/* kept_rows: every clone row: those the last pass committed (taken from
+ * the manager) while nothing wrote the table since and the leader epoch
+ * is the same (a leader alone writes it), else read.  At 10,000 clones the
+ * read was 12-24 ms of each pass. */
+static GPtrArray *
+kept_rows(Manager *m, GError **error)
+{
+    g_autoptr(GPtrArray) kept = g_steal_pointer(&m->kept_clones);
+
+    if (kept && m->kept_clone_writes == state_clone_writes(m->db) &&
+        m->kept_epoch == m->epoch)
+        return g_steal_pointer(&kept);
+    return state_clone_list(m->db, NULL, NULL, error);
+}
+
+/* keep_rows: after a commit, the pass's rows for the next pass, unless
+ * they are stale */
+static void
+keep_rows(Manager *m, PassRows *pr)
+{
+    if (!pr->clones || pr->stale)
+        return;
+    m->kept_clones = g_ptr_array_ref(pr->clones);
+    m->kept_clone_writes = state_clone_writes(m->db);
+    m->kept_epoch = m->epoch;
+}
+
 /* sync_clone_rows: step 3, every clone row read once (into @pr) */
 static bool
 sync_clone_rows(Manager *m, PassRows *pr, GError **error)
@@ -808,7 +868,7 @@ sync_clone_rows(Manager *m, PassRows *pr, GError **error)
     g_autoptr(GHashTable) by_service = NULL;
     g_autoptr(GPtrArray) none = g_ptr_array_new();
 
-    if (!services || !(pr->clones = state_clone_list(m->db, NULL, NULL, error)))
+    if (!services || !(pr->clones = kept_rows(m, error)))
         return false;
     by_service = rows_by_service(pr->clones);
     for (guint i = 0; i < services->len; i++) {
@@ -1171,10 +1231,15 @@ pass_cache_new(Manager *m, PassBudget *budget, PassRows *pr, GError **error)
     pc->templates = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
                                           command_template_free);
 
-    /* step 3's rows, unless steps 3 or 4 changed some since */
-    pc->clones = pr->clones && !pr->stale
-                     ? g_ptr_array_ref(pr->clones)
-                     : state_clone_list(m->db, NULL, NULL, error);
+    /* step 3's rows, unless steps 3 or 4 changed some since: then read
+     * again, the pass's from now on (step 5 writes no clone row) */
+    if (!pr->clones || pr->stale) {
+        g_clear_pointer(&pr->clones, g_ptr_array_unref);
+        if (!(pr->clones = state_clone_list(m->db, NULL, NULL, error)))
+            return NULL;
+        pr->stale = false;
+    }
+    pc->clones = g_ptr_array_ref(pr->clones);
     pc->hosts = state_host_list(m->db, false, error);
     if (!pc->clones || !pc->hosts || !pass_cache_pending(m, pc, error))
         return NULL;
@@ -1679,14 +1744,44 @@ command_send(Manager *m, const CommandRow *c)
     return send_text(m, c->host, text, strlen(text));
 }
 
-/* send_pending: send the commands due, recording the sends in one
- * transaction (invariant 2; one fdatasync for all, not one each); a
- * failure is logged and the rest wait for the next pass.  With @after >=
- * 0 (a pass that continues the last one's work) only the commands above
- * that id, the pass's own: the search for re-sends reads every pending
- * row, thousands after a big submit, and the timer's pass does it */
+/* send_new: the commands the pass stored (@sends, of PassSend), after
+ * its commit (invariant 2).  They were stored as sent: no transaction of
+ * their own, unless some cannot go (their host is not up, its socket is
+ * full): those are marked unsent, due at the next pass. */
 static void
-send_pending(Manager *m, gint64 after)
+send_new(Manager *m, GPtrArray *sends)
+{
+    g_autoptr(GArray) unsent = g_array_new(FALSE, FALSE, sizeof(gint64));
+    g_autoptr(GError) err = NULL;
+
+    for (guint i = 0; i < sends->len; i++) {
+        const CommandRow *c = &((PassSend *)sends->pdata[i])->row;
+        HostRuntime *rt = g_hash_table_lookup(m->runtime, c->host);
+
+        if (!rt || !rt->heard || !manager_host_is_up(m, c->host) ||
+            !command_send(m, c))
+            g_array_append_val(unsent, c->id);
+    }
+    if (unsent->len == 0)
+        return;
+    if (state_begin(m->db, &err)) {
+        for (guint i = 0; i < unsent->len && !err; i++)
+            state_command_unsent(m->db, g_array_index(unsent, gint64, i), &err);
+    }
+    if (err || !state_commit(m->db, &err)) {
+        state_rollback(m->db);
+        g_warning("%u commands not sent are sent again after %u s: %s",
+                  unsent->len, m->config.resend_s, err->message);
+    }
+}
+
+/* send_due: send the commands due (never sent, or not acknowledged within
+ * resend_s) and stored before @before (not the pass's own: send_new),
+ * recording the sends in one transaction (invariant 2; one fdatasync for
+ * all, not one each); a failure is logged and the rest wait for the next
+ * pass */
+static void
+send_due(Manager *m, double before)
 {
     double now = state_now();
     g_autoptr(GError) err = NULL;
@@ -1698,14 +1793,12 @@ send_pending(Manager *m, gint64 after)
     }
     /* while messages wait to be applied, their acks may be among them:
      * first sends only, no re-sends (a resend storm would follow) */
-    if (after >= 0)
-        due = state_command_list_pending_after(m->db, after, &err);
-    else
-        due = state_command_list_pending(m->db, NULL,
-                                         m->inbox.length > RESEND_HOLD_MESSAGES
-                                             ? 1.0
-                                             : now - m->config.resend_s,
-                                         &err);
+    due =
+        state_command_list_pending(m->db, NULL,
+                                   m->inbox.length > RESEND_HOLD_MESSAGES
+                                       ? 1.0
+                                       : MIN(before, now - m->config.resend_s),
+                                   &err);
     for (guint i = 0; due && i < due->len; i++) {
         CommandRow *c = due->pdata[i];
         HostRuntime *rt = g_hash_table_lookup(m->runtime, c->host);
@@ -1981,17 +2074,19 @@ thread_cpu_ms(void)
  * time of each step (ms), to say which one to look at, and the CPU time
  * it had (on a loaded machine the wall clock says little of the code) */
 static void
-pass_note(Manager *m, gint64 start, double cpu_start, const double *ms)
+pass_note(Manager *m, bool continuing, gint64 start, double cpu_start,
+          const double *ms)
 {
     double s = (double)(g_get_monotonic_time() - start) / 1e6;
 
     manager_note_pass(m, s);
     if (s > PASS_SLOW_S)
-        g_message("slow reconciliation pass: %.0f ms, %.0f ms of CPU (lost "
-                  "hosts %.1f, peer lists %.1f, scaling %.1f, rows %.1f, "
-                  "placement %.1f, hosts %.1f, commit %.1f, sends %.1f)",
-                  s * 1e3, thread_cpu_ms() - cpu_start, ms[0], ms[1], ms[2],
-                  ms[3], ms[4], ms[5], ms[6], ms[7]);
+        g_message("slow reconciliation pass (%s): %.0f ms, %.0f ms of CPU "
+                  "(lost hosts %.1f, peer lists %.1f, scaling %.1f, rows "
+                  "%.1f, placement %.1f, hosts %.1f, commit %.1f, sends %.1f)",
+                  continuing ? "continuing" : "timer", s * 1e3,
+                  thread_cpu_ms() - cpu_start, ms[0], ms[1], ms[2], ms[3],
+                  ms[4], ms[5], ms[6], ms[7]);
 }
 
 /* reconcile: one pass; @continuing: one that goes on with what the last
@@ -2004,31 +2099,41 @@ reconcile(Manager *m, bool continuing)
     gint64 start = g_get_monotonic_time();
     gint64 t = start;
     double cpu_start = thread_cpu_ms();
+    double began = state_now();
     PassBudget budget = {PASS_CLONES_MAX, PASS_CLONES_MAX, false, false};
     double ms[8] = {0};
-    gint64 last_id = -1;
     g_auto(PassRows) rows = {NULL, false};
+    g_autoptr(GPtrArray) sends = g_ptr_array_new_with_free_func(pass_send_free);
+    bool held = log_batch_hold(); /* the pass's events: one write */
+    bool ok;
 
-    if (!state_begin(m->db, &err) ||
-        (continuing && !state_command_last_id(m->db, &last_id, &err)) ||
-        !mark_lost_hosts(m, &err) || !pass_lap(&t, &ms[0]) ||
-        !send_peer_lists(m, &err) || !pass_lap(&t, &ms[1]) ||
-        !mscale_evaluate(m, &err) || !pass_lap(&t, &ms[2]) ||
-        !sync_clone_rows(m, &rows, &err) || !pass_lap(&t, &ms[3]) ||
-        !place_clones(m, &budget, &rows, &err) || !pass_lap(&t, &ms[4]) ||
-        !reconcile_hosts(m, &budget, &rows, continuing, &err) ||
-        !pass_lap(&t, &ms[5]) || !state_commit(m->db, &err) ||
-        !pass_lap(&t, &ms[6])) {
+    m->pass_sends = sends;
+    ok = state_begin(m->db, &err) && mark_lost_hosts(m, &err) &&
+         pass_lap(&t, &ms[0]) && send_peer_lists(m, &err) &&
+         pass_lap(&t, &ms[1]) && mscale_evaluate(m, &err) &&
+         pass_lap(&t, &ms[2]) && sync_clone_rows(m, &rows, &err) &&
+         pass_lap(&t, &ms[3]) && place_clones(m, &budget, &rows, &err) &&
+         pass_lap(&t, &ms[4]) &&
+         reconcile_hosts(m, &budget, &rows, continuing, &err) &&
+         pass_lap(&t, &ms[5]) && state_commit(m->db, &err) &&
+         pass_lap(&t, &ms[6]);
+    m->pass_sends = NULL;
+    if (!ok) {
         state_rollback(m->db); /* invariant 1 */
         g_warning("reconciliation pass rolled back: %s", err->message);
-        pass_note(m, start, cpu_start, ms);
+        log_batch_flush(held);
+        pass_note(m, continuing, start, cpu_start, ms);
         return;
     }
-    send_pending(m, last_id);
+    keep_rows(m, &rows);
+    send_new(m, sends);
+    if (!continuing) /* re-sends: the timer's pass */
+        send_due(m, began);
+    log_batch_flush(held);
     pass_lap(&t, &ms[7]);
     if (budget.more)
         pass_continue(m);
-    pass_note(m, start, cpu_start, ms);
+    pass_note(m, continuing, start, cpu_start, ms);
 }
 
 void

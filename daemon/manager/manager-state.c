@@ -220,12 +220,20 @@ typedef struct {
     "  holder TEXT NOT NULL, public_key TEXT NOT NULL,"               \
     "  since DOUBLE PRECISION NOT NULL)"
 
+/* version 4: the commands due to be sent (again) are found in an index
+ * (state_command_list_pending): the filter on "sent" read every pending
+ * row, and the body before "sent" in it, thousands after a big submit */
+#define TABLES_V3_TO_V4 \
+    "CREATE INDEX IF NOT EXISTS commands_due ON commands (state, sent)"
+
 static const Migration migrations[] = {
     {STATE_BACKEND_SQLITE, 0, 2, SQLITE_TABLES_V2},
     {STATE_BACKEND_SQLITE, 1, 2, SQLITE_V1_TO_V2},
     {STATE_BACKEND_POSTGRESQL, 0, 2, PG_TABLES_V2},
     {STATE_BACKEND_SQLITE, 2, 3, TABLES_V2_TO_V3},
     {STATE_BACKEND_POSTGRESQL, 2, 3, TABLES_V2_TO_V3},
+    {STATE_BACKEND_SQLITE, 3, 4, TABLES_V3_TO_V4},
+    {STATE_BACKEND_POSTGRESQL, 3, 4, TABLES_V3_TO_V4},
 };
 
 /* ---- named states ------------------------------------------------------ */
@@ -1215,6 +1223,7 @@ state_host_seen(StateDb *db, const char *name, bool *ret_was_lost,
 bool
 state_host_set_lost(StateDb *db, const char *name, GError **error)
 {
+    db->clone_writes++;
     return exec(db, "mark a host lost", error,
                 "UPDATE hosts SET lost = 1 WHERE name = ?", G_TYPE_STRING, name,
                 G_TYPE_INVALID) &&
@@ -1301,6 +1310,7 @@ state_clone_sync(StateDb *db, const char *service, gint64 desired,
         return false;
     if (rows == desired && in_range == desired)
         return true;
+    db->clone_writes++;
     if (!exec(db, "remove clones", error,
               "DELETE FROM clones WHERE service = ? AND idx >= ?",
               G_TYPE_STRING, service, G_TYPE_INT64, desired, G_TYPE_INVALID))
@@ -1319,6 +1329,7 @@ state_clone_sync(StateDb *db, const char *service, gint64 desired,
 bool
 state_clone_remove_all(StateDb *db, const char *service, GError **error)
 {
+    db->clone_writes++;
     return exec(db, "remove clones", error,
                 "DELETE FROM clones WHERE service = ?", G_TYPE_STRING, service,
                 G_TYPE_INVALID);
@@ -1328,6 +1339,7 @@ bool
 state_clone_add(StateDb *db, const char *service, gint64 index,
                 gint64 generation, GError **error)
 {
+    db->clone_writes++;
     return exec(
         db, "add a clone", error,
         "INSERT INTO clones (service, idx, generation) VALUES (?, ?, ?)",
@@ -1339,6 +1351,7 @@ bool
 state_clone_remove(StateDb *db, const char *service, gint64 index,
                    GError **error)
 {
+    db->clone_writes++;
     return exec(db, "remove a clone", error,
                 "DELETE FROM clones WHERE service = ? AND idx = ?",
                 G_TYPE_STRING, service, G_TYPE_INT64, index, G_TYPE_INVALID);
@@ -1348,10 +1361,17 @@ bool
 state_clone_place(StateDb *db, const char *service, gint64 index,
                   const char *host, GError **error)
 {
+    db->clone_writes++;
     return exec(db, "place a clone", error,
                 "UPDATE clones SET host = ? WHERE service = ? AND idx = ?",
                 G_TYPE_STRING, host, G_TYPE_STRING, service, G_TYPE_INT64,
                 index, G_TYPE_INVALID);
+}
+
+guint64
+state_clone_writes(const StateDb *db)
+{
+    return db->clone_writes;
 }
 
 /* ---- generations and rollouts ------------------------------------------ */
@@ -1570,6 +1590,30 @@ state_command_add(StateDb *db, const char *host, const char *op,
 }
 
 bool
+state_command_add_sent(StateDb *db, const char *host, const char *op,
+                       const char *service, const char *body, double sent,
+                       gint64 *ret_id, GError **error)
+{
+    return query_int(db, "add a command", 0, ret_id, error,
+                     "INSERT INTO commands (host, op, service, body, state, "
+                     "created, sent, attempts) VALUES (?, ?, ?, ?, ?, ?, ?, 1) "
+                     "RETURNING id",
+                     G_TYPE_STRING, host, G_TYPE_STRING, op, G_TYPE_STRING,
+                     service, G_TYPE_STRING, body, G_TYPE_STRING,
+                     command_state_to_string(COMMAND_PENDING), G_TYPE_DOUBLE,
+                     sent, G_TYPE_DOUBLE, sent, G_TYPE_INVALID);
+}
+
+bool
+state_command_unsent(StateDb *db, gint64 id, GError **error)
+{
+    return exec(db, "record a command not sent", error,
+                "UPDATE commands SET sent = 0, attempts = attempts - 1 WHERE "
+                "id = ? AND attempts > 0",
+                G_TYPE_INT64, id, G_TYPE_INVALID);
+}
+
+bool
 state_command_get_pending(StateDb *db, gint64 id, const char *host,
                           CommandRow **ret_row, GError **error)
 {
@@ -1617,28 +1661,6 @@ state_command_list_pending_heads(StateDb *db, GError **error)
 
     return collect(db, st, "list pending commands", read_command,
                    (GDestroyNotify)command_row_free, error);
-}
-
-GPtrArray *
-state_command_list_pending_after(StateDb *db, gint64 after, GError **error)
-{
-    g_autoptr(Stmt) st = prepare(
-        db, "list new commands", error,
-        "SELECT id, host, op, service, body FROM commands WHERE id > ? AND "
-        "state = ? ORDER BY id",
-        G_TYPE_INT64, after, G_TYPE_STRING,
-        command_state_to_string(COMMAND_PENDING), G_TYPE_INVALID);
-
-    return collect(db, st, "list new commands", read_command,
-                   (GDestroyNotify)command_row_free, error);
-}
-
-bool
-state_command_last_id(StateDb *db, gint64 *ret_id, GError **error)
-{
-    return query_int(db, "read the last command id", 0, ret_id, error,
-                     "SELECT COALESCE(MAX(id), 0) FROM commands",
-                     G_TYPE_INVALID);
 }
 
 bool

@@ -115,7 +115,7 @@ bool state_backend_from_string(const char *text, StateBackend *ret_backend);
 typedef struct StateDb StateDb;
 
 /* the schema version both backends are brought up to */
-#define STATE_SCHEMA_VERSION 3
+#define STATE_SCHEMA_VERSION 4
 
 /*
  * state_open: open (creating it 0600 if missing) the SQLite database at
@@ -322,6 +322,12 @@ bool state_clone_remove(StateDb *db, const char *service, gint64 index,
                         GError **error);
 bool state_clone_place(StateDb *db, const char *service, gint64 index,
                        const char *host, GError **error);
+/* state_clone_writes: how many times this session wrote (or tried to
+ * write) the clones table, through any function above or
+ * state_host_set_lost / state_service_remove: rows read when it was N are
+ * still the table's while it is N and nobody else writes (the leader
+ * alone does) */
+guint64 state_clone_writes(const StateDb *db);
 
 /* ---- generations and rollouts ------------------------------------------
  *
@@ -402,6 +408,16 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(CommandRow, command_row_free)
 bool state_command_add(StateDb *db, const char *host, const char *op,
                        const char *service, const char *body, gint64 *ret_id,
                        GError **error);
+/* state_command_add_sent: a command that is sent once the caller's
+ * transaction commits: stored as sent at @sent, its first attempt (the
+ * sends are not recorded in a transaction of their own); one that then
+ * cannot go is marked with state_command_unsent */
+bool state_command_add_sent(StateDb *db, const char *host, const char *op,
+                            const char *service, const char *body, double sent,
+                            gint64 *ret_id, GError **error);
+/* state_command_unsent: command @id was not sent after all: due now, one
+ * attempt less */
+bool state_command_unsent(StateDb *db, gint64 id, GError **error);
 /* state_command_get_pending: command @id to @host if pending, else NULL */
 bool state_command_get_pending(StateDb *db, gint64 id, const char *host,
                                CommandRow **ret_row, GError **error);
@@ -412,12 +428,6 @@ GPtrArray *state_command_list_pending(StateDb *db, const char *host,
 /* state_command_list_pending_heads: of CommandRow with their id and host
  * only (op, service and body NULL): every pending command, by id */
 GPtrArray *state_command_list_pending_heads(StateDb *db, GError **error);
-/* state_command_list_pending_after: of CommandRow: the pending commands
- * of an id above @after, by id */
-GPtrArray *state_command_list_pending_after(StateDb *db, gint64 after,
-                                            GError **error);
-/* state_command_last_id: the highest command id (0: none yet) */
-bool state_command_last_id(StateDb *db, gint64 *ret_id, GError **error);
 bool state_command_finish(StateDb *db, gint64 id, CommandState state,
                           const char *reason, GError **error);
 bool state_command_sent(StateDb *db, gint64 id, double now, GError **error);

@@ -37,6 +37,7 @@
 #include <string.h>
 #include <zmq.h>
 
+#include "log-batch.h"
 #include "spore-error.h"
 #include "zmq-zap.h"
 
@@ -518,6 +519,7 @@ manager_inbox_apply(Manager *m)
         g_ptr_array_new_with_free_func((GDestroyNotify)inbox_message_free);
     g_autoptr(GHashTable) touched = g_hash_table_new(g_str_hash, g_str_equal);
     gint64 end = g_get_monotonic_time() + INBOX_BATCH_US;
+    bool held;
 
     if (g_queue_is_empty(&m->inbox))
         return false;
@@ -525,6 +527,7 @@ manager_inbox_apply(Manager *m)
         g_warning("messages not applied: %s", err->message);
         return true; /* they stay: the next call tries again */
     }
+    held = log_batch_hold(); /* the batch's events: one write */
     while (batch->len < INBOX_BATCH_MESSAGES && g_get_monotonic_time() < end) {
         InboxMessage *im = g_queue_pop_head(&m->inbox);
 
@@ -541,6 +544,7 @@ manager_inbox_apply(Manager *m)
         forget_batch(m, touched);
         g_warning("%u messages not applied: %s", batch->len, err->message);
     }
+    log_batch_flush(held);
     return !g_queue_is_empty(&m->inbox);
 }
 

@@ -466,6 +466,7 @@ manager_free(Manager *m)
     if (m->pass_more)
         g_source_remove(m->pass_more);
     manager_peers_stop(m);
+    g_clear_pointer(&m->kept_clones, g_ptr_array_unref);
     manager_inbox_clear(m);
     if (m->zap_watch)
         g_source_remove(m->zap_watch);

@@ -17,6 +17,7 @@
 #include <systemd/sd-daemon.h>
 
 #include "config-util.h"
+#include "log-batch.h"
 #include "manager-leader.h"
 #include "manager-state.h"
 #include "manager.h"
@@ -503,6 +504,7 @@ main(int argc, char **argv)
 
     signal(SIGPIPE, SIG_IGN);
     setlocale(LC_ALL, "");
+    log_batch_install(); /* a pass's events in one write: log-batch.h */
     entries = option_entries(&flags, extra, strings);
     g_option_context_add_main_entries(ctx, (GOptionEntry *)entries->data, NULL);
     g_option_context_set_description(

@@ -99,6 +99,9 @@ struct StateDb {
      * fenced: a check found another, nothing more may be written */
     gint64 fence_epoch;
     bool fenced;
+    /* writes to the clones table through this session so far
+     * (state_clone_writes: the manager keeps the rows between passes) */
+    guint64 clone_writes;
 };
 
 /* the head of every driver's statement */
