@@ -43,14 +43,14 @@
  *      first attempt); one that then cannot go is marked unsent in a
  *      transaction of its own.  Re-sends are recorded in one transaction
  *      (sends whose record fails are sent again: harmless, see above).
- *   5. The clone rows a pass committed are kept for the next one while
- *      nothing else wrote the table (state_clone_writes) under the same
- *      leader epoch (kept_rows); a pass that rolls back keeps none.
  *   3. Nothing is decided about a host before it reported since the
  *      manager started (HostRuntime.reported).
  *   4. A pass that leaves placements or creates undone has the next pass
  *      scheduled (Manager.pass_more, one at a time): nothing waits for the
  *      timer.
+ *   5. The clone rows a pass committed are kept for the next one while
+ *      nothing else wrote the table (state_clone_writes) under the same
+ *      leader epoch (kept_rows); a pass that rolls back keeps none.
  */
 #include "manager-private.h"
 
