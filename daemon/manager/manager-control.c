@@ -756,13 +756,11 @@ cmd_clone_list(Manager *m, JsonObject *req, GError **error)
 static HostState
 host_state(Manager *m, const HostRow *row)
 {
-    HostRuntime *h = g_hash_table_lookup(m->runtime, row->name);
-
     if (!row->accepted)
         return HOST_PENDING;
     if (row->lost)
         return HOST_LOST;
-    if (h && h->heard && manager_host_is_up(m, row->name))
+    if (manager_host_heard_up(m, row->name))
         return HOST_UP;
     return HOST_DOWN;
 }

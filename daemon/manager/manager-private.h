@@ -201,6 +201,9 @@ bool manager_event(Manager *m, GError **error, const char *kind,
 HostRuntime *manager_runtime_get(Manager *m, const char *name);
 /* manager_host_is_up: a message within lost_after_s */
 bool manager_host_is_up(Manager *m, const char *name);
+/* manager_host_heard_up: up, and a message of its own arrived since the
+ * manager started (host-list's "up"; commands go only to such a host) */
+bool manager_host_heard_up(Manager *m, const char *name);
 /* manager_host_clones: the clones @host reported since the manager
  * started, NULL if it has not reported */
 JsonArray *manager_host_clones(Manager *m, const char *host);

@@ -1756,10 +1756,8 @@ send_new(Manager *m, GPtrArray *sends)
 
     for (guint i = 0; i < sends->len; i++) {
         const CommandRow *c = &((PassSend *)sends->pdata[i])->row;
-        HostRuntime *rt = g_hash_table_lookup(m->runtime, c->host);
 
-        if (!rt || !rt->heard || !manager_host_is_up(m, c->host) ||
-            !command_send(m, c))
+        if (!manager_host_heard_up(m, c->host) || !command_send(m, c))
             g_array_append_val(unsent, c->id);
     }
     if (unsent->len == 0)
@@ -1801,9 +1799,8 @@ send_due(Manager *m, double before)
                                    &err);
     for (guint i = 0; due && i < due->len; i++) {
         CommandRow *c = due->pdata[i];
-        HostRuntime *rt = g_hash_table_lookup(m->runtime, c->host);
 
-        if (!rt || !rt->heard || !manager_host_is_up(m, c->host) || !c->body)
+        if (!manager_host_heard_up(m, c->host) || !c->body)
             continue;
         if (command_send(m, c) && !state_command_sent(m->db, c->id, now, &err))
             break;

@@ -1575,18 +1575,30 @@ read_command(Stmt *st)
     return r;
 }
 
+/* command_insert: a pending command, last sent at @sent after @attempts
+ * attempts (0 and 0: not sent yet) */
+static bool
+command_insert(StateDb *db, const char *host, const char *op,
+               const char *service, const char *body, double sent,
+               gint64 attempts, gint64 *ret_id, GError **error)
+{
+    return query_int(db, "add a command", 0, ret_id, error,
+                     "INSERT INTO commands (host, op, service, body, state, "
+                     "created, sent, attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                     "RETURNING id",
+                     G_TYPE_STRING, host, G_TYPE_STRING, op, G_TYPE_STRING,
+                     service, G_TYPE_STRING, body, G_TYPE_STRING,
+                     command_state_to_string(COMMAND_PENDING), G_TYPE_DOUBLE,
+                     state_now(), G_TYPE_DOUBLE, sent, G_TYPE_INT64, attempts,
+                     G_TYPE_INVALID);
+}
+
 bool
 state_command_add(StateDb *db, const char *host, const char *op,
                   const char *service, const char *body, gint64 *ret_id,
                   GError **error)
 {
-    return query_int(db, "add a command", 0, ret_id, error,
-                     "INSERT INTO commands (host, op, service, body, state, "
-                     "created) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
-                     G_TYPE_STRING, host, G_TYPE_STRING, op, G_TYPE_STRING,
-                     service, G_TYPE_STRING, body, G_TYPE_STRING,
-                     command_state_to_string(COMMAND_PENDING), G_TYPE_DOUBLE,
-                     state_now(), G_TYPE_INVALID);
+    return command_insert(db, host, op, service, body, 0, 0, ret_id, error);
 }
 
 bool
@@ -1594,14 +1606,7 @@ state_command_add_sent(StateDb *db, const char *host, const char *op,
                        const char *service, const char *body, double sent,
                        gint64 *ret_id, GError **error)
 {
-    return query_int(db, "add a command", 0, ret_id, error,
-                     "INSERT INTO commands (host, op, service, body, state, "
-                     "created, sent, attempts) VALUES (?, ?, ?, ?, ?, ?, ?, 1) "
-                     "RETURNING id",
-                     G_TYPE_STRING, host, G_TYPE_STRING, op, G_TYPE_STRING,
-                     service, G_TYPE_STRING, body, G_TYPE_STRING,
-                     command_state_to_string(COMMAND_PENDING), G_TYPE_DOUBLE,
-                     sent, G_TYPE_DOUBLE, sent, G_TYPE_INVALID);
+    return command_insert(db, host, op, service, body, sent, 1, ret_id, error);
 }
 
 bool

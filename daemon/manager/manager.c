@@ -61,6 +61,14 @@ manager_host_is_up(Manager *m, const char *name)
                (gint64)m->config.lost_after_s * G_USEC_PER_SEC;
 }
 
+bool
+manager_host_heard_up(Manager *m, const char *name)
+{
+    HostRuntime *h = g_hash_table_lookup(m->runtime, name);
+
+    return h && h->heard && manager_host_is_up(m, name);
+}
+
 JsonArray *
 manager_host_clones(Manager *m, const char *host)
 {
