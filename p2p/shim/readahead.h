@@ -18,6 +18,10 @@
 #define READAHEAD_STREAMS 4u
 /* the default window cap (readahead= of the plugin) */
 #define READAHEAD_DEFAULT_BYTES (1024u * 1024u)
+/* a stream asks ahead once it has read this much back to back: a boot
+ * reads many small files, and two files next to each other on the disk
+ * look like a stream (readahead.c) */
+#define READAHEAD_START_BYTES (256u * 1024u)
 /* the largest cap the plugin takes */
 #define READAHEAD_MAX_BYTES (64u * 1024u * 1024u)
 
@@ -38,11 +42,12 @@ typedef struct {
 /*
  * readahead_note: a read of @count bytes at @offset on the connection of
  * @st.  When it continues a stream (starts where one of its reads ended),
- * sets *@from and *@to (inclusive) to the chunks to ask ahead now and
- * returns true; *@continued is true when the read continued a stream (a
- * stream's first continuation sets *@new_stream as well).  The window:
- * what the stream read back to back before this read, at most @cap bytes
- * (at least one chunk), past the end of this read, never beyond
+ * and the stream had read at least READAHEAD_START_BYTES back to back
+ * before it, sets *@from and *@to (inclusive) to the chunks to ask ahead
+ * now and returns true; *@continued is true when the read continued a
+ * stream (a stream's first continuation sets *@new_stream as well).  The
+ * window: what the stream read back to back before this read, at most @cap
+ * bytes (at least one chunk), past the end of this read, never beyond
  * @chunk_count; chunks already asked for the stream are not returned again.
  */
 bool readahead_note(ShimStreams *st, uint64_t offset, uint32_t count,
