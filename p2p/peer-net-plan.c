@@ -442,8 +442,6 @@ send_get(PeerNet *net, Job *job, Peer *p, bool fetch_flag)
 
         o->hedge_at =
             now + MAX((gint64)net->cfg.hedge_ms * 1000, (gint64)(2 * expect));
-        o->origin_at = now + MAX((gint64)net->cfg.origin_hedge_ms * 1000,
-                                 (gint64)(2 * expect));
         p->fetch_outstanding++;
         o->deadline_at = now + MIN(MAX(DEADLINE_FLOOR_US,
                                        (gint64)(DEADLINE_FACTOR * expect)),
@@ -465,7 +463,7 @@ send_get(PeerNet *net, Job *job, Peer *p, bool fetch_flag)
     p->outstanding++;
     g_hash_table_insert(net->outstanding, GUINT_TO_POINTER(o->req_id), o);
     if (!net_send_msg(p->sock, NULL, &m, NULL, -1))
-        o->hedge_at = o->origin_at = now; /* not even queued: hedge at once */
+        o->hedge_at = now; /* could not even queue it: hedge at once */
 }
 
 /* Plan @job: send it, park it, or finish it failed.  Locked. */
@@ -595,12 +593,7 @@ peers_mark_lagging(PeerNet *net, gint64 now)
 
 /* Loop, locked.  Requests past their hedge time: a plain one is asked of
  * the next holder too; a delegated one goes to the next holder or, when
- * there is none and its origin_at has passed as well, back to the engine,
- * which asks the origin.  Why later: every host that asked a busy delegate
- * for a chunk would fetch it from the origin at its hedge — 32 hosts on 2
- * loaded CPUs fetched 1.4-2.7 x one host's bytes with origin_hedge_ms 300,
- * 1.00 x with 1000 (bench/peer-origin 32) — while a delegate that never
- * answers costs this host one chunk's origin_hedge_ms (invariant 2). */
+ * there is none, back to the engine, which asks the origin. */
 void
 outstanding_hedge_due(PeerNet *net, gint64 now)
 {
@@ -619,19 +612,14 @@ outstanding_hedge_due(PeerNet *net, gint64 now)
         Job *job = o->job;
         Peer *alt;
 
-        if (job->done || job->cancelled) {
-            o->hedged = true;
+        o->hedged = true;
+        if (job->done || job->cancelled)
             continue; /* its answer will just be dropped */
-        }
         alt = peer_best_holder(net, job->im, job->chunk, job, NULL);
         if (alt) {
-            o->hedged = true;
             o->peer->hedged++;
             send_get(net, job, alt, false);
-        } else if (!o->fetch_flag) {
-            o->hedged = true; /* nobody else holds it: wait for this one */
-        } else if (now >= o->origin_at) {
-            o->hedged = true;
+        } else if (o->fetch_flag) {
             o->peer->hedged++;
             g_string_append_printf(job->why, "%s%s: slow to fetch it",
                                    job->why->len ? ", " : "",

@@ -157,7 +157,6 @@ typedef struct {
     Peer *peer;
     gint64 sent_at;
     gint64 hedge_at;
-    gint64 origin_at;   /* a FETCH: when no other holder means the origin */
     gint64 deadline_at; /* invariant 6 */
     bool fetch_flag;
     bool hedged;

@@ -28,9 +28,8 @@
  *          client_answer, peer_dies, outstanding_end_missed]-->
  *         job_plan again, without the peers tried already
  *   SENT --[hedge_at passes: outstanding_hedge_due]--> SENT twice (the
- *         next holder asked too), or, for a FETCH with no other holder
- *         once origin_at passes too, DONE (error: the engine asks the
- *         origin)
+ *         next holder asked too), or, for a FETCH with no other holder,
+ *         DONE (error: the engine asks the origin)
  *   job_plan with no candidate left --> DONE (error: the engine asks the
  *         origin)
  *   any --[the caller's deadline: peer_fetch]--> cancelled (the loop drops
@@ -80,8 +79,7 @@
  *      probation with a request out, nor a second FETCH before it has
  *      answered one since its last missed one (delegate_full: a host
  *      that takes delegated fetches and never does them holds one chunk
- *      at a time, the others until that FETCH's hedge (it is lagging
- *      then) and that chunk until its origin_at, while the other chunks
+ *      at a time, until that FETCH's hedge, while the other chunks
  *      it would fetch wait for that answer in WAITING — delegate_waits —
  *      so that an honest one is not bypassed; fetch_outstanding counts
  *      its FETCH requests among the outstanding);
@@ -636,8 +634,6 @@ peer_net_new(const PeerNetConfig *config, GError **error)
     net->cfg.dead_ms = config->dead_ms ? config->dead_ms : 3000;
     net->cfg.strikes_max = config->strikes_max ? config->strikes_max : 3;
     net->cfg.delegate_ms = config->delegate_ms ? config->delegate_ms : 20000;
-    net->cfg.origin_hedge_ms =
-        config->origin_hedge_ms ? config->origin_hedge_ms : 1000;
     net->cfg.ban_dir = NULL;
     net->frame_limit = CLIENT_FRAME_MIN_BYTES + CLIENT_FRAME_SLACK_BYTES;
     net->self_seed = seed_of(net->cfg.public_key, strlen(net->cfg.public_key));

@@ -33,9 +33,7 @@
  *     image for a while (2 s, doubling with each miss in a row up to
  *     60 s); a peer with a request past its hedge time and no answer since
  *     gets no new work; a slow delegated request is hedged to the next
- *     holder or, when there is none and it is slower than origin_hedge_ms,
- *     to the origin (a delegate merely busy must not turn into one origin
- *     fetch per asking host);
+ *     holder or, when there is none, to the origin;
  *   - every bad DATA is a strike against the peer for its image: a chunk
  *     that does not verify (peer_source's rejected), of the wrong length,
  *     unasked, or larger than asked (which also drops the connection);
@@ -88,15 +86,13 @@ typedef struct {
     char *listen; /* tcp://ADDRESS:PORT to serve on; NULL: no server */
     char public_key[PEER_KEY_CHARS + 1]; /* this host's key pair */
     char secret_key[PEER_KEY_CHARS + 1];
-    char *host_name;       /* this host's name, in messages */
-    guint window;          /* outstanding requests per peer; 0: 16 */
-    guint hedge_ms;        /* re-issue a slow request after; 0: 300 */
-    guint dead_ms;         /* silence with requests outstanding; 0: 3000 */
-    guint strikes_max;     /* bad chunks before a ban for the image; 0: 3 */
-    guint delegate_ms;     /* a PEER_GET_FETCH may take at most; 0: 20000 */
-    guint origin_hedge_ms; /* a PEER_GET_FETCH no other host holds is
-                            * fetched from the origin too after; 0: 1000 */
-    char *ban_dir;         /* bans are kept in ban_dir/bans across restarts
+    char *host_name;   /* this host's name, in messages */
+    guint window;      /* outstanding requests per peer; 0: 16 */
+    guint hedge_ms;    /* re-issue a slow request after; 0: 300 */
+    guint dead_ms;     /* silence with requests outstanding; 0: 3000 */
+    guint strikes_max; /* bad chunks before a ban for the image; 0: 3 */
+    guint delegate_ms; /* a PEER_GET_FETCH may take at most; 0: 20000 */
+    char *ban_dir;     /* bans are kept in ban_dir/bans across restarts
                         * (created 0700); NULL: in memory only */
     PeerNetLogFunc log;
     gpointer log_data;

@@ -121,8 +121,6 @@ static const Setting agent_settings_table[] = {
     UINT_OPT(NULL, "peers", "strikes", 0, peer_tuning.strikes_max, NULL, NULL),
     UINT_OPT(NULL, "peers", "delegate_ms", 0, peer_tuning.delegate_ms, NULL,
              NULL),
-    UINT_OPT(NULL, "peers", "origin_hedge_ms", 0, peer_tuning.origin_hedge_ms,
-             NULL, NULL),
     TEXT_OPT("virt-type", "agent", "virt_type", NULL, virt_type,
              "Domain type for kvm manifests: kvm or qemu (default: probe KVM)",
              "TYPE"),

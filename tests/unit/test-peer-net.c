@@ -376,29 +376,17 @@ Test(peer_net, hosts_booting_at_once_fetch_each_chunk_from_the_origin_once)
 /* ---- hostile peers -------------------------------------------------- */
 
 typedef enum {
-    FAKE_LIAR,       /* claims every chunk, sends garbage */
-    FAKE_SILENT,     /* claims every chunk, never answers a GET */
-    FAKE_HALF,       /* claims every chunk, sends half of each */
-    FAKE_PLUS4K,     /* claims every chunk, sends each with 4 KiB more */
-    FAKE_4MIB,       /* claims every chunk, sends 4 MiB for each */
-    FAKE_UNASKED,    /* claims every chunk, answers a HAVE_REQ with DATA too,
+    FAKE_LIAR,     /* claims every chunk, sends garbage */
+    FAKE_SILENT,   /* claims every chunk, never answers a GET */
+    FAKE_HALF,     /* claims every chunk, sends half of each */
+    FAKE_PLUS4K,   /* claims every chunk, sends each with 4 KiB more */
+    FAKE_4MIB,     /* claims every chunk, sends 4 MiB for each */
+    FAKE_UNASKED,  /* claims every chunk, answers a HAVE_REQ with DATA too,
                     * under request ids never used, and ignores GETs */
-    FAKE_NO_FETCH,   /* holds nothing, answers a GET "not present" and
+    FAKE_NO_FETCH, /* holds nothing, answers a GET "not present" and
                     * ignores every GET with FETCH (a host that accepts
                     * delegated work and never does it) */
-    FAKE_SLOW_FETCH, /* holds nothing, answers a GET "not present", and a
-                      * GET with FETCH with the right chunk FAKE_SLOW_MS
-                      * later (a delegate that is busy, not dishonest) */
 } FakeMode;
-
-/* past the default hedge (300 ms), well before the origin hedge (1 s) */
-#define FAKE_SLOW_MS 550
-
-typedef struct {
-    gint64 due;
-    GBytes *rid;
-    PeerMsg m;
-} FakeLater;
 
 typedef struct {
     FakeMode mode;
@@ -414,8 +402,6 @@ typedef struct {
     gint close_fetches;   /* FETCHes less than 0.5 s after the one before */
     gint have_reqs;
     gint64 bytes_sent; /* payload bytes of its DATA, atomically */
-    GQueue later;      /* FAKE_SLOW_FETCH: FakeLater, fake thread only */
-    gint slow_answers; /* FETCHes answered late with the right chunk */
 } FakePeer;
 
 /* Send DATA for @m's chunk with @len bytes of junk. */
@@ -437,42 +423,12 @@ fake_data(FakePeer *f, void *s, const guint8 *rid, int rlen, PeerMsg m,
     g_atomic_int_inc(&f->lies);
 }
 
-/* FAKE_SLOW_FETCH: send the right chunk for each FETCH that is due. */
-static void
-fake_answer_due(FakePeer *f, void *s)
-{
-    while (!g_queue_is_empty(&f->later)) {
-        FakeLater *l = g_queue_peek_head(&f->later);
-        guint8 hdr[PEER_HEADER_BYTES];
-        gsize len = image_index_chunk_len(fx.idx, l->m.chunk);
-        gsize rlen = 0;
-        const void *rid;
-
-        if (g_get_monotonic_time() < l->due)
-            return;
-        g_queue_pop_head(&f->later);
-        rid = g_bytes_get_data(l->rid, &rlen);
-        l->m.type = PEER_MSG_DATA;
-        l->m.flags = 0;
-        peer_msg_encode(&l->m, hdr);
-        zmq_send(s, rid, rlen, ZMQ_SNDMORE);
-        zmq_send(s, hdr, sizeof(hdr), ZMQ_SNDMORE);
-        if (zmq_send(s, fx.data + l->m.chunk * image_index_chunk_size(fx.idx),
-                     len, 0) >= 0) {
-            g_atomic_pointer_add(&f->bytes_sent, (gssize)len);
-            g_atomic_int_inc(&f->slow_answers);
-        }
-        g_bytes_unref(l->rid);
-        g_free(l);
-    }
-}
-
 static gpointer
 fake_main(gpointer data)
 {
     FakePeer *f = data;
     void *s = zmq_socket(f->ctx, ZMQ_ROUTER);
-    int one = 1, linger = 0, timeout = f->mode == FAKE_SLOW_FETCH ? 10 : 100;
+    int one = 1, linger = 0, timeout = 100;
     char last[128];
     size_t last_len = sizeof(last);
 
@@ -490,7 +446,6 @@ fake_main(gpointer data)
         int rlen = zmq_recv(s, rid, sizeof(rid), 0);
         PeerMsg m;
 
-        fake_answer_due(f, s);
         if (rlen < 0)
             continue;
         if (zmq_recv(s, hdr, sizeof(hdr), 0) != PEER_HEADER_BYTES ||
@@ -503,7 +458,7 @@ fake_main(gpointer data)
             PeerMsg req = m;
 
             g_atomic_int_inc(&f->have_reqs);
-            if (f->mode != FAKE_NO_FETCH && f->mode != FAKE_SLOW_FETCH) {
+            if (f->mode != FAKE_NO_FETCH) {
                 memset(bits, 0xff, bytes);
                 if (count % 8)
                     bits[bytes - 1] = (guint8)((1u << (count % 8)) - 1);
@@ -536,17 +491,6 @@ fake_main(gpointer data)
             case FAKE_SILENT:
             case FAKE_UNASKED:
                 break;
-            case FAKE_SLOW_FETCH:
-                if (m.flags & PEER_GET_FETCH) {
-                    FakeLater *l = g_new0(FakeLater, 1);
-
-                    l->due = g_get_monotonic_time() + FAKE_SLOW_MS * 1000;
-                    l->rid = g_bytes_new(rid, (gsize)rlen);
-                    l->m = m;
-                    g_queue_push_tail(&f->later, l);
-                    break;
-                }
-                G_GNUC_FALLTHROUGH; /* a plain GET: not present */
             case FAKE_NO_FETCH:
                 if (m.flags & PEER_GET_FETCH)
                     break;
@@ -570,12 +514,6 @@ fake_main(gpointer data)
                 break;
             }
         }
-    }
-    while (!g_queue_is_empty(&f->later)) {
-        FakeLater *l = g_queue_pop_head(&f->later);
-
-        g_bytes_unref(l->rid);
-        g_free(l);
     }
     zmq_close(s);
     return NULL;
@@ -902,68 +840,6 @@ Test(peer_net,
      a_peer_that_takes_delegated_fetches_and_never_answers_costs_one_hedge)
 {
     read_with_a_peer_ignoring_fetches();
-}
-
-/* A delegate that does its delegated fetches, but answers each only after
- * the hedge (550 ms; a busy host on a loaded site): this host waits for it
- * rather than fetch the chunk from the origin as well, so that the site
- * fetches each chunk once (origin_hedge_ms, 1 s by default).  Regression:
- * with the origin asked at the hedge (300 ms), 32 hosts on a loaded
- * machine fetched 1.4-2.7 x one host's bytes from the origin. */
-Test(peer_net, a_delegate_slower_than_the_hedge_is_waited_for_not_bypassed)
-{
-    FakePeer *slow = fake_start(FAKE_SLOW_FETCH);
-    Host *b = host_new(NULL);
-    PeerInfo si = {
-        .name = "slow", .endpoint = slow->endpoint, .public_key = slow->pub};
-    guint64 count = 0, bad = 1;
-    FetchStats fs;
-    PeerStatus st;
-
-    peers_are(b, &si, 1);
-    wait_connected(b, 1);
-    /* one reader, one chunk at a time: each FETCH is the only one out */
-    for (guint64 i = 0; i < image_index_chunk_count(fx.idx) && count < 12;
-         i++) {
-        g_autoptr(GError) err = NULL;
-
-        if (image_index_chunk_is_zero(fx.idx, i))
-            continue;
-        count++;
-        cr_assert(fetch_engine_get(b->engine, i, FETCH_PRIORITY_DEMAND,
-                                   in_seconds(30), &err),
-                  "chunk %" G_GUINT64_FORMAT ": %s", i,
-                  err ? err->message : "");
-    }
-    fetch_engine_stats(b->engine, &fs);
-    st = status_of(b, "slow");
-    fprintf(stderr,
-            "%" G_GUINT64_FORMAT " chunks: %d delegated, %d answered after "
-            "%d ms; from the peer %" G_GUINT64_FORMAT " B, from the origin "
-            "%" G_GUINT64_FORMAT " B; hedged %" G_GUINT64_FORMAT
-            ", missed %" G_GUINT64_FORMAT "\n",
-            count, g_atomic_int_get(&slow->fetch_gets),
-            g_atomic_int_get(&slow->slow_answers), FAKE_SLOW_MS,
-            fs.bytes[FETCH_SOURCE_PEER], fs.bytes[FETCH_SOURCE_ORIGIN],
-            st.hedged, st.missed);
-    cr_expect_gt(g_atomic_int_get(&slow->fetch_gets), 0,
-                 "the rendezvous named it for some of %" G_GUINT64_FORMAT
-                 " chunks",
-                 count);
-    /* every chunk delegated to it came from it, none from the origin too */
-    cr_expect_eq(fs.chunks[FETCH_SOURCE_PEER],
-                 (guint64)g_atomic_int_get(&slow->fetch_gets),
-                 "%" G_GUINT64_FORMAT " of %d delegated chunks from the peer",
-                 fs.chunks[FETCH_SOURCE_PEER],
-                 g_atomic_int_get(&slow->fetch_gets));
-    cr_expect_eq(fs.chunks[FETCH_SOURCE_PEER] + fs.chunks[FETCH_SOURCE_ORIGIN],
-                 count, "each chunk fetched once");
-    cr_expect_eq(st.missed, 0u);
-    cr_expect_eq(st.hedged, 0u, "no delegated fetch was given up");
-    cr_assert(chunk_cache_verify_all(b->cache, &bad, NULL));
-    cr_expect_eq(bad, 0u, "every cached chunk verifies");
-    cr_expect_eq(chunk_cache_stored_count(b->cache), count);
-    fake_stop(slow);
 }
 
 TestSuite(peer_net_big, .init = setup_big, .fini = teardown, .timeout = 240);
