@@ -29,15 +29,20 @@ struct AgentCommands {
     Agent *agent;                  /* borrowed */
     const AgentLinkConfig *config; /* borrowed: the link's */
     CloneHost *host;               /* the worker's libvirt connection */
+    AgentIndexFetch fetch_index;
+    gpointer fetch_data;
 };
 
 AgentCommands *
-agent_commands_new(Agent *agent, const AgentLinkConfig *config)
+agent_commands_new(Agent *agent, const AgentLinkConfig *config,
+                   AgentIndexFetch fetch_index, gpointer fetch_data)
 {
     AgentCommands *c = g_new0(AgentCommands, 1);
 
     c->agent = agent;
     c->config = config;
+    c->fetch_index = fetch_index;
+    c->fetch_data = fetch_data;
     return c;
 }
 
@@ -72,10 +77,40 @@ profile_of(JsonObject *image)
 }
 
 /*
- * image_ready: make the agent know and serve the command's image (its index
- * inline, base64, verified before anything keeps it; its origins; the
- * site's access profile, prefetched on a host that never booted it); the
- * export's URI, owned by the caller.
+ * image_index_of: the index of the command's image: inline (base64, from
+ * a manager before index-get), else asked of the site manager; verified
+ * against the id (its digest) before anything keeps it.
+ */
+static ImageIndex *
+image_index_of(AgentCommands *c, const char *id, const char *b64,
+               GError **error)
+{
+    g_autoptr(GBytes) bytes = NULL;
+    g_autofree guint8 *data = NULL;
+    gsize len = 0;
+
+    if (b64) {
+        data = g_base64_decode(b64, &len);
+        return image_index_parse(data, len, id, error);
+    }
+    if (!c->fetch_index) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
+                    "the command's image is not known here and the command "
+                    "carries no index");
+        return NULL;
+    }
+    if (!(bytes = c->fetch_index(id, c->fetch_data, error)))
+        return NULL;
+    return image_index_parse(g_bytes_get_data(bytes, NULL),
+                             g_bytes_get_size(bytes), id, error);
+}
+
+/*
+ * image_ready: make the agent know and serve the command's image (known
+ * here already, or its index inline or from the site manager, verified
+ * before anything keeps it; its origins; the site's access profile,
+ * prefetched on a host that never booted it); the export's URI, owned by
+ * the caller.
  */
 static char *
 image_ready(AgentCommands *c, JsonObject *image, GError **error)
@@ -86,14 +121,13 @@ image_ready(AgentCommands *c, JsonObject *image, GError **error)
     g_autoptr(GPtrArray) origins = g_ptr_array_new_with_free_func(g_free);
     g_autoptr(GArray) profile = profile_of(image);
     g_autoptr(ImageIndex) idx = NULL;
-    g_autofree guint8 *data = NULL;
     g_autofree char *uri = NULL;
-    gsize len = 0;
+    bool known = false;
 
-    if (!id || !b64 || !arr || !g_str_has_prefix(id, "sha256:") ||
+    if (!id || !arr || !g_str_has_prefix(id, "sha256:") ||
         strlen(id) != IMAGE_ID_CHARS) {
         g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
-                    "the command's image lacks an id, an index or origins");
+                    "the command's image lacks an id or origins");
         return NULL;
     }
     for (guint i = 0; i < json_array_get_length(arr); i++) {
@@ -103,12 +137,18 @@ image_ready(AgentCommands *c, JsonObject *image, GError **error)
             g_ptr_array_add(origins, g_strdup(u));
     }
     g_ptr_array_add(origins, NULL);
-    data = g_base64_decode(b64, &len);
-    idx = image_index_parse(data, len, id, error);
-    if (!idx ||
-        !agent_image_add(c->agent, idx, (const char *const *)origins->pdata,
-                         profile, NULL, error) ||
-        !agent_image_serve(c->agent, id, &uri, error)) {
+    if (!b64 && !agent_image_add_known(c->agent, id, profile, &known, error)) {
+        g_prefix_error(error, "image %s: ", id);
+        return NULL;
+    }
+    if (!known &&
+        (!(idx = image_index_of(c, id, b64, error)) ||
+         !agent_image_add(c->agent, idx, (const char *const *)origins->pdata,
+                          profile, NULL, error))) {
+        g_prefix_error(error, "image %s: ", id);
+        return NULL;
+    }
+    if (!agent_image_serve(c->agent, id, &uri, error)) {
         g_prefix_error(error, "image %s: ", id);
         return NULL;
     }

@@ -409,6 +409,22 @@ agent_image_add(Agent *a, ImageIndex *idx, const char *const *origins,
     return true;
 }
 
+bool
+agent_image_add_known(Agent *a, const char *id, const GArray *profile,
+                      bool *ret_known, GError **error)
+{
+    AgentImage *im = g_str_has_prefix(id, "sha256:")
+                         ? images_lookup(a, id + strlen("sha256:"))
+                         : NULL;
+
+    *ret_known = im != NULL;
+    if (im && profile && !site_profile_store(im, profile, error)) {
+        g_prefix_error(error, "image %.12s: profile: ", im->hex);
+        return false;
+    }
+    return true;
+}
+
 typedef struct {
     guint64 chunk;
     guint holders;

@@ -6,10 +6,13 @@
  *
  * Two threads: the link thread owns the ZeroMQ sockets (hello, reports,
  * receiving commands, sending acknowledgements); the worker runs commands
- * one at a time and hands the acknowledgements back through a queue.
- * AgentLink.lock guards the journal and the commands in flight; the
- * images are read through the typed API of agent.h, which takes its own
- * locks.
+ * one at a time and hands the acknowledgements back through a queue
+ * (`acks`: every message the worker has to send, acks and index-get).
+ * AgentLink.lock guards the journal, the commands in flight and the index
+ * the worker waits for (link_fetch_index: it asks the manager for an
+ * image's index, slice by slice, and the link thread hands each answer
+ * over, on_index); the images are read through the typed API of agent.h,
+ * which takes its own locks.
  */
 #define G_LOG_DOMAIN "spore-agent" /* before any GLib header */
 
@@ -35,6 +38,10 @@
 #define JOURNAL_KEEP      4096
 
 #define PROFILES_EVERY_US (15 * G_USEC_PER_SEC)
+/* index-get: asked again this often while no answer comes (a manager
+ * restarted or taken over), given up after INDEX_WAIT_US in all */
+#define INDEX_ASK_EVERY_US (5 * G_USEC_PER_SEC)
+#define INDEX_WAIT_US      (120 * G_USEC_PER_SEC)
 
 struct AgentLink {
     Agent *agent;
@@ -49,9 +56,13 @@ struct AgentLink {
     gint report_ms;    /* atomic: may change on SIGHUP */
     gint commands_out; /* atomic: commands pushed to the worker, not done */
 
-    GMutex lock;           /* guards journal, in_flight */
-    GHashTable *journal;   /* "KEY:ID" -> ack text */
-    GHashTable *in_flight; /* "KEY:ID" */
+    GMutex lock;             /* guards journal, in_flight, index_* */
+    GHashTable *journal;     /* "KEY:ID" -> ack text */
+    GHashTable *in_flight;   /* "KEY:ID" */
+    GCond index_cond;        /* index_reply came, or stop */
+    char *index_want;        /* the image whose index the worker waits for */
+    gint64 index_offset;     /* ... the slice it asked for */
+    JsonObject *index_reply; /* its answer, taken by the worker */
     char *journal_path;
     guint journal_lines;
 
@@ -209,6 +220,113 @@ worker(gpointer data, gpointer user)
     g_free(job->key);
     g_free(job);
     (void)g_atomic_int_dec_and_test(&l->commands_out);
+}
+
+/* ---- an image's index from the manager (index-get) ---------------------- */
+
+/* Worker: ask for slice @offset of @id's index until an answer comes;
+ * the answer, or NULL after @deadline or at stop. */
+static JsonObject *
+index_ask(AgentLink *l, const char *id, gint64 offset, gint64 deadline)
+{
+    gint64 asked = 0;
+    JsonObject *reply;
+
+    g_mutex_lock(&l->lock);
+    g_free(l->index_want);
+    l->index_want = g_strdup(id);
+    l->index_offset = offset;
+    g_clear_pointer(&l->index_reply, json_object_unref);
+    while (!l->index_reply && !g_atomic_int_get(&l->stop)) {
+        gint64 now = g_get_monotonic_time();
+
+        if (now >= deadline)
+            break;
+        if (now - asked >= INDEX_ASK_EVERY_US) {
+            JsonObject *req = wire_new("index-get");
+
+            json_object_set_string_member(req, "image", id);
+            json_object_set_int_member(req, "offset", offset);
+            g_async_queue_push(l->acks, req); /* the link thread sends it */
+            asked = now;
+        }
+        g_cond_wait_until(&l->index_cond, &l->lock,
+                          MIN(deadline, asked + INDEX_ASK_EVERY_US));
+    }
+    reply = g_steal_pointer(&l->index_reply);
+    g_clear_pointer(&l->index_want, g_free);
+    g_mutex_unlock(&l->lock);
+    return reply;
+}
+
+/* AgentIndexFetch of the commands: image @id's index from the manager, in
+ * slices (each answer is bounded by the wire's message limit), at most
+ * IMAGE_INDEX_MAX_BYTES; image_index_parse verifies it against @id. */
+static GBytes *
+link_fetch_index(const char *id, gpointer data, GError **error)
+{
+    AgentLink *l = data;
+    g_autoptr(GByteArray) buf = g_byte_array_new();
+    gint64 deadline = g_get_monotonic_time() + INDEX_WAIT_US;
+    gint64 size = -1;
+
+    g_message("image %.19s: asking the site manager for its index", id);
+    while (size < 0 || (gint64)buf->len < size) {
+        g_autoptr(JsonObject) r = index_ask(l, id, (gint64)buf->len, deadline);
+        const char *b64 = r ? json_util_get_string(r, "data", NULL) : NULL;
+        gint64 total = r ? json_util_get_int(r, "size", -1) : -1;
+        g_autofree guint8 *slice = NULL;
+        gsize len = 0;
+
+        if (!r) {
+            g_set_error(error, SPORE_ERROR, SPORE_ERROR_UNAVAILABLE,
+                        "the site manager sent no index of the image in %d s",
+                        (int)(INDEX_WAIT_US / G_USEC_PER_SEC));
+            return NULL;
+        }
+        if (json_util_get_string(r, "error", NULL)) {
+            g_set_error(error, SPORE_ERROR, SPORE_ERROR_UNAVAILABLE,
+                        "the site manager has no index of the image: %s",
+                        json_util_get_string(r, "error", NULL));
+            return NULL;
+        }
+        if (b64)
+            slice = g_base64_decode(b64, &len);
+        if (!b64 || total < 0 || total > (gint64)IMAGE_INDEX_MAX_BYTES ||
+            (size >= 0 && total != size) || (gint64)(buf->len + len) > total ||
+            (len == 0 && (gint64)buf->len < total)) {
+            g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
+                        "the site manager's index of the image is malformed "
+                        "(size %" G_GINT64_FORMAT
+                        ", a slice of %" G_GSIZE_FORMAT " bytes at %u)",
+                        total, len, buf->len);
+            return NULL;
+        }
+        size = total;
+        g_byte_array_append(buf, slice, (guint)len);
+    }
+    return g_byte_array_free_to_bytes(g_steal_pointer(&buf));
+}
+
+/* Link thread: an index answer, handed to the worker if it is the one it
+ * waits for (a late or unasked one is dropped). */
+static void
+on_index(AgentLink *l, JsonObject *msg)
+{
+    const char *id = json_util_get_string(msg, "image", NULL);
+    gint64 offset = json_util_get_int(msg, "offset", -1);
+
+    g_mutex_lock(&l->lock);
+    if (id && l->index_want && g_str_equal(id, l->index_want) &&
+        offset == l->index_offset && !l->index_reply) {
+        l->index_reply = json_object_ref(msg);
+        g_cond_broadcast(&l->index_cond);
+    } else {
+        g_debug("dropped an index of %.19s at %" G_GINT64_FORMAT
+                " nobody waits for",
+                id ? id : "?", offset);
+    }
+    g_mutex_unlock(&l->lock);
 }
 
 /* ---- the link thread ---------------------------------------------------- */
@@ -772,6 +890,8 @@ link_receive(AgentLink *l, LinkState *st)
             on_command(l, st->sock, obj);
         } else if (g_str_equal(type, "peers")) {
             on_peers(l, obj);
+        } else if (g_str_equal(type, "index")) {
+            on_index(l, obj);
         } else {
             g_warning("dropped a message of unknown type '%s' from the "
                       "manager",
@@ -789,9 +909,11 @@ link_tick(AgentLink *l, LinkState *st)
     gint64 now;
 
     while ((ack = g_async_queue_try_pop(l->acks))) {
+        /* an ack: report the change at once (an index-get is not one) */
+        if (g_str_equal(json_util_get_string(ack, "type", ""), "ack"))
+            st->last_report = 0;
         wire_send(st->sock, NULL, ack);
         json_object_unref(ack);
-        st->last_report = 0; /* report the change at once */
     }
     now = g_get_monotonic_time();
     if (registration_poll(l, st->reg, &st->reg_state) && !st->welcomed) {
@@ -923,7 +1045,8 @@ agent_link_start(Agent *agent, const AgentLinkConfig *config, GError **error)
                         rnd[2], rnd[3], rnd[4], rnd[5], rnd[6], rnd[7]);
     clone_events_init(); /* before any libvirt connection */
     l->acks = g_async_queue_new();
-    l->commands = agent_commands_new(agent, &l->config);
+    g_cond_init(&l->index_cond);
+    l->commands = agent_commands_new(agent, &l->config, link_fetch_index, l);
     l->worker = g_thread_pool_new(worker, l, 1, TRUE, NULL);
     l->thread = g_thread_new("spore-link", link_thread, l);
     return l;
@@ -942,6 +1065,11 @@ agent_link_stop(AgentLink *l)
     if (!l)
         return true;
     g_atomic_int_set(&l->stop, 1);
+    if (l->commands) { /* a worker waiting for an index stops waiting */
+        g_mutex_lock(&l->lock);
+        g_cond_broadcast(&l->index_cond);
+        g_mutex_unlock(&l->lock);
+    }
     if (l->thread)
         g_thread_join(l->thread);
     if (l->worker)
@@ -958,6 +1086,11 @@ agent_link_stop(AgentLink *l)
         g_async_queue_unref(l->acks);
     }
     agent_commands_free(l->commands);
+    if (l->commands) {
+        g_clear_pointer(&l->index_reply, json_object_unref);
+        g_free(l->index_want);
+        g_cond_clear(&l->index_cond);
+    }
     if (l->journal)
         g_hash_table_unref(l->journal);
     if (l->in_flight)

@@ -149,10 +149,19 @@ bool agent_control_start(Agent *agent, GError **error);
 
 typedef struct AgentCommands AgentCommands;
 
+/* AgentIndexFetch: the encoded index of image @id (sha256:HEX) from the
+ * site manager (index-get, docs/site-protocol.md), not yet verified; NULL
+ * with @error when it cannot be had */
+typedef GBytes *(*AgentIndexFetch)(const char *id, gpointer data,
+                                   GError **error);
+
 /* agent_commands_new: what runs commands for @link_config's host; borrows
- * @agent and @config (both outlive it).  Never fails: libvirt is connected
- * on the first command. */
-AgentCommands *agent_commands_new(Agent *agent, const AgentLinkConfig *config);
+ * @agent and @config (both outlive it); @fetch_index(..., @fetch_data)
+ * gets the index of an image a clone-create names and this host lacks.
+ * Never fails: libvirt is connected on the first command. */
+AgentCommands *agent_commands_new(Agent *agent, const AgentLinkConfig *config,
+                                  AgentIndexFetch fetch_index,
+                                  gpointer fetch_data);
 
 /*
  * agent_commands_run: run one command of the site manager (@cmd, borrowed:

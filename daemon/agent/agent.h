@@ -146,6 +146,15 @@ bool agent_image_add(Agent *agent, ImageIndex *idx, const char *const *origins,
                      const GArray *profile, char **ret_id, GError **error);
 
 /*
+ * agent_image_add_known: agent_image_add for image @id (sha256:HEX) without
+ * its index, when this host knows the image already: *ret_known is set,
+ * and @profile (optional) stored as agent_image_add stores it.  When the
+ * image is not known, *ret_known is false and nothing is done (true).
+ */
+bool agent_image_add_known(Agent *agent, const char *id, const GArray *profile,
+                           bool *ret_known, GError **error);
+
+/*
  * agent_image_serve: start the image's shim unless it runs; *ret_uri
  * (optional) gets its NBD URI.  Concurrent calls for one image start one
  * shim; they wait for it, up to 2 x 10 s.

@@ -112,6 +112,8 @@ struct Manager {
     GHashTable *manifests; /* "service:generation" -> ManagerManifest * */
     GHashTable *backoff;   /* "host/service" -> gint64 µs: no create before */
     GHashTable *failures;  /* "host/service" -> guint consecutive failures */
+    char *index_id;        /* the image whose index was last asked for */
+    GBytes *index;         /* ... that index (its id is its digest) */
     GHashTable *refused;   /* key -> gint64 µs: last logged refusal */
     /* auto-scaling (manager-scaling.c) */
     GHashTable *cpu;       /* "host/clone" -> CpuTrack */

@@ -173,16 +173,16 @@ command_add(Manager *m, const char *host, const char *service, JsonObject *body,
     return true;
 }
 
-/* image_object: the image of a create command: the service's image with
- * its index and the access profile of the host that booted it most (a
- * host that never did prefetches it: docs/site-protocol.md) */
+/* image_object: the image of a create command: the service's image (not
+ * its index, which a host lacking the image asks for once, index-get) and
+ * the access profile of the host that booted it most (a host that never
+ * did prefetches it: docs/site-protocol.md) */
 static JsonObject *
 image_object(Manager *m, const char *image, GError **error)
 {
     g_autoptr(ImageRow) row = NULL;
     g_autoptr(JsonObject) o = json_object_new();
     g_autofree char *chunks = NULL;
-    g_autofree char *b64 = NULL;
     g_autoptr(JsonParser) p = json_parser_new();
     g_autoptr(JsonParser) pp = json_parser_new();
 
@@ -201,9 +201,6 @@ image_object(Manager *m, const char *image, GError **error)
     if (json_parser_load_from_data(p, row->origins, -1, NULL))
         json_object_set_member(o, "origins",
                                json_node_copy(json_parser_get_root(p)));
-    b64 = g_base64_encode(g_bytes_get_data(row->index, NULL),
-                          g_bytes_get_size(row->index));
-    json_object_set_string_member(o, "index", b64);
     if (chunks && json_parser_load_from_data(pp, chunks, -1, NULL) &&
         JSON_NODE_HOLDS_ARRAY(json_parser_get_root(pp)))
         json_object_set_member(o, "profile",

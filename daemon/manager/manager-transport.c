@@ -55,6 +55,9 @@
 #define BACKOFF_MAX_S            300u
 /* the registration socket's frames: a register message is small */
 #define REGISTER_MAX_MSG_BYTES 4096
+/* an index answer carries at most this much of the index (base64: 4/3 of
+ * it), well within the wire's message limit */
+#define INDEX_SLICE_BYTES (4u * 1024 * 1024)
 
 /* should_log_backpressure: once a minute */
 static bool
@@ -428,6 +431,87 @@ handle_requests(Manager *m, const char *host, JsonObject *msg, GError **error)
     return true;
 }
 
+/* image_index_by_id: the index of the registered image whose id is @id,
+ * or NULL; the last one asked for is kept (an id is its index's digest,
+ * so what is kept never goes wrong) */
+static bool
+image_index_by_id(Manager *m, const char *id, GBytes **ret, GError **error)
+{
+    g_autoptr(GPtrArray) rows = NULL;
+
+    *ret = NULL;
+    if (m->index_id && g_str_equal(m->index_id, id)) {
+        *ret = g_bytes_ref(m->index);
+        return true;
+    }
+    if (!(rows = state_image_list(m->db, error)))
+        return false;
+    for (guint k = 0; k < rows->len; k++) {
+        ImageRow *r = rows->pdata[k];
+        g_autoptr(ImageRow) full = NULL;
+
+        if (!g_str_equal(r->id, id))
+            continue;
+        if (!state_image_get(m->db, r->name, &full, error))
+            return false;
+        if (!full || !full->index || !g_str_equal(full->id, id))
+            return true;
+        g_free(m->index_id);
+        m->index_id = g_strdup(id);
+        g_clear_pointer(&m->index, g_bytes_unref);
+        m->index = g_bytes_ref(full->index);
+        *ret = g_bytes_ref(m->index);
+        return true;
+    }
+    return true;
+}
+
+/* index-get: a slice of an image's index, which clone-create no longer
+ * carries (docs/site-protocol.md) */
+static bool
+handle_index_get(Manager *m, const char *host, JsonObject *msg, GError **error)
+{
+    const char *id = json_util_get_string(msg, "image", NULL);
+    gint64 offset = json_util_get_int(msg, "offset", -1);
+    g_autoptr(JsonObject) reply = wire_new("index");
+    g_autoptr(GBytes) index = NULL;
+    gsize size;
+
+    if (!id || offset < 0) {
+        g_warning("host %s: dropped an index-get without an image and an "
+                  "offset",
+                  host);
+        return true;
+    }
+    if (!image_index_by_id(m, id, &index, error))
+        return false;
+    json_object_set_string_member(reply, "image", id);
+    json_object_set_int_member(reply, "offset", offset);
+    size = index ? g_bytes_get_size(index) : 0;
+    if (!index) {
+        g_warning("host %s: asked for the index of image %s, which is not "
+                  "registered",
+                  host, id);
+        json_object_set_string_member(reply, "error",
+                                      "no image of this id is registered");
+    } else if ((guint64)offset > size) {
+        json_object_set_string_member(reply, "error",
+                                      "the offset is past the index's end");
+    } else {
+        gsize len = MIN(INDEX_SLICE_BYTES, size - (gsize)offset);
+        g_autofree char *b64 = g_base64_encode(
+            (const guint8 *)g_bytes_get_data(index, NULL) + offset, len);
+
+        json_object_set_int_member(reply, "size", (gint64)size);
+        json_object_set_string_member(reply, "data", b64);
+        g_debug("host %s: index of %.19s, %" G_GSIZE_FORMAT
+                " bytes at %" G_GINT64_FORMAT " of %" G_GSIZE_FORMAT,
+                host, id, len, offset, size);
+    }
+    manager_send(m, host, reply);
+    return true;
+}
+
 static bool
 dispatch(Manager *m, const char *host, const char *address, JsonObject *msg,
          GError **error)
@@ -444,6 +528,8 @@ dispatch(Manager *m, const char *host, const char *address, JsonObject *msg,
         return handle_profiles(m, host, msg, error);
     if (g_str_equal(type, "requests"))
         return handle_requests(m, host, msg, error);
+    if (g_str_equal(type, "index-get"))
+        return handle_index_get(m, host, msg, error);
     g_warning("host %s: dropped a message of unknown type '%s'", host, type);
     return true;
 }

@@ -496,6 +496,8 @@ manager_free(Manager *m)
     g_hash_table_unref(m->manifests);
     g_hash_table_unref(m->backoff);
     g_hash_table_unref(m->failures);
+    g_free(m->index_id);
+    g_clear_pointer(&m->index, g_bytes_unref);
     g_hash_table_unref(m->refused);
     g_hash_table_unref(m->command_keys);
     g_clear_pointer(&m->dir_keys, g_hash_table_unref);

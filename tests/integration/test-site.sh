@@ -149,6 +149,13 @@ for i in 0 1; do
 done
 check "the clones are backed by the shims' exports (lazy)" \
     grep -q "nbd+unix" <(qemu-img info -U "$SITE/$(host_of web-0)/pool/web-0.qcow2")
+check "no create command stored the image's index (index-get instead)" \
+    test "$(db "SELECT count(*) FROM commands WHERE op='clone-create' AND body LIKE '%\"index\":%'")" = 0
+for i in 0 1; do
+    h=$(host_of "web-$i")
+    check "$h asked the manager for the image's index, once" \
+        test "$(grep -c "asking the site manager for its index" "$SITE/$h.log")" = 1
+done
 
 # --- a replayed command is applied once
 cmd=$(db "SELECT id FROM commands WHERE op='clone-create' AND state='done' ORDER BY id LIMIT 1")

@@ -16,7 +16,9 @@
  *     them; a clone reported shut off is started again;
  *   - a service of more clones than one pass commands is commanded over
  *     passes that follow at once, each clone once;
- *   - each host is told the other's peer server and key.
+ *   - each host is told the other's peer server and key;
+ *   - a create names its image without the index, which a host asks for
+ *     (index-get) and gets in slices that add up to the registered one.
  *
  * Every wait is for a condition; PUMP_TRIES_MAX only stops a broken
  * manager from hanging the suite.
@@ -25,6 +27,7 @@
  * (the state on PostgreSQL: tests/pg-lib.sh, test-state-util.h).
  */
 #include <criterion/criterion.h>
+#include <fcntl.h>
 #include <math.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -32,6 +35,7 @@
 #include <unistd.h>
 #include <zmq.h>
 
+#include "image-index.h"
 #include "json-util.h"
 #include "manager-private.h"
 #include "test-state-util.h"
@@ -56,11 +60,13 @@ typedef struct {
     guint turn;
     guint cpus; /* its hello's capacity (0: 4 CPUs, 8 GiB) */
     guint64 memory_kib;
-    guint create_cmds;  /* clone-create commands executed */
-    guint create_max;   /* the most clones one of them created */
-    JsonArray *peers;   /* of the last "peers" message */
-    GHashTable *epochs; /* "TYPE EPOCH" of every message read (EPOCH 0:
+    guint create_cmds;        /* clone-create commands executed */
+    guint create_max;         /* the most clones one of them created */
+    JsonArray *peers;         /* of the last "peers" message */
+    GHashTable *epochs;       /* "TYPE EPOCH" of every message read (EPOCH 0:
                          * none), when not NULL */
+    guint creates_with_index; /* clone-create commands carrying an index */
+    JsonObject *index;        /* the last "index" message */
 } FakeAgent;
 
 static char *dir;
@@ -139,6 +145,7 @@ agent_create(JsonObject *cmd)
 
     cr_assert(mf);
     cur->create_cmds++;
+    cur->creates_with_index += json_object_has_member(image, "index");
     cur->create_max = MAX(cur->create_max, json_array_get_length(idx));
     for (guint i = 0; i < json_array_get_length(idx); i++) {
         guint index = (guint)json_array_get_int_element(idx, i);
@@ -232,6 +239,9 @@ agent_handle(JsonObject *msg)
                                          json_util_get_int(msg, "epoch", 0)));
     if (g_str_equal(type, "who")) {
         agent_hello();
+    } else if (g_str_equal(type, "index")) {
+        g_clear_pointer(&cur->index, json_object_unref);
+        cur->index = json_object_ref(msg);
     } else if (g_str_equal(type, "peers")) {
         g_clear_pointer(&cur->peers, json_array_unref);
         cur->peers = json_array_ref(json_object_get_array_member(msg, "peers"));
@@ -257,19 +267,17 @@ agent_handle(JsonObject *msg)
 static void
 agent_turn(void)
 {
-    char buf[1 << 16];
-    int n;
+    zmq_msg_t frame;
 
-    while (!cur->silent &&
-           (n = zmq_recv(cur->sock, buf, sizeof(buf), ZMQ_DONTWAIT)) >= 0) {
-        g_autoptr(JsonObject) msg = NULL;
+    zmq_msg_init(&frame);
+    while (!cur->silent && zmq_msg_recv(&frame, cur->sock, ZMQ_DONTWAIT) >= 0) {
+        g_autoptr(JsonObject) msg =
+            wire_parse(zmq_msg_data(&frame), zmq_msg_size(&frame), NULL);
 
-        if ((gsize)n > sizeof(buf))
-            continue;
-        msg = wire_parse(buf, (gsize)n, NULL);
         if (msg)
             agent_handle(msg);
     }
+    zmq_msg_close(&frame);
     if (!cur->silent && cur->turn++ % REPORT_EVERY == 0 && !cur->no_reports)
         agent_report();
 }
@@ -442,6 +450,7 @@ agent_disconnect(FakeAgent *a)
     zmq_close(a->sock);
     zmq_ctx_term(a->ctx);
     g_clear_pointer(&a->peers, json_array_unref);
+    g_clear_pointer(&a->index, json_object_unref);
     g_ptr_array_unref(a->clones);
     g_ptr_array_unref(a->held);
     memset(a, 0, sizeof(*a));
@@ -715,6 +724,101 @@ static bool
 peers_told(gpointer data)
 {
     return told_of(&agent, "hv2") && told_of(&agent2, "hv1");
+}
+
+static bool
+index_came(gpointer data)
+{
+    return agent.index != NULL;
+}
+
+/* index_get: the fake agent asks for @id's index at @offset; the answer */
+static JsonObject *
+index_get(const char *id, gint64 offset)
+{
+    g_autoptr(JsonObject) req = wire_new("index-get");
+
+    g_clear_pointer(&agent.index, json_object_unref);
+    json_object_set_string_member(req, "image", id);
+    json_object_set_int_member(req, "offset", offset);
+    cur = &agent;
+    agent_send(req);
+    cr_assert(pump(index_came, NULL), "an answer to index-get");
+    return g_steal_pointer(&agent.index);
+}
+
+/* A create names its image, not its index (1 MiB for a 2 GiB image, in
+ * every command before); the host asks for it and gets it in slices of at
+ * most 4 MiB that add up to the registered index, verified by its id. */
+Test(manager_clones, sends_an_image_index_in_slices_not_in_every_create)
+{
+    g_autofree char *big = g_build_filename(dir, "big.raw", NULL);
+    g_autoptr(GError) err = NULL;
+    g_autoptr(ImageIndex) idx = NULL;
+    g_autoptr(GByteArray) got = g_byte_array_new();
+    g_autoptr(JsonObject) none = NULL;
+    ImageRow row = {0};
+    GBytes *want;
+    guint slices = 0;
+    int fd;
+
+    two_running();
+    cr_assert_gt(agent.create_cmds, 0u);
+    cr_expect_eq(agent.creates_with_index, 0u,
+                 "%u of %u creates carried the index", agent.creates_with_index,
+                 agent.create_cmds);
+
+    /* an image of 140,000 chunks of 4 KiB: an index of 4.3 MiB */
+    fd = open(big, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    cr_assert(fd >= 0 && ftruncate(fd, (off_t)140000 * 4096) == 0);
+    close(fd);
+    idx = image_index_build_file(big, 12, 2, &err);
+    cr_assert(idx, "%s", err ? err->message : "");
+    want = image_index_encoding(idx);
+    cr_assert_gt(g_bytes_get_size(want), 4u * 1024 * 1024);
+    row.name = "big";
+    row.id = (char *)image_index_id(idx);
+    row.format = "raw";
+    row.origins = "[\"http://127.0.0.1:1/big.raw\"]";
+    row.index = want;
+    row.size = (gint64)image_index_image_size(idx);
+    row.chunk_size = (gint64)image_index_chunk_size(idx);
+    cr_assert(state_image_put(m->db, &row, &err), "%s",
+              err ? err->message : "");
+
+    while (got->len < g_bytes_get_size(want)) {
+        g_autoptr(JsonObject) r = index_get(row.id, (gint64)got->len);
+        const char *b64 = json_util_get_string(r, "data", NULL);
+        g_autofree guint8 *slice = NULL;
+        gsize len = 0;
+
+        cr_assert(b64, "a slice at %u: %s", got->len,
+                  json_util_get_string(r, "error", "no data"));
+        cr_assert_eq(json_util_get_int(r, "offset", -1), (gint64)got->len);
+        cr_assert_eq(json_util_get_int(r, "size", -1),
+                     (gint64)g_bytes_get_size(want));
+        slice = g_base64_decode(b64, &len);
+        cr_assert(len > 0 && len <= 4u * 1024 * 1024, "a slice of %zu", len);
+        g_byte_array_append(got, slice, (guint)len);
+        slices++;
+    }
+    cr_expect_eq(slices, 2u);
+    cr_assert_eq(got->len, g_bytes_get_size(want));
+    cr_expect(memcmp(got->data, g_bytes_get_data(want, NULL), got->len) == 0,
+              "the slices add up to the registered index");
+    {
+        g_autoptr(ImageIndex) back =
+            image_index_parse(got->data, got->len, row.id, &err);
+
+        cr_expect(back, "it verifies against the id: %s",
+                  err ? err->message : "");
+    }
+    /* an id that is no registered image's: an error, named */
+    none = index_get("sha256:00000000000000000000000000000000000000000000000"
+                     "00000000000000000",
+                     0);
+    cr_expect(json_util_get_string(none, "error", NULL));
+    cr_expect_not(json_object_has_member(none, "data"));
 }
 
 Test(manager_clones, tells_each_host_the_other_peer_server)
