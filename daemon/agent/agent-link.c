@@ -1085,12 +1085,12 @@ agent_link_stop(AgentLink *l)
             json_object_unref(ack);
         g_async_queue_unref(l->acks);
     }
-    agent_commands_free(l->commands);
-    if (l->commands) {
+    if (l->commands) { /* index_cond was initialized with it */
         g_clear_pointer(&l->index_reply, json_object_unref);
         g_free(l->index_want);
         g_cond_clear(&l->index_cond);
     }
+    agent_commands_free(l->commands);
     if (l->journal)
         g_hash_table_unref(l->journal);
     if (l->in_flight)
