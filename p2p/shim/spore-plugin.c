@@ -18,12 +18,13 @@
  * fetched: they read as zeros and `extents` reports them as holes.
  *
  * Read-ahead (readahead.c says why and how much): a read that continues a
- * sequential stream of its connection asks the agent, besides its own
- * missing chunks, for the missing chunks of a window past its end, at
- * profile priority (behind every demand request in the agent's engine,
- * which keeps a worker for demand) and without waiting for them: the
- * window doubles while the stream continues, from one chunk up to
- * readahead= bytes (default 1 MiB; 0 turns it off), never past the image.
+ * sequential stream of its connection, once the stream has read 256 KiB,
+ * asks the agent, besides its own missing chunks, for the missing chunks
+ * of a window past its end, at profile priority (behind every demand
+ * request in the agent's engine, which keeps a worker for demand) and
+ * without waiting for them: the window doubles while the stream
+ * continues, from 256 KiB up to readahead= bytes (default 1 MiB; 0 turns
+ * it off), never past the image.
  * Those chunks take the same way as any other (local copies, peers, the
  * origin; verified against the index before their bit is set); a later
  * read of one still in flight waits for that fetch at demand priority.
