@@ -93,12 +93,6 @@ image_index_of(AgentCommands *c, const char *id, const char *b64,
         data = g_base64_decode(b64, &len);
         return image_index_parse(data, len, id, error);
     }
-    if (!c->fetch_index) {
-        g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
-                    "the command's image is not known here and the command "
-                    "carries no index");
-        return NULL;
-    }
     if (!(bytes = c->fetch_index(id, c->fetch_data, error)))
         return NULL;
     return image_index_parse(g_bytes_get_data(bytes, NULL),

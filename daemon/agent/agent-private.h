@@ -157,7 +157,8 @@ typedef GBytes *(*AgentIndexFetch)(const char *id, gpointer data,
 
 /* agent_commands_new: what runs commands for @link_config's host; borrows
  * @agent and @config (both outlive it); @fetch_index(..., @fetch_data)
- * gets the index of an image a clone-create names and this host lacks.
+ * (required) gets the index of an image a clone-create names and this
+ * host lacks.
  * Never fails: libvirt is connected on the first command. */
 AgentCommands *agent_commands_new(Agent *agent, const AgentLinkConfig *config,
                                   AgentIndexFetch fetch_index,
