@@ -68,6 +68,31 @@ json_util_get_array(JsonObject *obj, const char *member)
     return n && JSON_NODE_HOLDS_ARRAY(n) ? json_node_get_array(n) : NULL;
 }
 
+GArray *
+json_util_chunk_numbers(JsonNode *node)
+{
+    JsonArray *arr;
+    GArray *out;
+
+    if (!node || !JSON_NODE_HOLDS_ARRAY(node))
+        return NULL;
+    arr = json_node_get_array(node);
+    out = g_array_sized_new(FALSE, FALSE, sizeof(guint64),
+                            json_array_get_length(arr));
+    for (guint i = 0; i < json_array_get_length(arr); i++) {
+        JsonNode *e = json_array_get_element(arr, i);
+        gint64 n = JSON_NODE_HOLDS_VALUE(e) &&
+                           json_node_get_value_type(e) == G_TYPE_INT64
+                       ? json_node_get_int(e)
+                       : -1;
+        guint64 u = (guint64)n;
+
+        if (n >= 0)
+            g_array_append_val(out, u);
+    }
+    return out;
+}
+
 char *
 json_util_to_text(JsonObject *obj, bool pretty)
 {

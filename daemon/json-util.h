@@ -23,6 +23,11 @@ bool json_util_get_bool(JsonObject *obj, const char *member, bool fallback);
 JsonObject *json_util_get_object(JsonObject *obj, const char *member);
 JsonArray *json_util_get_array(JsonObject *obj, const char *member);
 
+/* json_util_chunk_numbers: the non-negative integers of the JSON array
+ * @node (NULL allowed) as a new GArray of guint64, in order (other elements
+ * dropped); NULL when @node is not an array */
+GArray *json_util_chunk_numbers(JsonNode *node);
+
 /* json_util_to_text: @obj as compact JSON (pretty when @pretty), owned by
  * the caller */
 char *json_util_to_text(JsonObject *obj, bool pretty);

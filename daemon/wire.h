@@ -24,6 +24,8 @@
 #define WIRE_HOST_NAME_MAX       63
 #define WIRE_ENDPOINT_MAX        255 /* a tcp://ADDRESS:PORT in a message */
 #define WIRE_PEERS_MAX           256 /* entries of a "peers" message */
+/* chunk numbers of one access profile ("profiles", "profile") */
+#define WIRE_PROFILE_CHUNKS_MAX 65536u
 
 typedef struct {
     char public_key[WIRE_KEY_CHARS + 1];

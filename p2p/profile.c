@@ -156,3 +156,17 @@ profile_load_dir(const char *dir, guint64 chunk_count, guint *ret_boots)
         *ret_boots = boots->len;
     return profile_merge((ProfileBoot *const *)boots->pdata, boots->len);
 }
+
+char *
+profile_digest(const GArray *chunks)
+{
+    g_autoptr(GChecksum) sum = g_checksum_new(G_CHECKSUM_SHA256);
+
+    for (guint i = 0; i < chunks->len; i++) {
+        guint8 b[8];
+
+        le_put64(b, g_array_index(chunks, guint64, i));
+        g_checksum_update(sum, b, sizeof(b));
+    }
+    return g_strconcat("sha256:", g_checksum_get_string(sum), NULL);
+}

@@ -50,3 +50,11 @@ GArray *profile_merge(ProfileBoot *const *boots, guint n_boots);
  */
 GArray *profile_load_dir(const char *dir, guint64 chunk_count,
                          guint *ret_boots);
+
+/*
+ * profile_digest: "sha256:" and the hex SHA-256 of @chunks (guint64 chunk
+ * numbers) as little-endian u64s in order: the name of a profile as the
+ * site manager hands it out (profile-get, docs/site-protocol.md), checked
+ * by the host that receives it.  Owned by the caller.
+ */
+char *profile_digest(const GArray *chunks);

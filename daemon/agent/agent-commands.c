@@ -29,20 +29,18 @@ struct AgentCommands {
     Agent *agent;                  /* borrowed */
     const AgentLinkConfig *config; /* borrowed: the link's */
     CloneHost *host;               /* the worker's libvirt connection */
-    AgentIndexFetch fetch_index;
-    gpointer fetch_data;
+    AgentSiteFetch fetch;          /* from the site manager */
 };
 
 AgentCommands *
 agent_commands_new(Agent *agent, const AgentLinkConfig *config,
-                   AgentIndexFetch fetch_index, gpointer fetch_data)
+                   const AgentSiteFetch *fetch)
 {
     AgentCommands *c = g_new0(AgentCommands, 1);
 
     c->agent = agent;
     c->config = config;
-    c->fetch_index = fetch_index;
-    c->fetch_data = fetch_data;
+    c->fetch = *fetch;
     return c;
 }
 
@@ -53,27 +51,6 @@ agent_commands_free(AgentCommands *c)
         return;
     clone_host_free(c->host);
     g_free(c);
-}
-
-/* The chunk numbers of a JSON array (others dropped), or NULL. */
-static GArray *
-profile_of(JsonObject *image)
-{
-    JsonArray *arr = json_util_get_array(image, "profile");
-    GArray *out;
-
-    if (!arr)
-        return NULL;
-    out = g_array_new(FALSE, FALSE, sizeof(guint64));
-    for (guint i = 0; i < json_array_get_length(arr); i++) {
-        JsonNode *e = json_array_get_element(arr, i);
-        gint64 n = JSON_NODE_HOLDS_VALUE(e) ? json_node_get_int(e) : -1;
-        guint64 u = (guint64)n;
-
-        if (n >= 0)
-            g_array_append_val(out, u);
-    }
-    return out;
 }
 
 /*
@@ -93,18 +70,41 @@ image_index_of(AgentCommands *c, const char *id, const char *b64,
         data = g_base64_decode(b64, &len);
         return image_index_parse(data, len, id, error);
     }
-    if (!(bytes = c->fetch_index(id, c->fetch_data, error)))
+    if (!(bytes = c->fetch.index(id, c->fetch.data, error)))
         return NULL;
     return image_index_parse(g_bytes_get_data(bytes, NULL),
                              g_bytes_get_size(bytes), id, error);
 }
 
 /*
+ * site_profile_ready: when the create names the site's access profile of
+ * image @id (@profile_id) and this host never booted the image nor keeps
+ * that profile, get it from the site manager and keep it (a host's first
+ * boot of an image prefetches it).  Without it the clone boots all the
+ * same: a failure is logged, not returned.
+ */
+static void
+site_profile_ready(AgentCommands *c, const char *id, const char *profile_id)
+{
+    g_autoptr(GError) err = NULL;
+    g_autoptr(GArray) chunks = NULL;
+    g_autofree char *got = NULL;
+
+    if (!profile_id ||
+        !agent_image_wants_site_profile(c->agent, id, profile_id))
+        return;
+    if (!(chunks = c->fetch.profile(id, c->fetch.data, &got, &err)) ||
+        !agent_image_set_site_profile(c->agent, id, chunks, got, &err))
+        g_warning("image %.19s: no site profile to prefetch: %s", id,
+                  err->message);
+}
+
+/*
  * image_ready: make the agent know and serve the command's image (known
  * here already, or its index inline or from the site manager, verified
  * before anything keeps it; its origins; the site's access profile,
- * prefetched on a host that never booted it); the export's URI, owned by
- * the caller.
+ * inline or from the site manager, prefetched on a host that never booted
+ * it); the export's URI, owned by the caller.
  */
 static char *
 image_ready(AgentCommands *c, JsonObject *image, GError **error)
@@ -113,7 +113,8 @@ image_ready(AgentCommands *c, JsonObject *image, GError **error)
     const char *b64 = json_util_get_string(image, "index", NULL);
     JsonArray *arr = json_util_get_array(image, "origins");
     g_autoptr(GPtrArray) origins = g_ptr_array_new_with_free_func(g_free);
-    g_autoptr(GArray) profile = profile_of(image);
+    g_autoptr(GArray) profile =
+        json_util_chunk_numbers(json_object_get_member(image, "profile"));
     g_autoptr(ImageIndex) idx = NULL;
     g_autofree char *uri = NULL;
     bool known = false;
@@ -142,6 +143,7 @@ image_ready(AgentCommands *c, JsonObject *image, GError **error)
         g_prefix_error(error, "image %s: ", id);
         return NULL;
     }
+    site_profile_ready(c, id, json_util_get_string(image, "profile_id", NULL));
     if (!agent_image_serve(c->agent, id, &uri, error)) {
         g_prefix_error(error, "image %s: ", id);
         return NULL;

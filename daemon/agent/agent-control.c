@@ -109,28 +109,6 @@ reply_image(Agent *a, const char *name)
     return reply;
 }
 
-/* The chunk numbers of a JSON array, or NULL when it is not one. */
-static GArray *
-chunk_numbers(JsonNode *node)
-{
-    JsonArray *arr;
-    GArray *out;
-
-    if (!JSON_NODE_HOLDS_ARRAY(node))
-        return NULL;
-    arr = json_node_get_array(node);
-    out = g_array_new(FALSE, FALSE, sizeof(guint64));
-    for (guint i = 0; i < json_array_get_length(arr); i++) {
-        JsonNode *e = json_array_get_element(arr, i);
-        gint64 c = JSON_NODE_HOLDS_VALUE(e) ? json_node_get_int(e) : -1;
-        guint64 u = (guint64)c;
-
-        if (c >= 0) /* else not a chunk: dropped, as numbers too large are */
-            g_array_append_val(out, u);
-    }
-    return out;
-}
-
 static JsonObject *
 cmd_image_add(Agent *a, JsonObject *req)
 {
@@ -155,7 +133,7 @@ cmd_image_add(Agent *a, JsonObject *req)
         g_ptr_array_add(origins, g_strdup(u));
     }
     g_ptr_array_add(origins, NULL);
-    if (pnode && !(profile = chunk_numbers(pnode)))
+    if (pnode && !(profile = json_util_chunk_numbers(pnode)))
         return control_reply_error("profile: not an array of chunk numbers");
 
     idx = image_index_load(index_path, pin, &err);

@@ -30,6 +30,7 @@
 
 #include "agent-private.h"
 
+#include <errno.h>
 #include <string.h>
 #include <glib/gstdio.h>
 
@@ -272,12 +273,16 @@ site_profile_load(AgentImage *im)
     return order;
 }
 
-/* Keep @profile (chunk numbers) as the site's profile of the image. */
+/* Keep @profile (chunk numbers) as the site's profile of the image, named
+ * @profile_id (NULL: an inline profile, unnamed). */
 static bool
-site_profile_store(AgentImage *im, const GArray *profile, GError **error)
+site_profile_store(AgentImage *im, const GArray *profile,
+                   const char *profile_id, GError **error)
 {
-    g_autofree char *path =
-        g_build_filename(chunk_cache_dir(im->cache), SITE_PROFILE_FILE, NULL);
+    const char *dir = chunk_cache_dir(im->cache);
+    g_autofree char *path = g_build_filename(dir, SITE_PROFILE_FILE, NULL);
+    g_autofree char *id_path =
+        g_build_filename(dir, SITE_PROFILE_ID_FILE, NULL);
     guint n = MIN(profile->len, AGENT_PROFILE_CHUNKS_MAX);
     g_autofree guint8 *data = g_malloc((gsize)n * 8 + 1);
     guint kept = 0;
@@ -289,7 +294,49 @@ site_profile_store(AgentImage *im, const GArray *profile, GError **error)
             continue; /* not a chunk of this image */
         le_put64(data + 8 * kept++, c);
     }
-    return spore_file_write_atomic(path, data, (gsize)kept * 8, 0640, error);
+    /* the name goes first, so that a profile never carries another's */
+    if (g_unlink(id_path) != 0 && errno != ENOENT) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_IO, "%s: %s", id_path,
+                    g_strerror(errno));
+        return false;
+    }
+    if (!spore_file_write_atomic(path, data, (gsize)kept * 8, 0640, error))
+        return false;
+    return !profile_id ||
+           spore_file_write_atomic(id_path, profile_id, strlen(profile_id),
+                                   0640, error);
+}
+
+/* site_profile_id: the name of the site profile kept (NULL: none, or an
+ * unnamed one), owned by the caller */
+static char *
+site_profile_id(AgentImage *im)
+{
+    g_autofree char *path = g_build_filename(chunk_cache_dir(im->cache),
+                                             SITE_PROFILE_ID_FILE, NULL);
+    g_autofree char *data = NULL;
+    gsize len = 0;
+
+    if (!g_file_test(path, G_FILE_TEST_EXISTS) ||
+        !spore_file_read_bounded(path, 128, &data, &len, NULL))
+        return NULL;
+    return g_strndup(data, len);
+}
+
+/* own_boots: whether this host recorded a boot of the image (a .prof file
+ * in CACHE_DIR/profiles) */
+static bool
+own_boots(AgentImage *im)
+{
+    g_autofree char *dir =
+        g_build_filename(chunk_cache_dir(im->cache), "profiles", NULL);
+    g_autoptr(GDir) d = g_dir_open(dir, 0, NULL);
+    const char *name;
+
+    while (d && (name = g_dir_read_name(d)))
+        if (g_str_has_suffix(name, ".prof"))
+            return true;
+    return false;
 }
 
 /*
@@ -400,7 +447,7 @@ agent_image_add(Agent *a, ImageIndex *idx, const char *const *origins,
     im = image_open_once(a, idx, origins, error);
     if (!im)
         return false;
-    if (profile && !site_profile_store(im, profile, error)) {
+    if (profile && !site_profile_store(im, profile, NULL, error)) {
         g_prefix_error(error, "image %.12s: profile: ", im->hex);
         return false;
     }
@@ -418,7 +465,41 @@ agent_image_add_known(Agent *a, const char *id, const GArray *profile,
                          : NULL;
 
     *ret_known = im != NULL;
-    if (im && profile && !site_profile_store(im, profile, error)) {
+    if (im && profile && !site_profile_store(im, profile, NULL, error)) {
+        g_prefix_error(error, "image %.12s: profile: ", im->hex);
+        return false;
+    }
+    return true;
+}
+
+bool
+agent_image_wants_site_profile(Agent *a, const char *id, const char *profile_id)
+{
+    AgentImage *im = g_str_has_prefix(id, "sha256:")
+                         ? images_lookup(a, id + strlen("sha256:"))
+                         : NULL;
+    g_autofree char *kept = NULL;
+
+    if (!im || own_boots(im))
+        return false;
+    kept = site_profile_id(im);
+    return !kept || !g_str_equal(kept, profile_id);
+}
+
+bool
+agent_image_set_site_profile(Agent *a, const char *id, const GArray *profile,
+                             const char *profile_id, GError **error)
+{
+    AgentImage *im = g_str_has_prefix(id, "sha256:")
+                         ? images_lookup(a, id + strlen("sha256:"))
+                         : NULL;
+
+    if (!im) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
+                    "image %.19s is not known", id);
+        return false;
+    }
+    if (!site_profile_store(im, profile, profile_id, error)) {
         g_prefix_error(error, "image %.12s: profile: ", im->hex);
         return false;
     }

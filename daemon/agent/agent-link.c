@@ -7,12 +7,13 @@
  * Two threads: the link thread owns the ZeroMQ sockets (hello, reports,
  * receiving commands, sending acknowledgements); the worker runs commands
  * one at a time and hands the acknowledgements back through a queue
- * (`acks`: every message the worker has to send, acks and index-get).
- * AgentLink.lock guards the journal, the commands in flight and the index
- * the worker waits for (link_fetch_index: it asks the manager for an
- * image's index, slice by slice, and the link thread hands each answer
- * over, on_index); the images are read through the typed API of agent.h,
- * which takes its own locks.
+ * (`acks`: every message the worker has to send: acks, index-get and
+ * profile-get).  AgentLink.lock guards the journal, the commands in flight
+ * and the answer the worker waits for (link_ask: link_fetch_index asks
+ * the manager for an image's index, slice by slice, link_fetch_profile for
+ * its site profile, and the link thread hands each answer over,
+ * on_answer); the images are read through the typed API of agent.h, which
+ * takes its own locks.
  */
 #define G_LOG_DOMAIN "spore-agent" /* before any GLib header */
 
@@ -27,6 +28,7 @@
 #include "file-util.h"
 #include "image-index.h"
 #include "manifest.h"
+#include "profile.h"
 #include "spore-error.h"
 #include "virt-detect.h"
 #include "wire.h"
@@ -42,6 +44,9 @@
  * restarted or taken over), given up after INDEX_WAIT_US in all */
 #define INDEX_ASK_EVERY_US (5 * G_USEC_PER_SEC)
 #define INDEX_WAIT_US      (120 * G_USEC_PER_SEC)
+/* profile-get: asked as often, given up sooner (a create goes on without
+ * the profile: it only orders a prefetch) */
+#define PROFILE_WAIT_US (20 * G_USEC_PER_SEC)
 
 struct AgentLink {
     Agent *agent;
@@ -56,13 +61,14 @@ struct AgentLink {
     gint report_ms;    /* atomic: may change on SIGHUP */
     gint commands_out; /* atomic: commands pushed to the worker, not done */
 
-    GMutex lock;             /* guards journal, in_flight, index_* */
-    GHashTable *journal;     /* "KEY:ID" -> ack text */
-    GHashTable *in_flight;   /* "KEY:ID" */
-    GCond index_cond;        /* index_reply came, or stop */
-    char *index_want;        /* the image whose index the worker waits for */
-    gint64 index_offset;     /* ... the slice it asked for */
-    JsonObject *index_reply; /* its answer, taken by the worker */
+    GMutex lock;           /* guards journal, in_flight, ask_* */
+    GHashTable *journal;   /* "KEY:ID" -> ack text */
+    GHashTable *in_flight; /* "KEY:ID" */
+    GCond ask_cond;        /* ask_reply came, or stop */
+    const char *ask_type;  /* the answer the worker waits for: "index", ... */
+    char *ask_image;       /* ... about this image */
+    gint64 ask_offset;     /* ... and slice (-1: none) */
+    JsonObject *ask_reply; /* the answer, taken by the worker */
     char *journal_path;
     guint journal_lines;
 
@@ -222,39 +228,46 @@ worker(gpointer data, gpointer user)
     (void)g_atomic_int_dec_and_test(&l->commands_out);
 }
 
-/* ---- an image's index from the manager (index-get) ---------------------- */
+/* ---- an image's index and profile from the manager (index-get, ...) ---- */
 
-/* Worker: ask for slice @offset of @id's index until an answer comes;
- * the answer, or NULL after @deadline or at stop. */
+/* Worker: send a @req_type request about image @id (and slice @offset when
+ * >= 0) until its answer, of type @reply_type, comes; asked again every
+ * INDEX_ASK_EVERY_US (a manager restarted or taken over); the answer, or
+ * NULL after @deadline or at stop.  One request is ever out: the worker
+ * runs one command at a time. */
 static JsonObject *
-index_ask(AgentLink *l, const char *id, gint64 offset, gint64 deadline)
+link_ask(AgentLink *l, const char *req_type, const char *reply_type,
+         const char *id, gint64 offset, gint64 deadline)
 {
     gint64 asked = 0;
     JsonObject *reply;
 
     g_mutex_lock(&l->lock);
-    g_free(l->index_want);
-    l->index_want = g_strdup(id);
-    l->index_offset = offset;
-    g_clear_pointer(&l->index_reply, json_object_unref);
-    while (!l->index_reply && !g_atomic_int_get(&l->stop)) {
+    l->ask_type = reply_type;
+    g_free(l->ask_image);
+    l->ask_image = g_strdup(id);
+    l->ask_offset = offset;
+    g_clear_pointer(&l->ask_reply, json_object_unref);
+    while (!l->ask_reply && !g_atomic_int_get(&l->stop)) {
         gint64 now = g_get_monotonic_time();
 
         if (now >= deadline)
             break;
         if (now - asked >= INDEX_ASK_EVERY_US) {
-            JsonObject *req = wire_new("index-get");
+            JsonObject *req = wire_new(req_type);
 
             json_object_set_string_member(req, "image", id);
-            json_object_set_int_member(req, "offset", offset);
+            if (offset >= 0)
+                json_object_set_int_member(req, "offset", offset);
             g_async_queue_push(l->acks, req); /* the link thread sends it */
             asked = now;
         }
-        g_cond_wait_until(&l->index_cond, &l->lock,
+        g_cond_wait_until(&l->ask_cond, &l->lock,
                           MIN(deadline, asked + INDEX_ASK_EVERY_US));
     }
-    reply = g_steal_pointer(&l->index_reply);
-    g_clear_pointer(&l->index_want, g_free);
+    reply = g_steal_pointer(&l->ask_reply);
+    l->ask_type = NULL;
+    g_clear_pointer(&l->ask_image, g_free);
     g_mutex_unlock(&l->lock);
     return reply;
 }
@@ -272,7 +285,8 @@ link_fetch_index(const char *id, gpointer data, GError **error)
 
     g_message("image %.19s: asking the site manager for its index", id);
     while (size < 0 || (gint64)buf->len < size) {
-        g_autoptr(JsonObject) r = index_ask(l, id, (gint64)buf->len, deadline);
+        g_autoptr(JsonObject) r =
+            link_ask(l, "index-get", "index", id, (gint64)buf->len, deadline);
         const char *b64 = r ? json_util_get_string(r, "data", NULL) : NULL;
         gint64 total = r ? json_util_get_int(r, "size", -1) : -1;
         g_autofree guint8 *slice = NULL;
@@ -308,23 +322,77 @@ link_fetch_index(const char *id, gpointer data, GError **error)
     return g_byte_array_free_to_bytes(g_steal_pointer(&buf));
 }
 
-/* Link thread: an index answer, handed to the worker if it is the one it
- * waits for (a late or unasked one is dropped). */
+/* AgentProfileFetch of the commands: the site's access profile of image
+ * @id (profile-get), checked against the name it comes with (its
+ * profile_digest) and bounded by AGENT_PROFILE_CHUNKS_MAX. */
+static GArray *
+link_fetch_profile(const char *id, gpointer data, char **ret_profile_id,
+                   GError **error)
+{
+    AgentLink *l = data;
+    gint64 deadline = g_get_monotonic_time() + PROFILE_WAIT_US;
+    g_autoptr(JsonObject) r = NULL;
+    g_autoptr(GArray) chunks = NULL;
+    g_autofree char *digest = NULL;
+    JsonArray *arr;
+    const char *pid;
+
+    g_message("image %.19s: asking the site manager for its access profile",
+              id);
+    if (!(r = link_ask(l, "profile-get", "profile", id, -1, deadline))) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_UNAVAILABLE,
+                    "the site manager sent no profile of the image in %d s",
+                    (int)(PROFILE_WAIT_US / G_USEC_PER_SEC));
+        return NULL;
+    }
+    if (json_util_get_string(r, "error", NULL)) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_UNAVAILABLE,
+                    "the site manager has no profile of the image: %s",
+                    json_util_get_string(r, "error", NULL));
+        return NULL;
+    }
+    pid = json_util_get_string(r, "profile_id", NULL);
+    arr = json_util_get_array(r, "chunks");
+    if (!pid || !arr || json_array_get_length(arr) > AGENT_PROFILE_CHUNKS_MAX) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
+                    "the site manager's profile of the image is malformed "
+                    "(%s, %u chunk numbers, at most %u)",
+                    pid ? "named" : "no profile_id",
+                    arr ? json_array_get_length(arr) : 0,
+                    AGENT_PROFILE_CHUNKS_MAX);
+        return NULL;
+    }
+    chunks = json_util_chunk_numbers(json_object_get_member(r, "chunks"));
+    digest = profile_digest(chunks);
+    if (!g_str_equal(digest, pid)) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
+                    "the site manager's profile of the image does not match "
+                    "its name (%.19s, the chunks' digest %.19s)",
+                    pid, digest);
+        return NULL;
+    }
+    *ret_profile_id = g_strdup(pid);
+    return g_steal_pointer(&chunks);
+}
+
+/* Link thread: an answer (index, profile), handed to the worker if it is
+ * the one it waits for (a late or unasked one is dropped). */
 static void
-on_index(AgentLink *l, JsonObject *msg)
+on_answer(AgentLink *l, const char *type, JsonObject *msg)
 {
     const char *id = json_util_get_string(msg, "image", NULL);
     gint64 offset = json_util_get_int(msg, "offset", -1);
 
     g_mutex_lock(&l->lock);
-    if (id && l->index_want && g_str_equal(id, l->index_want) &&
-        offset == l->index_offset && !l->index_reply) {
-        l->index_reply = json_object_ref(msg);
-        g_cond_broadcast(&l->index_cond);
+    if (id && l->ask_type && g_str_equal(type, l->ask_type) &&
+        g_str_equal(id, l->ask_image) && offset == l->ask_offset &&
+        !l->ask_reply) {
+        l->ask_reply = json_object_ref(msg);
+        g_cond_broadcast(&l->ask_cond);
     } else {
-        g_debug("dropped an index of %.19s at %" G_GINT64_FORMAT
+        g_debug("dropped an answer (%s) about %.19s at %" G_GINT64_FORMAT
                 " nobody waits for",
-                id ? id : "?", offset);
+                type, id ? id : "?", offset);
     }
     g_mutex_unlock(&l->lock);
 }
@@ -890,8 +958,8 @@ link_receive(AgentLink *l, LinkState *st)
             on_command(l, st->sock, obj);
         } else if (g_str_equal(type, "peers")) {
             on_peers(l, obj);
-        } else if (g_str_equal(type, "index")) {
-            on_index(l, obj);
+        } else if (g_str_equal(type, "index") || g_str_equal(type, "profile")) {
+            on_answer(l, type, obj);
         } else {
             g_warning("dropped a message of unknown type '%s' from the "
                       "manager",
@@ -909,7 +977,7 @@ link_tick(AgentLink *l, LinkState *st)
     gint64 now;
 
     while ((ack = g_async_queue_try_pop(l->acks))) {
-        /* an ack: report the change at once (an index-get is not one) */
+        /* an ack: report the change at once (a ...-get is not one) */
         if (g_str_equal(json_util_get_string(ack, "type", ""), "ack"))
             st->last_report = 0;
         wire_send(st->sock, NULL, ack);
@@ -1045,8 +1113,10 @@ agent_link_start(Agent *agent, const AgentLinkConfig *config, GError **error)
                         rnd[2], rnd[3], rnd[4], rnd[5], rnd[6], rnd[7]);
     clone_events_init(); /* before any libvirt connection */
     l->acks = g_async_queue_new();
-    g_cond_init(&l->index_cond);
-    l->commands = agent_commands_new(agent, &l->config, link_fetch_index, l);
+    g_cond_init(&l->ask_cond);
+    l->commands = agent_commands_new(
+        agent, &l->config,
+        &(AgentSiteFetch){link_fetch_index, link_fetch_profile, l});
     l->worker = g_thread_pool_new(worker, l, 1, TRUE, NULL);
     l->thread = g_thread_new("spore-link", link_thread, l);
     return l;
@@ -1065,9 +1135,9 @@ agent_link_stop(AgentLink *l)
     if (!l)
         return true;
     g_atomic_int_set(&l->stop, 1);
-    if (l->commands) { /* a worker waiting for an index stops waiting */
+    if (l->commands) { /* a worker waiting for an answer stops waiting */
         g_mutex_lock(&l->lock);
-        g_cond_broadcast(&l->index_cond);
+        g_cond_broadcast(&l->ask_cond);
         g_mutex_unlock(&l->lock);
     }
     if (l->thread)
@@ -1085,10 +1155,10 @@ agent_link_stop(AgentLink *l)
             json_object_unref(ack);
         g_async_queue_unref(l->acks);
     }
-    if (l->commands) { /* index_cond was initialized with it */
-        g_clear_pointer(&l->index_reply, json_object_unref);
-        g_free(l->index_want);
-        g_cond_clear(&l->index_cond);
+    if (l->commands) { /* ask_cond was initialized with it */
+        g_clear_pointer(&l->ask_reply, json_object_unref);
+        g_free(l->ask_image);
+        g_cond_clear(&l->ask_cond);
     }
     agent_commands_free(l->commands);
     if (l->journal)

@@ -38,7 +38,8 @@
 #include "hash.h"
 #include "local-source.h"
 
-#define SITE_PROFILE_FILE "site-profile"
+#define SITE_PROFILE_FILE    "site-profile"
+#define SITE_PROFILE_ID_FILE "site-profile.id" /* its profile_digest */
 
 /* the shim of one image: the diagram is in agent-shim.c */
 typedef enum {
@@ -155,14 +156,27 @@ typedef struct AgentCommands AgentCommands;
 typedef GBytes *(*AgentIndexFetch)(const char *id, gpointer data,
                                    GError **error);
 
+/* AgentProfileFetch: the site's access profile of image @id from the site
+ * manager (profile-get), chunk numbers checked against the name in
+ * *ret_profile_id (owned by the caller); NULL with @error when it cannot
+ * be had */
+typedef GArray *(*AgentProfileFetch)(const char *id, gpointer data,
+                                     char **ret_profile_id, GError **error);
+
+/* AgentSiteFetch: what the commands ask the site manager for, both
+ * required, called with @data */
+typedef struct {
+    AgentIndexFetch index;     /* an image a clone-create names, unknown */
+    AgentProfileFetch profile; /* its site profile, when this host has none */
+    gpointer data;
+} AgentSiteFetch;
+
 /* agent_commands_new: what runs commands for @link_config's host; borrows
- * @agent and @config (both outlive it); @fetch_index(..., @fetch_data)
- * (required) gets the index of an image a clone-create names and this
- * host lacks.
+ * @agent and @config (both outlive it); @fetch (copied) gets what a
+ * command names by id only.
  * Never fails: libvirt is connected on the first command. */
 AgentCommands *agent_commands_new(Agent *agent, const AgentLinkConfig *config,
-                                  AgentIndexFetch fetch_index,
-                                  gpointer fetch_data);
+                                  const AgentSiteFetch *fetch);
 
 /*
  * agent_commands_run: run one command of the site manager (@cmd, borrowed:

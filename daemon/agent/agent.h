@@ -155,6 +155,25 @@ bool agent_image_add_known(Agent *agent, const char *id, const GArray *profile,
                            bool *ret_known, GError **error);
 
 /*
+ * agent_image_wants_site_profile: whether image @id (known here) should
+ * get the site's profile named @profile_id (profile_digest, from a
+ * clone-create): this host never booted it (its own boots' profile is what
+ * a prefetch takes, when there is one) and keeps another site profile or
+ * none.  False for an image not known.
+ */
+bool agent_image_wants_site_profile(Agent *agent, const char *id,
+                                    const char *profile_id);
+
+/*
+ * agent_image_set_site_profile: keep @profile (as agent_image_add keeps
+ * one) as the site's profile of image @id, named @profile_id.  An image
+ * not known is an error.
+ */
+bool agent_image_set_site_profile(Agent *agent, const char *id,
+                                  const GArray *profile, const char *profile_id,
+                                  GError **error);
+
+/*
  * agent_image_serve: start the image's shim unless it runs; *ret_uri
  * (optional) gets its NBD URI.  Concurrent calls for one image start one
  * shim; they wait for it, up to 2 x 10 s.

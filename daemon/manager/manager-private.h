@@ -102,6 +102,17 @@ typedef struct {
     guint64 pass_buckets[PASS_BUCKETS]; /* cumulative counts by bound */
 } ManagerStats;
 
+/* SiteProfile: an image's profile as hosts get it (profile-get): its
+ * chunk numbers as stored (JSON text) and as sent, and their digest
+ * (profile_digest), which a clone-create names */
+typedef struct {
+    char *image;    /* the image's id */
+    char *text;     /* the JSON array of chunk numbers, as stored */
+    char *digest;   /* profile_digest of the chunks */
+    JsonNode *json; /* the array of chunk numbers */
+    guint chunks;   /* how many */
+} SiteProfile;
+
 struct Manager {
     ManagerConfig config;
     WireKeys keys;
@@ -114,6 +125,7 @@ struct Manager {
     GHashTable *failures;  /* "host/service" -> guint consecutive failures */
     char *index_id;        /* the image whose index was last asked for */
     GBytes *index;         /* ... that index (its id is its digest) */
+    SiteProfile *profile;  /* the last site profile read (one image's) */
     GHashTable *refused;   /* key -> gint64 µs: last logged refusal */
     /* auto-scaling (manager-scaling.c) */
     GHashTable *cpu;       /* "host/clone" -> CpuTrack */
@@ -254,6 +266,12 @@ bool manager_inbox_apply(Manager *m);
 void manager_inbox_clear(Manager *m);
 /* manager_note_pass: record a pass of @seconds in the stats.  Locked. */
 void manager_note_pass(Manager *m, double seconds);
+/* manager_site_profile: the site's access profile of image @id (the
+ * merged profile of the host that booted it most), borrowed until the
+ * next call; *ret NULL when no host sent one.  Locked. */
+bool manager_site_profile(Manager *m, const char *id, const SiteProfile **ret,
+                          GError **error);
+void site_profile_free(SiteProfile *p);
 
 /* ---- manager-reconcile.c ---- */
 /* manager_reconcile: one pass (see the file's note).  Main thread. */

@@ -175,16 +175,16 @@ command_add(Manager *m, const char *host, const char *service, JsonObject *body,
 
 /* image_object: the image of a create command: the service's image (not
  * its index, which a host lacking the image asks for once, index-get) and
- * the access profile of the host that booted it most (a host that never
- * did prefetches it: docs/site-protocol.md) */
+ * the digest of the site's access profile (the profile of the host that
+ * booted it most, which a host that never did asks for, profile-get, and
+ * prefetches: docs/site-protocol.md) */
 static JsonObject *
 image_object(Manager *m, const char *image, GError **error)
 {
     g_autoptr(ImageRow) row = NULL;
     g_autoptr(JsonObject) o = json_object_new();
-    g_autofree char *chunks = NULL;
     g_autoptr(JsonParser) p = json_parser_new();
-    g_autoptr(JsonParser) pp = json_parser_new();
+    const SiteProfile *profile = NULL;
 
     if (!state_image_get(m->db, image, &row, error))
         return NULL;
@@ -193,7 +193,7 @@ image_object(Manager *m, const char *image, GError **error)
                     "image '%s' is not registered", image);
         return NULL;
     }
-    if (!state_profile_best(m->db, row->id, &chunks, error))
+    if (!manager_site_profile(m, row->id, &profile, error))
         return NULL;
     json_object_set_string_member(o, "name", row->name);
     json_object_set_string_member(o, "id", row->id);
@@ -201,10 +201,8 @@ image_object(Manager *m, const char *image, GError **error)
     if (json_parser_load_from_data(p, row->origins, -1, NULL))
         json_object_set_member(o, "origins",
                                json_node_copy(json_parser_get_root(p)));
-    if (chunks && json_parser_load_from_data(pp, chunks, -1, NULL) &&
-        JSON_NODE_HOLDS_ARRAY(json_parser_get_root(pp)))
-        json_object_set_member(o, "profile",
-                               json_node_copy(json_parser_get_root(pp)));
+    if (profile)
+        json_object_set_string_member(o, "profile_id", profile->digest);
     return g_steal_pointer(&o);
 }
 

@@ -38,6 +38,7 @@
 #include <zmq.h>
 
 #include "log-batch.h"
+#include "profile.h"
 #include "spore-error.h"
 #include "zmq-zap.h"
 
@@ -404,6 +405,15 @@ handle_profiles(Manager *m, const char *host, JsonObject *msg, GError **error)
         if (!json_util_get_string(p, "image", NULL) || !chunks ||
             !JSON_NODE_HOLDS_ARRAY(chunks))
             continue;
+        if (json_array_get_length(json_node_get_array(chunks)) >
+            WIRE_PROFILE_CHUNKS_MAX) {
+            g_warning("host %s: dropped a profile of image %.19s of %u chunk "
+                      "numbers (at most %u)",
+                      host, json_util_get_string(p, "image", ""),
+                      json_array_get_length(json_node_get_array(chunks)),
+                      WIRE_PROFILE_CHUNKS_MAX);
+            continue;
+        }
         json_generator_set_root(gen, chunks);
         text = json_generator_to_data(gen, NULL);
         if (!state_profile_put(m->db, host,
@@ -512,6 +522,96 @@ handle_index_get(Manager *m, const char *host, JsonObject *msg, GError **error)
     return true;
 }
 
+void
+site_profile_free(SiteProfile *p)
+{
+    if (!p)
+        return;
+    g_free(p->image);
+    g_free(p->text);
+    g_free(p->digest);
+    if (p->json)
+        json_node_unref(p->json);
+    g_free(p);
+}
+
+bool
+manager_site_profile(Manager *m, const char *id, const SiteProfile **ret,
+                     GError **error)
+{
+    g_autofree char *text = NULL;
+    g_autoptr(JsonParser) parser = json_parser_new();
+    g_autoptr(GArray) chunks = NULL;
+    JsonArray *arr;
+    SiteProfile *p;
+
+    *ret = NULL;
+    if (!state_profile_best(m->db, id, &text, error))
+        return false;
+    if (!text)
+        return true;
+    if (m->profile && g_str_equal(m->profile->image, id) &&
+        g_str_equal(m->profile->text, text)) {
+        *ret = m->profile; /* read and parsed already */
+        return true;
+    }
+    if (!json_parser_load_from_data(parser, text, -1, NULL) ||
+        !(chunks = json_util_chunk_numbers(json_parser_get_root(parser)))) {
+        g_warning("image %.19s: its stored access profile is not an array of "
+                  "chunk numbers: left out",
+                  id);
+        return true;
+    }
+    if (chunks->len > WIRE_PROFILE_CHUNKS_MAX) /* stored before the bound */
+        g_array_set_size(chunks, WIRE_PROFILE_CHUNKS_MAX);
+    arr = json_array_sized_new(chunks->len);
+    for (guint i = 0; i < chunks->len; i++)
+        json_array_add_int_element(arr,
+                                   (gint64)g_array_index(chunks, guint64, i));
+    p = g_new0(SiteProfile, 1);
+    p->image = g_strdup(id);
+    p->text = g_steal_pointer(&text);
+    p->digest = profile_digest(chunks);
+    p->json = json_node_init_array(json_node_alloc(), arr);
+    p->chunks = chunks->len;
+    json_array_unref(arr);
+    site_profile_free(m->profile);
+    m->profile = p;
+    *ret = p;
+    return true;
+}
+
+/* profile-get: the site's access profile of an image, which clone-create
+ * names by its digest only (docs/site-protocol.md) */
+static bool
+handle_profile_get(Manager *m, const char *host, JsonObject *msg,
+                   GError **error)
+{
+    const char *id = json_util_get_string(msg, "image", NULL);
+    g_autoptr(JsonObject) reply = wire_new("profile");
+    const SiteProfile *p = NULL;
+
+    if (!id) {
+        g_warning("host %s: dropped a profile-get without an image", host);
+        return true;
+    }
+    if (!manager_site_profile(m, id, &p, error))
+        return false;
+    json_object_set_string_member(reply, "image", id);
+    if (!p) {
+        json_object_set_string_member(reply, "error",
+                                      "no host has sent a profile of this "
+                                      "image");
+    } else {
+        json_object_set_string_member(reply, "profile_id", p->digest);
+        json_object_set_member(reply, "chunks", json_node_copy(p->json));
+        g_debug("host %s: the profile of %.19s, %u chunks", host, id,
+                p->chunks);
+    }
+    manager_send(m, host, reply);
+    return true;
+}
+
 static bool
 dispatch(Manager *m, const char *host, const char *address, JsonObject *msg,
          GError **error)
@@ -530,6 +630,8 @@ dispatch(Manager *m, const char *host, const char *address, JsonObject *msg,
         return handle_requests(m, host, msg, error);
     if (g_str_equal(type, "index-get"))
         return handle_index_get(m, host, msg, error);
+    if (g_str_equal(type, "profile-get"))
+        return handle_profile_get(m, host, msg, error);
     g_warning("host %s: dropped a message of unknown type '%s'", host, type);
     return true;
 }

@@ -8,7 +8,9 @@
 #   service a (placed on hv1) boots: hv1 caches what the boot reads;
 #   service b (placed on hv2, the same image) boots: the origin is asked
 #   only for chunks hv1 lacked, each once, and hv2 took the rest from hv1;
-#   the clone's console shows its own hostname;
+#   the clone's console shows its own hostname; hv2, which never booted
+#   the image, asks the manager once for the site's profile (profile-get:
+#   a create names it by digest, without its chunks) and prefetches it;
 #   service c (placed on hv3) boots while hv1, the one peer holding what it
 #   needs, is killed (-9) with requests from hv3 outstanding: the boot
 #   completes, hv3's export equals the image (qemu-img compare);
@@ -103,6 +105,13 @@ echo "# while b booted: $(wc -l <"$SITE/b-chunks.txt") chunks from the origin, $
 check "hv2 took chunks from hv1 ($peer_bytes bytes)" test "${peer_bytes:-0}" -gt 0
 check "hv2 prefetched the site's profile of the image (from hv1's boot)" \
     grep -q "image ${hex:0:12}: prefetching the [1-9][0-9]* chunks of the site's profile" "$SITE/hv2.log"
+check "b's create named the site's profile without its chunks (profile-get instead)" \
+    test "$(db "SELECT count(*) FROM commands WHERE op='clone-create' AND body LIKE '%\"profile\":%'")" = 0 -a \
+         "$(db "SELECT count(*) FROM commands WHERE op='clone-create' AND body LIKE '%\"profile_id\":\"sha256:%'")" -ge 1
+check "hv2 asked the manager for the profile, once" \
+    test "$(grep -c "asking the site manager for its access profile" "$SITE/hv2.log")" = 1
+check "hv1, which booted the image, did not" \
+    test "$(grep -c "asking the site manager for its access profile" "$SITE/hv1.log")" = 0
 check "the origin was asked only for chunks hv1 lacked" \
     test -z "$(comm -12 "$SITE/a-chunks.txt" <(sort -u "$SITE/b-chunks.txt"))"
 check "and for each of them once" \

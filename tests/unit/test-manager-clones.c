@@ -18,7 +18,9 @@
  *     passes that follow at once, each clone once;
  *   - each host is told the other's peer server and key;
  *   - a create names its image without the index, which a host asks for
- *     (index-get) and gets in slices that add up to the registered one.
+ *     (index-get) and gets in slices that add up to the registered one;
+ *   - and the digest of the site's access profile, which a host asks for
+ *     (profile-get); a profile over the wire's bound is not kept.
  *
  * Every wait is for a condition; PUMP_TRIES_MAX only stops a broken
  * manager from hanging the suite.
@@ -38,6 +40,7 @@
 #include "image-index.h"
 #include "json-util.h"
 #include "manager-private.h"
+#include "profile.h"
 #include "test-state-util.h"
 #include "test-util.h"
 #include "wire.h"
@@ -60,13 +63,16 @@ typedef struct {
     guint turn;
     guint cpus; /* its hello's capacity (0: 4 CPUs, 8 GiB) */
     guint64 memory_kib;
-    guint create_cmds;        /* clone-create commands executed */
-    guint create_max;         /* the most clones one of them created */
-    JsonArray *peers;         /* of the last "peers" message */
-    GHashTable *epochs;       /* "TYPE EPOCH" of every message read (EPOCH 0:
+    guint create_cmds;          /* clone-create commands executed */
+    guint create_max;           /* the most clones one of them created */
+    JsonArray *peers;           /* of the last "peers" message */
+    GHashTable *epochs;         /* "TYPE EPOCH" of every message read (EPOCH 0:
                          * none), when not NULL */
-    guint creates_with_index; /* clone-create commands carrying an index */
-    JsonObject *index;        /* the last "index" message */
+    guint creates_with_index;   /* clone-create commands carrying an index */
+    JsonObject *index;          /* the last "index" message */
+    guint creates_with_profile; /* clone-create commands carrying a profile */
+    char *profile_id;           /* the last create's image's profile_id */
+    JsonObject *profile;        /* the last "profile" message */
 } FakeAgent;
 
 static char *dir;
@@ -146,6 +152,9 @@ agent_create(JsonObject *cmd)
     cr_assert(mf);
     cur->create_cmds++;
     cur->creates_with_index += json_object_has_member(image, "index");
+    cur->creates_with_profile += json_object_has_member(image, "profile");
+    g_free(cur->profile_id);
+    cur->profile_id = g_strdup(json_util_get_string(image, "profile_id", NULL));
     cur->create_max = MAX(cur->create_max, json_array_get_length(idx));
     for (guint i = 0; i < json_array_get_length(idx); i++) {
         guint index = (guint)json_array_get_int_element(idx, i);
@@ -242,6 +251,9 @@ agent_handle(JsonObject *msg)
     } else if (g_str_equal(type, "index")) {
         g_clear_pointer(&cur->index, json_object_unref);
         cur->index = json_object_ref(msg);
+    } else if (g_str_equal(type, "profile")) {
+        g_clear_pointer(&cur->profile, json_object_unref);
+        cur->profile = json_object_ref(msg);
     } else if (g_str_equal(type, "peers")) {
         g_clear_pointer(&cur->peers, json_array_unref);
         cur->peers = json_array_ref(json_object_get_array_member(msg, "peers"));
@@ -451,6 +463,8 @@ agent_disconnect(FakeAgent *a)
     zmq_ctx_term(a->ctx);
     g_clear_pointer(&a->peers, json_array_unref);
     g_clear_pointer(&a->index, json_object_unref);
+    g_clear_pointer(&a->profile, json_object_unref);
+    g_free(a->profile_id);
     g_ptr_array_unref(a->clones);
     g_ptr_array_unref(a->held);
     memset(a, 0, sizeof(*a));
@@ -819,6 +833,103 @@ Test(manager_clones, sends_an_image_index_in_slices_not_in_every_create)
                      0);
     cr_expect(json_util_get_string(none, "error", NULL));
     cr_expect_not(json_object_has_member(none, "data"));
+}
+
+static bool
+profile_came(gpointer data)
+{
+    return agent.profile != NULL;
+}
+
+/* profile_get: the fake agent asks for @id's site profile; the answer */
+static JsonObject *
+profile_get(const char *id)
+{
+    g_autoptr(JsonObject) req = wire_new("profile-get");
+
+    g_clear_pointer(&agent.profile, json_object_unref);
+    json_object_set_string_member(req, "image", id);
+    cur = &agent;
+    agent_send(req);
+    cr_assert(pump(profile_came, NULL), "an answer to profile-get");
+    return g_steal_pointer(&agent.profile);
+}
+
+static bool
+other_profile_stored(gpointer data)
+{
+    g_autofree char *chunks = NULL;
+
+    return state_profile_best(m->db, "sha256:other", &chunks, NULL) &&
+           chunks != NULL;
+}
+
+/* A create names the site's access profile by its digest (up to 65,536
+ * chunk numbers were in every command before); a host that wants it asks
+ * for it (profile-get) and can check what comes against the name. */
+Test(manager_clones, names_the_site_profile_in_a_create_and_sends_it_on_ask)
+{
+    static const guint64 best[] = {5, 1, 9, 2};
+    g_autoptr(GArray) want = g_array_new(FALSE, FALSE, sizeof(guint64));
+    g_autofree char *digest = NULL;
+    g_autofree char *kept = NULL;
+    g_autoptr(ImageRow) row = NULL;
+    g_autoptr(GError) err = NULL;
+    g_autoptr(JsonObject) none = NULL;
+    g_autoptr(JsonObject) got = NULL;
+    g_autoptr(JsonObject) r = NULL;
+    g_autoptr(JsonObject) msg = wire_new("profiles");
+    g_autoptr(GArray) chunks = NULL;
+    JsonArray *list = json_array_new();
+    JsonObject *big = json_object_new();
+    JsonObject *other = json_object_new();
+    JsonArray *many = json_array_new();
+    JsonArray *one = json_array_new();
+
+    two_running();
+    cr_expect_eq(agent.creates_with_profile, 0u);
+    cr_expect_null(agent.profile_id, "no host sent a profile, none named");
+    cr_assert(state_image_get(m->db, "img", &row, &err) && row, "%s",
+              err ? err->message : "no image img");
+    none = profile_get(row->id);
+    cr_expect(json_util_get_string(none, "error", NULL));
+    cr_expect_not(json_object_has_member(none, "chunks"));
+
+    /* hv1 booted it three times, hv2 once: hv1's is the site's */
+    cr_assert(state_profile_put(m->db, "hv1", row->id, 3, "[5,1,9,2]", &err));
+    cr_assert(state_profile_put(m->db, "hv2", row->id, 1, "[7]", &err));
+    g_array_append_vals(want, best, G_N_ELEMENTS(best));
+    digest = profile_digest(want);
+    r = control_ok("{\"cmd\": \"scale\", \"name\": \"web\", \"count\": 3}");
+    wait_clone("web-2", "running");
+    cr_expect_eq(agent.creates_with_profile, 0u, "a create carried chunks");
+    cr_expect_str_eq(agent.profile_id ? agent.profile_id : "", digest);
+    got = profile_get(row->id);
+    cr_expect_str_eq(json_util_get_string(got, "profile_id", ""), digest);
+    chunks = json_util_chunk_numbers(json_object_get_member(got, "chunks"));
+    cr_assert(chunks && chunks->len == 4, "%u chunks",
+              chunks ? chunks->len : 0);
+    cr_expect(memcmp(chunks->data, best, sizeof(best)) == 0);
+
+    /* a profile longer than the wire's bound is dropped, the rest of the
+     * message kept */
+    for (guint i = 0; i <= WIRE_PROFILE_CHUNKS_MAX; i++)
+        json_array_add_int_element(many, i);
+    json_object_set_string_member(big, "image", row->id);
+    json_object_set_int_member(big, "boots", 9);
+    json_object_set_array_member(big, "chunks", many);
+    json_array_add_int_element(one, 1);
+    json_object_set_string_member(other, "image", "sha256:other");
+    json_object_set_int_member(other, "boots", 1);
+    json_object_set_array_member(other, "chunks", one);
+    json_array_add_object_element(list, big);
+    json_array_add_object_element(list, other);
+    json_object_set_array_member(msg, "profiles", list);
+    cur = &agent;
+    agent_send(msg);
+    cr_assert(pump(other_profile_stored, NULL));
+    cr_assert(state_profile_best(m->db, row->id, &kept, &err));
+    cr_expect_str_eq(kept ? kept : "", "[5,1,9,2]");
 }
 
 Test(manager_clones, tells_each_host_the_other_peer_server)

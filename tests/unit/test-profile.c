@@ -111,3 +111,36 @@ Test(profile, loads_the_profiles_of_a_directory)
     cr_expect_eq(none->len, 0u);
     cr_expect_eq(n, 0u);
 }
+
+/* The digest is SHA-256 over the chunk numbers as little-endian u64s, in
+ * order (values from Python's hashlib over struct.pack('<Q...')). */
+Test(profile, digests_the_chunk_numbers_in_order_as_little_endian)
+{
+    static const guint64 ab[] = {1, 2};
+    static const guint64 ba[] = {2, 1};
+    static const guint64 wide[] = {0x0102030405060708ull};
+    g_autoptr(GArray) a = g_array_new(FALSE, FALSE, sizeof(guint64));
+    g_autoptr(GArray) b = g_array_new(FALSE, FALSE, sizeof(guint64));
+    g_autoptr(GArray) w = g_array_new(FALSE, FALSE, sizeof(guint64));
+    g_autoptr(GArray) e = g_array_new(FALSE, FALSE, sizeof(guint64));
+    g_autofree char *da = NULL;
+    g_autofree char *db = NULL;
+    g_autofree char *dw = NULL;
+    g_autofree char *de = NULL;
+
+    g_array_append_vals(a, ab, 2);
+    g_array_append_vals(b, ba, 2);
+    g_array_append_vals(w, wide, 1);
+    da = profile_digest(a);
+    db = profile_digest(b);
+    dw = profile_digest(w);
+    de = profile_digest(e);
+    cr_expect_str_eq(da, "sha256:0c730b69905c5ef7a4ca5269f72365400bde2dd2c04e"
+                         "af9bbb3d1c4a265a0131");
+    cr_expect_str_eq(db, "sha256:66c313335fc249aefd7420b063da1bbd123fa61351b9"
+                         "517955aa2623eba94038");
+    cr_expect_str_eq(dw, "sha256:380b980886b7a3e726b5c2776160d7842b8f139eaea1"
+                         "e6acf7442cdf890e6287");
+    cr_expect_str_eq(de, "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b"
+                         "934ca495991b7852b855");
+}
