@@ -230,20 +230,22 @@ worker(gpointer data, gpointer user)
 
 /* ---- an image's index and profile from the manager (index-get, ...) ---- */
 
-/* Worker: send a @req_type request about image @id (and slice @offset when
- * >= 0) until its answer, of type @reply_type, comes; asked again every
- * INDEX_ASK_EVERY_US (a manager restarted or taken over); the answer, or
- * NULL after @deadline or at stop.  One request is ever out: the worker
- * runs one command at a time. */
+/* Worker: ask the manager for @what ("index": send "index-get", wait for
+ * "index") of image @id (and slice @offset when >= 0) until the answer
+ * comes, again every INDEX_ASK_EVERY_US (a manager restarted or taken
+ * over); the answer, or NULL with @error after @deadline (@wait_s after
+ * the first ask), at stop, or when the answer is an error.  One request is
+ * ever out: the worker runs one command at a time. */
 static JsonObject *
-link_ask(AgentLink *l, const char *req_type, const char *reply_type,
-         const char *id, gint64 offset, gint64 deadline)
+link_ask(AgentLink *l, const char *what, const char *id, gint64 offset,
+         gint64 deadline, int wait_s, GError **error)
 {
+    g_autofree char *req_type = g_strconcat(what, "-get", NULL);
     gint64 asked = 0;
     JsonObject *reply;
 
     g_mutex_lock(&l->lock);
-    l->ask_type = reply_type;
+    l->ask_type = what;
     g_free(l->ask_image);
     l->ask_image = g_strdup(id);
     l->ask_offset = offset;
@@ -269,6 +271,16 @@ link_ask(AgentLink *l, const char *req_type, const char *reply_type,
     l->ask_type = NULL;
     g_clear_pointer(&l->ask_image, g_free);
     g_mutex_unlock(&l->lock);
+    if (!reply) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_UNAVAILABLE,
+                    "the site manager sent no %s of the image in %d s", what,
+                    wait_s);
+    } else if (json_util_get_string(reply, "error", NULL)) {
+        g_set_error(error, SPORE_ERROR, SPORE_ERROR_UNAVAILABLE,
+                    "the site manager has no %s of the image: %s", what,
+                    json_util_get_string(reply, "error", NULL));
+        g_clear_pointer(&reply, json_object_unref);
+    }
     return reply;
 }
 
@@ -286,24 +298,15 @@ link_fetch_index(const char *id, gpointer data, GError **error)
     g_message("image %.19s: asking the site manager for its index", id);
     while (size < 0 || (gint64)buf->len < size) {
         g_autoptr(JsonObject) r =
-            link_ask(l, "index-get", "index", id, (gint64)buf->len, deadline);
+            link_ask(l, "index", id, (gint64)buf->len, deadline,
+                     (int)(INDEX_WAIT_US / G_USEC_PER_SEC), error);
         const char *b64 = r ? json_util_get_string(r, "data", NULL) : NULL;
         gint64 total = r ? json_util_get_int(r, "size", -1) : -1;
         g_autofree guint8 *slice = NULL;
         gsize len = 0;
 
-        if (!r) {
-            g_set_error(error, SPORE_ERROR, SPORE_ERROR_UNAVAILABLE,
-                        "the site manager sent no index of the image in %d s",
-                        (int)(INDEX_WAIT_US / G_USEC_PER_SEC));
+        if (!r)
             return NULL;
-        }
-        if (json_util_get_string(r, "error", NULL)) {
-            g_set_error(error, SPORE_ERROR, SPORE_ERROR_UNAVAILABLE,
-                        "the site manager has no index of the image: %s",
-                        json_util_get_string(r, "error", NULL));
-            return NULL;
-        }
         if (b64)
             slice = g_base64_decode(b64, &len);
         if (!b64 || total < 0 || total > (gint64)IMAGE_INDEX_MAX_BYTES ||
@@ -339,18 +342,9 @@ link_fetch_profile(const char *id, gpointer data, char **ret_profile_id,
 
     g_message("image %.19s: asking the site manager for its access profile",
               id);
-    if (!(r = link_ask(l, "profile-get", "profile", id, -1, deadline))) {
-        g_set_error(error, SPORE_ERROR, SPORE_ERROR_UNAVAILABLE,
-                    "the site manager sent no profile of the image in %d s",
-                    (int)(PROFILE_WAIT_US / G_USEC_PER_SEC));
+    if (!(r = link_ask(l, "profile", id, -1, deadline,
+                       (int)(PROFILE_WAIT_US / G_USEC_PER_SEC), error)))
         return NULL;
-    }
-    if (json_util_get_string(r, "error", NULL)) {
-        g_set_error(error, SPORE_ERROR, SPORE_ERROR_UNAVAILABLE,
-                    "the site manager has no profile of the image: %s",
-                    json_util_get_string(r, "error", NULL));
-        return NULL;
-    }
     pid = json_util_get_string(r, "profile_id", NULL);
     arr = json_util_get_array(r, "chunks");
     if (!pid || !arr || json_array_get_length(arr) > AGENT_PROFILE_CHUNKS_MAX) {
