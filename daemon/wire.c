@@ -183,6 +183,49 @@ wire_new(const char *type)
     return obj;
 }
 
+GBytes *
+wire_text(JsonObject *obj)
+{
+    char *text = json_util_to_text(obj, false);
+    gsize len = strlen(text);
+
+    if (len > WIRE_MAX_MESSAGE) {
+        g_free(text);
+        return NULL;
+    }
+    return g_bytes_new_take(text, len);
+}
+
+/* ZeroMQ's free function of a wire_send_text message: the reference the
+ * message held (g_bytes_unref is thread-safe) */
+static void
+text_release(void *data, void *hint)
+{
+    g_bytes_unref(hint);
+}
+
+bool
+wire_send_text(void *socket, const char *identity, GBytes *text)
+{
+    zmq_msg_t msg;
+    gsize len = 0;
+    const void *data = g_bytes_get_data(text, &len);
+
+    if (identity && zmq_send(socket, identity, strlen(identity),
+                             ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
+        return false;
+    if (zmq_msg_init_data(&msg, (void *)data, len, text_release,
+                          g_bytes_ref(text)) != 0) {
+        g_bytes_unref(text);
+        return false;
+    }
+    if (zmq_msg_send(&msg, socket, ZMQ_DONTWAIT) < 0) {
+        zmq_msg_close(&msg); /* releases the reference */
+        return false;
+    }
+    return true;
+}
+
 bool
 wire_send(void *socket, const char *identity, JsonObject *obj)
 {

@@ -86,3 +86,16 @@ JsonObject *wire_new(const char *type);
  * queued (the peer is gone or its queue is full).
  */
 bool wire_send(void *socket, const char *identity, JsonObject *obj);
+
+/*
+ * wire_text: @obj as the text wire_send would send, for wire_send_text;
+ * NULL when it is over WIRE_MAX_MESSAGE.
+ */
+GBytes *wire_text(JsonObject *obj);
+
+/*
+ * wire_send_text: wire_send of a message made once by wire_text and sent
+ * to many peers: each send holds a reference of @text, not a copy (ZeroMQ
+ * drops it, from its I/O thread, once the message left).
+ */
+bool wire_send_text(void *socket, const char *identity, GBytes *text);

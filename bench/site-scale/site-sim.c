@@ -33,6 +33,15 @@
  * killed -9 and started again under the hosts' reports (recover).
  * --timeout bounds the whole run, and the recovery again.
  *
+ * With --fetch a host does what spore-agent does on its first create of
+ * an image it lacks: it asks spored for the image's index, slice by slice
+ * (index-get), then, when the create names the site's access profile, for
+ * that (profile-get), again every 5 s while unanswered, and runs its
+ * commands only then (1 s after).  --profile-image ID --profile-chunks N:
+ * the first host welcomed sends a profile of N chunk numbers of image ID,
+ * so that creates name one.  Timed: each host's fetch, the span from the
+ * first ask to the last answer, and the bytes.
+ *
  * With --clones 0 it only holds the hosts up (hello, reports, commands
  * answered; with --image every report says the host holds that image)
  * until --timeout or SIGTERM: the big site around a test's real agents.
@@ -60,6 +69,15 @@
 #define SIM_CPUS           64
 #define SIM_MEMORY_KIB     (256ull * 1024 * 1024)
 #define SIM_PROBE_EVERY_US (1 * G_USEC_PER_SEC)
+#define SIM_ASK_EVERY_US   (5 * G_USEC_PER_SEC) /* as the agent's */
+
+/* a host's fetch of an image's index and profile (--fetch) */
+typedef enum {
+    FETCH_NONE,    /* not asked yet */
+    FETCH_INDEX,   /* waiting for a slice of the index */
+    FETCH_PROFILE, /* waiting for the profile */
+    FETCH_DONE,
+} FetchState;
 
 typedef struct {
     char *name, *uuid, *service, *image;
@@ -88,6 +106,9 @@ typedef struct {
     bool rewelcomed;       /* welcomed by the restarted spored */
     GHashTable *vanished;  /* name -> gint64 µs: first report without it */
     bool told_peers;       /* a peer list arrived */
+    FetchState fetch;      /* --fetch: the first create's image */
+    char *fetch_image, *fetch_profile_id;
+    gint64 fetch_offset, fetch_start, fetch_asked;
 } SimHost;
 
 typedef struct {
@@ -114,6 +135,15 @@ typedef struct {
     bool recovering;   /* spored was killed and started again */
     guint rewelcomed, welcomed_at_kill;
     GHashTable *id_seen; /* host/id -> 1 */
+    /* --fetch, --profile-image, --profile-chunks */
+    bool fetch;
+    const char *profile_image;
+    guint profile_chunks;
+    bool profile_sent;
+    guint64 index_gets, index_bytes, index_msg_bytes, profile_gets,
+        profile_msg_bytes, fetch_reasks, fetch_errors;
+    GArray *fetch_us;               /* gint64: per host, first ask -> done */
+    gint64 fetch_first, fetch_last; /* µs */
 } Sim;
 
 static gint64
@@ -253,6 +283,197 @@ send_report(Sim *s, SimHost *h)
     h->report_seq++;
 }
 
+/* send_profile: the first host welcomed sends a profile of
+ * --profile-chunks chunk numbers of --profile-image, once */
+static void
+send_profile(Sim *s, SimHost *h)
+{
+    g_autoptr(JsonObject) o = wire_new("profiles");
+    JsonArray *list = json_array_new();
+    JsonObject *p = json_object_new();
+    JsonArray *chunks = json_array_sized_new(s->profile_chunks);
+
+    for (guint i = 0; i < s->profile_chunks; i++)
+        json_array_add_int_element(chunks, i);
+    json_object_set_string_member(p, "image", s->profile_image);
+    json_object_set_int_member(p, "boots", 1);
+    json_object_set_array_member(p, "chunks", chunks);
+    json_array_add_object_element(list, p);
+    json_object_set_array_member(o, "profiles", list);
+    send_obj(s, h, o);
+    s->profile_sent = true;
+}
+
+/* fetch_ask: (again) the request the host's fetch waits on */
+static void
+fetch_ask(Sim *s, SimHost *h)
+{
+    g_autoptr(JsonObject) o =
+        wire_new(h->fetch == FETCH_INDEX ? "index-get" : "profile-get");
+
+    json_object_set_string_member(o, "image", h->fetch_image);
+    if (h->fetch == FETCH_INDEX) {
+        json_object_set_int_member(o, "offset", h->fetch_offset);
+        s->index_gets++;
+    } else {
+        s->profile_gets++;
+    }
+    if (h->fetch_asked)
+        s->fetch_reasks++;
+    h->fetch_asked = now_us();
+    send_obj(s, h, o);
+}
+
+/* fetch_done: the host has what it asked for: its commands run 1 s from
+ * now, as the agent's worker creates once the image is ready */
+static void
+fetch_done(Sim *s, SimHost *h)
+{
+    gint64 t = now_us(), d = t - h->fetch_start;
+
+    h->fetch = FETCH_DONE;
+    g_array_append_val(s->fetch_us, d);
+    s->fetch_last = MAX(s->fetch_last, t);
+    for (GList *l = h->jobs.head; l; l = l->next) {
+        SimJob *j = l->data;
+
+        j->due = MAX(j->due, t + SIM_CMD_DELAY_US);
+    }
+}
+
+/* fetch_start: a create of an image the host has not fetched */
+static void
+fetch_start(Sim *s, SimHost *h, JsonObject *cmd)
+{
+    JsonObject *image = json_util_get_object(cmd, "image");
+    const char *id = json_util_get_string(image, "id", NULL);
+
+    if (!s->fetch || h->fetch != FETCH_NONE || !id)
+        return;
+    h->fetch = FETCH_INDEX;
+    h->fetch_image = g_strdup(id);
+    h->fetch_profile_id =
+        g_strdup(json_util_get_string(image, "profile_id", NULL));
+    h->fetch_start = now_us();
+    if (!s->fetch_first)
+        s->fetch_first = h->fetch_start;
+    fetch_ask(s, h);
+}
+
+/* Answer: what the fetch needs of an "index" or "profile" message */
+typedef struct {
+    const char *type;  /* "index", "profile" */
+    char *image;       /* its "image" */
+    gint64 offset;     /* "offset" (-1: none) */
+    gint64 size;       /* "size" (-1: none) */
+    gint64 data_bytes; /* the bytes "data" (base64) decodes to; -1: none */
+    bool error;        /* an "error" member */
+} Answer;
+
+/* base64_bytes: what @n characters of base64 ending at @end decode to */
+static gint64
+base64_bytes(const char *end, gsize n)
+{
+    return (gint64)(n / 4 * 3) - (n && end[-1] == '=') -
+           (n > 1 && end[-2] == '=');
+}
+
+/* answer_of_object: an Answer from a parsed message */
+static void
+answer_of_object(Answer *a, JsonObject *o, const char *type)
+{
+    const char *data = json_util_get_string(o, "data", NULL);
+
+    a->type = type;
+    a->image = g_strdup(json_util_get_string(o, "image", ""));
+    a->offset = json_util_get_int(o, "offset", -1);
+    a->size = json_util_get_int(o, "size", -1);
+    a->data_bytes = data ? base64_bytes(data + strlen(data), strlen(data)) : -1;
+    a->error = json_util_get_string(o, "error", NULL) != NULL;
+}
+
+/* member_at: where the value of "@name": starts in @data, or NULL */
+static const char *
+member_at(const char *data, gsize len, const char *name)
+{
+    g_autofree char *key = g_strdup_printf("\"%s\":", name);
+    const char *p = memmem(data, len, key, strlen(key));
+
+    return p ? p + strlen(key) : NULL;
+}
+
+/* answer_of_text: an Answer read from a large answer's text without
+ * parsing it (json-glib takes ~10 ms per MB: a thousand hosts' indexes
+ * would be the simulator's CPU, not spored's); the members are spored's
+ * (wire_new, then as handle_index_get sets them).  False when @data is not
+ * such an answer. */
+static bool
+answer_of_text(Answer *a, const char *data, gsize len)
+{
+    const char *end = data + len, *p, *q;
+
+    if ((p = member_at(data, MIN(len, 256), "type")) &&
+        g_str_has_prefix(p, "\"index\""))
+        a->type = "index";
+    else if (p && g_str_has_prefix(p, "\"profile\""))
+        a->type = "profile";
+    else
+        return false;
+    if (!(p = member_at(data, MIN(len, 512), "image")) || *p != '"' ||
+        !(q = memchr(p + 1, '"', (gsize)(end - p - 1))))
+        return false;
+    a->image = g_strndup(p + 1, (gsize)(q - p - 1));
+    p = member_at(data, MIN(len, 512), "offset");
+    a->offset = p ? g_ascii_strtoll(p, NULL, 10) : -1;
+    p = member_at(data, MIN(len, 512), "size");
+    a->size = p ? g_ascii_strtoll(p, NULL, 10) : -1;
+    a->data_bytes = -1;
+    if ((p = member_at(data, MIN(len, 512), "data")) && *p == '"' &&
+        (q = memchr(p + 1, '"', (gsize)(end - p - 1))))
+        a->data_bytes = base64_bytes(q, (gsize)(q - p - 1));
+    a->error = member_at(data, MIN(len, 512), "error") != NULL;
+    return true;
+}
+
+/* on_answer: an index slice or a profile for the host's fetch */
+static void
+on_answer(Sim *s, SimHost *h, const Answer *a, gsize len)
+{
+    if (!g_str_equal(a->image, h->fetch_image ? h->fetch_image : "") ||
+        (g_str_equal(a->type, "index") != (h->fetch == FETCH_INDEX)) ||
+        (h->fetch != FETCH_INDEX && h->fetch != FETCH_PROFILE) ||
+        (h->fetch == FETCH_INDEX && a->offset != h->fetch_offset))
+        return; /* a late answer to a re-ask */
+    if (a->error) {
+        fprintf(stderr, "site-sim: %s: an error answer (%s)\n", h->name,
+                a->type);
+        s->fetch_errors++;
+        fetch_done(s, h);
+        return;
+    }
+    h->fetch_asked = 0;
+    if (h->fetch == FETCH_PROFILE) {
+        s->profile_msg_bytes += len;
+        fetch_done(s, h);
+        return;
+    }
+    s->index_msg_bytes += len;
+    if (a->data_bytes > 0) {
+        h->fetch_offset += a->data_bytes;
+        s->index_bytes += (guint64)a->data_bytes;
+    }
+    if (a->data_bytes <= 0 || a->size < 0 || h->fetch_offset >= a->size) {
+        if (h->fetch_profile_id) {
+            h->fetch = FETCH_PROFILE;
+            fetch_ask(s, h);
+        } else {
+            fetch_done(s, h);
+        }
+    } else {
+        fetch_ask(s, h);
+    }
+}
+
 /* apply: run a command whose second has come; the ack text */
 static char *
 apply(Sim *s, SimHost *h, gint64 id, JsonObject *cmd)
@@ -340,11 +561,18 @@ note_commanded(Sim *s, SimHost *h, JsonObject *cmd)
 static void
 on_message(Sim *s, SimHost *h, const char *data, gsize len)
 {
-    g_autoptr(JsonObject) o = wire_parse(data, len, NULL);
-    const char *type = o ? json_util_get_string(o, "type", "") : "";
+    g_autoptr(JsonObject) o = NULL;
+    const char *type;
+    Answer a = {0};
 
-    if (!o)
+    if (len > 64 * 1024 && answer_of_text(&a, data, len)) {
+        on_answer(s, h, &a, len);
+        g_free(a.image);
         return;
+    }
+    if (!(o = wire_parse(data, len, NULL)))
+        return;
+    type = json_util_get_string(o, "type", "");
     if (g_str_equal(type, "welcome")) {
         if (s->recovering && h->welcomed && !h->rewelcomed) {
             h->rewelcomed = true;
@@ -356,10 +584,16 @@ on_message(Sim *s, SimHost *h, const char *data, gsize len)
             h->report_us = json_util_get_int(o, "report_ms", 2000) * 1000;
             h->next_report =
                 now_us() + g_random_int_range(0, (int)h->report_us);
+            if (s->profile_image && !s->profile_sent)
+                send_profile(s, h);
         }
     } else if (g_str_equal(type, "who")) {
         h->next_hello = 0;
         send_hello(s, h, (guint)(h - s->hosts));
+    } else if (g_str_equal(type, "index") || g_str_equal(type, "profile")) {
+        answer_of_object(&a, o, type);
+        on_answer(s, h, &a, len);
+        g_free(a.image);
     } else if (g_str_equal(type, "peers")) {
         JsonArray *p = json_object_get_array_member(o, "peers");
         guint n = p ? json_array_get_length(p) : 0;
@@ -402,8 +636,11 @@ on_message(Sim *s, SimHost *h, const char *data, gsize len)
             j->due = now_us() + SIM_CMD_DELAY_US;
             j->cmd = json_object_ref(o);
             g_queue_push_tail(&h->jobs, j);
-            if (g_str_equal(json_util_get_string(o, "op", ""), "clone-create"))
+            if (g_str_equal(json_util_get_string(o, "op", ""),
+                            "clone-create")) {
                 note_commanded(s, h, o);
+                fetch_start(s, h, o);
+            }
         }
     }
 }
@@ -415,6 +652,8 @@ run_jobs(Sim *s, SimHost *h, gint64 t)
 {
     bool acked = false;
 
+    if (h->fetch == FETCH_INDEX || h->fetch == FETCH_PROFILE)
+        return; /* the image is not ready */
     while (!g_queue_is_empty(&h->jobs)) {
         SimJob *j = g_queue_peek_head(&h->jobs);
         g_autofree char *ack = NULL;
@@ -453,6 +692,11 @@ tick(Sim *s, gint64 t)
             next = MIN(next, h->next_hello);
             continue;
         }
+        if ((h->fetch == FETCH_INDEX || h->fetch == FETCH_PROFILE) &&
+            h->fetch_asked && t - h->fetch_asked >= SIM_ASK_EVERY_US)
+            fetch_ask(s, h); /* unanswered: again, as the agent does */
+        if (h->fetch == FETCH_INDEX || h->fetch == FETCH_PROFILE)
+            next = MIN(next, h->fetch_asked + SIM_ASK_EVERY_US);
         run_jobs(s, h, t);
         if (!g_queue_is_empty(&h->jobs))
             next = MIN(next, ((SimJob *)g_queue_peek_head(&h->jobs))->due);
@@ -765,6 +1009,31 @@ print_counts(Sim *s)
     printf("peer lists reached %u of %u hosts\n", s->peers_told, s->n_hosts);
     printf("sent: %" G_GUINT64_FORMAT " reports, %.1f MB\n", s->reports_sent,
            (double)s->bytes_sent / 1e6);
+    if (s->fetch) {
+        guint n = s->fetch_us->len;
+
+        g_array_sort(s->fetch_us, cmp_i64);
+        printf("index and profile fetched by %u hosts: %" G_GUINT64_FORMAT
+               " index-get (%.1f MB of index, %.1f MB of messages), "
+               "%" G_GUINT64_FORMAT
+               " profile-get (%.1f MB of messages), %" G_GUINT64_FORMAT
+               " re-asked, %" G_GUINT64_FORMAT " errors\n",
+               n, s->index_gets, (double)s->index_bytes / 1e6,
+               (double)s->index_msg_bytes / 1e6, s->profile_gets,
+               (double)s->profile_msg_bytes / 1e6, s->fetch_reasks,
+               s->fetch_errors);
+        if (n)
+            printf("fetch per host: p50 %.2f s, p99 %.2f s, max %.2f s; "
+                   "first ask -> last answer %.2f s\n",
+                   (double)g_array_index(s->fetch_us, gint64, n / 2) /
+                       G_USEC_PER_SEC,
+                   (double)g_array_index(s->fetch_us, gint64,
+                                         MIN(n - 1, n * 99 / 100)) /
+                       G_USEC_PER_SEC,
+                   (double)g_array_index(s->fetch_us, gint64, n - 1) /
+                       G_USEC_PER_SEC,
+                   (double)(s->fetch_last - s->fetch_first) / G_USEC_PER_SEC);
+    }
 }
 
 static bool
@@ -900,6 +1169,7 @@ run(Sim *s, guint n_limit)
     s->commanded = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
     s->id_seen = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
     s->repair_us = g_array_new(FALSE, FALSE, sizeof(gint64));
+    s->fetch_us = g_array_new(FALSE, FALSE, sizeof(gint64));
     s->start = now_us();
     s->cpu_start = proc_cpu_s(s->pid);
     deadline = s->start + (gint64)s->timeout_s * G_USEC_PER_SEC;
@@ -981,7 +1251,10 @@ main(int argc, char **argv)
     gint n_hosts = G_MAXINT, clones = 0, steady_s = 20, timeout_s = 300;
     int pid = 0;
     char *endpoint = NULL, *key = NULL, *keys = NULL, *submit = NULL,
-         *probe = NULL, *restart = NULL, *pre_kill = NULL, *hold_image = NULL;
+         *probe = NULL, *restart = NULL, *pre_kill = NULL, *hold_image = NULL,
+         *profile_image = NULL;
+    gboolean fetch = FALSE;
+    gint profile_chunks = 0;
     GOptionEntry entries[] = {
         {"endpoint", 0, 0, G_OPTION_ARG_STRING, &endpoint,
          "spored's agents' endpoint", "tcp://ADDR:PORT"},
@@ -1007,6 +1280,12 @@ main(int argc, char **argv)
          "CMD"},
         {"pre-kill-cmd", 0, 0, G_OPTION_ARG_STRING, &pre_kill,
          "run before that kill (e.g. to save spored's metrics)", "CMD"},
+        {"fetch", 0, 0, G_OPTION_ARG_NONE, &fetch,
+         "ask for the index (and profile) of a create's image first", NULL},
+        {"profile-image", 0, 0, G_OPTION_ARG_STRING, &profile_image,
+         "the first host welcomed sends a profile of this image", "ID"},
+        {"profile-chunks", 0, 0, G_OPTION_ARG_INT, &profile_chunks,
+         "... of N chunk numbers (at most 65536)", "N"},
         {"steady", 0, 0, G_OPTION_ARG_INT, &steady_s, "steady window", "S"},
         {"timeout", 0, 0, G_OPTION_ARG_INT, &timeout_s, "bound of the run",
          "S"},
@@ -1027,7 +1306,8 @@ main(int argc, char **argv)
     oc = g_option_context_new("- simulated hosts against spored");
     g_option_context_add_main_entries(oc, entries, NULL);
     if (!g_option_context_parse(oc, &argc, &argv, &err) || !endpoint || !key ||
-        !keys || clones < 0 || n_hosts <= 0 || steady_s < 5 || timeout_s <= 0) {
+        !keys || clones < 0 || n_hosts <= 0 || steady_s < 5 || timeout_s <= 0 ||
+        profile_chunks < 0 || profile_chunks > (gint)WIRE_PROFILE_CHUNKS_MAX) {
         fprintf(stderr, "site-sim: %s\n",
                 err ? err->message
                     : "--endpoint, --manager-key, --keys and --clones are "
@@ -1048,6 +1328,9 @@ main(int argc, char **argv)
     s.restart_cmd = restart;
     s.pre_kill_cmd = pre_kill;
     s.hold_image = hold_image;
+    s.fetch = fetch;
+    s.profile_image = profile_chunks > 0 ? profile_image : NULL;
+    s.profile_chunks = (guint)profile_chunks;
     s.target_clones = (guint)clones;
     s.steady_s = (guint)steady_s;
     s.timeout_s = (guint)timeout_s;

@@ -106,11 +106,13 @@ typedef struct {
  * chunk numbers as stored (JSON text) and as sent, and their digest
  * (profile_digest), which a clone-create names */
 typedef struct {
-    char *image;    /* the image's id */
-    char *text;     /* the JSON array of chunk numbers, as stored */
-    char *digest;   /* profile_digest of the chunks */
-    JsonNode *json; /* the array of chunk numbers */
-    guint chunks;   /* how many */
+    char *image;        /* the image's id */
+    char *text;         /* the JSON array of chunk numbers, as stored */
+    char *digest;       /* profile_digest of the chunks */
+    JsonNode *json;     /* the array of chunk numbers */
+    guint chunks;       /* how many */
+    GBytes *reply;      /* the "profile" answer, made once (wire_text) ... */
+    gint64 reply_epoch; /* ... under this leader epoch */
 } SiteProfile;
 
 struct Manager {
@@ -125,8 +127,10 @@ struct Manager {
     GHashTable *failures;  /* "host/service" -> guint consecutive failures */
     char *index_id;        /* the image whose index was last asked for */
     GBytes *index;         /* ... that index (its id is its digest) */
-    SiteProfile *profile;  /* the last site profile read (one image's) */
-    GHashTable *refused;   /* key -> gint64 µs: last logged refusal */
+    GHashTable *index_replies;  /* its "index" answers (wire_text) by offset */
+    gint64 index_replies_epoch; /* ... made under this leader epoch */
+    SiteProfile *profile;       /* the last site profile read (one image's) */
+    GHashTable *refused;        /* key -> gint64 µs: last logged refusal */
     /* auto-scaling (manager-scaling.c) */
     GHashTable *cpu;       /* "host/clone" -> CpuTrack */
     GHashTable *histories; /* service -> ScalingHistory */
@@ -269,7 +273,7 @@ void manager_note_pass(Manager *m, double seconds);
 /* manager_site_profile: the site's access profile of image @id (the
  * merged profile of the host that booted it most), borrowed until the
  * next call; *ret NULL when no host sent one.  Locked. */
-bool manager_site_profile(Manager *m, const char *id, const SiteProfile **ret,
+bool manager_site_profile(Manager *m, const char *id, SiteProfile **ret,
                           GError **error);
 void site_profile_free(SiteProfile *p);
 

@@ -184,7 +184,7 @@ image_object(Manager *m, const char *image, GError **error)
     g_autoptr(ImageRow) row = NULL;
     g_autoptr(JsonObject) o = json_object_new();
     g_autoptr(JsonParser) p = json_parser_new();
-    const SiteProfile *profile = NULL;
+    SiteProfile *profile = NULL;
 
     if (!state_image_get(m->db, image, &row, error))
         return NULL;

@@ -73,15 +73,10 @@ should_log_backpressure(Manager *m)
     return true;
 }
 
-bool
-manager_send(Manager *m, const char *host, JsonObject *msg)
+/* send_refused: count and say why a message to @host did not go */
+static bool
+send_refused(Manager *m, const char *host)
 {
-    /* agents drop what a manager of an older epoch sends (a stale one
-     * that has not noticed yet: manager-leader.c) */
-    if (m->epoch > 0)
-        json_object_set_int_member(msg, "epoch", m->epoch);
-    if (wire_send(m->router, host, msg))
-        return true;
     m->stats.send_refused++;
     if (zmq_errno() == EAGAIN && should_log_backpressure(m))
         g_warning("backpressure: host %s's queue is full, a message to it is "
@@ -91,6 +86,33 @@ manager_send(Manager *m, const char *host, JsonObject *msg)
     else
         g_debug("could not send to %s: %s", host, zmq_strerror(zmq_errno()));
     return false;
+}
+
+bool
+manager_send(Manager *m, const char *host, JsonObject *msg)
+{
+    /* agents drop what a manager of an older epoch sends (a stale one
+     * that has not noticed yet: manager-leader.c) */
+    if (m->epoch > 0)
+        json_object_set_int_member(msg, "epoch", m->epoch);
+    return wire_send(m->router, host, msg) || send_refused(m, host);
+}
+
+/* manager_text: @msg as manager_send would send it, made once for many
+ * hosts (send_text); NULL when it is over the wire's limit */
+static GBytes *
+manager_text(Manager *m, JsonObject *msg)
+{
+    if (m->epoch > 0)
+        json_object_set_int_member(msg, "epoch", m->epoch);
+    return wire_text(msg);
+}
+
+/* send_text: manager_send of a text from manager_text, shared, not copied */
+static bool
+send_text(Manager *m, const char *host, GBytes *text)
+{
+    return wire_send_text(m->router, host, text) || send_refused(m, host);
 }
 
 static JsonObject *
@@ -469,6 +491,7 @@ image_index_by_id(Manager *m, const char *id, GBytes **ret, GError **error)
         g_free(m->index_id);
         m->index_id = g_strdup(id);
         g_clear_pointer(&m->index, g_bytes_unref);
+        g_clear_pointer(&m->index_replies, g_hash_table_unref);
         m->index = g_bytes_ref(full->index);
         *ret = g_bytes_ref(m->index);
         return true;
@@ -485,6 +508,7 @@ handle_index_get(Manager *m, const char *host, JsonObject *msg, GError **error)
     gint64 offset = json_util_get_int(msg, "offset", -1);
     g_autoptr(JsonObject) reply = wire_new("index");
     g_autoptr(GBytes) index = NULL;
+    GBytes *text;
     gsize size;
 
     if (!id || offset < 0) {
@@ -495,6 +519,13 @@ handle_index_get(Manager *m, const char *host, JsonObject *msg, GError **error)
     }
     if (!image_index_by_id(m, id, &index, error))
         return false;
+    /* the answers of the image kept (the last asked for) are made once,
+     * for every host that asks: a thousand after a submit */
+    if (index && m->index_replies && m->index_replies_epoch == m->epoch &&
+        (text = g_hash_table_lookup(m->index_replies, &offset))) {
+        send_text(m, host, text);
+        return true;
+    }
     json_object_set_string_member(reply, "image", id);
     json_object_set_int_member(reply, "offset", offset);
     size = index ? g_bytes_get_size(index) : 0;
@@ -517,6 +548,19 @@ handle_index_get(Manager *m, const char *host, JsonObject *msg, GError **error)
         g_debug("host %s: index of %.19s, %" G_GSIZE_FORMAT
                 " bytes at %" G_GINT64_FORMAT " of %" G_GSIZE_FORMAT,
                 host, id, len, offset, size);
+        if (!m->index_replies || m->index_replies_epoch != m->epoch) {
+            g_clear_pointer(&m->index_replies, g_hash_table_unref);
+            m->index_replies =
+                g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free,
+                                      (GDestroyNotify)g_bytes_unref);
+            m->index_replies_epoch = m->epoch;
+        }
+        if ((text = manager_text(m, reply))) {
+            g_hash_table_insert(m->index_replies,
+                                g_memdup2(&offset, sizeof(offset)), text);
+            send_text(m, host, text);
+            return true;
+        }
     }
     manager_send(m, host, reply);
     return true;
@@ -532,11 +576,13 @@ site_profile_free(SiteProfile *p)
     g_free(p->digest);
     if (p->json)
         json_node_unref(p->json);
+    if (p->reply)
+        g_bytes_unref(p->reply);
     g_free(p);
 }
 
 bool
-manager_site_profile(Manager *m, const char *id, const SiteProfile **ret,
+manager_site_profile(Manager *m, const char *id, SiteProfile **ret,
                      GError **error)
 {
     g_autofree char *text = NULL;
@@ -589,7 +635,7 @@ handle_profile_get(Manager *m, const char *host, JsonObject *msg,
 {
     const char *id = json_util_get_string(msg, "image", NULL);
     g_autoptr(JsonObject) reply = wire_new("profile");
-    const SiteProfile *p = NULL;
+    SiteProfile *p = NULL;
 
     if (!id) {
         g_warning("host %s: dropped a profile-get without an image", host);
@@ -602,13 +648,19 @@ handle_profile_get(Manager *m, const char *host, JsonObject *msg,
         json_object_set_string_member(reply, "error",
                                       "no host has sent a profile of this "
                                       "image");
-    } else {
+        manager_send(m, host, reply);
+        return true;
+    }
+    g_debug("host %s: the profile of %.19s, %u chunks", host, id, p->chunks);
+    if (!p->reply || p->reply_epoch != m->epoch) { /* made once for all */
         json_object_set_string_member(reply, "profile_id", p->digest);
         json_object_set_member(reply, "chunks", json_node_copy(p->json));
-        g_debug("host %s: the profile of %.19s, %u chunks", host, id,
-                p->chunks);
+        g_clear_pointer(&p->reply, g_bytes_unref);
+        p->reply = manager_text(m, reply);
+        p->reply_epoch = m->epoch;
     }
-    manager_send(m, host, reply);
+    if (p->reply)
+        send_text(m, host, p->reply);
     return true;
 }
 
