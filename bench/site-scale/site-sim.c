@@ -312,8 +312,8 @@ fetch_ask(Sim *s, SimHost *h)
         wire_new(h->fetch == FETCH_INDEX ? "index-get" : "profile-get");
 
     json_object_set_string_member(o, "image", h->fetch_image);
+    json_object_set_int_member(o, "offset", h->fetch_offset);
     if (h->fetch == FETCH_INDEX) {
-        json_object_set_int_member(o, "offset", h->fetch_offset);
         s->index_gets++;
     } else {
         s->profile_gets++;
@@ -365,8 +365,9 @@ typedef struct {
     const char *type;  /* "index", "profile" */
     char *image;       /* its "image" */
     gint64 offset;     /* "offset" (-1: none) */
-    gint64 size;       /* "size" (-1: none) */
-    gint64 data_bytes; /* the bytes "data" (base64) decodes to; -1: none */
+    gint64 size;       /* "size" of an index, "total" of a profile */
+    gint64 data_bytes; /* the bytes "data" (base64) decodes to, or how many
+                        * "chunks" a profile answer has; -1: none */
     bool error;        /* an "error" member */
 } Answer;
 
@@ -390,6 +391,12 @@ answer_of_object(Answer *a, JsonObject *o, const char *type)
     a->size = json_util_get_int(o, "size", -1);
     a->data_bytes = data ? base64_bytes(data + strlen(data), strlen(data)) : -1;
     a->error = json_util_get_string(o, "error", NULL) != NULL;
+    if (g_str_equal(type, "profile")) {
+        JsonArray *chunks = json_util_get_array(o, "chunks");
+
+        a->size = json_util_get_int(o, "total", -1);
+        a->data_bytes = chunks ? (gint64)json_array_get_length(chunks) : -1;
+    }
 }
 
 /* member_at: where the value of "@name": starts in @data, or NULL */
@@ -415,10 +422,8 @@ answer_of_text(Answer *a, const char *data, gsize len)
     if ((p = member_at(data, MIN(len, 256), "type")) &&
         g_str_has_prefix(p, "\"index\""))
         a->type = "index";
-    else if (p && g_str_has_prefix(p, "\"profile\""))
-        a->type = "profile";
     else
-        return false;
+        return false; /* profile answers are small: parsed */
     if (!(p = member_at(data, MIN(len, 512), "image")) || *p != '"' ||
         !(q = memchr(p + 1, '"', (gsize)(end - p - 1))))
         return false;
@@ -442,7 +447,7 @@ on_answer(Sim *s, SimHost *h, const Answer *a, gsize len)
     if (!g_str_equal(a->image, h->fetch_image ? h->fetch_image : "") ||
         (g_str_equal(a->type, "index") != (h->fetch == FETCH_INDEX)) ||
         (h->fetch != FETCH_INDEX && h->fetch != FETCH_PROFILE) ||
-        (h->fetch == FETCH_INDEX && a->offset != h->fetch_offset))
+        a->offset != h->fetch_offset)
         return; /* a late answer to a re-ask */
     if (a->error) {
         fprintf(stderr, "site-sim: %s: an error answer (%s)\n", h->name,
@@ -452,25 +457,23 @@ on_answer(Sim *s, SimHost *h, const Answer *a, gsize len)
         return;
     }
     h->fetch_asked = 0;
-    if (h->fetch == FETCH_PROFILE) {
+    if (h->fetch == FETCH_PROFILE)
         s->profile_msg_bytes += len;
-        fetch_done(s, h);
-        return;
-    }
-    s->index_msg_bytes += len;
+    else
+        s->index_msg_bytes += len;
     if (a->data_bytes > 0) {
         h->fetch_offset += a->data_bytes;
-        s->index_bytes += (guint64)a->data_bytes;
+        if (h->fetch == FETCH_INDEX)
+            s->index_bytes += (guint64)a->data_bytes;
     }
-    if (a->data_bytes <= 0 || a->size < 0 || h->fetch_offset >= a->size) {
-        if (h->fetch_profile_id) {
-            h->fetch = FETCH_PROFILE;
-            fetch_ask(s, h);
-        } else {
-            fetch_done(s, h);
-        }
-    } else {
+    if (a->data_bytes > 0 && a->size >= 0 && h->fetch_offset < a->size) {
+        fetch_ask(s, h); /* the next slice */
+    } else if (h->fetch == FETCH_INDEX && h->fetch_profile_id) {
+        h->fetch = FETCH_PROFILE;
+        h->fetch_offset = 0;
         fetch_ask(s, h);
+    } else {
+        fetch_done(s, h);
     }
 }
 

@@ -41,7 +41,8 @@
 
 #define PROFILES_EVERY_US (15 * G_USEC_PER_SEC)
 /* index-get: asked again this often while no answer comes (a manager
- * restarted or taken over), given up after INDEX_WAIT_US in all */
+ * restarted or taken over), given up after INDEX_WAIT_US without one (the
+ * index comes in slices of 64 KiB: the largest in 2,056) */
 #define INDEX_ASK_EVERY_US (5 * G_USEC_PER_SEC)
 #define INDEX_WAIT_US      (120 * G_USEC_PER_SEC)
 /* profile-get: asked as often, given up sooner (a create goes on without
@@ -231,16 +232,17 @@ worker(gpointer data, gpointer user)
 /* ---- an image's index and profile from the manager (index-get, ...) ---- */
 
 /* Worker: ask the manager for @what ("index": send "index-get", wait for
- * "index") of image @id (and slice @offset when >= 0) until the answer
- * comes, again every INDEX_ASK_EVERY_US (a manager restarted or taken
- * over); the answer, or NULL with @error after @deadline (@wait_s after
- * the first ask), at stop, or when the answer is an error.  One request is
- * ever out: the worker runs one command at a time. */
+ * "index") of image @id, slice @offset, until the answer comes, again
+ * every INDEX_ASK_EVERY_US (a manager restarted or taken over); the
+ * answer, or NULL with @error after @wait_us without one, at stop, or when
+ * the answer is an error.  One request is ever out: the worker runs one
+ * command at a time. */
 static JsonObject *
 link_ask(AgentLink *l, const char *what, const char *id, gint64 offset,
-         gint64 deadline, int wait_s, GError **error)
+         gint64 wait_us, GError **error)
 {
     g_autofree char *req_type = g_strconcat(what, "-get", NULL);
+    gint64 deadline = g_get_monotonic_time() + wait_us;
     gint64 asked = 0;
     JsonObject *reply;
 
@@ -259,8 +261,7 @@ link_ask(AgentLink *l, const char *what, const char *id, gint64 offset,
             JsonObject *req = wire_new(req_type);
 
             json_object_set_string_member(req, "image", id);
-            if (offset >= 0)
-                json_object_set_int_member(req, "offset", offset);
+            json_object_set_int_member(req, "offset", offset);
             g_async_queue_push(l->acks, req); /* the link thread sends it */
             asked = now;
         }
@@ -274,7 +275,7 @@ link_ask(AgentLink *l, const char *what, const char *id, gint64 offset,
     if (!reply) {
         g_set_error(error, SPORE_ERROR, SPORE_ERROR_UNAVAILABLE,
                     "the site manager sent no %s of the image in %d s", what,
-                    wait_s);
+                    (int)(wait_us / G_USEC_PER_SEC));
     } else if (json_util_get_string(reply, "error", NULL)) {
         g_set_error(error, SPORE_ERROR, SPORE_ERROR_UNAVAILABLE,
                     "the site manager has no %s of the image: %s", what,
@@ -292,14 +293,12 @@ link_fetch_index(const char *id, gpointer data, GError **error)
 {
     AgentLink *l = data;
     g_autoptr(GByteArray) buf = g_byte_array_new();
-    gint64 deadline = g_get_monotonic_time() + INDEX_WAIT_US;
     gint64 size = -1;
 
     g_message("image %.19s: asking the site manager for its index", id);
     while (size < 0 || (gint64)buf->len < size) {
         g_autoptr(JsonObject) r =
-            link_ask(l, "index", id, (gint64)buf->len, deadline,
-                     (int)(INDEX_WAIT_US / G_USEC_PER_SEC), error);
+            link_ask(l, "index", id, (gint64)buf->len, INDEX_WAIT_US, error);
         const char *b64 = r ? json_util_get_string(r, "data", NULL) : NULL;
         gint64 total = r ? json_util_get_int(r, "size", -1) : -1;
         g_autofree guint8 *slice = NULL;
@@ -326,37 +325,54 @@ link_fetch_index(const char *id, gpointer data, GError **error)
 }
 
 /* AgentProfileFetch of the commands: the site's access profile of image
- * @id (profile-get), checked against the name it comes with (its
- * profile_digest) and bounded by AGENT_PROFILE_CHUNKS_MAX. */
+ * @id (profile-get), slice by slice, all of one name (profile_id), at most
+ * AGENT_PROFILE_CHUNKS_MAX chunk numbers, checked against the name (its
+ * profile_digest). */
 static GArray *
 link_fetch_profile(const char *id, gpointer data, char **ret_profile_id,
                    GError **error)
 {
     AgentLink *l = data;
-    gint64 deadline = g_get_monotonic_time() + PROFILE_WAIT_US;
-    g_autoptr(JsonObject) r = NULL;
-    g_autoptr(GArray) chunks = NULL;
+    g_autoptr(GArray) chunks = g_array_new(FALSE, FALSE, sizeof(guint64));
+    g_autofree char *pid = NULL;
     g_autofree char *digest = NULL;
-    JsonArray *arr;
-    const char *pid;
+    gint64 total = -1;
 
     g_message("image %.19s: asking the site manager for its access profile",
               id);
-    if (!(r = link_ask(l, "profile", id, -1, deadline,
-                       (int)(PROFILE_WAIT_US / G_USEC_PER_SEC), error)))
-        return NULL;
-    pid = json_util_get_string(r, "profile_id", NULL);
-    arr = json_util_get_array(r, "chunks");
-    if (!pid || !arr || json_array_get_length(arr) > AGENT_PROFILE_CHUNKS_MAX) {
-        g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
-                    "the site manager's profile of the image is malformed "
-                    "(%s, %u chunk numbers, at most %u)",
-                    pid ? "named" : "no profile_id",
-                    arr ? json_array_get_length(arr) : 0,
-                    AGENT_PROFILE_CHUNKS_MAX);
-        return NULL;
+    while (total < 0 || (gint64)chunks->len < total) {
+        g_autoptr(JsonObject) r = link_ask(
+            l, "profile", id, (gint64)chunks->len, PROFILE_WAIT_US, error);
+        const char *name =
+            r ? json_util_get_string(r, "profile_id", NULL) : NULL;
+        gint64 t = r ? json_util_get_int(r, "total", -1) : -1;
+        g_autoptr(GArray) slice =
+            r ? json_util_chunk_numbers(json_object_get_member(r, "chunks"))
+              : NULL;
+        JsonArray *arr = r ? json_util_get_array(r, "chunks") : NULL;
+
+        if (!r)
+            return NULL;
+        if (!name || !slice || t < 0 || t > AGENT_PROFILE_CHUNKS_MAX ||
+            (pid && (!g_str_equal(pid, name) || t != total)) ||
+            slice->len != json_array_get_length(arr) ||
+            (gint64)(chunks->len + slice->len) > t ||
+            (slice->len == 0 && (gint64)chunks->len < t)) {
+            g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
+                        "the site manager's profile of the image is malformed "
+                        "or changed while it came (%s, %" G_GINT64_FORMAT
+                        " chunk numbers in all, at most %u; a slice of %u at "
+                        "%u)",
+                        name ? name : "no profile_id", t,
+                        AGENT_PROFILE_CHUNKS_MAX,
+                        arr ? json_array_get_length(arr) : 0, chunks->len);
+            return NULL;
+        }
+        if (!pid)
+            pid = g_strdup(name);
+        total = t;
+        g_array_append_vals(chunks, slice->data, slice->len);
     }
-    chunks = json_util_chunk_numbers(json_object_get_member(r, "chunks"));
     digest = profile_digest(chunks);
     if (!g_str_equal(digest, pid)) {
         g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,
@@ -365,7 +381,7 @@ link_fetch_profile(const char *id, gpointer data, char **ret_profile_id,
                     pid, digest);
         return NULL;
     }
-    *ret_profile_id = g_strdup(pid);
+    *ret_profile_id = g_steal_pointer(&pid);
     return g_steal_pointer(&chunks);
 }
 

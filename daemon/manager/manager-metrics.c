@@ -323,6 +323,10 @@ metric_queues(Manager *m, GString *out)
     metric_value(out, "spore_messages_applied_total",
                  "Messages applied (or dropped as malformed).", "counter",
                  (gint64)st->handled);
+    metric_value(out, "spore_messages_answered_at_once_total",
+                 "Of the applied, index-get and profile-get answered on "
+                 "arrival from answers made before.",
+                 "counter", (gint64)st->answered_at_once);
     metric_value(out, "spore_message_batches_total",
                  "Transactions the messages were applied in.", "counter",
                  (gint64)st->batches);

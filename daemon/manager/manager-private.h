@@ -90,11 +90,12 @@ extern const double manager_pass_bounds[PASS_BUCKETS];
 /* counters and gauges of the message path and the pass, for /metrics
  * (under the lock) */
 typedef struct {
-    guint64 received;     /* messages read from the agents' socket */
-    guint64 handled;      /* of them applied (or dropped as malformed) */
-    guint64 batches;      /* transactions they were applied in */
-    guint64 backpressure; /* times the inbox was full: reading paused */
-    guint64 send_refused; /* messages to agents not queued (peer gone or
+    guint64 received;         /* messages read from the agents' socket */
+    guint64 handled;          /* of them applied (or dropped as malformed) */
+    guint64 answered_at_once; /* of them answered on arrival (cached) */
+    guint64 batches;          /* transactions they were applied in */
+    guint64 backpressure;     /* times the inbox was full: reading paused */
+    guint64 send_refused;     /* messages to agents not queued (peer gone or
                              its queue full) */
     guint inbox_peak;
     guint64 pass_count;
@@ -106,13 +107,12 @@ typedef struct {
  * chunk numbers as stored (JSON text) and as sent, and their digest
  * (profile_digest), which a clone-create names */
 typedef struct {
-    char *image;        /* the image's id */
-    char *text;         /* the JSON array of chunk numbers, as stored */
-    char *digest;       /* profile_digest of the chunks */
-    JsonNode *json;     /* the array of chunk numbers */
-    guint chunks;       /* how many */
-    GBytes *reply;      /* the "profile" answer, made once (wire_text) ... */
-    gint64 reply_epoch; /* ... under this leader epoch */
+    char *image;          /* the image's id */
+    char *text;           /* the JSON array of chunk numbers, as stored */
+    char *digest;         /* profile_digest of the chunks */
+    GArray *chunks;       /* of guint64: the chunk numbers */
+    GHashTable *replies;  /* its "profile" answers (wire_text) by offset */
+    gint64 replies_epoch; /* ... made under this leader epoch */
 } SiteProfile;
 
 struct Manager {

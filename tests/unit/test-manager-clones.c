@@ -763,7 +763,9 @@ index_get(const char *id, gint64 offset)
 
 /* A create names its image, not its index (1 MiB for a 2 GiB image, in
  * every command before); the host asks for it and gets it in slices of at
- * most 4 MiB that add up to the registered index, verified by its id. */
+ * most 64 KiB that add up to the registered index, verified by its id;
+ * a slice asked for again is answered from the answer made the first
+ * time. */
 Test(manager_clones, sends_an_image_index_in_slices_not_in_every_create)
 {
     g_autofree char *big = g_build_filename(dir, "big.raw", NULL);
@@ -812,11 +814,19 @@ Test(manager_clones, sends_an_image_index_in_slices_not_in_every_create)
         cr_assert_eq(json_util_get_int(r, "size", -1),
                      (gint64)g_bytes_get_size(want));
         slice = g_base64_decode(b64, &len);
-        cr_assert(len > 0 && len <= 4u * 1024 * 1024, "a slice of %zu", len);
+        cr_assert(len > 0 && len <= 64u * 1024, "a slice of %zu", len);
         g_byte_array_append(got, slice, (guint)len);
         slices++;
     }
-    cr_expect_eq(slices, 2u);
+    cr_expect_eq(slices, (g_bytes_get_size(want) + 65535) / 65536);
+    {
+        guint64 before = m->stats.answered_at_once;
+        g_autoptr(JsonObject) again = index_get(row.id, 65536);
+
+        cr_expect_eq(json_util_get_int(again, "offset", -1), 65536);
+        cr_expect_eq(m->stats.answered_at_once, before + 1,
+                     "a slice asked for again is answered at once");
+    }
     cr_assert_eq(got->len, g_bytes_get_size(want));
     cr_expect(memcmp(got->data, g_bytes_get_data(want, NULL), got->len) == 0,
               "the slices add up to the registered index");
@@ -841,18 +851,62 @@ profile_came(gpointer data)
     return agent.profile != NULL;
 }
 
-/* profile_get: the fake agent asks for @id's site profile; the answer */
+/* profile_get: the fake agent asks for slice @offset of @id's site
+ * profile; the answer */
 static JsonObject *
-profile_get(const char *id)
+profile_get(const char *id, gint64 offset)
 {
     g_autoptr(JsonObject) req = wire_new("profile-get");
 
     g_clear_pointer(&agent.profile, json_object_unref);
     json_object_set_string_member(req, "image", id);
+    json_object_set_int_member(req, "offset", offset);
     cur = &agent;
     agent_send(req);
     cr_assert(pump(profile_came, NULL), "an answer to profile-get");
     return g_steal_pointer(&agent.profile);
+}
+
+/* profile_fetch: @id's site profile, slice by slice as an agent asks
+ * (each at most 8192 chunk numbers, all of one name); its name in
+ * *ret_id */
+static GArray *
+profile_fetch(const char *id, char **ret_id)
+{
+    GArray *all = g_array_new(FALSE, FALSE, sizeof(guint64));
+    gint64 total = -1;
+
+    *ret_id = NULL;
+    while (total < 0 || (gint64)all->len < total) {
+        g_autoptr(JsonObject) r = profile_get(id, all->len);
+        g_autoptr(GArray) slice =
+            json_util_chunk_numbers(json_object_get_member(r, "chunks"));
+        const char *name = json_util_get_string(r, "profile_id", "");
+
+        cr_assert(slice, "a slice at %u: %s", all->len,
+                  json_util_get_string(r, "error", "no chunks"));
+        cr_assert_eq(json_util_get_int(r, "offset", -1), (gint64)all->len);
+        cr_assert(slice->len > 0 && slice->len <= 8192, "a slice of %u",
+                  slice->len);
+        if (!*ret_id)
+            *ret_id = g_strdup(name);
+        cr_assert_str_eq(name, *ret_id, "every slice of one profile");
+        total = json_util_get_int(r, "total", -1);
+        g_array_append_vals(all, slice->data, slice->len);
+    }
+    cr_assert_eq((gint64)all->len, total);
+    return all;
+}
+
+static bool
+best_is(gpointer data)
+{
+    g_autofree char *chunks = NULL;
+    g_autoptr(ImageRow) row = NULL;
+
+    return state_image_get(m->db, "img", &row, NULL) && row &&
+           state_profile_best(m->db, row->id, &chunks, NULL) && chunks &&
+           g_str_equal(chunks, data);
 }
 
 static bool
@@ -891,7 +945,7 @@ Test(manager_clones, names_the_site_profile_in_a_create_and_sends_it_on_ask)
     cr_expect_null(agent.profile_id, "no host sent a profile, none named");
     cr_assert(state_image_get(m->db, "img", &row, &err) && row, "%s",
               err ? err->message : "no image img");
-    none = profile_get(row->id);
+    none = profile_get(row->id, 0);
     cr_expect(json_util_get_string(none, "error", NULL));
     cr_expect_not(json_object_has_member(none, "chunks"));
 
@@ -904,8 +958,9 @@ Test(manager_clones, names_the_site_profile_in_a_create_and_sends_it_on_ask)
     wait_clone("web-2", "running");
     cr_expect_eq(agent.creates_with_profile, 0u, "a create carried chunks");
     cr_expect_str_eq(agent.profile_id ? agent.profile_id : "", digest);
-    got = profile_get(row->id);
+    got = profile_get(row->id, 0);
     cr_expect_str_eq(json_util_get_string(got, "profile_id", ""), digest);
+    cr_expect_eq(json_util_get_int(got, "total", -1), 4);
     chunks = json_util_chunk_numbers(json_object_get_member(got, "chunks"));
     cr_assert(chunks && chunks->len == 4, "%u chunks",
               chunks ? chunks->len : 0);
@@ -930,6 +985,70 @@ Test(manager_clones, names_the_site_profile_in_a_create_and_sends_it_on_ask)
     cr_assert(pump(other_profile_stored, NULL));
     cr_assert(state_profile_best(m->db, row->id, &kept, &err));
     cr_expect_str_eq(kept ? kept : "", "[5,1,9,2]");
+}
+
+/* A profile comes in slices of at most 8192 chunk numbers that add up to
+ * the one named; the answers made are served again at once, until a host
+ * sends a new profile of the image: then the new one, never the kept. */
+Test(manager_clones, sends_a_profile_in_slices_and_never_a_stale_one)
+{
+    g_autoptr(ImageRow) row = NULL;
+    g_autoptr(GError) err = NULL;
+    g_autoptr(GArray) want = g_array_new(FALSE, FALSE, sizeof(guint64));
+    g_autoptr(GArray) got = NULL;
+    g_autoptr(GArray) newer = NULL;
+    g_autoptr(GString) text = g_string_new("[");
+    g_autofree char *digest = NULL;
+    g_autofree char *name = NULL;
+    g_autofree char *name2 = NULL;
+    g_autofree char *name3 = NULL;
+    g_autoptr(JsonObject) past = NULL;
+    g_autoptr(JsonObject) msg = wire_new("profiles");
+    JsonArray *list = json_array_new();
+    JsonObject *p = json_object_new();
+    JsonArray *two = json_array_new();
+    guint64 before;
+
+    two_running();
+    cr_assert(state_image_get(m->db, "img", &row, &err) && row);
+    for (guint64 i = 0; i < 20000; i++) { /* 3 slices: 8192, 8192, 3616 */
+        guint64 c = (i * 7919) % 40000;
+
+        g_array_append_val(want, c);
+        g_string_append_printf(text, "%s%" G_GUINT64_FORMAT, i ? "," : "", c);
+    }
+    g_string_append_c(text, ']');
+    cr_assert(state_profile_put(m->db, "hv1", row->id, 2, text->str, &err));
+    digest = profile_digest(want);
+    got = profile_fetch(row->id, &name);
+    cr_expect_str_eq(name, digest);
+    cr_assert_eq(got->len, want->len);
+    cr_expect(memcmp(got->data, want->data, want->len * 8) == 0);
+    past = profile_get(row->id, 20001);
+    cr_expect(json_util_get_string(past, "error", NULL), "an offset past "
+                                                         "the end");
+
+    /* asked again: the answers made the first time */
+    before = m->stats.answered_at_once;
+    g_array_unref(profile_fetch(row->id, &name2));
+    cr_expect_str_eq(name2, digest);
+    cr_expect_eq(m->stats.answered_at_once, before + 3);
+
+    /* hv1 sends a profile of more boots: what is asked next is that */
+    json_array_add_int_element(two, 8);
+    json_array_add_int_element(two, 6);
+    json_object_set_string_member(p, "image", row->id);
+    json_object_set_int_member(p, "boots", 5);
+    json_object_set_array_member(p, "chunks", two);
+    json_array_add_object_element(list, p);
+    json_object_set_array_member(msg, "profiles", list);
+    cur = &agent;
+    agent_send(msg);
+    cr_assert(pump(best_is, "[8,6]"));
+    newer = profile_fetch(row->id, &name3);
+    cr_assert_eq(newer->len, 2u);
+    cr_expect_eq(g_array_index(newer, guint64, 0), 8u);
+    cr_expect_str_neq(name3, digest, "the kept profile was served");
 }
 
 Test(manager_clones, tells_each_host_the_other_peer_server)
