@@ -978,6 +978,16 @@ steady(Sim *s, zmq_pollitem_t *items, gint64 deadline)
     }
 }
 
+/* pct_s: the @q quantile of @us (sorted, gint64 µs, not empty), in s */
+static double
+pct_s(GArray *us, guint q)
+{
+    guint n = us->len;
+
+    return (double)g_array_index(us, gint64, MIN(n - 1, n * q / 100)) /
+           G_USEC_PER_SEC;
+}
+
 static void
 print_counts(Sim *s)
 {
@@ -987,12 +997,7 @@ print_counts(Sim *s)
 
         printf("command round trip (repair: report -> create), %u: p50 %.2f s, "
                "p99 %.2f s\n",
-               n,
-               (double)g_array_index(s->repair_us, gint64, n / 2) /
-                   G_USEC_PER_SEC,
-               (double)g_array_index(s->repair_us, gint64,
-                                     MIN(n - 1, n * 99 / 100)) /
-                   G_USEC_PER_SEC);
+               n, pct_s(s->repair_us, 50), pct_s(s->repair_us, 99));
     } else {
         printf("command round trip: no repair measured\n");
     }
@@ -1028,13 +1033,8 @@ print_counts(Sim *s)
         if (n)
             printf("fetch per host: p50 %.2f s, p99 %.2f s, max %.2f s; "
                    "first ask -> last answer %.2f s\n",
-                   (double)g_array_index(s->fetch_us, gint64, n / 2) /
-                       G_USEC_PER_SEC,
-                   (double)g_array_index(s->fetch_us, gint64,
-                                         MIN(n - 1, n * 99 / 100)) /
-                       G_USEC_PER_SEC,
-                   (double)g_array_index(s->fetch_us, gint64, n - 1) /
-                       G_USEC_PER_SEC,
+                   pct_s(s->fetch_us, 50), pct_s(s->fetch_us, 99),
+                   pct_s(s->fetch_us, 100),
                    (double)(s->fetch_last - s->fetch_first) / G_USEC_PER_SEC);
     }
 }

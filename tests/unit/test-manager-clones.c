@@ -69,10 +69,9 @@ typedef struct {
     GHashTable *epochs;         /* "TYPE EPOCH" of every message read (EPOCH 0:
                          * none), when not NULL */
     guint creates_with_index;   /* clone-create commands carrying an index */
-    JsonObject *index;          /* the last "index" message */
+    JsonObject *answer;         /* the last "index" or "profile" message */
     guint creates_with_profile; /* clone-create commands carrying a profile */
     char *profile_id;           /* the last create's image's profile_id */
-    JsonObject *profile;        /* the last "profile" message */
 } FakeAgent;
 
 static char *dir;
@@ -249,11 +248,11 @@ agent_handle(JsonObject *msg)
     if (g_str_equal(type, "who")) {
         agent_hello();
     } else if (g_str_equal(type, "index")) {
-        g_clear_pointer(&cur->index, json_object_unref);
-        cur->index = json_object_ref(msg);
+        g_clear_pointer(&cur->answer, json_object_unref);
+        cur->answer = json_object_ref(msg);
     } else if (g_str_equal(type, "profile")) {
-        g_clear_pointer(&cur->profile, json_object_unref);
-        cur->profile = json_object_ref(msg);
+        g_clear_pointer(&cur->answer, json_object_unref);
+        cur->answer = json_object_ref(msg);
     } else if (g_str_equal(type, "peers")) {
         g_clear_pointer(&cur->peers, json_array_unref);
         cur->peers = json_array_ref(json_object_get_array_member(msg, "peers"));
@@ -462,8 +461,7 @@ agent_disconnect(FakeAgent *a)
     zmq_close(a->sock);
     zmq_ctx_term(a->ctx);
     g_clear_pointer(&a->peers, json_array_unref);
-    g_clear_pointer(&a->index, json_object_unref);
-    g_clear_pointer(&a->profile, json_object_unref);
+    g_clear_pointer(&a->answer, json_object_unref);
     g_free(a->profile_id);
     g_ptr_array_unref(a->clones);
     g_ptr_array_unref(a->held);
@@ -741,24 +739,31 @@ peers_told(gpointer data)
 }
 
 static bool
-index_came(gpointer data)
+answer_came(gpointer data)
 {
-    return agent.index != NULL;
+    return agent.answer != NULL;
 }
 
-/* index_get: the fake agent asks for @id's index at @offset; the answer */
+/* ask: the fake agent sends @type ("index-get", "profile-get") for slice
+ * @offset of image @id; the answer */
 static JsonObject *
-index_get(const char *id, gint64 offset)
+ask(const char *type, const char *id, gint64 offset)
 {
-    g_autoptr(JsonObject) req = wire_new("index-get");
+    g_autoptr(JsonObject) req = wire_new(type);
 
-    g_clear_pointer(&agent.index, json_object_unref);
+    g_clear_pointer(&agent.answer, json_object_unref);
     json_object_set_string_member(req, "image", id);
     json_object_set_int_member(req, "offset", offset);
     cur = &agent;
     agent_send(req);
-    cr_assert(pump(index_came, NULL), "an answer to index-get");
-    return g_steal_pointer(&agent.index);
+    cr_assert(pump(answer_came, NULL), "an answer to %s", type);
+    return g_steal_pointer(&agent.answer);
+}
+
+static JsonObject *
+index_get(const char *id, gint64 offset)
+{
+    return ask("index-get", id, offset);
 }
 
 /* A create names its image, not its index (1 MiB for a 2 GiB image, in
@@ -845,26 +850,10 @@ Test(manager_clones, sends_an_image_index_in_slices_not_in_every_create)
     cr_expect_not(json_object_has_member(none, "data"));
 }
 
-static bool
-profile_came(gpointer data)
-{
-    return agent.profile != NULL;
-}
-
-/* profile_get: the fake agent asks for slice @offset of @id's site
- * profile; the answer */
 static JsonObject *
 profile_get(const char *id, gint64 offset)
 {
-    g_autoptr(JsonObject) req = wire_new("profile-get");
-
-    g_clear_pointer(&agent.profile, json_object_unref);
-    json_object_set_string_member(req, "image", id);
-    json_object_set_int_member(req, "offset", offset);
-    cur = &agent;
-    agent_send(req);
-    cr_assert(pump(profile_came, NULL), "an answer to profile-get");
-    return g_steal_pointer(&agent.profile);
+    return ask("profile-get", id, offset);
 }
 
 /* profile_fetch: @id's site profile, slice by slice as an agent asks
