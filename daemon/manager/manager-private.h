@@ -103,16 +103,23 @@ typedef struct {
     guint64 pass_buckets[PASS_BUCKETS]; /* cumulative counts by bound */
 } ManagerStats;
 
+/* Answers: the answers made for the slices of one image's index or
+ * profile (wire_text), by offset, under one leader epoch: made once, sent
+ * to every host that asks (manager-transport.c) */
+typedef struct {
+    GHashTable *by_offset; /* gint64 * -> GBytes * */
+    gint64 epoch;
+} Answers;
+
 /* SiteProfile: an image's profile as hosts get it (profile-get): its
  * chunk numbers as stored (JSON text) and as sent, and their digest
  * (profile_digest), which a clone-create names */
 typedef struct {
-    char *image;          /* the image's id */
-    char *text;           /* the JSON array of chunk numbers, as stored */
-    char *digest;         /* profile_digest of the chunks */
-    GArray *chunks;       /* of guint64: the chunk numbers */
-    GHashTable *replies;  /* its "profile" answers (wire_text) by offset */
-    gint64 replies_epoch; /* ... made under this leader epoch */
+    char *image;     /* the image's id */
+    char *text;      /* the JSON array of chunk numbers, as stored */
+    char *digest;    /* profile_digest of the chunks */
+    GArray *chunks;  /* of guint64: the chunk numbers */
+    Answers answers; /* its "profile" answers */
 } SiteProfile;
 
 struct Manager {
@@ -127,10 +134,9 @@ struct Manager {
     GHashTable *failures;  /* "host/service" -> guint consecutive failures */
     char *index_id;        /* the image whose index was last asked for */
     GBytes *index;         /* ... that index (its id is its digest) */
-    GHashTable *index_replies;  /* its "index" answers (wire_text) by offset */
-    gint64 index_replies_epoch; /* ... made under this leader epoch */
-    SiteProfile *profile;       /* the last site profile read (one image's) */
-    GHashTable *refused;        /* key -> gint64 µs: last logged refusal */
+    Answers index_answers; /* ... its "index" answers */
+    SiteProfile *profile;  /* the last site profile read (one image's) */
+    GHashTable *refused;   /* key -> gint64 µs: last logged refusal */
     /* auto-scaling (manager-scaling.c) */
     GHashTable *cpu;       /* "host/clone" -> CpuTrack */
     GHashTable *histories; /* service -> ScalingHistory */
@@ -276,6 +282,8 @@ void manager_note_pass(Manager *m, double seconds);
 bool manager_site_profile(Manager *m, const char *id, SiteProfile **ret,
                           GError **error);
 void site_profile_free(SiteProfile *p);
+/* manager_answers_clear: forget the answers made */
+void manager_answers_clear(Answers *a);
 
 /* ---- manager-reconcile.c ---- */
 /* manager_reconcile: one pass (see the file's note).  Main thread. */

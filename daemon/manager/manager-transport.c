@@ -123,6 +123,41 @@ send_text(Manager *m, const char *host, GBytes *text)
     return wire_send_text(m->router, host, text) || send_refused(m, host);
 }
 
+void
+manager_answers_clear(Answers *a)
+{
+    g_clear_pointer(&a->by_offset, g_hash_table_unref);
+}
+
+/* answers_get: the answer made for @offset under this epoch, or NULL */
+static GBytes *
+answers_get(Manager *m, Answers *a, gint64 offset)
+{
+    return a->by_offset && a->epoch == m->epoch
+               ? g_hash_table_lookup(a->by_offset, &offset)
+               : NULL;
+}
+
+/* answers_add: make @reply's text (manager_text) and keep it as the answer
+ * for @offset (those of another epoch forgotten); the text, borrowed, or
+ * NULL when it is over the wire's limit */
+static GBytes *
+answers_add(Manager *m, Answers *a, gint64 offset, JsonObject *reply)
+{
+    GBytes *text = manager_text(m, reply);
+
+    if (!text)
+        return NULL;
+    if (!a->by_offset || a->epoch != m->epoch) {
+        manager_answers_clear(a);
+        a->by_offset = g_hash_table_new_full(
+            g_int64_hash, g_int64_equal, g_free, (GDestroyNotify)g_bytes_unref);
+        a->epoch = m->epoch;
+    }
+    g_hash_table_insert(a->by_offset, g_memdup2(&offset, sizeof(offset)), text);
+    return text;
+}
+
 static JsonObject *
 get_object(JsonObject *o, const char *member)
 {
@@ -504,7 +539,7 @@ image_index_by_id(Manager *m, const char *id, GBytes **ret, GError **error)
         g_free(m->index_id);
         m->index_id = g_strdup(id);
         g_clear_pointer(&m->index, g_bytes_unref);
-        g_clear_pointer(&m->index_replies, g_hash_table_unref);
+        manager_answers_clear(&m->index_answers);
         m->index = g_bytes_ref(full->index);
         *ret = g_bytes_ref(m->index);
         return true;
@@ -534,8 +569,7 @@ handle_index_get(Manager *m, const char *host, JsonObject *msg, GError **error)
         return false;
     /* the answers of the image kept (the last asked for) are made once,
      * for every host that asks: a thousand after a submit */
-    if (index && m->index_replies && m->index_replies_epoch == m->epoch &&
-        (text = g_hash_table_lookup(m->index_replies, &offset))) {
+    if (index && (text = answers_get(m, &m->index_answers, offset))) {
         send_text(m, host, text);
         return true;
     }
@@ -561,16 +595,7 @@ handle_index_get(Manager *m, const char *host, JsonObject *msg, GError **error)
         g_debug("host %s: index of %.19s, %" G_GSIZE_FORMAT
                 " bytes at %" G_GINT64_FORMAT " of %" G_GSIZE_FORMAT,
                 host, id, len, offset, size);
-        if (!m->index_replies || m->index_replies_epoch != m->epoch) {
-            g_clear_pointer(&m->index_replies, g_hash_table_unref);
-            m->index_replies =
-                g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free,
-                                      (GDestroyNotify)g_bytes_unref);
-            m->index_replies_epoch = m->epoch;
-        }
-        if ((text = manager_text(m, reply))) {
-            g_hash_table_insert(m->index_replies,
-                                g_memdup2(&offset, sizeof(offset)), text);
+        if ((text = answers_add(m, &m->index_answers, offset, reply))) {
             send_text(m, host, text);
             return true;
         }
@@ -589,8 +614,7 @@ site_profile_free(SiteProfile *p)
     g_free(p->digest);
     if (p->chunks)
         g_array_unref(p->chunks);
-    if (p->replies)
-        g_hash_table_unref(p->replies);
+    manager_answers_clear(&p->answers);
     g_free(p);
 }
 
@@ -653,8 +677,7 @@ handle_profile_get(Manager *m, const char *host, JsonObject *msg,
     }
     if (!manager_site_profile(m, id, &p, error))
         return false;
-    if (p && p->replies && p->replies_epoch == m->epoch &&
-        (text = g_hash_table_lookup(p->replies, &offset))) {
+    if (p && (text = answers_get(m, &p->answers, offset))) {
         send_text(m, host, text); /* made once for every host */
         return true;
     }
@@ -684,15 +707,8 @@ handle_profile_get(Manager *m, const char *host, JsonObject *msg,
                 "%" G_GINT64_FORMAT " of %u",
                 host, id, n, offset, p->chunks->len);
     }
-    if (!p->replies || p->replies_epoch != m->epoch) {
-        g_clear_pointer(&p->replies, g_hash_table_unref);
-        p->replies = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free,
-                                           (GDestroyNotify)g_bytes_unref);
-        p->replies_epoch = m->epoch;
-    }
-    if (!(text = manager_text(m, reply)))
+    if (!(text = answers_add(m, &p->answers, offset, reply)))
         return true; /* cannot be: a slice is small */
-    g_hash_table_insert(p->replies, g_memdup2(&offset, sizeof(offset)), text);
     send_text(m, host, text);
     return true;
 }
@@ -837,8 +853,7 @@ answer_at_once(Manager *m, const char *host, zmq_msg_t *body)
     g_autoptr(JsonObject) msg = NULL;
     const char *type, *id;
     gint64 offset;
-    GHashTable *replies = NULL;
-    GBytes *text;
+    GBytes *text = NULL;
 
     /* a request is small; most messages (reports) are not looked at */
     if (len > 512 || !memmem(zmq_msg_data(body), len, "-get\"", 5) ||
@@ -851,13 +866,12 @@ answer_at_once(Manager *m, const char *host, zmq_msg_t *body)
     if (!id || offset < 0)
         return false;
     if (g_str_equal(type, "index-get") && m->index_id &&
-        g_str_equal(m->index_id, id) && m->index_replies_epoch == m->epoch)
-        replies = m->index_replies;
+        g_str_equal(m->index_id, id))
+        text = answers_get(m, &m->index_answers, offset);
     else if (g_str_equal(type, "profile-get") && m->profile &&
-             g_str_equal(m->profile->image, id) &&
-             m->profile->replies_epoch == m->epoch)
-        replies = m->profile->replies;
-    if (!replies || !(text = g_hash_table_lookup(replies, &offset)))
+             g_str_equal(m->profile->image, id))
+        text = answers_get(m, &m->profile->answers, offset);
+    if (!text)
         return false;
     send_text(m, host, text);
     m->stats.received++;

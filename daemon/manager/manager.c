@@ -498,7 +498,7 @@ manager_free(Manager *m)
     g_hash_table_unref(m->failures);
     g_free(m->index_id);
     g_clear_pointer(&m->index, g_bytes_unref);
-    g_clear_pointer(&m->index_replies, g_hash_table_unref);
+    manager_answers_clear(&m->index_answers);
     g_clear_pointer(&m->profile, site_profile_free);
     g_hash_table_unref(m->refused);
     g_hash_table_unref(m->command_keys);
