@@ -385,6 +385,16 @@ images_lookup(Agent *a, const char *hex)
     return g_hash_table_lookup(a->images, hex);
 }
 
+/* image_by_id: the image whose id is exactly @id (sha256:HEX, as the site
+ * manager names it), or NULL */
+static AgentImage *
+image_by_id(Agent *a, const char *id)
+{
+    return g_str_has_prefix(id, "sha256:")
+               ? images_lookup(a, id + strlen("sha256:"))
+               : NULL;
+}
+
 /* images_insert: @im into the table, which owns it from here (invariant
  * 2); the table's lock is held for the insert only */
 static void
@@ -460,9 +470,7 @@ bool
 agent_image_add_known(Agent *a, const char *id, const GArray *profile,
                       bool *ret_known, GError **error)
 {
-    AgentImage *im = g_str_has_prefix(id, "sha256:")
-                         ? images_lookup(a, id + strlen("sha256:"))
-                         : NULL;
+    AgentImage *im = image_by_id(a, id);
 
     *ret_known = im != NULL;
     if (im && profile && !site_profile_store(im, profile, NULL, error)) {
@@ -475,9 +483,7 @@ agent_image_add_known(Agent *a, const char *id, const GArray *profile,
 bool
 agent_image_wants_site_profile(Agent *a, const char *id, const char *profile_id)
 {
-    AgentImage *im = g_str_has_prefix(id, "sha256:")
-                         ? images_lookup(a, id + strlen("sha256:"))
-                         : NULL;
+    AgentImage *im = image_by_id(a, id);
     g_autofree char *kept = NULL;
 
     if (!im || own_boots(im))
@@ -490,9 +496,7 @@ bool
 agent_image_set_site_profile(Agent *a, const char *id, const GArray *profile,
                              const char *profile_id, GError **error)
 {
-    AgentImage *im = g_str_has_prefix(id, "sha256:")
-                         ? images_lookup(a, id + strlen("sha256:"))
-                         : NULL;
+    AgentImage *im = image_by_id(a, id);
 
     if (!im) {
         g_set_error(error, SPORE_ERROR, SPORE_ERROR_INVALID,

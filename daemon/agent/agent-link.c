@@ -68,7 +68,7 @@ struct AgentLink {
     GCond ask_cond;        /* ask_reply came, or stop */
     const char *ask_type;  /* the answer the worker waits for: "index", ... */
     char *ask_image;       /* ... about this image */
-    gint64 ask_offset;     /* ... and slice (-1: none) */
+    gint64 ask_offset;     /* ... and slice */
     JsonObject *ask_reply; /* the answer, taken by the worker */
     char *journal_path;
     guint journal_lines;
