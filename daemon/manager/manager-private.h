@@ -109,6 +109,7 @@ typedef struct {
 typedef struct {
     GHashTable *by_offset; /* gint64 * -> GBytes * */
     gint64 epoch;
+    gsize bytes; /* of the answers' texts */
 } Answers;
 
 /* SiteProfile: an image's profile as hosts get it (profile-get): its
@@ -122,6 +123,25 @@ typedef struct {
     Answers answers; /* its "profile" answers */
 } SiteProfile;
 
+/* ServedImage: what spored keeps of an image hosts ask for (index-get,
+ * profile-get), so that a thousand hosts asking cost one read of the
+ * state and one encoding per slice: its index and site profile as read,
+ * and the answers made of them.  Several images are kept (a site fetches
+ * several at once after submits of different services); the least
+ * recently asked for is forgotten first, past SERVED_IMAGES_MAX images or
+ * SERVED_BYTES_MAX bytes (manager-transport.c). */
+#define SERVED_IMAGES_MAX 8u
+/* ... and bytes besides the image being answered (a 2 GiB image at 64 KiB
+ * chunks: a 1 MiB index and 1.4 MB of answers) */
+#define SERVED_BYTES_MAX (64u * 1024 * 1024)
+typedef struct {
+    char *id;              /* the image's id (its index's digest) */
+    GBytes *index;         /* NULL: not read (yet) */
+    Answers index_answers; /* its "index" answers */
+    SiteProfile *profile;  /* NULL: not read (yet), or none */
+    guint64 used;          /* Manager.served_clock when last asked for */
+} ServedImage;
+
 struct Manager {
     ManagerConfig config;
     WireKeys keys;
@@ -132,10 +152,8 @@ struct Manager {
     GHashTable *manifests; /* "service:generation" -> ManagerManifest * */
     GHashTable *backoff;   /* "host/service" -> gint64 µs: no create before */
     GHashTable *failures;  /* "host/service" -> guint consecutive failures */
-    char *index_id;        /* the image whose index was last asked for */
-    GBytes *index;         /* ... that index (its id is its digest) */
-    Answers index_answers; /* ... its "index" answers */
-    SiteProfile *profile;  /* the last site profile read (one image's) */
+    GHashTable *served;    /* image id -> ServedImage * (manager-transport.c) */
+    guint64 served_clock;  /* counts the asks, for ServedImage.used */
     GHashTable *refused;   /* key -> gint64 µs: last logged refusal */
     /* auto-scaling (manager-scaling.c) */
     GHashTable *cpu;       /* "host/clone" -> CpuTrack */
@@ -281,7 +299,8 @@ void manager_note_pass(Manager *m, double seconds);
  * next call; *ret NULL when no host sent one.  Locked. */
 bool manager_site_profile(Manager *m, const char *id, SiteProfile **ret,
                           GError **error);
-void site_profile_free(SiteProfile *p);
+/* manager_served_free: a ServedImage's destructor (Manager.served's values) */
+void manager_served_free(ServedImage *k);
 /* manager_answers_clear: forget the answers made */
 void manager_answers_clear(Answers *a);
 

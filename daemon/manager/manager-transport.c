@@ -127,6 +127,7 @@ void
 manager_answers_clear(Answers *a)
 {
     g_clear_pointer(&a->by_offset, g_hash_table_unref);
+    a->bytes = 0;
 }
 
 /* answers_get: the answer made for @offset under this epoch, or NULL */
@@ -154,8 +155,111 @@ answers_add(Manager *m, Answers *a, gint64 offset, JsonObject *reply)
             g_int64_hash, g_int64_equal, g_free, (GDestroyNotify)g_bytes_unref);
         a->epoch = m->epoch;
     }
+    /* callers add what answers_get did not find: nothing is replaced */
     g_hash_table_insert(a->by_offset, g_memdup2(&offset, sizeof(offset)), text);
+    a->bytes += g_bytes_get_size(text);
     return text;
+}
+
+static void
+site_profile_free(SiteProfile *p)
+{
+    if (!p)
+        return;
+    g_free(p->image);
+    g_free(p->text);
+    g_free(p->digest);
+    if (p->chunks)
+        g_array_unref(p->chunks);
+    manager_answers_clear(&p->answers);
+    g_free(p);
+}
+
+void
+manager_served_free(ServedImage *k)
+{
+    if (!k)
+        return;
+    g_free(k->id);
+    g_clear_pointer(&k->index, g_bytes_unref);
+    manager_answers_clear(&k->index_answers);
+    site_profile_free(k->profile);
+    g_free(k);
+}
+
+/* served_bytes: what @k holds, roughly: its index, its profile's numbers
+ * and text, and the answers made of them */
+static gsize
+served_bytes(const ServedImage *k)
+{
+    gsize n =
+        (k->index ? g_bytes_get_size(k->index) : 0) + k->index_answers.bytes;
+
+    if (k->profile)
+        n += strlen(k->profile->text) +
+             k->profile->chunks->len * sizeof(guint64) +
+             k->profile->answers.bytes;
+    return n;
+}
+
+/* served_find: what is kept of image @id, or NULL; marked as asked for
+ * now when @use */
+static ServedImage *
+served_find(Manager *m, const char *id, bool use)
+{
+    ServedImage *k = g_hash_table_lookup(m->served, id);
+
+    if (k && use)
+        k->used = ++m->served_clock;
+    return k;
+}
+
+/* served_add: what is kept of image @id, made empty when nothing is;
+ * marked as asked for now */
+static ServedImage *
+served_add(Manager *m, const char *id)
+{
+    ServedImage *k = served_find(m, id, true);
+
+    if (!k) {
+        k = g_new0(ServedImage, 1);
+        k->id = g_strdup(id);
+        k->used = ++m->served_clock;
+        g_hash_table_insert(m->served, k->id, k);
+    }
+    return k;
+}
+
+/* served_trim: forget the images asked for least recently until at most
+ * SERVED_IMAGES_MAX are kept and, besides @spare (the one being
+ * answered), at most SERVED_BYTES_MAX bytes */
+static void
+served_trim(Manager *m, ServedImage *spare)
+{
+    for (;;) {
+        GHashTableIter it;
+        gpointer value;
+        ServedImage *oldest = NULL;
+        gsize bytes = 0;
+
+        g_hash_table_iter_init(&it, m->served);
+        while (g_hash_table_iter_next(&it, NULL, &value)) {
+            ServedImage *k = value;
+
+            if (k == spare)
+                continue;
+            bytes += served_bytes(k);
+            if (!oldest || k->used < oldest->used)
+                oldest = k;
+        }
+        if (!oldest || (g_hash_table_size(m->served) <= SERVED_IMAGES_MAX &&
+                        bytes <= SERVED_BYTES_MAX))
+            return;
+        g_debug("image %.19s: its index and profile no longer kept (asked "
+                "for least recently)",
+                oldest->id);
+        g_hash_table_remove(m->served, oldest->id);
+    }
 }
 
 static JsonObject *
@@ -462,6 +566,7 @@ handle_profiles(Manager *m, const char *host, JsonObject *msg, GError **error)
         JsonNode *chunks;
         g_autoptr(JsonGenerator) gen = json_generator_new();
         g_autofree char *text = NULL;
+        ServedImage *k;
 
         if (!JSON_NODE_HOLDS_OBJECT(n))
             continue;
@@ -487,9 +592,8 @@ handle_profiles(Manager *m, const char *host, JsonObject *msg, GError **error)
             return false;
         /* the site profile may change: read it again (answer_at_once
          * serves the kept one without reading) */
-        if (m->profile && g_str_equal(m->profile->image,
-                                      json_util_get_string(p, "image", "")))
-            g_clear_pointer(&m->profile, site_profile_free);
+        if ((k = served_find(m, json_util_get_string(p, "image", ""), false)))
+            g_clear_pointer(&k->profile, site_profile_free);
     }
     return true;
 }
@@ -512,22 +616,27 @@ handle_requests(Manager *m, const char *host, JsonObject *msg, GError **error)
 }
 
 /* image_index_by_id: the index of the registered image whose id is @id,
- * or NULL; the last one asked for is kept (an id is its index's digest,
- * so what is kept never goes wrong) */
+ * kept (an id is its index's digest, so what is kept never goes wrong),
+ * as *ret (borrowed), and what is kept of the image as *ret_served; both
+ * NULL when no image has that id */
 static bool
-image_index_by_id(Manager *m, const char *id, GBytes **ret, GError **error)
+image_index_by_id(Manager *m, const char *id, GBytes **ret,
+                  ServedImage **ret_served, GError **error)
 {
+    ServedImage *k = served_find(m, id, true);
     g_autoptr(GPtrArray) rows = NULL;
 
     *ret = NULL;
-    if (m->index_id && g_str_equal(m->index_id, id)) {
-        *ret = g_bytes_ref(m->index);
+    *ret_served = NULL;
+    if (k && k->index) {
+        *ret = k->index;
+        *ret_served = k;
         return true;
     }
     if (!(rows = state_image_list(m->db, error)))
         return false;
-    for (guint k = 0; k < rows->len; k++) {
-        ImageRow *r = rows->pdata[k];
+    for (guint i = 0; i < rows->len; i++) {
+        ImageRow *r = rows->pdata[i];
         g_autoptr(ImageRow) full = NULL;
 
         if (!g_str_equal(r->id, id))
@@ -536,12 +645,11 @@ image_index_by_id(Manager *m, const char *id, GBytes **ret, GError **error)
             return false;
         if (!full || !full->index || !g_str_equal(full->id, id))
             return true;
-        g_free(m->index_id);
-        m->index_id = g_strdup(id);
-        g_clear_pointer(&m->index, g_bytes_unref);
-        manager_answers_clear(&m->index_answers);
-        m->index = g_bytes_ref(full->index);
-        *ret = g_bytes_ref(m->index);
+        k = served_add(m, id);
+        k->index = g_bytes_ref(full->index);
+        served_trim(m, k);
+        *ret = k->index;
+        *ret_served = k;
         return true;
     }
     return true;
@@ -555,7 +663,8 @@ handle_index_get(Manager *m, const char *host, JsonObject *msg, GError **error)
     const char *id = json_util_get_string(msg, "image", NULL);
     gint64 offset = json_util_get_int(msg, "offset", -1);
     g_autoptr(JsonObject) reply = wire_new("index");
-    g_autoptr(GBytes) index = NULL;
+    ServedImage *k = NULL;
+    GBytes *index = NULL;
     GBytes *text;
     gsize size;
 
@@ -565,11 +674,11 @@ handle_index_get(Manager *m, const char *host, JsonObject *msg, GError **error)
                   host);
         return true;
     }
-    if (!image_index_by_id(m, id, &index, error))
+    if (!image_index_by_id(m, id, &index, &k, error))
         return false;
-    /* the answers of the image kept (the last asked for) are made once,
-     * for every host that asks: a thousand after a submit */
-    if (index && (text = answers_get(m, &m->index_answers, offset))) {
+    /* an image's answers are made once, for every host that asks: a
+     * thousand after a submit */
+    if (index && (text = answers_get(m, &k->index_answers, offset))) {
         send_text(m, host, text);
         return true;
     }
@@ -595,27 +704,14 @@ handle_index_get(Manager *m, const char *host, JsonObject *msg, GError **error)
         g_debug("host %s: index of %.19s, %" G_GSIZE_FORMAT
                 " bytes at %" G_GINT64_FORMAT " of %" G_GSIZE_FORMAT,
                 host, id, len, offset, size);
-        if ((text = answers_add(m, &m->index_answers, offset, reply))) {
+        if ((text = answers_add(m, &k->index_answers, offset, reply))) {
+            served_trim(m, k);
             send_text(m, host, text);
             return true;
         }
     }
     manager_send(m, host, reply);
     return true;
-}
-
-void
-site_profile_free(SiteProfile *p)
-{
-    if (!p)
-        return;
-    g_free(p->image);
-    g_free(p->text);
-    g_free(p->digest);
-    if (p->chunks)
-        g_array_unref(p->chunks);
-    manager_answers_clear(&p->answers);
-    g_free(p);
 }
 
 bool
@@ -625,6 +721,7 @@ manager_site_profile(Manager *m, const char *id, SiteProfile **ret,
     g_autofree char *text = NULL;
     g_autoptr(JsonParser) parser = json_parser_new();
     g_autoptr(GArray) chunks = NULL;
+    ServedImage *k;
     SiteProfile *p;
 
     *ret = NULL;
@@ -632,9 +729,9 @@ manager_site_profile(Manager *m, const char *id, SiteProfile **ret,
         return false;
     if (!text)
         return true;
-    if (m->profile && g_str_equal(m->profile->image, id) &&
-        g_str_equal(m->profile->text, text)) {
-        *ret = m->profile; /* read and parsed already */
+    k = served_find(m, id, true);
+    if (k && k->profile && g_str_equal(k->profile->text, text)) {
+        *ret = k->profile; /* read and parsed already */
         return true;
     }
     if (!json_parser_load_from_data(parser, text, -1, NULL) ||
@@ -651,8 +748,10 @@ manager_site_profile(Manager *m, const char *id, SiteProfile **ret,
     p->text = g_steal_pointer(&text);
     p->digest = profile_digest(chunks);
     p->chunks = g_steal_pointer(&chunks);
-    site_profile_free(m->profile);
-    m->profile = p;
+    k = served_add(m, id);
+    site_profile_free(k->profile);
+    k->profile = p;
+    served_trim(m, k);
     *ret = p;
     return true;
 }
@@ -709,6 +808,7 @@ handle_profile_get(Manager *m, const char *host, JsonObject *msg,
     }
     if (!(text = answers_add(m, &p->answers, offset, reply)))
         return true; /* cannot be: a slice is small */
+    served_trim(m, served_find(m, id, false));
     send_text(m, host, text);
     return true;
 }
@@ -854,6 +954,7 @@ answer_at_once(Manager *m, const char *host, zmq_msg_t *body)
     const char *type, *id;
     gint64 offset;
     GBytes *text = NULL;
+    ServedImage *k;
 
     /* a request is small; most messages (reports) are not looked at */
     if (len > 512 || !memmem(zmq_msg_data(body), len, "-get\"", 5) ||
@@ -865,12 +966,12 @@ answer_at_once(Manager *m, const char *host, zmq_msg_t *body)
                                g_str_equal(type, "index-get") ? -1 : 0);
     if (!id || offset < 0)
         return false;
-    if (g_str_equal(type, "index-get") && m->index_id &&
-        g_str_equal(m->index_id, id))
-        text = answers_get(m, &m->index_answers, offset);
-    else if (g_str_equal(type, "profile-get") && m->profile &&
-             g_str_equal(m->profile->image, id))
-        text = answers_get(m, &m->profile->answers, offset);
+    if (!(k = served_find(m, id, true)))
+        return false;
+    if (g_str_equal(type, "index-get") && k->index)
+        text = answers_get(m, &k->index_answers, offset);
+    else if (g_str_equal(type, "profile-get") && k->profile)
+        text = answers_get(m, &k->profile->answers, offset);
     if (!text)
         return false;
     send_text(m, host, text);

@@ -410,6 +410,8 @@ manager_new(const ManagerConfig *config, gint64 epoch, GError **error)
     m->backoff = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
     m->failures = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
     m->refused = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+    m->served = g_hash_table_new_full(g_str_hash, g_str_equal, NULL,
+                                      (GDestroyNotify)manager_served_free);
     m->command_keys = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free,
                                             (GDestroyNotify)g_ptr_array_unref);
     g_queue_init(&m->inbox);
@@ -496,10 +498,7 @@ manager_free(Manager *m)
     g_hash_table_unref(m->manifests);
     g_hash_table_unref(m->backoff);
     g_hash_table_unref(m->failures);
-    g_free(m->index_id);
-    g_clear_pointer(&m->index, g_bytes_unref);
-    manager_answers_clear(&m->index_answers);
-    g_clear_pointer(&m->profile, site_profile_free);
+    g_hash_table_unref(m->served);
     g_hash_table_unref(m->refused);
     g_hash_table_unref(m->command_keys);
     g_clear_pointer(&m->dir_keys, g_hash_table_unref);

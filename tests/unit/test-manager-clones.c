@@ -766,6 +766,33 @@ index_get(const char *id, gint64 offset)
     return ask("index-get", id, offset);
 }
 
+/* register_zero_image: register image @name of @chunks all-zero 4 KiB
+ * chunks (its size makes its id); its index */
+static ImageIndex *
+register_zero_image(const char *name, guint chunks)
+{
+    g_autofree char *path = g_strdup_printf("%s/%s.raw", dir, name);
+    g_autoptr(GError) err = NULL;
+    ImageIndex *idx;
+    ImageRow row = {0};
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+
+    cr_assert(fd >= 0 && ftruncate(fd, (off_t)chunks * 4096) == 0);
+    close(fd);
+    idx = image_index_build_file(path, 12, 2, &err);
+    cr_assert(idx, "%s", err ? err->message : "");
+    row.name = (char *)name;
+    row.id = (char *)image_index_id(idx);
+    row.format = "raw";
+    row.origins = "[\"http://127.0.0.1:1/image.raw\"]";
+    row.index = image_index_encoding(idx);
+    row.size = (gint64)image_index_image_size(idx);
+    row.chunk_size = (gint64)image_index_chunk_size(idx);
+    cr_assert(state_image_put(m->db, &row, &err), "%s",
+              err ? err->message : "");
+    return idx;
+}
+
 /* A create names its image, not its index (1 MiB for a 2 GiB image, in
  * every command before); the host asks for it and gets it in slices of at
  * most 64 KiB that add up to the registered index, verified by its id;
@@ -773,15 +800,13 @@ index_get(const char *id, gint64 offset)
  * time. */
 Test(manager_clones, sends_an_image_index_in_slices_not_in_every_create)
 {
-    g_autofree char *big = g_build_filename(dir, "big.raw", NULL);
     g_autoptr(GError) err = NULL;
     g_autoptr(ImageIndex) idx = NULL;
     g_autoptr(GByteArray) got = g_byte_array_new();
     g_autoptr(JsonObject) none = NULL;
-    ImageRow row = {0};
+    const char *id;
     GBytes *want;
     guint slices = 0;
-    int fd;
 
     two_running();
     cr_assert_gt(agent.create_cmds, 0u);
@@ -790,25 +815,13 @@ Test(manager_clones, sends_an_image_index_in_slices_not_in_every_create)
                  agent.create_cmds);
 
     /* an image of 140,000 chunks of 4 KiB: an index of 4.3 MiB */
-    fd = open(big, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    cr_assert(fd >= 0 && ftruncate(fd, (off_t)140000 * 4096) == 0);
-    close(fd);
-    idx = image_index_build_file(big, 12, 2, &err);
-    cr_assert(idx, "%s", err ? err->message : "");
+    idx = register_zero_image("big", 140000);
+    id = image_index_id(idx);
     want = image_index_encoding(idx);
     cr_assert_gt(g_bytes_get_size(want), 4u * 1024 * 1024);
-    row.name = "big";
-    row.id = (char *)image_index_id(idx);
-    row.format = "raw";
-    row.origins = "[\"http://127.0.0.1:1/big.raw\"]";
-    row.index = want;
-    row.size = (gint64)image_index_image_size(idx);
-    row.chunk_size = (gint64)image_index_chunk_size(idx);
-    cr_assert(state_image_put(m->db, &row, &err), "%s",
-              err ? err->message : "");
 
     while (got->len < g_bytes_get_size(want)) {
-        g_autoptr(JsonObject) r = index_get(row.id, (gint64)got->len);
+        g_autoptr(JsonObject) r = index_get(id, (gint64)got->len);
         const char *b64 = json_util_get_string(r, "data", NULL);
         g_autofree guint8 *slice = NULL;
         gsize len = 0;
@@ -826,7 +839,7 @@ Test(manager_clones, sends_an_image_index_in_slices_not_in_every_create)
     cr_expect_eq(slices, (g_bytes_get_size(want) + 65535) / 65536);
     {
         guint64 before = m->stats.answered_at_once;
-        g_autoptr(JsonObject) again = index_get(row.id, 65536);
+        g_autoptr(JsonObject) again = index_get(id, 65536);
 
         cr_expect_eq(json_util_get_int(again, "offset", -1), 65536);
         cr_expect_eq(m->stats.answered_at_once, before + 1,
@@ -837,7 +850,7 @@ Test(manager_clones, sends_an_image_index_in_slices_not_in_every_create)
               "the slices add up to the registered index");
     {
         g_autoptr(ImageIndex) back =
-            image_index_parse(got->data, got->len, row.id, &err);
+            image_index_parse(got->data, got->len, id, &err);
 
         cr_expect(back, "it verifies against the id: %s",
                   err ? err->message : "");
@@ -848,6 +861,59 @@ Test(manager_clones, sends_an_image_index_in_slices_not_in_every_create)
                      0);
     cr_expect(json_util_get_string(none, "error", NULL));
     cr_expect_not(json_object_has_member(none, "data"));
+}
+
+/* index_get_at_once: index_get of slice 0 of @idx's image; whether it was
+ * answered on arrival (from an answer made before) */
+static bool
+index_get_at_once(ImageIndex *idx)
+{
+    guint64 before = m->stats.answered_at_once;
+    g_autoptr(JsonObject) r = index_get(image_index_id(idx), 0);
+
+    cr_assert(json_util_get_string(r, "data", NULL), "slice 0 of %.19s: %s",
+              image_index_id(idx), json_util_get_string(r, "error", "no data"));
+    return m->stats.answered_at_once == before + 1;
+}
+
+/* Services of different images submitted together: their hosts ask for
+ * both indexes at once.  Each image's answers are kept (with one image
+ * kept, every ask of the other read its index from the state and encoded
+ * the slice anew: a thousand hosts' worth), and at most
+ * SERVED_IMAGES_MAX images are, the one asked for least recently
+ * forgotten first. */
+Test(manager_clones, keeps_the_answers_of_several_images_and_forgets_the_oldest)
+{
+    ImageIndex *imgs[SERVED_IMAGES_MAX + 1];
+    guint at_once = 0;
+
+    two_running();
+    for (guint i = 0; i <= SERVED_IMAGES_MAX; i++) {
+        g_autofree char *name = g_strdup_printf("zero%u", i);
+
+        imgs[i] = register_zero_image(name, 16 + i);
+    }
+    cr_expect_not(index_get_at_once(imgs[0]), "the first ask makes it");
+    cr_expect_not(index_get_at_once(imgs[1]));
+    for (guint r = 0; r < 3; r++) {
+        at_once += index_get_at_once(imgs[0]);
+        at_once += index_get_at_once(imgs[1]);
+    }
+    cr_expect_eq(at_once, 6u,
+                 "%u of 6 asks of two images in turn answered "
+                 "at once",
+                 at_once);
+
+    /* the others asked for after them: imgs[0], asked least recently, is
+     * forgotten, the last is kept */
+    for (guint i = 2; i <= SERVED_IMAGES_MAX; i++)
+        cr_expect_not(index_get_at_once(imgs[i]));
+    cr_expect_leq(g_hash_table_size(m->served), SERVED_IMAGES_MAX);
+    cr_expect(index_get_at_once(imgs[SERVED_IMAGES_MAX]));
+    cr_expect_not(index_get_at_once(imgs[0]),
+                  "the image asked for least recently was kept");
+    for (guint i = 0; i <= SERVED_IMAGES_MAX; i++)
+        image_index_free(imgs[i]);
 }
 
 static JsonObject *
