@@ -37,9 +37,10 @@
  * an image it lacks: it asks spored for the image's index, slice by slice
  * (index-get), then, when the create names the site's access profile, for
  * that (profile-get), again every 5 s while unanswered, and runs its
- * commands only then (1 s after).  --profile-image ID --profile-chunks N:
- * the first host welcomed sends a profile of N chunk numbers of image ID,
- * so that creates name one.  Timed: each host's fetch, the span from the
+ * commands only then (1 s after); creates of several images are fetched
+ * one image after the other, and the commands wait for all of them.
+ * --profile-image ID --profile-chunks N: the first host welcomed sends a
+ * profile of N chunk numbers of image ID, so that creates name one.  Timed: each host's fetch, the span from the
  * first ask to the last answer, and the bytes.
  *
  * With --clones 0 it only holds the hosts up (hello, reports, commands
@@ -106,9 +107,11 @@ typedef struct {
     bool rewelcomed;       /* welcomed by the restarted spored */
     GHashTable *vanished;  /* name -> gint64 µs: first report without it */
     bool told_peers;       /* a peer list arrived */
-    FetchState fetch;      /* --fetch: the first create's image */
+    FetchState fetch;      /* --fetch: the image being fetched */
     char *fetch_image, *fetch_profile_id;
     gint64 fetch_offset, fetch_start, fetch_asked;
+    GHashTable *fetched; /* image ids fetched, being fetched or queued */
+    GQueue fetch_next;   /* of JsonObject *: images of creates, to fetch */
 } SimHost;
 
 typedef struct {
@@ -324,13 +327,21 @@ fetch_ask(Sim *s, SimHost *h)
     send_obj(s, h, o);
 }
 
-/* fetch_done: the host has what it asked for: its commands run 1 s from
- * now, as the agent's worker creates once the image is ready */
+static void fetch_begin(Sim *s, SimHost *h, JsonObject *image);
+
+/* fetch_done: the host has what it asked for: the next image queued, or
+ * its commands run 1 s from now, as the agent's worker creates once the
+ * images are ready */
 static void
 fetch_done(Sim *s, SimHost *h)
 {
     gint64 t = now_us(), d = t - h->fetch_start;
+    g_autoptr(JsonObject) next = g_queue_pop_head(&h->fetch_next);
 
+    if (next) {
+        fetch_begin(s, h, next);
+        return;
+    }
     h->fetch = FETCH_DONE;
     g_array_append_val(s->fetch_us, d);
     s->fetch_last = MAX(s->fetch_last, t);
@@ -341,23 +352,40 @@ fetch_done(Sim *s, SimHost *h)
     }
 }
 
-/* fetch_start: a create of an image the host has not fetched */
+/* fetch_begin: ask for the index (and profile) of @image (a create's) */
+static void
+fetch_begin(Sim *s, SimHost *h, JsonObject *image)
+{
+    h->fetch = FETCH_INDEX;
+    g_free(h->fetch_image);
+    h->fetch_image = g_strdup(json_util_get_string(image, "id", NULL));
+    g_free(h->fetch_profile_id);
+    h->fetch_profile_id =
+        g_strdup(json_util_get_string(image, "profile_id", NULL));
+    h->fetch_offset = 0;
+    h->fetch_asked = 0;
+    fetch_ask(s, h);
+}
+
+/* fetch_start: a create of an image the host has not fetched: fetched
+ * now, or after the one being fetched (its commands wait for both) */
 static void
 fetch_start(Sim *s, SimHost *h, JsonObject *cmd)
 {
     JsonObject *image = json_util_get_object(cmd, "image");
     const char *id = json_util_get_string(image, "id", NULL);
 
-    if (!s->fetch || h->fetch != FETCH_NONE || !id)
+    if (!s->fetch || !id || g_hash_table_contains(h->fetched, id))
         return;
-    h->fetch = FETCH_INDEX;
-    h->fetch_image = g_strdup(id);
-    h->fetch_profile_id =
-        g_strdup(json_util_get_string(image, "profile_id", NULL));
+    g_hash_table_add(h->fetched, g_strdup(id));
+    if (h->fetch == FETCH_INDEX || h->fetch == FETCH_PROFILE) {
+        g_queue_push_tail(&h->fetch_next, json_object_ref(image));
+        return;
+    }
     h->fetch_start = now_us();
     if (!s->fetch_first)
         s->fetch_first = h->fetch_start;
-    fetch_ask(s, h);
+    fetch_begin(s, h, image);
 }
 
 /* Answer: what the fetch needs of an "index" or "profile" message */
@@ -813,6 +841,9 @@ load_keys(Sim *s, guint limit)
             g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free, NULL);
         h->vanished =
             g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+        h->fetched =
+            g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+        g_queue_init(&h->fetch_next);
         n++;
     }
     s->n_hosts = n;
