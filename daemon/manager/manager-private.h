@@ -114,9 +114,9 @@ typedef struct {
 
 /* SiteProfile: an image's profile as hosts get it (profile-get): its
  * chunk numbers as stored (JSON text) and as sent, and their digest
- * (profile_digest), which a clone-create names */
+ * (profile_digest), which a clone-create names; kept in its image's
+ * ServedImage */
 typedef struct {
-    char *image;     /* the image's id */
     char *text;      /* the JSON array of chunk numbers, as stored */
     char *digest;    /* profile_digest of the chunks */
     GArray *chunks;  /* of guint64: the chunk numbers */
@@ -301,8 +301,6 @@ bool manager_site_profile(Manager *m, const char *id, SiteProfile **ret,
                           GError **error);
 /* manager_served_free: a ServedImage's destructor (Manager.served's values) */
 void manager_served_free(ServedImage *k);
-/* manager_answers_clear: forget the answers made */
-void manager_answers_clear(Answers *a);
 
 /* ---- manager-reconcile.c ---- */
 /* manager_reconcile: one pass (see the file's note).  Main thread. */

@@ -123,8 +123,9 @@ send_text(Manager *m, const char *host, GBytes *text)
     return wire_send_text(m->router, host, text) || send_refused(m, host);
 }
 
-void
-manager_answers_clear(Answers *a)
+/* answers_clear: forget the answers made */
+static void
+answers_clear(Answers *a)
 {
     g_clear_pointer(&a->by_offset, g_hash_table_unref);
     a->bytes = 0;
@@ -150,7 +151,7 @@ answers_add(Manager *m, Answers *a, gint64 offset, JsonObject *reply)
     if (!text)
         return NULL;
     if (!a->by_offset || a->epoch != m->epoch) {
-        manager_answers_clear(a);
+        answers_clear(a);
         a->by_offset = g_hash_table_new_full(
             g_int64_hash, g_int64_equal, g_free, (GDestroyNotify)g_bytes_unref);
         a->epoch = m->epoch;
@@ -166,12 +167,11 @@ site_profile_free(SiteProfile *p)
 {
     if (!p)
         return;
-    g_free(p->image);
     g_free(p->text);
     g_free(p->digest);
     if (p->chunks)
         g_array_unref(p->chunks);
-    manager_answers_clear(&p->answers);
+    answers_clear(&p->answers);
     g_free(p);
 }
 
@@ -182,7 +182,7 @@ manager_served_free(ServedImage *k)
         return;
     g_free(k->id);
     g_clear_pointer(&k->index, g_bytes_unref);
-    manager_answers_clear(&k->index_answers);
+    answers_clear(&k->index_answers);
     site_profile_free(k->profile);
     g_free(k);
 }
@@ -744,7 +744,6 @@ manager_site_profile(Manager *m, const char *id, SiteProfile **ret,
     if (chunks->len > WIRE_PROFILE_CHUNKS_MAX) /* stored before the bound */
         g_array_set_size(chunks, WIRE_PROFILE_CHUNKS_MAX);
     p = g_new0(SiteProfile, 1);
-    p->image = g_strdup(id);
     p->text = g_steal_pointer(&text);
     p->digest = profile_digest(chunks);
     p->chunks = g_steal_pointer(&chunks);
